@@ -1,0 +1,44 @@
+/* The backend interface: one table of functions per backend (CPU now; CUDA and the emulated CUDA
+ * device plug into the same table). The runtime allocates one arena and one scratch buffer per
+ * planned graph through it, uploads weights, and runs the nodes in order. */
+#ifndef I3RT_BACKEND_H
+#define I3RT_BACKEND_H
+
+#include "graph.h"
+
+typedef struct {
+    const char *name;
+    /* Device memory. alloc fails with I3RT_ERR_OUT_OF_MEMORY and a message, never aborts. */
+    i3rt_status (*alloc)(i3_backend *b, size_t bytes, void **out);
+    void (*free)(i3_backend *b, void *ptr);
+    i3rt_status (*upload)(i3_backend *b, void *dst, const void *src, size_t bytes);
+    i3rt_status (*download)(i3_backend *b, void *dst, const void *src, size_t bytes);
+    /* Scratch bytes a node needs while it runs (0 if none). */
+    size_t (*scratch_bytes)(i3_backend *b, const i3_graph *g, const i3_node *node);
+    /* Runs one node; its values' data pointers are set. */
+    i3rt_status (*run_node)(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch);
+    /* Waits for queued work (no-op on the CPU). */
+    i3rt_status (*synchronize)(i3_backend *b);
+    void (*destroy)(i3_backend *b);
+} i3_backend_i;
+
+struct i3_backend {
+    const i3_backend_i *iface;
+    i3_ctx *ctx;       /* errors go here */
+    int n_threads;
+    void *impl;        /* backend-private state */
+};
+
+/* Creates the backend that ctx->backend names; I3RT_ERR_BACKEND if it is not built in. */
+i3rt_status i3_backend_create(i3_ctx *ctx, i3_backend **out);
+void i3_backend_destroy(i3_backend *b);
+
+i3rt_status i3_backend_cpu_create(i3_ctx *ctx, i3_backend **out);
+
+/* Uploads weights, points every value at its storage in `arena`, for a planned graph. Weights are
+ * uploaded once into `weights_mem` (NULL for the CPU backend, which uses the host copies). */
+i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena);
+/* Runs every node in order with one scratch buffer. */
+i3rt_status i3_graph_run(i3_graph *g, i3_backend *b, void *scratch);
+
+#endif /* I3RT_BACKEND_H */

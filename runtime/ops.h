@@ -1,0 +1,129 @@
+/* The ops of i3rt: parameter structs (shared by every backend) and the CPU implementations.
+ *
+ * Layout: every activation is a dense float32 tensor [N, C, D, H, W] (w fastest). 2D networks use
+ * D = 1 with kernels of depth 1, so one convolution serves 2D and 3D. Each op has
+ *   - i3_cpu_<op>_ref: the plain reference, a direct transcription of the maths (tests compare every
+ *     other implementation, and PyTorch, against it), and where speed matters
+ *   - i3_cpu_<op>: the fast CPU path (blocked / BLAS / threaded), same signature plus threads/scratch.
+ * One file per op in runtime/ops/. */
+#ifndef I3RT_OPS_H
+#define I3RT_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    int64_t n, c, d, h, w;
+} i3_shape5;
+
+static inline int64_t i3_shape5_spatial(i3_shape5 s) { return s.d * s.h * s.w; }
+static inline int64_t i3_shape5_numel(i3_shape5 s) { return s.n * s.c * s.d * s.h * s.w; }
+
+/* Activation applied at the end of an op (fused epilogue). slope is LeakyReLU's negative slope. */
+typedef enum { I3_ACT_NONE = 0, I3_ACT_RELU, I3_ACT_LEAKY_RELU } i3_act_kind;
+typedef struct {
+    i3_act_kind kind;
+    float slope;
+} i3_act;
+
+static inline float i3_act_apply(i3_act a, float v) {
+    if (a.kind == I3_ACT_NONE || v >= 0.0f) return v;
+    return a.kind == I3_ACT_RELU ? 0.0f : v * a.slope;
+}
+
+/* Convolution over (d, h, w). Weight [cout, cin, k[0], k[1], k[2]], bias [cout] or NULL.
+ * Output size per axis: (in + 2*pad - k) / stride + 1. */
+typedef struct {
+    int cout;
+    int k[3], stride[3], pad[3];
+    i3_act act;
+} i3_conv_params;
+
+i3_shape5 i3_conv_out_shape(i3_shape5 x, const i3_conv_params *p);
+
+/* Transposed convolution with stride == kernel size and no padding (nnU-Net's upsampling):
+ * weight [cin, cout, k[0], k[1], k[2]] (PyTorch's ConvTranspose layout), bias [cout] or NULL.
+ * Output size per axis: in * k. */
+typedef struct {
+    int cout;
+    int k[3];
+} i3_conv_transpose_params;
+
+i3_shape5 i3_conv_transpose_out_shape(i3_shape5 x, const i3_conv_transpose_params *p);
+
+/* ACS convolution (ACSConv): a 2D kernel weight [cout, cin, k, k] applied to a 3D volume. Output
+ * channels are split (axial, coronal, sagittal) = cout/3 + (i < cout%3); the axial part convolves
+ * over (h, w), coronal over (d, w), sagittal over (d, h). Stride applies to all three axes; padding
+ * pad on the kernel axes, 0 on the kernel-less axis (centre tap). */
+typedef struct {
+    int cout;
+    int k, stride, pad;
+    i3_act act;
+} i3_acs_conv_params;
+
+void i3_acs_split(int cout, int split[3]);
+i3_shape5 i3_acs_conv_out_shape(i3_shape5 x, const i3_acs_conv_params *p);
+
+/* Instance norm over each (n, c) plane: y = (x - mean) / sqrt(var + eps) * gamma[c] + beta[c]
+ * (biased variance, statistics in double/Welford), then act. gamma/beta may be NULL (no affine). */
+typedef struct {
+    float eps;
+    i3_act act;
+} i3_norm_params;
+
+/* Resize of the spatial axes to out (d, h, w), linear per axis (trilinear; bilinear when d stays 1),
+ * PyTorch's F.interpolate(mode="trilinear"/"bilinear", align_corners=...) semantics. */
+typedef struct {
+    int64_t out[3];
+    int align_corners;
+} i3_resize_params;
+
+/* ---------------------------------------------------------------------------------------------- */
+/* CPU implementations. All pointers are dense NCDHW float32. n_threads >= 1.                      */
+
+void i3_cpu_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
+                     float *y);
+/* Fast path. scratch must hold i3_cpu_conv_scratch_bytes(...) bytes (may be NULL if that is 0). */
+size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads);
+void i3_cpu_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
+                 float *y, void *scratch, int n_threads);
+
+void i3_cpu_conv_transpose_ref(const float *x, i3_shape5 xs, const float *w, const float *b,
+                               const i3_conv_transpose_params *p, float *y);
+void i3_cpu_conv_transpose(const float *x, i3_shape5 xs, const float *w, const float *b,
+                           const i3_conv_transpose_params *p, float *y, int n_threads);
+
+void i3_cpu_acs_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b,
+                         const i3_acs_conv_params *p, float *y);
+
+/* In place allowed (y == x). */
+void i3_cpu_instance_norm(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
+                          const i3_norm_params *p, float *y, int n_threads);
+
+/* Batch norm folded into the preceding convolution's weight [cout, ...] and bias [cout] (bias may
+ * be NULL on input; bias_out always receives the folded bias):
+ *   w' = w * gamma / sqrt(var + eps),  b' = (b - mean) * gamma / sqrt(var + eps) + beta. */
+void i3_cpu_fold_batch_norm(float *w, int cout, int64_t per_out, const float *b, const float *gamma,
+                            const float *beta, const float *mean, const float *var, float eps, float *bias_out);
+
+/* y = act(x) elementwise, n values; in place allowed. */
+void i3_cpu_activation(const float *x, int64_t n, i3_act act, float *y, int n_threads);
+/* y = act(a + b) elementwise; in place allowed. */
+void i3_cpu_add(const float *a, const float *b, int64_t n, i3_act act, float *y, int n_threads);
+/* Channel concat: y [n, ca + cb, s] from a [n, ca, s] and b [n, cb, s] (s = spatial size). */
+void i3_cpu_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y);
+
+void i3_cpu_resize(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, int n_threads);
+
+/* Channel reductions over logits [n, c, s]: softmax probabilities (y same shape), normalized entropy
+ * H = -sum p log p / log C (0 for C == 1) [n, s], max softmax probability [n, s], argmax [n, s]
+ * (lowest index wins ties). Any output pointer may be NULL; one pass computes all requested. */
+void i3_cpu_softmax_uncertainty(const float *logits, int64_t n, int64_t c, int64_t s, float *probs,
+                                float *entropy, float *msp, int32_t *argmax, int n_threads);
+
+/* Per-slice sums of a map [d, h, w] along each axis: sum_d [d], sum_h [h], sum_w [w] (any may be
+ * NULL). Accumulated in double. */
+void i3_cpu_slice_sums(const float *x, int64_t d, int64_t h, int64_t w, double *sum_d, double *sum_h,
+                       double *sum_w);
+
+#endif /* I3RT_OPS_H */
