@@ -1,0 +1,51 @@
+/* Networks described by a weight file's "network" metadata, built into a graph for one input shape.
+ *
+ * Supported: nnU-Net v2's PlainConvUNet and ResidualEncoderUNet (dynamic_network_architectures),
+ * 2D and 3D, any number of stages, per-stage kernel sizes, strides, features and blocks. Deep
+ * supervision heads are not part of the inference network. */
+#ifndef I3RT_NETWORK_H
+#define I3RT_NETWORK_H
+
+#include "graph.h"
+#include "weights.h"
+
+#define I3_MAX_STAGES 12
+
+typedef enum { I3_NET_PLAIN_CONV_UNET = 0, I3_NET_RESIDUAL_ENCODER_UNET } i3_network_class;
+
+typedef struct {
+    i3_network_class cls;
+    char class_name[64];
+    int dims;                      /* 2 or 3 */
+    int in_channels, num_classes;
+    int n_stages;
+    int features[I3_MAX_STAGES];
+    int kernel[I3_MAX_STAGES][3];  /* per stage, (d, h, w); d = 1 for 2D */
+    int stride[I3_MAX_STAGES][3];
+    int n_conv_encoder[I3_MAX_STAGES];  /* PlainConvUNet: convs per stage; ResEnc: blocks per stage */
+    int stem_channels;             /* ResEnc: output channels of the stem (features[0] by default) */
+    int n_conv_decoder[I3_MAX_STAGES - 1];
+    int conv_bias;                 /* encoder/decoder convs and transposed convs (the seg head always) */
+    float norm_eps;
+    int norm_affine;               /* instance norm has gamma/beta */
+    i3_act act;                    /* nonlin after every norm */
+    int64_t patch_size[3];         /* from the plans, (1, h, w) for 2D; 0 if unknown */
+} i3_network;
+
+/* Parses and validates the "network" (and "plans"/"configuration" for the patch size) metadata of
+ * a weight file. Unsupported classes or blocks give I3RT_ERR_UNSUPPORTED naming the file and field. */
+i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out);
+
+/* Product of the strides per axis: spatial sizes must be divisible by it. */
+void i3_network_total_stride(const i3_network *net, int64_t out[3]);
+
+/* Builds the inference graph for an input [1, in_channels, d, h, w] into g (initialized by the
+ * caller), taking every weight from w by its state-dict name with its expected shape; *output is
+ * the logits value. Fails naming the missing/mismatched tensor; checks no tensor is left unused. */
+i3rt_status i3_network_build(i3_ctx *ctx, const i3_network *net, i3_weights *w, i3_shape5 input, i3_graph *g,
+                             int *output);
+
+/* Number of scalar parameters the inference network uses. */
+int64_t i3_network_parameter_count(const i3_graph *g);
+
+#endif /* I3RT_NETWORK_H */
