@@ -34,6 +34,7 @@ typedef enum {
     I3_OP_CONCAT,           /* in: a, b (channels) */
     I3_OP_RESIZE,           /* in: x                 p.resize */
     I3_OP_SOFTMAX,          /* in: x (channel softmax) */
+    I3_OP_AVG_POOL,         /* in: x                 p.avg_pool */
     I3_OP_COUNT
 } i3_op;
 
@@ -52,6 +53,7 @@ typedef struct {
         i3_norm_params norm;
         i3_act act;
         i3_resize_params resize;
+        i3_avg_pool_params avg_pool;
     } p;
     size_t scratch_bytes;  /* set by i3_graph_plan through the backend */
 } i3_node;
@@ -92,6 +94,7 @@ int i3_graph_add(i3_graph *g, int a, int b, i3_act act, const char *name);
 int i3_graph_concat(i3_graph *g, int a, int b, const char *name);
 int i3_graph_resize(i3_graph *g, int x, const i3_resize_params *p, const char *name);
 int i3_graph_softmax(i3_graph *g, int x, const char *name);
+int i3_graph_avg_pool(i3_graph *g, int x, const i3_avg_pool_params *p, const char *name);
 
 /* Marks the output, computes lifetimes, asks the backend for each node's scratch and assigns arena
  * offsets (in-place ops reuse their input's buffer when it dies there). */

@@ -126,4 +126,13 @@ void i3_cpu_softmax_uncertainty(const float *logits, int64_t n, int64_t c, int64
 void i3_cpu_slice_sums(const float *x, int64_t d, int64_t h, int64_t w, double *sum_d, double *sum_h,
                        double *sum_w);
 
+/* Average pooling with kernel == stride and no padding (the strided skip of ResNet-D blocks in
+ * ResidualEncoderUNet, torch AvgPool3d(k, k)). Output size per axis: in / k (floor). */
+typedef struct {
+    int k[3];
+} i3_avg_pool_params;
+
+i3_shape5 i3_avg_pool_out_shape(i3_shape5 x, const i3_avg_pool_params *p);
+void i3_cpu_avg_pool_ref(const float *x, i3_shape5 xs, const i3_avg_pool_params *p, float *y);
+
 #endif /* I3RT_OPS_H */
