@@ -8,6 +8,8 @@
 
 typedef struct {
     const char *name;
+    /* 1 if the backend computes on host memory: weights are used where they are, not uploaded. */
+    int host_memory;
     /* Device memory. alloc fails with I3RT_ERR_OUT_OF_MEMORY and a message, never aborts. */
     i3rt_status (*alloc)(i3_backend *b, size_t bytes, void **out);
     void (*free)(i3_backend *b, void *ptr);
@@ -35,9 +37,11 @@ void i3_backend_destroy(i3_backend *b);
 
 i3rt_status i3_backend_cpu_create(i3_ctx *ctx, i3_backend **out);
 
-/* Uploads weights, points every value at its storage in `arena`, for a planned graph. Weights are
- * uploaded once into `weights_mem` (NULL for the CPU backend, which uses the host copies). */
-i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena);
+/* Points every value of a planned graph at its storage: input and activations in `arena`
+ * (g->arena_bytes), weights at their host copies on a host-memory backend, else uploaded into
+ * `weights_mem` (i3_graph_weight_bytes bytes, allocated by the caller through the backend). */
+i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena, void *weights_mem);
+size_t i3_graph_weight_bytes(const i3_graph *g);
 /* Runs every node in order with one scratch buffer. */
 i3rt_status i3_graph_run(i3_graph *g, i3_backend *b, void *scratch);
 

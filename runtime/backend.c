@@ -1,0 +1,47 @@
+/* Backend selection and the backend-independent parts of running a planned graph. */
+#include "backend.h"
+
+#include <stdlib.h>
+
+i3rt_status i3_backend_create(i3_ctx *ctx, i3_backend **out) {
+    *out = NULL;
+    switch (ctx->backend) {
+    case I3RT_BACKEND_CPU: return i3_backend_cpu_create(ctx, out);
+    case I3RT_BACKEND_CUDA:
+    case I3RT_BACKEND_EMULATED: break;
+    }
+    return i3_fail(ctx, I3RT_ERR_BACKEND, "backend %d is not built into this i3rt", (int)ctx->backend);
+}
+
+void i3_backend_destroy(i3_backend *b) {
+    if (b) b->iface->destroy(b);
+}
+
+i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena, void *weights_mem) {
+    size_t weight_offset = 0;
+    for (int i = 0; i < g->n_values; i++) {
+        i3_value *v = &g->values[i];
+        if (v->kind != I3_VALUE_WEIGHT) {
+            v->data = (char *)arena + v->offset;
+        } else if (b->iface->host_memory) {
+            v->data = (void *)v->host;
+        } else {
+            v->data = (char *)weights_mem + weight_offset;
+            I3_TRY(b->iface->upload(b, v->data, v->host, i3_value_bytes(v)));
+            weight_offset += (i3_value_bytes(v) + 255) / 256 * 256;
+        }
+    }
+    return I3RT_OK;
+}
+
+size_t i3_graph_weight_bytes(const i3_graph *g) {
+    size_t total = 0;
+    for (int i = 0; i < g->n_values; i++)
+        if (g->values[i].kind == I3_VALUE_WEIGHT) total += (i3_value_bytes(&g->values[i]) + 255) / 256 * 256;
+    return total;
+}
+
+i3rt_status i3_graph_run(i3_graph *g, i3_backend *b, void *scratch) {
+    for (int n = 0; n < g->n_nodes; n++) I3_TRY(b->iface->run_node(b, g, &g->nodes[n], scratch));
+    return b->iface->synchronize(b);
+}

@@ -1,0 +1,374 @@
+/* Graph builders (shape inference and checks) and the activation memory planner. */
+#include "backend.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Arena offsets are aligned for vector loads on the CPU and coalesced access on a GPU. */
+#define I3_ARENA_ALIGN 256
+
+const char *i3_op_name(i3_op op) {
+    static const char *names[I3_OP_COUNT] = {
+        [I3_OP_CONV] = "conv", [I3_OP_CONV_TRANSPOSE] = "conv_transpose", [I3_OP_ACS_CONV] = "acs_conv",
+        [I3_OP_INSTANCE_NORM] = "instance_norm", [I3_OP_ACTIVATION] = "activation", [I3_OP_ADD] = "add",
+        [I3_OP_CONCAT] = "concat", [I3_OP_RESIZE] = "resize", [I3_OP_SOFTMAX] = "softmax",
+        [I3_OP_AVG_POOL] = "avg_pool",
+    };
+    return (op >= 0 && op < I3_OP_COUNT && names[op]) ? names[op] : "?";
+}
+
+void i3_graph_init(i3_graph *g, i3_ctx *ctx) {
+    memset(g, 0, sizeof *g);
+    g->ctx = ctx;
+    g->input = g->output = -1;
+}
+
+void i3_graph_free(i3_graph *g) {
+    free(g->values);
+    free(g->nodes);
+    i3_ctx *ctx = g->ctx;
+    i3_graph_init(g, ctx);
+}
+
+size_t i3_value_bytes(const i3_value *v) {
+    size_t n = sizeof(float);
+    for (int i = 0; i < v->ndim; i++) n *= (size_t)v->dims[i];
+    return n;
+}
+
+/* Every builder starts here: after one failure the graph stays failed. */
+static int graph_fail(i3_graph *g, i3rt_status status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int graph_fail(i3_graph *g, i3rt_status status, const char *fmt, ...) {
+    if (!g->failed && g->ctx) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(g->ctx->error, sizeof g->ctx->error, fmt, ap);
+        va_end(ap);
+    }
+    (void)status;
+    g->failed = status;
+    return -1;
+}
+
+static int add_value(i3_graph *g, i3_value_kind kind, int ndim, const int64_t *dims, const char *name) {
+    if (g->n_values == g->cap_values) {
+        int cap = g->cap_values ? 2 * g->cap_values : 64;
+        i3_value *v = realloc(g->values, (size_t)cap * sizeof *v);
+        if (!v) return graph_fail(g, I3RT_ERR_OUT_OF_MEMORY, "out of memory building the network graph");
+        g->values = v;
+        g->cap_values = cap;
+    }
+    i3_value *v = &g->values[g->n_values];
+    memset(v, 0, sizeof *v);
+    v->kind = kind;
+    v->ndim = ndim;
+    for (int i = 0; i < ndim; i++) v->dims[i] = dims[i];
+    snprintf(v->name, sizeof v->name, "%s", name ? name : "");
+    v->producer = -1;
+    v->last_use = -1;
+    return g->n_values++;
+}
+
+static int add_node(i3_graph *g, i3_op op, int a, int b, int c, i3_shape5 out, const char *name) {
+    if (g->failed) return -1;
+    for (int i = 0; i < 5; i++) {
+        int64_t d = (&out.n)[i];
+        if (d <= 0)
+            return graph_fail(g, I3RT_ERR_SHAPE, "%s (%s): output shape [%lld, %lld, %lld, %lld, %lld] is empty",
+                              name, i3_op_name(op), (long long)out.n, (long long)out.c, (long long)out.d,
+                              (long long)out.h, (long long)out.w);
+    }
+    if (g->n_nodes == g->cap_nodes) {
+        int cap = g->cap_nodes ? 2 * g->cap_nodes : 64;
+        i3_node *n = realloc(g->nodes, (size_t)cap * sizeof *n);
+        if (!n) return graph_fail(g, I3RT_ERR_OUT_OF_MEMORY, "out of memory building the network graph");
+        g->nodes = n;
+        g->cap_nodes = cap;
+    }
+    int64_t dims[5] = {out.n, out.c, out.d, out.h, out.w};
+    int id = add_value(g, I3_VALUE_ACTIVATION, 5, dims, name);
+    if (id < 0) return -1;
+    i3_node *node = &g->nodes[g->n_nodes];
+    memset(node, 0, sizeof *node);
+    node->op = op;
+    node->in[0] = a;
+    node->in[1] = b;
+    node->in[2] = c;
+    node->out = id;
+    g->values[id].producer = g->n_nodes++;
+    return id;
+}
+
+static i3_node *last_node(i3_graph *g) { return &g->nodes[g->n_nodes - 1]; }
+
+static bool valid_activation(const i3_graph *g, int id) {
+    return id >= 0 && id < g->n_values && g->values[id].kind != I3_VALUE_WEIGHT;
+}
+static bool valid_weight(const i3_graph *g, int id) {
+    return id >= 0 && id < g->n_values && g->values[id].kind == I3_VALUE_WEIGHT;
+}
+
+static const char *shape_str(const int64_t *d, int ndim, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++) k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)d[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+    return buf;
+}
+
+/* Checks a weight's shape against the one the op expects, naming both. */
+static bool weight_has_shape(i3_graph *g, int id, int ndim, const int64_t *dims, const char *node_name) {
+    const i3_value *v = &g->values[id];
+    bool same = v->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = v->dims[i] == dims[i];
+    if (!same) {
+        char a[96], b[96];
+        graph_fail(g, I3RT_ERR_SHAPE, "%s: weight %s has shape %s, the op needs %s", node_name, v->name,
+                   shape_str(v->dims, v->ndim, a, sizeof a), shape_str(dims, ndim, b, sizeof b));
+    }
+    return same;
+}
+
+int i3_graph_input(i3_graph *g, i3_shape5 s) {
+    if (g->failed) return -1;
+    int64_t dims[5] = {s.n, s.c, s.d, s.h, s.w};
+    int id = add_value(g, I3_VALUE_INPUT, 5, dims, "input");
+    if (id >= 0) g->input = id;
+    return id;
+}
+
+int i3_graph_weight(i3_graph *g, const char *name, const float *host, int ndim, const int64_t *dims) {
+    if (g->failed) return -1;
+    if (ndim < 1 || ndim > 5) return graph_fail(g, I3RT_ERR_SHAPE, "weight %s: rank %d not in 1..5", name, ndim);
+    int id = add_value(g, I3_VALUE_WEIGHT, ndim, dims, name);
+    if (id >= 0) g->values[id].host = host;
+    return id;
+}
+
+/* Shared checks of the three convolutions: input, weight [cout, cin, ...], optional bias [cout]. */
+static bool conv_inputs_ok(i3_graph *g, int x, int w, int b, int cout, int ndim, const int64_t *wdims,
+                           const char *name) {
+    if (g->failed) return false;
+    if (!valid_activation(g, x) || !valid_weight(g, w) || (b >= 0 && !valid_weight(g, b))) {
+        graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input/weight value ids", name);
+        return false;
+    }
+    if (!weight_has_shape(g, w, ndim, wdims, name)) return false;
+    int64_t bd[1] = {cout};
+    return b < 0 || weight_has_shape(g, b, 1, bd, name);
+}
+
+int i3_graph_conv(i3_graph *g, int x, int w, int b, const i3_conv_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    i3_shape5 xs = i3_value_shape5(&g->values[x]);
+    for (int a = 0; a < 3; a++)
+        if (p->k[a] < 1 || p->stride[a] < 1 || p->pad[a] < 0)
+            return graph_fail(g, I3RT_ERR_SHAPE, "%s: invalid kernel/stride/padding on axis %d", name, a);
+    int64_t wd[5] = {p->cout, xs.c, p->k[0], p->k[1], p->k[2]};
+    if (!conv_inputs_ok(g, x, w, b, p->cout, 5, wd, name)) return -1;
+    int id = add_node(g, I3_OP_CONV, x, w, b, i3_conv_out_shape(xs, p), name);
+    if (id >= 0) last_node(g)->p.conv = *p;
+    return id;
+}
+
+int i3_graph_conv_transpose(i3_graph *g, int x, int w, int b, const i3_conv_transpose_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    i3_shape5 xs = i3_value_shape5(&g->values[x]);
+    int64_t wd[5] = {xs.c, p->cout, p->k[0], p->k[1], p->k[2]};
+    if (!conv_inputs_ok(g, x, w, b, p->cout, 5, wd, name)) return -1;
+    int id = add_node(g, I3_OP_CONV_TRANSPOSE, x, w, b, i3_conv_transpose_out_shape(xs, p), name);
+    if (id >= 0) last_node(g)->p.conv_transpose = *p;
+    return id;
+}
+
+int i3_graph_acs_conv(i3_graph *g, int x, int w, int b, const i3_acs_conv_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    i3_shape5 xs = i3_value_shape5(&g->values[x]);
+    int64_t wd[4] = {p->cout, xs.c, p->k, p->k};
+    if (!conv_inputs_ok(g, x, w, b, p->cout, 4, wd, name)) return -1;
+    int id = add_node(g, I3_OP_ACS_CONV, x, w, b, i3_acs_conv_out_shape(xs, p), name);
+    if (id >= 0) last_node(g)->p.acs = *p;
+    return id;
+}
+
+int i3_graph_instance_norm(i3_graph *g, int x, int gamma, int beta, const i3_norm_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x) || (gamma >= 0 && !valid_weight(g, gamma)) || (beta >= 0 && !valid_weight(g, beta)))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input/weight value ids", name);
+    i3_shape5 xs = i3_value_shape5(&g->values[x]);
+    int64_t cd[1] = {xs.c};
+    if ((gamma >= 0 && !weight_has_shape(g, gamma, 1, cd, name)) || (beta >= 0 && !weight_has_shape(g, beta, 1, cd, name)))
+        return -1;
+    int id = add_node(g, I3_OP_INSTANCE_NORM, x, gamma, beta, xs, name);
+    if (id >= 0) last_node(g)->p.norm = *p;
+    return id;
+}
+
+int i3_graph_activation(i3_graph *g, int x, i3_act act, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    int id = add_node(g, I3_OP_ACTIVATION, x, -1, -1, i3_value_shape5(&g->values[x]), name);
+    if (id >= 0) last_node(g)->p.act = act;
+    return id;
+}
+
+static bool same_shape5(i3_shape5 a, i3_shape5 b) {
+    return a.n == b.n && a.c == b.c && a.d == b.d && a.h == b.h && a.w == b.w;
+}
+
+int i3_graph_add(i3_graph *g, int a, int b, i3_act act, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, a) || !valid_activation(g, b))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid inputs", name);
+    i3_shape5 as = i3_value_shape5(&g->values[a]), bs = i3_value_shape5(&g->values[b]);
+    if (!same_shape5(as, bs)) {
+        char x[96], y[96];
+        return graph_fail(g, I3RT_ERR_SHAPE, "%s: cannot add %s (%s) and %s (%s)", name, g->values[a].name,
+                          shape_str(g->values[a].dims, 5, x, sizeof x), g->values[b].name,
+                          shape_str(g->values[b].dims, 5, y, sizeof y));
+    }
+    int id = add_node(g, I3_OP_ADD, a, b, -1, as, name);
+    if (id >= 0) last_node(g)->p.act = act;
+    return id;
+}
+
+int i3_graph_concat(i3_graph *g, int a, int b, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, a) || !valid_activation(g, b))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid inputs", name);
+    i3_shape5 as = i3_value_shape5(&g->values[a]), bs = i3_value_shape5(&g->values[b]);
+    if (as.n != bs.n || as.d != bs.d || as.h != bs.h || as.w != bs.w) {
+        char x[96], y[96];
+        return graph_fail(g, I3RT_ERR_SHAPE, "%s: cannot concatenate %s (%s) and %s (%s) along channels", name,
+                          g->values[a].name, shape_str(g->values[a].dims, 5, x, sizeof x), g->values[b].name,
+                          shape_str(g->values[b].dims, 5, y, sizeof y));
+    }
+    as.c += bs.c;
+    return add_node(g, I3_OP_CONCAT, a, b, -1, as, name);
+}
+
+int i3_graph_resize(i3_graph *g, int x, const i3_resize_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    i3_shape5 s = i3_value_shape5(&g->values[x]);
+    s.d = p->out[0];
+    s.h = p->out[1];
+    s.w = p->out[2];
+    int id = add_node(g, I3_OP_RESIZE, x, -1, -1, s, name);
+    if (id >= 0) last_node(g)->p.resize = *p;
+    return id;
+}
+
+int i3_graph_softmax(i3_graph *g, int x, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    return add_node(g, I3_OP_SOFTMAX, x, -1, -1, i3_value_shape5(&g->values[x]), name);
+}
+
+int i3_graph_avg_pool(i3_graph *g, int x, const i3_avg_pool_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    for (int a = 0; a < 3; a++)
+        if (p->k[a] < 1) return graph_fail(g, I3RT_ERR_SHAPE, "%s: invalid pooling kernel on axis %d", name, a);
+    int id = add_node(g, I3_OP_AVG_POOL, x, -1, -1, i3_avg_pool_out_shape(i3_value_shape5(&g->values[x]), p), name);
+    if (id >= 0) last_node(g)->p.avg_pool = *p;
+    return id;
+}
+
+/* ---- planning ---------------------------------------------------------------------------------- */
+
+/* Ops whose output may overwrite their first input element by element. */
+static bool op_runs_in_place(i3_op op) {
+    return op == I3_OP_INSTANCE_NORM || op == I3_OP_ACTIVATION || op == I3_OP_ADD;
+}
+
+typedef struct {
+    size_t offset, size;
+} arena_block;
+
+static size_t align_up(size_t n) { return (n + I3_ARENA_ALIGN - 1) / I3_ARENA_ALIGN * I3_ARENA_ALIGN; }
+
+/* Best fit among the gaps between live blocks (kept sorted by offset), else after the last one. */
+static size_t arena_place(arena_block *live, int *n_live, size_t size, size_t *peak) {
+    size_t best = SIZE_MAX, best_gap = SIZE_MAX, prev_end = 0;
+    int insert_at = *n_live, best_index = *n_live;
+    for (int i = 0; i <= *n_live; i++) {
+        size_t start = i < *n_live ? live[i].offset : SIZE_MAX;
+        if (i < *n_live && start - prev_end >= size && start - prev_end < best_gap) {
+            best_gap = start - prev_end;
+            best = prev_end;
+            best_index = i;
+        }
+        if (i < *n_live) prev_end = live[i].offset + live[i].size;
+    }
+    if (best == SIZE_MAX) {
+        best = prev_end;
+        best_index = insert_at;
+    }
+    memmove(&live[best_index + 1], &live[best_index], (size_t)(*n_live - best_index) * sizeof *live);
+    live[best_index] = (arena_block){best, size};
+    (*n_live)++;
+    if (best + size > *peak) *peak = best + size;
+    return best;
+}
+
+static void arena_release(arena_block *live, int *n_live, size_t offset) {
+    for (int i = 0; i < *n_live; i++) {
+        if (live[i].offset == offset) {
+            memmove(&live[i], &live[i + 1], (size_t)(*n_live - i - 1) * sizeof *live);
+            (*n_live)--;
+            return;
+        }
+    }
+}
+
+i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
+    if (g->failed) return (i3rt_status)g->failed;
+    if (g->input < 0 || !valid_activation(g, output) || g->n_nodes == 0)
+        return i3_fail(g->ctx, I3RT_ERR_INVALID_ARGUMENT, "graph has no input, output or nodes");
+    g->output = output;
+
+    for (int i = 0; i < g->n_values; i++) g->values[i].last_use = -1;
+    for (int n = 0; n < g->n_nodes; n++)
+        for (int k = 0; k < I3_MAX_INPUTS; k++)
+            if (g->nodes[n].in[k] >= 0) g->values[g->nodes[n].in[k]].last_use = n;
+    g->values[output].last_use = g->n_nodes; /* lives to the end: it is read back */
+
+    arena_block *live = malloc((size_t)(g->n_values + 1) * sizeof *live);
+    if (!live) return i3_fail(g->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory planning the graph");
+    int n_live = 0;
+    size_t peak = 0;
+    i3_value *in = &g->values[g->input];
+    in->offset = arena_place(live, &n_live, align_up(i3_value_bytes(in)), &peak);
+
+    g->scratch_bytes = 0;
+    for (int n = 0; n < g->n_nodes; n++) {
+        i3_node *node = &g->nodes[n];
+        i3_value *out = &g->values[node->out];
+        i3_value *first = &g->values[node->in[0]];
+        size_t size = align_up(i3_value_bytes(out));
+        bool in_place = op_runs_in_place(node->op) && first->kind != I3_VALUE_WEIGHT && first->last_use == n &&
+                        node->in[0] != output && align_up(i3_value_bytes(first)) == size;
+        if (in_place) {
+            out->offset = first->offset;  /* the block passes from input to output */
+        } else {
+            out->offset = arena_place(live, &n_live, size, &peak);
+        }
+        for (int k = 0; k < I3_MAX_INPUTS; k++) {
+            int id = node->in[k];
+            if (id < 0 || g->values[id].kind == I3_VALUE_WEIGHT || g->values[id].last_use != n) continue;
+            if (in_place && k == 0) continue;
+            bool read_twice = false; /* the same value as two inputs of one node: release once */
+            for (int j = 0; j < k; j++) read_twice |= node->in[j] == id;
+            if (!read_twice) arena_release(live, &n_live, g->values[id].offset);
+        }
+        node->scratch_bytes = backend ? backend->iface->scratch_bytes(backend, g, node) : 0;
+        if (node->scratch_bytes > g->scratch_bytes) g->scratch_bytes = node->scratch_bytes;
+    }
+    free(live);
+    g->arena_bytes = peak;
+    return I3RT_OK;
+}
