@@ -96,7 +96,9 @@ void i3_cpu_conv_transpose(const float *x, i3_shape5 xs, const float *w, const f
 void i3_cpu_acs_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b,
                          const i3_acs_conv_params *p, float *y);
 
-/* In place allowed (y == x). */
+/* In place allowed (y == x), for both. */
+void i3_cpu_instance_norm_ref(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
+                              const i3_norm_params *p, float *y);
 void i3_cpu_instance_norm(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
                           const i3_norm_params *p, float *y, int n_threads);
 

@@ -1,0 +1,57 @@
+/* ACS convolution (M3DV/ACSConv, see shared notes snc-ritm-acs.md section 2): a 2D kernel
+ * w [cout, cin, k, k] applied to a 3D volume. Output channels are split (axial, coronal, sagittal),
+ * split[i] = cout / 3 + (i < cout % 3), and each part convolves over two axes:
+ *   axial    kernel rows -> h, cols -> w      coronal  rows -> d, cols -> w      sagittal rows -> d, cols -> h
+ * Stride s applies to all three axes; padding p on the two kernel axes. Every axis has the 3D output
+ * length (n + 2p - k) / s + 1, and the kernel-less axis reads the centre tap of the 3D window, input
+ * index s * o + k / 2 - p (zero outside), as ACSConv's pad-and-slice route does; with "same" padding
+ * (p = k / 2, all of RITM's convs) that is s * o. (ACSConv takes a 1-tap shortcut instead when that
+ * length equals n or n / 2; it differs from the centre tap only when p != k / 2.)
+ *
+ *   i3_cpu_acs_conv_ref  the sum per output voxel, accumulated in double. */
+#include "ops.h"
+
+void i3_acs_split(int cout, int split[3]) {
+    for (int i = 0; i < 3; i++) split[i] = cout / 3 + (i < cout % 3 ? 1 : 0);
+}
+
+static int64_t acs_out_len(int64_t in, const i3_acs_conv_params *p) {
+    int64_t span = in + 2 * (int64_t)p->pad - p->k;
+    return span < 0 ? 0 : span / p->stride + 1;
+}
+
+i3_shape5 i3_acs_conv_out_shape(i3_shape5 x, const i3_acs_conv_params *p) {
+    i3_shape5 y = {x.n, p->cout, acs_out_len(x.d, p), acs_out_len(x.h, p), acs_out_len(x.w, p)};
+    return y;
+}
+
+void i3_cpu_acs_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b,
+                         const i3_acs_conv_params *p, float *y) {
+    const i3_shape5 ys = i3_acs_conv_out_shape(xs, p);
+    const int k = p->k, s = p->stride, pad = p->pad;
+    int split[3];
+    i3_acs_split(p->cout, split);
+    for (int64_t n = 0; n < ys.n; n++)
+        for (int64_t o = 0; o < ys.c; o++) {
+            const int part = o < split[0] ? 0 : o < split[0] + split[1] ? 1 : 2;
+            for (int64_t od = 0; od < ys.d; od++)
+                for (int64_t oh = 0; oh < ys.h; oh++)
+                    for (int64_t ow = 0; ow < ys.w; ow++) {
+                        double acc = b ? b[o] : 0.0;
+                        for (int64_t ci = 0; ci < xs.c; ci++)
+                            for (int u = 0; u < k; u++)
+                                for (int v = 0; v < k; v++) {
+                                    /* window start on every axis, then the tap each axis takes */
+                                    int64_t iz = od * s - pad, iy = oh * s - pad, ix = ow * s - pad;
+                                    if (part == 0) iz += k / 2, iy += u, ix += v;
+                                    if (part == 1) iz += u, iy += k / 2, ix += v;
+                                    if (part == 2) iz += u, iy += v, ix += k / 2;
+                                    if (iz < 0 || iz >= xs.d || iy < 0 || iy >= xs.h || ix < 0 || ix >= xs.w)
+                                        continue;
+                                    acc += (double)x[(((n * xs.c + ci) * xs.d + iz) * xs.h + iy) * xs.w + ix] *
+                                           w[((o * xs.c + ci) * k + u) * k + v];
+                                }
+                        y[(((n * ys.c + o) * ys.d + od) * ys.h + oh) * ys.w + ow] = i3_act_apply(p->act, (float)acc);
+                    }
+        }
+}

@@ -1,0 +1,24 @@
+/* Elementwise ops on the CPU: activation, residual add (+ activation), channel concat.
+ * One implementation each (they are memory bound; the plain loop is the fast path), threaded over
+ * the values. In place allowed for activation and add. */
+#include "ops.h"
+
+#include <string.h>
+
+void i3_cpu_activation(const float *x, int64_t n, i3_act act, float *y, int n_threads) {
+#pragma omp parallel for simd num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = i3_act_apply(act, x[i]);
+}
+
+void i3_cpu_add(const float *a, const float *b, int64_t n, i3_act act, float *y, int n_threads) {
+#pragma omp parallel for simd num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) y[i] = i3_act_apply(act, a[i] + b[i]);
+}
+
+void i3_cpu_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y) {
+    for (int64_t i = 0; i < n; i++) {
+        float *yi = y + i * (ca + cb) * s;
+        memcpy(yi, a + i * ca * s, (size_t)(ca * s) * sizeof(float));
+        memcpy(yi + ca * s, b + i * cb * s, (size_t)(cb * s) * sizeof(float));
+    }
+}
