@@ -2,10 +2,10 @@
  *   y = act((x - mean) / sqrt(var + eps) * gamma[c] + beta[c]),  var biased (divided by the count).
  *
  *   i3_cpu_instance_norm_ref  two passes per plane, every sum in double, one value at a time.
- *   i3_cpu_instance_norm      two passes per plane: sums over blocks of I3_NORM_BLOCK values in float
- *                             (vectorised, `omp simd`), blocks merged in double, so the rounding error
- *                             stays that of a block; then one fused scale/shift/act pass. Threads over
- *                             planes. In place allowed (y == x) for both. */
+ *   i3_cpu_instance_norm      two passes per plane: sums of x - x[0], then of (x - mean)^2, over blocks
+ *                             of I3_NORM_BLOCK values in float (vectorised, `omp simd`), blocks merged
+ *                             in double, so the rounding error stays that of a block; then one fused
+ *                             centre/scale/shift/act pass. Threads over planes. In place allowed (y == x) for both. */
 #include "ops.h"
 
 #include <math.h>
@@ -56,7 +56,8 @@ void i3_cpu_instance_norm(const float *x, i3_shape5 xs, const float *gamma, cons
         const float *xp = x + plane * s;
         float *yp = y + plane * s;
         const int64_t c = plane % xs.c;
-        const double mean = blocked_sum(xp, s, 0.0f, 1) / (double)s;
+        /* shifted by the first value, so that float block sums stay small whatever the offset */
+        const double mean = xp[0] + blocked_sum(xp, s, xp[0], 1) / (double)s;
         const float mean_f = (float)mean;
         /* spread around the float mean, minus the (tiny) square of its rounding error */
         const double var = blocked_sum(xp, s, mean_f, 2) / (double)s - (mean - mean_f) * (mean - mean_f);

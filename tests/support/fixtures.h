@@ -1,0 +1,43 @@
+/* Test helpers for op checks: seeded random data, buffers with guard values around them, error
+ * reports (max abs / max rel error), and reading PyTorch fixture files (safetensors written by a
+ * tests/gen_*.py script, parameters as JSON strings in the metadata). */
+#ifndef I3RT_TEST_FIXTURES_H
+#define I3RT_TEST_FIXTURES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "weights.h"
+
+/* Deterministic xorshift generator; values uniform in [lo, hi). */
+typedef struct {
+    uint64_t state;
+} fx_rng;
+fx_rng fx_rng_seed(uint64_t seed);
+void fx_fill(fx_rng *r, float *v, int64_t n, float lo, float hi);
+
+/* A buffer of n floats with FX_GUARD sentinel floats before and after it. fx_guarded_alloc fills
+ * everything (buffer included) with the sentinel; fx_guards_intact checks the two guard zones. */
+#define FX_GUARD 64
+float *fx_guarded_alloc(int64_t n);
+bool fx_guards_intact(const float *buf, int64_t n);
+void fx_guarded_free(float *buf);
+
+/* Max abs error and the error relative to max |ref| (the scale of the output, so that values near
+ * zero do not inflate it). Prints one line with label, returns the relative error. */
+typedef struct {
+    double max_abs, max_ref, rel;
+} fx_err;
+fx_err fx_compare(const char *label, const float *got, const float *ref, int64_t n);
+
+/* Fixture file <$I3RT_FIXTURES>/<group>/<name>; NULL (after printing why) if it does not exist. */
+i3_weights *fx_open(const char *group, const char *name);
+/* The tensor `name` as f32 (NULL if absent or not F32). */
+const float *fx_tensor(const i3_weights *w, const char *name, int64_t *numel);
+/* Integer and float parameters from the JSON object in metadata key "params". */
+int64_t fx_param_int(const i3_weights *w, const char *key, int index);   /* index into an array, or -1 */
+double fx_param_num(const i3_weights *w, const char *key);
+bool fx_param_has(const i3_weights *w, const char *key);
+
+#endif
