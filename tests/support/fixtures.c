@@ -101,3 +101,17 @@ bool fx_param_has(const i3_weights *w, const char *key) {
     cJSON_Delete(root);
     return has;
 }
+
+bool fx_param_str_eq(const i3_weights *w, const char *key, const char *value) {
+    cJSON *root, *item = params_item(w, key, &root);
+    bool eq = cJSON_IsString(item) && strcmp(item->valuestring, value) == 0;
+    cJSON_Delete(root);
+    return eq;
+}
+
+bool fx_shape5(const i3_weights *w, const char *name, int64_t out[5]) {
+    const i3_weight_tensor *t = i3_weights_find(w, name);
+    if (!t || t->ndim != 5) return false;
+    memcpy(out, t->shape, 5 * sizeof(int64_t));
+    return true;
+}

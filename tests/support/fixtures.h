@@ -39,5 +39,8 @@ const float *fx_tensor(const i3_weights *w, const char *name, int64_t *numel);
 int64_t fx_param_int(const i3_weights *w, const char *key, int index);   /* index into an array, or -1 */
 double fx_param_num(const i3_weights *w, const char *key);
 bool fx_param_has(const i3_weights *w, const char *key);
+bool fx_param_str_eq(const i3_weights *w, const char *key, const char *value);
+/* The tensor's shape as [n, c, d, h, w] (ndim must be 5). */
+bool fx_shape5(const i3_weights *w, const char *name, int64_t out[5]);
 
 #endif
