@@ -1,0 +1,34 @@
+/* The launchers of the device ops, one per kernels/<op>.cu, callable from C and C++.
+ *
+ * Each build of the kernels has its own names: I3_DEV(conv) is i3emu_conv in the emulated build and
+ * i3gpu_conv in the nvcc build. This header has no include guard on purpose: a C file that wants
+ * both defines I3_DEV, includes it, redefines I3_DEV and includes it again (kernels/device.h
+ * defines I3_DEV for the .cu files). Every launcher returns a cudaError_t as int (0 = success),
+ * queues its work on `stream` (a cudaStream_t, NULL = default) and takes NCDHW float32 tensors
+ * with the semantics of the CPU op of the same name in runtime/ops.h; `ys` is the output shape. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "ops.h"
+
+int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p, float *y,
+                 i3_shape5 ys, void *stream);
+int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
+                           const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
+int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
+                     float *y, i3_shape5 ys, void *stream);
+int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
+                          const i3_norm_params *p, float *y, void *stream);
+int I3_DEV(activation)(const float *x, int64_t n, i3_act act, float *y, void *stream);
+int I3_DEV(add)(const float *a, const float *b, int64_t n, i3_act act, float *y, void *stream);
+int I3_DEV(concat)(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y,
+                   void *stream);
+int I3_DEV(resize)(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, void *stream);
+int I3_DEV(avg_pool)(const float *x, i3_shape5 xs, const i3_avg_pool_params *p, float *y, void *stream);
+int I3_DEV(softmax_uncertainty)(const float *logits, int64_t n, int64_t c, int64_t s, float *probs, float *entropy,
+                                float *msp, int32_t *argmax, void *stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,361 @@
+/* The SIMT emulator's launcher, fibers and runtime calls (see simt.h).
+ *
+ * A launch runs blocks one after another on the calling OS thread. Each thread of the block is a
+ * fiber (ucontext) with its own malloc'd stack; the scheduler resumes runnable fibers in thread
+ * order, and a fiber runs until it reaches __syncthreads, a warp collective whose other lanes have
+ * not arrived yet, or its end. The launch state lives in a thread_local pointer, like the CUDA
+ * runtime's per-thread state; nothing else is global. */
+#include "simt.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <ucontext.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define I3EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define I3EMU_ASAN 1
+#endif
+#endif
+#ifdef I3EMU_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+namespace i3emu {
+
+enum FiberState { FIBER_READY, FIBER_RUNNING, FIBER_AT_BARRIER, FIBER_IN_WARP, FIBER_DONE };
+
+struct Fiber {
+    ucontext_t ctx;
+    dim3 tid;
+    int linear;
+    FiberState state;
+    void *stack;
+    void *asan_fake_stack;
+};
+
+namespace {
+
+#ifdef I3EMU_ASAN
+const size_t FIBER_STACK_BYTES = 256 << 10;   /* ASan's redzones make frames larger */
+#else
+const size_t FIBER_STACK_BYTES = 64 << 10;
+#endif
+const size_t EMULATED_DEVICE_BYTES = (size_t)16 << 30;   /* one allocation at most, like a 16 GiB card */
+
+struct LaunchState {
+    Launch pub;
+    ucontext_t scheduler;
+    const void *scheduler_stack;
+    size_t scheduler_stack_bytes;
+    kernel_thunk thunk;
+    void *closure;
+};
+
+thread_local LaunchState *tl_launch;
+thread_local cudaError_t tl_error;
+thread_local char tl_error_detail[512];
+
+void set_error(cudaError_t e, const char *fmt, va_list ap) {
+    if (tl_error == cudaSuccess) {
+        tl_error = e;
+        vsnprintf(tl_error_detail, sizeof tl_error_detail, fmt, ap);
+    }
+}
+
+void set_error_f(cudaError_t e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void set_error_f(cudaError_t e, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    set_error(e, fmt, ap);
+    va_end(ap);
+}
+
+/* Fiber switches, announced to AddressSanitizer so that it tracks which stack is live. */
+void switch_to_fiber(LaunchState *ls, Fiber *f) {
+    ls->pub.current = f;
+    f->state = FIBER_RUNNING;
+#ifdef I3EMU_ASAN
+    void *fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, f->stack, FIBER_STACK_BYTES);
+    swapcontext(&ls->scheduler, &f->ctx);
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#else
+    swapcontext(&ls->scheduler, &f->ctx);
+#endif
+    ls->pub.current = nullptr;
+}
+
+void switch_to_scheduler(LaunchState *ls, Fiber *f) {
+#ifdef I3EMU_ASAN
+    /* A finished fiber passes no fake-stack slot: ASan may then drop its fake frames. */
+    __sanitizer_start_switch_fiber(f->state == FIBER_DONE ? nullptr : &f->asan_fake_stack, ls->scheduler_stack,
+                                   ls->scheduler_stack_bytes);
+    swapcontext(&f->ctx, &ls->scheduler);
+    __sanitizer_finish_switch_fiber(f->asan_fake_stack, nullptr, nullptr);
+#else
+    swapcontext(&f->ctx, &ls->scheduler);
+#endif
+}
+
+void fiber_entry() {
+    LaunchState *ls = tl_launch;
+#ifdef I3EMU_ASAN
+    __sanitizer_finish_switch_fiber(nullptr, &ls->scheduler_stack, &ls->scheduler_stack_bytes);
+#endif
+    Fiber *f = ls->pub.current;
+    ls->thunk(ls->closure);
+    f->state = FIBER_DONE;
+    ls->pub.live--;
+    if (ls->pub.at_barrier > 0)
+        fail("thread (%u,%u,%u) of block (%u,%u,%u) returned while %d threads wait at __syncthreads", f->tid.x,
+             f->tid.y, f->tid.z, ls->pub.block_idx.x, ls->pub.block_idx.y, ls->pub.block_idx.z,
+             ls->pub.at_barrier);
+    switch_to_scheduler(ls, f);
+    abort();   /* a finished fiber is never resumed */
+}
+
+void yield_to_scheduler() {
+    LaunchState *ls = tl_launch;
+    switch_to_scheduler(ls, ls->pub.current);
+}
+
+void run_block(LaunchState *ls) {
+    Launch &L = ls->pub;
+    for (int t = 0; t < L.n_threads; t++) {
+        Fiber *f = &L.fibers[t];
+        f->linear = t;
+        f->tid = dim3(t % L.block.x, t / L.block.x % L.block.y, t / (L.block.x * L.block.y));
+        f->state = FIBER_READY;
+        f->asan_fake_stack = nullptr;
+#ifdef I3EMU_ASAN
+        __asan_unpoison_memory_region(f->stack, FIBER_STACK_BYTES);
+#endif
+        getcontext(&f->ctx);
+        f->ctx.uc_stack.ss_sp = f->stack;
+        f->ctx.uc_stack.ss_size = FIBER_STACK_BYTES;
+        f->ctx.uc_link = nullptr;
+        makecontext(&f->ctx, fiber_entry, 0);
+    }
+    for (int w = 0; w < (L.n_threads + WARP_SIZE - 1) / WARP_SIZE; w++) L.warps[w].arrived = 0;
+    L.live = L.n_threads;
+    L.at_barrier = 0;
+    while (L.live > 0 && !L.failed) {
+        int ran = 0;
+        for (int t = 0; t < L.n_threads && !L.failed; t++) {
+            if (L.fibers[t].state != FIBER_READY) continue;
+            switch_to_fiber(ls, &L.fibers[t]);
+            ran = 1;
+        }
+        if (!ran && L.live > 0 && !L.failed) {
+            int in_warp = 0;
+            for (int t = 0; t < L.n_threads; t++) in_warp += L.fibers[t].state == FIBER_IN_WARP;
+            fail("deadlock in block (%u,%u,%u): %d threads wait at __syncthreads, %d in warp collectives "
+                 "whose lanes never arrive",
+                 L.block_idx.x, L.block_idx.y, L.block_idx.z, L.at_barrier, in_warp);
+        }
+    }
+}
+
+}  // namespace
+
+Launch *current_launch() { return &tl_launch->pub; }
+Fiber *current_fiber() { return tl_launch->pub.current; }
+const dim3 &current_thread_idx() { return tl_launch->pub.current->tid; }
+int current_linear_tid() { return tl_launch->pub.current->linear; }
+int lane_id() { return tl_launch->pub.current->linear % WARP_SIZE; }
+
+void fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    set_error(cudaErrorLaunchFailure, fmt, ap);
+    va_end(ap);
+    if (tl_launch) tl_launch->pub.failed = 1;
+}
+
+void barrier() {
+    Launch &L = tl_launch->pub;
+    Fiber *f = L.current;
+    if (L.live < L.n_threads) {
+        fail("__syncthreads in block (%u,%u,%u) after %d of its threads returned", L.block_idx.x, L.block_idx.y,
+             L.block_idx.z, L.n_threads - L.live);
+        return;
+    }
+    L.at_barrier++;
+    if (L.at_barrier == L.live) {   /* the last to arrive releases everyone and goes on */
+        for (int t = 0; t < L.n_threads; t++)
+            if (L.fibers[t].state == FIBER_AT_BARRIER) L.fibers[t].state = FIBER_READY;
+        L.at_barrier = 0;
+        return;
+    }
+    f->state = FIBER_AT_BARRIER;
+    yield_to_scheduler();
+}
+
+void warp_collective(uint32_t mask, const void *in, size_t in_bytes, void (*finalize)(Warp *, uint32_t),
+                     void *out, size_t out_bytes) {
+    Launch &L = tl_launch->pub;
+    Fiber *f = L.current;
+    int lane = f->linear % WARP_SIZE, first = f->linear - lane;
+    int lanes = L.n_threads - first < WARP_SIZE ? L.n_threads - first : WARP_SIZE;
+    uint32_t existing = lanes == WARP_SIZE ? 0xffffffffu : (1u << lanes) - 1;
+    Warp *w = &L.warps[first / WARP_SIZE];
+    mask &= existing;
+    if (!(mask >> lane & 1)) {
+        fail("thread %d calls a warp collective with a mask (0x%08x) that does not name its lane", f->linear, mask);
+        return;
+    }
+    for (int l = 0; l < lanes; l++) {
+        if ((mask >> l & 1) && L.fibers[first + l].state == FIBER_DONE) {
+            fail("thread %d calls a warp collective whose mask (0x%08x) names lane %d, which returned", f->linear,
+                 mask, l);
+            return;
+        }
+    }
+    if (in_bytes) memcpy(w->in[lane], in, in_bytes);
+    w->arrived |= 1u << lane;
+    if ((w->arrived & mask) == mask) {
+        finalize(w, mask);
+        w->arrived &= ~mask;
+        for (int l = 0; l < lanes; l++)
+            if ((mask >> l & 1) && l != lane) L.fibers[first + l].state = FIBER_READY;
+    } else {
+        f->state = FIBER_IN_WARP;
+        yield_to_scheduler();
+    }
+    if (out_bytes) memcpy(out, w->out[lane], out_bytes);
+}
+
+cudaError_t launch(dim3 grid, dim3 block, size_t dynamic_smem, kernel_thunk thunk, void *closure) {
+    uint64_t n_threads = (uint64_t)block.x * block.y * block.z;
+    if (n_threads == 0 || n_threads > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+        grid.x > 0x7fffffffu || grid.y > 65535 || grid.z > 65535 || dynamic_smem > (227u << 10)) {
+        set_error_f(cudaErrorInvalidConfiguration, "launch of grid (%u,%u,%u) block (%u,%u,%u) smem %zu bytes",
+                    grid.x, grid.y, grid.z, block.x, block.y, block.z, dynamic_smem);
+        return cudaErrorInvalidConfiguration;
+    }
+    if (tl_launch) {
+        set_error_f(cudaErrorLaunchFailure, "kernel launch from inside a kernel");
+        return cudaErrorLaunchFailure;
+    }
+    LaunchState ls = {};
+    Launch &L = ls.pub;
+    L.grid = grid;
+    L.block = block;
+    L.n_threads = (int)n_threads;
+    ls.thunk = thunk;
+    ls.closure = closure;
+    int n_warps = (L.n_threads + WARP_SIZE - 1) / WARP_SIZE;
+    L.fibers = (Fiber *)calloc((size_t)L.n_threads, sizeof(Fiber));
+    L.warps = (Warp *)calloc((size_t)n_warps, sizeof(Warp));
+    L.dynamic_smem = (unsigned char *)calloc(1, dynamic_smem + 16);
+    int ok = L.fibers && L.warps && L.dynamic_smem;
+    for (int t = 0; ok && t < L.n_threads; t++) ok = (L.fibers[t].stack = malloc(FIBER_STACK_BYTES)) != nullptr;
+    if (!ok) {
+        set_error_f(cudaErrorMemoryAllocation, "emulator: no memory for %d fiber stacks", L.n_threads);
+    } else {
+        tl_launch = &ls;
+        for (unsigned z = 0; z < grid.z && !L.failed; z++)
+            for (unsigned y = 0; y < grid.y && !L.failed; y++)
+                for (unsigned x = 0; x < grid.x && !L.failed; x++) {
+                    L.block_idx = dim3(x, y, z);
+                    run_block(&ls);
+                }
+        tl_launch = nullptr;
+    }
+    for (int t = 0; L.fibers && t < L.n_threads; t++) free(L.fibers[t].stack);
+    free(L.fibers);
+    free(L.warps);
+    free(L.dynamic_smem);
+    if (!ok) return cudaErrorMemoryAllocation;
+    return L.failed ? cudaErrorLaunchFailure : cudaSuccess;
+}
+
+/* ---- runtime calls: the device is host memory and every call is synchronous ----------------- */
+
+cudaError_t cudaGetLastError() {
+    cudaError_t e = tl_error;
+    tl_error = cudaSuccess;
+    return e;
+}
+cudaError_t cudaPeekAtLastError() { return tl_error; }
+const char *error_detail() { return tl_error_detail; }
+
+const char *cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaMalloc(void **ptr, size_t bytes) {
+    *ptr = bytes <= EMULATED_DEVICE_BYTES ? malloc(bytes ? bytes : 1) : nullptr;
+    if (!*ptr) {
+        set_error_f(cudaErrorMemoryAllocation, "emulated device: cannot allocate %zu bytes", bytes);
+        return cudaErrorMemoryAllocation;
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void *ptr) {
+    free(ptr);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind) {
+    if (bytes) memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaMemset(void *dst, int value, size_t bytes) {
+    memset(dst, value, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t) { return cudaMemset(dst, value, bytes); }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+struct i3emu_stream {
+    int unused;
+};
+struct i3emu_event {
+    double ms;
+};
+
+cudaError_t cudaStreamCreate(cudaStream_t *s) {
+    *s = (cudaStream_t)calloc(1, sizeof(i3emu_stream));
+    return *s ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    free(s);
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaEventCreate(cudaEvent_t *e) {
+    *e = (cudaEvent_t)calloc(1, sizeof(i3emu_event));
+    return *e ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    free(e);
+    return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    e->ms = ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+    return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+    *ms = (float)(end->ms - start->ms);
+    return cudaSuccess;
+}
+
+}  // namespace i3emu

@@ -1,0 +1,177 @@
+/* The CUDA backend: device memory, copies and one launcher per op (kernels/<op>.cu), on one stream.
+ *
+ * This file is compiled twice, like the kernels: by nvcc for the GPU (names i3gpu_*, backend
+ * "cuda") and by the C++ compiler against the SIMT emulator (names i3emu_*, backend "emulated"),
+ * so the emulated device runs exactly the launch code the GPU runs. The emulated build also holds
+ * i3_backend_cuda_create, which picks one of the two. */
+#include "device.h"
+
+#include "cuda_backend.h"
+#include "launchers.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+namespace I3_NS {
+
+#ifdef __CUDACC__
+static const char BACKEND_NAME[] = "cuda";
+static const char *failure_detail() { return ""; }
+#else
+static const char BACKEND_NAME[] = "emulated";
+static const char *failure_detail() { return ::i3emu::error_detail(); }
+#endif
+
+struct DeviceState {
+    cudaStream_t stream;
+};
+
+static cudaStream_t stream_of(i3_backend *b) { return ((DeviceState *)b->impl)->stream; }
+
+static i3rt_status device_fail(i3_backend *b, cudaError_t e, const char *what) {
+    const char *detail = failure_detail();
+    return i3_fail(b->ctx, e == cudaErrorMemoryAllocation ? I3RT_ERR_OUT_OF_MEMORY : I3RT_ERR_BACKEND,
+                   "%s backend: %s: %s%s%s", BACKEND_NAME, what, cudaGetErrorString(e), detail[0] ? ": " : "", detail);
+}
+
+static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
+    cudaError_t e = cudaMalloc(out, bytes);
+    if (e == cudaSuccess) return I3RT_OK;
+    *out = NULL;
+    cudaGetLastError();
+    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: out of device memory allocating %zu bytes (%.1f MiB): %s",
+                   BACKEND_NAME, bytes, bytes / 1048576.0, cudaGetErrorString(e));
+}
+
+static void device_free(i3_backend *b, void *ptr) {
+    if (ptr) cudaFree(ptr);
+}
+
+static i3rt_status device_upload(i3_backend *b, void *dst, const void *src, size_t bytes) {
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(b));
+    return e == cudaSuccess ? I3RT_OK : device_fail(b, e, "upload");
+}
+
+static i3rt_status device_download(i3_backend *b, void *dst, const void *src, size_t bytes) {
+    cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_of(b));
+    if (e == cudaSuccess) e = cudaStreamSynchronize(stream_of(b));
+    return e == cudaSuccess ? I3RT_OK : device_fail(b, e, "download");
+}
+
+static size_t device_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) { return 0; }
+
+static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
+    const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
+    const float *in0 = (const float *)x->data;
+    const float *in1 = node->in[1] >= 0 ? (const float *)g->values[node->in[1]].data : NULL;
+    const float *in2 = node->in[2] >= 0 ? (const float *)g->values[node->in[2]].data : NULL;
+    float *out = (float *)y->data;
+    i3_shape5 xs = i3_value_shape5(x), ys = i3_value_shape5(y);
+    void *s = stream_of(b);
+    int e;
+    switch (node->op) {
+    case I3_OP_CONV: e = I3_DEV(conv)(in0, xs, in1, in2, &node->p.conv, out, ys, s); break;
+    case I3_OP_CONV_TRANSPOSE:
+        e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
+        break;
+    case I3_OP_ACS_CONV: e = I3_DEV(acs_conv)(in0, xs, in1, in2, &node->p.acs, out, ys, s); break;
+    case I3_OP_INSTANCE_NORM: e = I3_DEV(instance_norm)(in0, xs, in1, in2, &node->p.norm, out, s); break;
+    case I3_OP_ACTIVATION: e = I3_DEV(activation)(in0, i3_shape5_numel(xs), node->p.act, out, s); break;
+    case I3_OP_ADD: e = I3_DEV(add)(in0, in1, i3_shape5_numel(xs), node->p.act, out, s); break;
+    case I3_OP_CONCAT:
+        e = I3_DEV(concat)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out, s);
+        break;
+    case I3_OP_RESIZE: e = I3_DEV(resize)(in0, xs, &node->p.resize, out, s); break;
+    case I3_OP_SOFTMAX:
+        e = I3_DEV(softmax_uncertainty)(in0, xs.n, xs.c, i3_shape5_spatial(xs), out, NULL, NULL, NULL, s);
+        break;
+    case I3_OP_AVG_POOL: e = I3_DEV(avg_pool)(in0, xs, &node->p.avg_pool, out, s); break;
+    default:
+        return i3_fail(b->ctx, I3RT_ERR_UNSUPPORTED, "%s backend: op %s has no kernel", BACKEND_NAME,
+                       i3_op_name(node->op));
+    }
+    if (e == 0) return I3RT_OK;
+    char what[256];
+    snprintf(what, sizeof what, "%s (%s) on input [%lld, %lld, %lld, %lld, %lld]", i3_op_name(node->op), y->name,
+             (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w);
+    return device_fail(b, (cudaError_t)e, what);
+}
+
+static i3rt_status device_synchronize(i3_backend *b) {
+    cudaError_t e = cudaStreamSynchronize(stream_of(b));
+    if (e == cudaSuccess) e = cudaGetLastError();
+    return e == cudaSuccess ? I3RT_OK : device_fail(b, e, "synchronize");
+}
+
+static void device_destroy(i3_backend *b) {
+    if (b->impl) cudaStreamDestroy(stream_of(b));
+    free(b->impl);
+    free(b);
+}
+
+static const i3_backend_i device_iface = {
+    BACKEND_NAME,
+    0, /* host_memory: weights are uploaded, also on the emulator, so that the upload path is tested */
+    device_alloc,
+    device_free,
+    device_upload,
+    device_download,
+    device_scratch_bytes,
+    device_run_node,
+    device_synchronize,
+    device_destroy,
+};
+
+}  // namespace I3_NS
+
+using namespace I3_NS;
+
+extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
+    *out = NULL;
+#ifdef __CUDACC__
+    int devices = 0;
+    cudaError_t found = cudaGetDeviceCount(&devices);
+    if (found != cudaSuccess || devices == 0) {
+        cudaGetLastError();
+        return i3_fail(ctx, I3RT_ERR_BACKEND, "cuda backend: no CUDA device (%s)",
+                       found != cudaSuccess ? cudaGetErrorString(found) : "device count is 0");
+    }
+#endif
+    i3_backend *b = (i3_backend *)i3_calloc(ctx, 1, sizeof *b, "the CUDA backend");
+    DeviceState *state = (DeviceState *)i3_calloc(ctx, 1, sizeof *state, "the CUDA backend's state");
+    if (!b || !state) {
+        free(b);
+        free(state);
+        return I3RT_ERR_OUT_OF_MEMORY;
+    }
+    b->iface = &device_iface;
+    b->ctx = ctx;
+    b->n_threads = ctx->n_threads;
+    b->impl = state;
+    cudaError_t e = cudaStreamCreate(&state->stream);
+    if (e != cudaSuccess) {
+        b->impl = NULL;
+        free(state);
+        i3rt_status st = device_fail(b, e, "stream creation");
+        free(b);
+        return st;
+    }
+    *out = b;
+    return I3RT_OK;
+}
+
+#ifndef __CUDACC__
+#ifdef I3RT_HAVE_CUDA
+extern "C" i3rt_status i3gpu_backend_create(i3_ctx *ctx, i3_backend **out);
+#endif
+
+extern "C" i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out) {
+    if (emulated) return i3emu_backend_create(ctx, out);
+#ifdef I3RT_HAVE_CUDA
+    return i3gpu_backend_create(ctx, out);
+#else
+    *out = NULL;
+    return i3_fail(ctx, I3RT_ERR_BACKEND, "the CUDA backend is not built into this i3rt (configure with -DI3RT_CUDA=ON)");
+#endif
+}
+#endif
