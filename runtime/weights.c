@@ -66,6 +66,25 @@ static bool valid_utf8(const uint8_t *s, size_t n) {
     return true;
 }
 
+/* cJSON skips every byte <= 32 as whitespace and takes raw control bytes inside strings; JSON allows
+ * only space, tab, LF and CR between tokens and none inside strings. Returns the offending offset or -1. */
+static long find_control_byte(const uint8_t *s, size_t n) {
+    bool in_string = false;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (in_string) {
+            if (c < 0x20) return (long)i;
+            if (c == '\\') i++; /* the escaped byte cannot end the string */
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
 /* A JSON number that is a non-negative integer below 2^53. */
 static bool json_uint(const cJSON *item, uint64_t *out) {
     if (!cJSON_IsNumber(item)) return false;
@@ -318,6 +337,13 @@ static i3rt_status weights_parse(i3_ctx *ctx, uint8_t *file, size_t len, const c
     if (!valid_utf8(file + 8, (size_t)header_len)) {
         i3_weights_free(w);
         return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: not valid UTF-8", label);
+    }
+    long control = find_control_byte(file + 8, (size_t)header_len);
+    if (control >= 0) {
+        unsigned byte = file[8 + control];
+        i3_weights_free(w);
+        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: not valid JSON (control character 0x%02x at byte %ld)",
+                       label, byte, control);
     }
     const char *parse_end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)header_len, &parse_end, false);

@@ -113,6 +113,17 @@ Test(weights_bad, header_trailing_garbage) {
     expect_open_error(I3RT_ERR_FORMAT, "header:", "not valid JSON (at byte 3");
 }
 
+Test(weights_bad, header_control_character) {
+    /* cJSON alone would take the 0x07 as whitespace and the shape as [2, 1] */
+    write_weights("{\"a\": {\"dtype\": \"F32\", \"shape\": [2, 1\x07], \"data_offsets\": [0, 8]}}", NULL, 8);
+    expect_open_error(I3RT_ERR_FORMAT, "header:", "control character 0x07");
+}
+
+Test(weights_bad, header_control_character_in_name) {
+    write_weights("{\"a\tb\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}", NULL, 8);
+    expect_open_error(I3RT_ERR_FORMAT, "header:", "control character 0x09");
+}
+
 Test(weights_bad, header_not_utf8) {
     write_weights("{\"\xc3\x28\": {}}", NULL, 0);
     expect_open_error(I3RT_ERR_FORMAT, "header:", "UTF-8");
