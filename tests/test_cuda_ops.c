@@ -1,0 +1,455 @@
+/* Every device op (kernels/<op>.cu through runtime/backend_cuda.cu's run_node) against the CPU
+ * reference of runtime/ops.h, on the emulated device, and on a real GPU when there is one (the `gpu`
+ * suite says it was skipped otherwise). Shapes are small, odd and anisotropic, some drawn at random
+ * from a fixed seed. Every device buffer has FX_GUARD sentinel floats on both sides, checked after
+ * each op. Tolerance: normalized mean squared error sum (y - ref)^2 / sum ref^2 (as ggml's
+ * test-backend-ops) below 1e-10 for these f32 kernels (they differ from the references only by f32
+ * summation order, and instance norm by f32 vs double statistics). */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cuda_backend.h"
+#include "fixtures.h"
+
+#define I3_DEV(name) i3emu_##name
+#include "launchers.h"
+#undef I3_DEV
+#ifdef I3RT_HAVE_CUDA
+#define I3_DEV(name) i3gpu_##name
+#include "launchers.h"
+#undef I3_DEV
+#endif
+
+#define NMSE_F32 1e-10
+#define SENTINEL 1234.5f       /* around inputs */
+#define SENTINEL_OUT -777.25f  /* around outputs: a kernel that copies an input's guard into an output's
+                                * guard is caught too */
+
+typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *,
+                                void *);
+
+typedef struct {
+    i3_ctx ctx;
+    i3_backend *b;
+    softmax_launcher softmax_uncertainty;   /* the fused op's full form (the graph op only wants probs) */
+} device;
+
+/* A device buffer of n floats between two guard zones of `sentinel`. */
+typedef struct {
+    float *base, *data;
+    int64_t n;
+    float sentinel;
+} dbuf;
+
+/* host NULL: an output buffer (filled with SENTINEL_OUT, guards included). */
+static dbuf dev_upload(device *d, const float *host, int64_t n) {
+    dbuf t = {NULL, NULL, n, host ? SENTINEL : SENTINEL_OUT};
+    int64_t total = n + 2 * FX_GUARD;
+    cr_assert_eq(d->b->iface->alloc(d->b, (size_t)total * sizeof(float), (void **)&t.base), I3RT_OK, "%s",
+                 d->ctx.error);
+    float *staging = malloc((size_t)total * sizeof(float));
+    for (int64_t i = 0; i < total; i++) staging[i] = t.sentinel;
+    if (host) memcpy(staging + FX_GUARD, host, (size_t)n * sizeof(float));
+    cr_assert_eq(d->b->iface->upload(d->b, t.base, staging, (size_t)total * sizeof(float)), I3RT_OK, "%s",
+                 d->ctx.error);
+    free(staging);
+    t.data = t.base + FX_GUARD;
+    return t;
+}
+
+/* Downloads the buffer into host (n floats), checks the guards, frees it. */
+static void dev_download_free(device *d, dbuf t, void *host, const char *what) {
+    int64_t total = t.n + 2 * FX_GUARD;
+    float *staging = malloc((size_t)total * sizeof(float));
+    cr_assert_eq(d->b->iface->download(d->b, staging, t.base, (size_t)total * sizeof(float)), I3RT_OK, "%s",
+                 d->ctx.error);
+    for (int64_t i = 0; i < FX_GUARD; i++) {
+        cr_assert_eq(staging[i], t.sentinel, "%s: write before the buffer (guard %lld)", what, (long long)i);
+        cr_assert_eq(staging[FX_GUARD + t.n + i], t.sentinel, "%s: write after the buffer (guard %lld)", what,
+                     (long long)i);
+    }
+    if (host) memcpy(host, staging + FX_GUARD, (size_t)t.n * sizeof(float));
+    free(staging);
+    d->b->iface->free(d->b, t.base);
+}
+
+static void check_nmse(const char *device_name, const char *what, const float *got, const float *ref, int64_t n) {
+    double err2 = 0, ref2 = 0, max_abs = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double e = (double)got[i] - ref[i];
+        err2 += e * e;
+        ref2 += (double)ref[i] * ref[i];
+        if (fabs(e) > max_abs || isnan(e)) max_abs = fabs(e);
+    }
+    double nmse = ref2 > 0 ? err2 / ref2 : err2;
+    printf("%-8s %-64s n=%-7lld nmse %.2e  max abs %.2e\n", device_name, what, (long long)n, nmse, max_abs);
+    cr_assert(nmse <= NMSE_F32 && !isnan(max_abs), "%s %s: nmse %.3g > %.0e (max abs error %.3g)", device_name,
+              what, nmse, NMSE_F32, max_abs);
+}
+
+/* Runs one node on the device: inputs are host arrays (NULL entries for absent ones) uploaded into
+ * guarded buffers; the output is downloaded into `y` (numel(ys) floats). in_place: the output is
+ * written over input 0. */
+static void run_node(device *d, i3_node node, const float *const *inputs, const int64_t *in_numel,
+                     const i3_shape5 *in_shapes, i3_shape5 ys, float *y, int in_place, const char *what) {
+    i3_value values[I3_MAX_INPUTS + 1];
+    dbuf bufs[I3_MAX_INPUTS + 1];
+    memset(values, 0, sizeof values);
+    i3_graph g;
+    memset(&g, 0, sizeof g);
+    g.ctx = &d->ctx;
+    g.values = values;
+    g.n_values = I3_MAX_INPUTS + 1;
+    for (int i = 0; i < I3_MAX_INPUTS; i++) {
+        node.in[i] = inputs[i] ? i : -1;
+        if (!inputs[i]) continue;
+        bufs[i] = dev_upload(d, inputs[i], in_numel[i]);
+        values[i].kind = i == 0 ? I3_VALUE_ACTIVATION : I3_VALUE_WEIGHT;
+        values[i].ndim = 5;
+        memcpy(values[i].dims, &in_shapes[i], sizeof values[i].dims);
+        values[i].data = bufs[i].data;
+        snprintf(values[i].name, sizeof values[i].name, "input %d", i);
+    }
+    int out = I3_MAX_INPUTS;
+    node.out = out;
+    values[out].kind = I3_VALUE_ACTIVATION;
+    values[out].ndim = 5;
+    memcpy(values[out].dims, &ys, sizeof values[out].dims);
+    snprintf(values[out].name, sizeof values[out].name, "%s", what);
+    if (in_place) {
+        values[out].data = bufs[0].data;
+    } else {
+        bufs[out] = dev_upload(d, NULL, i3_shape5_numel(ys));
+        values[out].data = bufs[out].data;
+    }
+    cr_assert_eq(d->b->iface->run_node(d->b, &g, &node, NULL), I3RT_OK, "%s: %s", what, d->ctx.error);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s: %s", what, d->ctx.error);
+    for (int i = 0; i < I3_MAX_INPUTS; i++) {
+        if (!inputs[i] || (in_place && i == 0)) continue;
+        float *copy = malloc((size_t)in_numel[i] * sizeof(float));
+        dev_download_free(d, bufs[i], copy, what);
+        cr_assert(memcmp(copy, inputs[i], (size_t)in_numel[i] * sizeof(float)) == 0, "%s: input %d was modified",
+                  what, i);
+        free(copy);
+    }
+    dev_download_free(d, in_place ? bufs[0] : bufs[out], y, what);
+}
+
+static float *random_floats(fx_rng *r, int64_t n, float lo, float hi) {
+    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    fx_fill(r, v, n, lo, hi);
+    return v;
+}
+
+static int64_t rand_in(fx_rng *r, int lo, int hi) {
+    float u;
+    fx_fill(r, &u, 1, 0.0f, 1.0f);
+    int64_t v = lo + (int64_t)(u * (hi - lo + 1));
+    return v > hi ? hi : v;
+}
+
+static const i3_act LEAKY = {I3_ACT_LEAKY_RELU, 0.01f};
+
+/* ---- the ops ------------------------------------------------------------------------------- */
+
+static void conv_case(device *d, const char *name, i3_shape5 xs, i3_conv_params p, int with_bias, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    i3_shape5 ys = i3_conv_out_shape(xs, &p);
+    int64_t nw = (int64_t)p.cout * xs.c * p.k[0] * p.k[1] * p.k[2];
+    float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
+    float *b = with_bias ? random_floats(&r, p.cout, -0.2f, 0.2f) : NULL;
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    i3_cpu_conv_ref(x, xs, w, b, &p, ref);
+    i3_node node = {.op = I3_OP_CONV, .p.conv = p};
+    const float *in[3] = {x, w, b};
+    int64_t numel[3] = {i3_shape5_numel(xs), nw, p.cout};
+    i3_shape5 shapes[3] = {xs, {p.cout, xs.c, p.k[0], p.k[1], p.k[2]}, {p.cout, 1, 1, 1, 1}};
+    char what[160];
+    snprintf(what, sizeof what, "conv %s x[%lld,%lld,%lld,%lld,%lld] k%dx%dx%d s%d%d%d p%d%d%d", name,
+             (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, p.k[0], p.k[1],
+             p.k[2], p.stride[0], p.stride[1], p.stride[2], p.pad[0], p.pad[1], p.pad[2]);
+    run_node(d, node, in, numel, shapes, ys, y, 0, what);
+    check_nmse(d->b->iface->name, what, y, ref, i3_shape5_numel(ys));
+    free(x), free(w), free(b), free(y), free(ref);
+}
+
+static void check_conv(device *d) {
+    i3_conv_params p3 = {.cout = 4, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}, .act = LEAKY};
+    conv_case(d, "3x3x3", (i3_shape5){2, 3, 5, 7, 6}, p3, 1, 1);
+    i3_conv_params aniso = {.cout = 5, .k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = LEAKY};
+    conv_case(d, "1x3x3 strided", (i3_shape5){1, 2, 3, 9, 7}, aniso, 1, 2);
+    i3_conv_params head = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}, .pad = {0, 0, 0}};
+    conv_case(d, "1x1x1 no bias", (i3_shape5){1, 6, 3, 5, 4}, head, 0, 3);
+    i3_conv_params conv2d = {.cout = 3, .k = {1, 3, 3}, .stride = {1, 1, 1}, .pad = {0, 1, 1}, .act = {I3_ACT_RELU, 0}};
+    conv_case(d, "2D", (i3_shape5){1, 2, 1, 11, 9}, conv2d, 1, 4);
+    fx_rng r = fx_rng_seed(99);
+    for (int i = 0; i < 3; i++) {
+        i3_conv_params p = {.cout = (int)rand_in(&r, 1, 6), .act = LEAKY};
+        for (int a = 0; a < 3; a++) {
+            p.k[a] = rand_in(&r, 0, 1) ? 3 : 1;
+            p.stride[a] = (int)rand_in(&r, 1, 2);
+            p.pad[a] = p.k[a] / 2;
+        }
+        i3_shape5 xs = {rand_in(&r, 1, 2), rand_in(&r, 1, 4), rand_in(&r, 3, 7), rand_in(&r, 3, 9), rand_in(&r, 3, 8)};
+        conv_case(d, "random", xs, p, (int)rand_in(&r, 0, 1), 10 + i);
+    }
+}
+
+static void conv_transpose_case(device *d, i3_shape5 xs, i3_conv_transpose_params p, int with_bias, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    i3_shape5 ys = i3_conv_transpose_out_shape(xs, &p);
+    int64_t nw = xs.c * p.cout * p.k[0] * p.k[1] * p.k[2];
+    float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
+    float *b = with_bias ? random_floats(&r, p.cout, -0.2f, 0.2f) : NULL;
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    i3_cpu_conv_transpose_ref(x, xs, w, b, &p, ref);
+    i3_node node = {.op = I3_OP_CONV_TRANSPOSE, .p.conv_transpose = p};
+    const float *in[3] = {x, w, b};
+    int64_t numel[3] = {i3_shape5_numel(xs), nw, p.cout};
+    i3_shape5 shapes[3] = {xs, {xs.c, p.cout, p.k[0], p.k[1], p.k[2]}, {p.cout, 1, 1, 1, 1}};
+    char what[160];
+    snprintf(what, sizeof what, "conv_transpose x[%lld,%lld,%lld,%lld,%lld] k%dx%dx%d", (long long)xs.n,
+             (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, p.k[0], p.k[1], p.k[2]);
+    run_node(d, node, in, numel, shapes, ys, y, 0, what);
+    check_nmse(d->b->iface->name, what, y, ref, i3_shape5_numel(ys));
+    free(x), free(w), free(b), free(y), free(ref);
+}
+
+static void check_conv_transpose(device *d) {
+    conv_transpose_case(d, (i3_shape5){2, 3, 3, 5, 4}, (i3_conv_transpose_params){.cout = 2, .k = {2, 2, 2}}, 1, 20);
+    conv_transpose_case(d, (i3_shape5){1, 4, 2, 3, 5}, (i3_conv_transpose_params){.cout = 3, .k = {1, 2, 2}}, 0, 21);
+    conv_transpose_case(d, (i3_shape5){1, 2, 1, 4, 3}, (i3_conv_transpose_params){.cout = 5, .k = {1, 3, 2}}, 1, 22);
+}
+
+static void acs_case(device *d, i3_shape5 xs, i3_acs_conv_params p, int with_bias, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    i3_shape5 ys = i3_acs_conv_out_shape(xs, &p);
+    int64_t nw = (int64_t)p.cout * xs.c * p.k * p.k;
+    float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
+    float *b = with_bias ? random_floats(&r, p.cout, -0.2f, 0.2f) : NULL;
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    i3_cpu_acs_conv_ref(x, xs, w, b, &p, ref);
+    i3_node node = {.op = I3_OP_ACS_CONV, .p.acs = p};
+    const float *in[3] = {x, w, b};
+    int64_t numel[3] = {i3_shape5_numel(xs), nw, p.cout};
+    i3_shape5 shapes[3] = {xs, {p.cout, xs.c, 1, p.k, p.k}, {p.cout, 1, 1, 1, 1}};
+    char what[160];
+    snprintf(what, sizeof what, "acs_conv x[%lld,%lld,%lld,%lld,%lld] cout %d k%d s%d p%d", (long long)xs.n,
+             (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, p.cout, p.k, p.stride, p.pad);
+    run_node(d, node, in, numel, shapes, ys, y, 0, what);
+    check_nmse(d->b->iface->name, what, y, ref, i3_shape5_numel(ys));
+    free(x), free(w), free(b), free(y), free(ref);
+}
+
+static void check_acs_conv(device *d) {
+    acs_case(d, (i3_shape5){1, 3, 5, 6, 7}, (i3_acs_conv_params){.cout = 5, .k = 3, .stride = 1, .pad = 1, .act = LEAKY}, 1, 30);
+    acs_case(d, (i3_shape5){2, 2, 7, 5, 6}, (i3_acs_conv_params){.cout = 4, .k = 3, .stride = 2, .pad = 1}, 0, 31);
+    acs_case(d, (i3_shape5){1, 2, 4, 5, 3}, (i3_acs_conv_params){.cout = 7, .k = 1, .stride = 1, .pad = 0}, 1, 32);
+}
+
+static void norm_case(device *d, i3_shape5 xs, int affine, int in_place, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    int64_t n = i3_shape5_numel(xs);
+    float *x = random_floats(&r, n, -3, 5);
+    float *gamma = affine ? random_floats(&r, xs.c, 0.5f, 1.5f) : NULL, *beta = affine ? random_floats(&r, xs.c, -1, 1) : NULL;
+    float *y = malloc((size_t)n * sizeof(float)), *ref = malloc((size_t)n * sizeof(float));
+    i3_norm_params p = {.eps = 1e-5f, .act = LEAKY};
+    i3_cpu_instance_norm(x, xs, gamma, beta, &p, ref, 1);
+    i3_node node = {.op = I3_OP_INSTANCE_NORM, .p.norm = p};
+    const float *in[3] = {x, gamma, beta};
+    int64_t numel[3] = {n, xs.c, xs.c};
+    i3_shape5 shapes[3] = {xs, {xs.c, 1, 1, 1, 1}, {xs.c, 1, 1, 1, 1}};
+    char what[160];
+    snprintf(what, sizeof what, "instance_norm x[%lld,%lld,%lld,%lld,%lld]%s%s", (long long)xs.n, (long long)xs.c,
+             (long long)xs.d, (long long)xs.h, (long long)xs.w, affine ? " affine" : "", in_place ? " in place" : "");
+    run_node(d, node, in, numel, shapes, xs, y, in_place, what);
+    check_nmse(d->b->iface->name, what, y, ref, n);
+    free(x), free(gamma), free(beta), free(y), free(ref);
+}
+
+static void check_instance_norm(device *d) {
+    norm_case(d, (i3_shape5){2, 3, 5, 7, 9}, 1, 0, 40);
+    norm_case(d, (i3_shape5){1, 2, 1, 3, 5}, 0, 0, 41);     /* fewer elements than threads */
+    norm_case(d, (i3_shape5){1, 2, 11, 13, 17}, 1, 1, 42);  /* several elements per thread */
+}
+
+static void check_elementwise(device *d) {
+    fx_rng r = fx_rng_seed(50);
+    i3_shape5 xs = {2, 3, 3, 5, 7}, bs = {2, 4, 3, 5, 7}, cs = {2, 7, 3, 5, 7};
+    int64_t n = i3_shape5_numel(xs), nb = i3_shape5_numel(bs), nc = i3_shape5_numel(cs);
+    float *a = random_floats(&r, n, -2, 2), *b = random_floats(&r, nb, -2, 2);
+    float *y = malloc((size_t)nc * sizeof(float)), *ref = malloc((size_t)nc * sizeof(float));
+    const float *in[3] = {a, b, NULL};
+    int64_t numel[3] = {n, n, 0};
+    i3_shape5 shapes[3] = {xs, xs, xs};
+
+    i3_cpu_activation(a, n, LEAKY, ref, 1);
+    run_node(d, (i3_node){.op = I3_OP_ACTIVATION, .p.act = LEAKY}, in, numel, shapes, xs, y, 0, "activation leaky");
+    check_nmse(d->b->iface->name, "activation leaky", y, ref, n);
+    i3_act relu = {I3_ACT_RELU, 0};
+    i3_cpu_activation(a, n, relu, ref, 1);
+    run_node(d, (i3_node){.op = I3_OP_ACTIVATION, .p.act = relu}, in, numel, shapes, xs, y, 1, "activation relu in place");
+    check_nmse(d->b->iface->name, "activation relu in place", y, ref, n);
+
+    i3_cpu_add(a, b, n, relu, ref, 1);
+    run_node(d, (i3_node){.op = I3_OP_ADD, .p.act = relu}, in, numel, shapes, xs, y, 0, "add relu");
+    check_nmse(d->b->iface->name, "add relu", y, ref, n);
+    i3_act none = {I3_ACT_NONE, 0};
+    i3_cpu_add(a, b, n, none, ref, 1);
+    run_node(d, (i3_node){.op = I3_OP_ADD, .p.act = none}, in, numel, shapes, xs, y, 1, "add in place");
+    check_nmse(d->b->iface->name, "add in place", y, ref, n);
+
+    i3_cpu_concat(a, xs.c, b, bs.c, xs.n, i3_shape5_spatial(xs), ref);
+    int64_t cat_numel[3] = {n, nb, 0};
+    i3_shape5 cat_shapes[3] = {xs, bs, xs};
+    run_node(d, (i3_node){.op = I3_OP_CONCAT}, in, cat_numel, cat_shapes, cs, y, 0, "concat 3+4 channels");
+    check_nmse(d->b->iface->name, "concat 3+4 channels", y, ref, nc);
+    free(a), free(b), free(y), free(ref);
+}
+
+static void resize_case(device *d, i3_shape5 xs, int64_t od, int64_t oh, int64_t ow, int align, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    i3_resize_params p = {.out = {od, oh, ow}, .align_corners = align};
+    i3_shape5 ys = {xs.n, xs.c, od, oh, ow};
+    float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1);
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    i3_cpu_resize(x, xs, &p, ref, 1);
+    const float *in[3] = {x, NULL, NULL};
+    int64_t numel[3] = {i3_shape5_numel(xs), 0, 0};
+    i3_shape5 shapes[3] = {xs, xs, xs};
+    char what[160];
+    snprintf(what, sizeof what, "resize [%lld,%lld,%lld] -> [%lld,%lld,%lld] align_corners=%d", (long long)xs.d,
+             (long long)xs.h, (long long)xs.w, (long long)od, (long long)oh, (long long)ow, align);
+    run_node(d, (i3_node){.op = I3_OP_RESIZE, .p.resize = p}, in, numel, shapes, ys, y, 0, what);
+    check_nmse(d->b->iface->name, what, y, ref, i3_shape5_numel(ys));
+    free(x), free(y), free(ref);
+}
+
+static void check_resize(device *d) {
+    for (int align = 0; align < 2; align++) {
+        resize_case(d, (i3_shape5){2, 2, 3, 5, 4}, 7, 9, 10, align, 60 + align);   /* up, anisotropic */
+        resize_case(d, (i3_shape5){1, 3, 9, 8, 11}, 4, 5, 3, align, 62 + align);   /* down */
+        resize_case(d, (i3_shape5){1, 2, 1, 6, 5}, 1, 13, 2, align, 64 + align);   /* bilinear, to 1 and up */
+    }
+}
+
+static void check_avg_pool(device *d) {
+    fx_rng r = fx_rng_seed(70);
+    i3_shape5 xs = {2, 3, 5, 8, 7};
+    i3_avg_pool_params p = {.k = {1, 2, 2}};
+    for (int pass = 0; pass < 2; pass++) {
+        i3_shape5 ys = i3_avg_pool_out_shape(xs, &p);
+        float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1);
+        float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+        i3_cpu_avg_pool_ref(x, xs, &p, ref);
+        const float *in[3] = {x, NULL, NULL};
+        int64_t numel[3] = {i3_shape5_numel(xs), 0, 0};
+        i3_shape5 shapes[3] = {xs, xs, xs};
+        char what[80];
+        snprintf(what, sizeof what, "avg_pool k%dx%dx%d", p.k[0], p.k[1], p.k[2]);
+        run_node(d, (i3_node){.op = I3_OP_AVG_POOL, .p.avg_pool = p}, in, numel, shapes, ys, y, 0, what);
+        check_nmse(d->b->iface->name, what, y, ref, i3_shape5_numel(ys));
+        free(x), free(y), free(ref);
+        p = (i3_avg_pool_params){.k = {2, 2, 3}};
+    }
+}
+
+static void check_softmax(device *d) {
+    fx_rng r = fx_rng_seed(80);
+    for (int64_t c = 1; c <= 5; c += 2) {
+        int64_t n = 2, s = 3 * 5 * 7;
+        i3_shape5 xs = {n, c, 3, 5, 7};
+        int64_t total = n * c * s;
+        float *x = random_floats(&r, total, -4, 4);
+        float *probs = malloc((size_t)total * sizeof(float)), *ref = malloc((size_t)total * sizeof(float));
+        float ref_h[2 * 105], ref_msp[2 * 105], h[2 * 105], msp[2 * 105];
+        int32_t ref_arg[2 * 105], arg[2 * 105];
+        i3_cpu_softmax_uncertainty(x, n, c, s, ref, ref_h, ref_msp, ref_arg, 1);
+        const float *in[3] = {x, NULL, NULL};
+        int64_t numel[3] = {total, 0, 0};
+        i3_shape5 shapes[3] = {xs, xs, xs};
+        char what[80];
+        snprintf(what, sizeof what, "softmax C=%lld (graph op: probabilities)", (long long)c);
+        run_node(d, (i3_node){.op = I3_OP_SOFTMAX}, in, numel, shapes, xs, probs, 0, what);
+        check_nmse(d->b->iface->name, what, probs, ref, total);
+
+        /* the fused form: all four outputs from one launch */
+        dbuf dx = dev_upload(d, x, total), dp = dev_upload(d, NULL, total), dh = dev_upload(d, NULL, n * s),
+             dm = dev_upload(d, NULL, n * s), da = dev_upload(d, NULL, n * s);
+        cr_assert_eq(d->softmax_uncertainty(dx.data, n, c, s, dp.data, dh.data, dm.data, (int32_t *)da.data, NULL), 0);
+        cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+        dev_download_free(d, dx, NULL, "softmax logits");
+        dev_download_free(d, dp, probs, "softmax probabilities");
+        dev_download_free(d, dh, h, "entropy");
+        dev_download_free(d, dm, msp, "msp");
+        dev_download_free(d, da, arg, "argmax");
+        snprintf(what, sizeof what, "softmax_uncertainty C=%lld probabilities", (long long)c);
+        check_nmse(d->b->iface->name, what, probs, ref, total);
+        snprintf(what, sizeof what, "softmax_uncertainty C=%lld max probability", (long long)c);
+        check_nmse(d->b->iface->name, what, msp, ref_msp, n * s);
+        if (c > 1) {   /* entropy is 0 for one class: nmse against zeros is the plain squared error */
+            snprintf(what, sizeof what, "softmax_uncertainty C=%lld normalized entropy", (long long)c);
+            check_nmse(d->b->iface->name, what, h, ref_h, n * s);
+        } else {
+            for (int64_t i = 0; i < n * s; i++) cr_assert_eq(h[i], 0.0f, "entropy of one class must be 0");
+        }
+        for (int64_t i = 0; i < n * s; i++)
+            cr_assert_eq(arg[i], ref_arg[i], "argmax at %lld: %d, reference %d", (long long)i, arg[i], ref_arg[i]);
+        free(x), free(probs), free(ref);
+    }
+}
+
+/* ---- devices ------------------------------------------------------------------------------- */
+
+static void open_emulated(device *d) {
+    memset(d, 0, sizeof *d);
+    d->ctx.n_threads = 1;
+    d->ctx.backend = I3RT_BACKEND_EMULATED;
+    cr_assert_eq(i3_backend_cuda_create(&d->ctx, 1, &d->b), I3RT_OK, "%s", d->ctx.error);
+    d->softmax_uncertainty = i3emu_softmax_uncertainty;
+}
+
+static int open_gpu(device *d) {
+    memset(d, 0, sizeof *d);
+    d->ctx.n_threads = 1;
+    d->ctx.backend = I3RT_BACKEND_CUDA;
+    if (i3_backend_cuda_create(&d->ctx, 0, &d->b) != I3RT_OK) {
+        cr_skip("no real GPU: %s", d->ctx.error);
+        return 0;
+    }
+#ifdef I3RT_HAVE_CUDA
+    d->softmax_uncertainty = i3gpu_softmax_uncertainty;
+#endif
+    return 1;
+}
+
+#define DEVICE_TESTS(suite, open)                                  \
+    Test(suite, conv) { device d; if (open(&d)) { check_conv(&d); i3_backend_destroy(d.b); } }                     \
+    Test(suite, conv_transpose) { device d; if (open(&d)) { check_conv_transpose(&d); i3_backend_destroy(d.b); } } \
+    Test(suite, acs_conv) { device d; if (open(&d)) { check_acs_conv(&d); i3_backend_destroy(d.b); } }             \
+    Test(suite, instance_norm) { device d; if (open(&d)) { check_instance_norm(&d); i3_backend_destroy(d.b); } }   \
+    Test(suite, elementwise) { device d; if (open(&d)) { check_elementwise(&d); i3_backend_destroy(d.b); } }       \
+    Test(suite, resize) { device d; if (open(&d)) { check_resize(&d); i3_backend_destroy(d.b); } }                 \
+    Test(suite, avg_pool) { device d; if (open(&d)) { check_avg_pool(&d); i3_backend_destroy(d.b); } }             \
+    Test(suite, softmax_uncertainty) { device d; if (open(&d)) { check_softmax(&d); i3_backend_destroy(d.b); } }
+
+static int open_emulated_ok(device *d) {
+    open_emulated(d);
+    return 1;
+}
+
+DEVICE_TESTS(emulated, open_emulated_ok)
+DEVICE_TESTS(gpu, open_gpu)
+
+Test(emulated, out_of_memory_is_a_message) {
+    device d;
+    open_emulated(&d);
+    void *p = NULL;
+    cr_assert_eq(d.b->iface->alloc(d.b, (size_t)1 << 45, &p), I3RT_ERR_OUT_OF_MEMORY);
+    cr_assert(strstr(d.ctx.error, "out of device memory") != NULL, "message: %s", d.ctx.error);
+    i3_backend_destroy(d.b);
+}
