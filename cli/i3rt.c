@@ -158,15 +158,15 @@ static i3rt_status network_total_stride(i3_ctx *ctx, const char *model_path, int
     return st;
 }
 
-/* Copies z slices [z0, z0 + dz) of src [c, d, h, w] into the corner of dst [c, dz, ph, pw] (zeroed
+/* Copies z slices [z0, z0 + dz) of src [c, d, h, w] into the corner of dst [c, pd, ph, pw] (zeroed
  * elsewhere), or back (to_src: dst's corner into src's slices), for padding inputs and cropping logits. */
 static void copy_box(float *src, int64_t c, int64_t d, int64_t h, int64_t w, int64_t z0, int64_t dz, float *dst,
-                     int64_t ph, int64_t pw, bool to_src) {
+                     const int64_t padded[3], bool to_src) {
     for (int64_t ch = 0; ch < c; ch++)
         for (int64_t z = 0; z < dz; z++)
             for (int64_t y = 0; y < h; y++) {
                 float *s = src + ((ch * d + z0 + z) * h + y) * w;
-                float *p = dst + ((ch * dz + z) * ph + y) * pw;
+                float *p = dst + ((ch * padded[0] + z) * padded[1] + y) * padded[2];
                 if (to_src) memcpy(s, p, (size_t)w * sizeof(float));
                 else memcpy(p, s, (size_t)w * sizeof(float));
             }
@@ -204,10 +204,10 @@ static i3rt_status run_network(i3rt_context *ctx, i3rt_model *model, const i3rt_
            (long long)padded[0], (long long)padded[1], (long long)padded[2], info->dims == 2 ? " per slice" : "",
            (double)*peak / (1024.0 * 1024.0));
     for (int64_t z0 = 0; z0 < vol->d && st == I3RT_OK; z0 += slab) {
-        copy_box(vol->data, vol->channels, vol->d, vol->h, vol->w, z0, slab, in, padded[1], padded[2], false);
+        copy_box(vol->data, vol->channels, vol->d, vol->h, vol->w, z0, slab, in, padded, false);
         st = i3rt_model_forward(model, in, padded, out);
         if (st == I3RT_OK)
-            copy_box(logits, info->num_classes, vol->d, vol->h, vol->w, z0, slab, out, padded[1], padded[2], true);
+            copy_box(logits, info->num_classes, vol->d, vol->h, vol->w, z0, slab, out, padded, true);
     }
     free(in);
     free(out);

@@ -1,0 +1,275 @@
+/* Tests of the i3rt command-line tool (cli/i3rt.c), run as a user runs it ($I3RT_BINARY_DIR/i3rt).
+ *
+ * Good input: `forward` on tests/gen_cli.py's two channel files (13 x 10 x 5, no axis a multiple of the
+ * network's stride 2 x 4 x 4) must match PyTorch's logits for the same zero-padded input within 1e-4
+ * relative (max abs error / max |logit|, printed), keep the input's geometry, and --argmax must be the
+ * argmax of those logits. Bad input: missing/corrupt/truncated model, missing/truncated/foreign input,
+ * wrong channel count, unknown command/option: non-zero exit, a message naming the file or option, and
+ * no output file (nor temporary file) left behind. */
+#include "volume_io.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <math.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static i3_ctx *ctx;
+static char binary[512], fixtures[512], tmpdir[256];
+static char out_text[1 << 16], err_text[1 << 16];
+
+static void setup(void) {
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    const char *bin = getenv("I3RT_BINARY_DIR"), *fx = getenv("I3RT_FIXTURES");
+    cr_assert(bin && fx, "I3RT_BINARY_DIR / I3RT_FIXTURES not set (run through ctest)");
+    snprintf(binary, sizeof binary, "%s/i3rt", bin);
+    snprintf(fixtures, sizeof fixtures, "%s/cli", fx);
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/i3rt_test_cli_XXXXXX");
+    cr_assert(mkdtemp(tmpdir));
+}
+
+static void teardown(void) {
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    char p[512];
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+            unlink(p);
+        }
+    if (d) closedir(d);
+    rmdir(tmpdir);
+    i3rt_context_free(ctx);
+}
+
+TestSuite(cli, .init = setup, .fini = teardown);
+
+/* Paths built by fixture() / temp() stay valid for the whole test (each test is its own process). */
+static const char *keep_path(const char *dir, const char *name) {
+    static char store[128][640];
+    static int used;
+    cr_assert_lt(used, 128, "too many paths in one test");
+    snprintf(store[used], sizeof store[used], "%s/%s", dir, name);
+    return store[used++];
+}
+
+static const char *fixture(const char *name) { return keep_path(fixtures, name); }
+static const char *temp(const char *name) { return keep_path(tmpdir, name); }
+
+static void slurp(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, size - 1, f) : 0;
+    buf[n] = '\0';
+    if (f) fclose(f);
+}
+
+/* Runs i3rt with the given arguments (NULL-terminated); returns its exit status, stdout and stderr in
+ * out_text / err_text. */
+static int run_cli(const char *arg0, ...) {
+    const char *argv[32] = {binary};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, arg0);
+    for (const char *a = arg0; a && argc < 31; a = va_arg(ap, const char *)) argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    char out_path[300], err_path[300];
+    snprintf(out_path, sizeof out_path, "%s/.stdout", tmpdir);
+    snprintf(err_path, sizeof err_path, "%s/.stderr", tmpdir);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid;
+    int rc = posix_spawn(&pid, binary, &actions, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    cr_assert_eq(rc, 0, "cannot run %s: %s", binary, strerror(rc));
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    slurp(out_path, out_text, sizeof out_text);
+    slurp(err_path, err_text, sizeof err_text);
+    unlink(out_path);
+    unlink(err_path);
+    cr_assert(WIFEXITED(status), "i3rt %s crashed (signal %d); stderr: %s", arg0, WTERMSIG(status), err_text);
+    return WEXITSTATUS(status);
+}
+
+static int files_in_tmpdir(void) {
+    int n = 0;
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') n++;
+    if (d) closedir(d);
+    return n;
+}
+
+/* The last run must have failed naming `name`, and left no file but the `keep` test inputs. */
+static void expect_failure(int rc, const char *name, int keep) {
+    cr_assert_neq(rc, 0, "expected failure; stdout: %s", out_text);
+    cr_assert(strstr(err_text, name), "stderr does not name %s: %s", name, err_text);
+    cr_assert_eq(files_in_tmpdir(), keep, "an output or temporary file was left behind");
+}
+
+static void copy_prefix(const char *src, const char *dst, long keep) {
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    cr_assert(in && out, "cannot copy %s", src);
+    int c;
+    for (long i = 0; i < keep && (c = fgetc(in)) != EOF; i++) fputc(c, out);
+    fclose(in);
+    fclose(out);
+}
+
+static long file_size(const char *path) {
+    struct stat sb;
+    cr_assert_eq(stat(path, &sb), 0, "missing %s", path);
+    return (long)sb.st_size;
+}
+
+Test(cli, help_and_version) {
+    cr_assert_eq(run_cli("--help", NULL), 0);
+    cr_assert(strstr(out_text, "usage: i3rt COMMAND"));
+    cr_assert_eq(run_cli("info", "--help", NULL), 0);
+    cr_assert(strstr(out_text, "usage: i3rt info MODEL"));
+    cr_assert_eq(run_cli("forward", "-h", NULL), 0);
+    cr_assert(strstr(out_text, "usage: i3rt forward MODEL"));
+    cr_assert_eq(run_cli("version", NULL), 0);
+    cr_assert(strstr(out_text, I3RT_VERSION));
+    cr_assert_neq(run_cli(NULL), 0);
+}
+
+Test(cli, unknown_command_and_options) {
+    cr_assert_eq(run_cli("frobnicate", NULL), 2);
+    cr_assert(strstr(err_text, "frobnicate"), "%s", err_text);
+    cr_assert_eq(run_cli("info", fixture("model/fold_0.safetensors"), "--bogus", NULL), 2);
+    cr_assert(strstr(err_text, "--bogus"), "%s", err_text);
+    const char *out = temp("out.nii.gz");
+    expect_failure(run_cli("forward", fixture("model/fold_0.safetensors"), fixture("case_0000.nii.gz"),
+                           fixture("case_0001.nii.gz"), out, "--threads", "zero", NULL), "zero", 0);
+    expect_failure(run_cli("forward", fixture("model/fold_0.safetensors"), fixture("case_0000.nii.gz"),
+                           temp("out.txt"), NULL), "out.txt", 0);
+    expect_failure(run_cli("info", fixture("model/fold_0.safetensors"), "--size", "3", "8", "8", NULL),
+                   "multiple of", 0);
+}
+
+Test(cli, info_prints_the_network) {
+    cr_assert_eq(run_cli("info", fixture("model/fold_0.safetensors"), NULL), 0, "%s", err_text);
+    const char *must[] = {"PlainConvUNet", "2 input channel", "3 output channel", "stages      3", "parameters",
+                          "[1, 3, 8, 16, 16]", "planned peak"};
+    for (int i = 0; i < 7; i++) cr_assert(strstr(out_text, must[i]), "info lacks \"%s\":\n%s", must[i], out_text);
+    cr_assert_eq(run_cli("info", fixture("model/fold_0.safetensors"), "--size", "4", "8", "12", NULL), 0);
+    cr_assert(strstr(out_text, "[1, 3, 4, 8, 12]"), "%s", out_text);
+}
+
+Test(cli, forward_matches_pytorch_and_keeps_geometry) {
+    const char *out = temp("logits.nii.gz"), *labels_path = temp("labels.nii.gz");
+    cr_assert_eq(run_cli("forward", fixture("model/fold_0.safetensors"), fixture("case_0000.nii.gz"),
+                         fixture("case_0001.nii.gz"), out, "--threads", "2", NULL), 0, "%s", err_text);
+    i3_volume in, got;
+    cr_assert_eq(i3_volume_read(ctx, fixture("case_0000.nii.gz"), &in), I3RT_OK);
+    cr_assert_eq(i3_volume_read(ctx, out, &got), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert(got.channels == 3 && got.d == in.d && got.h == in.h && got.w == in.w, "output [%lld, %lld, %lld, %lld]",
+              (long long)got.channels, (long long)got.d, (long long)got.h, (long long)got.w);
+    cr_assert_eq(i3_volume_geometry_check(ctx, &in.geometry, "input", &got.geometry, "output"), I3RT_OK, "%s",
+                 i3rt_context_error(ctx));
+    cr_assert_eq(got.geometry.sform_code, 2);
+
+    size_t voxels = (size_t)(in.d * in.h * in.w), n = 3 * voxels;
+    float *ref = malloc(n * sizeof(float));
+    FILE *f = fopen(fixture("reference.f32"), "rb");
+    cr_assert(f);
+    cr_assert_eq(fread(ref, sizeof(float), n, f), n);
+    fclose(f);
+    double max_abs = 0, max_ref = 0;
+    for (size_t i = 0; i < n; i++) {
+        max_abs = fmax(max_abs, fabs((double)got.data[i] - ref[i]));
+        max_ref = fmax(max_ref, fabs(ref[i]));
+    }
+    printf("cli forward vs PyTorch: max abs err %.3g, rel err %.3g (max abs err / max |logit|)\n", max_abs,
+           max_abs / max_ref);
+    cr_assert(max_abs <= 1e-4 * max_ref, "i3rt forward differs from PyTorch: max abs err %g, max |logit| %g", max_abs,
+              max_ref);
+
+    cr_assert_eq(run_cli("forward", fixture("model/fold_0.safetensors"), fixture("case_0000.nii.gz"),
+                         fixture("case_0001.nii.gz"), labels_path, "--argmax", NULL), 0, "%s", err_text);
+    i3_volume labels;
+    cr_assert_eq(i3_volume_read(ctx, labels_path, &labels), I3RT_OK);
+    for (size_t v = 0; v < voxels; v++) {
+        int best = 0;
+        for (int c = 1; c < 3; c++)
+            if (got.data[c * voxels + v] > got.data[best * voxels + v]) best = c;
+        cr_assert_eq(labels.data[v], (float)best, "voxel %zu: label %g, argmax %d", v, labels.data[v], best);
+    }
+    cr_assert_eq(files_in_tmpdir(), 2, "temporary files were left behind");
+    free(ref);
+    i3_volume_free(&in);
+    i3_volume_free(&got);
+    i3_volume_free(&labels);
+}
+
+Test(cli, missing_model) {
+    const char *model = temp("absent.safetensors"), *out = temp("out.nii.gz");
+    expect_failure(run_cli("forward", model, fixture("case_0000.nii.gz"), fixture("case_0001.nii.gz"), out, NULL),
+                   model, 0);
+    expect_failure(run_cli("info", model, NULL), model, 0);
+}
+
+Test(cli, corrupt_and_truncated_model) {
+    const char *good = fixture("model/fold_0.safetensors");
+    const char *model = temp("model.safetensors"), *out = temp("out.nii.gz");
+    long size = file_size(good);
+    const long cuts[] = {0, 4, 100, size / 2, size - 1};
+    for (int i = 0; i < 5; i++) {
+        copy_prefix(good, model, cuts[i]);
+        expect_failure(run_cli("forward", model, fixture("case_0000.nii.gz"), fixture("case_0001.nii.gz"), out, NULL),
+                       model, 1);
+    }
+    /* a byte of the JSON header changed to a quote */
+    copy_prefix(good, model, size);
+    FILE *f = fopen(model, "r+b");
+    fseek(f, 20, SEEK_SET);
+    fputc('"', f);
+    fclose(f);
+    expect_failure(run_cli("info", model, NULL), model, 1);
+}
+
+Test(cli, missing_truncated_and_foreign_inputs) {
+    const char *model = fixture("model/fold_0.safetensors"), *out = temp("out.nii.gz");
+    const char *absent = temp("absent_0001.nii.gz");
+    expect_failure(run_cli("forward", model, fixture("case_0000.nii.gz"), absent, out, NULL), absent, 0);
+
+    const char *cut = temp("cut_0001.nii.gz");
+    long size = file_size(fixture("case_0001.nii.gz"));
+    for (long keep = 10; keep < size; keep += size / 5) {
+        copy_prefix(fixture("case_0001.nii.gz"), cut, keep);
+        expect_failure(run_cli("forward", model, fixture("case_0000.nii.gz"), cut, out, NULL), cut, 1);
+    }
+    expect_failure(run_cli("forward", model, fixture("case_0000.nii.gz"), model, out, NULL), model, 1);
+}
+
+Test(cli, wrong_channel_count) {
+    const char *out = temp("out.nii.gz");
+    expect_failure(run_cli("forward", fixture("model/fold_0.safetensors"), fixture("case_0000.nii.gz"), out, NULL),
+                   "case_0000.nii.gz: 1 channel(s), but the network", 0);
+}
+
+Test(cli, channel_files_on_different_grids) {
+    /* the second channel written with a shifted origin */
+    i3_volume v;
+    cr_assert_eq(i3_volume_read(ctx, fixture("case_0001.nii.gz"), &v), I3RT_OK);
+    v.geometry.srow[0][3] += 5.0;
+    const char *shifted = temp("shifted_0001.nii.gz"), *out = temp("out.nii.gz");
+    cr_assert_eq(i3_volume_write_f32(ctx, shifted, &v.geometry, 1, v.data), I3RT_OK);
+    i3_volume_free(&v);
+    expect_failure(run_cli("forward", fixture("model/fold_0.safetensors"), fixture("case_0000.nii.gz"), shifted, out,
+                           NULL), shifted, 1);
+    cr_assert(strstr(err_text, "case_0000.nii.gz"), "%s", err_text);
+}
