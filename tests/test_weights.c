@@ -484,3 +484,24 @@ Test(weights_roundtrip, converted_f16_bf16_within_half_ulp) {
     i3_weights_free(b);
     i3_weights_free(ref);
 }
+
+Test(weights_roundtrip, converted_ritm_hrnet18_acs) {
+    i3_weights *ref = open_fixture("ritm_reference.safetensors");
+    i3_weights *conv = open_fixture("ritm/hrnet18_acs.safetensors");
+    compare_with_reference(conv, ref, 0.0);
+    cr_assert_eq(i3_weights_count(conv), 1895 - 314, "every tensor but the num_batches_tracked counters");
+    cr_assert_str_eq(i3_weights_metadata(conv, "acs"), "1");
+    cJSON *net = cJSON_Parse(i3_weights_metadata(conv, "network"));
+    cr_assert(net, "network metadata is not JSON");
+    cr_assert_str_eq(cJSON_GetObjectItem(net, "class")->valuestring, "RITM-HRNet18");
+    cr_assert_eq(cJSON_GetObjectItem(net, "dims")->valueint, 2);
+    cr_assert_eq(cJSON_GetObjectItem(net, "coord_channels")->valueint, 3);
+    cr_assert_eq(cJSON_GetObjectItem(net, "ocr_width")->valueint, 64);
+    cr_assert(cJSON_IsFalse(cJSON_GetObjectItem(net, "small")));
+    cr_assert_eq(cJSON_GetObjectItem(cJSON_GetObjectItem(net, "arch_kwargs"), "norm_radius")->valueint, 5);
+    cJSON_Delete(net);
+    const i3_weight_tensor *rv = i3_weights_find(conv, "feature_extractor.bn1.running_var");
+    cr_assert(rv && rv->ndim == 1 && rv->shape[0] == 64, "batch-norm statistics are kept");
+    i3_weights_free(conv);
+    i3_weights_free(ref);
+}

@@ -171,7 +171,11 @@ def main(argv=None):
     dataset_json = json.loads(texts["dataset"])
     folds = args.folds or find_folds(model_dir, args.checkpoint_name)
     for fold in folds:
-        convert_fold(model_dir, fold, args, plans_manager, texts, dataset_json)
+        try:
+            convert_fold(model_dir, fold, args, plans_manager, texts, dataset_json)
+        except ConversionError as e:  # every message names the checkpoint it is about
+            where = os.path.join(model_dir, f"fold_{fold}", args.checkpoint_name)
+            raise (e if str(e).startswith(where) else ConversionError(f"{where}: {e}")) from e
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ def write_weights(path, tensors, metadata, dtype="f32"):
     tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
     try:
         save_file(out, tmp, metadata=meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates the file private; a weight file is not a secret
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
