@@ -6,8 +6,16 @@
  *   v1: direct convolution, one output element per thread (grid-stride), taps outside the input
  *       skipped; w is read through the read-only cache. The correctness baseline every later
  *       version is tested against on the emulator.
- * Planned (issue 5): channels-last implicit GEMM on tensor cores (mma m16n8k16 f16/bf16 -> f32, see
- * device.h), with instance-norm statistics in the epilogue. */
+ *   v2: implicit GEMM on tensor cores. Rows m are output positions (n, z, y, x), columns the output
+ *       channels, k runs over (input channel, tap): D[m][o] = sum_k im2col(x)[m][k] * w[o][k]. A block
+ *       of 4 warps computes a 64 x 32 tile of D; per step of 16 in k, the threads gather the im2col
+ *       tile (zero outside the input) and the weight tile into shared memory, rounded to f16 or bf16,
+ *       each warp loads its 16 x 16 A fragment and four 16 x 8 B fragments with ldmatrix and runs
+ *       four mma m16n8k16 with f32 accumulators; the epilogue adds bias, applies the activation and
+ *       writes NCDHW f32. No double buffering or cp.async yet: a first tensor-core version whose
+ *       fragment plumbing is checked on the emulator.
+ * Planned (issue 5): channels-last activations in f16/bf16 (so tiles load with cp.async, no
+ * conversion), larger warp tiles, pipelining, instance-norm statistics in the epilogue. */
 #include "device.h"
 #include "launchers.h"
 
@@ -48,19 +56,104 @@ __global__ void conv_v1(const float *__restrict__ x, const float *__restrict__ w
     }
 }
 
+#define TC_BM 64       /* output positions per block */
+#define TC_BN 32       /* output channels per block */
+#define TC_BK 16       /* k per step: one mma */
+#define TC_THREADS 128 /* four warps, each 16 positions x 32 channels */
+
+template <bool BF16>
+__global__ void __launch_bounds__(TC_THREADS) conv_tensor_core_v2(const float *__restrict__ x,
+                                                                  const float *__restrict__ w,
+                                                                  const float *__restrict__ b, ConvGeometry g,
+                                                                  i3_act act, float *__restrict__ y) {
+    __shared__ __align__(16) uint16_t tile_a[TC_BM][TC_BK];   /* im2col rows: [position][k] */
+    __shared__ __align__(16) uint16_t tile_b[TC_BN][TC_BK];   /* weights: [output channel][k] */
+    int taps = g.k[0] * g.k[1] * g.k[2];
+    int64_t out_spatial = g.od * g.oh * g.ow, rows = g.n * out_spatial, depth = g.cin * taps;
+    int64_t m0 = (int64_t)blockIdx.x * TC_BM;
+    int n0 = blockIdx.y * TC_BN, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    float acc[4][4];
+    for (int j = 0; j < 4; j++)
+        for (int i = 0; i < 4; i++) acc[j][i] = 0.0f;
+
+    for (int64_t k0 = 0; k0 < depth; k0 += TC_BK) {
+        for (int e = tid; e < TC_BM * TC_BK; e += TC_THREADS) {
+            int r = e / TC_BK, kk = e % TC_BK;
+            int64_t m = m0 + r, k = k0 + kk;
+            float v = 0.0f;
+            if (m < rows && k < depth) {
+                int64_t pos = m % out_spatial, sample = m / out_spatial;
+                int64_t ox = pos % g.ow, oy = pos / g.ow % g.oh, oz = pos / (g.ow * g.oh);
+                int64_t c = k / taps;
+                int tap = (int)(k % taps), te = tap % g.k[2], tb = tap / g.k[2] % g.k[1], ta = tap / (g.k[2] * g.k[1]);
+                int64_t zz = oz * g.stride[0] - g.pad[0] + ta, yy = oy * g.stride[1] - g.pad[1] + tb;
+                int64_t xx = ox * g.stride[2] - g.pad[2] + te;
+                if (zz >= 0 && zz < g.d && yy >= 0 && yy < g.h && xx >= 0 && xx < g.w)
+                    v = x[(((sample * g.cin + c) * g.d + zz) * g.h + yy) * g.w + xx];
+            }
+            tile_a[r][kk] = to_b16<BF16>(v);
+        }
+        for (int e = tid; e < TC_BN * TC_BK; e += TC_THREADS) {
+            int r = e / TC_BK, kk = e % TC_BK;
+            int64_t o = n0 + r, k = k0 + kk;
+            tile_b[r][kk] = to_b16<BF16>(o < g.cout && k < depth ? __ldg(&w[o * depth + k]) : 0.0f);
+        }
+        __syncthreads();
+        uint32_t frag_a[4];
+        int quad = lane / 8, row = lane % 8;   /* ldmatrix: lanes 8q..8q+7 address the rows of matrix q */
+        ldmatrix_x4(frag_a, &tile_a[warp * 16 + row + 8 * (quad % 2)][8 * (quad / 2)]);
+        for (int j = 0; j < 4; j++) {
+            uint32_t frag_b[2];
+            ldmatrix_x2(frag_b, &tile_b[j * 8 + row][8 * (quad % 2)]);
+            if (BF16)
+                mma_m16n8k16_bf16(acc[j], frag_a, frag_b, acc[j]);
+            else
+                mma_m16n8k16_f16(acc[j], frag_a, frag_b, acc[j]);
+        }
+        __syncthreads();
+    }
+
+    int group = lane / 4, t = lane % 4;
+    for (int j = 0; j < 4; j++)
+        for (int i = 0; i < 4; i++) {
+            int64_t m = m0 + warp * 16 + group + 8 * (i / 2);
+            int64_t o = n0 + j * 8 + 2 * t + i % 2;
+            if (m >= rows || o >= g.cout) continue;
+            int64_t pos = m % out_spatial, sample = m / out_spatial;
+            y[(sample * g.cout + o) * out_spatial + pos] = act_apply(act, acc[j][i] + (b ? b[o] : 0.0f));
+        }
+}
+
 }  // namespace I3_NS
 
 using namespace I3_NS;
 
-extern "C" int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
-                            float *y, i3_shape5 ys, void *stream) {
+static ConvGeometry conv_geometry(i3_shape5 xs, const i3_conv_params *p, i3_shape5 ys) {
     ConvGeometry g = {xs.n, xs.c, xs.d, xs.h, xs.w, ys.c, ys.d, ys.h, ys.w, {0}, {0}, {0}};
     for (int i = 0; i < 3; i++) {
         g.k[i] = p->k[i];
         g.stride[i] = p->stride[i];
         g.pad[i] = p->pad[i];
     }
+    return g;
+}
+
+extern "C" int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
+                            float *y, i3_shape5 ys, void *stream) {
+    ConvGeometry g = conv_geometry(xs, p, ys);
     int64_t total = i3_shape5_numel(ys);
     if (total == 0) return 0;
     return (int)I3_LAUNCH(conv_v1, grid_stride_blocks(total, 128), 128, 0, (cudaStream_t)stream, x, w, b, g, p->act, y);
+}
+
+extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
+                                        const i3_conv_params *p, float *y, i3_shape5 ys, int bf16, void *stream) {
+    ConvGeometry g = conv_geometry(xs, p, ys);
+    int64_t rows = ys.n * ys.d * ys.h * ys.w;
+    if (rows == 0 || ys.c == 0) return 0;
+    dim3 grid((unsigned)((rows + TC_BM - 1) / TC_BM), (unsigned)((ys.c + TC_BN - 1) / TC_BN));
+    if (bf16)
+        return (int)I3_LAUNCH(conv_tensor_core_v2<true>, grid, TC_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act,
+                              y);
+    return (int)I3_LAUNCH(conv_tensor_core_v2<false>, grid, TC_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act, y);
 }

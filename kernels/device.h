@@ -66,6 +66,12 @@ __device__ __forceinline__ float act_apply(i3_act a, float v) {
     return a.kind == I3_ACT_RELU ? 0.0f : v * a.slope;
 }
 
+/* A float as the bits of an f16 (BF16 = false) or bf16 (BF16 = true), round to nearest even. */
+template <bool BF16>
+__device__ __forceinline__ uint16_t to_b16(float v) {
+    return BF16 ? __bfloat16_as_ushort(__float2bfloat16(v)) : __half_as_ushort(__float2half(v));
+}
+
 /* Packs two 16-bit values into one fragment register, the first in the low half. */
 __device__ __forceinline__ uint32_t pack_b16(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
 

@@ -14,6 +14,10 @@ extern "C" {
 
 int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p, float *y,
                  i3_shape5 ys, void *stream);
+/* The same convolution on tensor cores: inputs and weights rounded to f16 (bf16 = 0) or bf16
+ * (bf16 = 1), products accumulated in f32. */
+int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
+                             float *y, i3_shape5 ys, int bf16, void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,

@@ -29,6 +29,8 @@
 #define SENTINEL_OUT -777.25f  /* around outputs: a kernel that copies an input's guard into an output's
                                 * guard is caught too */
 
+typedef int (*conv_tc_launcher)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *,
+                                float *, i3_shape5, int, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *,
                                 void *);
 
@@ -36,6 +38,7 @@ typedef struct {
     i3_ctx ctx;
     i3_backend *b;
     softmax_launcher softmax_uncertainty;   /* the fused op's full form (the graph op only wants probs) */
+    conv_tc_launcher conv_tensor_core;      /* not a graph op's kernel yet: called directly */
 } device;
 
 /* A device buffer of n floats between two guard zones of `sentinel`. */
@@ -77,7 +80,8 @@ static void dev_download_free(device *d, dbuf t, void *host, const char *what) {
     d->b->iface->free(d->b, t.base);
 }
 
-static void check_nmse(const char *device_name, const char *what, const float *got, const float *ref, int64_t n) {
+static void check_nmse_tol(const char *device_name, const char *what, const float *got, const float *ref, int64_t n,
+                           double tolerance) {
     double err2 = 0, ref2 = 0, max_abs = 0;
     for (int64_t i = 0; i < n; i++) {
         double e = (double)got[i] - ref[i];
@@ -87,8 +91,12 @@ static void check_nmse(const char *device_name, const char *what, const float *g
     }
     double nmse = ref2 > 0 ? err2 / ref2 : err2;
     printf("%-8s %-64s n=%-7lld nmse %.2e  max abs %.2e\n", device_name, what, (long long)n, nmse, max_abs);
-    cr_assert(nmse <= NMSE_F32 && !isnan(max_abs), "%s %s: nmse %.3g > %.0e (max abs error %.3g)", device_name,
-              what, nmse, NMSE_F32, max_abs);
+    cr_assert(nmse <= tolerance && !isnan(max_abs), "%s %s: nmse %.3g > %.0e (max abs error %.3g)", device_name,
+              what, nmse, tolerance, max_abs);
+}
+
+static void check_nmse(const char *device_name, const char *what, const float *got, const float *ref, int64_t n) {
+    check_nmse_tol(device_name, what, got, ref, n, NMSE_F32);
 }
 
 /* Runs one node on the device: inputs are host arrays (NULL entries for absent ones) uploaded into
@@ -196,6 +204,58 @@ static void check_conv(device *d) {
         }
         i3_shape5 xs = {rand_in(&r, 1, 2), rand_in(&r, 1, 4), rand_in(&r, 3, 7), rand_in(&r, 3, 9), rand_in(&r, 3, 8)};
         conv_case(d, "random", xs, p, (int)rand_in(&r, 0, 1), 10 + i);
+    }
+}
+
+/* Tensor-core conv: against the reference run on inputs rounded to f16/bf16 (only the summation
+ * order differs: f32 tolerance), and against the exact reference with the dtype's tolerance. */
+#define NMSE_F16 1e-6
+#define NMSE_BF16 5e-5
+
+static float round_b16(float v, int bf16) {
+    return bf16 ? i3_bf16_to_f32(i3_f32_to_bf16(v)) : i3_f16_to_f32(i3_f32_to_f16(v));
+}
+
+static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int bf16, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    i3_shape5 ys = i3_conv_out_shape(xs, &p);
+    int64_t nx = i3_shape5_numel(xs), nw = (int64_t)p.cout * xs.c * p.k[0] * p.k[1] * p.k[2], ny = i3_shape5_numel(ys);
+    float *x = random_floats(&r, nx, -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
+    float *b = random_floats(&r, p.cout, -0.2f, 0.2f);
+    float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
+    for (int64_t i = 0; i < nx; i++) xr[i] = round_b16(x[i], bf16);
+    for (int64_t i = 0; i < nw; i++) wr[i] = round_b16(w[i], bf16);
+    float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
+    float *ref_rounded = malloc((size_t)ny * sizeof(float));
+    i3_cpu_conv_ref(x, xs, w, b, &p, ref);
+    i3_cpu_conv_ref(xr, xs, wr, b, &p, ref_rounded);
+    dbuf dx = dev_upload(d, x, nx), dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout), dy = dev_upload(d, NULL, ny);
+    cr_assert_eq(d->conv_tensor_core(dx.data, xs, dw.data, db.data, &p, dy.data, ys, bf16, NULL), 0);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    dev_download_free(d, dx, NULL, "conv_tensor_core x");
+    dev_download_free(d, dw, NULL, "conv_tensor_core w");
+    dev_download_free(d, db, NULL, "conv_tensor_core b");
+    dev_download_free(d, dy, y, "conv_tensor_core y");
+    char what[160];
+    snprintf(what, sizeof what, "conv_tensor_core %s x[%lld,%lld,%lld,%lld,%lld] cout %d k%d%d%d s%d%d%d",
+             bf16 ? "bf16" : "f16", (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w,
+             p.cout, p.k[0], p.k[1], p.k[2], p.stride[0], p.stride[1], p.stride[2]);
+    char vs[200];
+    snprintf(vs, sizeof vs, "%s vs rounded-input ref", what);
+    check_nmse(d->b->iface->name, vs, y, ref_rounded, ny);
+    snprintf(vs, sizeof vs, "%s vs f32 ref", what);
+    check_nmse_tol(d->b->iface->name, vs, y, ref, ny, bf16 ? NMSE_BF16 : NMSE_F16);
+    free(x), free(w), free(b), free(xr), free(wr), free(y), free(ref), free(ref_rounded);
+}
+
+static void check_conv_tensor_core(device *d) {
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        i3_conv_params p3 = {.cout = 5, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}, .act = LEAKY};
+        conv_tc_case(d, (i3_shape5){2, 3, 5, 7, 6}, p3, bf16, 100 + bf16);    /* k = 81, 420 rows */
+        i3_conv_params wide = {.cout = 40, .k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = LEAKY};
+        conv_tc_case(d, (i3_shape5){1, 7, 3, 9, 8}, wide, bf16, 102 + bf16);  /* two column tiles */
+        i3_conv_params head = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}, .pad = {0, 0, 0}};
+        conv_tc_case(d, (i3_shape5){1, 20, 2, 5, 7}, head, bf16, 104 + bf16); /* k = 20: a partial k step */
     }
 }
 
@@ -403,6 +463,97 @@ static void check_softmax(device *d) {
     }
 }
 
+/* ---- a whole graph: every op in a small U-Net-like network, device vs the CPU backend ---------- */
+
+typedef struct {
+    float *data[16];
+    int n;
+} net_weights;
+
+static int net_weight(i3_graph *g, net_weights *nw, fx_rng *r, const char *name, int ndim, int64_t d0, int64_t d1,
+                      int64_t d2, int64_t d3, int64_t d4) {
+    int64_t dims[5] = {d0, d1, d2, d3, d4}, numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= dims[i];
+    float *v = random_floats(r, numel, -0.5f, 0.5f);
+    if (ndim == 1 && strstr(name, "gamma")) fx_fill(r, v, numel, 0.5f, 1.5f);
+    nw->data[nw->n++] = v;
+    return i3_graph_weight(g, name, v, ndim, dims);
+}
+
+/* conv-norm-act, strided conv, transposed conv, concat, residual add, ACS conv, avg pool, resize,
+ * 1x1x1 head, softmax. */
+static void build_net(i3_graph *g, net_weights *nw, i3_shape5 xs) {
+    fx_rng r = fx_rng_seed(2024);
+    i3_act leaky = LEAKY, none = {I3_ACT_NONE, 0};
+    i3_norm_params norm = {.eps = 1e-5f, .act = leaky};
+    int x = i3_graph_input(g, xs);
+    i3_conv_params c1 = {.cout = 4, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
+    int s1 = i3_graph_conv(g, x, net_weight(g, nw, &r, "c1.w", 5, 4, xs.c, 3, 3, 3), net_weight(g, nw, &r, "c1.b", 1, 4, 0, 0, 0, 0), &c1, "stage 1 conv");
+    s1 = i3_graph_instance_norm(g, s1, net_weight(g, nw, &r, "n1.gamma", 1, 4, 0, 0, 0, 0), net_weight(g, nw, &r, "n1.beta", 1, 4, 0, 0, 0, 0), &norm, "stage 1 norm");
+    i3_conv_params c2 = {.cout = 6, .k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = leaky};
+    int s2 = i3_graph_conv(g, s1, net_weight(g, nw, &r, "c2.w", 5, 6, 4, 1, 3, 3), net_weight(g, nw, &r, "c2.b", 1, 6, 0, 0, 0, 0), &c2, "stage 2 conv");
+    i3_conv_transpose_params up = {.cout = 4, .k = {1, 2, 2}};
+    int u = i3_graph_conv_transpose(g, s2, net_weight(g, nw, &r, "up.w", 5, 6, 4, 1, 2, 2), net_weight(g, nw, &r, "up.b", 1, 4, 0, 0, 0, 0), &up, "upsample");
+    int cat = i3_graph_concat(g, u, s1, "skip concat");
+    i3_conv_params c3 = {.cout = 4, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
+    int d = i3_graph_conv(g, cat, net_weight(g, nw, &r, "c3.w", 5, 4, 8, 3, 3, 3), -1, &c3, "decoder conv");
+    d = i3_graph_activation(g, d, leaky, "decoder act");
+    d = i3_graph_add(g, d, s1, none, "residual");
+    i3_acs_conv_params acs = {.cout = 5, .k = 3, .stride = 1, .pad = 1, .act = leaky};
+    d = i3_graph_acs_conv(g, d, net_weight(g, nw, &r, "acs.w", 4, 5, 4, 3, 3, 0), net_weight(g, nw, &r, "acs.b", 1, 5, 0, 0, 0, 0), &acs, "acs conv");
+    i3_avg_pool_params pool = {.k = {1, 2, 2}};
+    d = i3_graph_avg_pool(g, d, &pool, "pool");
+    i3_resize_params rs = {.out = {xs.d, 7, 9}, .align_corners = 0};
+    d = i3_graph_resize(g, d, &rs, "resize");
+    i3_conv_params head = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}, .pad = {0, 0, 0}};
+    d = i3_graph_conv(g, d, net_weight(g, nw, &r, "head.w", 5, 3, 5, 1, 1, 1), net_weight(g, nw, &r, "head.b", 1, 3, 0, 0, 0, 0), &head, "head");
+    d = i3_graph_softmax(g, d, "probabilities");
+    g->output = d;
+}
+
+/* Plans, binds and runs the network on backend b; returns the output (malloc'd) and its size. */
+static float *run_net(i3_backend *b, i3_shape5 xs, const float *input, int64_t *out_numel) {
+    i3_graph g;
+    net_weights nw = {{0}, 0};
+    i3_graph_init(&g, b->ctx);
+    build_net(&g, &nw, xs);
+    cr_assert(!g.failed, "building the network: %s", b->ctx->error);
+    cr_assert_eq(i3_graph_plan(&g, g.output, b), I3RT_OK, "%s", b->ctx->error);
+    void *arena = NULL, *scratch = NULL, *weights = NULL;
+    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK, "%s", b->ctx->error);
+    if (!b->iface->host_memory)
+        cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", b->ctx->error);
+    const i3_value *in = &g.values[g.input], *out = &g.values[g.output];
+    cr_assert_eq(b->iface->upload(b, in->data, input, i3_value_bytes(in)), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", b->ctx->error);
+    *out_numel = (int64_t)(i3_value_bytes(out) / sizeof(float));
+    float *y = malloc(i3_value_bytes(out));
+    cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", b->ctx->error);
+    b->iface->free(b, arena);
+    b->iface->free(b, scratch);
+    if (weights) b->iface->free(b, weights);
+    for (int i = 0; i < nw.n; i++) free(nw.data[i]);
+    i3_graph_free(&g);
+    return y;
+}
+
+static void check_network(device *d) {
+    i3_shape5 xs = {1, 2, 3, 10, 12};
+    fx_rng r = fx_rng_seed(77);
+    float *x = random_floats(&r, i3_shape5_numel(xs), -2, 2);
+    i3_ctx cpu_ctx = {.n_threads = 1, .backend = I3RT_BACKEND_CPU};
+    i3_backend *cpu;
+    cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
+    int64_t n_ref, n_dev;
+    float *ref = run_net(cpu, xs, x, &n_ref), *y = run_net(d->b, xs, x, &n_dev);
+    cr_assert_eq(n_dev, n_ref);
+    check_nmse(d->b->iface->name, "network: every op, device vs CPU backend", y, ref, n_ref);
+    i3_backend_destroy(cpu);
+    free(x), free(ref), free(y);
+}
+
 /* ---- devices ------------------------------------------------------------------------------- */
 
 static void open_emulated(device *d) {
@@ -411,6 +562,7 @@ static void open_emulated(device *d) {
     d->ctx.backend = I3RT_BACKEND_EMULATED;
     cr_assert_eq(i3_backend_cuda_create(&d->ctx, 1, &d->b), I3RT_OK, "%s", d->ctx.error);
     d->softmax_uncertainty = i3emu_softmax_uncertainty;
+    d->conv_tensor_core = i3emu_conv_tensor_core;
 }
 
 static int open_gpu(device *d) {
@@ -423,18 +575,21 @@ static int open_gpu(device *d) {
     }
 #ifdef I3RT_HAVE_CUDA
     d->softmax_uncertainty = i3gpu_softmax_uncertainty;
+    d->conv_tensor_core = i3gpu_conv_tensor_core;
 #endif
     return 1;
 }
 
 #define DEVICE_TESTS(suite, open)                                  \
     Test(suite, conv) { device d; if (open(&d)) { check_conv(&d); i3_backend_destroy(d.b); } }                     \
+    Test(suite, conv_tensor_core) { device d; if (open(&d)) { check_conv_tensor_core(&d); i3_backend_destroy(d.b); } } \
     Test(suite, conv_transpose) { device d; if (open(&d)) { check_conv_transpose(&d); i3_backend_destroy(d.b); } } \
     Test(suite, acs_conv) { device d; if (open(&d)) { check_acs_conv(&d); i3_backend_destroy(d.b); } }             \
     Test(suite, instance_norm) { device d; if (open(&d)) { check_instance_norm(&d); i3_backend_destroy(d.b); } }   \
     Test(suite, elementwise) { device d; if (open(&d)) { check_elementwise(&d); i3_backend_destroy(d.b); } }       \
     Test(suite, resize) { device d; if (open(&d)) { check_resize(&d); i3_backend_destroy(d.b); } }                 \
     Test(suite, avg_pool) { device d; if (open(&d)) { check_avg_pool(&d); i3_backend_destroy(d.b); } }             \
+    Test(suite, network) { device d; if (open(&d)) { check_network(&d); i3_backend_destroy(d.b); } }             \
     Test(suite, softmax_uncertainty) { device d; if (open(&d)) { check_softmax(&d); i3_backend_destroy(d.b); } }
 
 static int open_emulated_ok(device *d) {
