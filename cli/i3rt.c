@@ -73,7 +73,7 @@ static bool is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(a
 static int usage_error(const char *help, const char *fmt, const char *arg) {
     fprintf(stderr, "i3rt: ");
     fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n\n%s", help);
+    fprintf(stderr, "\n%.*s (--help for more)\n", (int)strcspn(help, "\n"), help);
     return EXIT_USAGE;
 }
 

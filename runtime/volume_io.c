@@ -147,9 +147,16 @@ static i3rt_status parse_header(i3_ctx *ctx, const char *label, const unsigned c
     out->scl_inter = nim->scl_inter;
     geometry_from_nim(nim, &out->geometry);
     nifti_image_free(nim);
+    for (int i = 0; i < 3; i++) out->geometry.size[i] = out->dim[i];  /* nifticlib leaves 0 past dim[0] */
+    const i3_volume_geometry *g = &out->geometry;
     for (int i = 0; i < 3; i++)
-        if (!isfinite(out->geometry.spacing[i]))
+        if (!isfinite(g->spacing[i]))
             return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: NIfTI pixdim[%d] is not finite", label, i + 1);
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++)
+            if (!isfinite(g->affine[r][c]))
+                return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: the NIfTI %s has NaN or Inf entries", label,
+                               g->sform_code > 0 ? "sform" : "qform");
     return I3RT_OK;
 }
 
@@ -237,34 +244,58 @@ static i3rt_status gz_error(i3_ctx *ctx, const char *path, gzFile f, const char 
                    code == Z_ERRNO ? strerror(errno) : msg);
 }
 
+/* Reads the voxel data: `have` bytes are already in `first`, the rest comes from f. The buffer grows
+ * with the bytes that actually arrive, so a short file claiming huge dims never allocates for them. */
+static i3rt_status read_data(i3_ctx *ctx, const char *path, gzFile f, const unsigned char *first, size_t have,
+                             size_t needed, unsigned char **out) {
+    size_t cap = needed < ((size_t)1 << 24) ? needed : ((size_t)1 << 24);
+    unsigned char *raw = i3_malloc(ctx, cap ? cap : 1, path);
+    if (!raw) return I3RT_ERR_OUT_OF_MEMORY;
+    memcpy(raw, first, have);
+    size_t done = have;
+    while (done < needed) {
+        if (done == cap) {
+            cap = cap * 2 < needed ? cap * 2 : needed;
+            unsigned char *grown = realloc(raw, cap);
+            if (!grown) {
+                free(raw);
+                return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory reading %zu bytes of voxels", path,
+                               needed);
+            }
+            raw = grown;
+        }
+        int64_t got = gz_read_fully(f, raw + done, cap - done);
+        if (got < 0) {
+            free(raw);
+            return gz_error(ctx, path, f, "voxel data");
+        }
+        if (got == 0) break;
+        done += (size_t)got;
+    }
+    if (done < needed) {
+        free(raw);
+        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: truncated NIfTI data: %zu of %zu bytes", path, done, needed);
+    }
+    *out = raw;
+    return I3RT_OK;
+}
+
 static i3rt_status read_layout_and_data(i3_ctx *ctx, const char *path, gzFile f, i3_volume *out) {
     unsigned char header[NIFTI_MAX_HEADER_BYTES];
     int64_t got = gz_read_fully(f, header, sizeof header);
     if (got < 0) return gz_error(ctx, path, f, "header");
     nifti_layout L;
     I3_TRY(parse_header(ctx, path, header, (size_t)got, &L));
-    unsigned char *raw = i3_malloc(ctx, L.data_bytes, path);
-    if (!raw) return I3RT_ERR_OUT_OF_MEMORY;
     /* The data may start inside the bytes already read (no extensions) or after them. */
     size_t have = 0;
     if (L.vox_offset < got) {
         have = (size_t)(got - L.vox_offset) < L.data_bytes ? (size_t)(got - L.vox_offset) : L.data_bytes;
-        memcpy(raw, header + L.vox_offset, have);
     } else if (gzseek(f, (z_off_t)L.vox_offset, SEEK_SET) != (z_off_t)L.vox_offset) {
-        free(raw);
         return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: truncated NIfTI file: the data should start at byte %lld", path,
                        (long long)L.vox_offset);
     }
-    int64_t rest = gz_read_fully(f, raw + have, L.data_bytes - have);
-    if (rest < 0) {
-        free(raw);
-        return gz_error(ctx, path, f, "voxel data");
-    }
-    if (have + (size_t)rest < L.data_bytes) {
-        free(raw);
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: truncated NIfTI data: %zu of %zu bytes", path, have + (size_t)rest,
-                       L.data_bytes);
-    }
+    unsigned char *raw = NULL;
+    I3_TRY(read_data(ctx, path, f, header + (have ? L.vox_offset : 0), have, L.data_bytes, &raw));
     i3rt_status st = decode_voxels(ctx, path, &L, raw, out);
     free(raw);
     return st;
