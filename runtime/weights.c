@@ -66,9 +66,31 @@ static bool valid_utf8(const uint8_t *s, size_t n) {
     return true;
 }
 
-/* cJSON skips every byte <= 32 as whitespace and takes raw control bytes inside strings; JSON allows
- * only space, tab, LF and CR between tokens and none inside strings. Returns the offending offset or -1. */
-static long find_control_byte(const uint8_t *s, size_t n) {
+/* Length of an RFC 8259 number at s: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?; 0 if there is none. */
+static size_t json_number_length(const uint8_t *s, size_t n) {
+    size_t i = 0;
+#define DIGIT(k) ((k) < n && s[k] >= '0' && s[k] <= '9')
+    if (i < n && s[i] == '-') i++;
+    if (!DIGIT(i)) return 0;
+    if (s[i] == '0') i++;
+    else while (DIGIT(i)) i++;
+    if (i < n && s[i] == '.') {
+        if (!DIGIT(i + 1)) return 0;
+        for (i++; DIGIT(i); i++) {}
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        size_t k = i + 1 + (i + 1 < n && (s[i + 1] == '+' || s[i + 1] == '-'));
+        if (!DIGIT(k)) return 0;
+        for (i = k; DIGIT(i); i++) {}
+    }
+#undef DIGIT
+    return i;
+}
+
+/* cJSON is more lenient than JSON: it skips every byte <= 32 as whitespace, takes raw control bytes inside
+ * strings and reads numbers with strtod ("01", "+1", ".5"). This scan rejects those before cJSON parses;
+ * returns the offset of the first offending byte or -1. */
+static long find_non_json_byte(const uint8_t *s, size_t n) {
     bool in_string = false;
     for (size_t i = 0; i < n; i++) {
         uint8_t c = s[i];
@@ -80,6 +102,13 @@ static long find_control_byte(const uint8_t *s, size_t n) {
             in_string = true;
         } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
             return (long)i;
+        } else if (c == '-' || c == '+' || c == '.' || (c >= '0' && c <= '9')) {
+            size_t run = i; /* the bytes cJSON would hand to strtod */
+            while (run < n && strchr("0123456789+-.eE", s[run]) && s[run]) run++;
+            if (json_number_length(s + i, n - i) != run - i) return (long)i;
+            i = run - 1;
+        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) {
+            while (i + 1 < n && ((s[i + 1] >= 'a' && s[i + 1] <= 'z') || (s[i + 1] >= 'A' && s[i + 1] <= 'Z'))) i++;
         }
     }
     return -1;
@@ -338,12 +367,12 @@ static i3rt_status weights_parse(i3_ctx *ctx, uint8_t *file, size_t len, const c
         i3_weights_free(w);
         return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: not valid UTF-8", label);
     }
-    long control = find_control_byte(file + 8, (size_t)header_len);
-    if (control >= 0) {
-        unsigned byte = file[8 + control];
+    long bad = find_non_json_byte(file + 8, (size_t)header_len);
+    if (bad >= 0) {
+        unsigned byte = file[8 + bad];
         i3_weights_free(w);
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: not valid JSON (control character 0x%02x at byte %ld)",
-                       label, byte, control);
+        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: not valid JSON (byte 0x%02x at byte %ld)", label, byte,
+                       bad);
     }
     const char *parse_end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)header_len, &parse_end, false);

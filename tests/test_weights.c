@@ -116,12 +116,29 @@ Test(weights_bad, header_trailing_garbage) {
 Test(weights_bad, header_control_character) {
     /* cJSON alone would take the 0x07 as whitespace and the shape as [2, 1] */
     write_weights("{\"a\": {\"dtype\": \"F32\", \"shape\": [2, 1\x07], \"data_offsets\": [0, 8]}}", NULL, 8);
-    expect_open_error(I3RT_ERR_FORMAT, "header:", "control character 0x07");
+    expect_open_error(I3RT_ERR_FORMAT, "header:", "not valid JSON (byte 0x07 at byte 37)");
 }
 
 Test(weights_bad, header_control_character_in_name) {
     write_weights("{\"a\tb\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}", NULL, 8);
-    expect_open_error(I3RT_ERR_FORMAT, "header:", "control character 0x09");
+    expect_open_error(I3RT_ERR_FORMAT, "header:", "not valid JSON (byte 0x09 at byte 3)");
+}
+
+Test(weights_bad, header_number_not_json) {
+    /* strtod-style numbers cJSON would read: leading zero, plus sign, bare fraction, trailing dot */
+    const char *numbers[] = {"01", "+1", ".5", "1.", "1e", "-", "0x10", "1e+"};
+    for (size_t k = 0; k < sizeof numbers / sizeof numbers[0]; k++) {
+        char header[128];
+        snprintf(header, sizeof header, "{\"a\": {\"dtype\": \"U8\", \"shape\": [%s], \"data_offsets\": [0, 1]}}",
+                 numbers[k]);
+        write_weights(header, NULL, 1);
+        expect_open_error(I3RT_ERR_FORMAT, "header:", "not valid JSON");
+    }
+    /* valid forms still parse (and then fail as shapes or pass) */
+    write_weights("{\"a\": {\"dtype\": \"U8\", \"shape\": [1e0, 10E-1, 0.1e1], \"data_offsets\": [0, 1]}}", NULL, 1);
+    i3_weights *w = open_ok();
+    cr_assert_eq(i3_weights_at(w, 0)->shape[1], 1);
+    i3_weights_free(w);
 }
 
 Test(weights_bad, header_not_utf8) {
