@@ -124,7 +124,10 @@ void yield_to_scheduler() {
     switch_to_scheduler(ls, ls->pub.current);
 }
 
-void run_block(LaunchState *ls) {
+/* reverse: resume fibers from the last thread to the first. A kernel that reads shared memory
+ * another thread writes without a barrier in between sees different values in the two orders, so
+ * running a test in both orders (I3RT_SIMT_ORDER=reverse) exposes such races. */
+void run_block(LaunchState *ls, bool reverse) {
     Launch &L = ls->pub;
     for (int t = 0; t < L.n_threads; t++) {
         Fiber *f = &L.fibers[t];
@@ -146,7 +149,8 @@ void run_block(LaunchState *ls) {
     L.at_barrier = 0;
     while (L.live > 0 && !L.failed) {
         int ran = 0;
-        for (int t = 0; t < L.n_threads && !L.failed; t++) {
+        for (int i = 0; i < L.n_threads && !L.failed; i++) {
+            int t = reverse ? L.n_threads - 1 - i : i;
             if (L.fibers[t].state != FIBER_READY) continue;
             switch_to_fiber(ls, &L.fibers[t]);
             ran = 1;
@@ -258,12 +262,14 @@ cudaError_t launch(dim3 grid, dim3 block, size_t dynamic_smem, kernel_thunk thun
     if (!ok) {
         set_error_f(cudaErrorMemoryAllocation, "emulator: no memory for %d fiber stacks", L.n_threads);
     } else {
+        const char *order = getenv("I3RT_SIMT_ORDER");
+        bool reverse = order && strcmp(order, "reverse") == 0;
         tl_launch = &ls;
         for (unsigned z = 0; z < grid.z && !L.failed; z++)
             for (unsigned y = 0; y < grid.y && !L.failed; y++)
                 for (unsigned x = 0; x < grid.x && !L.failed; x++) {
                     L.block_idx = dim3(x, y, z);
-                    run_block(&ls);
+                    run_block(&ls, reverse);
                 }
         tl_launch = nullptr;
     }

@@ -16,6 +16,10 @@
  * OS thread, shared by the fibers of the block that runs; blocks run one at a time, so that is the
  * block's shared memory. Like on a GPU their contents are undefined when a block starts.
  *
+ * Fibers are resumed in thread order, or in reverse order with the environment variable
+ * I3RT_SIMT_ORDER=reverse: a shared-memory race (a read of what another thread writes without a
+ * barrier in between) gives different results in the two orders, which the tests compare.
+ *
  * The emulator checks what a GPU would leave undefined or hang on: a barrier that some threads of
  * the block never reach, a warp collective whose mask names a thread that exited, a deadlock. The
  * launch then fails with cudaErrorLaunchFailure and a message (cudaGetLastError / i3emu_error()).

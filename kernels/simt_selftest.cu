@@ -65,6 +65,18 @@ __global__ void selftest_atomic_kernel(int *counter, float *sum, int *max_by_cas
     }
 }
 
+/* A reduction missing the barrier between writing and reading shared memory: its result depends on
+ * the order the threads run in (I3RT_SIMT_ORDER on the emulator). */
+__global__ void selftest_racy_kernel(int *out) {
+    __shared__ int values[SELFTEST_BLOCK];
+    values[threadIdx.x] = (int)threadIdx.x + 1;
+    /* __syncthreads() belongs here */
+    int sum = 0;
+    for (int i = 0; i < (int)blockDim.x; i++) sum += values[i];
+    out[threadIdx.x] = sum;
+    __syncthreads();
+}
+
 /* Threads 0..15 return before a barrier that the others reach: undefined on a GPU, an error on the
  * emulator. */
 __global__ void selftest_divergent_barrier_kernel(int *out) {
@@ -175,6 +187,14 @@ extern "C" int I3_DEV(selftest_atomics)(int blocks, int *counter, float *sum, in
     to_host(&bufs, counter, dc, 1);
     to_host(&bufs, sum, ds, 1);
     to_host(&bufs, max_by_cas, dm, 1);
+    return finish(&bufs);
+}
+
+extern "C" int I3_DEV(selftest_racy)(int *out) {
+    Buffers bufs = {};
+    int *d = to_device<int>(&bufs, NULL, SELFTEST_BLOCK);
+    if (bufs.error == cudaSuccess) bufs.error = I3_LAUNCH(selftest_racy_kernel, 1, SELFTEST_BLOCK, 0, 0, d);
+    to_host(&bufs, out, d, SELFTEST_BLOCK);
     return finish(&bufs);
 }
 

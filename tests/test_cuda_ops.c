@@ -600,6 +600,25 @@ static int open_emulated_ok(device *d) {
 DEVICE_TESTS(emulated, open_emulated_ok)
 DEVICE_TESTS(gpu, open_gpu)
 
+/* Every op again with the block's threads resumed last to first: a kernel with a shared-memory race
+ * would give different results (kernels/simt.h). */
+Test(emulated, reverse_thread_order) {
+    setenv("I3RT_SIMT_ORDER", "reverse", 1);
+    device d;
+    open_emulated(&d);
+    check_conv(&d);
+    check_conv_tensor_core(&d);
+    check_conv_transpose(&d);
+    check_acs_conv(&d);
+    check_instance_norm(&d);
+    check_elementwise(&d);
+    check_resize(&d);
+    check_avg_pool(&d);
+    check_softmax(&d);
+    check_network(&d);
+    i3_backend_destroy(d.b);
+}
+
 Test(emulated, out_of_memory_is_a_message) {
     device d;
     open_emulated(&d);

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core.h"
 #include "cuda_backend.h"
@@ -130,6 +131,23 @@ Test(simt, mma_f16_fragments) { check_mma(&emulated, 0, 0); }
 Test(simt, mma_bf16_fragments) { check_mma(&emulated, 1, 0); }
 Test(simt, mma_f16_ldmatrix) { check_mma(&emulated, 0, 1); }
 Test(simt, mma_bf16_ldmatrix) { check_mma(&emulated, 1, 1); }
+
+/* In thread order the racy reduction's thread 0 reads before the others write, and the two orders
+ * disagree (in reverse order the last thread reads what the previous launch left in shared memory:
+ * undefined, as on a GPU), while the correct kernels give the same results in both orders
+ * (test_cuda_ops' reverse_thread_order). */
+Test(simt, missing_barrier_shows_in_thread_order) {
+    int forward[SELFTEST_BLOCK], reverse[SELFTEST_BLOCK];
+    cr_assert_eq(i3emu_selftest_racy(forward), 0);
+    setenv("I3RT_SIMT_ORDER", "reverse", 1);
+    cr_assert_eq(i3emu_selftest_racy(reverse), 0);
+    unsetenv("I3RT_SIMT_ORDER");
+    int full = SELFTEST_BLOCK * (SELFTEST_BLOCK + 1) / 2;
+    printf("racy block sum, thread 0: %d in thread order, %d in reverse order (correct: %d)\n", forward[0], reverse[0],
+           full);
+    cr_assert_neq(forward[0], full);
+    cr_assert_neq(memcmp(forward, reverse, sizeof forward), 0);
+}
 
 Test(simt, divergent_barrier_is_an_error) {
     cr_assert_neq(i3emu_selftest_divergent_barrier(), 0, "a barrier after some threads returned must fail the launch");
