@@ -1,0 +1,157 @@
+/* Whole-network parity of nnU-Net v2 U-Nets against PyTorch, and bad weight files / inputs.
+ *
+ * tests/gen_unet.py plans a small synthetic dataset with nnunetv2's own planners, saves trained-model
+ * folders with random weights, converts them with tools/convert_pt/convert_nnunet.py and runs the
+ * PyTorch forward. Each network NAME gives $I3RT_FIXTURES/unet/NAME.safetensors (the converted
+ * weights) and NAME_io.safetensors ("input" [1, C, d, h, w], "logits" [1, K, d, h, w]; 2D: d = 1).
+ * Tolerance: max |i3rt - torch| <= 1e-4 * max |torch| (fp32 everywhere; the errors are summation
+ * order differences of convolutions and instance norm statistics). */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "i3rt.h"
+#include "weights.h"
+
+#define UNET_REL_TOL 1e-4
+
+static void fixture_path(char *buf, size_t n, const char *file) {
+    const char *dir = getenv("I3RT_FIXTURES");
+    cr_assert(dir, "I3RT_FIXTURES is not set (run through ctest, which runs tests/gen_unet.py first)");
+    snprintf(buf, n, "%s/unet/%s", dir, file);
+}
+
+/* One tensor of the io file as float32 in a malloc'ed copy; shape [1, c, d, h, w]. */
+static float *read_io(i3rt_context *ctx, i3_weights *io, const char *name, int64_t shape[5]) {
+    const i3_weight_tensor *t = i3_weights_find(io, name);
+    cr_assert(t, "%s: no tensor %s", i3_weights_label(io), name);
+    cr_assert(t->ndim == 5 && t->shape[0] == 1, "%s: %s must be [1, c, d, h, w]", i3_weights_label(io), name);
+    memcpy(shape, t->shape, 5 * sizeof *shape);
+    const float *data;
+    cr_assert_eq(i3_weights_get_f32(ctx, io, name, 5, shape, &data), I3RT_OK, "%s", i3rt_context_error(ctx));
+    float *copy = malloc(t->numel * sizeof *copy);
+    memcpy(copy, data, t->numel * sizeof *copy);
+    return copy;
+}
+
+static void check_parity(const char *net_name) {
+    char weights_path[1024], io_path[1024], file[128];
+    snprintf(file, sizeof file, "%s.safetensors", net_name);
+    fixture_path(weights_path, sizeof weights_path, file);
+    snprintf(file, sizeof file, "%s_io.safetensors", net_name);
+    fixture_path(io_path, sizeof io_path, file);
+
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    i3_weights *io;
+    cr_assert_eq(i3_weights_open(ctx, io_path, &io), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int64_t in_shape[5], out_shape[5];
+    float *input = read_io(ctx, io, "input", in_shape);
+    float *expected = read_io(ctx, io, "logits", out_shape);
+    i3_weights_free(io);
+
+    i3rt_model *model;
+    cr_assert_eq(i3rt_model_load(ctx, weights_path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3rt_model_info info;
+    cr_assert_eq(i3rt_model_get_info(model, &info), I3RT_OK);
+    cr_assert_eq(info.in_channels, in_shape[1]);
+    cr_assert_eq(info.num_classes, out_shape[1]);
+
+    const int64_t spatial[3] = {in_shape[2], in_shape[3], in_shape[4]};
+    const size_t n_out = (size_t)(out_shape[1] * out_shape[2] * out_shape[3] * out_shape[4]);
+    float *logits = malloc(n_out * sizeof *logits);
+    cr_assert_eq(i3rt_model_forward(model, input, spatial, logits), I3RT_OK, "%s", i3rt_context_error(ctx));
+
+    double max_abs = 0, max_ref = 0;
+    for (size_t i = 0; i < n_out; i++) {
+        const double err = fabs((double)logits[i] - (double)expected[i]);
+        max_abs = err > max_abs || isnan(err) ? err : max_abs;
+        max_ref = fmax(max_ref, fabs((double)expected[i]));
+    }
+    const double rel = max_abs / max_ref;
+    printf("unet %-10s %s %dD, %d stages, input %lldx%lldx%lld, %lld parameters: max abs err %.3g, "
+           "max |torch| %.3g, rel %.3g (tol %.0e)\n",
+           net_name, info.network, info.dims, info.n_stages, (long long)spatial[0], (long long)spatial[1],
+           (long long)spatial[2], (long long)info.n_parameters, max_abs, max_ref, rel, UNET_REL_TOL);
+    fflush(stdout);
+    cr_expect(max_ref > 0, "%s: torch logits are all zero", net_name);
+    cr_expect(rel <= UNET_REL_TOL, "%s: relative error %.3g > %.0e", net_name, rel, UNET_REL_TOL);
+
+    free(logits);
+    free(input);
+    free(expected);
+    i3rt_model_free(model);
+    i3rt_context_free(ctx);
+}
+
+Test(unet, plain_2d_parity) { check_parity("plain_2d"); }
+Test(unet, plain_3d_parity) { check_parity("plain_3d"); }
+Test(unet, resenc_2d_parity) { check_parity("resenc_2d"); }
+Test(unet, resenc_3d_parity) { check_parity("resenc_3d"); }
+
+/* Loading FILE fails with `status` and a message naming the file and every string in `needles`. */
+static void check_load_fails(const char *file, i3rt_status status, const char *needle) {
+    char path[1024];
+    fixture_path(path, sizeof path, file);
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    i3rt_model *model = (i3rt_model *)&model; /* must be reset to NULL on failure */
+    const i3rt_status st = i3rt_model_load(ctx, path, &model);
+    const char *msg = i3rt_context_error(ctx);
+    printf("unet %-24s -> %s: %s\n", file, i3rt_status_name(st), msg);
+    fflush(stdout);
+    cr_expect_eq(st, status, "%s: expected %s, got %s (%s)", file, i3rt_status_name(status), i3rt_status_name(st), msg);
+    cr_expect_null(model, "%s: the model handle must be NULL after a failed load", file);
+    cr_expect(strstr(msg, file) != NULL, "%s: message does not name the file: %s", file, msg);
+    cr_expect(strstr(msg, needle) != NULL, "%s: message does not name '%s': %s", file, needle, msg);
+    i3rt_context_free(ctx);
+}
+
+/* The names below are the ones tests/gen_unet.py altered in these files (from plain_2d). */
+Test(unet, transposed_weight) {
+    check_load_fails("bad_shape.safetensors", I3RT_ERR_FORMAT, "decoder.stages.0.convs.0.conv.weight");
+}
+Test(unet, missing_tensor) {
+    check_load_fails("bad_missing.safetensors", I3RT_ERR_FORMAT, "encoder.stages.1.0.convs.1.norm.weight");
+}
+Test(unet, extra_tensor) { check_load_fails("bad_extra.safetensors", I3RT_ERR_FORMAT, "decoder.seg_layers.0.weight"); }
+Test(unet, batch_norm) { check_load_fails("bad_norm.safetensors", I3RT_ERR_UNSUPPORTED, "BatchNorm2d"); }
+Test(unet, unknown_class) { check_load_fails("bad_class.safetensors", I3RT_ERR_UNSUPPORTED, "UNetPlusPlus"); }
+Test(unet, dropout) { check_load_fails("bad_dropout.safetensors", I3RT_ERR_UNSUPPORTED, "dropout_op"); }
+
+/* Spatial sizes the network cannot take: not divisible by the total stride; depth > 1 for 2D. */
+static void check_forward_shape_fails(const char *net_name, const int64_t spatial[3]) {
+    char path[1024], file[128];
+    snprintf(file, sizeof file, "%s.safetensors", net_name);
+    fixture_path(path, sizeof path, file);
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    i3rt_model *model;
+    cr_assert_eq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3rt_model_info info;
+    cr_assert_eq(i3rt_model_get_info(model, &info), I3RT_OK);
+    const size_t n_in = (size_t)(info.in_channels * spatial[0] * spatial[1] * spatial[2]);
+    const size_t n_out = (size_t)(info.num_classes * spatial[0] * spatial[1] * spatial[2]);
+    float *input = calloc(n_in, sizeof *input), *logits = calloc(n_out, sizeof *logits);
+    const i3rt_status st = i3rt_model_forward(model, input, spatial, logits);
+    printf("unet %s forward %lldx%lldx%lld -> %s: %s\n", net_name, (long long)spatial[0], (long long)spatial[1],
+           (long long)spatial[2], i3rt_status_name(st), i3rt_context_error(ctx));
+    fflush(stdout);
+    cr_expect_eq(st, I3RT_ERR_SHAPE, "expected I3RT_ERR_SHAPE, got %s", i3rt_status_name(st));
+    cr_expect(strlen(i3rt_context_error(ctx)) > 0);
+    free(input);
+    free(logits);
+    i3rt_model_free(model);
+    i3rt_context_free(ctx);
+}
+
+Test(unet, input_not_divisible) {
+    const int64_t spatial[3] = {1, 36, 30}; /* plain_2d's total stride is at least 2 per axis */
+    check_forward_shape_fails("plain_2d", spatial);
+}
+Test(unet, depth_for_2d_network) {
+    const int64_t spatial[3] = {2, 64, 64};
+    check_forward_shape_fails("plain_2d", spatial);
+}
