@@ -32,6 +32,8 @@ int I3_DEV(resize)(const float *x, i3_shape5 xs, const i3_resize_params *p, floa
 int I3_DEV(avg_pool)(const float *x, i3_shape5 xs, const i3_avg_pool_params *p, float *y, void *stream);
 int I3_DEV(softmax_uncertainty)(const float *logits, int64_t n, int64_t c, int64_t s, float *probs, float *entropy,
                                 float *msp, int32_t *argmax, void *stream);
+int I3_DEV(slice_sums)(const float *x, int64_t d, int64_t h, int64_t w, double *sum_d, double *sum_h, double *sum_w,
+                      void *stream);
 
 #ifdef __cplusplus
 }

@@ -31,6 +31,7 @@
 
 typedef int (*conv_tc_launcher)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *,
                                 float *, i3_shape5, int, void *);
+typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *,
                                 void *);
 
@@ -39,6 +40,7 @@ typedef struct {
     i3_backend *b;
     softmax_launcher softmax_uncertainty;   /* the fused op's full form (the graph op only wants probs) */
     conv_tc_launcher conv_tensor_core;      /* not a graph op's kernel yet: called directly */
+    slice_sums_launcher slice_sums;         /* not a graph op */
 } device;
 
 /* A device buffer of n floats between two guard zones of `sentinel`. */
@@ -463,6 +465,37 @@ static void check_softmax(device *d) {
     }
 }
 
+/* Slice sums in double: relative error against the reference's (also double) sums below 1e-12. */
+static void check_slice_sums(device *d) {
+    fx_rng r = fx_rng_seed(90);
+    int64_t dims[2][3] = {{5, 7, 9}, {1, 33, 2}};
+    for (int c = 0; c < 2; c++) {
+        int64_t nd = dims[c][0], nh = dims[c][1], nw = dims[c][2], n = nd * nh * nw;
+        float *x = random_floats(&r, n, 0, 1);
+        double ref[3][64], got[3][64];
+        i3_cpu_slice_sums(x, nd, nh, nw, ref[0], ref[1], ref[2]);
+        dbuf dx = dev_upload(d, x, n), out[3];
+        int64_t len[3] = {nd, nh, nw};
+        for (int a = 0; a < 3; a++) out[a] = dev_upload(d, NULL, 2 * len[a]);   /* doubles in float buffers */
+        cr_assert_eq(d->slice_sums(dx.data, nd, nh, nw, (double *)out[0].data, (double *)out[1].data,
+                                   (double *)out[2].data, NULL), 0);
+        cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+        dev_download_free(d, dx, NULL, "slice_sums x");
+        double max_rel = 0;
+        for (int a = 0; a < 3; a++) {
+            dev_download_free(d, out[a], got[a], "slice_sums out");
+            for (int64_t i = 0; i < len[a]; i++) {
+                double rel = fabs(got[a][i] - ref[a][i]) / fabs(ref[a][i]);
+                if (rel > max_rel) max_rel = rel;
+            }
+        }
+        printf("%-8s slice_sums [%lld,%lld,%lld] max rel error %.2e\n", d->b->iface->name, (long long)nd,
+               (long long)nh, (long long)nw, max_rel);
+        cr_assert_lt(max_rel, 1e-12, "slice sums: relative error %g", max_rel);
+        free(x);
+    }
+}
+
 /* ---- a whole graph: every op in a small U-Net-like network, device vs the CPU backend ---------- */
 
 typedef struct {
@@ -563,6 +596,7 @@ static void open_emulated(device *d) {
     cr_assert_eq(i3_backend_cuda_create(&d->ctx, 1, &d->b), I3RT_OK, "%s", d->ctx.error);
     d->softmax_uncertainty = i3emu_softmax_uncertainty;
     d->conv_tensor_core = i3emu_conv_tensor_core;
+    d->slice_sums = i3emu_slice_sums;
 }
 
 static int open_gpu(device *d) {
@@ -576,6 +610,7 @@ static int open_gpu(device *d) {
 #ifdef I3RT_HAVE_CUDA
     d->softmax_uncertainty = i3gpu_softmax_uncertainty;
     d->conv_tensor_core = i3gpu_conv_tensor_core;
+    d->slice_sums = i3gpu_slice_sums;
 #endif
     return 1;
 }
@@ -589,6 +624,7 @@ static int open_gpu(device *d) {
     Test(suite, elementwise) { device d; if (open(&d)) { check_elementwise(&d); i3_backend_destroy(d.b); } }       \
     Test(suite, resize) { device d; if (open(&d)) { check_resize(&d); i3_backend_destroy(d.b); } }                 \
     Test(suite, avg_pool) { device d; if (open(&d)) { check_avg_pool(&d); i3_backend_destroy(d.b); } }             \
+    Test(suite, slice_sums) { device d; if (open(&d)) { check_slice_sums(&d); i3_backend_destroy(d.b); } }       \
     Test(suite, network) { device d; if (open(&d)) { check_network(&d); i3_backend_destroy(d.b); } }             \
     Test(suite, softmax_uncertainty) { device d; if (open(&d)) { check_softmax(&d); i3_backend_destroy(d.b); } }
 
@@ -615,6 +651,7 @@ Test(emulated, reverse_thread_order) {
     check_resize(&d);
     check_avg_pool(&d);
     check_softmax(&d);
+    check_slice_sums(&d);
     check_network(&d);
     i3_backend_destroy(d.b);
 }
