@@ -22,14 +22,13 @@
 struct i3_weights {
     char *label;
     uint8_t *file;          /* the whole file */
-    size_t file_len;
     int count;
     i3_weight_tensor *tensors;
     int *by_name;           /* tensor indices sorted by name, for lookup */
     float **f32;            /* per tensor: converted or aligned copy, NULL if none was needed yet */
     bool *used;
     int n_meta;
-    char **meta_keys, **meta_values;
+    char **meta_keys, **meta_values; /* sorted by key */
 };
 
 /* JSON numbers are doubles: integers are exact only up to 2^53, which also bounds every size we accept. */
@@ -150,31 +149,69 @@ void i3_weights_free(i3_weights *w) {
 
 /* ---- header parsing ------------------------------------------------------------------------------ */
 
+typedef struct { const char *name; int index; } i3_name_ref;
+
+static int name_ref_cmp(const void *a, const void *b) {
+    return strcmp(((const i3_name_ref *)a)->name, ((const i3_name_ref *)b)->name);
+}
+
+/* Sorts n names; returns the index of the first name that appears twice, or -1. order[i] receives the
+ * position of the i-th smallest name (may be NULL). Sorting keeps huge headers from going quadratic. */
+static int sort_names(i3_ctx *ctx, const char *const *names, int n, int *order, i3rt_status *st) {
+    i3_name_ref *refs = i3_calloc(ctx, (size_t)n, sizeof *refs, "weight name index");
+    if (!refs) { *st = I3RT_ERR_OUT_OF_MEMORY; return -1; }
+    for (int i = 0; i < n; i++) refs[i] = (i3_name_ref){names[i], i};
+    qsort(refs, (size_t)n, sizeof *refs, name_ref_cmp);
+    int dup = -1;
+    for (int i = 0; i < n && dup < 0; i++) {
+        if (i > 0 && strcmp(refs[i].name, refs[i - 1].name) == 0) dup = refs[i].index;
+        if (order) order[i] = refs[i].index;
+    }
+    free(refs);
+    *st = I3RT_OK;
+    return dup;
+}
+
 static i3rt_status parse_metadata(i3_ctx *ctx, i3_weights *w, const cJSON *meta) {
     if (!cJSON_IsObject(meta))
         return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: __metadata__ is not an object of strings", w->label);
     int n = cJSON_GetArraySize(meta);
+    char **keys = i3_calloc(ctx, (size_t)n, sizeof(char *), "weight metadata");
+    char **values = i3_calloc(ctx, (size_t)n, sizeof(char *), "weight metadata");
     w->meta_keys = i3_calloc(ctx, (size_t)n, sizeof(char *), "weight metadata");
     w->meta_values = i3_calloc(ctx, (size_t)n, sizeof(char *), "weight metadata");
-    if (!w->meta_keys || !w->meta_values) return I3RT_ERR_OUT_OF_MEMORY;
-    for (const cJSON *item = meta->child; item; item = item->next) {
-        if (!cJSON_IsString(item))
-            return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: __metadata__ value \"%s\" is not a string", w->label,
-                           item->string);
-        for (int k = 0; k < w->n_meta; k++)
-            if (strcmp(w->meta_keys[k], item->string) == 0)
-                return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: __metadata__ key \"%s\" appears twice", w->label,
-                               item->string);
-        w->meta_keys[w->n_meta] = dup_string(ctx, item->string, "weight metadata");
-        w->meta_values[w->n_meta] = dup_string(ctx, item->valuestring, "weight metadata");
-        if (!w->meta_keys[w->n_meta] || !w->meta_values[w->n_meta]) {
-            free(w->meta_keys[w->n_meta]);
-            free(w->meta_values[w->n_meta]);
-            return I3RT_ERR_OUT_OF_MEMORY;
+    int *order = i3_calloc(ctx, (size_t)n, sizeof(int), "weight metadata");
+    i3rt_status st = (keys && values && w->meta_keys && w->meta_values && order) ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    int got = 0;
+    for (const cJSON *item = meta->child; item && st == I3RT_OK; item = item->next, got++) {
+        if (!cJSON_IsString(item)) {
+            st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: __metadata__ value \"%s\" is not a string", w->label,
+                         item->string);
+            break;
         }
-        w->n_meta++;
+        keys[got] = dup_string(ctx, item->string, "weight metadata");
+        values[got] = dup_string(ctx, item->valuestring, "weight metadata");
+        if (!keys[got] || !values[got]) st = I3RT_ERR_OUT_OF_MEMORY;
     }
-    return I3RT_OK;
+    if (st == I3RT_OK) {
+        int dup = sort_names(ctx, (const char *const *)keys, got, order, &st);
+        if (dup >= 0)
+            st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: header: __metadata__ key \"%s\" appears twice", w->label,
+                         keys[dup]);
+    }
+    if (st == I3RT_OK) { /* move the strings into w in key order */
+        for (int i = 0; i < got; i++) {
+            w->meta_keys[i] = keys[order[i]];
+            w->meta_values[i] = values[order[i]];
+        }
+        w->n_meta = got;
+    } else {
+        for (int i = 0; i < n; i++) { free(keys ? keys[i] : NULL); free(values ? values[i] : NULL); }
+    }
+    free(keys);
+    free(values);
+    free(order);
+    return st;
 }
 
 /* Parses one tensor entry; begin/end are its byte range relative to the data buffer (not yet range-checked). */
@@ -234,8 +271,7 @@ static i3rt_status parse_tensor(i3_ctx *ctx, const i3_weights *w, const cJSON *e
     return I3RT_OK;
 }
 
-/* Sort helpers: tensors by (begin, end) to check the tiling, names for lookup and duplicates. The
- * comparison context is passed through a small struct array, not globals. */
+/* A tensor's byte range, sorted by (begin, end) to check the tiling. */
 typedef struct { uint64_t begin, end; int index; } i3_span;
 
 static int span_cmp(const void *a, const void *b) {
@@ -243,12 +279,6 @@ static int span_cmp(const void *a, const void *b) {
     if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
     if (x->end != y->end) return x->end < y->end ? -1 : 1;
     return x->index - y->index;
-}
-
-typedef struct { const char *name; int index; } i3_name_ref;
-
-static int name_ref_cmp(const void *a, const void *b) {
-    return strcmp(((const i3_name_ref *)a)->name, ((const i3_name_ref *)b)->name);
 }
 
 /* The tensors, sorted by offset, must cover [0, data_len) exactly once. */
@@ -282,21 +312,15 @@ static i3rt_status check_tiling(i3_ctx *ctx, const i3_weights *w, i3_span *spans
 }
 
 static i3rt_status build_name_index(i3_ctx *ctx, i3_weights *w) {
-    i3_name_ref *refs = i3_calloc(ctx, (size_t)w->count, sizeof *refs, "weight name index");
+    const char **names = i3_calloc(ctx, (size_t)w->count, sizeof *names, "weight name index");
     w->by_name = i3_calloc(ctx, (size_t)w->count, sizeof(int), "weight name index");
-    if (!refs || !w->by_name) { free(refs); return I3RT_ERR_OUT_OF_MEMORY; }
-    for (int i = 0; i < w->count; i++) refs[i] = (i3_name_ref){w->tensors[i].name, i};
-    qsort(refs, (size_t)w->count, sizeof *refs, name_ref_cmp);
-    i3rt_status st = I3RT_OK;
-    for (int i = 0; i < w->count; i++) {
-        if (i > 0 && strcmp(refs[i].name, refs[i - 1].name) == 0) {
-            st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: tensor %s: name appears twice in the header", w->label,
-                         refs[i].name);
-            break;
-        }
-        w->by_name[i] = refs[i].index;
-    }
-    free(refs);
+    if (!names || !w->by_name) { free(names); return I3RT_ERR_OUT_OF_MEMORY; }
+    for (int i = 0; i < w->count; i++) names[i] = w->tensors[i].name;
+    i3rt_status st;
+    int dup = sort_names(ctx, names, w->count, w->by_name, &st);
+    if (dup >= 0)
+        st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: tensor %s: name appears twice in the header", w->label, names[dup]);
+    free(names);
     return st;
 }
 
@@ -344,7 +368,6 @@ static i3rt_status weights_parse(i3_ctx *ctx, uint8_t *file, size_t len, const c
     i3_weights *w = i3_calloc(ctx, 1, sizeof *w, "weights");
     if (!w) { free(file); return I3RT_ERR_OUT_OF_MEMORY; }
     w->file = file;
-    w->file_len = len;
     w->label = dup_string(ctx, label, "weights label");
     if (!w->label) { i3_weights_free(w); return I3RT_ERR_OUT_OF_MEMORY; }
 
@@ -463,8 +486,12 @@ const i3_weight_tensor *i3_weights_find(const i3_weights *w, const char *name) {
 }
 
 const char *i3_weights_metadata(const i3_weights *w, const char *key) {
-    for (int i = 0; i < w->n_meta; i++)
-        if (strcmp(w->meta_keys[i], key) == 0) return w->meta_values[i];
+    int lo = 0, hi = w->n_meta - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2, c = strcmp(key, w->meta_keys[mid]);
+        if (c == 0) return w->meta_values[mid];
+        if (c < 0) hi = mid - 1; else lo = mid + 1;
+    }
     return NULL;
 }
 

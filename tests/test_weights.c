@@ -252,6 +252,11 @@ Test(weights_bad, metadata_not_string) {
     expect_open_error(I3RT_ERR_FORMAT, "header:", "__metadata__ value \"format\" is not a string");
 }
 
+Test(weights_bad, metadata_duplicate_key) {
+    write_weights("{\"__metadata__\": {\"format\": \"a\", \"fold\": \"0\", \"format\": \"b\"}}", NULL, 0);
+    expect_open_error(I3RT_ERR_FORMAT, "header:", "__metadata__ key \"format\" appears twice");
+}
+
 Test(weights_bad, empty_tensor_name) {
     write_weights("{\"\": {\"dtype\": \"U8\", \"shape\": [1], \"data_offsets\": [0, 1]}}", NULL, 1);
     expect_open_error(I3RT_ERR_FORMAT, "header:", "empty name");
