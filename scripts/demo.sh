@@ -11,19 +11,20 @@
 #
 # This stage of the project is the engine foundation; later issues turn this demo into the
 # interactive segmentation pipeline on trained weights. Work files go to $I3RT_DEMO_DIR
-# (default build/demo); the model is made once and reused.
+# (default build/demo); the model is made once and reused. $I3RT_BUILD_DIR: build folder (default build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${I3RT_THREADS:-2}
-work=${I3RT_DEMO_DIR:-$PWD/build/demo}
+build=${I3RT_BUILD_DIR:-build}
+work=${I3RT_DEMO_DIR:-$PWD/$build/demo}
 
 scripts/setup.sh
 venv="${I3RT_VENV:-$HOME/.cache/i3rt/venv}"
 python="$venv/bin/python"
 
 echo "== build (Release)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DI3RT_PYTHON="$python" >/dev/null
-ninja -C build i3rt
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DI3RT_PYTHON="$python" >/dev/null
+ninja -C "$build" i3rt
 
 echo
 echo "== nnU-Net v2 model (nnunetv2's planner on the Colin27 T1; random weights: this stage checks the"
@@ -42,15 +43,15 @@ weights="$work/i3rt/fold_0.safetensors"
 
 echo
 echo "== i3rt info $weights"
-build/i3rt info "$weights" > "$work/info.txt"
+"$build/i3rt" info "$weights" > "$work/info.txt"
 grep -v -e '^ *[0-9]\+  [a-z_]' -e '^  node ' "$work/info.txt"
 echo "(the shape of every node's output: $work/info.txt)"
 
 echo
 echo "== i3rt forward (CPU, $threads threads) on a crop of ch2.nii.gz"
-build/i3rt forward "$weights" "$work/input.nii.gz" "$work/logits.nii.gz" --threads "$threads" | tee "$work/forward.txt"
+"$build/i3rt" forward "$weights" "$work/input.nii.gz" "$work/logits.nii.gz" --threads "$threads" | tee "$work/forward.txt"
 i3rt_seconds=$(sed -n 's/^time *forward \([0-9.]*\) s.*/\1/p' "$work/forward.txt")
-build/i3rt forward "$weights" "$work/input.nii.gz" "$work/labels.nii.gz" --threads "$threads" --argmax | grep wrote
+"$build/i3rt" forward "$weights" "$work/input.nii.gz" "$work/labels.nii.gz" --threads "$threads" --argmax | grep wrote
 
 echo
 echo "== the same forward in PyTorch"
