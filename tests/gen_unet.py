@@ -24,7 +24,10 @@ Steps (all through nnunetv2's own Python API, in a temporary nnUNet_raw / _prepr
 Writes into --out, for NAME in plain_2d, plain_3d, resenc_2d, resenc_3d:
   NAME.safetensors     the converted weights (i3rt-weights-1)
   NAME_io.safetensors  "input" [1, C, d, h, w] and "logits" [1, K, d, h, w] (2D: d = 1)
-and bad inputs derived from plain_2d.safetensors (test_unet.c checks status and message):
+plain_2d_scalar.safetensors: plain_2d's tensors with network metadata that gives kernel_sizes, strides,
+n_conv_per_stage(_decoder) as plain ints / one int per stage (the forms dynamic_network_architectures
+accepts besides lists; same network, so plain_2d_io applies), and bad inputs derived from
+plain_2d.safetensors (test_unet.c checks status and message):
   bad_shape      decoder.stages.0.convs.0.conv.weight transposed (dims 0 and 1 swapped)
   bad_missing    encoder.stages.1.0.convs.1.norm.weight removed
   bad_extra      a deep-supervision head decoder.seg_layers.0.weight added
@@ -166,7 +169,7 @@ def convert(model_folder, dest):
     shutil.rmtree(tmp)
 
 
-def write_bad_files(out):
+def write_variants(out):
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -183,6 +186,11 @@ def write_bad_files(out):
     def with_kwargs(**changes):
         return {**network, "arch_kwargs": {**network["arch_kwargs"], **changes}}
 
+    kw = network["arch_kwargs"]
+    assert all(k == [3, 3] for k in kw["kernel_sizes"]) and len(set(kw["n_conv_per_stage"])) == 1
+    write("plain_2d_scalar", network=with_kwargs(kernel_sizes=3, strides=[s[0] for s in kw["strides"]],
+                                                  n_conv_per_stage=kw["n_conv_per_stage"][0],
+                                                  n_conv_per_stage_decoder=kw["n_conv_per_stage_decoder"][0]))
     transposed = "decoder.stages.0.convs.0.conv.weight"
     write("bad_shape", {**tensors, transposed: tensors[transposed].transpose(0, 1).contiguous()})
     write("bad_missing", {k: v for k, v in tensors.items() if k != "encoder.stages.1.0.convs.1.norm.weight"})
@@ -231,7 +239,7 @@ def main():
             print(f"{name}: {arch['n_stages']} stages, features {arch['features_per_stage']}, kernels "
                   f"{arch['kernel_sizes']}, strides {arch['strides']}, patch {patch}, "
                   f"max |logit| {logits.abs().max().item():.3g}")
-        write_bad_files(args.out)
+        write_variants(args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"gen_unet: wrote {args.out} in {time.time() - start:.1f} s")

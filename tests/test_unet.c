@@ -36,11 +36,12 @@ static float *read_io(i3rt_context *ctx, i3_weights *io, const char *name, int64
     return copy;
 }
 
-static void check_parity(const char *net_name) {
+/* Runs weights file NAME.safetensors on IO_NAME_io.safetensors's input and compares the logits. */
+static void check_parity(const char *net_name, const char *io_name) {
     char weights_path[1024], io_path[1024], file[128];
     snprintf(file, sizeof file, "%s.safetensors", net_name);
     fixture_path(weights_path, sizeof weights_path, file);
-    snprintf(file, sizeof file, "%s_io.safetensors", net_name);
+    snprintf(file, sizeof file, "%s_io.safetensors", io_name);
     fixture_path(io_path, sizeof io_path, file);
 
     i3rt_context *ctx;
@@ -71,7 +72,7 @@ static void check_parity(const char *net_name) {
         max_ref = fmax(max_ref, fabs((double)expected[i]));
     }
     const double rel = max_abs / max_ref;
-    printf("unet %-10s %s %dD, %d stages, input %lldx%lldx%lld, %lld parameters: max abs err %.3g, "
+    printf("unet %-15s %s %dD, %d stages, input %lldx%lldx%lld, %lld parameters: max abs err %.3g, "
            "max |torch| %.3g, rel %.3g (tol %.0e)\n",
            net_name, info.network, info.dims, info.n_stages, (long long)spatial[0], (long long)spatial[1],
            (long long)spatial[2], (long long)info.n_parameters, max_abs, max_ref, rel, UNET_REL_TOL);
@@ -86,12 +87,14 @@ static void check_parity(const char *net_name) {
     i3rt_context_free(ctx);
 }
 
-Test(unet, plain_2d_parity) { check_parity("plain_2d"); }
-Test(unet, plain_3d_parity) { check_parity("plain_3d"); }
-Test(unet, resenc_2d_parity) { check_parity("resenc_2d"); }
-Test(unet, resenc_3d_parity) { check_parity("resenc_3d"); }
+Test(unet, plain_2d_parity) { check_parity("plain_2d", "plain_2d"); }
+Test(unet, plain_3d_parity) { check_parity("plain_3d", "plain_3d"); }
+Test(unet, resenc_2d_parity) { check_parity("resenc_2d", "resenc_2d"); }
+Test(unet, resenc_3d_parity) { check_parity("resenc_3d", "resenc_3d"); }
+/* kernel_sizes / strides / conv counts given as ints instead of lists: the same network. */
+Test(unet, scalar_arch_kwargs_parity) { check_parity("plain_2d_scalar", "plain_2d"); }
 
-/* Loading FILE fails with `status` and a message naming the file and every string in `needles`. */
+/* Loading FILE fails with `status` and a message naming the file and `needle` (tensor or field). */
 static void check_load_fails(const char *file, i3rt_status status, const char *needle) {
     char path[1024];
     fixture_path(path, sizeof path, file);
