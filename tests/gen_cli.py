@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gen_weights import build_network, save_model_folder  # noqa: E402
+from gen_weights import ARCH, build_network, save_model_folder  # noqa: E402
 
 CONVERTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "convert_pt",
                          "convert_nnunet.py")
@@ -47,7 +47,7 @@ def main():
         nib.save(img, os.path.join(out, f"case_{c:04d}.nii.gz"))
 
     x = np.stack([d.transpose(2, 1, 0) for d in channels])  # [C, z, y, x] = i3rt's [C, D, H, W]
-    stride = np.array([2, 4, 4])
+    stride = np.prod(np.array(ARCH["arch_kwargs"]["strides"]), axis=0)  # 2 x 4 x 4
     padded = (np.array(x.shape[1:]) + stride - 1) // stride * stride
     xp = np.zeros((2, *padded), dtype=np.float32)
     xp[:, :x.shape[1], :x.shape[2], :x.shape[3]] = x
