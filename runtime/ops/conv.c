@@ -16,9 +16,10 @@
 #include <omp.h>
 #include <string.h>
 
-/* Scratch budget per thread for the im2col tile; T never drops below I3_CONV_MIN_TILE columns so
- * that the GEMM stays efficient for very deep K (e.g. 320 x 27 = 8640 rows). */
-#define I3_CONV_TILE_BYTES (2u << 20)
+/* Scratch budget per thread for the im2col tile (1 MB measured as good as 512 KB..4 MB on the 2-core
+ * dev machine, 8 MB clearly worse); T never drops below I3_CONV_MIN_TILE columns so that the GEMM
+ * stays efficient for very deep K (320 x 27 = 8640 rows: 2.2 MB). */
+#define I3_CONV_TILE_BYTES (1u << 20)
 #define I3_CONV_MIN_TILE 64
 
 static int64_t out_len(int64_t in, int k, int stride, int pad) {
@@ -92,41 +93,52 @@ size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_th
     return (size_t)n_threads * (size_t)k_rows * (size_t)conv_tile_cols(xs, p, n_threads) * sizeof(float);
 }
 
+/* Copies one run of output voxels along w (len voxels from (od, oh, ow)) for kernel row r = (ci, a, b, c)
+ * to dst: input index ix = (ow + j) * sw - pad + c, zero outside [0, w). */
+static void im2col_run(const float *src_row, int64_t w_in, int64_t ow, int64_t len, int sw, int pad, int c,
+                       float *dst) {
+    int64_t lo, hi; /* valid j range */
+    if (sw == 1) {
+        lo = clamp64(pad - c - ow, 0, len);
+        hi = clamp64(w_in + pad - c - ow, lo, len);
+    } else {
+        lo = clamp64(ceil_div(pad - c, sw) - ow, 0, len);
+        hi = clamp64(ceil_div(w_in + pad - c, sw) - ow, lo, len);
+    }
+    for (int64_t j = 0; j < lo; j++) dst[j] = 0.0f;
+    const float *s0 = src_row + (ow + lo) * sw - pad + c;
+    if (sw == 1)
+        for (int64_t j = lo; j < hi; j++) dst[j] = s0[j - lo];
+    else
+        for (int64_t j = lo; j < hi; j++) dst[j] = s0[(j - lo) * sw];
+    for (int64_t j = hi; j < len; j++) dst[j] = 0.0f;
+}
+
 /* col[r * ld + j] = input value seen by kernel row r = (ci, a, b, c) at output voxel t0 + j (0 in the
- * padding). Output voxels are walked as runs along w, where the input index is an arithmetic
- * sequence: zeros before and after the valid range, a (strided) copy inside it. */
+ * padding). Walks the tile as runs along w (one (od, oh) each), and for each run every kernel row. */
 static void im2col_tile(const float *x, i3_shape5 xs, const i3_conv_params *p, i3_shape5 ys, int64_t t0,
                         int64_t cols, float *col, int64_t ld) {
-    const int sd = p->stride[0], sh = p->stride[1], sw = p->stride[2];
-    int64_t r = 0;
-    for (int64_t ci = 0; ci < xs.c; ci++)
-        for (int a = 0; a < p->k[0]; a++)
-            for (int bb = 0; bb < p->k[1]; bb++)
-                for (int c = 0; c < p->k[2]; c++, r++) {
-                    float *dst = col + r * ld;
-                    for (int64_t t = t0; t < t0 + cols;) {
-                        const int64_t ow = t % ys.w, oh = (t / ys.w) % ys.h, od = t / (ys.w * ys.h);
-                        const int64_t len = ys.w - ow < t0 + cols - t ? ys.w - ow : t0 + cols - t;
-                        const int64_t iz = od * sd - p->pad[0] + a, iy = oh * sh - p->pad[1] + bb;
-                        float *seg = dst + (t - t0);
-                        t += len;
-                        if (iz < 0 || iz >= xs.d || iy < 0 || iy >= xs.h) {
-                            memset(seg, 0, (size_t)len * sizeof(float));
-                            continue;
-                        }
-                        const float *src = x + ((ci * xs.d + iz) * xs.h + iy) * xs.w;
-                        /* ix = (ow + j) * sw - pad + c lies in [0, w) for j in [lo, hi) */
-                        const int64_t lo = clamp64(ceil_div(p->pad[2] - c, sw) - ow, 0, len);
-                        const int64_t hi = clamp64(ceil_div(xs.w + p->pad[2] - c, sw) - ow, lo, len);
-                        memset(seg, 0, (size_t)lo * sizeof(float));
-                        const float *s0 = src + (ow + lo) * sw - p->pad[2] + c;
-                        if (sw == 1)
-                            memcpy(seg + lo, s0, (size_t)(hi - lo) * sizeof(float));
-                        else
-                            for (int64_t j = lo; j < hi; j++) seg[j] = s0[(j - lo) * sw];
-                        memset(seg + hi, 0, (size_t)(len - hi) * sizeof(float));
+    const int kd = p->k[0], kh = p->k[1], kw = p->k[2];
+    for (int64_t t = t0; t < t0 + cols;) {
+        const int64_t ow = t % ys.w, oh = (t / ys.w) % ys.h, od = t / (ys.w * ys.h);
+        const int64_t len = ys.w - ow < t0 + cols - t ? ys.w - ow : t0 + cols - t;
+        float *dst = col + (t - t0);
+        t += len;
+        for (int64_t ci = 0; ci < xs.c; ci++)
+            for (int a = 0; a < kd; a++) {
+                const int64_t iz = od * p->stride[0] - p->pad[0] + a;
+                for (int bb = 0; bb < kh; bb++, dst += kw * ld) {
+                    const int64_t iy = oh * p->stride[1] - p->pad[1] + bb;
+                    if (iz < 0 || iz >= xs.d || iy < 0 || iy >= xs.h) {
+                        for (int c = 0; c < kw; c++) memset(dst + c * ld, 0, (size_t)len * sizeof(float));
+                        continue;
                     }
+                    const float *src_row = x + ((ci * xs.d + iz) * xs.h + iy) * xs.w;
+                    for (int c = 0; c < kw; c++)
+                        im2col_run(src_row, xs.w, ow, len, p->stride[2], p->pad[2], c, dst + c * ld);
                 }
+            }
+    }
 }
 
 /* y[o * ld + j] = act(y[o * ld + j] + b[o]) for a [rows, cols] block. */

@@ -1,0 +1,153 @@
+/* Benchmark of the CPU op fast paths on nnU-Net layer shapes: convolution (im2col + GEMM, and the
+ * 1x1x1 direct GEMM), transposed convolution, instance norm. For each shape it first validates the
+ * fast path against the plain reference on a smaller spatial size (same channels and kernel; the
+ * reference is too slow at full size), then times the fast path (best of R runs after one warm-up)
+ * and prints ms and GFLOP/s.
+ *
+ * Build (standalone, from the repository root, after the library is built in build/):
+ *   cc -O3 -march=x86-64-v3 -fopenmp bench/bench_ops.c -Iinclude -Iruntime -Lbuild -l:libi3rt.a \
+ *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lcjson -lm -o bench_ops
+ * Run: ./bench_ops [threads=2] [repeats=5]
+ * PyTorch baseline for the same shapes: F.conv3d with torch.set_num_threads(threads). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ops.h"
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static float *random_floats(int64_t n, unsigned seed) {
+    float *v = malloc((size_t)n * sizeof(float));
+    if (!v) {
+        fprintf(stderr, "bench_ops: out of memory for %lld floats\n", (long long)n);
+        exit(1);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        v[i] = (float)((seed >> 8) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+    }
+    return v;
+}
+
+/* max |fast - ref| / max |ref| */
+static double rel_error(const float *got, const float *ref, int64_t n) {
+    double max_abs = 0, max_ref = 0;
+    for (int64_t i = 0; i < n; i++) {
+        max_abs = fmax(max_abs, fabs((double)got[i] - ref[i]));
+        max_ref = fmax(max_ref, fabs((double)ref[i]));
+    }
+    return max_abs / (max_ref > 0 ? max_ref : 1);
+}
+
+typedef struct {
+    const char *name;
+    int cin, cout, size, k[3], stride[3], pad[3];
+} conv_shape;
+
+static double validate_conv(const conv_shape *c, int threads) {
+    const int small = 6;
+    i3_shape5 xs = {1, c->cin, small, small, small};
+    i3_conv_params p = {c->cout, {c->k[0], c->k[1], c->k[2]}, {c->stride[0], c->stride[1], c->stride[2]},
+                        {c->pad[0], c->pad[1], c->pad[2]}, {I3_ACT_LEAKY_RELU, 0.01f}};
+    const int64_t ny = i3_shape5_numel(i3_conv_out_shape(xs, &p));
+    float *x = random_floats(i3_shape5_numel(xs), 1), *w = random_floats((int64_t)c->cout * c->cin * 27, 2);
+    float *b = random_floats(c->cout, 3), *ref = random_floats(ny, 4), *y = random_floats(ny, 5);
+    void *scratch = malloc(i3_cpu_conv_scratch_bytes(xs, &p, threads) + 1);
+    i3_cpu_conv_ref(x, xs, w, b, &p, ref);
+    i3_cpu_conv(x, xs, w, b, &p, y, scratch, threads);
+    double e = rel_error(y, ref, ny);
+    free(x), free(w), free(b), free(ref), free(y), free(scratch);
+    return e;
+}
+
+static void bench_conv(const conv_shape *c, int threads, int repeats) {
+    i3_shape5 xs = {1, c->cin, c->size, c->size, c->size};
+    i3_conv_params p = {c->cout, {c->k[0], c->k[1], c->k[2]}, {c->stride[0], c->stride[1], c->stride[2]},
+                        {c->pad[0], c->pad[1], c->pad[2]}, {I3_ACT_LEAKY_RELU, 0.01f}};
+    const i3_shape5 ys = i3_conv_out_shape(xs, &p);
+    const int64_t kk = (int64_t)c->k[0] * c->k[1] * c->k[2];
+    float *x = random_floats(i3_shape5_numel(xs), 1), *w = random_floats(c->cout * c->cin * kk, 2);
+    float *b = random_floats(c->cout, 3), *y = random_floats(i3_shape5_numel(ys), 4);
+    const size_t scratch_bytes = i3_cpu_conv_scratch_bytes(xs, &p, threads);
+    void *scratch = malloc(scratch_bytes + 1);
+    double best = 1e30;
+    for (int r = 0; r <= repeats; r++) {
+        double t0 = now_s();
+        i3_cpu_conv(x, xs, w, b, &p, y, scratch, threads);
+        double t = now_s() - t0;
+        if (r > 0 && t < best) best = t;
+    }
+    const double flops = 2.0 * c->cout * c->cin * kk * i3_shape5_spatial(ys);
+    printf("conv %-34s %8.2f ms %7.1f GFLOP/s  scratch %5.2f MB  rel err vs ref (6^3) %.1e\n", c->name, best * 1e3,
+           flops / best * 1e-9, scratch_bytes / 1048576.0, validate_conv(c, threads));
+    free(x), free(w), free(b), free(y), free(scratch);
+}
+
+static void bench_conv_transpose(int cin, int cout, int size, int threads, int repeats) {
+    i3_shape5 xs = {1, cin, size, size, size};
+    i3_conv_transpose_params p = {cout, {2, 2, 2}};
+    const int64_t ny = i3_shape5_numel(i3_conv_transpose_out_shape(xs, &p));
+    float *x = random_floats(i3_shape5_numel(xs), 1), *w = random_floats(cin * cout * 8, 2), *b = random_floats(cout, 3);
+    float *y = random_floats(ny, 4);
+    double best = 1e30;
+    for (int r = 0; r <= repeats; r++) {
+        double t0 = now_s();
+        i3_cpu_conv_transpose(x, xs, w, b, &p, y, threads);
+        double t = now_s() - t0;
+        if (r > 0 && t < best) best = t;
+    }
+    const double flops = 2.0 * cin * cout * 8 * i3_shape5_spatial(xs);
+    printf("conv_transpose %3d->%-3d k2 s2 %3d^3             %8.2f ms %7.1f GFLOP/s\n", cin, cout, size, best * 1e3,
+           flops / best * 1e-9);
+    free(x), free(w), free(b), free(y);
+}
+
+static void bench_instance_norm(int c, int size, int threads, int repeats) {
+    i3_shape5 xs = {1, c, size, size, size};
+    const int64_t n = i3_shape5_numel(xs);
+    float *x = random_floats(n, 1), *g = random_floats(c, 2), *b = random_floats(c, 3);
+    i3_norm_params p = {1e-5f, {I3_ACT_LEAKY_RELU, 0.01f}};
+    double best = 1e30;
+    for (int r = 0; r <= repeats; r++) {
+        double t0 = now_s();
+        i3_cpu_instance_norm(x, xs, g, b, &p, x, threads); /* in place, as the runtime does */
+        double t = now_s() - t0;
+        if (r > 0 && t < best) best = t;
+    }
+    printf("instance_norm+lrelu %3d ch %3d^3 (in place)     %8.2f ms %7.1f GB/s\n", c, size, best * 1e3,
+           3.0 * n * sizeof(float) / best * 1e-9);
+    free(x), free(g), free(b);
+}
+
+int main(int argc, char **argv) {
+    const int threads = argc > 1 ? atoi(argv[1]) : 2, repeats = argc > 2 ? atoi(argv[2]) : 5;
+    if (threads < 1 || repeats < 1) {
+        fprintf(stderr, "usage: %s [threads >= 1] [repeats >= 1]\n", argv[0]);
+        return 1;
+    }
+    printf("bench_ops: %d thread(s), best of %d\n", threads, repeats);
+    static const conv_shape convs[] = {
+        {"1->32 3x3x3 64^3", 1, 32, 64, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+        {"32->32 3x3x3 64^3", 32, 32, 64, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+        {"32->64 3x3x3 s2 64^3", 32, 64, 64, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}},
+        {"64->64 3x3x3 32^3", 64, 64, 32, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+        {"128->128 3x3x3 16^3", 128, 128, 16, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+        {"256->256 3x3x3 8^3", 256, 256, 8, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+        {"320->320 3x3x3 4^3", 320, 320, 4, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
+        {"32->32 1x3x3 64^3", 32, 32, 64, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}},
+        {"32->3 1x1x1 64^3", 32, 3, 64, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},
+        {"64->32 1x1x1 64^3", 64, 32, 64, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}},
+    };
+    for (size_t i = 0; i < sizeof convs / sizeof convs[0]; i++) bench_conv(&convs[i], threads, repeats);
+    bench_conv_transpose(64, 32, 32, threads, repeats);
+    bench_conv_transpose(320, 256, 4, threads, repeats);
+    bench_instance_norm(32, 64, threads, repeats);
+    return 0;
+}
