@@ -11,8 +11,8 @@ Writes into --out:
   reference.safetensors  the canonical tensors written by the safetensors library directly, named from
                       the module structure (named_parameters) minus decoder.seg_layers.0, independent of
                       the converter's alias logic
-  ritm_hrnet18.pth, ritm/hrnet18_acs.safetensors, ritm_reference.safetensors
-                      a synthetic RITM HRNet-18 checkpoint (every key and shape of the real state dict,
+  ritm/hrnet18_acs.safetensors, ritm_reference.safetensors
+                      from a synthetic RITM HRNet-18 checkpoint (every key and shape of the real state dict,
                       tests/support/weights_ritm_hrnet18_keys.txt, random values; no real RITM checkpoint is
                       reachable here), its conversion with --acs, and its tensors minus the
                       num_batches_tracked counters written directly
@@ -188,6 +188,8 @@ def make_ritm(out):
             print(f"refused as expected: {e}")
             continue
         sys.exit(f"convert_ritm on {bad}: expected an error")
+    for scratch in (ckpt, listed):  # 40 MB the test does not read
+        os.unlink(scratch)
 
 
 def run_converter_cli(*args):
