@@ -34,6 +34,12 @@ plain_2d.safetensors (test_unet.c checks status and message):
   bad_norm       network metadata with norm_op BatchNorm2d
   bad_class      network metadata with class UNetPlusPlus
   bad_dropout    network metadata with dropout_op Dropout2d
+  bad_nonlin     network metadata with nonlin GELU
+  bad_nonlin_first  network metadata with nonlin_first true (conv -> nonlin -> norm)
+  bad_conv_op    network metadata with conv_op Conv3d for dims 2
+  bad_lengths    network metadata whose features_per_stage misses its last entry
+  bad_n_stages   network metadata with n_stages 13 (more than I3_MAX_STAGES)
+  bad_json       network metadata that is not JSON
 """
 import argparse
 import json
@@ -181,7 +187,8 @@ def write_variants(out):
     network = json.loads(metadata["network"])
 
     def write(name, tensors=tensors, network=network):
-        save_file(tensors, os.path.join(out, name + ".safetensors"), metadata={**metadata, "network": json.dumps(network)})
+        text = network if isinstance(network, str) else json.dumps(network)
+        save_file(tensors, os.path.join(out, name + ".safetensors"), metadata={**metadata, "network": text})
 
     def with_kwargs(**changes):
         return {**network, "arch_kwargs": {**network["arch_kwargs"], **changes}}
@@ -200,6 +207,12 @@ def write_variants(out):
     write("bad_class", network={**network, "class": "UNetPlusPlus"})
     write("bad_dropout", network=with_kwargs(dropout_op="torch.nn.modules.dropout.Dropout2d",
                                              dropout_op_kwargs={"p": 0.2}))
+    write("bad_nonlin", network=with_kwargs(nonlin="torch.nn.GELU", nonlin_kwargs={}))
+    write("bad_nonlin_first", network=with_kwargs(nonlin_first=True))
+    write("bad_conv_op", network=with_kwargs(conv_op="torch.nn.modules.conv.Conv3d"))
+    write("bad_lengths", network=with_kwargs(features_per_stage=kw["features_per_stage"][:-1]))
+    write("bad_n_stages", network=with_kwargs(n_stages=13))
+    write("bad_json", network=json.dumps(network)[:-1])
 
 
 def main():

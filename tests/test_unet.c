@@ -61,6 +61,9 @@ static void check_parity(const char *net_name, const char *io_name) {
     cr_assert_eq(info.num_classes, out_shape[1]);
 
     const int64_t spatial[3] = {in_shape[2], in_shape[3], in_shape[4]};
+    for (int a = 0; a < 3; a++) /* gen_unet.py ran torch on the configuration's patch size */
+        cr_expect_eq(info.patch_size[a], spatial[a], "%s: patch_size[%d] %lld, input %lld", net_name, a,
+                     (long long)info.patch_size[a], (long long)spatial[a]);
     const size_t n_out = (size_t)(out_shape[1] * out_shape[2] * out_shape[3] * out_shape[4]);
     float *logits = malloc(n_out * sizeof *logits);
     cr_assert_eq(i3rt_model_forward(model, input, spatial, logits), I3RT_OK, "%s", i3rt_context_error(ctx));
@@ -94,35 +97,48 @@ Test(unet, resenc_3d_parity) { check_parity("resenc_3d", "resenc_3d"); }
 /* kernel_sizes / strides / conv counts given as ints instead of lists: the same network. */
 Test(unet, scalar_arch_kwargs_parity) { check_parity("plain_2d_scalar", "plain_2d"); }
 
-/* Loading FILE fails with `status` and a message naming the file and `needle` (tensor or field). */
-static void check_load_fails(const char *file, i3rt_status status, const char *needle) {
-    char path[1024];
-    fixture_path(path, sizeof path, file);
-    i3rt_context *ctx;
-    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
-    i3rt_model *model = (i3rt_model *)&model; /* must be reset to NULL on failure */
-    const i3rt_status st = i3rt_model_load(ctx, path, &model);
-    const char *msg = i3rt_context_error(ctx);
-    printf("unet %-24s -> %s: %s\n", file, i3rt_status_name(st), msg);
-    fflush(stdout);
-    cr_expect_eq(st, status, "%s: expected %s, got %s (%s)", file, i3rt_status_name(status), i3rt_status_name(st), msg);
-    cr_expect_null(model, "%s: the model handle must be NULL after a failed load", file);
-    cr_expect(strstr(msg, file) != NULL, "%s: message does not name the file: %s", file, msg);
-    cr_expect(strstr(msg, needle) != NULL, "%s: message does not name '%s': %s", file, needle, msg);
-    i3rt_context_free(ctx);
-}
+/* Each file fails to load with `status` and a message naming the file and `needle` (tensor or field).
+ * tests/gen_unet.py derived them from plain_2d.safetensors, changing exactly that tensor or field. */
+static const struct {
+    const char *file;
+    i3rt_status status;
+    const char *needle;
+} bad_files[] = {
+    {"bad_shape.safetensors", I3RT_ERR_FORMAT, "decoder.stages.0.convs.0.conv.weight"}, /* transposed */
+    {"bad_missing.safetensors", I3RT_ERR_FORMAT, "encoder.stages.1.0.convs.1.norm.weight"},
+    {"bad_extra.safetensors", I3RT_ERR_FORMAT, "decoder.seg_layers.0.weight"},
+    {"bad_norm.safetensors", I3RT_ERR_UNSUPPORTED, "BatchNorm2d"},
+    {"bad_class.safetensors", I3RT_ERR_UNSUPPORTED, "UNetPlusPlus"},
+    {"bad_dropout.safetensors", I3RT_ERR_UNSUPPORTED, "dropout_op"},
+    {"bad_nonlin.safetensors", I3RT_ERR_UNSUPPORTED, "GELU"},
+    {"bad_nonlin_first.safetensors", I3RT_ERR_UNSUPPORTED, "nonlin_first"},
+    {"bad_conv_op.safetensors", I3RT_ERR_UNSUPPORTED, "conv_op"},
+    {"bad_lengths.safetensors", I3RT_ERR_FORMAT, "features_per_stage"},
+    {"bad_n_stages.safetensors", I3RT_ERR_UNSUPPORTED, "n_stages"},
+    {"bad_json.safetensors", I3RT_ERR_FORMAT, "\"network\""},
+};
 
-/* The names below are the ones tests/gen_unet.py altered in these files (from plain_2d). */
-Test(unet, transposed_weight) {
-    check_load_fails("bad_shape.safetensors", I3RT_ERR_FORMAT, "decoder.stages.0.convs.0.conv.weight");
+Test(unet, bad_weight_files) {
+    for (size_t i = 0; i < sizeof bad_files / sizeof bad_files[0]; i++) {
+        const char *file = bad_files[i].file;
+        char path[1024];
+        fixture_path(path, sizeof path, file);
+        i3rt_context *ctx;
+        cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+        i3rt_model *model = (i3rt_model *)&model; /* must be reset to NULL on failure */
+        const i3rt_status st = i3rt_model_load(ctx, path, &model);
+        const char *msg = i3rt_context_error(ctx);
+        printf("unet %-29s -> %s: %s\n", file, i3rt_status_name(st), msg);
+        fflush(stdout);
+        cr_expect_eq(st, bad_files[i].status, "%s: expected %s, got %s (%s)", file,
+                     i3rt_status_name(bad_files[i].status), i3rt_status_name(st), msg);
+        cr_expect_null(model, "%s: the model handle must be NULL after a failed load", file);
+        cr_expect(strstr(msg, file) != NULL, "%s: message does not name the file: %s", file, msg);
+        cr_expect(strstr(msg, bad_files[i].needle) != NULL, "%s: message does not name '%s': %s", file,
+                  bad_files[i].needle, msg);
+        i3rt_context_free(ctx);
+    }
 }
-Test(unet, missing_tensor) {
-    check_load_fails("bad_missing.safetensors", I3RT_ERR_FORMAT, "encoder.stages.1.0.convs.1.norm.weight");
-}
-Test(unet, extra_tensor) { check_load_fails("bad_extra.safetensors", I3RT_ERR_FORMAT, "decoder.seg_layers.0.weight"); }
-Test(unet, batch_norm) { check_load_fails("bad_norm.safetensors", I3RT_ERR_UNSUPPORTED, "BatchNorm2d"); }
-Test(unet, unknown_class) { check_load_fails("bad_class.safetensors", I3RT_ERR_UNSUPPORTED, "UNetPlusPlus"); }
-Test(unet, dropout) { check_load_fails("bad_dropout.safetensors", I3RT_ERR_UNSUPPORTED, "dropout_op"); }
 
 /* Spatial sizes the network cannot take: not divisible by the total stride; depth > 1 for 2D. */
 static void check_forward_shape_fails(const char *net_name, const int64_t spatial[3]) {
