@@ -5,7 +5,7 @@
  * itself reads from them; the C reader must give the same voxels (rel. error <= 1e-6) in [C, D, H, W]
  * order and the same grid, spacing and affine (abs. error <= 1e-5).
  * Round trip: read -> write -> read keeps the voxels exactly and the geometry to float precision.
- * Bad input: truncated (.nii and .nii.gz), not NIfTI, missing, NaN voxels, channel files on different
+ * Bad input: truncated (.nii and .nii.gz), not NIfTI, missing, NaN voxels, dims <= 0 or absurd, channel files on different
  * grids; each must fail with a message naming the file, and a failed write leaves no file behind. */
 #include "volume_io.h"
 
@@ -317,4 +317,31 @@ Test(volume_io, missing_and_foreign_files_fail) {
 
 Test(volume_io, nan_voxels_are_rejected) {
     expect_read_error(fixture("nan.nii"), I3RT_ERR_FORMAT, "x=2 y=1 z=0");
+}
+
+/* Overwrites the big-endian int16 at `offset` of a copy of the big-endian fixture. */
+static void write_patched_dims(const char *dst, const int16_t dims[4]) {
+    truncate_copy(fixture("big_endian.nii"), dst, 1 << 20);
+    FILE *f = fopen(dst, "r+b");
+    cr_assert(f);
+    fseek(f, 40, SEEK_SET); /* dim[0..3] */
+    for (int i = 0; i < 4; i++) {
+        unsigned char be[2] = {(unsigned char)((uint16_t)dims[i] >> 8), (unsigned char)dims[i]};
+        fwrite(be, 1, 2, f);
+    }
+    fclose(f);
+}
+
+Test(volume_io, bad_dims_fail) {
+    const char *p = temp("dims.nii");
+    write_patched_dims(p, (int16_t[4]){3, 0, 5, 3});
+    expect_read_error(p, I3RT_ERR_FORMAT, "dim[1] = 0");
+    write_patched_dims(p, (int16_t[4]){3, 7, -5, 3});
+    expect_read_error(p, I3RT_ERR_FORMAT, "dim[2] = -5");
+    write_patched_dims(p, (int16_t[4]){9, 7, 5, 3});
+    expect_read_error(p, I3RT_ERR_FORMAT, "dim[0] = 9");
+    write_patched_dims(p, (int16_t[4]){3, 32000, 32000, 32000});
+    expect_read_error(p, I3RT_ERR_FORMAT, "more than the limit");
+    write_patched_dims(p, (int16_t[4]){3, 700, 500, 300}); /* plausible dims, far more than the file holds */
+    expect_read_error(p, I3RT_ERR_FORMAT, "truncated NIfTI data");
 }
