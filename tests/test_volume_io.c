@@ -5,8 +5,9 @@
  * itself reads from them; the C reader must give the same voxels (rel. error <= 1e-6) in [C, D, H, W]
  * order and the same grid, spacing and affine (abs. error <= 1e-5).
  * Round trip: read -> write -> read keeps the voxels exactly and the geometry to float precision.
- * Bad input: truncated (.nii and .nii.gz), not NIfTI, missing, NaN voxels, dims <= 0 or absurd, channel files on different
- * grids; each must fail with a message naming the file, and a failed write leaves no file behind. */
+ * Bad input: truncated (.nii and .nii.gz), not NIfTI, missing, NaN voxels, dims <= 0 or absurd, channel
+ * files on different grids; each must fail with a message naming the file, and a failed write leaves no
+ * file behind. */
 #include "volume_io.h"
 
 #include <criterion/criterion.h>
