@@ -304,6 +304,17 @@ void i3_network_total_stride(const i3_network *net, int64_t out[3]) {
 
 /* ---- building -------------------------------------------------------------------------------- */
 
+/* Tensor and node names are at most about 60 characters (stage and block numbers are ints). */
+#define NAME_LEN 128
+
+static void name_fmt(char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void name_fmt(char *name, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, NAME_LEN, fmt, ap);
+    va_end(ap);
+}
+
 typedef struct {
     i3_ctx *ctx;
     const i3_network *net;
@@ -318,13 +329,12 @@ static int failed(const builder *b) { return b->status != I3RT_OK || b->g->faile
  * depth axis of 1, so that one 3D convolution serves both. */
 static int weight(builder *b, const char *name, int ndim, const int64_t *dims) {
     if (failed(b)) return -1;
-    int file_ndim = ndim, skip_depth = ndim == 5 && b->net->dims == 2;
+    const int no_depth = ndim == 5 && b->net->dims == 2;
     int64_t file_dims[5];
-    for (int i = 0, j = 0; i < ndim; i++)
-        if (!(skip_depth && i == 2)) file_dims[j++] = dims[i];
-    if (skip_depth) file_ndim = 4;
+    memcpy(file_dims, dims, (size_t)ndim * sizeof *dims);
+    if (no_depth) memmove(file_dims + 2, file_dims + 3, 2 * sizeof *file_dims);
     const float *host;
-    b->status = i3_weights_get_f32(b->ctx, b->w, name, file_ndim, file_dims, &host);
+    b->status = i3_weights_get_f32(b->ctx, b->w, name, ndim - no_depth, file_dims, &host);
     if (b->status != I3RT_OK) return -1;
     return i3_graph_weight(b->g, name, host, ndim, dims);
 }
@@ -336,8 +346,8 @@ static void unused_weight(builder *b, const char *name, int64_t n) {
 }
 
 static int vector(builder *b, const char *prefix, const char *suffix, int64_t n) {
-    char name[128];
-    snprintf(name, sizeof name, "%s.%s", prefix, suffix);
+    char name[NAME_LEN];
+    name_fmt(name, "%s.%s", prefix, suffix);
     return weight(b, name, 1, &n);
 }
 
@@ -345,12 +355,12 @@ static int vector(builder *b, const char *prefix, const char *suffix, int64_t n)
 static int conv_norm(builder *b, int x, const char *prefix, int cin, int cout, const int k[3], const int stride[3],
                      int bias, int with_act) {
     if (failed(b)) return -1;
-    char name[128];
+    char name[NAME_LEN];
     int64_t wdims[5] = {cout, cin, k[0], k[1], k[2]};
-    snprintf(name, sizeof name, "%s.conv.weight", prefix);
+    name_fmt(name, "%s.conv.weight", prefix);
     int wv = weight(b, name, 5, wdims);
     if (bias) {
-        snprintf(name, sizeof name, "%s.conv.bias", prefix);
+        name_fmt(name, "%s.conv.bias", prefix);
         unused_weight(b, name, cout);
     }
     i3_conv_params cp = {.cout = cout};
@@ -359,11 +369,11 @@ static int conv_norm(builder *b, int x, const char *prefix, int cin, int cout, c
         cp.stride[a] = stride[a];
         cp.pad[a] = (k[a] - 1) / 2;
     }
-    snprintf(name, sizeof name, "%s.conv", prefix);
+    name_fmt(name, "%s.conv", prefix);
     int y = failed(b) ? -1 : i3_graph_conv(b->g, x, wv, -1, &cp, name);
 
     int gamma = -1, beta = -1;
-    snprintf(name, sizeof name, "%s.norm", prefix);
+    name_fmt(name, "%s.norm", prefix);
     if (b->net->norm_affine) {
         gamma = vector(b, name, "weight", cout);
         beta = vector(b, name, "bias", cout);
@@ -379,8 +389,8 @@ static const int ONE[3] = {1, 1, 1};
 static int plain_stage(builder *b, int x, int s, int cin) {
     const i3_network *net = b->net;
     for (int i = 0; i < net->n_conv_encoder[s]; i++) {
-        char prefix[96];
-        snprintf(prefix, sizeof prefix, "encoder.stages.%d.0.convs.%d", s, i);
+        char prefix[NAME_LEN];
+        name_fmt(prefix, "encoder.stages.%d.0.convs.%d", s, i);
         x = conv_norm(b, x, prefix, i == 0 ? cin : net->features[s], net->features[s], net->kernel[s],
                       i == 0 ? net->stride[s] : ONE, net->conv_bias, 1);
     }
@@ -393,23 +403,24 @@ static int basic_block(builder *b, int x, int s, int blk, int cin) {
     const int cout = net->features[s];
     const int *stride = blk == 0 ? net->stride[s] : ONE;
     const int strided = stride[0] != 1 || stride[1] != 1 || stride[2] != 1;
-    char prefix[96], name[128];
-    snprintf(prefix, sizeof prefix, "encoder.stages.%d.blocks.%d", s, blk);
+    char prefix[NAME_LEN], name[NAME_LEN];
+    name_fmt(prefix, "encoder.stages.%d.blocks.%d", s, blk);
 
+    /* The skip path first: x then dies at conv1 instead of living through conv2. */
     int residual = x;
     if (strided && !failed(b)) {
         i3_avg_pool_params pp;
         for (int a = 0; a < 3; a++) pp.k[a] = stride[a];
-        snprintf(name, sizeof name, "%s.skip.0", prefix);
+        name_fmt(name, "%s.skip.0", prefix);
         residual = i3_graph_avg_pool(b->g, residual, &pp, name);
     }
     if (cin != cout) {
-        snprintf(name, sizeof name, "%s.skip.%d", prefix, strided);
+        name_fmt(name, "%s.skip.%d", prefix, strided);
         residual = conv_norm(b, residual, name, cin, cout, ONE, ONE, 0, 0);
     }
-    snprintf(name, sizeof name, "%s.conv1", prefix);
+    name_fmt(name, "%s.conv1", prefix);
     int y = conv_norm(b, x, name, cin, cout, net->kernel[s], stride, net->conv_bias, 1);
-    snprintf(name, sizeof name, "%s.conv2", prefix);
+    name_fmt(name, "%s.conv2", prefix);
     y = conv_norm(b, y, name, cout, cout, net->kernel[s], ONE, net->conv_bias, 0);
     return failed(b) ? -1 : i3_graph_add(b->g, y, residual, net->act, prefix);
 }
@@ -427,34 +438,34 @@ static int decoder(builder *b, const int *skips) {
     const i3_network *net = b->net;
     const int n = net->n_stages;
     int x = skips[n - 1];
-    char name[128];
+    char name[NAME_LEN];
     for (int d = 0; d < n - 1; d++) {
         const int below = n - 1 - d, above = n - 2 - d; /* encoder stages */
         const int cin = net->features[below], cout = net->features[above];
         const int *k = net->stride[below];
         int64_t wdims[5] = {cin, cout, k[0], k[1], k[2]};
-        snprintf(name, sizeof name, "decoder.transpconvs.%d.weight", d);
+        name_fmt(name, "decoder.transpconvs.%d.weight", d);
         int wv = weight(b, name, 5, wdims);
         int bv = -1;
         if (net->conv_bias) {
-            snprintf(name, sizeof name, "decoder.transpconvs.%d", d);
+            name_fmt(name, "decoder.transpconvs.%d", d);
             bv = vector(b, name, "bias", cout);
         }
         i3_conv_transpose_params tp = {.cout = cout, .k = {k[0], k[1], k[2]}};
-        snprintf(name, sizeof name, "decoder.transpconvs.%d", d);
+        name_fmt(name, "decoder.transpconvs.%d", d);
         int up = failed(b) ? -1 : i3_graph_conv_transpose(b->g, x, wv, bv, &tp, name);
-        snprintf(name, sizeof name, "decoder.cat.%d", d);
+        name_fmt(name, "decoder.cat.%d", d);
         x = failed(b) ? -1 : i3_graph_concat(b->g, up, skips[above], name); /* torch.cat((x, skip), 1) */
         for (int i = 0; i < net->n_conv_decoder[d]; i++) {
-            snprintf(name, sizeof name, "decoder.stages.%d.convs.%d", d, i);
+            name_fmt(name, "decoder.stages.%d.convs.%d", d, i);
             x = conv_norm(b, x, name, i == 0 ? 2 * cout : cout, cout, net->kernel[above], ONE, net->conv_bias, 1);
         }
     }
     const int cf = net->features[0];
     int64_t wdims[5] = {net->num_classes, cf, 1, 1, 1};
-    char prefix[64];
-    snprintf(prefix, sizeof prefix, "decoder.seg_layers.%d", n - 2);
-    snprintf(name, sizeof name, "%s.weight", prefix);
+    char prefix[NAME_LEN];
+    name_fmt(prefix, "decoder.seg_layers.%d", n - 2);
+    name_fmt(name, "%s.weight", prefix);
     int wv = weight(b, name, 5, wdims);
     int bv = vector(b, prefix, "bias", net->num_classes);
     i3_conv_params cp = {.cout = net->num_classes, .k = {1, 1, 1}, .stride = {1, 1, 1}};
@@ -510,10 +521,7 @@ int64_t i3_network_parameter_count(const i3_graph *g) {
     int64_t count = 0;
     for (int i = 0; i < g->n_values; i++) {
         const i3_value *v = &g->values[i];
-        if (v->kind != I3_VALUE_WEIGHT) continue;
-        int64_t numel = 1;
-        for (int d = 0; d < v->ndim; d++) numel *= v->dims[d];
-        count += numel;
+        if (v->kind == I3_VALUE_WEIGHT) count += (int64_t)(i3_value_bytes(v) / sizeof(float));
     }
     return count;
 }
