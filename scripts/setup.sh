@@ -8,7 +8,7 @@ set -euo pipefail
 
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
-  libnifti2-dev libcriterion-dev libcjson-dev libopenblas-openmp-dev zlib1g-dev
+  libnifti2-dev libcriterion-dev libcjson-dev libopenblas-openmp-dev zlib1g-dev libpng-dev
   mricron-data invesalius-examples
 )
 PY_PACKAGES=(
