@@ -174,12 +174,15 @@ def main():
           f"{args.threads} threads each; median of {args.runs} after 1 warm-up")
     print("network: nnU-Net default 3d_fullres PlainConvUNet, 6 stages, features 32-320, "
           f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f} M parameters, 1 -> 2 channels")
+    print("load average (1, 5, 15 min) before: %.1f %.1f %.1f (more than the thread count: the timings are "
+          "contended)" % os.getloadavg())
     check_same_logits(net, weights, work, args.build, min(args.sizes))
     print(f"{'size':>8} {'PyTorch s':>10} {'i3rt s':>8} {'PyTorch/i3rt':>13} {'i3rt peak MiB':>14}")
     for s in args.sizes:
         t_i3rt, peak = time_i3rt(bench, weights, s, args.threads, args.runs)
         t_torch = time_torch(net, s, args.runs)
         print(f"{str(s) + '^3':>8} {t_torch:>10.3f} {t_i3rt:>8.3f} {t_torch / t_i3rt:>12.2f}x {peak:>14.1f}", flush=True)
+    print("load average after: %.1f %.1f %.1f" % os.getloadavg())
 
 
 if __name__ == "__main__":
