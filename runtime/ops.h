@@ -83,7 +83,10 @@ typedef struct {
 
 void i3_cpu_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                      float *y);
-/* Fast path. scratch must hold i3_cpu_conv_scratch_bytes(...) bytes (may be NULL if that is 0). */
+/* Fast path (im2col tiles + GEMM, see ops/conv.c). scratch must hold i3_cpu_conv_scratch_bytes(...)
+ * bytes (may be NULL if that is 0): n_threads * K * T * 4 with K = cin * kd * kh * kw and T the
+ * columns per tile, T = max(64, 1 MB / (4 K)) capped by the output size (about 1 MB per thread,
+ * 2.2 MB for 320 channels 3x3x3); 0 for 1x1x1 stride-1 unpadded convolutions (direct GEMM). */
 size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads);
 void i3_cpu_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                  float *y, void *scratch, int n_threads);
@@ -136,5 +139,15 @@ typedef struct {
 
 i3_shape5 i3_avg_pool_out_shape(i3_shape5 x, const i3_avg_pool_params *p);
 void i3_cpu_avg_pool_ref(const float *x, i3_shape5 xs, const i3_avg_pool_params *p, float *y);
+
+/* Ensemble uncertainty from mean probabilities (ops/prob_uncertainty.c, i3Deep Eq. 1-2).
+ * i3_cpu_softmax_mean_accumulate folds the t-th member's logits [n, c, s] (t >= 1) into the running
+ * mean of softmax probabilities: mean += (softmax(logits) - mean) / t (t == 1 overwrites mean).
+ * i3_cpu_prob_uncertainty takes probabilities [n, c, s]: normalized entropy -sum p log p / log C
+ * (0 log 0 = 0; 0 for C == 1), max probability, argmax (lowest index wins ties); outputs may be NULL. */
+void i3_cpu_softmax_mean_accumulate(const float *logits, int64_t n, int64_t c, int64_t s, int64_t t,
+                                    float *mean, int n_threads);
+void i3_cpu_prob_uncertainty(const float *probs, int64_t n, int64_t c, int64_t s, float *entropy, float *msp,
+                             int32_t *argmax, int n_threads);
 
 #endif /* I3RT_OPS_H */

@@ -5,7 +5,8 @@
  *   i3_cpu_instance_norm      two passes per plane: sums of x - x[0], then of (x - mean)^2, over blocks
  *                             of I3_NORM_BLOCK values in float (vectorised, `omp simd`), blocks merged
  *                             in double, so the rounding error stays that of a block; then one fused
- *                             centre/scale/shift/act pass. Threads over planes. In place allowed (y == x) for both. */
+ *                             centre/scale/shift/act pass. Threads over planes.
+ * In place allowed (y == x) for both. */
 #include "ops.h"
 
 #include <math.h>
