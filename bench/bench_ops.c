@@ -4,10 +4,8 @@
  * reference is too slow at full size), then times the fast path (best of R runs after one warm-up)
  * and prints ms and GFLOP/s.
  *
- * Build (standalone, from the repository root, after the library is built in build/):
- *   cc -O3 -march=x86-64-v3 -fopenmp bench/bench_ops.c -Iinclude -Iruntime -Lbuild -l:libi3rt.a \
- *      -L/usr/lib/x86_64-linux-gnu/openblas-openmp -lopenblas -lcjson -lm -o bench_ops
- * Run: ./bench_ops [threads=2] [repeats=5]
+ * Build: part of the CMake build when I3RT_BENCH=ON (bench/CMakeLists.txt): `ninja -C build bench_ops`.
+ * Run: build/bench/bench_ops [threads=2] [repeats=5]
  * PyTorch baseline for the same shapes: F.conv3d with torch.set_num_threads(threads). */
 #include <math.h>
 #include <stdio.h>
@@ -132,7 +130,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [threads >= 1] [repeats >= 1]\n", argv[0]);
         return 1;
     }
-    printf("bench_ops: %d thread(s), best of %d\n", threads, repeats);
+    double load[3] = {0, 0, 0};
+    getloadavg(load, 3); /* timings on a busy machine are worth little: say how busy it was */
+    printf("bench_ops: %d thread(s), best of %d, load average %.2f\n", threads, repeats, load[0]);
     static const conv_shape convs[] = {
         {"1->32 3x3x3 64^3", 1, 32, 64, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
         {"32->32 3x3x3 64^3", 32, 32, 64, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}},
