@@ -1,9 +1,11 @@
 /* The SIMT emulator's launcher, fibers and runtime calls (see simt.h).
  *
  * A launch runs blocks one after another on the calling OS thread. Each thread of the block is a
- * fiber (ucontext) with its own malloc'd stack; the scheduler resumes runnable fibers in thread
- * order, and a fiber runs until it reaches __syncthreads, a warp collective whose other lanes have
- * not arrived yet, or its end. The launch state lives in a thread_local pointer, like the CUDA
+ * fiber with its own malloc'd stack; the scheduler resumes runnable fibers in thread order, and a
+ * fiber runs until it reaches __syncthreads, a warp collective whose other lanes have not arrived
+ * yet, or its end. On x86-64 a fiber switch is a dozen instructions (switch_stack below); elsewhere
+ * it is ucontext's swapcontext, which also saves the signal mask with a system call per switch
+ * (that made swapcontext 80 % of an emulated U-Net's time). The launch state lives in a thread_local pointer, like the CUDA
  * runtime's per-thread state; nothing else is global. */
 #include "simt.h"
 
@@ -11,7 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#if defined(__x86_64__)
+#define I3EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
+#endif
 
 #if defined(__SANITIZE_ADDRESS__)
 #define I3EMU_ASAN 1
@@ -29,8 +35,20 @@ namespace i3emu {
 
 enum FiberState { FIBER_READY, FIBER_RUNNING, FIBER_AT_BARRIER, FIBER_IN_WARP, FIBER_DONE };
 
+/* A suspended execution context: a saved stack pointer (the registers are on that stack), or a
+ * ucontext. */
+#ifdef I3EMU_ASM_SWITCH
+struct Context {
+    void *sp;
+};
+#else
+struct Context {
+    ucontext_t uc;
+};
+#endif
+
 struct Fiber {
-    ucontext_t ctx;
+    Context ctx;
     dim3 tid;
     int linear;
     FiberState state;
@@ -49,12 +67,68 @@ const size_t EMULATED_DEVICE_BYTES = (size_t)16 << 30;   /* one allocation at mo
 
 struct LaunchState {
     Launch pub;
-    ucontext_t scheduler;
+    Context scheduler;
     const void *scheduler_stack;
     size_t scheduler_stack_bytes;
     kernel_thunk thunk;
     void *closure;
 };
+
+#ifdef I3EMU_ASM_SWITCH
+/* i3emu_switch_stack(&from->sp, to->sp): pushes the callee-saved registers, MXCSR and the x87
+ * control word, saves the stack pointer, switches to the other stack and pops its saved state. A
+ * new fiber's stack is prepared by context_init to look like such a suspended switch. */
+extern "C" void i3emu_switch_stack(void **save_sp, void *load_sp);
+__asm__(".text\n"
+        ".p2align 4\n"
+        ".type i3emu_switch_stack,@function\n"
+        "i3emu_switch_stack:\n"
+        "    pushq %rbp\n"
+        "    pushq %rbx\n"
+        "    pushq %r12\n"
+        "    pushq %r13\n"
+        "    pushq %r14\n"
+        "    pushq %r15\n"
+        "    subq $8, %rsp\n"
+        "    stmxcsr (%rsp)\n"
+        "    fnstcw 4(%rsp)\n"
+        "    movq %rsp, (%rdi)\n"
+        "    movq %rsi, %rsp\n"
+        "    ldmxcsr (%rsp)\n"
+        "    fldcw 4(%rsp)\n"
+        "    addq $8, %rsp\n"
+        "    popq %r15\n"
+        "    popq %r14\n"
+        "    popq %r13\n"
+        "    popq %r12\n"
+        "    popq %rbx\n"
+        "    popq %rbp\n"
+        "    ret\n"
+        ".size i3emu_switch_stack, .-i3emu_switch_stack\n");
+
+void context_init(Context *c, void *stack, size_t bytes, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)stack + bytes) & ~(uintptr_t)15;
+    uint64_t *frame = (uint64_t *)(top - 16);   /* entry's return address slot: 16-aligned, as after a call */
+    frame[0] = (uint64_t)(uintptr_t)entry;
+    frame[1] = 0;                                /* entry never returns */
+    uint64_t *sp = frame - 7;                    /* control words, r15, r14, r13, r12, rbx, rbp */
+    for (int i = 1; i < 7; i++) sp[i] = 0;
+    uint32_t control[2] = {0, 0};
+    __asm__ volatile("stmxcsr %0\n fnstcw %1" : "=m"(control[0]), "=m"(control[1]));
+    memcpy(&sp[0], control, sizeof control);
+    c->sp = sp;
+}
+void context_switch(Context *from, Context *to) { i3emu_switch_stack(&from->sp, to->sp); }
+#else
+void context_init(Context *c, void *stack, size_t bytes, void (*entry)()) {
+    getcontext(&c->uc);
+    c->uc.uc_stack.ss_sp = stack;
+    c->uc.uc_stack.ss_size = bytes;
+    c->uc.uc_link = nullptr;
+    makecontext(&c->uc, entry, 0);
+}
+void context_switch(Context *from, Context *to) { swapcontext(&from->uc, &to->uc); }
+#endif
 
 thread_local LaunchState *tl_launch;
 thread_local cudaError_t tl_error;
@@ -82,10 +156,10 @@ void switch_to_fiber(LaunchState *ls, Fiber *f) {
 #ifdef I3EMU_ASAN
     void *fake = nullptr;
     __sanitizer_start_switch_fiber(&fake, f->stack, FIBER_STACK_BYTES);
-    swapcontext(&ls->scheduler, &f->ctx);
+    context_switch(&ls->scheduler, &f->ctx);
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
-    swapcontext(&ls->scheduler, &f->ctx);
+    context_switch(&ls->scheduler, &f->ctx);
 #endif
     ls->pub.current = nullptr;
 }
@@ -95,10 +169,10 @@ void switch_to_scheduler(LaunchState *ls, Fiber *f) {
     /* A finished fiber passes no fake-stack slot: ASan may then drop its fake frames. */
     __sanitizer_start_switch_fiber(f->state == FIBER_DONE ? nullptr : &f->asan_fake_stack, ls->scheduler_stack,
                                    ls->scheduler_stack_bytes);
-    swapcontext(&f->ctx, &ls->scheduler);
+    context_switch(&f->ctx, &ls->scheduler);
     __sanitizer_finish_switch_fiber(f->asan_fake_stack, nullptr, nullptr);
 #else
-    swapcontext(&f->ctx, &ls->scheduler);
+    context_switch(&f->ctx, &ls->scheduler);
 #endif
 }
 
@@ -138,11 +212,7 @@ void run_block(LaunchState *ls, bool reverse) {
 #ifdef I3EMU_ASAN
         __asan_unpoison_memory_region(f->stack, FIBER_STACK_BYTES);
 #endif
-        getcontext(&f->ctx);
-        f->ctx.uc_stack.ss_sp = f->stack;
-        f->ctx.uc_stack.ss_size = FIBER_STACK_BYTES;
-        f->ctx.uc_link = nullptr;
-        makecontext(&f->ctx, fiber_entry, 0);
+        context_init(&f->ctx, f->stack, FIBER_STACK_BYTES, fiber_entry);
     }
     for (int w = 0; w < (L.n_threads + WARP_SIZE - 1) / WARP_SIZE; w++) L.warps[w].arrived = 0;
     L.live = L.n_threads;
