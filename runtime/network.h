@@ -1,8 +1,11 @@
 /* Networks described by a weight file's "network" metadata, built into a graph for one input shape.
  *
  * Supported: nnU-Net v2's PlainConvUNet and ResidualEncoderUNet (dynamic_network_architectures),
- * 2D and 3D, any number of stages, per-stage kernel sizes, strides, features and blocks. Deep
- * supervision heads are not part of the inference network. */
+ * 2D and 3D, 2..I3_MAX_STAGES stages, per-stage kernel sizes (odd), strides, features and convs /
+ * BasicBlockD blocks, conv_bias on or off, InstanceNorm with or without affine, LeakyReLU (any slope)
+ * or ReLU, ResEnc stem_channels. Not supported (I3RT_ERR_UNSUPPORTED): BatchNorm, dropout_op,
+ * nonlin_first, BottleneckD blocks. Deep supervision heads are not part of the inference network.
+ * The parity with PyTorch is checked by tests/test_unet.c on networks planned by nnunetv2. */
 #ifndef I3RT_NETWORK_H
 #define I3RT_NETWORK_H
 

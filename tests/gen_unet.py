@@ -14,6 +14,8 @@ Steps (all through nnunetv2's own Python API, in a temporary nnUNet_raw / _prepr
      - features_per_stage divided by 4, except plain_3d which keeps the planner's widths (32..320);
      - ResidualEncoderUNet: the last stage keeps the previous stage's width (as nnU-Net's 320 / 512 cap
        does in deeper plans), so BasicBlockD's pooled skip without a projection conv is exercised;
+     - plain_2d_relu: ReLU, instance norm without affine and eps 1e-3, no conv bias; resenc_2d_stem:
+       LeakyReLU slope 0.1 and stem_channels 12 != features[0] (a projection skip without pooling);
   4. the network built by nnUNetTrainer.build_network_architecture (as training and nnUNetPredictor do),
      every parameter randomized with a fixed seed (conv weights by nnU-Net's He init, norm gamma in
      [0.5, 1.5], norm beta and all biases N(0, 0.2)), saved as a trained-model folder (dataset.json,
@@ -21,7 +23,7 @@ Steps (all through nnunetv2's own Python API, in a temporary nnUNet_raw / _prepr
   5. converted with tools/convert_pt/convert_nnunet.py, and the eval forward (fp32, 2 threads) on a
      random patch-sized input.
 
-Writes into --out, for NAME in plain_2d, plain_3d, resenc_2d, resenc_3d:
+Writes into --out, for NAME in plain_2d, plain_3d, resenc_2d, resenc_3d, plain_2d_relu, resenc_2d_stem:
   NAME.safetensors     the converted weights (i3rt-weights-1)
   NAME_io.safetensors  "input" [1, C, d, h, w] and "logits" [1, K, d, h, w] (2D: d = 1)
 plain_2d_scalar.safetensors: plain_2d's tensors with network metadata that gives kernel_sizes, strides,
@@ -54,12 +56,18 @@ DATASET_ID, DATASET_NAME = 987, "Dataset987_Phantom"
 LABELS = {"background": 0, "organ": 1, "core": 2}
 SPACING_ZYX = (3.0, 0.8, 0.8)
 
-# fixture name -> (planner, plans identifier, configuration, features divisor)
+# fixture name -> (planner, plans identifier, configuration, features divisor, arch_kwargs changes)
 NETWORKS = {
-    "plain_2d": ("ExperimentPlanner", "nnUNetPlans", "2d", 4),
-    "plain_3d": ("ExperimentPlanner", "nnUNetPlans", "3d_fullres", 1),
-    "resenc_2d": ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", "2d", 4),
-    "resenc_3d": ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", "3d_fullres", 4),
+    "plain_2d": ("ExperimentPlanner", "nnUNetPlans", "2d", 4, {}),
+    "plain_3d": ("ExperimentPlanner", "nnUNetPlans", "3d_fullres", 1, {}),
+    "resenc_2d": ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", "2d", 4, {}),
+    "resenc_3d": ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", "3d_fullres", 4, {}),
+    # the options nnU-Net's planners never choose but the classes accept
+    "plain_2d_relu": ("ExperimentPlanner", "nnUNetPlans", "2d", 4,
+                      {"nonlin": "torch.nn.ReLU", "nonlin_kwargs": {"inplace": True}, "conv_bias": False,
+                       "norm_op_kwargs": {"eps": 1e-3, "affine": False}}),
+    "resenc_2d_stem": ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", "2d", 4,
+                       {"nonlin_kwargs": {"negative_slope": 0.1, "inplace": True}, "stem_channels": 12}),
 }
 
 
@@ -101,10 +109,11 @@ def plan(preprocessed_root):
     return plans
 
 
-def shrink(plans, configuration, divisor):
+def shrink(plans, configuration, divisor, changes):
     """The changes to the planners' configuration listed in the module doc; returns the patch size."""
     cfg = plans["configurations"][configuration]
     arch = cfg["architecture"]
+    arch["arch_kwargs"].update(changes)
     features = [f // divisor for f in arch["arch_kwargs"]["features_per_stage"]]
     if arch["network_class_name"].endswith("ResidualEncoderUNet"):
         features[-1] = features[-2]
@@ -232,9 +241,9 @@ def main():
         torch.set_num_threads(2)
         dataset_json = write_raw_dataset(os.environ["nnUNet_raw"])
         all_plans = plan(os.environ["nnUNet_preprocessed"])
-        for seed, (name, (_, identifier, configuration, divisor)) in enumerate(NETWORKS.items()):
+        for seed, (name, (_, identifier, configuration, divisor, changes)) in enumerate(NETWORKS.items()):
             plans = json.loads(json.dumps(all_plans[identifier]))
-            patch = shrink(plans, configuration, divisor)
+            patch = shrink(plans, configuration, divisor, changes)
             net, n_in = build_network(plans, configuration, dataset_json, seed)
             folder = os.path.join(os.environ["nnUNet_results"], DATASET_NAME, name,
                                   f"nnUNetTrainer__{identifier}__{configuration}")

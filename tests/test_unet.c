@@ -94,6 +94,8 @@ Test(unet, plain_2d_parity) { check_parity("plain_2d", "plain_2d"); }
 Test(unet, plain_3d_parity) { check_parity("plain_3d", "plain_3d"); }
 Test(unet, resenc_2d_parity) { check_parity("resenc_2d", "resenc_2d"); }
 Test(unet, resenc_3d_parity) { check_parity("resenc_3d", "resenc_3d"); }
+Test(unet, plain_2d_relu_parity) { check_parity("plain_2d_relu", "plain_2d_relu"); }
+Test(unet, resenc_2d_stem_parity) { check_parity("resenc_2d_stem", "resenc_2d_stem"); }
 /* kernel_sizes / strides / conv counts given as ints instead of lists: the same network. */
 Test(unet, scalar_arch_kwargs_parity) { check_parity("plain_2d_scalar", "plain_2d"); }
 
