@@ -1,0 +1,492 @@
+/* i3Deep's stages for one case (see i3deep.h; the paper's Sec. 3.2 and Appendix A, and
+ * docs/i3deep.md for every choice the paper leaves open). Each public call validates first, then
+ * changes the case, so a failed call leaves it as it was. */
+#include "i3deep.h"
+
+#include "ops.h"
+#include "png_export.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <nifti2_io.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct i3_case {
+    i3_ctx *ctx;
+    i3_volume image;          /* owned copy */
+    int64_t d, h, w, voxels;
+    int num_classes;
+    int members;              /* ensemble members folded into mean_probs */
+    float *mean_probs;        /* [C, d, h, w] */
+    float *entropy, *max_prob;
+    int32_t *preseg;
+    int uncertainty_members;  /* members when the uncertainty was computed (0: not computed) */
+    i3_slice *slices;         /* recommended */
+    int n_slices;
+    int32_t *corrections;     /* [d, h, w], -1 where nobody corrected */
+    i3_slice *corrected;      /* capacity d + h + w: every slice at most once */
+    int n_corrected;
+    double seconds[I3_STAGE_COUNT];
+};
+
+const char *i3_stage_name(i3_stage stage) {
+    static const char *const names[I3_STAGE_COUNT] = {"ensemble", "uncertainty", "recommend",
+                                                      "export", "corrections", "refine-input"};
+    return (unsigned)stage < I3_STAGE_COUNT ? names[stage] : "?";
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs one stage's call and adds its wall time to the stage. */
+#define TIMED(c, stage, call)                          \
+    do {                                               \
+        const double t0_ = now_seconds();              \
+        const i3rt_status st_ = (call);                \
+        (c)->seconds[stage] += now_seconds() - t0_;    \
+        return st_;                                    \
+    } while (0)
+
+void i3_case_free(i3_case *c) {
+    if (!c) return;
+    i3_volume_free(&c->image);
+    free(c->mean_probs);
+    free(c->entropy);
+    free(c->max_prob);
+    free(c->preseg);
+    free(c->slices);
+    free(c->corrections);
+    free(c->corrected);
+    free(c);
+}
+
+i3rt_status i3_case_open(i3_ctx *ctx, const i3_volume *image, int num_classes, i3_case **out) {
+    *out = NULL;
+    if (!image || !image->data || image->channels < 1 || image->d < 1 || image->h < 1 || image->w < 1)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep case: the image is empty");
+    if (num_classes < 2 || num_classes > 32767)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep case: %d classes (2 .. 32767)", num_classes);
+    const int64_t voxels = image->d * image->h * image->w;
+    size_t probs_bytes, image_bytes;
+    if (!i3_mul_size((size_t)voxels, (size_t)num_classes * sizeof(float), &probs_bytes) ||
+        !i3_mul_size((size_t)voxels, (size_t)image->channels * sizeof(float), &image_bytes))
+        return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "i3deep case: %lld voxels x %d classes is too large",
+                       (long long)voxels, num_classes);
+    i3_case *c = i3_calloc(ctx, 1, sizeof *c, "i3deep case");
+    if (!c) return I3RT_ERR_OUT_OF_MEMORY;
+    c->ctx = ctx;
+    c->d = image->d, c->h = image->h, c->w = image->w, c->voxels = voxels;
+    c->num_classes = num_classes;
+    c->image = *image;
+    c->image.data = i3_malloc(ctx, image_bytes, "i3deep case image");
+    c->mean_probs = i3_malloc(ctx, probs_bytes, "i3deep mean probabilities");
+    c->entropy = i3_malloc(ctx, (size_t)voxels * sizeof(float), "i3deep entropy");
+    c->max_prob = i3_malloc(ctx, (size_t)voxels * sizeof(float), "i3deep max probability");
+    c->preseg = i3_malloc(ctx, (size_t)voxels * sizeof(int32_t), "i3deep pre-segmentation");
+    c->corrections = i3_malloc(ctx, (size_t)voxels * sizeof(int32_t), "i3deep corrections");
+    c->corrected = i3_malloc(ctx, (size_t)(c->d + c->h + c->w) * sizeof(i3_slice), "i3deep corrected slices");
+    if (!c->image.data || !c->mean_probs || !c->entropy || !c->max_prob || !c->preseg || !c->corrections ||
+        !c->corrected) {
+        i3_case_free(c);
+        return I3RT_ERR_OUT_OF_MEMORY;
+    }
+    memcpy(c->image.data, image->data, image_bytes);
+    for (int64_t i = 0; i < voxels; i++) c->corrections[i] = -1;
+    *out = c;
+    return I3RT_OK;
+}
+
+/* ---- stage 1: ensemble mean and uncertainty ------------------------------------------------------- */
+
+static i3rt_status check_finite(i3_case *c, const float *x, int64_t n, const char *what) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep member %d: %s value %lld is %g", c->members + 1,
+                           what, (long long)i, x[i]);
+    return I3RT_OK;
+}
+
+static i3rt_status add_logits(i3_case *c, const float *logits) {
+    I3_TRY(check_finite(c, logits, c->voxels * c->num_classes, "logit"));
+    i3_cpu_softmax_mean_accumulate(logits, 1, c->num_classes, c->voxels, c->members + 1, c->mean_probs,
+                                   c->ctx->n_threads);
+    c->members++;
+    return I3RT_OK;
+}
+
+/* Probabilities must be in [0, 1] and sum to 1 per voxel (within 1e-3: float softmax outputs). */
+static i3rt_status add_probabilities(i3_case *c, const float *p) {
+    const int64_t s = c->voxels, C = c->num_classes;
+    for (int64_t v = 0; v < s; v++) {
+        double total = 0.0;
+        for (int64_t k = 0; k < C; k++) {
+            const float x = p[k * s + v];
+            if (!(x >= 0.0f && x <= 1.0f))
+                return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                               "i3deep member %d: probability %g of class %lld at voxel %lld is outside [0, 1]",
+                               c->members + 1, x, (long long)k, (long long)v);
+            total += x;
+        }
+        if (fabs(total - 1.0) > 1e-3)
+            return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                           "i3deep member %d: probabilities at voxel %lld sum to %g, not 1", c->members + 1,
+                           (long long)v, total);
+    }
+    const double keep = (double)c->members / (c->members + 1), add = 1.0 / (c->members + 1);
+    for (int64_t i = 0; i < s * C; i++) c->mean_probs[i] = (float)(keep * c->mean_probs[i] + add * p[i]);
+    c->members++;
+    return I3RT_OK;
+}
+
+i3rt_status i3_case_add_logits(i3_case *c, const float *logits) { TIMED(c, I3_STAGE_ENSEMBLE, add_logits(c, logits)); }
+
+i3rt_status i3_case_add_probabilities(i3_case *c, const float *probabilities) {
+    TIMED(c, I3_STAGE_ENSEMBLE, add_probabilities(c, probabilities));
+}
+
+static i3rt_status compute_uncertainty(i3_case *c) {
+    if (c->members == 0)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: uncertainty needs at least one ensemble member");
+    i3_cpu_prob_uncertainty(c->mean_probs, 1, c->num_classes, c->voxels, c->entropy, c->max_prob, c->preseg,
+                            c->ctx->n_threads);
+    c->uncertainty_members = c->members;
+    return I3RT_OK;
+}
+
+i3rt_status i3_case_compute_uncertainty(i3_case *c) { TIMED(c, I3_STAGE_UNCERTAINTY, compute_uncertainty(c)); }
+
+/* ---- stage 2: slice acquisition ------------------------------------------------------------------- */
+
+static i3rt_status recommend(i3_case *c, const i3_slice_select_params *params) {
+    if (c->uncertainty_members == 0)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: recommending slices needs the uncertainty first");
+    const i3_slice_select_params p = params ? *params : I3_SLICE_SELECT_DEFAULTS;
+    i3_slice *slices = i3_malloc(c->ctx, (size_t)(p.max_slices > 0 ? p.max_slices : 1) * sizeof *slices,
+                                 "recommended slices");
+    if (!slices) return I3RT_ERR_OUT_OF_MEMORY;
+    int n = 0;
+    i3rt_status st = i3_slice_select(c->ctx, c->entropy, c->d, c->h, c->w, &p, slices, &n);
+    if (st != I3RT_OK) {
+        free(slices);
+        return st;
+    }
+    free(c->slices);
+    c->slices = slices;
+    c->n_slices = n;
+    return I3RT_OK;
+}
+
+i3rt_status i3_case_recommend(i3_case *c, const i3_slice_select_params *params) {
+    TIMED(c, I3_STAGE_RECOMMEND, recommend(c, params));
+}
+
+const i3_slice *i3_case_slices(const i3_case *c, int *n) {
+    *n = c->n_slices;
+    return c->slices;
+}
+
+/* ---- stage 3: export for the expert --------------------------------------------------------------- */
+
+/* NIfTI axis (x = 0, y = 1, z = 2) that an i3rt slice axis fixes. */
+static int nifti_axis(i3_axis axis) { return axis == I3_AXIAL ? 2 : axis == I3_CORONAL ? 1 : 0; }
+
+/* The geometry of slice `index` as a one-voxel-thick volume: the same voxel-to-world maps with the
+ * origin moved to the slice, so that viewers overlay it on the image where it belongs. */
+static i3_volume_geometry slice_geometry(const i3_volume_geometry *g, i3_axis axis, int64_t index) {
+    i3_volume_geometry s = *g;
+    const int a = nifti_axis(axis);
+    s.size[a] = 1;
+    const double k = (double)index;
+    for (int r = 0; r < 3; r++) {
+        s.srow[r][3] += g->srow[r][a] * k;
+        s.affine[r][3] += g->affine[r][a] * k;
+    }
+    const nifti_dmat44 q = nifti_quatern_to_dmat44(g->quatern[0], g->quatern[1], g->quatern[2], g->qoffset[0],
+                                                   g->qoffset[1], g->qoffset[2], g->spacing[0], g->spacing[1],
+                                                   g->spacing[2], g->qfac < 0 ? -1.0 : 1.0);
+    for (int r = 0; r < 3; r++) s.qoffset[r] += q.m[r][a] * k;
+    return s;
+}
+
+/* Pixels of the largest of the three slice shapes. */
+static int64_t largest_plane(const i3_case *c) {
+    const int64_t a = c->h * c->w, b = c->d * c->w, s = c->d * c->h;
+    return a > b ? (a > s ? a : s) : (b > s ? b : s);
+}
+
+static void slice_path(char *buf, size_t size, const char *dir, const char *name, const i3_slice *s,
+                       const char *suffix) {
+    snprintf(buf, size, "%s/%s_%s_%03lld_%s", dir, name, i3_axis_name(s->axis), (long long)s->index, suffix);
+}
+
+static i3rt_status export_slice(i3_case *c, const char *dir, const char *name, const i3_slice *s, float lo,
+                                float hi, float *image_plane, int32_t *label_plane, uint8_t *rgb) {
+    int64_t rows, cols;
+    i3_slice_dims(s->axis, c->d, c->h, c->w, &rows, &cols);
+    i3_slice_get(c->image.data, sizeof(float), c->d, c->h, c->w, s->axis, s->index, image_plane);
+    i3_slice_get(c->preseg, sizeof(int32_t), c->d, c->h, c->w, s->axis, s->index, label_plane);
+    i3_png_overlay(image_plane, label_plane, rows * cols, lo, hi, 0.4f, rgb);
+    char path[4096];
+    slice_path(path, sizeof path, dir, name, s, "preview.png");
+    I3_TRY(i3_png_write(c->ctx, path, rgb, rows, cols, 3));
+    slice_path(path, sizeof path, dir, name, s, "mask.png");
+    I3_TRY(i3_png_write_labels(c->ctx, path, label_plane, rows, cols));
+    slice_path(path, sizeof path, dir, name, s, "mask.nii.gz");
+    const i3_volume_geometry g = slice_geometry(&c->image.geometry, s->axis, s->index);
+    return i3_volume_write_labels(c->ctx, path, &g, label_plane);
+}
+
+static i3rt_status export_manifest(i3_case *c, const char *dir, const char *name) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s_slices.tsv", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) return i3_fail(c->ctx, I3RT_ERR_IO, "%s: cannot write", path);
+    fprintf(f, "rank\taxis\tindex\tuncertainty_sum\trelative_to_axis_max\n");
+    for (int i = 0; i < c->n_slices; i++)
+        fprintf(f, "%d\t%s\t%lld\t%.6g\t%.6f\n", i + 1, i3_axis_name(c->slices[i].axis),
+                (long long)c->slices[i].index, c->slices[i].sum, c->slices[i].relative);
+    return fclose(f) == 0 ? I3RT_OK : i3_fail(c->ctx, I3RT_ERR_IO, "%s: cannot write", path);
+}
+
+static i3rt_status export_all(i3_case *c, const char *dir, const char *name) {
+    if (c->uncertainty_members == 0)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: export needs the pre-segmentation first");
+    const int64_t plane = largest_plane(c);
+    float *image_plane = i3_malloc(c->ctx, (size_t)plane * sizeof(float), "slice image");
+    int32_t *label_plane = i3_malloc(c->ctx, (size_t)plane * sizeof(int32_t), "slice labels");
+    uint8_t *rgb = i3_malloc(c->ctx, (size_t)plane * 3, "slice preview");
+    i3rt_status st = image_plane && label_plane && rgb ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    float lo = 0.0f, hi = 1.0f;
+    if (st == I3RT_OK) i3_png_window(c->image.data, c->voxels, &lo, &hi);  /* first channel */
+    for (int i = 0; i < c->n_slices && st == I3RT_OK; i++)
+        st = export_slice(c, dir, name, &c->slices[i], lo, hi, image_plane, label_plane, rgb);
+    if (st == I3RT_OK) st = export_manifest(c, dir, name);
+    free(image_plane);
+    free(label_plane);
+    free(rgb);
+    return st;
+}
+
+i3rt_status i3_case_export(i3_case *c, const char *dir, const char *name) {
+    TIMED(c, I3_STAGE_EXPORT, export_all(c, dir, name));
+}
+
+/* ---- stage 3: corrections ------------------------------------------------------------------------- */
+
+static i3rt_status check_labels(i3_case *c, const int32_t *labels, int64_t rows, int64_t cols, const char *source) {
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (labels[i] < 0 || labels[i] >= c->num_classes)
+            return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                           "%s: label %d at row %lld column %lld is not a class (0 .. %d)", source, labels[i],
+                           (long long)(i / cols), (long long)(i % cols), c->num_classes - 1);
+    return I3RT_OK;
+}
+
+/* Writes a checked slice into the corrections and lists it once. */
+static void record(i3_case *c, i3_axis axis, int64_t index, const int32_t *labels) {
+    i3_slice_put(c->corrections, sizeof(int32_t), c->d, c->h, c->w, axis, index, labels);
+    for (int i = 0; i < c->n_corrected; i++)
+        if (c->corrected[i].axis == axis && c->corrected[i].index == index) return;
+    c->corrected[c->n_corrected++] = (i3_slice){axis, index, 0.0, 0.0};
+}
+
+static i3rt_status submit(i3_case *c, i3_axis axis, int64_t index, const int32_t *labels, int64_t rows,
+                          int64_t cols, const char *source) {
+    if ((unsigned)axis > I3_SAGITTAL)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: axis %d is not axial (0), coronal (1) or sagittal (2)",
+                       source, (int)axis);
+    if (!labels) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: no labels", source);
+    const int64_t len = i3_axis_length(axis, c->d, c->h, c->w);
+    if (index < 0 || index >= len)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: %s slice %lld is out of range (0 .. %lld)", source,
+                       i3_axis_name(axis), (long long)index, (long long)len - 1);
+    int64_t want_rows, want_cols;
+    i3_slice_dims(axis, c->d, c->h, c->w, &want_rows, &want_cols);
+    if (rows != want_rows || cols != want_cols)
+        return i3_fail(c->ctx, I3RT_ERR_SHAPE, "%s: %s slices of this volume are %lld rows x %lld columns, not %lld x %lld",
+                       source, i3_axis_name(axis), (long long)want_rows, (long long)want_cols, (long long)rows,
+                       (long long)cols);
+    I3_TRY(check_labels(c, labels, rows, cols, source));
+    record(c, axis, index, labels);
+    return I3RT_OK;
+}
+
+i3rt_status i3_case_submit(i3_case *c, i3_axis axis, int64_t index, const int32_t *labels, int64_t rows,
+                           int64_t cols, const char *source) {
+    TIMED(c, I3_STAGE_CORRECTIONS, submit(c, axis, index, labels, rows, cols, source ? source : "correction"));
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Labels of a corrected slice from a NIfTI: the slice itself (one voxel thick along the axis) or the
+ * whole grid; values must be whole numbers. *labels is malloc'ed [rows, cols] of the slice. */
+static i3rt_status read_nifti_slice(i3_case *c, i3_axis axis, int64_t index, const char *path, int32_t **labels,
+                                    int64_t *rows, int64_t *cols) {
+    i3_volume v;
+    I3_TRY(i3_volume_read(c->ctx, path, &v));
+    int64_t thin[3] = {c->d, c->h, c->w};
+    thin[axis] = 1;
+    const int whole = v.d == c->d && v.h == c->h && v.w == c->w;
+    const int slice = v.d == thin[0] && v.h == thin[1] && v.w == thin[2];
+    i3rt_status st = I3RT_OK;
+    if (v.channels != 1 || (!whole && !slice))
+        st = i3_fail(c->ctx, I3RT_ERR_SHAPE,
+                     "%s: %lld x %lld x %lld x %lld voxels (x y z channels); a %s slice of this case is %lld x %lld x %lld "
+                     "(or the whole grid %lld x %lld x %lld)", path, (long long)v.w, (long long)v.h, (long long)v.d,
+                     (long long)v.channels, i3_axis_name(axis), (long long)thin[2], (long long)thin[1],
+                     (long long)thin[0], (long long)c->w, (long long)c->h, (long long)c->d);
+    i3_slice_dims(axis, c->d, c->h, c->w, rows, cols);
+    float *plane = NULL;
+    *labels = NULL;
+    if (st == I3RT_OK) {
+        plane = i3_malloc(c->ctx, (size_t)(*rows * *cols) * sizeof(float), path);
+        *labels = i3_malloc(c->ctx, (size_t)(*rows * *cols) * sizeof(int32_t), path);
+        if (!plane || !*labels) st = I3RT_ERR_OUT_OF_MEMORY;
+    }
+    if (st == I3RT_OK) {
+        if (whole) i3_slice_get(v.data, sizeof(float), c->d, c->h, c->w, axis, index, plane);
+        else memcpy(plane, v.data, (size_t)(*rows * *cols) * sizeof(float));
+        for (int64_t i = 0; i < *rows * *cols && st == I3RT_OK; i++) {
+            if (plane[i] != nearbyintf(plane[i]) || fabsf(plane[i]) > 1e9f)
+                st = i3_fail(c->ctx, I3RT_ERR_FORMAT, "%s: value %g at row %lld column %lld is not a label", path,
+                             plane[i], (long long)(i / *cols), (long long)(i % *cols));
+            else
+                (*labels)[i] = (int32_t)plane[i];
+        }
+    }
+    free(plane);
+    i3_volume_free(&v);
+    if (st != I3RT_OK) {
+        free(*labels);
+        *labels = NULL;
+    }
+    return st;
+}
+
+static i3rt_status submit_file(i3_case *c, i3_axis axis, int64_t index, const char *path) {
+    int32_t *labels = NULL;
+    int64_t rows = 0, cols = 0;
+    if (ends_with(path, ".png") || ends_with(path, ".PNG")) {
+        I3_TRY(i3_png_read_labels(c->ctx, path, &labels, &rows, &cols));
+    } else if (ends_with(path, ".nii") || ends_with(path, ".nii.gz")) {
+        if ((unsigned)axis > I3_SAGITTAL)
+            return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: axis %d is not axial, coronal or sagittal", path,
+                           (int)axis);
+        I3_TRY(read_nifti_slice(c, axis, index, path, &labels, &rows, &cols));
+    } else {
+        return i3_fail(c->ctx, I3RT_ERR_UNSUPPORTED, "%s: a correction must be a .png, .nii or .nii.gz file", path);
+    }
+    i3rt_status st = submit(c, axis, index, labels, rows, cols, path);
+    free(labels);
+    return st;
+}
+
+i3rt_status i3_case_submit_file(i3_case *c, i3_axis axis, int64_t index, const char *path) {
+    TIMED(c, I3_STAGE_CORRECTIONS, submit_file(c, axis, index, path));
+}
+
+/* Finds the last "_<axis>_<digits>" in the file's base name. */
+static int parse_slice_name(const char *path, i3_axis *axis, int64_t *index) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    int found = 0;
+    for (const char *p = base; *p; p++) {
+        if (*p != '_') continue;
+        for (int a = 0; a < 3; a++) {
+            const size_t k = strlen(i3_axis_name(a));
+            if (strncmp(p + 1, i3_axis_name(a), k) != 0 || p[1 + k] != '_' || !isdigit((unsigned char)p[2 + k]))
+                continue;
+            char *end;
+            const long long v = strtoll(p + 2 + k, &end, 10);
+            if (*end != '_' && *end != '.') continue;
+            *axis = (i3_axis)a;
+            *index = v;
+            found = 1;
+        }
+    }
+    return found;
+}
+
+i3rt_status i3_case_submit_named_file(i3_case *c, const char *path) {
+    i3_axis axis;
+    int64_t index;
+    if (!parse_slice_name(path, &axis, &index))
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "%s: the name does not say which slice it is (expected ..._<axial|coronal|sagittal>_<index>.png "
+                       "or .nii.gz)", path);
+    return i3_case_submit_file(c, axis, index, path);
+}
+
+/* The ground truth of every recommended slice, all checked before any is recorded. */
+static i3rt_status simulate_expert(i3_case *c, const int32_t *truth, const char *source) {
+    if (c->n_slices == 0)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no recommended slices for the simulated expert");
+    const int64_t plane = largest_plane(c);
+    int32_t *planes = i3_malloc(c->ctx, (size_t)(plane * c->n_slices) * sizeof(int32_t), "ground-truth slices");
+    if (!planes) return I3RT_ERR_OUT_OF_MEMORY;
+    i3rt_status st = I3RT_OK;
+    for (int i = 0; i < c->n_slices && st == I3RT_OK; i++) {
+        const i3_slice *s = &c->slices[i];
+        int64_t rows, cols;
+        i3_slice_dims(s->axis, c->d, c->h, c->w, &rows, &cols);
+        i3_slice_get(truth, sizeof(int32_t), c->d, c->h, c->w, s->axis, s->index, planes + i * plane);
+        char where[256];
+        snprintf(where, sizeof where, "%s (%s slice %lld)", source, i3_axis_name(s->axis), (long long)s->index);
+        st = check_labels(c, planes + i * plane, rows, cols, where);
+    }
+    for (int i = 0; i < c->n_slices && st == I3RT_OK; i++) record(c, c->slices[i].axis, c->slices[i].index, planes + i * plane);
+    free(planes);
+    return st;
+}
+
+i3rt_status i3_case_simulate_expert(i3_case *c, const int32_t *ground_truth, const char *source) {
+    TIMED(c, I3_STAGE_CORRECTIONS, simulate_expert(c, ground_truth, source ? source : "ground truth"));
+}
+
+const i3_slice *i3_case_corrected_slices(const i3_case *c, int *n) {
+    *n = c->n_corrected;
+    return c->corrected;
+}
+
+/* ---- stage 4: refinement input -------------------------------------------------------------------- */
+
+static i3rt_status refinement_input(i3_case *c, float unannotated, float **out) {
+    *out = NULL;
+    if (!isfinite(unannotated))
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: the unannotated value %g is not finite", unannotated);
+    const int64_t channels = c->image.channels;
+    float *x = i3_malloc(c->ctx, (size_t)((channels + 1) * c->voxels) * sizeof(float), "refinement input");
+    if (!x) return I3RT_ERR_OUT_OF_MEMORY;
+    memcpy(x, c->image.data, (size_t)(channels * c->voxels) * sizeof(float));
+    float *guide = x + channels * c->voxels;
+    for (int64_t i = 0; i < c->voxels; i++) guide[i] = c->corrections[i] >= 0 ? (float)c->corrections[i] : unannotated;
+    *out = x;
+    return I3RT_OK;
+}
+
+i3rt_status i3_case_refinement_input(i3_case *c, float unannotated, float **out) {
+    TIMED(c, I3_STAGE_REFINE_INPUT, refinement_input(c, unannotated, out));
+}
+
+/* ---- results -------------------------------------------------------------------------------------- */
+
+const float *i3_case_mean_probabilities(const i3_case *c) { return c->members ? c->mean_probs : NULL; }
+const float *i3_case_entropy(const i3_case *c) { return c->uncertainty_members ? c->entropy : NULL; }
+const float *i3_case_max_probability(const i3_case *c) { return c->uncertainty_members ? c->max_prob : NULL; }
+const int32_t *i3_case_presegmentation(const i3_case *c) { return c->uncertainty_members ? c->preseg : NULL; }
+const int32_t *i3_case_corrections(const i3_case *c) { return c->corrections; }
+const i3_volume *i3_case_image(const i3_case *c) { return &c->image; }
+int i3_case_members(const i3_case *c) { return c->members; }
+int i3_case_num_classes(const i3_case *c) { return c->num_classes; }
+double i3_case_stage_seconds(const i3_case *c, i3_stage stage) {
+    return (unsigned)stage < I3_STAGE_COUNT ? c->seconds[stage] : 0.0;
+}

@@ -1,0 +1,541 @@
+/* Tests of the i3Deep stages (runtime/i3deep.c, slice_select.c, png_export.c, ops/prob_uncertainty.c),
+ * all with answers known by construction:
+ *   - entropy of hand-made probabilities (uniform -> 1, one-hot -> 0, p = 0.25/0.75 -> 0.811278,
+ *     (0.5, 0.5, 0) -> log 2 / log 3), max probability and argmax ties; the streaming ensemble mean
+ *     against the plain mean of T softmax volumes computed in double (max abs error <= 1e-6);
+ *   - slice acquisition on synthetic sums and volumes where the right slices are known: the radius
+ *     round(min_dist * len), min_dist suppression, plateaus, the min_uncert cut at its boundary, the
+ *     max_slices cap, ties across axes, all three axes of an asymmetric volume;
+ *   - corrections written back at the right positions and orientation (asymmetric 4 x 5 x 6 volume,
+ *     every pixel of a slice distinct), the refinement input built from them;
+ *   - PNG and NIfTI round trips through export and submit, the slice NIfTI's world position;
+ *   - bad corrections (wrong shape, index out of range, labels outside the classes, RGB or non-PNG
+ *     files, non-integer NIfTI labels, nameless files): an error naming the source, the case unchanged. */
+#include "i3deep.h"
+#include "ops.h"
+#include "png_export.h"
+
+#include <criterion/criterion.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static i3_ctx *ctx;
+static char tmpdir[256];
+
+static void setup(void) {
+    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/i3rt_test_i3deep_XXXXXX");
+    cr_assert(mkdtemp(tmpdir), "cannot make a temporary directory");
+}
+
+static void teardown(void) {
+    DIR *d = opendir(tmpdir);
+    struct dirent *e;
+    char p[512];
+    while (d && (e = readdir(d)))
+        if (e->d_name[0] != '.') {
+            snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
+            unlink(p);
+        }
+    if (d) closedir(d);
+    rmdir(tmpdir);
+    i3rt_context_free(ctx);
+}
+
+TestSuite(i3deep, .init = setup, .fini = teardown);
+
+static const char *temp(const char *name) {
+    static char p[4][512];
+    static int which;
+    which = (which + 1) % 4;
+    snprintf(p[which], sizeof p[which], "%s/%s", tmpdir, name);
+    return p[which];
+}
+
+/* ---- entropy ------------------------------------------------------------------------------------ */
+
+/* Probabilities of one voxel per column: [c, s] with s voxels. */
+static void check_entropy(const float *probs, int64_t c, int64_t s, const double *want_h, const float *want_msp,
+                          const int32_t *want_arg) {
+    float h[8], msp[8];
+    int32_t arg[8];
+    i3_cpu_prob_uncertainty(probs, 1, c, s, h, msp, arg, 1);
+    for (int64_t v = 0; v < s; v++) {
+        printf("entropy C=%lld voxel %lld: %.7f (want %.7f), msp %.4f, argmax %d\n", (long long)c, (long long)v, h[v],
+               want_h[v], msp[v], arg[v]);
+        cr_expect(fabs(h[v] - want_h[v]) <= 1e-6, "voxel %lld: entropy %.8f, want %.8f", (long long)v, h[v], want_h[v]);
+        cr_expect_eq(msp[v], want_msp[v]);
+        cr_expect_eq(arg[v], want_arg[v]);
+    }
+}
+
+Test(i3deep, entropy_of_hand_made_probabilities) {
+    /* C = 2, four voxels: (0.5, 0.5), (1, 0), (0, 1), (0.25, 0.75). Ties go to the lower class. */
+    const float two[2 * 4] = {0.5f, 1.0f, 0.0f, 0.25f, /* class 1: */ 0.5f, 0.0f, 1.0f, 0.75f};
+    const double h2[4] = {1.0, 0.0, 0.0, -(0.25 * log(0.25) + 0.75 * log(0.75)) / log(2.0)};
+    check_entropy(two, 2, 4, h2, (const float[]){0.5f, 1.0f, 1.0f, 0.75f}, (const int32_t[]){0, 0, 1, 1});
+    /* C = 3: uniform, one-hot on class 2, (0.5, 0.5, 0). */
+    const float third = 1.0f / 3.0f;
+    const float three[3 * 3] = {third, 0.0f, 0.5f, third, 0.0f, 0.5f, third, 1.0f, 0.0f};
+    const double h3[3] = {1.0, 0.0, log(2.0) / log(3.0)};
+    check_entropy(three, 3, 3, h3, (const float[]){third, 1.0f, 0.5f}, (const int32_t[]){0, 2, 0});
+}
+
+Test(i3deep, ensemble_mean_of_two_confident_members_that_disagree_is_uncertain) {
+    /* Each member alone is sure (entropy ~ 0); their mean is 0.5 / 0.5 (entropy 1): Eq. 1-2 measure the
+     * members' disagreement, which is why the mean is taken before the entropy. */
+    const float a[2] = {20.0f, -20.0f}, b[2] = {-20.0f, 20.0f};
+    float mean[2], h;
+    i3_cpu_softmax_mean_accumulate(a, 1, 2, 1, 1, mean, 1);
+    i3_cpu_prob_uncertainty(mean, 1, 2, 1, &h, NULL, NULL, 1);
+    printf("one member: entropy %.3g\n", h);
+    cr_expect(h < 1e-6f);
+    i3_cpu_softmax_mean_accumulate(b, 1, 2, 1, 2, mean, 1);
+    i3_cpu_prob_uncertainty(mean, 1, 2, 1, &h, NULL, NULL, 1);
+    printf("two members: mean (%.6f, %.6f), entropy %.7f\n", mean[0], mean[1], h);
+    cr_expect(fabs(h - 1.0) <= 1e-6);
+}
+
+Test(i3deep, streaming_mean_equals_plain_mean_of_member_softmaxes) {
+    /* T = 4 members of random logits, C = 3 classes, 5 x 6 x 7 voxels, through the case API, against
+     * the mean of softmaxes and its entropy computed here in double. */
+    enum { T = 4, C = 3, D = 5, H = 6, W = 7, S = D * H * W };
+    float image_data[S] = {0};
+    i3_volume image = {.channels = 1, .d = D, .h = H, .w = W, .data = image_data};
+    i3_case *c;
+    cr_assert_eq(i3_case_open(ctx, &image, C, &c), I3RT_OK);
+    static float logits[T][C * S];
+    static double want[C * S];
+    uint64_t state = 12345;
+    for (int t = 0; t < T; t++) {
+        for (int i = 0; i < C * S; i++) {
+            state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+            logits[t][i] = (float)((double)(state >> 11) / 9007199254740992.0 * 12.0 - 6.0);
+        }
+        for (int v = 0; v < S; v++) {
+            double z = 0.0;
+            for (int k = 0; k < C; k++) z += exp(logits[t][k * S + v]);
+            for (int k = 0; k < C; k++) want[k * S + v] += exp(logits[t][k * S + v]) / z / T;
+        }
+        cr_assert_eq(i3_case_add_logits(c, logits[t]), I3RT_OK, "%s", i3rt_context_error(ctx));
+    }
+    cr_assert_eq(i3_case_compute_uncertainty(c), I3RT_OK);
+    const float *mean = i3_case_mean_probabilities(c), *h = i3_case_entropy(c);
+    const int32_t *seg = i3_case_presegmentation(c);
+    double err_p = 0.0, err_h = 0.0;
+    for (int v = 0; v < S; v++) {
+        double hv = 0.0;
+        int best = 0;
+        for (int k = 0; k < C; k++) {
+            err_p = fmax(err_p, fabs(mean[k * S + v] - want[k * S + v]));
+            hv -= want[k * S + v] * log(want[k * S + v]);
+            if (want[k * S + v] > want[best * S + v]) best = k;
+        }
+        err_h = fmax(err_h, fabs(h[v] - hv / log(C)));
+        cr_expect_eq(seg[v], best, "voxel %d: pre-segmentation %d, want %d", v, seg[v], best);
+    }
+    printf("streaming mean of %d members: max abs error %.3g (probabilities), %.3g (entropy); tolerance 1e-6\n", T,
+           err_p, err_h);
+    cr_expect(err_p <= 1e-6 && err_h <= 1e-6);
+    cr_expect_eq(i3_case_members(c), T);
+    i3_case_free(c);
+}
+
+Test(i3deep, probabilities_that_are_not_a_distribution_are_refused) {
+    float image_data[2] = {0};
+    i3_volume image = {.channels = 1, .d = 1, .h = 1, .w = 2, .data = image_data};
+    i3_case *c;
+    cr_assert_eq(i3_case_open(ctx, &image, 2, &c), I3RT_OK);
+    const float bad_sum[4] = {0.5f, 0.2f, 0.5f, 0.2f}, negative[4] = {1.5f, 0.0f, -0.5f, 1.0f};
+    cr_expect_eq(i3_case_add_probabilities(c, bad_sum), I3RT_ERR_INVALID_ARGUMENT);
+    printf("%s\n", i3rt_context_error(ctx));
+    cr_expect_eq(i3_case_add_probabilities(c, negative), I3RT_ERR_INVALID_ARGUMENT);
+    printf("%s\n", i3rt_context_error(ctx));
+    cr_expect_eq(i3_case_members(c), 0);
+    cr_expect_eq(i3_case_compute_uncertainty(c), I3RT_ERR_INVALID_ARGUMENT);
+    cr_expect_eq(i3_case_recommend(c, NULL), I3RT_ERR_INVALID_ARGUMENT);
+    printf("%s\n", i3rt_context_error(ctx));
+    i3_case_free(c);
+}
+
+/* ---- slice acquisition -------------------------------------------------------------------------- */
+
+/* Runs the acquisition on three axes of sums and returns how many were chosen. */
+static int select_sums(const double *a, int64_t na, const double *b, int64_t nb, const double *s, int64_t ns,
+                       i3_slice_select_params p, i3_slice *out) {
+    const double *sums[3] = {a, b, s};
+    const int64_t len[3] = {na, nb, ns};
+    int n = -1;
+    cr_assert_eq(i3_slice_select_from_sums(ctx, sums, len, &p, out, &n), I3RT_OK, "%s", i3rt_context_error(ctx));
+    for (int i = 0; i < n; i++)
+        printf("  %d: %s %lld sum %g relative %.3f\n", i, i3_axis_name(out[i].axis), (long long)out[i].index,
+               out[i].sum, out[i].relative);
+    return n;
+}
+
+static void expect_slice(const i3_slice *s, i3_axis axis, int64_t index) {
+    cr_expect(s->axis == axis && s->index == index, "got %s %lld, want %s %lld", i3_axis_name(s->axis),
+              (long long)s->index, i3_axis_name(axis), (long long)index);
+}
+
+Test(i3deep, min_dist_radius_is_rounded_fraction_of_the_axis) {
+    cr_expect_eq(i3_slice_min_dist_radius(0.0234, 1280), 30);  /* the authors' 30 slices of 1280 */
+    cr_expect_eq(i3_slice_min_dist_radius(0.0234, 100), 2);
+    cr_expect_eq(i3_slice_min_dist_radius(0.0234, 64), 1);     /* 1.4976 */
+    cr_expect_eq(i3_slice_min_dist_radius(0.0234, 21), 0);     /* 0.4914: every slice its own window */
+    cr_expect_eq(i3_slice_min_dist_radius(0.25, 10), 3);       /* 2.5 rounds away from zero */
+}
+
+Test(i3deep, min_dist_keeps_only_local_maxima) {
+    /* 100 slices, radius 2: peaks 10 (5.0) and 11 (4.0) are 1 apart -> 11 is suppressed; 20 (5.0) and
+     * 23 (4.5) are 3 apart -> both stay; 40 (3.0) has a 3.5 neighbour at distance 2 -> suppressed;
+     * 60 (2.0) and 62 (2.0) tie at distance 2 -> the lower index stays. */
+    double a[100] = {0}, zero[10] = {0};
+    a[10] = 5.0, a[11] = 4.0, a[20] = 5.0, a[23] = 4.5, a[40] = 3.0, a[42] = 3.5, a[60] = 2.0, a[62] = 2.0;
+    i3_slice out[12];
+    int n = select_sums(a, 100, zero, 10, zero, 10, (i3_slice_select_params){0.0234, 0.0, 12}, out);
+    cr_assert_eq(n, 5);
+    expect_slice(&out[0], I3_AXIAL, 10);
+    expect_slice(&out[1], I3_AXIAL, 20);
+    expect_slice(&out[2], I3_AXIAL, 23);
+    expect_slice(&out[3], I3_AXIAL, 42);
+    expect_slice(&out[4], I3_AXIAL, 60);
+    /* min_dist 0: every slice with uncertainty is its own maximum. */
+    n = select_sums(a, 100, zero, 10, zero, 10, (i3_slice_select_params){0.0, 0.0, 12}, out);
+    cr_expect_eq(n, 8);
+}
+
+Test(i3deep, plateau_yields_its_first_slice) {
+    /* A plateau of equal sums over slices 5..14 (radius 2): only slice 5 outranks all its neighbours. */
+    double a[30] = {0}, zero[4] = {0};
+    for (int i = 5; i < 15; i++) a[i] = 1.0;
+    i3_slice out[12];
+    int n = select_sums(a, 30, zero, 4, zero, 4, (i3_slice_select_params){2.0 / 30.0, 0.0, 12}, out);
+    cr_assert_eq(n, 1);
+    expect_slice(&out[0], I3_AXIAL, 5);
+}
+
+Test(i3deep, min_uncert_is_relative_to_the_axis_maximum) {
+    /* Axial maximum 10 at slice 2: with min_uncert 0.1, slice 8 (1.0 = exactly 0.1 x 10) stays and slice
+     * 14 (0.99) goes. Coronal maximum is 0.5: its slice 3 (0.5) stays, relative 1, though its sum is
+     * below every axial one - the cut is per axis, the ranking over all axes. */
+    double a[20] = {0}, b[10] = {0}, zero[5] = {0};
+    a[2] = 10.0, a[8] = 1.0, a[14] = 0.99, b[3] = 0.5;
+    i3_slice out[12];
+    int n = select_sums(a, 20, b, 10, zero, 5, (i3_slice_select_params){0.0, 0.1, 12}, out);
+    cr_assert_eq(n, 3);
+    expect_slice(&out[0], I3_AXIAL, 2);
+    expect_slice(&out[1], I3_AXIAL, 8);
+    expect_slice(&out[2], I3_CORONAL, 3);
+    cr_expect_eq(out[1].relative, 0.1);
+    cr_expect_eq(out[2].relative, 1.0);
+    /* An axis without uncertainty contributes nothing, even with min_uncert 0. */
+    n = select_sums(zero, 5, zero, 5, zero, 5, (i3_slice_select_params){0.0, 0.0, 12}, out);
+    cr_expect_eq(n, 0);
+}
+
+Test(i3deep, max_slices_keeps_the_most_uncertain_over_all_axes_with_ties_in_axis_order) {
+    /* Every axis has isolated peaks; sums 9 (sagittal 1), 8 (axial 3), 7 (coronal 5), then 6 on all
+     * three axes (axial 9, coronal 9, sagittal 9), then 1s. max_slices 5: 9, 8, 7, then the 6s in axis
+     * order axial, coronal. */
+    double a[12] = {0}, b[12] = {0}, s[12] = {0};
+    s[1] = 9.0, a[3] = 8.0, b[5] = 7.0, a[9] = b[9] = s[9] = 6.0, a[6] = b[1] = s[5] = 1.0;
+    i3_slice out[5];
+    int n = select_sums(a, 12, b, 12, s, 12, (i3_slice_select_params){0.0, 0.0, 5}, out);
+    cr_assert_eq(n, 5);
+    expect_slice(&out[0], I3_SAGITTAL, 1);
+    expect_slice(&out[1], I3_AXIAL, 3);
+    expect_slice(&out[2], I3_CORONAL, 5);
+    expect_slice(&out[3], I3_AXIAL, 9);
+    expect_slice(&out[4], I3_CORONAL, 9);
+}
+
+Test(i3deep, all_three_axes_of_an_asymmetric_uncertainty_volume) {
+    /* 20 x 30 x 40 (d, h, w) zeros with uncertainty 1 at (z 5, y 7, x 31) and 0.5 at (z 15, y 20, x 3):
+     * the axial, coronal and sagittal slices through each voxel, 1s first in axis order. */
+    enum { D = 20, H = 30, W = 40 };
+    static float u[D * H * W];
+    u[(5 * H + 7) * W + 31] = 1.0f;
+    u[(15 * H + 20) * W + 3] = 0.5f;
+    i3_slice out[12];
+    int n;
+    i3_slice_select_params p = I3_SLICE_SELECT_DEFAULTS;
+    cr_assert_eq(i3_slice_select(ctx, u, D, H, W, &p, out, &n), I3RT_OK);
+    cr_assert_eq(n, 6);
+    const struct { i3_axis axis; int64_t index; } want[6] = {{I3_AXIAL, 5},  {I3_CORONAL, 7},  {I3_SAGITTAL, 31},
+                                                             {I3_AXIAL, 15}, {I3_CORONAL, 20}, {I3_SAGITTAL, 3}};
+    for (int i = 0; i < 6; i++) expect_slice(&out[i], want[i].axis, want[i].index);
+    p.max_slices = 4;
+    cr_assert_eq(i3_slice_select(ctx, u, D, H, W, &p, out, &n), I3RT_OK);
+    cr_expect_eq(n, 4);
+    expect_slice(&out[3], I3_AXIAL, 15);
+    p = (i3_slice_select_params){0.0234, 0.6, 12};
+    cr_assert_eq(i3_slice_select(ctx, u, D, H, W, &p, out, &n), I3RT_OK);
+    cr_expect_eq(n, 3);
+}
+
+Test(i3deep, bad_selection_parameters_are_refused) {
+    double a[4] = {1, 0, 0, 0}, nan_sums[4] = {1, NAN, 0, 0};
+    const double *sums[3] = {a, a, a}, *bad[3] = {a, nan_sums, a};
+    const int64_t len[3] = {4, 4, 4};
+    i3_slice out[12];
+    int n;
+    cr_expect_eq(i3_slice_select_from_sums(ctx, sums, len, &(i3_slice_select_params){1.5, 0.1, 12}, out, &n),
+                 I3RT_ERR_INVALID_ARGUMENT);
+    printf("%s\n", i3rt_context_error(ctx));
+    cr_expect_eq(i3_slice_select_from_sums(ctx, sums, len, &(i3_slice_select_params){0.02, -0.1, 12}, out, &n),
+                 I3RT_ERR_INVALID_ARGUMENT);
+    cr_expect_eq(i3_slice_select_from_sums(ctx, sums, len, &(i3_slice_select_params){0.02, 0.1, 0}, out, &n),
+                 I3RT_ERR_INVALID_ARGUMENT);
+    cr_expect_eq(i3_slice_select_from_sums(ctx, bad, len, &(i3_slice_select_params){0.02, 0.1, 12}, out, &n),
+                 I3RT_ERR_INVALID_ARGUMENT);
+    printf("%s\n", i3rt_context_error(ctx));
+    cr_expect(strstr(i3rt_context_error(ctx), "coronal slice 1"));
+}
+
+/* ---- corrections -------------------------------------------------------------------------------- */
+
+enum { CD = 4, CH = 5, CW = 6, CS = CD * CH * CW, CLASSES = 40 };
+
+/* A case on a 4 x 5 x 6 volume (image value = voxel index, two channels) with one member whose
+ * pre-segmentation is (z + y + x) % 3, sure of itself (entropy ~ 1e-11) except at voxel (z 1, y 3, x 4),
+ * where all classes are equally likely (entropy 1): the slices to correct are axial 1, coronal 3 and
+ * sagittal 4. */
+static i3_case *small_case(void) {
+    static float image_data[2 * CS];
+    for (int i = 0; i < 2 * CS; i++) image_data[i] = (float)i;
+    i3_volume image = {.channels = 2, .d = CD, .h = CH, .w = CW, .data = image_data};
+    image.geometry = (i3_volume_geometry){.size = {CW, CH, CD}, .spacing = {0.5, 0.75, 2.0}, .xyz_units = 2,
+                                          .qform_code = 1, .qoffset = {10, 20, 30}, .qfac = 1, .sform_code = 1,
+                                          .srow = {{0.5, 0, 0, 10}, {0, 0.75, 0, 20}, {0, 0, 2.0, 30}},
+                                          .affine = {{0.5, 0, 0, 10}, {0, 0.75, 0, 20}, {0, 0, 2.0, 30}, {0, 0, 0, 1}}};
+    i3_case *c;
+    cr_assert_eq(i3_case_open(ctx, &image, CLASSES, &c), I3RT_OK, "%s", i3rt_context_error(ctx));
+    static float logits[CLASSES * CS];
+    for (int z = 0; z < CD; z++)
+        for (int y = 0; y < CH; y++)
+            for (int x = 0; x < CW; x++)
+                for (int k = 0; k < CLASSES; k++)
+                    logits[k * CS + (z * CH + y) * CW + x] =
+                        k == (z + y + x) % 3 && !(z == 1 && y == 3 && x == 4) ? 30.0f : 0.0f;
+    cr_assert_eq(i3_case_add_logits(c, logits), I3RT_OK);
+    cr_assert_eq(i3_case_compute_uncertainty(c), I3RT_OK);
+    return c;
+}
+
+/* Every pixel of a slice distinct: label = row * cols + col (< 30 < CLASSES). */
+static void numbered_plane(int64_t rows, int64_t cols, int32_t *plane) {
+    for (int64_t i = 0; i < rows * cols; i++) plane[i] = (int32_t)i;
+}
+
+Test(i3deep, corrections_land_at_their_positions_and_orientation) {
+    i3_case *c = small_case();
+    int32_t axial[CH * CW], coronal[CD * CW], sagittal[CD * CH];
+    numbered_plane(CH, CW, axial);
+    numbered_plane(CD, CW, coronal);
+    numbered_plane(CD, CH, sagittal);
+    cr_assert_eq(i3_case_submit(c, I3_AXIAL, 1, axial, CH, CW, "axial"), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_case_submit(c, I3_CORONAL, 3, coronal, CD, CW, "coronal"), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_case_submit(c, I3_SAGITTAL, 4, sagittal, CD, CH, "sagittal"), I3RT_OK, "%s", i3rt_context_error(ctx));
+    /* Expected volume from the definitions (later submissions win where slices cross). */
+    const int32_t *got = i3_case_corrections(c);
+    int wrong = 0;
+    for (int z = 0; z < CD; z++)
+        for (int y = 0; y < CH; y++)
+            for (int x = 0; x < CW; x++) {
+                int32_t want = -1;
+                if (z == 1) want = y * CW + x;
+                if (y == 3) want = z * CW + x;
+                if (x == 4) want = z * CH + y;
+                wrong += got[(z * CH + y) * CW + x] != want;
+            }
+    printf("corrections on a %d x %d x %d volume: %d wrong voxels\n", CD, CH, CW, wrong);
+    cr_expect_eq(wrong, 0);
+    int n;
+    const i3_slice *done = i3_case_corrected_slices(c, &n);
+    cr_expect_eq(n, 3);
+    cr_expect(done[2].axis == I3_SAGITTAL && done[2].index == 4);
+    /* Refinement input: the two image channels as they were, then labels or `unannotated`. */
+    float *x;
+    cr_assert_eq(i3_case_refinement_input(c, -1.0f, &x), I3RT_OK);
+    int bad = 0;
+    for (int i = 0; i < 2 * CS; i++) bad += x[i] != (float)i;
+    for (int i = 0; i < CS; i++) bad += x[2 * CS + i] != (got[i] >= 0 ? (float)got[i] : -1.0f);
+    cr_expect_eq(bad, 0);
+    cr_expect_eq(x[2 * CS + (1 * CH + 2) * CW + 5], (float)(2 * CW + 5));  /* axial 1, row y 2, column x 5 */
+    cr_expect_eq(x[2 * CS + (3 * CH + 1) * CW + 4], (float)(3 * CH + 1));  /* sagittal 4 wins over nothing */
+    cr_expect_eq(x[2 * CS + 0], -1.0f);
+    free(x);
+    for (int s = 0; s < I3_STAGE_COUNT; s++) printf("stage %-12s %.6f s\n", i3_stage_name(s), i3_case_stage_seconds(c, s));
+    i3_case_free(c);
+}
+
+Test(i3deep, simulated_expert_copies_the_ground_truth_slices) {
+    i3_case *c = small_case();
+    cr_assert_eq(i3_case_recommend(c, NULL), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int n;
+    const i3_slice *s = i3_case_slices(c, &n);
+    cr_assert_eq(n, 3);
+    expect_slice(&s[0], I3_AXIAL, 1);
+    expect_slice(&s[1], I3_CORONAL, 3);
+    expect_slice(&s[2], I3_SAGITTAL, 4);
+    int32_t truth[CS];
+    for (int i = 0; i < CS; i++) truth[i] = (i * 7) % CLASSES;
+    cr_assert_eq(i3_case_simulate_expert(c, truth, "truth"), I3RT_OK, "%s", i3rt_context_error(ctx));
+    const int32_t *got = i3_case_corrections(c);
+    int wrong = 0, annotated = 0;
+    for (int z = 0; z < CD; z++)
+        for (int y = 0; y < CH; y++)
+            for (int x = 0; x < CW; x++) {
+                int on = 0;
+                for (int k = 0; k < n; k++) {
+                    const int64_t at[3] = {z, y, x};
+                    on |= at[s[k].axis] == s[k].index;
+                }
+                const int v = (z * CH + y) * CW + x;
+                wrong += got[v] != (on ? truth[v] : -1);
+                annotated += on;
+            }
+    printf("simulated expert: %d slices, %d voxels annotated, %d wrong\n", n, annotated, wrong);
+    cr_expect_eq(wrong, 0);
+    cr_expect_gt(annotated, 0);
+    i3_case_free(c);
+}
+
+Test(i3deep, png_labels_round_trip) {
+    int32_t small[3 * 4] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 255}, wide[2 * 2] = {0, 300, 65535, 7};
+    int32_t *back;
+    int64_t rows, cols;
+    cr_assert_eq(i3_png_write_labels(ctx, temp("small.png"), small, 3, 4), I3RT_OK);
+    cr_assert_eq(i3_png_read_labels(ctx, temp("small.png"), &back, &rows, &cols), I3RT_OK);
+    cr_expect(rows == 3 && cols == 4 && memcmp(back, small, sizeof small) == 0);
+    free(back);
+    cr_assert_eq(i3_png_write_labels(ctx, temp("wide.png"), wide, 2, 2), I3RT_OK);  /* 16-bit */
+    cr_assert_eq(i3_png_read_labels(ctx, temp("wide.png"), &back, &rows, &cols), I3RT_OK);
+    cr_expect(rows == 2 && cols == 2 && memcmp(back, wide, sizeof wide) == 0);
+    free(back);
+}
+
+Test(i3deep, export_then_submit_the_exported_masks_gives_the_presegmentation_back) {
+    i3_case *c = small_case();
+    cr_assert_eq(i3_case_recommend(c, NULL), I3RT_OK);
+    int n;
+    const i3_slice *s = i3_case_slices(c, &n);
+    cr_assert_eq(n, 3);
+    cr_assert_eq(i3_case_export(c, tmpdir, "case"), I3RT_OK, "%s", i3rt_context_error(ctx));
+    const int32_t *seg = i3_case_presegmentation(c);
+    for (int k = 0; k < n; k++) {
+        char png[600], nii[600];
+        snprintf(png, sizeof png, "%s/case_%s_%03lld_mask.png", tmpdir, i3_axis_name(s[k].axis), (long long)s[k].index);
+        snprintf(nii, sizeof nii, "%s/case_%s_%03lld_mask.nii.gz", tmpdir, i3_axis_name(s[k].axis), (long long)s[k].index);
+        for (int form = 0; form < 2; form++) {
+            i3_case *fresh = small_case();
+            cr_assert_eq(i3_case_submit_named_file(fresh, form ? nii : png), I3RT_OK, "%s", i3rt_context_error(ctx));
+            const int32_t *got = i3_case_corrections(fresh);
+            int wrong = 0;
+            for (int z = 0; z < CD; z++)
+                for (int y = 0; y < CH; y++)
+                    for (int x = 0; x < CW; x++) {
+                        const int64_t at[3] = {z, y, x};
+                        const int v = (z * CH + y) * CW + x;
+                        wrong += got[v] != (at[s[k].axis] == s[k].index ? seg[v] : -1);
+                    }
+            cr_expect_eq(wrong, 0, "%s: %d wrong voxels", form ? nii : png, wrong);
+            i3_case_free(fresh);
+        }
+        /* The slice NIfTI sits where the slice is: origin = affine * (index along its axis). */
+        i3_volume v;
+        cr_assert_eq(i3_volume_read(ctx, nii, &v), I3RT_OK);
+        const double spacing_xyz[3] = {0.5, 0.75, 2.0}, origin[3] = {10, 20, 30};
+        const int a = s[k].axis == I3_AXIAL ? 2 : s[k].axis == I3_CORONAL ? 1 : 0;
+        for (int r = 0; r < 3; r++) {
+            const double want = origin[r] + (r == a ? spacing_xyz[a] * (double)s[k].index : 0.0);
+            cr_expect(fabs(v.geometry.affine[r][3] - want) < 1e-4, "%s: origin %c %g, want %g", nii, "xyz"[r],
+                      v.geometry.affine[r][3], want);
+        }
+        i3_volume_free(&v);
+    }
+    char preview[600];
+    snprintf(preview, sizeof preview, "%s/case_%s_%03lld_preview.png", tmpdir, i3_axis_name(s[0].axis),
+             (long long)s[0].index);
+    cr_expect_eq(access(preview, F_OK), 0, "no preview %s", preview);
+    cr_expect_eq(access(temp("case_slices.tsv"), F_OK), 0);
+    i3_case_free(c);
+}
+
+/* ---- bad corrections ---------------------------------------------------------------------------- */
+
+/* Expects call to fail with status, its message to contain `names`, and the case's corrections unchanged. */
+#define EXPECT_REFUSED(c, call, status, names)                                                                  \
+    do {                                                                                                        \
+        int32_t before_[CS];                                                                                    \
+        int n_before_, n_after_;                                                                                \
+        memcpy(before_, i3_case_corrections(c), sizeof before_);                                                \
+        i3_case_corrected_slices(c, &n_before_);                                                                \
+        cr_expect_eq((call), status, "%s", #call);                                                              \
+        printf("refused: %s\n", i3rt_context_error(ctx));                                                        \
+        cr_expect(strstr(i3rt_context_error(ctx), names), "message \"%s\" does not name %s", i3rt_context_error(ctx), \
+                  names);                                                                                       \
+        i3_case_corrected_slices(c, &n_after_);                                                                 \
+        cr_expect(memcmp(before_, i3_case_corrections(c), sizeof before_) == 0 && n_before_ == n_after_,        \
+                  "the case changed");                                                                          \
+    } while (0)
+
+Test(i3deep, bad_corrections_are_refused_and_the_case_keeps_its_state) {
+    i3_case *c = small_case();
+    int32_t axial[CH * CW] = {0}, wide[CW * CH] = {0};
+    numbered_plane(CH, CW, axial);
+    cr_assert_eq(i3_case_submit(c, I3_AXIAL, 2, axial, CH, CW, "first"), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_submit(c, I3_AXIAL, 0, wide, CW, CH, "transposed.png"), I3RT_ERR_SHAPE, "transposed.png");
+    EXPECT_REFUSED(c, i3_case_submit(c, I3_AXIAL, CD, axial, CH, CW, "beyond"), I3RT_ERR_INVALID_ARGUMENT, "out of range");
+    EXPECT_REFUSED(c, i3_case_submit(c, I3_SAGITTAL, -1, axial, CD, CH, "negative"), I3RT_ERR_INVALID_ARGUMENT, "negative");
+    int32_t bad_label[CH * CW] = {0};
+    bad_label[CW + 2] = CLASSES;
+    EXPECT_REFUSED(c, i3_case_submit(c, I3_AXIAL, 0, bad_label, CH, CW, "class40"), I3RT_ERR_INVALID_ARGUMENT,
+                   "row 1 column 2");
+    bad_label[CW + 2] = -1;
+    EXPECT_REFUSED(c, i3_case_submit(c, I3_AXIAL, 0, bad_label, CH, CW, "minus"), I3RT_ERR_INVALID_ARGUMENT, "minus");
+    /* Files. */
+    uint8_t rgb[CH * CW * 3] = {0};
+    cr_assert_eq(i3_png_write(ctx, temp("colour_axial_000.png"), rgb, CH, CW, 3), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("colour_axial_000.png")), I3RT_ERR_FORMAT, "colour_axial_000.png");
+    FILE *f = fopen(temp("text_axial_000.png"), "w");
+    fputs("not a png", f);
+    fclose(f);
+    EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("text_axial_000.png")), I3RT_ERR_FORMAT, "text_axial_000.png");
+    int32_t coronal_plane[CD * CW] = {0};
+    cr_assert_eq(i3_png_write_labels(ctx, temp("wrong_axial_001.png"), coronal_plane, CD, CW), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("wrong_axial_001.png")), I3RT_ERR_SHAPE, "wrong_axial_001.png");
+    int32_t big[CD * CH] = {0};
+    big[3] = 41;
+    cr_assert_eq(i3_png_write_labels(ctx, temp("labels_sagittal_002.png"), big, CD, CH), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("labels_sagittal_002.png")), I3RT_ERR_INVALID_ARGUMENT,
+                   "labels_sagittal_002.png");
+    cr_assert_eq(i3_png_write_labels(ctx, temp("far_coronal_005.png"), coronal_plane, CD, CW), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("far_coronal_005.png")), I3RT_ERR_INVALID_ARGUMENT,
+                   "far_coronal_005.png");
+    EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("nameless.png")), I3RT_ERR_INVALID_ARGUMENT, "nameless.png");
+    EXPECT_REFUSED(c, i3_case_submit_file(c, I3_AXIAL, 0, temp("missing.png")), I3RT_ERR_IO, "missing.png");
+    EXPECT_REFUSED(c, i3_case_submit_file(c, I3_AXIAL, 0, temp("mask.txt")), I3RT_ERR_UNSUPPORTED, "mask.txt");
+    /* NIfTI: a non-integer label, and a slice one voxel thick along the wrong axis. */
+    const i3_volume_geometry *g = &i3_case_image(c)->geometry;
+    i3_volume_geometry thin = *g;
+    thin.size[2] = 1;
+    float half[CH * CW] = {0};
+    half[4] = 0.5f;
+    cr_assert_eq(i3_volume_write_f32(ctx, temp("half_axial_000.nii.gz"), &thin, 1, half), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("half_axial_000.nii.gz")), I3RT_ERR_FORMAT, "not a label");
+    EXPECT_REFUSED(c, i3_case_submit_file(c, I3_SAGITTAL, 0, temp("half_axial_000.nii.gz")), I3RT_ERR_SHAPE,
+                   "half_axial_000.nii.gz");
+    /* The first correction is still there, and a good one still goes in. */
+    int n;
+    i3_case_corrected_slices(c, &n);
+    cr_expect_eq(n, 1);
+    cr_expect_eq(i3_case_corrections(c)[(2 * CH + 4) * CW + 5], 4 * CW + 5);
+    cr_expect_eq(i3_case_submit(c, I3_AXIAL, 0, axial, CH, CW, "second"), I3RT_OK);
+    i3_case_free(c);
+}
