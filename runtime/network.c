@@ -17,6 +17,7 @@
 #include "network.h"
 
 #include <cjson/cJSON.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -28,15 +29,17 @@ static const char *short_name(const char *dotted) {
     return dot ? dot + 1 : dotted;
 }
 
-/* An optional class-name field: NULL when absent or null, "" when not a string. */
+/* An optional class-name field: NULL when absent or null. */
 static const char *class_field(const cJSON *kw, const char *field) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(kw, field);
     if (!v || cJSON_IsNull(v)) return NULL;
-    return cJSON_IsString(v) ? short_name(v->valuestring) : "";
+    return cJSON_IsString(v) ? short_name(v->valuestring) : "(not a string)";
 }
 
 static int json_int(const cJSON *v, int *out) {
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble) return 0;
+    /* range first: converting an out-of-range double to int is undefined */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= INT_MIN && v->valuedouble <= INT_MAX)) return 0;
+    if (v->valuedouble != (double)(int)v->valuedouble) return 0;
     *out = (int)v->valuedouble;
     return 1;
 }
