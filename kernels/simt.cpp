@@ -13,7 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(I3EMU_UCONTEXT)   /* -DI3EMU_UCONTEXT: test the fallback */
 #define I3EMU_ASM_SWITCH 1
 #else
 #include <ucontext.h>

@@ -77,6 +77,17 @@ __global__ void selftest_racy_kernel(int *out) {
     __syncthreads();
 }
 
+/* Thread 0 waits at a barrier while its warp's other lanes wait in a shuffle that needs it: hangs
+ * on a GPU, a reported deadlock on the emulator. */
+__global__ void selftest_deadlock_kernel(int *out) {
+    if (threadIdx.x == 0) {
+        __syncthreads();
+    } else {
+        out[threadIdx.x] = __shfl_sync(0xffffffffu, (int)threadIdx.x, 0);
+        __syncthreads();
+    }
+}
+
 /* Threads 0..15 return before a barrier that the others reach: undefined on a GPU, an error on the
  * emulator. */
 __global__ void selftest_divergent_barrier_kernel(int *out) {
@@ -195,6 +206,13 @@ extern "C" int I3_DEV(selftest_racy)(int *out) {
     int *d = to_device<int>(&bufs, NULL, SELFTEST_BLOCK);
     if (bufs.error == cudaSuccess) bufs.error = I3_LAUNCH(selftest_racy_kernel, 1, SELFTEST_BLOCK, 0, 0, d);
     to_host(&bufs, out, d, SELFTEST_BLOCK);
+    return finish(&bufs);
+}
+
+extern "C" int I3_DEV(selftest_deadlock)(void) {
+    Buffers bufs = {};
+    int *d = to_device<int>(&bufs, NULL, 32);
+    if (bufs.error == cudaSuccess) bufs.error = I3_LAUNCH(selftest_deadlock_kernel, 1, 32, 0, 0, d);
     return finish(&bufs);
 }
 

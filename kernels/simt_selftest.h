@@ -19,6 +19,7 @@ int I3_DEV(selftest_votes)(unsigned *out);    /* [SELFTEST_BLOCK * SELFTEST_VOTE
 int I3_DEV(selftest_atomics)(int blocks, int *counter, float *sum, int *max_by_cas);
 int I3_DEV(selftest_racy)(int *out);          /* [SELFTEST_BLOCK]: a block sum missing its barrier */
 int I3_DEV(selftest_divergent_barrier)(void); /* expected to fail on the emulator */
+int I3_DEV(selftest_deadlock)(void);           /* emulator only: hangs on a GPU */
 int I3_DEV(selftest_mma)(const uint16_t *a, const uint16_t *b, const float *c, float *d, int bf16, int use_ldmatrix);
 
 #ifdef __cplusplus

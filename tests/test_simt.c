@@ -153,7 +153,11 @@ Test(simt, divergent_barrier_is_an_error) {
     cr_assert_neq(i3emu_selftest_divergent_barrier(), 0, "a barrier after some threads returned must fail the launch");
 }
 
-Test(simt, launch_failure_reaches_the_backend_as_a_message) {
+Test(simt, deadlock_is_an_error) {
+    cr_assert_neq(i3emu_selftest_deadlock(), 0, "a barrier and a shuffle waiting on each other must fail the launch");
+}
+
+Test(simt, out_of_memory_is_a_message) {
     i3_ctx ctx = {.n_threads = 1, .backend = I3RT_BACKEND_EMULATED};
     i3_backend *b;
     cr_assert_eq(i3_backend_cuda_create(&ctx, 1, &b), I3RT_OK, "%s", ctx.error);
