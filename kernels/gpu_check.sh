@@ -32,4 +32,8 @@ for prog in test_simt test_cuda_ops; do
             "$build/tests/$prog" --jobs 1 --filter 'gpu/*'
     done
 done
+for conv in f16 bf16; do   # the graph's convolutions on tensor cores (runtime/backend_cuda.cu)
+    step "test_cuda_ops-gpu-conv-$conv" env I3RT_CUDA_CONV=$conv "$build/tests/test_cuda_ops" --jobs 1 --verbose \
+        --filter 'gpu/unet*'
+done
 exit $status

@@ -11,6 +11,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 namespace I3_NS {
 
@@ -22,8 +23,15 @@ static const char BACKEND_NAME[] = "emulated";
 static const char *failure_detail() { return ::i3emu::error_detail(); }
 #endif
 
+/* Which kernel runs the graph's convolutions: the f32 direct kernel (default: parity with the CPU
+ * backend), or the tensor-core implicit GEMM with f16 or bf16 operands and f32 accumulation. Set at
+ * creation from the environment variable I3RT_CUDA_CONV = f32 | f16 | bf16, until the public API
+ * has a precision setting. */
+enum ConvPrecision { CONV_F32 = 0, CONV_F16, CONV_BF16 };
+
 struct DeviceState {
     cudaStream_t stream;
+    ConvPrecision conv;
 };
 
 static cudaStream_t stream_of(i3_backend *b) { return ((DeviceState *)b->impl)->stream; }
@@ -70,7 +78,13 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
     void *s = stream_of(b);
     int e;
     switch (node->op) {
-    case I3_OP_CONV: e = I3_DEV(conv)(in0, xs, in1, in2, &node->p.conv, out, ys, s); break;
+    case I3_OP_CONV:
+        if (((DeviceState *)b->impl)->conv == CONV_F32)
+            e = I3_DEV(conv)(in0, xs, in1, in2, &node->p.conv, out, ys, s);
+        else
+            e = I3_DEV(conv_tensor_core)(in0, xs, in1, in2, &node->p.conv, out, ys,
+                                         ((DeviceState *)b->impl)->conv == CONV_BF16, s);
+        break;
     case I3_OP_CONV_TRANSPOSE:
         e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
         break;
@@ -144,6 +158,14 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
         free(state);
         return I3RT_ERR_OUT_OF_MEMORY;
     }
+    const char *conv = getenv("I3RT_CUDA_CONV");
+    if (conv && strcmp(conv, "f32") && strcmp(conv, "f16") && strcmp(conv, "bf16")) {
+        free(b);
+        free(state);
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "%s backend: I3RT_CUDA_CONV=%s is not f32, f16 or bf16",
+                       BACKEND_NAME, conv);
+    }
+    state->conv = !conv || !strcmp(conv, "f32") ? CONV_F32 : !strcmp(conv, "f16") ? CONV_F16 : CONV_BF16;
     b->iface = &device_iface;
     b->ctx = ctx;
     b->n_threads = ctx->n_threads;
