@@ -25,7 +25,8 @@ Steps (all through nnunetv2's own Python API, in a temporary nnUNet_raw / _prepr
 
 Writes into --out, for NAME in plain_2d, plain_3d, resenc_2d, resenc_3d, plain_2d_relu, resenc_2d_stem:
   NAME.safetensors     the converted weights (i3rt-weights-1)
-  NAME_io.safetensors  "input" [1, C, d, h, w] and "logits" [1, K, d, h, w] (2D: d = 1)
+  NAME_io.safetensors  "input" [1, C, d, h, w] and "logits" [1, K, d, h, w] (2D: d = 1) on the patch size,
+                       "input_b" and "logits_b" on the total stride times (2, .., 2, 3)
 plain_2d_scalar.safetensors: plain_2d's tensors with network metadata that gives kernel_sizes, strides,
 n_conv_per_stage(_decoder) as plain ints / one int per stage (the forms dynamic_network_architectures
 accepts besides lists; same network, so plain_2d_io applies), and bad inputs derived from
@@ -126,7 +127,7 @@ def shrink(plans, configuration, divisor, changes):
     factor = [2] * len(total)
     factor[-2] = 3
     cfg["patch_size"] = [t * f for t, f in zip(total, factor)]
-    return cfg["patch_size"]
+    return cfg["patch_size"], total
 
 
 def build_network(plans, configuration, dataset_json, seed):
@@ -243,20 +244,26 @@ def main():
         all_plans = plan(os.environ["nnUNet_preprocessed"])
         for seed, (name, (_, identifier, configuration, divisor, changes)) in enumerate(NETWORKS.items()):
             plans = json.loads(json.dumps(all_plans[identifier]))
-            patch = shrink(plans, configuration, divisor, changes)
+            patch, total_stride = shrink(plans, configuration, divisor, changes)
             net, n_in = build_network(plans, configuration, dataset_json, seed)
             folder = os.path.join(os.environ["nnUNet_results"], DATASET_NAME, name,
                                   f"nnUNetTrainer__{identifier}__{configuration}")
             save_model_folder(folder, plans, dataset_json, configuration, net)
             convert(folder, os.path.join(args.out, name + ".safetensors"))
 
-            x = torch.randn(1, n_in, *patch, generator=torch.Generator().manual_seed(100 + seed))
-            with torch.no_grad():
-                logits = net(x)
-            if len(patch) == 2:  # i3rt holds 2D as depth 1
-                x, logits = x.unsqueeze(2), logits.unsqueeze(2)
-            save_file({"input": x.contiguous(), "logits": logits.contiguous()},
-                      os.path.join(args.out, name + "_io.safetensors"))
+            # the patch, and a second size (2 x the total stride, the last axis 3 x), so that a rebuild for
+            # a new size and W > H are checked too. Not smaller: instance norm over a handful of
+            # bottleneck voxels magnifies rounding differences beyond what this test is about.
+            second = [2 * t for t in total_stride[:-1]] + [3 * total_stride[-1]]
+            io = {}
+            for suffix, size in (("", patch), ("_b", second)):
+                x = torch.randn(1, n_in, *size, generator=torch.Generator().manual_seed(100 + seed))
+                with torch.no_grad():
+                    logits = net(x)
+                if len(size) == 2:  # i3rt holds 2D as depth 1
+                    x, logits = x.unsqueeze(2), logits.unsqueeze(2)
+                io["input" + suffix], io["logits" + suffix] = x.contiguous(), logits.contiguous()
+            save_file(io, os.path.join(args.out, name + "_io.safetensors"))
             arch = plans["configurations"][configuration]["architecture"]["arch_kwargs"]
             print(f"{name}: {arch['n_stages']} stages, features {arch['features_per_stage']}, kernels "
                   f"{arch['kernel_sizes']}, strides {arch['strides']}, patch {patch}, "

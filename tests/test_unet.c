@@ -3,7 +3,8 @@
  * tests/gen_unet.py plans a small synthetic dataset with nnunetv2's own planners, saves trained-model
  * folders with random weights, converts them with tools/convert_pt/convert_nnunet.py and runs the
  * PyTorch forward. Each network NAME gives $I3RT_FIXTURES/unet/NAME.safetensors (the converted
- * weights) and NAME_io.safetensors ("input" [1, C, d, h, w], "logits" [1, K, d, h, w]; 2D: d = 1).
+ * weights) and NAME_io.safetensors ("input" [1, C, d, h, w], "logits" [1, K, d, h, w] on the patch
+ * size; "input_b", "logits_b" on a second size; 2D: d = 1).
  * Tolerance: max |i3rt - torch| <= 1e-4 * max |torch| (fp32 everywhere; the errors are summation
  * order differences of convolutions and instance norm statistics). */
 #include <criterion/criterion.h>
@@ -36,32 +37,22 @@ static float *read_io(i3rt_context *ctx, i3_weights *io, const char *name, int64
     return copy;
 }
 
-/* Runs weights file NAME.safetensors on IO_NAME_io.safetensors's input and compares the logits. */
-static void check_parity(const char *net_name, const char *io_name) {
-    char weights_path[1024], io_path[1024], file[128];
-    snprintf(file, sizeof file, "%s.safetensors", net_name);
-    fixture_path(weights_path, sizeof weights_path, file);
-    snprintf(file, sizeof file, "%s_io.safetensors", io_name);
-    fixture_path(io_path, sizeof io_path, file);
-
-    i3rt_context *ctx;
-    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
-    i3_weights *io;
-    cr_assert_eq(i3_weights_open(ctx, io_path, &io), I3RT_OK, "%s", i3rt_context_error(ctx));
+/* One forward of `model` on io's input`suffix`, compared with its logits`suffix`. */
+static void compare_forward(i3rt_context *ctx, i3rt_model *model, i3_weights *io, const char *suffix,
+                            const char *net_name, int check_patch) {
+    char in_name[32], out_name[32];
+    snprintf(in_name, sizeof in_name, "input%s", suffix);
+    snprintf(out_name, sizeof out_name, "logits%s", suffix);
     int64_t in_shape[5], out_shape[5];
-    float *input = read_io(ctx, io, "input", in_shape);
-    float *expected = read_io(ctx, io, "logits", out_shape);
-    i3_weights_free(io);
-
-    i3rt_model *model;
-    cr_assert_eq(i3rt_model_load(ctx, weights_path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+    float *input = read_io(ctx, io, in_name, in_shape);
+    float *expected = read_io(ctx, io, out_name, out_shape);
     i3rt_model_info info;
     cr_assert_eq(i3rt_model_get_info(model, &info), I3RT_OK);
     cr_assert_eq(info.in_channels, in_shape[1]);
     cr_assert_eq(info.num_classes, out_shape[1]);
 
     const int64_t spatial[3] = {in_shape[2], in_shape[3], in_shape[4]};
-    for (int a = 0; a < 3; a++) /* gen_unet.py ran torch on the configuration's patch size */
+    for (int a = 0; check_patch && a < 3; a++) /* gen_unet.py ran torch on the configuration's patch size */
         cr_expect_eq(info.patch_size[a], spatial[a], "%s: patch_size[%d] %lld, input %lld", net_name, a,
                      (long long)info.patch_size[a], (long long)spatial[a]);
     const size_t n_out = (size_t)(out_shape[1] * out_shape[2] * out_shape[3] * out_shape[4]);
@@ -81,11 +72,30 @@ static void check_parity(const char *net_name, const char *io_name) {
            (long long)spatial[2], (long long)info.n_parameters, max_abs, max_ref, rel, UNET_REL_TOL);
     fflush(stdout);
     cr_expect(max_ref > 0, "%s: torch logits are all zero", net_name);
-    cr_expect(rel <= UNET_REL_TOL, "%s: relative error %.3g > %.0e", net_name, rel, UNET_REL_TOL);
-
+    cr_expect(rel <= UNET_REL_TOL, "%s %s: relative error %.3g > %.0e", net_name, in_name, rel, UNET_REL_TOL);
     free(logits);
     free(input);
     free(expected);
+}
+
+/* Runs weights file NAME.safetensors on IO_NAME_io.safetensors's two inputs (the patch, then a
+ * second size, which makes the model rebuild its graph) and compares the logits. */
+static void check_parity(const char *net_name, const char *io_name) {
+    char weights_path[1024], io_path[1024], file[128];
+    snprintf(file, sizeof file, "%s.safetensors", net_name);
+    fixture_path(weights_path, sizeof weights_path, file);
+    snprintf(file, sizeof file, "%s_io.safetensors", io_name);
+    fixture_path(io_path, sizeof io_path, file);
+
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    i3_weights *io;
+    cr_assert_eq(i3_weights_open(ctx, io_path, &io), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3rt_model *model;
+    cr_assert_eq(i3rt_model_load(ctx, weights_path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+    compare_forward(ctx, model, io, "", net_name, 1);
+    compare_forward(ctx, model, io, "_b", net_name, 0);
+    i3_weights_free(io);
     i3rt_model_free(model);
     i3rt_context_free(ctx);
 }
