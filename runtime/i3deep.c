@@ -231,15 +231,17 @@ static i3rt_status export_slice(i3_case *c, const char *dir, const char *name, c
     i3_slice_dims(s->axis, c->d, c->h, c->w, &rows, &cols);
     i3_slice_get(c->image.data, sizeof(float), c->d, c->h, c->w, s->axis, s->index, image_plane);
     i3_slice_get(c->preseg, sizeof(int32_t), c->d, c->h, c->w, s->axis, s->index, label_plane);
-    i3_png_overlay(image_plane, label_plane, rows * cols, lo, hi, 0.4f, rgb);
     char path[4096];
+    slice_path(path, sizeof path, dir, name, s, "mask.nii.gz");
+    const i3_volume_geometry g = slice_geometry(&c->image.geometry, s->axis, s->index);
+    I3_TRY(i3_volume_write_labels(c->ctx, path, &g, label_plane));
+    i3_plane_flip_rows(image_plane, sizeof(float), rows, cols);  /* PNGs: highest row index on top */
+    i3_plane_flip_rows(label_plane, sizeof(int32_t), rows, cols);
+    i3_png_overlay(image_plane, label_plane, rows * cols, lo, hi, 0.4f, rgb);
     slice_path(path, sizeof path, dir, name, s, "preview.png");
     I3_TRY(i3_png_write(c->ctx, path, rgb, rows, cols, 3));
     slice_path(path, sizeof path, dir, name, s, "mask.png");
-    I3_TRY(i3_png_write_labels(c->ctx, path, label_plane, rows, cols));
-    slice_path(path, sizeof path, dir, name, s, "mask.nii.gz");
-    const i3_volume_geometry g = slice_geometry(&c->image.geometry, s->axis, s->index);
-    return i3_volume_write_labels(c->ctx, path, &g, label_plane);
+    return i3_png_write_labels(c->ctx, path, label_plane, rows, cols);
 }
 
 static i3rt_status export_manifest(i3_case *c, const char *dir, const char *name) {
@@ -377,6 +379,7 @@ static i3rt_status submit_file(i3_case *c, i3_axis axis, int64_t index, const ch
     int64_t rows = 0, cols = 0;
     if (ends_with(path, ".png") || ends_with(path, ".PNG")) {
         I3_TRY(i3_png_read_labels(c->ctx, path, &labels, &rows, &cols));
+        i3_plane_flip_rows(labels, sizeof(int32_t), rows, cols);  /* PNGs show the highest row on top */
     } else if (ends_with(path, ".nii") || ends_with(path, ".nii.gz")) {
         if ((unsigned)axis > I3_SAGITTAL)
             return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: axis %d is not axial, coronal or sagittal", path,
@@ -475,6 +478,35 @@ static i3rt_status refinement_input(i3_case *c, float unannotated, float **out) 
 
 i3rt_status i3_case_refinement_input(i3_case *c, float unannotated, float **out) {
     TIMED(c, I3_STAGE_REFINE_INPUT, refinement_input(c, unannotated, out));
+}
+
+/* ---- evaluation ----------------------------------------------------------------------------------- */
+
+void i3_dice_per_class(const int32_t *a, const int32_t *b, int64_t n, int num_classes, double *dice) {
+    int64_t *count = calloc((size_t)num_classes * 3, sizeof *count);  /* |A_k|, |B_k|, |A_k and B_k| */
+    for (int k = 0; k < num_classes; k++) dice[k] = NAN;
+    if (!count) return;
+    for (int64_t i = 0; i < n; i++) {
+        const int in_a = a[i] >= 0 && a[i] < num_classes, in_b = b[i] >= 0 && b[i] < num_classes;
+        if (in_a) count[3 * a[i]]++;
+        if (in_b) count[3 * b[i] + 1]++;
+        if (in_a && a[i] == b[i]) count[3 * a[i] + 2]++;
+    }
+    for (int k = 0; k < num_classes; k++)
+        if (count[3 * k] + count[3 * k + 1] > 0)
+            dice[k] = 2.0 * (double)count[3 * k + 2] / (double)(count[3 * k] + count[3 * k + 1]);
+    free(count);
+}
+
+double i3_annotation_ratio(int n_slices, const int32_t *ground_truth, int64_t d, int64_t h, int64_t w) {
+    int64_t foreground = 0;
+    for (int64_t z = 0; z < d; z++) {
+        const int32_t *slice = ground_truth + z * h * w;
+        int64_t i = 0;
+        while (i < h * w && slice[i] <= 0) i++;
+        foreground += i < h * w;
+    }
+    return foreground ? (double)n_slices / (double)foreground : 0.0;
 }
 
 /* ---- results -------------------------------------------------------------------------------------- */

@@ -1,6 +1,7 @@
 /* PNG images of slices for a person: previews (the image windowed to grey with the segmentation
  * overlaid in one colour per class) and label images (pixel value = class), written and read with
- * libpng. Pixel (row, col) is plane[row * cols + col], row 0 at the top (slice_select.h's layout).
+ * libpng. Pixel (row, col) is plane[row * cols + col], row 0 at the top (callers flip slices first,
+ * see slice_select.h).
  *
  * Writing is atomic like NIfTI writing: "<path>.tmp-XXXXXX" beside path, renamed over it; a failed
  * write leaves no file. Reading label images accepts grayscale (1 to 16 bits; the value is the label,

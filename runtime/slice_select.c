@@ -57,6 +57,19 @@ void i3_slice_put(void *volume, size_t elem, int64_t d, int64_t h, int64_t w, i3
     slice_copy(volume, elem, d, h, w, axis, index, (char *)plane, 0);
 }
 
+void i3_plane_flip_rows(void *plane, size_t elem, int64_t rows, int64_t cols) {
+    char *p = plane;
+    const size_t row_bytes = (size_t)cols * elem;
+    for (int64_t r = 0; r < rows / 2; r++) {
+        char *a = p + (size_t)r * row_bytes, *b = p + (size_t)(rows - 1 - r) * row_bytes;
+        for (size_t i = 0; i < row_bytes; i++) {
+            const char t = a[i];
+            a[i] = b[i];
+            b[i] = t;
+        }
+    }
+}
+
 int64_t i3_slice_min_dist_radius(double min_dist, int64_t len) { return (int64_t)llround(min_dist * (double)len); }
 
 /* Slice j outranks slice i when its sum is larger, or equal with a lower index: among equal sums in

@@ -5,7 +5,9 @@
  * only for volumes stored close to RAS/LPS (nothing is reoriented). A slice is a plane of rows x cols:
  *   axial    [h, w]   coronal  [d, w]   sagittal [d, h]
  * row-major (the faster remaining axis is the column), row 0 first - the same layout as a NIfTI file
- * holding the slice as a one-voxel-thick volume, and the pixel layout of its PNG (row 0 at the top).
+ * holding the slice as a one-voxel-thick volume. PNG images show the rows reversed (i3_plane_flip_rows:
+ * the highest row index at the top), so that a volume stored in RAS order appears the way radiology
+ * shows it: anterior up on axial slices, superior up on coronal and sagittal ones.
  *
  * Acquisition (paper Sec. 3.2.2; precise rules in docs/i3deep.md): per axis, the sum of uncertainty of
  * every slice; a slice survives if it is a local maximum within r = round(min_dist * axis length)
@@ -29,6 +31,9 @@ void i3_slice_get(const void *volume, size_t elem, int64_t d, int64_t h, int64_t
                   void *plane);
 void i3_slice_put(void *volume, size_t elem, int64_t d, int64_t h, int64_t w, i3_axis axis, int64_t index,
                   const void *plane);
+
+/* Reverses the order of the rows of a plane [rows, cols] of elem-byte elements, in place. */
+void i3_plane_flip_rows(void *plane, size_t elem, int64_t rows, int64_t cols);
 
 typedef struct {
     double min_dist;    /* suppression window as a fraction of the axis length, in [0, 1] (paper: 0.0234) */

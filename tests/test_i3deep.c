@@ -8,7 +8,8 @@
  *     max_slices cap, ties across axes, all three axes of an asymmetric volume;
  *   - corrections written back at the right positions and orientation (asymmetric 4 x 5 x 6 volume,
  *     every pixel of a slice distinct), the refinement input built from them;
- *   - PNG and NIfTI round trips through export and submit, the slice NIfTI's world position;
+ *   - PNG and NIfTI round trips through export and submit, the PNG's row order (last slice row on
+ *     top), the slice NIfTI's world position;
  *   - bad corrections (wrong shape, index out of range, labels outside the classes, RGB or non-PNG
  *     files, non-integer NIfTI labels, nameless files): an error naming the source, the case unchanged. */
 #include "i3deep.h"
@@ -447,6 +448,18 @@ Test(i3deep, export_then_submit_the_exported_masks_gives_the_presegmentation_bac
             cr_expect_eq(wrong, 0, "%s: %d wrong voxels", form ? nii : png, wrong);
             i3_case_free(fresh);
         }
+        /* The PNG shows the rows reversed: its top row is the slice's last row. */
+        int32_t *pixels;
+        int64_t rows, cols, want_rows, want_cols;
+        cr_assert_eq(i3_png_read_labels(ctx, png, &pixels, &rows, &cols), I3RT_OK);
+        i3_slice_dims(s[k].axis, CD, CH, CW, &want_rows, &want_cols);
+        cr_assert(rows == want_rows && cols == want_cols);
+        int32_t plane[CH * CW];
+        i3_slice_get(seg, sizeof(int32_t), CD, CH, CW, s[k].axis, s[k].index, plane);
+        for (int64_t r = 0; r < rows; r++)
+            cr_expect(memcmp(pixels + r * cols, plane + (rows - 1 - r) * cols, (size_t)cols * sizeof(int32_t)) == 0,
+                      "%s: PNG row %lld is not slice row %lld", png, (long long)r, (long long)(rows - 1 - r));
+        free(pixels);
         /* The slice NIfTI sits where the slice is: origin = affine * (index along its axis). */
         i3_volume v;
         cr_assert_eq(i3_volume_read(ctx, nii, &v), I3RT_OK);
@@ -538,4 +551,20 @@ Test(i3deep, bad_corrections_are_refused_and_the_case_keeps_its_state) {
     cr_expect_eq(i3_case_corrections(c)[(2 * CH + 4) * CW + 5], 4 * CW + 5);
     cr_expect_eq(i3_case_submit(c, I3_AXIAL, 0, axial, CH, CW, "second"), I3RT_OK);
     i3_case_free(c);
+}
+
+/* ---- evaluation --------------------------------------------------------------------------------- */
+
+Test(i3deep, dice_and_annotation_ratio_by_hand) {
+    /* a = 0 0 1 1 1 2, b = 0 1 1 1 2 2: class 0 2*1/(2+1), class 1 2*2/(3+3), class 2 2*1/(1+2), class 3
+     * in neither -> NaN. */
+    const int32_t a[6] = {0, 0, 1, 1, 1, 2}, b[6] = {0, 1, 1, 1, 2, 2};
+    double dice[4];
+    i3_dice_per_class(a, b, 6, 4, dice);
+    cr_expect(fabs(dice[0] - 2.0 / 3.0) < 1e-12 && fabs(dice[1] - 2.0 / 3.0) < 1e-12 && fabs(dice[2] - 2.0 / 3.0) < 1e-12);
+    cr_expect(isnan(dice[3]));
+    /* 4 axial slices of 2 x 2, foreground on slices 1 and 3: 3 chosen slices -> ratio 1.5. */
+    const int32_t truth[16] = {0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 1, 1, 0, 0};
+    cr_expect_eq(i3_annotation_ratio(3, truth, 4, 2, 2), 1.5);
+    cr_expect_eq(i3_annotation_ratio(3, (const int32_t[4]){0}, 1, 2, 2), 0.0);
 }
