@@ -99,6 +99,9 @@ static int run_cli(const char *arg0, ...) {
     unlink(out_path);
     unlink(err_path);
     cr_assert(WIFEXITED(status), "i3rt %s crashed (signal %d); stderr: %s", arg0, WTERMSIG(status), err_text);
+    /* in the sanitizer build a leak or UB on an error path would still exit non-zero: look for the report */
+    cr_assert(!strstr(err_text, "Sanitizer") && !strstr(err_text, "runtime error:"), "i3rt %s: sanitizer report:\n%s",
+              arg0, err_text);
     return WEXITSTATUS(status);
 }
 
