@@ -20,8 +20,8 @@ Steps (all through nnunetv2's own Python API, in a temporary nnUNet_raw / _prepr
      every parameter randomized with a fixed seed (conv weights by nnU-Net's He init, norm gamma in
      [0.5, 1.5], norm beta and all biases N(0, 0.2)), saved as a trained-model folder (dataset.json,
      plans.json, fold_0/checkpoint_final.pth laid out as nnUNetTrainer.save_checkpoint writes it);
-  5. converted with tools/convert_pt/convert_nnunet.py, and the eval forward (fp32, 2 threads) on a
-     random patch-sized input.
+  5. converted with tools/convert_pt/convert_nnunet.py, and the eval forward (fp32, 2 threads) on random
+     inputs of two sizes.
 
 Writes into --out, for NAME in plain_2d, plain_3d, resenc_2d, resenc_3d, plain_2d_relu, resenc_2d_stem:
   NAME.safetensors     the converted weights (i3rt-weights-1)
@@ -111,7 +111,8 @@ def plan(preprocessed_root):
 
 
 def shrink(plans, configuration, divisor, changes):
-    """The changes to the planners' configuration listed in the module doc; returns the patch size."""
+    """The changes to the planners' configuration listed in the module doc; returns the new patch size
+    and the total stride."""
     cfg = plans["configurations"][configuration]
     arch = cfg["architecture"]
     arch["arch_kwargs"].update(changes)
