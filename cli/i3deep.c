@@ -168,7 +168,7 @@ static i3rt_status open_with_members(i3_ctx *ctx, const args *a, const i3_volume
         st = i3_volume_geometry_check(ctx, &image->geometry, a->image, &v.geometry, a->members[m]);
         if (st == I3RT_OK && !*out) st = i3_case_open(ctx, image, (int)v.channels, out);
         if (st == I3RT_OK && v.channels != i3_case_num_classes(*out))
-            st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld classes, the first member has %d", a->members[m],
+            st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld class channels, the first member has %d", a->members[m],
                          (long long)v.channels, i3_case_num_classes(*out));
         if (st == I3RT_OK) st = a->logits ? i3_case_add_logits(*out, v.data) : i3_case_add_probabilities(*out, v.data);
         i3_volume_free(&v);
