@@ -83,10 +83,11 @@ typedef struct {
 
 void i3_cpu_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                      float *y);
-/* Fast path (im2col tiles + GEMM, see ops/conv.c). scratch must hold i3_cpu_conv_scratch_bytes(...)
- * bytes (may be NULL if that is 0): n_threads * K * T * 4 with K = cin * kd * kh * kw and T the
- * columns per tile, T = max(64, 1 MB / (4 K)) capped by the output size (about 1 MB per thread,
- * 2.2 MB for 320 channels 3x3x3); 0 for 1x1x1 stride-1 unpadded convolutions (direct GEMM). */
+/* Fast path (direct kernel, GEMM or im2col + GEMM, see ops/conv.c). scratch must hold
+ * i3_cpu_conv_scratch_bytes(...) bytes (may be NULL if that is 0), per thread:
+ *   direct: about 2 MB of zero-padded input rows + cin * taps * 4 floats of packed weights;
+ *   im2col: K * T * 4 bytes, K = cin * kd * kh * kw, T = max(64, 1 MB / (4 K)) columns capped by the
+ *           output size (1 MB; 2.2 MB for 320 channels 3x3x3);  1x1x1 stride-1 unpadded: 0. */
 size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads);
 void i3_cpu_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                  float *y, void *scratch, int n_threads);

@@ -48,6 +48,8 @@ def gen_conv(out):
         ((2, 7, 3, 5, 7), 5, (1, 1, 1), (1, 1, 1), (0, 0, 0), "leaky", True),
         ((1, 2, 4, 5, 6), 3, (3, 2, 3), (3, 2, 1), (0, 0, 1), "none", True),
         ((1, 32, 6, 9, 11), 24, (3, 3, 3), (1, 1, 1), (1, 1, 1), "leaky", True),
+        ((1, 16, 3, 7, 37), 10, (3, 3, 3), (1, 1, 1), (1, 1, 1), "leaky", True),  # i3rt's direct path
+        ((2, 8, 4, 9, 33), 6, (1, 3, 3), (2, 2, 1), (0, 1, 1), "none", True),
     ]
     for i, (xs, cout, k, s, p, a, bias) in enumerate(cases):
         x, w = rand(*xs), rand(cout, xs[1], *k) * 0.5
@@ -56,7 +58,7 @@ def gen_conv(out):
         save(out, "conv", i, {"x": x, "w": w, "b": b, "y": y}, {"cout": cout, "k": k, "stride": s, "pad": p, "act": a})
     # 2D convolutions: F.conv2d on [N, C, H, W], stored as D = 1 with kernels of depth 1
     cases2d = [((1, 3, 9, 11), 4, (3, 3), (1, 1), (1, 1), "relu"), ((2, 5, 10, 7), 6, (3, 3), (2, 2), (1, 1), "leaky"),
-               ((1, 4, 8, 9), 3, (1, 1), (1, 1), (0, 0), "none")]
+               ((1, 4, 8, 9), 3, (1, 1), (1, 1), (0, 0), "none"), ((1, 8, 20, 45), 5, (3, 3), (1, 1), (1, 1), "leaky")]
     for j, (xs, cout, k, s, p, a) in enumerate(cases2d):
         x, w, b = rand(*xs), rand(cout, xs[1], *k) * 0.5, rand(cout)
         y = act(F.conv2d(x, w, b, stride=s, padding=p), a)

@@ -47,6 +47,14 @@ static const conv_case conv_cases[] = {
     {{1, 2, 4, 5, 6}, 3, {3, 2, 3}, {3, 2, 1}, {0, 0, 1}, I3_ACT_NONE, 1},       /* even kernel, stride 3 */
     {{1, 2, 2, 2, 2}, 3, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},       /* whole input in one window */
     {{1, 32, 9, 10, 11}, 24, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1}, /* several tiles */
+    /* direct path (stride 1 along w, w out >= 24, cin >= 8): blocks of 24 + overlapping blocks of 8 */
+    {{2, 8, 3, 5, 37}, 6, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},
+    {{1, 9, 4, 7, 33}, 7, {1, 3, 3}, {2, 2, 1}, {0, 1, 1}, I3_ACT_RELU, 1},
+    {{1, 8, 1, 6, 40}, 4, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, I3_ACT_NONE, 0},       /* 2D */
+    {{1, 8, 3, 4, 34}, 5, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, I3_ACT_NONE, 1},       /* pad > k / 2 */
+    {{1, 10, 3, 5, 35}, 9, {2, 3, 2}, {1, 2, 1}, {0, 1, 0}, I3_ACT_NONE, 1},      /* even kernel */
+    {{1, 8, 2, 3, 32}, 3, {3, 1, 5}, {1, 1, 1}, {1, 0, 2}, I3_ACT_LEAKY_RELU, 1}, /* cout < 4 */
+    {{1, 32, 3, 200, 40}, 4, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},    /* two row bands */
 };
 
 static void check_conv(const conv_case *cc, int threads) {
