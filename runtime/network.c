@@ -103,7 +103,9 @@ static i3rt_status parse_norm(i3_ctx *ctx, const char *file, const cJSON *kw, in
     const char *norm = class_field(kw, "norm_op");
     char expect[32];
     snprintf(expect, sizeof expect, "InstanceNorm%dd", dims);
-    if (!norm) return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.norm_op is None (only %s is supported)", file, expect);
+    if (!norm)
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
+                       "%s: network metadata: arch_kwargs.norm_op is None (only %s is supported)", file, expect);
     if (strncmp(norm, "BatchNorm", 9) == 0)
         return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
                        "%s: network metadata: arch_kwargs.norm_op is %s: batch norm is not supported (only %s)", file,
@@ -441,22 +443,18 @@ static int decoder(builder *b, const int *skips) {
     const i3_network *net = b->net;
     const int n = net->n_stages;
     int x = skips[n - 1];
-    char name[NAME_LEN];
+    char prefix[NAME_LEN], name[NAME_LEN];
     for (int d = 0; d < n - 1; d++) {
         const int below = n - 1 - d, above = n - 2 - d; /* encoder stages */
         const int cin = net->features[below], cout = net->features[above];
         const int *k = net->stride[below];
         int64_t wdims[5] = {cin, cout, k[0], k[1], k[2]};
-        name_fmt(name, "decoder.transpconvs.%d.weight", d);
+        name_fmt(prefix, "decoder.transpconvs.%d", d);
+        name_fmt(name, "%s.weight", prefix);
         int wv = weight(b, name, 5, wdims);
-        int bv = -1;
-        if (net->conv_bias) {
-            name_fmt(name, "decoder.transpconvs.%d", d);
-            bv = vector(b, name, "bias", cout);
-        }
+        int bv = net->conv_bias ? vector(b, prefix, "bias", cout) : -1;
         i3_conv_transpose_params tp = {.cout = cout, .k = {k[0], k[1], k[2]}};
-        name_fmt(name, "decoder.transpconvs.%d", d);
-        int up = failed(b) ? -1 : i3_graph_conv_transpose(b->g, x, wv, bv, &tp, name);
+        int up = failed(b) ? -1 : i3_graph_conv_transpose(b->g, x, wv, bv, &tp, prefix);
         name_fmt(name, "decoder.cat.%d", d);
         x = failed(b) ? -1 : i3_graph_concat(b->g, up, skips[above], name); /* torch.cat((x, skip), 1) */
         for (int i = 0; i < net->n_conv_decoder[d]; i++) {
@@ -464,9 +462,7 @@ static int decoder(builder *b, const int *skips) {
             x = conv_norm(b, x, name, i == 0 ? 2 * cout : cout, cout, net->kernel[above], ONE, net->conv_bias, 1);
         }
     }
-    const int cf = net->features[0];
-    int64_t wdims[5] = {net->num_classes, cf, 1, 1, 1};
-    char prefix[NAME_LEN];
+    int64_t wdims[5] = {net->num_classes, net->features[0], 1, 1, 1};
     name_fmt(prefix, "decoder.seg_layers.%d", n - 2);
     name_fmt(name, "%s.weight", prefix);
     int wv = weight(b, name, 5, wdims);
