@@ -29,6 +29,18 @@ static const char *short_name(const char *dotted) {
     return dot ? dot + 1 : dotted;
 }
 
+/* Fails with "FILE: network metadata: MESSAGE". */
+static i3rt_status meta_fail(i3_ctx *ctx, i3rt_status status, const char *file, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static i3rt_status meta_fail(i3_ctx *ctx, i3rt_status status, const char *file, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return i3_fail(ctx, status, "%s: network metadata: %s", file, msg);
+}
+
 /* An optional class-name field: NULL when absent or null. */
 static const char *class_field(const cJSON *kw, const char *field) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(kw, field);
@@ -54,16 +66,14 @@ static i3rt_status parse_per_stage(i3_ctx *ctx, const char *file, const cJSON *k
     } else if (cJSON_IsArray(v) && cJSON_GetArraySize(v) == n) {
         for (int i = 0; i < n; i++)
             if (!json_int(cJSON_GetArrayItem(v, i), &out[i]))
-                return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.%s[%d] is not an int", file,
-                               field, i);
+                return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] is not an int", field, i);
     } else {
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.%s must be an int or a list of %d ints",
-                       file, field, n);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s must be an int or a list of %d ints", field, n);
     }
     for (int i = 0; i < n; i++)
         if (out[i] < min)
-            return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.%s[%d] = %d (must be >= %d)", file,
-                           field, i, out[i], min);
+            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] = %d (must be >= %d)", field, i, out[i],
+                             min);
     return I3RT_OK;
 }
 
@@ -74,8 +84,7 @@ static i3rt_status parse_per_stage_axes(i3_ctx *ctx, const char *file, const cJS
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(kw, field);
     int x;
     if (!json_int(v, &x) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == n))
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.%s must be an int or a list of %d entries",
-                       file, field, n);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s must be an int or a list of %d entries", field, n);
     for (int s = 0; s < n; s++) {
         const cJSON *e = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, s) : v;
         int axes[3] = {1, 1, 1};
@@ -84,16 +93,15 @@ static i3rt_status parse_per_stage_axes(i3_ctx *ctx, const char *file, const cJS
         } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == dims) {
             for (int a = 0; a < dims; a++)
                 if (!json_int(cJSON_GetArrayItem(e, a), &axes[3 - dims + a]))
-                    return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.%s[%d][%d] is not an int", file,
-                                   field, s, a);
+                    return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d][%d] is not an int", field, s, a);
         } else {
-            return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.%s[%d] must be an int or %d ints",
-                           file, field, s, dims);
+            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] must be an int or %d ints", field, s,
+                             dims);
         }
         for (int a = 0; a < 3; a++)
             if (axes[a] < 1 || axes[a] > 64)
-                return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.%s[%d] has %d (must be 1..64)",
-                               file, field, s, axes[a]);
+                return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] has %d (must be 1..64)", field, s,
+                                 axes[a]);
         memcpy(out[s], axes, sizeof axes);
     }
     return I3RT_OK;
@@ -104,18 +112,16 @@ static i3rt_status parse_norm(i3_ctx *ctx, const char *file, const cJSON *kw, in
     char expect[32];
     snprintf(expect, sizeof expect, "InstanceNorm%dd", dims);
     if (!norm)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
-                       "%s: network metadata: arch_kwargs.norm_op is None (only %s is supported)", file, expect);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.norm_op is None (only %s is supported)", expect);
     if (strncmp(norm, "BatchNorm", 9) == 0)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
-                       "%s: network metadata: arch_kwargs.norm_op is %s: batch norm is not supported (only %s)", file,
-                       norm, expect);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
+                         "arch_kwargs.norm_op is %s: batch norm is not supported (only %s)", norm, expect);
     if (strcmp(norm, expect) != 0)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.norm_op is '%s' (only %s is supported)",
-                       file, norm, expect);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.norm_op is '%s' (only %s is supported)", norm,
+                         expect);
     const cJSON *nkw = cJSON_GetObjectItemCaseSensitive(kw, "norm_op_kwargs");
     if (nkw && !cJSON_IsNull(nkw) && !cJSON_IsObject(nkw))
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.norm_op_kwargs is not an object", file);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.norm_op_kwargs is not an object");
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(nkw, "eps");
     const cJSON *affine = cJSON_GetObjectItemCaseSensitive(nkw, "affine");
     const cJSON *running = cJSON_GetObjectItemCaseSensitive(nkw, "track_running_stats");
@@ -123,17 +129,16 @@ static i3rt_status parse_norm(i3_ctx *ctx, const char *file, const cJSON *kw, in
     net->norm_affine = 0;
     if (eps && !cJSON_IsNull(eps)) {
         if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0))
-            return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: norm_op_kwargs.eps must be a positive number", file);
+            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "norm_op_kwargs.eps must be a positive number");
         net->norm_eps = (float)eps->valuedouble;
     }
     if (affine && !cJSON_IsNull(affine)) {
         if (!cJSON_IsBool(affine))
-            return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: norm_op_kwargs.affine must be true or false", file);
+            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "norm_op_kwargs.affine must be true or false");
         net->norm_affine = cJSON_IsTrue(affine);
     }
     if (cJSON_IsTrue(running)) /* eval would then normalise with running statistics */
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: norm_op_kwargs.track_running_stats is not supported",
-                       file);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "norm_op_kwargs.track_running_stats is not supported");
     return I3RT_OK;
 }
 
@@ -146,17 +151,16 @@ static i3rt_status parse_nonlin(i3_ctx *ctx, const char *file, const cJSON *kw, 
         net->act.slope = 0.01f; /* torch's default */
         if (slope && !cJSON_IsNull(slope)) {
             if (!cJSON_IsNumber(slope))
-                return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: nonlin_kwargs.negative_slope is not a number",
-                               file);
+                return meta_fail(ctx, I3RT_ERR_FORMAT, file, "nonlin_kwargs.negative_slope is not a number");
             net->act.slope = (float)slope->valuedouble;
         }
     } else if (nonlin && strcmp(nonlin, "ReLU") == 0) {
         net->act.kind = I3_ACT_RELU;
         net->act.slope = 0.0f;
     } else {
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
-                       "%s: network metadata: arch_kwargs.nonlin is '%s' (only LeakyReLU and ReLU are supported)", file,
-                       nonlin ? nonlin : "None");
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
+                         "arch_kwargs.nonlin is '%s' (only LeakyReLU and ReLU are supported)",
+                         nonlin ? nonlin : "None");
     }
     return I3RT_OK;
 }
@@ -165,24 +169,24 @@ static i3rt_status parse_nonlin(i3_ctx *ctx, const char *file, const cJSON *kw, 
 static i3rt_status parse_arch(i3_ctx *ctx, const char *file, const cJSON *kw, i3_network *net) {
     int n = 0;
     if (!json_int(cJSON_GetObjectItemCaseSensitive(kw, "n_stages"), &n) || n < 2 || n > I3_MAX_STAGES)
-        return i3_fail(ctx, n > I3_MAX_STAGES ? I3RT_ERR_UNSUPPORTED : I3RT_ERR_FORMAT,
-                       "%s: network metadata: arch_kwargs.n_stages must be an int in 2..%d", file, I3_MAX_STAGES);
+        return meta_fail(ctx, n > I3_MAX_STAGES ? I3RT_ERR_UNSUPPORTED : I3RT_ERR_FORMAT, file,
+                         "arch_kwargs.n_stages must be an int in 2..%d", I3_MAX_STAGES);
     net->n_stages = n;
 
     const char *conv = class_field(kw, "conv_op");
     char expect[16];
     snprintf(expect, sizeof expect, "Conv%dd", net->dims);
     if (!conv || strcmp(conv, expect) != 0)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.conv_op is '%s' (dims %d needs %s)",
-                       file, conv ? conv : "None", net->dims, expect);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.conv_op is '%s' (dims %d needs %s)",
+                         conv ? conv : "None", net->dims, expect);
     if (class_field(kw, "dropout_op"))
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.dropout_op must be None, not '%s'",
-                       file, class_field(kw, "dropout_op"));
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.dropout_op must be None, not '%s'",
+                         class_field(kw, "dropout_op"));
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(kw, "nonlin_first")))
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.nonlin_first is not supported", file);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.nonlin_first is not supported");
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(kw, "conv_bias");
     if (bias && !cJSON_IsNull(bias) && !cJSON_IsBool(bias))
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.conv_bias must be true or false", file);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.conv_bias must be true or false");
     net->conv_bias = cJSON_IsTrue(bias); /* default False */
 
     I3_TRY(parse_per_stage(ctx, file, kw, "features_per_stage", n, 1, net->features));
@@ -191,8 +195,8 @@ static i3rt_status parse_arch(i3_ctx *ctx, const char *file, const cJSON *kw, i3
     for (int s = 0; s < n; s++)
         for (int a = 0; a < 3; a++)
             if (net->kernel[s][a] % 2 == 0) /* padding (k-1)/2 keeps the size only for odd kernels */
-                return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.kernel_sizes[%d] is even (%d)",
-                               file, s, net->kernel[s][a]);
+                return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.kernel_sizes[%d] is even (%d)", s,
+                                 net->kernel[s][a]);
     I3_TRY(parse_per_stage(ctx, file, kw, "n_conv_per_stage_decoder", n - 1, 1, net->n_conv_decoder));
     I3_TRY(parse_norm(ctx, file, kw, net->dims, net));
     return parse_nonlin(ctx, file, kw, net);
@@ -201,15 +205,15 @@ static i3rt_status parse_arch(i3_ctx *ctx, const char *file, const cJSON *kw, i3
 static i3rt_status parse_resenc(i3_ctx *ctx, const char *file, const cJSON *kw, i3_network *net) {
     const char *block = class_field(kw, "block");
     if (block && strcmp(block, "BasicBlockD") != 0)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
-                       "%s: network metadata: arch_kwargs.block is '%s' (only BasicBlockD is supported)", file, block);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.block is '%s' (only BasicBlockD is supported)",
+                         block);
     const cJSON *bottleneck = cJSON_GetObjectItemCaseSensitive(kw, "bottleneck_channels");
     if (bottleneck && !cJSON_IsNull(bottleneck))
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.bottleneck_channels must be None", file);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.bottleneck_channels must be None");
     const cJSON *stem = cJSON_GetObjectItemCaseSensitive(kw, "stem_channels");
     net->stem_channels = net->features[0];
     if (stem && !cJSON_IsNull(stem) && (!json_int(stem, &net->stem_channels) || net->stem_channels < 1))
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: arch_kwargs.stem_channels must be a positive int", file);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.stem_channels must be a positive int");
     return parse_per_stage(ctx, file, kw, "n_blocks_per_stage", net->n_stages, 1, net->n_conv_encoder);
 }
 
@@ -255,24 +259,23 @@ static i3rt_status parse_patch_size(i3_ctx *ctx, const i3_weights *w, i3_network
 static i3rt_status parse_network(i3_ctx *ctx, const char *file, const cJSON *root, i3_network *net) {
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(root, "class");
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "arch_kwargs");
-    if (!cJSON_IsString(cls)) return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: \"class\" is missing", file);
+    if (!cJSON_IsString(cls)) return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"class\" is missing");
     if (!cJSON_IsObject(kw))
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: \"arch_kwargs\" is missing or not an object", file);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"arch_kwargs\" is missing or not an object");
     snprintf(net->class_name, sizeof net->class_name, "%s", short_name(cls->valuestring));
     if (strcmp(net->class_name, "PlainConvUNet") == 0)
         net->cls = I3_NET_PLAIN_CONV_UNET;
     else if (strcmp(net->class_name, "ResidualEncoderUNet") == 0)
         net->cls = I3_NET_RESIDUAL_ENCODER_UNET;
     else
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
-                       "%s: network metadata: class '%s' is not supported (PlainConvUNet, ResidualEncoderUNet)", file,
-                       cls->valuestring);
+        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
+                         "class '%s' is not supported (PlainConvUNet, ResidualEncoderUNet)", cls->valuestring);
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "dims"), &net->dims) || (net->dims != 2 && net->dims != 3))
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: \"dims\" must be 2 or 3", file);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"dims\" must be 2 or 3");
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "input_channels"), &net->in_channels) || net->in_channels < 1)
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: \"input_channels\" must be a positive int", file);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"input_channels\" must be a positive int");
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "num_classes"), &net->num_classes) || net->num_classes < 1)
-        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: \"num_classes\" must be a positive int", file);
+        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"num_classes\" must be a positive int");
     I3_TRY(parse_arch(ctx, file, kw, net));
     if (net->cls == I3_NET_PLAIN_CONV_UNET) {
         net->stem_channels = 0;
