@@ -54,7 +54,7 @@ static const conv_case conv_cases[] = {
     {{1, 8, 3, 4, 34}, 5, {3, 3, 3}, {1, 1, 1}, {2, 2, 2}, I3_ACT_NONE, 1},       /* pad > k / 2 */
     {{1, 10, 3, 5, 35}, 9, {2, 3, 2}, {1, 2, 1}, {0, 1, 0}, I3_ACT_NONE, 1},      /* even kernel */
     {{1, 8, 2, 3, 32}, 3, {3, 1, 5}, {1, 1, 1}, {1, 0, 2}, I3_ACT_LEAKY_RELU, 1}, /* cout < 4 */
-    {{1, 32, 3, 200, 40}, 4, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},    /* two row bands */
+    {{1, 32, 1, 120, 40}, 4, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},    /* two row bands */
 };
 
 static void check_conv(const conv_case *cc, int threads) {
