@@ -238,7 +238,6 @@ void run_block(LaunchState *ls, bool reverse) {
 }  // namespace
 
 Launch *current_launch() { return &tl_launch->pub; }
-Fiber *current_fiber() { return tl_launch->pub.current; }
 const dim3 &current_thread_idx() { return tl_launch->pub.current->tid; }
 int current_linear_tid() { return tl_launch->pub.current->linear; }
 int lane_id() { return tl_launch->pub.current->linear % WARP_SIZE; }

@@ -88,7 +88,6 @@ struct Launch {
 };
 
 Launch *current_launch();
-Fiber *current_fiber();
 const dim3 &current_thread_idx();
 int current_linear_tid();
 

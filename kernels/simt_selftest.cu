@@ -9,10 +9,10 @@
 namespace I3_NS {
 
 /* Each thread writes its id to shared memory, then reads its neighbour's after the barrier; then a
- * tree reduction over the block. */
+ * tree reduction over the block in dynamic shared memory. */
 __global__ void selftest_barrier_kernel(int *neighbour, int *block_sum) {
     __shared__ int ids[SELFTEST_BLOCK];
-    __shared__ int partial[SELFTEST_BLOCK];
+    I3_DYNAMIC_SHARED(int, partial);
     int t = threadIdx.x, n = blockDim.x;
     ids[t] = t + 1000 * blockIdx.x;
     __syncthreads();
@@ -167,7 +167,8 @@ using namespace I3_NS;
 extern "C" int I3_DEV(selftest_barrier)(int *neighbour, int *block_sum) {
     Buffers bufs = {};
     int *dn = to_device<int>(&bufs, NULL, 2 * SELFTEST_BLOCK), *ds = to_device<int>(&bufs, NULL, 2);
-    if (bufs.error == cudaSuccess) bufs.error = I3_LAUNCH(selftest_barrier_kernel, 2, SELFTEST_BLOCK, 0, 0, dn, ds);
+    if (bufs.error == cudaSuccess)
+        bufs.error = I3_LAUNCH(selftest_barrier_kernel, 2, SELFTEST_BLOCK, SELFTEST_BLOCK * sizeof(int), 0, dn, ds);
     to_host(&bufs, neighbour, dn, 2 * SELFTEST_BLOCK);
     to_host(&bufs, block_sum, ds, 2);
     return finish(&bufs);
