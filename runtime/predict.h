@@ -1,0 +1,67 @@
+/* nnU-Net v2 whole-case prediction, as nnunetv2 2.8.1's nnUNetPredictor does it
+ * (inference/predict_from_raw_data.py + inference/export_prediction.py), on i3rt weight files.
+ *
+ * A model folder holds fold_K.safetensors (tools/convert_pt/convert_nnunet.py) whose metadata carries the
+ * plans, dataset.json, configuration name and the allowed mirroring axes. For one case:
+ *   1. preprocess (preprocess.h): transpose_forward, crop to the nonzero box, normalize, resample to the
+ *      configuration's spacing (2D: the first axis keeps its spacing)
+ *   2. sliding-window logits for every fold (sliding_window.h), averaged over folds
+ *   3. export: resample the logits back to the cropped shape (resampling_fn_probabilities), softmax when
+ *      probabilities are asked for, argmax, paste into the uncropped shape (background outside the box;
+ *      probabilities 1 for class 0 there), transpose_backward.
+ * Supported: 2d and 3d_fullres-like configurations (any name without a previous stage), plain label
+ * datasets (no regions), readers SimpleITKIO / NibabelIO (both give the (z, y, x) axis order read here). */
+#ifndef I3RT_PREDICT_H
+#define I3RT_PREDICT_H
+
+#include "preprocess.h"
+#include "sliding_window.h"
+#include "volume_io.h"
+
+#define I3_MAX_FOLDS 16
+#define I3_MAX_CHANNELS 64
+
+typedef struct i3_predictor i3_predictor;
+
+/* What a model folder says about the configuration (read from fold metadata). */
+typedef struct {
+    char configuration[64];
+    int dims;                    /* 2 or 3 */
+    int64_t patch[3];            /* (1, h, w) for 2D */
+    double spacing[3];           /* target spacing; 2D: spacing[0] unused (kept from the image) */
+    int transpose_forward[3], transpose_backward[3];
+    int channels, num_classes;
+    i3_norm_channel norm[I3_MAX_CHANNELS];
+    i3_resample_params resample_data, resample_probabilities;
+    int n_mirror_axes, mirror_axes[3];
+    int n_folds, folds[I3_MAX_FOLDS];
+    char file_ending[16];        /* dataset.json file_ending (".nii.gz") */
+} i3_predictor_info;
+
+/* Loads the given folds (n_folds == 0: every fold_K.safetensors in the folder, K ascending). Every fold
+ * must describe the same configuration and network shape. */
+i3rt_status i3_predictor_load(i3_ctx *ctx, const char *model_dir, const int *folds, int n_folds, i3_predictor **out);
+void i3_predictor_free(i3_predictor *p);
+const i3_predictor_info *i3_predictor_get_info(const i3_predictor *p);
+
+typedef struct {
+    int use_mirroring;           /* test-time mirroring over the allowed axes */
+    double step_size;            /* 0.5 */
+    i3_accumulate_mode accumulate;
+    i3_progress_fn progress;     /* after every network forward: done of total (all folds) */
+    void *progress_user;
+} i3_predict_options;
+
+void i3_predict_options_default(i3_predict_options *o);
+
+/* Predicts one case. image: [channels, D, H, W] with its geometry (spacing from the NIfTI header).
+ * labels: [D, H, W]; probabilities (may be NULL): [num_classes, D, H, W]. */
+i3rt_status i3_predict_case(i3_predictor *p, const i3_volume *image, const i3_predict_options *o, int32_t *labels,
+                            float *probabilities);
+
+/* Steps 1 alone (for tests): the preprocessed array as nnU-Net's run_case_npy returns it. *out is
+ * malloc'ed [channels, out_shape]; bbox lo/hi in transposed axes. */
+i3rt_status i3_predict_preprocess(i3_predictor *p, const i3_volume *image, float **out, int64_t out_shape[3],
+                                  int64_t bbox_lo[3], int64_t bbox_hi[3]);
+
+#endif /* I3RT_PREDICT_H */
