@@ -14,6 +14,7 @@
 #include "network.h"
 #include "ops.h"
 #include "volume_io.h"
+#include "predict.h" /* cli/predict.h */
 #include "i3deep.h" /* cli/i3deep.h */
 
 #include <stdio.h>
@@ -31,6 +32,7 @@ static const char *MAIN_HELP =
     "commands:\n"
     "  info MODEL [--size D H W]          print the network: stages, shapes, parameters, planned memory\n"
     "  forward MODEL IN... OUT [options]  one forward pass of a NIfTI volume on the CPU\n"
+    "  predict -i IN -o OUT -m MODELDIR   nnU-Net v2 prediction of whole cases (i3rt predict --help)\n"
     "  i3deep COMMAND ARGS                i3Deep: recommend, refine-input, simulate (i3rt i3deep --help)\n"
     "  version                            print the version\n"
     "\n"
@@ -330,6 +332,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "info") == 0) return cmd_info(argc - 2, argv + 2);
     if (strcmp(cmd, "forward") == 0) return cmd_forward(argc - 2, argv + 2);
     if (strcmp(cmd, "i3deep") == 0) return cli_i3deep(argc - 2, argv + 2);
+    if (strcmp(cmd, "predict") == 0) return cli_predict(argc - 2, argv + 2);
     fprintf(stderr, "i3rt: unknown command '%s'\n\n%s", cmd, MAIN_HELP);
     return EXIT_USAGE;
 }
