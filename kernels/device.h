@@ -142,7 +142,8 @@ static inline void mma_finalize(Warp *w, uint32_t mask) {
         int g = lane / 4, t = lane % 4;
         for (int i = 0; i < 8; i++)
             A[g + 8 * (i / 2 % 2)][2 * t + i % 2 + 8 * (i / 4)] = to_float((uint16_t)(in.a[i / 2] >> 16 * (i % 2)));
-        for (int i = 0; i < 4; i++) B[2 * t + i % 2 + 8 * (i / 2)][g] = to_float((uint16_t)(in.b[i / 2] >> 16 * (i % 2)));
+        for (int i = 0; i < 4; i++)
+            B[2 * t + i % 2 + 8 * (i / 2)][g] = to_float((uint16_t)(in.b[i / 2] >> 16 * (i % 2)));
         for (int i = 0; i < 4; i++) C[g + 8 * (i / 2)][2 * t + i % 2] = in.c[i];
     }
     for (int lane = 0; lane < WARP_SIZE; lane++) {

@@ -5,8 +5,8 @@
  * fiber runs until it reaches __syncthreads, a warp collective whose other lanes have not arrived
  * yet, or its end. On x86-64 a fiber switch is a dozen instructions (switch_stack below); elsewhere
  * it is ucontext's swapcontext, which also saves the signal mask with a system call per switch
- * (that made swapcontext 80 % of an emulated U-Net's time). The launch state lives in a thread_local pointer, like the CUDA
- * runtime's per-thread state; nothing else is global. */
+ * (that made swapcontext 80 % of an emulated U-Net's time). The launch state lives in a
+ * thread_local pointer, like the CUDA runtime's per-thread state; nothing else is global. */
 #include "simt.h"
 
 #include <stdarg.h>

@@ -47,8 +47,9 @@ static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
     if (e == cudaSuccess) return I3RT_OK;
     *out = NULL;
     cudaGetLastError();
-    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: out of device memory allocating %zu bytes (%.1f MiB): %s",
-                   BACKEND_NAME, bytes, bytes / 1048576.0, cudaGetErrorString(e));
+    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY,
+                   "%s backend: out of device memory allocating %zu bytes (%.1f MiB): %s", BACKEND_NAME, bytes,
+                   bytes / 1048576.0, cudaGetErrorString(e));
 }
 
 static void device_free(i3_backend *b, void *ptr) {
@@ -193,7 +194,8 @@ extern "C" i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_back
     return i3gpu_backend_create(ctx, out);
 #else
     *out = NULL;
-    return i3_fail(ctx, I3RT_ERR_BACKEND, "the CUDA backend is not built into this i3rt (configure with -DI3RT_CUDA=ON)");
+    return i3_fail(ctx, I3RT_ERR_BACKEND,
+                   "the CUDA backend is not built into this i3rt (configure with -DI3RT_CUDA=ON)");
 #endif
 }
 #endif

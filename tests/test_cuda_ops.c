@@ -27,22 +27,22 @@
 #endif
 
 #define NMSE_F32 1e-10
-#define SENTINEL 1234.5f       /* around inputs */
-#define SENTINEL_OUT -777.25f  /* around outputs: a kernel that copies an input's guard into an output's
-                                * guard is caught too */
+#define SENTINEL 1234.5f /* around inputs */
+#define SENTINEL_OUT                                                                                                   \
+    -777.25f /* around outputs: a kernel that copies an input's guard into an output's                                 \
+              * guard is caught too */
 
-typedef int (*conv_tc_launcher)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *,
-                                float *, i3_shape5, int, void *);
+typedef int (*conv_tc_launcher)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *,
+                                i3_shape5, int, void *);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
-typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *,
-                                void *);
+typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
 
 typedef struct {
     i3_ctx ctx;
     i3_backend *b;
-    softmax_launcher softmax_uncertainty;   /* the fused op's full form (the graph op only wants probs) */
-    conv_tc_launcher conv_tensor_core;      /* not a graph op's kernel yet: called directly */
-    slice_sums_launcher slice_sums;         /* not a graph op */
+    softmax_launcher softmax_uncertainty; /* the fused op's full form (the graph op only wants probs) */
+    conv_tc_launcher conv_tensor_core;    /* not a graph op's kernel yet: called directly */
+    slice_sums_launcher slice_sums;       /* not a graph op */
 } device;
 
 /* A device buffer of n floats between two guard zones of `sentinel`. */
@@ -59,8 +59,10 @@ static dbuf dev_upload(device *d, const float *host, int64_t n) {
     cr_assert_eq(d->b->iface->alloc(d->b, (size_t)total * sizeof(float), (void **)&t.base), I3RT_OK, "%s",
                  d->ctx.error);
     float *staging = malloc((size_t)total * sizeof(float));
-    for (int64_t i = 0; i < total; i++) staging[i] = t.sentinel;
-    if (host) memcpy(staging + FX_GUARD, host, (size_t)n * sizeof(float));
+    for (int64_t i = 0; i < total; i++)
+        staging[i] = t.sentinel;
+    if (host)
+        memcpy(staging + FX_GUARD, host, (size_t)n * sizeof(float));
     cr_assert_eq(d->b->iface->upload(d->b, t.base, staging, (size_t)total * sizeof(float)), I3RT_OK, "%s",
                  d->ctx.error);
     free(staging);
@@ -79,7 +81,8 @@ static void dev_download_free(device *d, dbuf t, void *host, const char *what) {
         cr_assert_eq(staging[FX_GUARD + t.n + i], t.sentinel, "%s: write after the buffer (guard %lld)", what,
                      (long long)i);
     }
-    if (host) memcpy(host, staging + FX_GUARD, (size_t)t.n * sizeof(float));
+    if (host)
+        memcpy(host, staging + FX_GUARD, (size_t)t.n * sizeof(float));
     free(staging);
     d->b->iface->free(d->b, t.base);
 }
@@ -91,12 +94,13 @@ static void check_nmse_tol(const char *device_name, const char *what, const floa
         double e = (double)got[i] - ref[i];
         err2 += e * e;
         ref2 += (double)ref[i] * ref[i];
-        if (fabs(e) > max_abs || isnan(e)) max_abs = fabs(e);
+        if (fabs(e) > max_abs || isnan(e))
+            max_abs = fabs(e);
     }
     double nmse = ref2 > 0 ? err2 / ref2 : err2;
     printf("%-8s %-64s n=%-7lld nmse %.2e  max abs %.2e\n", device_name, what, (long long)n, nmse, max_abs);
-    cr_assert(nmse <= tolerance && !isnan(max_abs), "%s %s: nmse %.3g > %.0e (max abs error %.3g)", device_name,
-              what, nmse, tolerance, max_abs);
+    cr_assert(nmse <= tolerance && !isnan(max_abs), "%s %s: nmse %.3g > %.0e (max abs error %.3g)", device_name, what,
+              nmse, tolerance, max_abs);
 }
 
 static void check_nmse(const char *device_name, const char *what, const float *got, const float *ref, int64_t n) {
@@ -118,7 +122,8 @@ static void run_node(device *d, i3_node node, const float *const *inputs, const 
     g.n_values = I3_MAX_INPUTS + 1;
     for (int i = 0; i < I3_MAX_INPUTS; i++) {
         node.in[i] = inputs[i] ? i : -1;
-        if (!inputs[i]) continue;
+        if (!inputs[i])
+            continue;
         bufs[i] = dev_upload(d, inputs[i], in_numel[i]);
         values[i].kind = i == 0 ? I3_VALUE_ACTIVATION : I3_VALUE_WEIGHT;
         values[i].ndim = 5;
@@ -141,11 +146,12 @@ static void run_node(device *d, i3_node node, const float *const *inputs, const 
     cr_assert_eq(d->b->iface->run_node(d->b, &g, &node, NULL), I3RT_OK, "%s: %s", what, d->ctx.error);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s: %s", what, d->ctx.error);
     for (int i = 0; i < I3_MAX_INPUTS; i++) {
-        if (!inputs[i] || (in_place && i == 0)) continue;
+        if (!inputs[i] || (in_place && i == 0))
+            continue;
         float *copy = malloc((size_t)in_numel[i] * sizeof(float));
         dev_download_free(d, bufs[i], copy, what);
-        cr_assert(memcmp(copy, inputs[i], (size_t)in_numel[i] * sizeof(float)) == 0, "%s: input %d was modified",
-                  what, i);
+        cr_assert(memcmp(copy, inputs[i], (size_t)in_numel[i] * sizeof(float)) == 0, "%s: input %d was modified", what,
+                  i);
         free(copy);
     }
     dev_download_free(d, in_place ? bufs[0] : bufs[out], y, what);
@@ -174,16 +180,17 @@ static void conv_case(device *d, const char *name, i3_shape5 xs, i3_conv_params 
     int64_t nw = (int64_t)p.cout * xs.c * p.k[0] * p.k[1] * p.k[2];
     float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
     float *b = with_bias ? random_floats(&r, p.cout, -0.2f, 0.2f) : NULL;
-    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)),
+          *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
     i3_cpu_conv_ref(x, xs, w, b, &p, ref);
     i3_node node = {.op = I3_OP_CONV, .p.conv = p};
     const float *in[3] = {x, w, b};
     int64_t numel[3] = {i3_shape5_numel(xs), nw, p.cout};
     i3_shape5 shapes[3] = {xs, {p.cout, xs.c, p.k[0], p.k[1], p.k[2]}, {p.cout, 1, 1, 1, 1}};
     char what[160];
-    snprintf(what, sizeof what, "conv %s x[%lld,%lld,%lld,%lld,%lld] k%dx%dx%d s%d%d%d p%d%d%d", name,
-             (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, p.k[0], p.k[1],
-             p.k[2], p.stride[0], p.stride[1], p.stride[2], p.pad[0], p.pad[1], p.pad[2]);
+    snprintf(what, sizeof what, "conv %s x[%lld,%lld,%lld,%lld,%lld] k%dx%dx%d s%d%d%d p%d%d%d", name, (long long)xs.n,
+             (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, p.k[0], p.k[1], p.k[2], p.stride[0],
+             p.stride[1], p.stride[2], p.pad[0], p.pad[1], p.pad[2]);
     run_node(d, node, in, numel, shapes, ys, y, 0, what);
     check_nmse(d->b->iface->name, what, y, ref, i3_shape5_numel(ys));
     free(x), free(w), free(b), free(y), free(ref);
@@ -227,13 +234,16 @@ static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int bf16, ui
     float *x = random_floats(&r, nx, -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
     float *b = random_floats(&r, p.cout, -0.2f, 0.2f);
     float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
-    for (int64_t i = 0; i < nx; i++) xr[i] = round_b16(x[i], bf16);
-    for (int64_t i = 0; i < nw; i++) wr[i] = round_b16(w[i], bf16);
+    for (int64_t i = 0; i < nx; i++)
+        xr[i] = round_b16(x[i], bf16);
+    for (int64_t i = 0; i < nw; i++)
+        wr[i] = round_b16(w[i], bf16);
     float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
     float *ref_rounded = malloc((size_t)ny * sizeof(float));
     i3_cpu_conv_ref(x, xs, w, b, &p, ref);
     i3_cpu_conv_ref(xr, xs, wr, b, &p, ref_rounded);
-    dbuf dx = dev_upload(d, x, nx), dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout), dy = dev_upload(d, NULL, ny);
+    dbuf dx = dev_upload(d, x, nx), dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout),
+         dy = dev_upload(d, NULL, ny);
     cr_assert_eq(d->conv_tensor_core(dx.data, xs, dw.data, db.data, &p, dy.data, ys, bf16, NULL), 0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
     dev_download_free(d, dx, NULL, "conv_tensor_core x");
@@ -255,9 +265,9 @@ static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int bf16, ui
 static void check_conv_tensor_core(device *d) {
     for (int bf16 = 0; bf16 < 2; bf16++) {
         i3_conv_params p3 = {.cout = 5, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}, .act = LEAKY};
-        conv_tc_case(d, (i3_shape5){2, 3, 5, 7, 6}, p3, bf16, 100 + bf16);    /* k = 81, 420 rows */
+        conv_tc_case(d, (i3_shape5){2, 3, 5, 7, 6}, p3, bf16, 100 + bf16); /* k = 81, 420 rows */
         i3_conv_params wide = {.cout = 40, .k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = LEAKY};
-        conv_tc_case(d, (i3_shape5){1, 7, 3, 9, 8}, wide, bf16, 102 + bf16);  /* two column tiles */
+        conv_tc_case(d, (i3_shape5){1, 7, 3, 9, 8}, wide, bf16, 102 + bf16); /* two column tiles */
         i3_conv_params head = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}, .pad = {0, 0, 0}};
         conv_tc_case(d, (i3_shape5){1, 20, 2, 5, 7}, head, bf16, 104 + bf16); /* k = 20: a partial k step */
     }
@@ -269,7 +279,8 @@ static void conv_transpose_case(device *d, i3_shape5 xs, i3_conv_transpose_param
     int64_t nw = xs.c * p.cout * p.k[0] * p.k[1] * p.k[2];
     float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
     float *b = with_bias ? random_floats(&r, p.cout, -0.2f, 0.2f) : NULL;
-    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)),
+          *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
     i3_cpu_conv_transpose_ref(x, xs, w, b, &p, ref);
     i3_node node = {.op = I3_OP_CONV_TRANSPOSE, .p.conv_transpose = p};
     const float *in[3] = {x, w, b};
@@ -295,7 +306,8 @@ static void acs_case(device *d, i3_shape5 xs, i3_acs_conv_params p, int with_bia
     int64_t nw = (int64_t)p.cout * xs.c * p.k * p.k;
     float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
     float *b = with_bias ? random_floats(&r, p.cout, -0.2f, 0.2f) : NULL;
-    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)),
+          *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
     i3_cpu_acs_conv_ref(x, xs, w, b, &p, ref);
     i3_node node = {.op = I3_OP_ACS_CONV, .p.acs = p};
     const float *in[3] = {x, w, b};
@@ -310,7 +322,8 @@ static void acs_case(device *d, i3_shape5 xs, i3_acs_conv_params p, int with_bia
 }
 
 static void check_acs_conv(device *d) {
-    acs_case(d, (i3_shape5){1, 3, 5, 6, 7}, (i3_acs_conv_params){.cout = 5, .k = 3, .stride = 1, .pad = 1, .act = LEAKY}, 1, 30);
+    acs_case(d, (i3_shape5){1, 3, 5, 6, 7},
+             (i3_acs_conv_params){.cout = 5, .k = 3, .stride = 1, .pad = 1, .act = LEAKY}, 1, 30);
     acs_case(d, (i3_shape5){2, 2, 7, 5, 6}, (i3_acs_conv_params){.cout = 4, .k = 3, .stride = 2, .pad = 1}, 0, 31);
     acs_case(d, (i3_shape5){1, 2, 4, 5, 3}, (i3_acs_conv_params){.cout = 7, .k = 1, .stride = 1, .pad = 0}, 1, 32);
 }
@@ -319,7 +332,8 @@ static void norm_case(device *d, i3_shape5 xs, int affine, int in_place, uint64_
     fx_rng r = fx_rng_seed(seed);
     int64_t n = i3_shape5_numel(xs);
     float *x = random_floats(&r, n, -3, 5);
-    float *gamma = affine ? random_floats(&r, xs.c, 0.5f, 1.5f) : NULL, *beta = affine ? random_floats(&r, xs.c, -1, 1) : NULL;
+    float *gamma = affine ? random_floats(&r, xs.c, 0.5f, 1.5f) : NULL,
+          *beta = affine ? random_floats(&r, xs.c, -1, 1) : NULL;
     float *y = malloc((size_t)n * sizeof(float)), *ref = malloc((size_t)n * sizeof(float));
     i3_norm_params p = {.eps = 1e-5f, .act = LEAKY};
     i3_cpu_instance_norm(x, xs, gamma, beta, &p, ref, 1);
@@ -337,8 +351,8 @@ static void norm_case(device *d, i3_shape5 xs, int affine, int in_place, uint64_
 
 static void check_instance_norm(device *d) {
     norm_case(d, (i3_shape5){2, 3, 5, 7, 9}, 1, 0, 40);
-    norm_case(d, (i3_shape5){1, 2, 1, 3, 5}, 0, 0, 41);     /* fewer elements than threads */
-    norm_case(d, (i3_shape5){1, 2, 11, 13, 17}, 1, 1, 42);  /* several elements per thread */
+    norm_case(d, (i3_shape5){1, 2, 1, 3, 5}, 0, 0, 41);    /* fewer elements than threads */
+    norm_case(d, (i3_shape5){1, 2, 11, 13, 17}, 1, 1, 42); /* several elements per thread */
 }
 
 static void check_elementwise(device *d) {
@@ -356,7 +370,8 @@ static void check_elementwise(device *d) {
     check_nmse(d->b->iface->name, "activation leaky", y, ref, n);
     i3_act relu = {I3_ACT_RELU, 0};
     i3_cpu_activation(a, n, relu, ref, 1);
-    run_node(d, (i3_node){.op = I3_OP_ACTIVATION, .p.act = relu}, in, numel, shapes, xs, y, 1, "activation relu in place");
+    run_node(d, (i3_node){.op = I3_OP_ACTIVATION, .p.act = relu}, in, numel, shapes, xs, y, 1,
+             "activation relu in place");
     check_nmse(d->b->iface->name, "activation relu in place", y, ref, n);
 
     i3_cpu_add(a, b, n, relu, ref, 1);
@@ -380,7 +395,8 @@ static void resize_case(device *d, i3_shape5 xs, int64_t od, int64_t oh, int64_t
     i3_resize_params p = {.out = {od, oh, ow}, .align_corners = align};
     i3_shape5 ys = {xs.n, xs.c, od, oh, ow};
     float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1);
-    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+    float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)),
+          *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
     i3_cpu_resize(x, xs, &p, ref, 1);
     const float *in[3] = {x, NULL, NULL};
     int64_t numel[3] = {i3_shape5_numel(xs), 0, 0};
@@ -395,9 +411,9 @@ static void resize_case(device *d, i3_shape5 xs, int64_t od, int64_t oh, int64_t
 
 static void check_resize(device *d) {
     for (int align = 0; align < 2; align++) {
-        resize_case(d, (i3_shape5){2, 2, 3, 5, 4}, 7, 9, 10, align, 60 + align);   /* up, anisotropic */
-        resize_case(d, (i3_shape5){1, 3, 9, 8, 11}, 4, 5, 3, align, 62 + align);   /* down */
-        resize_case(d, (i3_shape5){1, 2, 1, 6, 5}, 1, 13, 2, align, 64 + align);   /* bilinear, to 1 and up */
+        resize_case(d, (i3_shape5){2, 2, 3, 5, 4}, 7, 9, 10, align, 60 + align); /* up, anisotropic */
+        resize_case(d, (i3_shape5){1, 3, 9, 8, 11}, 4, 5, 3, align, 62 + align); /* down */
+        resize_case(d, (i3_shape5){1, 2, 1, 6, 5}, 1, 13, 2, align, 64 + align); /* bilinear, to 1 and up */
     }
 }
 
@@ -408,7 +424,8 @@ static void check_avg_pool(device *d) {
     for (int pass = 0; pass < 2; pass++) {
         i3_shape5 ys = i3_avg_pool_out_shape(xs, &p);
         float *x = random_floats(&r, i3_shape5_numel(xs), -1, 1);
-        float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)), *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
+        float *y = malloc((size_t)i3_shape5_numel(ys) * sizeof(float)),
+              *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
         i3_cpu_avg_pool_ref(x, xs, &p, ref);
         const float *in[3] = {x, NULL, NULL};
         int64_t numel[3] = {i3_shape5_numel(xs), 0, 0};
@@ -455,11 +472,12 @@ static void check_softmax(device *d) {
         check_nmse(d->b->iface->name, what, probs, ref, total);
         snprintf(what, sizeof what, "softmax_uncertainty C=%lld max probability", (long long)c);
         check_nmse(d->b->iface->name, what, msp, ref_msp, n * s);
-        if (c > 1) {   /* entropy is 0 for one class: nmse against zeros is the plain squared error */
+        if (c > 1) { /* entropy is 0 for one class: nmse against zeros is the plain squared error */
             snprintf(what, sizeof what, "softmax_uncertainty C=%lld normalized entropy", (long long)c);
             check_nmse(d->b->iface->name, what, h, ref_h, n * s);
         } else {
-            for (int64_t i = 0; i < n * s; i++) cr_assert_eq(h[i], 0.0f, "entropy of one class must be 0");
+            for (int64_t i = 0; i < n * s; i++)
+                cr_assert_eq(h[i], 0.0f, "entropy of one class must be 0");
         }
         for (int64_t i = 0; i < n * s; i++)
             cr_assert_eq(arg[i], ref_arg[i], "argmax at %lld: %d, reference %d", (long long)i, arg[i], ref_arg[i]);
@@ -478,9 +496,11 @@ static void check_slice_sums(device *d) {
         i3_cpu_slice_sums(x, nd, nh, nw, ref[0], ref[1], ref[2]);
         dbuf dx = dev_upload(d, x, n), out[3];
         int64_t len[3] = {nd, nh, nw};
-        for (int a = 0; a < 3; a++) out[a] = dev_upload(d, NULL, 2 * len[a]);   /* doubles in float buffers */
+        for (int a = 0; a < 3; a++)
+            out[a] = dev_upload(d, NULL, 2 * len[a]); /* doubles in float buffers */
         cr_assert_eq(d->slice_sums(dx.data, nd, nh, nw, (double *)out[0].data, (double *)out[1].data,
-                                   (double *)out[2].data, NULL), 0);
+                                   (double *)out[2].data, NULL),
+                     0);
         cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
         dev_download_free(d, dx, NULL, "slice_sums x");
         double max_rel = 0;
@@ -488,11 +508,12 @@ static void check_slice_sums(device *d) {
             dev_download_free(d, out[a], got[a], "slice_sums out");
             for (int64_t i = 0; i < len[a]; i++) {
                 double rel = fabs(got[a][i] - ref[a][i]) / fabs(ref[a][i]);
-                if (rel > max_rel) max_rel = rel;
+                if (rel > max_rel)
+                    max_rel = rel;
             }
         }
-        printf("%-8s slice_sums [%lld,%lld,%lld] max rel error %.2e\n", d->b->iface->name, (long long)nd,
-               (long long)nh, (long long)nw, max_rel);
+        printf("%-8s slice_sums [%lld,%lld,%lld] max rel error %.2e\n", d->b->iface->name, (long long)nd, (long long)nh,
+               (long long)nw, max_rel);
         cr_assert_lt(max_rel, 1e-12, "slice sums: relative error %g", max_rel);
         free(x);
     }
@@ -508,9 +529,11 @@ typedef struct {
 static int net_weight(i3_graph *g, net_weights *nw, fx_rng *r, const char *name, int ndim, int64_t d0, int64_t d1,
                       int64_t d2, int64_t d3, int64_t d4) {
     int64_t dims[5] = {d0, d1, d2, d3, d4}, numel = 1;
-    for (int i = 0; i < ndim; i++) numel *= dims[i];
+    for (int i = 0; i < ndim; i++)
+        numel *= dims[i];
     float *v = random_floats(r, numel, -0.5f, 0.5f);
-    if (ndim == 1 && strstr(name, "gamma")) fx_fill(r, v, numel, 0.5f, 1.5f);
+    if (ndim == 1 && strstr(name, "gamma"))
+        fx_fill(r, v, numel, 0.5f, 1.5f);
     nw->data[nw->n++] = v;
     return i3_graph_weight(g, name, v, ndim, dims);
 }
@@ -523,25 +546,31 @@ static void build_net(i3_graph *g, net_weights *nw, i3_shape5 xs) {
     i3_norm_params norm = {.eps = 1e-5f, .act = leaky};
     int x = i3_graph_input(g, xs);
     i3_conv_params c1 = {.cout = 4, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
-    int s1 = i3_graph_conv(g, x, net_weight(g, nw, &r, "c1.w", 5, 4, xs.c, 3, 3, 3), net_weight(g, nw, &r, "c1.b", 1, 4, 0, 0, 0, 0), &c1, "stage 1 conv");
-    s1 = i3_graph_instance_norm(g, s1, net_weight(g, nw, &r, "n1.gamma", 1, 4, 0, 0, 0, 0), net_weight(g, nw, &r, "n1.beta", 1, 4, 0, 0, 0, 0), &norm, "stage 1 norm");
+    int s1 = i3_graph_conv(g, x, net_weight(g, nw, &r, "c1.w", 5, 4, xs.c, 3, 3, 3),
+                           net_weight(g, nw, &r, "c1.b", 1, 4, 0, 0, 0, 0), &c1, "stage 1 conv");
+    s1 = i3_graph_instance_norm(g, s1, net_weight(g, nw, &r, "n1.gamma", 1, 4, 0, 0, 0, 0),
+                                net_weight(g, nw, &r, "n1.beta", 1, 4, 0, 0, 0, 0), &norm, "stage 1 norm");
     i3_conv_params c2 = {.cout = 6, .k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = leaky};
-    int s2 = i3_graph_conv(g, s1, net_weight(g, nw, &r, "c2.w", 5, 6, 4, 1, 3, 3), net_weight(g, nw, &r, "c2.b", 1, 6, 0, 0, 0, 0), &c2, "stage 2 conv");
+    int s2 = i3_graph_conv(g, s1, net_weight(g, nw, &r, "c2.w", 5, 6, 4, 1, 3, 3),
+                           net_weight(g, nw, &r, "c2.b", 1, 6, 0, 0, 0, 0), &c2, "stage 2 conv");
     i3_conv_transpose_params up = {.cout = 4, .k = {1, 2, 2}};
-    int u = i3_graph_conv_transpose(g, s2, net_weight(g, nw, &r, "up.w", 5, 6, 4, 1, 2, 2), net_weight(g, nw, &r, "up.b", 1, 4, 0, 0, 0, 0), &up, "upsample");
+    int u = i3_graph_conv_transpose(g, s2, net_weight(g, nw, &r, "up.w", 5, 6, 4, 1, 2, 2),
+                                    net_weight(g, nw, &r, "up.b", 1, 4, 0, 0, 0, 0), &up, "upsample");
     int cat = i3_graph_concat(g, u, s1, "skip concat");
     i3_conv_params c3 = {.cout = 4, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
     int d = i3_graph_conv(g, cat, net_weight(g, nw, &r, "c3.w", 5, 4, 8, 3, 3, 3), -1, &c3, "decoder conv");
     d = i3_graph_activation(g, d, leaky, "decoder act");
     d = i3_graph_add(g, d, s1, none, "residual");
     i3_acs_conv_params acs = {.cout = 5, .k = 3, .stride = 1, .pad = 1, .act = leaky};
-    d = i3_graph_acs_conv(g, d, net_weight(g, nw, &r, "acs.w", 4, 5, 4, 3, 3, 0), net_weight(g, nw, &r, "acs.b", 1, 5, 0, 0, 0, 0), &acs, "acs conv");
+    d = i3_graph_acs_conv(g, d, net_weight(g, nw, &r, "acs.w", 4, 5, 4, 3, 3, 0),
+                          net_weight(g, nw, &r, "acs.b", 1, 5, 0, 0, 0, 0), &acs, "acs conv");
     i3_avg_pool_params pool = {.k = {1, 2, 2}};
     d = i3_graph_avg_pool(g, d, &pool, "pool");
     i3_resize_params rs = {.out = {xs.d, 7, 9}, .align_corners = 0};
     d = i3_graph_resize(g, d, &rs, "resize");
     i3_conv_params head = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}, .pad = {0, 0, 0}};
-    d = i3_graph_conv(g, d, net_weight(g, nw, &r, "head.w", 5, 3, 5, 1, 1, 1), net_weight(g, nw, &r, "head.b", 1, 3, 0, 0, 0, 0), &head, "head");
+    d = i3_graph_conv(g, d, net_weight(g, nw, &r, "head.w", 5, 3, 5, 1, 1, 1),
+                      net_weight(g, nw, &r, "head.b", 1, 3, 0, 0, 0, 0), &head, "head");
     d = i3_graph_softmax(g, d, "probabilities");
     g->output = d;
 }
@@ -568,8 +597,10 @@ static float *run_net(i3_backend *b, i3_shape5 xs, const float *input, int64_t *
     cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", b->ctx->error);
     b->iface->free(b, arena);
     b->iface->free(b, scratch);
-    if (weights) b->iface->free(b, weights);
-    for (int i = 0; i < nw.n; i++) free(nw.data[i]);
+    if (weights)
+        b->iface->free(b, weights);
+    for (int i = 0; i < nw.n; i++)
+        free(nw.data[i]);
     i3_graph_free(&g);
     return y;
 }
@@ -650,8 +681,8 @@ static void check_unet_tol(device *d, const char *name, double tolerance) {
     const char *conv = getenv("I3RT_CUDA_CONV");
     printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes: max abs err %.3g, max |torch| %.3g, "
            "rel %.3g\n",
-           b->iface->name, name, conv ? conv : "f32", (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
-           (long long)xs.w, g.n_nodes, max_abs, max_ref, max_abs / max_ref);
+           b->iface->name, name, conv ? conv : "f32", (long long)xs.n, (long long)xs.c, (long long)xs.d,
+           (long long)xs.h, (long long)xs.w, g.n_nodes, max_abs, max_ref, max_abs / max_ref);
     cr_assert(max_abs <= tolerance * max_ref, "%s: relative error %.3g > %.0e", name, max_abs / max_ref, tolerance);
     free(y);
     b->iface->free(b, arena);
@@ -697,30 +728,54 @@ static int open_gpu(device *d) {
     return 1;
 }
 
-#define DEVICE_TESTS(suite, open)                                  \
-    Test(suite, conv) { device d; if (open(&d)) { check_conv(&d); i3_backend_destroy(d.b); } }                     \
-    Test(suite, conv_tensor_core) { device d; if (open(&d)) { check_conv_tensor_core(&d); i3_backend_destroy(d.b); } } \
-    Test(suite, conv_transpose) { device d; if (open(&d)) { check_conv_transpose(&d); i3_backend_destroy(d.b); } } \
-    Test(suite, acs_conv) { device d; if (open(&d)) { check_acs_conv(&d); i3_backend_destroy(d.b); } }             \
-    Test(suite, instance_norm) { device d; if (open(&d)) { check_instance_norm(&d); i3_backend_destroy(d.b); } }   \
-    Test(suite, elementwise) { device d; if (open(&d)) { check_elementwise(&d); i3_backend_destroy(d.b); } }       \
-    Test(suite, resize) { device d; if (open(&d)) { check_resize(&d); i3_backend_destroy(d.b); } }                 \
-    Test(suite, avg_pool) { device d; if (open(&d)) { check_avg_pool(&d); i3_backend_destroy(d.b); } }             \
-    Test(suite, slice_sums) { device d; if (open(&d)) { check_slice_sums(&d); i3_backend_destroy(d.b); } }       \
-    Test(suite, unet_plain_2d) { device d; if (open(&d)) { check_unet(&d, "plain_2d"); i3_backend_destroy(d.b); } } \
-    Test(suite, unet_plain_3d) { device d; if (open(&d)) { check_unet(&d, "plain_3d"); i3_backend_destroy(d.b); } } \
-    Test(suite, unet_resenc_2d) { device d; if (open(&d)) { check_unet(&d, "resenc_2d"); i3_backend_destroy(d.b); } } \
-    Test(suite, unet_resenc_3d) { device d; if (open(&d)) { check_unet(&d, "resenc_3d"); i3_backend_destroy(d.b); } } \
-    Test(suite, network) { device d; if (open(&d)) { check_network(&d); i3_backend_destroy(d.b); } }             \
-    Test(suite, softmax_uncertainty) { device d; if (open(&d)) { check_softmax(&d); i3_backend_destroy(d.b); } }
-
 static int open_emulated_ok(device *d) {
     open_emulated(d);
     return 1;
 }
 
+static void check_unet_plain_2d(device *d) {
+    check_unet(d, "plain_2d");
+}
+static void check_unet_plain_3d(device *d) {
+    check_unet(d, "plain_3d");
+}
+static void check_unet_resenc_2d(device *d) {
+    check_unet(d, "resenc_2d");
+}
+static void check_unet_resenc_3d(device *d) {
+    check_unet(d, "resenc_3d");
+}
+
+/* Opens the device (or skips) and runs one check on it. */
+static void on_device(int (*open)(device *), void (*check)(device *)) {
+    device d;
+    if (!open(&d)) return;
+    check(&d);
+    i3_backend_destroy(d.b);
+}
+
+/* Every check, once per device (suite `emulated` and suite `gpu`). */
+#define DEVICE_TESTS(suite, open)                                                                  \
+    Test(suite, conv) { on_device(open, check_conv); }                                             \
+    Test(suite, conv_tensor_core) { on_device(open, check_conv_tensor_core); }                     \
+    Test(suite, conv_transpose) { on_device(open, check_conv_transpose); }                         \
+    Test(suite, acs_conv) { on_device(open, check_acs_conv); }                                     \
+    Test(suite, instance_norm) { on_device(open, check_instance_norm); }                           \
+    Test(suite, elementwise) { on_device(open, check_elementwise); }                               \
+    Test(suite, resize) { on_device(open, check_resize); }                                         \
+    Test(suite, avg_pool) { on_device(open, check_avg_pool); }                                     \
+    Test(suite, softmax_uncertainty) { on_device(open, check_softmax); }                           \
+    Test(suite, slice_sums) { on_device(open, check_slice_sums); }                                 \
+    Test(suite, network) { on_device(open, check_network); }                                       \
+    Test(suite, unet_plain_2d) { on_device(open, check_unet_plain_2d); }                           \
+    Test(suite, unet_plain_3d) { on_device(open, check_unet_plain_3d); }                           \
+    Test(suite, unet_resenc_2d) { on_device(open, check_unet_resenc_2d); }                         \
+    Test(suite, unet_resenc_3d) { on_device(open, check_unet_resenc_3d); }
+
+// clang-format off
 DEVICE_TESTS(emulated, open_emulated_ok)
 DEVICE_TESTS(gpu, open_gpu)
+// clang-format on
 
 /* Every op again with the block's threads resumed last to first: a kernel with a shared-memory race
  * would give different results (kernels/simt.h). */
