@@ -76,7 +76,10 @@ i3rt_status i3rt_model_load(i3rt_context *ctx, const char *path, i3rt_model **ou
         i3_network_total_stride(&m->net, smallest);
         st = model_prepare(m, smallest);
     }
-    if (st == I3RT_OK) m->n_params = i3_network_parameter_count(&m->graph);
+    /* Every tensor of the file is a parameter of the inference network (the build checked that
+     * none is left over), as PyTorch counts them without the deep-supervision heads. */
+    for (int i = 0; st == I3RT_OK && i < i3_weights_count(m->weights); i++)
+        m->n_params += (int64_t)i3_weights_at(m->weights, i)->numel;
     if (st != I3RT_OK) {
         i3rt_model_free(m);
         return st;
@@ -108,7 +111,7 @@ i3rt_status i3rt_model_get_info(const i3rt_model *m, i3rt_model_info *out) {
     out->n_stages = m->net.n_stages;
     memcpy(out->patch_size, m->net.patch_size, sizeof out->patch_size);
     out->n_parameters = m->n_params;
-    out->weight_bytes = (size_t)m->n_params * sizeof(float);
+    out->weight_bytes = i3_graph_weight_bytes(&m->graph);
     return I3RT_OK;
 }
 
@@ -118,10 +121,10 @@ static i3rt_status check_spatial(i3rt_model *m, const int64_t spatial[3]) {
     for (int a = 0; a < 3; a++) {
         if (spatial[a] < 1 || spatial[a] % stride[a] != 0)
             return i3_fail(m->ctx, I3RT_ERR_SHAPE,
-                           "input size %lld x %lld x %lld: axis %d must be a positive multiple of %lld (the "
+                           "%s: input size %lld x %lld x %lld: axis %d must be a positive multiple of %lld (the "
                            "network's total stride %lld x %lld x %lld)",
-                           (long long)spatial[0], (long long)spatial[1], (long long)spatial[2], a,
-                           (long long)stride[a], (long long)stride[0], (long long)stride[1], (long long)stride[2]);
+                           i3_weights_label(m->weights), (long long)spatial[0], (long long)spatial[1],
+                           (long long)spatial[2], a, (long long)stride[a], (long long)stride[0], (long long)stride[1], (long long)stride[2]);
     }
     return I3RT_OK;
 }
@@ -189,7 +192,7 @@ size_t i3rt_model_describe(i3rt_model *m, const int64_t spatial_in[3], char *buf
         text_add(&t, "  %4d  %-15s %-28s %s\n", n, i3_op_name(g->nodes[n].op), shape, v->name);
     }
     text_add(&t, "memory      planned peak %.2f MiB (activations %.2f MiB + scratch %.2f MiB), weights %.2f MiB\n",
-             mib(peak), mib(g->arena_bytes), mib(g->scratch_bytes), mib((size_t)m->n_params * 4));
+             mib(peak), mib(g->arena_bytes), mib(g->scratch_bytes), mib(i3_graph_weight_bytes(g)));
     return t.len;
 }
 

@@ -518,12 +518,3 @@ i3rt_status i3_network_build(i3_ctx *ctx, const i3_network *net, i3_weights *w, 
     *output = logits;
     return I3RT_OK;
 }
-
-int64_t i3_network_parameter_count(const i3_graph *g) {
-    int64_t count = 0;
-    for (int i = 0; i < g->n_values; i++) {
-        const i3_value *v = &g->values[i];
-        if (v->kind == I3_VALUE_WEIGHT) count += (int64_t)(i3_value_bytes(v) / sizeof(float));
-    }
-    return count;
-}

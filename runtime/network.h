@@ -48,7 +48,4 @@ void i3_network_total_stride(const i3_network *net, int64_t out[3]);
 i3rt_status i3_network_build(i3_ctx *ctx, const i3_network *net, i3_weights *w, i3_shape5 input, i3_graph *g,
                              int *output);
 
-/* Number of scalar parameters the inference network uses. */
-int64_t i3_network_parameter_count(const i3_graph *g);
-
 #endif /* I3RT_NETWORK_H */
