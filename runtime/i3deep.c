@@ -379,6 +379,11 @@ static i3rt_status submit_file(i3_case *c, i3_axis axis, int64_t index, const ch
     int64_t rows = 0, cols = 0;
     if (ends_with(path, ".png") || ends_with(path, ".PNG")) {
         I3_TRY(i3_png_read_labels(c->ctx, path, &labels, &rows, &cols));
+        const i3rt_status st = check_labels(c, labels, rows, cols, path);  /* in the PNG's own rows */
+        if (st != I3RT_OK) {
+            free(labels);
+            return st;
+        }
         i3_plane_flip_rows(labels, sizeof(int32_t), rows, cols);  /* PNGs show the highest row on top */
     } else if (ends_with(path, ".nii") || ends_with(path, ".nii.gz")) {
         if ((unsigned)axis > I3_SAGITTAL)

@@ -8,6 +8,7 @@
  *     max_slices cap, ties across axes, all three axes of an asymmetric volume;
  *   - corrections written back at the right positions and orientation (asymmetric 4 x 5 x 6 volume,
  *     every pixel of a slice distinct), the refinement input built from them;
+ *   - label PNGs as other tools write them (palette, 4-bit, grey + alpha), a truncated PNG;
  *   - PNG and NIfTI round trips through export and submit, the PNG's row order (last slice row on
  *     top), the slice NIfTI's world position;
  *   - bad corrections (wrong shape, index out of range, labels outside the classes, RGB or non-PNG
@@ -19,6 +20,7 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <math.h>
+#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,6 +146,34 @@ Test(i3deep, streaming_mean_equals_plain_mean_of_member_softmaxes) {
     cr_expect(err_p <= 1e-6 && err_h <= 1e-6);
     cr_expect_eq(i3_case_members(c), T);
     i3_case_free(c);
+}
+
+Test(i3deep, one_member_matches_the_fused_softmax_op_over_many_blocks) {
+    /* T = 1: mean = softmax. n = 2 samples, C = 5, s = 1000 voxels (several 256-voxel blocks and a partial
+     * one), 2 threads, against i3_cpu_softmax_uncertainty (the fused op on logits, its own tests vs PyTorch). */
+    enum { N = 2, C = 5, S = 1000 };
+    static float logits[N * C * S], mean[N * C * S], probs[N * C * S], h[N * S], h_ref[N * S], msp[N * S], msp_ref[N * S];
+    static int32_t arg[N * S], arg_ref[N * S];
+    uint64_t state = 99;
+    for (int i = 0; i < N * C * S; i++) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        logits[i] = (float)((double)(state >> 11) / 9007199254740992.0 * 16.0 - 8.0);
+    }
+    i3_cpu_softmax_mean_accumulate(logits, N, C, S, 1, mean, 2);
+    i3_cpu_prob_uncertainty(mean, N, C, S, h, msp, arg, 2);
+    i3_cpu_softmax_uncertainty(logits, N, C, S, probs, h_ref, msp_ref, arg_ref, 2);
+    double err_p = 0.0, err_h = 0.0, err_m = 0.0;
+    int arg_diff = 0;
+    for (int i = 0; i < N * C * S; i++) err_p = fmax(err_p, fabs(mean[i] - probs[i]));
+    for (int i = 0; i < N * S; i++) {
+        err_h = fmax(err_h, fabs(h[i] - h_ref[i]));
+        err_m = fmax(err_m, fabs(msp[i] - msp_ref[i]));
+        arg_diff += arg[i] != arg_ref[i];
+    }
+    printf("one member vs fused softmax op: max abs error %.3g (probabilities), %.3g (entropy), %.3g (msp), %d argmax "
+           "differences; tolerance 1e-6\n", err_p, err_h, err_m, arg_diff);
+    cr_expect(err_p <= 1e-6 && err_h <= 1e-6 && err_m <= 1e-6);
+    cr_expect_eq(arg_diff, 0);
 }
 
 Test(i3deep, probabilities_that_are_not_a_distribution_are_refused) {
@@ -421,6 +451,68 @@ Test(i3deep, png_labels_round_trip) {
     free(back);
 }
 
+/* A PNG as other tools write label images: palette (index = class), low bit depths, grey + alpha.
+ * values: one byte per pixel (the sample value); libpng packs them to bit_depth. */
+static void write_tool_png(const char *path, int colour_type, int bit_depth, int rows, int cols, const uint8_t *values) {
+    FILE *f = fopen(path, "wb");
+    cr_assert(f);
+    png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+    png_infop info = png_create_info_struct(png);
+    cr_assert(png && info && !setjmp(png_jmpbuf(png)));
+    png_init_io(png, f);
+    png_set_IHDR(png, info, cols, rows, bit_depth, colour_type, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+                 PNG_FILTER_TYPE_DEFAULT);
+    png_color palette[16];
+    for (int i = 0; i < 16; i++) palette[i] = (png_color){(png_byte)(255 - 16 * i), (png_byte)(16 * i), 7};
+    if (colour_type == PNG_COLOR_TYPE_PALETTE) png_set_PLTE(png, info, palette, 16);
+    png_write_info(png, info);
+    if (bit_depth < 8) png_set_packing(png);
+    const int channels = colour_type == PNG_COLOR_TYPE_GRAY_ALPHA ? 2 : 1;
+    uint8_t row[64];
+    for (int r = 0; r < rows; r++) {
+        for (int c = 0; c < cols; c++) {
+            row[c * channels] = values[r * cols + c];
+            if (channels == 2) row[c * channels + 1] = (uint8_t)(c * 40);  /* some transparency */
+        }
+        png_write_row(png, row);
+    }
+    png_write_end(png, info);
+    png_destroy_write_struct(&png, &info);
+    fclose(f);
+}
+
+Test(i3deep, label_pngs_from_other_tools_read_as_their_values) {
+    const uint8_t values[3 * 5] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15};
+    const struct { int colour_type, bit_depth; const char *name; } forms[] = {
+        {PNG_COLOR_TYPE_PALETTE, 4, "palette4.png"}, {PNG_COLOR_TYPE_PALETTE, 8, "palette8.png"},
+        {PNG_COLOR_TYPE_GRAY, 4, "grey4.png"},       {PNG_COLOR_TYPE_GRAY_ALPHA, 8, "grey_alpha.png"}};
+    for (size_t i = 0; i < sizeof forms / sizeof forms[0]; i++) {
+        write_tool_png(temp(forms[i].name), forms[i].colour_type, forms[i].bit_depth, 3, 5, values);
+        int32_t *back;
+        int64_t rows, cols;
+        cr_assert_eq(i3_png_read_labels(ctx, temp(forms[i].name), &back, &rows, &cols), I3RT_OK, "%s",
+                     i3rt_context_error(ctx));
+        int wrong = 0;
+        for (int k = 0; k < 15; k++) wrong += back[k] != values[k];
+        printf("%s: %lld x %lld, %d wrong labels\n", forms[i].name, (long long)rows, (long long)cols, wrong);
+        cr_expect(rows == 3 && cols == 5 && wrong == 0, "%s", forms[i].name);
+        free(back);
+    }
+    /* Truncated: the first 60 bytes of a valid PNG. */
+    FILE *f = fopen(temp("palette8.png"), "rb");
+    uint8_t head[60];
+    cr_assert_eq(fread(head, 1, sizeof head, f), sizeof head);
+    fclose(f);
+    f = fopen(temp("cut.png"), "wb");
+    fwrite(head, 1, sizeof head, f);
+    fclose(f);
+    int32_t *back = (int32_t *)1;
+    int64_t rows, cols;
+    cr_expect_eq(i3_png_read_labels(ctx, temp("cut.png"), &back, &rows, &cols), I3RT_ERR_FORMAT);
+    cr_expect_null(back);
+    printf("%s\n", i3rt_context_error(ctx));
+}
+
 Test(i3deep, export_then_submit_the_exported_masks_gives_the_presegmentation_back) {
     i3_case *c = small_case();
     cr_assert_eq(i3_case_recommend(c, NULL), I3RT_OK);
@@ -527,7 +619,7 @@ Test(i3deep, bad_corrections_are_refused_and_the_case_keeps_its_state) {
     big[3] = 41;
     cr_assert_eq(i3_png_write_labels(ctx, temp("labels_sagittal_002.png"), big, CD, CH), I3RT_OK);
     EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("labels_sagittal_002.png")), I3RT_ERR_INVALID_ARGUMENT,
-                   "labels_sagittal_002.png");
+                   "labels_sagittal_002.png: label 41 at row 0 column 3");  /* the PNG's row, not the slice's */
     cr_assert_eq(i3_png_write_labels(ctx, temp("far_coronal_005.png"), coronal_plane, CD, CW), I3RT_OK);
     EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("far_coronal_005.png")), I3RT_ERR_INVALID_ARGUMENT,
                    "far_coronal_005.png");
