@@ -113,6 +113,7 @@ static i3rt_status check_finite(i3_case *c, const float *x, int64_t n, const cha
 }
 
 static i3rt_status add_logits(i3_case *c, const float *logits) {
+    if (!logits) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep member %d: no logits", c->members + 1);
     I3_TRY(check_finite(c, logits, c->voxels * c->num_classes, "logit"));
     i3_cpu_softmax_mean_accumulate(logits, 1, c->num_classes, c->voxels, c->members + 1, c->mean_probs,
                                    c->ctx->n_threads);
@@ -122,6 +123,7 @@ static i3rt_status add_logits(i3_case *c, const float *logits) {
 
 /* Probabilities must be in [0, 1] and sum to 1 per voxel (within 1e-3: float softmax outputs). */
 static i3rt_status add_probabilities(i3_case *c, const float *p) {
+    if (!p) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep member %d: no probabilities", c->members + 1);
     const int64_t s = c->voxels, C = c->num_classes;
     for (int64_t v = 0; v < s; v++) {
         double total = 0.0;
@@ -259,6 +261,7 @@ static i3rt_status export_manifest(i3_case *c, const char *dir, const char *name
 static i3rt_status export_all(i3_case *c, const char *dir, const char *name) {
     if (c->uncertainty_members == 0)
         return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: export needs the pre-segmentation first");
+    if (!dir || !name) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: export needs a directory and a name");
     const int64_t plane = largest_plane(c);
     float *image_plane = i3_malloc(c->ctx, (size_t)plane * sizeof(float), "slice image");
     int32_t *label_plane = i3_malloc(c->ctx, (size_t)plane * sizeof(int32_t), "slice labels");
@@ -375,6 +378,7 @@ static i3rt_status read_nifti_slice(i3_case *c, i3_axis axis, int64_t index, con
 }
 
 static i3rt_status submit_file(i3_case *c, i3_axis axis, int64_t index, const char *path) {
+    if (!path) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no correction file given");
     int32_t *labels = NULL;
     int64_t rows = 0, cols = 0;
     if (ends_with(path, ".png") || ends_with(path, ".PNG")) {
@@ -425,6 +429,7 @@ static int parse_slice_name(const char *path, i3_axis *axis, int64_t *index) {
 }
 
 i3rt_status i3_case_submit_named_file(i3_case *c, const char *path) {
+    if (!path) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no correction file given");
     i3_axis axis;
     int64_t index;
     if (!parse_slice_name(path, &axis, &index))
@@ -438,6 +443,7 @@ i3rt_status i3_case_submit_named_file(i3_case *c, const char *path) {
 static i3rt_status simulate_expert(i3_case *c, const int32_t *truth, const char *source) {
     if (c->n_slices == 0)
         return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no recommended slices for the simulated expert");
+    if (!truth) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: no ground truth", source);
     const int64_t plane = largest_plane(c);
     int32_t *planes = i3_malloc(c->ctx, (size_t)(plane * c->n_slices) * sizeof(int32_t), "ground-truth slices");
     if (!planes) return I3RT_ERR_OUT_OF_MEMORY;

@@ -79,7 +79,8 @@ const i3_slice *i3_case_corrected_slices(const i3_case *c, int *n);
 i3rt_status i3_case_refinement_input(i3_case *c, float unannotated, float **out);
 
 /* Evaluation. Dice of class k = 2 |A_k and B_k| / (|A_k| + |B_k|) for k = 0 .. num_classes - 1 (NaN when
- * the class is in neither). Labels outside 0 .. num_classes - 1 count for no class. */
+ * the class is in neither; all NaN if memory runs out). Labels outside 0 .. num_classes - 1 count for no
+ * class. */
 void i3_dice_per_class(const int32_t *a, const int32_t *b, int64_t n, int num_classes, double *dice);
 /* The paper's annotation ratio (Sec. 5.4): n_slices / number of axial slices (fixed d) of the ground
  * truth [d, h, w] holding foreground (label > 0); 0 when there is none. */

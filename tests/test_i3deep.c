@@ -636,6 +636,12 @@ Test(i3deep, bad_corrections_are_refused_and_the_case_keeps_its_state) {
     EXPECT_REFUSED(c, i3_case_submit_named_file(c, temp("half_axial_000.nii.gz")), I3RT_ERR_FORMAT, "not a label");
     EXPECT_REFUSED(c, i3_case_submit_file(c, I3_SAGITTAL, 0, temp("half_axial_000.nii.gz")), I3RT_ERR_SHAPE,
                    "half_axial_000.nii.gz");
+    /* Export into a directory that is not there; NULL arguments. */
+    cr_assert_eq(i3_case_recommend(c, NULL), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_export(c, temp("no/such/dir"), "x"), I3RT_ERR_IO, "no/such/dir");
+    EXPECT_REFUSED(c, i3_case_submit(c, I3_AXIAL, 0, NULL, CH, CW, "null"), I3RT_ERR_INVALID_ARGUMENT, "null");
+    EXPECT_REFUSED(c, i3_case_simulate_expert(c, NULL, "truth"), I3RT_ERR_INVALID_ARGUMENT, "truth");
+    EXPECT_REFUSED(c, i3_case_add_logits(c, NULL), I3RT_ERR_INVALID_ARGUMENT, "member 2");
     /* The first correction is still there, and a good one still goes in. */
     int n;
     i3_case_corrected_slices(c, &n);
