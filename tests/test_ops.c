@@ -55,6 +55,8 @@ static const conv_case conv_cases[] = {
     {{1, 10, 3, 5, 35}, 9, {2, 3, 2}, {1, 2, 1}, {0, 1, 0}, I3_ACT_NONE, 1},      /* even kernel */
     {{1, 8, 2, 3, 32}, 3, {3, 1, 5}, {1, 1, 1}, {1, 0, 2}, I3_ACT_LEAKY_RELU, 1}, /* cout < 4 */
     {{1, 32, 1, 120, 40}, 4, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},    /* two row bands */
+    {{1, 8, 5, 6, 50}, 5, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1}, /* wide, strided: im2col */
+    {{1, 9, 3, 4, 77}, 4, {1, 2, 4}, {1, 1, 3}, {0, 0, 2}, I3_ACT_NONE, 1},
 };
 
 static void check_conv(const conv_case *cc, int threads) {
