@@ -224,8 +224,8 @@ static i3rt_status write_refinement_input(i3_ctx *ctx, i3_case *c, const char *p
     const i3_volume *image = i3_case_image(c);
     i3rt_status st = i3_volume_write_f32(ctx, path, &image->geometry, image->channels + 1, x);
     free(x);
-    if (st == I3RT_OK) printf("refinement input (%lld image channels + corrected slices): %s\n",
-                              (long long)image->channels, path);
+    if (st == I3RT_OK) printf("refinement input (%lld image channel%s + corrected slices): %s\n",
+                              (long long)image->channels, image->channels == 1 ? "" : "s", path);
     return st;
 }
 
