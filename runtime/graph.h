@@ -35,6 +35,9 @@ typedef enum {
     I3_OP_RESIZE,           /* in: x                 p.resize */
     I3_OP_SOFTMAX,          /* in: x (channel softmax) */
     I3_OP_AVG_POOL,         /* in: x                 p.avg_pool */
+    I3_OP_SLICE_CHANNELS,   /* in: x                 p.slice */
+    I3_OP_SPATIAL_GATHER,   /* in: feats, logits     -> [n, c, classes, 1, 1] */
+    I3_OP_OBJECT_ATTENTION, /* in: query, key, value (key/value [n, c, classes, 1, 1]) */
     I3_OP_COUNT
 } i3_op;
 
@@ -54,6 +57,7 @@ typedef struct {
         i3_act act;
         i3_resize_params resize;
         i3_avg_pool_params avg_pool;
+        i3_slice_params slice;
     } p;
     size_t scratch_bytes;  /* set by i3_graph_plan through the backend */
 } i3_node;
@@ -95,6 +99,9 @@ int i3_graph_concat(i3_graph *g, int a, int b, const char *name);
 int i3_graph_resize(i3_graph *g, int x, const i3_resize_params *p, const char *name);
 int i3_graph_softmax(i3_graph *g, int x, const char *name);
 int i3_graph_avg_pool(i3_graph *g, int x, const i3_avg_pool_params *p, const char *name);
+int i3_graph_slice_channels(i3_graph *g, int x, const i3_slice_params *p, const char *name);
+int i3_graph_spatial_gather(i3_graph *g, int feats, int logits, const char *name);
+int i3_graph_object_attention(i3_graph *g, int query, int key, int value, const char *name);
 
 /* Marks the output, computes lifetimes, asks the backend for each node's scratch and assigns arena
  * offsets (in-place ops reuse their input's buffer when it dies there). */

@@ -151,4 +151,26 @@ void i3_cpu_softmax_mean_accumulate(const float *logits, int64_t n, int64_t c, i
 void i3_cpu_prob_uncertainty(const float *probs, int64_t n, int64_t c, int64_t s, float *entropy, float *msp,
                              int32_t *argmax, int n_threads);
 
+/* ---- ops of RITM's HRNet-OCR (ops/slice_channels.c, ops/spatial_gather.c, ops/object_attention.c) ---- */
+
+/* Channels [begin, begin + count) of x [n, c, s] -> y [n, count, s]. */
+typedef struct {
+    int begin, count;
+} i3_slice_params;
+
+void i3_cpu_slice_channels(const float *x, i3_shape5 xs, const i3_slice_params *p, float *y);
+
+/* OCR's SpatialGather_Module (scale 1): per class k a softmax of logits[n, k, :] over all spatial
+ * positions, and the feature average it weighs: y[n, c, k] = sum_s softmax_s(logits[n, k, s]) feats[n, c, s].
+ * feats [n, c, s], logits [n, kc, s]; y is [n, c, kc] (as NCDHW: [n, c, kc, 1, 1]). Sums in double. */
+void i3_cpu_spatial_gather_ref(const float *feats, const float *logits, int64_t n, int64_t c, int64_t kc, int64_t s,
+                               float *y);
+
+/* OCR's ObjectAttentionBlock2D core (scale 1): per position s,
+ *   a[k] = softmax_k(ck^-1/2 sum_c q[n, c, s] key[n, c, k]),   y[n, cv, s] = sum_k a[k] value[n, cv, k].
+ * q [n, ck, s], key [n, ck, kc], value [n, cv, kc] -> y [n, cv, s], kc <= I3_OCR_MAX_CLASSES. Sums in double. */
+#define I3_OCR_MAX_CLASSES 64
+void i3_cpu_object_attention_ref(const float *q, const float *key, const float *value, int64_t n, int64_t ck,
+                                 int64_t cv, int64_t kc, int64_t s, float *y, int n_threads);
+
 #endif /* I3RT_OPS_H */
