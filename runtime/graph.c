@@ -13,7 +13,8 @@ const char *i3_op_name(i3_op op) {
         [I3_OP_CONV] = "conv", [I3_OP_CONV_TRANSPOSE] = "conv_transpose", [I3_OP_ACS_CONV] = "acs_conv",
         [I3_OP_INSTANCE_NORM] = "instance_norm", [I3_OP_ACTIVATION] = "activation", [I3_OP_ADD] = "add",
         [I3_OP_CONCAT] = "concat", [I3_OP_RESIZE] = "resize", [I3_OP_SOFTMAX] = "softmax",
-        [I3_OP_AVG_POOL] = "avg_pool",
+        [I3_OP_AVG_POOL] = "avg_pool", [I3_OP_SLICE_CHANNELS] = "slice_channels",
+        [I3_OP_SPATIAL_GATHER] = "spatial_gather", [I3_OP_OBJECT_ATTENTION] = "object_attention",
     };
     return (op >= 0 && op < I3_OP_COUNT && names[op]) ? names[op] : "?";
 }
@@ -276,6 +277,57 @@ int i3_graph_avg_pool(i3_graph *g, int x, const i3_avg_pool_params *p, const cha
     int id = add_node(g, I3_OP_AVG_POOL, x, -1, -1, i3_avg_pool_out_shape(i3_value_shape5(&g->values[x]), p), name);
     if (id >= 0) last_node(g)->p.avg_pool = *p;
     return id;
+}
+
+int i3_graph_slice_channels(i3_graph *g, int x, const i3_slice_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x)) return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid input", name);
+    i3_shape5 s = i3_value_shape5(&g->values[x]);
+    if (p->begin < 0 || p->count < 1 || p->begin > s.c - p->count)
+        return graph_fail(g, I3RT_ERR_SHAPE, "%s: channels [%d, %d) are not within the %lld of %s", name, p->begin,
+                          p->begin + p->count, (long long)s.c, g->values[x].name);
+    s.c = p->count;
+    int id = add_node(g, I3_OP_SLICE_CHANNELS, x, -1, -1, s, name);
+    if (id >= 0) last_node(g)->p.slice = *p;
+    return id;
+}
+
+/* OCR: feats [n, c, ...] and logits [n, classes, ...] over the same positions -> [n, c, classes, 1, 1]. */
+int i3_graph_spatial_gather(i3_graph *g, int feats, int logits, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, feats) || !valid_activation(g, logits))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid inputs", name);
+    i3_shape5 fs = i3_value_shape5(&g->values[feats]), ls = i3_value_shape5(&g->values[logits]);
+    if (fs.n != ls.n || fs.d != ls.d || fs.h != ls.h || fs.w != ls.w) {
+        char x[96], y[96];
+        return graph_fail(g, I3RT_ERR_SHAPE, "%s: features %s (%s) and class logits %s (%s) differ in positions", name,
+                          g->values[feats].name, shape_str(g->values[feats].dims, 5, x, sizeof x),
+                          g->values[logits].name, shape_str(g->values[logits].dims, 5, y, sizeof y));
+    }
+    i3_shape5 out = {fs.n, fs.c, ls.c, 1, 1};
+    return add_node(g, I3_OP_SPATIAL_GATHER, feats, logits, -1, out, name);
+}
+
+/* OCR: query [n, ck, ...] attends over key [n, ck, classes, 1, 1] -> value [n, cv, classes, 1, 1]
+ * mixed per position: [n, cv, ...]. */
+int i3_graph_object_attention(i3_graph *g, int query, int key, int value, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, query) || !valid_activation(g, key) || !valid_activation(g, value))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid inputs", name);
+    i3_shape5 qs = i3_value_shape5(&g->values[query]), ks = i3_value_shape5(&g->values[key]),
+              vs = i3_value_shape5(&g->values[value]);
+    if (ks.n != qs.n || vs.n != qs.n || ks.c != qs.c || ks.h != 1 || ks.w != 1 || vs.h != 1 || vs.w != 1 ||
+        vs.d != ks.d || ks.d > I3_OCR_MAX_CLASSES) {
+        char a[96], b[96], c[96];
+        return graph_fail(g, I3RT_ERR_SHAPE,
+                          "%s: query %s, key %s and value %s do not fit [n, ck, ...], [n, ck, k, 1, 1], "
+                          "[n, cv, k, 1, 1] with k <= %d",
+                          name, shape_str(g->values[query].dims, 5, a, sizeof a),
+                          shape_str(g->values[key].dims, 5, b, sizeof b), shape_str(g->values[value].dims, 5, c, sizeof c),
+                          I3_OCR_MAX_CLASSES);
+    }
+    qs.c = vs.c;
+    return add_node(g, I3_OP_OBJECT_ATTENTION, query, key, value, qs, name);
 }
 
 /* ---- planning ---------------------------------------------------------------------------------- */
