@@ -45,6 +45,14 @@ static i3rt_status cpu_run_node(i3_backend *b, const i3_graph *g, const i3_node 
         i3_cpu_softmax_uncertainty(in0, xs.n, xs.c, i3_shape5_spatial(xs), out, NULL, NULL, NULL, nt);
         break;
     case I3_OP_AVG_POOL: i3_cpu_avg_pool_ref(in0, xs, &node->p.avg_pool, out); break;
+    case I3_OP_SLICE_CHANNELS: i3_cpu_slice_channels(in0, xs, &node->p.slice, out); break;
+    case I3_OP_SPATIAL_GATHER:
+        i3_cpu_spatial_gather_ref(in0, in1, xs.n, xs.c, g->values[node->in[1]].dims[1], i3_shape5_spatial(xs), out);
+        break;
+    case I3_OP_OBJECT_ATTENTION:
+        i3_cpu_object_attention_ref(in0, in1, in2, xs.n, xs.c, g->values[node->in[2]].dims[1],
+                                    g->values[node->in[1]].dims[2], i3_shape5_spatial(xs), out, nt);
+        break;
     default:
         return i3_fail(b->ctx, I3RT_ERR_UNSUPPORTED, "CPU backend: op %s not implemented", i3_op_name(node->op));
     }
