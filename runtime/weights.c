@@ -29,6 +29,8 @@ struct i3_weights {
     bool *used;
     int n_meta;
     char **meta_keys, **meta_values; /* sorted by key */
+    int n_derived;
+    struct derived_tensor { char *name; size_t numel; float *data; } *derived; /* i3_weights_derived */
 };
 
 /* JSON numbers are doubles: integers are exact only up to 2^53, which also bounds every size we accept. */
@@ -138,6 +140,8 @@ void i3_weights_free(i3_weights *w) {
     for (int i = 0; i < w->n_meta; i++) { free(w->meta_keys[i]); free(w->meta_values[i]); }
     free(w->meta_keys);
     free(w->meta_values);
+    for (int i = 0; i < w->n_derived; i++) { free(w->derived[i].name); free(w->derived[i].data); }
+    free(w->derived);
     free(w->tensors);
     free(w->by_name);
     free(w->f32);
@@ -550,5 +554,35 @@ i3rt_status i3_weights_check_all_used(i3_ctx *ctx, const i3_weights *w) {
         if (!w->used[i])
             return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: unexpected tensor %s (not part of the network)", w->label,
                            w->tensors[i].name);
+    return I3RT_OK;
+}
+
+i3rt_status i3_weights_derived(i3_ctx *ctx, i3_weights *w, const char *name, size_t numel, float **out) {
+    *out = NULL;
+    for (int i = 0; i < w->n_derived; i++) {
+        if (strcmp(w->derived[i].name, name) != 0) continue;
+        if (w->derived[i].numel != numel)
+            return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: derived tensor %s holds %zu values, asked for %zu",
+                           w->label, name, w->derived[i].numel, numel);
+        *out = w->derived[i].data;
+        return I3RT_OK;
+    }
+    struct derived_tensor *grown = realloc(w->derived, (size_t)(w->n_derived + 1) * sizeof *grown);
+    if (!grown) return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory for derived tensor %s", w->label, name);
+    w->derived = grown;
+    size_t bytes;
+    if (!i3_mul_size(numel ? numel : 1, sizeof(float), &bytes))
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: derived tensor %s: %zu values overflow", w->label, name,
+                       numel);
+    float *data = i3_aligned_alloc(ctx, bytes, name);
+    char *copy = malloc(strlen(name) + 1);
+    if (copy) memcpy(copy, name, strlen(name) + 1);
+    if (!data || !copy) {
+        free(data);
+        free(copy);
+        return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory for derived tensor %s", w->label, name);
+    }
+    w->derived[w->n_derived++] = (struct derived_tensor){copy, numel, data};
+    *out = data;
     return I3RT_OK;
 }

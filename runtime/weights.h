@@ -44,4 +44,10 @@ i3rt_status i3_weights_get_f32(i3_ctx *ctx, i3_weights *w, const char *name, int
  * the file does not belong to the network that was built). */
 i3rt_status i3_weights_check_all_used(i3_ctx *ctx, const i3_weights *w);
 
+/* A float buffer of numel values owned by w (freed with it), for tensors computed from the file's
+ * (e.g. convolution weights with batch norm folded in). Cached by name: asking again for the same
+ * name returns the same buffer, whose contents the caller wrote before (asking with another numel
+ * fails). The buffer is 64-byte aligned. */
+i3rt_status i3_weights_derived(i3_ctx *ctx, i3_weights *w, const char *name, size_t numel, float **out);
+
 #endif /* I3RT_WEIGHTS_H */
