@@ -1,5 +1,6 @@
 /* Backend selection and the backend-independent parts of running a planned graph. */
 #include "backend.h"
+#include "cuda_backend.h"
 
 #include <stdlib.h>
 
@@ -7,10 +8,10 @@ i3rt_status i3_backend_create(i3_ctx *ctx, i3_backend **out) {
     *out = NULL;
     switch (ctx->backend) {
     case I3RT_BACKEND_CPU: return i3_backend_cpu_create(ctx, out);
-    case I3RT_BACKEND_CUDA:
-    case I3RT_BACKEND_EMULATED: break;
+    case I3RT_BACKEND_CUDA: return i3_backend_cuda_create(ctx, 0, out);
+    case I3RT_BACKEND_EMULATED: return i3_backend_cuda_create(ctx, 1, out);
     }
-    return i3_fail(ctx, I3RT_ERR_BACKEND, "backend %d is not built into this i3rt", (int)ctx->backend);
+    return i3_fail(ctx, I3RT_ERR_BACKEND, "unknown backend %d", (int)ctx->backend);
 }
 
 void i3_backend_destroy(i3_backend *b) {

@@ -79,8 +79,8 @@ static void compare_forward(i3rt_context *ctx, i3rt_model *model, i3_weights *io
 }
 
 /* Runs weights file NAME.safetensors on IO_NAME_io.safetensors's two inputs (the patch, then a
- * second size, which makes the model rebuild its graph) and compares the logits. */
-static void check_parity(const char *net_name, const char *io_name) {
+ * second size, which makes the model rebuild its graph) on one backend and compares the logits. */
+static void check_parity_on(const char *net_name, const char *io_name, i3rt_backend_kind backend) {
     char weights_path[1024], io_path[1024], file[128];
     snprintf(file, sizeof file, "%s.safetensors", net_name);
     fixture_path(weights_path, sizeof weights_path, file);
@@ -88,7 +88,7 @@ static void check_parity(const char *net_name, const char *io_name) {
     fixture_path(io_path, sizeof io_path, file);
 
     i3rt_context *ctx;
-    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    cr_assert_eq(i3rt_context_create(&ctx, 2, backend), I3RT_OK);
     i3_weights *io;
     cr_assert_eq(i3_weights_open(ctx, io_path, &io), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3rt_model *model;
@@ -100,6 +100,10 @@ static void check_parity(const char *net_name, const char *io_name) {
     i3rt_context_free(ctx);
 }
 
+static void check_parity(const char *net_name, const char *io_name) {
+    check_parity_on(net_name, io_name, I3RT_BACKEND_CPU);
+}
+
 Test(unet, plain_2d_parity) { check_parity("plain_2d", "plain_2d"); }
 Test(unet, plain_3d_parity) { check_parity("plain_3d", "plain_3d"); }
 Test(unet, resenc_2d_parity) { check_parity("resenc_2d", "resenc_2d"); }
@@ -108,6 +112,10 @@ Test(unet, plain_2d_relu_parity) { check_parity("plain_2d_relu", "plain_2d_relu"
 Test(unet, resenc_2d_stem_parity) { check_parity("resenc_2d_stem", "resenc_2d_stem"); }
 /* kernel_sizes / strides / conv counts given as ints instead of lists: the same network. */
 Test(unet, scalar_arch_kwargs_parity) { check_parity("plain_2d_scalar", "plain_2d"); }
+/* The public API on the emulated CUDA device: weights uploaded to device memory, the same kernels
+ * as on a GPU (the 3D nets are too slow for the emulator; tests/test_cuda_ops.c covers resenc_3d). */
+Test(unet, plain_2d_parity_emulated_device) { check_parity_on("plain_2d", "plain_2d", I3RT_BACKEND_EMULATED); }
+Test(unet, resenc_2d_parity_emulated_device) { check_parity_on("resenc_2d", "resenc_2d", I3RT_BACKEND_EMULATED); }
 
 /* Each file fails to load with `status` and a message naming the file and `needle` (tensor or field).
  * tests/gen_unet.py derived them from plain_2d.safetensors, changing exactly that tensor or field. */
