@@ -69,6 +69,8 @@ void i3_cpu_conv_transpose(const float *x, i3_shape5 xs, const float *w, const f
     const int64_t rows = ys.c * p->k[0] * p->k[1] * p->k[2];
     if (s_in == 0 || rows == 0 || xs.n == 0) return;
     int64_t t = (int64_t)I3_CONVT_TILE_BYTES / (int64_t)(sizeof(float) * rows);
+    const int64_t per_thread = (xs.n * s_in + n_threads - 1) / n_threads; /* small inputs: one tile each */
+    t = t > per_thread ? per_thread : t;
     t = t < 16 ? 16 : t > s_in ? s_in : t;
     const int64_t tiles = (s_in + t - 1) / t;
 
