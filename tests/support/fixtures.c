@@ -95,13 +95,6 @@ double fx_param_num(const i3_weights *w, const char *key) {
     return v;
 }
 
-bool fx_param_has(const i3_weights *w, const char *key) {
-    cJSON *root, *item = params_item(w, key, &root);
-    bool has = item != NULL && !cJSON_IsNull(item);
-    cJSON_Delete(root);
-    return has;
-}
-
 bool fx_param_str_eq(const i3_weights *w, const char *key, const char *value) {
     cJSON *root, *item = params_item(w, key, &root);
     bool eq = cJSON_IsString(item) && strcmp(item->valuestring, value) == 0;

@@ -31,14 +31,14 @@ typedef struct {
 } fx_err;
 fx_err fx_compare(const char *label, const float *got, const float *ref, int64_t n);
 
-/* Fixture file <$I3RT_FIXTURES>/<group>/<name>; NULL (after printing why) if it does not exist. */
+/* Fixture file <$I3RT_FIXTURES>/<group>/<name>; NULL if it does not exist (silently: callers loop
+ * over numbered cases until one is missing) or is invalid (then the reader's message is printed). */
 i3_weights *fx_open(const char *group, const char *name);
 /* The tensor `name` as f32 (NULL if absent or not F32). */
 const float *fx_tensor(const i3_weights *w, const char *name, int64_t *numel);
 /* Integer and float parameters from the JSON object in metadata key "params". */
 int64_t fx_param_int(const i3_weights *w, const char *key, int index);   /* index into an array, or -1 */
 double fx_param_num(const i3_weights *w, const char *key);
-bool fx_param_has(const i3_weights *w, const char *key);
 bool fx_param_str_eq(const i3_weights *w, const char *key, const char *value);
 /* The tensor's shape as [n, c, d, h, w] (ndim must be 5). */
 bool fx_shape5(const i3_weights *w, const char *name, int64_t out[5]);
