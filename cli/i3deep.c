@@ -1,15 +1,16 @@
 /* `i3rt i3deep`: i3Deep's stages on NIfTI files (runtime/i3deep.h, docs/i3deep.md).
  *
- *   i3rt i3deep recommend IMAGE -p MEMBER [-p MEMBER...] -o OUTDIR [options]
+ *   i3rt i3deep recommend IMAGE (-m MODELDIR [-f K...] | -p MEMBER...) -o OUTDIR [options]
  *       stages 1-2 and the export of stage 3: uncertainty of the members' mean probabilities, the
  *       recommended slices, previews and masks for the expert
  *   i3rt i3deep refine-input IMAGE CORRECTION... -o OUT --classes C [--unannotated V]
  *       stage 4's input: the image with the corrected slices as one more channel
- *   i3rt i3deep simulate IMAGE TRUTH -p MEMBER [-p MEMBER...] -o OUTDIR [options]
+ *   i3rt i3deep simulate IMAGE TRUTH (-m MODELDIR [-f K...] | -p MEMBER...) -o OUTDIR [options]
  *       stages 1-4 with a simulated expert (the ground-truth slices): Dice of the pre-segmentation,
  *       annotation ratio, stage times, the refinement input
- * A MEMBER is one ensemble member's 4D NIfTI (4th dimension = classes): probabilities (`i3rt predict
- * -f K --save-probabilities`, one fold per run) or, with --logits, logits (`i3rt forward`). */
+ * The ensemble members are the folds of an nnU-Net model folder (-m; each fold predicted alone by
+ * predict.h) and/or MEMBER files, 4D NIfTIs (4th dimension = classes): probabilities (`i3rt predict -f K
+ * --save-probabilities`) or, with --logits, logits. */
 #include "i3deep.h" /* cli/i3deep.h */
 #include "../runtime/i3deep.h"
 
@@ -24,9 +25,9 @@
 #define MAX_CORRECTIONS 1024
 
 static const char *HELP =
-    "usage: i3rt i3deep recommend IMAGE -p MEMBER [-p MEMBER...] -o OUTDIR [options]\n"
+    "usage: i3rt i3deep recommend IMAGE (-m MODELDIR [-f K...] | -p MEMBER...) -o OUTDIR [options]\n"
     "       i3rt i3deep refine-input IMAGE CORRECTION [CORRECTION...] -o OUT --classes C [--unannotated V]\n"
-    "       i3rt i3deep simulate IMAGE TRUTH -p MEMBER [-p MEMBER...] -o OUTDIR [options]\n"
+    "       i3rt i3deep simulate IMAGE TRUTH (-m MODELDIR [-f K...] | -p MEMBER...) -o OUTDIR [options]\n"
     "\n"
     "i3Deep (Gotkowski et al., MIDL 2022) on NIfTI files; docs/i3deep.md has the details.\n"
     "  recommend    uncertainty (normalized entropy of the members' mean probabilities), the slices to\n"
@@ -40,11 +41,16 @@ static const char *HELP =
     "               Dice of the pre-segmentation per class, the annotation ratio and the stage times;\n"
     "               writes OUTDIR/NAME_refinement_input.nii.gz\n"
     "\n"
-    "MEMBER: one ensemble member (fold or mirrored pass), a 4D NIfTI on IMAGE's grid whose 4th dimension\n"
-    "is the classes: probabilities (i3rt predict --save-probabilities) or logits with --logits.\n"
+    "Ensemble members: every fold of MODELDIR (an nnU-Net model folder of i3rt weight files, as for\n"
+    "i3rt predict), each predicted alone (with its test-time mirroring unless --disable-tta), and/or each\n"
+    "MEMBER file, a 4D NIfTI on IMAGE's grid whose 4th dimension is the classes: probabilities\n"
+    "(i3rt predict -f K --save-probabilities) or logits with --logits.\n"
     "\n"
     "options:\n"
-    "  -p, --member FILE    an ensemble member (repeat; at least one)\n"
+    "  -m MODELDIR          an nnU-Net model folder: its folds are ensemble members\n"
+    "  -f K [K...]          only these folds of MODELDIR (default: all)\n"
+    "  --disable-tta        no test-time mirroring inside each fold's prediction\n"
+    "  -p, --member FILE    an ensemble member file (repeat)\n"
     "  --logits             the members are logits (softmax taken per member)\n"
     "  -o OUTDIR | OUT      where to write (a directory is created if missing)\n"
     "  --name NAME          file name prefix (default: IMAGE's name without .nii/.nii.gz)\n"
@@ -57,7 +63,8 @@ static const char *HELP =
     "  -h, --help           this help\n";
 
 typedef struct {
-    const char *command, *image, *truth, *out, *name;
+    const char *command, *image, *truth, *out, *name, *model;
+    int folds[I3_MAX_FOLDS], n_folds, disable_tta;
     const char *members[MAX_MEMBERS];
     int n_members;
     const char *corrections[MAX_CORRECTIONS];
@@ -103,6 +110,19 @@ static int parse(int argc, char **argv, args *a) {
             return 0;
         } else if (strcmp(o, "--logits") == 0) {
             a->logits = 1;
+        } else if (strcmp(o, "--disable-tta") == 0) {
+            a->disable_tta = 1;
+        } else if (strcmp(o, "-m") == 0) {
+            if (!v) return usage("%s needs a model folder", o);
+            a->model = argv[++i];
+        } else if (strcmp(o, "-f") == 0) {
+            while (i + 1 < argc && argv[i + 1][0] >= '0' && argv[i + 1][0] <= '9') {
+                if (a->n_folds == I3_MAX_FOLDS || !parse_number(argv[i + 1], 0, 999, &x) || x != floor(x))
+                    return usage("-f needs fold numbers (at most 16), got '%s'", argv[i + 1]);
+                a->folds[a->n_folds++] = (int)x;
+                i++;
+            }
+            if (a->n_folds == 0) return usage("-f needs at least one fold number%s", "");
         } else if (strcmp(o, "-p") == 0 || strcmp(o, "--member") == 0) {
             if (!v) return usage("%s needs a file", o);
             if (a->n_members == MAX_MEMBERS) return usage("more than 64 members%s", "");
@@ -138,7 +158,8 @@ static int parse(int argc, char **argv, args *a) {
     } else {
         if (n_positional != 1 + simulate)
             return usage(simulate ? "simulate needs IMAGE and TRUTH%s" : "recommend needs one IMAGE%s", "");
-        if (a->n_members == 0) return usage("at least one member (-p FILE) is needed%s", "");
+        if (a->n_members == 0 && !a->model) return usage("ensemble members are needed (-m MODELDIR or -p FILE)%s", "");
+        if (a->n_folds && !a->model) return usage("-f needs -m MODELDIR%s", "");
         if (simulate) a->truth = positional[1];
     }
     a->image = positional[0];
@@ -158,13 +179,32 @@ static int fail(i3_ctx *ctx) {
     return 1;
 }
 
-/* Opens the case and folds every member in (the first member gives the number of classes). */
+/* The number of classes of the model folder's first requested fold. */
+static i3rt_status model_classes(i3_ctx *ctx, const args *a, int *classes) {
+    i3_predictor *p;
+    I3_TRY(i3_predictor_load(ctx, a->model, a->folds, a->n_folds ? 1 : 0, &p));
+    *classes = i3_predictor_get_info(p)->num_classes;
+    i3_predictor_free(p);
+    return I3RT_OK;
+}
+
+/* Opens the case (classes from the model, else from the first member file) and folds every member in. */
 static i3rt_status open_with_members(i3_ctx *ctx, const args *a, const i3_volume *image, i3_case **out) {
     *out = NULL;
     i3rt_status st = I3RT_OK;
+    if (a->model) {
+        int classes;
+        I3_TRY(model_classes(ctx, a, &classes));
+        I3_TRY(i3_case_open(ctx, image, classes, out));
+        i3_predict_options o;
+        i3_predict_options_default(&o);
+        o.use_mirroring = !a->disable_tta;
+        st = i3_case_add_model_members(*out, a->model, a->folds, a->n_folds, &o);
+    }
     for (int m = 0; m < a->n_members && st == I3RT_OK; m++) {
         i3_volume v;
-        I3_TRY(i3_volume_read(ctx, a->members[m], &v));
+        st = i3_volume_read(ctx, a->members[m], &v);
+        if (st != I3RT_OK) break;
         st = i3_volume_geometry_check(ctx, &image->geometry, a->image, &v.geometry, a->members[m]);
         if (st == I3RT_OK && !*out) st = i3_case_open(ctx, image, (int)v.channels, out);
         if (st == I3RT_OK && v.channels != i3_case_num_classes(*out))

@@ -33,7 +33,7 @@ struct i3_case {
 };
 
 const char *i3_stage_name(i3_stage stage) {
-    static const char *const names[I3_STAGE_COUNT] = {"ensemble", "uncertainty", "recommend",
+    static const char *const names[I3_STAGE_COUNT] = {"presegmentation", "ensemble", "uncertainty", "recommend",
                                                       "export", "corrections", "refine-input"};
     return (unsigned)stage < I3_STAGE_COUNT ? names[stage] : "?";
 }
@@ -122,8 +122,8 @@ static i3rt_status add_logits(i3_case *c, const float *logits) {
 }
 
 /* Probabilities must be in [0, 1] and sum to 1 per voxel (within 1e-3: float softmax outputs). */
-static i3rt_status add_probabilities(i3_case *c, const float *p) {
-    if (!p) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep member %d: no probabilities", c->members + 1);
+static i3rt_status check_distribution(i3_case *c, const float *p, const char *what) {
+    if (!p) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: no probabilities", what);
     const int64_t s = c->voxels, C = c->num_classes;
     for (int64_t v = 0; v < s; v++) {
         double total = 0.0;
@@ -131,17 +131,33 @@ static i3rt_status add_probabilities(i3_case *c, const float *p) {
             const float x = p[k * s + v];
             if (!(x >= 0.0f && x <= 1.0f))
                 return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
-                               "i3deep member %d: probability %g of class %lld at voxel %lld is outside [0, 1]",
-                               c->members + 1, x, (long long)k, (long long)v);
+                               "%s: probability %g of class %lld at voxel %lld is outside [0, 1]", what, x,
+                               (long long)k, (long long)v);
             total += x;
         }
         if (fabs(total - 1.0) > 1e-3)
-            return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
-                           "i3deep member %d: probabilities at voxel %lld sum to %g, not 1", c->members + 1,
-                           (long long)v, total);
+            return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: probabilities at voxel %lld sum to %g, not 1",
+                           what, (long long)v, total);
     }
-    const double keep = (double)c->members / (c->members + 1), add = 1.0 / (c->members + 1);
-    for (int64_t i = 0; i < s * C; i++) c->mean_probs[i] = (float)(keep * c->mean_probs[i] + add * p[i]);
+    return I3RT_OK;
+}
+
+/* dst = (dst_weight * dst + src_weight * src) / (dst_weight + src_weight): the mean of two means of
+ * dst_weight and src_weight members. With dst_weight 0, dst is not read (it may hold anything). */
+static void merge_means(float *dst, const float *src, int64_t n, double dst_weight, double src_weight) {
+    if (dst_weight == 0.0) {
+        memcpy(dst, src, (size_t)n * sizeof *dst);
+        return;
+    }
+    const float a = (float)(dst_weight / (dst_weight + src_weight)), b = (float)(src_weight / (dst_weight + src_weight));
+    for (int64_t i = 0; i < n; i++) dst[i] = a * dst[i] + b * src[i];
+}
+
+static i3rt_status add_probabilities(i3_case *c, const float *p) {
+    char what[64];
+    snprintf(what, sizeof what, "i3deep member %d", c->members + 1);
+    I3_TRY(check_distribution(c, p, what));
+    merge_means(c->mean_probs, p, c->voxels * c->num_classes, c->members, 1);
     c->members++;
     return I3RT_OK;
 }
@@ -150,6 +166,65 @@ i3rt_status i3_case_add_logits(i3_case *c, const float *logits) { TIMED(c, I3_ST
 
 i3rt_status i3_case_add_probabilities(i3_case *c, const float *probabilities) {
     TIMED(c, I3_STAGE_ENSEMBLE, add_probabilities(c, probabilities));
+}
+
+/* Every fold predicts alone into probs; the folds' running mean builds up in fresh and joins the
+ * case's mean only when all folds succeeded, so a failure leaves the case as it was. */
+static i3rt_status add_model_members(i3_case *c, const char *model_dir, const int *folds, int n_folds,
+                                     const i3_predict_options *o, float *probs, float *fresh, int32_t *labels) {
+    const int64_t n = c->voxels * c->num_classes;
+    for (int i = 0; i < n_folds; i++) {
+        i3_predictor *p;
+        I3_TRY(i3_predictor_load(c->ctx, model_dir, &folds[i], 1, &p));
+        const int classes = i3_predictor_get_info(p)->num_classes;
+        i3rt_status st = classes == c->num_classes
+                             ? i3_predict_case(p, &c->image, o, labels, probs)
+                             : i3_fail(c->ctx, I3RT_ERR_SHAPE, "%s fold %d: %d classes, the case has %d", model_dir,
+                                       folds[i], classes, c->num_classes);
+        i3_predictor_free(p);
+        char what[600];
+        snprintf(what, sizeof what, "%s fold %d", model_dir, folds[i]);
+        if (st == I3RT_OK) st = check_distribution(c, probs, what);
+        if (st != I3RT_OK) return st;
+        merge_means(fresh, probs, n, i, 1);
+    }
+    merge_means(c->mean_probs, fresh, n, c->members, n_folds);
+    c->members += n_folds;
+    return I3RT_OK;
+}
+
+static i3rt_status add_model(i3_case *c, const char *model_dir, const int *folds, int n_folds,
+                             const i3_predict_options *options) {
+    if (!model_dir || n_folds < 0 || n_folds > I3_MAX_FOLDS || (n_folds > 0 && !folds))
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: a model folder and 0 .. %d folds are needed",
+                       I3_MAX_FOLDS);
+    i3_predict_options o;
+    if (options) o = *options;
+    else i3_predict_options_default(&o);
+    int fold_list[I3_MAX_FOLDS];
+    if (n_folds == 0) {  /* every fold: the folder's own list */
+        i3_predictor *all;
+        I3_TRY(i3_predictor_load(c->ctx, model_dir, NULL, 0, &all));
+        const i3_predictor_info *info = i3_predictor_get_info(all);
+        n_folds = info->n_folds;
+        memcpy(fold_list, info->folds, (size_t)n_folds * sizeof(int));
+        i3_predictor_free(all);
+        folds = fold_list;
+    }
+    const size_t bytes = (size_t)(c->voxels * c->num_classes) * sizeof(float);
+    float *probs = i3_malloc(c->ctx, bytes, "member probabilities"), *fresh = i3_malloc(c->ctx, bytes, "members' mean");
+    int32_t *labels = i3_malloc(c->ctx, (size_t)c->voxels * sizeof(int32_t), "member labels");
+    i3rt_status st = probs && fresh && labels ? add_model_members(c, model_dir, folds, n_folds, &o, probs, fresh, labels)
+                                              : I3RT_ERR_OUT_OF_MEMORY;
+    free(probs);
+    free(fresh);
+    free(labels);
+    return st;
+}
+
+i3rt_status i3_case_add_model_members(i3_case *c, const char *model_dir, const int *folds, int n_folds,
+                                      const i3_predict_options *options) {
+    TIMED(c, I3_STAGE_PRESEGMENTATION, add_model(c, model_dir, folds, n_folds, options));
 }
 
 static i3rt_status compute_uncertainty(i3_case *c) {

@@ -18,11 +18,13 @@
 #define I3RT_I3DEEP_H
 
 #include "core.h"
+#include "predict.h"
 #include "slice_select.h"
 #include "volume_io.h"
 
 typedef enum {
-    I3_STAGE_ENSEMBLE = 0,   /* folding members into the mean probabilities */
+    I3_STAGE_PRESEGMENTATION = 0, /* members predicted and folded in by i3_case_add_model_members */
+    I3_STAGE_ENSEMBLE,       /* folding members into the mean probabilities */
     I3_STAGE_UNCERTAINTY,    /* entropy, pre-segmentation */
     I3_STAGE_RECOMMEND,      /* slice acquisition */
     I3_STAGE_EXPORT,         /* previews and masks for the expert */
@@ -43,6 +45,13 @@ void i3_case_free(i3_case *c);
 /* Stage 1. One ensemble member's logits or probabilities [num_classes, d, h, w]. */
 i3rt_status i3_case_add_logits(i3_case *c, const float *logits);
 i3rt_status i3_case_add_probabilities(i3_case *c, const float *probabilities);
+/* Members from an nnU-Net model folder (i3rt weight files, predict.h): every fold is one member (Deep
+ * Ensembles, the paper's choice), predicted alone on the case's image - with its test-time mirroring
+ * averaged inside it when options->use_mirroring - and its probabilities folded in. folds as for
+ * i3_predictor_load (n_folds 0: every fold in the folder); options NULL: predict's defaults. Memory:
+ * two probability volumes besides the case's (one fold's output, the new folds' mean). */
+i3rt_status i3_case_add_model_members(i3_case *c, const char *model_dir, const int *folds, int n_folds,
+                                      const i3_predict_options *options);
 /* Entropy, pre-segmentation and max probability of the mean over the members added so far. */
 i3rt_status i3_case_compute_uncertainty(i3_case *c);
 

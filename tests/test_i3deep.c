@@ -11,6 +11,8 @@
  *   - label PNGs as other tools write them (palette, 4-bit, grey + alpha), a truncated PNG;
  *   - PNG and NIfTI round trips through export and submit, the PNG's row order (last slice row on
  *     top), the slice NIfTI's world position;
+ *   - the folds of the brain model in weights/ as members: the case's mean equals the folds' separate
+ *     predictions averaged here; a missing fold fails and leaves the case unchanged;
  *   - bad corrections (wrong shape, index out of range, labels outside the classes, RGB or non-PNG
  *     files, non-integer NIfTI labels, nameless files): an error naming the source, the case unchanged. */
 #include "i3deep.h"
@@ -58,6 +60,28 @@ static const char *temp(const char *name) {
     snprintf(p[which], sizeof p[which], "%s/%s", tmpdir, name);
     return p[which];
 }
+
+/* Expects call to fail with status, its message to contain `names`, and the case's corrections and
+ * members unchanged. */
+#define EXPECT_REFUSED(c, call, status, names)                                                             \
+    do {                                                                                                   \
+        const i3_volume *im_ = i3_case_image(c);                                                           \
+        const size_t bytes_ = (size_t)(im_->d * im_->h * im_->w) * sizeof(int32_t);                       \
+        int32_t *before_ = malloc(bytes_);                                                                 \
+        int n_before_, n_after_;                                                                           \
+        const int members_ = i3_case_members(c);                                                           \
+        memcpy(before_, i3_case_corrections(c), bytes_);                                                   \
+        i3_case_corrected_slices(c, &n_before_);                                                           \
+        cr_expect_eq((call), status, "%s", #call);                                                         \
+        printf("refused: %s\n", i3rt_context_error(ctx));                                                 \
+        cr_expect(strstr(i3rt_context_error(ctx), names), "message \"%s\" does not name %s",               \
+                  i3rt_context_error(ctx), names);                                                         \
+        i3_case_corrected_slices(c, &n_after_);                                                            \
+        cr_expect(memcmp(before_, i3_case_corrections(c), bytes_) == 0 && n_before_ == n_after_ &&         \
+                      members_ == i3_case_members(c),                                                      \
+                  "the case changed");                                                                     \
+        free(before_);                                                                                     \
+    } while (0)
 
 /* ---- entropy ------------------------------------------------------------------------------------ */
 
@@ -190,6 +214,55 @@ Test(i3deep, probabilities_that_are_not_a_distribution_are_refused) {
     cr_expect_eq(i3_case_compute_uncertainty(c), I3RT_ERR_INVALID_ARGUMENT);
     cr_expect_eq(i3_case_recommend(c, NULL), I3RT_ERR_INVALID_ARGUMENT);
     printf("%s\n", i3rt_context_error(ctx));
+    i3_case_free(c);
+}
+
+Test(i3deep, model_folds_are_members_and_a_failing_fold_changes_nothing) {
+    /* The brain model in weights/ (2 folds): the case's mean must equal the mean of the two folds'
+     * probabilities predicted separately here (tolerance 1e-6); folds {0, 7} (no fold 7) must fail
+     * naming it and leave the case without members. A small T1-like volume, no mirroring (speed). */
+    char model[1024];
+    const char *root = getenv("I3RT_SOURCE_DIR");
+    snprintf(model, sizeof model, "%s/weights/brain_3d_fullres", root ? root : ".");
+    if (access(model, F_OK) != 0) cr_skip("%s is not there", model);
+    enum { D = 20, H = 24, W = 20, S = D * H * W };
+    static float data[S];
+    for (int z = 0; z < D; z++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++) {
+                const double r = hypot(hypot(z - D / 2.0, y - H / 2.0), x - W / 2.0);
+                data[(z * H + y) * W + x] = r < 8 ? (float)(60.0 + 40.0 * cos(r)) : 0.0f;
+            }
+    i3_volume image = {.channels = 1, .d = D, .h = H, .w = W, .data = data};
+    image.geometry = (i3_volume_geometry){.size = {W, H, D}, .spacing = {3, 3, 3}, .xyz_units = 2, .qfac = 1,
+                                          .sform_code = 1, .srow = {{3, 0, 0, 0}, {0, 3, 0, 0}, {0, 0, 3, 0}},
+                                          .affine = {{3, 0, 0, 0}, {0, 3, 0, 0}, {0, 0, 3, 0}, {0, 0, 0, 1}}};
+    i3_predict_options o;
+    i3_predict_options_default(&o);
+    o.use_mirroring = 0;
+    i3_case *c;
+    cr_assert_eq(i3_case_open(ctx, &image, 4, &c), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_add_model_members(c, model, (const int[]){0, 7}, 2, &o), I3RT_ERR_IO, "fold_7");
+    cr_assert_eq(i3_case_add_model_members(c, model, NULL, 0, &o), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_expect_eq(i3_case_members(c), 2);
+    static float probs[2][4 * S];
+    static int32_t labels[S];
+    for (int f = 0; f < 2; f++) {
+        i3_predictor *p;
+        cr_assert_eq(i3_predictor_load(ctx, model, &f, 1, &p), I3RT_OK, "%s", i3rt_context_error(ctx));
+        cr_assert_eq(i3_predict_case(p, &image, &o, labels, probs[f]), I3RT_OK, "%s", i3rt_context_error(ctx));
+        i3_predictor_free(p);
+    }
+    const float *mean = i3_case_mean_probabilities(c);
+    double err = 0.0, spread = 0.0;
+    for (int i = 0; i < 4 * S; i++) {
+        err = fmax(err, fabs(mean[i] - 0.5 * ((double)probs[0][i] + probs[1][i])));
+        spread = fmax(spread, fabs((double)probs[0][i] - probs[1][i]));
+    }
+    printf("two folds as members: max abs error of the mean %.3g (tolerance 1e-6); folds differ by up to %.3g\n", err,
+           spread);
+    cr_expect(err <= 1e-6);
+    cr_expect_gt(spread, 1e-3, "the two folds should not be the same network");
     i3_case_free(c);
 }
 
@@ -573,22 +646,6 @@ Test(i3deep, export_then_submit_the_exported_masks_gives_the_presegmentation_bac
 }
 
 /* ---- bad corrections ---------------------------------------------------------------------------- */
-
-/* Expects call to fail with status, its message to contain `names`, and the case's corrections unchanged. */
-#define EXPECT_REFUSED(c, call, status, names)                                                                  \
-    do {                                                                                                        \
-        int32_t before_[CS];                                                                                    \
-        int n_before_, n_after_;                                                                                \
-        memcpy(before_, i3_case_corrections(c), sizeof before_);                                                \
-        i3_case_corrected_slices(c, &n_before_);                                                                \
-        cr_expect_eq((call), status, "%s", #call);                                                              \
-        printf("refused: %s\n", i3rt_context_error(ctx));                                                        \
-        cr_expect(strstr(i3rt_context_error(ctx), names), "message \"%s\" does not name %s", i3rt_context_error(ctx), \
-                  names);                                                                                       \
-        i3_case_corrected_slices(c, &n_after_);                                                                 \
-        cr_expect(memcmp(before_, i3_case_corrections(c), sizeof before_) == 0 && n_before_ == n_after_,        \
-                  "the case changed");                                                                          \
-    } while (0)
 
 Test(i3deep, bad_corrections_are_refused_and_the_case_keeps_its_state) {
     i3_case *c = small_case();
