@@ -3,9 +3,13 @@
  * (zero padding). Reference: i3_cpu_conv_ref in runtime/ops/conv.c.
  *
  * Kernel versions:
- *   v1: direct convolution, one output element per thread (grid-stride), taps outside the input
- *       skipped; w is read through the read-only cache. The correctness baseline every later
- *       version is tested against on the emulator.
+ *   v1: direct convolution, one output element per thread; a block per (chunk of positions,
+ *       sample x output channel), taps outside the input skipped; w is read through the read-only
+ *       cache. The correctness baseline every later version is tested against on the emulator.
+ *       Fusions (conv_fused): the instance-norm statistics of its output in the epilogue (Welford
+ *       per thread, Chan merge across the block, one partial per block: norm_finalize in
+ *       instance_norm.cu merges them) and a deferred instance norm + activation of its input in the
+ *       prologue (runtime/backend_cuda.cu decides when).
  *   v2: implicit GEMM on tensor cores. Rows m are output positions (n, z, y, x), columns the output
  *       channels, k runs over (input channel, tap): D[m][o] = sum_k im2col(x)[m][k] * w[o][k]. A block
  *       of 4 warps computes a 64 x 32 tile of D; per step of 16 in k, the threads gather the im2col
@@ -15,9 +19,10 @@
  *       writes NCDHW f32. No double buffering or cp.async yet: a first tensor-core version whose
  *       fragment plumbing is checked on the emulator.
  * Planned (issue 5): channels-last activations in f16/bf16 (so tiles load with cp.async, no
- * conversion), larger warp tiles, pipelining, instance-norm statistics in the epilogue. */
+ * conversion), larger warp tiles, pipelining, the epilogue/prologue fusions of v1 in v2. */
 #include "device.h"
 #include "launchers.h"
+#include "moments.h"
 
 namespace I3_NS {
 
@@ -27,17 +32,35 @@ struct ConvGeometry {
     int k[3], stride[3], pad[3];
 };
 
-__global__ void conv_v1(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b,
-                        ConvGeometry g, i3_act act, float *__restrict__ y) {
-    int64_t total = g.n * g.cout * g.od * g.oh * g.ow;
-    I3_GRID_STRIDE_LOOP(i, total) {
-        int64_t ox = i % g.ow, oy = i / g.ow % g.oh, oz = i / (g.ow * g.oh) % g.od;
-        int64_t o = i / (g.ow * g.oh * g.od) % g.cout, sample = i / (g.ow * g.oh * g.od * g.cout);
+#define CONV_THREADS 128
+
+/* One block per (chunk of output positions, plane (sample, output channel)): the block's threads
+ * share the output channel, so they read the same weights. PROLOGUE: the input is a convolution
+ * output whose instance norm was deferred: each loaded value becomes act_in(v * scale + shift) of its
+ * (sample, channel) (padding stays zero, as it is in the normalized tensor). STATS: the block's
+ * outputs' (count, mean, M2) go to partials[plane][chunk] for norm_finalize (instance_norm.cu). */
+template <bool PROLOGUE, bool STATS>
+__global__ void __launch_bounds__(CONV_THREADS) conv_v1(const float *__restrict__ x, const float *__restrict__ w,
+                                                        const float *__restrict__ b, ConvGeometry g, i3_act act,
+                                                        const float *__restrict__ in_scale_shift, i3_act act_in,
+                                                        float *__restrict__ y, float *__restrict__ partials) {
+    __shared__ Moments warp_moments[CONV_THREADS / 32];
+    int64_t plane = blockIdx.y, o = plane % g.cout, sample = plane / g.cout;
+    int64_t spatial = g.od * g.oh * g.ow;
+    Moments stats = {0.0f, 0.0f, 0.0f};
+    for (int64_t pos = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; pos < spatial;
+         pos += (int64_t)blockDim.x * gridDim.x) {
+        int64_t ox = pos % g.ow, oy = pos / g.ow % g.oh, oz = pos / (g.ow * g.oh);
         int64_t z0 = oz * g.stride[0] - g.pad[0], y0 = oy * g.stride[1] - g.pad[1], x0 = ox * g.stride[2] - g.pad[2];
         float acc = b ? b[o] : 0.0f;
         for (int64_t c = 0; c < g.cin; c++) {
             const float *xc = x + (sample * g.cin + c) * g.d * g.h * g.w;
             const float *wc = w + (o * g.cin + c) * g.k[0] * g.k[1] * g.k[2];
+            float scale = 1.0f, shift = 0.0f;
+            if (PROLOGUE) {
+                scale = in_scale_shift[2 * (sample * g.cin + c)];
+                shift = in_scale_shift[2 * (sample * g.cin + c) + 1];
+            }
             for (int a = 0; a < g.k[0]; a++) {
                 int64_t zz = z0 + a;
                 if (zz < 0 || zz >= g.d) continue;
@@ -47,12 +70,25 @@ __global__ void conv_v1(const float *__restrict__ x, const float *__restrict__ w
                     for (int e = 0; e < g.k[2]; e++) {
                         int64_t xx = x0 + e;
                         if (xx < 0 || xx >= g.w) continue;
-                        acc += __ldg(&wc[(a * g.k[1] + bb) * g.k[2] + e]) * xc[(zz * g.h + yy) * g.w + xx];
+                        float v = xc[(zz * g.h + yy) * g.w + xx];
+                        if (PROLOGUE) v = act_apply(act_in, v * scale + shift);
+                        acc += __ldg(&wc[(a * g.k[1] + bb) * g.k[2] + e]) * v;
                     }
                 }
             }
         }
-        y[i] = act_apply(act, acc);
+        acc = act_apply(act, acc);
+        y[plane * spatial + pos] = acc;
+        if (STATS) moments_add(stats, acc);
+    }
+    if (STATS) {
+        stats = moments_block_merge(stats, warp_moments);
+        if (threadIdx.x == 0) {
+            float *part = partials + (plane * gridDim.x + blockIdx.x) * 3;
+            part[0] = stats.count;
+            part[1] = stats.mean;
+            part[2] = stats.m2;
+        }
     }
 }
 
@@ -138,12 +174,30 @@ static ConvGeometry conv_geometry(i3_shape5 xs, const i3_conv_params *p, i3_shap
     return g;
 }
 
+extern "C" int I3_DEV(conv_stat_chunks)(i3_shape5 ys) {
+    int64_t planes = ys.n * ys.c, spatial = ys.d * ys.h * ys.w;
+    int64_t chunks = (spatial + 4 * CONV_THREADS - 1) / (4 * CONV_THREADS), most = I3_MAX_GRID_STRIDE_BLOCKS / planes;
+    chunks = chunks < most ? chunks : most;
+    return (int)(chunks < 1 ? 1 : chunks);
+}
+
+extern "C" int I3_DEV(conv_fused)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
+                                  const float *in_scale_shift, i3_act act_in, float *y, i3_shape5 ys, float *partials,
+                                  void *stream) {
+    ConvGeometry g = conv_geometry(xs, p, ys);
+    if (i3_shape5_numel(ys) == 0) return 0;
+    dim3 grid((unsigned)I3_DEV(conv_stat_chunks)(ys), (unsigned)(ys.n * ys.c));
+    const float *ss = in_scale_shift;
+    decltype(&conv_v1<false, false>) kernel = ss ? (partials ? conv_v1<true, true> : conv_v1<true, false>)
+                                                 : (partials ? conv_v1<false, true> : conv_v1<false, false>);
+    return (int)I3_LAUNCH(kernel, grid, CONV_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act, ss, act_in, y,
+                          partials);
+}
+
 extern "C" int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                             float *y, i3_shape5 ys, void *stream) {
-    ConvGeometry g = conv_geometry(xs, p, ys);
-    int64_t total = i3_shape5_numel(ys);
-    if (total == 0) return 0;
-    return (int)I3_LAUNCH(conv_v1, grid_stride_blocks(total, 128), 128, 0, (cudaStream_t)stream, x, w, b, g, p->act, y);
+    i3_act none = {I3_ACT_NONE, 0.0f};
+    return I3_DEV(conv_fused)(x, xs, w, b, p, NULL, none, y, ys, NULL, stream);
 }
 
 extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,

@@ -14,6 +14,11 @@ extern "C" {
 
 i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out);
 
+/* How many nodes' own memory passes the backend fused away since its creation (an instance norm's
+ * statistics taken in the producing conv's epilogue, a norm deferred into the next conv's prologue
+ * or the residual add); for tests and benchmarks. */
+int64_t i3_backend_cuda_fused_nodes(const i3_backend *b);
+
 #ifdef __cplusplus
 }
 #endif

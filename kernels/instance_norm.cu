@@ -7,35 +7,21 @@
  *       partial (count, mean, M2) triples merge with Chan's formula, first across the warp with
  *       shuffles, then across warps through shared memory; a second pass normalizes. Statistics in
  *       f32 (the CPU reference uses double: the test's tolerance covers the difference).
- * Planned (issue 5): statistics accumulated in the producing conv's epilogue, normalization applied
- * in the next conv's prologue. */
+ *   fused (with conv.cu's epilogue statistics, driven by runtime/backend_cuda.cu):
+ *     norm_finalize: one thread per plane merges the plane's per-chunk (count, mean, M2) partials
+ *       that the producing convolution wrote, and stores (scale, shift) = (gamma / std,
+ *       beta - mean * gamma / std) per plane;
+ *     norm_apply: one grid-stride pass y = act_out(act(x * scale + shift) + skip) (skip optional:
+ *       the residual add of ResEnc blocks); the plane's statistics are never re-read from x.
+ *     The next convolution can instead apply (scale, shift, act) as it loads its input (prologue,
+ *     conv.cu), and then neither pass writes the normalized tensor. */
 #include "device.h"
 #include "launchers.h"
+#include "moments.h"
 
 namespace I3_NS {
 
 #define NORM_THREADS 256
-
-struct Moments {
-    float count, mean, m2;
-};
-
-__device__ __forceinline__ Moments moments_merge(Moments a, Moments b) {
-    float count = a.count + b.count;
-    if (count == 0.0f) return a;
-    float delta = b.mean - a.mean, fb = b.count / count;
-    Moments r = {count, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * a.count * fb};
-    return r;
-}
-
-__device__ __forceinline__ Moments moments_warp_merge(Moments m) {
-    for (int offset = 16; offset > 0; offset /= 2) {
-        Moments other = {__shfl_xor_sync(0xffffffffu, m.count, offset), __shfl_xor_sync(0xffffffffu, m.mean, offset),
-                         __shfl_xor_sync(0xffffffffu, m.m2, offset)};
-        m = moments_merge(m, other);
-    }
-    return m;
-}
 
 __global__ void __launch_bounds__(NORM_THREADS) instance_norm_v1(const float *x, int64_t spatial, int64_t channels,
                                                                  const float *gamma, const float *beta, float eps,
@@ -47,37 +33,65 @@ __global__ void __launch_bounds__(NORM_THREADS) instance_norm_v1(const float *x,
     float *yp = y + plane * spatial;
 
     Moments m = {0.0f, 0.0f, 0.0f};
-    for (int64_t i = threadIdx.x; i < spatial; i += blockDim.x) {
-        float v = xp[i];
-        m.count += 1.0f;
-        float delta = v - m.mean;
-        m.mean += delta / m.count;
-        m.m2 += delta * (v - m.mean);
-    }
-    m = moments_warp_merge(m);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (lane == 0) warp_moments[warp] = m;
-    __syncthreads();
-    if (warp == 0) {
-        Moments zero = {0.0f, 0.0f, 0.0f};
-        m = lane < (int)(blockDim.x / 32) ? warp_moments[lane] : zero;
-        m = moments_warp_merge(m);
-        if (lane == 0) {
-            int64_t c = plane % channels;
-            float inv_std = rsqrtf(m.m2 / m.count + eps);
-            float scale = gamma ? gamma[c] * inv_std : inv_std;
-            plane_scale = scale;
-            plane_shift = (beta ? beta[c] : 0.0f) - m.mean * scale;
-        }
+    for (int64_t i = threadIdx.x; i < spatial; i += blockDim.x) moments_add(m, xp[i]);
+    m = moments_block_merge(m, warp_moments);
+    if (threadIdx.x == 0) {
+        int64_t c = plane % channels;
+        float inv_std = rsqrtf(m.m2 / m.count + eps);
+        float scale = gamma ? gamma[c] * inv_std : inv_std;
+        plane_scale = scale;
+        plane_shift = (beta ? beta[c] : 0.0f) - m.mean * scale;
     }
     __syncthreads();
     float scale = plane_scale, shift = plane_shift;
     for (int64_t i = threadIdx.x; i < spatial; i += blockDim.x) yp[i] = act_apply(act, xp[i] * scale + shift);
 }
 
+__global__ void norm_finalize(const float *__restrict__ partials, int64_t planes, int chunks, int64_t channels,
+                              const float *__restrict__ gamma, const float *__restrict__ beta, float eps,
+                              float *__restrict__ scale_shift) {
+    I3_GRID_STRIDE_LOOP(plane, planes) {
+        Moments m = {0.0f, 0.0f, 0.0f};
+        for (int k = 0; k < chunks; k++) {
+            const float *part = partials + (plane * chunks + k) * 3;
+            Moments chunk = {part[0], part[1], part[2]};
+            m = moments_merge(m, chunk);
+        }
+        int64_t c = plane % channels;
+        float inv_std = rsqrtf(m.m2 / m.count + eps);
+        float scale = gamma ? gamma[c] * inv_std : inv_std;
+        scale_shift[2 * plane] = scale;
+        scale_shift[2 * plane + 1] = (beta ? beta[c] : 0.0f) - m.mean * scale;
+    }
+}
+
+__global__ void norm_apply(const float *x, int64_t planes, int64_t spatial, const float *__restrict__ scale_shift,
+                           i3_act act, const float *skip, i3_act act_out, float *y) {
+    I3_GRID_STRIDE_LOOP(i, planes * spatial) {
+        int64_t plane = i / spatial;
+        float v = act_apply(act, x[i] * scale_shift[2 * plane] + scale_shift[2 * plane + 1]);
+        y[i] = skip ? act_apply(act_out, v + skip[i]) : v;
+    }
+}
+
 }  // namespace I3_NS
 
 using namespace I3_NS;
+
+extern "C" int I3_DEV(norm_finalize)(const float *partials, int64_t planes, int chunks, int64_t channels,
+                                     const float *gamma, const float *beta, float eps, float *scale_shift,
+                                     void *stream) {
+    if (planes == 0) return 0;
+    return (int)I3_LAUNCH(norm_finalize, grid_stride_blocks(planes, 128), 128, 0, (cudaStream_t)stream, partials,
+                          planes, chunks, channels, gamma, beta, eps, scale_shift);
+}
+
+extern "C" int I3_DEV(norm_apply)(const float *x, int64_t planes, int64_t spatial, const float *scale_shift,
+                                  i3_act act, const float *skip, i3_act act_out, float *y, void *stream) {
+    if (planes * spatial == 0) return 0;
+    return (int)I3_LAUNCH(norm_apply, grid_stride_blocks(planes * spatial, 256), 256, 0, (cudaStream_t)stream, x,
+                          planes, spatial, scale_shift, act, skip, act_out, y);
+}
 
 extern "C" int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
                                      const i3_norm_params *p, float *y, void *stream) {

@@ -14,6 +14,15 @@ extern "C" {
 
 int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p, float *y,
                  i3_shape5 ys, void *stream);
+/* The convolution with its fusions (kernels/conv.cu v1): in_scale_shift (NULL: none) holds
+ * (scale, shift) per input plane (sample, channel), and each input value v is read as
+ * act_in(v * scale + shift) (a deferred instance norm); partials (NULL: none) receives the output's
+ * per-plane instance-norm statistics, (count, mean, M2) per [sample * cout + o][chunk] with
+ * conv_stat_chunks(ys) chunks, for norm_finalize. */
+int I3_DEV(conv_stat_chunks)(i3_shape5 ys);
+int I3_DEV(conv_fused)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
+                       const float *in_scale_shift, i3_act act_in, float *y, i3_shape5 ys, float *partials,
+                       void *stream);
 /* The same convolution on tensor cores: inputs and weights rounded to f16 (bf16 = 0) or bf16
  * (bf16 = 1), products accumulated in f32. */
 int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
@@ -24,6 +33,14 @@ int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *
                      float *y, i3_shape5 ys, void *stream);
 int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
                           const i3_norm_params *p, float *y, void *stream);
+/* Instance norm from a convolution's statistics: norm_finalize merges `chunks` partials per plane
+ * (planes = n * c) into (scale, shift) per plane with gamma/beta (either may be NULL) and eps;
+ * norm_apply writes y = act_out(act(x * scale + shift) + skip) (skip NULL: y = act(x * scale +
+ * shift)); in place allowed. */
+int I3_DEV(norm_finalize)(const float *partials, int64_t planes, int chunks, int64_t channels, const float *gamma,
+                          const float *beta, float eps, float *scale_shift, void *stream);
+int I3_DEV(norm_apply)(const float *x, int64_t planes, int64_t spatial, const float *scale_shift, i3_act act,
+                       const float *skip, i3_act act_out, float *y, void *stream);
 int I3_DEV(activation)(const float *x, int64_t n, i3_act act, float *y, void *stream);
 int I3_DEV(add)(const float *a, const float *b, int64_t n, i3_act act, float *y, void *stream);
 int I3_DEV(concat)(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y,

@@ -3,7 +3,15 @@
  * This file is compiled twice, like the kernels: by nvcc for the GPU (names i3gpu_*, backend
  * "cuda") and by the C++ compiler against the SIMT emulator (names i3emu_*, backend "emulated"),
  * so the emulated device runs exactly the launch code the GPU runs. The emulated build also holds
- * i3_backend_cuda_create, which picks one of the two. */
+ * i3_backend_cuda_create, which picks one of the two.
+ *
+ * Fusions across nodes (docs/cuda.md, "Fusions"): run_node sees the whole planned graph, so when a
+ * convolution's only reader is the instance norm right after it, the convolution accumulates the
+ * norm's statistics in its epilogue and the norm never re-reads its input for them; the norm then
+ * either writes its output in one elementwise pass, or, when it runs in place and its only reader
+ * is the next node, leaves the tensor unnormalized and hands (scale, shift, act) on: to the next
+ * convolution's prologue, or to the residual add of a ResEnc block (normalize + add + act in one
+ * pass). Only the f32 convolution has these fusions yet (I3RT_CUDA_FUSE=0 turns them off). */
 #include "device.h"
 
 #include "cuda_backend.h"
@@ -29,10 +37,26 @@ static const char *failure_detail() { return ::i3emu::error_detail(); }
  * has a precision setting. */
 enum ConvPrecision { CONV_F32 = 0, CONV_F16, CONV_BF16 };
 
+/* What one node hands on to the next ones of the same graph (node indices in graph->nodes). */
+struct Fusion {
+    const i3_graph *graph;
+    int stats_for;      /* the instance norm whose statistics are in `partials` (-1: none) */
+    int stats_chunks;   /* partials per plane */
+    int deferred_for;   /* the conv or add that applies the deferred norm in `scale_shift` (-1: none) */
+    i3_act deferred_act;
+};
+
 struct DeviceState {
     cudaStream_t stream;
     ConvPrecision conv;
+    bool fuse;
+    Fusion fusion;
+    float *partials, *scale_shift;  /* device buffers, grown as needed */
+    size_t partials_bytes, scale_shift_bytes;
+    int64_t fused_nodes;            /* nodes whose own memory pass was fused away, since creation */
 };
+
+static DeviceState *state_of(i3_backend *b) { return (DeviceState *)b->impl; }
 
 static cudaStream_t stream_of(i3_backend *b) { return ((DeviceState *)b->impl)->stream; }
 
@@ -69,6 +93,92 @@ static i3rt_status device_download(i3_backend *b, void *dst, const void *src, si
 
 static size_t device_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) { return 0; }
 
+/* What the node runners below return besides a cudaError_t: an allocation failed, and the
+ * context already holds the out-of-memory message. */
+#define FAILED_ALLOCATION (-1)
+
+/* Grows a device buffer of the fusion state to at least `bytes`. */
+static i3rt_status ensure_buffer(i3_backend *b, float **buf, size_t *have, size_t bytes) {
+    if (*have >= bytes) return I3RT_OK;
+    device_free(b, *buf);
+    *have = 0;
+    I3_TRY(device_alloc(b, bytes, (void **)buf));
+    *have = bytes;
+    return I3RT_OK;
+}
+
+/* Index of node in g's node list, -1 when it is a lone node (tests run nodes outside any graph). */
+static int node_index(const i3_graph *g, const i3_node *node) {
+    return g->nodes && node >= g->nodes && node < g->nodes + g->n_nodes ? (int)(node - g->nodes) : -1;
+}
+
+/* The node after n, if it reads value v as its first input and is v's only reader. */
+static const i3_node *sole_reader_next(const i3_graph *g, int n, int v) {
+    if (n < 0 || n + 1 >= g->n_nodes || v == g->output || g->values[v].last_use != n + 1) return NULL;
+    const i3_node *next = &g->nodes[n + 1];
+    return next->in[0] == v ? next : NULL;
+}
+
+static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n) {
+    DeviceState *st = state_of(b);
+    const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
+    const float *w = (const float *)g->values[node->in[1]].data;
+    const float *bias = node->in[2] >= 0 ? (const float *)g->values[node->in[2]].data : NULL;
+    i3_shape5 xs = i3_value_shape5(x), ys = i3_value_shape5(y);
+    if (st->conv != CONV_F32)
+        return I3_DEV(conv_tensor_core)((const float *)x->data, xs, w, bias, &node->p.conv, (float *)y->data, ys,
+                                        st->conv == CONV_BF16, st->stream);
+    Fusion *f = &st->fusion;
+    const float *in_scale_shift = f->graph == g && f->deferred_for == n && n >= 0 ? st->scale_shift : NULL;
+    i3_act act_in = f->deferred_act;
+    f->deferred_for = -1;
+    f->stats_for = -1;
+    const i3_node *next = st->fuse ? sole_reader_next(g, n, node->out) : NULL;
+    float *partials = NULL;
+    if (next && next->op == I3_OP_INSTANCE_NORM) {
+        int chunks = I3_DEV(conv_stat_chunks)(ys);
+        size_t bytes = (size_t)(ys.n * ys.c * chunks) * 3 * sizeof(float);
+        if (ensure_buffer(b, &st->partials, &st->partials_bytes, bytes) != I3RT_OK) return FAILED_ALLOCATION;
+        partials = st->partials;
+        f->graph = g;
+        f->stats_for = n + 1;
+        f->stats_chunks = chunks;
+        st->fused_nodes++;
+    }
+    return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
+                              (float *)y->data, ys, partials, st->stream);
+}
+
+/* An instance norm whose statistics the conv before it left in `partials`: (scale, shift) per
+ * plane, then either deferred to the next node or applied in one pass. */
+static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *node, int n) {
+    DeviceState *st = state_of(b);
+    Fusion *f = &st->fusion;
+    const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
+    i3_shape5 xs = i3_value_shape5(x);
+    int64_t planes = xs.n * xs.c;
+    const float *gamma = node->in[1] >= 0 ? (const float *)g->values[node->in[1]].data : NULL;
+    const float *beta = node->in[2] >= 0 ? (const float *)g->values[node->in[2]].data : NULL;
+    f->stats_for = -1;
+    if (ensure_buffer(b, &st->scale_shift, &st->scale_shift_bytes, (size_t)planes * 2 * sizeof(float)) != I3RT_OK)
+        return FAILED_ALLOCATION;
+    int e = I3_DEV(norm_finalize)(st->partials, planes, f->stats_chunks, xs.c, gamma, beta, node->p.norm.eps,
+                                  st->scale_shift, st->stream);
+    if (e) return e;
+    const i3_node *next = x->data == y->data ? sole_reader_next(g, n, node->out) : NULL;
+    bool to_conv = next && next->op == I3_OP_CONV && st->conv == CONV_F32;
+    bool to_add = next && next->op == I3_OP_ADD && next->in[1] != node->out;
+    if (to_conv || to_add) {
+        f->deferred_for = n + 1;
+        f->deferred_act = node->p.norm.act;
+        st->fused_nodes++;
+        return 0;
+    }
+    i3_act none = {I3_ACT_NONE, 0.0f};
+    return I3_DEV(norm_apply)((const float *)x->data, planes, i3_shape5_spatial(xs), st->scale_shift,
+                              node->p.norm.act, NULL, none, (float *)y->data, st->stream);
+}
+
 static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
     const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
     const float *in0 = (const float *)x->data;
@@ -76,23 +186,35 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
     const float *in2 = node->in[2] >= 0 ? (const float *)g->values[node->in[2]].data : NULL;
     float *out = (float *)y->data;
     i3_shape5 xs = i3_value_shape5(x), ys = i3_value_shape5(y);
-    void *s = stream_of(b);
+    DeviceState *st = state_of(b);
+    Fusion *f = &st->fusion;
+    int n = node_index(g, node);
+    bool fused_here = n >= 0 && f->graph == g;
+    void *s = st->stream;
     int e;
     switch (node->op) {
-    case I3_OP_CONV:
-        if (((DeviceState *)b->impl)->conv == CONV_F32)
-            e = I3_DEV(conv)(in0, xs, in1, in2, &node->p.conv, out, ys, s);
-        else
-            e = I3_DEV(conv_tensor_core)(in0, xs, in1, in2, &node->p.conv, out, ys,
-                                         ((DeviceState *)b->impl)->conv == CONV_BF16, s);
-        break;
+    case I3_OP_CONV: e = run_conv(b, g, node, n); break;
     case I3_OP_CONV_TRANSPOSE:
         e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
         break;
     case I3_OP_ACS_CONV: e = I3_DEV(acs_conv)(in0, xs, in1, in2, &node->p.acs, out, ys, s); break;
-    case I3_OP_INSTANCE_NORM: e = I3_DEV(instance_norm)(in0, xs, in1, in2, &node->p.norm, out, s); break;
+    case I3_OP_INSTANCE_NORM:
+        if (fused_here && f->stats_for == n) {
+            e = run_norm_from_stats(b, g, node, n);
+        } else {
+            e = I3_DEV(instance_norm)(in0, xs, in1, in2, &node->p.norm, out, s);
+        }
+        break;
     case I3_OP_ACTIVATION: e = I3_DEV(activation)(in0, i3_shape5_numel(xs), node->p.act, out, s); break;
-    case I3_OP_ADD: e = I3_DEV(add)(in0, in1, i3_shape5_numel(xs), node->p.act, out, s); break;
+    case I3_OP_ADD:
+        if (fused_here && f->deferred_for == n) {
+            f->deferred_for = -1;
+            e = I3_DEV(norm_apply)(in0, xs.n * xs.c, i3_shape5_spatial(xs), st->scale_shift, f->deferred_act, in1,
+                                   node->p.act, out, s);
+        } else {
+            e = I3_DEV(add)(in0, in1, i3_shape5_numel(xs), node->p.act, out, s);
+        }
+        break;
     case I3_OP_CONCAT:
         e = I3_DEV(concat)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out, s);
         break;
@@ -106,6 +228,7 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
                        i3_op_name(node->op));
     }
     if (e == 0) return I3RT_OK;
+    if (e == FAILED_ALLOCATION) return I3RT_ERR_OUT_OF_MEMORY;
     char what[256];
     snprintf(what, sizeof what, "%s (%s) on input [%lld, %lld, %lld, %lld, %lld]", i3_op_name(node->op), y->name,
              (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w);
@@ -119,7 +242,11 @@ static i3rt_status device_synchronize(i3_backend *b) {
 }
 
 static void device_destroy(i3_backend *b) {
-    if (b->impl) cudaStreamDestroy(stream_of(b));
+    if (b->impl) {
+        device_free(b, state_of(b)->partials);
+        device_free(b, state_of(b)->scale_shift);
+        cudaStreamDestroy(stream_of(b));
+    }
     free(b->impl);
     free(b);
 }
@@ -167,6 +294,9 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
                        BACKEND_NAME, conv);
     }
     state->conv = !conv || !strcmp(conv, "f32") ? CONV_F32 : !strcmp(conv, "f16") ? CONV_F16 : CONV_BF16;
+    const char *fuse = getenv("I3RT_CUDA_FUSE");
+    state->fuse = !fuse || strcmp(fuse, "0");
+    state->fusion.stats_for = state->fusion.deferred_for = -1;
     b->iface = &device_iface;
     b->ctx = ctx;
     b->n_threads = ctx->n_threads;
@@ -183,10 +313,20 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
     return I3RT_OK;
 }
 
+extern "C" int64_t I3_DEV(backend_fused_nodes)(const i3_backend *b) { return ((DeviceState *)b->impl)->fused_nodes; }
+
 #ifndef __CUDACC__
 #ifdef I3RT_HAVE_CUDA
 extern "C" i3rt_status i3gpu_backend_create(i3_ctx *ctx, i3_backend **out);
+extern "C" int64_t i3gpu_backend_fused_nodes(const i3_backend *b);
 #endif
+
+extern "C" int64_t i3_backend_cuda_fused_nodes(const i3_backend *b) {
+#ifdef I3RT_HAVE_CUDA
+    if (!strcmp(b->iface->name, "cuda")) return i3gpu_backend_fused_nodes(b);
+#endif
+    return i3emu_backend_fused_nodes(b);
+}
 
 extern "C" i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out) {
     if (emulated) return i3emu_backend_create(ctx, out);

@@ -522,9 +522,11 @@ static void check_slice_sums(device *d) {
 /* ---- a whole graph: every op in a small U-Net-like network, device vs the CPU backend ---------- */
 
 typedef struct {
-    float *data[16];
+    float *data[24];
     int n;
 } net_weights;
+
+#define NET_FUSED_NODES 5
 
 static int net_weight(i3_graph *g, net_weights *nw, fx_rng *r, const char *name, int ndim, int64_t d0, int64_t d1,
                       int64_t d2, int64_t d3, int64_t d4) {
@@ -539,7 +541,10 @@ static int net_weight(i3_graph *g, net_weights *nw, fx_rng *r, const char *name,
 }
 
 /* conv-norm-act, strided conv, transposed conv, concat, residual add, ACS conv, avg pool, resize,
- * 1x1x1 head, softmax. */
+ * 1x1x1 head, softmax. On the device the f32 backend fuses (NET_FUSED_NODES): stage 1's conv
+ * statistics, its norm into the next conv's prologue, that conv's statistics (its norm then applied
+ * in one pass: it has three readers), the decoder conv's statistics and its norm into the residual
+ * add. */
 static void build_net(i3_graph *g, net_weights *nw, i3_shape5 xs) {
     fx_rng r = fx_rng_seed(2024);
     i3_act leaky = LEAKY, none = {I3_ACT_NONE, 0};
@@ -550,6 +555,9 @@ static void build_net(i3_graph *g, net_weights *nw, i3_shape5 xs) {
                            net_weight(g, nw, &r, "c1.b", 1, 4, 0, 0, 0, 0), &c1, "stage 1 conv");
     s1 = i3_graph_instance_norm(g, s1, net_weight(g, nw, &r, "n1.gamma", 1, 4, 0, 0, 0, 0),
                                 net_weight(g, nw, &r, "n1.beta", 1, 4, 0, 0, 0, 0), &norm, "stage 1 norm");
+    i3_conv_params c1b = {.cout = 4, .k = {1, 3, 1}, .stride = {1, 1, 1}, .pad = {0, 1, 0}};
+    s1 = i3_graph_conv(g, s1, net_weight(g, nw, &r, "c1b.w", 5, 4, 4, 1, 3, 1), -1, &c1b, "stage 1 conv b");
+    s1 = i3_graph_instance_norm(g, s1, -1, -1, &norm, "stage 1 norm b");
     i3_conv_params c2 = {.cout = 6, .k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = leaky};
     int s2 = i3_graph_conv(g, s1, net_weight(g, nw, &r, "c2.w", 5, 6, 4, 1, 3, 3),
                            net_weight(g, nw, &r, "c2.b", 1, 6, 0, 0, 0, 0), &c2, "stage 2 conv");
@@ -559,8 +567,11 @@ static void build_net(i3_graph *g, net_weights *nw, i3_shape5 xs) {
     int cat = i3_graph_concat(g, u, s1, "skip concat");
     i3_conv_params c3 = {.cout = 4, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
     int d = i3_graph_conv(g, cat, net_weight(g, nw, &r, "c3.w", 5, 4, 8, 3, 3, 3), -1, &c3, "decoder conv");
+    i3_norm_params norm_no_act = {.eps = 1e-5f, .act = none};
+    d = i3_graph_instance_norm(g, d, net_weight(g, nw, &r, "n3.gamma", 1, 4, 0, 0, 0, 0),
+                               net_weight(g, nw, &r, "n3.beta", 1, 4, 0, 0, 0, 0), &norm_no_act, "decoder norm");
+    d = i3_graph_add(g, d, s1, leaky, "residual");
     d = i3_graph_activation(g, d, leaky, "decoder act");
-    d = i3_graph_add(g, d, s1, none, "residual");
     i3_acs_conv_params acs = {.cout = 5, .k = 3, .stride = 1, .pad = 1, .act = leaky};
     d = i3_graph_acs_conv(g, d, net_weight(g, nw, &r, "acs.w", 4, 5, 4, 3, 3, 0),
                           net_weight(g, nw, &r, "acs.b", 1, 5, 0, 0, 0, 0), &acs, "acs conv");
@@ -616,22 +627,33 @@ static void check_network(device *d) {
     float *ref = run_net(cpu, xs, x, &n_ref), *y = run_net(d->b, xs, x, &n_dev);
     cr_assert_eq(n_dev, n_ref);
     check_nmse(d->b->iface->name, "network: every op, device vs CPU backend", y, ref, n_ref);
+    const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE");
+    int64_t fused = i3_backend_cuda_fused_nodes(d->b);
+    printf("%-8s network: %lld nodes fused away\n", d->b->iface->name, (long long)fused);
+    if ((!conv || !strcmp(conv, "f32")) && (!fuse || strcmp(fuse, "0")))
+        cr_assert_eq(fused, NET_FUSED_NODES, "fused nodes: %lld, expected %d", (long long)fused, NET_FUSED_NODES);
     i3_backend_destroy(cpu);
     free(x), free(ref), free(y);
 }
 
 /* ---- real nnU-Net networks: tests/gen_unet.py's fixtures, device vs PyTorch -------------------- */
 
-/* Runs $I3RT_FIXTURES/unet/NAME.safetensors on NAME_io.safetensors's input through the network
- * builder on the device and compares with PyTorch's logits: max |device - torch| <= 1e-4 max |torch|
- * as test_unet does on the CPU. The fixtures come from the `unet` test's generator: skipped when it
- * has not run in this build folder yet. */
-static void check_unet_tol(device *d, const char *name, double tolerance) {
+/* A real network of tests/gen_unet.py: its weights and the input/logits PyTorch saved. The fixtures
+ * come from the `unet` test's generator: skipped when it has not run in this build folder yet. */
+typedef struct {
+    i3_weights *io, *w;
+    i3_network net;
+    i3_shape5 xs;
+    const float *input, *expected;
+    int64_t n_out;
+} unet_case;
+
+static int unet_open(device *d, const char *name, unet_case *u) {
     if (!strcmp(name, "plain_3d") && !strcmp(d->b->iface->name, "emulated")) {
         /* 16 M parameters at up to 320 channels: about 15 s of direct convolution on the emulator,
          * and the other three networks already cover every op and block kind there. */
         cr_skip("plain_3d is left to the GPU (too slow on the emulator; resenc_3d covers 3D)");
-        return;
+        return 0;
     }
     const char *dir = getenv("I3RT_FIXTURES");
     char weights_path[1024], io_path[1024];
@@ -640,57 +662,104 @@ static void check_unet_tol(device *d, const char *name, double tolerance) {
     FILE *f = fopen(io_path, "rb");
     if (!f) {
         cr_skip("%s not found: run the `unet` test (tests/gen_unet.py) in this build folder first", io_path);
-        return;
+        return 0;
     }
     fclose(f);
-    i3_weights *io, *w;
-    cr_assert_eq(i3_weights_open(&d->ctx, io_path, &io), I3RT_OK, "%s", d->ctx.error);
-    cr_assert_eq(i3_weights_open(&d->ctx, weights_path, &w), I3RT_OK, "%s", d->ctx.error);
-    const i3_weight_tensor *ti = i3_weights_find(io, "input"), *to = i3_weights_find(io, "logits");
+    cr_assert_eq(i3_weights_open(&d->ctx, io_path, &u->io), I3RT_OK, "%s", d->ctx.error);
+    cr_assert_eq(i3_weights_open(&d->ctx, weights_path, &u->w), I3RT_OK, "%s", d->ctx.error);
+    const i3_weight_tensor *ti = i3_weights_find(u->io, "input"), *to = i3_weights_find(u->io, "logits");
     cr_assert(ti && to && ti->ndim == 5 && to->ndim == 5);
-    const float *input, *expected;
-    cr_assert_eq(i3_weights_get_f32(&d->ctx, io, "input", 5, ti->shape, &input), I3RT_OK, "%s", d->ctx.error);
-    cr_assert_eq(i3_weights_get_f32(&d->ctx, io, "logits", 5, to->shape, &expected), I3RT_OK, "%s", d->ctx.error);
-    i3_network net;
-    cr_assert_eq(i3_network_parse(&d->ctx, w, &net), I3RT_OK, "%s", d->ctx.error);
-    i3_graph g;
-    i3_graph_init(&g, &d->ctx);
-    int output;
+    cr_assert_eq(i3_weights_get_f32(&d->ctx, u->io, "input", 5, ti->shape, &u->input), I3RT_OK, "%s", d->ctx.error);
+    cr_assert_eq(i3_weights_get_f32(&d->ctx, u->io, "logits", 5, to->shape, &u->expected), I3RT_OK, "%s",
+                 d->ctx.error);
+    cr_assert_eq(i3_network_parse(&d->ctx, u->w, &u->net), I3RT_OK, "%s", d->ctx.error);
     i3_shape5 xs = {ti->shape[0], ti->shape[1], ti->shape[2], ti->shape[3], ti->shape[4]};
-    cr_assert_eq(i3_network_build(&d->ctx, &net, w, xs, &g, &output), I3RT_OK, "%s", d->ctx.error);
-    i3_backend *b = d->b;
-    cr_assert_eq(i3_graph_plan(&g, output, b), I3RT_OK, "%s", d->ctx.error);
-    void *arena, *scratch, *weights;
-    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK, "%s", d->ctx.error);
-    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK, "%s", d->ctx.error);
-    cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", d->ctx.error);
-    cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", d->ctx.error);
+    u->xs = xs;
+    u->n_out = to->numel;
+    return 1;
+}
+
+static void unet_close(unet_case *u) {
+    i3_weights_free(u->w);
+    i3_weights_free(u->io);
+}
+
+/* The network's logits (malloc'd, u->n_out floats) through the builder on backend b; *n_nodes: the graph's. */
+static float *unet_forward(i3_backend *b, unet_case *u, int *n_nodes) {
+    i3_ctx *ctx = b->ctx;
+    i3_graph g;
+    i3_graph_init(&g, ctx);
+    int output;
+    cr_assert_eq(i3_network_build(ctx, &u->net, u->w, u->xs, &g, &output), I3RT_OK, "%s", ctx->error);
+    cr_assert_eq(i3_graph_plan(&g, output, b), I3RT_OK, "%s", ctx->error);
+    void *arena, *scratch, *weights = NULL;
+    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK, "%s", ctx->error);
+    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK, "%s", ctx->error);
+    if (!b->iface->host_memory)
+        cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", ctx->error);
+    cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", ctx->error);
     const i3_value *in = &g.values[g.input], *out = &g.values[output];
-    cr_assert_eq(b->iface->upload(b, in->data, input, i3_value_bytes(in)), I3RT_OK, "%s", d->ctx.error);
-    cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", d->ctx.error);
-    int64_t n = (int64_t)(i3_value_bytes(out) / sizeof(float));
-    cr_assert_eq(n, to->numel);
+    cr_assert_eq(b->iface->upload(b, in->data, u->input, i3_value_bytes(in)), I3RT_OK, "%s", ctx->error);
+    cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", ctx->error);
+    cr_assert_eq((int64_t)(i3_value_bytes(out) / sizeof(float)), u->n_out);
     float *y = malloc(i3_value_bytes(out));
-    cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", d->ctx.error);
-    double max_abs = 0, max_ref = 0;
-    for (int64_t i = 0; i < n; i++) {
-        double err = fabs((double)y[i] - expected[i]);
-        max_abs = err > max_abs || isnan(err) ? err : max_abs;
-        max_ref = fmax(max_ref, fabs((double)expected[i]));
-    }
-    const char *conv = getenv("I3RT_CUDA_CONV");
-    printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes: max abs err %.3g, max |torch| %.3g, "
-           "rel %.3g\n",
-           b->iface->name, name, conv ? conv : "f32", (long long)xs.n, (long long)xs.c, (long long)xs.d,
-           (long long)xs.h, (long long)xs.w, g.n_nodes, max_abs, max_ref, max_abs / max_ref);
-    cr_assert(max_abs <= tolerance * max_ref, "%s: relative error %.3g > %.0e", name, max_abs / max_ref, tolerance);
-    free(y);
+    cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", ctx->error);
     b->iface->free(b, arena);
     b->iface->free(b, scratch);
-    b->iface->free(b, weights);
+    if (weights)
+        b->iface->free(b, weights);
+    *n_nodes = g.n_nodes;
     i3_graph_free(&g);
-    i3_weights_free(w);
-    i3_weights_free(io);
+    return y;
+}
+
+/* Runs $I3RT_FIXTURES/unet/NAME.safetensors on NAME_io.safetensors's input on the device and
+ * compares with PyTorch's logits: max |device - torch| <= tolerance * max |torch| (1e-4 in f32, as
+ * test_unet does on the CPU). */
+static void check_unet_tol(device *d, const char *name, double tolerance) {
+    unet_case u;
+    if (!unet_open(d, name, &u))
+        return;
+    int n_nodes;
+    float *y = unet_forward(d->b, &u, &n_nodes);
+    double max_abs = 0, max_ref = 0;
+    for (int64_t i = 0; i < u.n_out; i++) {
+        double err = fabs((double)y[i] - u.expected[i]);
+        max_abs = err > max_abs || isnan(err) ? err : max_abs;
+        max_ref = fmax(max_ref, fabs((double)u.expected[i]));
+    }
+    const char *conv = getenv("I3RT_CUDA_CONV");
+    printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes, %lld fused away: max abs err %.3g, "
+           "max |torch| %.3g, rel %.3g\n",
+           d->b->iface->name, name, conv ? conv : "f32", (long long)u.xs.n, (long long)u.xs.c, (long long)u.xs.d,
+           (long long)u.xs.h, (long long)u.xs.w, n_nodes, (long long)i3_backend_cuda_fused_nodes(d->b), max_abs,
+           max_ref, max_abs / max_ref);
+    cr_assert(max_abs <= tolerance * max_ref, "%s: relative error %.3g > %.0e", name, max_abs / max_ref, tolerance);
+    free(y);
+    unet_close(&u);
+}
+
+/* The same network on the CPU backend and on the device (with its fusions): nmse < 1e-10, and the
+ * device must have fused at least one node per instance norm it could (each conv-norm pair: the
+ * epilogue statistics). */
+static void check_unet_vs_cpu(device *d, const char *name) {
+    unet_case u;
+    if (!unet_open(d, name, &u))
+        return;
+    i3_ctx cpu_ctx = {.n_threads = 2, .backend = I3RT_BACKEND_CPU};
+    i3_backend *cpu;
+    cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
+    int n_nodes;
+    int64_t fused_before = i3_backend_cuda_fused_nodes(d->b);
+    float *ref = unet_forward(cpu, &u, &n_nodes), *y = unet_forward(d->b, &u, &n_nodes);
+    char what[96];
+    int64_t fused = i3_backend_cuda_fused_nodes(d->b) - fused_before;
+    snprintf(what, sizeof what, "unet %s vs CPU backend (%d nodes, %lld fused away)", name, n_nodes, (long long)fused);
+    check_nmse(d->b->iface->name, what, y, ref, u.n_out);
+    cr_assert_gt(fused, n_nodes / 4, "%s: only %lld of %d nodes fused", name, (long long)fused, n_nodes);
+    i3_backend_destroy(cpu);
+    free(ref), free(y);
+    unet_close(&u);
 }
 
 /* Tolerance for the conv kernel I3RT_CUDA_CONV selects: 1e-4 (f32, as test_unet), 1e-2 (f16;
@@ -745,6 +814,10 @@ static void check_unet_resenc_2d(device *d) {
 static void check_unet_resenc_3d(device *d) {
     check_unet(d, "resenc_3d");
 }
+static void check_unet_fused_vs_cpu(device *d) {
+    check_unet_vs_cpu(d, "plain_2d");
+    check_unet_vs_cpu(d, "resenc_2d");
+}
 
 /* Opens the device (or skips) and runs one check on it. */
 static void on_device(int (*open)(device *), void (*check)(device *)) {
@@ -770,7 +843,8 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, unet_plain_2d) { on_device(open, check_unet_plain_2d); }                           \
     Test(suite, unet_plain_3d) { on_device(open, check_unet_plain_3d); }                           \
     Test(suite, unet_resenc_2d) { on_device(open, check_unet_resenc_2d); }                         \
-    Test(suite, unet_resenc_3d) { on_device(open, check_unet_resenc_3d); }
+    Test(suite, unet_resenc_3d) { on_device(open, check_unet_resenc_3d); }                         \
+    Test(suite, unet_fused_vs_cpu) { on_device(open, check_unet_fused_vs_cpu); }
 
 // clang-format off
 DEVICE_TESTS(emulated, open_emulated_ok)
