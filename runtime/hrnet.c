@@ -1,0 +1,444 @@
+/* RITM's HRNetModel (SamsungLabs/ritm_interactive_segmentation @ b9b4460, isegm/model/is_model.py,
+ * is_hrnet_model.py, modeling/hrnet_ocr.py, modeling/ocr.py, modeling/resnetv1b.py) as an i3rt graph,
+ * module by module, each weight taken by its state-dict name:
+ *
+ *   input split     image (3 channels) | coord features (prev mask, positive, negative click maps)
+ *   stem            conv1 3x3 s2 + bn1 + ReLU, + maps_transform(coord), conv2 3x3 s2 + bn2 + ReLU
+ *   maps_transform  1x1 conv (bias) + LeakyReLU(0.2) | ReLU, 3x3 s2 conv (bias), x |scale| (folded in)
+ *   layer1          4 (small: 2) BottleneckV1b, 64 -> 256 channels
+ *   stages 2..4     transitions (3x3 convs, s2 for a new branch), HighResolutionModules: BasicBlockV1b
+ *                   per branch, then fuse: y_i = ReLU(sum_j f_ij(x_j)), f_ij = 1x1 conv + bilinear
+ *                   upsampling (j > i), a chain of 3x3 s2 convs (j < i), identity (j == i)
+ *   aggregate       branches 1..3 upsampled to branch 0 (align_corners), concatenated (15 * width)
+ *   OCR head        aux_head -> soft object regions; conv3x3_ocr; spatial gather; object attention
+ *                   (f_pixel, f_object, f_down, f_up); conv_bn_dropout on [context, feats]; cls_head
+ *   output          logits, upsampled to the input size (align_corners) as ISModel.forward does
+ *
+ * Every batch norm (eval: running statistics, eps 1e-5) is folded into the convolution before it, into
+ * buffers the weight object owns (i3_weights_derived). With cfg->acs each convolution with a k x k
+ * kernel becomes an ACS convolution (ACSConv's converter: same weights, output channels split over the
+ * three orientations), a 1x1 convolution a 1x1x1 one (the three orientations coincide), bilinear
+ * resizes trilinear, and the spatial softmax of the OCR head runs over the whole volume. */
+#include "hrnet.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define FE "feature_extractor."
+#define NAME_LEN 128
+#define BN_EPS 1e-5f         /* torch.nn.BatchNorm2d's default, which RITM keeps */
+#define NUM_CLASSES 1        /* HRNetModel builds its HighResolutionNet with num_classes=1 */
+#define MAX_BRANCHES 4
+
+/* ---- parsing ----------------------------------------------------------------------------------- */
+
+static i3rt_status parse_fail(i3_ctx *ctx, const char *file, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static i3rt_status parse_fail(i3_ctx *ctx, const char *file, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: %s", file, msg);
+}
+
+/* A positive int field of obj. */
+static int positive_int(const cJSON *obj, const char *field, int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, field);
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= 1 << 20)) return 0;
+    *out = (int)v->valuedouble;
+    return *out == v->valuedouble;
+}
+
+/* A bool field: absent or null gives fallback; anything but a bool gives -1. */
+static int bool_field(const cJSON *obj, const char *field, int fallback) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, field);
+    if (!v || cJSON_IsNull(v)) return fallback;
+    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : -1;
+}
+
+i3rt_status i3_hrnet_parse(i3_ctx *ctx, const char *file, const cJSON *net, const char *acs, i3_hrnet_config *out) {
+    i3_hrnet_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    int dims = 0, in_channels = 0, classes = 0;
+    if (!positive_int(net, "dims", &dims) || dims != 2)
+        return parse_fail(ctx, file, "RITM-HRNet18: \"dims\" must be 2 (3D use is marked by \"acs\": \"1\")");
+    if (!positive_int(net, "input_channels", &in_channels) || in_channels != I3_HRNET_IMAGE_CHANNELS)
+        return parse_fail(ctx, file, "RITM-HRNet18: \"input_channels\" must be %d (the RGB image)",
+                          I3_HRNET_IMAGE_CHANNELS);
+    if (!positive_int(net, "num_classes", &classes) || classes != NUM_CLASSES)
+        return parse_fail(ctx, file, "RITM-HRNet18: \"num_classes\" must be %d", NUM_CLASSES);
+    if (!positive_int(net, "width", &cfg.width) || !positive_int(net, "ocr_width", &cfg.ocr_width) ||
+        !positive_int(net, "ocr_mid_channels", &cfg.ocr_mid) || !positive_int(net, "coord_channels", &cfg.coord_channels))
+        return parse_fail(ctx, file, "RITM-HRNet18: \"width\", \"ocr_width\", \"ocr_mid_channels\" and "
+                                     "\"coord_channels\" must be positive ints");
+    cfg.small = bool_field(net, "small", 0);
+    cfg.with_prev_mask = bool_field(net, "with_prev_mask", 0);
+    if (cfg.small < 0 || cfg.with_prev_mask < 0)
+        return parse_fail(ctx, file, "RITM-HRNet18: \"small\" and \"with_prev_mask\" must be true or false");
+    if (cfg.coord_channels != 2 + cfg.with_prev_mask)
+        return parse_fail(ctx, file, "RITM-HRNet18: coord_channels %d, with_prev_mask %s: expected %d (clicks groups "
+                                     "are not supported)",
+                          cfg.coord_channels, cfg.with_prev_mask ? "true" : "false", 2 + cfg.with_prev_mask);
+
+    /* ISModel's keyword arguments as the checkpoint's config gave them; absent ones take ISModel's
+     * defaults (RITM's @serialize records only HRNetModel's own defaults). */
+    const cJSON *kw = cJSON_GetObjectItemCaseSensitive(net, "arch_kwargs");
+    if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw))
+        return parse_fail(ctx, file, "RITM-HRNet18: \"arch_kwargs\" is not an object");
+    const char *unsupported[] = {"use_rgb_conv", "conv_extend"};
+    for (int i = 0; i < 2; i++)
+        if (bool_field(kw, unsupported[i], 0) != 0)
+            return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
+                           "%s: network metadata: arch_kwargs.%s is set: only the Conv1S maps_transform branch "
+                           "(use_rgb_conv false, conv_extend false) is supported",
+                           file, unsupported[i]);
+    const cJSON *groups = cJSON_GetObjectItemCaseSensitive(kw, "clicks_groups");
+    if (groups && !cJSON_IsNull(groups))
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: network metadata: arch_kwargs.clicks_groups is not supported",
+                       file);
+    const int leaky = bool_field(kw, "use_leaky_relu", 0);
+    cfg.use_disks = bool_field(kw, "use_disks", 0);
+    cfg.binary_prev_mask = bool_field(kw, "binary_prev_mask", 0);
+    if (leaky < 0 || cfg.use_disks < 0 || cfg.binary_prev_mask < 0)
+        return parse_fail(ctx, file, "arch_kwargs: use_leaky_relu, use_disks and binary_prev_mask must be true or false");
+    cfg.maps_act = leaky ? (i3_act){I3_ACT_LEAKY_RELU, 0.2f} : (i3_act){I3_ACT_RELU, 0.0f};
+    const cJSON *radius = cJSON_GetObjectItemCaseSensitive(kw, "norm_radius");
+    cfg.norm_radius = 260.0f; /* ISModel's default */
+    if (radius && !cJSON_IsNull(radius)) {
+        if (!cJSON_IsNumber(radius) || !(radius->valuedouble > 0))
+            return parse_fail(ctx, file, "arch_kwargs.norm_radius must be a positive number");
+        cfg.norm_radius = (float)radius->valuedouble;
+    }
+    if (!acs || strcmp(acs, "0") == 0)
+        cfg.acs = 0;
+    else if (strcmp(acs, "1") == 0)
+        cfg.acs = 1;
+    else
+        return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: metadata \"acs\" is '%s' (must be \"0\" or \"1\")", file, acs);
+    *out = cfg;
+    return I3RT_OK;
+}
+
+/* ---- building ---------------------------------------------------------------------------------- */
+
+typedef struct {
+    i3_ctx *ctx;
+    const i3_hrnet_config *cfg;
+    i3_weights *w;
+    i3_graph *g;
+    i3rt_status status; /* first failure outside the graph builders (weights, folding) */
+} builder;
+
+static int failed(const builder *b) { return b->status != I3RT_OK || b->g->failed; }
+
+static void name_fmt(char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void name_fmt(char *name, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, NAME_LEN, fmt, ap);
+    va_end(ap);
+}
+
+/* The file's tensor prefix.suffix with the given shape, or NULL after recording the failure. */
+static const float *tensor(builder *b, const char *prefix, const char *suffix, int ndim, const int64_t *shape) {
+    if (failed(b)) return NULL;
+    char name[NAME_LEN];
+    name_fmt(name, "%s.%s", prefix, suffix);
+    const float *data = NULL;
+    b->status = i3_weights_get_f32(b->ctx, b->w, name, ndim, shape, &data);
+    return data;
+}
+
+static const i3_act NO_ACT = {I3_ACT_NONE, 0.0f};
+static const i3_act RELU = {I3_ACT_RELU, 0.0f};
+
+/* One convolution `conv` (weight [cout, cin, k, k], bias if has_bias) with padding k / 2, followed
+ * by the batch norm `bn` (NULL: none) or a multiplication by |scale[0]| (ScaleLayer; NULL: none), then
+ * act. Either is folded into a copy of the weights. */
+static int conv_layer(builder *b, int x, const char *conv, const char *bn, const float *scale, int cin, int cout,
+                      int k, int stride, int has_bias, i3_act act) {
+    const int64_t wshape[4] = {cout, cin, k, k}, cshape[1] = {cout};
+    const int64_t per_out = (int64_t)cin * k * k;
+    const float *weight = tensor(b, conv, "weight", 4, wshape);
+    const float *bias = has_bias ? tensor(b, conv, "bias", 1, cshape) : NULL;
+    if (failed(b)) return -1;
+    if (bn || scale) {
+        char name[NAME_LEN];
+        float *wf = NULL, *bf = NULL;
+        name_fmt(name, "%s.weight (folded)", conv);
+        b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)(cout * per_out), &wf);
+        name_fmt(name, "%s.bias (folded)", conv);
+        if (b->status == I3RT_OK) b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)cout, &bf);
+        if (b->status != I3RT_OK) return -1;
+        memcpy(wf, weight, (size_t)(cout * per_out) * sizeof *wf);
+        if (bn) {
+            const float *gamma = tensor(b, bn, "weight", 1, cshape), *beta = tensor(b, bn, "bias", 1, cshape);
+            const float *mean = tensor(b, bn, "running_mean", 1, cshape), *var = tensor(b, bn, "running_var", 1, cshape);
+            if (failed(b)) return -1;
+            i3_cpu_fold_batch_norm(wf, cout, per_out, bias, gamma, beta, mean, var, BN_EPS, bf);
+        } else {
+            const float s = fabsf(scale[0]); /* ScaleLayer: x * |scale * lr_mult|, lr_mult 1 */
+            for (int64_t i = 0; i < cout * per_out; i++) wf[i] *= s;
+            for (int o = 0; o < cout; o++) bf[o] = bias ? bias[o] * s : 0.0f;
+        }
+        weight = wf;
+        bias = bf;
+    }
+    char name[NAME_LEN];
+    name_fmt(name, "%s.weight", conv);
+    const int acs = b->cfg->acs && k > 1;
+    const int64_t gdims[5] = {cout, cin, 1, k, k};
+    int wv = acs ? i3_graph_weight(b->g, name, weight, 4, wshape) : i3_graph_weight(b->g, name, weight, 5, gdims);
+    int bv = -1;
+    if (bias) {
+        name_fmt(name, "%s.bias", conv);
+        bv = i3_graph_weight(b->g, name, bias, 1, cshape);
+    }
+    if (acs) {
+        const i3_acs_conv_params ap = {.cout = cout, .k = k, .stride = stride, .pad = k / 2, .act = act};
+        return i3_graph_acs_conv(b->g, x, wv, bv, &ap, conv);
+    }
+    /* 2D: depth 1 with kernel depth 1; ACS 1x1: a 1x1x1 convolution, strided on all three axes */
+    const int sd = b->cfg->acs ? stride : 1;
+    const i3_conv_params cp = {.cout = cout, .k = {1, k, k}, .stride = {sd, stride, stride}, .pad = {0, k / 2, k / 2},
+                               .act = act};
+    return i3_graph_conv(b->g, x, wv, bv, &cp, conv);
+}
+
+/* conv `prefix.convN` + batch norm `prefix.bnN`. */
+static int conv_bn(builder *b, int x, const char *prefix, int n, int cin, int cout, int k, int stride, i3_act act) {
+    char conv[NAME_LEN], bn[NAME_LEN];
+    name_fmt(conv, "%s.conv%d", prefix, n);
+    name_fmt(bn, "%s.bn%d", prefix, n);
+    return conv_layer(b, x, conv, bn, NULL, cin, cout, k, stride, 0, act);
+}
+
+/* Sequential(conv, bn[, ReLU]) named prefix.0, prefix.1 (transitions, fuse layers, downsample). */
+static int conv_bn_seq(builder *b, int x, const char *prefix, int cin, int cout, int k, int stride, i3_act act) {
+    char conv[NAME_LEN], bn[NAME_LEN];
+    name_fmt(conv, "%s.0", prefix);
+    name_fmt(bn, "%s.1", prefix);
+    return conv_layer(b, x, conv, bn, NULL, cin, cout, k, stride, 0, act);
+}
+
+static int add(builder *b, int x, int y, i3_act act, const char *name) {
+    return failed(b) ? -1 : i3_graph_add(b->g, x, y, act, name);
+}
+
+/* Linear resize of x to the spatial size of like (align_corners=True, as every resize in RITM). */
+static int resize_like(builder *b, int x, int like, const char *name) {
+    if (failed(b)) return -1;
+    const i3_value *v = &b->g->values[like];
+    const i3_resize_params rp = {.out = {v->dims[2], v->dims[3], v->dims[4]}, .align_corners = 1};
+    return i3_graph_resize(b->g, x, &rp, name);
+}
+
+/* BottleneckV1b: ReLU(bn3(conv3(ReLU(bn2(conv2(ReLU(bn1(conv1(x)))))))) + downsample(x)). */
+static int bottleneck(builder *b, int x, int block, int cin, int planes) {
+    char prefix[NAME_LEN], name[NAME_LEN];
+    name_fmt(prefix, FE "layer1.%d", block);
+    int residual = x;
+    if (cin != 4 * planes) {
+        name_fmt(name, "%s.downsample", prefix);
+        residual = conv_bn_seq(b, x, name, cin, 4 * planes, 1, 1, NO_ACT);
+    }
+    int y = conv_bn(b, x, prefix, 1, cin, planes, 1, 1, RELU);
+    y = conv_bn(b, y, prefix, 2, planes, planes, 3, 1, RELU);
+    y = conv_bn(b, y, prefix, 3, planes, 4 * planes, 1, 1, NO_ACT);
+    return add(b, y, residual, RELU, prefix);
+}
+
+/* BasicBlockV1b with c channels: ReLU(bn2(conv2(ReLU(bn1(conv1(x))))) + x). */
+static int basic_block(builder *b, int x, const char *prefix, int c) {
+    int y = conv_bn(b, x, prefix, 1, c, c, 3, 1, RELU);
+    y = conv_bn(b, y, prefix, 2, c, c, 3, 1, NO_ACT);
+    return add(b, y, x, RELU, prefix);
+}
+
+/* HighResolutionModule `prefix` over n_branches branches x[] (updated in place). */
+static void hr_module(builder *b, int *x, const char *prefix, int n_branches, int blocks) {
+    const int width = b->cfg->width;
+    char name[NAME_LEN];
+    for (int i = 0; i < n_branches; i++)
+        for (int blk = 0; blk < blocks; blk++) {
+            name_fmt(name, "%s.branches.%d.%d", prefix, i, blk);
+            x[i] = basic_block(b, x[i], name, width << i);
+        }
+    int y[MAX_BRANCHES];
+    for (int i = 0; i < n_branches; i++) {
+        int sum = -1;
+        for (int j = 0; j < n_branches; j++) {
+            int t = x[j];
+            if (j > i) { /* 1x1 conv + bn to C_i, then upsampled to branch i */
+                name_fmt(name, "%s.fuse_layers.%d.%d", prefix, i, j);
+                t = conv_bn_seq(b, t, name, width << j, width << i, 1, 1, NO_ACT);
+                name_fmt(name, "%s.fuse_layers.%d.%d.up", prefix, i, j);
+                t = resize_like(b, t, x[i], name);
+            }
+            for (int k = 0; j < i && k < i - j; k++) { /* i - j stride-2 convs, C_j until the last */
+                const int last = k == i - j - 1;
+                name_fmt(name, "%s.fuse_layers.%d.%d.%d", prefix, i, j, k);
+                t = conv_bn_seq(b, t, name, width << j, last ? width << i : width << j, 3, 2, last ? NO_ACT : RELU);
+            }
+            name_fmt(name, "%s.fuse.%d.%d", prefix, i, j);
+            sum = sum < 0 ? t : add(b, sum, t, j == n_branches - 1 ? RELU : NO_ACT, name);
+        }
+        y[i] = sum;
+    }
+    memcpy(x, y, (size_t)n_branches * sizeof *x);
+}
+
+/* transitionT.i: a 3x3 stride-2 conv + bn + ReLU from the last branch into new branch i. */
+static int new_branch(builder *b, int x, int t, int i) {
+    char prefix[NAME_LEN];
+    name_fmt(prefix, FE "transition%d.%d.0", t, i);
+    return conv_bn_seq(b, x, prefix, b->cfg->width << (i - 1), b->cfg->width << i, 3, 2, RELU);
+}
+
+/* HighResolutionNet.compute_hrnet_feats after the stem: [n, 15 * width, ...] at the stem's resolution. */
+static int hrnet_features(builder *b, int x) {
+    const i3_hrnet_config *cfg = b->cfg;
+    const int blocks = cfg->small ? 2 : 4, modules[3] = {1, cfg->small ? 3 : 4, cfg->small ? 2 : 3};
+    for (int blk = 0; blk < blocks; blk++) x = bottleneck(b, x, blk, blk == 0 ? 64 : 256, 64);
+
+    int br[MAX_BRANCHES];
+    br[0] = conv_bn_seq(b, x, FE "transition1.0", 256, cfg->width, 3, 1, RELU);
+    br[1] = conv_bn_seq(b, x, FE "transition1.1.0", 256, 2 * cfg->width, 3, 2, RELU);
+    char prefix[NAME_LEN];
+    for (int stage = 2; stage <= 4; stage++) {
+        const int n_branches = stage;
+        if (stage > 2) br[n_branches - 1] = new_branch(b, br[n_branches - 2], stage - 1, n_branches - 1);
+        for (int m = 0; m < modules[stage - 2]; m++) {
+            name_fmt(prefix, FE "stage%d.%d", stage, m);
+            hr_module(b, br, prefix, n_branches, blocks);
+        }
+    }
+    int feats = br[0];
+    for (int i = 1; i < MAX_BRANCHES; i++) {
+        name_fmt(prefix, FE "aggregate.up%d", i);
+        int up = resize_like(b, br[i], br[0], prefix);
+        name_fmt(prefix, FE "aggregate.cat%d", i);
+        feats = failed(b) ? -1 : i3_graph_concat(b->g, feats, up, prefix);
+    }
+    return feats;
+}
+
+/* Sequential(conv, Sequential(bn, ReLU)) of ocr.py: conv prefix.I, bn prefix.(I+1).0. */
+static int ocr_conv(builder *b, int x, const char *prefix, int index, int cin, int cout) {
+    char conv[NAME_LEN], bn[NAME_LEN];
+    name_fmt(conv, "%s.%d", prefix, index);
+    name_fmt(bn, "%s.%d.0", prefix, index + 1);
+    return conv_layer(b, x, conv, bn, NULL, cin, cout, 1, 1, 0, RELU);
+}
+
+/* HighResolutionNet.forward's OCR part: the class logits at the features' resolution. */
+static int ocr_head(builder *b, int feats) {
+    const int c = 15 * b->cfg->width, mid = b->cfg->ocr_mid, key = b->cfg->ocr_width;
+    int aux = conv_layer(b, feats, FE "aux_head.0", FE "aux_head.1", NULL, c, c, 1, 1, 1, RELU);
+    aux = conv_layer(b, aux, FE "aux_head.3", NULL, NULL, c, NUM_CLASSES, 1, 1, 1, NO_ACT);
+    int g = conv_layer(b, feats, FE "conv3x3_ocr.0", FE "conv3x3_ocr.1", NULL, c, mid, 3, 1, 1, RELU);
+    int context = failed(b) ? -1 : i3_graph_spatial_gather(b->g, g, aux, FE "ocr_gather_head");
+
+#define OCB FE "ocr_distri_head.object_context_block"
+    int query = ocr_conv(b, g, OCB ".f_pixel", 0, mid, key);
+    query = ocr_conv(b, query, OCB ".f_pixel", 2, key, key);
+    int k = ocr_conv(b, context, OCB ".f_object", 0, mid, key);
+    k = ocr_conv(b, k, OCB ".f_object", 2, key, key);
+    int value = ocr_conv(b, context, OCB ".f_down", 0, mid, key);
+    int att = failed(b) ? -1 : i3_graph_object_attention(b->g, query, k, value, OCB ".attention");
+    att = ocr_conv(b, att, OCB ".f_up", 0, key, mid);
+#undef OCB
+    int cat = failed(b) ? -1 : i3_graph_concat(b->g, att, g, FE "ocr_distri_head.cat");
+    int out = ocr_conv(b, cat, FE "ocr_distri_head.conv_bn_dropout", 0, 2 * mid, mid); /* dropout: identity */
+    return conv_layer(b, out, FE "cls_head", NULL, NULL, mid, NUM_CLASSES, 1, 1, 1, NO_ACT);
+}
+
+i3rt_status i3_hrnet_build(i3_ctx *ctx, const i3_hrnet_config *cfg, i3_weights *w, i3_shape5 input,
+                           int full_resolution, i3_graph *g, int *output) {
+    const char *file = i3_weights_label(w);
+    if (input.n != 1 || input.c != I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels || input.d < 1 || input.h < 1 ||
+        input.w < 1 || (!cfg->acs && input.d != 1))
+        return i3_fail(ctx, I3RT_ERR_SHAPE,
+                       "%s: RITM HRNet input is [%lld, %lld, %lld, %lld, %lld], expected [1, %d, %s, h, w] (image and "
+                       "click maps)",
+                       file, (long long)input.n, (long long)input.c, (long long)input.d, (long long)input.h,
+                       (long long)input.w, I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels, cfg->acs ? "d" : "1");
+    builder b = {.ctx = ctx, .cfg = cfg, .w = w, .g = g, .status = I3RT_OK};
+    const int x = i3_graph_input(g, input);
+    const i3_slice_params image_part = {0, I3_HRNET_IMAGE_CHANNELS},
+                          coord_part = {I3_HRNET_IMAGE_CHANNELS, cfg->coord_channels};
+    int image = i3_graph_slice_channels(g, x, &image_part, "image");
+    int coord = i3_graph_slice_channels(g, x, &coord_part, "coord_features");
+
+    /* maps_transform (Conv1S) and the stem it joins after the first ReLU */
+    const int64_t one[1] = {1};
+    const float *scale = tensor(&b, "maps_transform.3", "scale", 1, one);
+    int maps = conv_layer(&b, coord, "maps_transform.0", NULL, NULL, cfg->coord_channels, 16, 1, 1, 1, cfg->maps_act);
+    maps = scale ? conv_layer(&b, maps, "maps_transform.2", NULL, scale, 16, 64, 3, 2, 1, NO_ACT) : -1;
+    int y = conv_layer(&b, image, FE "conv1", FE "bn1", NULL, I3_HRNET_IMAGE_CHANNELS, 64, 3, 2, 0, RELU);
+    y = add(&b, y, maps, NO_ACT, FE "stem.add_maps");
+    y = conv_layer(&b, y, FE "conv2", FE "bn2", NULL, 64, 64, 3, 2, 0, RELU);
+
+    int logits = ocr_head(&b, hrnet_features(&b, y));
+    if (full_resolution) logits = resize_like(&b, logits, x, "instances");
+    I3_TRY(b.status);
+    if (g->failed) return (i3rt_status)g->failed; /* the graph builder left its message in ctx */
+    I3_TRY(i3_weights_check_all_used(ctx, w));
+    *output = logits;
+    return I3RT_OK;
+}
+
+/* ---- input encoding ---------------------------------------------------------------------------- */
+
+i3rt_status i3_hrnet_encode_input(i3_ctx *ctx, const i3_hrnet_config *cfg, int64_t d, int64_t h, int64_t w,
+                                  const float *image, const float *prev_mask, const i3_hrnet_click *clicks,
+                                  int n_clicks, float *out) {
+    if (!image || !out || (n_clicks > 0 && !clicks) || n_clicks < 0 || d < 1 || h < 1 || w < 1)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "RITM input: NULL image/output/clicks or empty size");
+    if (!cfg->acs && d != 1)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "RITM input: a 2D network takes depth 1, not %lld", (long long)d);
+    for (int i = 0; i < n_clicks; i++) {
+        const i3_hrnet_click c = clicks[i];
+        if (!(c.z >= 0 && c.z < d && c.y >= 0 && c.y < h && c.x >= 0 && c.x < w))
+            return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT,
+                           "RITM input: click %d at (z %g, y %g, x %g) is outside the %lld x %lld x %lld volume", i,
+                           (double)c.z, (double)c.y, (double)c.x, (long long)d, (long long)h, (long long)w);
+    }
+    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
+    const int64_t s = d * h * w;
+    for (int c = 0; c < I3_HRNET_IMAGE_CHANNELS; c++)
+        for (int64_t i = 0; i < s; i++) out[c * s + i] = (image[c * s + i] - mean[c]) / std[c];
+    float *coord = out + I3_HRNET_IMAGE_CHANNELS * s;
+    if (cfg->with_prev_mask) {
+        for (int64_t i = 0; i < s; i++) {
+            const float m = prev_mask ? prev_mask[i] : 0.0f;
+            coord[i] = cfg->binary_prev_mask ? (float)(m > 0.5f) : m;
+        }
+        coord += s;
+    }
+    /* DistMaps: coordinates divided by norm_radius first unless disks, squared in float32 as torch */
+    const float div = cfg->use_disks ? 1.0f : cfg->norm_radius;
+    for (int sign = 0; sign < 2; sign++) {
+        float *map = coord + sign * s;
+        for (int64_t z = 0; z < d; z++)
+            for (int64_t y = 0; y < h; y++)
+                for (int64_t x = 0; x < w; x++) {
+                    float best = 1e6f; /* RITM's value for "no click" */
+                    for (int i = 0; i < n_clicks; i++) {
+                        if (clicks[i].positive != (sign == 0)) continue;
+                        float dz = ((float)z - clicks[i].z), dy = ((float)y - clicks[i].y), dx = ((float)x - clicks[i].x);
+                        if (div != 1.0f) dz /= div, dy /= div, dx /= div;
+                        const float d2 = dz * dz + dy * dy + dx * dx;
+                        best = d2 < best ? d2 : best;
+                    }
+                    map[(z * h + y) * w + x] =
+                        cfg->use_disks ? (float)(best <= cfg->norm_radius * cfg->norm_radius) : tanhf(2.0f * sqrtf(best));
+                }
+    }
+    return I3RT_OK;
+}
