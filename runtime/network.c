@@ -256,20 +256,44 @@ static i3rt_status parse_patch_size(i3_ctx *ctx, const i3_weights *w, i3_network
     return st;
 }
 
-static i3rt_status parse_network(i3_ctx *ctx, const char *file, const cJSON *root, i3_network *net) {
+/* RITM's HRNet (runtime/hrnet.h); the generic fields describe its four branches for i3rt_model_describe. */
+static i3rt_status parse_ritm(i3_ctx *ctx, const char *file, const cJSON *root, const char *acs, i3_network *net) {
+    I3_TRY(i3_hrnet_parse(ctx, file, root, acs, &net->hrnet));
+    const i3_hrnet_config *h = &net->hrnet;
+    net->cls = I3_NET_RITM_HRNET18;
+    net->dims = h->acs ? 3 : 2;
+    net->in_channels = I3_HRNET_IMAGE_CHANNELS + h->coord_channels;
+    net->num_classes = 1;
+    net->n_stages = 4;
+    for (int s = 0; s < 4; s++) {
+        net->features[s] = h->width << s;
+        net->n_conv_encoder[s] = h->small ? 2 : 4; /* BasicBlocks per branch and module */
+        for (int a = 0; a < 3; a++) {
+            net->kernel[s][a] = a == 0 && !h->acs ? 1 : 3;
+            net->stride[s][a] = a == 0 && !h->acs ? 1 : s == 0 ? 4 : 2; /* resolution relative to the branch above */
+        }
+    }
+    net->norm_eps = 1e-5f;
+    net->act = (i3_act){I3_ACT_RELU, 0.0f};
+    return I3RT_OK;
+}
+
+static i3rt_status parse_network(i3_ctx *ctx, const char *file, const cJSON *root, const char *acs, i3_network *net) {
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(root, "class");
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "arch_kwargs");
     if (!cJSON_IsString(cls)) return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"class\" is missing");
     if (!cJSON_IsObject(kw))
         return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"arch_kwargs\" is missing or not an object");
     snprintf(net->class_name, sizeof net->class_name, "%s", short_name(cls->valuestring));
+    if (strcmp(net->class_name, "RITM-HRNet18") == 0) return parse_ritm(ctx, file, root, acs, net);
     if (strcmp(net->class_name, "PlainConvUNet") == 0)
         net->cls = I3_NET_PLAIN_CONV_UNET;
     else if (strcmp(net->class_name, "ResidualEncoderUNet") == 0)
         net->cls = I3_NET_RESIDUAL_ENCODER_UNET;
     else
         return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
-                         "class '%s' is not supported (PlainConvUNet, ResidualEncoderUNet)", cls->valuestring);
+                         "class '%s' is not supported (PlainConvUNet, ResidualEncoderUNet, RITM-HRNet18)",
+                         cls->valuestring);
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "dims"), &net->dims) || (net->dims != 2 && net->dims != 3))
         return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"dims\" must be 2 or 3");
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "input_channels"), &net->in_channels) || net->in_channels < 1)
@@ -295,7 +319,7 @@ i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out) 
     }
     i3_network net;
     memset(&net, 0, sizeof net);
-    i3rt_status st = parse_network(ctx, file, root, &net);
+    i3rt_status st = parse_network(ctx, file, root, i3_weights_metadata(w, "acs"), &net);
     cJSON_Delete(root);
     I3_TRY(st);
     I3_TRY(parse_patch_size(ctx, w, &net));
@@ -306,7 +330,7 @@ i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out) 
 void i3_network_total_stride(const i3_network *net, int64_t out[3]) {
     for (int a = 0; a < 3; a++) {
         out[a] = 1;
-        for (int s = 0; s < net->n_stages; s++) out[a] *= net->stride[s][a];
+        for (int s = 0; s < net->n_stages && net->cls != I3_NET_RITM_HRNET18; s++) out[a] *= net->stride[s][a];
     }
 }
 
@@ -498,6 +522,7 @@ i3rt_status i3_network_build(i3_ctx *ctx, const i3_network *net, i3_weights *w, 
                              int *output) {
     const char *file = i3_weights_label(w);
     I3_TRY(check_input(ctx, net, file, input));
+    if (net->cls == I3_NET_RITM_HRNET18) return i3_hrnet_build(ctx, &net->hrnet, w, input, 1, g, output);
     builder b = {.ctx = ctx, .net = net, .w = w, .g = g, .status = I3RT_OK};
     int x = i3_graph_input(g, input);
     int cin = net->in_channels;

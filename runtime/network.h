@@ -5,16 +5,19 @@
  * BasicBlockD blocks, conv_bias on or off, InstanceNorm with or without affine, LeakyReLU (any slope)
  * or ReLU, ResEnc stem_channels. Not supported (I3RT_ERR_UNSUPPORTED): BatchNorm, dropout_op,
  * nonlin_first, BottleneckD blocks. Deep supervision heads are not part of the inference network.
- * The parity with PyTorch is checked by tests/test_unet.c on networks planned by nnunetv2. */
+ * The parity with PyTorch is checked by tests/test_unet.c on networks planned by nnunetv2.
+ * Also RITM's HRNet-18 + OCR interactive network ("RITM-HRNet18", 2D or ACS 3D): built by runtime/hrnet.c
+ * (checked by tests/test_hrnet.c); for it the fields below describe the four HRNet branches. */
 #ifndef I3RT_NETWORK_H
 #define I3RT_NETWORK_H
 
 #include "graph.h"
+#include "hrnet.h"
 #include "weights.h"
 
 #define I3_MAX_STAGES 12
 
-typedef enum { I3_NET_PLAIN_CONV_UNET = 0, I3_NET_RESIDUAL_ENCODER_UNET } i3_network_class;
+typedef enum { I3_NET_PLAIN_CONV_UNET = 0, I3_NET_RESIDUAL_ENCODER_UNET, I3_NET_RITM_HRNET18 } i3_network_class;
 
 typedef struct {
     i3_network_class cls;
@@ -33,13 +36,15 @@ typedef struct {
     int norm_affine;               /* instance norm has gamma/beta */
     i3_act act;                    /* nonlin after every norm */
     int64_t patch_size[3];         /* from the plans, (1, h, w) for 2D; 0 if unknown */
+    i3_hrnet_config hrnet;         /* RITM-HRNet18 only (in_channels = image + click-map channels) */
 } i3_network;
 
 /* Parses and validates the "network" (and "plans"/"configuration" for the patch size) metadata of
  * a weight file. Unsupported classes or blocks give I3RT_ERR_UNSUPPORTED naming the file and field. */
 i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out);
 
-/* Product of the strides per axis: spatial sizes must be divisible by it. */
+/* Product of the strides per axis: spatial sizes must be divisible by it (1 for RITM-HRNet18, which
+ * takes any size). */
 void i3_network_total_stride(const i3_network *net, int64_t out[3]);
 
 /* Builds the inference graph for an input [1, in_channels, d, h, w] into g (initialized by the
