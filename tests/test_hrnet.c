@@ -1,0 +1,175 @@
+/* RITM's HRNet-18 + OCR interactive network (runtime/hrnet.c) against PyTorch, 2D and ACS 3D.
+ *
+ * tests/gen_hrnet.py re-implements RITM's HRNetModel from its source (state-dict keys asserted equal to
+ * RITM's), randomizes it, saves a RITM checkpoint, converts it with tools/convert_pt/convert_ritm.py
+ * (hrnet2d.safetensors; --acs: hrnet3d.safetensors) and runs it in float64 (the 3D one converted by
+ * ACSConv's rules): io2d / io3d hold image, prev_mask, clicks, the encoded "input", the cls_head logits
+ * "logits_low" and the upsampled "logits".
+ * Checked: the input encoding (normalization exact to 1 ulp-ish 1e-6, mask and disks exactly); the
+ * logits at both resolutions, max |i3rt - torch| <= 1e-4 * max |torch| (fp32 vs a float64 reference:
+ * summation order and the folded batch norm's rounding); the model API on the same files; bad inputs. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "fixtures.h"
+#include "hrnet.h"
+#include "network.h"
+
+#define HRNET_REL_TOL 1e-4
+#define ENCODE_ABS_TOL 1e-6
+
+static i3rt_context *new_ctx(void) {
+    i3rt_context *ctx = NULL;
+    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    return ctx;
+}
+
+static i3_weights *open_weights(i3rt_context *ctx, const char *file) {
+    const char *dir = getenv("I3RT_FIXTURES");
+    cr_assert(dir, "I3RT_FIXTURES is not set (run through ctest, which runs tests/gen_hrnet.py first)");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/hrnet/%s", dir, file);
+    i3_weights *w = NULL;
+    cr_assert_eq(i3_weights_open(ctx, path, &w), I3RT_OK, "%s", i3rt_context_error(ctx));
+    return w;
+}
+
+static const float *io_tensor(i3_weights *io, const char *name, int64_t *numel) {
+    const float *t = fx_tensor(io, name, numel);
+    cr_assert(t, "%s: no f32 tensor %s", i3_weights_label(io), name);
+    return t;
+}
+
+/* Builds the graph (low or full resolution), runs it on input, returns the output (malloc'ed). */
+static float *run_hrnet(i3rt_context *ctx, const i3_network *net, i3_weights *w, i3_shape5 in, const float *input,
+                        int full_resolution, int64_t out_shape[5]) {
+    i3_graph g;
+    i3_graph_init(&g, ctx);
+    int out = -1;
+    cr_assert_eq(i3_hrnet_build(ctx, &net->hrnet, w, in, full_resolution, &g, &out), I3RT_OK, "%s",
+                 i3rt_context_error(ctx));
+    i3_backend *b = NULL;
+    cr_assert_eq(i3_backend_create(ctx, &b), I3RT_OK);
+    cr_assert_eq(i3_graph_plan(&g, out, b), I3RT_OK, "%s", i3rt_context_error(ctx));
+    void *arena = NULL, *scratch = NULL;
+    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK);
+    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK);
+    cr_assert_eq(i3_graph_bind(&g, b, arena, NULL), I3RT_OK);
+    memcpy(g.values[g.input].data, input, i3_value_bytes(&g.values[g.input]));
+    cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", i3rt_context_error(ctx));
+    memcpy(out_shape, g.values[out].dims, 5 * sizeof *out_shape);
+    float *y = malloc(i3_value_bytes(&g.values[out]));
+    memcpy(y, g.values[out].data, i3_value_bytes(&g.values[out]));
+    printf("hrnet graph: %d nodes, arena %.1f MiB, scratch %.1f MiB\n", g.n_nodes, g.arena_bytes / 1048576.0,
+           g.scratch_bytes / 1048576.0);
+    b->iface->free(b, arena);
+    b->iface->free(b, scratch);
+    i3_backend_destroy(b);
+    i3_graph_free(&g);
+    return y;
+}
+
+static void expect_close(const char *label, const float *got, const float *ref, int64_t n) {
+    fx_err e = fx_compare(label, got, ref, n);
+    cr_expect(e.max_ref > 0.5, "%s: reference logits are degenerate (max %.3g)", label, e.max_ref);
+    cr_expect(e.rel <= HRNET_REL_TOL, "%s: relative error %.3g > %.0e", label, e.rel, HRNET_REL_TOL);
+}
+
+/* Encoding, both resolutions through i3_hrnet_build, and the full one through the model API. */
+static void check_network(const char *weights_file, const char *io_file, int dims) {
+    i3rt_context *ctx = new_ctx();
+    i3_weights *w = open_weights(ctx, weights_file), *io = open_weights(ctx, io_file);
+    i3_network net;
+    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(net.cls, I3_NET_RITM_HRNET18);
+    cr_assert_eq(net.dims, dims);
+    cr_assert_eq(net.hrnet.acs, dims == 3);
+
+    int64_t shape[5];
+    cr_assert(fx_shape5(io, "input", shape));
+    const i3_shape5 in = {shape[0], shape[1], shape[2], shape[3], shape[4]};
+    const int64_t s = in.d * in.h * in.w;
+    int64_t n_in, n_clicks4, n_low, n_full;
+    const float *expected_in = io_tensor(io, "input", &n_in);
+    const float *clicks4 = io_tensor(io, "clicks", &n_clicks4);
+    i3_hrnet_click clicks[16];
+    const int n_clicks = (int)(n_clicks4 / 4);
+    for (int i = 0; i < n_clicks; i++)
+        clicks[i] = (i3_hrnet_click){clicks4[4 * i], clicks4[4 * i + 1], clicks4[4 * i + 2], clicks4[4 * i + 3] != 0};
+    float *input = malloc((size_t)n_in * sizeof *input);
+    cr_assert_eq(i3_hrnet_encode_input(ctx, &net.hrnet, in.d, in.h, in.w, io_tensor(io, "image", NULL),
+                                       io_tensor(io, "prev_mask", NULL), clicks, n_clicks, input),
+                 I3RT_OK, "%s", i3rt_context_error(ctx));
+    fx_err image_err = fx_compare("hrnet encode: normalized image", input, expected_in, 3 * s);
+    cr_expect(image_err.max_abs <= ENCODE_ABS_TOL);
+    for (int64_t i = 3 * s; i < n_in; i++)
+        cr_assert_eq(input[i], expected_in[i], "encoded channel %lld voxel %lld: %g, torch %g", (long long)(i / s),
+                     (long long)(i % s), input[i], expected_in[i]);
+
+    char label[128];
+    const float *low_ref = io_tensor(io, "logits_low", &n_low), *full_ref = io_tensor(io, "logits", &n_full);
+    int64_t out_shape[5];
+    float *low = run_hrnet(ctx, &net, w, in, expected_in, 0, out_shape);
+    cr_assert(fx_shape5(io, "logits_low", shape));
+    cr_assert(memcmp(out_shape, shape, sizeof shape) == 0, "low-resolution logits shape differs from torch's");
+    snprintf(label, sizeof label, "hrnet %s logits at 1/4 (%lldx%lldx%lld)", weights_file, (long long)out_shape[2],
+             (long long)out_shape[3], (long long)out_shape[4]);
+    expect_close(label, low, low_ref, n_low);
+
+    /* the public API: load (builds at 1x1x1 first), forward at the input size */
+    char path[1024];
+    snprintf(path, sizeof path, "%s/hrnet/%s", getenv("I3RT_FIXTURES"), weights_file);
+    i3rt_model *model = NULL;
+    cr_assert_eq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+    float *full = malloc((size_t)n_full * sizeof *full);
+    const int64_t spatial[3] = {in.d, in.h, in.w};
+    cr_assert_eq(i3rt_model_forward(model, input, spatial, full), I3RT_OK, "%s", i3rt_context_error(ctx));
+    snprintf(label, sizeof label, "hrnet %s logits at the input size (%lldx%lldx%lld)", weights_file,
+             (long long)in.d, (long long)in.h, (long long)in.w);
+    expect_close(label, full, full_ref, n_full);
+
+    i3rt_model_free(model);
+    free(full);
+    free(low);
+    free(input);
+    i3_weights_free(io);
+    i3_weights_free(w);
+    i3rt_context_free(ctx);
+}
+
+Test(hrnet, ritm_2d_vs_torch, .timeout = 600) { check_network("hrnet2d.safetensors", "io2d.safetensors", 2); }
+
+Test(hrnet, acs_3d_vs_torch, .timeout = 1200) { check_network("hrnet3d.safetensors", "io3d.safetensors", 3); }
+
+Test(hrnet, bad_inputs) {
+    i3rt_context *ctx = new_ctx();
+    i3_weights *w = open_weights(ctx, "hrnet2d.safetensors");
+    i3_network net;
+    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_graph g;
+    i3_graph_init(&g, ctx);
+    int out;
+    const i3_shape5 deep = {1, 6, 4, 16, 16}, narrow = {1, 3, 1, 16, 16};
+    cr_expect_eq(i3_hrnet_build(ctx, &net.hrnet, w, deep, 1, &g, &out), I3RT_ERR_SHAPE);
+    cr_expect(strstr(i3rt_context_error(ctx), "expected [1, 6, 1, h, w]"), "%s", i3rt_context_error(ctx));
+    cr_expect_eq(i3_network_build(ctx, &net, w, narrow, &g, &out), I3RT_ERR_SHAPE);
+    printf("bad input shapes: %s\n", i3rt_context_error(ctx));
+
+    float image[3 * 8 * 8] = {0}, enc[6 * 8 * 8];
+    const i3_hrnet_click outside = {0.0f, 3.0f, 8.0f, 1}, in_3d = {1.0f, 3.0f, 3.0f, 0};
+    cr_expect_eq(i3_hrnet_encode_input(ctx, &net.hrnet, 1, 8, 8, image, NULL, &outside, 1, enc),
+                 I3RT_ERR_INVALID_ARGUMENT);
+    cr_expect(strstr(i3rt_context_error(ctx), "click 0 at (z 0, y 3, x 8) is outside"), "%s",
+              i3rt_context_error(ctx));
+    cr_expect_eq(i3_hrnet_encode_input(ctx, &net.hrnet, 1, 8, 8, image, NULL, &in_3d, 1, enc),
+                 I3RT_ERR_INVALID_ARGUMENT);
+    /* no click, no previous mask: zero mask and maps (RITM's padded clicks give D2 = 1e6) */
+    cr_expect_eq(i3_hrnet_encode_input(ctx, &net.hrnet, 1, 8, 8, image, NULL, NULL, 0, enc), I3RT_OK);
+    for (int i = 3 * 64; i < 6 * 64; i++) cr_expect_eq(enc[i], 0.0f);
+    i3_weights_free(w);
+    i3rt_context_free(ctx);
+}
