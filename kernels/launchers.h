@@ -49,6 +49,13 @@ int I3_DEV(resize)(const float *x, i3_shape5 xs, const i3_resize_params *p, floa
 int I3_DEV(avg_pool)(const float *x, i3_shape5 xs, const i3_avg_pool_params *p, float *y, void *stream);
 int I3_DEV(softmax_uncertainty)(const float *logits, int64_t n, int64_t c, int64_t s, float *probs, float *entropy,
                                 float *msp, int32_t *argmax, void *stream);
+/* softmax_uncertainty of one volume logits [c, d, h, w] plus the per-slice sums of its maps in the
+ * same pass (kernels/softmax.cu v2): sums [3][d + h + w] (double) holds, for entropy, msp and argmax
+ * in that order, sum_d, sum_h and sum_w as i3_cpu_slice_sums computes them. probs, entropy, msp
+ * and argmax may be NULL; scratch: softmax_slices_scratch_bytes(d, h, w) bytes of device memory. */
+size_t I3_DEV(softmax_slices_scratch_bytes)(int64_t d, int64_t h, int64_t w);
+int I3_DEV(softmax_slices)(const float *logits, int64_t c, int64_t d, int64_t h, int64_t w, float *probs,
+                           float *entropy, float *msp, int32_t *argmax, double *sums, void *scratch, void *stream);
 int I3_DEV(slice_sums)(const float *x, int64_t d, int64_t h, int64_t w, double *sum_d, double *sum_h, double *sum_w,
                       void *stream);
 

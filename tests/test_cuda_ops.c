@@ -37,9 +37,14 @@ typedef int (*conv_tc_launcher)(const float *, i3_shape5, const float *, const f
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
 
+typedef int (*softmax_slices_launcher)(const float *, int64_t, int64_t, int64_t, int64_t, float *, float *, float *,
+                                       int32_t *, double *, void *, void *);
+
 typedef struct {
     i3_ctx ctx;
     i3_backend *b;
+    softmax_slices_launcher softmax_slices; /* not a graph op */
+    size_t (*softmax_slices_scratch_bytes)(int64_t, int64_t, int64_t);
     softmax_launcher softmax_uncertainty; /* the fused op's full form (the graph op only wants probs) */
     conv_tc_launcher conv_tensor_core;    /* not a graph op's kernel yet: called directly */
     slice_sums_launcher slice_sums;       /* not a graph op */
@@ -486,6 +491,70 @@ static void check_softmax(device *d) {
 }
 
 /* Slice sums in double: relative error against the reference's (also double) sums below 1e-12. */
+/* softmax_slices: the maps against i3_cpu_softmax_uncertainty (nmse, argmax exact), and the fused
+ * per-slice sums against i3_cpu_slice_sums of the device's own maps (relative error < 1e-12: both in
+ * double, only the order differs). Widths of 37 and 70 give partial 32-column bands. */
+static void check_softmax_slices(device *d) {
+    fx_rng r = fx_rng_seed(95);
+    int64_t shapes[4][4] = {{3, 5, 7, 37}, {2, 1, 33, 2}, {1, 3, 4, 5}, {4, 2, 9, 70}};
+    for (int t = 0; t < 4; t++) {
+        int64_t c = shapes[t][0], nd = shapes[t][1], nh = shapes[t][2], nw = shapes[t][3], s = nd * nh * nw;
+        float *x = random_floats(&r, c * s, -4, 4);
+        float *ref_p = malloc((size_t)(c * s) * sizeof(float)), *ref_h = malloc((size_t)s * sizeof(float));
+        float *ref_m = malloc((size_t)s * sizeof(float)), *p = malloc((size_t)(c * s) * sizeof(float));
+        float *maps[3] = {malloc((size_t)s * sizeof(float)), malloc((size_t)s * sizeof(float)),
+                          malloc((size_t)s * sizeof(float))};
+        int32_t *ref_a = malloc((size_t)s * sizeof(int32_t)), *arg = malloc((size_t)s * sizeof(int32_t));
+        i3_cpu_softmax_uncertainty(x, 1, c, s, ref_p, ref_h, ref_m, ref_a, 1);
+        int64_t n_sums = 3 * (nd + nh + nw);
+        size_t scratch_bytes = d->softmax_slices_scratch_bytes(nd, nh, nw);
+        dbuf dx = dev_upload(d, x, c * s), dp = dev_upload(d, NULL, c * s), dh = dev_upload(d, NULL, s),
+             dm = dev_upload(d, NULL, s), da = dev_upload(d, NULL, s), ds = dev_upload(d, NULL, 2 * n_sums),
+             dscratch = dev_upload(d, NULL, (int64_t)(scratch_bytes / sizeof(float)));
+        cr_assert_eq(d->softmax_slices(dx.data, c, nd, nh, nw, dp.data, dh.data, dm.data, (int32_t *)da.data,
+                                       (double *)ds.data, dscratch.data, NULL),
+                     0);
+        cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+        double *sums = malloc((size_t)n_sums * sizeof(double)), *ref_s = malloc((size_t)n_sums * sizeof(double));
+        dev_download_free(d, dx, NULL, "softmax_slices logits");
+        dev_download_free(d, dp, p, "softmax_slices probabilities");
+        dev_download_free(d, dh, maps[0], "softmax_slices entropy");
+        dev_download_free(d, dm, maps[1], "softmax_slices msp");
+        dev_download_free(d, da, arg, "softmax_slices argmax");
+        dev_download_free(d, ds, sums, "softmax_slices sums");
+        dev_download_free(d, dscratch, NULL, "softmax_slices scratch");
+        char what[96];
+        snprintf(what, sizeof what, "softmax_slices C=%lld [%lld,%lld,%lld] probabilities", (long long)c, (long long)nd,
+                 (long long)nh, (long long)nw);
+        check_nmse(d->b->iface->name, what, p, ref_p, c * s);
+        snprintf(what, sizeof what, "softmax_slices C=%lld max probability", (long long)c);
+        check_nmse(d->b->iface->name, what, maps[1], ref_m, s);
+        if (c > 1) {
+            snprintf(what, sizeof what, "softmax_slices C=%lld normalized entropy", (long long)c);
+            check_nmse(d->b->iface->name, what, maps[0], ref_h, s);
+        }
+        for (int64_t i = 0; i < s; i++) {
+            cr_assert_eq(arg[i], ref_a[i], "argmax at %lld: %d, reference %d", (long long)i, arg[i], ref_a[i]);
+            maps[2][i] = (float)arg[i];
+        }
+        double max_rel = 0;
+        for (int m = 0; m < 3; m++) {
+            double *rs = ref_s + m * (nd + nh + nw);
+            i3_cpu_slice_sums(maps[m], nd, nh, nw, rs, rs + nd, rs + nd + nh);
+        }
+        for (int64_t i = 0; i < n_sums; i++) {
+            double rel = fabs(sums[i] - ref_s[i]) / fmax(fabs(ref_s[i]), 1e-300);
+            max_rel = rel > max_rel || isnan(rel) ? rel : max_rel;
+        }
+        printf("%-8s softmax_slices C=%lld [%lld,%lld,%lld] slice sums: max rel error %.2e\n", d->b->iface->name,
+               (long long)c, (long long)nd, (long long)nh, (long long)nw, max_rel);
+        cr_assert_lt(max_rel, 1e-12, "slice sums of the fused softmax: relative error %g", max_rel);
+        free(x), free(ref_p), free(ref_h), free(ref_m), free(p), free(ref_a), free(arg), free(sums), free(ref_s);
+        for (int m = 0; m < 3; m++)
+            free(maps[m]);
+    }
+}
+
 static void check_slice_sums(device *d) {
     fx_rng r = fx_rng_seed(90);
     int64_t dims[2][3] = {{5, 7, 9}, {1, 33, 2}};
@@ -779,6 +848,8 @@ static void open_emulated(device *d) {
     d->softmax_uncertainty = i3emu_softmax_uncertainty;
     d->conv_tensor_core = i3emu_conv_tensor_core;
     d->slice_sums = i3emu_slice_sums;
+    d->softmax_slices = i3emu_softmax_slices;
+    d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
 }
 
 static int open_gpu(device *d) {
@@ -793,6 +864,8 @@ static int open_gpu(device *d) {
     d->softmax_uncertainty = i3gpu_softmax_uncertainty;
     d->conv_tensor_core = i3gpu_conv_tensor_core;
     d->slice_sums = i3gpu_slice_sums;
+    d->softmax_slices = i3gpu_softmax_slices;
+    d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
 #endif
     return 1;
 }
@@ -839,6 +912,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, avg_pool) { on_device(open, check_avg_pool); }                                     \
     Test(suite, softmax_uncertainty) { on_device(open, check_softmax); }                           \
     Test(suite, slice_sums) { on_device(open, check_slice_sums); }                                 \
+    Test(suite, softmax_slices) { on_device(open, check_softmax_slices); }                         \
     Test(suite, network) { on_device(open, check_network); }                                       \
     Test(suite, unet_plain_2d) { on_device(open, check_unet_plain_2d); }                           \
     Test(suite, unet_plain_3d) { on_device(open, check_unet_plain_3d); }                           \
@@ -867,6 +941,7 @@ Test(emulated, reverse_thread_order) {
     check_avg_pool(&d);
     check_softmax(&d);
     check_slice_sums(&d);
+    check_softmax_slices(&d);
     check_network(&d);
     i3_backend_destroy(d.b);
 }
