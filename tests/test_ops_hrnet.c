@@ -1,0 +1,168 @@
+/* The ops added for RITM's HRNet-OCR: spatial_gather, object_attention (against PyTorch, fixtures from
+ * tests/gen_ops_hrnet.py, float64 references), slice_channels; their graph builders (shape checks and
+ * messages), the CPU backend's dispatch, and the emulated CUDA backend's refusal (no kernels yet).
+ * Tolerance: max |i3rt - torch| <= 1e-5 * max |torch| (double sums in the references; float32 in/out). */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "fixtures.h"
+
+#define OCR_REL_TOL 1e-5
+
+static i3_weights *open_case(const char *op, int i) {
+    char name[64];
+    snprintf(name, sizeof name, "%s_%d.safetensors", op, i);
+    i3_weights *w = fx_open("ops_hrnet", name);
+    cr_assert(w, "fixture ops_hrnet/%s missing (run through ctest, which runs tests/gen_ops_hrnet.py first)", name);
+    return w;
+}
+
+static const float *get(i3_weights *w, const char *name, int64_t shape[5]) {
+    const float *t = fx_tensor(w, name, NULL);
+    cr_assert(t && fx_shape5(w, name, shape), "%s: tensor %s missing or not 5-D f32", i3_weights_label(w), name);
+    return t;
+}
+
+static void check(const char *label, const float *y, const float *ref, int64_t n) {
+    cr_expect(fx_guards_intact(y, n), "%s: wrote outside its output", label);
+    fx_err e = fx_compare(label, y, ref, n);
+    cr_expect(e.rel <= OCR_REL_TOL, "%s: relative error %.3g > %.0e", label, e.rel, OCR_REL_TOL);
+}
+
+Test(ops_hrnet, spatial_gather_vs_torch) {
+    for (int i = 0; i < 3; i++) {
+        i3_weights *w = open_case("spatial_gather", i);
+        int64_t fs[5], ls[5], ys[5];
+        const float *feats = get(w, "feats", fs), *logits = get(w, "logits", ls), *ref = get(w, "y", ys);
+        const int64_t s = fs[2] * fs[3] * fs[4], n_out = ys[0] * ys[1] * ys[2];
+        float *y = fx_guarded_alloc(n_out);
+        i3_cpu_spatial_gather_ref(feats, logits, fs[0], fs[1], ls[1], s, y);
+        char label[96];
+        snprintf(label, sizeof label, "spatial_gather %d: n %lld c %lld classes %lld positions %lld", i,
+                 (long long)fs[0], (long long)fs[1], (long long)ls[1], (long long)s);
+        check(label, y, ref, n_out);
+        fx_guarded_free(y);
+        i3_weights_free(w);
+    }
+}
+
+Test(ops_hrnet, object_attention_vs_torch) {
+    for (int i = 0; i < 3; i++) {
+        i3_weights *w = open_case("object_attention", i);
+        int64_t qs[5], ks[5], vs[5], ys[5];
+        const float *q = get(w, "q", qs), *key = get(w, "key", ks), *value = get(w, "value", vs), *ref = get(w, "y", ys);
+        const int64_t s = qs[2] * qs[3] * qs[4], n_out = ys[0] * ys[1] * s;
+        float *y = fx_guarded_alloc(n_out);
+        i3_cpu_object_attention_ref(q, key, value, qs[0], qs[1], vs[1], ks[2], s, y, 2);
+        char label[96];
+        snprintf(label, sizeof label, "object_attention %d: ck %lld cv %lld classes %lld positions %lld", i,
+                 (long long)qs[1], (long long)vs[1], (long long)ks[2], (long long)s);
+        check(label, y, ref, n_out);
+        fx_guarded_free(y);
+        i3_weights_free(w);
+    }
+}
+
+/* x [1, 4, 2, 5, 6] -> gather = spatial_gather(x, x) [1, 4, 4, 1, 1] -> attention(x, gather, gather)
+ * [1, 4, 2, 5, 6] -> slice channels 1..2. */
+typedef struct {
+    i3_graph g;
+    int gather, att, out;
+} small_graph;
+
+static const i3_shape5 XS = {1, 4, 2, 5, 6};
+
+static void build_small(small_graph *sg, i3_ctx *ctx) {
+    i3_graph_init(&sg->g, ctx);
+    int x = i3_graph_input(&sg->g, XS);
+    sg->gather = i3_graph_spatial_gather(&sg->g, x, x, "gather");
+    sg->att = i3_graph_object_attention(&sg->g, x, sg->gather, sg->gather, "attention");
+    const i3_slice_params sp = {1, 2};
+    sg->out = i3_graph_slice_channels(&sg->g, sg->att, &sp, "slice");
+    cr_assert(sg->out >= 0, "%s", ctx->error);
+}
+
+Test(ops_hrnet, graph_on_cpu) {
+    i3_ctx ctx = {.n_threads = 2, .backend = I3RT_BACKEND_CPU};
+    small_graph sg;
+    build_small(&sg, &ctx);
+    i3_backend *b = NULL;
+    cr_assert_eq(i3_backend_create(&ctx, &b), I3RT_OK);
+    cr_assert_eq(i3_graph_plan(&sg.g, sg.out, b), I3RT_OK, "%s", ctx.error);
+    void *arena = NULL;
+    cr_assert_eq(b->iface->alloc(b, sg.g.arena_bytes, &arena), I3RT_OK);
+    cr_assert_eq(i3_graph_bind(&sg.g, b, arena, NULL), I3RT_OK);
+    const int64_t n = i3_shape5_numel(XS), s = i3_shape5_spatial(XS);
+    fx_rng r = fx_rng_seed(3);
+    float *x = sg.g.values[sg.g.input].data;
+    fx_fill(&r, x, n, -2.0f, 2.0f);
+    float *xcopy = malloc((size_t)n * sizeof *xcopy), gather[16], att[4 * 60];
+    memcpy(xcopy, x, (size_t)n * sizeof *x);
+    cr_assert_eq(i3_graph_run(&sg.g, b, NULL), I3RT_OK, "%s", ctx.error);
+
+    i3_cpu_spatial_gather_ref(xcopy, xcopy, 1, 4, 4, s, gather);
+    i3_cpu_object_attention_ref(xcopy, gather, gather, 1, 4, 4, 4, s, att, 1);
+    const float *got = sg.g.values[sg.out].data;
+    cr_expect(memcmp(got, att + s, (size_t)(2 * s) * sizeof *got) == 0, "graph result differs from the references");
+    cr_expect_eq(sg.g.values[sg.gather].dims[2], 4);
+    b->iface->free(b, arena);
+    i3_backend_destroy(b);
+    i3_graph_free(&sg.g);
+    free(xcopy);
+}
+
+Test(ops_hrnet, graph_shape_errors) {
+    i3_ctx ctx = {.n_threads = 1};
+    i3_graph g;
+    i3_graph_init(&g, &ctx);
+    int x = i3_graph_input(&g, XS);
+    const i3_slice_params bad = {3, 2};
+    cr_expect_eq(i3_graph_slice_channels(&g, x, &bad, "slice"), -1);
+    cr_expect(strstr(ctx.error, "slice: channels [3, 5) are not within the 4 of input"), "%s", ctx.error);
+    i3_graph_free(&g);
+
+    i3_graph_init(&g, &ctx);
+    x = i3_graph_input(&g, XS);
+    const i3_avg_pool_params pp = {{1, 5, 6}};
+    int pooled = i3_graph_avg_pool(&g, x, &pp, "pool");
+    cr_expect_eq(i3_graph_spatial_gather(&g, x, pooled, "gather"), -1);
+    cr_expect(strstr(ctx.error, "gather: features input ([1, 4, 2, 5, 6]) and class logits pool ([1, 4, 2, 1, 1])"),
+              "%s", ctx.error);
+    i3_graph_free(&g);
+
+    i3_graph_init(&g, &ctx);
+    x = i3_graph_input(&g, XS);
+    cr_expect_eq(i3_graph_object_attention(&g, x, x, x, "att"), -1); /* key must be [n, ck, k, 1, 1] */
+    cr_expect(strstr(ctx.error, "att: query [1, 4, 2, 5, 6], key [1, 4, 2, 5, 6]"), "%s", ctx.error);
+    i3_graph_free(&g);
+}
+
+/* The emulated CUDA device has no kernels for these ops: each node must fail with a clear message. */
+Test(ops_hrnet, emulated_backend_refuses) {
+    i3_ctx ctx = {.n_threads = 1, .backend = I3RT_BACKEND_EMULATED};
+    i3_backend *b = NULL;
+    if (i3_backend_create(&ctx, &b) != I3RT_OK) {
+        printf("emulated backend not built: %s\n", ctx.error);
+        return;
+    }
+    small_graph sg;
+    build_small(&sg, &ctx);
+    cr_assert_eq(i3_graph_plan(&sg.g, sg.out, b), I3RT_OK, "%s", ctx.error);
+    void *arena = NULL, *weights = NULL;
+    cr_assert_eq(b->iface->alloc(b, sg.g.arena_bytes, &arena), I3RT_OK);
+    cr_assert_eq(i3_graph_bind(&sg.g, b, arena, weights), I3RT_OK);
+    for (int i = 0; i < sg.g.n_nodes; i++) {
+        const char *op = i3_op_name(sg.g.nodes[i].op);
+        cr_expect_eq(b->iface->run_node(b, &sg.g, &sg.g.nodes[i], NULL), I3RT_ERR_UNSUPPORTED, "%s ran", op);
+        char expect[96];
+        snprintf(expect, sizeof expect, "op %s has no kernel", op);
+        cr_expect(strstr(ctx.error, expect), "%s: message '%s'", op, ctx.error);
+        printf("emulated backend, %s: %s\n", op, ctx.error);
+    }
+    b->iface->free(b, arena);
+    i3_backend_destroy(b);
+    i3_graph_free(&sg.g);
+}
