@@ -15,6 +15,7 @@
 #include "cuda_backend.h"
 #include "fixtures.h"
 #include "network.h"
+#include "sliding_window.h"
 #include "weights.h"
 
 #define I3_DEV(name) i3emu_##name
@@ -40,9 +41,16 @@ typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float 
 typedef int (*softmax_slices_launcher)(const float *, int64_t, int64_t, int64_t, int64_t, float *, float *, float *,
                                        int32_t *, double *, void *, void *);
 
+typedef int (*sw_accumulate_launcher)(const float *, int64_t, const int64_t *, int, const float *, float, int, float *,
+                                      float *, const int64_t *, const int64_t *, void *);
+typedef int (*sw_normalize_launcher)(const float *, const float *, int64_t, const int64_t *, const int64_t *,
+                                     const int64_t *, float *, void *);
+
 typedef struct {
     i3_ctx ctx;
     i3_backend *b;
+    sw_accumulate_launcher sw_accumulate; /* sliding window: not graph ops */
+    sw_normalize_launcher sw_normalize;
     softmax_slices_launcher softmax_slices; /* not a graph op */
     size_t (*softmax_slices_scratch_bytes)(int64_t, int64_t, int64_t);
     softmax_launcher softmax_uncertainty; /* the fused op's full form (the graph op only wants probs) */
@@ -555,6 +563,82 @@ static void check_softmax_slices(device *d) {
     }
 }
 
+/* Sliding window: tiles at nnU-Net's steps (i3_sliding_window_steps, step 0.5) over a padded volume
+ * (the image is smaller than the tile along d), three mirror passes per tile (flip masks 0, 2, 7) of
+ * random "network outputs", Gaussian map of i3_gaussian_importance_map; the device's fused
+ * accumulate + normalize against the loops of runtime/sliding_window.c's float32 mode written out
+ * here (flip back, add, divide by the passes, weight, accumulate; divide, crop). nmse < 1e-10. */
+static void check_sliding_window(device *d) {
+    fx_rng r = fx_rng_seed(101);
+    const int64_t classes = 3, tile[3] = {4, 6, 5}, shape[3] = {3, 9, 11}, volume[3] = {4, 9, 11};
+    const int64_t lo[3] = {0, 0, 0}; /* (4 - 3) / 2 below, the rest above */
+    const int masks[3] = {0, 2, 7};
+    const int n_pass = 3;
+    int64_t nt = tile[0] * tile[1] * tile[2], nv = volume[0] * volume[1] * volume[2];
+    int64_t ns = shape[0] * shape[1] * shape[2];
+    int64_t steps[3][16], n_steps[3];
+    for (int a = 0; a < 3; a++)
+        n_steps[a] = i3_sliding_window_steps(volume[a], tile[a], 0.5, steps[a]);
+    float *gauss = malloc((size_t)nt * sizeof(float)), *acc = calloc((size_t)(classes * nv), sizeof(float));
+    float *wsum = calloc((size_t)nv, sizeof(float)), *pred = malloc((size_t)(n_pass * classes * nt) * sizeof(float));
+    float *ref = malloc((size_t)(classes * ns) * sizeof(float)), *got = malloc((size_t)(classes * ns) * sizeof(float));
+    i3_gaussian_importance_map(tile, 3, gauss);
+    dbuf dgauss = dev_upload(d, gauss, nt), dacc = dev_upload(d, acc, classes * nv), dw = dev_upload(d, wsum, nv);
+    dbuf dpred = dev_upload(d, NULL, n_pass * classes * nt), dlogits = dev_upload(d, NULL, classes * ns);
+    int tiles = 0;
+    for (int64_t i0 = 0; i0 < n_steps[0]; i0++)
+        for (int64_t i1 = 0; i1 < n_steps[1]; i1++)
+            for (int64_t i2 = 0; i2 < n_steps[2]; i2++, tiles++) {
+                const int64_t o[3] = {steps[0][i0], steps[1][i1], steps[2][i2]};
+                fx_fill(&r, pred, n_pass * classes * nt, -3, 3);
+                cr_assert_eq(d->b->iface->upload(d->b, dpred.data, pred, (size_t)(n_pass * classes * nt) * 4), I3RT_OK);
+                for (int m = 0; m < n_pass; m++)
+                    cr_assert_eq(d->sw_accumulate(dpred.data + m * classes * nt, classes, tile, masks[m], dgauss.data,
+                                                  1.0f / n_pass, m == 0, dacc.data, dw.data, volume, o, NULL),
+                                 0);
+                /* the reference: the mean of the passes flipped back, weighted, accumulated */
+                for (int64_t k = 0; k < classes; k++)
+                    for (int64_t z = 0; z < tile[0]; z++)
+                        for (int64_t y = 0; y < tile[1]; y++)
+                            for (int64_t x = 0; x < tile[2]; x++) {
+                                float sum = 0;
+                                for (int m = 0; m < n_pass; m++) {
+                                    int64_t fz = masks[m] & 1 ? tile[0] - 1 - z : z;
+                                    int64_t fy = masks[m] & 2 ? tile[1] - 1 - y : y;
+                                    int64_t fx = masks[m] & 4 ? tile[2] - 1 - x : x;
+                                    sum += pred[(m * classes + k) * nt + (fz * tile[1] + fy) * tile[2] + fx];
+                                }
+                                int64_t t = (z * tile[1] + y) * tile[2] + x;
+                                int64_t v = ((z + o[0]) * volume[1] + y + o[1]) * volume[2] + x + o[2];
+                                acc[k * nv + v] += sum / n_pass * gauss[t];
+                                if (k == 0)
+                                    wsum[v] += gauss[t];
+                            }
+            }
+    cr_assert_eq(d->sw_normalize(dacc.data, dw.data, classes, volume, lo, shape, dlogits.data, NULL), 0);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    for (int64_t k = 0; k < classes; k++)
+        for (int64_t z = 0; z < shape[0]; z++)
+            for (int64_t y = 0; y < shape[1]; y++)
+                for (int64_t x = 0; x < shape[2]; x++) {
+                    int64_t v = ((z + lo[0]) * volume[1] + y + lo[1]) * volume[2] + x + lo[2];
+                    ref[((k * shape[0] + z) * shape[1] + y) * shape[2] + x] = acc[k * nv + v] / wsum[v];
+                }
+    int64_t outside[3] = {1, 0, 0};
+    cr_assert_neq(d->sw_accumulate(dpred.data, classes, tile, 0, dgauss.data, 1, 1, dacc.data, dw.data, volume, outside,
+                                   NULL),
+                  0, "a tile outside the volume must be refused");
+    dev_download_free(d, dgauss, NULL, "sliding window gauss");
+    dev_download_free(d, dacc, NULL, "sliding window acc");
+    dev_download_free(d, dw, NULL, "sliding window weights");
+    dev_download_free(d, dpred, NULL, "sliding window predictions");
+    dev_download_free(d, dlogits, got, "sliding window logits");
+    char what[96];
+    snprintf(what, sizeof what, "sliding window: %d tiles x %d mirror passes, accumulate + normalize", tiles, n_pass);
+    check_nmse(d->b->iface->name, what, got, ref, classes * ns);
+    free(gauss), free(acc), free(wsum), free(pred), free(ref), free(got);
+}
+
 static void check_slice_sums(device *d) {
     fx_rng r = fx_rng_seed(90);
     int64_t dims[2][3] = {{5, 7, 9}, {1, 33, 2}};
@@ -850,6 +934,8 @@ static void open_emulated(device *d) {
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
+    d->sw_accumulate = i3emu_sw_accumulate;
+    d->sw_normalize = i3emu_sw_normalize;
 }
 
 static int open_gpu(device *d) {
@@ -866,6 +952,8 @@ static int open_gpu(device *d) {
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
+    d->sw_accumulate = i3gpu_sw_accumulate;
+    d->sw_normalize = i3gpu_sw_normalize;
 #endif
     return 1;
 }
@@ -913,6 +1001,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, softmax_uncertainty) { on_device(open, check_softmax); }                           \
     Test(suite, slice_sums) { on_device(open, check_slice_sums); }                                 \
     Test(suite, softmax_slices) { on_device(open, check_softmax_slices); }                         \
+    Test(suite, sliding_window) { on_device(open, check_sliding_window); }                         \
     Test(suite, network) { on_device(open, check_network); }                                       \
     Test(suite, unet_plain_2d) { on_device(open, check_unet_plain_2d); }                           \
     Test(suite, unet_plain_3d) { on_device(open, check_unet_plain_3d); }                           \
@@ -942,6 +1031,7 @@ Test(emulated, reverse_thread_order) {
     check_softmax(&d);
     check_slice_sums(&d);
     check_softmax_slices(&d);
+    check_sliding_window(&d);
     check_network(&d);
     i3_backend_destroy(d.b);
 }
