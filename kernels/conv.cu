@@ -10,7 +10,8 @@
  *       per thread, Chan merge across the block, one partial per block: norm_finalize in
  *       instance_norm.cu merges them) and a deferred instance norm + activation of its input in the
  *       prologue (runtime/backend_cuda.cu decides when).
- *   v2: implicit GEMM on tensor cores. Rows m are output positions (n, z, y, x), columns the output
+ *   v2: implicit GEMM on tensor cores (f16, bf16: mma m16n8k16, k step 16; tf32: mma m16n8k8,
+ *       k step 8, fragments read from shared memory in the .tf32 layout since ldmatrix is b16). Rows m are output positions (n, z, y, x), columns the output
  *       channels, k runs over (input channel, tap): D[m][o] = sum_k im2col(x)[m][k] * w[o][k]. A block
  *       of 4 warps computes a 64 x 32 tile of D; per step of 16 in k, the threads gather the im2col
  *       tile (zero outside the input) and the weight tile into shared memory, rounded to f16 or bf16,
@@ -94,16 +95,59 @@ __global__ void __launch_bounds__(CONV_THREADS) conv_v1(const float *__restrict_
 
 #define TC_BM 64       /* output positions per block */
 #define TC_BN 32       /* output channels per block */
-#define TC_BK 16       /* k per step: one mma */
 #define TC_THREADS 128 /* four warps, each 16 positions x 32 channels */
 
-template <bool BF16>
+/* The operand formats of v2: what a shared tile holds and how one k step of a warp runs. */
+template <int PRECISION> struct TensorCoreOps;
+template <bool BF16> struct TensorCoreB16 {
+    typedef uint16_t elem;
+    enum { BK = 16 }; /* k per step: one mma m16n8k16 */
+    static __device__ __forceinline__ elem convert(float v) { return to_b16<BF16>(v); }
+    /* acc[j] += A (16 positions x 16 k) B (16 k x 8 channels, j-th group of 8) */
+    static __device__ __forceinline__ void step(const elem (*tile_a)[BK], const elem (*tile_b)[BK], int warp,
+                                                int lane, float acc[4][4]) {
+        uint32_t frag_a[4];
+        int quad = lane / 8, row = lane % 8; /* ldmatrix: lanes 8q..8q+7 address the rows of matrix q */
+        ldmatrix_x4(frag_a, &tile_a[warp * 16 + row + 8 * (quad % 2)][8 * (quad / 2)]);
+        for (int j = 0; j < 4; j++) {
+            uint32_t frag_b[2];
+            ldmatrix_x2(frag_b, &tile_b[j * 8 + row][8 * (quad % 2)]);
+            if (BF16)
+                mma_m16n8k16_bf16(acc[j], frag_a, frag_b, acc[j]);
+            else
+                mma_m16n8k16_f16(acc[j], frag_a, frag_b, acc[j]);
+        }
+    }
+};
+template <> struct TensorCoreOps<I3_TC_F16> : TensorCoreB16<false> {};
+template <> struct TensorCoreOps<I3_TC_BF16> : TensorCoreB16<true> {};
+template <> struct TensorCoreOps<I3_TC_TF32> {
+    typedef uint32_t elem;
+    enum { BK = 8 }; /* k per step: one mma m16n8k8 .tf32 */
+    static __device__ __forceinline__ elem convert(float v) { return to_tf32(v); }
+    /* 32-bit fragments: read from shared memory in the m16n8k8 .tf32 layout (device.h) */
+    static __device__ __forceinline__ void step(const elem (*tile_a)[BK], const elem (*tile_b)[BK], int warp,
+                                                int lane, float acc[4][4]) {
+        int g = lane / 4, t = lane % 4;
+        uint32_t frag_a[4];
+        for (int i = 0; i < 4; i++) frag_a[i] = tile_a[warp * 16 + g + 8 * (i % 2)][t + 4 * (i / 2)];
+        for (int j = 0; j < 4; j++) {
+            uint32_t frag_b[2] = {tile_b[j * 8 + g][t], tile_b[j * 8 + g][t + 4]};
+            mma_m16n8k8_tf32(acc[j], frag_a, frag_b, acc[j]);
+        }
+    }
+};
+
+template <int PRECISION>
 __global__ void __launch_bounds__(TC_THREADS) conv_tensor_core_v2(const float *__restrict__ x,
                                                                   const float *__restrict__ w,
                                                                   const float *__restrict__ b, ConvGeometry g,
                                                                   i3_act act, float *__restrict__ y) {
-    __shared__ __align__(16) uint16_t tile_a[TC_BM][TC_BK];   /* im2col rows: [position][k] */
-    __shared__ __align__(16) uint16_t tile_b[TC_BN][TC_BK];   /* weights: [output channel][k] */
+    typedef TensorCoreOps<PRECISION> ops;
+    typedef typename ops::elem elem;
+    const int BK = ops::BK;
+    __shared__ __align__(16) elem tile_a[TC_BM][BK];   /* im2col rows: [position][k] */
+    __shared__ __align__(16) elem tile_b[TC_BN][BK];   /* weights: [output channel][k] */
     int taps = g.k[0] * g.k[1] * g.k[2];
     int64_t out_spatial = g.od * g.oh * g.ow, rows = g.n * out_spatial, depth = g.cin * taps;
     int64_t m0 = (int64_t)blockIdx.x * TC_BM;
@@ -112,9 +156,9 @@ __global__ void __launch_bounds__(TC_THREADS) conv_tensor_core_v2(const float *_
     for (int j = 0; j < 4; j++)
         for (int i = 0; i < 4; i++) acc[j][i] = 0.0f;
 
-    for (int64_t k0 = 0; k0 < depth; k0 += TC_BK) {
-        for (int e = tid; e < TC_BM * TC_BK; e += TC_THREADS) {
-            int r = e / TC_BK, kk = e % TC_BK;
+    for (int64_t k0 = 0; k0 < depth; k0 += BK) {
+        for (int e = tid; e < TC_BM * BK; e += TC_THREADS) {
+            int r = e / BK, kk = e % BK;
             int64_t m = m0 + r, k = k0 + kk;
             float v = 0.0f;
             if (m < rows && k < depth) {
@@ -127,25 +171,15 @@ __global__ void __launch_bounds__(TC_THREADS) conv_tensor_core_v2(const float *_
                 if (zz >= 0 && zz < g.d && yy >= 0 && yy < g.h && xx >= 0 && xx < g.w)
                     v = x[(((sample * g.cin + c) * g.d + zz) * g.h + yy) * g.w + xx];
             }
-            tile_a[r][kk] = to_b16<BF16>(v);
+            tile_a[r][kk] = ops::convert(v);
         }
-        for (int e = tid; e < TC_BN * TC_BK; e += TC_THREADS) {
-            int r = e / TC_BK, kk = e % TC_BK;
+        for (int e = tid; e < TC_BN * BK; e += TC_THREADS) {
+            int r = e / BK, kk = e % BK;
             int64_t o = n0 + r, k = k0 + kk;
-            tile_b[r][kk] = to_b16<BF16>(o < g.cout && k < depth ? __ldg(&w[o * depth + k]) : 0.0f);
+            tile_b[r][kk] = ops::convert(o < g.cout && k < depth ? __ldg(&w[o * depth + k]) : 0.0f);
         }
         __syncthreads();
-        uint32_t frag_a[4];
-        int quad = lane / 8, row = lane % 8;   /* ldmatrix: lanes 8q..8q+7 address the rows of matrix q */
-        ldmatrix_x4(frag_a, &tile_a[warp * 16 + row + 8 * (quad % 2)][8 * (quad / 2)]);
-        for (int j = 0; j < 4; j++) {
-            uint32_t frag_b[2];
-            ldmatrix_x2(frag_b, &tile_b[j * 8 + row][8 * (quad % 2)]);
-            if (BF16)
-                mma_m16n8k16_bf16(acc[j], frag_a, frag_b, acc[j]);
-            else
-                mma_m16n8k16_f16(acc[j], frag_a, frag_b, acc[j]);
-        }
+        ops::step(tile_a, tile_b, warp, lane, acc);
         __syncthreads();
     }
 
@@ -201,13 +235,15 @@ extern "C" int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const 
 }
 
 extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
-                                        const i3_conv_params *p, float *y, i3_shape5 ys, int bf16, void *stream) {
+                                        const i3_conv_params *p, float *y, i3_shape5 ys, int precision, void *stream) {
     ConvGeometry g = conv_geometry(xs, p, ys);
     int64_t rows = ys.n * ys.d * ys.h * ys.w;
     if (rows == 0 || ys.c == 0) return 0;
+    if (precision != I3_TC_F16 && precision != I3_TC_BF16 && precision != I3_TC_TF32)
+        return (int)cudaErrorInvalidValue;
     dim3 grid((unsigned)((rows + TC_BM - 1) / TC_BM), (unsigned)((ys.c + TC_BN - 1) / TC_BN));
-    if (bf16)
-        return (int)I3_LAUNCH(conv_tensor_core_v2<true>, grid, TC_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act,
-                              y);
-    return (int)I3_LAUNCH(conv_tensor_core_v2<false>, grid, TC_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act, y);
+    decltype(&conv_tensor_core_v2<I3_TC_F16>) kernel = precision == I3_TC_F16    ? conv_tensor_core_v2<I3_TC_F16>
+                                                       : precision == I3_TC_BF16 ? conv_tensor_core_v2<I3_TC_BF16>
+                                                                                 : conv_tensor_core_v2<I3_TC_TF32>;
+    return (int)I3_LAUNCH(kernel, grid, TC_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act, y);
 }

@@ -6,6 +6,7 @@
  *   I3_LAUNCH(...)      kernel<<<grid, block, smem, stream>>>(args) or the emulator's launch;
  *   I3_DYNAMIC_SHARED   the block's dynamic shared memory;
  *   mma_m16n8k16_*      tensor-core MMA, f16/bf16 in, f32 accumulate, PTX fragment layouts;
+ *   mma_m16n8k8_tf32    the same with TF32 operands (to_tf32: cvt.rna, nearest, ties away from 0);
  *   ldmatrix_*          8x8 b16 matrix loads from shared memory into those fragments;
  *   cp_async_16 ...     16-byte async global->shared copies (a plain copy on the emulator).
  *
@@ -15,6 +16,10 @@
  *                         row g + 8*((i/2)%2), column 2t + i%2 + 8*(i/4)
  *   B (16x8, k x n)       b[i] (i = 0..3): row (k) 2t + i%2 + 8*(i/2), column (n) g
  *   C, D (16x8, f32)      c[i] (i = 0..3): row g + 8*(i/2), column 2t + i%2
+ * m16n8k8 with .tf32 (32-bit registers, one value each):
+ *   A (16x8)              a[i] (i = 0..3): row g + 8*(i%2), column t + 4*(i/2)
+ *   B (8x8, k x n)        b[i] (i = 0..1): row (k) t + 4*i, column (n) g
+ *   C, D                  as above.
  * ldmatrix .x1/.x2/.x4: lanes 8j..8j+7 give the row addresses of matrix j; register j of lane l
  * holds row l/4, columns 2(l%4) and 2(l%4)+1 of matrix j (.trans: the transposed matrix). */
 #ifndef I3RT_KERNELS_DEVICE_H
@@ -88,6 +93,19 @@ __device__ __forceinline__ void mma_m16n8k16_f16(float d[4], const uint32_t a[4]
 __device__ __forceinline__ void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2],
                                                   const float c[4]) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%11,%12,%13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+                   "f"(c[2]), "f"(c[3]));
+}
+__device__ __forceinline__ uint32_t to_tf32(float v) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(v));
+    return r;
+}
+__device__ __forceinline__ void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                 const float c[4]) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
                  "{%10,%11,%12,%13};\n"
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
@@ -178,6 +196,56 @@ static inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint
     if ((current_launch()->n_threads - current_linear_tid() / WARP_SIZE * WARP_SIZE) < WARP_SIZE)
         fail("mma.sync needs a full warp");
     mma_collective<bf16_bits_to_float>(d, a, b, c);
+}
+
+/* cvt.rna.tf32.f32: keep 10 mantissa bits, round to nearest with ties away from zero (NaN and
+ * infinity pass unchanged). */
+static inline uint32_t to_tf32(float v) {
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return bits;
+    return (bits + 0x1000u) & 0xffffe000u;
+}
+static inline float tf32_bits_to_float(uint32_t bits) {
+    float v;
+    bits &= 0xffffe000u; /* the tensor core ignores the low 13 bits */
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+static inline void mma_tf32_finalize(Warp *w, uint32_t mask) {
+    float A[16][8], B[8][8], C[16][8];
+    for (int lane = 0; lane < WARP_SIZE; lane++) {
+        MmaIn in;
+        memcpy(&in, w->in[lane], sizeof in);
+        int g = lane / 4, t = lane % 4;
+        for (int i = 0; i < 4; i++) A[g + 8 * (i % 2)][t + 4 * (i / 2)] = tf32_bits_to_float(in.a[i]);
+        for (int i = 0; i < 2; i++) B[t + 4 * i][g] = tf32_bits_to_float(in.b[i]);
+        for (int i = 0; i < 4; i++) C[g + 8 * (i / 2)][2 * t + i % 2] = in.c[i];
+    }
+    for (int lane = 0; lane < WARP_SIZE; lane++) {
+        int g = lane / 4, t = lane % 4;
+        float d[4];
+        for (int i = 0; i < 4; i++) {
+            int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+            float acc = C[row][col];
+            for (int k = 0; k < 8; k++) acc += A[row][k] * B[k][col];
+            d[i] = acc;
+        }
+        memcpy(w->out[lane], d, sizeof d);
+    }
+}
+
+static inline void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
+    if ((current_launch()->n_threads - current_linear_tid() / WARP_SIZE * WARP_SIZE) < WARP_SIZE)
+        fail("mma.sync needs a full warp");
+    MmaIn in;
+    memcpy(in.a, a, sizeof in.a);
+    memcpy(in.b, b, sizeof in.b);
+    memcpy(in.c, c, sizeof in.c);
+    float out[4];
+    warp_collective(0xffffffffu, &in, sizeof in, mma_tf32_finalize, out, sizeof out);
+    memcpy(d, out, sizeof out);
 }
 
 template <int N_MATRICES, bool TRANS>

@@ -23,10 +23,15 @@ int I3_DEV(conv_stat_chunks)(i3_shape5 ys);
 int I3_DEV(conv_fused)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                        const float *in_scale_shift, i3_act act_in, float *y, i3_shape5 ys, float *partials,
                        void *stream);
-/* The same convolution on tensor cores: inputs and weights rounded to f16 (bf16 = 0) or bf16
- * (bf16 = 1), products accumulated in f32. */
+/* The same convolution on tensor cores: inputs and weights rounded to `precision` (f16, bf16, or
+ * tf32: 10 mantissa bits, round to nearest, ties away), products accumulated in f32. */
+#ifndef I3_TC_F16
+#define I3_TC_F16 0
+#define I3_TC_BF16 1
+#define I3_TC_TF32 2
+#endif
 int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
-                             float *y, i3_shape5 ys, int bf16, void *stream);
+                             float *y, i3_shape5 ys, int precision, void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,

@@ -1,5 +1,5 @@
 /* Kernels that exercise the device primitives one by one: barriers and shared memory, shuffles,
- * votes, atomics, a detected divergent barrier, and the tensor-core wrappers (mma m16n8k16 with
+ * votes, atomics, a detected divergent barrier, and the tensor-core wrappers (mma m16n8k16 and m16n8k8 .tf32 with
  * fragments loaded by hand from the PTX layouts, and through ldmatrix). tests/test_simt.c runs them
  * on the emulator, and on a GPU when one is present, and checks them against scalar code. Each
  * launcher takes host arrays and does its own device copies, so the test needs no device API. */
@@ -132,6 +132,19 @@ __global__ void selftest_mma_kernel(const uint16_t *a, const uint16_t *b, const 
     for (int i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = fd[i];
 }
 
+/* D = A B + C for A [16x8], B [8x8] (row-major f32, rounded to TF32 here), C and D [16x8] f32, by
+ * one warp with mma m16n8k8 .tf32, fragments gathered from the PTX layouts. */
+__global__ void selftest_mma_tf32_kernel(const float *a, const float *b, const float *c, float *d) {
+    int lane = threadIdx.x, g = lane / 4, t = lane % 4;
+    uint32_t fa[4], fb[2];
+    for (int i = 0; i < 4; i++) fa[i] = to_tf32(a[(g + 8 * (i % 2)) * 8 + t + 4 * (i / 2)]);
+    for (int i = 0; i < 2; i++) fb[i] = to_tf32(b[(t + 4 * i) * 8 + g]);
+    float fc[4], fd[4];
+    for (int i = 0; i < 4; i++) fc[i] = c[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2];
+    mma_m16n8k8_tf32(fd, fa, fb, fc);
+    for (int i = 0; i < 4; i++) d[(g + 8 * (i / 2)) * 8 + 2 * t + i % 2] = fd[i];
+}
+
 /* Device buffers for a launcher: copies in, runs, copies out, frees; the first error wins. */
 struct Buffers {
     void *ptr[4];
@@ -232,6 +245,15 @@ extern "C" int I3_DEV(selftest_mma)(const uint16_t *a, const uint16_t *b, const 
     float *dd = to_device<float>(&bufs, NULL, 16 * 8);
     if (bufs.error == cudaSuccess)
         bufs.error = I3_LAUNCH(selftest_mma_kernel, 1, 32, 0, 0, da, db, dc, dd, bf16, use_ldmatrix);
+    to_host(&bufs, d, dd, 16 * 8);
+    return finish(&bufs);
+}
+
+extern "C" int I3_DEV(selftest_mma_tf32)(const float *a, const float *b, const float *c, float *d) {
+    Buffers bufs = {};
+    const float *da = to_device(&bufs, a, 16 * 8), *db = to_device(&bufs, b, 8 * 8), *dc = to_device(&bufs, c, 16 * 8);
+    float *dd = to_device<float>(&bufs, NULL, 16 * 8);
+    if (bufs.error == cudaSuccess) bufs.error = I3_LAUNCH(selftest_mma_tf32_kernel, 1, 32, 0, 0, da, db, dc, dd);
     to_host(&bufs, d, dd, 16 * 8);
     return finish(&bufs);
 }

@@ -21,6 +21,8 @@ int I3_DEV(selftest_racy)(int *out);          /* [SELFTEST_BLOCK]: a block sum m
 int I3_DEV(selftest_divergent_barrier)(void); /* expected to fail on the emulator */
 int I3_DEV(selftest_deadlock)(void);           /* emulator only: hangs on a GPU */
 int I3_DEV(selftest_mma)(const uint16_t *a, const uint16_t *b, const float *c, float *d, int bf16, int use_ldmatrix);
+/* D [16x8] = A [16x8] B [8x8] + C with mma m16n8k8 .tf32 (inputs rounded to TF32 on the device). */
+int I3_DEV(selftest_mma_tf32)(const float *a, const float *b, const float *c, float *d);
 
 #ifdef __cplusplus
 }

@@ -32,10 +32,11 @@ static const char *failure_detail() { return ::i3emu::error_detail(); }
 #endif
 
 /* Which kernel runs the graph's convolutions: the f32 direct kernel (default: parity with the CPU
- * backend), or the tensor-core implicit GEMM with f16 or bf16 operands and f32 accumulation. Set at
- * creation from the environment variable I3RT_CUDA_CONV = f32 | f16 | bf16, until the public API
- * has a precision setting. */
-enum ConvPrecision { CONV_F32 = 0, CONV_F16, CONV_BF16 };
+ * backend), or the tensor-core implicit GEMM with f16, bf16 or tf32 operands and f32 accumulation.
+ * Set at creation from the environment variable I3RT_CUDA_CONV = f32 | f16 | bf16 | tf32, until the
+ * public API has a precision setting. */
+enum ConvPrecision { CONV_F32 = 0, CONV_F16, CONV_BF16, CONV_TF32 };
+static const char *const CONV_PRECISION_NAMES[] = {"f32", "f16", "bf16", "tf32"};
 
 /* What one node hands on to the next ones of the same graph (node indices in graph->nodes). */
 struct Fusion {
@@ -127,7 +128,10 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     i3_shape5 xs = i3_value_shape5(x), ys = i3_value_shape5(y);
     if (st->conv != CONV_F32)
         return I3_DEV(conv_tensor_core)((const float *)x->data, xs, w, bias, &node->p.conv, (float *)y->data, ys,
-                                        st->conv == CONV_BF16, st->stream);
+                                        st->conv == CONV_F16    ? I3_TC_F16
+                                        : st->conv == CONV_BF16 ? I3_TC_BF16
+                                                                : I3_TC_TF32,
+                                        st->stream);
     Fusion *f = &st->fusion;
     const float *in_scale_shift = f->graph == g && f->deferred_for == n && n >= 0 ? st->scale_shift : NULL;
     i3_act act_in = f->deferred_act;
@@ -287,13 +291,16 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
         return I3RT_ERR_OUT_OF_MEMORY;
     }
     const char *conv = getenv("I3RT_CUDA_CONV");
-    if (conv && strcmp(conv, "f32") && strcmp(conv, "f16") && strcmp(conv, "bf16")) {
+    int precision = conv ? -1 : CONV_F32;
+    for (int i = CONV_F32; conv && i <= CONV_TF32; i++)
+        if (!strcmp(conv, CONV_PRECISION_NAMES[i])) precision = i;
+    if (precision < 0) {
         free(b);
         free(state);
-        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "%s backend: I3RT_CUDA_CONV=%s is not f32, f16 or bf16",
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "%s backend: I3RT_CUDA_CONV=%s is not f32, f16, bf16 or tf32",
                        BACKEND_NAME, conv);
     }
-    state->conv = !conv || !strcmp(conv, "f32") ? CONV_F32 : !strcmp(conv, "f16") ? CONV_F16 : CONV_BF16;
+    state->conv = (ConvPrecision)precision;
     const char *fuse = getenv("I3RT_CUDA_FUSE");
     state->fuse = !fuse || strcmp(fuse, "0");
     state->fusion.stats_for = state->fusion.deferred_for = -1;

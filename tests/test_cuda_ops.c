@@ -235,12 +235,23 @@ static void check_conv(device *d) {
  * order differs: f32 tolerance), and against the exact reference with the dtype's tolerance. */
 #define NMSE_F16 1e-6
 #define NMSE_BF16 5e-5
+#define NMSE_TF32 1e-6 /* 10 mantissa bits, as f16 */
 
-static float round_b16(float v, int bf16) {
-    return bf16 ? i3_bf16_to_f32(i3_f32_to_bf16(v)) : i3_f16_to_f32(i3_f32_to_f16(v));
+/* v as the tensor core sees it: f16, bf16, or TF32 (cvt.rna: 10 mantissa bits, ties away from 0). */
+static float round_operand(float v, int precision) {
+    if (precision == I3_TC_TF32) {
+        uint32_t bits;
+        memcpy(&bits, &v, sizeof bits);
+        bits = (bits + 0x1000u) & 0xffffe000u;
+        memcpy(&v, &bits, sizeof v);
+        return v;
+    }
+    return precision == I3_TC_BF16 ? i3_bf16_to_f32(i3_f32_to_bf16(v)) : i3_f16_to_f32(i3_f32_to_f16(v));
 }
 
-static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int bf16, uint64_t seed) {
+static const char *const PRECISION_NAMES[] = {"f16", "bf16", "tf32"};
+
+static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int precision, uint64_t seed) {
     fx_rng r = fx_rng_seed(seed);
     i3_shape5 ys = i3_conv_out_shape(xs, &p);
     int64_t nx = i3_shape5_numel(xs), nw = (int64_t)p.cout * xs.c * p.k[0] * p.k[1] * p.k[2], ny = i3_shape5_numel(ys);
@@ -248,16 +259,16 @@ static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int bf16, ui
     float *b = random_floats(&r, p.cout, -0.2f, 0.2f);
     float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
     for (int64_t i = 0; i < nx; i++)
-        xr[i] = round_b16(x[i], bf16);
+        xr[i] = round_operand(x[i], precision);
     for (int64_t i = 0; i < nw; i++)
-        wr[i] = round_b16(w[i], bf16);
+        wr[i] = round_operand(w[i], precision);
     float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
     float *ref_rounded = malloc((size_t)ny * sizeof(float));
     i3_cpu_conv_ref(x, xs, w, b, &p, ref);
     i3_cpu_conv_ref(xr, xs, wr, b, &p, ref_rounded);
     dbuf dx = dev_upload(d, x, nx), dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout),
          dy = dev_upload(d, NULL, ny);
-    cr_assert_eq(d->conv_tensor_core(dx.data, xs, dw.data, db.data, &p, dy.data, ys, bf16, NULL), 0);
+    cr_assert_eq(d->conv_tensor_core(dx.data, xs, dw.data, db.data, &p, dy.data, ys, precision, NULL), 0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
     dev_download_free(d, dx, NULL, "conv_tensor_core x");
     dev_download_free(d, dw, NULL, "conv_tensor_core w");
@@ -265,24 +276,25 @@ static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int bf16, ui
     dev_download_free(d, dy, y, "conv_tensor_core y");
     char what[160];
     snprintf(what, sizeof what, "conv_tensor_core %s x[%lld,%lld,%lld,%lld,%lld] cout %d k%d%d%d s%d%d%d",
-             bf16 ? "bf16" : "f16", (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w,
+             PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w,
              p.cout, p.k[0], p.k[1], p.k[2], p.stride[0], p.stride[1], p.stride[2]);
     char vs[200];
     snprintf(vs, sizeof vs, "%s vs rounded-input ref", what);
     check_nmse(d->b->iface->name, vs, y, ref_rounded, ny);
     snprintf(vs, sizeof vs, "%s vs f32 ref", what);
-    check_nmse_tol(d->b->iface->name, vs, y, ref, ny, bf16 ? NMSE_BF16 : NMSE_F16);
+    const double tolerance[] = {NMSE_F16, NMSE_BF16, NMSE_TF32};
+    check_nmse_tol(d->b->iface->name, vs, y, ref, ny, tolerance[precision]);
     free(x), free(w), free(b), free(xr), free(wr), free(y), free(ref), free(ref_rounded);
 }
 
 static void check_conv_tensor_core(device *d) {
-    for (int bf16 = 0; bf16 < 2; bf16++) {
+    for (int prec = I3_TC_F16; prec <= I3_TC_TF32; prec++) {
         i3_conv_params p3 = {.cout = 5, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}, .act = LEAKY};
-        conv_tc_case(d, (i3_shape5){2, 3, 5, 7, 6}, p3, bf16, 100 + bf16); /* k = 81, 420 rows */
+        conv_tc_case(d, (i3_shape5){2, 3, 5, 7, 6}, p3, prec, 100 + prec); /* k = 81, 420 rows */
         i3_conv_params wide = {.cout = 40, .k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = LEAKY};
-        conv_tc_case(d, (i3_shape5){1, 7, 3, 9, 8}, wide, bf16, 102 + bf16); /* two column tiles */
+        conv_tc_case(d, (i3_shape5){1, 7, 3, 9, 8}, wide, prec, 103 + prec); /* two column tiles */
         i3_conv_params head = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}, .pad = {0, 0, 0}};
-        conv_tc_case(d, (i3_shape5){1, 20, 2, 5, 7}, head, bf16, 104 + bf16); /* k = 20: a partial k step */
+        conv_tc_case(d, (i3_shape5){1, 20, 2, 5, 7}, head, prec, 106 + prec); /* k = 20: a partial k step */
     }
 }
 
@@ -915,11 +927,11 @@ static void check_unet_vs_cpu(device *d, const char *name) {
     unet_close(&u);
 }
 
-/* Tolerance for the conv kernel I3RT_CUDA_CONV selects: 1e-4 (f32, as test_unet), 1e-2 (f16;
- * seen 1.6e-3 on resenc_2d), 5e-2 (bf16; seen 1.4e-2). */
+/* Tolerance for the conv kernel I3RT_CUDA_CONV selects: 1e-4 (f32, as test_unet), 1e-2 (f16 and
+ * tf32, 10 mantissa bits; seen 1.6e-3 on resenc_2d in f16), 5e-2 (bf16; seen 1.4e-2). */
 static void check_unet(device *d, const char *name) {
     const char *conv = getenv("I3RT_CUDA_CONV");
-    check_unet_tol(d, name, !conv || !strcmp(conv, "f32") ? 1e-4 : !strcmp(conv, "f16") ? 1e-2 : 5e-2);
+    check_unet_tol(d, name, !conv || !strcmp(conv, "f32") ? 1e-4 : !strcmp(conv, "bf16") ? 5e-2 : 1e-2);
 }
 
 /* ---- devices ------------------------------------------------------------------------------- */
@@ -1051,6 +1063,14 @@ Test(emulated, unet_resenc_2d_tensor_core_bf16) {
     device d;
     open_emulated(&d);
     check_unet(&d, "resenc_2d");
+    i3_backend_destroy(d.b);
+}
+
+Test(emulated, unet_plain_2d_tensor_core_tf32) {
+    setenv("I3RT_CUDA_CONV", "tf32", 1);
+    device d;
+    open_emulated(&d);
+    check_unet(&d, "plain_2d");
     i3_backend_destroy(d.b);
 }
 

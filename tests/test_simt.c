@@ -28,10 +28,12 @@ typedef struct {
     int (*votes)(unsigned *);
     int (*atomics)(int, int *, float *, int *);
     int (*mma)(const uint16_t *, const uint16_t *, const float *, float *, int, int);
+    int (*mma_tf32)(const float *, const float *, const float *, float *);
 } device_selftests;
 
 static const device_selftests emulated = {"emulated", i3emu_selftest_barrier, i3emu_selftest_shuffles,
-                                          i3emu_selftest_votes, i3emu_selftest_atomics, i3emu_selftest_mma};
+                                          i3emu_selftest_votes, i3emu_selftest_atomics, i3emu_selftest_mma,
+                                          i3emu_selftest_mma_tf32};
 
 static void check_barrier(const device_selftests *dev) {
     int neighbour[2 * SELFTEST_BLOCK], block_sum[2];
@@ -123,6 +125,44 @@ static void check_mma(const device_selftests *dev, int bf16, int use_ldmatrix) {
                  dev->name, bf16 ? "bf16" : "f16", max_err);
 }
 
+/* TF32 as cvt.rna makes it: 10 mantissa bits, nearest, ties away from zero (finite values). */
+static float round_tf32(float v) {
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits = (bits + 0x1000u) & 0xffffe000u;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
+/* D = A B + C with mma m16n8k8 .tf32 on random f32 inputs, against the product of the TF32-rounded
+ * inputs in double (tolerance 1e-5: f32 accumulation of 8 products), and showing that the rounding
+ * happened: against the unrounded inputs the error is ~1e-4. */
+static void check_mma_tf32(const device_selftests *dev) {
+    float a[16 * 8], b[8 * 8], c[16 * 8], d[16 * 8];
+    srand(11);
+    for (int i = 0; i < 16 * 8; i++) {
+        a[i] = (float)rand() / RAND_MAX * 2.0f - 1.0f;
+        c[i] = (float)i * 0.01f;
+    }
+    for (int i = 0; i < 8 * 8; i++) b[i] = (float)rand() / RAND_MAX * 2.0f - 1.0f;
+    cr_assert_eq(dev->mma_tf32(a, b, c, d), 0, "%s: launch failed", dev->name);
+    double max_err = 0, max_err_unrounded = 0;
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 8; n++) {
+            double ref = c[m * 8 + n], exact = ref;
+            for (int k = 0; k < 8; k++) {
+                ref += (double)round_tf32(a[m * 8 + k]) * round_tf32(b[k * 8 + n]);
+                exact += (double)a[m * 8 + k] * b[k * 8 + n];
+            }
+            max_err = fmax(max_err, fabs(d[m * 8 + n] - ref));
+            max_err_unrounded = fmax(max_err_unrounded, fabs(d[m * 8 + n] - exact));
+        }
+    printf("%s mma m16n8k8 tf32: max abs error %.3g (vs unrounded inputs %.3g)\n", dev->name, max_err,
+           max_err_unrounded);
+    cr_assert_lt(max_err, 1e-5, "%s: mma tf32 max abs error %g", dev->name, max_err);
+    cr_assert_gt(max_err_unrounded, 1e-6, "%s: mma tf32 did not round its inputs", dev->name);
+}
+
 Test(simt, barrier_and_shared_memory) { check_barrier(&emulated); }
 Test(simt, shuffles) { check_shuffles(&emulated); }
 Test(simt, votes) { check_votes(&emulated); }
@@ -131,6 +171,7 @@ Test(simt, mma_f16_fragments) { check_mma(&emulated, 0, 0); }
 Test(simt, mma_bf16_fragments) { check_mma(&emulated, 1, 0); }
 Test(simt, mma_f16_ldmatrix) { check_mma(&emulated, 0, 1); }
 Test(simt, mma_bf16_ldmatrix) { check_mma(&emulated, 1, 1); }
+Test(simt, mma_tf32_fragments) { check_mma_tf32(&emulated); }
 
 /* In thread order the racy reduction's thread 0 reads before the others write, and the two orders
  * disagree (in reverse order the last thread reads what the previous launch left in shared memory:
@@ -180,7 +221,8 @@ static const device_selftests *real_device(void) {
     i3_backend_destroy(b);
 #ifdef I3RT_HAVE_CUDA
     static const device_selftests gpu = {"gpu", i3gpu_selftest_barrier, i3gpu_selftest_shuffles,
-                                         i3gpu_selftest_votes, i3gpu_selftest_atomics, i3gpu_selftest_mma};
+                                         i3gpu_selftest_votes, i3gpu_selftest_atomics, i3gpu_selftest_mma,
+                                         i3gpu_selftest_mma_tf32};
     return &gpu;
 #else
     return NULL;
@@ -195,4 +237,5 @@ Test(gpu, primitives) {
     check_votes(dev);
     check_atomics(dev);
     for (int i = 0; i < 4; i++) check_mma(dev, i / 2, i % 2);
+    check_mma_tf32(dev);
 }
