@@ -14,10 +14,19 @@ extern "C" {
 
 i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out);
 
-/* How many nodes' own memory passes the backend fused away since its creation (an instance norm's
- * statistics taken in the producing conv's epilogue, a norm deferred into the next conv's prologue
- * or the residual add); for tests and benchmarks. */
-int64_t i3_backend_cuda_fused_nodes(const i3_backend *b);
+/* What the backend did since its creation, for tests and benchmarks: nodes whose own memory pass
+ * was fused away (an instance norm's statistics taken in the producing conv's epilogue, a norm
+ * deferred into the next conv's prologue or the residual add), CUDA graphs captured from a
+ * repeated forward, and forwards replayed from one. */
+typedef struct {
+    int64_t fused_nodes, graph_captures, graph_replays;
+} i3_cuda_stats;
+void i3_backend_cuda_stats(const i3_backend *b, i3_cuda_stats *out);
+
+/* Pinned (page-locked) host memory for the backend's uploads and downloads, which are then truly
+ * asynchronous on the GPU (plain host memory on the emulator). I3RT_ERR_OUT_OF_MEMORY with a message. */
+i3rt_status i3_backend_cuda_host_alloc(i3_backend *b, size_t bytes, void **out);
+void i3_backend_cuda_host_free(i3_backend *b, void *ptr);
 
 #ifdef __cplusplus
 }

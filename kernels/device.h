@@ -45,7 +45,7 @@ extern "C" {
 #define I3_NS i3emu
 #define I3_DEV(name) i3emu_##name
 #define I3_LAUNCH(kernel, grid, block, smem, stream, ...) \
-    (::i3emu::launch_closure((grid), (block), (smem), [&]() { kernel(__VA_ARGS__); }), ::i3emu::cudaGetLastError())
+    (::i3emu::launch_kernel((grid), (block), (smem), (stream), kernel, __VA_ARGS__), ::i3emu::cudaGetLastError())
 #define I3_DYNAMIC_SHARED(type, name) type *name = (type *)::i3emu::current_launch()->dynamic_smem
 #endif
 

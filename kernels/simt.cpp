@@ -11,6 +11,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <time.h>
 #if defined(__x86_64__) && !defined(I3EMU_UCONTEXT)   /* -DI3EMU_UCONTEXT: test the fallback */
@@ -63,7 +64,7 @@ const size_t FIBER_STACK_BYTES = 256 << 10;   /* ASan's redzones make frames lar
 #else
 const size_t FIBER_STACK_BYTES = 64 << 10;
 #endif
-const size_t EMULATED_DEVICE_BYTES = (size_t)16 << 30;   /* one allocation at most, like a 16 GiB card */
+const size_t EMULATED_DEVICE_BYTES = (size_t)16 << 30;   /* the emulated card's memory: 16 GiB by default */
 
 struct LaunchState {
     Launch pub;
@@ -371,15 +372,42 @@ const char *cudaGetErrorString(cudaError_t e) {
     return "unknown error";
 }
 
+/* The device memory in use (malloc_usable_size of the live allocations) and its limit: 16 GiB, or
+ * I3RT_EMULATED_DEVICE_MEMORY (bytes, with an optional K, M or G suffix) to test running out. The
+ * device is process-wide, as a GPU is. */
+static size_t device_bytes_in_use;
+
+static size_t device_memory_limit() {
+    const char *env = getenv("I3RT_EMULATED_DEVICE_MEMORY");
+    if (!env || !*env) return EMULATED_DEVICE_BYTES;
+    char *end;
+    double v = strtod(env, &end);
+    int shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20 : *end == 'G' || *end == 'g' ? 30 : 0;
+    return v > 0 ? (size_t)(v * (double)((size_t)1 << shift)) : EMULATED_DEVICE_BYTES;
+}
+
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
-    *ptr = bytes <= EMULATED_DEVICE_BYTES ? malloc(bytes ? bytes : 1) : nullptr;
+    size_t limit = device_memory_limit();
+    *ptr = bytes <= limit && device_bytes_in_use + bytes <= limit ? malloc(bytes ? bytes : 1) : nullptr;
     if (!*ptr) {
-        set_error_f(cudaErrorMemoryAllocation, "emulated device: cannot allocate %zu bytes", bytes);
+        set_error_f(cudaErrorMemoryAllocation,
+                    "emulated device: cannot allocate %zu bytes (%zu of %zu bytes in use)", bytes,
+                    device_bytes_in_use, limit);
         return cudaErrorMemoryAllocation;
     }
+    device_bytes_in_use += malloc_usable_size(*ptr);
     return cudaSuccess;
 }
 cudaError_t cudaFree(void *ptr) {
+    if (ptr) device_bytes_in_use -= malloc_usable_size(ptr);
+    free(ptr);
+    return cudaSuccess;
+}
+cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned) {
+    *ptr = malloc(bytes ? bytes : 1);
+    return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaFreeHost(void *ptr) {
     free(ptr);
     return cudaSuccess;
 }
@@ -397,9 +425,81 @@ cudaError_t cudaMemset(void *dst, int value, size_t bytes) {
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t) { return cudaMemset(dst, value, bytes); }
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
-struct i3emu_stream {
-    int unused;
+struct i3emu_graph {
+    RecordedLaunch *launches;
+    int n, cap;
 };
+struct i3emu_stream {
+    i3emu_graph *capture; /* non-null while capturing */
+};
+
+static void graph_free(i3emu_graph *g) {
+    for (int i = 0; g && i < g->n; i++) g->launches[i].destroy(g->launches[i].closure);
+    if (g) free(g->launches);
+    free(g);
+}
+
+bool stream_capturing(cudaStream_t s) { return s->capture != nullptr; }
+
+cudaError_t record_launch(cudaStream_t s, const RecordedLaunch &r) {
+    i3emu_graph *g = s->capture;
+    if (g->n == g->cap) {
+        int cap = g->cap ? 2 * g->cap : 64;
+        RecordedLaunch *grown = (RecordedLaunch *)realloc(g->launches, (size_t)cap * sizeof *grown);
+        if (!grown) {
+            r.destroy(r.closure);
+            set_error_f(cudaErrorMemoryAllocation, "emulator: no memory to record a launch");
+            return cudaErrorMemoryAllocation;
+        }
+        g->launches = grown;
+        g->cap = cap;
+    }
+    g->launches[g->n++] = r;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+    if (!s || s->capture) {
+        set_error_f(cudaErrorInvalidValue, "stream capture: no stream, or already capturing");
+        return cudaErrorInvalidValue;
+    }
+    s->capture = (i3emu_graph *)calloc(1, sizeof(i3emu_graph));
+    return s->capture ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph) {
+    *graph = nullptr;
+    if (!s || !s->capture) {
+        set_error_f(cudaErrorInvalidValue, "stream capture: not capturing");
+        return cudaErrorInvalidValue;
+    }
+    *graph = s->capture;
+    s->capture = nullptr;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long) {
+    *exec = (i3emu_graph *)calloc(1, sizeof(i3emu_graph));
+    if (!*exec) return cudaErrorMemoryAllocation;
+    **exec = *graph; /* the recording moves into the executable graph */
+    graph->launches = nullptr;
+    graph->n = graph->cap = 0;
+    return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t) {
+    for (int i = 0; i < exec->n; i++) {
+        const RecordedLaunch &r = exec->launches[i];
+        cudaError_t e = launch(r.grid, r.block, r.smem, r.thunk, r.closure);
+        if (e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+    graph_free(graph);
+    return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+    graph_free(exec);
+    return cudaSuccess;
+}
 struct i3emu_event {
     double ms;
 };
@@ -409,6 +509,7 @@ cudaError_t cudaStreamCreate(cudaStream_t *s) {
     return *s ? cudaSuccess : cudaErrorMemoryAllocation;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
+    if (s) graph_free(s->capture);
     free(s);
     return cudaSuccess;
 }

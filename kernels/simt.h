@@ -35,7 +35,10 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include <new> /* placement new only: no C++ runtime library */
 
 #define __global__
 #define __device__
@@ -63,6 +66,14 @@ enum cudaError_t {
 };
 typedef struct i3emu_stream *cudaStream_t;
 typedef struct i3emu_event *cudaEvent_t;
+typedef struct i3emu_graph *cudaGraph_t;
+typedef struct i3emu_graph *cudaGraphExec_t;
+enum cudaStreamCaptureMode {
+    cudaStreamCaptureModeGlobal = 0,
+    cudaStreamCaptureModeThreadLocal = 1,
+    cudaStreamCaptureModeRelaxed = 2
+};
+enum { cudaHostAllocDefault = 0 };
 enum cudaMemcpyKind { cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2, cudaMemcpyDeviceToDevice = 3 };
 
 /* ---- the running launch: one per OS thread ------------------------------------------------- */
@@ -105,9 +116,41 @@ void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 typedef void (*kernel_thunk)(void *);
 cudaError_t launch(dim3 grid, dim3 block, size_t dynamic_smem, kernel_thunk thunk, void *closure);
 
+/* A launch kept by a stream under capture, for a CUDA graph: its closure (the kernel and its
+ * arguments, copied when the launch was made, as <<<>>> evaluates them) on the heap. */
+struct RecordedLaunch {
+    dim3 grid, block;
+    size_t smem;
+    kernel_thunk thunk;
+    void (*destroy)(void *);
+    void *closure;
+};
+bool stream_capturing(cudaStream_t s);
+/* Appends the launch to the capturing stream's graph, which then owns the closure. */
+cudaError_t record_launch(cudaStream_t s, const RecordedLaunch &r);
+
 template <typename F>
-static inline cudaError_t launch_closure(dim3 grid, dim3 block, size_t smem, F closure) {
-    return launch(grid, block, smem, [](void *c) { (*static_cast<F *>(c))(); }, &closure);
+static inline cudaError_t launch_closure(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, F closure) {
+    kernel_thunk thunk = [](void *c) { (*static_cast<F *>(c))(); };
+    if (stream && stream_capturing(stream)) {
+        void *copy = malloc(sizeof(F));
+        if (!copy) return cudaErrorMemoryAllocation;
+        new (copy) F(closure);
+        RecordedLaunch r = {grid, block, smem, thunk, [](void *c) {
+                                static_cast<F *>(c)->~F();
+                                free(c);
+                            },
+                            copy};
+        return record_launch(stream, r);
+    }
+    return launch(grid, block, smem, thunk, &closure);
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...): the arguments are evaluated and copied now. */
+template <typename K, typename... A>
+static inline cudaError_t launch_kernel(dim3 grid, dim3 block, size_t smem, cudaStream_t stream, K kernel,
+                                        A... args) {
+    return launch_closure(grid, block, smem, stream, [kernel, args...]() { kernel(args...); });
 }
 
 /* ---- runtime calls ------------------------------------------------------------------------- */
@@ -131,6 +174,18 @@ cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
+/* Stream capture and graphs: launches on a capturing stream are recorded, not run (copies and
+ * memsets still run at once: the backend captures kernels only); instantiation moves the
+ * recording into the executable graph (a graph instantiates once), a launch re-runs it. */
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t *graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t *exec, cudaGraph_t graph, unsigned long long flags);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+/* Pinned host memory is plain host memory here. */
+cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned flags);
+cudaError_t cudaFreeHost(void *ptr);
 
 /* ---- built-in variables -------------------------------------------------------------------- */
 

@@ -11,7 +11,12 @@
  * either writes its output in one elementwise pass, or, when it runs in place and its only reader
  * is the next node, leaves the tensor unnormalized and hands (scale, shift, act) on: to the next
  * convolution's prologue, or to the residual add of a ResEnc block (normalize + add + act in one
- * pass). Only the f32 convolution has these fusions yet (I3RT_CUDA_FUSE=0 turns them off). */
+ * pass). Only the f32 convolution has these fusions yet (I3RT_CUDA_FUSE=0 turns them off).
+ *
+ * CUDA graphs (I3RT_CUDA_GRAPHS=0 turns them off): a graph run a second time with the same bindings
+ * (the same graph, data pointers and fusion buffers) is captured from the stream while it runs;
+ * from the third run on, node 0 launches the captured graph and every node returns at once. The
+ * first run allocates what the fusions need, so nothing is allocated under capture. */
 #include "device.h"
 
 #include "cuda_backend.h"
@@ -47,14 +52,24 @@ struct Fusion {
     i3_act deferred_act;
 };
 
+/* The CUDA graph of a repeated forward. */
+struct Replay {
+    const i3_graph *graph;
+    uint64_t bindings;  /* fingerprint of the graph's data pointers and the fusion buffers */
+    int runs;           /* complete runs with these bindings */
+    bool capturing, replaying;
+    cudaGraphExec_t exec;
+};
+
 struct DeviceState {
     cudaStream_t stream;
     ConvPrecision conv;
-    bool fuse;
+    bool fuse, graphs;
     Fusion fusion;
+    Replay replay;
     float *partials, *scale_shift;  /* device buffers, grown as needed */
     size_t partials_bytes, scale_shift_bytes;
-    int64_t fused_nodes;            /* nodes whose own memory pass was fused away, since creation */
+    i3_cuda_stats stats;
 };
 
 static DeviceState *state_of(i3_backend *b) { return (DeviceState *)b->impl; }
@@ -71,10 +86,12 @@ static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
     cudaError_t e = cudaMalloc(out, bytes);
     if (e == cudaSuccess) return I3RT_OK;
     *out = NULL;
+    const char *detail = failure_detail();
+    i3rt_status st = i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY,
+                             "%s backend: out of device memory allocating %zu bytes (%.1f MiB): %s%s%s", BACKEND_NAME,
+                             bytes, bytes / 1048576.0, cudaGetErrorString(e), detail[0] ? ": " : "", detail);
     cudaGetLastError();
-    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY,
-                   "%s backend: out of device memory allocating %zu bytes (%.1f MiB): %s", BACKEND_NAME, bytes,
-                   bytes / 1048576.0, cudaGetErrorString(e));
+    return st;
 }
 
 static void device_free(i3_backend *b, void *ptr) {
@@ -147,7 +164,7 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
         f->graph = g;
         f->stats_for = n + 1;
         f->stats_chunks = chunks;
-        st->fused_nodes++;
+        st->stats.fused_nodes++;
     }
     return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
                               (float *)y->data, ys, partials, st->stream);
@@ -175,12 +192,81 @@ static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *
     if (to_conv || to_add) {
         f->deferred_for = n + 1;
         f->deferred_act = node->p.norm.act;
-        st->fused_nodes++;
+        st->stats.fused_nodes++;
         return 0;
     }
     i3_act none = {I3_ACT_NONE, 0.0f};
     return I3_DEV(norm_apply)((const float *)x->data, planes, i3_shape5_spatial(xs), st->scale_shift,
                               node->p.norm.act, NULL, none, (float *)y->data, st->stream);
+}
+
+static uint64_t fingerprint(const i3_graph *g, const DeviceState *st) {
+    uint64_t h = 1469598103934665603ull;
+    uintptr_t words[] = {(uintptr_t)g, (uintptr_t)g->n_nodes, (uintptr_t)st->partials, (uintptr_t)st->scale_shift};
+    for (uintptr_t w : words) h = (h ^ w) * 1099511628211ull;
+    for (int v = 0; v < g->n_values; v++) h = (h ^ (uintptr_t)g->values[v].data) * 1099511628211ull;
+    return h;
+}
+
+static void drop_capture(DeviceState *st) {
+    Replay *r = &st->replay;
+    if (r->capturing) {
+        cudaGraph_t partial = NULL;
+        cudaStreamEndCapture(st->stream, &partial);
+        if (partial) cudaGraphDestroy(partial);
+        cudaGetLastError();
+        r->capturing = false;
+    }
+}
+
+static void drop_replay(DeviceState *st) {
+    drop_capture(st);
+    if (st->replay.exec) cudaGraphExecDestroy(st->replay.exec);
+    st->replay.exec = NULL;
+    st->replay.runs = 0;
+}
+
+/* At node 0: launch the captured graph (then replaying: the nodes return at once), or start
+ * capturing on the second run with the same bindings. */
+static cudaError_t replay_begin(DeviceState *st, const i3_graph *g) {
+    Replay *r = &st->replay;
+    drop_capture(st); /* a capture that an error interrupted */
+    uint64_t bindings = fingerprint(g, st);
+    if (r->graph != g || r->bindings != bindings) {
+        drop_replay(st);
+        r->graph = g;
+        r->bindings = bindings;
+    }
+    if (r->exec) {
+        r->replaying = true;
+        st->stats.graph_replays++;
+        return cudaGraphLaunch(r->exec, st->stream);
+    }
+    if (r->runs >= 1) {
+        cudaError_t e = cudaStreamBeginCapture(st->stream, cudaStreamCaptureModeThreadLocal);
+        r->capturing = e == cudaSuccess;
+        return e;
+    }
+    return cudaSuccess;
+}
+
+/* After the last node: the run is complete; a capture becomes the graph and runs now. */
+static cudaError_t replay_end(DeviceState *st) {
+    Replay *r = &st->replay;
+    r->runs++;
+    r->bindings = fingerprint(r->graph, st); /* what the next run sees: the fusion buffers are grown now */
+    if (!r->capturing) return cudaSuccess;
+    r->capturing = false;
+    cudaGraph_t graph = NULL;
+    cudaError_t e = cudaStreamEndCapture(st->stream, &graph);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&r->exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e != cudaSuccess) {
+        r->exec = NULL;
+        return e;
+    }
+    st->stats.graph_captures++;
+    return cudaGraphLaunch(r->exec, st->stream);
 }
 
 static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
@@ -193,9 +279,14 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
     DeviceState *st = state_of(b);
     Fusion *f = &st->fusion;
     int n = node_index(g, node);
-    bool fused_here = n >= 0 && f->graph == g;
+    bool fused_here = n >= 0 && f->graph == g, last = n >= 0 && n == g->n_nodes - 1;
     void *s = st->stream;
     int e;
+    if (st->graphs && n == 0 && (e = replay_begin(st, g)) != 0) return device_fail(b, (cudaError_t)e, "CUDA graph");
+    if (st->replay.replaying && n >= 0) {
+        if (last) st->replay.replaying = false;
+        return I3RT_OK;
+    }
     switch (node->op) {
     case I3_OP_CONV: e = run_conv(b, g, node, n); break;
     case I3_OP_CONV_TRANSPOSE:
@@ -231,7 +322,9 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         return i3_fail(b->ctx, I3RT_ERR_UNSUPPORTED, "%s backend: op %s has no kernel", BACKEND_NAME,
                        i3_op_name(node->op));
     }
+    if (e == 0 && st->graphs && last && (e = replay_end(st)) != 0) return device_fail(b, (cudaError_t)e, "CUDA graph");
     if (e == 0) return I3RT_OK;
+    drop_capture(st);
     if (e == FAILED_ALLOCATION) return I3RT_ERR_OUT_OF_MEMORY;
     char what[256];
     snprintf(what, sizeof what, "%s (%s) on input [%lld, %lld, %lld, %lld, %lld]", i3_op_name(node->op), y->name,
@@ -247,6 +340,7 @@ static i3rt_status device_synchronize(i3_backend *b) {
 
 static void device_destroy(i3_backend *b) {
     if (b->impl) {
+        drop_replay(state_of(b));
         device_free(b, state_of(b)->partials);
         device_free(b, state_of(b)->scale_shift);
         cudaStreamDestroy(stream_of(b));
@@ -303,6 +397,8 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
     state->conv = (ConvPrecision)precision;
     const char *fuse = getenv("I3RT_CUDA_FUSE");
     state->fuse = !fuse || strcmp(fuse, "0");
+    const char *graphs = getenv("I3RT_CUDA_GRAPHS");
+    state->graphs = !graphs || strcmp(graphs, "0");
     state->fusion.stats_for = state->fusion.deferred_for = -1;
     b->iface = &device_iface;
     b->ctx = ctx;
@@ -320,19 +416,52 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
     return I3RT_OK;
 }
 
-extern "C" int64_t I3_DEV(backend_fused_nodes)(const i3_backend *b) { return ((DeviceState *)b->impl)->fused_nodes; }
+extern "C" void I3_DEV(backend_stats)(const i3_backend *b, i3_cuda_stats *out) { *out = ((DeviceState *)b->impl)->stats; }
+
+extern "C" i3rt_status I3_DEV(host_alloc)(i3_backend *b, size_t bytes, void **out) {
+    cudaError_t e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e == cudaSuccess) return I3RT_OK;
+    *out = NULL;
+    cudaGetLastError();
+    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: cannot allocate %zu bytes of pinned host memory: %s",
+                   BACKEND_NAME, bytes, cudaGetErrorString(e));
+}
+
+extern "C" void I3_DEV(host_free)(void *ptr) {
+    if (ptr) cudaFreeHost(ptr);
+}
 
 #ifndef __CUDACC__
 #ifdef I3RT_HAVE_CUDA
 extern "C" i3rt_status i3gpu_backend_create(i3_ctx *ctx, i3_backend **out);
-extern "C" int64_t i3gpu_backend_fused_nodes(const i3_backend *b);
+extern "C" void i3gpu_backend_stats(const i3_backend *b, i3_cuda_stats *out);
+extern "C" i3rt_status i3gpu_host_alloc(i3_backend *b, size_t bytes, void **out);
+extern "C" void i3gpu_host_free(void *ptr);
 #endif
 
-extern "C" int64_t i3_backend_cuda_fused_nodes(const i3_backend *b) {
 #ifdef I3RT_HAVE_CUDA
-    if (!strcmp(b->iface->name, "cuda")) return i3gpu_backend_fused_nodes(b);
+static bool is_gpu(const i3_backend *b) { return !strcmp(b->iface->name, "cuda"); }
 #endif
-    return i3emu_backend_fused_nodes(b);
+
+extern "C" void i3_backend_cuda_stats(const i3_backend *b, i3_cuda_stats *out) {
+#ifdef I3RT_HAVE_CUDA
+    if (is_gpu(b)) return i3gpu_backend_stats(b, out);
+#endif
+    i3emu_backend_stats(b, out);
+}
+
+extern "C" i3rt_status i3_backend_cuda_host_alloc(i3_backend *b, size_t bytes, void **out) {
+#ifdef I3RT_HAVE_CUDA
+    if (is_gpu(b)) return i3gpu_host_alloc(b, bytes, out);
+#endif
+    return i3emu_host_alloc(b, bytes, out);
+}
+
+extern "C" void i3_backend_cuda_host_free(i3_backend *b, void *ptr) {
+#ifdef I3RT_HAVE_CUDA
+    if (is_gpu(b)) return i3gpu_host_free(ptr);
+#endif
+    i3emu_host_free(ptr);
 }
 
 extern "C" i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out) {

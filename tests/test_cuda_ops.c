@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "cuda_backend.h"
 #include "fixtures.h"
+#include "i3rt.h"
 #include "network.h"
 #include "sliding_window.h"
 #include "weights.h"
@@ -168,6 +169,12 @@ static void run_node(device *d, i3_node node, const float *const *inputs, const 
         free(copy);
     }
     dev_download_free(d, in_place ? bufs[0] : bufs[out], y, what);
+}
+
+static int64_t fused_nodes(const i3_backend *b) {
+    i3_cuda_stats stats;
+    i3_backend_cuda_stats(b, &stats);
+    return stats.fused_nodes;
 }
 
 static float *random_floats(fx_rng *r, int64_t n, float lo, float hi) {
@@ -793,12 +800,70 @@ static void check_network(device *d) {
     cr_assert_eq(n_dev, n_ref);
     check_nmse(d->b->iface->name, "network: every op, device vs CPU backend", y, ref, n_ref);
     const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE");
-    int64_t fused = i3_backend_cuda_fused_nodes(d->b);
+    int64_t fused = fused_nodes(d->b);
     printf("%-8s network: %lld nodes fused away\n", d->b->iface->name, (long long)fused);
     if ((!conv || !strcmp(conv, "f32")) && (!fuse || strcmp(fuse, "0")))
         cr_assert_eq(fused, NET_FUSED_NODES, "fused nodes: %lld, expected %d", (long long)fused, NET_FUSED_NODES);
     i3_backend_destroy(cpu);
     free(x), free(ref), free(y);
+}
+
+/* A repeated forward: the small network planned and bound once, run on four inputs; each output
+ * against the CPU backend's for that input. With CUDA graphs on (the default), run 2 is captured and
+ * runs 3 and 4 replay it (on the emulator: the recorded launches run again), so the stats must show
+ * one capture and two replays; off (I3RT_CUDA_GRAPHS=0), none. */
+static void check_graph_replay(device *d) {
+    i3_shape5 xs = {1, 2, 3, 10, 12};
+    i3_ctx cpu_ctx = {.n_threads = 1, .backend = I3RT_BACKEND_CPU};
+    i3_backend *cpu, *b = d->b;
+    cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
+    i3_graph g;
+    net_weights nw = {{0}, 0};
+    i3_graph_init(&g, b->ctx);
+    build_net(&g, &nw, xs);
+    cr_assert_eq(i3_graph_plan(&g, g.output, b), I3RT_OK, "%s", b->ctx->error);
+    void *arena, *scratch, *weights;
+    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", b->ctx->error);
+    const i3_value *in = &g.values[g.input], *out = &g.values[g.output];
+    /* pinned staging buffers for the copies */
+    float *x, *y;
+    cr_assert_eq(i3_backend_cuda_host_alloc(b, i3_value_bytes(in), (void **)&x), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(i3_backend_cuda_host_alloc(b, i3_value_bytes(out), (void **)&y), I3RT_OK, "%s", b->ctx->error);
+    i3_cuda_stats before, after;
+    i3_backend_cuda_stats(b, &before);
+    fx_rng r = fx_rng_seed(78);
+    for (int run = 0; run < 4; run++) {
+        fx_fill(&r, x, i3_shape5_numel(xs), -2, 2);
+        cr_assert_eq(b->iface->upload(b, in->data, x, i3_value_bytes(in)), I3RT_OK, "%s", b->ctx->error);
+        cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", b->ctx->error);
+        cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", b->ctx->error);
+        int64_t n_ref;
+        float *ref = run_net(cpu, xs, x, &n_ref);
+        char what[80];
+        snprintf(what, sizeof what, "network: repeated forward, run %d", run + 1);
+        check_nmse(b->iface->name, what, y, ref, n_ref);
+        free(ref);
+    }
+    i3_backend_cuda_stats(b, &after);
+    const char *graphs = getenv("I3RT_CUDA_GRAPHS");
+    int on = !graphs || strcmp(graphs, "0");
+    printf("%-8s CUDA graphs %s: %lld captured, %lld replayed\n", b->iface->name, on ? "on" : "off",
+           (long long)(after.graph_captures - before.graph_captures),
+           (long long)(after.graph_replays - before.graph_replays));
+    cr_assert_eq(after.graph_captures - before.graph_captures, on ? 1 : 0);
+    cr_assert_eq(after.graph_replays - before.graph_replays, on ? 2 : 0);
+    i3_backend_cuda_host_free(b, x);
+    i3_backend_cuda_host_free(b, y);
+    b->iface->free(b, arena);
+    b->iface->free(b, scratch);
+    b->iface->free(b, weights);
+    for (int i = 0; i < nw.n; i++)
+        free(nw.data[i]);
+    i3_graph_free(&g);
+    i3_backend_destroy(cpu);
 }
 
 /* ---- real nnU-Net networks: tests/gen_unet.py's fixtures, device vs PyTorch -------------------- */
@@ -897,7 +962,7 @@ static void check_unet_tol(device *d, const char *name, double tolerance) {
     printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes, %lld fused away: max abs err %.3g, "
            "max |torch| %.3g, rel %.3g\n",
            d->b->iface->name, name, conv ? conv : "f32", (long long)u.xs.n, (long long)u.xs.c, (long long)u.xs.d,
-           (long long)u.xs.h, (long long)u.xs.w, n_nodes, (long long)i3_backend_cuda_fused_nodes(d->b), max_abs,
+           (long long)u.xs.h, (long long)u.xs.w, n_nodes, (long long)fused_nodes(d->b), max_abs,
            max_ref, max_abs / max_ref);
     cr_assert(max_abs <= tolerance * max_ref, "%s: relative error %.3g > %.0e", name, max_abs / max_ref, tolerance);
     free(y);
@@ -915,10 +980,10 @@ static void check_unet_vs_cpu(device *d, const char *name) {
     i3_backend *cpu;
     cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
     int n_nodes;
-    int64_t fused_before = i3_backend_cuda_fused_nodes(d->b);
+    int64_t fused_before = fused_nodes(d->b);
     float *ref = unet_forward(cpu, &u, &n_nodes), *y = unet_forward(d->b, &u, &n_nodes);
     char what[96];
-    int64_t fused = i3_backend_cuda_fused_nodes(d->b) - fused_before;
+    int64_t fused = fused_nodes(d->b) - fused_before;
     snprintf(what, sizeof what, "unet %s vs CPU backend (%d nodes, %lld fused away)", name, n_nodes, (long long)fused);
     check_nmse(d->b->iface->name, what, y, ref, u.n_out);
     cr_assert_gt(fused, n_nodes / 4, "%s: only %lld of %d nodes fused", name, (long long)fused, n_nodes);
@@ -1015,6 +1080,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, softmax_slices) { on_device(open, check_softmax_slices); }                         \
     Test(suite, sliding_window) { on_device(open, check_sliding_window); }                         \
     Test(suite, network) { on_device(open, check_network); }                                       \
+    Test(suite, graph_replay) { on_device(open, check_graph_replay); }                             \
     Test(suite, unet_plain_2d) { on_device(open, check_unet_plain_2d); }                           \
     Test(suite, unet_plain_3d) { on_device(open, check_unet_plain_3d); }                           \
     Test(suite, unet_resenc_2d) { on_device(open, check_unet_resenc_2d); }                         \
@@ -1045,6 +1111,7 @@ Test(emulated, reverse_thread_order) {
     check_softmax_slices(&d);
     check_sliding_window(&d);
     check_network(&d);
+    check_graph_replay(&d);
     i3_backend_destroy(d.b);
 }
 
@@ -1090,4 +1157,59 @@ Test(emulated, out_of_memory_is_a_message) {
     cr_assert_eq(d.b->iface->alloc(d.b, (size_t)1 << 45, &p), I3RT_ERR_OUT_OF_MEMORY);
     cr_assert(strstr(d.ctx.error, "out of device memory") != NULL, "message: %s", d.ctx.error);
     i3_backend_destroy(d.b);
+}
+
+Test(emulated, graph_replay_off) {
+    setenv("I3RT_CUDA_GRAPHS", "0", 1);
+    on_device(open_emulated_ok, check_graph_replay);
+}
+
+/* Running out of device memory is I3RT_ERR_OUT_OF_MEMORY with a message, never a crash: the
+ * emulated device capped by I3RT_EMULATED_DEVICE_MEMORY; directly through the backend, then through
+ * the public API (the weights fit, the forward's activations do not). */
+Test(emulated, out_of_memory_under_a_cap) {
+    setenv("I3RT_EMULATED_DEVICE_MEMORY", "1M", 1);
+    device d;
+    open_emulated(&d);
+    void *a = NULL, *b = NULL;
+    cr_assert_eq(d.b->iface->alloc(d.b, 700 << 10, &a), I3RT_OK, "%s", d.ctx.error);
+    cr_assert_eq(d.b->iface->alloc(d.b, 700 << 10, &b), I3RT_ERR_OUT_OF_MEMORY);
+    cr_assert_null(b);
+    cr_assert(strstr(d.ctx.error, "out of device memory") && strstr(d.ctx.error, "in use"), "message: %s", d.ctx.error);
+    printf("emulated capped at 1 MiB: %s\n", d.ctx.error);
+    d.b->iface->free(d.b, a);
+    cr_assert_eq(d.b->iface->alloc(d.b, 700 << 10, &b), I3RT_OK, "%s", d.ctx.error);
+    d.b->iface->free(d.b, b);
+    i3_backend_destroy(d.b);
+
+    const char *dir = getenv("I3RT_FIXTURES");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/unet/plain_2d.safetensors", dir ? dir : ".");
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        cr_skip("%s not found: run the `unet` test first", path);
+    fclose(f);
+    setenv("I3RT_EMULATED_DEVICE_MEMORY", "16G", 1);
+    i3rt_context *ctx;
+    i3rt_model *model;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
+    cr_assert_eq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3rt_model_info info;
+    cr_assert_eq(i3rt_model_get_info(model, &info), I3RT_OK);
+    int64_t spatial[3] = {1, 64, 64};
+    size_t peak;
+    cr_assert_eq(i3rt_model_plan(model, spatial, &peak), I3RT_OK, "%s", i3rt_context_error(ctx));
+    char cap[32];
+    snprintf(cap, sizeof cap, "%zu", info.weight_bytes + peak / 2);
+    setenv("I3RT_EMULATED_DEVICE_MEMORY", cap, 1);
+    int64_t n_in = info.in_channels * spatial[1] * spatial[2], n_out = info.num_classes * spatial[1] * spatial[2];
+    float *x = calloc((size_t)n_in, sizeof(float)), *y = calloc((size_t)n_out, sizeof(float));
+    cr_assert_eq(i3rt_model_forward(model, x, spatial, y), I3RT_ERR_OUT_OF_MEMORY, "%s", i3rt_context_error(ctx));
+    printf("emulated forward under a %s-byte cap: %s\n", cap, i3rt_context_error(ctx));
+    cr_assert(strstr(i3rt_context_error(ctx), "out of device memory"), "message: %s", i3rt_context_error(ctx));
+    setenv("I3RT_EMULATED_DEVICE_MEMORY", "16G", 1);
+    cr_assert_eq(i3rt_model_forward(model, x, spatial, y), I3RT_OK, "after the cap: %s", i3rt_context_error(ctx));
+    free(x), free(y);
+    i3rt_model_free(model);
+    i3rt_context_free(ctx);
 }
