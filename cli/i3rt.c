@@ -11,7 +11,6 @@
  * (4th dim = classes) or, with --argmax, the label map, with the input's geometry. This is a raw
  * network forward: no nnU-Net preprocessing (normalization, resampling) and no sliding window. */
 #include "i3rt.h"
-#include "network.h"
 #include "ops.h"
 #include "volume_io.h"
 #include "predict.h" /* cli/predict.h */
@@ -151,17 +150,6 @@ static int cmd_info(int argc, char **argv) {
 
 /* ---- forward --------------------------------------------------------------------------------- */
 
-/* The network's total stride per axis (d, h, w), from the weight file's network description. */
-static i3rt_status network_total_stride(i3_ctx *ctx, const char *model_path, int64_t stride[3]) {
-    i3_weights *w = NULL;
-    I3_TRY(i3_weights_open(ctx, model_path, &w));
-    i3_network net;
-    i3rt_status st = i3_network_parse(ctx, w, &net);
-    if (st == I3RT_OK) i3_network_total_stride(&net, stride);
-    i3_weights_free(w);
-    return st;
-}
-
 /* Copies z slices [z0, z0 + dz) of src [c, d, h, w] into the corner of dst [c, pd, ph, pw] (zeroed
  * elsewhere), or back (to_src: dst's corner into src's slices), for padding inputs and cropping logits. */
 static void copy_box(float *src, int64_t c, int64_t d, int64_t h, int64_t w, int64_t z0, int64_t dz, float *dst,
@@ -193,7 +181,8 @@ typedef struct {
 
 /* Runs the network over the volume: the whole padded volume at once (3D) or slice by slice (2D). */
 static i3rt_status run_network(i3rt_context *ctx, i3rt_model *model, const i3rt_model_info *info,
-                               const int64_t stride[3], const i3_volume *vol, float *logits, size_t *peak) {
+                               const i3_volume *vol, float *logits, size_t *peak) {
+    const int64_t *stride = info->total_stride;
     int64_t slab = info->dims == 2 ? 1 : vol->d;
     int64_t padded[3] = {info->dims == 2 ? 1 : round_up(vol->d, stride[0]), round_up(vol->h, stride[1]),
                          round_up(vol->w, stride[2])};
@@ -229,12 +218,10 @@ static int forward_run(const forward_args *a) {
     i3_volume vol = {0};
     float *logits = NULL;
     int32_t *labels = NULL;
-    int64_t stride[3];
     size_t peak = 0;
     double t0 = now_seconds(), t_forward = 0;
     i3rt_status st = i3rt_model_load(ctx, a->model_path, &model);
     if (st == I3RT_OK) st = i3rt_model_get_info(model, &info);
-    if (st == I3RT_OK) st = network_total_stride(ctx, a->model_path, stride);
     if (st == I3RT_OK) st = i3_volume_read_channels(ctx, a->inputs, a->n_inputs, &vol);
     if (st == I3RT_OK && vol.channels != info.in_channels)
         st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s%s: %lld channel(s), but the network in %s takes %d", a->inputs[0],
@@ -246,7 +233,7 @@ static int forward_run(const forward_args *a) {
     }
     if (st == I3RT_OK) {
         double t1 = now_seconds();
-        st = run_network(ctx, model, &info, stride, &vol, logits, &peak);
+        st = run_network(ctx, model, &info, &vol, logits, &peak);
         t_forward = now_seconds() - t1;
     }
     if (st == I3RT_OK && a->argmax) {

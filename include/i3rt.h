@@ -57,6 +57,7 @@ typedef struct {
     int num_classes;        /* output channels (logits) */
     int n_stages;
     int64_t patch_size[3];  /* d, h, w of the configuration's patch (d = 1 for 2D) */
+    int64_t total_stride[3];/* product of the strides per axis: input sizes must be multiples of it */
     int64_t n_parameters;
     size_t weight_bytes;    /* as held in memory by the backend */
 } i3rt_model_info;

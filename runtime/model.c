@@ -110,6 +110,7 @@ i3rt_status i3rt_model_get_info(const i3rt_model *m, i3rt_model_info *out) {
     out->num_classes = m->net.num_classes;
     out->n_stages = m->net.n_stages;
     memcpy(out->patch_size, m->net.patch_size, sizeof out->patch_size);
+    i3_network_total_stride(&m->net, out->total_stride);
     out->n_parameters = m->n_params;
     out->weight_bytes = i3_graph_weight_bytes(&m->graph);
     return I3RT_OK;
