@@ -1,0 +1,241 @@
+/* `i3rt predict` against nnUNetPredictor on the small real models in weights/ (fixtures from
+ * tests/gen_predict.py), and its errors on bad input.
+ *
+ * Parity: for every run (model, folds, mirroring on/off, one evaluation case) the CLI predicts with
+ * --accumulate fp16 against unmodified nnUNetPredictor (fp16 sliding-window sums) and with the default
+ * fp32 accumulation against nnUNetPredictor with float32 sums. Required: segmentation voxel agreement
+ * >= 99.99 % and probabilities within 1e-3 (max abs). The numbers are printed for every run.
+ * Bad input: missing / extra channel files, channels on different grids or spacings, NaN and Inf voxels,
+ * a model folder without weights: exit status 1, a message naming the problem, and no output file
+ * (not even a temporary one) in the output folder. */
+#include <criterion/criterion.h>
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "volume_io.h"
+
+static char *read_all(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    const long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        free(buf);
+        buf = NULL;
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+static const char *fixtures(void) {
+    static char dir[1024];
+    const char *root = getenv("I3RT_FIXTURES");
+    cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
+    snprintf(dir, sizeof dir, "%s/predict", root);
+    return dir;
+}
+
+static const char *cli(void) {
+    static char path[1024];
+    const char *bin = getenv("I3RT_BINARY_DIR");
+    cr_assert(bin, "I3RT_BINARY_DIR is not set (run through ctest)");
+    snprintf(path, sizeof path, "%s/i3rt", bin);
+    return path;
+}
+
+static cJSON *manifest(void) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/manifest.json", fixtures());
+    char *text = read_all(path, NULL);
+    cr_assert(text, "cannot read %s (run tests/gen_predict.py)", path);
+    cJSON *m = cJSON_Parse(text);
+    free(text);
+    cr_assert(m);
+    return m;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs a shell command with stdout+stderr into log (malloc'ed, caller frees); returns the exit status. */
+static int run(const char *cmd, char **log) {
+    char path[] = "/tmp/i3rt_test_predict_XXXXXX";
+    const int fd = mkstemp(path);
+    cr_assert(fd >= 0);
+    close(fd);
+    char full[8192];
+    snprintf(full, sizeof full, "%s > %s 2>&1", cmd, path);
+    const int status = system(full);
+    *log = read_all(path, NULL);
+    unlink(path);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void make_temp_dir(char *buf, size_t cap) {
+    snprintf(buf, cap, "/tmp/i3rt_predict_out_XXXXXX");
+    cr_assert(mkdtemp(buf));
+}
+
+static void remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.' && (e->d_name[1] == '\0' || (e->d_name[1] == '.' && e->d_name[2] == '\0'))) continue;
+        char p[2048];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static int count_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0) n++;
+    closedir(d);
+    return n;
+}
+
+Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
+    cJSON *m = manifest();
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    int n_runs = 0;
+    printf("%-18s %-5s %9s %10s %12s %9s %9s\n", "run", "acc", "agree %", "differ", "prob maxabs", "i3rt s",
+           "nnunet s");
+    for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r; r = r->next) {
+        const char *name = cJSON_GetObjectItem(r, "name")->valuestring;
+        const char *case_name = cJSON_GetObjectItem(r, "case")->valuestring;
+        char folds[64] = "";
+        for (const cJSON *f = cJSON_GetObjectItem(r, "folds")->child; f; f = f->next)
+            snprintf(folds + strlen(folds), sizeof folds - strlen(folds), " %d", f->valueint);
+        const bool mirroring = cJSON_IsTrue(cJSON_GetObjectItem(r, "mirroring"));
+        for (int mode = 0; mode < 2; mode++) {
+            const char *acc = mode == 0 ? "fp16" : "fp32";
+            const cJSON *ref = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "references"), acc);
+            char out[256], cmd[4096];
+            make_temp_dir(out, sizeof out);
+            snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --save-probabilities "
+                     "--accumulate %s --threads 2 --quiet", cli(), cJSON_GetObjectItem(r, "case_dir")->valuestring,
+                     case_name, out, cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
+                     mirroring ? "" : "--disable-tta", acc);
+            char *log = NULL;
+            const double t0 = now_seconds();
+            const int rc = run(cmd, &log);
+            const double secs = now_seconds() - t0;
+            cr_assert_eq(rc, 0, "%s: exit %d\n%s\n%s", name, rc, cmd, log ? log : "");
+            free(log);
+
+            char seg_path[512], prob_path[512];
+            snprintf(seg_path, sizeof seg_path, "%s/%s.nii.gz", out, case_name);
+            snprintf(prob_path, sizeof prob_path, "%s/%s_probabilities.nii.gz", out, case_name);
+            i3_volume seg, prob;
+            cr_assert_eq(i3_volume_read(ctx, seg_path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
+            cr_assert_eq(i3_volume_read(ctx, prob_path, &prob), I3RT_OK, "%s", i3rt_context_error(ctx));
+            const cJSON *shape = cJSON_GetObjectItem(ref, "shape");
+            const int64_t K = (int64_t)cJSON_GetArrayItem(shape, 0)->valuedouble;
+            const int64_t n = seg.d * seg.h * seg.w;
+            cr_assert_eq(prob.channels, K);
+            cr_assert_eq(seg.d, (int64_t)cJSON_GetArrayItem(shape, 1)->valuedouble, "%s: depth", name);
+            cr_assert_eq(seg.h, (int64_t)cJSON_GetArrayItem(shape, 2)->valuedouble, "%s: height", name);
+            cr_assert_eq(seg.w, (int64_t)cJSON_GetArrayItem(shape, 3)->valuedouble, "%s: width", name);
+            char p[2048];
+            size_t len;
+            snprintf(p, sizeof p, "%s/%s", fixtures(), cJSON_GetObjectItem(ref, "seg")->valuestring);
+            uint8_t *ref_seg = (uint8_t *)read_all(p, &len);
+            cr_assert(ref_seg && len == (size_t)n, "%s", p);
+            snprintf(p, sizeof p, "%s/%s", fixtures(), cJSON_GetObjectItem(ref, "prob")->valuestring);
+            float *ref_prob = (float *)read_all(p, &len);
+            cr_assert(ref_prob && len == (size_t)(K * n) * sizeof(float), "%s", p);
+
+            int64_t differ = 0;
+            double max_abs = 0;
+            for (int64_t i = 0; i < n; i++) differ += (int64_t)seg.data[i] != ref_seg[i];
+            for (int64_t i = 0; i < K * n; i++) max_abs = fmax(max_abs, fabs((double)prob.data[i] - ref_prob[i]));
+            const double agree = 100.0 * (double)(n - differ) / (double)n;
+            printf("%-18s %-5s %9.4f %5lld/%-6lld %12.3g %9.2f %9.2f\n", name, acc, agree, (long long)differ,
+                   (long long)n, max_abs, secs, cJSON_GetObjectItem(ref, "seconds")->valuedouble);
+            fflush(stdout);
+            cr_expect_geq(agree, 99.99, "%s %s: %.4f %% of the voxels agree with nnUNetPredictor", name, acc, agree);
+            cr_expect_leq(max_abs, 1e-3, "%s %s: probabilities differ by up to %g", name, acc, max_abs);
+            free(ref_seg);
+            free(ref_prob);
+            i3_volume_free(&seg);
+            i3_volume_free(&prob);
+            remove_dir(out);
+        }
+        n_runs++;
+    }
+    cr_assert_geq(n_runs, 5);
+    i3rt_context_free(ctx);
+    cJSON_Delete(m);
+}
+
+/* Runs the CLI on a bad input; expects exit status 1, `expect` in its message and an empty output folder. */
+static void expect_failure(const char *input, const char *model, const char *expect) {
+    char out[256], cmd[4096];
+    make_temp_dir(out, sizeof out);
+    snprintf(cmd, sizeof cmd, "%s predict -i %s -o %s -m %s --threads 1 --quiet", cli(), input, out, model);
+    char *log = NULL;
+    const int rc = run(cmd, &log);
+    printf("bad input %-28s -> exit %d: %s", strrchr(input, '/') ? strrchr(input, '/') + 1 : input, rc,
+           log ? log : "(no message)\n");
+    cr_expect_eq(rc, 1, "%s: exit status %d (expected 1)\n%s", cmd, rc, log ? log : "");
+    cr_expect(log && strstr(log, expect), "%s: the message does not mention '%s':\n%s", cmd, expect, log ? log : "");
+    cr_expect_eq(count_files(out), 0, "%s: %d file(s) left in the output folder", cmd, count_files(out));
+    free(log);
+    remove_dir(out);
+}
+
+static void paths(const char *bad, const char *model, char *in, char *model_dir) {
+    cJSON *m = manifest();
+    const char *weights_dir = NULL;
+    for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r && !weights_dir; r = r->next)
+        if (strstr(cJSON_GetObjectItem(r, "model_dir")->valuestring, model))
+            weights_dir = cJSON_GetObjectItem(r, "model_dir")->valuestring;
+    cr_assert(weights_dir, "no run uses model %s", model);
+    snprintf(in, 1024, "%s/bad/%s", fixtures(), bad);
+    snprintf(model_dir, 1024, "%s", weights_dir);
+    cJSON_Delete(m);
+}
+
+Test(predict, bad_inputs_fail_cleanly, .timeout = 600) {
+    char in[1024], model[1024];
+    paths("missing_channel", "headct", in, model);
+    expect_failure(in, model, "missing");
+    paths("extra_channel", "brain_3d_fullres", in, model);
+    expect_failure(in, model, "channel");
+    paths("geometry", "headct", in, model);
+    expect_failure(in, model, "case_0001");
+    paths("spacing", "headct", in, model);
+    expect_failure(in, model, "case_0001");
+    paths("nan", "brain_3d_fullres", in, model);
+    expect_failure(in, model, "NaN");
+    paths("inf", "brain_3d_fullres", in, model);
+    expect_failure(in, model, "nf");
+    char empty_model[1100];
+    snprintf(empty_model, sizeof empty_model, "%s/bad/model_without_weights", fixtures());
+    paths("extra_channel", "brain_3d_fullres", in, model);
+    snprintf(in, sizeof in, "%s/cases/501", fixtures());
+    expect_failure(in, empty_model, "fold_K.safetensors");
+    expect_failure(in, "/nonexistent/model/folder", "/nonexistent/model/folder");
+}
