@@ -1,0 +1,387 @@
+/* Timings of the CUDA kernels and of a whole forward on the device, for kernels/gpu_check.sh (which
+ * runs bench/gpu_torch.py on the same shapes in the same run and bench/gpu_report.py to compare).
+ *
+ *   gpu_bench ops [--emulated] [--quick] [--runs R]
+ *   gpu_bench forward MODEL D H W [--emulated] [--runs R]
+ *
+ * ops: nnU-Net 3d_fullres stage shapes for a 128^3 patch (PlainConvUNet: features 32..320, spatial
+ * 128 / 2^s, batch 1): the 3x3x3 convolution on every kernel (f32 v1, tensor cores f16/bf16/tf32),
+ * a whole encoder stage (conv-norm-act twice) through the backend with and without the fusions,
+ * instance norm, softmax + uncertainty maps with their per-slice sums (C = 3, 512 x 512 x 128) next to
+ * the unfused softmax + slice sums, and the sliding-window accumulation (3 classes, 128^3 tile into
+ * 256^3). --quick: tiny shapes (a smoke test, e.g. on the emulated device). forward: the public API's
+ * forward on the device, conv precision from I3RT_CUDA_CONV. One JSON object per line on stdout:
+ * {"bench": ..., "name": ..., "ms": median, "flop" | "bytes": ..., plus the shape}. Timing: one
+ * warm-up, then R runs, each synchronized, wall clock (the GPU is otherwise idle). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend.h"
+#include "cuda_backend.h"
+#include "i3rt.h"
+
+#define I3_DEV(name) i3emu_##name
+#include "launchers.h"
+#undef I3_DEV
+#ifdef I3RT_HAVE_CUDA
+#define I3_DEV(name) i3gpu_##name
+#include "launchers.h"
+#undef I3_DEV
+#endif
+
+typedef struct {
+    int (*conv)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *, i3_shape5,
+                void *);
+    int (*conv_tc)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *, i3_shape5,
+                   int, void *);
+    int (*instance_norm)(const float *, i3_shape5, const float *, const float *, const i3_norm_params *, float *,
+                         void *);
+    int (*softmax_uncertainty)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
+    int (*slice_sums)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
+    int (*softmax_slices)(const float *, int64_t, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *,
+                          double *, void *, void *);
+    size_t (*softmax_slices_scratch_bytes)(int64_t, int64_t, int64_t);
+    int (*sw_accumulate)(const float *, int64_t, const int64_t *, int, const float *, float, int, float *, float *,
+                         const int64_t *, const int64_t *, void *);
+} launchers;
+
+typedef struct {
+    i3_ctx ctx;
+    i3_backend *b;
+    launchers k;
+    int runs;
+} bench;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return 1e3 * (double)ts.tv_sec + 1e-6 * (double)ts.tv_nsec;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void die(bench *B, const char *what) {
+    fprintf(stderr, "gpu_bench: %s: %s\n", what, B->ctx.error[0] ? B->ctx.error : "launch failed");
+    exit(1);
+}
+
+/* A device buffer of n floats filled with uniform noise in [-1, 1). */
+static float *device_noise(bench *B, int64_t n, uint32_t seed) {
+    float *host = malloc((size_t)n * sizeof(float)), *dev;
+    if (!host) die(B, "host memory");
+    for (int64_t i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        host[i] = (float)(seed >> 8) / (float)(1u << 23) - 1.0f;
+    }
+    if (B->b->iface->alloc(B->b, (size_t)n * sizeof(float), (void **)&dev) != I3RT_OK ||
+        B->b->iface->upload(B->b, dev, host, (size_t)n * sizeof(float)) != I3RT_OK)
+        die(B, "device buffer");
+    free(host);
+    return dev;
+}
+
+/* Median milliseconds of run(B, arg) over B->runs synchronized runs after one warm-up. */
+typedef int (*bench_fn)(bench *B, void *arg);
+static double time_median(bench *B, bench_fn run, void *arg, const char *what) {
+    double *t = malloc((size_t)B->runs * sizeof(double));
+    for (int r = -1; r < B->runs; r++) {
+        double t0 = now_ms();
+        if (run(B, arg) != 0 || B->b->iface->synchronize(B->b) != I3RT_OK) die(B, what);
+        if (r >= 0) t[r] = now_ms() - t0;
+    }
+    qsort(t, (size_t)B->runs, sizeof *t, compare_doubles);
+    double median = B->runs % 2 ? t[B->runs / 2] : 0.5 * (t[B->runs / 2 - 1] + t[B->runs / 2]);
+    free(t);
+    return median;
+}
+
+/* ---- convolution ----------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *x, *w;
+    float *y;
+    i3_shape5 xs, ys;
+    i3_conv_params p;
+    int kernel; /* -1: f32 v1, else I3_TC_* */
+} conv_case;
+
+static int run_conv(bench *B, void *arg) {
+    conv_case *c = arg;
+    if (c->kernel < 0) return B->k.conv(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, NULL);
+    return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, NULL);
+}
+
+static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
+    static const char *const names[] = {"f16", "bf16", "tf32"};
+    conv_case c = {.xs = {1, channels, side, side, side}};
+    c.p = (i3_conv_params){.cout = (int)channels, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
+    c.ys = i3_conv_out_shape(c.xs, &c.p);
+    c.x = device_noise(B, i3_shape5_numel(c.xs), 1);
+    c.w = device_noise(B, channels * channels * 27, 2);
+    c.y = device_noise(B, i3_shape5_numel(c.ys), 3);
+    double flop = 2.0 * (double)i3_shape5_numel(c.ys) * (double)channels * 27.0;
+    for (int kernel = -1; kernel <= I3_TC_TF32; kernel++) {
+        c.kernel = kernel;
+        double ms = time_median(B, run_conv, &c, "conv");
+        printf("{\"bench\": \"op\", \"name\": \"conv3x3x3 %s\", \"stage\": %d, \"c\": %lld, \"side\": %lld, "
+               "\"ms\": %.4f, \"flop\": %.6g, \"precision\": \"%s\"}\n",
+               kernel < 0 ? "f32 v1" : names[kernel], stage, (long long)channels, (long long)side, ms, flop,
+               kernel < 0 ? "f32" : names[kernel]);
+    }
+    B->b->iface->free(B->b, (void *)c.x);
+    B->b->iface->free(B->b, (void *)c.w);
+    B->b->iface->free(B->b, c.y);
+}
+
+/* ---- a whole encoder stage through the backend (fusions on and off) --------------------------- */
+
+typedef struct {
+    i3_graph g;
+    void *arena, *weights;
+    i3_backend *b;
+} stage_graph;
+
+static int run_stage(bench *B, void *arg) {
+    stage_graph *s = arg;
+    return i3_graph_run(&s->g, s->b, NULL) != I3RT_OK;
+}
+
+static void bench_stage(bench *B, int stage, int64_t channels, int64_t side) {
+    i3_shape5 xs = {1, channels, side, side, side};
+    int64_t wdims[5] = {channels, channels, 3, 3, 3};
+    float *w = malloc((size_t)(channels * channels * 27) * sizeof(float));
+    for (int64_t i = 0; i < channels * channels * 27; i++) w[i] = (float)((i * 7919) % 1000) * 1e-4f - 0.05f;
+    for (int fuse = 1; fuse >= 0; fuse--) {
+        setenv("I3RT_CUDA_FUSE", fuse ? "1" : "0", 1);
+        setenv("I3RT_CUDA_GRAPHS", "0", 1);
+        i3_ctx ctx = B->ctx;
+        i3_backend *b;
+        if (i3_backend_cuda_create(&ctx, !strcmp(B->b->iface->name, "emulated"), &b) != I3RT_OK) die(B, ctx.error);
+        stage_graph s = {.b = b};
+        i3_graph_init(&s.g, &ctx);
+        i3_act leaky = {I3_ACT_LEAKY_RELU, 0.01f};
+        i3_norm_params norm = {.eps = 1e-5f, .act = leaky};
+        i3_conv_params cp = {.cout = (int)channels, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
+        int x = i3_graph_input(&s.g, xs);
+        for (int i = 0; i < 2; i++) {
+            x = i3_graph_conv(&s.g, x, i3_graph_weight(&s.g, "w", w, 5, wdims), -1, &cp, "conv");
+            x = i3_graph_instance_norm(&s.g, x, -1, -1, &norm, "norm");
+        }
+        if (s.g.failed || i3_graph_plan(&s.g, x, b) != I3RT_OK ||
+            b->iface->alloc(b, s.g.arena_bytes, &s.arena) != I3RT_OK ||
+            b->iface->alloc(b, i3_graph_weight_bytes(&s.g), &s.weights) != I3RT_OK ||
+            i3_graph_bind(&s.g, b, s.arena, s.weights) != I3RT_OK)
+            die(B, ctx.error);
+        double ms = time_median(B, run_stage, &s, "encoder stage");
+        i3_cuda_stats stats;
+        i3_backend_cuda_stats(b, &stats);
+        printf("{\"bench\": \"block\", \"name\": \"stage conv-norm-act x2 %s\", \"stage\": %d, \"c\": %lld, "
+               "\"side\": %lld, \"ms\": %.4f, \"flop\": %.6g, \"fused_nodes_per_run\": %lld}\n",
+               fuse ? "fused" : "unfused", stage, (long long)channels, (long long)side, ms,
+               2 * 2.0 * (double)i3_shape5_numel(xs) * (double)channels * 27.0,
+               (long long)(stats.fused_nodes / (B->runs + 1)));
+        b->iface->free(b, s.arena);
+        b->iface->free(b, s.weights);
+        i3_graph_free(&s.g);
+        i3_backend_destroy(b);
+    }
+    free(w);
+}
+
+/* ---- memory-bound ops ------------------------------------------------------------------------ */
+
+typedef struct {
+    const float *x;
+    float *y, *maps;
+    int32_t *argmax;
+    double *sums;
+    void *scratch;
+    int64_t c, d, h, w;
+} map_case;
+
+static int run_norm(bench *B, void *arg) {
+    map_case *m = arg;
+    i3_shape5 xs = {1, m->c, m->d, m->h, m->w};
+    i3_norm_params p = {.eps = 1e-5f, .act = {I3_ACT_LEAKY_RELU, 0.01f}};
+    return B->k.instance_norm(m->x, xs, NULL, NULL, &p, m->y, NULL);
+}
+
+static int run_softmax_slices(bench *B, void *arg) {
+    map_case *m = arg;
+    int64_t s = m->d * m->h * m->w;
+    return B->k.softmax_slices(m->x, m->c, m->d, m->h, m->w, NULL, m->maps, m->maps + s, m->argmax, m->sums,
+                               m->scratch, NULL);
+}
+
+static int run_softmax_unfused(bench *B, void *arg) {
+    map_case *m = arg;
+    int64_t s = m->d * m->h * m->w;
+    int e = B->k.softmax_uncertainty(m->x, 1, m->c, s, NULL, m->maps, m->maps + s, m->argmax, NULL);
+    for (int i = 0; i < 2 && !e; i++)
+        e = B->k.slice_sums(m->maps + i * s, m->d, m->h, m->w, m->sums + i * (m->d + m->h + m->w),
+                            m->sums + i * (m->d + m->h + m->w) + m->d, m->sums + i * (m->d + m->h + m->w) + m->d + m->h,
+                            NULL);
+    return e;
+}
+
+static void bench_maps(bench *B, int64_t c, int64_t d, int64_t h, int64_t w) {
+    map_case m = {.c = c, .d = d, .h = h, .w = w};
+    int64_t s = d * h * w;
+    m.x = device_noise(B, c * s, 4);
+    m.y = device_noise(B, c * s, 5);
+    m.maps = device_noise(B, 3 * s, 6);
+    m.argmax = (int32_t *)(m.maps + 2 * s);
+    m.sums = (double *)device_noise(B, 6 * (d + h + w), 7);
+    size_t scratch = B->k.softmax_slices_scratch_bytes(d, h, w);
+    if (B->b->iface->alloc(B->b, scratch, &m.scratch) != I3RT_OK) die(B, "scratch");
+    double ms = time_median(B, run_softmax_slices, &m, "softmax_slices");
+    double bytes = (double)(c + 3) * (double)s * 4.0; /* logits in, entropy, msp, argmax out */
+    printf("{\"bench\": \"op\", \"name\": \"softmax+entropy/msp/argmax+slice sums fused\", \"c\": %lld, \"d\": %lld, "
+           "\"h\": %lld, \"w\": %lld, \"ms\": %.4f, \"bytes\": %.6g}\n",
+           (long long)c, (long long)d, (long long)h, (long long)w, ms, bytes);
+    ms = time_median(B, run_softmax_unfused, &m, "softmax + slice_sums");
+    printf("{\"bench\": \"op\", \"name\": \"softmax+entropy/msp/argmax, then slice sums (unfused)\", \"c\": %lld, "
+           "\"d\": %lld, \"h\": %lld, \"w\": %lld, \"ms\": %.4f, \"bytes\": %.6g}\n",
+           (long long)c, (long long)d, (long long)h, (long long)w, ms, bytes);
+    m.c = 32;
+    m.d = d / 4, m.h = h / 4, m.w = w / 4; /* a 32-channel activation of about the same size */
+    ms = time_median(B, run_norm, &m, "instance_norm");
+    printf("{\"bench\": \"op\", \"name\": \"instance norm + leaky relu (v1, two reads)\", \"c\": 32, \"d\": %lld, "
+           "\"h\": %lld, \"w\": %lld, \"ms\": %.4f, \"bytes\": %.6g}\n",
+           (long long)m.d, (long long)m.h, (long long)m.w, ms, 3.0 * 32 * (double)(m.d * m.h * m.w) * 4.0);
+    B->b->iface->free(B->b, (void *)m.x);
+    B->b->iface->free(B->b, m.y);
+    B->b->iface->free(B->b, m.maps);
+    B->b->iface->free(B->b, m.sums);
+    B->b->iface->free(B->b, m.scratch);
+}
+
+typedef struct {
+    const float *pred, *gauss;
+    float *acc, *wsum;
+    int64_t classes, tile[3], volume[3];
+} sw_case;
+
+static int run_sw(bench *B, void *arg) {
+    sw_case *c = arg;
+    int64_t offset[3] = {c->volume[0] - c->tile[0], 0, (c->volume[2] - c->tile[2]) / 2};
+    return B->k.sw_accumulate(c->pred, c->classes, c->tile, 0, c->gauss, 1.0f, 1, c->acc, c->wsum, c->volume, offset,
+                              NULL);
+}
+
+static void bench_sliding_window(bench *B, int64_t tile, int64_t volume) {
+    sw_case c = {.classes = 3, .tile = {tile, tile, tile}, .volume = {volume, volume, volume}};
+    int64_t nt = tile * tile * tile, nv = volume * volume * volume;
+    c.pred = device_noise(B, 3 * nt, 8);
+    c.gauss = device_noise(B, nt, 9);
+    c.acc = device_noise(B, 3 * nv, 10);
+    c.wsum = device_noise(B, nv, 11);
+    double ms = time_median(B, run_sw, &c, "sw_accumulate");
+    printf("{\"bench\": \"op\", \"name\": \"sliding-window gaussian accumulate (3 classes)\", \"tile\": %lld, "
+           "\"volume\": %lld, \"ms\": %.4f, \"bytes\": %.6g}\n",
+           (long long)tile, (long long)volume, ms, (3.0 + 1.0 + 2.0 * 4.0) * (double)nt * 4.0);
+    B->b->iface->free(B->b, (void *)c.pred);
+    B->b->iface->free(B->b, (void *)c.gauss);
+    B->b->iface->free(B->b, c.acc);
+    B->b->iface->free(B->b, c.wsum);
+}
+
+/* ---- whole forward through the public API ----------------------------------------------------- */
+
+static int forward(const char *model_path, const int64_t spatial[3], int emulated, int runs) {
+    i3rt_context *ctx;
+    i3rt_model *model;
+    i3rt_model_info info;
+    size_t peak;
+    if (i3rt_context_create(&ctx, 1, emulated ? I3RT_BACKEND_EMULATED : I3RT_BACKEND_CUDA) != I3RT_OK) return 1;
+    if (i3rt_model_load(ctx, model_path, &model) != I3RT_OK || i3rt_model_get_info(model, &info) != I3RT_OK ||
+        i3rt_model_plan(model, spatial, &peak) != I3RT_OK) {
+        fprintf(stderr, "gpu_bench: %s\n", i3rt_context_error(ctx));
+        return 1;
+    }
+    size_t voxels = (size_t)(spatial[0] * spatial[1] * spatial[2]);
+    float *input = malloc(voxels * (size_t)info.in_channels * sizeof(float));
+    float *logits = malloc(voxels * (size_t)info.num_classes * sizeof(float));
+    double *t = malloc((size_t)runs * sizeof(double));
+    uint32_t state = 12345;
+    for (size_t i = 0; i < voxels * (size_t)info.in_channels; i++) {
+        state = state * 1664525u + 1013904223u;
+        input[i] = (float)(state >> 8) / (float)(1u << 23) - 1.0f;
+    }
+    for (int r = -1; r < runs; r++) {
+        double t0 = now_ms();
+        if (i3rt_model_forward(model, input, spatial, logits) != I3RT_OK) {
+            fprintf(stderr, "gpu_bench: %s\n", i3rt_context_error(ctx));
+            return 1;
+        }
+        if (r >= 0) t[r] = now_ms() - t0;
+    }
+    qsort(t, (size_t)runs, sizeof *t, compare_doubles);
+    const char *conv = getenv("I3RT_CUDA_CONV");
+    printf("{\"bench\": \"forward\", \"name\": \"i3rt %s conv %s\", \"network\": \"%s\", \"d\": %lld, \"h\": %lld, "
+           "\"w\": %lld, \"ms\": %.4f, \"min_ms\": %.4f, \"peak_mib\": %.1f, \"note\": \"host input and logits "
+           "copies included\"}\n",
+           emulated ? "emulated" : "cuda", conv ? conv : "f32", info.network, (long long)spatial[0],
+           (long long)spatial[1], (long long)spatial[2], runs % 2 ? t[runs / 2] : 0.5 * (t[runs / 2 - 1] + t[runs / 2]),
+           t[0], (double)peak / 1048576.0);
+    free(t), free(input), free(logits);
+    i3rt_model_free(model);
+    i3rt_context_free(ctx);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || (strcmp(argv[1], "ops") && strcmp(argv[1], "forward")) ||
+        (!strcmp(argv[1], "forward") && argc < 6)) {
+        fprintf(stderr, "usage: gpu_bench ops [--emulated] [--quick] [--runs R]\n"
+                        "       gpu_bench forward MODEL D H W [--emulated] [--runs R]\n");
+        return 2;
+    }
+    int emulated = 0, quick = 0, runs = 5;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--emulated")) emulated = 1;
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
+    }
+    if (runs < 1 || runs > 1000) {
+        fprintf(stderr, "gpu_bench: bad --runs\n");
+        return 2;
+    }
+    if (!strcmp(argv[1], "forward")) {
+        int64_t spatial[3] = {atoll(argv[3]), atoll(argv[4]), atoll(argv[5])};
+        return forward(argv[2], spatial, emulated, runs);
+    }
+    bench B = {.ctx = {.n_threads = 1, .backend = emulated ? I3RT_BACKEND_EMULATED : I3RT_BACKEND_CUDA}, .runs = runs};
+    if (i3_backend_cuda_create(&B.ctx, emulated, &B.b) != I3RT_OK) die(&B, "backend");
+    if (emulated) {
+        B.k = (launchers){i3emu_conv, i3emu_conv_tensor_core, i3emu_instance_norm, i3emu_softmax_uncertainty,
+                          i3emu_slice_sums, i3emu_softmax_slices, i3emu_softmax_slices_scratch_bytes,
+                          i3emu_sw_accumulate};
+    } else {
+#ifdef I3RT_HAVE_CUDA
+        B.k = (launchers){i3gpu_conv, i3gpu_conv_tensor_core, i3gpu_instance_norm, i3gpu_softmax_uncertainty,
+                          i3gpu_slice_sums, i3gpu_softmax_slices, i3gpu_softmax_slices_scratch_bytes,
+                          i3gpu_sw_accumulate};
+#endif
+    }
+    int stages = quick ? 2 : 6;
+    for (int s = 0; s < stages; s++) {
+        int64_t channels = quick ? 8 << s : (32 << s) > 320 ? 320 : 32 << s, side = quick ? 8 >> s : 128 >> s;
+        bench_convs(&B, s, channels, side);
+        bench_stage(&B, s, channels, side);
+    }
+    if (quick) {
+        bench_maps(&B, 3, 8, 20, 40);
+        bench_sliding_window(&B, 8, 12);
+    } else {
+        bench_maps(&B, 3, 128, 512, 512);
+        bench_sliding_window(&B, 128, 256);
+    }
+    i3_backend_destroy(B.b);
+    return 0;
+}
