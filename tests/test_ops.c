@@ -57,6 +57,14 @@ static const conv_case conv_cases[] = {
     {{1, 32, 1, 120, 40}, 4, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},    /* two row bands */
     {{1, 8, 5, 6, 50}, 5, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1}, /* wide, strided: im2col */
     {{1, 9, 3, 4, 77}, 4, {1, 2, 4}, {1, 1, 3}, {0, 0, 2}, I3_ACT_NONE, 1},
+    /* direct path (cin >= 8, any kernel/stride/padding): tiles of 6 voxels + a shorter one, blocks of 16
+     * output channels (the last one partial), chunks of input channels, depth and row bands */
+    {{1, 40, 3, 4, 9}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},     /* 2 chunks of 20 */
+    {{2, 8, 5, 7, 13}, 17, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_RELU, 1},           /* w out 7 = 6 + 1 */
+    {{1, 12, 9, 3, 4}, 16, {3, 1, 2}, {2, 1, 1}, {1, 0, 1}, I3_ACT_NONE, 0},           /* w out 5 */
+    {{1, 8, 4, 2, 3}, 3, {2, 2, 2}, {1, 2, 3}, {0, 1, 2}, I3_ACT_NONE, 1},             /* pad > k / 2, w out 2 */
+    {{1, 32, 1, 300, 120}, 2, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, I3_ACT_LEAKY_RELU, 1},  /* two row bands */
+    {{1, 16, 12, 6, 6}, 40, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},          /* 3 channel blocks */
 };
 
 static void check_conv(const conv_case *cc, int threads) {
@@ -100,11 +108,13 @@ Test(conv, output_shape) {
 }
 
 Test(conv, scratch_stays_modest) {
-    /* 320 channels at 8^3 and 32 channels at 128^3: scratch is a few MB per thread whatever the input */
+    /* 320 channels at 8^3 and 32 channels at 128^3: scratch is the packed weights plus a few MB per thread
+     * whatever the input */
     i3_conv_params p = {320, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, {I3_ACT_NONE, 0}};
-    cr_expect_leq(i3_cpu_conv_scratch_bytes((i3_shape5){1, 320, 8, 8, 8}, &p, 2), 2 * 3u * 1024 * 1024);
+    const size_t mb = 1024 * 1024, weights_320 = 320u * 320 * 27 * sizeof(float);
+    cr_expect_leq(i3_cpu_conv_scratch_bytes((i3_shape5){1, 320, 8, 8, 8}, &p, 2), weights_320 + 2 * 5 * mb);
     p.cout = 32;
-    cr_expect_leq(i3_cpu_conv_scratch_bytes((i3_shape5){1, 32, 128, 128, 128}, &p, 2), 2 * 3u * 1024 * 1024);
+    cr_expect_leq(i3_cpu_conv_scratch_bytes((i3_shape5){1, 32, 128, 128, 128}, &p, 2), 2 * 5 * mb);
     p = (i3_conv_params){4, {1, 1, 1}, {1, 1, 1}, {0, 0, 0}, {I3_ACT_NONE, 0}};
     cr_expect_eq(i3_cpu_conv_scratch_bytes((i3_shape5){1, 32, 16, 16, 16}, &p, 2), 0);
 }

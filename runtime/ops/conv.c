@@ -2,21 +2,23 @@
  *
  *   i3_cpu_conv_ref  direct transcription of the sum, accumulated in double (the reference).
  *   i3_cpu_conv      fast path, one of three strategies, chosen from the shapes alone:
- *     direct   stride 1 along w, w out >= 24, cin >= 8 (the big nnU-Net layers): a task (sample, output
- *              depth slice, band of output rows, group of output channels) copies the zero-padded
- *              input rows it needs into a slab (about 2 MB), packs the weights of 4 output channels
- *              and runs a register-blocked kernel: 4 channels x 24 voxels along w = 12 accumulators
- *              of 8 floats, FMAs over (ci, kernel taps) (GCC/Clang vector extensions, AVX2 + FMA
- *              with -march=x86-64-v3). Rows are covered by blocks of 24 then blocks of 8, the last
- *              one overlapping the previous when w out is not a multiple of 8.
+ *     direct   any kernel/stride/padding with cin >= 8 except 1x1x1 (oneDNN's AVX2 direct conv): weights
+ *              packed once per call as [16 output channels][chunk of cin][taps][ci][16]; a task (sample,
+ *              band of output depth slices and rows, group of output-channel blocks) copies the
+ *              zero-padded input box it reads into a channels-last slab (about 4 MB); the kernel computes
+ *              6 output voxels along w x 16 output channels = 12 accumulators of 8 floats, per (tap, ci)
+ *              2 weight loads + 6 broadcasts + 12 FMAs (GCC/Clang vector extensions, AVX2 + FMA with
+ *              -march=x86-64-v3), strides by the voxel step in the slab; an output row is accumulated
+ *              channels-last, then bias + activation and a transposing copy into NCDHW.
  *     GEMM     1x1x1 stride 1 unpadded: y[cout, s] = w[cout, cin] * x[cin, s], tiles of s, no copy.
  *     im2col   everything else: tiles of T output voxels, col[K, T] (K = cin * kd * kh * kw) built in
  *              the thread's scratch, then y[cout, T] = w[cout, K] * col[K, T] written straight into
  *              the output (ldc = spatial size); bias and activation applied while the tile is in cache.
  *   Threads: OpenMP with the caller's thread count. Each GEMM runs on one thread (OpenBLAS's OpenMP
  *   build does so inside a parallel region; a team of one sets its own thread count to 1).
- *   Measured on the 2-core dev machine, one thread, CPU time: direct 40-50 GFLOP/s, im2col + GEMM
- *   30-47, PyTorch 2.x (oneDNN) F.conv3d 40-88 on the same shapes (bench/bench_ops.c times ours). */
+ *   Measured on the 2-core dev machine (loaded), one thread, CPU time, against PyTorch 2.15 (oneDNN)
+ *   F.conv3d in the same run: direct 55-77 GFLOP/s on the 32..128-channel 3x3x3 layers (torch 54-90),
+ *   1x3x3 58 (29); bench/bench_ops.c times ours. */
 #include "ops.h"
 
 #include <cblas.h>
@@ -29,7 +31,7 @@
 #define I3_CONV_TILE_BYTES (1u << 20)
 #define I3_CONV_MIN_TILE 64
 /* Per-thread slab budget of the direct path (zero-padded input rows of one band of output rows). */
-#define I3_CONV_DIRECT_BYTES (2u << 20)
+#define I3_CONV_DIRECT_BYTES (4u << 20)
 
 static int64_t out_len(int64_t in, int k, int stride, int pad) {
     int64_t span = in + 2 * (int64_t)pad - k;
@@ -154,11 +156,15 @@ static void bias_act_block(float *y, int64_t ld, int64_t rows, int64_t cols, con
     }
 }
 
-/* ---- direct path: zero-padded slab + register-blocked kernel (GCC/Clang vector extensions) ------- */
+/* ---- direct path: channels-last slab + register-blocked 6 voxels x 16 output channels ----------- */
 
 typedef float v8f __attribute__((vector_size(32)));
-#define DOC 4  /* output channels per register block */
-#define DVEC 3 /* vectors of 8 output voxels (along w) per register block: 12 accumulators */
+#define OCB 16 /* output channels per register block: 2 vectors of 8 */
+#define VOX 6  /* output voxels along w per register block: 6 x 2 = 12 accumulators */
+/* Weights of one chunk of input channels (all taps, 16 output channels) stay within 64 KB (L2) while
+ * every tile of an output row reads them; measured better than 16 KB (L1: more loop and accumulator
+ * traffic) and than no chunks (128..320 channels: 221..553 KB per block) on the 2-core dev machine. */
+#define I3_CONV_CHUNK_BYTES (64u << 10)
 
 static inline v8f load8(const float *p) {
     v8f v;
@@ -167,140 +173,211 @@ static inline v8f load8(const float *p) {
 }
 
 typedef struct {
-    int64_t band;       /* output rows (along h) per task */
-    int64_t hb, wp;     /* slab plane: input rows of a band ((band - 1) * stride_h + kh), w + 2 pad + 8 slack */
-    int64_t slab, pack; /* floats per thread: slab [cin][kd][hb][wp], packed weights [cin][taps][DOC] */
-    int64_t bands, groups; /* tasks per depth slice: row bands x output-channel groups */
+    int64_t db, band;              /* output depth slices and output rows per task */
+    int64_t dz, hb, wp;            /* slab extent: input slices, rows, columns a task reads (padded) */
+    int64_t slab, row_acc;         /* floats per thread: slab [dz][hb][wp][cin], one output row [w][OCB] */
+    int64_t pack, chunk;           /* floats of packed weights (shared), input channels per chunk */
+    int64_t dbands, bands, groups; /* tasks per sample: depth bands x row bands x output-channel groups */
 } direct_plan;
 
-/* The direct path serves stride-1 rows along w that hold at least one full block, with enough input
- * channels for the inner loop; everything else goes through im2col. Row bands keep the slab near
- * I3_CONV_DIRECT_BYTES and, with channel groups, give every thread work even for 2D inputs. */
+/* Every non-pointwise convolution with enough input channels for the inner loop (the kernel's inner loop
+ * runs over cin). A task's slab covers a box of output (depth band x row band x full w); the box grows
+ * until the slab reaches I3_CONV_DIRECT_BYTES (fewer re-copied halo slices), then shrinks again while
+ * there are fewer than 4 tasks per thread; channel groups split what is left. */
 static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, direct_plan *dp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
-    if (p->stride[2] != 1 || ys.w < 8 * DVEC || xs.c < 8 || is_pointwise(p) || i3_shape5_numel(ys) == 0) return 0;
-    const int kd = p->k[0], kh = p->k[1], sh = p->stride[1];
-    dp->wp = xs.w + 2 * (int64_t)p->pad[2] + 8;
-    const int64_t row_floats = xs.c * kd * dp->wp;
-    dp->band = clamp64(((int64_t)I3_CONV_DIRECT_BYTES / (int64_t)sizeof(float) / row_floats - kh) / sh + 1, 1, ys.h);
+    if (xs.c < 8 || is_pointwise(p) || i3_shape5_numel(ys) == 0) return 0;
+    const int kd = p->k[0], kh = p->k[1], sd = p->stride[0], sh = p->stride[1];
+    const int64_t taps = (int64_t)kd * kh * p->k[2];
+    const int64_t budget = (int64_t)I3_CONV_DIRECT_BYTES / (int64_t)sizeof(float);
+    dp->wp = (ys.w - 1) * p->stride[2] + p->k[2];
+    const int64_t row = dp->wp * xs.c;
+    dp->band = clamp64((budget / (row * kd) - kh) / sh + 1, 1, ys.h);
     dp->bands = ceil_div(ys.h, dp->band);
-    dp->band = ceil_div(ys.h, dp->bands); /* even bands */
+    dp->band = ceil_div(ys.h, dp->bands);
     dp->hb = (dp->band - 1) * sh + kh;
-    dp->slab = row_floats * dp->hb;
-    dp->pack = xs.c * kd * kh * p->k[2] * DOC;
-    const int64_t blocks = ceil_div(ys.c, DOC), tasks = ys.n * ys.d * dp->bands;
+    dp->db = dp->bands > 1 ? 1 : clamp64((budget / (row * dp->hb) - kd) / sd + 1, 1, ys.d);
+    while (dp->db > 1 && ys.n * ceil_div(ys.d, dp->db) * dp->bands < 4 * (int64_t)n_threads &&
+           ceil_div(ys.d, dp->db) < ys.d)
+        dp->db = ceil_div(dp->db, 2);
+    dp->dbands = ceil_div(ys.d, dp->db);
+    dp->db = ceil_div(ys.d, dp->dbands);
+    dp->dz = (dp->db - 1) * sd + kd;
+    dp->slab = dp->dz * dp->hb * row;
+    dp->row_acc = ys.w * OCB;
+    const int64_t blocks = ceil_div(ys.c, OCB), tasks = ys.n * dp->dbands * dp->bands;
+    dp->pack = blocks * OCB * xs.c * taps;
+    const int64_t max_chunk = clamp64((int64_t)I3_CONV_CHUNK_BYTES / (int64_t)(sizeof(float) * OCB * taps), 1, xs.c);
+    dp->chunk = ceil_div(xs.c, ceil_div(xs.c, max_chunk)); /* even chunks */
     dp->groups = clamp64(ceil_div(4 * (int64_t)n_threads, tasks), 1, blocks);
     return 1;
 }
 
-/* The zero-padded input of output rows oh0 .. oh0 + band - 1 of depth slice od: [cin][kd][hb][wp],
- * slab row r holding input row oh0 * stride_h - pad_h + r (w shifted right by pad_w). */
-static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, int64_t od, int64_t oh0,
+/* slab[((z * hb + r) * wp + c) * cin + ci] = x[ci, iz0 + z, iy0 + r, c - pad_w], 0 outside the input:
+ * the input box one task reads, zero-padded and channels-last (the kernel broadcasts one input value
+ * per (voxel, tap, ci) against 16 output channels). */
+static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, int64_t iz0, int64_t iy0,
                        const direct_plan *dp, float *slab) {
-    const int kd = p->k[0];
-    const int64_t iz0 = od * p->stride[0] - p->pad[0], iy0 = oh0 * p->stride[1] - p->pad[1];
-    const int64_t hb = dp->hb, wp = dp->wp, left = p->pad[2];
-    for (int64_t ci = 0; ci < xs.c; ci++)
-        for (int a = 0; a < kd; a++) {
-            float *plane = slab + (ci * kd + a) * hb * wp;
-            const int64_t iz = iz0 + a;
-            for (int64_t r = 0; r < hb; r++) {
-                float *dst = plane + r * wp;
-                const int64_t iy = iy0 + r;
-                if (iz < 0 || iz >= xs.d || iy < 0 || iy >= xs.h) {
-                    memset(dst, 0, (size_t)wp * sizeof(float));
-                    continue;
-                }
-                memset(dst, 0, (size_t)left * sizeof(float));
-                memcpy(dst + left, x + ((ci * xs.d + iz) * xs.h + iy) * xs.w, (size_t)xs.w * sizeof(float));
-                memset(dst + left + xs.w, 0, (size_t)(wp - left - xs.w) * sizeof(float));
+    const int64_t cin = xs.c, wp = dp->wp, left = p->pad[2], plane = xs.d * xs.h * xs.w;
+    const int64_t c0 = clamp64(left, 0, wp), c1 = clamp64(left + xs.w, c0, wp); /* valid columns */
+    for (int64_t z = 0; z < dp->dz; z++)
+        for (int64_t r = 0; r < dp->hb; r++) {
+            float *dst = slab + (z * dp->hb + r) * wp * cin;
+            const int64_t iz = iz0 + z, iy = iy0 + r;
+            if (iz < 0 || iz >= xs.d || iy < 0 || iy >= xs.h) {
+                memset(dst, 0, (size_t)(wp * cin) * sizeof(float));
+                continue;
             }
+            memset(dst, 0, (size_t)(c0 * cin) * sizeof(float));
+            memset(dst + c1 * cin, 0, (size_t)((wp - c1) * cin) * sizeof(float));
+            const float *src = x + (iz * xs.h + iy) * xs.w - left;
+            for (int64_t ci = 0; ci < cin; ci++) /* reads along w; the strided writes stay in one L1-sized row */
+                for (int64_t c = c0; c < c1; c++) dst[c * cin + ci] = src[ci * plane + c];
         }
 }
 
-/* wpack[ci][tap][r] = w[o + r, ci, tap] for r < oc (0 beyond), in the order the kernel reads it. */
-static void pack_weights(const float *w, int64_t cin, int64_t taps, int64_t o, int oc, float *wpack) {
-    for (int64_t t = 0; t < taps; t++)
-        for (int64_t ci = 0; ci < cin; ci++)
-            for (int r = 0; r < DOC; r++)
-                wpack[(ci * taps + t) * DOC + r] = r < oc ? w[((o + r) * cin + ci) * taps + t] : 0.0f;
+/* Packed weights, per block of 16 output channels and per chunk of input channels [ci0, ci0 + nq):
+ * wpack[block][ci0 * taps + (tap * nq + ci - ci0) * OCB + r] = w[16 block + r, ci, tap], 0 beyond cout.
+ * One chunk is contiguous, in the order the kernel reads it. */
+static void pack_weights_block(const float *w, int64_t cout, int64_t cin, int64_t taps, int64_t chunk, int64_t ob,
+                               float *wpack) {
+    float *dst = wpack + ob * OCB * cin * taps;
+    for (int r = 0; r < OCB; r++) {
+        const int64_t o = ob * OCB + r;
+        for (int64_t ci = 0; ci < cin; ci++) {
+            const int64_t q0 = ci - ci % chunk, nq = cin - q0 < chunk ? cin - q0 : chunk;
+            float *d = dst + (q0 * taps + ci - q0) * OCB + r;
+            for (int64_t t = 0; t < taps; t++) d[t * nq * OCB] = o < cout ? w[(o * cin + ci) * taps + t] : 0.0f;
+        }
+    }
 }
 
-/* acc[r][v] = sum over input channels and taps for output channel r of the block and output voxels
- * col0 + 8 v .. col0 + 8 v + 7 of the slab row row0 (the slab is padded: no bounds checks). */
-static inline __attribute__((always_inline)) void direct_block(const float *slab, const float *wpack, int64_t cin,
-                                                               const int k[3], int64_t hb, int64_t wp, int64_t row0,
-                                                               int64_t col0, const int vecs, v8f acc[DOC][DVEC]) {
-    for (int r = 0; r < DOC; r++)
-        for (int v = 0; v < vecs; v++) acc[r][v] = (v8f){0};
-    const int64_t cs = k[0] * hb * wp;
-    const float *wt = wpack;
-    const float *base = slab + row0 * wp + col0;
-    for (int64_t ci = 0; ci < cin; ci++, base += cs)
-        for (int a = 0; a < k[0]; a++)
-            for (int b = 0; b < k[1]; b++) {
-                const float *src = base + (a * hb + b) * wp;
-                for (int c = 0; c < k[2]; c++, wt += DOC) {
-                    v8f in[DVEC];
-                    for (int v = 0; v < vecs; v++) in[v] = load8(src + c + 8 * v);
-                    for (int r = 0; r < DOC; r++) {
-                        const float s = wt[r];
-                        const v8f wv = {s, s, s, s, s, s, s, s};
-                        for (int v = 0; v < vecs; v++) acc[r][v] += wv * in[v];
+/* acc[j] (+)= sum over taps and the chunk's nci input channels of in[j * vstep + tap offset + ci] times
+ * wchunk[tap][ci][0..15], for nv output voxels (a constant after inlining) x 16 output channels; acc is
+ * the row accumulator [voxel][OCB], zeroed first when first is set. */
+static inline __attribute__((always_inline)) void direct_tile(const float *in, int64_t nci, int64_t cin,
+                                                              const int k[3], int64_t zstep, int64_t rstep,
+                                                              int64_t vstep, const float *wchunk, const int nv,
+                                                              int first, float *io) {
+    v8f acc[VOX][2]; /* local: stores through io could alias the inputs and would stay in the loop */
+    for (int j = 0; j < nv; j++) {
+        acc[j][0] = first ? (v8f){0} : load8(io + j * OCB);
+        acc[j][1] = first ? (v8f){0} : load8(io + j * OCB + 8);
+    }
+    const float *wt = wchunk;
+    for (int a = 0; a < k[0]; a++)
+        for (int b = 0; b < k[1]; b++)
+            for (int c = 0; c < k[2]; c++) {
+                const float *src = in + a * zstep + b * rstep + c * cin;
+                for (int64_t ci = 0; ci < nci; ci++, wt += OCB) {
+                    const v8f w0 = load8(wt), w1 = load8(wt + 8);
+                    for (int j = 0; j < nv; j++) {
+                        const float s = src[j * vstep + ci];
+                        const v8f sv = {s, s, s, s, s, s, s, s};
+                        acc[j][0] += sv * w0;
+                        acc[j][1] += sv * w1;
                     }
                 }
             }
+    for (int j = 0; j < nv; j++) {
+        memcpy(io + j * OCB, &acc[j][0], sizeof acc[j][0]);
+        memcpy(io + j * OCB + 8, &acc[j][1], sizeof acc[j][1]);
+    }
 }
 
-static void store_block(v8f acc[DOC][DVEC], int vecs, int oc, float *y0, int64_t ystride, int64_t ow0,
-                        const float *bias, i3_act act) {
+/* direct_tile for each voxel count as a function of its own: its 12 accumulators, 2 weight vectors, the
+ * broadcast and the pointers fit the registers (inlined into the big task loop, GCC spilled them). */
+typedef void direct_tile_fn(const float *in, int64_t nci, int64_t cin, const int k[3], int64_t zstep, int64_t rstep,
+                            int64_t vstep, const float *wchunk, int first, float *io);
+#define DIRECT_TILE_N(nv)                                                                                        \
+    static __attribute__((noinline)) void direct_tile_##nv(const float *in, int64_t nci, int64_t cin,           \
+                                                           const int k[3], int64_t zstep, int64_t rstep,        \
+                                                           int64_t vstep, const float *wchunk, int first,       \
+                                                           float *io) {                                         \
+        direct_tile(in, nci, cin, k, zstep, rstep, vstep, wchunk, nv, first, io);                               \
+    }
+DIRECT_TILE_N(1)
+DIRECT_TILE_N(2)
+DIRECT_TILE_N(3)
+DIRECT_TILE_N(4)
+DIRECT_TILE_N(5)
+DIRECT_TILE_N(6)
+static direct_tile_fn *const direct_tiles[VOX + 1] = {NULL,          direct_tile_1, direct_tile_2, direct_tile_3,
+                                                      direct_tile_4, direct_tile_5, direct_tile_6};
+
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+/* y[r * ystride + ow] = act(row_acc[ow][r] + bias[r]) for r < oc: bias and activation branch-free on the
+ * vectors (v = max(v, 0) + slope * min(v, 0); random signs made the scalar branch mispredict), then the
+ * transposing copy into the NCDHW rows. */
+static void finish_row(float *row_acc, int64_t w_out, int oc, const float *bias, i3_act act, float *y,
+                       int64_t ystride) {
+    const float s = act.kind == I3_ACT_LEAKY_RELU ? act.slope : act.kind == I3_ACT_RELU ? 0.0f : 1.0f;
+    const v8f slope = {s, s, s, s, s, s, s, s}, zero = {0};
+    for (int64_t i = 0; i < w_out * OCB; i += 8) {
+        const v8f v = load8(row_acc + i) + load8(bias + i % OCB);
+        const v8i neg = v < zero;
+        const v8f out = (v8f)((v8i)v & ~neg) + slope * (v8f)((v8i)v & neg);
+        memcpy(row_acc + i, &out, sizeof out);
+    }
     for (int r = 0; r < oc; r++)
-        for (int v = 0; v < vecs; v++) {
-            float t[8];
-            memcpy(t, &acc[r][v], sizeof t);
-            for (int j = 0; j < 8; j++) y0[r * ystride + ow0 + 8 * v + j] = i3_act_apply(act, t[j] + bias[r]);
-        }
+        for (int64_t ow = 0; ow < w_out; ow++) y[r * ystride + ow] = row_acc[ow * OCB + r];
 }
 
-/* Threads over (sample, output depth slice, row band, channel group): each task builds the slab of
- * its band, then per block of DOC output channels packs their weights and sweeps the band's rows. */
+/* One output row of one block of 16 channels: per chunk of input channels, tiles of VOX voxels (then
+ * one shorter tile) accumulate into row_acc; then bias + activation, written to NCDHW rows of y. */
+static void direct_row(const float *in, int64_t cin, const int k[3], int64_t zstep, int64_t rstep, int64_t vstep,
+                       const float *wblock, int64_t chunk, int64_t w_out, int oc, const float *bias, i3_act act,
+                       float *row_acc, float *y, int64_t ystride) {
+    const int64_t taps = (int64_t)k[0] * k[1] * k[2];
+    for (int64_t q0 = 0; q0 < cin; q0 += chunk) {
+        const int64_t nq = cin - q0 < chunk ? cin - q0 : chunk;
+        for (int64_t ow = 0; ow < w_out; ow += VOX) {
+            const int nv = w_out - ow < VOX ? (int)(w_out - ow) : VOX;
+            direct_tiles[nv](in + ow * vstep + q0, nq, cin, k, zstep, rstep, vstep, wblock + q0 * taps * OCB, q0 == 0,
+                             row_acc + ow * OCB);
+        }
+    }
+    finish_row(row_acc, w_out, oc, bias, act, y, ystride);
+}
+
+/* Weights packed once per call by all threads; then threads over (sample, depth band, row band, channel
+ * group): each task builds the slab of its box and sweeps its rows per block of 16 output channels. */
 static void conv_direct(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                         const direct_plan *dp, float *y, float *scratch, int n_threads) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
-    const int64_t taps = (int64_t)p->k[0] * p->k[1] * p->k[2], s_out = i3_shape5_spatial(ys);
-    const int64_t blocks = ceil_div(ys.c, DOC), per_group = ceil_div(blocks, dp->groups);
-    const int64_t tasks = ys.n * ys.d * dp->bands * dp->groups;
+    const int64_t taps = (int64_t)p->k[0] * p->k[1] * p->k[2], s_out = i3_shape5_spatial(ys), cin = xs.c;
+    const int64_t blocks = ceil_div(ys.c, OCB), per_group = ceil_div(blocks, dp->groups);
+    const int64_t tasks = ys.n * dp->dbands * dp->bands * dp->groups;
+    const int64_t rstep = dp->wp * cin, zstep = dp->hb * rstep, vstep = p->stride[2] * cin;
+    float *wpack = scratch;
 #pragma omp parallel num_threads(n_threads)
     {
-        float *slab = scratch + (size_t)omp_get_thread_num() * (size_t)(dp->slab + dp->pack);
-        float *wpack = slab + dp->slab;
+        float *slab = scratch + dp->pack + (size_t)omp_get_thread_num() * (size_t)(dp->slab + dp->row_acc);
+        float *row_acc = slab + dp->slab;
+#pragma omp for schedule(static)
+        for (int64_t ob = 0; ob < blocks; ob++) pack_weights_block(w, ys.c, cin, taps, dp->chunk, ob, wpack);
 #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < tasks; task++) {
-            const int64_t g = task % dp->groups, band = (task / dp->groups) % dp->bands;
-            const int64_t od = (task / (dp->groups * dp->bands)) % ys.d, n = task / (dp->groups * dp->bands * ys.d);
-            const int64_t oh0 = band * dp->band, oh1 = oh0 + dp->band < ys.h ? oh0 + dp->band : ys.h;
-            build_slab(x + n * xs.c * i3_shape5_spatial(xs), xs, p, od, oh0, dp, slab);
+            const int64_t g = task % dp->groups, rb = (task / dp->groups) % dp->bands;
+            const int64_t zb = (task / (dp->groups * dp->bands)) % dp->dbands;
+            const int64_t n = task / (dp->groups * dp->bands * dp->dbands);
+            const int64_t oh0 = rb * dp->band, oh1 = oh0 + dp->band < ys.h ? oh0 + dp->band : ys.h;
+            const int64_t od0 = zb * dp->db, od1 = od0 + dp->db < ys.d ? od0 + dp->db : ys.d;
+            build_slab(x + n * cin * i3_shape5_spatial(xs), xs, p, od0 * p->stride[0] - p->pad[0],
+                       oh0 * p->stride[1] - p->pad[1], dp, slab);
             for (int64_t ob = g * per_group; ob < blocks && ob < (g + 1) * per_group; ob++) {
-                const int64_t o = ob * DOC;
-                const int oc = ys.c - o < DOC ? (int)(ys.c - o) : DOC;
-                float bias[DOC] = {0};
+                const int64_t o = ob * OCB;
+                const int oc = ys.c - o < OCB ? (int)(ys.c - o) : OCB;
+                float bias[OCB] = {0};
                 for (int r = 0; r < oc; r++) bias[r] = b ? b[o + r] : 0.0f;
-                pack_weights(w, xs.c, taps, o, oc, wpack);
-                for (int64_t oh = oh0; oh < oh1; oh++) {
-                    float *y0 = y + (n * ys.c + o) * s_out + (od * ys.h + oh) * ys.w;
-                    const int64_t row0 = (oh - oh0) * p->stride[1];
-                    v8f acc[DOC][DVEC];
-                    int64_t ow = 0;
-                    for (; ow + 8 * DVEC <= ys.w; ow += 8 * DVEC) {
-                        direct_block(slab, wpack, xs.c, p->k, dp->hb, dp->wp, row0, ow, DVEC, acc);
-                        store_block(acc, DVEC, oc, y0, s_out, ow, bias, p->act);
+                for (int64_t od = od0; od < od1; od++)
+                    for (int64_t oh = oh0; oh < oh1; oh++) {
+                        const float *in = slab + (od - od0) * p->stride[0] * zstep + (oh - oh0) * p->stride[1] * rstep;
+                        float *y0 = y + (n * ys.c + o) * s_out + (od * ys.h + oh) * ys.w;
+                        direct_row(in, cin, p->k, zstep, rstep, vstep, wpack + ob * OCB * cin * taps, dp->chunk, ys.w,
+                                   oc, bias, p->act, row_acc, y0, s_out);
                     }
-                    for (; ow < ys.w; ow += 8) {
-                        if (ow + 8 > ys.w) ow = ys.w - 8; /* overlaps the previous block (ys.w >= 8) */
-                        direct_block(slab, wpack, xs.c, p->k, dp->hb, dp->wp, row0, ow, 1, acc);
-                        store_block(acc, 1, oc, y0, s_out, ow, bias, p->act);
-                    }
-                }
             }
         }
     }
@@ -308,7 +385,8 @@ static void conv_direct(const float *x, i3_shape5 xs, const float *w, const floa
 
 size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads) {
     direct_plan dp;
-    if (direct_plan_of(xs, p, n_threads, &dp)) return (size_t)n_threads * (size_t)(dp.slab + dp.pack) * sizeof(float);
+    if (direct_plan_of(xs, p, n_threads, &dp))
+        return (size_t)(dp.pack + n_threads * (dp.slab + dp.row_acc)) * sizeof(float);
     if (is_pointwise(p)) return 0;
     const int64_t k_rows = xs.c * p->k[0] * p->k[1] * p->k[2];
     return (size_t)n_threads * (size_t)k_rows * (size_t)conv_tile_cols(xs, p, n_threads) * sizeof(float);
