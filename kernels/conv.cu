@@ -19,8 +19,12 @@
  *       four mma m16n8k16 with f32 accumulators; the epilogue adds bias, applies the activation and
  *       writes NCDHW f32. No double buffering or cp.async yet: a first tensor-core version whose
  *       fragment plumbing is checked on the emulator.
+ *       Fusions as v1 (conv_tensor_core_fused): the deferred norm applied while the im2col tile is
+ *       gathered; the epilogue's per-channel moments merged over the lanes of a column (shuffles)
+ *       and the four warps (shared memory), one partial per (plane, row tile) when every row tile
+ *       lies in one sample (batch 1, or spatial size a multiple of 64).
  * Planned (issue 5): channels-last activations in f16/bf16 (so tiles load with cp.async, no
- * conversion), larger warp tiles, pipelining, the epilogue/prologue fusions of v1 in v2. */
+ * conversion), larger warp tiles, pipelining. */
 #include "device.h"
 #include "launchers.h"
 #include "moments.h"
@@ -138,11 +142,13 @@ template <> struct TensorCoreOps<I3_TC_TF32> {
     }
 };
 
-template <int PRECISION>
-__global__ void __launch_bounds__(TC_THREADS) conv_tensor_core_v2(const float *__restrict__ x,
-                                                                  const float *__restrict__ w,
-                                                                  const float *__restrict__ b, ConvGeometry g,
-                                                                  i3_act act, float *__restrict__ y) {
+/* PROLOGUE and STATS as in conv_v1; STATS needs every block's rows in one sample (chunks: row tiles
+ * per sample, conv_tensor_core_stat_chunks). */
+template <int PRECISION, bool PROLOGUE, bool STATS>
+__global__ void __launch_bounds__(TC_THREADS)
+    conv_tensor_core_v2(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b,
+                        ConvGeometry g, i3_act act, const float *__restrict__ in_scale_shift, i3_act act_in,
+                        float *__restrict__ y, float *__restrict__ partials, int chunks) {
     typedef TensorCoreOps<PRECISION> ops;
     typedef typename ops::elem elem;
     const int BK = ops::BK;
@@ -168,8 +174,13 @@ __global__ void __launch_bounds__(TC_THREADS) conv_tensor_core_v2(const float *_
                 int tap = (int)(k % taps), te = tap % g.k[2], tb = tap / g.k[2] % g.k[1], ta = tap / (g.k[2] * g.k[1]);
                 int64_t zz = oz * g.stride[0] - g.pad[0] + ta, yy = oy * g.stride[1] - g.pad[1] + tb;
                 int64_t xx = ox * g.stride[2] - g.pad[2] + te;
-                if (zz >= 0 && zz < g.d && yy >= 0 && yy < g.h && xx >= 0 && xx < g.w)
+                if (zz >= 0 && zz < g.d && yy >= 0 && yy < g.h && xx >= 0 && xx < g.w) {
                     v = x[(((sample * g.cin + c) * g.d + zz) * g.h + yy) * g.w + xx];
+                    if (PROLOGUE) {
+                        const float *ss = in_scale_shift + 2 * (sample * g.cin + c);
+                        v = act_apply(act_in, v * ss[0] + ss[1]);
+                    }
+                }
             }
             tile_a[r][kk] = ops::convert(v);
         }
@@ -188,10 +199,34 @@ __global__ void __launch_bounds__(TC_THREADS) conv_tensor_core_v2(const float *_
         for (int i = 0; i < 4; i++) {
             int64_t m = m0 + warp * 16 + group + 8 * (i / 2);
             int64_t o = n0 + j * 8 + 2 * t + i % 2;
+            acc[j][i] = act_apply(act, acc[j][i] + (b && o < g.cout ? b[o] : 0.0f));
             if (m >= rows || o >= g.cout) continue;
             int64_t pos = m % out_spatial, sample = m / out_spatial;
-            y[(sample * g.cout + o) * out_spatial + pos] = act_apply(act, acc[j][i] + (b ? b[o] : 0.0f));
+            y[(sample * g.cout + o) * out_spatial + pos] = acc[j][i];
         }
+    if (STATS) {
+        /* per output channel: the lane's two rows, then the 8 lanes of the same column (lane bits 2-4),
+         * then the 4 warps through shared memory */
+        __shared__ Moments column_moments[TC_THREADS / 32][TC_BN];
+        for (int j = 0; j < 4; j++)
+            for (int q = 0; q < 2; q++) {
+                Moments mo = {0.0f, 0.0f, 0.0f};
+                for (int half = 0; half < 2; half++)
+                    if (m0 + warp * 16 + group + 8 * half < rows) moments_add(mo, acc[j][2 * half + q]);
+                mo = moments_warp_merge(mo, 4 | 8 | 16);
+                if (group == 0) column_moments[warp][j * 8 + 2 * t + q] = mo;
+            }
+        __syncthreads();
+        if (tid < TC_BN && n0 + tid < g.cout) {
+            Moments mo = column_moments[0][tid];
+            for (int k = 1; k < TC_THREADS / 32; k++) mo = moments_merge(mo, column_moments[k][tid]);
+            int64_t sample = m0 / out_spatial, chunk = (m0 - sample * out_spatial) / TC_BM;
+            float *part = partials + ((sample * g.cout + n0 + tid) * chunks + chunk) * 3;
+            part[0] = mo.count;
+            part[1] = mo.mean;
+            part[2] = mo.m2;
+        }
+    }
 }
 
 }  // namespace I3_NS
@@ -234,16 +269,41 @@ extern "C" int I3_DEV(conv)(const float *x, i3_shape5 xs, const float *w, const 
     return I3_DEV(conv_fused)(x, xs, w, b, p, NULL, none, y, ys, NULL, stream);
 }
 
-extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
-                                        const i3_conv_params *p, float *y, i3_shape5 ys, int precision, void *stream) {
+extern "C" int I3_DEV(conv_tensor_core_stat_chunks)(i3_shape5 ys) {
+    int64_t spatial = ys.d * ys.h * ys.w;
+    if (ys.n == 1) return (int)((spatial + TC_BM - 1) / TC_BM);
+    return spatial % TC_BM == 0 ? (int)(spatial / TC_BM) : 0;
+}
+
+/* The kernel for one (precision, prologue, statistics) combination. */
+template <int PRECISION>
+static decltype(&conv_tensor_core_v2<PRECISION, false, false>) tensor_core_kernel(bool prologue, bool stats) {
+    return prologue ? (stats ? conv_tensor_core_v2<PRECISION, true, true> : conv_tensor_core_v2<PRECISION, true, false>)
+                    : (stats ? conv_tensor_core_v2<PRECISION, false, true>
+                             : conv_tensor_core_v2<PRECISION, false, false>);
+}
+
+extern "C" int I3_DEV(conv_tensor_core_fused)(const float *x, i3_shape5 xs, const float *w, const float *b,
+                                              const i3_conv_params *p, const float *in_scale_shift, i3_act act_in,
+                                              float *y, i3_shape5 ys, float *partials, int precision, void *stream) {
     ConvGeometry g = conv_geometry(xs, p, ys);
     int64_t rows = ys.n * ys.d * ys.h * ys.w;
     if (rows == 0 || ys.c == 0) return 0;
-    if (precision != I3_TC_F16 && precision != I3_TC_BF16 && precision != I3_TC_TF32)
+    int chunks = I3_DEV(conv_tensor_core_stat_chunks)(ys);
+    if ((precision != I3_TC_F16 && precision != I3_TC_BF16 && precision != I3_TC_TF32) || (partials && !chunks))
         return (int)cudaErrorInvalidValue;
     dim3 grid((unsigned)((rows + TC_BM - 1) / TC_BM), (unsigned)((ys.c + TC_BN - 1) / TC_BN));
-    decltype(&conv_tensor_core_v2<I3_TC_F16>) kernel = precision == I3_TC_F16    ? conv_tensor_core_v2<I3_TC_F16>
-                                                       : precision == I3_TC_BF16 ? conv_tensor_core_v2<I3_TC_BF16>
-                                                                                 : conv_tensor_core_v2<I3_TC_TF32>;
-    return (int)I3_LAUNCH(kernel, grid, TC_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act, y);
+    bool prologue = in_scale_shift != NULL, stats = partials != NULL;
+    decltype(&conv_tensor_core_v2<I3_TC_F16, false, false>) kernel =
+        precision == I3_TC_F16    ? tensor_core_kernel<I3_TC_F16>(prologue, stats)
+        : precision == I3_TC_BF16 ? tensor_core_kernel<I3_TC_BF16>(prologue, stats)
+                                  : tensor_core_kernel<I3_TC_TF32>(prologue, stats);
+    return (int)I3_LAUNCH(kernel, grid, TC_THREADS, 0, (cudaStream_t)stream, x, w, b, g, p->act, in_scale_shift, act_in,
+                          y, partials, chunks);
+}
+
+extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
+                                        const i3_conv_params *p, float *y, i3_shape5 ys, int precision, void *stream) {
+    i3_act none = {I3_ACT_NONE, 0.0f};
+    return I3_DEV(conv_tensor_core_fused)(x, xs, w, b, p, NULL, none, y, ys, NULL, precision, stream);
 }

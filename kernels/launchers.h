@@ -32,6 +32,12 @@ int I3_DEV(conv_fused)(const float *x, i3_shape5 xs, const float *w, const float
 #endif
 int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                              float *y, i3_shape5 ys, int precision, void *stream);
+/* With conv_fused's fusions; statistics need conv_tensor_core_stat_chunks(ys) > 0 (batch 1, or a
+ * spatial size that is a multiple of the 64-row tile), else cudaErrorInvalidValue. */
+int I3_DEV(conv_tensor_core_stat_chunks)(i3_shape5 ys);
+int I3_DEV(conv_tensor_core_fused)(const float *x, i3_shape5 xs, const float *w, const float *b,
+                                   const i3_conv_params *p, const float *in_scale_shift, i3_act act_in, float *y,
+                                   i3_shape5 ys, float *partials, int precision, void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,

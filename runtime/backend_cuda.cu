@@ -11,7 +11,8 @@
  * either writes its output in one elementwise pass, or, when it runs in place and its only reader
  * is the next node, leaves the tensor unnormalized and hands (scale, shift, act) on: to the next
  * convolution's prologue, or to the residual add of a ResEnc block (normalize + add + act in one
- * pass). Only the f32 convolution has these fusions yet (I3RT_CUDA_FUSE=0 turns them off).
+ * pass). Both convolution kernels have them (the tensor-core one takes statistics only when each
+ * 64-row tile lies in one sample); I3RT_CUDA_FUSE=0 turns them off.
  *
  * CUDA graphs (I3RT_CUDA_GRAPHS=0 turns them off): a graph run a second time with the same bindings
  * (the same graph, data pointers and fusion buffers) is captured from the stream while it runs;
@@ -143,21 +144,16 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     const float *w = (const float *)g->values[node->in[1]].data;
     const float *bias = node->in[2] >= 0 ? (const float *)g->values[node->in[2]].data : NULL;
     i3_shape5 xs = i3_value_shape5(x), ys = i3_value_shape5(y);
-    if (st->conv != CONV_F32)
-        return I3_DEV(conv_tensor_core)((const float *)x->data, xs, w, bias, &node->p.conv, (float *)y->data, ys,
-                                        st->conv == CONV_F16    ? I3_TC_F16
-                                        : st->conv == CONV_BF16 ? I3_TC_BF16
-                                                                : I3_TC_TF32,
-                                        st->stream);
+    bool tensor_cores = st->conv != CONV_F32;
     Fusion *f = &st->fusion;
     const float *in_scale_shift = f->graph == g && f->deferred_for == n && n >= 0 ? st->scale_shift : NULL;
     i3_act act_in = f->deferred_act;
     f->deferred_for = -1;
     f->stats_for = -1;
     const i3_node *next = st->fuse ? sole_reader_next(g, n, node->out) : NULL;
+    int chunks = tensor_cores ? I3_DEV(conv_tensor_core_stat_chunks)(ys) : I3_DEV(conv_stat_chunks)(ys);
     float *partials = NULL;
-    if (next && next->op == I3_OP_INSTANCE_NORM) {
-        int chunks = I3_DEV(conv_stat_chunks)(ys);
+    if (next && next->op == I3_OP_INSTANCE_NORM && chunks > 0) {
         size_t bytes = (size_t)(ys.n * ys.c * chunks) * 3 * sizeof(float);
         if (ensure_buffer(b, &st->partials, &st->partials_bytes, bytes) != I3RT_OK) return FAILED_ALLOCATION;
         partials = st->partials;
@@ -166,8 +162,13 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
         f->stats_chunks = chunks;
         st->stats.fused_nodes++;
     }
-    return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
-                              (float *)y->data, ys, partials, st->stream);
+    const float *xd = (const float *)x->data;
+    if (!tensor_cores)
+        return I3_DEV(conv_fused)(xd, xs, w, bias, &node->p.conv, in_scale_shift, act_in, (float *)y->data, ys, partials,
+                                  st->stream);
+    int precision = st->conv == CONV_F16 ? I3_TC_F16 : st->conv == CONV_BF16 ? I3_TC_BF16 : I3_TC_TF32;
+    return I3_DEV(conv_tensor_core_fused)(xd, xs, w, bias, &node->p.conv, in_scale_shift, act_in, (float *)y->data, ys,
+                                          partials, precision, st->stream);
 }
 
 /* An instance norm whose statistics the conv before it left in `partials`: (scale, shift) per
@@ -187,7 +188,7 @@ static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *
                                   st->scale_shift, st->stream);
     if (e) return e;
     const i3_node *next = x->data == y->data ? sole_reader_next(g, n, node->out) : NULL;
-    bool to_conv = next && next->op == I3_OP_CONV && st->conv == CONV_F32;
+    bool to_conv = next && next->op == I3_OP_CONV;
     bool to_add = next && next->op == I3_OP_ADD && next->in[1] != node->out;
     if (to_conv || to_add) {
         f->deferred_for = n + 1;
