@@ -165,6 +165,9 @@ typedef float v8f __attribute__((vector_size(32)));
  * every tile of an output row reads them; measured better than 16 KB (L1: more loop and accumulator
  * traffic) and than no chunks (128..320 channels: 221..553 KB per block) on the 2-core dev machine. */
 #define I3_CONV_CHUNK_BYTES (64u << 10)
+/* Output voxels per segment (a run of a task's box, cut into tiles): its accumulator (16 KB) stays in L1
+ * while every chunk of weights is read once per segment. */
+#define I3_CONV_SEGMENT 256
 
 static inline v8f load8(const float *p) {
     v8f v;
@@ -175,7 +178,7 @@ static inline v8f load8(const float *p) {
 typedef struct {
     int64_t db, band;              /* output depth slices and output rows per task */
     int64_t dz, hb, wp;            /* slab extent: input slices, rows, columns a task reads (padded) */
-    int64_t slab, row_acc;         /* floats per thread: slab [dz][hb][wp][cin], one output row [w][OCB] */
+    int64_t slab, seg_acc;         /* floats per thread: slab [dz][hb][wp][cin], segment accumulator */
     int64_t pack, chunk;           /* floats of packed weights (shared), input channels per chunk */
     int64_t dbands, bands, groups; /* tasks per sample: depth bands x row bands x output-channel groups */
 } direct_plan;
@@ -197,16 +200,20 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, 
     dp->band = ceil_div(ys.h, dp->bands);
     dp->hb = (dp->band - 1) * sh + kh;
     dp->db = dp->bands > 1 ? 1 : clamp64((budget / (row * dp->hb) - kd) / sd + 1, 1, ys.d);
-    while (dp->db > 1 && ys.n * ceil_div(ys.d, dp->db) * dp->bands < 4 * (int64_t)n_threads &&
+    const int64_t blocks = ceil_div(ys.c, OCB);
+    dp->pack = blocks * OCB * xs.c * taps;
+    /* Splitting the box re-reads the weights, splitting the channels re-copies the slab: where the weights
+     * are the larger (the deep, small layers), threads share the channel blocks of one box first. */
+    const int weights_dominate = dp->pack > ys.n * (dp->db - 1) * sd * dp->hb * row && blocks >= 4 * n_threads;
+    while (!weights_dominate && dp->db > 1 && ys.n * ceil_div(ys.d, dp->db) * dp->bands < 4 * (int64_t)n_threads &&
            ceil_div(ys.d, dp->db) < ys.d)
         dp->db = ceil_div(dp->db, 2);
     dp->dbands = ceil_div(ys.d, dp->db);
     dp->db = ceil_div(ys.d, dp->dbands);
     dp->dz = (dp->db - 1) * sd + kd;
     dp->slab = dp->dz * dp->hb * row;
-    dp->row_acc = ys.w * OCB;
-    const int64_t blocks = ceil_div(ys.c, OCB), tasks = ys.n * dp->dbands * dp->bands;
-    dp->pack = blocks * OCB * xs.c * taps;
+    dp->seg_acc = (int64_t)I3_CONV_SEGMENT * OCB;
+    const int64_t tasks = ys.n * dp->dbands * dp->bands;
     const int64_t max_chunk = clamp64((int64_t)I3_CONV_CHUNK_BYTES / (int64_t)(sizeof(float) * OCB * taps), 1, xs.c);
     dp->chunk = ceil_div(xs.c, ceil_div(xs.c, max_chunk)); /* even chunks */
     dp->groups = clamp64(ceil_div(4 * (int64_t)n_threads, tasks), 1, blocks);
@@ -241,23 +248,24 @@ static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, in
  * One chunk is contiguous, in the order the kernel reads it. */
 static void pack_weights_block(const float *w, int64_t cout, int64_t cin, int64_t taps, int64_t chunk, int64_t ob,
                                float *wpack) {
-    float *dst = wpack + ob * OCB * cin * taps;
-    for (int r = 0; r < OCB; r++) {
-        const int64_t o = ob * OCB + r;
-        for (int64_t ci = 0; ci < cin; ci++) {
-            const int64_t q0 = ci - ci % chunk, nq = cin - q0 < chunk ? cin - q0 : chunk;
-            float *d = dst + (q0 * taps + ci - q0) * OCB + r;
-            for (int64_t t = 0; t < taps; t++) d[t * nq * OCB] = o < cout ? w[(o * cin + ci) * taps + t] : 0.0f;
+    const int64_t o0 = ob * OCB;
+    const int oc = cout - o0 < OCB ? (int)(cout - o0) : OCB;
+    float *dst = wpack + o0 * cin * taps;
+    for (int64_t ci = 0; ci < cin; ci++) { /* each write fills a line; the reads reuse 16 x taps floats */
+        const int64_t q0 = ci - ci % chunk, nq = cin - q0 < chunk ? cin - q0 : chunk;
+        for (int64_t t = 0; t < taps; t++) {
+            float *d = dst + (q0 * taps + t * nq + ci - q0) * OCB;
+            for (int r = 0; r < OCB; r++) d[r] = r < oc ? w[((o0 + r) * cin + ci) * taps + t] : 0.0f;
         }
     }
 }
 
-/* acc[j] (+)= sum over taps and the chunk's nci input channels of in[j * vstep + tap offset + ci] times
+/* acc[j] (+)= sum over taps and the chunk's nci input channels of in[off[j] + tap offset + ci] times
  * wchunk[tap][ci][0..15], for nv output voxels (a constant after inlining) x 16 output channels; acc is
- * the row accumulator [voxel][OCB], zeroed first when first is set. */
-static inline __attribute__((always_inline)) void direct_tile(const float *in, int64_t nci, int64_t cin,
-                                                              const int k[3], int64_t zstep, int64_t rstep,
-                                                              int64_t vstep, const float *wchunk, const int nv,
+ * the segment accumulator [voxel][OCB], zeroed first when first is set. */
+static inline __attribute__((always_inline)) void direct_tile(const float *in, const int64_t *off, int64_t nci,
+                                                              int64_t cin, const int k[3], int64_t zstep,
+                                                              int64_t rstep, const float *wchunk, const int nv,
                                                               int first, float *io) {
     v8f acc[VOX][2]; /* local: stores through io could alias the inputs and would stay in the loop */
     for (int j = 0; j < nv; j++) {
@@ -268,11 +276,12 @@ static inline __attribute__((always_inline)) void direct_tile(const float *in, i
     for (int a = 0; a < k[0]; a++)
         for (int b = 0; b < k[1]; b++)
             for (int c = 0; c < k[2]; c++) {
-                const float *src = in + a * zstep + b * rstep + c * cin;
+                const float *src[VOX];
+                for (int j = 0; j < nv; j++) src[j] = in + off[j] + a * zstep + b * rstep + c * cin;
                 for (int64_t ci = 0; ci < nci; ci++, wt += OCB) {
                     const v8f w0 = load8(wt), w1 = load8(wt + 8);
                     for (int j = 0; j < nv; j++) {
-                        const float s = src[j * vstep + ci];
+                        const float s = src[j][ci];
                         const v8f sv = {s, s, s, s, s, s, s, s};
                         acc[j][0] += sv * w0;
                         acc[j][1] += sv * w1;
@@ -287,14 +296,14 @@ static inline __attribute__((always_inline)) void direct_tile(const float *in, i
 
 /* direct_tile for each voxel count as a function of its own: its 12 accumulators, 2 weight vectors, the
  * broadcast and the pointers fit the registers (inlined into the big task loop, GCC spilled them). */
-typedef void direct_tile_fn(const float *in, int64_t nci, int64_t cin, const int k[3], int64_t zstep, int64_t rstep,
-                            int64_t vstep, const float *wchunk, int first, float *io);
+typedef void direct_tile_fn(const float *in, const int64_t *off, int64_t nci, int64_t cin, const int k[3],
+                            int64_t zstep, int64_t rstep, const float *wchunk, int first, float *io);
 #define DIRECT_TILE_N(nv)                                                                                        \
-    static __attribute__((noinline)) void direct_tile_##nv(const float *in, int64_t nci, int64_t cin,           \
-                                                           const int k[3], int64_t zstep, int64_t rstep,        \
-                                                           int64_t vstep, const float *wchunk, int first,       \
+    static __attribute__((noinline)) void direct_tile_##nv(const float *in, const int64_t *off, int64_t nci,    \
+                                                           int64_t cin, const int k[3], int64_t zstep,          \
+                                                           int64_t rstep, const float *wchunk, int first,       \
                                                            float *io) {                                         \
-        direct_tile(in, nci, cin, k, zstep, rstep, vstep, wchunk, nv, first, io);                               \
+        direct_tile(in, off, nci, cin, k, zstep, rstep, wchunk, nv, first, io);                                 \
     }
 DIRECT_TILE_N(1)
 DIRECT_TILE_N(2)
@@ -307,38 +316,54 @@ static direct_tile_fn *const direct_tiles[VOX + 1] = {NULL,          direct_tile
 
 typedef int32_t v8i __attribute__((vector_size(32)));
 
-/* y[r * ystride + ow] = act(row_acc[ow][r] + bias[r]) for r < oc: bias and activation branch-free on the
- * vectors (v = max(v, 0) + slope * min(v, 0); random signs made the scalar branch mispredict), then the
- * transposing copy into the NCDHW rows. */
-static void finish_row(float *row_acc, int64_t w_out, int oc, const float *bias, i3_act act, float *y,
-                       int64_t ystride) {
-    const float s = act.kind == I3_ACT_LEAKY_RELU ? act.slope : act.kind == I3_ACT_RELU ? 0.0f : 1.0f;
-    const v8f slope = {s, s, s, s, s, s, s, s}, zero = {0};
-    for (int64_t i = 0; i < w_out * OCB; i += 8) {
-        const v8f v = load8(row_acc + i) + load8(bias + i % OCB);
-        const v8i neg = v < zero;
-        const v8f out = (v8f)((v8i)v & ~neg) + slope * (v8f)((v8i)v & neg);
-        memcpy(row_acc + i, &out, sizeof out);
-    }
-    for (int r = 0; r < oc; r++)
-        for (int64_t ow = 0; ow < w_out; ow++) y[r * ystride + ow] = row_acc[ow * OCB + r];
+/* A task's box of output voxels: db depth slices x band rows x w, flattened (w fastest). */
+typedef struct {
+    int64_t band, w, h_out, sd, sh, sw, zstep, rstep, cin;
+} direct_box;
+
+static int64_t box_in_offset(const direct_box *bx, int64_t v) {
+    const int64_t plane = bx->band * bx->w;
+    return v / plane * bx->sd * bx->zstep + v % plane / bx->w * bx->sh * bx->rstep + v % bx->w * bx->sw * bx->cin;
 }
 
-/* One output row of one block of 16 channels: per chunk of input channels, tiles of VOX voxels (then
- * one shorter tile) accumulate into row_acc; then bias + activation, written to NCDHW rows of y. */
-static void direct_row(const float *in, int64_t cin, const int k[3], int64_t zstep, int64_t rstep, int64_t vstep,
-                       const float *wblock, int64_t chunk, int64_t w_out, int oc, const float *bias, i3_act act,
-                       float *row_acc, float *y, int64_t ystride) {
-    const int64_t taps = (int64_t)k[0] * k[1] * k[2];
+static int64_t box_out_offset(const direct_box *bx, int64_t v) {
+    const int64_t plane = bx->band * bx->w;
+    return v / plane * bx->h_out * bx->w + v % plane;
+}
+
+/* A segment: voxels v0 .. v0 + nvox - 1 of the box (crossing rows and slices, so that narrow rows leave no
+ * short tiles), one block of 16 output channels, cut into tiles of VOX. Per chunk of input channels the
+ * tiles accumulate into acc; then bias, activation (branch-free: random signs made a scalar branch
+ * mispredict) and the transposing copy into y (NCDHW, channel stride ystride). */
+static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, int64_t nvox, const int k[3],
+                           const float *wblock, int64_t chunk, int oc, const float *bias, i3_act act, float *acc,
+                           float *y, int64_t ystride) {
+    const int64_t taps = (int64_t)k[0] * k[1] * k[2], cin = bx->cin;
     for (int64_t q0 = 0; q0 < cin; q0 += chunk) {
         const int64_t nq = cin - q0 < chunk ? cin - q0 : chunk;
-        for (int64_t ow = 0; ow < w_out; ow += VOX) {
-            const int nv = w_out - ow < VOX ? (int)(w_out - ow) : VOX;
-            direct_tiles[nv](in + ow * vstep + q0, nq, cin, k, zstep, rstep, vstep, wblock + q0 * taps * OCB, q0 == 0,
-                             row_acc + ow * OCB);
+        for (int64_t t0 = 0; t0 < nvox; t0 += VOX) {
+            const int nv = nvox - t0 < VOX ? (int)(nvox - t0) : VOX;
+            int64_t off[VOX];
+            for (int j = 0; j < nv; j++) off[j] = box_in_offset(bx, v0 + t0 + j);
+            direct_tiles[nv](slab + q0, off, nq, cin, k, bx->zstep, bx->rstep, wblock + q0 * taps * OCB, q0 == 0,
+                             acc + t0 * OCB);
         }
     }
-    finish_row(row_acc, w_out, oc, bias, act, y, ystride);
+    const float s = act.kind == I3_ACT_LEAKY_RELU ? act.slope : act.kind == I3_ACT_RELU ? 0.0f : 1.0f;
+    const v8f slope = {s, s, s, s, s, s, s, s}, zero = {0};
+    for (int64_t i = 0; i < nvox * OCB; i += 8) {
+        const v8f v = load8(acc + i) + load8(bias + i % OCB);
+        const v8i neg = v < zero;
+        const v8f out = (v8f)((v8i)v & ~neg) + slope * (v8f)((v8i)v & neg);
+        memcpy(acc + i, &out, sizeof out);
+    }
+    for (int64_t t = 0; t < nvox;) { /* runs of voxels contiguous in y (one row at least) */
+        const int64_t yo = box_out_offset(bx, v0 + t), rest = bx->w - (v0 + t) % bx->w;
+        const int64_t run = rest < nvox - t ? rest : nvox - t;
+        for (int r = 0; r < oc; r++)
+            for (int64_t j = 0; j < run; j++) y[r * ystride + yo + j] = acc[(t + j) * OCB + r];
+        t += run;
+    }
 }
 
 /* Weights packed once per call by all threads; then threads over (sample, depth band, row band, channel
@@ -349,12 +374,12 @@ static void conv_direct(const float *x, i3_shape5 xs, const float *w, const floa
     const int64_t taps = (int64_t)p->k[0] * p->k[1] * p->k[2], s_out = i3_shape5_spatial(ys), cin = xs.c;
     const int64_t blocks = ceil_div(ys.c, OCB), per_group = ceil_div(blocks, dp->groups);
     const int64_t tasks = ys.n * dp->dbands * dp->bands * dp->groups;
-    const int64_t rstep = dp->wp * cin, zstep = dp->hb * rstep, vstep = p->stride[2] * cin;
+    const int64_t rstep = dp->wp * cin, zstep = dp->hb * rstep;
     float *wpack = scratch;
 #pragma omp parallel num_threads(n_threads)
     {
-        float *slab = scratch + dp->pack + (size_t)omp_get_thread_num() * (size_t)(dp->slab + dp->row_acc);
-        float *row_acc = slab + dp->slab;
+        float *slab = scratch + dp->pack + (size_t)omp_get_thread_num() * (size_t)(dp->slab + dp->seg_acc);
+        float *acc = slab + dp->slab;
 #pragma omp for schedule(static)
         for (int64_t ob = 0; ob < blocks; ob++) pack_weights_block(w, ys.c, cin, taps, dp->chunk, ob, wpack);
 #pragma omp for schedule(dynamic)
@@ -371,13 +396,12 @@ static void conv_direct(const float *x, i3_shape5 xs, const float *w, const floa
                 const int oc = ys.c - o < OCB ? (int)(ys.c - o) : OCB;
                 float bias[OCB] = {0};
                 for (int r = 0; r < oc; r++) bias[r] = b ? b[o + r] : 0.0f;
-                for (int64_t od = od0; od < od1; od++)
-                    for (int64_t oh = oh0; oh < oh1; oh++) {
-                        const float *in = slab + (od - od0) * p->stride[0] * zstep + (oh - oh0) * p->stride[1] * rstep;
-                        float *y0 = y + (n * ys.c + o) * s_out + (od * ys.h + oh) * ys.w;
-                        direct_row(in, cin, p->k, zstep, rstep, vstep, wpack + ob * OCB * cin * taps, dp->chunk, ys.w,
-                                   oc, bias, p->act, row_acc, y0, s_out);
-                    }
+                const direct_box bx = {oh1 - oh0, ys.w, ys.h, p->stride[0], p->stride[1], p->stride[2], zstep, rstep, cin};
+                const int64_t nbox = (od1 - od0) * (oh1 - oh0) * ys.w;
+                float *yb = y + (n * ys.c + o) * s_out + (od0 * ys.h + oh0) * ys.w;
+                for (int64_t v0 = 0; v0 < nbox; v0 += I3_CONV_SEGMENT)
+                    direct_segment(slab, &bx, v0, nbox - v0 < I3_CONV_SEGMENT ? nbox - v0 : I3_CONV_SEGMENT, p->k,
+                                   wpack + ob * OCB * cin * taps, dp->chunk, oc, bias, p->act, acc, yb, s_out);
             }
         }
     }
@@ -386,7 +410,7 @@ static void conv_direct(const float *x, i3_shape5 xs, const float *w, const floa
 size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads) {
     direct_plan dp;
     if (direct_plan_of(xs, p, n_threads, &dp))
-        return (size_t)(dp.pack + n_threads * (dp.slab + dp.row_acc)) * sizeof(float);
+        return (size_t)(dp.pack + n_threads * (dp.slab + dp.seg_acc)) * sizeof(float);
     if (is_pointwise(p)) return 0;
     const int64_t k_rows = xs.c * p->k[0] * p->k[1] * p->k[2];
     return (size_t)n_threads * (size_t)k_rows * (size_t)conv_tile_cols(xs, p, n_threads) * sizeof(float);
