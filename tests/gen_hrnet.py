@@ -37,6 +37,8 @@ Writes into --out:
       "clicks" [n, 4] (z, y, x, positive), "input" [1, 6, d, h, w] (the encoded network input),
       "logits_low" [1, 1, d', h', w'] (cls_head output), "logits" [1, 1, d, h, w] (upsampled);
       2D: d = 1, 64 x 80; 3D: 24 x 32 x 40.
+  bad_missing, bad_acs, bad_rgb_conv, bad_coord .safetensors: hrnet2d with a BN tensor removed, metadata
+      "acs": "2", arch_kwargs.use_rgb_conv true, coord_channels 2 with with_prev_mask true.
 """
 import argparse
 import json
@@ -531,6 +533,24 @@ def convert(ckpt, out, acs):
     subprocess.run(cmd + (["--acs"] if acs else []), check=True, stdout=subprocess.DEVNULL)
 
 
+def write_bad_files(out):
+    """Broken variants of hrnet2d.safetensors for the error messages (tests/test_hrnet.c, bad_files)."""
+    from safetensors import safe_open
+    with safe_open(os.path.join(out, "hrnet2d.safetensors"), "pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    net = json.loads(meta["network"])
+    missing = dict(tensors)
+    del missing["feature_extractor.stage4.2.fuse_layers.3.0.2.1.running_var"]
+    save_file(missing, os.path.join(out, "bad_missing.safetensors"), metadata=meta)
+    save_file(tensors, os.path.join(out, "bad_acs.safetensors"), metadata={**meta, "acs": "2"})
+    rgb = json.loads(meta["network"])
+    rgb["arch_kwargs"]["use_rgb_conv"] = True
+    save_file(tensors, os.path.join(out, "bad_rgb_conv.safetensors"), metadata={**meta, "network": json.dumps(rgb)})
+    net["coord_channels"] = 2  # says no previous mask, while maps_transform.0.weight takes 3 channels
+    save_file(tensors, os.path.join(out, "bad_coord.safetensors"), metadata={**meta, "network": json.dumps(net)})
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -563,6 +583,8 @@ def main():
         torch.save({"state_dict": model.state_dict(), "config": config}, ckpt)
         convert(ckpt, os.path.join(args.out, "hrnet2d.safetensors"), False)
         convert(ckpt, os.path.join(args.out, "hrnet3d.safetensors"), True)
+
+    write_bad_files(args.out)
 
     # clicks (z, y, x, positive): fractional coordinates (zoom-in), two of one sign, one near a border
     io2d = run_case(model, gen, (64, 80), [(0, 20.0, 30.0, 1), (0, 40.5, 61.25, 1), (0, 3.0, 77.0, 0)])

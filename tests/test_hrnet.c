@@ -173,3 +173,24 @@ Test(hrnet, bad_inputs) {
     i3_weights_free(w);
     i3rt_context_free(ctx);
 }
+
+/* Broken files from gen_hrnet.py: each fails at load with a message naming the problem. */
+Test(hrnet, bad_files) {
+    const char *cases[][2] = {
+        {"bad_missing.safetensors", "missing tensor feature_extractor.stage4.2.fuse_layers.3.0.2.1.running_var"},
+        {"bad_acs.safetensors", "metadata \"acs\" is '2'"},
+        {"bad_rgb_conv.safetensors", "arch_kwargs.use_rgb_conv is set"},
+        {"bad_coord.safetensors", "coord_channels 2, with_prev_mask true: expected 3"},
+    };
+    i3rt_context *ctx = new_ctx();
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/hrnet/%s", getenv("I3RT_FIXTURES"), cases[i][0]);
+        i3rt_model *model = NULL;
+        cr_expect_neq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s loaded", cases[i][0]);
+        cr_expect_null(model);
+        cr_expect(strstr(i3rt_context_error(ctx), cases[i][1]), "%s: message '%s'", cases[i][0], i3rt_context_error(ctx));
+        printf("%s: %s\n", cases[i][0], i3rt_context_error(ctx));
+    }
+    i3rt_context_free(ctx);
+}
