@@ -35,7 +35,7 @@ if grep -nE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$asan_log"; then
 fi
 
 echo "== fuzzing (${fuzz_seconds} s per target)"
-CC=clang cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DI3RT_FUZZ=ON -DI3RT_TESTS=OFF \
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=Debug -DI3RT_FUZZ=ON -DI3RT_TESTS=OFF \
   -DI3RT_BENCH=OFF >/dev/null
 ninja -C build-fuzz
 for fuzzer in build-fuzz/fuzz/fuzz_*; do
