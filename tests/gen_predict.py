@@ -120,6 +120,7 @@ def main():
     ap.add_argument("--weights", default=os.environ.get("I3RT_PREDICT_WEIGHTS", os.path.join(ROOT, "weights")))
     ap.add_argument("--only", nargs="+", help="run names to (re)generate; the others are kept as they are")
     args = ap.parse_args()
+    args.out, args.weights = os.path.abspath(args.out), os.path.abspath(args.weights)
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(2)
     tm = load_train_models()
