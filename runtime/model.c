@@ -58,6 +58,15 @@ static void default_spatial(const i3rt_model *m, int64_t out[3]) {
     }
 }
 
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+static bool is_torch_buffer(const char *name) {
+    return ends_with(name, ".running_mean") || ends_with(name, ".running_var");
+}
+
 i3rt_status i3rt_model_load(i3rt_context *ctx, const char *path, i3rt_model **out) {
     if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
     if (!path || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3rt_model_load: NULL path or output");
@@ -76,10 +85,12 @@ i3rt_status i3rt_model_load(i3rt_context *ctx, const char *path, i3rt_model **ou
         i3_network_total_stride(&m->net, smallest);
         st = model_prepare(m, smallest);
     }
-    /* Every tensor of the file is a parameter of the inference network (the build checked that
-     * none is left over), as PyTorch counts them without the deep-supervision heads. */
-    for (int i = 0; st == I3RT_OK && i < i3_weights_count(m->weights); i++)
-        m->n_params += (int64_t)i3_weights_at(m->weights, i)->numel;
+    /* The file's tensors are the inference network's state (the build checked that none is left
+     * over); PyTorch counts them as parameters except its batch-norm buffers. */
+    for (int i = 0; st == I3RT_OK && i < i3_weights_count(m->weights); i++) {
+        const i3_weight_tensor *t = i3_weights_at(m->weights, i);
+        if (!is_torch_buffer(t->name)) m->n_params += (int64_t)t->numel;
+    }
     if (st != I3RT_OK) {
         i3rt_model_free(m);
         return st;
