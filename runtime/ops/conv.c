@@ -30,7 +30,7 @@
  * stays efficient for very deep K (320 x 27 = 8640 rows: 2.2 MB). */
 #define I3_CONV_TILE_BYTES (1u << 20)
 #define I3_CONV_MIN_TILE 64
-/* Per-thread slab budget of the direct path (zero-padded input rows of one band of output rows). */
+/* Per-thread slab budget of the direct path (the zero-padded, channels-last input box of one task). */
 #define I3_CONV_DIRECT_BYTES (4u << 20)
 
 static int64_t out_len(int64_t in, int k, int stride, int pad) {
@@ -160,9 +160,9 @@ static void bias_act_block(float *y, int64_t ld, int64_t rows, int64_t cols, con
 
 typedef float v8f __attribute__((vector_size(32)));
 #define OCB 16 /* output channels per register block: 2 vectors of 8 */
-#define VOX 6  /* output voxels along w per register block: 6 x 2 = 12 accumulators */
+#define VOX 6  /* output voxels per register block: 6 x 2 = 12 accumulators */
 /* Weights of one chunk of input channels (all taps, 16 output channels) stay within 64 KB (L2) while
- * every tile of an output row reads them; measured better than 16 KB (L1: more loop and accumulator
+ * every tile of a segment reads them; measured better than 16 KB (L1: more loop and accumulator
  * traffic) and than no chunks (128..320 channels: 221..553 KB per block) on the 2-core dev machine. */
 #define I3_CONV_CHUNK_BYTES (64u << 10)
 /* Output voxels per segment (a run of a task's box, cut into tiles): its accumulator (16 KB) stays in L1
@@ -185,8 +185,8 @@ typedef struct {
 
 /* Every non-pointwise convolution with enough input channels for the inner loop (the kernel's inner loop
  * runs over cin). A task's slab covers a box of output (depth band x row band x full w); the box grows
- * until the slab reaches I3_CONV_DIRECT_BYTES (fewer re-copied halo slices), then shrinks again while
- * there are fewer than 4 tasks per thread; channel groups split what is left. */
+ * until the slab reaches I3_CONV_DIRECT_BYTES (fewer re-copied halo slices), then, unless the weights
+ * dominate, shrinks again while there are fewer than 4 tasks per thread; channel groups split the rest. */
 static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, direct_plan *dp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     if (xs.c < 8 || is_pointwise(p) || i3_shape5_numel(ys) == 0) return 0;
@@ -237,9 +237,9 @@ static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, in
             }
             memset(dst, 0, (size_t)(c0 * cin) * sizeof(float));
             memset(dst + c1 * cin, 0, (size_t)((wp - c1) * cin) * sizeof(float));
-            const float *src = x + (iz * xs.h + iy) * xs.w - left;
+            const float *src = x + (iz * xs.h + iy) * xs.w;
             for (int64_t ci = 0; ci < cin; ci++) /* reads along w; the strided writes stay in one L1-sized row */
-                for (int64_t c = c0; c < c1; c++) dst[c * cin + ci] = src[ci * plane + c];
+                for (int64_t c = c0; c < c1; c++) dst[c * cin + ci] = src[ci * plane + c - left];
         }
 }
 
