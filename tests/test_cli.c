@@ -19,6 +19,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "fixtures.h"
 
 extern char **environ;
 
@@ -32,21 +33,11 @@ static void setup(void) {
     cr_assert(bin && fx, "I3RT_BINARY_DIR / I3RT_FIXTURES not set (run through ctest)");
     snprintf(binary, sizeof binary, "%s/i3rt", bin);
     snprintf(fixtures, sizeof fixtures, "%s/cli", fx);
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/i3rt_test_cli_XXXXXX");
-    cr_assert(mkdtemp(tmpdir));
+    fx_temp_dir(tmpdir, sizeof tmpdir, "cli");
 }
 
 static void teardown(void) {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-    if (d) closedir(d);
-    rmdir(tmpdir);
+    fx_remove_dir(tmpdir);
     i3rt_context_free(ctx);
 }
 

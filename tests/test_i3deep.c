@@ -27,27 +27,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "fixtures.h"
 
 static i3_ctx *ctx;
 static char tmpdir[256];
 
 static void setup(void) {
     cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/i3rt_test_i3deep_XXXXXX");
-    cr_assert(mkdtemp(tmpdir), "cannot make a temporary directory");
+    fx_temp_dir(tmpdir, sizeof tmpdir, "i3deep");
 }
 
 static void teardown(void) {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-    if (d) closedir(d);
-    rmdir(tmpdir);
+    fx_remove_dir(tmpdir);
     i3rt_context_free(ctx);
 }
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "fixtures.h"
 
 static i3_ctx *ctx;
 static char fixtures[512];
@@ -28,21 +29,11 @@ static void setup(void) {
     const char *root = getenv("I3RT_FIXTURES");
     cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
     snprintf(fixtures, sizeof fixtures, "%s/volume_io", root);
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/i3rt_test_volume_io_XXXXXX");
-    cr_assert(mkdtemp(tmpdir), "cannot make a temporary directory");
+    fx_temp_dir(tmpdir, sizeof tmpdir, "volume_io");
 }
 
 static void teardown(void) {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d && (e = readdir(d)))
-        if (e->d_name[0] != '.') {
-            snprintf(p, sizeof p, "%s/%s", tmpdir, e->d_name);
-            unlink(p);
-        }
-    if (d) closedir(d);
-    rmdir(tmpdir);
+    fx_remove_dir(tmpdir);
     i3rt_context_free(ctx);
 }
 

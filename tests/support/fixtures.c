@@ -1,11 +1,14 @@
 /* Test helpers: random data, guarded buffers, error reports, PyTorch fixture reading (fixtures.h). */
 #include "fixtures.h"
 
+#include <criterion/criterion.h>
 #include <cjson/cJSON.h>
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define FX_SENTINEL (-12345.678f)
 
@@ -107,4 +110,22 @@ bool fx_shape5(const i3_weights *w, const char *name, int64_t out[5]) {
     if (!t || t->ndim != 5) return false;
     memcpy(out, t->shape, 5 * sizeof(int64_t));
     return true;
+}
+
+void fx_temp_dir(char *buf, size_t n, const char *tag) {
+    snprintf(buf, n, "/tmp/i3rt_%s_XXXXXX", tag);
+    cr_assert(mkdtemp(buf), "cannot make a temporary directory %s", buf);
+}
+
+void fx_remove_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char p[2048];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(dir);
 }
