@@ -11,14 +11,15 @@
  *       instance_norm.cu merges them) and a deferred instance norm + activation of its input in the
  *       prologue (runtime/backend_cuda.cu decides when).
  *   v2: implicit GEMM on tensor cores (f16, bf16: mma m16n8k16, k step 16; tf32: mma m16n8k8,
- *       k step 8, fragments read from shared memory in the .tf32 layout since ldmatrix is b16). Rows m are output positions (n, z, y, x), columns the output
- *       channels, k runs over (input channel, tap): D[m][o] = sum_k im2col(x)[m][k] * w[o][k]. A block
- *       of 4 warps computes a 64 x 32 tile of D; per step of 16 in k, the threads gather the im2col
- *       tile (zero outside the input) and the weight tile into shared memory, rounded to f16 or bf16,
- *       each warp loads its 16 x 16 A fragment and four 16 x 8 B fragments with ldmatrix and runs
- *       four mma m16n8k16 with f32 accumulators; the epilogue adds bias, applies the activation and
- *       writes NCDHW f32. No double buffering or cp.async yet: a first tensor-core version whose
- *       fragment plumbing is checked on the emulator.
+ *       k step 8, fragments read from shared memory in the .tf32 layout since ldmatrix is b16).
+ *       Rows m are output positions (n, z, y, x), columns the output channels, k runs over (input
+ *       channel, tap): D[m][o] = sum_k im2col(x)[m][k] * w[o][k]. A block of 4 warps computes a
+ *       64 x 32 tile of D; per k step the threads gather the im2col tile (zero outside the input) and
+ *       the weight tile into shared memory, rounded to the operand format; each warp loads its A
+ *       fragment and four B fragments (ldmatrix for f16/bf16) and runs four mma with f32
+ *       accumulators; the epilogue adds bias, applies the activation and writes NCDHW f32. No double
+ *       buffering or cp.async yet: a first tensor-core version whose fragment plumbing is checked on
+ *       the emulator.
  *       Fusions as v1 (conv_tensor_core_fused): the deferred norm applied while the im2col tile is
  *       gathered; the epilogue's per-channel moments merged over the lanes of a column (shuffles)
  *       and the four warps (shared memory), one partial per (plane, row tile) when every row tile

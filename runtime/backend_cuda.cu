@@ -164,8 +164,8 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     }
     const float *xd = (const float *)x->data;
     if (!tensor_cores)
-        return I3_DEV(conv_fused)(xd, xs, w, bias, &node->p.conv, in_scale_shift, act_in, (float *)y->data, ys, partials,
-                                  st->stream);
+        return I3_DEV(conv_fused)(xd, xs, w, bias, &node->p.conv, in_scale_shift, act_in, (float *)y->data, ys,
+                                  partials, st->stream);
     int precision = st->conv == CONV_F16 ? I3_TC_F16 : st->conv == CONV_BF16 ? I3_TC_BF16 : I3_TC_TF32;
     return I3_DEV(conv_tensor_core_fused)(xd, xs, w, bias, &node->p.conv, in_scale_shift, act_in, (float *)y->data, ys,
                                           partials, precision, st->stream);
@@ -417,7 +417,9 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
     return I3RT_OK;
 }
 
-extern "C" void I3_DEV(backend_stats)(const i3_backend *b, i3_cuda_stats *out) { *out = ((DeviceState *)b->impl)->stats; }
+extern "C" void I3_DEV(backend_stats)(const i3_backend *b, i3_cuda_stats *out) {
+    *out = ((DeviceState *)b->impl)->stats;
+}
 
 extern "C" i3rt_status I3_DEV(host_alloc)(i3_backend *b, size_t bytes, void **out) {
     cudaError_t e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault);

@@ -283,8 +283,8 @@ static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int precisio
     dev_download_free(d, dy, y, "conv_tensor_core y");
     char what[160];
     snprintf(what, sizeof what, "conv_tensor_core %s x[%lld,%lld,%lld,%lld,%lld] cout %d k%d%d%d s%d%d%d",
-             PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w,
-             p.cout, p.k[0], p.k[1], p.k[2], p.stride[0], p.stride[1], p.stride[2]);
+             PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
+             (long long)xs.w, p.cout, p.k[0], p.k[1], p.k[2], p.stride[0], p.stride[1], p.stride[2]);
     char vs[200];
     snprintf(vs, sizeof vs, "%s vs rounded-input ref", what);
     check_nmse(d->b->iface->name, vs, y, ref_rounded, ny);
