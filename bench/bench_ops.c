@@ -3,11 +3,13 @@
  * conv it first validates the fast path against the plain reference on a 3 x 4 x w input (same
  * channels, kernel and w, hence the same strategy; the reference is too slow at full size), then
  * times the fast path (best of R runs after one warm-up) and prints ms and GFLOP/s, wall clock and process
- * CPU time (GFLOP/s per CPU-second x threads: on a loaded machine the better measure of the kernel).
+ * CPU time of all threads (GFLOP per CPU-second, i.e. per busy thread: on a loaded machine the better
+ * measure of the kernel).
  *
  * Build: part of the CMake build when I3RT_BENCH=ON (bench/CMakeLists.txt): `ninja -C build bench_ops`.
  * Run: build/bench/bench_ops [threads=2] [repeats=5]
- * PyTorch baseline for the same shapes: F.conv3d with torch.set_num_threads(threads). */
+ * PyTorch baseline for the same shapes: F.conv3d with torch.set_num_threads(threads), timed the same way
+ * (time.process_time), run right after this in the same command so that both see the same load. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,8 +93,8 @@ static void bench_conv(const conv_shape *c, int threads, int repeats) {
         if (r > 0 && tc < best_cpu) best_cpu = tc;
     }
     const double flops = 2.0 * c->cout * c->cin * kk * i3_shape5_spatial(ys);
-    printf("conv %-26s %8.2f ms %6.1f GFLOP/s  cpu %8.2f ms %6.1f GFLOP/s/thread  scratch %5.2f MB  rel err %.1e\n",
-           c->name, best * 1e3, flops / best * 1e-9, best_cpu * 1e3, flops / best_cpu * threads * 1e-9,
+    printf("conv %-26s %8.2f ms %6.1f GFLOP/s  cpu %8.2f ms %6.1f GFLOP/cpu-s  scratch %5.2f MB  rel err %.1e\n",
+           c->name, best * 1e3, flops / best * 1e-9, best_cpu * 1e3, flops / best_cpu * 1e-9,
            scratch_bytes / 1048576.0, validate_conv(c, threads));
     free(x), free(w), free(b), free(y), free(scratch);
 }
