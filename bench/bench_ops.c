@@ -8,8 +8,8 @@
  *
  * Build: part of the CMake build when I3RT_BENCH=ON (bench/CMakeLists.txt): `ninja -C build bench_ops`.
  * Run: build/bench/bench_ops [threads=2] [repeats=5]
- * PyTorch baseline for the same shapes: F.conv3d with torch.set_num_threads(threads), timed the same way
- * (time.process_time), run right after this in the same command so that both see the same load. */
+ * PyTorch baseline for the same shapes: bench/bench_ops_torch.py (F.conv3d, timed the same way), run right
+ * after this in the same command so that both see the same load. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
