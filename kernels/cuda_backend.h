@@ -14,6 +14,24 @@ extern "C" {
 
 i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out);
 
+/* The backend's settings. i3_backend_cuda_create takes them from the environment
+ * (i3_cuda_options_from_env: I3RT_CUDA_CONV = f32 | f16 | bf16 | tf32, I3RT_CUDA_FUSE = 0 | 1,
+ * I3RT_CUDA_GRAPHS = 0 | 1; defaults f32, 1, 1), until the public API has a precision setting
+ * (docs/cuda.md proposes one); i3_backend_cuda_create_with takes them from the caller. */
+typedef enum {
+    I3_CUDA_CONV_F32 = 0, /* direct f32 convolution: the CPU backend's results up to summation order */
+    I3_CUDA_CONV_F16,     /* tensor cores, operands rounded to f16 / bf16 / tf32, f32 accumulation */
+    I3_CUDA_CONV_BF16,
+    I3_CUDA_CONV_TF32
+} i3_cuda_conv_precision;
+typedef struct {
+    int conv;   /* an i3_cuda_conv_precision (an int: a bad value is an error, not undefined behaviour) */
+    int fuse;   /* cross-node fusions (docs/cuda.md, "Fusions") */
+    int graphs; /* CUDA-graph capture and replay of a repeated forward */
+} i3_cuda_options;
+i3rt_status i3_cuda_options_from_env(i3_ctx *ctx, i3_cuda_options *out);
+i3rt_status i3_backend_cuda_create_with(i3_ctx *ctx, int emulated, const i3_cuda_options *opt, i3_backend **out);
+
 /* What the backend did since its creation, for tests and benchmarks: nodes whose own memory pass
  * was fused away (an instance norm's statistics taken in the producing conv's epilogue, a norm
  * deferred into the next conv's prologue or the residual add), CUDA graphs captured from a

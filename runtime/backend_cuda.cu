@@ -12,12 +12,13 @@
  * is the next node, leaves the tensor unnormalized and hands (scale, shift, act) on: to the next
  * convolution's prologue, or to the residual add of a ResEnc block (normalize + add + act in one
  * pass). Both convolution kernels have them (the tensor-core one takes statistics only when each
- * 64-row tile lies in one sample); I3RT_CUDA_FUSE=0 turns them off.
+ * 64-row tile lies in one sample); i3_cuda_options.fuse (I3RT_CUDA_FUSE=0) turns them off.
  *
- * CUDA graphs (I3RT_CUDA_GRAPHS=0 turns them off): a graph run a second time with the same bindings
- * (the same graph, data pointers and fusion buffers) is captured from the stream while it runs;
- * from the third run on, node 0 launches the captured graph and every node returns at once. The
- * first run allocates what the fusions need, so nothing is allocated under capture. */
+ * CUDA graphs (i3_cuda_options.graphs; I3RT_CUDA_GRAPHS=0 turns them off): a graph run a second
+ * time with the same bindings (the same graph, data pointers and fusion buffers) is captured from the
+ * stream while it runs; from the third run on, node 0 launches the captured graph and every node
+ * returns at once. The first run allocates what the fusions need, so nothing is allocated under
+ * capture. */
 #include "device.h"
 
 #include "cuda_backend.h"
@@ -37,12 +38,14 @@ static const char BACKEND_NAME[] = "emulated";
 static const char *failure_detail() { return ::i3emu::error_detail(); }
 #endif
 
-/* Which kernel runs the graph's convolutions: the f32 direct kernel (default: parity with the CPU
- * backend), or the tensor-core implicit GEMM with f16, bf16 or tf32 operands and f32 accumulation.
- * Set at creation from the environment variable I3RT_CUDA_CONV = f32 | f16 | bf16 | tf32, until the
- * public API has a precision setting. */
-enum ConvPrecision { CONV_F32 = 0, CONV_F16, CONV_BF16, CONV_TF32 };
-static const char *const CONV_PRECISION_NAMES[] = {"f32", "f16", "bf16", "tf32"};
+/* Which kernel runs the graph's convolutions (i3_cuda_options.conv): the f32 direct kernel (default:
+ * parity with the CPU backend), or the tensor-core implicit GEMM with f16, bf16 or tf32 operands and f32
+ * accumulation. */
+typedef i3_cuda_conv_precision ConvPrecision;
+#define CONV_F32 I3_CUDA_CONV_F32
+#define CONV_F16 I3_CUDA_CONV_F16
+#define CONV_BF16 I3_CUDA_CONV_BF16
+#define CONV_TF32 I3_CUDA_CONV_TF32
 
 /* What one node hands on to the next ones of the same graph (node indices in graph->nodes). */
 struct Fusion {
@@ -367,8 +370,12 @@ static const i3_backend_i device_iface = {
 
 using namespace I3_NS;
 
-extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
+extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, const i3_cuda_options *opt, i3_backend **out) {
     *out = NULL;
+    if (opt->conv < (int)CONV_F32 || opt->conv > (int)CONV_TF32)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "%s backend: conv precision %d is not one of i3_cuda_conv_precision", BACKEND_NAME,
+                       opt->conv);
 #ifdef __CUDACC__
     int devices = 0;
     cudaError_t found = cudaGetDeviceCount(&devices);
@@ -385,21 +392,9 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, i3_backend **out) {
         free(state);
         return I3RT_ERR_OUT_OF_MEMORY;
     }
-    const char *conv = getenv("I3RT_CUDA_CONV");
-    int precision = conv ? -1 : CONV_F32;
-    for (int i = CONV_F32; conv && i <= CONV_TF32; i++)
-        if (!strcmp(conv, CONV_PRECISION_NAMES[i])) precision = i;
-    if (precision < 0) {
-        free(b);
-        free(state);
-        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "%s backend: I3RT_CUDA_CONV=%s is not f32, f16, bf16 or tf32",
-                       BACKEND_NAME, conv);
-    }
-    state->conv = (ConvPrecision)precision;
-    const char *fuse = getenv("I3RT_CUDA_FUSE");
-    state->fuse = !fuse || strcmp(fuse, "0");
-    const char *graphs = getenv("I3RT_CUDA_GRAPHS");
-    state->graphs = !graphs || strcmp(graphs, "0");
+    state->conv = (ConvPrecision)opt->conv;
+    state->fuse = opt->fuse != 0;
+    state->graphs = opt->graphs != 0;
     state->fusion.stats_for = state->fusion.deferred_for = -1;
     b->iface = &device_iface;
     b->ctx = ctx;
@@ -436,7 +431,7 @@ extern "C" void I3_DEV(host_free)(void *ptr) {
 
 #ifndef __CUDACC__
 #ifdef I3RT_HAVE_CUDA
-extern "C" i3rt_status i3gpu_backend_create(i3_ctx *ctx, i3_backend **out);
+extern "C" i3rt_status i3gpu_backend_create(i3_ctx *ctx, const i3_cuda_options *opt, i3_backend **out);
 extern "C" void i3gpu_backend_stats(const i3_backend *b, i3_cuda_stats *out);
 extern "C" i3rt_status i3gpu_host_alloc(i3_backend *b, size_t bytes, void **out);
 extern "C" void i3gpu_host_free(void *ptr);
@@ -467,14 +462,37 @@ extern "C" void i3_backend_cuda_host_free(i3_backend *b, void *ptr) {
     i3emu_host_free(ptr);
 }
 
-extern "C" i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out) {
-    if (emulated) return i3emu_backend_create(ctx, out);
+extern "C" i3rt_status i3_cuda_options_from_env(i3_ctx *ctx, i3_cuda_options *out) {
+    static const char *const names[] = {"f32", "f16", "bf16", "tf32"};
+    const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE"), *graphs = getenv("I3RT_CUDA_GRAPHS");
+    int precision = conv ? -1 : I3_CUDA_CONV_F32;
+    for (int i = I3_CUDA_CONV_F32; conv && i <= I3_CUDA_CONV_TF32; i++)
+        if (!strcmp(conv, names[i])) precision = i;
+    if (precision < 0)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "cuda backend: I3RT_CUDA_CONV=%s is not f32, f16, bf16 or tf32",
+                       conv);
+    out->conv = precision;
+    out->fuse = !fuse || strcmp(fuse, "0");
+    out->graphs = !graphs || strcmp(graphs, "0");
+    return I3RT_OK;
+}
+
+extern "C" i3rt_status i3_backend_cuda_create_with(i3_ctx *ctx, int emulated, const i3_cuda_options *opt,
+                                                   i3_backend **out) {
+    if (emulated) return i3emu_backend_create(ctx, opt, out);
 #ifdef I3RT_HAVE_CUDA
-    return i3gpu_backend_create(ctx, out);
+    return i3gpu_backend_create(ctx, opt, out);
 #else
     *out = NULL;
     return i3_fail(ctx, I3RT_ERR_BACKEND,
                    "the CUDA backend is not built into this i3rt (configure with -DI3RT_CUDA=ON)");
 #endif
+}
+
+extern "C" i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out) {
+    i3_cuda_options opt;
+    *out = NULL;
+    I3_TRY(i3_cuda_options_from_env(ctx, &opt));
+    return i3_backend_cuda_create_with(ctx, emulated, &opt, out);
 }
 #endif

@@ -1166,6 +1166,15 @@ Test(emulated, bad_conv_precision_is_a_message) {
     cr_assert(strstr(ctx.error, "I3RT_CUDA_CONV=f8") != NULL, "message: %s", ctx.error);
 }
 
+Test(emulated, bad_options_are_a_message) {
+    i3_ctx ctx = {.n_threads = 1, .backend = I3RT_BACKEND_EMULATED};
+    i3_backend *b = (i3_backend *)&ctx;
+    i3_cuda_options opt = {.conv = 7, .fuse = 1, .graphs = 1};
+    cr_assert_eq(i3_backend_cuda_create_with(&ctx, 1, &opt, &b), I3RT_ERR_INVALID_ARGUMENT);
+    cr_assert_null(b);
+    cr_assert(strstr(ctx.error, "precision 7") != NULL, "message: %s", ctx.error);
+}
+
 Test(emulated, out_of_memory_is_a_message) {
     device d;
     open_emulated(&d);
