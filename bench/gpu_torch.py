@@ -159,8 +159,9 @@ def bench_forward(path, spatial, runs):
     torch.backends.cudnn.allow_tf32 = False
     emit(bench="forward", name="torch eager fp32", **shape, ms=median_ms(fp32, runs))
     emit(bench="forward", name="torch eager fp16 autocast", **shape, ms=median_ms(amp(net), runs))
-    net_cl = net.to(memory_format=torch.channels_last_3d)
-    emit(bench="forward", name="torch eager fp16 autocast channels_last_3d", **shape, ms=median_ms(amp(net_cl), runs))
+    layout = torch.channels_last if meta["dims"] == 2 else torch.channels_last_3d
+    net_cl = net.to(memory_format=layout)
+    emit(bench="forward", name="torch eager fp16 autocast channels_last", **shape, ms=median_ms(amp(net_cl), runs))
     compiled = torch.compile(net)
     emit(bench="forward", name="torch.compile fp16 autocast", **shape, ms=median_ms(amp(compiled), runs, warmup=5))
 
