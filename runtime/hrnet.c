@@ -20,6 +20,7 @@
  * three orientations), a 1x1 convolution a 1x1x1 one (the three orientations coincide), bilinear
  * resizes trilinear, and the spatial softmax of the OCR head runs over the whole volume. */
 #include "hrnet.h"
+#include "network.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -34,17 +35,6 @@
 #define MAX_BRANCHES 4
 
 /* ---- parsing ----------------------------------------------------------------------------------- */
-
-static i3rt_status parse_fail(i3_ctx *ctx, const char *file, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static i3rt_status parse_fail(i3_ctx *ctx, const char *file, const char *fmt, ...) {
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: network metadata: %s", file, msg);
-}
 
 /* A positive int field of obj. */
 static int positive_int(const cJSON *obj, const char *field, int *out) {
@@ -66,22 +56,22 @@ i3rt_status i3_hrnet_parse(i3_ctx *ctx, const char *file, const cJSON *net, cons
     memset(&cfg, 0, sizeof cfg);
     int dims = 0, in_channels = 0, classes = 0;
     if (!positive_int(net, "dims", &dims) || dims != 2)
-        return parse_fail(ctx, file, "RITM-HRNet18: \"dims\" must be 2 (3D use is marked by \"acs\": \"1\")");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"dims\" must be 2 (3D use is marked by \"acs\": \"1\")");
     if (!positive_int(net, "input_channels", &in_channels) || in_channels != I3_HRNET_IMAGE_CHANNELS)
-        return parse_fail(ctx, file, "RITM-HRNet18: \"input_channels\" must be %d (the RGB image)",
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"input_channels\" must be %d (the RGB image)",
                           I3_HRNET_IMAGE_CHANNELS);
     if (!positive_int(net, "num_classes", &classes) || classes != NUM_CLASSES)
-        return parse_fail(ctx, file, "RITM-HRNet18: \"num_classes\" must be %d", NUM_CLASSES);
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"num_classes\" must be %d", NUM_CLASSES);
     if (!positive_int(net, "width", &cfg.width) || !positive_int(net, "ocr_width", &cfg.ocr_width) ||
         !positive_int(net, "ocr_mid_channels", &cfg.ocr_mid) || !positive_int(net, "coord_channels", &cfg.coord_channels))
-        return parse_fail(ctx, file, "RITM-HRNet18: \"width\", \"ocr_width\", \"ocr_mid_channels\" and "
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"width\", \"ocr_width\", \"ocr_mid_channels\" and "
                                      "\"coord_channels\" must be positive ints");
     cfg.small = bool_field(net, "small", 0);
     cfg.with_prev_mask = bool_field(net, "with_prev_mask", 0);
     if (cfg.small < 0 || cfg.with_prev_mask < 0)
-        return parse_fail(ctx, file, "RITM-HRNet18: \"small\" and \"with_prev_mask\" must be true or false");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"small\" and \"with_prev_mask\" must be true or false");
     if (cfg.coord_channels != 2 + cfg.with_prev_mask)
-        return parse_fail(ctx, file, "RITM-HRNet18: coord_channels %d, with_prev_mask %s: expected %d (clicks groups "
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: coord_channels %d, with_prev_mask %s: expected %d (clicks groups "
                                      "are not supported)",
                           cfg.coord_channels, cfg.with_prev_mask ? "true" : "false", 2 + cfg.with_prev_mask);
 
@@ -89,7 +79,7 @@ i3rt_status i3_hrnet_parse(i3_ctx *ctx, const char *file, const cJSON *net, cons
      * defaults (RITM's @serialize records only HRNetModel's own defaults). */
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(net, "arch_kwargs");
     if (kw && !cJSON_IsNull(kw) && !cJSON_IsObject(kw))
-        return parse_fail(ctx, file, "RITM-HRNet18: \"arch_kwargs\" is not an object");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"arch_kwargs\" is not an object");
     const char *unsupported[] = {"use_rgb_conv", "conv_extend"};
     for (int i = 0; i < 2; i++)
         if (bool_field(kw, unsupported[i], 0) != 0)
@@ -105,13 +95,13 @@ i3rt_status i3_hrnet_parse(i3_ctx *ctx, const char *file, const cJSON *net, cons
     cfg.use_disks = bool_field(kw, "use_disks", 0);
     cfg.binary_prev_mask = bool_field(kw, "binary_prev_mask", 0);
     if (leaky < 0 || cfg.use_disks < 0 || cfg.binary_prev_mask < 0)
-        return parse_fail(ctx, file, "arch_kwargs: use_leaky_relu, use_disks and binary_prev_mask must be true or false");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs: use_leaky_relu, use_disks and binary_prev_mask must be true or false");
     cfg.maps_act = leaky ? (i3_act){I3_ACT_LEAKY_RELU, 0.2f} : (i3_act){I3_ACT_RELU, 0.0f};
     const cJSON *radius = cJSON_GetObjectItemCaseSensitive(kw, "norm_radius");
     cfg.norm_radius = 260.0f; /* ISModel's default */
     if (radius && !cJSON_IsNull(radius)) {
         if (!cJSON_IsNumber(radius) || !(radius->valuedouble > 0))
-            return parse_fail(ctx, file, "arch_kwargs.norm_radius must be a positive number");
+            return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.norm_radius must be a positive number");
         cfg.norm_radius = (float)radius->valuedouble;
     }
     if (!acs || strcmp(acs, "0") == 0)

@@ -29,10 +29,7 @@ static const char *short_name(const char *dotted) {
     return dot ? dot + 1 : dotted;
 }
 
-/* Fails with "FILE: network metadata: MESSAGE". */
-static i3rt_status meta_fail(i3_ctx *ctx, i3rt_status status, const char *file, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static i3rt_status meta_fail(i3_ctx *ctx, i3rt_status status, const char *file, const char *fmt, ...) {
+i3rt_status i3_network_metadata_fail(i3_ctx *ctx, i3rt_status status, const char *file, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -66,13 +63,13 @@ static i3rt_status parse_per_stage(i3_ctx *ctx, const char *file, const cJSON *k
     } else if (cJSON_IsArray(v) && cJSON_GetArraySize(v) == n) {
         for (int i = 0; i < n; i++)
             if (!json_int(cJSON_GetArrayItem(v, i), &out[i]))
-                return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] is not an int", field, i);
+                return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] is not an int", field, i);
     } else {
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s must be an int or a list of %d ints", field, n);
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s must be an int or a list of %d ints", field, n);
     }
     for (int i = 0; i < n; i++)
         if (out[i] < min)
-            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] = %d (must be >= %d)", field, i, out[i],
+            return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] = %d (must be >= %d)", field, i, out[i],
                              min);
     return I3RT_OK;
 }
@@ -84,7 +81,7 @@ static i3rt_status parse_per_stage_axes(i3_ctx *ctx, const char *file, const cJS
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(kw, field);
     int x;
     if (!json_int(v, &x) && !(cJSON_IsArray(v) && cJSON_GetArraySize(v) == n))
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s must be an int or a list of %d entries", field, n);
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s must be an int or a list of %d entries", field, n);
     for (int s = 0; s < n; s++) {
         const cJSON *e = cJSON_IsArray(v) ? cJSON_GetArrayItem(v, s) : v;
         int axes[3] = {1, 1, 1};
@@ -93,14 +90,14 @@ static i3rt_status parse_per_stage_axes(i3_ctx *ctx, const char *file, const cJS
         } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == dims) {
             for (int a = 0; a < dims; a++)
                 if (!json_int(cJSON_GetArrayItem(e, a), &axes[3 - dims + a]))
-                    return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d][%d] is not an int", field, s, a);
+                    return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d][%d] is not an int", field, s, a);
         } else {
-            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] must be an int or %d ints", field, s,
+            return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] must be an int or %d ints", field, s,
                              dims);
         }
         for (int a = 0; a < 3; a++)
             if (axes[a] < 1 || axes[a] > 64)
-                return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] has %d (must be 1..64)", field, s,
+                return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.%s[%d] has %d (must be 1..64)", field, s,
                                  axes[a]);
         memcpy(out[s], axes, sizeof axes);
     }
@@ -112,16 +109,16 @@ static i3rt_status parse_norm(i3_ctx *ctx, const char *file, const cJSON *kw, in
     char expect[32];
     snprintf(expect, sizeof expect, "InstanceNorm%dd", dims);
     if (!norm)
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.norm_op is None (only %s is supported)", expect);
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.norm_op is None (only %s is supported)", expect);
     if (strncmp(norm, "BatchNorm", 9) == 0)
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
                          "arch_kwargs.norm_op is %s: batch norm is not supported (only %s)", norm, expect);
     if (strcmp(norm, expect) != 0)
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.norm_op is '%s' (only %s is supported)", norm,
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.norm_op is '%s' (only %s is supported)", norm,
                          expect);
     const cJSON *nkw = cJSON_GetObjectItemCaseSensitive(kw, "norm_op_kwargs");
     if (nkw && !cJSON_IsNull(nkw) && !cJSON_IsObject(nkw))
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.norm_op_kwargs is not an object");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.norm_op_kwargs is not an object");
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(nkw, "eps");
     const cJSON *affine = cJSON_GetObjectItemCaseSensitive(nkw, "affine");
     const cJSON *running = cJSON_GetObjectItemCaseSensitive(nkw, "track_running_stats");
@@ -129,16 +126,16 @@ static i3rt_status parse_norm(i3_ctx *ctx, const char *file, const cJSON *kw, in
     net->norm_affine = 0;
     if (eps && !cJSON_IsNull(eps)) {
         if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0))
-            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "norm_op_kwargs.eps must be a positive number");
+            return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "norm_op_kwargs.eps must be a positive number");
         net->norm_eps = (float)eps->valuedouble;
     }
     if (affine && !cJSON_IsNull(affine)) {
         if (!cJSON_IsBool(affine))
-            return meta_fail(ctx, I3RT_ERR_FORMAT, file, "norm_op_kwargs.affine must be true or false");
+            return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "norm_op_kwargs.affine must be true or false");
         net->norm_affine = cJSON_IsTrue(affine);
     }
     if (cJSON_IsTrue(running)) /* eval would then normalise with running statistics */
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "norm_op_kwargs.track_running_stats is not supported");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "norm_op_kwargs.track_running_stats is not supported");
     return I3RT_OK;
 }
 
@@ -151,14 +148,14 @@ static i3rt_status parse_nonlin(i3_ctx *ctx, const char *file, const cJSON *kw, 
         net->act.slope = 0.01f; /* torch's default */
         if (slope && !cJSON_IsNull(slope)) {
             if (!cJSON_IsNumber(slope))
-                return meta_fail(ctx, I3RT_ERR_FORMAT, file, "nonlin_kwargs.negative_slope is not a number");
+                return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "nonlin_kwargs.negative_slope is not a number");
             net->act.slope = (float)slope->valuedouble;
         }
     } else if (nonlin && strcmp(nonlin, "ReLU") == 0) {
         net->act.kind = I3_ACT_RELU;
         net->act.slope = 0.0f;
     } else {
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
                          "arch_kwargs.nonlin is '%s' (only LeakyReLU and ReLU are supported)",
                          nonlin ? nonlin : "None");
     }
@@ -169,7 +166,7 @@ static i3rt_status parse_nonlin(i3_ctx *ctx, const char *file, const cJSON *kw, 
 static i3rt_status parse_arch(i3_ctx *ctx, const char *file, const cJSON *kw, i3_network *net) {
     int n = 0;
     if (!json_int(cJSON_GetObjectItemCaseSensitive(kw, "n_stages"), &n) || n < 2 || n > I3_MAX_STAGES)
-        return meta_fail(ctx, n > I3_MAX_STAGES ? I3RT_ERR_UNSUPPORTED : I3RT_ERR_FORMAT, file,
+        return i3_network_metadata_fail(ctx, n > I3_MAX_STAGES ? I3RT_ERR_UNSUPPORTED : I3RT_ERR_FORMAT, file,
                          "arch_kwargs.n_stages must be an int in 2..%d", I3_MAX_STAGES);
     net->n_stages = n;
 
@@ -177,16 +174,16 @@ static i3rt_status parse_arch(i3_ctx *ctx, const char *file, const cJSON *kw, i3
     char expect[16];
     snprintf(expect, sizeof expect, "Conv%dd", net->dims);
     if (!conv || strcmp(conv, expect) != 0)
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.conv_op is '%s' (dims %d needs %s)",
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.conv_op is '%s' (dims %d needs %s)",
                          conv ? conv : "None", net->dims, expect);
     if (class_field(kw, "dropout_op"))
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.dropout_op must be None, not '%s'",
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.dropout_op must be None, not '%s'",
                          class_field(kw, "dropout_op"));
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(kw, "nonlin_first")))
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.nonlin_first is not supported");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.nonlin_first is not supported");
     const cJSON *bias = cJSON_GetObjectItemCaseSensitive(kw, "conv_bias");
     if (bias && !cJSON_IsNull(bias) && !cJSON_IsBool(bias))
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.conv_bias must be true or false");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.conv_bias must be true or false");
     net->conv_bias = cJSON_IsTrue(bias); /* default False */
 
     I3_TRY(parse_per_stage(ctx, file, kw, "features_per_stage", n, 1, net->features));
@@ -195,7 +192,7 @@ static i3rt_status parse_arch(i3_ctx *ctx, const char *file, const cJSON *kw, i3
     for (int s = 0; s < n; s++)
         for (int a = 0; a < 3; a++)
             if (net->kernel[s][a] % 2 == 0) /* padding (k-1)/2 keeps the size only for odd kernels */
-                return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.kernel_sizes[%d] is even (%d)", s,
+                return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.kernel_sizes[%d] is even (%d)", s,
                                  net->kernel[s][a]);
     I3_TRY(parse_per_stage(ctx, file, kw, "n_conv_per_stage_decoder", n - 1, 1, net->n_conv_decoder));
     I3_TRY(parse_norm(ctx, file, kw, net->dims, net));
@@ -205,15 +202,15 @@ static i3rt_status parse_arch(i3_ctx *ctx, const char *file, const cJSON *kw, i3
 static i3rt_status parse_resenc(i3_ctx *ctx, const char *file, const cJSON *kw, i3_network *net) {
     const char *block = class_field(kw, "block");
     if (block && strcmp(block, "BasicBlockD") != 0)
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.block is '%s' (only BasicBlockD is supported)",
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.block is '%s' (only BasicBlockD is supported)",
                          block);
     const cJSON *bottleneck = cJSON_GetObjectItemCaseSensitive(kw, "bottleneck_channels");
     if (bottleneck && !cJSON_IsNull(bottleneck))
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.bottleneck_channels must be None");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file, "arch_kwargs.bottleneck_channels must be None");
     const cJSON *stem = cJSON_GetObjectItemCaseSensitive(kw, "stem_channels");
     net->stem_channels = net->features[0];
     if (stem && !cJSON_IsNull(stem) && (!json_int(stem, &net->stem_channels) || net->stem_channels < 1))
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.stem_channels must be a positive int");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "arch_kwargs.stem_channels must be a positive int");
     return parse_per_stage(ctx, file, kw, "n_blocks_per_stage", net->n_stages, 1, net->n_conv_encoder);
 }
 
@@ -281,9 +278,9 @@ static i3rt_status parse_ritm(i3_ctx *ctx, const char *file, const cJSON *root, 
 static i3rt_status parse_network(i3_ctx *ctx, const char *file, const cJSON *root, const char *acs, i3_network *net) {
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(root, "class");
     const cJSON *kw = cJSON_GetObjectItemCaseSensitive(root, "arch_kwargs");
-    if (!cJSON_IsString(cls)) return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"class\" is missing");
+    if (!cJSON_IsString(cls)) return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "\"class\" is missing");
     if (!cJSON_IsObject(kw))
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"arch_kwargs\" is missing or not an object");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "\"arch_kwargs\" is missing or not an object");
     snprintf(net->class_name, sizeof net->class_name, "%s", short_name(cls->valuestring));
     if (strcmp(net->class_name, "RITM-HRNet18") == 0) return parse_ritm(ctx, file, root, acs, net);
     if (strcmp(net->class_name, "PlainConvUNet") == 0)
@@ -291,15 +288,15 @@ static i3rt_status parse_network(i3_ctx *ctx, const char *file, const cJSON *roo
     else if (strcmp(net->class_name, "ResidualEncoderUNet") == 0)
         net->cls = I3_NET_RESIDUAL_ENCODER_UNET;
     else
-        return meta_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
+        return i3_network_metadata_fail(ctx, I3RT_ERR_UNSUPPORTED, file,
                          "class '%s' is not supported (PlainConvUNet, ResidualEncoderUNet, RITM-HRNet18)",
                          cls->valuestring);
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "dims"), &net->dims) || (net->dims != 2 && net->dims != 3))
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"dims\" must be 2 or 3");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "\"dims\" must be 2 or 3");
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "input_channels"), &net->in_channels) || net->in_channels < 1)
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"input_channels\" must be a positive int");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "\"input_channels\" must be a positive int");
     if (!json_int(cJSON_GetObjectItemCaseSensitive(root, "num_classes"), &net->num_classes) || net->num_classes < 1)
-        return meta_fail(ctx, I3RT_ERR_FORMAT, file, "\"num_classes\" must be a positive int");
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "\"num_classes\" must be a positive int");
     I3_TRY(parse_arch(ctx, file, kw, net));
     if (net->cls == I3_NET_PLAIN_CONV_UNET) {
         net->stem_channels = 0;

@@ -39,6 +39,10 @@ typedef struct {
     i3_hrnet_config hrnet;         /* RITM-HRNet18 only (in_channels = image + click-map channels) */
 } i3_network;
 
+/* Fails with "FILE: network metadata: MESSAGE" (the network parsers' one error format). */
+i3rt_status i3_network_metadata_fail(i3_ctx *ctx, i3rt_status status, const char *file, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Parses and validates the "network" (and "plans"/"configuration" for the patch size) metadata of
  * a weight file. Unsupported classes or blocks give I3RT_ERR_UNSUPPORTED naming the file and field. */
 i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out);
