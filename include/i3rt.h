@@ -33,6 +33,16 @@ typedef enum {
     I3RT_BACKEND_EMULATED = 2, /* the same CUDA kernels on the CPU through the SIMT emulator */
 } i3rt_backend_kind;
 
+/* Arithmetic of the convolutions. F32 everywhere by default (results match the CPU backend up to
+ * summation order); the CUDA backends can run them on tensor cores with operands rounded to f16,
+ * bf16 or tf32 and f32 accumulation. */
+typedef enum {
+    I3RT_PRECISION_F32 = 0,
+    I3RT_PRECISION_F16 = 1,
+    I3RT_PRECISION_BF16 = 2,
+    I3RT_PRECISION_TF32 = 3,
+} i3rt_precision;
+
 typedef struct i3rt_context i3rt_context;
 typedef struct i3rt_model i3rt_model;
 
@@ -42,6 +52,9 @@ const char *i3rt_status_name(i3rt_status status);
 /* Creates a context. n_threads >= 1 is how many CPU threads its work may use. */
 i3rt_status i3rt_context_create(i3rt_context **out, int n_threads, i3rt_backend_kind backend);
 void i3rt_context_free(i3rt_context *ctx);
+/* Sets the convolution precision of the models loaded afterwards on this context. The CPU backend
+ * computes in f32 only: anything else is I3RT_ERR_UNSUPPORTED there. */
+i3rt_status i3rt_context_set_precision(i3rt_context *ctx, i3rt_precision precision);
 /* The message of the last failed call on this context ("" if none). Valid until the next call. */
 const char *i3rt_context_error(const i3rt_context *ctx);
 

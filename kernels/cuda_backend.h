@@ -16,8 +16,8 @@ i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_backend **out);
 
 /* The backend's settings. i3_backend_cuda_create takes them from the environment
  * (i3_cuda_options_from_env: I3RT_CUDA_CONV = f32 | f16 | bf16 | tf32, I3RT_CUDA_FUSE = 0 | 1,
- * I3RT_CUDA_GRAPHS = 0 | 1; defaults f32, 1, 1), until the public API has a precision setting
- * (docs/cuda.md proposes one); i3_backend_cuda_create_with takes them from the caller. */
+ * I3RT_CUDA_GRAPHS = 0 | 1; defaults f32, 1, 1), the convolution precision overridden by the
+ * context's (i3rt_context_set_precision); i3_backend_cuda_create_with takes them from the caller. */
 typedef enum {
     I3_CUDA_CONV_F32 = 0, /* direct f32 convolution: the CPU backend's results up to summation order */
     I3_CUDA_CONV_F16,     /* tensor cores, operands rounded to f16 / bf16 / tf32, f32 accumulation */

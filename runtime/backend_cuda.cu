@@ -493,6 +493,10 @@ extern "C" i3rt_status i3_backend_cuda_create(i3_ctx *ctx, int emulated, i3_back
     i3_cuda_options opt;
     *out = NULL;
     I3_TRY(i3_cuda_options_from_env(ctx, &opt));
+    static_assert((int)I3RT_PRECISION_F16 == (int)I3_CUDA_CONV_F16 && (int)I3RT_PRECISION_BF16 == (int)I3_CUDA_CONV_BF16 &&
+                      (int)I3RT_PRECISION_TF32 == (int)I3_CUDA_CONV_TF32,
+                  "i3rt_precision and i3_cuda_conv_precision must agree");
+    if (ctx->precision_set) opt.conv = (int)ctx->precision;
     return i3_backend_cuda_create_with(ctx, emulated, &opt, out);
 }
 #endif

@@ -45,6 +45,17 @@ i3rt_status i3rt_context_create(i3rt_context **out, int n_threads, i3rt_backend_
 
 void i3rt_context_free(i3rt_context *ctx) { free(ctx); }
 
+i3rt_status i3rt_context_set_precision(i3rt_context *ctx, i3rt_precision precision) {
+    if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
+    if ((int)precision < I3RT_PRECISION_F32 || (int)precision > I3RT_PRECISION_TF32)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "precision %d is not one of i3rt_precision", (int)precision);
+    if (ctx->backend == I3RT_BACKEND_CPU && precision != I3RT_PRECISION_F32)
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "the CPU backend computes in f32 only");
+    ctx->precision = precision;
+    ctx->precision_set = 1;
+    return I3RT_OK;
+}
+
 const char *i3rt_context_error(const i3rt_context *ctx) { return ctx ? ctx->error : ""; }
 
 size_t i3_dtype_size(i3_dtype t) {

@@ -15,6 +15,8 @@
 struct i3rt_context {
     int n_threads;
     i3rt_backend_kind backend;
+    int precision_set;         /* i3rt_context_set_precision was called: it overrides the defaults */
+    i3rt_precision precision;
     char error[I3_ERROR_MAX];
 };
 typedef struct i3rt_context i3_ctx;

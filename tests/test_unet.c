@@ -38,8 +38,8 @@ static float *read_io(i3rt_context *ctx, i3_weights *io, const char *name, int64
 }
 
 /* One forward of `model` on io's input`suffix`, compared with its logits`suffix`. */
-static void compare_forward(i3rt_context *ctx, i3rt_model *model, i3_weights *io, const char *suffix,
-                            const char *net_name, int check_patch) {
+static double compare_forward(i3rt_context *ctx, i3rt_model *model, i3_weights *io, const char *suffix,
+                              const char *net_name, int check_patch, double tol) {
     char in_name[32], out_name[32];
     snprintf(in_name, sizeof in_name, "input%s", suffix);
     snprintf(out_name, sizeof out_name, "logits%s", suffix);
@@ -69,18 +69,20 @@ static void compare_forward(i3rt_context *ctx, i3rt_model *model, i3_weights *io
     printf("unet %-15s %s %dD, %d stages, input %lldx%lldx%lld, %lld parameters: max abs err %.3g, "
            "max |torch| %.3g, rel %.3g (tol %.0e)\n",
            net_name, info.network, info.dims, info.n_stages, (long long)spatial[0], (long long)spatial[1],
-           (long long)spatial[2], (long long)info.n_parameters, max_abs, max_ref, rel, UNET_REL_TOL);
+           (long long)spatial[2], (long long)info.n_parameters, max_abs, max_ref, rel, tol);
     fflush(stdout);
     cr_expect(max_ref > 0, "%s: torch logits are all zero", net_name);
-    cr_expect(rel <= UNET_REL_TOL, "%s %s: relative error %.3g > %.0e", net_name, in_name, rel, UNET_REL_TOL);
+    cr_expect(rel <= tol, "%s %s: relative error %.3g > %.0e", net_name, in_name, rel, tol);
     free(logits);
     free(input);
     free(expected);
+    return rel;
 }
 
 /* Runs weights file NAME.safetensors on IO_NAME_io.safetensors's two inputs (the patch, then a
  * second size, which makes the model rebuild its graph) on one backend and compares the logits. */
-static void check_parity_on(const char *net_name, const char *io_name, i3rt_backend_kind backend) {
+static void check_parity_with(const char *net_name, const char *io_name, i3rt_backend_kind backend,
+                              i3rt_precision precision, double tol) {
     char weights_path[1024], io_path[1024], file[128];
     snprintf(file, sizeof file, "%s.safetensors", net_name);
     fixture_path(weights_path, sizeof weights_path, file);
@@ -89,15 +91,23 @@ static void check_parity_on(const char *net_name, const char *io_name, i3rt_back
 
     i3rt_context *ctx;
     cr_assert_eq(i3rt_context_create(&ctx, 2, backend), I3RT_OK);
+    cr_assert_eq(i3rt_context_set_precision(ctx, precision), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3_weights *io;
     cr_assert_eq(i3_weights_open(ctx, io_path, &io), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3rt_model *model;
     cr_assert_eq(i3rt_model_load(ctx, weights_path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
-    compare_forward(ctx, model, io, "", net_name, 1);
-    compare_forward(ctx, model, io, "_b", net_name, 0);
+    double rel = compare_forward(ctx, model, io, "", net_name, 1, tol);
+    rel = fmax(rel, compare_forward(ctx, model, io, "_b", net_name, 0, tol));
+    /* rounded operands must show: a backend that ignored the precision would stay near 1e-6 */
+    if (precision != I3RT_PRECISION_F32)
+        cr_expect_gt(rel, 1e-4, "%s: error %.3g, as if the convolutions still ran in f32", net_name, rel);
     i3_weights_free(io);
     i3rt_model_free(model);
     i3rt_context_free(ctx);
+}
+
+static void check_parity_on(const char *net_name, const char *io_name, i3rt_backend_kind backend) {
+    check_parity_with(net_name, io_name, backend, I3RT_PRECISION_F32, UNET_REL_TOL);
 }
 
 static void check_parity(const char *net_name, const char *io_name) {
@@ -116,6 +126,23 @@ Test(unet, scalar_arch_kwargs_parity) { check_parity("plain_2d_scalar", "plain_2
  * as on a GPU (the 3D nets are too slow for the emulator; tests/test_cuda_ops.c covers resenc_3d). */
 Test(unet, plain_2d_parity_emulated_device) { check_parity_on("plain_2d", "plain_2d", I3RT_BACKEND_EMULATED); }
 Test(unet, resenc_2d_parity_emulated_device) { check_parity_on("resenc_2d", "resenc_2d", I3RT_BACKEND_EMULATED); }
+/* Tensor-core convolutions chosen through the public API: operands rounded to f16 / tf32 (10-bit
+ * mantissas, about 5e-4 relative each), f32 accumulation; the logits stay within 1e-2 of PyTorch's. */
+Test(unet, resenc_2d_f16_emulated_device) {
+    check_parity_with("resenc_2d", "resenc_2d", I3RT_BACKEND_EMULATED, I3RT_PRECISION_F16, 1e-2);
+}
+Test(unet, plain_2d_tf32_emulated_device) {
+    check_parity_with("plain_2d", "plain_2d", I3RT_BACKEND_EMULATED, I3RT_PRECISION_TF32, 1e-2);
+}
+Test(unet, precision_is_checked) {
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    cr_assert_eq(i3rt_context_set_precision(ctx, I3RT_PRECISION_F32), I3RT_OK);
+    cr_assert_eq(i3rt_context_set_precision(ctx, I3RT_PRECISION_F16), I3RT_ERR_UNSUPPORTED);
+    cr_assert(strstr(i3rt_context_error(ctx), "f32 only"), "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3rt_context_set_precision(ctx, (i3rt_precision)9), I3RT_ERR_INVALID_ARGUMENT);
+    i3rt_context_free(ctx);
+}
 
 /* Each file fails to load with `status` and a message naming the file and `needle` (tensor or field).
  * tests/gen_unet.py derived them from plain_2d.safetensors, changing exactly that tensor or field. */
