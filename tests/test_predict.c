@@ -22,23 +22,7 @@
 #include <unistd.h>
 
 #include "volume_io.h"
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    const long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    if (len) *len = (size_t)n;
-    return buf;
-}
+#include "fixtures.h"
 
 static const char *fixtures(void) {
     static char dir[1024];
@@ -59,7 +43,7 @@ static const char *cli(void) {
 static cJSON *manifest(void) {
     char path[2048];
     snprintf(path, sizeof path, "%s/manifest.json", fixtures());
-    char *text = read_all(path, NULL);
+    char *text = fx_read_file(path, NULL);
     cr_assert(text, "cannot read %s (run tests/gen_predict.py)", path);
     cJSON *m = cJSON_Parse(text);
     free(text);
@@ -82,7 +66,7 @@ static int run(const char *cmd, char **log) {
     char full[8192];
     snprintf(full, sizeof full, "%s > %s 2>&1", cmd, path);
     const int status = system(full);
-    *log = read_all(path, NULL);
+    *log = fx_read_file(path, NULL);
     unlink(path);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
@@ -161,10 +145,10 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
             char p[2048];
             size_t len;
             snprintf(p, sizeof p, "%s/%s", fixtures(), cJSON_GetObjectItem(ref, "seg")->valuestring);
-            uint8_t *ref_seg = (uint8_t *)read_all(p, &len);
+            uint8_t *ref_seg = (uint8_t *)fx_read_file(p, &len);
             cr_assert(ref_seg && len == (size_t)n, "%s", p);
             snprintf(p, sizeof p, "%s/%s", fixtures(), cJSON_GetObjectItem(ref, "prob")->valuestring);
-            float *ref_prob = (float *)read_all(p, &len);
+            float *ref_prob = (float *)fx_read_file(p, &len);
             cr_assert(ref_prob && len == (size_t)(K * n) * sizeof(float), "%s", p);
 
             int64_t differ = 0;

@@ -15,23 +15,7 @@
 
 #include "preprocess.h"
 #include "sliding_window.h"
-
-static char *read_all(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    const long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = '\0';
-    if (len) *len = (size_t)n;
-    return buf;
-}
+#include "fixtures.h"
 
 static const char *fixtures(void) {
     static char dir[1024];
@@ -48,7 +32,7 @@ static void *load_array(const cJSON *c, const char *key, size_t n, size_t elem) 
     char path[2048];
     snprintf(path, sizeof path, "%s/%s", fixtures(), f->valuestring);
     size_t len = 0;
-    void *data = read_all(path, &len);
+    void *data = fx_read_file(path, &len);
     cr_assert(data, "cannot read %s", path);
     cr_assert_eq(len, n * elem, "%s: %zu bytes, expected %zu", path, len, n * elem);
     return data;
@@ -57,7 +41,7 @@ static void *load_array(const cJSON *c, const char *key, size_t n, size_t elem) 
 static cJSON *manifest(void) {
     char path[2048];
     snprintf(path, sizeof path, "%s/manifest.json", fixtures());
-    char *text = read_all(path, NULL);
+    char *text = fx_read_file(path, NULL);
     cr_assert(text, "cannot read %s (run tests/gen_preprocess.py)", path);
     cJSON *m = cJSON_Parse(text);
     free(text);

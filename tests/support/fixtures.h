@@ -43,6 +43,9 @@ bool fx_param_str_eq(const i3_weights *w, const char *key, const char *value);
 /* The tensor's shape as [n, c, d, h, w] (ndim must be 5). */
 bool fx_shape5(const i3_weights *w, const char *name, int64_t out[5]);
 
+/* The whole file, NUL-terminated, in a malloc'ed buffer (NULL if it cannot be read); *len its size. */
+char *fx_read_file(const char *path, size_t *len);
+
 /* A fresh directory /tmp/i3rt_<tag>_XXXXXX (path into buf), and its removal with the plain files
  * a test left in it. */
 void fx_temp_dir(char *buf, size_t n, const char *tag);
