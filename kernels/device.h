@@ -151,6 +151,38 @@ typedef float (*b16_to_float)(uint16_t);
 static inline float f16_bits_to_float(uint16_t h) { return __half2float(__half{h}); }
 static inline float bf16_bits_to_float(uint16_t h) { return __bfloat162float(__nv_bfloat16{h}); }
 
+/* D = C + A B on the warp's 16x8 tile (A 16xK, B Kx8), each lane's four D values in the PTX
+ * fragment order (row g or g + 8, columns 2t and 2t + 1), for every mma shape the kernels use. */
+template <int K>
+static inline void mma_write_d(Warp *w, const float (*A)[K], const float (*B)[8], const float (*C)[8]) {
+    for (int lane = 0; lane < WARP_SIZE; lane++) {
+        int g = lane / 4, t = lane % 4;
+        float d[4];
+        for (int i = 0; i < 4; i++) {
+            int row = g + 8 * (i / 2), col = 2 * t + i % 2;
+            float acc = C[row][col];
+            for (int k = 0; k < K; k++) acc += A[row][k] * B[k][col];
+            d[i] = acc;
+        }
+        memcpy(w->out[lane], d, sizeof d);
+    }
+}
+
+/* One mma.sync as a warp collective: every lane hands in its fragments, `finalize` (run once with all
+ * of them) gathers A, B and C and writes each lane's D. */
+static inline void mma_sync(void (*finalize)(Warp *, uint32_t), float d[4], const uint32_t a[4],
+                            const uint32_t b[2], const float c[4]) {
+    if ((current_launch()->n_threads - current_linear_tid() / WARP_SIZE * WARP_SIZE) < WARP_SIZE)
+        fail("mma.sync needs a full warp");
+    MmaIn in;
+    memcpy(in.a, a, sizeof in.a);
+    memcpy(in.b, b, sizeof in.b);
+    memcpy(in.c, c, sizeof in.c);
+    float out[4];
+    warp_collective(0xffffffffu, &in, sizeof in, finalize, out, sizeof out);
+    memcpy(d, out, sizeof out);
+}
+
 template <b16_to_float to_float>
 static inline void mma_finalize(Warp *w, uint32_t mask) {
     float A[16][16], B[16][8], C[16][8];
@@ -164,38 +196,14 @@ static inline void mma_finalize(Warp *w, uint32_t mask) {
             B[2 * t + i % 2 + 8 * (i / 2)][g] = to_float((uint16_t)(in.b[i / 2] >> 16 * (i % 2)));
         for (int i = 0; i < 4; i++) C[g + 8 * (i / 2)][2 * t + i % 2] = in.c[i];
     }
-    for (int lane = 0; lane < WARP_SIZE; lane++) {
-        int g = lane / 4, t = lane % 4;
-        float d[4];
-        for (int i = 0; i < 4; i++) {
-            int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-            float acc = C[row][col];
-            for (int k = 0; k < 16; k++) acc += A[row][k] * B[k][col];
-            d[i] = acc;
-        }
-        memcpy(w->out[lane], d, sizeof d);
-    }
+    mma_write_d<16>(w, A, B, C);
 }
 
-template <b16_to_float to_float>
-static inline void mma_collective(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
-    MmaIn in;
-    memcpy(in.a, a, sizeof in.a);
-    memcpy(in.b, b, sizeof in.b);
-    memcpy(in.c, c, sizeof in.c);
-    float out[4];
-    warp_collective(0xffffffffu, &in, sizeof in, mma_finalize<to_float>, out, sizeof out);
-    memcpy(d, out, sizeof out);
-}
 static inline void mma_m16n8k16_f16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
-    if ((current_launch()->n_threads - current_linear_tid() / WARP_SIZE * WARP_SIZE) < WARP_SIZE)
-        fail("mma.sync needs a full warp");
-    mma_collective<f16_bits_to_float>(d, a, b, c);
+    mma_sync(mma_finalize<f16_bits_to_float>, d, a, b, c);
 }
 static inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
-    if ((current_launch()->n_threads - current_linear_tid() / WARP_SIZE * WARP_SIZE) < WARP_SIZE)
-        fail("mma.sync needs a full warp");
-    mma_collective<bf16_bits_to_float>(d, a, b, c);
+    mma_sync(mma_finalize<bf16_bits_to_float>, d, a, b, c);
 }
 
 /* cvt.rna.tf32.f32: keep 10 mantissa bits, round to nearest with ties away from zero (NaN and
@@ -223,29 +231,11 @@ static inline void mma_tf32_finalize(Warp *w, uint32_t mask) {
         for (int i = 0; i < 2; i++) B[t + 4 * i][g] = tf32_bits_to_float(in.b[i]);
         for (int i = 0; i < 4; i++) C[g + 8 * (i / 2)][2 * t + i % 2] = in.c[i];
     }
-    for (int lane = 0; lane < WARP_SIZE; lane++) {
-        int g = lane / 4, t = lane % 4;
-        float d[4];
-        for (int i = 0; i < 4; i++) {
-            int row = g + 8 * (i / 2), col = 2 * t + i % 2;
-            float acc = C[row][col];
-            for (int k = 0; k < 8; k++) acc += A[row][k] * B[k][col];
-            d[i] = acc;
-        }
-        memcpy(w->out[lane], d, sizeof d);
-    }
+    mma_write_d<8>(w, A, B, C);
 }
 
 static inline void mma_m16n8k8_tf32(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]) {
-    if ((current_launch()->n_threads - current_linear_tid() / WARP_SIZE * WARP_SIZE) < WARP_SIZE)
-        fail("mma.sync needs a full warp");
-    MmaIn in;
-    memcpy(in.a, a, sizeof in.a);
-    memcpy(in.b, b, sizeof in.b);
-    memcpy(in.c, c, sizeof in.c);
-    float out[4];
-    warp_collective(0xffffffffu, &in, sizeof in, mma_tf32_finalize, out, sizeof out);
-    memcpy(d, out, sizeof out);
+    mma_sync(mma_tf32_finalize, d, a, b, c);
 }
 
 template <int N_MATRICES, bool TRANS>
