@@ -30,6 +30,7 @@ typedef enum {
     I3_STAGE_EXPORT,         /* previews and masks for the expert */
     I3_STAGE_CORRECTIONS,    /* reading and checking corrected slices */
     I3_STAGE_REFINE_INPUT,   /* image + corrected-slice channel */
+    I3_STAGE_REFINE,         /* the refinement nnU-Net on it */
     I3_STAGE_COUNT
 } i3_stage;
 
@@ -86,6 +87,18 @@ const i3_slice *i3_case_corrected_slices(const i3_case *c, int *n);
 /* Stage 4. The refinement network's input [channels + 1, d, h, w] (malloc'ed into *out): the image
  * channels, then the corrected label on corrected voxels and `unannotated` elsewhere (0 in the paper). */
 i3rt_status i3_case_refinement_input(i3_case *c, float unannotated, float **out);
+/* The refinement nnU-Net (a model folder as for i3_predictor_load: channels = the image's + 1, classes =
+ * the case's), loaded ahead of the corrections so that loading is not part of the expert's wait. */
+i3rt_status i3_case_load_refinement_model(i3_case *c, const char *model_dir, const int *folds, int n_folds);
+/* Predicts the refined segmentation from the image and the corrections submitted so far (the paper's
+ * encoding, unannotated = 0); options NULL: predict's defaults. Can run again after more corrections. */
+i3rt_status i3_case_refine(i3_case *c, const i3_predict_options *options);
+/* The expert's waiting time: corrections in -> refined segmentation out (stages corrections,
+ * refine-input and refine; the simulated expert's reading of the truth counts as corrections). */
+double i3_case_waiting_seconds(const i3_case *c);
+/* Writes the refined segmentation (refined != 0) or the pre-segmentation as a label NIfTI on the image's
+ * grid and geometry; written to a temporary name and renamed, so an error never leaves a partial file. */
+i3rt_status i3_case_save_segmentation(i3_case *c, const char *path, int refined);
 
 /* Evaluation. Dice of class k = 2 |A_k and B_k| / (|A_k| + |B_k|) for k = 0 .. num_classes - 1 (NaN when
  * the class is in neither; all NaN if memory runs out). Labels outside 0 .. num_classes - 1 count for no
@@ -101,6 +114,7 @@ const float *i3_case_entropy(const i3_case *c);              /* [d, h, w], in [0
 const float *i3_case_max_probability(const i3_case *c);      /* [d, h, w] */
 const int32_t *i3_case_presegmentation(const i3_case *c);    /* [d, h, w] */
 const int32_t *i3_case_corrections(const i3_case *c);        /* [d, h, w], -1 = not corrected */
+const int32_t *i3_case_refined(const i3_case *c);            /* [d, h, w] */
 const i3_volume *i3_case_image(const i3_case *c);
 int i3_case_members(const i3_case *c);
 int i3_case_num_classes(const i3_case *c);
