@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Trains the small real nnU-Net v2 models that i3rt's prediction tests use (weights/README.md).
 
-    scripts/train_models.py [--work DIR] [--out weights] [--epochs 4] [--iterations 12] [--reuse]
+    scripts/train_models.py [--work DIR] [--out weights] [--models NAME...] [--reuse]
 
 What it does, all with nnunetv2 itself (its fingerprint extractor, planner, preprocessor and trainer) on the CPU:
   1. Makes two raw datasets from real volumes (Debian packages mricron-data and invesalius-examples):
@@ -188,11 +188,37 @@ def write_case(folder, name, channels, spacing):
         save_nifti(os.path.join(folder, f"{name}_{c:04d}.nii.gz"), arr, spacing, np.float32)
 
 
+def training_slices(rng, labels):
+    """i3Deep's refinement training input (paper Sec. 3.1): ground-truth slices chosen at random along the
+    three axes keep their labels, every other voxel is 0 (docs/i3deep.md, "Stage 4"). 1 to 4 slices per
+    axis, each through the foreground with probability 0.8 (the recommender picks uncertain slices, which
+    lie on the structures), else anywhere. Axes are the array's [x, y, z] = i3rt's sagittal, coronal, axial."""
+    out = np.zeros_like(labels)
+    for axis in range(3):
+        fg = np.flatnonzero(np.moveaxis(labels, axis, 0).reshape(labels.shape[axis], -1).any(1))
+        for _ in range(rng.integers(1, 5)):
+            pool = fg if fg.size and rng.random() < 0.8 else np.arange(labels.shape[axis])
+            index = [slice(None)] * 3
+            index[axis] = int(rng.choice(pool))
+            out[tuple(index)] = labels[tuple(index)]
+    return out
+
+
+def make_refine_case(seed):
+    """One refinement case: the brain case of this seed plus its corrected-slice channel."""
+    img, lab, spacing = make_brain_case(seed)
+    slices = training_slices(np.random.default_rng(seed + 7), lab)
+    return [img, slices.astype(np.float32)], lab, spacing
+
+
 DATASETS = {
     501: dict(name="Dataset501_I3rtBrain", make=lambda s: (lambda r: ([r[0]], r[1], r[2]))(make_brain_case(s)),
               channels={"0": "T1"}, labels=BRAIN_LABELS, n_train=12),
     502: dict(name="Dataset502_I3rtHeadCT", make=make_ct_case, channels={"0": "CT", "1": "T2like"},
               labels=CT_LABELS, n_train=10),
+    # i3Deep's refinement network: image + corrected slices (class labels, 0 elsewhere), left unnormalized.
+    503: dict(name="Dataset503_I3rtBrainRefine", make=make_refine_case,
+              channels={"0": "T1", "1": "noNorm"}, labels=BRAIN_LABELS, n_train=36),
 }
 
 
@@ -241,6 +267,9 @@ TINY = {
     501: {
         "3d_fullres": ([40, 48, 40], 2, [[3, 3, 3]] * 4, [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]),
         "2d": ([64, 48], 12, [[3, 3]] * 4, [[1, 1], [2, 2], [2, 2], [2, 2]]),
+    },
+    503: {
+        "3d_fullres": ([40, 48, 40], 2, [[3, 3, 3]] * 4, [[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]]),
     },
     502: {
         "3d_fullres": ([16, 48, 48], 2, [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]],
@@ -328,20 +357,23 @@ def export_model(model_dir, out_dir, folds):
                     "--out", out_dir], check=True)
 
 
-MODELS = [  # (output name, dataset, configuration)
-    ("brain_3d_fullres", 501, "3d_fullres"),
-    ("brain_2d", 501, "2d"),
-    ("headct_3d_fullres_aniso", 502, "3d_fullres"),
-]
+MODELS = {  # output name: (dataset, configuration, epochs, iterations per epoch, folds)
+    # i3Deep's pre-segmentation ensemble (two folds) and the prediction parity tests
+    "brain_3d_fullres": (501, "3d_fullres", 40, 25, [0, 1]),
+    # parity tests only: learned something, not good segmenters
+    "brain_2d": (501, "2d", 4, 12, [0, 1]),
+    "headct_3d_fullres_aniso": (502, "3d_fullres", 4, 12, [0, 1]),
+    # i3Deep's refinement network
+    "brain_refine_3d_fullres": (503, "3d_fullres", 60, 25, [0]),
+}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=os.path.expanduser("~/.cache/i3rt/nnunet-train"))
     ap.add_argument("--out", default=os.path.join(ROOT, "weights"))
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--iterations", type=int, default=12)
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
+                    help="which models to train (default: all; each with its schedule in MODELS)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse", action="store_true", help="keep the raw and preprocessed data of an earlier run")
     args = ap.parse_args()
@@ -358,25 +390,27 @@ def main():
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiments,
                                                                       preprocess)
     t0 = time.time()
+    datasets = sorted({MODELS[m][0] for m in args.models})
     if not args.reuse:
         print("== raw datasets")
-        for ds in DATASETS:
+        for ds in datasets:
             make_raw_dataset(os.environ["nnUNet_raw"], ds)
         print("== fingerprint, plans, preprocessing")
-        extract_fingerprints(list(DATASETS), num_processes=args.threads, check_dataset_integrity=True)
-        plan_experiments(list(DATASETS))
-        for ds in DATASETS:
+        extract_fingerprints(datasets, num_processes=args.threads, check_dataset_integrity=True)
+        plan_experiments(datasets)
+        for ds in datasets:
             shrink_plans(os.environ["nnUNet_preprocessed"], ds)
             cfgs = list(TINY[ds])
             preprocess([ds], "i3rtTinyPlans", cfgs, [args.threads] * len(cfgs), verbose=False)
         print(f"   ({time.time() - t0:.0f} s)")
     print("== training")
     os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in the main process: no worker processes on 2 cores
-    for name, ds, cfg in MODELS:
+    for name in args.models:
+        ds, cfg, epochs, iterations, folds = MODELS[name]
         model_dir = None
-        for fold in args.folds:
-            model_dir = train(ds, cfg, fold, args.epochs, args.iterations)
-        export_model(model_dir, os.path.join(args.out, name), args.folds)
+        for fold in folds:
+            model_dir = train(ds, cfg, fold, epochs, iterations)
+        export_model(model_dir, os.path.join(args.out, name), folds)
     print(f"== done in {time.time() - t0:.0f} s")
 
 
