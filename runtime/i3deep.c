@@ -29,12 +29,14 @@ struct i3_case {
     int32_t *corrections;     /* [d, h, w], -1 where nobody corrected */
     i3_slice *corrected;      /* capacity d + h + w: every slice at most once */
     int n_corrected;
+    i3_predictor *refinement_model;  /* NULL until i3_case_load_refinement_model */
+    int32_t *refined;         /* [d, h, w]; NULL until i3_case_refine succeeded */
     double seconds[I3_STAGE_COUNT];
 };
 
 const char *i3_stage_name(i3_stage stage) {
     static const char *const names[I3_STAGE_COUNT] = {"presegmentation", "ensemble", "uncertainty", "recommend",
-                                                      "export", "corrections", "refine-input"};
+                                                      "export", "corrections", "refine-input", "refine"};
     return (unsigned)stage < I3_STAGE_COUNT ? names[stage] : "?";
 }
 
@@ -63,6 +65,8 @@ void i3_case_free(i3_case *c) {
     free(c->slices);
     free(c->corrections);
     free(c->corrected);
+    i3_predictor_free(c->refinement_model);
+    free(c->refined);
     free(c);
 }
 
@@ -566,6 +570,80 @@ i3rt_status i3_case_refinement_input(i3_case *c, float unannotated, float **out)
     TIMED(c, I3_STAGE_REFINE_INPUT, refinement_input(c, unannotated, out));
 }
 
+/* ---- stage 4: refinement ------------------------------------------------------------------------- */
+
+i3rt_status i3_case_load_refinement_model(i3_case *c, const char *model_dir, const int *folds, int n_folds) {
+    if (!model_dir) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no refinement model folder given");
+    i3_predictor *p;
+    I3_TRY(i3_predictor_load(c->ctx, model_dir, folds, n_folds, &p));
+    const i3_predictor_info *info = i3_predictor_get_info(p);
+    i3rt_status st = I3RT_OK;
+    if (info->channels != c->image.channels + 1)
+        st = i3_fail(c->ctx, I3RT_ERR_SHAPE,
+                     "%s: the refinement model takes %d input channels; this case needs %lld (the image's %lld + the "
+                     "corrected slices)", model_dir, info->channels, (long long)c->image.channels + 1,
+                     (long long)c->image.channels);
+    else if (info->num_classes != c->num_classes)
+        st = i3_fail(c->ctx, I3RT_ERR_SHAPE, "%s: the refinement model has %d classes, the case has %d", model_dir,
+                     info->num_classes, c->num_classes);
+    if (st != I3RT_OK) {
+        i3_predictor_free(p);
+        return st;
+    }
+    i3_predictor_free(c->refinement_model);
+    c->refinement_model = p;
+    return I3RT_OK;
+}
+
+/* Predicts on the refinement input (image channels + the corrected-slice channel, on the image's
+ * grid and geometry); the previous refined result is replaced only on success. */
+static i3rt_status refine(i3_case *c, float *input, const i3_predict_options *options) {
+    i3_predict_options o;
+    if (options) o = *options;
+    else i3_predict_options_default(&o);
+    i3_volume x = c->image;
+    x.channels = c->image.channels + 1;
+    x.data = input;
+    int32_t *labels = i3_malloc(c->ctx, (size_t)c->voxels * sizeof(int32_t), "refined segmentation");
+    if (!labels) return I3RT_ERR_OUT_OF_MEMORY;
+    const i3rt_status st = i3_predict_case(c->refinement_model, &x, &o, labels, NULL);
+    if (st != I3RT_OK) {
+        free(labels);
+        return st;
+    }
+    free(c->refined);
+    c->refined = labels;
+    return I3RT_OK;
+}
+
+i3rt_status i3_case_refine(i3_case *c, const i3_predict_options *options) {
+    if (!c->refinement_model)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "i3deep: refining needs a refinement model (i3_case_load_refinement_model) first");
+    float *input;
+    I3_TRY(i3_case_refinement_input(c, 0.0f, &input));  /* the paper's encoding; its own stage's time */
+    const double t0 = now_seconds();
+    const i3rt_status st = refine(c, input, options);
+    c->seconds[I3_STAGE_REFINE] += now_seconds() - t0;
+    free(input);
+    return st;
+}
+
+double i3_case_waiting_seconds(const i3_case *c) {
+    return c->seconds[I3_STAGE_CORRECTIONS] + c->seconds[I3_STAGE_REFINE_INPUT] + c->seconds[I3_STAGE_REFINE];
+}
+
+i3rt_status i3_case_save_segmentation(i3_case *c, const char *path, int refined) {
+    const int32_t *labels = refined ? c->refined : i3_case_presegmentation(c);
+    if (!path) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no path to save the segmentation to");
+    if (!labels)
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: the case has no %s yet", path,
+                       refined ? "refined segmentation (i3_case_refine)" : "pre-segmentation (i3_case_compute_uncertainty)");
+    i3_volume_geometry g = c->image.geometry;
+    g.size[0] = c->w, g.size[1] = c->h, g.size[2] = c->d;  /* the image's own grid, whatever the caller filled in */
+    return i3_volume_write_labels(c->ctx, path, &g, labels);  /* temporary file + rename: never partial */
+}
+
 /* ---- evaluation ----------------------------------------------------------------------------------- */
 
 void i3_dice_per_class(const int32_t *a, const int32_t *b, int64_t n, int num_classes, double *dice) {
@@ -602,6 +680,7 @@ const float *i3_case_entropy(const i3_case *c) { return c->uncertainty_members ?
 const float *i3_case_max_probability(const i3_case *c) { return c->uncertainty_members ? c->max_prob : NULL; }
 const int32_t *i3_case_presegmentation(const i3_case *c) { return c->uncertainty_members ? c->preseg : NULL; }
 const int32_t *i3_case_corrections(const i3_case *c) { return c->corrections; }
+const int32_t *i3_case_refined(const i3_case *c) { return c->refined; }
 const i3_volume *i3_case_image(const i3_case *c) { return &c->image; }
 int i3_case_members(const i3_case *c) { return c->members; }
 int i3_case_num_classes(const i3_case *c) { return c->num_classes; }

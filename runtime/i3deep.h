@@ -11,7 +11,9 @@
  *      the ground-truth slices instead.
  *   4. Refinement input: the corrected slices in an otherwise empty volume at their positions,
  *      concatenated to the image as one more channel (the paper's encoding: the class label on corrected
- *      voxels, 0 elsewhere; docs/i3deep.md). The refinement nnU-Net runs on it through predict.
+ *      voxels, 0 elsewhere; docs/i3deep.md); the refinement nnU-Net (loaded ahead of time) predicts the
+ *      refined segmentation from it through predict. The expert waits for stages 3 (reading the
+ *      corrections) and 4 only (i3_case_waiting_seconds).
  * Every stage is timed (wall clock, accumulated over calls). A failed call leaves the case as it was.
  * Volumes are [d, h, w] (w fastest), the layout of i3_volume. */
 #ifndef I3RT_I3DEEP_H
@@ -91,13 +93,16 @@ i3rt_status i3_case_refinement_input(i3_case *c, float unannotated, float **out)
  * the case's), loaded ahead of the corrections so that loading is not part of the expert's wait. */
 i3rt_status i3_case_load_refinement_model(i3_case *c, const char *model_dir, const int *folds, int n_folds);
 /* Predicts the refined segmentation from the image and the corrections submitted so far (the paper's
- * encoding, unannotated = 0); options NULL: predict's defaults. Can run again after more corrections. */
+ * encoding, unannotated = 0; building the input is timed as I3_STAGE_REFINE_INPUT, the network as
+ * I3_STAGE_REFINE); options NULL: predict's defaults. Can run again after more corrections. Fails
+ * without a loaded model; a failure keeps the previous refined segmentation (if any). */
 i3rt_status i3_case_refine(i3_case *c, const i3_predict_options *options);
 /* The expert's waiting time: corrections in -> refined segmentation out (stages corrections,
  * refine-input and refine; the simulated expert's reading of the truth counts as corrections). */
 double i3_case_waiting_seconds(const i3_case *c);
 /* Writes the refined segmentation (refined != 0) or the pre-segmentation as a label NIfTI on the image's
- * grid and geometry; written to a temporary name and renamed, so an error never leaves a partial file. */
+ * grid and geometry; written to a temporary name and renamed, so an error never leaves a partial file.
+ * Fails when that segmentation does not exist yet. */
 i3rt_status i3_case_save_segmentation(i3_case *c, const char *path, int refined);
 
 /* Evaluation. Dice of class k = 2 |A_k and B_k| / (|A_k| + |B_k|) for k = 0 .. num_classes - 1 (NaN when
@@ -114,7 +119,7 @@ const float *i3_case_entropy(const i3_case *c);              /* [d, h, w], in [0
 const float *i3_case_max_probability(const i3_case *c);      /* [d, h, w] */
 const int32_t *i3_case_presegmentation(const i3_case *c);    /* [d, h, w] */
 const int32_t *i3_case_corrections(const i3_case *c);        /* [d, h, w], -1 = not corrected */
-const int32_t *i3_case_refined(const i3_case *c);            /* [d, h, w] */
+const int32_t *i3_case_refined(const i3_case *c);            /* [d, h, w], the last successful refine */
 const i3_volume *i3_case_image(const i3_case *c);
 int i3_case_members(const i3_case *c);
 int i3_case_num_classes(const i3_case *c);
