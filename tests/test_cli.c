@@ -6,6 +6,7 @@
  * argmax of those logits. Bad input: missing/corrupt/truncated model, missing/truncated/foreign input,
  * wrong channel count, unknown command/option: non-zero exit, a message naming the file or option, and
  * no output file (nor temporary file) left behind. */
+#include "i3deep.h"
 #include "volume_io.h"
 
 #include <criterion/criterion.h>
@@ -266,4 +267,192 @@ Test(cli, channel_files_on_different_grids) {
     expect_failure(run_cli("forward", fixture("model/fold_0.safetensors"), fixture("case_0000.nii.gz"), shifted, out,
                            NULL), shifted, 1);
     cr_assert(strstr(err_text, "case_0000.nii.gz"), "%s", err_text);
+}
+
+/* ---- i3rt i3deep: refine, simulate, evaluate (tests/gen_cli.py's i3deep/ fixture: a 20 x 18 x 10 image,
+ * its labels 0..3, and two random-weight models, preseg/ with 1 input channel and refine/ with 2) ---- */
+
+static const char *i3deep_fixture(const char *name) {
+    static char dir[600];
+    snprintf(dir, sizeof dir, "%s/i3deep", fixtures);
+    return keep_path(dir, name);
+}
+
+static i3_volume read_volume(const char *path) {
+    i3_volume v;
+    cr_assert_eq(i3_volume_read(ctx, path, &v), I3RT_OK, "%s", i3rt_context_error(ctx));
+    return v;
+}
+
+Test(cli, i3deep_argument_errors) {
+    const char *image = i3deep_fixture("image.nii.gz"), *truth = i3deep_fixture("truth.nii.gz");
+    const char *pre = i3deep_fixture("preseg"), *ref = i3deep_fixture("refine"), *out = temp("out");
+    const struct {
+        const char *args[12], *message;
+    } cases[] = {
+        {{"refine", image, truth, "-o", out}, "refine needs -r"},
+        {{"refine", image, "-r", ref, "-o", out}, "at least one CORRECTION"},
+        {{"refine", image, truth, "-r", ref, "-m", pre, "-o", out}, "no ensemble members"},
+        {{"simulate", image, truth, "-m", pre, "-o", out, "-r"}, "-r needs a value"},
+        {{"recommend", image, "-m", pre, "-r", ref, "-o", out}, "-r is for refine, simulate and evaluate"},
+        {{"simulate", image, truth, "-m", pre, "--markdown", "t.md", "-o", out}, "--markdown is for evaluate"},
+        {{"evaluate", "-m", pre, "-o", out, image, truth}, "evaluate needs -m MODELDIR and -r"},
+        {{"evaluate", "-m", pre, "-r", ref, "-o", out, image}, "IMAGE TRUTH pairs"},
+        {{"evaluate", "-m", pre, "-r", ref, "-o", out, "--cases", "c.tsv", image, truth}, "not both"},
+        {{"evaluate", "-m", pre, "-r", ref, "-o", out, "--json", image, truth}, "--json is for simulate"},
+        {{"evaluate", "-m", pre, "-r", ref, image, truth}, "-o is needed"},
+        {{"refinish", image}, "unknown command 'refinish'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *const *a = cases[i].args;
+        const int rc = run_cli("i3deep", a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11],
+                               NULL);
+        cr_assert_eq(rc, 2, "case %zu: exit %d; stderr: %s", i, rc, err_text);
+        expect_failure(rc, cases[i].message, 0);
+    }
+}
+
+/* Dice of the segmentation file against the truth, as the CLI must have printed it. */
+static void expect_dice_printed(const char *segmentation_path, const char *line_start) {
+    i3_volume seg = read_volume(segmentation_path), truth = read_volume(i3deep_fixture("truth.nii.gz"));
+    const int64_t n = seg.d * seg.h * seg.w;
+    int32_t *a = malloc((size_t)n * sizeof *a), *b = malloc((size_t)n * sizeof *b);
+    for (int64_t i = 0; i < n; i++) {
+        cr_assert(seg.data[i] >= 0 && seg.data[i] <= 3, "%s: voxel %lld holds %g", segmentation_path, (long long)i,
+                  seg.data[i]);
+        a[i] = (int32_t)seg.data[i];
+        b[i] = (int32_t)truth.data[i];
+    }
+    double dice[4];
+    i3_dice_per_class(a, b, n, 4, dice);
+    char expected[256];
+    int len = snprintf(expected, sizeof expected, "%s", line_start);
+    for (int k = 1; k < 4; k++) len += snprintf(expected + len, sizeof expected - len, "  class %d %.4f", k, dice[k]);
+    cr_assert(strstr(out_text, expected), "expected \"%s\" in:\n%s", expected, out_text);
+    free(a);
+    free(b);
+    i3_volume_free(&seg);
+    i3_volume_free(&truth);
+}
+
+Test(cli, i3deep_simulate_with_refinement_and_refine_agree) {
+    const char *image = i3deep_fixture("image.nii.gz"), *truth = i3deep_fixture("truth.nii.gz");
+    const char *pre = i3deep_fixture("preseg"), *ref = i3deep_fixture("refine"), *sim = temp("sim");
+    cr_assert_eq(run_cli("i3deep", "simulate", image, truth, "-m", pre, "-r", ref, "-o", sim, "--disable-tta",
+                         "--name", "c", NULL), 0, "%s", err_text);
+    const char *must[] = {"Dice pre-segmentation:", "Dice refined:", "annotation ratio:", "refine ",
+                          "expert's waiting time:"};
+    for (int i = 0; i < 5; i++) cr_assert(strstr(out_text, must[i]), "no \"%s\" in:\n%s", must[i], out_text);
+    cr_assert(strstr(err_text, "stage 4: refinement"), "progress belongs on stderr: %s", err_text);
+    expect_dice_printed(keep_path(sim, "c_presegmentation.nii.gz"), "Dice pre-segmentation: ");
+    expect_dice_printed(keep_path(sim, "c_segmentation.nii.gz"), "Dice refined:          ");
+
+    /* the corrections volume: the truth on the chosen slices, -1 elsewhere; the chosen slices from the list */
+    i3_volume corrections = read_volume(keep_path(sim, "c_corrections.nii.gz")), t = read_volume(truth);
+    FILE *list = fopen(keep_path(sim, "c_slices.tsv"), "r");
+    cr_assert(list);
+    char line[256], axis[16], names[16][64];
+    const char *files[16];
+    int n = 0, index;
+    cr_assert(fgets(line, sizeof line, list));  /* header */
+    uint8_t *on_slice = calloc((size_t)(t.d * t.h * t.w), 1);
+    while (fgets(line, sizeof line, list) && n < 16) {
+        cr_assert_eq(sscanf(line, "%*d %15s %d", axis, &index), 2, "%s", line);
+        for (int64_t z = 0; z < t.d; z++)
+            for (int64_t y = 0; y < t.h; y++)
+                for (int64_t x = 0; x < t.w; x++)
+                    if ((axis[0] == 'a' && z == index) || (axis[0] == 'c' && y == index) || (axis[0] == 's' && x == index))
+                        on_slice[(z * t.h + y) * t.w + x] = 1;
+        /* the whole truth under a correction's name: refine takes the named slice from it */
+        snprintf(names[n], sizeof names[n], "truth_%s_%03d.nii.gz", axis, index);
+        files[n] = temp(names[n]);
+        cr_assert_eq(symlink(truth, files[n]), 0);
+        n++;
+    }
+    fclose(list);
+    cr_assert_gt(n, 0, "no slice was chosen");
+    for (int64_t i = 0; i < t.d * t.h * t.w; i++)
+        cr_assert_eq(corrections.data[i], on_slice[i] ? t.data[i] : -1.0f, "voxel %lld", (long long)i);
+    free(on_slice);
+
+    /* refine from those files must give the simulated run's refined segmentation */
+    const char *refined = temp("refined.nii.gz");
+    const char *argv[32] = {"i3deep", "refine", image, "-r", ref, "-o", refined, "--disable-tta"};
+    for (int i = 0; i < n; i++) argv[8 + i] = files[i];
+    cr_assert_eq(run_cli(argv[0], argv[1], argv[2], argv[3], argv[4], argv[5], argv[6], argv[7], argv[8], argv[9],
+                         argv[10], argv[11], argv[12], argv[13], argv[14], argv[15], argv[16], argv[17], argv[18],
+                         argv[19], NULL), 0, "%s", err_text);
+    cr_assert(strstr(out_text, "expert's waiting time:"), "%s", out_text);
+    i3_volume a = read_volume(keep_path(sim, "c_segmentation.nii.gz")), b = read_volume(refined);
+    cr_assert_eq(i3_volume_geometry_check(ctx, &t.geometry, "truth", &b.geometry, "refined"), I3RT_OK);
+    for (int64_t i = 0; i < t.d * t.h * t.w; i++) cr_assert_eq(a.data[i], b.data[i], "voxel %lld", (long long)i);
+
+    /* --json: the summary alone on stdout */
+    cr_assert_eq(run_cli("i3deep", "simulate", image, truth, "-m", pre, "-r", ref, "-o", sim, "--json", NULL), 0);
+    cr_assert(out_text[0] == '{' && strstr(out_text, "\"dice_refined\": [") && strstr(out_text, "\"waiting_seconds\""),
+              "%s", out_text);
+    i3_volume_free(&a);
+    i3_volume_free(&b);
+    i3_volume_free(&t);
+    i3_volume_free(&corrections);
+}
+
+Test(cli, i3deep_refine_bad_corrections_and_models) {
+    const char *image = i3deep_fixture("image.nii.gz"), *truth = i3deep_fixture("truth.nii.gz");
+    const char *ref = i3deep_fixture("refine"), *out = temp("refined.nii.gz");
+    const char *far = temp("truth_axial_500.nii.gz"), *unnamed = temp("truth.nii.gz"), *junk = temp("junk_axial_001.png");
+    cr_assert_eq(symlink(truth, far), 0);
+    cr_assert_eq(symlink(truth, unnamed), 0);
+    FILE *f = fopen(junk, "w");
+    fputs("not a png", f);
+    fclose(f);
+    const char *bad[] = {far, unnamed, junk, temp("absent_axial_001.png")};
+    for (int i = 0; i < 4; i++) {
+        const int rc = run_cli("i3deep", "refine", image, bad[i], "-r", ref, "-o", out, NULL);
+        cr_assert_eq(rc, 1, "%s: exit %d", bad[i], rc);
+        expect_failure(rc, bad[i], 3);
+    }
+    /* the pre-segmentation model as refinement model: one input channel, not image + corrections */
+    const char *pre = i3deep_fixture("preseg");
+    expect_failure(run_cli("i3deep", "refine", image, far, "-r", pre, "-o", out, NULL), pre, 3);
+    cr_assert(strstr(err_text, "input channels"), "%s", err_text);
+    expect_failure(run_cli("i3deep", "simulate", image, truth, "-m", pre, "-r", pre, "-o", temp("sim"), NULL), pre, 4);
+}
+
+Test(cli, i3deep_evaluate) {
+    const char *image = i3deep_fixture("image.nii.gz"), *truth = i3deep_fixture("truth.nii.gz");
+    const char *pre = i3deep_fixture("preseg"), *ref = i3deep_fixture("refine");
+    const char *list = temp("cases.tsv"), *table = temp("table.md"), *dir = temp("eval");
+    FILE *f = fopen(list, "w");
+    fprintf(f, "name\timage\ttruth\n# two names for the one case\nfirst\t%s\t%s\nsecond\t%s\t%s\n", image, truth, image,
+            truth);
+    fclose(f);
+    cr_assert_eq(run_cli("i3deep", "evaluate", "-m", pre, "-r", ref, "--cases", list, "-o", dir, "--markdown", table,
+                         "--disable-tta", NULL), 0, "%s", err_text);
+    const char *rows[] = {"| case | method | Dice 1 | Dice 2 | Dice 3 | mean Dice |", "| first | pre-segmentation |",
+                          "| second | i3Deep refinement |", "| **mean** | pre-segmentation |",
+                          "| **mean** | i3Deep refinement |"};
+    char text[1 << 14];
+    slurp(table, text, sizeof text);
+    for (int i = 0; i < 5; i++) {
+        cr_assert(strstr(out_text, rows[i]), "stdout lacks \"%s\":\n%s", rows[i], out_text);
+        cr_assert(strstr(text, rows[i]), "%s lacks \"%s\":\n%s", table, rows[i], text);
+    }
+    slurp(keep_path(dir, "evaluation.tsv"), text, sizeof text);
+    int lines = 0;
+    for (const char *p = text; *p; p++) lines += *p == '\n';
+    cr_assert_eq(lines, 5, "evaluation.tsv: header + 2 cases x 2 methods:\n%s", text);
+    file_size(keep_path(dir, "first_corrections.nii.gz"));
+    file_size(keep_path(dir, "second_segmentation.nii.gz"));
+
+    /* a list line without three fields: the list and the line are named, nothing written */
+    f = fopen(list, "w");
+    fprintf(f, "first\t%s\t%s\nsecond\t%s\n", image, truth, image);
+    fclose(f);
+    remove(table);
+    const int rc = run_cli("i3deep", "evaluate", "-m", pre, "-r", ref, "--cases", list, "-o", dir, "--markdown", table,
+                           NULL);
+    cr_assert_eq(rc, 1);
+    cr_assert(strstr(err_text, "cases.tsv: line 2"), "%s", err_text);
+    cr_assert_neq(access(table, F_OK), 0, "a table was written after a bad list");
 }
