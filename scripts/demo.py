@@ -1,19 +1,17 @@
 #!/usr/bin/env python3
 """The Python side of scripts/demo.sh (reference only: i3rt itself runs without Python).
 
-    demo.py make-model --work DIR
-        Makes a real-format nnU-Net v2 model from the Colin27 T1 (mricron-data's ch2.nii.gz, brain mask
-        from ch2bet.nii.gz > 0): an nnU-Net raw dataset of a few crops/flips of it, nnunetv2's own
-        fingerprint extraction and ExperimentPlanner, the 3d_fullres network built from those plans by
-        dynamic_network_architectures with RANDOM weights (no training yet), saved as nnU-Net's trainer
-        saves it: DIR/model/{plans.json, dataset.json, fold_0/checkpoint_final.pth}. Also writes
-        DIR/input.nii.gz: a crop of ch2 around the brain, z-scored (nnU-Net's ZScoreNormalization).
+    demo.py make-input --out IN.nii.gz
+        Writes a 96 x 112 x 96 crop (x, y, z) of the Colin27 T1 (mricron-data's ch2bet.nii.gz) around the
+        brain's centre, z-scored over the brain (nnU-Net's ZScoreNormalization with use_mask_for_norm), with
+        the crop's world position in qform and sform.
 
-    demo.py compare --model DIR/model --input IN.nii.gz --i3rt-output OUT.nii.gz [--threads 2]
+    demo.py compare --model MODELDIR --input IN.nii.gz --i3rt-output OUT.nii.gz [--threads 2]
                     [--i3rt-seconds S] [--runs 3]
-        Runs the same forward in PyTorch (same zero padding to the total stride, crop back), prints the
-        max abs and relative error of i3rt's logits against it and both timings. Fails (exit 1) if the
-        relative error is above 1e-4.
+        Runs the same forward in PyTorch on MODELDIR/fold_0/checkpoint_final.pth (the network built by
+        dynamic_network_architectures from the model's plans; same zero padding to the total stride, crop
+        back), prints the max abs and relative error of i3rt's logits against it and both timings. Fails
+        (exit 1) if the relative error is above 1e-4.
 
 Axes: i3rt maps NIfTI (x, y, z) to (W, H, D); the reference does the same (nibabel array transposed
 to [C, z, y, x]), so both see the identical array. """
@@ -27,89 +25,27 @@ import time
 import nibabel as nib
 import numpy as np
 
-CH2 = "/usr/share/mricron/templates/ch2.nii.gz"
 CH2_BRAIN = "/usr/share/mricron/templates/ch2bet.nii.gz"
-DATASET_ID, DATASET_NAME = 500, "Dataset500_Colin27Brain"
 
 
-def zscore(a, mask=None):
-    vals = a[mask] if mask is not None else a
-    return ((a - vals.mean()) / max(vals.std(), 1e-8)).astype(np.float32)
-
-
-def make_model(work):
-    image = nib.load(CH2)
+def make_input(out_path):
+    image = nib.load(CH2_BRAIN)
     data = np.asarray(image.dataobj, dtype=np.float32)
-    brain = np.asarray(nib.load(CH2_BRAIN).dataobj) > 0
-    raw = os.path.join(work, "nnUNet_raw")
-    os.environ["nnUNet_raw"] = raw
-    os.environ["nnUNet_preprocessed"] = os.path.join(work, "nnUNet_preprocessed")
-    os.environ["nnUNet_results"] = os.path.join(work, "nnUNet_results")
-    ds = os.path.join(raw, DATASET_NAME)
-    os.makedirs(os.path.join(ds, "imagesTr"), exist_ok=True)
-    os.makedirs(os.path.join(ds, "labelsTr"), exist_ok=True)
-
-    # A few cases from the one subject: the full volume, a crop and a left-right flip (seeded, so the
-    # planner's numbers are the same on every machine).
-    rng = np.random.default_rng(27)
-    cases = [(slice(None), slice(None), slice(None), False)]
-    for _ in range(2):
-        lo = rng.integers(0, 20, size=3)
-        cases.append((slice(lo[0], lo[0] + 150), slice(lo[1], lo[1] + 180), slice(lo[2], lo[2] + 150), True))
-    for i, (sx, sy, sz, flip) in enumerate(cases):
-        img, lab = data[sx, sy, sz], brain[sx, sy, sz].astype(np.uint8)
-        if flip:
-            img, lab = img[::-1].copy(), lab[::-1].copy()
-        nib.save(nib.Nifti1Image(img, image.affine), os.path.join(ds, "imagesTr", f"colin_{i:03d}_0000.nii.gz"))
-        nib.save(nib.Nifti1Image(lab, image.affine), os.path.join(ds, "labelsTr", f"colin_{i:03d}.nii.gz"))
-    dataset_json = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "brain": 1},
-                    "numTraining": len(cases), "file_ending": ".nii.gz"}
-    with open(os.path.join(ds, "dataset.json"), "w") as f:
-        json.dump(dataset_json, f, indent=2)
-
-    import torch
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    extract_fingerprints([DATASET_ID], num_processes=2, check_dataset_integrity=True, clean=True, verbose=False)
-    plans_id = plan_experiments([DATASET_ID])
-    with open(os.path.join(os.environ["nnUNet_preprocessed"], DATASET_NAME, plans_id + ".json")) as f:
-        plans = json.load(f)
-    cfg = plans["configurations"]["3d_fullres"]
-    arch = cfg["architecture"]
-    torch.manual_seed(0)
-    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
-                                 input_channels=1, output_channels=2, deep_supervision=True)
-
-    model = os.path.join(work, "model")
-    os.makedirs(os.path.join(model, "fold_0"), exist_ok=True)
-    with open(os.path.join(model, "plans.json"), "w") as f:
-        json.dump(plans, f, indent=2)
-    with open(os.path.join(model, "dataset.json"), "w") as f:
-        json.dump(dataset_json, f, indent=2)
-    checkpoint = {  # the keys nnUNetTrainer.save_checkpoint writes
-        "network_weights": net.state_dict(), "optimizer_state": None, "grad_scaler_state": None, "logging": {},
-        "_best_ema": None, "current_epoch": 0,
-        "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset_json,
-                      "device": torch.device("cpu")},
-        "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1, 2)}
-    torch.save(checkpoint, os.path.join(model, "fold_0", "checkpoint_final.pth"))
-
-    # The demo input: a 96 x 112 x 96 crop (x, y, z) around the brain's centre, z-scored.
+    brain = data > 0
     centre = np.round(np.argwhere(brain).mean(axis=0)).astype(int)
     size = np.array([96, 112, 96])
     lo = np.clip(centre - size // 2, 0, np.array(data.shape) - size)
     crop = data[lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]]
+    mask = crop > 0
+    z = np.where(mask, (crop - crop[mask].mean()) / max(crop[mask].std(), 1e-8), 0).astype(np.float32)
     affine = image.affine.copy()
     affine[:3, 3] = image.affine[:3, :3] @ lo + image.affine[:3, 3]
-    out = nib.Nifti1Image(zscore(crop), affine)
+    out = nib.Nifti1Image(z, affine)
     out.header.set_qform(affine, code=1)
     out.header.set_sform(affine, code=1)
-    nib.save(out, os.path.join(work, "input.nii.gz"))
-    print(f"demo: nnU-Net plans for {DATASET_NAME}: 3d_fullres patch {cfg['patch_size']}, spacing {cfg['spacing']}, "
-          f"{arch['arch_kwargs']['n_stages']} stages, features {arch['arch_kwargs']['features_per_stage']}")
-    print(f"demo: saved the model folder {model} (random weights) and the input crop "
-          f"{os.path.join(work, 'input.nii.gz')} {tuple(int(s) for s in size)} (x, y, z) at {tuple(int(v) for v in lo)}")
+    nib.save(out, out_path)
+    print(f"demo: {out_path}: {tuple(int(s) for s in size)} (x, y, z) crop of {CH2_BRAIN} at "
+          f"{tuple(int(v) for v in lo)}, z-scored over the brain")
 
 
 def load_reference_network(model):
@@ -178,8 +114,8 @@ def compare(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    m = sub.add_parser("make-model")
-    m.add_argument("--work", required=True)
+    m = sub.add_parser("make-input")
+    m.add_argument("--out", required=True)
     c = sub.add_parser("compare")
     c.add_argument("--model", required=True)
     c.add_argument("--input", required=True)
@@ -188,8 +124,8 @@ def main():
     c.add_argument("--runs", type=int, default=3)
     c.add_argument("--i3rt-seconds", type=float, default=0.0)
     args = ap.parse_args()
-    if args.cmd == "make-model":
-        make_model(args.work)
+    if args.cmd == "make-input":
+        make_input(args.out)
     else:
         compare(args)
 
