@@ -89,6 +89,108 @@ size_t i3rt_model_describe(i3rt_model *model, const int64_t spatial[3], char *bu
  * [num_classes, d, h, w]. Each spatial size must be divisible by the network's total stride per axis. */
 i3rt_status i3rt_model_forward(i3rt_model *model, const float *input, const int64_t spatial[3], float *logits);
 
+/* ---- i3Deep: interactive 3D segmentation of one case (docs/i3deep.md) -----------------------------
+ *
+ * A case is an image and a number of classes. Its stages, in order:
+ *   1. i3rt_case_add_model (pre-segmentation: every fold of a model folder is one ensemble member),
+ *      i3rt_case_compute_uncertainty (mean probabilities, entropy, pre-segmentation);
+ *   2. i3rt_case_recommend, i3rt_case_get_slices: the slices the expert should correct;
+ *   3. i3rt_case_export (PNG/NIfTI files for the expert), i3rt_case_submit* (corrected slices) or a
+ *      simulated expert (i3rt_case_simulate_expert*: the recommended slices of a ground truth);
+ *   4. i3rt_case_load_refinement_model (ahead of time), i3rt_case_refine, then
+ *      i3rt_case_get_segmentation / i3rt_case_save_segmentation.
+ * Volumes are [d, h, w] arrays with w fastest (NIfTI z, y, x; nothing is reoriented). A call that fails
+ * leaves the case as it was; its message is in the context. */
+typedef struct i3rt_case i3rt_case;
+
+/* An axial slice fixes d (NIfTI z), a coronal one h (y), a sagittal one w (x). The slice is a plane of
+ * rows x cols, row-major: axial [h, w], coronal [d, w], sagittal [d, h]. */
+typedef enum { I3RT_AXIAL = 0, I3RT_CORONAL = 1, I3RT_SAGITTAL = 2 } i3rt_axis;
+
+/* Stages, each timed in wall-clock seconds (added up over calls). */
+typedef enum {
+    I3RT_STAGE_PRESEGMENTATION = 0, /* the ensemble members' predictions */
+    I3RT_STAGE_ENSEMBLE,            /* folding members into the mean probabilities */
+    I3RT_STAGE_UNCERTAINTY,         /* entropy and pre-segmentation */
+    I3RT_STAGE_RECOMMEND,           /* slice acquisition */
+    I3RT_STAGE_EXPORT,              /* files for the expert */
+    I3RT_STAGE_CORRECTIONS,         /* reading and checking corrected slices */
+    I3RT_STAGE_REFINE_INPUT,        /* image + corrected-slice channel */
+    I3RT_STAGE_REFINE,              /* the refinement network */
+    I3RT_STAGE_COUNT
+} i3rt_stage;
+
+typedef struct {
+    double min_dist;   /* suppression window, fraction of the axis length in [0, 1] (paper: 0.0234) */
+    double min_uncert; /* least slice uncertainty, fraction of its axis's largest in [0, 1] (0.1) */
+    int max_slices;    /* most slices over the three axes, >= 1 (12) */
+} i3rt_recommend_params;
+
+typedef struct {
+    i3rt_axis axis;
+    int64_t index;
+    double uncertainty; /* the slice's summed normalized entropy */
+    double relative;    /* uncertainty / the largest slice sum of the same axis */
+} i3rt_slice;
+
+/* The paper's values (0.0234, 0.1, 12). */
+void i3rt_recommend_params_default(i3rt_recommend_params *params);
+/* "presegmentation", "ensemble", ..., "refine"; "?" for anything else. */
+const char *i3rt_stage_name(i3rt_stage stage);
+
+/* Opens a case from one NIfTI file per image channel (nnU-Net's CASE_0000.nii.gz, CASE_0001.nii.gz, ...;
+ * one 4D file holds all channels), segmented into num_classes >= 2 classes (0 = background). The case
+ * uses ctx (threads, backend, messages) until it is freed. */
+i3rt_status i3rt_case_open(i3rt_context *ctx, const char *const *image_paths, int n_paths, int num_classes,
+                           i3rt_case **out);
+void i3rt_case_free(i3rt_case *c);
+/* The image's grid: shape = {d, h, w} (NIfTI z, y, x); the segmentation has d * h * w voxels. */
+i3rt_status i3rt_case_get_shape(const i3rt_case *c, int64_t shape[3]);
+
+/* Stage 1. The folds of an nnU-Net model folder as ensemble members, each predicted alone (folds NULL
+ * and n_folds 0: every fold in the folder); use_mirroring: nnU-Net's test-time mirroring inside each. */
+i3rt_status i3rt_case_add_model(i3rt_case *c, const char *model_dir, const int *folds, int n_folds,
+                                int use_mirroring);
+i3rt_status i3rt_case_compute_uncertainty(i3rt_case *c);
+
+/* Stage 2. params NULL: the defaults. */
+i3rt_status i3rt_case_recommend(i3rt_case *c, const i3rt_recommend_params *params);
+/* The recommended slices, most uncertain first: *n_slices is their number; the first min(*n_slices,
+ * capacity) are copied to slices (which may be NULL when capacity is 0). */
+i3rt_status i3rt_case_get_slices(const i3rt_case *c, i3rt_slice *slices, int capacity, int *n_slices);
+
+/* Stage 3. For every recommended slice, into the existing directory dir: <name>_<axis>_<index>_preview.png
+ * (the image with the pre-segmentation), _mask.png and _mask.nii.gz (the pre-segmentation's slice for the
+ * expert to correct), and <name>_slices.tsv. */
+i3rt_status i3rt_case_export(i3rt_case *c, const char *dir, const char *name);
+/* A corrected slice: labels [rows, cols] in the layout above, each in 0 .. num_classes - 1. Any slice may
+ * be corrected; a later correction of a voxel wins. */
+i3rt_status i3rt_case_submit(i3rt_case *c, i3rt_axis axis, int64_t index, const int32_t *labels, int64_t rows,
+                             int64_t cols);
+/* A corrected slice from a file: a label PNG or NIfTI (the slice, or a volume on the case's grid) named
+ * as the export names it, "..._<axial|coronal|sagittal>_<index>[_...].png|.nii|.nii.gz". */
+i3rt_status i3rt_case_submit_file(i3rt_case *c, const char *path);
+/* Simulated expert: every recommended slice corrected to the ground truth, given as labels [d, h, w] or
+ * as a label NIfTI on the image's grid and geometry. */
+i3rt_status i3rt_case_simulate_expert(i3rt_case *c, const int32_t *ground_truth);
+i3rt_status i3rt_case_simulate_expert_file(i3rt_case *c, const char *ground_truth_path);
+
+/* Stage 4. The refinement nnU-Net (input: the image's channels + 1 corrected-slice channel; the case's
+ * classes), best loaded before the expert starts. folds as for i3rt_case_add_model. */
+i3rt_status i3rt_case_load_refinement_model(i3rt_case *c, const char *model_dir, const int *folds, int n_folds);
+/* The refined segmentation from the corrections so far; may run again after more corrections. */
+i3rt_status i3rt_case_refine(i3rt_case *c, int use_mirroring);
+
+/* The refined segmentation (refined != 0) or the pre-segmentation, into labels [d, h, w] (n_voxels =
+ * d * h * w), or saved as a label NIfTI with the image's geometry (written whole or not at all). */
+i3rt_status i3rt_case_get_segmentation(const i3rt_case *c, int refined, int32_t *labels, int64_t n_voxels);
+i3rt_status i3rt_case_save_segmentation(i3rt_case *c, const char *path, int refined);
+
+/* Seconds spent in a stage, and the expert's waiting time: corrections in -> refined segmentation out
+ * (stages corrections, refine-input and refine). */
+double i3rt_case_stage_seconds(const i3rt_case *c, i3rt_stage stage);
+double i3rt_case_waiting_seconds(const i3rt_case *c);
+
 #ifdef __cplusplus
 }
 #endif

@@ -248,8 +248,9 @@ static i3rt_status recommend(i3_case *c, const i3_slice_select_params *params) {
     if (c->uncertainty_members == 0)
         return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: recommending slices needs the uncertainty first");
     const i3_slice_select_params p = params ? *params : I3_SLICE_SELECT_DEFAULTS;
-    i3_slice *slices = i3_malloc(c->ctx, (size_t)(p.max_slices > 0 ? p.max_slices : 1) * sizeof *slices,
-                                 "recommended slices");
+    const int64_t most = c->d + c->h + c->w;  /* no more slices than the volume has */
+    i3_slice *slices = i3_malloc(c->ctx, (size_t)(p.max_slices < 1 ? 1 : p.max_slices < most ? p.max_slices : most) *
+                                 sizeof *slices, "recommended slices");
     if (!slices) return I3RT_ERR_OUT_OF_MEMORY;
     int n = 0;
     i3rt_status st = i3_slice_select(c->ctx, c->entropy, c->d, c->h, c->w, &p, slices, &n);
@@ -406,6 +407,16 @@ i3rt_status i3_case_submit(i3_case *c, i3_axis axis, int64_t index, const int32_
     TIMED(c, I3_STAGE_CORRECTIONS, submit(c, axis, index, labels, rows, cols, source ? source : "correction"));
 }
 
+/* Converts label values read as floats; returns the index of the first one that is not a whole
+ * number (then nothing after it is converted), or -1. */
+static int64_t whole_labels(const float *x, int64_t n, int32_t *labels) {
+    for (int64_t i = 0; i < n; i++) {
+        if (x[i] != nearbyintf(x[i]) || fabsf(x[i]) > 1e9f) return i;
+        labels[i] = (int32_t)x[i];
+    }
+    return -1;
+}
+
 static int ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
     return n >= k && strcmp(s + n - k, suffix) == 0;
@@ -439,13 +450,10 @@ static i3rt_status read_nifti_slice(i3_case *c, i3_axis axis, int64_t index, con
     if (st == I3RT_OK) {
         if (whole) i3_slice_get(v.data, sizeof(float), c->d, c->h, c->w, axis, index, plane);
         else memcpy(plane, v.data, (size_t)(*rows * *cols) * sizeof(float));
-        for (int64_t i = 0; i < *rows * *cols && st == I3RT_OK; i++) {
-            if (plane[i] != nearbyintf(plane[i]) || fabsf(plane[i]) > 1e9f)
-                st = i3_fail(c->ctx, I3RT_ERR_FORMAT, "%s: value %g at row %lld column %lld is not a label", path,
-                             plane[i], (long long)(i / *cols), (long long)(i % *cols));
-            else
-                (*labels)[i] = (int32_t)plane[i];
-        }
+        const int64_t bad = whole_labels(plane, *rows * *cols, *labels);
+        if (bad >= 0)
+            st = i3_fail(c->ctx, I3RT_ERR_FORMAT, "%s: value %g at row %lld column %lld is not a label", path,
+                         plane[bad], (long long)(bad / *cols), (long long)(bad % *cols));
     }
     free(plane);
     i3_volume_free(&v);
@@ -545,6 +553,36 @@ i3rt_status i3_case_simulate_expert(i3_case *c, const int32_t *ground_truth, con
     TIMED(c, I3_STAGE_CORRECTIONS, simulate_expert(c, ground_truth, source ? source : "ground truth"));
 }
 
+/* The ground truth from a label NIfTI on the image's grid and geometry. */
+static i3rt_status simulate_expert_file(i3_case *c, const char *path) {
+    if (!path) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no ground-truth file given");
+    i3_volume v;
+    I3_TRY(i3_volume_read(c->ctx, path, &v));
+    i3rt_status st = I3RT_OK;
+    if (v.channels != 1 || v.d != c->d || v.h != c->h || v.w != c->w)
+        st = i3_fail(c->ctx, I3RT_ERR_SHAPE, "%s: %lld x %lld x %lld x %lld voxels (x y z channels); the image is %lld x "
+                     "%lld x %lld", path, (long long)v.w, (long long)v.h, (long long)v.d, (long long)v.channels,
+                     (long long)c->w, (long long)c->h, (long long)c->d);
+    if (st == I3RT_OK) st = i3_volume_geometry_check(c->ctx, &v.geometry, path, &c->image.geometry, "the image");
+    int32_t *labels = st == I3RT_OK ? i3_malloc(c->ctx, (size_t)c->voxels * sizeof(int32_t), path) : NULL;
+    if (st == I3RT_OK && !labels) st = I3RT_ERR_OUT_OF_MEMORY;
+    if (st == I3RT_OK) {
+        const int64_t bad = whole_labels(v.data, c->voxels, labels);
+        if (bad >= 0)
+            st = i3_fail(c->ctx, I3RT_ERR_FORMAT, "%s: value %g at voxel (x %lld, y %lld, z %lld) is not a label", path,
+                         v.data[bad], (long long)(bad % c->w), (long long)(bad / c->w % c->h),
+                         (long long)(bad / (c->w * c->h)));
+    }
+    if (st == I3RT_OK) st = simulate_expert(c, labels, path);
+    free(labels);
+    i3_volume_free(&v);
+    return st;
+}
+
+i3rt_status i3_case_simulate_expert_file(i3_case *c, const char *path) {
+    TIMED(c, I3_STAGE_CORRECTIONS, simulate_expert_file(c, path));
+}
+
 const i3_slice *i3_case_corrected_slices(const i3_case *c, int *n) {
     *n = c->n_corrected;
     return c->corrected;
@@ -619,7 +657,7 @@ static i3rt_status refine(i3_case *c, float *input, const i3_predict_options *op
 i3rt_status i3_case_refine(i3_case *c, const i3_predict_options *options) {
     if (!c->refinement_model)
         return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT,
-                       "i3deep: refining needs a refinement model (i3_case_load_refinement_model) first");
+                       "i3deep: refining needs a refinement model; none is loaded");
     float *input;
     I3_TRY(i3_case_refinement_input(c, 0.0f, &input));  /* the paper's encoding; its own stage's time */
     const double t0 = now_seconds();
@@ -637,8 +675,8 @@ i3rt_status i3_case_save_segmentation(i3_case *c, const char *path, int refined)
     const int32_t *labels = refined ? c->refined : i3_case_presegmentation(c);
     if (!path) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: no path to save the segmentation to");
     if (!labels)
-        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: the case has no %s yet", path,
-                       refined ? "refined segmentation (i3_case_refine)" : "pre-segmentation (i3_case_compute_uncertainty)");
+        return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: the case has no %s", path,
+                       refined ? "refined segmentation yet (refine first)" : "pre-segmentation yet (compute the uncertainty first)");
     i3_volume_geometry g = c->image.geometry;
     g.size[0] = c->w, g.size[1] = c->h, g.size[2] = c->d;  /* the image's own grid, whatever the caller filled in */
     return i3_volume_write_labels(c->ctx, path, &g, labels);  /* temporary file + rename: never partial */

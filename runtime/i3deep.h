@@ -83,6 +83,9 @@ i3rt_status i3_case_submit_file(i3_case *c, i3_axis axis, int64_t index, const c
 i3rt_status i3_case_submit_named_file(i3_case *c, const char *path);
 /* Simulated expert: every recommended slice corrected to the ground truth [d, h, w]. */
 i3rt_status i3_case_simulate_expert(i3_case *c, const int32_t *ground_truth, const char *source);
+/* The same with the ground truth read from a label NIfTI on the image's grid and geometry (whole
+ * numbers; checked like the image's channels are against each other). */
+i3rt_status i3_case_simulate_expert_file(i3_case *c, const char *path);
 /* Slices corrected so far (in the order submitted, each once). */
 const i3_slice *i3_case_corrected_slices(const i3_case *c, int *n);
 
