@@ -699,6 +699,107 @@ Test(i3deep, bad_corrections_are_refused_and_the_case_keeps_its_state) {
     i3_case_free(c);
 }
 
+/* ---- simulated expert from a file, refinement, saving --------------------------------------------- */
+
+Test(i3deep, simulated_expert_reads_a_truth_file_on_the_image_grid) {
+    i3_case *c = small_case();
+    cr_assert_eq(i3_case_recommend(c, NULL), I3RT_OK);
+    const i3_volume_geometry *g = &i3_case_image(c)->geometry;
+    static int32_t truth[CS];
+    static float halves[CS];
+    for (int i = 0; i < CS; i++) truth[i] = (i * 7) % CLASSES, halves[i] = (float)truth[i];
+    halves[(2 * CH + 1) * CW + 3] = 2.5f;
+    cr_assert_eq(i3_volume_write_labels(ctx, temp("truth.nii.gz"), g, truth), I3RT_OK);
+    cr_assert_eq(i3_volume_write_f32(ctx, temp("half.nii.gz"), g, 1, halves), I3RT_OK);
+    i3_volume_geometry moved = *g;
+    moved.srow[0][3] += 5.0, moved.affine[0][3] += 5.0, moved.qoffset[0] += 5.0;
+    cr_assert_eq(i3_volume_write_labels(ctx, temp("moved.nii.gz"), &moved, truth), I3RT_OK);
+    i3_volume_geometry thin = *g;
+    thin.size[2] = 1;
+    cr_assert_eq(i3_volume_write_labels(ctx, temp("thin.nii.gz"), &thin, truth), I3RT_OK);
+    EXPECT_REFUSED(c, i3_case_simulate_expert_file(c, temp("half.nii.gz")), I3RT_ERR_FORMAT,
+                   "half.nii.gz: value 2.5 at voxel (x 3, y 1, z 2) is not a label");
+    EXPECT_REFUSED(c, i3_case_simulate_expert_file(c, temp("moved.nii.gz")), I3RT_ERR_SHAPE, "moved.nii.gz");
+    EXPECT_REFUSED(c, i3_case_simulate_expert_file(c, temp("thin.nii.gz")), I3RT_ERR_SHAPE, "thin.nii.gz");
+    EXPECT_REFUSED(c, i3_case_simulate_expert_file(c, temp("none.nii.gz")), I3RT_ERR_IO, "none.nii.gz");
+    cr_assert_eq(i3_case_simulate_expert_file(c, temp("truth.nii.gz")), I3RT_OK, "%s", i3rt_context_error(ctx));
+    /* The recommended slices (axial 1, coronal 3, sagittal 4) hold the truth, every other voxel nothing. */
+    const int32_t *got = i3_case_corrections(c);
+    int wrong = 0;
+    for (int z = 0; z < CD; z++)
+        for (int y = 0; y < CH; y++)
+            for (int x = 0; x < CW; x++) {
+                const int v = (z * CH + y) * CW + x;
+                wrong += got[v] != (z == 1 || y == 3 || x == 4 ? truth[v] : -1);
+            }
+    printf("simulated expert from a file: %d wrong voxels\n", wrong);
+    cr_expect_eq(wrong, 0);
+    i3_case_free(c);
+}
+
+static const char *model_path(const char *name) {
+    static char p[1024];
+    const char *root = getenv("I3RT_SOURCE_DIR");
+    snprintf(p, sizeof p, "%s/weights/%s", root ? root : ".", name);
+    return p;
+}
+
+Test(i3deep, refine_saves_and_a_failed_refine_keeps_the_previous_result) {
+    /* The refinement model in weights/ on a small T1-like sphere (3 mm) with one corrected axial slice. */
+    enum { D = 20, H = 24, W = 20, S = D * H * W };
+    static float data[S];
+    for (int z = 0; z < D; z++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++) {
+                const double r = hypot(hypot(z - D / 2.0, y - H / 2.0), x - W / 2.0);
+                data[(z * H + y) * W + x] = r < 8 ? (float)(60.0 + 40.0 * cos(r)) : 0.0f;
+            }
+    i3_volume image = {.channels = 1, .d = D, .h = H, .w = W, .data = data};
+    image.geometry = (i3_volume_geometry){.size = {W, H, D}, .spacing = {3, 3, 3}, .xyz_units = 2, .qfac = 1,
+                                          .sform_code = 1, .srow = {{3, 0, 0, 4}, {0, 3, 0, 5}, {0, 0, 3, 6}},
+                                          .affine = {{3, 0, 0, 4}, {0, 3, 0, 5}, {0, 0, 3, 6}, {0, 0, 0, 1}}};
+    i3_case *c;
+    cr_assert_eq(i3_case_open(ctx, &image, 4, &c), I3RT_OK);
+    i3_predict_options o;
+    i3_predict_options_default(&o);
+    o.use_mirroring = 0;
+    EXPECT_REFUSED(c, i3_case_refine(c, &o), I3RT_ERR_INVALID_ARGUMENT, "refinement model");
+    cr_expect_null(i3_case_refined(c));
+    EXPECT_REFUSED(c, i3_case_save_segmentation(c, temp("refined.nii.gz"), 1), I3RT_ERR_INVALID_ARGUMENT, "refined");
+    cr_expect_neq(access(temp("refined.nii.gz"), F_OK), 0);
+    cr_assert_eq(i3_case_load_refinement_model(c, model_path("brain_refine_3d_fullres"), NULL, 0), I3RT_OK, "%s",
+                 i3rt_context_error(ctx));
+    static int32_t plane[H * W];
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) plane[y * W + x] = hypot(y - H / 2.0, x - W / 2.0) < 4 ? 3 : 0;
+    cr_assert_eq(i3_case_submit(c, I3_AXIAL, D / 2, plane, H, W, "disc"), I3RT_OK);
+    cr_assert_eq(i3_case_refine(c, &o), I3RT_OK, "%s", i3rt_context_error(ctx));
+    static int32_t first[S];
+    cr_assert_not_null(i3_case_refined(c));
+    memcpy(first, i3_case_refined(c), sizeof first);
+    const double input_s = i3_case_stage_seconds(c, I3_STAGE_REFINE_INPUT), refine_s = i3_case_stage_seconds(c, I3_STAGE_REFINE);
+    printf("refine: input %.4f s, network %.3f s, waiting %.3f s\n", input_s, refine_s, i3_case_waiting_seconds(c));
+    cr_expect(input_s > 0.0 && refine_s > input_s);
+    cr_expect_eq(i3_case_waiting_seconds(c), i3_case_stage_seconds(c, I3_STAGE_CORRECTIONS) + input_s + refine_s);
+    /* A refine that fails (a sliding-window step of 0) keeps the first result. */
+    i3_predict_options bad = o;
+    bad.step_size = 0.0;
+    EXPECT_REFUSED(c, i3_case_refine(c, &bad), I3RT_ERR_INVALID_ARGUMENT, "step");
+    cr_expect(memcmp(first, i3_case_refined(c), sizeof first) == 0, "a failed refine changed the refined result");
+    /* Saved on the image's grid and geometry, equal to the result. */
+    cr_assert_eq(i3_case_save_segmentation(c, temp("refined.nii.gz"), 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_volume back;
+    cr_assert_eq(i3_volume_read(ctx, temp("refined.nii.gz"), &back), I3RT_OK);
+    cr_assert(back.channels == 1 && back.d == D && back.h == H && back.w == W);
+    int wrong = 0;
+    for (int i = 0; i < S; i++) wrong += back.data[i] != (float)first[i];
+    cr_expect_eq(wrong, 0);
+    cr_expect_eq(i3_volume_geometry_check(ctx, &back.geometry, "saved", &image.geometry, "image"), I3RT_OK, "%s",
+                 i3rt_context_error(ctx));
+    i3_volume_free(&back);
+    i3_case_free(c);
+}
+
 /* ---- evaluation --------------------------------------------------------------------------------- */
 
 Test(i3deep, dice_and_annotation_ratio_by_hand) {
