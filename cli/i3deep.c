@@ -244,8 +244,19 @@ static i3rt_status model_classes(i3_ctx *ctx, const char *model, const int *fold
     return I3RT_OK;
 }
 
-/* Opens the case (classes from the model, else from the first member file), loads the refinement model
- * (first, so that a bad one fails before the members' long prediction) and folds every member in. */
+/* Opens the case and loads the refinement model into it, if any (first, so that a bad one fails before
+ * the members' long prediction). */
+static i3rt_status open_case(i3_ctx *ctx, const args *a, const i3_volume *image, int classes, i3_case **out) {
+    I3_TRY(i3_case_open(ctx, image, classes, out));
+    const i3rt_status st = a->refine_model ? i3_case_load_refinement_model(*out, a->refine_model, NULL, 0) : I3RT_OK;
+    if (st != I3RT_OK) {
+        i3_case_free(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+/* Opens the case (classes from the model, else from the first member file) and folds every member in. */
 static i3rt_status open_with_members(i3_ctx *ctx, const args *a, const i3_volume *image, i3_case **out) {
     *out = NULL;
     i3rt_status st = I3RT_OK;
@@ -256,19 +267,15 @@ static i3rt_status open_with_members(i3_ctx *ctx, const args *a, const i3_volume
         st = i3_volume_read(ctx, a->members[m], &v);
         if (st != I3RT_OK) break;
         st = i3_volume_geometry_check(ctx, &image->geometry, a->image, &v.geometry, a->members[m]);
-        if (st == I3RT_OK && !*out) st = i3_case_open(ctx, image, classes ? classes : (int)v.channels, out);
+        if (st == I3RT_OK && !*out) st = open_case(ctx, a, image, classes ? classes : (int)v.channels, out);
         if (st == I3RT_OK && v.channels != i3_case_num_classes(*out))
             st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld class channels, %s has %d", a->members[m], (long long)v.channels,
                          a->model ? a->model : "the first member", i3_case_num_classes(*out));
-        if (st == I3RT_OK && m == 0 && a->refine_model)
-            st = i3_case_load_refinement_model(*out, a->refine_model, NULL, 0);
         if (st == I3RT_OK) st = a->logits ? i3_case_add_logits(*out, v.data) : i3_case_add_probabilities(*out, v.data);
         i3_volume_free(&v);
     }
     if (st == I3RT_OK && a->model) {
-        if (!*out) st = i3_case_open(ctx, image, classes, out);
-        if (st == I3RT_OK && !a->n_members && a->refine_model)
-            st = i3_case_load_refinement_model(*out, a->refine_model, NULL, 0);
+        if (!*out) st = open_case(ctx, a, image, classes, out);
         const i3_predict_options o = predict_options(a);
         if (st == I3RT_OK) progress("stage 1: pre-segmentation by the folds of %s", a->model);
         if (st == I3RT_OK) st = i3_case_add_model_members(*out, a->model, a->folds, a->n_folds, &o);
