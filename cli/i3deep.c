@@ -420,6 +420,16 @@ static void json_number(FILE *f, double v) {
     else fprintf(f, "%.6g", v);
 }
 
+static void json_string(FILE *f, const char *key, const char *value) {
+    fprintf(f, "  \"%s\": \"", key);
+    for (const unsigned char *c = (const unsigned char *)value; *c; c++) {
+        if (*c == '"' || *c == '\\') fprintf(f, "\\%c", *c);
+        else if (*c < 0x20) fprintf(f, "\\u%04x", *c);
+        else fputc(*c, f);
+    }
+    fputs("\",\n", f);
+}
+
 static void json_dice(FILE *f, const char *key, const double *dice, int classes) {
     fprintf(f, "  \"%s\": [", key);
     for (int k = 0; k < classes; k++) {
@@ -429,8 +439,10 @@ static void json_dice(FILE *f, const char *key, const double *dice, int classes)
 }
 
 static void print_json(FILE *f, const summary *s, const char *out_dir) {
-    fprintf(f, "{\n  \"case\": \"%s\",\n  \"output_dir\": \"%s\",\n  \"classes\": %d,\n  \"slices\": %d,\n", s->name,
-            out_dir, s->classes, s->slices);
+    fputs("{\n", f);
+    json_string(f, "case", s->name);
+    json_string(f, "output_dir", out_dir);
+    fprintf(f, "  \"classes\": %d,\n  \"slices\": %d,\n", s->classes, s->slices);
     json_dice(f, "dice_presegmentation", s->dice, s->classes);
     if (s->refined) json_dice(f, "dice_refined", s->dice + s->classes, s->classes);
     fputs("  \"mean_foreground_dice_presegmentation\": ", f);
