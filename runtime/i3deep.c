@@ -249,8 +249,8 @@ static i3rt_status recommend(i3_case *c, const i3_slice_select_params *params) {
         return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3deep: recommending slices needs the uncertainty first");
     const i3_slice_select_params p = params ? *params : I3_SLICE_SELECT_DEFAULTS;
     const int64_t most = c->d + c->h + c->w;  /* no more slices than the volume has */
-    i3_slice *slices = i3_malloc(c->ctx, (size_t)(p.max_slices < 1 ? 1 : p.max_slices < most ? p.max_slices : most) *
-                                 sizeof *slices, "recommended slices");
+    const int64_t room = p.max_slices < 1 ? 1 : p.max_slices < most ? p.max_slices : most;
+    i3_slice *slices = i3_malloc(c->ctx, (size_t)room * sizeof *slices, "recommended slices");
     if (!slices) return I3RT_ERR_OUT_OF_MEMORY;
     int n = 0;
     i3rt_status st = i3_slice_select(c->ctx, c->entropy, c->d, c->h, c->w, &p, slices, &n);

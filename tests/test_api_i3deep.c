@@ -14,6 +14,7 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,6 +288,8 @@ Test(api_i3deep, argument_errors_are_messages) {
     cr_expect(p.min_dist == 0.0234 && p.min_uncert == 0.1 && p.max_slices == 12);
     p.max_slices = 0;
     EXPECT_FAIL(i3rt_case_recommend(c, &p), I3RT_ERR_INVALID_ARGUMENT, "max_slices");
+    p.max_slices = INT_MAX;  /* no more slices than the volume has are kept, nor allocated */
+    cr_expect_eq(i3rt_case_recommend(c, &p), I3RT_OK, "%s", i3rt_context_error(ctx));
     p.max_slices = 5;
     cr_assert_eq(i3rt_case_recommend(c, &p), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3rt_slice one;
