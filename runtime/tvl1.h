@@ -33,7 +33,7 @@ typedef struct {
 size_t i3_tvl1_scratch_bytes(int64_t rows, int64_t cols);
 
 /* Flow [2, rows, cols] from reference to moving (both [rows, cols], finite; rows, cols >= 2).
- * scratch: NULL to allocate, or at least i3_tvl1_scratch_bytes(rows, cols) bytes aligned for double.
+ * scratch: NULL to allocate, or at least i3_tvl1_scratch_bytes(rows, cols) bytes aligned for float.
  * params NULL means I3_TVL1_DEFAULTS. */
 i3rt_status i3_tvl1(i3_ctx *ctx, const float *reference, const float *moving, int64_t rows, int64_t cols,
                     const i3_tvl1_params *params, void *scratch, float *flow);
@@ -41,6 +41,48 @@ i3rt_status i3_tvl1(i3_ctx *ctx, const float *reference, const float *moving, in
 /* out(r, c) = image(r + alpha * flow[0](r, c), c + alpha * flow[1](r, c)): bilinear, coordinates
  * clamped to the image (skimage.transform.warp(order=1, mode='edge')). out must not alias image. */
 void i3_warp_bilinear(const float *image, int64_t rows, int64_t cols, const float *flow, float alpha, float *out);
+
+/* ---- shared with the device version (kernels/tvl1.cu) ---- */
+
+#define I3_TVL1_MAX_LEVELS 10
+
+typedef struct {
+    int64_t rows, cols;
+} i3_tvl1_size;
+
+/* skimage's pyramid: level 0 is rows x cols, each next level ceil(size / 2) per axis while the smaller
+ * side of the previous one is > 32, at most 10 levels. Returns the number of levels. */
+int i3_tvl1_pyramid(int64_t rows, int64_t cols, i3_tvl1_size sizes[I3_TVL1_MAX_LEVELS]);
+
+/* The planes of the scratch: both pyramids above level 0, then at level-0 size the flow, the auxiliary
+ * flow, the flow kept for the stopping test, the warped image, its gradient (2 planes each but the
+ * warped image), |gradient|^2, the residual's constant part and the dual variables (4 planes). */
+typedef struct {
+    float *ref[I3_TVL1_MAX_LEVELS], *mov[I3_TVL1_MAX_LEVELS];  /* [0] is the caller's image */
+    float *flow, *aux, *prev, *warped, *grad, *ni, *rho0, *proj;
+} i3_tvl1_work;
+
+void i3_tvl1_carve(i3_tvl1_work *wk, void *scratch, const i3_tvl1_size *sizes, int levels);
+
+/* The pyramid's Gaussian (sigma 2/3, radius 3) as scipy builds it: w[j] for offsets +-j. */
+void i3_tvl1_gauss_weights(double w[4]);
+
+/* The device version: the same flow, computed by kernels/tvl1.cu on device pointers (reference,
+ * moving, scratch of i3_tvl1_device_scratch_bytes, flow) on `stream`, with parameters already
+ * checked (i3_tvl1's rules). Returns a cudaError_t (0 = success). i3emu_tvl1 runs on the SIMT
+ * emulator; i3gpu_tvl1 exists in builds with -DI3RT_CUDA=ON. */
+#define I3_TVL1_DEVICE_PARTIALS 64
+size_t i3_tvl1_device_scratch_bytes(int64_t rows, int64_t cols);
+/* Where in that scratch the stopping test's per-block sums (doubles) start: after i3_tvl1's scratch. */
+size_t i3_tvl1_device_partials_offset(int64_t rows, int64_t cols);
+int i3emu_tvl1(const float *reference, const float *moving, int64_t rows, int64_t cols, const i3_tvl1_params *params,
+               void *scratch, float *flow, void *stream);
+#ifdef I3RT_HAVE_CUDA
+int i3gpu_tvl1(const float *reference, const float *moving, int64_t rows, int64_t cols, const i3_tvl1_params *params,
+               void *scratch, float *flow, void *stream);
+#endif
+
+/* ---- Slice-and-Conquer post-processing ---- */
 
 /* Weight of the k-th neighbour of an annotated slice: max(1 - gamma |k|, 0) (paper Sec. 3.3). */
 float i3_snc_blend_weight(double gamma, int64_t k);

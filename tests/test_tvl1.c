@@ -15,6 +15,7 @@
  *     image is recovered inside the image; the warp with a constant flow shifts and replicates edges;
  *   - the blending weights max(1 - gamma |k|, 0) and which slices the post-processing changes, and the
  *     post-processing against the same steps done with skimage's flow and warp;
+ *   - the device version (kernels/tvl1.cu) on the SIMT emulator: bit-equal to the CPU flow;
  *   - bad input (sizes, NaN/Inf, parameters, axis, slice, gamma): an error naming the problem and the
  *     outputs untouched; caller-provided scratch gives the same flow and stays within its size. */
 #include "tvl1.h"
@@ -83,6 +84,39 @@ Test(tvl1, flow_vs_skimage) {
         cases++;
     }
     cr_assert(cases >= 6, "only %d tvl1 fixtures (run through ctest, which runs tests/gen_tvl1.py first)", cases);
+}
+
+/* The device version on the SIMT emulator (kernels/tvl1.cu; emulated device memory is host memory):
+ * the same flow as the CPU, bit for bit (both compiled without contracted multiply-adds), on three
+ * fixtures: three pyramid levels, one level, an early stop. */
+Test(tvl1, emulated_device_matches_cpu) {
+    const int which[3] = {2, 3, 5};
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "flow_%d.safetensors", which[k]);
+        i3_weights *w = fx_open("tvl1", name);
+        cr_assert(w, "fixture tvl1/%s missing", name);
+        const int64_t rows = fx_param_int(w, "rows", -1), cols = fx_param_int(w, "cols", -1), n = rows * cols;
+        const float *ref = tensor(w, "reference", n), *mov = tensor(w, "moving", n);
+        const i3_tvl1_params p = fixture_params(w);
+        float *cpu = malloc(2 * (size_t)n * sizeof *cpu), *dev = fx_guarded_alloc(2 * n);
+        cr_assert_eq(i3_tvl1(ctx, ref, mov, rows, cols, &p, NULL, cpu), I3RT_OK);
+        const int64_t scratch_floats = (int64_t)(i3_tvl1_device_scratch_bytes(rows, cols) / sizeof(float));
+        float *scratch = fx_guarded_alloc(scratch_floats);
+        cr_assert_eq(i3emu_tvl1(ref, mov, rows, cols, &p, scratch, dev, NULL), 0, "%s: emulated launch failed", name);
+        cr_expect(fx_guards_intact(scratch, scratch_floats) && fx_guards_intact(dev, 2 * n), "%s: wrote out of bounds",
+                  name);
+        double max_abs = 0.0;
+        for (int64_t j = 0; j < 2 * n; j++) max_abs = fmax(max_abs, fabs((double)dev[j] - (double)cpu[j]));
+        printf("tvl1 emulated device vs cpu, %s (%lld x %lld): max abs %.3g px\n", name, (long long)rows, (long long)cols,
+               max_abs);
+        cr_expect_arr_eq(dev, cpu, 2 * (size_t)n * sizeof *cpu, "%s: device flow differs from the cpu (max %.3g px)", name,
+                         max_abs);
+        fx_guarded_free(scratch);
+        fx_guarded_free(dev);
+        free(cpu);
+        i3_weights_free(w);
+    }
 }
 
 Test(tvl1, postprocess_vs_skimage) {
