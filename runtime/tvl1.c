@@ -84,21 +84,36 @@ void i3_tvl1_gauss_weights(double w[4]) {
     for (int j = 0; j <= TVL1_GAUSS_RADIUS; j++) w[j] = phi[TVL1_GAUSS_RADIUS + j] / sum;
 }
 
-void i3_warp_bilinear(const float *image, int64_t rows, int64_t cols, const float *flow, float alpha, float *out) {
+/* Planes smaller than this run on one thread: a parallel region per step would cost more than the step. */
+#define PARALLEL_MIN_PIXELS 16384
+
+static int plane_threads(int64_t pixels, int n_threads) { return pixels >= PARALLEL_MIN_PIXELS && n_threads > 1 ? n_threads : 1; }
+
+static void warp_plane(const float *image, int64_t rows, int64_t cols, const float *flow, float alpha, float *out,
+                       int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) out[r * cols + c] = tvl1_warp_at(image, rows, cols, flow, alpha, r, c);
+}
+
+void i3_warp_bilinear(const float *image, int64_t rows, int64_t cols, const float *flow, float alpha, float *out) {
+    warp_plane(image, rows, cols, flow, alpha, out, 1);
 }
 
 /* skimage.transform.pyramid_reduce: ndi.gaussian_filter(sigma 2/3, 'reflect') one axis after the
  * other, each pass rounded to float (tmp), then ndi.zoom(order 1, grid_mode) to half size. */
 static void pyramid_reduce(const float *x, i3_tvl1_size from, i3_tvl1_size to, const double wt[4], float *tmp,
-                           float *tmp2, float *y) {
+                           float *tmp2, float *y, int n_threads) {
     const int64_t rows = from.rows, cols = from.cols;
+    const int threads = plane_threads(rows * cols, n_threads);
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) tmp[r * cols + c] = tvl1_gauss_at(x + c, rows, cols, r, wt);
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) tmp2[r * cols + c] = tvl1_gauss_at(tmp + r * cols, cols, 1, c, wt);
     const double zr = (double)rows / (double)to.rows, zc = (double)cols / (double)to.cols;
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t r = 0; r < to.rows; r++)
         for (int64_t c = 0; c < to.cols; c++)
             y[r * to.cols + c] = tvl1_bilinear(tmp2, rows, cols, ((double)r + 0.5) * zr - 0.5, ((double)c + 0.5) * zc - 0.5);
@@ -119,22 +134,27 @@ static void resize_flow(const float *flow, i3_tvl1_size from, i3_tvl1_size to, f
     }
 }
 
-/* Refines wk->flow (initial value on entry) for one pyramid level (skimage _tvl1). */
-static void solve_level(i3_tvl1_work *wk, const float *ref, const float *mov, i3_tvl1_size s, const i3_tvl1_params *p) {
+/* Refines wk->flow (initial value on entry) for one pyramid level (skimage _tvl1). Every step is
+ * per pixel, so threads over rows change no result; the stopping test's sum stays serial. */
+static void solve_level(i3_tvl1_work *wk, const float *ref, const float *mov, i3_tvl1_size s, const i3_tvl1_params *p,
+                        int n_threads) {
     const int64_t rows = s.rows, cols = s.cols, n = rows * cols;
+    const int threads = plane_threads(n, n_threads);
     const float f0 = (float)(p->attachment * p->tightness), f1 = (float)(0.25 / p->tightness);
     float *fr = wk->flow, *fc = wk->flow + n, *ar = wk->aux, *ac = wk->aux + n, *gr = wk->grad, *gc = wk->grad + n;
     memset(wk->proj, 0, 4 * (size_t)n * sizeof(float));
     for (int warp = 0; warp < p->num_warp; warp++) {
-        i3_warp_bilinear(mov, rows, cols, wk->flow, 1.0f, wk->warped);
+        warp_plane(mov, rows, cols, wk->flow, 1.0f, wk->warped, threads);
+#pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t r = 0; r < rows; r++)
-            for (int64_t c = 0; c < cols; c++) tvl1_gradient_at(wk->warped, rows, cols, r, c, gr + r * cols + c, gc + r * cols + c);
-        for (int64_t i = 0; i < n; i++) {
-            const float ni = gr[i] * gr[i] + gc[i] * gc[i];
-            wk->ni[i] = ni == 0.0f ? 1.0f : ni;
-            wk->rho0[i] = wk->warped[i] - ref[i] - (gr[i] * fr[i] + gc[i] * fc[i]);
-        }
+            for (int64_t i = r * cols; i < (r + 1) * cols; i++) {
+                tvl1_gradient_at(wk->warped, rows, cols, r, i - r * cols, gr + i, gc + i);
+                const float ni = gr[i] * gr[i] + gc[i] * gc[i];
+                wk->ni[i] = ni == 0.0f ? 1.0f : ni;
+                wk->rho0[i] = wk->warped[i] - ref[i] - (gr[i] * fr[i] + gc[i] * fc[i]);
+            }
         for (int iter = 0; iter < p->num_iter; iter++) {
+#pragma omp parallel for schedule(static) num_threads(threads)
             for (int64_t i = 0; i < n; i++) tvl1_data_at(wk->rho0[i], gr[i], gc[i], wk->ni[i], f0, fr[i], fc[i], ar + i, ac + i);
             /* skimage's stopping test compares the end of a warp with the flow after this first data
              * step (its flow_previous aliases the array the step updates in place) */
@@ -143,8 +163,10 @@ static void solve_level(i3_tvl1_work *wk, const float *ref, const float *mov, i3
             for (int proj = 0; proj < 2; proj++)  /* skimage's reg_num_iter; the components are independent */
                 for (int k = 0; k < 2; k++) {
                     float *u = wk->flow + k * n, *p_r = wk->proj + 2 * k * n, *p_c = wk->proj + (2 * k + 1) * n;
+#pragma omp parallel for schedule(static) num_threads(threads)
                     for (int64_t r = 0; r < rows; r++)
                         for (int64_t c = 0; c < cols; c++) tvl1_dual_at(u, rows, cols, r, c, f1, p_r, p_c);
+#pragma omp parallel for schedule(static) num_threads(threads)
                     for (int64_t r = 0; r < rows; r++)
                         for (int64_t c = 0; c < cols; c++) u[r * cols + c] = tvl1_divergence_at(wk->aux + k * n, p_r, p_c, cols, r, c);
                 }
@@ -200,6 +222,7 @@ i3rt_status i3_tvl1(i3_ctx *ctx, const float *reference, const float *moving, in
         scratch = owned = i3_malloc(ctx, bytes, what);
         if (!scratch) return I3RT_ERR_OUT_OF_MEMORY;
     }
+    const int n_threads = ctx && ctx->n_threads > 1 ? ctx->n_threads : 1;
     i3_tvl1_size sizes[I3_TVL1_MAX_LEVELS];
     const int levels = i3_tvl1_pyramid(rows, cols, sizes);
     i3_tvl1_work wk;
@@ -208,8 +231,8 @@ i3rt_status i3_tvl1(i3_ctx *ctx, const float *reference, const float *moving, in
     double wt[4];
     i3_tvl1_gauss_weights(wt);
     for (int l = 1; l < levels; l++) {  /* the first-level scratch planes are free until the solve */
-        pyramid_reduce(wk.ref[l - 1], sizes[l - 1], sizes[l], wt, wk.warped, wk.rho0, wk.ref[l]);
-        pyramid_reduce(wk.mov[l - 1], sizes[l - 1], sizes[l], wt, wk.warped, wk.rho0, wk.mov[l]);
+        pyramid_reduce(wk.ref[l - 1], sizes[l - 1], sizes[l], wt, wk.warped, wk.rho0, wk.ref[l], n_threads);
+        pyramid_reduce(wk.mov[l - 1], sizes[l - 1], sizes[l], wt, wk.warped, wk.rho0, wk.mov[l], n_threads);
     }
     const int top = levels - 1;
     memset(wk.flow, 0, 2 * (size_t)(sizes[top].rows * sizes[top].cols) * sizeof(float));
@@ -219,7 +242,7 @@ i3rt_status i3_tvl1(i3_ctx *ctx, const float *reference, const float *moving, in
             float *t = wk.flow;
             wk.flow = wk.aux, wk.aux = t;
         }
-        solve_level(&wk, wk.ref[l], wk.mov[l], sizes[l], &p);
+        solve_level(&wk, wk.ref[l], wk.mov[l], sizes[l], &p, n_threads);
     }
     memcpy(flow, wk.flow, 2 * (size_t)(rows * cols) * sizeof(float));
     free(owned);
@@ -268,7 +291,7 @@ i3rt_status i3_snc_postprocess(i3_ctx *ctx, float *prediction, int64_t d, int64_
         const float alpha = i3_snc_blend_weight(gamma, j - index);
         if (alpha == 0.0f) continue;
         i3_slice_get(prediction, sizeof(float), d, h, w, axis, j, slice);
-        i3_warp_bilinear(slice, rows, cols, flow, alpha, warped);
+        warp_plane(slice, rows, cols, flow, alpha, warped, plane_threads(rows * cols, ctx ? ctx->n_threads : 1));
         i3_slice_put(prediction, sizeof(float), d, h, w, axis, j, warped);
     }
     free(buf);

@@ -15,7 +15,8 @@
  *     image is recovered inside the image; the warp with a constant flow shifts and replicates edges;
  *   - the blending weights max(1 - gamma |k|, 0) and which slices the post-processing changes, and the
  *     post-processing against the same steps done with skimage's flow and warp;
- *   - the device version (kernels/tvl1.cu) on the SIMT emulator: bit-equal to the CPU flow;
+ *   - the device version (kernels/tvl1.cu) on the SIMT emulator, and 3 CPU threads: bit-equal to the
+ *     single-threaded CPU flow;
  *   - bad input (sizes, NaN/Inf, parameters, axis, slice, gamma): an error naming the problem and the
  *     outputs untouched; caller-provided scratch gives the same flow and stays within its size. */
 #include "tvl1.h"
@@ -250,6 +251,25 @@ Test(tvl1, postprocess_changes_the_weighted_neighbours_only) {
             cr_expect_arr_eq(slice, warped, sizeof slice, "coronal slice %d changed with weight 0", y);
         }
     }
+}
+
+/* Threads split every per-pixel step by rows (planes of >= 16384 pixels): the flow must not change. */
+Test(tvl1, threads_give_the_same_flow) {
+    i3_weights *w = fx_open("tvl1", "flow_0.safetensors");
+    cr_assert(w, "fixture tvl1/flow_0.safetensors missing");
+    const int64_t rows = fx_param_int(w, "rows", -1), cols = fx_param_int(w, "cols", -1), n = rows * cols;
+    cr_assert(n >= 16384, "flow_0 is too small to run threaded");
+    const float *ref = tensor(w, "reference", n), *mov = tensor(w, "moving", n);
+    float *one = malloc(2 * (size_t)n * sizeof *one), *three = malloc(2 * (size_t)n * sizeof *three);
+    i3_ctx *ctx3;
+    cr_assert_eq(i3rt_context_create(&ctx3, 3, I3RT_BACKEND_CPU), I3RT_OK);
+    cr_assert_eq(i3_tvl1(ctx, ref, mov, rows, cols, NULL, NULL, one), I3RT_OK);
+    cr_assert_eq(i3_tvl1(ctx3, ref, mov, rows, cols, NULL, NULL, three), I3RT_OK);
+    cr_expect_arr_eq(one, three, 2 * (size_t)n * sizeof *one, "3 threads changed the flow");
+    i3rt_context_free(ctx3);
+    free(one);
+    free(three);
+    i3_weights_free(w);
 }
 
 Test(tvl1, caller_scratch_same_flow_within_bounds) {
