@@ -1,0 +1,400 @@
+/* RITM's BasePredictor (NoBRS) with ZoomIn and AddHorizontalFlip around the 2D network; see
+ * snc_predictor.h and docs/snc.md. Each function names the RITM code it follows. */
+#include "snc_predictor.h"
+#include "network.h"
+#include "ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the network --------------------------------------------------------------------------------- */
+
+static i3rt_status model_forward(void *user, const float *input, int64_t h, int64_t w, float *logits) {
+    const int64_t spatial[3] = {1, h, w};
+    return i3rt_model_forward(user, input, spatial, logits);
+}
+
+static void model_release(void *user) { i3rt_model_free(user); }
+
+i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
+    if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
+    if (!path || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3_snc_net_load: NULL path or output");
+    memset(out, 0, sizeof *out);
+    /* The encoding is in the network description, which the model keeps private: read it here. */
+    i3_weights *w = NULL;
+    I3_TRY(i3_weights_open(ctx, path, &w));
+    i3_network net;
+    const i3rt_status st = i3_network_parse(ctx, w, &net);
+    i3_weights_free(w);
+    I3_TRY(st);
+    if (net.cls != I3_NET_RITM_HRNET18 || net.hrnet.acs)
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: the 2D click predictor needs a 2D RITM-HRNet18 network, not %s%s",
+                       path, net.class_name, net.hrnet.acs ? " (ACS 3D)" : "");
+    if (!net.hrnet.use_disks)
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
+                       "%s: the 2D click predictor needs disk click maps (arch_kwargs.use_disks true)", path);
+    i3rt_model *model = NULL;
+    I3_TRY(i3rt_model_load(ctx, path, &model));
+    *out = (i3_snc_net){.cfg = net.hrnet, .forward = model_forward, .release = model_release, .user = model};
+    return I3RT_OK;
+}
+
+void i3_snc_net_free(i3_snc_net *net) {
+    if (net && net->release) net->release(net->user);
+    if (net) memset(net, 0, sizeof *net);
+}
+
+/* ---- ZoomIn's boxes (isegm/utils/misc.py, transforms/zoom_in.py) ----------------------------------- */
+
+int i3_snc_object_box(const uint8_t *mask, int64_t h, int64_t w, const i3_snc_click *clicks, int n_clicks,
+                      double expansion_ratio, int min_crop_size, i3_snc_box *box) {
+    int64_t r0 = h, r1 = -1, c0 = w, c1 = -1;
+    for (int64_t y = 0; y < h; y++)
+        for (int64_t x = 0; x < w; x++)
+            if (mask[y * w + x]) {
+                r0 = y < r0 ? y : r0, r1 = y > r1 ? y : r1;
+                c0 = x < c0 ? x : c0, c1 = x > c1 ? x : c1;
+            }
+    if (r1 < 0) return 0;
+    /* get_object_roi: positive clicks' pixels (int(): truncation) join the mask */
+    for (int i = 0; i < n_clicks; i++) {
+        if (!clicks[i].positive) continue;
+        const int64_t y = (int64_t)clicks[i].y, x = (int64_t)clicks[i].x;
+        r0 = y < r0 ? y : r0, r1 = y > r1 ? y : r1;
+        c0 = x < c0 ? x : c0, c1 = x > c1 ? x : c1;
+    }
+    /* expand_bbox: center +- half the expanded size, Python's round (half to even: rint), then clamp_bbox */
+    const double rc = 0.5 * (double)(r0 + r1), cc = 0.5 * (double)(c0 + c1);
+    const double height = fmax(expansion_ratio * (double)(r1 - r0 + 1), min_crop_size);
+    const double width = fmax(expansion_ratio * (double)(c1 - c0 + 1), min_crop_size);
+    const int64_t er0 = (int64_t)rint(rc - 0.5 * height), er1 = (int64_t)rint(rc + 0.5 * height);
+    const int64_t ec0 = (int64_t)rint(cc - 0.5 * width), ec1 = (int64_t)rint(cc + 0.5 * width);
+    *box = (i3_snc_box){er0 > 0 ? er0 : 0, er1 < h - 1 ? er1 : h - 1, ec0 > 0 ? ec0 : 0, ec1 < w - 1 ? ec1 : w - 1};
+    return 1;
+}
+
+static double segment_iou(int64_t a, int64_t b, int64_t c, int64_t d) {
+    const double inter = fmax(0.0, (double)((b < d ? b : d) - (a > c ? a : c) + 1));
+    const double uni = fmax(1e-6, (double)((b > d ? b : d) - (a < c ? a : c) + 1));
+    return inter / uni;
+}
+
+double i3_snc_box_iou(i3_snc_box a, i3_snc_box b) {
+    return segment_iou(a.r0, a.r1, b.r0, b.r1) * segment_iou(a.c0, a.c1, b.c0, b.c1);
+}
+
+void i3_snc_zoom_size(i3_snc_box box, int target_size, int64_t *h, int64_t *w) {
+    const int64_t bh = box.r1 - box.r0 + 1, bw = box.c1 - box.c0 + 1;
+    const double scale = (double)target_size / (double)(bh > bw ? bh : bw);
+    *h = (int64_t)rint((double)bh * scale);
+    *w = (int64_t)rint((double)bw * scale);
+    /* RITM would fail on an empty size (a very thin box and a small target); keep one pixel */
+    if (*h < 1) *h = 1;
+    if (*w < 1) *w = 1;
+}
+
+/* check_object_roi: every positive click inside the crop (the last row and column excluded, as RITM). */
+static int clicks_in_box(i3_snc_box b, const i3_snc_click *clicks, int n) {
+    for (int i = 0; i < n; i++)
+        if (clicks[i].positive && (clicks[i].y < b.r0 || clicks[i].y >= b.r1 || clicks[i].x < b.c0 || clicks[i].x >= b.c1))
+            return 0;
+    return 1;
+}
+
+/* ---- the session ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    int has; /* ZoomIn's _object_roi is set */
+    i3_snc_box box;
+} zoom_state;
+
+struct i3_snc_predictor {
+    i3_ctx *ctx;
+    const i3_snc_net *net;
+    i3_snc_predictor_params params;
+    int64_t h, w;
+    float *image;   /* [3, h, w] */
+    float *probs;   /* [h, w]: BasePredictor.prev_prediction (and ZoomIn's _prev_probs) */
+    uint8_t *mask;  /* [h, w] */
+    i3_snc_click *clicks;
+    int n_clicks, cap_clicks;
+    zoom_state zoom;
+};
+
+i3rt_status i3_snc_predictor_create(i3_ctx *ctx, const i3_snc_net *net, const float *image, int64_t h, int64_t w,
+                                    const i3_snc_predictor_params *params, i3_snc_predictor **out) {
+    if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
+    if (!net || !net->forward || !image || !params || !out)
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC 2D predictor: NULL network, image, parameters or output");
+    *out = NULL;
+    if (h < 1 || w < 1 || h > (1 << 20) || w > (1 << 20))
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC 2D predictor: slice size %lld x %lld", (long long)h,
+                       (long long)w);
+    const i3_snc_predictor_params *pp = params;
+    if (pp->zoom_in && (pp->target_size < 1 || pp->skip_clicks < -1 || !(pp->expansion_ratio > 0) ||
+                        pp->min_crop_size < 0 || !(pp->recompute_thresh_iou >= 0)))
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "SnC 2D predictor: zoom-in needs target_size >= 1, skip_clicks >= -1, expansion_ratio > 0, "
+                       "min_crop_size >= 0, recompute_thresh_iou >= 0");
+    if (pp->net_clicks_limit < 0 || !isfinite(pp->prob_thresh) || !isfinite(pp->zoom_prob_thresh))
+        return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "SnC 2D predictor: net_clicks_limit must be >= 0 and the thresholds finite");
+    if (net->cfg.acs || !net->cfg.use_disks)
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "SnC 2D predictor: the network must be 2D with disk click maps");
+    for (int64_t i = 0; i < 3 * h * w; i++)
+        if (!(image[i] >= 0.0f && image[i] <= 1.0f))
+            return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT,
+                           "SnC 2D predictor: image value %g at %lld is not in [0, 1] (window the slice first)",
+                           (double)image[i], (long long)i);
+    i3_snc_predictor *p = i3_calloc(ctx, 1, sizeof *p, "the SnC 2D predictor");
+    if (!p) return I3RT_ERR_OUT_OF_MEMORY;
+    *p = (i3_snc_predictor){.ctx = ctx, .net = net, .params = *params, .h = h, .w = w};
+    p->image = i3_malloc(ctx, (size_t)(3 * h * w) * sizeof *p->image, "the SnC slice image");
+    p->probs = i3_calloc(ctx, (size_t)(h * w), sizeof *p->probs, "the SnC probabilities");
+    p->mask = i3_calloc(ctx, (size_t)(h * w), 1, "the SnC mask");
+    if (!p->image || !p->probs || !p->mask) {
+        i3_snc_predictor_free(p);
+        return I3RT_ERR_OUT_OF_MEMORY;
+    }
+    memcpy(p->image, image, (size_t)(3 * h * w) * sizeof *image);
+    *out = p;
+    return I3RT_OK;
+}
+
+void i3_snc_predictor_free(i3_snc_predictor *p) {
+    if (!p) return;
+    free(p->image);
+    free(p->probs);
+    free(p->mask);
+    free(p->clicks);
+    free(p);
+}
+
+const float *i3_snc_predictor_probs(const i3_snc_predictor *p) { return p->probs; }
+const uint8_t *i3_snc_predictor_mask(const i3_snc_predictor *p) { return p->mask; }
+int i3_snc_predictor_n_clicks(const i3_snc_predictor *p) { return p->n_clicks; }
+
+int i3_snc_predictor_crop(const i3_snc_predictor *p, i3_snc_box *box) {
+    if (p->zoom.has) *box = p->zoom.box;
+    return p->zoom.has;
+}
+
+/* A click in network-input pixels: RITM keeps them in Python floats (double) through the zoom and
+ * the flip; torch.tensor makes them float32 at the network. */
+typedef struct {
+    double y, x;
+    int positive;
+} net_click;
+
+/* The network input for planes [4, ih, iw] (image, previous mask) and clicks in input pixels, mirrored
+ * left-right if mirror (AddHorizontalFlip: planes flipped, click x -> iw - x - 1). RITM's DistMaps
+ * (GPU path) keeps clicks outside the input, which a crop leaves (negative clicks, and positive ones
+ * for the network after its limit), ignoring only those with both coordinates < 0; i3_hrnet_encode_input
+ * takes clicks inside its input, so such clicks are encoded on a canvas padded beyond the disk radius
+ * (farther clicks cannot touch the input) whose interior is then copied out. */
+static i3rt_status encode(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw, const net_click *clicks,
+                          int n, int mirror, float *input) {
+    const i3_hrnet_config *cfg = &p->net->cfg;
+    i3_hrnet_click *hc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *hc, "SnC click list");
+    if (!hc) return I3RT_ERR_OUT_OF_MEMORY;
+    int outside = 0;
+    for (int i = 0; i < n; i++) {
+        const double x = mirror ? (double)iw - clicks[i].x - 1.0 : clicks[i].x;
+        hc[i] = (i3_hrnet_click){0.0f, (float)clicks[i].y, (float)x, clicks[i].positive};
+        outside |= !(hc[i].y >= 0 && hc[i].y < ih && hc[i].x >= 0 && hc[i].x < iw);
+    }
+    const int64_t pad = outside ? (int64_t)ceilf(cfg->norm_radius) + 1 : 0, ch = ih + 2 * pad, cw = iw + 2 * pad;
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        i3_hrnet_click c = hc[i];
+        c.y += (float)pad, c.x += (float)pad;
+        const int ritm_valid = hc[i].y >= 0 || hc[i].x >= 0;
+        if (ritm_valid && c.y >= 0 && c.y < ch && c.x >= 0 && c.x < cw) hc[kept++] = c;
+    }
+    const int channels = I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels;
+    float *src = i3_calloc(p->ctx, (size_t)(4 * ch * cw), sizeof *src, "SnC encoder planes");
+    float *enc = pad ? i3_malloc(p->ctx, (size_t)(channels * ch * cw) * sizeof *enc, "SnC encoder canvas") : input;
+    i3rt_status st = src && enc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    if (st == I3RT_OK) {
+        for (int c = 0; c < 4; c++)
+            for (int64_t y = 0; y < ih; y++)
+                for (int64_t x = 0; x < iw; x++)
+                    src[(c * ch + y + pad) * cw + x + pad] = planes[(c * ih + y) * iw + (mirror ? iw - 1 - x : x)];
+        st = i3_hrnet_encode_input(p->ctx, cfg, 1, ch, cw, src, src + 3 * ch * cw, hc, kept, enc);
+    }
+    if (st == I3RT_OK && pad)
+        for (int c = 0; c < channels; c++)
+            for (int64_t y = 0; y < ih; y++)
+                memcpy(input + (c * ih + y) * iw, enc + (c * ch + y + pad) * cw + pad, (size_t)iw * sizeof *input);
+    if (pad) free(enc);
+    free(src);
+    free(hc);
+    return st;
+}
+
+/* The network on planes [4, ih, iw] and, with flip, on their mirror: AddHorizontalFlip.inv_transform
+ * averages the logits, 0.5 * (l + flip(l_mirror)); then SigmoidForPred. probs [ih, iw]. */
+static i3rt_status network_probs(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw,
+                                 const net_click *clicks, int n, float *probs) {
+    const int64_t s = ih * iw;
+    const int channels = I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels;
+    const int runs = p->params.with_flip ? 2 : 1;
+    float *input = i3_malloc(p->ctx, (size_t)(channels * s) * sizeof *input, "SnC network input");
+    float *logits = i3_malloc(p->ctx, (size_t)(runs * s) * sizeof *logits, "SnC logits");
+    i3rt_status st = input && logits ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    for (int r = 0; r < runs && st == I3RT_OK; r++) {
+        st = encode(p, planes, ih, iw, clicks, n, r, input);
+        if (st == I3RT_OK) st = p->net->forward(p->net->user, input, ih, iw, logits + r * s);
+    }
+    if (st == I3RT_OK)
+        for (int64_t y = 0; y < ih; y++)
+            for (int64_t x = 0; x < iw; x++) {
+                float l = logits[y * iw + x];
+                if (runs == 2) l = 0.5f * (l + logits[s + y * iw + (iw - 1 - x)]);
+                probs[y * iw + x] = 1.0f / (1.0f + expf(-l));
+            }
+    free(logits);
+    free(input);
+    return st;
+}
+
+static void threshold(const float *probs, int64_t n, float thresh, uint8_t *mask) {
+    for (int64_t i = 0; i < n; i++) mask[i] = probs[i] > thresh;
+}
+
+/* ZoomIn.transform's choice of crop: 1 and the crop to use, or 0 (the whole slice). zs is updated as
+ * ZoomIn updates _object_roi; zoom_probs is ZoomIn's _prev_probs (NULL: none yet). */
+static i3rt_status choose_crop(i3_snc_predictor *p, const i3_snc_click *clicks, int n, const float *zoom_probs,
+                               zoom_state *zs, int *zoomed) {
+    const i3_snc_predictor_params *pp = &p->params;
+    *zoomed = 0;
+    if (!pp->zoom_in || n <= pp->skip_clicks) return I3RT_OK;
+    i3_snc_box cur;
+    int have = 0;
+    if (zoom_probs) {
+        uint8_t *mask = i3_malloc(p->ctx, (size_t)(p->h * p->w), "SnC zoom mask");
+        if (!mask) return I3RT_ERR_OUT_OF_MEMORY;
+        threshold(zoom_probs, p->h * p->w, pp->zoom_prob_thresh, mask);
+        have = i3_snc_object_box(mask, p->h, p->w, clicks, n, pp->expansion_ratio, pp->min_crop_size, &cur);
+        free(mask);
+    }
+    if (!have && pp->skip_clicks >= 0) return I3RT_OK; /* ZoomIn leaves a previous crop set (see docs) */
+    if (!have) cur = (i3_snc_box){0, p->h - 1, 0, p->w - 1};
+    if (!zs->has || !clicks_in_box(zs->box, clicks, n) || i3_snc_box_iou(cur, zs->box) < pp->recompute_thresh_iou)
+        *zs = (zoom_state){1, cur};
+    *zoomed = 1;
+    return I3RT_OK;
+}
+
+/* One BasePredictor.get_prediction pass: the previous mask fed to the network is input_mask, ZoomIn's
+ * record is zoom_probs and zs; out [h, w]. */
+static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int n, const float *input_mask,
+                           const float *zoom_probs, zoom_state *zs, float *out) {
+    const int64_t h = p->h, w = p->w, s = h * w;
+    const int n_threads = p->ctx->n_threads > 0 ? p->ctx->n_threads : 1;
+    int zoomed = 0;
+    I3_TRY(choose_crop(p, clicks, n, zoom_probs, zs, &zoomed));
+    int64_t ih = h, iw = w;
+    if (zoomed) i3_snc_zoom_size(zs->box, p->params.target_size, &ih, &iw);
+    const int64_t bh = zs->box.r1 - zs->box.r0 + 1, bw = zs->box.c1 - zs->box.c0 + 1;
+    const int64_t crop_bytes = zoomed ? 4 * bh * bw : 1;
+    float *planes = i3_malloc(p->ctx, (size_t)(4 * (s > ih * iw ? s : ih * iw)) * sizeof *planes, "SnC planes");
+    float *crop = i3_malloc(p->ctx, (size_t)crop_bytes * sizeof *crop, "SnC crop");
+    float *probs = i3_malloc(p->ctx, (size_t)(ih * iw) * sizeof *probs, "SnC crop probabilities");
+    net_click *tc = i3_malloc(p->ctx, (size_t)n * sizeof *tc, "SnC clicks");
+    i3rt_status st = planes && crop && probs && tc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    if (st == I3RT_OK) {
+        /* BasePredictor: cat(image, prev_mask); get_points_nd: the first net_clicks_limit clicks */
+        const int n_net = p->params.net_clicks_limit > 0 && n > p->params.net_clicks_limit ? p->params.net_clicks_limit : n;
+        for (int i = 0; i < n_net; i++) tc[i] = (net_click){clicks[i].y, clicks[i].x, clicks[i].positive};
+        if (!zoomed) {
+            memcpy(planes, p->image, (size_t)(3 * s) * sizeof *planes);
+            memcpy(planes + 3 * s, input_mask, (size_t)s * sizeof *planes);
+        } else { /* get_roi_image_nd, _transform_clicks */
+            const i3_snc_box b = zs->box;
+            for (int c = 0; c < 4; c++)
+                for (int64_t y = 0; y < bh; y++)
+                    memcpy(crop + (c * bh + y) * bw, (c < 3 ? p->image + c * s : input_mask) + (b.r0 + y) * w + b.c0,
+                           (size_t)bw * sizeof *crop);
+            const i3_resize_params rp = {.out = {1, ih, iw}, .align_corners = 1};
+            i3_cpu_resize(crop, (i3_shape5){1, 4, 1, bh, bw}, &rp, planes, n_threads);
+            for (int i = 0; i < n_net; i++) {
+                tc[i].y = (double)ih * (tc[i].y - (double)b.r0) / (double)bh;
+                tc[i].x = (double)iw * (tc[i].x - (double)b.c0) / (double)bw;
+            }
+        }
+        st = network_probs(p, planes, ih, iw, tc, n_net, probs);
+    }
+    if (st == I3RT_OK) {
+        if (zs->has) { /* ZoomIn.inv_transform: resized to the crop, pasted into zeros */
+            const i3_resize_params rp = {.out = {1, bh, bw}, .align_corners = 1};
+            i3_cpu_resize(probs, (i3_shape5){1, 1, 1, ih, iw}, &rp, planes, n_threads);
+            memset(out, 0, (size_t)s * sizeof *out);
+            for (int64_t y = 0; y < bh; y++)
+                memcpy(out + (zs->box.r0 + y) * w + zs->box.c0, planes + y * bw, (size_t)bw * sizeof *out);
+        } else {
+            memcpy(out, probs, (size_t)s * sizeof *out);
+        }
+    }
+    free(tc);
+    free(probs);
+    free(crop);
+    free(planes);
+    return st;
+}
+
+/* ZoomIn.check_possible_recalculation (only with skip_clicks <= 0, before any crop): the first
+ * prediction's object box covers less than half of the slice, so predict again on its crop. */
+static i3rt_status needs_recalculation(i3_snc_predictor *p, const float *probs, const zoom_state *zs, int *again) {
+    const i3_snc_predictor_params *pp = &p->params;
+    *again = 0;
+    if (!pp->zoom_in || zs->has || pp->skip_clicks > 0) return I3RT_OK;
+    uint8_t *mask = i3_malloc(p->ctx, (size_t)(p->h * p->w), "SnC zoom mask");
+    if (!mask) return I3RT_ERR_OUT_OF_MEMORY;
+    threshold(probs, p->h * p->w, pp->zoom_prob_thresh, mask);
+    i3_snc_box box;
+    if (i3_snc_object_box(mask, p->h, p->w, NULL, 0, pp->expansion_ratio, pp->min_crop_size, &box))
+        *again = i3_snc_box_iou(box, (i3_snc_box){0, p->h - 1, 0, p->w - 1}) < 0.5;
+    free(mask);
+    return I3RT_OK;
+}
+
+i3rt_status i3_snc_predictor_click(i3_snc_predictor *p, float y, float x, int positive) {
+    if (!p) return I3RT_ERR_INVALID_ARGUMENT;
+    if (!isfinite(y) || !isfinite(x))
+        return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC 2D click (y %g, x %g): coordinates are not finite",
+                       (double)y, (double)x);
+    if (!(y >= 0 && y < p->h && x >= 0 && x < p->w))
+        return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "SnC 2D click (y %g, x %g) is outside the %lld x %lld slice (rows x columns)", (double)y,
+                       (double)x, (long long)p->h, (long long)p->w);
+    if (p->n_clicks == p->cap_clicks) {
+        const int cap = p->cap_clicks ? 2 * p->cap_clicks : 16;
+        i3_snc_click *c = realloc(p->clicks, (size_t)cap * sizeof *c);
+        if (!c) return i3_fail(p->ctx, I3RT_ERR_OUT_OF_MEMORY, "SnC 2D click: out of memory for %d clicks", cap);
+        p->clicks = c, p->cap_clicks = cap;
+    }
+    p->clicks[p->n_clicks] = (i3_snc_click){y, x, positive != 0}; /* counted only on success */
+    const int n = p->n_clicks + 1;
+    const int64_t s = p->h * p->w;
+    float *out = i3_malloc(p->ctx, (size_t)(2 * s) * sizeof *out, "SnC probabilities");
+    if (!out) return I3RT_ERR_OUT_OF_MEMORY;
+    zoom_state zs = p->zoom;
+    const float *zoom_probs = p->n_clicks > 0 ? p->probs : NULL;
+    int again = 0;
+    i3rt_status st = predict(p, p->clicks, n, p->probs, zoom_probs, &zs, out);
+    if (st == I3RT_OK) st = needs_recalculation(p, out, &zs, &again);
+    /* RITM recurses with the same previous mask; ZoomIn now holds the first pass's probabilities */
+    if (st == I3RT_OK && again) st = predict(p, p->clicks, n, p->probs, out, &zs, out + s);
+    if (st != I3RT_OK) {
+        free(out);
+        return st;
+    }
+    memcpy(p->probs, out + (again ? s : 0), (size_t)s * sizeof *out);
+    threshold(p->probs, s, p->params.prob_thresh, p->mask);
+    p->zoom = zs;
+    p->n_clicks = n;
+    free(out);
+    return I3RT_OK;
+}

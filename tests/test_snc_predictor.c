@@ -1,0 +1,314 @@
+/* Slice-and-Conquer stage 1 (runtime/snc_predictor.c): RITM's predictor loop against a re-implementation
+ * of RITM's own (tests/gen_snc_predictor.py, written from RITM's predictors/base.py, transforms/zoom_in.py,
+ * transforms/flip.py @ b9b4460) on a real slice (ch2bet axial 90, 217 x 181), click by click:
+ *   - "fake" sequences: a small network defined identically here and in the generator (fake_forward), so
+ *     that the loop (zoom-in crops, recalculation, flip, out-of-crop clicks) is compared nearly exactly;
+ *   - "hrnet": the RITM HRNet-18 (random weights) through i3_snc_net_load, compared with PyTorch's float64
+ *     network inside the same loop.
+ * Per click: ZoomIn's crop (exact), the probabilities (max abs difference), the binary masks (equal
+ * wherever the reference is farther than the tolerance from the threshold). Plus known answers for the
+ * crop boxes, the flip's mirror symmetry, and bad clicks that leave the session as it was. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fixtures.h"
+#include "snc_predictor.h"
+
+/* the fake network's float32 expression must round as PyTorch's does: no fused multiply-adds */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+/* Fake sequences: the same float32 operations as PyTorch except the bilinear resizes' summation order
+ * and expf's last bit (measured differences ~1e-7); 1e-5 leaves room and is far below any error of the
+ * loop (a crop off by one pixel moves the probabilities by > 1e-2 here). */
+#define FAKE_PROB_TOL 1e-5
+/* HRNet: i3rt's float32 network agrees with PyTorch's float64 one to 1e-4 of the largest logit
+ * (tests/test_hrnet.c); the logits here reach about |20|, so 2e-3 in a logit, and the sigmoid's slope
+ * is at most 1/4: 5e-4 in a probability (the flip average and the resizes do not enlarge it). */
+#define HRNET_PROB_TOL 5e-4
+
+static i3rt_context *new_ctx(void) {
+    i3rt_context *ctx = NULL;
+    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    return ctx;
+}
+
+/* logits = 6 pos - 6 neg + 8 (prev - 0.5) + 1.5 img0[y, min(x + 1, w - 1)] - 1 (gen_snc_predictor.py). */
+typedef struct {
+    int calls, fail_at; /* fail_at: the call (1-based) that fails, 0 never */
+} fake_state;
+
+static i3rt_status fake_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+    fake_state *f = user;
+    if (f && ++f->calls == f->fail_at) return I3RT_ERR_BACKEND;
+    const int64_t s = h * w;
+    const float *img0 = in, *prev = in + 3 * s, *pos = in + 4 * s, *neg = in + 5 * s;
+    for (int64_t y = 0; y < h; y++)
+        for (int64_t x = 0; x < w; x++) {
+            const int64_t i = y * w + x, shifted = y * w + (x + 1 < w ? x + 1 : w - 1);
+            logits[i] = 6.0f * pos[i] - 6.0f * neg[i] + 8.0f * (prev[i] - 0.5f) + 1.5f * img0[shifted] - 1.0f;
+        }
+    return I3RT_OK;
+}
+
+static i3_snc_net fake_net(fake_state *state) {
+    i3_snc_net net = {.forward = fake_forward, .user = state};
+    net.cfg.coord_channels = 3;
+    net.cfg.with_prev_mask = 1;
+    net.cfg.use_disks = 1;
+    net.cfg.norm_radius = 5.0f;
+    return net;
+}
+
+static i3_weights *open_seq(const char *name) {
+    char file[128];
+    snprintf(file, sizeof file, "seq_%s.safetensors", name);
+    i3_weights *w = fx_open("snc_predictor", file);
+    cr_assert(w, "fixture snc_predictor/%s missing (run through ctest: tests/gen_snc_predictor.py)", file);
+    return w;
+}
+
+static i3_snc_predictor_params seq_params(const i3_weights *fx) {
+    i3_snc_predictor_params p = I3_SNC_PREDICTOR_DEFAULTS;
+    p.zoom_in = (int)fx_param_int(fx, "zoom_in", -1);
+    p.target_size = (int)fx_param_int(fx, "target_size", -1);
+    p.skip_clicks = (int)fx_param_int(fx, "skip_clicks", -1);
+    p.expansion_ratio = fx_param_num(fx, "expansion_ratio");
+    p.min_crop_size = (int)fx_param_int(fx, "min_crop_size", -1);
+    p.with_flip = (int)fx_param_int(fx, "with_flip", -1);
+    return p;
+}
+
+/* Runs the fixture's clicks through a session on net and compares every step. */
+static void check_sequence(const char *name, const i3_snc_net *net, i3rt_context *ctx, double tol) {
+    i3_weights *fx = open_seq(name);
+    const i3_weight_tensor *pt = i3_weights_find(fx, "probs");
+    cr_assert(pt && pt->ndim == 3);
+    const int n = (int)pt->shape[0];
+    const int64_t h = pt->shape[1], w = pt->shape[2], s = h * w;
+    const float *image = fx_tensor(fx, "image", NULL), *probs = fx_tensor(fx, "probs", NULL);
+    const float *clicks = fx_tensor(fx, "clicks", NULL), *crops = fx_tensor(fx, "crops", NULL);
+    cr_assert(image && probs && clicks && crops);
+    const i3_snc_predictor_params params = seq_params(fx);
+    i3_snc_predictor *p = NULL;
+    cr_assert_eq(i3_snc_predictor_create(ctx, net, image, h, w, &params, &p), I3RT_OK, "%s", i3rt_context_error(ctx));
+    double worst = 0;
+    for (int k = 0; k < n; k++) {
+        const float *c = clicks + 3 * k, *ref = probs + k * s, *crop = crops + 5 * k;
+        cr_assert_eq(i3_snc_predictor_click(p, c[0], c[1], c[2] != 0), I3RT_OK, "%s", i3rt_context_error(ctx));
+        i3_snc_box box = {-1, -1, -1, -1};
+        const int has = i3_snc_predictor_crop(p, &box);
+        cr_expect_eq(has, (int)crop[0], "%s click %d: crop %s, RITM %s", name, k, has ? "set" : "none",
+                     crop[0] ? "set" : "none");
+        if (has && crop[0])
+            cr_expect(box.r0 == crop[1] && box.r1 == crop[2] && box.c0 == crop[3] && box.c1 == crop[4],
+                      "%s click %d: crop rows %lld..%lld cols %lld..%lld, RITM %g..%g, %g..%g", name, k,
+                      (long long)box.r0, (long long)box.r1, (long long)box.c0, (long long)box.c1, crop[1], crop[2],
+                      crop[3], crop[4]);
+        const float *got = i3_snc_predictor_probs(p);
+        const uint8_t *mask = i3_snc_predictor_mask(p);
+        double max_diff = 0;
+        int64_t differing = 0, near = 0, foreground = 0;
+        for (int64_t i = 0; i < s; i++) {
+            const double d = fabs((double)got[i] - ref[i]);
+            max_diff = d > max_diff ? d : max_diff;
+            const int expected = ref[i] > 0.49f, close = fabs(ref[i] - 0.49) <= tol;
+            foreground += expected;
+            near += close;
+            if (mask[i] != expected) {
+                differing++;
+                cr_expect(close, "%s click %d: mask differs at (%lld, %lld) where RITM's probability %.6f is not "
+                          "within %.0e of 0.49 (i3rt %.6f)", name, k, (long long)(i / w), (long long)(i % w), ref[i],
+                          tol, got[i]);
+            }
+        }
+        printf("snc_predictor %s click %d (y %g, x %g, %s): crop %s, max |p - RITM| %.3g, foreground %lld px, "
+               "mask differs at %lld px (%lld within tolerance of 0.49)\n",
+               name, k, c[0], c[1], c[2] ? "positive" : "negative", has ? "set" : "none", max_diff,
+               (long long)foreground, (long long)differing, (long long)near);
+        cr_expect(max_diff <= tol, "%s click %d: max |p - RITM| %.3g > %.0e", name, k, max_diff, tol);
+        worst = max_diff > worst ? max_diff : worst;
+    }
+    cr_expect_eq(i3_snc_predictor_n_clicks(p), n);
+    printf("snc_predictor %s: %d clicks, worst max |p - RITM| %.3g (tolerance %.0e)\n", name, n, worst, tol);
+    i3_snc_predictor_free(p);
+    i3_weights_free(fx);
+}
+
+static void check_fake(const char *name) {
+    i3rt_context *ctx = new_ctx();
+    const i3_snc_net net = fake_net(NULL);
+    check_sequence(name, &net, ctx, FAKE_PROB_TOL);
+    i3rt_context_free(ctx);
+}
+
+Test(snc_predictor, zoom_follows_ritm) { check_fake("fake_zoom"); }
+Test(snc_predictor, zoom_recalculation) { check_fake("fake_recalc"); }
+Test(snc_predictor, zoom_whole_slice_first) { check_fake("fake_whole"); }
+Test(snc_predictor, no_zoom_no_flip) { check_fake("fake_plain"); }
+
+Test(snc_predictor, hrnet_vs_torch, .timeout = 900) {
+    i3rt_context *ctx = new_ctx();
+    char path[1024];
+    snprintf(path, sizeof path, "%s/snc_predictor/hrnet2d.safetensors", getenv("I3RT_FIXTURES"));
+    i3_snc_net net;
+    cr_assert_eq(i3_snc_net_load(ctx, path, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    check_sequence("hrnet", &net, ctx, HRNET_PROB_TOL);
+    i3_snc_net_free(&net);
+    i3rt_context_free(ctx);
+}
+
+/* Known answers for ZoomIn's boxes (misc.py's expand_bbox with Python's half-to-even round). */
+Test(snc_predictor, crop_boxes) {
+    enum { H = 217, W = 181 };
+    static uint8_t mask[H * W];
+    i3_snc_box b;
+    cr_expect_eq(i3_snc_object_box(mask, H, W, NULL, 0, 1.4, 200, &b), 0, "an empty mask has no box");
+    for (int y = 50; y <= 69; y++)
+        for (int x = 30; x <= 39; x++) mask[y * W + x] = 1;
+    /* rows 50..69: centre 59.5, size max(1.4 * 20, 200) = 200: round(-40.5) = -40, round(159.5) = 160;
+     * cols 30..39: centre 34.5: round(-65.5) = -66, round(134.5) = 134; clamped to the slice */
+    cr_assert_eq(i3_snc_object_box(mask, H, W, NULL, 0, 1.4, 200, &b), 1);
+    cr_expect(b.r0 == 0 && b.r1 == 160 && b.c0 == 0 && b.c1 == 134, "box %lld..%lld, %lld..%lld", (long long)b.r0,
+              (long long)b.r1, (long long)b.c0, (long long)b.c1);
+    /* no minimum: rows 1.4 * 20 = 28 -> round(45.5) = 46 (even), round(73.5) = 74; cols 1.4 * 10 = 14 ->
+     * round(27.5) = 28, round(41.5) = 42 */
+    cr_assert_eq(i3_snc_object_box(mask, H, W, NULL, 0, 1.4, 0, &b), 1);
+    cr_expect(b.r0 == 46 && b.r1 == 74 && b.c0 == 28 && b.c1 == 42, "box %lld..%lld, %lld..%lld", (long long)b.r0,
+              (long long)b.r1, (long long)b.c0, (long long)b.c1);
+    /* a positive click joins the box at its truncated pixel (int()), a negative one does not:
+     * rows 50..100 (51 px): 1.4 * 51 = 71.4 around 75 -> round(39.3) = 39, round(110.7) = 111 */
+    const i3_snc_click clicks[2] = {{100.7f, 35.2f, 1}, {200.0f, 170.0f, 0}};
+    cr_assert_eq(i3_snc_object_box(mask, H, W, clicks, 2, 1.4, 0, &b), 1);
+    cr_expect(b.r0 == 39 && b.r1 == 111 && b.c0 == 28 && b.c1 == 42, "box %lld..%lld, %lld..%lld", (long long)b.r0,
+              (long long)b.r1, (long long)b.c0, (long long)b.c1);
+
+    /* get_roi_image_nd: longer side to target: 161 x 135 -> 400 x round(335.40) = 335 */
+    int64_t zh, zw;
+    i3_snc_zoom_size((i3_snc_box){0, 160, 0, 134}, 400, &zh, &zw);
+    cr_expect(zh == 400 && zw == 335, "zoom size %lld x %lld", (long long)zh, (long long)zw);
+    i3_snc_zoom_size((i3_snc_box){10, 19, 0, 39}, 100, &zh, &zw); /* 10 x 40 -> 25 x 100 */
+    cr_expect(zh == 25 && zw == 100, "zoom size %lld x %lld", (long long)zh, (long long)zw);
+
+    /* get_bbox_iou: segments [0, 9] and [5, 14]: 5 / 15 per axis */
+    const double iou = i3_snc_box_iou((i3_snc_box){0, 9, 0, 9}, (i3_snc_box){5, 14, 5, 14});
+    cr_expect(fabs(iou - 1.0 / 9.0) < 1e-12, "iou %g", iou);
+    cr_expect_eq(i3_snc_box_iou((i3_snc_box){0, 9, 0, 9}, (i3_snc_box){20, 29, 0, 9}), 0.0);
+}
+
+/* A slice-sized image from a smooth pattern that is not mirror-symmetric. */
+static float *pattern_image(int64_t h, int64_t w, int mirror) {
+    float *img = malloc((size_t)(3 * h * w) * sizeof *img);
+    for (int c = 0; c < 3; c++)
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++) {
+                const int64_t xs = mirror ? w - 1 - x : x;
+                img[(c * h + y) * w + x] = 0.5f + 0.45f * sinf(0.21f * (float)y + 0.13f * (float)(xs * xs) / 10.0f + c);
+            }
+    return img;
+}
+
+/* AddHorizontalFlip: the session on the mirrored slice with mirrored clicks gives the mirrored
+ * probabilities bit for bit (the same two network runs, averaged in the other order); without the flip
+ * the fake network's shifted term makes them differ. */
+Test(snc_predictor, flip_symmetry) {
+    enum { H = 48, W = 57 };
+    i3rt_context *ctx = new_ctx();
+    const i3_snc_net net = fake_net(NULL);
+    const float clicks[3][3] = {{20, 17, 1}, {30, 40, 1}, {24, 28, 0}};
+    for (int flip = 0; flip <= 1; flip++) {
+        i3_snc_predictor_params params = I3_SNC_PREDICTOR_DEFAULTS;
+        params.zoom_in = 0;
+        params.with_flip = flip;
+        float *img = pattern_image(H, W, 0), *mirrored = pattern_image(H, W, 1);
+        i3_snc_predictor *a = NULL, *b = NULL;
+        cr_assert_eq(i3_snc_predictor_create(ctx, &net, img, H, W, &params, &a), I3RT_OK);
+        cr_assert_eq(i3_snc_predictor_create(ctx, &net, mirrored, H, W, &params, &b), I3RT_OK);
+        double max_diff = 0;
+        for (int k = 0; k < 3; k++) {
+            cr_assert_eq(i3_snc_predictor_click(a, clicks[k][0], clicks[k][1], (int)clicks[k][2]), I3RT_OK);
+            cr_assert_eq(i3_snc_predictor_click(b, clicks[k][0], W - 1 - clicks[k][1], (int)clicks[k][2]), I3RT_OK);
+            const float *pa = i3_snc_predictor_probs(a), *pb = i3_snc_predictor_probs(b);
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    const double d = fabs((double)pa[y * W + x] - pb[y * W + (W - 1 - x)]);
+                    max_diff = d > max_diff ? d : max_diff;
+                }
+        }
+        printf("snc_predictor flip %s: max |p(slice) - mirror(p(mirrored slice))| = %.3g\n", flip ? "on" : "off",
+               max_diff);
+        if (flip)
+            cr_expect_eq(max_diff, 0.0, "with the flip the mirrored session must mirror exactly");
+        else
+            cr_expect_gt(max_diff, 1e-3, "the fake network should not be mirror-symmetric by itself");
+        i3_snc_predictor_free(a);
+        i3_snc_predictor_free(b);
+        free(img);
+        free(mirrored);
+    }
+    i3rt_context_free(ctx);
+}
+
+/* Bad clicks and a failing network: clear errors, the session exactly as before. */
+Test(snc_predictor, bad_clicks_keep_session) {
+    enum { H = 40, W = 50 };
+    i3rt_context *ctx = new_ctx();
+    fake_state state = {0, 0};
+    const i3_snc_net net = fake_net(&state);
+    i3_snc_predictor_params params = I3_SNC_PREDICTOR_DEFAULTS;
+    params.target_size = 64;
+    params.min_crop_size = 20;
+    float *img = pattern_image(H, W, 0);
+    i3_snc_predictor *p = NULL;
+    cr_assert_eq(i3_snc_predictor_create(ctx, &net, img, H, W, &params, &p), I3RT_OK);
+    cr_assert_eq(i3_snc_predictor_click(p, 20, 25, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_predictor_click(p, 22, 27, 1), I3RT_OK); /* a crop is set now */
+    i3_snc_box before_box, after_box;
+    cr_assert(i3_snc_predictor_crop(p, &before_box));
+    float before[H * W];
+    uint8_t before_mask[H * W];
+    memcpy(before, i3_snc_predictor_probs(p), sizeof before);
+    memcpy(before_mask, i3_snc_predictor_mask(p), sizeof before_mask);
+
+    const struct {
+        float y, x;
+        const char *message;
+    } bad[] = {
+        {-1.0f, 10.0f, "SnC 2D click (y -1, x 10) is outside the 40 x 50 slice"},
+        {40.0f, 10.0f, "is outside the 40 x 50 slice"},
+        {10.0f, 50.0f, "is outside the 40 x 50 slice"},
+        {NAN, 10.0f, "coordinates are not finite"},
+        {10.0f, INFINITY, "coordinates are not finite"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        cr_expect_eq(i3_snc_predictor_click(p, bad[i].y, bad[i].x, 0), I3RT_ERR_INVALID_ARGUMENT);
+        cr_expect(strstr(i3rt_context_error(ctx), bad[i].message), "message '%s'", i3rt_context_error(ctx));
+        printf("bad click: %s\n", i3rt_context_error(ctx));
+    }
+    state.fail_at = state.calls + 2; /* the mirrored run of the next click fails */
+    cr_expect_eq(i3_snc_predictor_click(p, 10, 10, 1), I3RT_ERR_BACKEND);
+    cr_expect_eq(i3_snc_predictor_n_clicks(p), 2);
+    cr_expect(memcmp(before, i3_snc_predictor_probs(p), sizeof before) == 0, "probabilities changed");
+    cr_expect(memcmp(before_mask, i3_snc_predictor_mask(p), sizeof before_mask) == 0, "mask changed");
+    cr_assert(i3_snc_predictor_crop(p, &after_box));
+    cr_expect(memcmp(&before_box, &after_box, sizeof before_box) == 0, "crop changed");
+    /* the session goes on: the same click now succeeds and the next one counts as the third */
+    cr_expect_eq(i3_snc_predictor_click(p, 10, 10, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_expect_eq(i3_snc_predictor_n_clicks(p), 3);
+
+    /* bad sessions */
+    i3_snc_predictor *q = NULL;
+    img[5] = 1.5f;
+    cr_expect_eq(i3_snc_predictor_create(ctx, &net, img, H, W, &params, &q), I3RT_ERR_INVALID_ARGUMENT);
+    cr_expect(strstr(i3rt_context_error(ctx), "not in [0, 1]"), "%s", i3rt_context_error(ctx));
+    cr_expect_null(q);
+    i3_snc_predictor_free(p);
+    free(img);
+    i3rt_context_free(ctx);
+}
