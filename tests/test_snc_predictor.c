@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fixtures.h"
 #include "snc_predictor.h"
@@ -32,6 +33,12 @@
  * (tests/test_hrnet.c); the logits here reach about |20|, so 2e-3 in a logit, and the sigmoid's slope
  * is at most 1/4: 5e-4 in a probability (the flip average and the resizes do not enlarge it). */
 #define HRNET_PROB_TOL 5e-4
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static i3rt_context *new_ctx(void) {
     i3rt_context *ctx = NULL;
@@ -101,7 +108,9 @@ static void check_sequence(const char *name, const i3_snc_net *net, i3rt_context
     double worst = 0;
     for (int k = 0; k < n; k++) {
         const float *c = clicks + 3 * k, *ref = probs + k * s, *crop = crops + 5 * k;
+        const double t0 = seconds();
         cr_assert_eq(i3_snc_predictor_click(p, c[0], c[1], c[2] != 0), I3RT_OK, "%s", i3rt_context_error(ctx));
+        const double click_s = seconds() - t0;
         i3_snc_box box = {-1, -1, -1, -1};
         const int has = i3_snc_predictor_crop(p, &box);
         cr_expect_eq(has, (int)crop[0], "%s click %d: crop %s, RITM %s", name, k, has ? "set" : "none",
@@ -129,9 +138,9 @@ static void check_sequence(const char *name, const i3_snc_net *net, i3rt_context
             }
         }
         printf("snc_predictor %s click %d (y %g, x %g, %s): crop %s, max |p - RITM| %.3g, foreground %lld px, "
-               "mask differs at %lld px (%lld within tolerance of 0.49)\n",
+               "mask differs at %lld px (%lld within tolerance of 0.49), %.3f s\n",
                name, k, c[0], c[1], c[2] ? "positive" : "negative", has ? "set" : "none", max_diff,
-               (long long)foreground, (long long)differing, (long long)near);
+               (long long)foreground, (long long)differing, (long long)near, click_s);
         cr_expect(max_diff <= tol, "%s click %d: max |p - RITM| %.3g > %.0e", name, k, max_diff, tol);
         worst = max_diff > worst ? max_diff : worst;
     }
