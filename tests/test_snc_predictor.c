@@ -321,3 +321,76 @@ Test(snc_predictor, bad_clicks_keep_session) {
     free(img);
     i3rt_context_free(ctx);
 }
+
+/* A network scripted per call: calls 1-2 (the first click and its mirror) answer +10 on the positive
+ * disk and -10 elsewhere, calls 3-4 -10 everywhere, later calls +2 everywhere; it records its input size. */
+typedef struct {
+    int calls;
+    int64_t h, w;
+} scripted_state;
+
+static i3rt_status scripted_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+    scripted_state *st = user;
+    st->calls++, st->h = h, st->w = w;
+    const float *pos = in + 4 * h * w;
+    for (int64_t i = 0; i < h * w; i++) logits[i] = st->calls <= 2 ? 20.0f * pos[i] - 10.0f : st->calls <= 4 ? -10.0f : 2.0f;
+    return I3RT_OK;
+}
+
+/* Known answers for ZoomIn's crop across clicks, including RITM's odd case: once a crop is set and the
+ * previous map has no pixel > 0.5, ZoomIn feeds the whole slice but its inverse still resizes the output
+ * into the old crop (zeros outside). */
+Test(snc_predictor, zoom_known_answers) {
+    enum { H = 90, W = 70 };
+    i3rt_context *ctx = new_ctx();
+    scripted_state state = {0};
+    i3_snc_net net = fake_net(NULL);
+    net.forward = scripted_forward, net.user = &state;
+    i3_snc_predictor_params params = I3_SNC_PREDICTOR_DEFAULTS;
+    params.target_size = 50;
+    params.min_crop_size = 30;
+    float *img = pattern_image(H, W, 0);
+    i3_snc_predictor *p = NULL;
+    cr_assert_eq(i3_snc_predictor_create(ctx, &net, img, H, W, &params, &p), I3RT_OK);
+    i3_snc_box box;
+
+    /* click 1: no zoom (skip_clicks 1): the network sees the slice; the mask is the radius-5 disk */
+    cr_assert_eq(i3_snc_predictor_click(p, 40, 30, 1), I3RT_OK);
+    cr_expect(state.h == H && state.w == W);
+    cr_expect_eq(i3_snc_predictor_crop(p, &box), 0);
+    int64_t disk = 0;
+    for (int64_t i = 0; i < H * W; i++) disk += i3_snc_predictor_mask(p)[i];
+    cr_expect_eq(disk, 81, "a radius-5 disk has 81 pixels, mask has %lld", (long long)disk);
+
+    /* click 2: the disk's box rows 35..45 and cols 25..35, with the click (50, 33) rows 35..50: rows 16 px
+     * -> max(22.4, 30) = 30 around 42.5 -> round(27.5) = 28, round(57.5) = 58; cols 11 px -> 30 around 30
+     * -> 15..45; the network sees 31 x 31 -> 50 x 50; -10 everywhere gives sigmoid(-10) in the crop */
+    cr_assert_eq(i3_snc_predictor_click(p, 50, 33, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_predictor_crop(p, &box), 1);
+    cr_expect(box.r0 == 28 && box.r1 == 58 && box.c0 == 15 && box.c1 == 45, "crop %lld..%lld, %lld..%lld",
+              (long long)box.r0, (long long)box.r1, (long long)box.c0, (long long)box.c1);
+    cr_expect(state.h == 50 && state.w == 50, "network input %lld x %lld", (long long)state.h, (long long)state.w);
+    const float low = 1.0f / (1.0f + expf(10.0f)), high = 1.0f / (1.0f + expf(-2.0f));
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            const int inside = y >= 28 && y <= 58 && x >= 15 && x <= 45;
+            cr_expect(fabsf(i3_snc_predictor_probs(p)[y * W + x] - (inside ? low : 0.0f)) <= 1e-9f, "(%d, %d)", y, x);
+        }
+
+    /* click 3: no pixel > 0.5: no crop for the network (the whole slice), but the output is squeezed into
+     * the old crop: sigmoid(2) inside, 0 outside */
+    cr_assert_eq(i3_snc_predictor_click(p, 20, 60, 0), I3RT_OK);
+    cr_expect(state.h == H && state.w == W, "network input %lld x %lld", (long long)state.h, (long long)state.w);
+    cr_assert_eq(i3_snc_predictor_crop(p, &box), 1);
+    cr_expect(box.r0 == 28 && box.r1 == 58 && box.c0 == 15 && box.c1 == 45);
+    int64_t wrong = 0;
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++) {
+            const int inside = y >= 28 && y <= 58 && x >= 15 && x <= 45;
+            wrong += fabsf(i3_snc_predictor_probs(p)[y * W + x] - (inside ? high : 0.0f)) > 1e-6f;
+        }
+    cr_expect_eq(wrong, 0, "%lld pixels differ from RITM's squeezed output", (long long)wrong);
+    i3_snc_predictor_free(p);
+    free(img);
+    i3rt_context_free(ctx);
+}
