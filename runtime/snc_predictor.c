@@ -189,10 +189,12 @@ typedef struct {
 
 /* The network input for planes [4, ih, iw] (image, previous mask) and clicks in input pixels, mirrored
  * left-right if mirror (AddHorizontalFlip: planes flipped, click x -> iw - x - 1). RITM's DistMaps
- * (GPU path) keeps clicks outside the input, which a crop leaves (negative clicks, and positive ones
- * for the network after its limit), ignoring only those with both coordinates < 0; i3_hrnet_encode_input
- * takes clicks inside its input, so such clicks are encoded on a canvas padded beyond the disk radius
- * (farther clicks cannot touch the input) whose interior is then copied out. */
+ * (GPU path) keeps clicks outside the input, which a crop leaves (negative clicks outside it; a
+ * mirrored click past x = iw - 1), ignoring only those with both coordinates < 0; i3_hrnet_encode_input
+ * takes clicks inside its input, so then all clicks are encoded on a canvas padded beyond the disk
+ * radius (farther clicks cannot touch the input) whose interior is copied out. The shift by the pad
+ * rounds fractional click coordinates to float once more (a disk edge pixel could differ from RITM's
+ * only where the squared distance is within ~1e-5 of the radius squared). */
 static i3rt_status encode(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw, const net_click *clicks,
                           int n, int mirror, float *input) {
     const i3_hrnet_config *cfg = &p->net->cfg;
@@ -297,10 +299,10 @@ static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int 
     I3_TRY(choose_crop(p, clicks, n, zoom_probs, zs, &zoomed));
     int64_t ih = h, iw = w;
     if (zoomed) i3_snc_zoom_size(zs->box, p->params.target_size, &ih, &iw);
+    /* the crop's size (1 x 1 while there is none: then neither crop nor its inverse is used) */
     const int64_t bh = zs->box.r1 - zs->box.r0 + 1, bw = zs->box.c1 - zs->box.c0 + 1;
-    const int64_t crop_bytes = zoomed ? 4 * bh * bw : 1;
     float *planes = i3_malloc(p->ctx, (size_t)(4 * (s > ih * iw ? s : ih * iw)) * sizeof *planes, "SnC planes");
-    float *crop = i3_malloc(p->ctx, (size_t)crop_bytes * sizeof *crop, "SnC crop");
+    float *crop = i3_malloc(p->ctx, (size_t)(zoomed ? 4 * bh * bw : 1) * sizeof *crop, "SnC crop");
     float *probs = i3_malloc(p->ctx, (size_t)(ih * iw) * sizeof *probs, "SnC crop probabilities");
     net_click *tc = i3_malloc(p->ctx, (size_t)n * sizeof *tc, "SnC clicks");
     i3rt_status st = planes && crop && probs && tc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;

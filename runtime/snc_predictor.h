@@ -60,7 +60,8 @@ typedef struct {
 typedef struct i3_snc_predictor i3_snc_predictor;
 
 /* A session on one slice: image [3, h, w] in [0, 1] (copied), empty mask and no click. net is
- * borrowed and must outlive the session. */
+ * borrowed and must outlive the session; sessions sharing a net click one at a time (the model's
+ * buffers are shared). */
 i3rt_status i3_snc_predictor_create(i3_ctx *ctx, const i3_snc_net *net, const float *image, int64_t h, int64_t w,
                                     const i3_snc_predictor_params *params, i3_snc_predictor **out);
 void i3_snc_predictor_free(i3_snc_predictor *p);
