@@ -25,7 +25,7 @@ windowed to [0, 99.5th percentile] and repeated into 3 channels.
 Writes into --out: hrnet2d.safetensors and one seq_<name>.safetensors per click sequence:
   "image" [3, h, w], "clicks" [n, 3] (y, x, positive), "probs" [n, h, w] (after each click),
   "crops" [n, 5] (has crop, rmin, rmax, cmin, cmax after each click); metadata "params": predictor
-  parameters and "net".
+  parameters (net_clicks_limit absent: None) and "net".
 """
 import argparse
 import json
@@ -378,7 +378,8 @@ def run_sequence(net, image, clicks, params, choose_next=None):
     zoom = ZoomIn(target_size=params["target_size"], skip_clicks=params["skip_clicks"],
                   expansion_ratio=params["expansion_ratio"], min_crop_size=params["min_crop_size"]) \
         if params["zoom_in"] else None
-    predictor = BasePredictor(net, with_flip=bool(params["with_flip"]), zoom_in=zoom)
+    predictor = BasePredictor(net, net_clicks_limit=params.get("net_clicks_limit"), with_flip=bool(params["with_flip"]),
+                              zoom_in=zoom)
     predictor.set_input_image(image)
     clicks_list, probs, crops = [], [], []
     clicks = list(clicks)
@@ -459,6 +460,8 @@ def main():
         ("fake_recalc", "fake", {**zoom, "skip_clicks": 0}, fake_clicks[:3], None),
         # skip_clicks -1: the whole slice is the first crop; no flip
         ("fake_whole", "fake", {**zoom, "skip_clicks": -1, "with_flip": 0}, fake_clicks[:3], None),
+        # only the first 2 clicks reach the network (the zoom sees all)
+        ("fake_limit", "fake", {**zoom, "net_clicks_limit": 2}, fake_clicks, None),
         # no zoom, no flip: the network on the slice itself
         ("fake_plain", "fake", {**zoom, "zoom_in": 0, "with_flip": 0}, fake_clicks[:2], None),
         # the HRNet: the first click on the whole slice, then crops of longer side 128

@@ -89,6 +89,8 @@ static i3_snc_predictor_params seq_params(const i3_weights *fx) {
     p.expansion_ratio = fx_param_num(fx, "expansion_ratio");
     p.min_crop_size = (int)fx_param_int(fx, "min_crop_size", -1);
     p.with_flip = (int)fx_param_int(fx, "with_flip", -1);
+    const int64_t limit = fx_param_int(fx, "net_clicks_limit", -1);
+    p.net_clicks_limit = limit > 0 ? (int)limit : 0; /* absent: RITM's None */
     return p;
 }
 
@@ -161,6 +163,7 @@ Test(snc_predictor, zoom_follows_ritm) { check_fake("fake_zoom"); }
 Test(snc_predictor, zoom_recalculation) { check_fake("fake_recalc"); }
 Test(snc_predictor, zoom_whole_slice_first) { check_fake("fake_whole"); }
 Test(snc_predictor, no_zoom_no_flip) { check_fake("fake_plain"); }
+Test(snc_predictor, net_clicks_limit) { check_fake("fake_limit"); }
 
 Test(snc_predictor, hrnet_vs_torch, .timeout = 900) {
     i3rt_context *ctx = new_ctx();
