@@ -12,8 +12,9 @@ LimitLongestSide (max_size None in RITM's evaluation), get_state/set_state.
 Two networks answer net(image_nd, points_nd)['instances'] as ISModel does:
   * "hrnet": RITM's HRNetModel from tests/gen_hrnet.py (random weights conditioned as there), converted to
     hrnet2d.safetensors with tools/convert_pt/convert_ritm.py; the encoding in float32 as RITM, the
-    network in float64, logits back to float32. The cls_head bias is shifted so that about 15% of the
-    slice is foreground after the first click (random weights otherwise give logits far below 0).
+    network in float64, logits back to float32. The cls_head bias is shifted so that 15% of the slice
+    has a positive logit after a first click without the flip (random weights otherwise give logits far
+    below 0; the flipped sequence then has 6% foreground).
   * "fake": logits = 6 pos - 6 neg + 8 (prev - 0.5) + 1.5 img0[y, min(x + 1, w - 1)] - 1 on the encoded
     input (img0 = the normalized red channel), float32. It gives masks that follow the clicks and the
     image, so that the zoom-in's crops move; the shifted image term is not mirror-symmetric, so the flip
@@ -433,7 +434,7 @@ def main():
     image = load_slice()
     h, w = image.shape[1:]
 
-    # cls_head bias: about 15% of the slice above 0 after a first click at the slice's centre
+    # cls_head bias: 15% of the slice above 0 after a first click at the slice's centre (no flip)
     first = BasePredictor(HRNetNet(model))
     first.set_input_image(image)
     logits = torch.logit(torch.from_numpy(first.get_prediction([Click(True, (108, 90), 0)])).double(), eps=1e-12)
