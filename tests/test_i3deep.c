@@ -13,6 +13,9 @@
  *     top), the slice NIfTI's world position;
  *   - the folds of the brain model in weights/ as members: the case's mean equals the folds' separate
  *     predictions averaged here; a missing fold fails and leaves the case unchanged;
+ *   - refinement: the refinement model in weights/ on submitted ground-truth slices of an unseen case
+ *     against nnUNetPredictor (tests/gen_i3deep.py); a failed refine keeps the previous result; the
+ *     saved segmentation; the simulated expert from a truth file;
  *   - bad corrections (wrong shape, index out of range, labels outside the classes, RGB or non-PNG
  *     files, non-integer NIfTI labels, nameless files): an error naming the source, the case unchanged. */
 #include "i3deep.h"
@@ -797,6 +800,64 @@ Test(i3deep, refine_saves_and_a_failed_refine_keeps_the_previous_result) {
     cr_expect_eq(i3_volume_geometry_check(ctx, &back.geometry, "saved", &image.geometry, "image"), I3RT_OK, "%s",
                  i3rt_context_error(ctx));
     i3_volume_free(&back);
+    i3_case_free(c);
+}
+
+Test(i3deep, refine_equals_nnunet_predictor_on_the_same_corrections) {
+    /* tests/gen_i3deep.py: nnUNetPredictor (float32 sums, no mirroring) ran the refinement model on image +
+     * ground-truth slices of an unseen brain case; the same slices submitted here must give the same
+     * segmentation up to summation order (at most 0.1 % of the voxels may differ, at tied logits). */
+    char dir[1024], path[1200];
+    const char *fx = getenv("I3RT_FIXTURES");
+    snprintf(dir, sizeof dir, "%s/i3deep", fx ? fx : "fixtures");
+    i3_volume image, truth;
+    snprintf(path, sizeof path, "%s/eval501_000_0000.nii.gz", dir);
+    cr_assert_eq(i3_volume_read(ctx, path, &image), I3RT_OK, "%s (tests/gen_i3deep.py)", i3rt_context_error(ctx));
+    snprintf(path, sizeof path, "%s/eval501_000_truth.nii.gz", dir);
+    cr_assert_eq(i3_volume_read(ctx, path, &truth), I3RT_OK, "%s", i3rt_context_error(ctx));
+    const int64_t n = image.d * image.h * image.w;
+    int32_t *labels = malloc((size_t)n * sizeof *labels), *plane = malloc((size_t)n * sizeof *plane);
+    for (int64_t i = 0; i < n; i++) labels[i] = (int32_t)truth.data[i];
+    i3_case *c;
+    cr_assert_eq(i3_case_open(ctx, &image, 4, &c), I3RT_OK);
+    cr_assert_eq(i3_case_load_refinement_model(c, model_path("brain_refine_3d_fullres"), NULL, 0), I3RT_OK, "%s",
+                 i3rt_context_error(ctx));
+    snprintf(path, sizeof path, "%s/refine_slices.txt", dir);
+    FILE *f = fopen(path, "r");
+    cr_assert(f, "no %s", path);
+    char axis_name[16];
+    long long index;
+    int n_slices = 0;
+    while (fscanf(f, "%15s %lld", axis_name, &index) == 2) {
+        i3_axis axis = I3_AXIAL;
+        while (strcmp(i3_axis_name(axis), axis_name) != 0 && axis < I3_SAGITTAL) axis++;
+        int64_t rows, cols;
+        i3_slice_dims(axis, image.d, image.h, image.w, &rows, &cols);
+        i3_slice_get(labels, sizeof(int32_t), image.d, image.h, image.w, axis, index, plane);
+        cr_assert_eq(i3_case_submit(c, axis, index, plane, rows, cols, axis_name), I3RT_OK, "%s", i3rt_context_error(ctx));
+        n_slices++;
+    }
+    fclose(f);
+    i3_predict_options o;
+    i3_predict_options_default(&o);
+    o.use_mirroring = 0;
+    cr_assert_eq(i3_case_refine(c, &o), I3RT_OK, "%s", i3rt_context_error(ctx));
+    size_t len;
+    snprintf(path, sizeof path, "%s/refine_ref_seg.u8", dir);
+    uint8_t *ref = (uint8_t *)fx_read_file(path, &len);
+    cr_assert(ref && (int64_t)len == n, "%s: %zu bytes, want %lld", path, len, (long long)n);
+    const int32_t *got = i3_case_refined(c);
+    int64_t differ = 0, foreground = 0;
+    for (int64_t i = 0; i < n; i++) differ += got[i] != ref[i], foreground += ref[i] > 0;
+    printf("refinement with %d ground-truth slices: %lld of %lld voxels differ from nnUNetPredictor (%lld foreground "
+           "there)\n", n_slices, (long long)differ, (long long)n, (long long)foreground);
+    cr_expect_gt(foreground, 0);
+    cr_expect_leq(differ, n / 1000);
+    free(ref);
+    free(labels);
+    free(plane);
+    i3_volume_free(&image);
+    i3_volume_free(&truth);
     i3_case_free(c);
 }
 
