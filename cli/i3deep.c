@@ -764,9 +764,19 @@ static i3rt_status evaluate(i3_ctx *ctx, const args *a) {
 
 /* ---- main ------------------------------------------------------------------------------------------- */
 
+/* mkdir -p: the folder and any missing parents. */
 static int make_dir(const char *dir) {
+    char path[PATH_LEN];
     struct stat sb;
-    if (mkdir(dir, 0755) == 0 || (stat(dir, &sb) == 0 && S_ISDIR(sb.st_mode))) return 1;
+    if (snprintf(path, sizeof path, "%s", dir) < (int)sizeof path)
+        for (char *p = path + 1;; p++)
+            if (*p == '/' || *p == '\0') {
+                const char end = *p;
+                *p = '\0';
+                if (mkdir(path, 0755) != 0 && (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))) break;
+                if (!end) return 1;
+                *p = '/';
+            }
     fprintf(stderr, "i3rt i3deep: cannot make the output directory %s\n", dir);
     return 0;
 }
