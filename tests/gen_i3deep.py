@@ -2,7 +2,7 @@
 """Fixtures for tests/test_i3deep.c and tests/test_api_i3deep.c: evaluation cases of the brain task for
 i3Deep's end-to-end check (pre-segmentation -> uncertainty -> slices -> simulated expert -> refinement).
 
-    gen_i3deep.py --out DIR [--cases N]
+    gen_i3deep.py --out DIR [--cases N (8)] [--weights DIR (weights)]
 
 Cases are scripts/train_models.py's brain cases with the evaluation seeds (EVAL_SEED + 100 * 501 + i, the
 seeds of make_eval_cases(501, ...)): neither the pre-segmentation model (weights/brain_3d_fullres, seeds
@@ -65,7 +65,7 @@ def refinement_reference(out, name, image, labels, spacing, weights, tm):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--cases", type=int, default=3)
+    ap.add_argument("--cases", type=int, default=8)
     ap.add_argument("--weights", default=os.path.join(ROOT, "weights"))
     args = ap.parse_args()
     tm = load_train_models()
