@@ -381,16 +381,22 @@ static void record(i3_case *c, i3_axis axis, int64_t index, const int32_t *label
     c->corrected[c->n_corrected++] = (i3_slice){axis, index, 0.0, 0.0};
 }
 
-static i3rt_status submit(i3_case *c, i3_axis axis, int64_t index, const int32_t *labels, int64_t rows,
-                          int64_t cols, const char *source) {
+/* The slice exists in this case: checked before anything reads or writes a plane of it. */
+static i3rt_status check_slice(i3_case *c, i3_axis axis, int64_t index, const char *source) {
     if ((unsigned)axis > I3_SAGITTAL)
         return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: axis %d is not axial (0), coronal (1) or sagittal (2)",
                        source, (int)axis);
-    if (!labels) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: no labels", source);
     const int64_t len = i3_axis_length(axis, c->d, c->h, c->w);
     if (index < 0 || index >= len)
         return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: %s slice %lld is out of range (0 .. %lld)", source,
                        i3_axis_name(axis), (long long)index, (long long)len - 1);
+    return I3RT_OK;
+}
+
+static i3rt_status submit(i3_case *c, i3_axis axis, int64_t index, const int32_t *labels, int64_t rows,
+                          int64_t cols, const char *source) {
+    I3_TRY(check_slice(c, axis, index, source));
+    if (!labels) return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: no labels", source);
     int64_t want_rows, want_cols;
     i3_slice_dims(axis, c->d, c->h, c->w, &want_rows, &want_cols);
     if (rows != want_rows || cols != want_cols)
@@ -477,9 +483,7 @@ static i3rt_status submit_file(i3_case *c, i3_axis axis, int64_t index, const ch
         }
         i3_plane_flip_rows(labels, sizeof(int32_t), rows, cols);  /* PNGs show the highest row on top */
     } else if (ends_with(path, ".nii") || ends_with(path, ".nii.gz")) {
-        if ((unsigned)axis > I3_SAGITTAL)
-            return i3_fail(c->ctx, I3RT_ERR_INVALID_ARGUMENT, "%s: axis %d is not axial, coronal or sagittal", path,
-                           (int)axis);
+        I3_TRY(check_slice(c, axis, index, path));  /* a whole-grid file is indexed by it */
         I3_TRY(read_nifti_slice(c, axis, index, path, &labels, &rows, &cols));
     } else {
         return i3_fail(c->ctx, I3RT_ERR_UNSUPPORTED, "%s: a correction must be a .png, .nii or .nii.gz file", path);
