@@ -32,7 +32,7 @@ static const char *MAIN_HELP =
     "  info MODEL [--size D H W]          print the network: stages, shapes, parameters, planned memory\n"
     "  forward MODEL IN... OUT [options]  one forward pass of a NIfTI volume on the CPU\n"
     "  predict -i IN -o OUT -m MODELDIR   nnU-Net v2 prediction of whole cases (i3rt predict --help)\n"
-    "  i3deep COMMAND ARGS                i3Deep: recommend, refine-input, simulate (i3rt i3deep --help)\n"
+    "  i3deep COMMAND ARGS                i3Deep: recommend, refine-input, refine, simulate, evaluate (i3rt i3deep --help)\n"
     "  version                            print the version\n"
     "\n"
     "MODEL is an i3rt weight file (tools/convert_pt/convert_nnunet.py writes them from nnU-Net models).\n";
