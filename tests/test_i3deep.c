@@ -211,16 +211,18 @@ Test(i3deep, probabilities_that_are_not_a_distribution_are_refused) {
     i3_case_free(c);
 }
 
-Test(i3deep, model_folds_are_members_and_a_failing_fold_changes_nothing) {
-    /* The brain model in weights/ (2 folds): the case's mean must equal the mean of the two folds'
-     * probabilities predicted separately here (tolerance 1e-6); folds {0, 7} (no fold 7) must fail
-     * naming it and leave the case without members. A small T1-like volume, no mirroring (speed). */
-    char model[1024];
+static const char *model_path(const char *name) {
+    static char p[1024];
     const char *root = getenv("I3RT_SOURCE_DIR");
-    snprintf(model, sizeof model, "%s/weights/brain_3d_fullres", root ? root : ".");
-    if (access(model, F_OK) != 0) cr_skip("%s is not there", model);
-    enum { D = 20, H = 24, W = 20, S = D * H * W };
-    static float data[S];
+    snprintf(p, sizeof p, "%s/weights/%s", root ? root : ".", name);
+    return p;
+}
+
+/* A small T1-like volume for the models in weights/: a textured sphere on a 3 mm grid whose origin is
+ * origin (x, y, z, mm). data holds SPHERE_D x SPHERE_H x SPHERE_W voxels. */
+enum { SPHERE_D = 20, SPHERE_H = 24, SPHERE_W = 20 };
+static i3_volume t1_like_sphere(float *data, const double o[3]) {
+    enum { D = SPHERE_D, H = SPHERE_H, W = SPHERE_W };
     for (int z = 0; z < D; z++)
         for (int y = 0; y < H; y++)
             for (int x = 0; x < W; x++) {
@@ -229,8 +231,20 @@ Test(i3deep, model_folds_are_members_and_a_failing_fold_changes_nothing) {
             }
     i3_volume image = {.channels = 1, .d = D, .h = H, .w = W, .data = data};
     image.geometry = (i3_volume_geometry){.size = {W, H, D}, .spacing = {3, 3, 3}, .xyz_units = 2, .qfac = 1,
-                                          .sform_code = 1, .srow = {{3, 0, 0, 0}, {0, 3, 0, 0}, {0, 0, 3, 0}},
-                                          .affine = {{3, 0, 0, 0}, {0, 3, 0, 0}, {0, 0, 3, 0}, {0, 0, 0, 1}}};
+                                          .sform_code = 1, .srow = {{3, 0, 0, o[0]}, {0, 3, 0, o[1]}, {0, 0, 3, o[2]}},
+                                          .affine = {{3, 0, 0, o[0]}, {0, 3, 0, o[1]}, {0, 0, 3, o[2]}, {0, 0, 0, 1}}};
+    return image;
+}
+
+Test(i3deep, model_folds_are_members_and_a_failing_fold_changes_nothing) {
+    /* The brain model in weights/ (2 folds): the case's mean must equal the mean of the two folds'
+     * probabilities predicted separately here (tolerance 1e-6); folds {0, 7} (no fold 7) must fail
+     * naming it and leave the case without members. A small T1-like volume, no mirroring (speed). */
+    const char *model = model_path("brain_3d_fullres");
+    if (access(model, F_OK) != 0) cr_skip("%s is not there", model);
+    enum { D = SPHERE_D, H = SPHERE_H, W = SPHERE_W, S = D * H * W };
+    static float data[S];
+    const i3_volume image = t1_like_sphere(data, (const double[3]){0, 0, 0});
     i3_predict_options o;
     i3_predict_options_default(&o);
     o.use_mirroring = 0;
@@ -740,27 +754,12 @@ Test(i3deep, simulated_expert_reads_a_truth_file_on_the_image_grid) {
     i3_case_free(c);
 }
 
-static const char *model_path(const char *name) {
-    static char p[1024];
-    const char *root = getenv("I3RT_SOURCE_DIR");
-    snprintf(p, sizeof p, "%s/weights/%s", root ? root : ".", name);
-    return p;
-}
 
 Test(i3deep, refine_saves_and_a_failed_refine_keeps_the_previous_result) {
     /* The refinement model in weights/ on a small T1-like sphere (3 mm) with one corrected axial slice. */
-    enum { D = 20, H = 24, W = 20, S = D * H * W };
+    enum { D = SPHERE_D, H = SPHERE_H, W = SPHERE_W, S = D * H * W };
     static float data[S];
-    for (int z = 0; z < D; z++)
-        for (int y = 0; y < H; y++)
-            for (int x = 0; x < W; x++) {
-                const double r = hypot(hypot(z - D / 2.0, y - H / 2.0), x - W / 2.0);
-                data[(z * H + y) * W + x] = r < 8 ? (float)(60.0 + 40.0 * cos(r)) : 0.0f;
-            }
-    i3_volume image = {.channels = 1, .d = D, .h = H, .w = W, .data = data};
-    image.geometry = (i3_volume_geometry){.size = {W, H, D}, .spacing = {3, 3, 3}, .xyz_units = 2, .qfac = 1,
-                                          .sform_code = 1, .srow = {{3, 0, 0, 4}, {0, 3, 0, 5}, {0, 0, 3, 6}},
-                                          .affine = {{3, 0, 0, 4}, {0, 3, 0, 5}, {0, 0, 3, 6}, {0, 0, 0, 1}}};
+    const i3_volume image = t1_like_sphere(data, (const double[3]){4, 5, 6});
     i3_case *c;
     cr_assert_eq(i3_case_open(ctx, &image, 4, &c), I3RT_OK);
     i3_predict_options o;
