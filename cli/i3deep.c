@@ -16,7 +16,10 @@
  * predict.h) and/or MEMBER files, 4D NIfTIs (4th dimension = classes): probabilities (`i3rt predict -f K
  * --save-probabilities`) or, with --logits, logits. */
 #include "i3deep.h" /* cli/i3deep.h */
+#include "common.h" /* cli/common.h: cli_parse_device */
 #include "../runtime/i3deep.h"
+
+#include <cjson/cJSON.h>
 
 #include <math.h>
 #include <stdarg.h>
@@ -86,6 +89,7 @@ static const char *HELP =
     "  --unannotated V      refine-input, simulate without -r: value of the voxels no correction covers\n"
     "                       (default 0, the paper's and the refinement model's)\n"
     "  --threads N          CPU threads (default 1)\n"
+    "  --device D           backend: cpu (default), cuda or emulated (the CUDA kernels on the CPU)\n"
     "  -h, --help           this help\n"
     "Progress goes to stderr, results to stdout. Outputs appear atomically (temporary name + rename).\n";
 
@@ -97,6 +101,7 @@ typedef struct {
     const char *files[MAX_FILES]; /* positional: IMAGE, then CORRECTIONs or TRUTH or evaluate's pairs */
     int n_files;
     int logits, classes, threads;
+    i3rt_backend_kind backend;
     float unannotated;
     i3_slice_select_params select;
 } args;
@@ -196,6 +201,10 @@ static int parse(int argc, char **argv, args *a) {
         } else if (is(o, "--max-slices") || is(o, "--classes") || is(o, "--threads")) {
             if (!parse_number(v, 1, 32767, &x) || x != floor(x)) return usage("%s needs a whole number >= 1", o);
             *(o[2] == 'm' ? &a->select.max_slices : o[2] == 'c' ? &a->classes : &a->threads) = (int)x;
+            i++;
+        } else if (is(o, "--device")) {
+            if (!cli_parse_device(v, &a->backend))
+                return usage("--device needs cpu, cuda or emulated, got '%s'", v ? v : "");
             i++;
         } else if (is(o, "--unannotated")) {
             if (!parse_number(v, -1e6, 1e6, &x)) return usage("%s needs a number", o);
@@ -415,46 +424,38 @@ static void print_summary(FILE *f, const summary *s) {
     fprintf(f, "annotation ratio: %.4f (%d slices / axial ground-truth foreground slices)\n", s->ratio, s->slices);
 }
 
-static void json_number(FILE *f, double v) {
-    if (isnan(v)) fputs("null", f);
-    else fprintf(f, "%.6g", v);
+/* A number, or null for NaN (a Dice with the class in neither volume; no refinement). */
+static cJSON *json_number(double v) { return isnan(v) ? cJSON_CreateNull() : cJSON_CreateNumber(v); }
+
+static cJSON *json_dice(const double *dice, int classes) {
+    cJSON *list = cJSON_CreateArray();
+    for (int k = 0; k < classes; k++) cJSON_AddItemToArray(list, json_number(dice[k]));
+    return list;
 }
 
-static void json_string(FILE *f, const char *key, const char *value) {
-    fprintf(f, "  \"%s\": \"", key);
-    for (const unsigned char *c = (const unsigned char *)value; *c; c++) {
-        if (*c == '"' || *c == '\\') fprintf(f, "\\%c", *c);
-        else if (*c < 0x20) fprintf(f, "\\u%04x", *c);
-        else fputc(*c, f);
-    }
-    fputs("\",\n", f);
-}
-
-static void json_dice(FILE *f, const char *key, const double *dice, int classes) {
-    fprintf(f, "  \"%s\": [", key);
-    for (int k = 0; k < classes; k++) {
-        json_number(f, dice[k]);
-        fputs(k + 1 < classes ? ", " : "],\n", f);
-    }
-}
-
-static void print_json(FILE *f, const summary *s, const char *out_dir) {
-    fputs("{\n", f);
-    json_string(f, "case", s->name);
-    json_string(f, "output_dir", out_dir);
-    fprintf(f, "  \"classes\": %d,\n  \"slices\": %d,\n", s->classes, s->slices);
-    json_dice(f, "dice_presegmentation", s->dice, s->classes);
-    if (s->refined) json_dice(f, "dice_refined", s->dice + s->classes, s->classes);
-    fputs("  \"mean_foreground_dice_presegmentation\": ", f);
-    json_number(f, s->mean[0]);
+/* Returns 0 if cJSON ran out of memory. */
+static int print_json(FILE *f, const summary *s, const char *out_dir) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "case", s->name);
+    cJSON_AddStringToObject(root, "output_dir", out_dir);
+    cJSON_AddNumberToObject(root, "classes", s->classes);
+    cJSON_AddNumberToObject(root, "slices", s->slices);
+    cJSON_AddItemToObject(root, "dice_presegmentation", json_dice(s->dice, s->classes));
+    if (s->refined) cJSON_AddItemToObject(root, "dice_refined", json_dice(s->dice + s->classes, s->classes));
+    cJSON_AddItemToObject(root, "mean_foreground_dice_presegmentation", json_number(s->mean[0]));
     if (s->refined) {
-        fputs(",\n  \"mean_foreground_dice_refined\": ", f);
-        json_number(f, s->mean[1]);
-        fprintf(f, ",\n  \"waiting_seconds\": %.6f", s->waiting);
+        cJSON_AddItemToObject(root, "mean_foreground_dice_refined", json_number(s->mean[1]));
+        cJSON_AddNumberToObject(root, "waiting_seconds", s->waiting);
     }
-    fprintf(f, ",\n  \"annotation_ratio\": %.6f,\n  \"stage_seconds\": {", s->ratio);
-    for (int k = 0; k < I3_STAGE_COUNT; k++)
-        fprintf(f, "\"%s\": %.6f%s", i3_stage_name(k), s->seconds[k], k + 1 < I3_STAGE_COUNT ? ", " : "}\n}\n");
+    cJSON_AddNumberToObject(root, "annotation_ratio", s->ratio);
+    cJSON *stages = cJSON_AddObjectToObject(root, "stage_seconds");
+    for (int k = 0; k < I3_STAGE_COUNT; k++) cJSON_AddNumberToObject(stages, i3_stage_name(k), s->seconds[k]);
+    char *text = cJSON_Print(root);
+    const int printed = text != NULL;
+    if (printed) fprintf(f, "%s\n", text);
+    cJSON_free(text);
+    cJSON_Delete(root);
+    return printed;
 }
 
 /* Stages 1-4 with the ground-truth slices as the expert's corrections. Writes into a->out: the export,
@@ -519,7 +520,8 @@ static i3rt_status simulate(i3_ctx *ctx, const args *a, const char *name) {
     FILE *report = a->json ? stderr : stdout;
     i3rt_status st = simulate_case(ctx, a, a->image, a->truth, name, report, &s);
     if (st == I3RT_OK && a->json) {
-        print_json(stdout, &s, a->out);
+        if (!print_json(stdout, &s, a->out))
+            st = i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "simulate: out of memory writing the JSON summary");
     } else if (st == I3RT_OK) {
         print_summary(stdout, &s);
         print_times(stdout, s.seconds, s.waiting);
@@ -792,8 +794,9 @@ int cli_i3deep(int argc, char **argv) {
     if (a.name) snprintf(name, sizeof name, "%s", a.name);
     else if (a.image) base_name(a.image, name, sizeof name);
     i3rt_context *ctx;
-    if (i3rt_context_create(&ctx, a.threads, I3RT_BACKEND_CPU) != I3RT_OK) {
-        fprintf(stderr, "i3rt i3deep: cannot create a context\n");
+    if (i3rt_context_create(&ctx, a.threads, a.backend) != I3RT_OK) {
+        fprintf(stderr, "i3rt i3deep: cannot create a context%s\n",
+                a.backend == I3RT_BACKEND_CUDA ? " on the CUDA backend" : "");
         return 1;
     }
     i3rt_status st;

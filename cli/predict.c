@@ -1,7 +1,7 @@
 /* `i3rt predict`: nnUNetv2_predict with i3rt (runtime/predict.h does the work).
  *
  *   i3rt predict -i INPUT -o OUTDIR -m MODELDIR [-f 0 1 ...] [--disable-tta] [--step-size 0.5]
- *                [--save-probabilities] [--accumulate fp32|fp16] [--device cpu|cuda] [--threads N]
+ *                [--save-probabilities] [--accumulate fp32|fp16] [--device cpu|cuda|emulated] [--threads N]
  *                [--quiet | --json-progress]
  *
  * INPUT is a folder of cases named as nnU-Net expects (CASE_0000.nii.gz, CASE_0001.nii.gz, ... one file
@@ -11,8 +11,10 @@
  * --save-probabilities OUTDIR/CASE_probabilities.nii.gz (float32, 4th dimension = classes). Files
  * appear atomically (temporary name + rename): a failed or interrupted run leaves no partial output. */
 #include "predict.h"              /* cli/predict.h: cli_predict */
+#include "common.h"               /* cli/common.h: cli_parse_device */
 #include "../runtime/predict.h"   /* the pipeline (runtime/predict.h; the names clash) */
 
+#include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -44,7 +46,7 @@ static const char *HELP =
     "  --save-probabilities  also OUTDIR/CASE_probabilities.nii.gz (float32, 4th dimension = classes)\n"
     "  --accumulate fp32|fp16  sliding-window sums in float32 (default) or rounded to fp16 at every step\n"
     "                        exactly as nnunetv2 does (bit-faithful to nnUNetPredictor)\n"
-    "  --device cpu|cuda     backend (default cpu)\n"
+    "  --device cpu|cuda|emulated  backend (default cpu; emulated: the CUDA kernels on the CPU)\n"
     "  --threads N           CPU threads (default: all cores)\n"
     "  --quiet               no progress output\n"
     "  --json-progress       progress as JSON lines on stdout (for scripts)\n"
@@ -87,15 +89,35 @@ static int usage(const char *fmt, const char *arg) {
     return EXIT_USAGE;
 }
 
+/* --json-progress: one event per line, {"event": NAME, "case": CASE, "case_index": I, "cases": N, ...}. */
+static cJSON *json_event(const char *name, const char *case_name, int case_index, int n_cases) {
+    cJSON *event = cJSON_CreateObject();
+    cJSON_AddStringToObject(event, "event", name);
+    cJSON_AddStringToObject(event, "case", case_name);
+    cJSON_AddNumberToObject(event, "case_index", case_index);
+    cJSON_AddNumberToObject(event, "cases", n_cases);
+    return event;
+}
+
+static void print_json_event(cJSON *event) {
+    char *text = cJSON_PrintUnformatted(event);
+    if (text) printf("%s\n", text);
+    fflush(stdout);
+    cJSON_free(text);
+    cJSON_Delete(event);
+}
+
 static void progress(void *user, int64_t done, int64_t total) {
     progress_state *ps = user;
     const double now = now_seconds(), elapsed = now - ps->t0;
     const double eta = done > 0 ? elapsed / (double)done * (double)(total - done) : 0.0;
     if (ps->args->json) {
-        printf("{\"event\": \"progress\", \"case\": \"%s\", \"case_index\": %d, \"cases\": %d, \"done\": %lld, "
-               "\"total\": %lld, \"elapsed_s\": %.3f, \"eta_s\": %.3f}\n",
-               ps->case_name, ps->case_index, ps->n_cases, (long long)done, (long long)total, elapsed, eta);
-        fflush(stdout);
+        cJSON *event = json_event("progress", ps->case_name, ps->case_index, ps->n_cases);
+        cJSON_AddNumberToObject(event, "done", (double)done);
+        cJSON_AddNumberToObject(event, "total", (double)total);
+        cJSON_AddNumberToObject(event, "elapsed_s", elapsed);
+        cJSON_AddNumberToObject(event, "eta_s", eta);
+        print_json_event(event);
         return;
     }
     if (ps->args->quiet || !ps->tty) return;
@@ -286,9 +308,9 @@ static int parse_args(int argc, char **argv, predict_args *a) {
                 return usage("--accumulate needs fp32 or fp16, got '%s'", has_value ? argv[i + 1] : "");
             a->accumulate = strcmp(argv[++i], "fp16") == 0 ? I3_ACCUMULATE_FP16 : I3_ACCUMULATE_FP32;
         } else if (strcmp(o, "--device") == 0) {
-            if (!has_value || (strcmp(argv[i + 1], "cpu") != 0 && strcmp(argv[i + 1], "cuda") != 0))
-                return usage("--device needs cpu or cuda, got '%s'", has_value ? argv[i + 1] : "");
-            a->backend = strcmp(argv[++i], "cuda") == 0 ? I3RT_BACKEND_CUDA : I3RT_BACKEND_CPU;
+            if (!has_value || !cli_parse_device(argv[i + 1], &a->backend))
+                return usage("--device needs cpu, cuda or emulated, got '%s'", has_value ? argv[i + 1] : "");
+            i++;
         } else if (strcmp(o, "--threads") == 0) {
             char *end;
             const long t = has_value ? strtol(argv[++i], &end, 10) : 0;
@@ -390,11 +412,13 @@ int cli_predict(int argc, char **argv) {
             break;
         }
         const double secs = now_seconds() - ps.t0;
-        if (a.json)
-            printf("{\"event\": \"case_done\", \"case\": \"%s\", \"case_index\": %d, \"cases\": %d, \"seconds\": %.3f}\n",
-                   cases[i].name, i, n_cases, secs);
-        else if (!a.quiet)
+        if (a.json) {
+            cJSON *event = json_event("case_done", cases[i].name, i, n_cases);
+            cJSON_AddNumberToObject(event, "seconds", secs);
+            print_json_event(event);
+        } else if (!a.quiet) {
             fprintf(stderr, "%s%s: done in %.2f s\n", ps.tty ? "\r\033[K" : "", cases[i].name, secs);
+        }
     }
     if (result == EXIT_SUCCESS && !a.quiet && !a.json)
         fprintf(stderr, "i3rt predict: %d case(s) in %.2f s, written to %s\n", n_cases, now_seconds() - t_start,

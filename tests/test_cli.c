@@ -9,6 +9,7 @@
 #include "i3deep.h"
 #include "volume_io.h"
 
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <fcntl.h>
@@ -389,8 +390,14 @@ Test(cli, i3deep_simulate_with_refinement_and_refine_agree) {
 
     /* --json: the summary alone on stdout */
     cr_assert_eq(run_cli("i3deep", "simulate", image, truth, "-m", pre, "-r", ref, "-o", sim, "--json", NULL), 0);
-    cr_assert(out_text[0] == '{' && strstr(out_text, "\"dice_refined\": [") && strstr(out_text, "\"waiting_seconds\""),
-              "%s", out_text);
+    cJSON *summary = cJSON_Parse(out_text);
+    cr_assert(cJSON_IsObject(summary), "%s", out_text);
+    const cJSON *classes = cJSON_GetObjectItem(summary, "classes");
+    cr_assert(cJSON_IsNumber(classes) && classes->valueint > 1, "%s", out_text);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(summary, "dice_refined")), classes->valueint, "%s", out_text);
+    cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(summary, "waiting_seconds")), "%s", out_text);
+    cr_assert(cJSON_IsObject(cJSON_GetObjectItem(summary, "stage_seconds")), "%s", out_text);
+    cJSON_Delete(summary);
     i3_volume_free(&a);
     i3_volume_free(&b);
     i3_volume_free(&t);
