@@ -24,12 +24,10 @@
 
 #include <cjson/cJSON.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #define FE "feature_extractor."
-#define NAME_LEN 128
 #define BN_EPS 1e-5f         /* torch.nn.BatchNorm2d's default, which RITM keeps */
 #define NUM_CLASSES 1        /* HRNetModel builds its HighResolutionNet with num_classes=1 */
 #define MAX_BRANCHES 4
@@ -126,19 +124,11 @@ typedef struct {
 
 static int failed(const builder *b) { return b->status != I3RT_OK || b->g->failed; }
 
-static void name_fmt(char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void name_fmt(char *name, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(name, NAME_LEN, fmt, ap);
-    va_end(ap);
-}
-
 /* The file's tensor prefix.suffix with the given shape, or NULL after recording the failure. */
 static const float *tensor(builder *b, const char *prefix, const char *suffix, int ndim, const int64_t *shape) {
     if (failed(b)) return NULL;
-    char name[NAME_LEN];
-    name_fmt(name, "%s.%s", prefix, suffix);
+    char name[I3_NAME_LEN];
+    i3_name_fmt(name, "%s.%s", prefix, suffix);
     const float *data = NULL;
     b->status = i3_weights_get_f32(b->ctx, b->w, name, ndim, shape, &data);
     return data;
@@ -158,11 +148,11 @@ static int conv_layer(builder *b, int x, const char *conv, const char *bn, const
     const float *bias = has_bias ? tensor(b, conv, "bias", 1, cshape) : NULL;
     if (failed(b)) return -1;
     if (bn || scale) {
-        char name[NAME_LEN];
+        char name[I3_NAME_LEN];
         float *wf = NULL, *bf = NULL;
-        name_fmt(name, "%s.weight (folded)", conv);
+        i3_name_fmt(name, "%s.weight (folded)", conv);
         b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)(cout * per_out), &wf);
-        name_fmt(name, "%s.bias (folded)", conv);
+        i3_name_fmt(name, "%s.bias (folded)", conv);
         if (b->status == I3RT_OK) b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)cout, &bf);
         if (b->status != I3RT_OK) return -1;
         memcpy(wf, weight, (size_t)(cout * per_out) * sizeof *wf);
@@ -179,14 +169,14 @@ static int conv_layer(builder *b, int x, const char *conv, const char *bn, const
         weight = wf;
         bias = bf;
     }
-    char name[NAME_LEN];
-    name_fmt(name, "%s.weight", conv);
+    char name[I3_NAME_LEN];
+    i3_name_fmt(name, "%s.weight", conv);
     const int acs = b->cfg->acs && k > 1;
     const int64_t gdims[5] = {cout, cin, 1, k, k};
     int wv = acs ? i3_graph_weight(b->g, name, weight, 4, wshape) : i3_graph_weight(b->g, name, weight, 5, gdims);
     int bv = -1;
     if (bias) {
-        name_fmt(name, "%s.bias", conv);
+        i3_name_fmt(name, "%s.bias", conv);
         bv = i3_graph_weight(b->g, name, bias, 1, cshape);
     }
     if (acs) {
@@ -202,17 +192,17 @@ static int conv_layer(builder *b, int x, const char *conv, const char *bn, const
 
 /* conv `prefix.convN` + batch norm `prefix.bnN`. */
 static int conv_bn(builder *b, int x, const char *prefix, int n, int cin, int cout, int k, int stride, i3_act act) {
-    char conv[NAME_LEN], bn[NAME_LEN];
-    name_fmt(conv, "%s.conv%d", prefix, n);
-    name_fmt(bn, "%s.bn%d", prefix, n);
+    char conv[I3_NAME_LEN], bn[I3_NAME_LEN];
+    i3_name_fmt(conv, "%s.conv%d", prefix, n);
+    i3_name_fmt(bn, "%s.bn%d", prefix, n);
     return conv_layer(b, x, conv, bn, NULL, cin, cout, k, stride, 0, act);
 }
 
 /* Sequential(conv, bn[, ReLU]) named prefix.0, prefix.1 (transitions, fuse layers, downsample). */
 static int conv_bn_seq(builder *b, int x, const char *prefix, int cin, int cout, int k, int stride, i3_act act) {
-    char conv[NAME_LEN], bn[NAME_LEN];
-    name_fmt(conv, "%s.0", prefix);
-    name_fmt(bn, "%s.1", prefix);
+    char conv[I3_NAME_LEN], bn[I3_NAME_LEN];
+    i3_name_fmt(conv, "%s.0", prefix);
+    i3_name_fmt(bn, "%s.1", prefix);
     return conv_layer(b, x, conv, bn, NULL, cin, cout, k, stride, 0, act);
 }
 
@@ -230,11 +220,11 @@ static int resize_like(builder *b, int x, int like, const char *name) {
 
 /* BottleneckV1b: ReLU(bn3(conv3(ReLU(bn2(conv2(ReLU(bn1(conv1(x)))))))) + downsample(x)). */
 static int bottleneck(builder *b, int x, int block, int cin, int planes) {
-    char prefix[NAME_LEN], name[NAME_LEN];
-    name_fmt(prefix, FE "layer1.%d", block);
+    char prefix[I3_NAME_LEN], name[I3_NAME_LEN];
+    i3_name_fmt(prefix, FE "layer1.%d", block);
     int residual = x;
     if (cin != 4 * planes) {
-        name_fmt(name, "%s.downsample", prefix);
+        i3_name_fmt(name, "%s.downsample", prefix);
         residual = conv_bn_seq(b, x, name, cin, 4 * planes, 1, 1, NO_ACT);
     }
     int y = conv_bn(b, x, prefix, 1, cin, planes, 1, 1, RELU);
@@ -253,10 +243,10 @@ static int basic_block(builder *b, int x, const char *prefix, int c) {
 /* HighResolutionModule `prefix` over n_branches branches x[] (updated in place). */
 static void hr_module(builder *b, int *x, const char *prefix, int n_branches, int blocks) {
     const int width = b->cfg->width;
-    char name[NAME_LEN];
+    char name[I3_NAME_LEN];
     for (int i = 0; i < n_branches; i++)
         for (int blk = 0; blk < blocks; blk++) {
-            name_fmt(name, "%s.branches.%d.%d", prefix, i, blk);
+            i3_name_fmt(name, "%s.branches.%d.%d", prefix, i, blk);
             x[i] = basic_block(b, x[i], name, width << i);
         }
     int y[MAX_BRANCHES];
@@ -265,17 +255,17 @@ static void hr_module(builder *b, int *x, const char *prefix, int n_branches, in
         for (int j = 0; j < n_branches; j++) {
             int t = x[j];
             if (j > i) { /* 1x1 conv + bn to C_i, then upsampled to branch i */
-                name_fmt(name, "%s.fuse_layers.%d.%d", prefix, i, j);
+                i3_name_fmt(name, "%s.fuse_layers.%d.%d", prefix, i, j);
                 t = conv_bn_seq(b, t, name, width << j, width << i, 1, 1, NO_ACT);
-                name_fmt(name, "%s.fuse_layers.%d.%d.up", prefix, i, j);
+                i3_name_fmt(name, "%s.fuse_layers.%d.%d.up", prefix, i, j);
                 t = resize_like(b, t, x[i], name);
             }
             for (int k = 0; j < i && k < i - j; k++) { /* i - j stride-2 convs, C_j until the last */
                 const int last = k == i - j - 1;
-                name_fmt(name, "%s.fuse_layers.%d.%d.%d", prefix, i, j, k);
+                i3_name_fmt(name, "%s.fuse_layers.%d.%d.%d", prefix, i, j, k);
                 t = conv_bn_seq(b, t, name, width << j, last ? width << i : width << j, 3, 2, last ? NO_ACT : RELU);
             }
-            name_fmt(name, "%s.fuse.%d.%d", prefix, i, j);
+            i3_name_fmt(name, "%s.fuse.%d.%d", prefix, i, j);
             sum = sum < 0 ? t : add(b, sum, t, j == n_branches - 1 ? RELU : NO_ACT, name);
         }
         y[i] = sum;
@@ -285,8 +275,8 @@ static void hr_module(builder *b, int *x, const char *prefix, int n_branches, in
 
 /* transitionT.i: a 3x3 stride-2 conv + bn + ReLU from the last branch into new branch i. */
 static int new_branch(builder *b, int x, int t, int i) {
-    char prefix[NAME_LEN];
-    name_fmt(prefix, FE "transition%d.%d.0", t, i);
+    char prefix[I3_NAME_LEN];
+    i3_name_fmt(prefix, FE "transition%d.%d.0", t, i);
     return conv_bn_seq(b, x, prefix, b->cfg->width << (i - 1), b->cfg->width << i, 3, 2, RELU);
 }
 
@@ -299,20 +289,20 @@ static int hrnet_features(builder *b, int x) {
     int br[MAX_BRANCHES];
     br[0] = conv_bn_seq(b, x, FE "transition1.0", 256, cfg->width, 3, 1, RELU);
     br[1] = conv_bn_seq(b, x, FE "transition1.1.0", 256, 2 * cfg->width, 3, 2, RELU);
-    char prefix[NAME_LEN];
+    char prefix[I3_NAME_LEN];
     for (int stage = 2; stage <= 4; stage++) {
         const int n_branches = stage;
         if (stage > 2) br[n_branches - 1] = new_branch(b, br[n_branches - 2], stage - 1, n_branches - 1);
         for (int m = 0; m < modules[stage - 2]; m++) {
-            name_fmt(prefix, FE "stage%d.%d", stage, m);
+            i3_name_fmt(prefix, FE "stage%d.%d", stage, m);
             hr_module(b, br, prefix, n_branches, blocks);
         }
     }
     int feats = br[0];
     for (int i = 1; i < MAX_BRANCHES; i++) {
-        name_fmt(prefix, FE "aggregate.up%d", i);
+        i3_name_fmt(prefix, FE "aggregate.up%d", i);
         int up = resize_like(b, br[i], br[0], prefix);
-        name_fmt(prefix, FE "aggregate.cat%d", i);
+        i3_name_fmt(prefix, FE "aggregate.cat%d", i);
         feats = failed(b) ? -1 : i3_graph_concat(b->g, feats, up, prefix);
     }
     return feats;
@@ -320,9 +310,9 @@ static int hrnet_features(builder *b, int x) {
 
 /* Sequential(conv, Sequential(bn, ReLU)) of ocr.py: conv prefix.I, bn prefix.(I+1).0. */
 static int ocr_conv(builder *b, int x, const char *prefix, int index, int cin, int cout) {
-    char conv[NAME_LEN], bn[NAME_LEN];
-    name_fmt(conv, "%s.%d", prefix, index);
-    name_fmt(bn, "%s.%d.0", prefix, index + 1);
+    char conv[I3_NAME_LEN], bn[I3_NAME_LEN];
+    i3_name_fmt(conv, "%s.%d", prefix, index);
+    i3_name_fmt(bn, "%s.%d.0", prefix, index + 1);
     return conv_layer(b, x, conv, bn, NULL, cin, cout, 1, 1, 0, RELU);
 }
 

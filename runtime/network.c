@@ -333,14 +333,10 @@ void i3_network_total_stride(const i3_network *net, int64_t out[3]) {
 
 /* ---- building -------------------------------------------------------------------------------- */
 
-/* Tensor and node names are at most about 60 characters (stage and block numbers are ints). */
-#define NAME_LEN 128
-
-static void name_fmt(char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void name_fmt(char *name, const char *fmt, ...) {
+void i3_name_fmt(char *name, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, NAME_LEN, fmt, ap);
+    vsnprintf(name, I3_NAME_LEN, fmt, ap);
     va_end(ap);
 }
 
@@ -375,8 +371,8 @@ static void unused_weight(builder *b, const char *name, int64_t n) {
 }
 
 static int vector(builder *b, const char *prefix, const char *suffix, int64_t n) {
-    char name[NAME_LEN];
-    name_fmt(name, "%s.%s", prefix, suffix);
+    char name[I3_NAME_LEN];
+    i3_name_fmt(name, "%s.%s", prefix, suffix);
     return weight(b, name, 1, &n);
 }
 
@@ -384,12 +380,12 @@ static int vector(builder *b, const char *prefix, const char *suffix, int64_t n)
 static int conv_norm(builder *b, int x, const char *prefix, int cin, int cout, const int k[3], const int stride[3],
                      int bias, int with_act) {
     if (failed(b)) return -1;
-    char name[NAME_LEN];
+    char name[I3_NAME_LEN];
     int64_t wdims[5] = {cout, cin, k[0], k[1], k[2]};
-    name_fmt(name, "%s.conv.weight", prefix);
+    i3_name_fmt(name, "%s.conv.weight", prefix);
     int wv = weight(b, name, 5, wdims);
     if (bias) {
-        name_fmt(name, "%s.conv.bias", prefix);
+        i3_name_fmt(name, "%s.conv.bias", prefix);
         unused_weight(b, name, cout);
     }
     i3_conv_params cp = {.cout = cout};
@@ -398,11 +394,11 @@ static int conv_norm(builder *b, int x, const char *prefix, int cin, int cout, c
         cp.stride[a] = stride[a];
         cp.pad[a] = (k[a] - 1) / 2;
     }
-    name_fmt(name, "%s.conv", prefix);
+    i3_name_fmt(name, "%s.conv", prefix);
     int y = failed(b) ? -1 : i3_graph_conv(b->g, x, wv, -1, &cp, name);
 
     int gamma = -1, beta = -1;
-    name_fmt(name, "%s.norm", prefix);
+    i3_name_fmt(name, "%s.norm", prefix);
     if (b->net->norm_affine) {
         gamma = vector(b, name, "weight", cout);
         beta = vector(b, name, "bias", cout);
@@ -418,8 +414,8 @@ static const int ONE[3] = {1, 1, 1};
 static int plain_stage(builder *b, int x, int s, int cin) {
     const i3_network *net = b->net;
     for (int i = 0; i < net->n_conv_encoder[s]; i++) {
-        char prefix[NAME_LEN];
-        name_fmt(prefix, "encoder.stages.%d.0.convs.%d", s, i);
+        char prefix[I3_NAME_LEN];
+        i3_name_fmt(prefix, "encoder.stages.%d.0.convs.%d", s, i);
         x = conv_norm(b, x, prefix, i == 0 ? cin : net->features[s], net->features[s], net->kernel[s],
                       i == 0 ? net->stride[s] : ONE, net->conv_bias, 1);
     }
@@ -432,24 +428,24 @@ static int basic_block(builder *b, int x, int s, int blk, int cin) {
     const int cout = net->features[s];
     const int *stride = blk == 0 ? net->stride[s] : ONE;
     const int strided = stride[0] != 1 || stride[1] != 1 || stride[2] != 1;
-    char prefix[NAME_LEN], name[NAME_LEN];
-    name_fmt(prefix, "encoder.stages.%d.blocks.%d", s, blk);
+    char prefix[I3_NAME_LEN], name[I3_NAME_LEN];
+    i3_name_fmt(prefix, "encoder.stages.%d.blocks.%d", s, blk);
 
     /* The skip path first: x then dies at conv1 instead of living through conv2. */
     int residual = x;
     if (strided && !failed(b)) {
         i3_avg_pool_params pp;
         for (int a = 0; a < 3; a++) pp.k[a] = stride[a];
-        name_fmt(name, "%s.skip.0", prefix);
+        i3_name_fmt(name, "%s.skip.0", prefix);
         residual = i3_graph_avg_pool(b->g, residual, &pp, name);
     }
     if (cin != cout) {
-        name_fmt(name, "%s.skip.%d", prefix, strided);
+        i3_name_fmt(name, "%s.skip.%d", prefix, strided);
         residual = conv_norm(b, residual, name, cin, cout, ONE, ONE, 0, 0);
     }
-    name_fmt(name, "%s.conv1", prefix);
+    i3_name_fmt(name, "%s.conv1", prefix);
     int y = conv_norm(b, x, name, cin, cout, net->kernel[s], stride, net->conv_bias, 1);
-    name_fmt(name, "%s.conv2", prefix);
+    i3_name_fmt(name, "%s.conv2", prefix);
     y = conv_norm(b, y, name, cout, cout, net->kernel[s], ONE, net->conv_bias, 0);
     return failed(b) ? -1 : i3_graph_add(b->g, y, residual, net->act, prefix);
 }
@@ -467,28 +463,28 @@ static int decoder(builder *b, const int *skips) {
     const i3_network *net = b->net;
     const int n = net->n_stages;
     int x = skips[n - 1];
-    char prefix[NAME_LEN], name[NAME_LEN];
+    char prefix[I3_NAME_LEN], name[I3_NAME_LEN];
     for (int d = 0; d < n - 1; d++) {
         const int below = n - 1 - d, above = n - 2 - d; /* encoder stages */
         const int cin = net->features[below], cout = net->features[above];
         const int *k = net->stride[below];
         int64_t wdims[5] = {cin, cout, k[0], k[1], k[2]};
-        name_fmt(prefix, "decoder.transpconvs.%d", d);
-        name_fmt(name, "%s.weight", prefix);
+        i3_name_fmt(prefix, "decoder.transpconvs.%d", d);
+        i3_name_fmt(name, "%s.weight", prefix);
         int wv = weight(b, name, 5, wdims);
         int bv = net->conv_bias ? vector(b, prefix, "bias", cout) : -1;
         i3_conv_transpose_params tp = {.cout = cout, .k = {k[0], k[1], k[2]}};
         int up = failed(b) ? -1 : i3_graph_conv_transpose(b->g, x, wv, bv, &tp, prefix);
-        name_fmt(name, "decoder.cat.%d", d);
+        i3_name_fmt(name, "decoder.cat.%d", d);
         x = failed(b) ? -1 : i3_graph_concat(b->g, up, skips[above], name); /* torch.cat((x, skip), 1) */
         for (int i = 0; i < net->n_conv_decoder[d]; i++) {
-            name_fmt(name, "decoder.stages.%d.convs.%d", d, i);
+            i3_name_fmt(name, "decoder.stages.%d.convs.%d", d, i);
             x = conv_norm(b, x, name, i == 0 ? 2 * cout : cout, cout, net->kernel[above], ONE, net->conv_bias, 1);
         }
     }
     int64_t wdims[5] = {net->num_classes, net->features[0], 1, 1, 1};
-    name_fmt(prefix, "decoder.seg_layers.%d", n - 2);
-    name_fmt(name, "%s.weight", prefix);
+    i3_name_fmt(prefix, "decoder.seg_layers.%d", n - 2);
+    i3_name_fmt(name, "%s.weight", prefix);
     int wv = weight(b, name, 5, wdims);
     int bv = vector(b, prefix, "bias", net->num_classes);
     i3_conv_params cp = {.cout = net->num_classes, .k = {1, 1, 1}, .stride = {1, 1, 1}};

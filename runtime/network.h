@@ -43,6 +43,11 @@ typedef struct {
 i3rt_status i3_network_metadata_fail(i3_ctx *ctx, i3rt_status status, const char *file, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* Tensor and node names of the network builders (network.c, hrnet.c): at most about 60 characters. */
+#define I3_NAME_LEN 128
+/* printf into a name buffer of I3_NAME_LEN characters (truncating). */
+void i3_name_fmt(char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* Parses and validates the "network" (and "plans"/"configuration" for the patch size) metadata of
  * a weight file. Unsupported classes or blocks give I3RT_ERR_UNSUPPORTED naming the file and field. */
 i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out);
