@@ -57,13 +57,7 @@ static const char *fixture(const char *name) {
     return p[which];
 }
 
-static const char *temp(const char *name) {
-    static char p[2][512];
-    static int which;
-    which ^= 1;
-    snprintf(p[which], sizeof p[which], "%s/%s", tmpdir, name);
-    return p[which];
-}
+static const char *temp(const char *name) { return fx_path(tmpdir, name); }
 
 /* The evaluation case `name` of the fixtures, opened with its image. */
 static i3rt_case *open_case(const char *name) {

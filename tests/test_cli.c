@@ -45,17 +45,8 @@ static void teardown(void) {
 
 TestSuite(cli, .init = setup, .fini = teardown);
 
-/* Paths built by fixture() / temp() stay valid for the whole test (each test is its own process). */
-static const char *keep_path(const char *dir, const char *name) {
-    static char store[128][640];
-    static int used;
-    cr_assert_lt(used, 128, "too many paths in one test");
-    snprintf(store[used], sizeof store[used], "%s/%s", dir, name);
-    return store[used++];
-}
-
-static const char *fixture(const char *name) { return keep_path(fixtures, name); }
-static const char *temp(const char *name) { return keep_path(tmpdir, name); }
+static const char *fixture(const char *name) { return fx_path(fixtures, name); }
+static const char *temp(const char *name) { return fx_path(tmpdir, name); }
 
 static void slurp(const char *path, char *buf, size_t size) {
     FILE *f = fopen(path, "r");
@@ -276,7 +267,7 @@ Test(cli, channel_files_on_different_grids) {
 static const char *i3deep_fixture(const char *name) {
     static char dir[600];
     snprintf(dir, sizeof dir, "%s/i3deep", fixtures);
-    return keep_path(dir, name);
+    return fx_path(dir, name);
 }
 
 static i3_volume read_volume(const char *path) {
@@ -345,12 +336,12 @@ Test(cli, i3deep_simulate_with_refinement_and_refine_agree) {
                           "expert's waiting time:"};
     for (int i = 0; i < 5; i++) cr_assert(strstr(out_text, must[i]), "no \"%s\" in:\n%s", must[i], out_text);
     cr_assert(strstr(err_text, "stage 4: refinement"), "progress belongs on stderr: %s", err_text);
-    expect_dice_printed(keep_path(sim, "c_presegmentation.nii.gz"), "Dice pre-segmentation: ");
-    expect_dice_printed(keep_path(sim, "c_segmentation.nii.gz"), "Dice refined:          ");
+    expect_dice_printed(fx_path(sim, "c_presegmentation.nii.gz"), "Dice pre-segmentation: ");
+    expect_dice_printed(fx_path(sim, "c_segmentation.nii.gz"), "Dice refined:          ");
 
     /* the corrections volume: the truth on the chosen slices, -1 elsewhere; the chosen slices from the list */
-    i3_volume corrections = read_volume(keep_path(sim, "c_corrections.nii.gz")), t = read_volume(truth);
-    FILE *list = fopen(keep_path(sim, "c_slices.tsv"), "r");
+    i3_volume corrections = read_volume(fx_path(sim, "c_corrections.nii.gz")), t = read_volume(truth);
+    FILE *list = fopen(fx_path(sim, "c_slices.tsv"), "r");
     cr_assert(list);
     char line[256], axis[16], names[16][64];
     const char *files[16];
@@ -384,7 +375,7 @@ Test(cli, i3deep_simulate_with_refinement_and_refine_agree) {
                          argv[10], argv[11], argv[12], argv[13], argv[14], argv[15], argv[16], argv[17], argv[18],
                          argv[19], NULL), 0, "%s", err_text);
     cr_assert(strstr(out_text, "expert's waiting time:"), "%s", out_text);
-    i3_volume a = read_volume(keep_path(sim, "c_segmentation.nii.gz")), b = read_volume(refined);
+    i3_volume a = read_volume(fx_path(sim, "c_segmentation.nii.gz")), b = read_volume(refined);
     cr_assert_eq(i3_volume_geometry_check(ctx, &t.geometry, "truth", &b.geometry, "refined"), I3RT_OK);
     for (int64_t i = 0; i < t.d * t.h * t.w; i++) cr_assert_eq(a.data[i], b.data[i], "voxel %lld", (long long)i);
 
@@ -445,12 +436,12 @@ Test(cli, i3deep_evaluate) {
         cr_assert(strstr(out_text, rows[i]), "stdout lacks \"%s\":\n%s", rows[i], out_text);
         cr_assert(strstr(text, rows[i]), "%s lacks \"%s\":\n%s", table, rows[i], text);
     }
-    slurp(keep_path(dir, "evaluation.tsv"), text, sizeof text);
+    slurp(fx_path(dir, "evaluation.tsv"), text, sizeof text);
     int lines = 0;
     for (const char *p = text; *p; p++) lines += *p == '\n';
     cr_assert_eq(lines, 5, "evaluation.tsv: header + 2 cases x 2 methods:\n%s", text);
-    file_size(keep_path(dir, "first_corrections.nii.gz"));
-    file_size(keep_path(dir, "second_segmentation.nii.gz"));
+    file_size(fx_path(dir, "first_corrections.nii.gz"));
+    file_size(fx_path(dir, "second_segmentation.nii.gz"));
 
     /* a list line without three fields: the list and the line are named, nothing written */
     f = fopen(list, "w");

@@ -47,13 +47,7 @@ static void teardown(void) {
 
 TestSuite(i3deep, .init = setup, .fini = teardown);
 
-static const char *temp(const char *name) {
-    static char p[4][512];
-    static int which;
-    which = (which + 1) % 4;
-    snprintf(p[which], sizeof p[which], "%s/%s", tmpdir, name);
-    return p[which];
-}
+static const char *temp(const char *name) { return fx_path(tmpdir, name); }
 
 /* Expects call to fail with status, its message to contain `names`, and the case's corrections and
  * members unchanged. */

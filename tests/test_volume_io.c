@@ -39,19 +39,9 @@ static void teardown(void) {
 
 TestSuite(volume_io, .init = setup, .fini = teardown);
 
-static const char *fixture(const char *name) {
-    static char p[640];
-    snprintf(p, sizeof p, "%s/%s", fixtures, name);
-    return p;
-}
+static const char *fixture(const char *name) { return fx_path(fixtures, name); }
 
-static const char *temp(const char *name) {
-    static char p[2][512];
-    static int which;
-    which ^= 1;
-    snprintf(p[which], sizeof p[which], "%s/%s", tmpdir, name);
-    return p[which];
-}
+static const char *temp(const char *name) { return fx_path(tmpdir, name); }
 
 static int files_in_tmpdir(void) {
     int n = 0;

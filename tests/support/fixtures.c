@@ -112,6 +112,14 @@ bool fx_shape5(const i3_weights *w, const char *name, int64_t out[5]) {
     return true;
 }
 
+const char *fx_path(const char *dir, const char *name) {
+    static char store[1024][640];
+    static int used;
+    cr_assert_lt(used, 1024, "too many paths in one test");
+    snprintf(store[used], sizeof store[used], "%s/%s", dir, name);
+    return store[used++];
+}
+
 void fx_temp_dir(char *buf, size_t n, const char *tag) {
     snprintf(buf, n, "/tmp/i3rt_%s_XXXXXX", tag);
     cr_assert(mkdtemp(buf), "cannot make a temporary directory %s", buf);

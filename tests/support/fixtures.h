@@ -49,6 +49,8 @@ char *fx_read_file(const char *path, size_t *len);
 /* A fresh directory /tmp/i3rt_<tag>_XXXXXX (path into buf), and its removal with the plain files
  * a test left in it. */
 void fx_temp_dir(char *buf, size_t n, const char *tag);
+/* "dir/name" in storage that stays valid for the whole test (each test is its own process). */
+const char *fx_path(const char *dir, const char *name);
 void fx_remove_dir(const char *dir);
 
 #endif
