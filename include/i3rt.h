@@ -191,6 +191,76 @@ i3rt_status i3rt_case_save_segmentation(i3rt_case *c, const char *path, int refi
 double i3rt_case_stage_seconds(const i3rt_case *c, i3rt_stage stage);
 double i3rt_case_waiting_seconds(const i3rt_case *c);
 
+/* ---- nnInteractive: promptable 3D segmentation (runtime/nninteractive*.c, docs/nninteractive.md) ----
+ * The session of nnInteractive's nnInteractiveInferenceSession, prompt for prompt: an image, a target
+ * buffer that receives the object's mask, prompts (point, 2D box, scribble, lasso, initial
+ * segmentation), each positive or negative, and a prediction after each prompt (AutoZoom on by default).
+ * Arrays are [n0, n1, n2] in the caller's axis order, last axis fastest; nnInteractive works in voxel
+ * space, so no axis is reoriented and the spacing is only recorded. Coordinates are voxel indices in
+ * that order; boxes are half-open [lo, hi). A call that fails leaves the session as it was. */
+typedef struct i3rt_ni_session i3rt_ni_session;
+
+typedef struct {
+    int64_t lo[3], hi[3]; /* half-open; an empty box has lo == hi == 0 */
+} i3rt_box;
+
+/* What one prompt (or predict) did: whether the network ran, and the box of the target buffer it
+ * changed (only that region is ever written). */
+typedef struct {
+    int ran_prediction;
+    i3rt_box changed;
+} i3rt_ni_result;
+
+/* Stages of the last prediction, in wall-clock seconds, and counters. */
+typedef struct {
+    double encode;        /* writing the prompt into the interaction channels */
+    double network_input; /* cropping / resampling image and interactions into patches */
+    double network;       /* forward passes */
+    double paste;         /* results into the previous-segmentation channel and target buffer */
+    double total;         /* prompt in -> mask out */
+    int n_forwards;       /* forward passes (AutoZoom steps + refinement tiles) */
+    double zoom;          /* the last AutoZoom factor (1 = no zoom) */
+} i3rt_ni_timing;
+
+/* A model folder in nnInteractive's layout converted by tools/convert_pt/convert_nninteractive.py:
+ * inference_info.json, plans.json, dataset.json, fold_K.safetensors (fold -1: the only fold). */
+i3rt_status i3rt_ni_session_create(i3rt_context *ctx, const char *model_dir, int fold, i3rt_ni_session **out);
+void i3rt_ni_session_free(i3rt_ni_session *s);
+/* inference_info.json's text (what the server's /capabilities reports); owned by the session. */
+const char *i3rt_ni_capabilities_json(const i3rt_ni_session *s);
+
+/* The image (copied; normalized as the session does). Resets the interactions and the undo record.
+ * spacing may be NULL. */
+i3rt_status i3rt_ni_set_image(i3rt_ni_session *s, const float *image, const int64_t shape[3],
+                              const double spacing[3]);
+/* The caller's mask buffer (the image's shape, 0/1), written in place by every prediction; it must
+ * outlive its use by the session. */
+i3rt_status i3rt_ni_set_target_buffer(i3rt_ni_session *s, uint8_t *target, const int64_t shape[3]);
+i3rt_status i3rt_ni_set_do_autozoom(i3rt_ni_session *s, int do_autozoom);
+i3rt_status i3rt_ni_reset_interactions(i3rt_ni_session *s);
+/* Reverts the last prompt (one level, as nnInteractive); *undone = 0 when there was nothing to undo.
+ * changed (may be NULL): the box of the target buffer that the undo restored. */
+i3rt_status i3rt_ni_undo(i3rt_ni_session *s, int *undone, i3rt_box *changed);
+
+/* Prompts. positive: include (1) or exclude (0); run_prediction: predict right away. result may be
+ * NULL. A point is a voxel; a box must be 2D (one axis of size 1); a scribble or lasso is a 0/1 mask of
+ * the image's shape (region NULL) or of region's shape, placed at region (a lasso is the filled
+ * contour, as the client rasterizes it). */
+i3rt_status i3rt_ni_add_point(i3rt_ni_session *s, const int64_t coords[3], int positive, int run_prediction,
+                              i3rt_ni_result *result);
+i3rt_status i3rt_ni_add_box(i3rt_ni_session *s, const i3rt_box *box, int positive, int run_prediction,
+                            i3rt_ni_result *result);
+i3rt_status i3rt_ni_add_scribble(i3rt_ni_session *s, const uint8_t *mask, const i3rt_box *region, int positive,
+                                 int run_prediction, i3rt_ni_result *result);
+i3rt_status i3rt_ni_add_lasso(i3rt_ni_session *s, const uint8_t *mask, const i3rt_box *region, int positive,
+                              int run_prediction, i3rt_ni_result *result);
+/* Replaces everything with an initial mask of the image's shape (resets the interactions). */
+i3rt_status i3rt_ni_add_initial_seg(i3rt_ni_session *s, const uint8_t *mask, int run_prediction,
+                                    i3rt_ni_result *result);
+/* Predicts from the prompts so far (force_full_refine: refine the whole zoomed region). */
+i3rt_status i3rt_ni_predict(i3rt_ni_session *s, int force_full_refine, i3rt_ni_result *result);
+i3rt_status i3rt_ni_get_timing(const i3rt_ni_session *s, i3rt_ni_timing *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,11 +8,12 @@ set -euo pipefail
 
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
-  libnifti2-dev libcriterion-dev libcjson-dev libopenblas-openmp-dev zlib1g-dev libpng-dev
+  libnifti2-dev libcriterion-dev libcjson-dev libopenblas-openmp-dev zlib1g-dev libpng-dev libmicrohttpd-dev
   mricron-data invesalius-examples
 )
 PY_PACKAGES=(
   torch numpy nnunetv2 dynamic-network-architectures safetensors nibabel
+  blosc2 nninteractive nninteractive-client
 )
 
 venv="${I3RT_VENV:-$HOME/.cache/i3rt/venv}"
@@ -32,7 +33,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating Python virtual environment $venv"
   python3 -m venv "$venv"
 fi
-if ! "$venv/bin/python" -c "import torch, nnunetv2, dynamic_network_architectures, safetensors, nibabel" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import torch, nnunetv2, dynamic_network_architectures, safetensors, nibabel, blosc2, nnInteractive" 2>/dev/null; then
   echo "setup: installing Python reference packages into $venv (torch is large; first time only)"
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q "${PY_PACKAGES[@]}"
