@@ -120,6 +120,16 @@ void i3_cpu_add(const float *a, const float *b, int64_t n, i3_act act, float *y,
 void i3_cpu_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y);
 
 void i3_cpu_resize(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, int n_threads);
+/* Its pieces, for resamplers that read their rows elsewhere (nnInteractive's zoom, runtime/ni_zoom.c):
+ * the per-axis source indices and weights of out samples from in, and one output row from the four
+ * source rows (z0 y0, z0 y1, z1 y0, z1 y1) with weights wzy = {wz0, wz1, wy0, wy1}. */
+typedef struct {
+    int64_t i0, i1;
+    float l0, l1;
+} i3_lerp_tap;
+void i3_resize_axis_taps(int64_t in, int64_t out, int align_corners, i3_lerp_tap *taps);
+void i3_resize_row(const float *r00, const float *r01, const float *r10, const float *r11, const float wzy[4],
+                   const i3_lerp_tap *tx, int64_t n, float *out);
 
 /* Channel reductions over logits [n, c, s]: softmax probabilities (y same shape), normalized entropy
  * H = -sum p log p / log C (0 for C == 1) [n, s], max softmax probability [n, s], argmax [n, s]
