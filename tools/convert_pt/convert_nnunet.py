@@ -16,6 +16,7 @@ checked to be the same tensor) and without the deep-supervision heads `decoder.s
 names and shapes are then checked against the network instantiated from the plans.
 """
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -58,8 +59,10 @@ def drop_deep_supervision(tensors, log=print):
     return kept
 
 
-def describe_network(plans_manager, configuration, dataset_json):
-    """The "network" metadata object and the arguments to instantiate the network for the check."""
+def describe_network(plans_manager, configuration, dataset_json, extra_input_channels=0, num_classes=None):
+    """The "network" metadata object and the arguments to instantiate the network for the check.
+    extra_input_channels: inputs besides the image channels (nnInteractive's interaction channels);
+    num_classes: a fixed number of outputs (nnInteractive: always 2) instead of the dataset's labels."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
     cm = plans_manager.get_configuration(configuration)
@@ -69,25 +72,31 @@ def describe_network(plans_manager, configuration, dataset_json):
     dims = {"Conv2d": 2, "Conv3d": 3}.get(conv_op.split(".")[-1])
     if dims is None:
         raise ConversionError(f"plans configuration {configuration}: conv_op {conv_op!r} is neither Conv2d nor Conv3d")
-    label_manager = plans_manager.get_label_manager(dataset_json)
-    if label_manager.has_regions:
-        raise ConversionError("dataset.json defines regions (region-based training): i3rt supports plain labels "
-                              "only (softmax over label channels)")
-    input_channels = determine_num_input_channels(plans_manager, cm, dataset_json)
-    num_classes = label_manager.num_segmentation_heads
+    if num_classes is None:
+        label_manager = plans_manager.get_label_manager(dataset_json)
+        if label_manager.has_regions:
+            raise ConversionError("dataset.json defines regions (region-based training): i3rt supports plain "
+                                  "labels only (softmax over label channels)")
+        num_classes = label_manager.num_segmentation_heads
+    input_channels = determine_num_input_channels(plans_manager, cm, dataset_json) + extra_input_channels
     network = network_json(class_name, dims, input_channels, num_classes, arch_kwargs=arch["arch_kwargs"])
     return network, (arch, input_channels, num_classes)
 
 
 def check_against_network(tensors, arch, input_channels, num_classes):
-    """The kept names and shapes must be exactly the network's own parameters and buffers, each under the
-    name its module registered first (what named_parameters() yields), minus the deep-supervision heads."""
+    """check_against_module with the network instantiated from the plans."""
     import torch
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     with torch.device("meta"):  # shapes only, no memory, no initialisation cost
         net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
                                      input_channels, num_classes, allow_init=False, deep_supervision=False)
+    check_against_module(tensors, net)
+
+
+def check_against_module(tensors, net):
+    """The kept names and shapes must be exactly the network's own parameters and buffers, each under the
+    name its module registered first (what named_parameters() yields), minus the deep-supervision heads."""
     expected = {k: tuple(v.shape) for k, v in list(net.named_parameters()) + list(net.named_buffers())}
     expected = drop_deep_supervision(expected, log=lambda *_: None)
     got = {k: tuple(v.shape) for k, v in tensors.items()}
@@ -110,22 +119,61 @@ def find_folds(model_dir, checkpoint_name):
     return folds
 
 
-def convert_fold(model_dir, fold, args, plans_manager, texts, dataset_json):
-    ckpt_path = os.path.join(model_dir, f"fold_{fold}", args.checkpoint_name)
+def for_each_fold(model_dir, folds, checkpoint_name, convert):
+    """convert(fold) for each fold; every error message names the checkpoint it is about."""
+    for fold in folds:
+        try:
+            convert(fold)
+        except ConversionError as e:
+            where = os.path.join(model_dir, f"fold_{fold}", checkpoint_name)
+            raise (e if str(e).startswith(where) else ConversionError(f"{where}: {e}")) from e
+
+
+def read_checkpoint(ckpt_path):
+    """An nnU-Net v2 checkpoint as nnunetv2 reads it: (checkpoint dict, its configuration name, the state dict
+    without its aliases)."""
     print(f"{ckpt_path}:")
     ckpt = load_torch_checkpoint(ckpt_path)
     for key in ("network_weights", "init_args", "trainer_name"):
         if not isinstance(ckpt, dict) or key not in ckpt:
             raise ConversionError(f"{ckpt_path}: not an nnU-Net v2 checkpoint (no {key!r})")
-    configuration = ckpt["init_args"].get("configuration")
-    try:
-        network, build_args = describe_network(plans_manager, configuration, dataset_json)
-    except (KeyError, RuntimeError, ValueError) as e:  # plans/dataset.json lack what the checkpoint needs
-        raise ConversionError(f"{ckpt_path}: configuration {configuration!r}: plans.json or dataset.json: "
-                              f"{type(e).__name__}: {e}") from e
     # nnunetv2's load_checkpoint strips a DistributedDataParallel 'module.' prefix the same way.
     state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt["network_weights"].items()}
-    tensors = drop_deep_supervision(drop_aliases(state, nnunet_alias_candidates))
+    return ckpt, ckpt["init_args"].get("configuration"), drop_aliases(state, nnunet_alias_candidates)
+
+
+@contextlib.contextmanager
+def plans_errors(ckpt_path, configuration):
+    """Turns what nnunetv2 raises on plans/dataset.json lacking what the checkpoint needs into a message."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ConversionError(f"{ckpt_path}: configuration {configuration!r}: plans.json or dataset.json: "
+                              f"{type(e).__name__}: {e}") from e
+
+
+def read_model_texts(model_dir):
+    """{"plans": text, "dataset": text} of the model folder's plans.json and dataset.json (checked JSON)."""
+    if not os.path.isdir(model_dir):
+        raise ConversionError(f"{model_dir}: model folder not found")
+    texts = {}
+    for key, name in (("plans", "plans.json"), ("dataset", "dataset.json")):
+        path = require_file(os.path.join(model_dir, name), name)
+        with open(path, encoding="utf-8") as f:
+            texts[key] = f.read()
+        try:
+            json.loads(texts[key])
+        except json.JSONDecodeError as e:
+            raise ConversionError(f"{path}: not valid JSON: {e}") from e
+    return texts
+
+
+def convert_fold(model_dir, fold, args, plans_manager, texts, dataset_json):
+    ckpt_path = os.path.join(model_dir, f"fold_{fold}", args.checkpoint_name)
+    ckpt, configuration, tensors = read_checkpoint(ckpt_path)
+    with plans_errors(ckpt_path, configuration):
+        network, build_args = describe_network(plans_manager, configuration, dataset_json)
+    tensors = drop_deep_supervision(tensors)
     check_against_network(tensors, *build_args)
     mirror_axes = ckpt.get("inference_allowed_mirroring_axes")
     metadata = {
@@ -153,29 +201,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     model_dir = args.model_folder
-    if not os.path.isdir(model_dir):
-        raise ConversionError(f"{model_dir}: model folder not found")
-    texts = {}
-    for key, name in (("plans", "plans.json"), ("dataset", "dataset.json")):
-        path = require_file(os.path.join(model_dir, name), name)
-        with open(path, encoding="utf-8") as f:
-            texts[key] = f.read()
-        try:
-            json.loads(texts[key])
-        except json.JSONDecodeError as e:
-            raise ConversionError(f"{path}: not valid JSON: {e}") from e
+    texts = read_model_texts(model_dir)
 
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(json.loads(texts["plans"]))
     dataset_json = json.loads(texts["dataset"])
     folds = args.folds or find_folds(model_dir, args.checkpoint_name)
-    for fold in folds:
-        try:
-            convert_fold(model_dir, fold, args, plans_manager, texts, dataset_json)
-        except ConversionError as e:  # every message names the checkpoint it is about
-            where = os.path.join(model_dir, f"fold_{fold}", args.checkpoint_name)
-            raise (e if str(e).startswith(where) else ConversionError(f"{where}: {e}")) from e
+    for_each_fold(model_dir, folds, args.checkpoint_name,
+                  lambda fold: convert_fold(model_dir, fold, args, plans_manager, texts, dataset_json))
 
 
 if __name__ == "__main__":
