@@ -35,6 +35,11 @@ static inline uint16_t f2h(float f) {
 /* a float rounded to fp16, as torch's Half arithmetic stores each result */
 static inline float round_f16(float f) { return h2f(f2h(f)); }
 
+/* Threads for a loop of `work` voxel operations: one below NI_PARALLEL_MIN, where waking the others costs
+ * more than it saves (and much more when the cores are busy: OpenMP's waiting threads spin). */
+#define NI_PARALLEL_MIN (1 << 18)
+static inline int ni_threads(int64_t work, int n_threads) { return work >= NI_PARALLEL_MIN ? n_threads : 1; }
+
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
@@ -94,7 +99,7 @@ static void crop_nonzero_box(const ni_volume *v, int c, const i3rt_box *box, int
     int64_t l0 = INT64_MAX, l1 = INT64_MAX, l2 = INT64_MAX, h0 = INT64_MIN, h1 = INT64_MIN, h2 = INT64_MIN;
     const uint16_t *ch = v->interactions + (int64_t)c * s[0] * s[1] * s[2];
     if (vlo[0] < vhi[0] && vlo[1] < vhi[1] && vlo[2] < vhi[2]) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ni_threads((vhi[0] - vlo[0]) * (vhi[1] - vlo[1]) * (vhi[2] - vlo[2]), n_threads)) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2)
         for (int64_t z = vlo[0]; z < vhi[0]; z++) {
             for (int64_t y = vlo[1]; y < vhi[1]; y++) {
                 const uint16_t *row = ch + (z * s[1] + y) * s[2];
@@ -130,7 +135,7 @@ static void crop_nonzero_box(const ni_volume *v, int c, const i3rt_box *box, int
 static void crop_input(const ni_volume *v, const i3rt_box *box, const int64_t patch[3], float *input,
                        uint16_t *prev_pred, int n_threads) {
     const int64_t np = patch[0] * patch[1] * patch[2], rows = patch[0] * patch[1];
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(np * (1 + v->n_channels), n_threads))
     for (int64_t r = 0; r < rows; r++) {
         const int64_t z = box->lo[0] + r / patch[1], y = box->lo[1] + r % patch[1];
         read_row(v, -1, z, y, box->lo[2], patch[2], input + r * patch[2]);
@@ -170,7 +175,7 @@ static i3rt_status zoom_image(i3_ctx *ctx, const ni_volume *v, const i3rt_box *b
     i3_resize_axis_taps(scaled[0], patch[0], 0, tz);
     i3_resize_axis_taps(scaled[1], patch[1], 0, ty);
     i3_resize_axis_taps(scaled[2], patch[2], 0, tx);
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(ni_threads(8 * patch[0] * patch[1] * patch[2], n_threads))
     {
         float *r = rows + (size_t)omp_get_thread_num() * 4 * (size_t)scaled[2];
 #pragma omp for schedule(static)
@@ -249,7 +254,7 @@ static i3rt_status zoom_channel(i3_ctx *ctx, const ni_volume *v, int c, const i3
         xwin[2 * (o - olo[2])] = max64(area_start(o, S[2], P[2]), rlo[2]) - rlo[2];
         xwin[2 * (o - olo[2]) + 1] = min64(area_end(o, S[2], P[2]), rhi[2]) - rlo[2];
     }
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(ni_threads((rhi[0] - rlo[0]) * plane * (2 * r + 1), n_threads))
     {
         float *src = buf + (size_t)omp_get_thread_num() * per_thread; /* the plane being summed */
         float *tmp = src + plane, *acc = tmp + plane, *pooled = acc + nacc;
@@ -313,7 +318,7 @@ static i3rt_status zoom_channel(i3_ctx *ctx, const ni_volume *v, int c, const i3
 /* prev_pred: F.interpolate(prev_seg crop, P, mode="nearest") */
 static void zoom_prev_seg(const ni_volume *v, const i3rt_box *box, const int64_t S[3], const int64_t P[3],
                           uint16_t *prev_pred, int n_threads) {
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(P[0] * P[1] * S[2], n_threads))
     for (int64_t q = 0; q < P[0] * P[1]; q++) {
         float row[S[2]];
         read_row(v, v->prev_seg_channel, box->lo[0] + nearest_index(q / P[1], S[0], P[0]),
@@ -329,7 +334,7 @@ static void normalize_channels(const ni_volume *v, float *channels, int64_t n, i
     for (int c = 0; c < v->n_channels; c++) {
         if (c == v->prev_seg_channel || !channel_may_be_nonzero(v, c)) continue;
         float *x = channels + (int64_t)c * n;
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(n, n_threads))
         for (int64_t i = 0; i < n; i++) x[i] = round_f16(x[i] / intensity);
     }
 }
@@ -394,7 +399,7 @@ void ni_upsample_coarse(const uint8_t *pred, const int64_t in[3], const int64_t 
     i3_resize_axis_taps(in[0], out[0], 0, tz);
     i3_resize_axis_taps(in[1], out[1], 0, ty);
     i3_resize_axis_taps(in[2], out[2], 0, tx);
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(out[0] * out[1] * out[2], n_threads))
     for (int64_t q = 0; q < out[0] * out[1]; q++) {
         float rows[4][in[2]], row[out[2]];
         const i3_lerp_tap z = tz[q / out[1]], y = ty[q % out[1]];
@@ -418,7 +423,7 @@ i3rt_status ni_pool3d_u8(i3_ctx *ctx, uint8_t *x, const int64_t shape[3], int k,
     uint8_t *tmp = i3_malloc(ctx, (size_t)n_threads * (size_t)plane, "pool planes");
     if (!copy || !tmp) return free(copy), free(tmp), I3RT_ERR_OUT_OF_MEMORY;
     /* max/min are separable and exact in any order: rows and columns per plane, then across planes */
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(ni_threads(n * k, n_threads))
     {
         uint8_t *t = tmp + (size_t)omp_get_thread_num() * (size_t)plane;
 #pragma omp for schedule(static)
@@ -460,10 +465,8 @@ static void covered_bounds(const int64_t c[3], const int64_t shape[3], const int
     for (int a = 0; a < 3; a++) lo[a] = max64(0, c[a] - half[a] + margin[a]), hi[a] = min64(shape[a], c[a] + end[a] - margin[a]);
 }
 
-static int64_t count_in_box(const uint8_t *m, const int64_t shape[3], const int64_t lo[3], const int64_t hi[3],
-                            int n_threads) {
+static int64_t count_in_box(const uint8_t *m, const int64_t shape[3], const int64_t lo[3], const int64_t hi[3]) {
     int64_t sum = 0;
-#pragma omp parallel for schedule(static) num_threads(n_threads) reduction(+ : sum)
     for (int64_t z = lo[0]; z < hi[0]; z++)
         for (int64_t y = lo[1]; y < hi[1]; y++) {
             const uint8_t *row = m + (z * shape[1] + y) * shape[2];
@@ -481,7 +484,7 @@ static void clear_box(uint8_t *m, const int64_t shape[3], const int64_t lo[3], c
 /* _nonzero_bbox_inclusive; returns the number of nonzero voxels (0: lo/hi untouched). */
 static int64_t nonzero_bbox(const uint8_t *m, const int64_t shape[3], int64_t lo[3], int64_t hi[3], int n_threads) {
     int64_t l0 = INT64_MAX, l1 = INT64_MAX, l2 = INT64_MAX, h0 = -1, h1 = -1, h2 = -1, count = 0;
-#pragma omp parallel for schedule(static) num_threads(n_threads) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2) reduction(+ : count)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(shape[0] * shape[1] * shape[2], n_threads)) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2) reduction(+ : count)
     for (int64_t z = 0; z < shape[0]; z++)
         for (int64_t y = 0; y < shape[1]; y++) {
             const uint8_t *row = m + (z * shape[1] + y) * shape[2];
@@ -497,7 +500,8 @@ static int64_t nonzero_bbox(const uint8_t *m, const int64_t shape[3], int64_t lo
     return count;
 }
 
-/* random_sampling_fallback(mask, ..., n_samples); mask is cleared as it is covered. */
+/* random_sampling_fallback(mask, ..., n_samples <= NI_MAX_SAMPLES); mask is cleared as it is covered. */
+#define NI_MAX_SAMPLES 25
 static i3rt_status sample_boxes(i3_ctx *ctx, uint8_t *mask, const int64_t shape[3], const int64_t half[3],
                                 const int64_t end[3], const int64_t margin[3], int n_samples, np_random *rng,
                                 box_list *out, int n_threads) {
@@ -507,36 +511,37 @@ static i3rt_status sample_boxes(i3_ctx *ctx, uint8_t *mask, const int64_t shape[
     i3rt_status st = I3RT_OK;
     for (;;) {
         int64_t total = 0;
-#pragma omp parallel for schedule(static) num_threads(n_threads) reduction(+ : total)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(shape[0] * plane, n_threads)) reduction(+ : total)
         for (int64_t z = 0; z < shape[0]; z++) {
             int64_t n = 0;
             for (int64_t i = 0; i < plane; i++) n += mask[z * plane + i] != 0;
             per_plane[z] = n, total += n;
         }
         if (total == 0) break;
-        int64_t best = 0, best_c[3] = {0}, best_lo[3] = {0}, best_hi[3] = {0};
+        /* the draws first (they do not depend on the counts), then all candidates' counts at once */
+        int64_t c[NI_MAX_SAMPLES][3], lo[NI_MAX_SAMPLES][3], hi[NI_MAX_SAMPLES][3], n[NI_MAX_SAMPLES], work = 0;
         for (int s = 0; s < n_samples; s++) {
             int64_t idx = np_random_choice(rng, total), z = 0, i = 0; /* idx-th of torch.nonzero(mask) */
             while (idx >= per_plane[z]) idx -= per_plane[z++];
             for (;; i++)
                 if (mask[z * plane + i] && idx-- == 0) break;
-            const int64_t c[3] = {z, i / shape[2], i % shape[2]};
-            int64_t lo[3], hi[3];
-            covered_bounds(c, shape, half, end, margin, lo, hi);
-            const int64_t n = count_in_box(mask, shape, lo, hi, n_threads);
-            if (n > best) {
-                best = n;
-                memcpy(best_c, c, sizeof c), memcpy(best_lo, lo, sizeof lo), memcpy(best_hi, hi, sizeof hi);
-            }
+            c[s][0] = z, c[s][1] = i / shape[2], c[s][2] = i % shape[2];
+            covered_bounds(c[s], shape, half, end, margin, lo[s], hi[s]);
+            work += max64(hi[s][0] - lo[s][0], 0) * max64(hi[s][1] - lo[s][1], 0) * max64(hi[s][2] - lo[s][2], 0);
         }
-        if (best == 0) { /* the margin leaves the centre uncovered; Python fails here too */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ni_threads(work, n_threads))
+        for (int s = 0; s < n_samples; s++) n[s] = count_in_box(mask, shape, lo[s], hi[s]);
+        int best = -1;
+        for (int s = 0; s < n_samples; s++)
+            if (n[s] > (best < 0 ? 0 : n[best])) best = s;
+        if (best < 0) { /* the margin leaves the centre uncovered; Python fails here too */
             st = i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT,
                          "nnInteractive refinement: box margin (%lld) leaves the box centre uncovered",
                          (long long)margin[0]);
             break;
         }
-        if ((st = push_box(ctx, out, best_c, half, end)) != I3RT_OK) break;
-        clear_box(mask, shape, best_lo, best_hi);
+        if ((st = push_box(ctx, out, c[best], half, end)) != I3RT_OK) break;
+        clear_box(mask, shape, lo[best], hi[best]);
     }
     free(per_plane);
     return st;
@@ -555,7 +560,7 @@ typedef struct {
 static void grid_count_planes(grid_counts *g, const uint8_t *m, const int64_t shape[3], int64_t x0, int64_t x1,
                               int n_threads) {
     const int64_t per_thread = shape[2] + 1 + (shape[1] + 1) * g->nz;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(n_threads)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(ni_threads((x1 - x0) * shape[1] * shape[2], n_threads))
     for (int64_t x = x0; x < x1; x++) {
         int64_t *pre = g->scratch + (size_t)omp_get_thread_num() * per_thread, *rows = pre + shape[2] + 1;
         memset(rows, 0, (size_t)g->nz * sizeof *rows);
@@ -694,7 +699,7 @@ i3rt_status ni_plan_refinement(i3_ctx *ctx, const uint8_t *pred_up, const i3rt_b
     const int64_t nvox = shape[0] * shape[1] * shape[2];
     if (force_full_refine) { /* _compute_prev_seg_positive_bbox: prev_seg > 0.5 */
         int64_t l0 = INT64_MAX, l1 = INT64_MAX, l2 = INT64_MAX, h0 = -1, h1 = -1, h2 = -1;
-#pragma omp parallel for schedule(static) num_threads(n_threads) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(nvox, n_threads)) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2)
         for (int64_t i = 0; i < nvox; i++) {
             if (!(h2f(prev_seg[i]) > 0.5f)) continue;
             const int64_t z = i / (shape[1] * shape[2]), y = (i / shape[2]) % shape[1], x = i % shape[2];
@@ -721,7 +726,7 @@ i3rt_status ni_plan_refinement(i3_ctx *ctx, const uint8_t *pred_up, const i3rt_b
             free(diff);
             return I3RT_ERR_OUT_OF_MEMORY;
         }
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(nseen, n_threads))
         for (int64_t r = 0; r < seen[0] * seen[1]; r++) {
             const int64_t z = seen_lo[0] + r / seen[1], y = seen_lo[1] + r % seen[1];
             const uint8_t *p = pred_up + ((z - scaled_box->lo[0]) * pred_shape[1] + (y - scaled_box->lo[1])) * pred_shape[2] -
@@ -738,7 +743,7 @@ i3rt_status ni_plan_refinement(i3_ctx *ctx, const uint8_t *pred_up, const i3rt_b
                        diff + r * seen[2], (size_t)seen[2]);
         }
         if (st == I3RT_OK && force_full_refine) {
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+#pragma omp parallel for schedule(static) num_threads(ni_threads(nplan, n_threads))
             for (int64_t r = 0; r < plan[0] * plan[1]; r++) {
                 const uint16_t *q = prev_seg + ((plan_lo[0] + r / plan[1]) * shape[1] + plan_lo[1] + r % plan[1]) * shape[2] + plan_lo[2];
                 for (int64_t x = 0; x < plan[2]; x++)

@@ -103,7 +103,10 @@ def gen_input(w, rng):
         ((9, 11, 10), 1.37, (18, 16, 14), 1 / 0.98 ** 7, ()),
         ((9, 11, 10), 2.9, (0, 0, 0), 1.0, (1, 2)),
         ((9, 11, 10), 1.04, (18, 16, 14), 1 / 0.98, ()),  # round(patch * zoom) == patch: not zoomed
+        ((40, 36, 44), 1.0, (40, 30, 50), 1 / 0.98 ** 2, ()),  # large enough for threads
+        ((40, 36, 44), 2.9, (60, 30, 50), 1 / 0.98 ** 2, ()),
     ]):
+        shape = (37, 33, 29) if patch[0] < 40 else (90, 80, 100)
         image, inter = random_volume(rng, shape, intensity)
         for c in empty:
             inter[c] = 0
@@ -234,9 +237,9 @@ def gen_cover(w, rng):
 
 
 def gen_plan(w, rng):
-    shape, patch = (100, 90, 110), (64, 72, 70)
-    for i, (zoom, center, force, seed) in enumerate([(1.5, (45, 40, 50), False, 7), (1.5, (10, 70, 95), False, 8),
-                                                     (2.25, (45, 40, 50), True, 9), (1.5, (40, 40, 40), False, 10)]):
+    shape, patch = (120, 110, 130), (96, 100, 90)
+    for i, (zoom, center, force, seed) in enumerate([(1.5, (60, 55, 65), False, 7), (1.5, (10, 100, 125), False, 8),
+                                                     (2.25, (60, 55, 65), True, 9), (1.5, (50, 50, 50), False, 10)]):
         inter = np.zeros((7, *shape), np.float16)
         inter[0] = blob(rng, shape, 3)
         scaled = [round(p * zoom) for p in patch]

@@ -168,7 +168,7 @@ Test(ni_zoom, network_input_matches_build_network_input) {
         free(image), free(inter), free(ref), free(ref_prev), free(got), free(prev);
         n_cases++;
     }
-    cr_assert_eq(n_cases, 9);
+    cr_assert_eq(n_cases, 11);
     i3rt_context_free(ctx);
     cJSON_Delete(m);
 }
