@@ -663,7 +663,7 @@ static bool on_claim(call *c) {
     cJSON_AddNumberToObject(json, "idle_timeout_seconds", c->srv->leases.idle_timeout);
     cJSON_AddNumberToObject(json, "liveness_timeout_seconds", c->srv->leases.liveness_timeout);
     cJSON_AddNumberToObject(json, "max_sessions", c->srv->leases.max_sessions);
-    leases_put(&c->srv->leases, lease);
+    leases_put(&c->srv->leases, lease, false);
     json_answer(c->out, 200, json);
     return true;
 }
@@ -726,7 +726,7 @@ static void dispatch(server *srv, struct MHD_Connection *conn, const char *metho
     } else {
         r->handle(&c);
     }
-    leases_put(&srv->leases, c.lease);
+    leases_put(&srv->leases, c.lease, r->lease == LEASE_ACTIVE);
 }
 
 /* ---- libmicrohttpd glue ------------------------------------------------------------------------------ */
@@ -997,7 +997,8 @@ int cli_serve(int argc, char **argv) {
         daemon = MHD_start_daemon(flags, (uint16_t)a->port, NULL, NULL, on_request, &srv, MHD_OPTION_SOCK_ADDR,
                                   addr->ai_addr, MHD_OPTION_NOTIFY_COMPLETED, on_completed, &srv,
                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_CONNECTION_LIMIT,
-                                  (unsigned)256, MHD_OPTION_END);
+                                  (unsigned)256, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(256 << 10),
+                                  MHD_OPTION_END);
     freeaddrinfo(addr);
     if (!daemon) {
         fprintf(stderr, "i3rt serve: cannot listen on %s:%lld (in use, or not an address of this machine?)\n", a->host,

@@ -126,9 +126,12 @@ double leases_remaining(serve_registry *r, serve_lease *lease) {
     return left > 0 ? left : 0;
 }
 
-void leases_put(serve_registry *r, serve_lease *lease) {
+void leases_put(serve_registry *r, serve_lease *lease, bool active) {
     if (!lease) return;
     pthread_mutex_lock(&r->mu);
+    /* the end of a request is a sign of life too, and the idle time counts from the end of an action */
+    lease->last_seen = serve_now();
+    if (active) lease->last_active = lease->last_seen;
     bool last = --lease->refs == 0 && lease->removed;
     pthread_mutex_unlock(&r->mu);
     if (last) lease_free(lease);
@@ -158,12 +161,14 @@ int leases_sweep(serve_registry *r) {
     pthread_mutex_lock(&r->mu);
     for (int i = r->n - 1; i >= 0; i--) {
         serve_lease *lease = r->leases[i];
+        if (lease->refs > 0) continue; /* a request of this client is running: it is neither dead nor idle */
         const char *reason = now - lease->last_seen > r->liveness_timeout ? "dead"
                              : now - lease->last_active > r->idle_timeout ? "idle"
                                                                           : NULL;
         if (!reason) continue;
         fprintf(stderr, "i3rt serve: reaped %s session %.8s...\n", reason, lease->token);
-        if (remove_at(r, i)) lease_free(lease); /* nobody holds it: no request is inside its session */
+        remove_at(r, i);
+        lease_free(lease); /* refs == 0: no request is inside its session */
         reaped++;
     }
     pthread_mutex_unlock(&r->mu);

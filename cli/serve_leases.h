@@ -4,9 +4,10 @@
  * A client claims a lease (a random 128-bit token) and names it in the X-Lease-Token header of every
  * later request. Two clocks per lease: last_active (real user actions; the idle time-out) and last_seen
  * (any request, heartbeats included; the much shorter liveness time-out that frees the slots of crashed
- * clients). A reaper thread drops leases past either time-out. A request holds a reference to its lease
- * and its lock while it works, so releasing or reaping a lease never frees a session under a running
- * request: the last reference frees it. */
+ * clients). A reaper thread drops leases past either time-out, but never one whose request is running
+ * (a prediction may outlast the liveness time-out; nnInteractive's server would reap that client). A
+ * request holds a reference to its lease and its lock while it works, so releasing a lease never frees a
+ * session under a running request: the last reference frees it. */
 #ifndef I3RT_CLI_SERVE_LEASES_H
 #define I3RT_CLI_SERVE_LEASES_H
 
@@ -72,7 +73,8 @@ serve_claim_result leases_claim(serve_registry *r, serve_lease **out, char *erro
 /* The lease of token (NULL if unknown or gone), referenced; mark_seen refreshes its liveness clock. */
 serve_lease *leases_get(serve_registry *r, const char *token, bool mark_seen);
 void leases_mark_active(serve_registry *r, serve_lease *lease);
-void leases_put(serve_registry *r, serve_lease *lease);
+/* Hands back a reference; active: the request was a user action (postpones the idle time-out). */
+void leases_put(serve_registry *r, serve_lease *lease, bool active);
 /* Seconds until the idle time-out. */
 double leases_remaining(serve_registry *r, serve_lease *lease);
 /* Drops the lease of token; false if there was none (releasing is idempotent). */
