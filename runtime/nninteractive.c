@@ -2,6 +2,7 @@
  * encodings, the one-level undo and the prediction, each step as nnInteractive 2.6.0's
  * nnInteractiveInferenceSession does it (the method names in the comments are its). */
 #include "nninteractive.h"
+#include "ni_zoom.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -539,6 +540,7 @@ i3rt_status i3_ni_create(i3_ctx *ctx, const char *model_dir, int fold, i3_ni_ses
     s->ctx = ctx;
     s->do_autozoom = 1;
     s->intensity = 1.0;
+    np_random_seed(&s->rng, 0);
     snprintf(s->model_dir, sizeof s->model_dir, "%s", model_dir);
     char path[1200];
     int n_image_channels = 0;
@@ -593,10 +595,7 @@ void i3_ni_free(i3_ni_session *s) {
     free(s);
 }
 
-void i3_ni_seed_rng(i3_ni_session *s, uint32_t seed) {
-    s->rng_seed = seed;
-    s->rng_seeded = 1;
-}
+void i3_ni_seed_rng(i3_ni_session *s, uint32_t seed) { np_random_seed(&s->rng, seed); }
 
 /* ---- the image (_background_set_image) and target buffer ------------------------------------------ */
 
@@ -973,109 +972,146 @@ i3rt_status i3_ni_add_initial_seg(i3_ni_session *s, const uint8_t *mask, int run
 
 /* ---- prediction ------------------------------------------------------------------------------------ */
 
-/* The scaled patch and its box around the centre (_build_network_input). */
-static void scaled_patch_box(const i3_ni_session *s, const int64_t center[3], double zoom, int64_t scaled[3],
-                             int64_t lo[3], int64_t hi[3]) {
-    for (int a = 0; a < 3; a++) {
-        scaled[a] = (int64_t)nearbyint((double)s->patch[a] * zoom);
-        lo[a] = center[a] - scaled[a] / 2;
-        hi[a] = center[a] + scaled[a] / 2 + scaled[a] % 2;
-    }
+static ni_volume volume_view(const i3_ni_session *s) {
+    ni_volume v;
+    memset(&v, 0, sizeof v);
+    v.image = s->image;
+    v.interactions = s->interactions;
+    memcpy(v.shape, s->shape, sizeof v.shape);
+    v.n_channels = s->cap.n_channels;
+    v.prev_seg_channel = s->cap.prev_seg;
+    v.nonzero_channels = s->dirty;
+    for (int k = 0; k < I3_NI_N_KINDS; k++)
+        if ((k == I3_NI_POINTS || k == I3_NI_SCRIBBLE) && s->cap.supported[k])
+            v.dilation_channels |= 1u << s->cap.pos[k] | 1u << s->cap.neg[k];
+    v.intensity = s->intensity;
+    return v;
 }
 
-/* The network input at zoom 1: image and interaction channels over [lo, lo + patch), zero outside the
- * image; the decayed channels divided by the intensity in fp16 (_normalize_interaction_channels_for_network_).
- * prev_pred receives the prev_seg channel. */
-static void build_input_zoom1(i3_ni_session *s, const int64_t lo[3]) {
-    const int64_t *p = s->patch, *sh = s->shape;
-    const int64_t np = p[0] * p[1] * p[2];
-    const int C = s->cap.n_channels;
-    const float intensity = (float)s->intensity;
-    const int normalize = s->intensity != 1.0;
-    int64_t x0 = lo[2] < 0 ? -lo[2] : 0, x1 = sh[2] - lo[2] < p[2] ? sh[2] - lo[2] : p[2];
-    if (x1 < x0) x1 = x0;
-#pragma omp parallel for collapse(2) schedule(static) num_threads(s->ctx->n_threads)
-    for (int64_t z = 0; z < p[0]; z++)
-        for (int64_t y = 0; y < p[1]; y++) {
-            const int64_t gz = lo[0] + z, gy = lo[1] + y, row = (z * p[1] + y) * p[2];
-            const int inside = gz >= 0 && gz < sh[0] && gy >= 0 && gy < sh[1];
-            for (int c = 0; c <= C; c++) {
-                float *dst = s->net_input + (size_t)c * (size_t)np + row;
-                memset(dst, 0, (size_t)p[2] * sizeof *dst);
-            }
-            memset(s->prev_pred + row, 0, (size_t)p[2] * sizeof *s->prev_pred);
-            if (!inside) continue;
-            const int64_t src = (gz * sh[1] + gy) * sh[2] + lo[2];
-            memcpy(s->net_input + row + x0, s->image + src + x0, (size_t)(x1 - x0) * sizeof(float));
-            for (int c = 0; c < C; c++) {
-                const uint16_t *ch = channel_ptr(s, c) + src;
-                float *dst = s->net_input + (size_t)(c + 1) * (size_t)np + row;
-                if (c == s->cap.prev_seg) memcpy(s->prev_pred + row + x0, ch + x0, (size_t)(x1 - x0) * sizeof *ch);
-                for (int64_t x = x0; x < x1; x++) {
-                    if (!ch[x]) continue;
-                    const float v = i3_f16_to_f32(ch[x]);
-                    dst[x] = normalize && c != s->cap.prev_seg ? h2f(i3_f32_to_f16(v / intensity)) : v;
-                }
-            }
-        }
-}
-
-/* One forward pass on net_input; pred = argmax (the first class on ties, as torch.argmax). */
-static i3rt_status forward_argmax(i3_ni_session *s) {
-    const double t0 = now_seconds();
+/* One network input (timed), a forward pass, pred = argmax (the first class on ties, as torch.argmax). */
+static i3rt_status run_patch(i3_ni_session *s, const ni_volume *v, const int64_t center[3], double zoom,
+                             uint16_t *prev_pred, i3rt_box *box) {
+    double t = now_seconds();
+    I3_TRY(ni_build_network_input(s->ctx, v, s->patch, center, zoom, s->net_input, prev_pred, box, s->ctx->n_threads));
+    s->timing.network_input += now_seconds() - t;
+    t = now_seconds();
     I3_TRY(i3rt_model_forward(s->model, s->net_input, s->patch, s->logits));
     const int64_t np = s->patch[0] * s->patch[1] * s->patch[2];
     for (int64_t i = 0; i < np; i++) s->pred[i] = s->logits[np + i] > s->logits[i];
-    s->timing.network += now_seconds() - t0;
+    s->timing.network += now_seconds() - t;
     s->timing.n_forwards++;
     return I3RT_OK;
 }
 
-/* _detect_change_at_border: on any of the 6 faces, more than 1500 voxels changed, or more than 100 with
- * a relative change of the face's foreground above 0.2. */
-static bool change_at_border(const uint8_t *pred, const uint16_t *prev, const int64_t p[3]) {
-    for (int d = 0; d < 3; d++)
-        for (int side = 0; side < 2; side++) {
-            const int64_t idx = side ? p[d] - 1 : 0;
-            const int u = d == 0 ? 1 : 0, v = d == 2 ? 1 : 2;
-            float n_prev = 0, n_curr = 0, n_diff = 0;
-            for (int64_t i = 0; i < p[u]; i++)
-                for (int64_t j = 0; j < p[v]; j++) {
-                    int64_t q[3];
-                    q[d] = idx, q[u] = i, q[v] = j;
-                    const int64_t o = (q[0] * p[1] + q[1]) * p[2] + q[2];
-                    const float a = h2f(prev[o]), b = (float)pred[o];
-                    n_prev += a, n_curr += b, n_diff += a != b;
-                }
-            const double mx = n_prev > n_curr ? n_prev : n_curr, mn = n_prev < n_curr ? n_prev : n_curr;
-            const double rel = mx / (mn > 1e-5 ? mn : 1e-5) - 1;
-            if (n_diff > 1500 || (n_diff > 100 && rel > 0.2)) return true;
-        }
-    return false;
-}
-
-/* _paste_interactions + _paste_prediction_to_target_buffer of a patch-sized uint8 result at [lo, hi). */
-static i3rt_status paste_patch(i3_ni_session *s, const uint8_t *src, const int64_t src_shape[3], const int64_t lo[3],
-                               const int64_t hi[3], int record) {
+/* src [src_box's shape] (uint8 0/1 or fp16 bits) into the prev_seg channel (fp16) and the target buffer
+ * (0/1) over box clipped to the image (paste_tensor). */
+static void paste(i3_ni_session *s, const void *src, int src_is_f16, const i3rt_box *src_box, const i3rt_box *box) {
     int64_t clo[3], chi[3];
-    if (!clip_box(lo, hi, s->shape, clo, chi)) return I3RT_OK;
-    if (record) {
-        I3_TRY(record_interactions(s, s->cap.prev_seg, clo, chi));
-        I3_TRY(record_target(s, clo, chi));
-    }
+    if (!clip_box(box->lo, box->hi, s->shape, clo, chi)) return;
+    const int64_t n1 = src_box->hi[1] - src_box->lo[1], n2 = src_box->hi[2] - src_box->lo[2];
     uint16_t *ch = channel_ptr(s, s->cap.prev_seg);
     const uint16_t one = i3_f32_to_f16(1.0f);
 #pragma omp parallel for collapse(2) schedule(static) num_threads(s->ctx->n_threads)
     for (int64_t z = clo[0]; z < chi[0]; z++)
         for (int64_t y = clo[1]; y < chi[1]; y++) {
-            const uint8_t *in = src + ((z - lo[0]) * src_shape[1] + (y - lo[1])) * src_shape[2] - lo[2];
+            const int64_t in = ((z - src_box->lo[0]) * n1 + (y - src_box->lo[1])) * n2 - src_box->lo[2];
             const int64_t o = (z * s->shape[1] + y) * s->shape[2];
             for (int64_t x = clo[2]; x < chi[2]; x++) {
-                ch[o + x] = in[x] ? one : 0;
-                s->target[o + x] = in[x];
+                if (src_is_f16) {
+                    const uint16_t h = ((const uint16_t *)src)[in + x];
+                    ch[o + x] = h;
+                    s->target[o + x] = (uint8_t)h2f(h);
+                } else {
+                    const uint8_t p = ((const uint8_t *)src)[in + x];
+                    ch[o + x] = p ? one : 0;
+                    s->target[o + x] = p;
+                }
             }
         }
-    return I3RT_OK;
+}
+
+/* Undo pre-images of the prev_seg channel and the target buffer over box clipped to the image. */
+static i3rt_status record_paste(i3_ni_session *s, const i3rt_box *box) {
+    int64_t clo[3], chi[3];
+    if (!clip_box(box->lo, box->hi, s->shape, clo, chi)) return I3RT_OK;
+    I3_TRY(record_interactions(s, s->cap.prev_seg, clo, chi));
+    return record_target(s, clo, chi);
+}
+
+static void set_last_paste(i3_ni_session *s, const i3rt_box *box) {
+    s->has_last_paste = 1;
+    memcpy(s->last_paste_lo, box->lo, sizeof s->last_paste_lo);
+    memcpy(s->last_paste_hi, box->hi, sizeof s->last_paste_hi);
+}
+
+/* _refine_coarse_with_local_cache: a prev_seg cache over the union of the tiles (the stored channel,
+ * zero outside the image) receives the up-sampled coarse prediction over the in-image part of the
+ * scaled box, then every tile's prediction in order (each tile sees the previous ones); only the tiles
+ * are written back. */
+static i3rt_status refine(i3_ni_session *s, const uint8_t *up, const i3rt_box *scaled_box, const i3rt_box *tiles,
+                          int n_tiles) {
+    i3rt_box hull = tiles[0];
+    for (int i = 1; i < n_tiles; i++)
+        for (int a = 0; a < 3; a++) {
+            if (tiles[i].lo[a] < hull.lo[a]) hull.lo[a] = tiles[i].lo[a];
+            if (tiles[i].hi[a] > hull.hi[a]) hull.hi[a] = tiles[i].hi[a];
+        }
+    int64_t n[3];
+    for (int a = 0; a < 3; a++) n[a] = hull.hi[a] - hull.lo[a];
+    double t = now_seconds();
+    uint16_t *cache = i3_calloc(s->ctx, (size_t)(n[0] * n[1] * n[2]), sizeof *cache, "the refinement cache");
+    if (!cache) return I3RT_ERR_OUT_OF_MEMORY;
+    int64_t clo[3], chi[3];
+    const uint16_t *prev = channel_ptr(s, s->cap.prev_seg);
+    if (clip_box(hull.lo, hull.hi, s->shape, clo, chi))
+        for (int64_t z = clo[0]; z < chi[0]; z++)
+            for (int64_t y = clo[1]; y < chi[1]; y++)
+                memcpy(cache + ((z - hull.lo[0]) * n[1] + (y - hull.lo[1])) * n[2] + (clo[2] - hull.lo[2]),
+                       prev + (z * s->shape[1] + y) * s->shape[2] + clo[2], (size_t)(chi[2] - clo[2]) * sizeof *cache);
+    /* the coarse prediction, in-image part only (outside stays the zero padding the coarse pass saw) */
+    const uint16_t one = i3_f32_to_f16(1.0f);
+    const int64_t u1 = scaled_box->hi[1] - scaled_box->lo[1], u2 = scaled_box->hi[2] - scaled_box->lo[2];
+    if (clip_box(scaled_box->lo, scaled_box->hi, s->shape, clo, chi))
+        for (int64_t z = clo[0]; z < chi[0]; z++)
+            for (int64_t y = clo[1]; y < chi[1]; y++)
+                for (int64_t x = clo[2]; x < chi[2]; x++) {
+                    if (z < hull.lo[0] || z >= hull.hi[0] || y < hull.lo[1] || y >= hull.hi[1] || x < hull.lo[2] ||
+                        x >= hull.hi[2])
+                        continue;
+                    const uint8_t p = up[((z - scaled_box->lo[0]) * u1 + (y - scaled_box->lo[1])) * u2 + x - scaled_box->lo[2]];
+                    cache[((z - hull.lo[0]) * n[1] + (y - hull.lo[1])) * n[2] + x - hull.lo[2]] = p ? one : 0;
+                }
+    s->timing.network_input += now_seconds() - t;
+    ni_volume v = volume_view(s);
+    v.prev_seg = cache;
+    v.prev_seg_box = hull;
+    v.nonzero_channels |= 1u << s->cap.prev_seg;
+    i3rt_status st = I3RT_OK;
+    for (int i = 0; i < n_tiles && st == I3RT_OK; i++) {
+        int64_t center[3];
+        for (int a = 0; a < 3; a++) center[a] = tiles[i].lo[a] + s->patch[a] / 2;
+        st = run_patch(s, &v, center, 1.0, NULL, NULL);
+        if (st != I3RT_OK) break;
+        t = now_seconds();
+        for (int64_t z = 0; z < s->patch[0]; z++)
+            for (int64_t y = 0; y < s->patch[1]; y++) {
+                const uint8_t *p = s->pred + (z * s->patch[1] + y) * s->patch[2];
+                uint16_t *c = cache + ((tiles[i].lo[0] - hull.lo[0] + z) * n[1] + tiles[i].lo[1] - hull.lo[1] + y) * n[2] +
+                              tiles[i].lo[2] - hull.lo[2];
+                for (int64_t x = 0; x < s->patch[2]; x++) c[x] = p[x] ? one : 0;
+            }
+        s->timing.paste += now_seconds() - t;
+    }
+    /* commit the tiles only: one pre-image of the hull covers all of them */
+    t = now_seconds();
+    if (st == I3RT_OK) st = record_paste(s, &hull);
+    if (st == I3RT_OK) {
+        for (int i = 0; i < n_tiles; i++) paste(s, cache, 1, &hull, &tiles[i]);
+        set_last_paste(s, &hull);
+    }
+    s->timing.paste += now_seconds() - t;
+    free(cache);
+    return st;
 }
 
 static void set_result(const i3_ni_session *s, i3rt_ni_result *result) {
@@ -1089,35 +1125,53 @@ static void set_result(const i3_ni_session *s, i3rt_ni_result *result) {
     }
 }
 
-/* _predict of the last queued prompt */
+/* _predict of the last queued prompt: at its zoom; AutoZoom while the prediction changes at the patch
+ * border (x 1.5 up to 4); at zoom 1 the patch is pasted, otherwise the up-sampled coarse result is
+ * refined in full-resolution tiles. */
 static i3rt_status predict_queued(i3_ni_session *s, int force_full_refine, i3rt_ni_result *result) {
     clear_result(result);
     if (!s->target)
         return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "nnInteractive predict: no target buffer (call "
                        "i3rt_ni_set_target_buffer after set_image)");
     if (s->queue.n == 0) return I3RT_OK; /* nothing queued: nothing to do */
-    (void)force_full_refine;
     const double t0 = now_seconds();
     double zoom = s->queue.zoom < I3_NI_MAX_ZOOM ? s->queue.zoom : I3_NI_MAX_ZOOM;
-    int64_t scaled[3], lo[3], hi[3];
-    scaled_patch_box(s, s->queue.center, zoom, scaled, lo, hi);
-    if (zoom != 1)
-        return i3_fail(s->ctx, I3RT_ERR_UNSUPPORTED, "nnInteractive predict: zoom factor %g (AutoZoom) is not built yet",
-                       zoom);
-    double t = now_seconds();
-    build_input_zoom1(s, lo);
-    s->timing.network_input += now_seconds() - t;
-    I3_TRY(forward_argmax(s));
-    bool has_change = change_at_border(s->pred, s->prev_pred, s->patch);
-    if (has_change && s->do_autozoom)
-        return i3_fail(s->ctx, I3RT_ERR_UNSUPPORTED, "nnInteractive predict: AutoZoom is not built yet");
-    t = now_seconds();
-    I3_TRY(paste_patch(s, s->pred, s->patch, lo, hi, 1));
-    s->has_last_paste = 1;
-    memcpy(s->last_paste_lo, lo, sizeof lo);
-    memcpy(s->last_paste_hi, hi, sizeof hi);
-    s->timing.paste += now_seconds() - t;
+    const ni_volume v = volume_view(s);
+    i3rt_box box;
+    I3_TRY(run_patch(s, &v, s->queue.center, zoom, s->prev_pred, &box));
+    bool has_change = ni_border_changed(s->pred, s->prev_pred, s->patch);
+    while (has_change && s->do_autozoom && zoom < I3_NI_MAX_ZOOM) {
+        zoom = zoom * I3_NI_ZOOM_GROWTH < I3_NI_MAX_ZOOM ? zoom * I3_NI_ZOOM_GROWTH : I3_NI_MAX_ZOOM;
+        I3_TRY(run_patch(s, &v, s->queue.center, zoom, s->prev_pred, &box));
+        has_change = ni_border_changed(s->pred, s->prev_pred, s->patch);
+    }
     s->timing.zoom = zoom;
+    i3rt_status st = I3RT_OK;
+    if (zoom == 1) {
+        const double t = now_seconds();
+        st = record_paste(s, &box);
+        if (st == I3RT_OK) {
+            paste(s, s->pred, 0, &box, &box);
+            set_last_paste(s, &box);
+        }
+        s->timing.paste += now_seconds() - t;
+    } else {
+        int64_t scaled[3];
+        for (int a = 0; a < 3; a++) scaled[a] = box.hi[a] - box.lo[a];
+        double t = now_seconds();
+        uint8_t *up = i3_malloc(s->ctx, (size_t)(scaled[0] * scaled[1] * scaled[2]), "the up-sampled prediction");
+        if (!up) return I3RT_ERR_OUT_OF_MEMORY;
+        ni_upsample_coarse(s->pred, s->patch, scaled, up, s->ctx->n_threads);
+        i3rt_box *tiles = NULL;
+        int n_tiles = 0;
+        st = ni_plan_refinement(s->ctx, up, &box, channel_ptr(s, s->cap.prev_seg), s->shape, s->patch, s->queue.center,
+                                force_full_refine, &s->rng, &tiles, &n_tiles, s->ctx->n_threads);
+        s->timing.network_input += now_seconds() - t;
+        if (st == I3RT_OK && n_tiles > 0) st = refine(s, up, &box, tiles, n_tiles);
+        free(tiles);
+        free(up);
+    }
+    if (st != I3RT_OK) return st;
     memset(&s->queue, 0, sizeof s->queue);
     set_result(s, result);
     s->timing.total = now_seconds() - t0;

@@ -11,6 +11,7 @@
 #define I3RT_NNINTERACTIVE_H
 
 #include "core.h"
+#include "np_random.h"
 
 #define I3_NI_MAX_CHANNELS 16
 #define I3_NI_MAX_ZOOM 4.0
@@ -91,9 +92,9 @@ struct i3rt_ni_session {
     uint8_t *pred;           /* [patch] */
     uint16_t *prev_pred;     /* [patch] fp16 prev_seg seen by the network */
 
-    /* numpy's legacy global RNG for the refinement box cover's fallback (seeded by tests) */
-    uint32_t rng_seed;
-    int rng_seeded;
+    /* numpy's legacy global RNG for the refinement box cover's fallback: seeded with 0 at creation,
+     * by tests as Python was seeded */
+    np_random rng;
 
     i3rt_ni_timing timing;
 };
