@@ -165,33 +165,60 @@ static int64_t nearest_index(int64_t o, int64_t in, int64_t out) {
 static int64_t area_start(int64_t o, int64_t in, int64_t out) { return (o * in) / out; }
 static int64_t area_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
 
-/* The image: trilinear from the zero-padded crop (4 source rows of the scaled crop per output row). */
-static i3rt_status zoom_image(i3_ctx *ctx, const ni_volume *v, const i3rt_box *box, const int64_t scaled[3],
-                              const int64_t patch[3], float *out, int n_threads) {
-    i3_lerp_tap *tz = i3_malloc(ctx, (size_t)(patch[0] + patch[1] + patch[2]) * sizeof *tz, "zoom taps");
-    float *rows = i3_malloc(ctx, (size_t)n_threads * 4 * (size_t)scaled[2] * sizeof *rows, "zoom rows");
-    if (!tz || !rows) return free(tz), free(rows), I3RT_ERR_OUT_OF_MEMORY;
-    i3_lerp_tap *ty = tz + patch[0], *tx = ty + patch[1];
-    i3_resize_axis_taps(scaled[0], patch[0], 0, tz);
-    i3_resize_axis_taps(scaled[1], patch[1], 0, ty);
-    i3_resize_axis_taps(scaled[2], patch[2], 0, tx);
-#pragma omp parallel num_threads(ni_threads(8 * patch[0] * patch[1] * patch[2], n_threads))
+/* Trilinear resampling of in to out in torch's arithmetic (i3_resize_row_x, i3_resize_rows_yz), row by row;
+ * source rows (in[2] floats) come from read(src, z, y, row). Each thread keeps its last four x-interpolated
+ * source rows: when up-sampling, neighbouring output rows mostly share them. Output: out_f [out], or
+ * thresholded (>= 0.5) out_mask [out]. */
+typedef void (*row_reader)(const void *src, int64_t z, int64_t y, int64_t n, float *row);
+
+static void trilinear(const void *src, row_reader read, const int64_t in[3], const int64_t out[3], float *out_f,
+                      uint8_t *out_mask, int n_threads) {
+    i3_lerp_tap tz[out[0]], ty[out[1]], tx[out[2]];
+    i3_resize_axis_taps(in[0], out[0], 0, tz);
+    i3_resize_axis_taps(in[1], out[1], 0, ty);
+    i3_resize_axis_taps(in[2], out[2], 0, tx);
+#pragma omp parallel num_threads(ni_threads(8 * out[0] * out[1] * out[2], n_threads))
     {
-        float *r = rows + (size_t)omp_get_thread_num() * 4 * (size_t)scaled[2];
+        float raw[in[2]], cached[4][out[2]], row[out[2]];
+        int64_t key[4] = {-1, -1, -1, -1};
 #pragma omp for schedule(static)
-        for (int64_t q = 0; q < patch[0] * patch[1]; q++) {
-            const i3_lerp_tap z = tz[q / patch[1]], y = ty[q % patch[1]];
-            const int64_t zz[2] = {z.i0, z.i1}, yy[2] = {y.i0, y.i1};
+        for (int64_t q = 0; q < out[0] * out[1]; q++) {
+            const i3_lerp_tap z = tz[q / out[1]], y = ty[q % out[1]];
+            const int64_t need[4] = {z.i0 * in[1] + y.i0, z.i0 * in[1] + y.i1, z.i1 * in[1] + y.i0, z.i1 * in[1] + y.i1};
+            const float *x[4] = {NULL};
+            int used[4] = {0};
             for (int k = 0; k < 4; k++)
-                read_row(v, -1, box->lo[0] + zz[k >> 1], box->lo[1] + yy[k & 1], box->lo[2], scaled[2],
-                         r + k * scaled[2]);
+                for (int j = 0; j < 4; j++)
+                    if (key[j] == need[k]) x[k] = cached[j], used[j] = 1;
+            for (int k = 0; k < 4; k++) {
+                for (int j = 0; j < 4 && !x[k]; j++)
+                    if (key[j] == need[k]) x[k] = cached[j]; /* computed for an equal key just before */
+                for (int j = 0; j < 4 && !x[k]; j++) {
+                    if (used[j]) continue;
+                    read(src, need[k] / in[1], need[k] % in[1], in[2], raw);
+                    i3_resize_row_x(raw, tx, out[2], cached[j]);
+                    key[j] = need[k], used[j] = 1, x[k] = cached[j];
+                }
+            }
             const float wzy[4] = {z.l0, z.l1, y.l0, y.l1};
-            i3_resize_row(r, r + scaled[2], r + 2 * scaled[2], r + 3 * scaled[2], wzy, tx, patch[2],
-                          out + q * patch[2]);
+            if (out_f) {
+                i3_resize_rows_yz(x[0], x[1], x[2], x[3], wzy, out[2], out_f + q * out[2]);
+            } else {
+                i3_resize_rows_yz(x[0], x[1], x[2], x[3], wzy, out[2], row);
+                for (int64_t i = 0; i < out[2]; i++) out_mask[q * out[2] + i] = row[i] >= 0.5f;
+            }
         }
     }
-    free(tz), free(rows);
-    return I3RT_OK;
+}
+
+typedef struct {
+    const ni_volume *v;
+    const i3rt_box *box;
+} image_crop;
+
+static void read_image_crop(const void *src, int64_t z, int64_t y, int64_t n, float *row) {
+    const image_crop *c = src;
+    read_row(c->v, -1, c->box->lo[0] + z, c->box->lo[1] + y, c->box->lo[2], n, row);
 }
 
 /* Window extremes, for float (the dilation of the prompt channels) and uint8 (the refinement diff map):
@@ -335,7 +362,8 @@ static void normalize_channels(const ni_volume *v, float *channels, int64_t n, i
         if (c == v->prev_seg_channel || !channel_may_be_nonzero(v, c)) continue;
         float *x = channels + (int64_t)c * n;
 #pragma omp parallel for schedule(static) num_threads(ni_threads(n, n_threads))
-        for (int64_t i = 0; i < n; i++) x[i] = round_f16(x[i] / intensity);
+        for (int64_t i = 0; i < n; i++)
+            if (x[i] != 0.0f) x[i] = round_f16(x[i] / intensity); /* mostly zero: 0 / I stays 0 */
     }
 }
 
@@ -350,7 +378,8 @@ i3rt_status ni_build_network_input(i3_ctx *ctx, const ni_volume *v, const int64_
         crop_input(v, &b, patch, input, prev_pred, n_threads);
     } else {
         const int k = ni_dilation_window(zoom);
-        I3_TRY(zoom_image(ctx, v, &b, S, patch, input, n_threads));
+        const image_crop crop = {v, &b};
+        trilinear(&crop, read_image_crop, S, patch, input, NULL, n_threads);
         for (int c = 0; c < v->n_channels; c++) {
             float *out = input + (1 + (int64_t)c) * np;
             if (!channel_may_be_nonzero(v, c)) {
@@ -390,28 +419,24 @@ int ni_border_changed(const uint8_t *pred, const uint16_t *prev_pred, const int6
     return 0;
 }
 
+typedef struct {
+    const uint8_t *mask;
+    int64_t shape[3];
+} mask_rows;
+
+static void read_mask_row(const void *src, int64_t z, int64_t y, int64_t n, float *row) {
+    const mask_rows *m = src;
+    const uint8_t *r = m->mask + (z * m->shape[1] + y) * m->shape[2];
+    for (int64_t x = 0; x < n; x++) row[x] = (float)r[x];
+}
+
 void ni_upsample_coarse(const uint8_t *pred, const int64_t in[3], const int64_t out[3], uint8_t *up, int n_threads) {
     if (in[0] == out[0] && in[1] == out[1] && in[2] == out[2]) {
         memcpy(up, pred, (size_t)(in[0] * in[1] * in[2]));
         return;
     }
-    i3_lerp_tap tz[out[0]], ty[out[1]], tx[out[2]];
-    i3_resize_axis_taps(in[0], out[0], 0, tz);
-    i3_resize_axis_taps(in[1], out[1], 0, ty);
-    i3_resize_axis_taps(in[2], out[2], 0, tx);
-#pragma omp parallel for schedule(static) num_threads(ni_threads(out[0] * out[1] * out[2], n_threads))
-    for (int64_t q = 0; q < out[0] * out[1]; q++) {
-        float rows[4][in[2]], row[out[2]];
-        const i3_lerp_tap z = tz[q / out[1]], y = ty[q % out[1]];
-        const int64_t zz[2] = {z.i0, z.i1}, yy[2] = {y.i0, y.i1};
-        for (int k = 0; k < 4; k++) {
-            const uint8_t *src = pred + (zz[k >> 1] * in[1] + yy[k & 1]) * in[2];
-            for (int64_t x = 0; x < in[2]; x++) rows[k][x] = (float)src[x];
-        }
-        const float wzy[4] = {z.l0, z.l1, y.l0, y.l1};
-        i3_resize_row(rows[0], rows[1], rows[2], rows[3], wzy, tx, out[2], row);
-        for (int64_t x = 0; x < out[2]; x++) up[q * out[2] + x] = row[x] >= 0.5f;
-    }
+    const mask_rows m = {pred, {in[0], in[1], in[2]}};
+    trilinear(&m, read_mask_row, in, out, NULL, up, n_threads);
 }
 
 /* ---- refinement planning --------------------------------------------------------------------------- */

@@ -99,6 +99,11 @@ void i3_cpu_conv_transpose(const float *x, i3_shape5 xs, const float *w, const f
 
 void i3_cpu_acs_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b,
                          const i3_acs_conv_params *p, float *y);
+/* Fast path: three calls of i3_cpu_conv on the parts (ops/acs_conv.c); scratch as i3_cpu_conv's for the
+ * largest part (0 where the reference runs: even k or pad < k / 2). */
+size_t i3_cpu_acs_conv_scratch_bytes(i3_shape5 xs, const i3_acs_conv_params *p, int n_threads);
+void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
+                     float *y, void *scratch, int n_threads);
 
 /* In place allowed (y == x), for both. */
 void i3_cpu_instance_norm_ref(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
@@ -121,15 +126,16 @@ void i3_cpu_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64
 
 void i3_cpu_resize(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, int n_threads);
 /* Its pieces, for resamplers that read their rows elsewhere (nnInteractive's zoom, runtime/ni_zoom.c):
- * the per-axis source indices and weights of out samples from in, and one output row from the four
- * source rows (z0 y0, z0 y1, z1 y0, z1 y1) with weights wzy = {wz0, wz1, wy0, wy1}. */
+ * the per-axis source indices and weights of out samples from in; one source row interpolated along x
+ * (n outputs); four such rows (z0 y0, z0 y1, z1 y0, z1 y1) combined with wzy = {wz0, wz1, wy0, wy1}. */
 typedef struct {
     int64_t i0, i1;
     float l0, l1;
 } i3_lerp_tap;
 void i3_resize_axis_taps(int64_t in, int64_t out, int align_corners, i3_lerp_tap *taps);
-void i3_resize_row(const float *r00, const float *r01, const float *r10, const float *r11, const float wzy[4],
-                   const i3_lerp_tap *tx, int64_t n, float *out);
+void i3_resize_row_x(const float *src, const i3_lerp_tap *tx, int64_t n, float *out);
+void i3_resize_rows_yz(const float *x00, const float *x01, const float *x10, const float *x11, const float wzy[4],
+                       int64_t n, float *out);
 
 /* Channel reductions over logits [n, c, s]: softmax probabilities (y same shape), normalized entropy
  * H = -sum p log p / log C (0 for C == 1) [n, s], max softmax probability [n, s], argmax [n, s]

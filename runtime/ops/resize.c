@@ -34,15 +34,14 @@ void i3_resize_axis_taps(int64_t in, int64_t out, int align_corners, i3_lerp_tap
     }
 }
 
-void i3_resize_row(const float *r00, const float *r01, const float *r10, const float *r11, const float wzy[4],
-                   const i3_lerp_tap *tx, int64_t n, float *out) {
+void i3_resize_row_x(const float *src, const i3_lerp_tap *tx, int64_t n, float *out) {
+    for (int64_t i = 0; i < n; i++) out[i] = fmaf(src[tx[i].i0], tx[i].l0, src[tx[i].i1] * tx[i].l1);
+}
+
+void i3_resize_rows_yz(const float *x00, const float *x01, const float *x10, const float *x11, const float wzy[4],
+                       int64_t n, float *out) {
     const float wz0 = wzy[0], wz1 = wzy[1], wy0 = wzy[2], wy1 = wzy[3];
-    for (int64_t i = 0; i < n; i++) {
-        const i3_lerp_tap t = tx[i];
-        const float x00 = fmaf(r00[t.i0], t.l0, r00[t.i1] * t.l1), x01 = fmaf(r01[t.i0], t.l0, r01[t.i1] * t.l1);
-        const float x10 = fmaf(r10[t.i0], t.l0, r10[t.i1] * t.l1), x11 = fmaf(r11[t.i0], t.l0, r11[t.i1] * t.l1);
-        out[i] = fmaf(fmaf(x00, wy0, x01 * wy1), wz0, fmaf(x10, wy0, x11 * wy1) * wz1);
-    }
+    for (int64_t i = 0; i < n; i++) out[i] = fmaf(fmaf(x00[i], wy0, x01[i] * wy1), wz0, fmaf(x10[i], wy0, x11[i] * wy1) * wz1);
 }
 
 void i3_cpu_resize(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, int n_threads) {
@@ -55,14 +54,19 @@ void i3_cpu_resize(const float *x, i3_shape5 xs, const i3_resize_params *p, floa
     i3_resize_axis_taps(xs.h, oh, p->align_corners, ty);
     i3_resize_axis_taps(xs.w, ow, p->align_corners, tx);
     const int64_t rows = xs.n * xs.c * od * oh;
-#pragma omp parallel for schedule(static) num_threads(n_threads)
-    for (int64_t r = 0; r < rows; r++) {
-        const int64_t plane = r / (od * oh), z = (r / oh) % od, yy = r % oh;
-        const float *xp = x + plane * i3_shape5_spatial(xs);
-        const float *r00 = xp + (tz[z].i0 * xs.h + ty[yy].i0) * xs.w, *r01 = xp + (tz[z].i0 * xs.h + ty[yy].i1) * xs.w;
-        const float *r10 = xp + (tz[z].i1 * xs.h + ty[yy].i0) * xs.w, *r11 = xp + (tz[z].i1 * xs.h + ty[yy].i1) * xs.w;
-        const float wzy[4] = {tz[z].l0, tz[z].l1, ty[yy].l0, ty[yy].l1};
-        i3_resize_row(r00, r01, r10, r11, wzy, tx, ow, y + r * ow);
+#pragma omp parallel num_threads(n_threads)
+    {
+        float xrows[4][ow];
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < rows; r++) {
+            const int64_t plane = r / (od * oh), z = (r / oh) % od, yy = r % oh;
+            const float *xp = x + plane * i3_shape5_spatial(xs);
+            const int64_t src[4] = {tz[z].i0 * xs.h + ty[yy].i0, tz[z].i0 * xs.h + ty[yy].i1, tz[z].i1 * xs.h + ty[yy].i0,
+                                    tz[z].i1 * xs.h + ty[yy].i1};
+            for (int k = 0; k < 4; k++) i3_resize_row_x(xp + src[k] * xs.w, tx, ow, xrows[k]);
+            const float wzy[4] = {tz[z].l0, tz[z].l1, ty[yy].l0, ty[yy].l1};
+            i3_resize_rows_yz(xrows[0], xrows[1], xrows[2], xrows[3], wzy, ow, y + r * ow);
+        }
     }
     free(tz);
 }
