@@ -332,9 +332,9 @@ static i3rt_status parse_capability(i3_ctx *ctx, const char *file, const cJSON *
             return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: the checkpoint needs nnInteractiveInferenceSession >= %s; i3rt "
                            "implements %s", file, v->valuestring, I3_NI_SESSION_VERSION);
         v = cJSON_GetObjectItemCaseSensitive(info, "point_radius");
-        if (v && (!json_int(v, &cap->point_radius) || cap->point_radius < 1 || cap->point_radius > 64))
-            return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: point_radius must be an integer in 1..64 (i3rt does not sample "
-                           "random radii)", file);
+        if (v && (!json_int(v, &cap->point_radius) || cap->point_radius < 1 || cap->point_radius > I3_NI_MAX_POINT_RADIUS))
+            return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: point_radius must be an integer in 1..%d (i3rt does not sample "
+                           "random radii)", file, I3_NI_MAX_POINT_RADIUS);
         v = cJSON_GetObjectItemCaseSensitive(info, "preferred_scribble_thickness");
         if (cJSON_IsNumber(v)) cap->scribble_thickness[0] = cap->scribble_thickness[1] = cap->scribble_thickness[2] = v->valuedouble;
         else if (cJSON_IsArray(v) && cJSON_GetArraySize(v) == 3)

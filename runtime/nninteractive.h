@@ -16,6 +16,8 @@
 #define I3_NI_MAX_CHANNELS 16
 #define I3_NI_MAX_ZOOM 4.0
 #define I3_NI_ZOOM_GROWTH 1.5
+/* the point's distance map is computed by brute force over its (2r + 1)^3 cube */
+#define I3_NI_MAX_POINT_RADIUS 12
 /* the nnInteractive version whose session this implements (inference_class_min_version is checked
  * against it) */
 #define I3_NI_SESSION_VERSION "2.6.0"
