@@ -191,6 +191,97 @@ i3rt_status i3rt_case_save_segmentation(i3rt_case *c, const char *path, int refi
 double i3rt_case_stage_seconds(const i3rt_case *c, i3rt_stage stage);
 double i3rt_case_waiting_seconds(const i3rt_case *c);
 
+/* ---- Slice-and-Conquer: planar-to-3D interactive segmentation (runtime/snc_session.c, docs/snc.md) ----
+ * Cho et al., WACV 2024: the user clicks on one slice at a time (RITM's 2D network, one predictor per
+ * slice), accepts ("finishes") its mask, and a guided 3D network turns the image, the previous 3D
+ * prediction and the accepted slices into a 3D mask; the next slice to annotate is recommended from the
+ * prediction's confidence; TV-L1 optical flow pulls the 3D mask towards the accurate slices. Slices
+ * and axes are those of i3Deep above (i3rt_axis; planes [rows, cols]); a click is (y, x) = (row,
+ * column) in that plane. A call that fails leaves the session as it was; its message is in the context. */
+typedef struct i3rt_snc_session i3rt_snc_session;
+
+typedef struct {
+    double tau;        /* confidence threshold of the recommendation, in [0, 1] (0.9) */
+    int skip;          /* slices within this distance of an annotated one are not recommended (1) */
+    double gamma;      /* post-processing fall-off max(1 - gamma |k|, 0) around an accurate slice (0.25) */
+    int postprocess;   /* TV-L1 post-processing on (1) */
+    int zoom_in;       /* RITM's zoom-in around the object on later clicks (1) */
+    int with_flip;     /* RITM's horizontal flip averaging (1) */
+} i3rt_snc_params;
+
+/* Stages, each timed in wall-clock seconds (added up over calls). */
+typedef enum {
+    I3RT_SNC_STAGE_OPEN = 0,    /* reading and windowing the image */
+    I3RT_SNC_STAGE_LOAD,        /* loading the networks */
+    I3RT_SNC_STAGE_CLICK,       /* the 2D network, all clicks */
+    I3RT_SNC_STAGE_GUIDED,      /* the guided 3D network */
+    I3RT_SNC_STAGE_RECOMMEND,   /* confidence and the next slice */
+    I3RT_SNC_STAGE_POSTPROCESS, /* TV-L1 post-processing, accepted slices pasted */
+    I3RT_SNC_STAGE_EXPORT,      /* NIfTI and PNG files */
+    I3RT_SNC_STAGE_COUNT
+} i3rt_snc_stage;
+
+/* One iteration of the simulated user (i3rt_snc_simulate). */
+typedef struct {
+    i3rt_axis axis;
+    int64_t index;     /* the slice annotated: the first slice, then the recommended ones */
+    int clicks;        /* clicks on it */
+    double slice_dice; /* its accepted 2D mask vs the truth's slice */
+    int accurate;      /* slice_dice > 0.9: it steers the post-processing */
+    double dice;       /* the 3D mask vs the truth after this iteration */
+    double seconds;    /* clicks + propagation, wall clock */
+} i3rt_snc_iteration;
+
+void i3rt_snc_params_default(i3rt_snc_params *params);
+/* "open", "load", "click", "guided-3d", "recommend", "postprocess", "export"; "?" otherwise. */
+const char *i3rt_snc_stage_name(i3rt_snc_stage stage);
+
+/* Opens a session on a NIfTI image (its first channel), windowed to [0, 1] at its 0.5th and 99.5th
+ * percentiles (RITM takes images in [0, 1]). params NULL: the defaults. Fails on an empty or constant
+ * image and on a side shorter than 2 voxels. */
+i3rt_status i3rt_snc_open(i3rt_context *ctx, const char *image_path, const i3rt_snc_params *params,
+                          i3rt_snc_session **out);
+void i3rt_snc_free(i3rt_snc_session *s);
+/* shape = {d, h, w} (NIfTI z, y, x). */
+i3rt_status i3rt_snc_get_shape(const i3rt_snc_session *s, int64_t shape[3]);
+/* The 2D network: a RITM-HRNet18 weight file (tools/convert_pt/convert_ritm.py). Refused while a slice
+ * is being clicked on (finish it first). */
+i3rt_status i3rt_snc_load_2d(i3rt_snc_session *s, const char *path);
+/* The guided 3D network (convert_ritm.py --acs --guided). */
+i3rt_status i3rt_snc_load_3d(i3rt_snc_session *s, const char *path);
+
+/* A click on slice (axis, index) at (y, x); positive: object (1) or background (0). mask (may be NULL):
+ * the slice's new 2D mask, n_pixels = rows * cols of the slice. A click on a finished slice reopens it. */
+i3rt_status i3rt_snc_click(i3rt_snc_session *s, i3rt_axis axis, int64_t index, double y, double x, int positive,
+                           uint8_t *mask, int64_t n_pixels);
+/* The current 2D mask of a clicked or finished slice. */
+i3rt_status i3rt_snc_get_slice_mask(i3rt_snc_session *s, i3rt_axis axis, int64_t index, uint8_t *mask,
+                                    int64_t n_pixels);
+/* Accepts the slice's mask (no click: an empty mask); accurate != 0 also uses it in the post-processing. */
+i3rt_status i3rt_snc_finish_slice(i3rt_snc_session *s, i3rt_axis axis, int64_t index, int accurate);
+/* The guided 3D step over every finished slice, the recommendation, the post-processing. */
+i3rt_status i3rt_snc_propagate(i3rt_snc_session *s);
+/* After a propagation: *found = 1 and the recommended slice (uncertainty = its under-confident voxels,
+ * relative = their fraction of the slice), or *found = 0 when no slice is left or all are confident. */
+i3rt_status i3rt_snc_recommend(i3rt_snc_session *s, i3rt_slice *slice, int *found);
+
+/* The 3D mask [d, h, w] (0/1, zeros before the first propagation), or saved as a label NIfTI on the
+ * image's grid and geometry (written whole or not at all). */
+i3rt_status i3rt_snc_get_mask(const i3rt_snc_session *s, uint8_t *mask, int64_t n_voxels);
+i3rt_status i3rt_snc_save_mask(i3rt_snc_session *s, const char *path);
+/* An RGB PNG of a slice with its mask overlaid (the 2D mask while it is being clicked on, else the 3D
+ * mask), the highest row at the top as i3Deep's previews. */
+i3rt_status i3rt_snc_save_preview(i3rt_snc_session *s, i3rt_axis axis, int64_t index, const char *path);
+
+/* The simulated user on a fresh session (paper Sec. 4.4): the first slice is the truth's largest
+ * cross-section over the three axes, then the recommended ones; per slice RITM's clicker (a click at the
+ * farthest point of the larger error region) until the slice's Dice > 0.9 or 5 clicks; then propagate.
+ * truth: [d, h, w], non-zero = object. results holds `iterations` entries; *n_done = how many ran. */
+i3rt_status i3rt_snc_simulate(i3rt_snc_session *s, const uint8_t *truth, int64_t n_voxels, int iterations,
+                              i3rt_snc_iteration *results, int *n_done);
+
+double i3rt_snc_stage_seconds(const i3rt_snc_session *s, i3rt_snc_stage stage);
+
 /* ---- nnInteractive: promptable 3D segmentation (runtime/nninteractive*.c, docs/nninteractive.md) ----
  * The session of nnInteractive's nnInteractiveInferenceSession, prompt for prompt: an image, a target
  * buffer that receives the object's mask, prompts (point, 2D box, scribble, lasso, initial

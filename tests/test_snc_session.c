@@ -1,0 +1,534 @@
+/* Slice-and-Conquer's session, its public API and the simulated user (runtime/snc_session.h,
+ * runtime/snc_simulate.c, include/i3rt.h i3rt_snc_*; docs/snc.md "session and CLI").
+ *
+ *   - the clicker against a brute-force distance transform computed here (every pixel against every
+ *     pixel outside the region and the one-pixel padding), on synthetic and random masks;
+ *   - the first slice and the Dice on known answers;
+ *   - the loop end to end with small networks defined here (a 2D net that thresholds the image and
+ *     follows the clicks; a 3D net that is confident near finished slices), checked step by step against
+ *     what the protocol says, and twice for determinism;
+ *   - the public API on a NIfTI file with RITM's HRNet-18 (random weights, tests/gen_snc_session.py);
+ *   - bad input: the error names the problem and the session still works afterwards;
+ *   - saving: whole or not at all. */
+#include <criterion/criterion.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <dirent.h>
+
+#include "fixtures.h"
+#include "i3rt.h"
+#include "png_export.h"
+#include "snc_session.h"
+#include "volume_io.h"
+
+static i3rt_context *new_ctx(void) {
+    i3rt_context *ctx = NULL;
+    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    return ctx;
+}
+
+/* ---- the clicker ------------------------------------------------------------------------------- */
+
+/* Squared distance from (r, c) to the nearest pixel outside region (the plane padded by one outside pixel). */
+static int64_t brute_d2(const uint8_t *region, int64_t rows, int64_t cols, int64_t r, int64_t c) {
+    int64_t best = INT64_MAX;
+    for (int64_t y = -1; y <= rows; y++)
+        for (int64_t x = -1; x <= cols; x++) {
+            const int outside = y < 0 || y >= rows || x < 0 || x >= cols || !region[y * cols + x];
+            const int64_t d2 = (y - r) * (y - r) + (x - c) * (x - c);
+            if (outside && d2 < best) best = d2;
+        }
+    return best;
+}
+
+/* RITM's _get_next_click written out plainly with the brute-force transform. */
+static int brute_click(const uint8_t *truth, const uint8_t *pred, const uint8_t *clicked, int64_t rows, int64_t cols,
+                       i3_snc_click *out) {
+    float max[2] = {0, 0};
+    int64_t at[2] = {0, 0};
+    uint8_t *region = malloc((size_t)(rows * cols));
+    for (int e = 0; e < 2; e++) {
+        for (int64_t i = 0; i < rows * cols; i++) region[i] = e == 0 ? truth[i] && !pred[i] : !truth[i] && pred[i];
+        for (int64_t i = 0; i < rows * cols; i++) {
+            const float v = region[i] && !(clicked && clicked[i]) ? sqrtf((float)brute_d2(region, rows, cols, i / cols, i % cols)) : 0.0f;
+            if (v > max[e]) max[e] = v, at[e] = i;
+        }
+    }
+    free(region);
+    const int e = max[0] > max[1] ? 0 : 1;
+    if (max[e] == 0) return 0;
+    *out = (i3_snc_click){(float)(at[e] / cols), (float)(at[e] % cols), e == 0};
+    return 1;
+}
+
+static void fill_disk(uint8_t *m, int64_t rows, int64_t cols, double cy, double cx, double r, uint8_t v) {
+    for (int64_t y = 0; y < rows; y++)
+        for (int64_t x = 0; x < cols; x++)
+            if ((y - cy) * (y - cy) + (x - cx) * (x - cx) <= r * r) m[y * cols + x] = v;
+}
+
+Test(snc_session, clicker_known_answers) {
+    i3rt_context *ctx = new_ctx();
+    enum { R = 9, C = 11 };
+    uint8_t truth[R * C] = {0}, pred[R * C] = {0};
+    /* a 5 x 5 square missed: the click is at its centre, positive */
+    for (int y = 2; y < 7; y++)
+        for (int x = 3; x < 8; x++) truth[y * C + x] = 1;
+    i3_snc_click c;
+    int found;
+    cr_assert_eq(i3_snc_next_click(ctx, truth, pred, NULL, R, C, &c, &found), I3RT_OK);
+    cr_assert(found && c.positive && c.y == 4 && c.x == 5, "click (%g, %g, %d)", c.y, c.x, c.positive);
+    /* the centre already clicked: the first of the next farthest pixels (row-major) */
+    uint8_t clicked[R * C] = {0};
+    clicked[4 * C + 5] = 1;
+    cr_assert_eq(i3_snc_next_click(ctx, truth, pred, clicked, R, C, &c, &found), I3RT_OK);
+    cr_assert(found && c.positive && c.y == 3 && c.x == 4, "click (%g, %g)", c.y, c.x);
+    /* predicted everywhere: the false positives (the frame around the square, 2 px wide at the top)
+     * reach the plane's border, where the padding counts as outside */
+    memset(pred, 1, sizeof pred);
+    cr_assert_eq(i3_snc_next_click(ctx, truth, pred, NULL, R, C, &c, &found), I3RT_OK);
+    i3_snc_click b;
+    cr_assert(brute_click(truth, pred, NULL, R, C, &b));
+    cr_assert(found && !c.positive && c.y == b.y && c.x == b.x, "click (%g, %g) vs (%g, %g)", c.y, c.x, b.y, b.x);
+    /* equal maxima: RITM's fn > fp is false, so the click is negative */
+    memset(truth, 0, sizeof truth), memset(pred, 0, sizeof pred);
+    truth[1 * C + 1] = 1, pred[7 * C + 9] = 1;
+    cr_assert_eq(i3_snc_next_click(ctx, truth, pred, NULL, R, C, &c, &found), I3RT_OK);
+    cr_assert(found && !c.positive && c.y == 7 && c.x == 9);
+    /* no error left: nothing to click */
+    pred[7 * C + 9] = 0, pred[1 * C + 1] = 1;
+    cr_assert_eq(i3_snc_next_click(ctx, truth, pred, NULL, R, C, &c, &found), I3RT_OK);
+    cr_assert_eq(found, 0);
+    i3rt_context_free(ctx);
+}
+
+Test(snc_session, clicker_matches_brute_force_distance_transform) {
+    i3rt_context *ctx = new_ctx();
+    fx_rng rng = fx_rng_seed(77);
+    int positives = 0, negatives = 0;
+    for (int trial = 0; trial < 60; trial++) {
+        float u[8];
+        fx_fill(&rng, u, 8, 0.0f, 1.0f);
+        const int64_t rows = 5 + (int64_t)(u[0] * 30), cols = 5 + (int64_t)(u[1] * 30), n = rows * cols;
+        uint8_t *truth = calloc((size_t)n, 1), *pred = calloc((size_t)n, 1), *clicked = calloc((size_t)n, 1);
+        fill_disk(truth, rows, cols, u[2] * rows, u[3] * cols, 2 + u[4] * 10, 1);
+        fill_disk(pred, rows, cols, u[5] * rows, u[6] * cols, 2 + u[7] * 10, 1);
+        float noise[64];
+        fx_fill(&rng, noise, 64, 0.0f, 1.0f);
+        for (int k = 0; k < 16; k++) { /* speckle, and a few clicked pixels */
+            const int64_t i = (int64_t)(noise[k] * (float)n) % n;
+            pred[i] = !pred[i];
+            clicked[(int64_t)(noise[16 + k] * (float)n) % n] = k < 4;
+        }
+        i3_snc_click got, want;
+        int found;
+        cr_assert_eq(i3_snc_next_click(ctx, truth, pred, trial % 2 ? clicked : NULL, rows, cols, &got, &found), I3RT_OK);
+        const int expect = brute_click(truth, pred, trial % 2 ? clicked : NULL, rows, cols, &want);
+        cr_assert_eq(found, expect, "trial %d", trial);
+        if (found) {
+            cr_assert(got.y == want.y && got.x == want.x && got.positive == want.positive,
+                      "trial %d (%lld x %lld): click (%g, %g, %d), brute force (%g, %g, %d)", trial, (long long)rows,
+                      (long long)cols, got.y, got.x, got.positive, want.y, want.x, want.positive);
+            positives += got.positive, negatives += !got.positive;
+        }
+        free(truth), free(pred), free(clicked);
+    }
+    cr_expect(positives > 5 && negatives > 5, "both kinds of clicks tested (%d positive, %d negative)", positives,
+              negatives);
+    i3rt_context_free(ctx);
+}
+
+Test(snc_session, first_slice_and_dice) {
+    enum { D = 4, H = 6, W = 5 };
+    uint8_t t[D * H * W] = {0};
+    i3_slice s;
+    cr_assert_eq(i3_snc_first_slice(t, D, H, W, &s), 0);
+    /* a 3 (h) x 4 (w) block on z = 1 and 2, plus one voxel on z = 3: axial z = 1 has 12 voxels; coronal
+     * slices have 2 x 4 = 8 (+1), sagittal 2 x 3 = 6 (+1) */
+    for (int z = 1; z < 3; z++)
+        for (int y = 2; y < 5; y++)
+            for (int x = 0; x < 4; x++) t[(z * H + y) * W + x] = 1;
+    t[(3 * H + 0) * W + 4] = 1;
+    cr_assert_eq(i3_snc_first_slice(t, D, H, W, &s), 1);
+    cr_assert(s.axis == I3_AXIAL && s.index == 1 && s.sum == 12, "%s %lld %g", i3_axis_name(s.axis), (long long)s.index, s.sum);
+    uint8_t a[4] = {1, 1, 0, 0}, b[4] = {1, 0, 1, 0}, z[4] = {0};
+    cr_assert_float_eq(i3_snc_dice(a, b, 4), 0.5, 1e-12);
+    cr_assert_float_eq(i3_snc_dice(z, z, 4), 1.0, 1e-12);
+    cr_assert_float_eq(i3_snc_dice(a, z, 4), 0.0, 1e-12);
+}
+
+/* ---- small networks -------------------------------------------------------------------------------- */
+
+/* 2D: the (ImageNet-normalized) image above 0.5, pushed by the click disks. */
+static i3rt_status threshold_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+    const int64_t s = h * w;
+    for (int64_t i = 0; i < s; i++) {
+        const float grey = in[i] * 0.229f + 0.485f;
+        logits[i] = 20.0f * (grey - 0.5f) + 12.0f * in[4 * s + i] - 12.0f * in[5 * s + i];
+    }
+    return I3RT_OK;
+}
+
+static i3_snc_net threshold_net(void) {
+    i3_snc_net net = {.forward = threshold_forward};
+    net.cfg.coord_channels = 3;
+    net.cfg.with_prev_mask = 1;
+    net.cfg.use_disks = 1;
+    net.cfg.norm_radius = 5.0f;
+    return net;
+}
+
+typedef struct {
+    int calls, fail_at;
+    int n_annotations[8]; /* per call */
+} guided_state;
+
+/* 3D: image > 0.5, confident (0.99) within 2 slices of a finished slice of the same axis, else 0.75. */
+static i3rt_status near_slices_predict(void *user, const float *image, const float *previous, int64_t d, int64_t h,
+                                       int64_t w, const i3_snc_annotation *ann, int n_ann, float *probs) {
+    guided_state *g = user;
+    if (g) {
+        if (++g->calls == g->fail_at) return I3RT_ERR_BACKEND;
+        if (g->calls <= 8) g->n_annotations[g->calls - 1] = n_ann;
+    }
+    for (int64_t z = 0; z < d; z++)
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++) {
+                const int64_t pos[3] = {z, y, x}, i = (z * h + y) * w + x;
+                float c = 0.75f;
+                for (int k = 0; k < n_ann; k++)
+                    if (llabs(pos[ann[k].axis] - ann[k].index) <= 2) c = 0.99f;
+                probs[i] = image[i] > 0.5f ? c : 1.0f - c;
+            }
+    return I3RT_OK;
+}
+
+/* A 12 x 20 x 18 volume: an ellipsoid of intensity 200 on 20, and its truth, a slightly larger one. */
+enum { VD = 12, VH = 20, VW = 18 };
+static void make_volume(i3_volume *v, uint8_t *truth) {
+    memset(v, 0, sizeof *v);
+    v->channels = 1, v->d = VD, v->h = VH, v->w = VW;
+    v->data = calloc(VD * VH * VW, sizeof(float));
+    v->geometry.size[0] = VW, v->geometry.size[1] = VH, v->geometry.size[2] = VD;
+    for (int a = 0; a < 3; a++) v->geometry.spacing[a] = 1.0, v->geometry.affine[a][a] = 1.0;
+    v->geometry.affine[3][3] = 1.0;
+    for (int z = 0; z < VD; z++)
+        for (int y = 0; y < VH; y++)
+            for (int x = 0; x < VW; x++) {
+                const double e = pow((z - 5.5) / 4.5, 2) + pow((y - 9.0) / 7.0, 2) + pow((x - 8.5) / 6.0, 2);
+                const int64_t i = (z * VH + y) * VW + x;
+                v->data[i] = e <= 1.0 ? 200.0f : 20.0f + (float)((x * 7 + y * 3 + z) % 5);
+                if (truth) truth[i] = e <= 1.25;
+            }
+}
+
+static i3_snc_session *fake_session(i3rt_context *ctx, guided_state *g, uint8_t *truth) {
+    i3_volume v;
+    make_volume(&v, truth);
+    i3_snc_session *s = NULL;
+    cr_assert_eq(i3_snc_session_open(ctx, &v, NULL, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_volume_free(&v);
+    cr_assert_eq(i3_snc_session_set_net2d(s, threshold_net()), I3RT_OK);
+    cr_assert_eq(i3_snc_session_set_net3d(s, (i3_snc_guided_net){.predict = near_slices_predict, .user = g}), I3RT_OK);
+    return s;
+}
+
+/* ---- the loop end to end ---------------------------------------------------------------------------- */
+
+Test(snc_session, simulated_loop_follows_the_protocol) {
+    i3rt_context *ctx = new_ctx();
+    const int64_t n = VD * VH * VW;
+    uint8_t *truth = malloc(n);
+    guided_state g = {0};
+    i3_snc_session *s = fake_session(ctx, &g, truth);
+    i3_snc_iteration it[4];
+    int done = 0;
+    cr_assert_eq(i3_snc_simulate(s, truth, &(i3_snc_simulate_params){4, 5, 0.9}, it, &done), I3RT_OK, "%s",
+                 i3rt_context_error(ctx));
+    cr_assert_eq(done, 4);
+    i3_slice first;
+    cr_assert(i3_snc_first_slice(truth, VD, VH, VW, &first));
+    cr_assert(it[0].slice.axis == first.axis && it[0].slice.index == first.index);
+    for (int t = 0; t < done; t++) {
+        const i3_slice sl = it[t].slice;
+        printf("iteration %d: %s %lld, %d clicks, slice Dice %.4f%s, 3D Dice %.4f, %.3f s\n", t + 1, i3_axis_name(sl.axis),
+               (long long)sl.index, it[t].clicks, it[t].slice_dice, it[t].accurate ? " (accurate)" : "", it[t].dice,
+               it[t].seconds);
+        int64_t rows, cols;
+        i3_slice_dims(sl.axis, VD, VH, VW, &rows, &cols);
+        uint8_t *plane = malloc((size_t)(rows * cols)), *in3d = malloc((size_t)(rows * cols));
+        i3_slice_get(truth, 1, VD, VH, VW, sl.axis, sl.index, plane);
+        int64_t object = 0;
+        for (int64_t i = 0; i < rows * cols; i++) object += plane[i];
+        /* a slice without object is accepted empty without a click */
+        cr_assert(object ? it[t].clicks >= 1 && it[t].clicks <= 5 : it[t].clicks == 0, "%d clicks", it[t].clicks);
+        cr_assert_eq(it[t].accurate, it[t].slice_dice > 0.9);
+        /* stopped by the rule: either accurate, or 5 clicks */
+        cr_assert(it[t].accurate || it[t].clicks == 5, "iteration %d stopped early", t + 1);
+        cr_assert_eq(i3_snc_session_slice_clicks(s, sl.axis, sl.index), it[t].clicks);
+        cr_assert_eq(g.n_annotations[t], t + 1, "the 3D step sees every finished slice");
+        /* the accepted mask's Dice, recomputed */
+        const uint8_t *m = i3_snc_session_slice_mask(s, sl.axis, sl.index, &rows, &cols);
+        cr_assert_float_eq(i3_snc_dice(m, plane, rows * cols), it[t].slice_dice, 1e-12);
+        /* the 3D mask holds the accepted mask exactly on its slice */
+        i3_slice_get(i3_snc_session_mask(s), 1, VD, VH, VW, sl.axis, sl.index, in3d);
+        cr_assert_eq(memcmp(in3d, m, (size_t)(rows * cols)), 0, "accepted slice %d not in the 3D mask", t + 1);
+        free(plane), free(in3d);
+        /* later slices are recommendations: not within skip 1 of an earlier slice of the same axis */
+        for (int u = 0; u < t; u++)
+            cr_assert(!(it[u].slice.axis == sl.axis && llabs(it[u].slice.index - sl.index) <= 1),
+                      "iteration %d annotates a slice next to iteration %d's", t + 1, u + 1);
+    }
+    cr_assert_float_eq(i3_snc_dice(i3_snc_session_mask(s), truth, n), it[done - 1].dice, 1e-12);
+    cr_assert_eq(i3_snc_session_iterations(s), 4);
+    for (int k = 0; k < I3_SNC_STAGE_COUNT; k++)
+        printf("stage %-12s %.4f s\n", i3_snc_stage_name(k), i3_snc_session_stage_seconds(s, k));
+    cr_assert(i3_snc_session_stage_seconds(s, I3_SNC_STAGE_POSTPROCESS) > 0);
+
+    /* determinism: a second session gives the same slices, clicks and masks */
+    uint8_t *first_mask = malloc(n);
+    memcpy(first_mask, i3_snc_session_mask(s), n);
+    guided_state g2 = {0};
+    i3_snc_session *s2 = fake_session(ctx, &g2, truth);
+    i3_snc_iteration it2[4];
+    int done2 = 0;
+    cr_assert_eq(i3_snc_simulate(s2, truth, &(i3_snc_simulate_params){4, 5, 0.9}, it2, &done2), I3RT_OK);
+    cr_assert_eq(done2, done);
+    for (int t = 0; t < done; t++)
+        cr_assert(it2[t].slice.axis == it[t].slice.axis && it2[t].slice.index == it[t].slice.index &&
+                  it2[t].clicks == it[t].clicks && it2[t].dice == it[t].dice && it2[t].slice_dice == it[t].slice_dice);
+    cr_assert_eq(memcmp(first_mask, i3_snc_session_mask(s2), n), 0);
+    /* simulating again on an annotated session is refused */
+    cr_assert_eq(i3_snc_simulate(s2, truth, NULL, it2, &done2), I3RT_ERR_INVALID_ARGUMENT);
+    i3_snc_session_free(s2);
+    i3_snc_session_free(s);
+    free(first_mask);
+    free(truth);
+    i3rt_context_free(ctx);
+}
+
+Test(snc_session, clicks_finish_propagate_by_hand) {
+    i3rt_context *ctx = new_ctx();
+    guided_state g = {0};
+    i3_snc_session *s = fake_session(ctx, &g, NULL);
+    /* a positive click inside the object on axial slice 5: the threshold net's mask is the object's slice */
+    cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 9.0, 8.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int64_t rows, cols;
+    const uint8_t *m = i3_snc_session_slice_mask(s, I3_AXIAL, 5, &rows, &cols);
+    cr_assert(m && rows == VH && cols == VW);
+    const float *image = i3_snc_session_image(s)->data;
+    int64_t differ = 0;
+    for (int64_t i = 0; i < rows * cols; i++) differ += m[i] != (image[5 * VH * VW + i] > 0.5f);
+    cr_expect_leq(differ, 20, "the mask follows the image (plus the click's disk): %lld pixels differ", (long long)differ);
+    /* propagation needs a finished slice */
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(i3rt_context_error(ctx), "no finished slice"), "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_snc_session_finish(s, I3_AXIAL, 5, 1), I3RT_OK);
+    /* a coronal slice accepted without a click: an empty mask (no object there) */
+    cr_assert_eq(i3_snc_session_finish(s, I3_CORONAL, 0, 0), I3RT_OK);
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(g.n_annotations[0], 2);
+    i3_slice rec;
+    int found;
+    cr_assert_eq(i3_snc_session_recommendation(s, &rec, &found), I3RT_OK);
+    cr_assert(found);
+    cr_assert(!(rec.axis == I3_AXIAL && llabs(rec.index - 5) <= 1) && !(rec.axis == I3_CORONAL && rec.index <= 1),
+              "recommended %s %lld next to an annotated slice", i3_axis_name(rec.axis), (long long)rec.index);
+    /* the least confident slice: voxels far from the annotated slices are at 0.75; the axial slices
+     * away from z = 5 have the most of them, 20 x 18 less the 3 x 18 near the coronal slice 0; lowest index */
+    cr_assert(rec.axis == I3_AXIAL && rec.index == 0 && rec.sum == (VH - 3) * VW, "%s %lld (%g)", i3_axis_name(rec.axis),
+              (long long)rec.index, rec.sum);
+    /* a click on a finished slice reopens it; the next propagation leaves it out until it is finished */
+    cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 2.0, 2.0, 0), I3RT_OK);
+    cr_assert_eq(i3_snc_session_finished(s), 1);
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK);
+    cr_assert_eq(g.n_annotations[1], 1);
+    i3_snc_session_free(s);
+    i3rt_context_free(ctx);
+}
+
+/* ---- bad input ------------------------------------------------------------------------------------------ */
+
+static void expect_error(i3rt_context *ctx, i3rt_status got, i3rt_status want, const char *needle) {
+    cr_assert_eq(got, want, "status %s, wanted %s (%s)", i3rt_status_name(got), i3rt_status_name(want),
+                 i3rt_context_error(ctx));
+    cr_assert(strstr(i3rt_context_error(ctx), needle), "message '%s' lacks '%s'", i3rt_context_error(ctx), needle);
+}
+
+Test(snc_session, bad_input_leaves_the_session_working) {
+    i3rt_context *ctx = new_ctx();
+    i3_volume v;
+    make_volume(&v, NULL);
+    i3_snc_session *s = NULL;
+    cr_assert_eq(i3_snc_session_open(ctx, &v, NULL, &s), I3RT_OK);
+    /* no network yet */
+    expect_error(ctx, i3_snc_session_click(s, I3_AXIAL, 5, 9, 8, 1), I3RT_ERR_INVALID_ARGUMENT, "no 2D network");
+    cr_assert_eq(i3_snc_session_finish(s, I3_AXIAL, 4, 1), I3RT_OK);
+    expect_error(ctx, i3_snc_session_propagate(s), I3RT_ERR_INVALID_ARGUMENT, "no 3D network");
+    i3_snc_session_free(s);
+    guided_state g = {.fail_at = 2};
+    s = fake_session(ctx, &g, NULL);
+    cr_assert_eq(i3_snc_session_click(s, I3_SAGITTAL, 8, 5.0, 9.0, 1), I3RT_OK);
+    int64_t rows, cols;
+    uint8_t before[VD * VH];
+    memcpy(before, i3_snc_session_slice_mask(s, I3_SAGITTAL, 8, &rows, &cols), sizeof before);
+    cr_assert(rows == VD && cols == VH);
+    expect_error(ctx, i3_snc_session_click(s, I3_SAGITTAL, 8, 12.0, 3.0, 1), I3RT_ERR_INVALID_ARGUMENT,
+                 "outside sagittal slice 8 (12 rows x 20 columns)");
+    expect_error(ctx, i3_snc_session_click(s, I3_SAGITTAL, 8, 3.0, -0.5, 1), I3RT_ERR_INVALID_ARGUMENT, "outside");
+    expect_error(ctx, i3_snc_session_click(s, I3_SAGITTAL, 8, NAN, 3.0, 1), I3RT_ERR_INVALID_ARGUMENT, "outside");
+    expect_error(ctx, i3_snc_session_click(s, (i3_axis)3, 8, 3.0, 3.0, 1), I3RT_ERR_INVALID_ARGUMENT,
+                 "axis 3 is not axial");
+    expect_error(ctx, i3_snc_session_click(s, I3_SAGITTAL, 18, 3.0, 3.0, 1), I3RT_ERR_INVALID_ARGUMENT,
+                 "sagittal slice 18 is outside the volume (0 .. 17)");
+    expect_error(ctx, i3_snc_session_finish(s, I3_CORONAL, -1, 1), I3RT_ERR_INVALID_ARGUMENT, "coronal slice -1");
+    cr_assert_null(i3_snc_session_slice_mask(s, I3_AXIAL, 3, &rows, &cols));
+    cr_assert_eq(i3_snc_session_slice_clicks(s, I3_SAGITTAL, 8), 1);
+    cr_assert_eq(memcmp(before, i3_snc_session_slice_mask(s, I3_SAGITTAL, 8, &rows, &cols), sizeof before), 0);
+    /* a failing 3D network (its second call) keeps the previous prediction */
+    cr_assert_eq(i3_snc_session_finish(s, I3_SAGITTAL, 8, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK);
+    uint8_t *mask = malloc(VD * VH * VW);
+    memcpy(mask, i3_snc_session_mask(s), VD * VH * VW);
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_ERR_BACKEND);
+    cr_assert_eq(memcmp(mask, i3_snc_session_mask(s), VD * VH * VW), 0);
+    cr_assert_eq(i3_snc_session_iterations(s), 1);
+    /* and the session goes on */
+    cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 2, 9.0, 8.0, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_session_finish(s, I3_AXIAL, 2, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_snc_session_iterations(s), 2);
+    free(mask);
+    i3_snc_session_free(s);
+
+    /* empty and too thin volumes, bad parameters */
+    for (int64_t i = 0; i < VD * VH * VW; i++) v.data[i] = 7.0f;
+    expect_error(ctx, i3_snc_session_open(ctx, &v, NULL, &s), I3RT_ERR_INVALID_ARGUMENT, "the image is empty");
+    i3_volume thin = v;
+    thin.d = 1;
+    expect_error(ctx, i3_snc_session_open(ctx, &thin, NULL, &s), I3RT_ERR_INVALID_ARGUMENT, "every side must be >= 2");
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.gamma = 1.5;
+    v.data[0] = 1.0f;
+    expect_error(ctx, i3_snc_session_open(ctx, &v, &p, &s), I3RT_ERR_INVALID_ARGUMENT, "gamma 1.5");
+    cr_assert_null(s);
+    i3_volume_free(&v);
+    i3rt_context_free(ctx);
+}
+
+/* ---- files ------------------------------------------------------------------------------------------------ */
+
+static int count_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    int n = 0;
+    for (struct dirent *e; d && (e = readdir(d));) n += e->d_name[0] != '.';
+    if (d) closedir(d);
+    return n;
+}
+
+Test(snc_session, saving_is_whole_or_nothing) {
+    i3rt_context *ctx = new_ctx();
+    guided_state g = {0};
+    uint8_t *truth = malloc(VD * VH * VW);
+    i3_snc_session *s = fake_session(ctx, &g, truth);
+    i3_snc_iteration it[2];
+    int done;
+    cr_assert_eq(i3_snc_simulate(s, truth, &(i3_snc_simulate_params){2, 5, 0.9}, it, &done), I3RT_OK);
+    char dir[256];
+    fx_temp_dir(dir, sizeof dir, "snc_session");
+    const char *path = fx_path(dir, "mask.nii.gz");
+    cr_assert_eq(i3_snc_session_save_mask(s, path), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_volume back;
+    cr_assert_eq(i3_volume_read(ctx, path, &back), I3RT_OK);
+    cr_assert(back.d == VD && back.h == VH && back.w == VW);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < VD * VH * VW; i++) differ += back.data[i] != (float)i3_snc_session_mask(s)[i];
+    cr_assert_eq(differ, 0);
+    i3_volume_free(&back);
+    const char *png = fx_path(dir, "preview.png");
+    cr_assert_eq(i3_snc_session_save_preview(s, it[0].slice.axis, it[0].slice.index, png), I3RT_OK);
+    struct stat sb;
+    cr_assert_eq(stat(png, &sb), 0);
+    cr_assert_eq(count_entries(dir), 2, "only the two files, no temporary left");
+    /* into a missing folder: an error naming it, no file */
+    const char *bad = fx_path(dir, "missing/mask.nii.gz");
+    cr_assert_neq(i3_snc_session_save_mask(s, bad), I3RT_OK);
+    cr_assert(strstr(i3rt_context_error(ctx), "missing"), "%s", i3rt_context_error(ctx));
+    cr_assert_neq(i3_snc_session_save_preview(s, I3_AXIAL, 0, fx_path(dir, "missing/p.png")), I3RT_OK);
+    cr_assert_eq(count_entries(dir), 2);
+    cr_assert(i3_snc_session_stage_seconds(s, I3_SNC_STAGE_EXPORT) > 0);
+    fx_remove_dir(dir);
+    i3_snc_session_free(s);
+    free(truth);
+    i3rt_context_free(ctx);
+}
+
+/* ---- the public API with RITM's HRNet-18 -------------------------------------------------------------- */
+
+static const char *fixture(const char *name) {
+    const char *root = getenv("I3RT_FIXTURES");
+    cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
+    static char path[1024];
+    snprintf(path, sizeof path, "%s/snc_session/%s", root, name);
+    return path;
+}
+
+Test(snc_session, public_api_with_hrnet) {
+    i3rt_context *ctx = new_ctx();
+    char dir[256];
+    fx_temp_dir(dir, sizeof dir, "snc_api");
+    i3_volume v;
+    make_volume(&v, NULL);
+    const char *image = fx_path(dir, "image.nii.gz");
+    cr_assert_eq(i3_volume_write_f32(ctx, image, &v.geometry, 1, v.data), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_volume_free(&v);
+
+    i3rt_snc_session *s = NULL;
+    expect_error(ctx, i3rt_snc_open(ctx, fx_path(dir, "nothing.nii.gz"), NULL, &s), I3RT_ERR_IO, "nothing.nii.gz");
+    i3rt_snc_params params;
+    i3rt_snc_params_default(&params);
+    cr_assert(params.tau == 0.9 && params.skip == 1 && params.gamma == 0.25 && params.postprocess && params.zoom_in &&
+              params.with_flip);
+    /* one forward per click on the slice itself (zoom-in would resize the crop to 400 pixels) */
+    params.with_flip = 0, params.zoom_in = 0;
+    cr_assert_eq(i3rt_snc_open(ctx, image, &params, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int64_t shape[3];
+    cr_assert_eq(i3rt_snc_get_shape(s, shape), I3RT_OK);
+    cr_assert(shape[0] == VD && shape[1] == VH && shape[2] == VW);
+    expect_error(ctx, i3rt_snc_load_2d(s, fx_path(dir, "none.safetensors")), I3RT_ERR_IO, "none.safetensors");
+    cr_assert_eq(i3rt_snc_load_2d(s, fixture("hrnet2d.safetensors")), I3RT_OK, "%s", i3rt_context_error(ctx));
+
+    uint8_t mask[VH * VW], again[VH * VW];
+    expect_error(ctx, i3rt_snc_click(s, I3RT_AXIAL, 5, 9.0, 8.0, 1, mask, 10), I3RT_ERR_INVALID_ARGUMENT,
+                 "the mask buffer 10");
+    cr_assert_eq(i3rt_snc_click(s, I3RT_AXIAL, 5, 9.0, 8.0, 1, mask, VH * VW), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3rt_snc_click(s, I3RT_AXIAL, 5, 3.0, 2.0, 0, mask, VH * VW), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3rt_snc_get_slice_mask(s, I3RT_AXIAL, 5, again, VH * VW), I3RT_OK);
+    cr_assert_eq(memcmp(mask, again, sizeof mask), 0);
+    int fg = 0;
+    for (int i = 0; i < VH * VW; i++) fg += mask[i];
+    printf("HRNet-18 (random weights) after 2 clicks: %d of %d pixels foreground\n", fg, VH * VW);
+    cr_assert_eq(i3rt_snc_finish_slice(s, I3RT_AXIAL, 5, 1), I3RT_OK);
+    cr_assert_eq(i3rt_snc_save_preview(s, I3RT_AXIAL, 5, fx_path(dir, "axial_5.png")), I3RT_OK);
+    /* the 3D network: the guided step's weight file is not made by this fixture yet */
+    const i3rt_status st = i3rt_snc_propagate(s);
+    cr_assert_eq(st, I3RT_ERR_INVALID_ARGUMENT, "%s", i3rt_context_error(ctx));
+    i3rt_slice rec;
+    int found;
+    expect_error(ctx, i3rt_snc_recommend(s, &rec, &found), I3RT_ERR_INVALID_ARGUMENT, "nothing propagated yet");
+    uint8_t vol[VD * VH * VW];
+    cr_assert_eq(i3rt_snc_get_mask(s, vol, VD * VH * VW), I3RT_OK);
+    expect_error(ctx, i3rt_snc_get_mask(s, vol, 5), I3RT_ERR_INVALID_ARGUMENT, "12 x 20 x 18");
+    printf("stage times:");
+    for (int k = 0; k < I3RT_SNC_STAGE_COUNT; k++)
+        printf(" %s %.3f s", i3rt_snc_stage_name(k), i3rt_snc_stage_seconds(s, k));
+    printf("\n");
+    cr_assert(i3rt_snc_stage_seconds(s, I3RT_SNC_STAGE_CLICK) > 0);
+    i3rt_snc_free(s);
+    fx_remove_dir(dir);
+    i3rt_context_free(ctx);
+}
