@@ -3,13 +3,13 @@
 
     gen_nninteractive.py --out DIR
 
-The layout is the contract in /work/team/ni_fixture.md (shared with the real-client test). DIR receives:
+Also read by tests/serve_client.py (the real client against i3rt serve). DIR receives:
   model_src/     an nnInteractive model folder (inference_info.json with the default capability mapping,
                  plans.json made like nnunetv2's ResEnc plans but tiny, dataset.json,
                  fold_0/checkpoint_final.pth with trainer nnInteractiveTrainer_stub) of a ResidualEncoderUNet
                  (5 stages, 8..64 features, patch 64^3; 1 image + 7 interaction channels in, 2 out)
   model/         the same converted by tools/convert_pt/convert_nninteractive.py (checked here against the
-                 network's parameters)
+                 network's parameters; the converter's errors and legacy rewrite are checked on copies)
   image.f32      a 40 x 72 x 48 crop of the Colin27 T1 (mricron-data's ch2bet.nii.gz, 3 mm block means),
                  float32, C order
   steps.json     {"shape", "patch_size", "seed", "sequences": [{"name", "do_autozoom", "steps": [...]}]}: per
@@ -245,6 +245,44 @@ def check_converted(folder, net):
         assert os.path.isfile(os.path.join(folder, name)), name
 
 
+def check_converter_errors(out, model_src):
+    """The converter refuses a folder without capability metadata and one whose metadata gives the network
+    another number of input channels, naming the file; a legacy inference_session_class.json holding a
+    plain string becomes an inference_info.json with the values the session reads from it (decay 0.9)."""
+    import shutil
+
+    scratch = os.path.join(out, "converter_checks")
+    shutil.rmtree(scratch, ignore_errors=True)
+    cases = {"no_info": None, "channels": dict(INFERENCE_INFO, interaction_channels=8), "legacy": None}
+    for name, info in cases.items():
+        folder = os.path.join(scratch, name)
+        shutil.copytree(model_src, folder)
+        os.unlink(os.path.join(folder, "inference_info.json"))
+        if info is not None:
+            with open(os.path.join(folder, "inference_info.json"), "w") as f:
+                json.dump(info, f)
+        if name == "legacy":
+            with open(os.path.join(folder, "inference_session_class.json"), "w") as f:
+                json.dump("nnInteractiveInferenceSessionV3", f)
+            convert_nninteractive.main([folder, "--out", os.path.join(folder, "out")])
+            with open(os.path.join(folder, "out", "inference_info.json")) as f:
+                info = json.load(f)
+            assert info["interaction_decay"] == 0.9 and info["interaction_channels"] == 6, info
+            continue
+        must_say = {"no_info": f"{folder}: neither inference_info.json nor inference_session_class.json",
+                    "channels": "tensor encoder.stem.convs.0.conv.weight has shape [8, 8, 3, 3, 3], the network "
+                                "in the plans needs [8, 10, 3, 3, 3]"}[name]
+        try:
+            convert_nninteractive.main([folder, "--out", os.path.join(folder, "out")])
+        except convert_nninteractive.ConversionError as e:
+            assert must_say in str(e), f"converter error {e!r} does not say {must_say!r}"
+            print(f"refused as expected: {e}")
+            assert not os.path.exists(os.path.join(folder, "out", "inference_info.json"))
+            continue
+        sys.exit(f"converter on {folder}: expected an error saying {must_say!r}")
+    shutil.rmtree(scratch)
+
+
 # ---- prompts, as the clients send them --------------------------------------------------------------------
 
 def slice_mask(shape, axis, index, draw):
@@ -441,6 +479,7 @@ def main():
     write_model_folder(model_src, net)
     convert_nninteractive.main([model_src, "--out", model])
     check_converted(model, net)
+    check_converter_errors(out, model_src)
     image.tofile(os.path.join(out, "image.f32"))
     seqs = run_sequences(out, model_src, image)
     with open(os.path.join(out, "steps.json"), "w") as f:
