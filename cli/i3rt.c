@@ -16,6 +16,7 @@
 #include "predict.h" /* cli/predict.h */
 #include "i3deep.h" /* cli/i3deep.h */
 #include "serve.h" /* cli/serve.h */
+#include "snc.h" /* cli/snc.h */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +35,7 @@ static const char *MAIN_HELP =
     "  forward MODEL IN... OUT [options]  one forward pass of a NIfTI volume on the CPU\n"
     "  predict -i IN -o OUT -m MODELDIR   nnU-Net v2 prediction of whole cases (i3rt predict --help)\n"
     "  i3deep COMMAND ARGS                i3Deep: recommend, refine-input, refine, simulate, evaluate (i3rt i3deep --help)\n"
+    "  snc COMMAND ARGS                   Slice-and-Conquer: click, propagate, recommend, simulate, evaluate (i3rt snc --help)\n"
     "  serve --model DIR [options]        nnInteractive's HTTP server protocol for its client and viewers (i3rt serve --help)\n"
     "  version                            print the version\n"
     "\n"
@@ -323,6 +325,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "i3deep") == 0) return cli_i3deep(argc - 2, argv + 2);
     if (strcmp(cmd, "predict") == 0) return cli_predict(argc - 2, argv + 2);
     if (strcmp(cmd, "serve") == 0) return cli_serve(argc - 2, argv + 2);
+    if (strcmp(cmd, "snc") == 0) return cli_snc(argc - 2, argv + 2);
     fprintf(stderr, "i3rt: unknown command '%s'\n\n%s", cmd, MAIN_HELP);
     return EXIT_USAGE;
 }
