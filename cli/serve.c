@@ -663,7 +663,7 @@ static bool on_claim(call *c) {
     cJSON_AddNumberToObject(json, "idle_timeout_seconds", c->srv->leases.idle_timeout);
     cJSON_AddNumberToObject(json, "liveness_timeout_seconds", c->srv->leases.liveness_timeout);
     cJSON_AddNumberToObject(json, "max_sessions", c->srv->leases.max_sessions);
-    leases_put(&c->srv->leases, lease, false);
+    leases_put(&c->srv->leases, lease, true, false);
     json_answer(c->out, 200, json);
     return true;
 }
@@ -726,7 +726,7 @@ static void dispatch(server *srv, struct MHD_Connection *conn, const char *metho
     } else {
         r->handle(&c);
     }
-    leases_put(&srv->leases, c.lease, r->lease == LEASE_ACTIVE);
+    leases_put(&srv->leases, c.lease, r->lease != LEASE_PEEK, r->lease == LEASE_ACTIVE);
 }
 
 /* ---- libmicrohttpd glue ------------------------------------------------------------------------------ */

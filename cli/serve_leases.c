@@ -126,11 +126,11 @@ double leases_remaining(serve_registry *r, serve_lease *lease) {
     return left > 0 ? left : 0;
 }
 
-void leases_put(serve_registry *r, serve_lease *lease, bool active) {
+void leases_put(serve_registry *r, serve_lease *lease, bool seen, bool active) {
     if (!lease) return;
     pthread_mutex_lock(&r->mu);
     /* the end of a request is a sign of life too, and the idle time counts from the end of an action */
-    lease->last_seen = serve_now();
+    if (seen) lease->last_seen = serve_now();
     if (active) lease->last_active = lease->last_seen;
     bool last = --lease->refs == 0 && lease->removed;
     pthread_mutex_unlock(&r->mu);

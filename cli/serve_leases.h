@@ -73,8 +73,9 @@ serve_claim_result leases_claim(serve_registry *r, serve_lease **out, char *erro
 /* The lease of token (NULL if unknown or gone), referenced; mark_seen refreshes its liveness clock. */
 serve_lease *leases_get(serve_registry *r, const char *token, bool mark_seen);
 void leases_mark_active(serve_registry *r, serve_lease *lease);
-/* Hands back a reference; active: the request was a user action (postpones the idle time-out). */
-void leases_put(serve_registry *r, serve_lease *lease, bool active);
+/* Hands back a reference. seen: the request was a sign of life (all but lease_status); active: it was
+ * a user action (postpones the idle time-out; implies seen). */
+void leases_put(serve_registry *r, serve_lease *lease, bool seen, bool active);
 /* Seconds until the idle time-out. */
 double leases_remaining(serve_registry *r, serve_lease *lease);
 /* Drops the lease of token; false if there was none (releasing is idempotent). */

@@ -197,10 +197,10 @@ def whole_session(args, url, lib, steps, image):
         t0 = time.time()
         remote, local = run_step(fx, shape, st, client, ref)
         kinds.add(st["kind"])
-        equal = np.array_equal(target, ref_target)
+        equal = np.array_equal(target, ref_target) if lib else "(no reference)"
         py = np.fromfile(os.path.join(fx, st["target"]), np.uint8).reshape(shape) if prefix and st.get("target") else None
         py_agree = f"{100 * np.mean(py == target):.3f} %" if py is not None else "-"
-        print(f"{name} step {i:2d} {st['kind']:<11} remote {remote} local {clip(local, shape) if st['kind'] != 'undo' else local}"
+        print(f"{name} step {i:2d} {st['kind']:<11} remote {remote} in-process {clip(local, shape) if st['kind'] != 'undo' else local}"
               f" fg {int(target.sum())} remote == in-process: {equal}; vs nnInteractive {py_agree}"
               f" ({time.time() - t0:.1f} s)", flush=True)
         if not lib:
@@ -426,13 +426,13 @@ def two_clients(args, url, lib, image):
 
 def timeouts(args, image):
     """Section 6: reaping on a server with short time-outs (no auth: the env var is unset)."""
-    proc, url, log = start_server(args, "--max-sessions", "1", "--liveness-timeout-seconds", "1",
-                                  "--idle-timeout-seconds", "2.5", "--sweep-interval-seconds", "0.2")
+    proc, url, log = start_server(args, "--max-sessions", "1", "--liveness-timeout-seconds", "0.5",
+                                  "--idle-timeout-seconds", "2.5", "--sweep-interval-seconds", "0.1")
     http = httpx.Client(base_url=url, timeout=120)
     lease = http.post("/claim").json()["lease_token"]
     r = http.post("/claim")
     check(r.status_code == 503 and r.headers.get("retry-after") == "10", f"max-sessions 1: second claim {r.status_code}")
-    time.sleep(1.8)
+    time.sleep(1.0)
     r = http.post("/heartbeat", headers={"X-Lease-Token": lease})
     check(r.status_code == 410, f"a silent lease is reaped as dead: {r.status_code}")
     r = http.post("/claim")
@@ -448,15 +448,18 @@ def timeouts(args, image):
     took = time.time() - t0
     check(r.status_code == 200, f"a point on the short time-out server: {r.status_code} {r.text[:200]}")
     r = http.post("/heartbeat", headers=lh)
-    check(r.status_code == 200, f"a lease whose {took:.1f} s prediction outlasted the 1 s liveness time-out "
-                                f"is still there: {r.status_code}")
+    if took > 0.7:  # the reaper ran (every 0.1 s) while the request was older than the liveness time-out
+        check(r.status_code == 200, f"a lease whose {took:.1f} s prediction outlasted the 0.5 s liveness time-out "
+                                    f"is still there: {r.status_code}")
+    else:
+        print(f"the prediction took {took:.1f} s, not longer than the liveness time-out: not exercised", flush=True)
     # heartbeats keep it alive but do not postpone the idle time-out (counted from the end of the action)
     t0, last = time.time(), None
     while time.time() - t0 < 4.0:
         last = http.post("/heartbeat", headers=lh).status_code
         if last == 410:
             break
-        time.sleep(0.3)
+        time.sleep(0.1)
     idle = time.time() - t0
     check(last == 410 and 2.2 < idle < 3.5, f"a lease kept alive by heartbeats only is reaped as idle ({last} after {idle:.1f} s)")
     http.close()
@@ -464,7 +467,7 @@ def timeouts(args, image):
     with open(log) as f:
         text = f.read()
     check("reaped dead" in text and "reaped idle" in text, "the server logs both reapings")
-    print(f"time-outs: a silent lease reaped as dead; a {took:.1f} s prediction kept its lease (liveness 1 s); "
+    print(f"time-outs: a silent lease reaped as dead; a {took:.1f} s prediction kept its lease (liveness 0.5 s); "
           f"a heartbeat-only lease reaped as idle after {idle:.1f} s", flush=True)
 
 
