@@ -56,12 +56,9 @@ def read_capability(model_dir):
         with open(path, encoding="utf-8") as f:
             return session, f.read()
     # A legacy file only sets the runtime values; the capability is the session's legacy default.
-    legacy = session._legacy_default_capability()
-    legacy["channel_mapping"] = {k: (list(v) if isinstance(v, tuple) else v)
-                                 for k, v in legacy["channel_mapping"].items()}
     info = {"inference_class": type(session).__name__, "point_radius": radius,
             "preferred_scribble_thickness": thickness, "interaction_decay": decay, "pad_mode_image": pad_mode,
-            **legacy}
+            **session._legacy_default_capability()}
     return session, json.dumps(info, indent=4) + "\n"
 
 
