@@ -181,11 +181,14 @@ Test(nninteractive, parity_with_python_session) {
             i3rt_ni_timing tm;
             i3rt_ni_get_timing(s, &tm);
             const bool same_box = box_equal(&r.changed, &ref_box);
+            char *zoom_text = cJSON_IsNumber(zoom) ? cJSON_PrintUnformatted(zoom) : strdup("-");
             printf("nninteractive %-11s step %2d %-11s target agree %.5f%% (%lld differ) prev_seg %.5f%% prompt "
-                   "channels %lld differ | ran %d/%d box %s | zoom py %s i3rt %.3g, %d forwards, %.2f s\n",
+                   "channels %lld differ | ran %d/%d box %s | zoom py %s i3rt %.3g, %d forwards, %.2f s (network %.2f, "
+                   "input %.2f)\n",
                    name, k, kind, 100 * agree_target, (long long)target_diff, 100 * agree_prev, (long long)prompt_diff,
                    r.ran_prediction, ref_ran, same_box ? "same" : "DIFFERS",
-                   cJSON_IsNumber(zoom) ? cJSON_PrintUnformatted(zoom) : "-", tm.zoom, tm.n_forwards, dt);
+                   zoom_text, tm.zoom, tm.n_forwards, dt, tm.network, tm.network_input);
+            free(zoom_text);
             if (!same_box)
                 printf("    box i3rt [%lld,%lld)x[%lld,%lld)x[%lld,%lld) python [%lld,%lld)x[%lld,%lld)x[%lld,%lld)\n",
                        (long long)r.changed.lo[0], (long long)r.changed.hi[0], (long long)r.changed.lo[1],
