@@ -17,8 +17,10 @@ static i3rt_status cpu_copy(i3_backend *b, void *dst, const void *src, size_t by
 }
 
 static size_t cpu_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) {
-    if (node->op != I3_OP_CONV) return 0;
-    return i3_cpu_conv_scratch_bytes(i3_value_shape5(&g->values[node->in[0]]), &node->p.conv, b->n_threads);
+    const i3_shape5 xs = i3_value_shape5(&g->values[node->in[0]]);
+    if (node->op == I3_OP_CONV) return i3_cpu_conv_scratch_bytes(xs, &node->p.conv, b->n_threads);
+    if (node->op == I3_OP_ACS_CONV) return i3_cpu_acs_conv_scratch_bytes(xs, &node->p.acs, b->n_threads);
+    return 0;
 }
 
 static i3rt_status cpu_run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
@@ -33,7 +35,7 @@ static i3rt_status cpu_run_node(i3_backend *b, const i3_graph *g, const i3_node 
     switch (node->op) {
     case I3_OP_CONV: i3_cpu_conv(in0, xs, in1, in2, &node->p.conv, out, scratch, nt); break;
     case I3_OP_CONV_TRANSPOSE: i3_cpu_conv_transpose(in0, xs, in1, in2, &node->p.conv_transpose, out, nt); break;
-    case I3_OP_ACS_CONV: i3_cpu_acs_conv_ref(in0, xs, in1, in2, &node->p.acs, out); break;
+    case I3_OP_ACS_CONV: i3_cpu_acs_conv(in0, xs, in1, in2, &node->p.acs, out, scratch, nt); break;
     case I3_OP_INSTANCE_NORM: i3_cpu_instance_norm(in0, xs, in1, in2, &node->p.norm, out, nt); break;
     case I3_OP_ACTIVATION: i3_cpu_activation(in0, i3_shape5_numel(xs), node->p.act, out, nt); break;
     case I3_OP_ADD: i3_cpu_add(in0, in1, i3_shape5_numel(xs), node->p.act, out, nt); break;
@@ -53,6 +55,10 @@ static i3rt_status cpu_run_node(i3_backend *b, const i3_graph *g, const i3_node 
         i3_cpu_object_attention_ref(in0, in1, in2, xs.n, xs.c, g->values[node->in[2]].dims[1],
                                     g->values[node->in[1]].dims[2], i3_shape5_spatial(xs), out, nt);
         break;
+    case I3_OP_MASK_POOL:
+        i3_cpu_mask_pool_ref(in0, xs, in1, i3_value_shape5(&g->values[node->in[1]]), &node->p.mask_pool, out);
+        break;
+    case I3_OP_CHANNEL_GATE: i3_cpu_channel_gate(in0, xs, in1, out, nt); break;
     default:
         return i3_fail(b->ctx, I3RT_ERR_UNSUPPORTED, "CPU backend: op %s not implemented", i3_op_name(node->op));
     }

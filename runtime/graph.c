@@ -15,6 +15,7 @@ const char *i3_op_name(i3_op op) {
         [I3_OP_CONCAT] = "concat", [I3_OP_RESIZE] = "resize", [I3_OP_SOFTMAX] = "softmax",
         [I3_OP_AVG_POOL] = "avg_pool", [I3_OP_SLICE_CHANNELS] = "slice_channels",
         [I3_OP_SPATIAL_GATHER] = "spatial_gather", [I3_OP_OBJECT_ATTENTION] = "object_attention",
+        [I3_OP_MASK_POOL] = "mask_pool", [I3_OP_CHANNEL_GATE] = "channel_gate",
     };
     return (op >= 0 && op < I3_OP_COUNT && names[op]) ? names[op] : "?";
 }
@@ -330,11 +331,49 @@ int i3_graph_object_attention(i3_graph *g, int query, int key, int value, const 
     return add_node(g, I3_OP_OBJECT_ATTENTION, query, key, value, qs, name);
 }
 
+/* SnC mask attention: feats [n, c, ceil(d / stride), ...] and guide [n, 2, d, h, w] -> [n, 2c, 1, 1, 1]. */
+int i3_graph_mask_pool(i3_graph *g, int feats, int guide, const i3_mask_pool_params *p, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, feats) || !valid_activation(g, guide))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid inputs", name);
+    const i3_shape5 fs = i3_value_shape5(&g->values[feats]), gs = i3_value_shape5(&g->values[guide]);
+    if (p->stride < 1 || !(p->eps > 0.0f))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: stride %d and eps %g must be positive", name, p->stride,
+                          (double)p->eps);
+    if (gs.n != fs.n || gs.c != 2 || fs.d != i3_mask_pool_feature_len(gs.d, p->stride) ||
+        fs.h != i3_mask_pool_feature_len(gs.h, p->stride) || fs.w != i3_mask_pool_feature_len(gs.w, p->stride)) {
+        char x[96], y[96];
+        return graph_fail(g, I3RT_ERR_SHAPE,
+                          "%s: features %s (%s) must be guide %s (%s, 2 channels: masks, annotated) at stride %d "
+                          "(rounded up)",
+                          name, g->values[feats].name, shape_str(g->values[feats].dims, 5, x, sizeof x),
+                          g->values[guide].name, shape_str(g->values[guide].dims, 5, y, sizeof y), p->stride);
+    }
+    int id = add_node(g, I3_OP_MASK_POOL, feats, guide, -1, i3_mask_pool_out_shape(fs), name);
+    if (id >= 0) last_node(g)->p.mask_pool = *p;
+    return id;
+}
+
+/* SnC mask attention: x [n, c, ...] times 2 sigmoid(gate [n, c, 1, 1, 1]). */
+int i3_graph_channel_gate(i3_graph *g, int x, int gate, const char *name) {
+    if (g->failed) return -1;
+    if (!valid_activation(g, x) || !valid_activation(g, gate))
+        return graph_fail(g, I3RT_ERR_INVALID_ARGUMENT, "%s: invalid inputs", name);
+    const i3_shape5 xs = i3_value_shape5(&g->values[x]), gs = i3_value_shape5(&g->values[gate]);
+    if (gs.n != xs.n || gs.c != xs.c || i3_shape5_spatial(gs) != 1) {
+        char a[96], b[96];
+        return graph_fail(g, I3RT_ERR_SHAPE, "%s: gate %s (%s) must be [%lld, %lld, 1, 1, 1] for %s (%s)", name,
+                          g->values[gate].name, shape_str(g->values[gate].dims, 5, b, sizeof b), (long long)xs.n,
+                          (long long)xs.c, g->values[x].name, shape_str(g->values[x].dims, 5, a, sizeof a));
+    }
+    return add_node(g, I3_OP_CHANNEL_GATE, x, gate, -1, xs, name);
+}
+
 /* ---- planning ---------------------------------------------------------------------------------- */
 
 /* Ops whose output may overwrite their first input element by element. */
 static bool op_runs_in_place(i3_op op) {
-    return op == I3_OP_INSTANCE_NORM || op == I3_OP_ACTIVATION || op == I3_OP_ADD;
+    return op == I3_OP_INSTANCE_NORM || op == I3_OP_ACTIVATION || op == I3_OP_ADD || op == I3_OP_CHANNEL_GATE;
 }
 
 typedef struct {

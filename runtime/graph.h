@@ -38,6 +38,8 @@ typedef enum {
     I3_OP_SLICE_CHANNELS,   /* in: x                 p.slice */
     I3_OP_SPATIAL_GATHER,   /* in: feats, logits     -> [n, c, classes, 1, 1] */
     I3_OP_OBJECT_ATTENTION, /* in: query, key, value (key/value [n, c, classes, 1, 1]) */
+    I3_OP_MASK_POOL,        /* in: feats, guide      p.mask_pool -> [n, 2c, 1, 1, 1] */
+    I3_OP_CHANNEL_GATE,     /* in: x, gate [n, c, 1, 1, 1]       (may run in place) */
     I3_OP_COUNT
 } i3_op;
 
@@ -58,6 +60,7 @@ typedef struct {
         i3_resize_params resize;
         i3_avg_pool_params avg_pool;
         i3_slice_params slice;
+        i3_mask_pool_params mask_pool;
     } p;
     size_t scratch_bytes;  /* set by i3_graph_plan through the backend */
 } i3_node;
@@ -102,6 +105,8 @@ int i3_graph_avg_pool(i3_graph *g, int x, const i3_avg_pool_params *p, const cha
 int i3_graph_slice_channels(i3_graph *g, int x, const i3_slice_params *p, const char *name);
 int i3_graph_spatial_gather(i3_graph *g, int feats, int logits, const char *name);
 int i3_graph_object_attention(i3_graph *g, int query, int key, int value, const char *name);
+int i3_graph_mask_pool(i3_graph *g, int feats, int guide, const i3_mask_pool_params *p, const char *name);
+int i3_graph_channel_gate(i3_graph *g, int x, int gate, const char *name);
 
 /* Marks the output, computes lifetimes, asks the backend for each node's scratch and assigns arena
  * offsets (in-place ops reuse their input's buffer when it dies there). */

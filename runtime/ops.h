@@ -19,6 +19,11 @@ typedef struct {
 static inline int64_t i3_shape5_spatial(i3_shape5 s) { return s.d * s.h * s.w; }
 static inline int64_t i3_shape5_numel(i3_shape5 s) { return s.n * s.c * s.d * s.h * s.w; }
 
+/* Memory-bound loops over fewer values than this run on one thread: waking the others costs more than
+ * it saves, and far more on a busy machine, where OpenMP's barrier waits for a descheduled thread
+ * (measured: docs/performance.md, "HRNet ACS 3D"). */
+#define I3_PARALLEL_MIN_VALUES (1 << 18)
+
 /* Activation applied at the end of an op (fused epilogue). slope is LeakyReLU's negative slope. */
 typedef enum { I3_ACT_NONE = 0, I3_ACT_RELU, I3_ACT_LEAKY_RELU } i3_act_kind;
 typedef struct {
@@ -188,5 +193,25 @@ void i3_cpu_spatial_gather_ref(const float *feats, const float *logits, int64_t 
 #define I3_OCR_MAX_CLASSES 64
 void i3_cpu_object_attention_ref(const float *q, const float *key, const float *value, int64_t n, int64_t ck,
                                  int64_t cv, int64_t kc, int64_t s, float *y, int n_threads);
+
+/* ---- ops of Slice-and-Conquer's mask-attention module (ops/mask_pool.c, ops/channel_gate.c) ---- */
+
+/* Mask pooling: feats [n, c, d', h', w'] averaged over the annotated foreground and background given by
+ * guide [n, 2, d, h, w] (2D masks placed in 3D, annotated-slice indicator) at stride `stride` of the
+ * features (d' = ceil(d / stride) per axis, i3_mask_pool_feature_len): y [n, 2c, 1, 1, 1] =
+ * (foreground average, background average), each sum_j w(j) feats(j) / (sum_j w(j) + eps) with w the
+ * guide's window means (ops/mask_pool.c). */
+typedef struct {
+    int stride;
+    float eps;
+} i3_mask_pool_params;
+
+i3_shape5 i3_mask_pool_out_shape(i3_shape5 feats);
+int64_t i3_mask_pool_feature_len(int64_t in, int stride);
+void i3_cpu_mask_pool_ref(const float *feats, i3_shape5 fs, const float *guide, i3_shape5 gs,
+                          const i3_mask_pool_params *p, float *y);
+
+/* y = x * 2 sigmoid(gate[n, c]) per channel; gate [n, c, 1, 1, 1]; in place allowed. */
+void i3_cpu_channel_gate(const float *x, i3_shape5 xs, const float *gate, float *y, int n_threads);
 
 #endif /* I3RT_OPS_H */

@@ -1,6 +1,8 @@
 /* The ops added for RITM's HRNet-OCR: spatial_gather, object_attention (against PyTorch, fixtures from
- * tests/gen_ops_hrnet.py, float64 references), slice_channels; their graph builders (shape checks and
- * messages), the CPU backend's dispatch, and the emulated CUDA backend's refusal (no kernels yet).
+ * tests/gen_ops_hrnet.py, float64 references), slice_channels; Slice-and-Conquer's mask attention ops
+ * mask_pool and channel_gate (against tools/snc_models.py's MaskAttention, same fixtures); the fast ACS
+ * convolution against its reference; their graph builders (shape checks and messages), the CPU
+ * backend's dispatch, and the emulated CUDA backend's refusal (no kernels yet).
  * Tolerance: max |i3rt - torch| <= 1e-5 * max |torch| (double sums in the references; float32 in/out). */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -9,6 +11,7 @@
 
 #include "backend.h"
 #include "fixtures.h"
+#include "hrnet.h"
 
 #define OCR_REL_TOL 1e-5
 
@@ -63,6 +66,77 @@ Test(ops_hrnet, object_attention_vs_torch) {
         check(label, y, ref, n_out);
         fx_guarded_free(y);
         i3_weights_free(w);
+    }
+}
+
+Test(ops_hrnet, mask_pool_vs_torch) {
+    for (int i = 0; i < 4; i++) {
+        i3_weights *w = open_case("mask_pool", i);
+        int64_t fs[5], gs[5], ys[5];
+        const float *feats = get(w, "feats", fs), *guide = get(w, "guide", gs), *ref = get(w, "y", ys);
+        const i3_shape5 f5 = {fs[0], fs[1], fs[2], fs[3], fs[4]}, g5 = {gs[0], gs[1], gs[2], gs[3], gs[4]};
+        const int64_t n_out = i3_shape5_numel(i3_mask_pool_out_shape(f5));
+        cr_assert_eq(n_out, ys[0] * ys[1]);
+        float *y = fx_guarded_alloc(n_out);
+        const i3_mask_pool_params p = {I3_SNC_ATTENTION_STRIDE, I3_SNC_ATTENTION_EPS};
+        i3_cpu_mask_pool_ref(feats, f5, guide, g5, &p, y);
+        char label[96];
+        snprintf(label, sizeof label, "mask_pool %d: n %lld c %lld guide %lld x %lld x %lld", i, (long long)fs[0],
+                 (long long)fs[1], (long long)gs[2], (long long)gs[3], (long long)gs[4]);
+        check(label, y, ref, n_out);
+        fx_guarded_free(y);
+        i3_weights_free(w);
+    }
+}
+
+Test(ops_hrnet, channel_gate_vs_torch) {
+    for (int i = 0; i < 2; i++) {
+        i3_weights *w = open_case("channel_gate", i);
+        int64_t xs[5], gs[5], ys[5];
+        const float *x = get(w, "x", xs), *gate = get(w, "gate", gs), *ref = get(w, "y", ys);
+        const i3_shape5 x5 = {xs[0], xs[1], xs[2], xs[3], xs[4]};
+        const int64_t n = i3_shape5_numel(x5);
+        float *y = fx_guarded_alloc(n);
+        i3_cpu_channel_gate(x, x5, gate, y, 2);
+        char label[64];
+        snprintf(label, sizeof label, "channel_gate %d", i);
+        check(label, y, ref, n);
+        memcpy(y, x, (size_t)n * sizeof *y); /* in place, as the graph runs it */
+        i3_cpu_channel_gate(y, x5, gate, y, 1);
+        check(label, y, ref, n);
+        fx_guarded_free(y);
+        i3_weights_free(w);
+    }
+}
+
+/* The fast ACS convolution (three i3_cpu_conv calls on the parts) against the reference: both conv
+ * strategies (cin < 8: im2col, cin >= 8: direct), stride 2, batch 2, couts not divisible by 3 or below
+ * 3 (empty parts), k 1 and 5, and paddings that the decomposition does not take (reference fallback). */
+Test(ops_hrnet, acs_conv_fast_matches_reference) {
+    static const struct {
+        i3_shape5 x;
+        int cout, k, stride, pad;
+    } cases[] = {{{1, 3, 5, 6, 7}, 5, 3, 1, 1},   {{2, 16, 7, 5, 6}, 7, 3, 2, 1}, {{1, 20, 9, 8, 10}, 18, 3, 1, 1},
+                 {{1, 9, 4, 5, 6}, 2, 3, 2, 1},   {{1, 8, 9, 7, 8}, 8, 5, 2, 2},  {{1, 3, 4, 5, 6}, 4, 1, 1, 0},
+                 {{1, 12, 6, 7, 5}, 6, 3, 1, 2},  {{1, 3, 7, 8, 9}, 6, 3, 1, 0},  {{1, 4, 6, 5, 7}, 5, 2, 1, 1}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        fx_rng r = fx_rng_seed(900 + i);
+        const i3_shape5 xs = cases[i].x;
+        const i3_acs_conv_params p = {cases[i].cout, cases[i].k, cases[i].stride, cases[i].pad, {I3_ACT_LEAKY_RELU, 0.1f}};
+        const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(i3_acs_conv_out_shape(xs, &p));
+        const int64_t nw = (int64_t)p.cout * xs.c * p.k * p.k;
+        float *x = malloc((size_t)nx * sizeof *x), *w = malloc((size_t)nw * sizeof *w), b[32];
+        float *ref = malloc((size_t)ny * sizeof *ref), *y = fx_guarded_alloc(ny);
+        fx_fill(&r, x, nx, -1.0f, 1.0f), fx_fill(&r, w, nw, -0.5f, 0.5f), fx_fill(&r, b, p.cout, -1.0f, 1.0f);
+        const size_t scratch_bytes = i3_cpu_acs_conv_scratch_bytes(xs, &p, 2);
+        void *scratch = scratch_bytes ? malloc(scratch_bytes) : NULL;
+        i3_cpu_acs_conv_ref(x, xs, w, i % 2 ? NULL : b, &p, ref);
+        i3_cpu_acs_conv(x, xs, w, i % 2 ? NULL : b, &p, y, scratch, 2);
+        char label[128];
+        snprintf(label, sizeof label, "acs_conv x[%lld,%lld,%lld,%lld,%lld] cout %d k%d s%d p%d", (long long)xs.n,
+                 (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, p.cout, p.k, p.stride, p.pad);
+        check(label, y, ref, ny);
+        free(x), free(w), free(ref), free(scratch), fx_guarded_free(y);
     }
 }
 
@@ -137,6 +211,28 @@ Test(ops_hrnet, graph_shape_errors) {
     x = i3_graph_input(&g, XS);
     cr_expect_eq(i3_graph_object_attention(&g, x, x, x, "att"), -1); /* key must be [n, ck, k, 1, 1] */
     cr_expect(strstr(ctx.error, "att: query [1, 4, 2, 5, 6], key [1, 4, 2, 5, 6]"), "%s", ctx.error);
+    i3_graph_free(&g);
+}
+
+Test(ops_hrnet, mask_attention_graph_shape_errors) {
+    i3_ctx ctx = {.n_threads = 1};
+    i3_graph g;
+    i3_graph_init(&g, &ctx);
+    int x = i3_graph_input(&g, (i3_shape5){1, 4, 9, 8, 7});
+    const i3_slice_params guide_part = {0, 2}, feats_part = {0, 3};
+    const i3_avg_pool_params pp = {{2, 2, 2}}; /* [1, 3, 4, 4, 3]: not ceil(9 / 4) = 3 deep */
+    int feats = i3_graph_avg_pool(&g, i3_graph_slice_channels(&g, x, &feats_part, "feats"), &pp, "pooled");
+    const i3_mask_pool_params mp = {I3_SNC_ATTENTION_STRIDE, I3_SNC_ATTENTION_EPS};
+    cr_expect_eq(i3_graph_mask_pool(&g, feats, i3_graph_slice_channels(&g, x, &guide_part, "guide"), &mp, "mp"), -1);
+    cr_expect(strstr(ctx.error, "mp: features pooled ([1, 3, 4, 4, 3]) must be guide guide ([1, 2, 9, 8, 7], 2 "
+                                "channels: masks, annotated) at stride 4"),
+              "%s", ctx.error);
+    i3_graph_free(&g);
+
+    i3_graph_init(&g, &ctx);
+    x = i3_graph_input(&g, XS);
+    cr_expect_eq(i3_graph_channel_gate(&g, x, x, "gate"), -1);
+    cr_expect(strstr(ctx.error, "gate: gate input ([1, 4, 2, 5, 6]) must be [1, 4, 1, 1, 1] for input"), "%s", ctx.error);
     i3_graph_free(&g);
 }
 

@@ -8,7 +8,14 @@
  * (p = k / 2, all of RITM's convs) that is s * o. (ACSConv takes a 1-tap shortcut instead when that
  * length equals n or n / 2; it differs from the centre tap only when p != k / 2.)
  *
- *   i3_cpu_acs_conv_ref  the sum per output voxel, accumulated in double. */
+ *   i3_cpu_acs_conv_ref  the sum per output voxel, accumulated in double (the test oracle).
+ *   i3_cpu_acs_conv      each part is a 3D convolution whose kernel is the 2D one laid on the part's two
+ *                        axes with size 1 on the third: [split, cin, 1, k, k], [split, cin, k, 1, k],
+ *                        [split, cin, k, k, 1], which is the memory layout of the part's rows of w as they
+ *                        are, so the engine's fast convolution (ops/conv.c) runs on them in place and writes
+ *                        the part's output channels directly. The kernel-less axis takes the centre tap
+ *                        through padding p - k/2 there, so this needs an odd k and p >= k/2 (every converted
+ *                        network); other paddings (only ACSConv's own tests use them) run the reference. */
 #include "ops.h"
 
 void i3_acs_split(int cout, int split[3]) {
@@ -53,5 +60,50 @@ void i3_cpu_acs_conv_ref(const float *x, i3_shape5 xs, const float *w, const flo
                                 }
                         y[(((n * ys.c + o) * ys.d + od) * ys.h + oh) * ys.w + ow] = i3_act_apply(p->act, (float)acc);
                     }
+        }
+}
+
+/* ---- fast path: three 3D convolutions ---------------------------------------------------------- */
+
+static int acs_parts_are_convs(const i3_acs_conv_params *p) { return p->k % 2 == 1 && p->pad >= p->k / 2; }
+
+/* The 3D convolution computing part `part` (0 axial, 1 coronal, 2 sagittal) with `cout` channels. */
+static i3_conv_params acs_part_conv(const i3_acs_conv_params *p, int part, int cout) {
+    i3_conv_params c = {cout, {p->k, p->k, p->k}, {p->stride, p->stride, p->stride}, {p->pad, p->pad, p->pad}, p->act};
+    c.k[part] = 1, c.pad[part] = p->pad - p->k / 2;
+    return c;
+}
+
+size_t i3_cpu_acs_conv_scratch_bytes(i3_shape5 xs, const i3_acs_conv_params *p, int n_threads) {
+    if (!acs_parts_are_convs(p)) return 0;
+    int split[3];
+    i3_acs_split(p->cout, split);
+    xs.n = 1; /* one sample at a time */
+    size_t most = 0;
+    for (int part = 0; part < 3; part++) {
+        const i3_conv_params c = acs_part_conv(p, part, split[part]);
+        const size_t bytes = split[part] ? i3_cpu_conv_scratch_bytes(xs, &c, n_threads) : 0;
+        most = bytes > most ? bytes : most;
+    }
+    return most;
+}
+
+void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
+                     float *y, void *scratch, int n_threads) {
+    if (!acs_parts_are_convs(p)) {
+        i3_cpu_acs_conv_ref(x, xs, w, b, p, y);
+        return;
+    }
+    const i3_shape5 ys = i3_acs_conv_out_shape(xs, p), one = {1, xs.c, xs.d, xs.h, xs.w};
+    const int64_t in_sample = xs.c * i3_shape5_spatial(xs), out_spatial = i3_shape5_spatial(ys);
+    const int64_t per_out = xs.c * p->k * p->k;
+    int split[3];
+    i3_acs_split(p->cout, split);
+    for (int64_t n = 0; n < xs.n; n++)
+        for (int part = 0, first = 0; part < 3; first += split[part], part++) {
+            if (split[part] == 0) continue;
+            const i3_conv_params c = acs_part_conv(p, part, split[part]);
+            i3_cpu_conv(x + n * in_sample, one, w + first * per_out, b ? b + first : NULL, &c,
+                        y + (n * ys.c + first) * out_spatial, scratch, n_threads);
         }
 }
