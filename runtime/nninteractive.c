@@ -609,35 +609,60 @@ i3rt_status i3_ni_set_image(i3_ni_session *s, const float *image, const int64_t 
     }
     if ((uint64_t)n * (uint64_t)(s->cap.n_channels * 2 + 4) > ((uint64_t)1 << 46))
         return i3_fail(s->ctx, I3RT_ERR_SHAPE, "nnInteractive set_image: %lld voxels is too large", (long long)n);
-    /* the bounding box of the nonzero voxels (_nonzero_spatial_bbox), and finiteness */
-    int64_t lo[3] = {shape[0], shape[1], shape[2]}, hi[3] = {0, 0, 0};
-    for (int64_t z = 0; z < shape[0]; z++)
-        for (int64_t y = 0; y < shape[1]; y++) {
+    /* the bounding box of the nonzero voxels (_nonzero_spatial_bbox), and finiteness: per plane, then
+     * combined (plane z: rows [ylo, yhi), columns [xlo, xhi); bad: the first non-finite voxel + 1) */
+    int64_t *planes = i3_malloc(s->ctx, (size_t)shape[0] * 5 * sizeof *planes, "the image statistics");
+    if (!planes) return I3RT_ERR_OUT_OF_MEMORY;
+#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads)
+    for (int64_t z = 0; z < shape[0]; z++) {
+        int64_t *pl = planes + 5 * z, ylo = shape[1], yhi = 0, xlo = shape[2], xhi = 0, bad = 0;
+        for (int64_t y = 0; y < shape[1] && !bad; y++) {
             const float *row = image + (z * shape[1] + y) * shape[2];
             for (int64_t x = 0; x < shape[2]; x++) {
-                if (!isfinite(row[x]))
-                    return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "nnInteractive set_image: voxel (%lld, %lld, %lld) "
-                                   "is %s", (long long)z, (long long)y, (long long)x, isnan(row[x]) ? "NaN" : "infinite");
-                if (row[x] != 0) {
-                    const int64_t p[3] = {z, y, x};
-                    for (int a = 0; a < 3; a++) {
-                        if (p[a] < lo[a]) lo[a] = p[a];
-                        if (p[a] + 1 > hi[a]) hi[a] = p[a] + 1;
-                    }
+                if (!isfinite(row[x])) {
+                    bad = y * shape[2] + x + 1;
+                    break;
                 }
+                if (row[x] == 0) continue;
+                if (y < ylo) ylo = y;
+                yhi = y + 1;
+                if (x < xlo) xlo = x;
+                if (x + 1 > xhi) xhi = x + 1;
             }
         }
+        pl[0] = ylo, pl[1] = yhi, pl[2] = xlo, pl[3] = xhi, pl[4] = bad;
+    }
+    int64_t lo[3] = {shape[0], shape[1], shape[2]}, hi[3] = {0, 0, 0};
+    for (int64_t z = 0; z < shape[0]; z++) {
+        const int64_t *pl = planes + 5 * z;
+        if (pl[4]) {
+            const int64_t y = (pl[4] - 1) / shape[2], x = (pl[4] - 1) % shape[2];
+            const float v = image[(z * shape[1] + y) * shape[2] + x];
+            free(planes);
+            return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "nnInteractive set_image: voxel (%lld, %lld, %lld) is %s",
+                           (long long)z, (long long)y, (long long)x, isnan(v) ? "NaN" : "infinite");
+        }
+        if (pl[1] == 0) continue;
+        if (z < lo[0]) lo[0] = z;
+        hi[0] = z + 1;
+        if (pl[0] < lo[1]) lo[1] = pl[0];
+        if (pl[1] > hi[1]) hi[1] = pl[1];
+        if (pl[2] < lo[2]) lo[2] = pl[2];
+        if (pl[3] > hi[2]) hi[2] = pl[3];
+    }
+    free(planes);
     if (hi[0] == 0)
         return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "nnInteractive set_image: the image is entirely zero; cannot "
                        "determine normalization statistics");
-    /* mean and unbiased std over the box (zeros inside included), as float32 tensors hold them */
+    /* mean and unbiased std over the box (zeros inside included), in double, then as float32 tensors hold them */
     const int64_t m = box_voxels(lo, hi);
-    double sum = 0;
+    double sum = 0, ss = 0;
+#pragma omp parallel for collapse(2) reduction(+ : sum) schedule(static) num_threads(s->ctx->n_threads)
     for (int64_t z = lo[0]; z < hi[0]; z++)
         for (int64_t y = lo[1]; y < hi[1]; y++)
             for (int64_t x = lo[2]; x < hi[2]; x++) sum += image[(z * shape[1] + y) * shape[2] + x];
     const double mean = sum / (double)m;
-    double ss = 0;
+#pragma omp parallel for collapse(2) reduction(+ : ss) schedule(static) num_threads(s->ctx->n_threads)
     for (int64_t z = lo[0]; z < hi[0]; z++)
         for (int64_t y = lo[1]; y < hi[1]; y++)
             for (int64_t x = lo[2]; x < hi[2]; x++) {

@@ -294,6 +294,9 @@ Test(nninteractive, bad_prompts) {
     float *zero = calloc((size_t)n, sizeof *zero);
     expect_error(ctx, i3rt_ni_set_image(s, zero, shape, NULL), I3RT_ERR_INVALID_ARGUMENT, "entirely zero");
     expect_works(ctx, s, shape); /* the previous image and its state are kept */
+    zero[(3 * shape[1] + 4) * shape[2] + 5] = NAN;
+    expect_error(ctx, i3rt_ni_set_image(s, zero, shape, NULL), I3RT_ERR_INVALID_ARGUMENT, "voxel (3, 4, 5) is NaN");
+    expect_works(ctx, s, shape);
     free(zero);
 
     i3rt_ni_session_free(s);
