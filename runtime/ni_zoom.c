@@ -99,7 +99,9 @@ static void crop_nonzero_box(const ni_volume *v, int c, const i3rt_box *box, int
     int64_t l0 = INT64_MAX, l1 = INT64_MAX, l2 = INT64_MAX, h0 = INT64_MIN, h1 = INT64_MIN, h2 = INT64_MIN;
     const uint16_t *ch = v->interactions + (int64_t)c * s[0] * s[1] * s[2];
     if (vlo[0] < vhi[0] && vlo[1] < vhi[1] && vlo[2] < vhi[2]) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(ni_threads((vhi[0] - vlo[0]) * (vhi[1] - vlo[1]) * (vhi[2] - vlo[2]), n_threads)) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2)
+        const int threads = ni_threads((vhi[0] - vlo[0]) * (vhi[1] - vlo[1]) * (vhi[2] - vlo[2]), n_threads);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) reduction(min : l0, l1, l2) \
+    reduction(max : h0, h1, h2)
         for (int64_t z = vlo[0]; z < vhi[0]; z++) {
             for (int64_t y = vlo[1]; y < vhi[1]; y++) {
                 const uint16_t *row = ch + (z * s[1] + y) * s[2];
@@ -184,7 +186,8 @@ static void trilinear(const void *src, row_reader read, const int64_t in[3], con
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < out[0] * out[1]; q++) {
             const i3_lerp_tap z = tz[q / out[1]], y = ty[q % out[1]];
-            const int64_t need[4] = {z.i0 * in[1] + y.i0, z.i0 * in[1] + y.i1, z.i1 * in[1] + y.i0, z.i1 * in[1] + y.i1};
+            const int64_t need[4] = {z.i0 * in[1] + y.i0, z.i0 * in[1] + y.i1, z.i1 * in[1] + y.i0,
+                                     z.i1 * in[1] + y.i1};
             const float *x[4] = {NULL};
             int used[4] = {0};
             for (int k = 0; k < 4; k++)
@@ -249,7 +252,8 @@ DEFINE_WINDOW_EXTREMES(uint8_t, line_extreme_u8, blocks_extreme_u8)
 /* 2D max-pool (window 2r + 1 clipped to the plane) of an h x w plane; tmp holds h * w floats. */
 static void max_pool_plane(float *plane, int64_t h, int64_t w, int64_t r, float *tmp) {
     for (int64_t y = 0; y < h; y++) line_extreme_f32(plane + y * w, w, r, 0, tmp + y * w);
-    for (int64_t y = 0; y < h; y++) blocks_extreme_f32(tmp, w, max64(y - r, 0), min64(y + r + 1, h), w, 0, plane + y * w);
+    for (int64_t y = 0; y < h; y++)
+        blocks_extreme_f32(tmp, w, max64(y - r, 0), min64(y + r + 1, h), w, 0, plane + y * w);
 }
 
 /* One channel of the zoomed input: the zero-padded crop at box (scaled size S) max-pooled with window k
@@ -269,7 +273,8 @@ static i3rt_status zoom_channel(i3_ctx *ctx, const ni_volume *v, int c, const i3
         while (area_end(olo[a], S[a], P[a]) <= rlo[a]) olo[a]++;
         while (ohi[a] > olo[a] && area_start(ohi[a] - 1, S[a], P[a]) >= rhi[a]) ohi[a]--;
     }
-    for (int64_t o = 0; o < P[0]; o++) max_window = max64(max_window, area_end(o, S[0], P[0]) - area_start(o, S[0], P[0]));
+    for (int64_t o = 0; o < P[0]; o++)
+        max_window = max64(max_window, area_end(o, S[0], P[0]) - area_start(o, S[0], P[0]));
     const int64_t h = rhi[1] - rlo[1], w = rhi[2] - rlo[2], plane = h * w;
     const int64_t nacc = (ohi[1] - olo[1]) * (ohi[2] - olo[2]);
     const int64_t n_pooled = r > 0 ? max_window + 2 * r : 0; /* the max-pooled source planes of one output plane */
@@ -315,7 +320,8 @@ static i3rt_status zoom_channel(i3_ctx *ctx, const ni_volume *v, int c, const i3
                         read_row(v, c, box->lo[0] + p, box->lo[1] + rlo[1] + y, box->lo[2] + rlo[2], w, src + y * w);
                 }
                 for (int64_t o1 = olo[1]; o1 < ohi[1]; o1++) {
-                    const int64_t ys = max64(area_start(o1, S[1], P[1]), rlo[1]), ye = min64(area_end(o1, S[1], P[1]), rhi[1]);
+                    const int64_t ys = max64(area_start(o1, S[1], P[1]), rlo[1]);
+                    const int64_t ye = min64(area_end(o1, S[1], P[1]), rhi[1]);
                     float *arow = acc + (o1 - olo[1]) * (ohi[2] - olo[2]);
                     for (int64_t y = ys; y < ye; y++) {
                         const float *row = src + (y - rlo[1]) * w;
@@ -454,7 +460,8 @@ i3rt_status ni_pool3d_u8(i3_ctx *ctx, uint8_t *x, const int64_t shape[3], int k,
 #pragma omp for schedule(static)
         for (int64_t z = 0; z < shape[0]; z++) {
             uint8_t *pl = x + z * plane;
-            for (int64_t y = 0; y < shape[1]; y++) line_extreme_u8(pl + y * shape[2], shape[2], r, use_min, t + y * shape[2]);
+            for (int64_t y = 0; y < shape[1]; y++)
+                line_extreme_u8(pl + y * shape[2], shape[2], r, use_min, t + y * shape[2]);
             for (int64_t y = 0; y < shape[1]; y++)
                 blocks_extreme_u8(t, shape[2], max64(y - r, 0), min64(y + r + 1, shape[1]), shape[2], use_min,
                                   copy + z * plane + y * shape[2]);
@@ -487,7 +494,10 @@ static i3rt_status push_box(i3_ctx *ctx, box_list *l, const int64_t c[3], const 
 /* The part of a candidate's box that it marks as covered: shrunk by the margin, clipped to the volume. */
 static void covered_bounds(const int64_t c[3], const int64_t shape[3], const int64_t half[3], const int64_t end[3],
                            const int64_t margin[3], int64_t lo[3], int64_t hi[3]) {
-    for (int a = 0; a < 3; a++) lo[a] = max64(0, c[a] - half[a] + margin[a]), hi[a] = min64(shape[a], c[a] + end[a] - margin[a]);
+    for (int a = 0; a < 3; a++) {
+        lo[a] = max64(0, c[a] - half[a] + margin[a]);
+        hi[a] = min64(shape[a], c[a] + end[a] - margin[a]);
+    }
 }
 
 static int64_t count_in_box(const uint8_t *m, const int64_t shape[3], const int64_t lo[3], const int64_t hi[3]) {
@@ -509,7 +519,9 @@ static void clear_box(uint8_t *m, const int64_t shape[3], const int64_t lo[3], c
 /* _nonzero_bbox_inclusive; returns the number of nonzero voxels (0: lo/hi untouched). */
 static int64_t nonzero_bbox(const uint8_t *m, const int64_t shape[3], int64_t lo[3], int64_t hi[3], int n_threads) {
     int64_t l0 = INT64_MAX, l1 = INT64_MAX, l2 = INT64_MAX, h0 = -1, h1 = -1, h2 = -1, count = 0;
-#pragma omp parallel for schedule(static) num_threads(ni_threads(shape[0] * shape[1] * shape[2], n_threads)) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2) reduction(+ : count)
+    const int threads = ni_threads(shape[0] * shape[1] * shape[2], n_threads);
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2) \
+    reduction(+ : count)
     for (int64_t z = 0; z < shape[0]; z++)
         for (int64_t y = 0; y < shape[1]; y++) {
             const uint8_t *row = m + (z * shape[1] + y) * shape[2];
@@ -629,7 +641,8 @@ static i3rt_status cover(i3_ctx *ctx, const uint8_t *mask, const int64_t shape[3
     /* per axis: candidate coordinates and their covered bounds; then the candidates in
      * torch.cartesian_prod order (axis 0 slowest) that lie on the mask */
     int64_t *axis = i3_malloc(ctx, (size_t)total * 3 * sizeof *axis, "refinement grid");
-    int64_t *cand = i3_malloc(ctx, (size_t)(count[0] * count[1] * count[2]) * 3 * sizeof *cand, "refinement candidates");
+    int64_t *cand = i3_malloc(ctx, (size_t)(count[0] * count[1] * count[2]) * 3 * sizeof *cand,
+                              "refinement candidates");
     if (!axis || !cand) return free(uncovered), free(axis), free(cand), I3RT_ERR_OUT_OF_MEMORY;
     int64_t *coord[3], *blo[3], *bhi[3];
     for (int a = 0, at = 0; a < 3; at += (int)count[a], a++) {
@@ -724,11 +737,13 @@ i3rt_status ni_plan_refinement(i3_ctx *ctx, const uint8_t *pred_up, const i3rt_b
     const int64_t nvox = shape[0] * shape[1] * shape[2];
     if (force_full_refine) { /* _compute_prev_seg_positive_bbox: prev_seg > 0.5 */
         int64_t l0 = INT64_MAX, l1 = INT64_MAX, l2 = INT64_MAX, h0 = -1, h1 = -1, h2 = -1;
-#pragma omp parallel for schedule(static) num_threads(ni_threads(nvox, n_threads)) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2)
+        const int threads = ni_threads(nvox, n_threads);
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(min : l0, l1, l2) reduction(max : h0, h1, h2)
         for (int64_t i = 0; i < nvox; i++) {
             if (!(h2f(prev_seg[i]) > 0.5f)) continue;
             const int64_t z = i / (shape[1] * shape[2]), y = (i / shape[2]) % shape[1], x = i % shape[2];
-            l0 = min64(l0, z), h0 = max64(h0, z), l1 = min64(l1, y), h1 = max64(h1, y), l2 = min64(l2, x), h2 = max64(h2, x);
+            l0 = min64(l0, z), h0 = max64(h0, z), l1 = min64(l1, y), h1 = max64(h1, y);
+            l2 = min64(l2, x), h2 = max64(h2, x);
         }
         if (h0 >= 0) {
             const int64_t pl[3] = {l0, l1, l2}, ph[3] = {h0 + 1, h1 + 1, h2 + 1};
@@ -754,23 +769,26 @@ i3rt_status ni_plan_refinement(i3_ctx *ctx, const uint8_t *pred_up, const i3rt_b
 #pragma omp parallel for schedule(static) num_threads(ni_threads(nseen, n_threads))
         for (int64_t r = 0; r < seen[0] * seen[1]; r++) {
             const int64_t z = seen_lo[0] + r / seen[1], y = seen_lo[1] + r % seen[1];
-            const uint8_t *p = pred_up + ((z - scaled_box->lo[0]) * pred_shape[1] + (y - scaled_box->lo[1])) * pred_shape[2] -
-                               scaled_box->lo[2];
+            const int64_t row = (z - scaled_box->lo[0]) * pred_shape[1] + (y - scaled_box->lo[1]);
+            const uint8_t *p = pred_up + row * pred_shape[2] - scaled_box->lo[2];
             const uint16_t *q = prev_seg + (z * shape[1] + y) * shape[2];
-            for (int64_t x = seen_lo[2]; x < seen_hi[2]; x++) diff[r * seen[2] + x - seen_lo[2]] = (float)p[x] != h2f(q[x]);
+            for (int64_t x = seen_lo[2]; x < seen_hi[2]; x++)
+                diff[r * seen[2] + x - seen_lo[2]] = (float)p[x] != h2f(q[x]);
         }
         st = ni_pool3d_u8(ctx, diff, seen, 5, 1, n_threads);
         if (st == I3RT_OK) st = ni_pool3d_u8(ctx, diff, seen, 5, 0, n_threads);
         if (st == I3RT_OK && local != diff) {
-            for (int64_t r = 0; r < seen[0] * seen[1]; r++)
-                memcpy(local + ((seen_lo[0] - plan_lo[0] + r / seen[1]) * plan[1] + seen_lo[1] - plan_lo[1] + r % seen[1]) * plan[2] +
-                           seen_lo[2] - plan_lo[2],
-                       diff + r * seen[2], (size_t)seen[2]);
+            for (int64_t r = 0; r < seen[0] * seen[1]; r++) {
+                const int64_t row =
+                    (seen_lo[0] - plan_lo[0] + r / seen[1]) * plan[1] + seen_lo[1] - plan_lo[1] + r % seen[1];
+                memcpy(local + row * plan[2] + seen_lo[2] - plan_lo[2], diff + r * seen[2], (size_t)seen[2]);
+            }
         }
         if (st == I3RT_OK && force_full_refine) {
 #pragma omp parallel for schedule(static) num_threads(ni_threads(nplan, n_threads))
             for (int64_t r = 0; r < plan[0] * plan[1]; r++) {
-                const uint16_t *q = prev_seg + ((plan_lo[0] + r / plan[1]) * shape[1] + plan_lo[1] + r % plan[1]) * shape[2] + plan_lo[2];
+                const int64_t row = (plan_lo[0] + r / plan[1]) * shape[1] + plan_lo[1] + r % plan[1];
+                const uint16_t *q = prev_seg + row * shape[2] + plan_lo[2];
                 for (int64_t x = 0; x < plan[2]; x++)
                     if (h2f(q[x]) > 0.5f) local[r * plan[2] + x] = 1;
             }

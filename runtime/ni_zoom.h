@@ -57,8 +57,8 @@ int ni_dilation_window(double zoom);
  * channels first max-pooled with ni_dilation_window(zoom) (iterative_3x3_same_padding_pool3d, the
  * window clipped to the crop); prev_pred = F.interpolate(prev_seg, mode="nearest"). Then channels other
  * than prev_seg become fp16(value / (float)intensity) unless intensity is 0 or 1.
- * prev_pred and box may be NULL (refinement tiles). The zoomed path never materializes the scaled crop: it works in output planes, restricted to the
- * nonzero part of each channel. */
+ * prev_pred and box may be NULL (refinement tiles). The zoomed path never materializes the scaled
+ * crop: it works in output planes, restricted to the nonzero part of each channel. */
 i3rt_status ni_build_network_input(i3_ctx *ctx, const ni_volume *v, const int64_t patch[3], const int64_t center[3],
                                    double zoom, float *input, uint16_t *prev_pred, i3rt_box *box, int n_threads);
 

@@ -68,6 +68,11 @@ static i3rt_box box_of(const cJSON *b) {
     return r;
 }
 
+/* index of voxel (z, y, x) in an array covering box b */
+static int64_t at(const i3rt_box *b, int64_t z, int64_t y, int64_t x) {
+    return ((z - b->lo[0]) * (b->hi[1] - b->lo[1]) + y - b->lo[1]) * (b->hi[2] - b->lo[2]) + x - b->lo[2];
+}
+
 static int same_box(const i3rt_box *a, const i3rt_box *b) {
     return !memcmp(a->lo, b->lo, sizeof a->lo) && !memcmp(a->hi, b->hi, sizeof a->hi);
 }
@@ -195,9 +200,15 @@ Test(ni_zoom, refinement_tiles_match_refine_coarse) {
         i3rt_box hull = box_of(cJSON_GetArrayItem(tiles, 0));
         for (int t = 1; t < n_tiles; t++) {
             const i3rt_box b = box_of(cJSON_GetArrayItem(tiles, t));
-            for (int a = 0; a < 3; a++) hull.lo[a] = b.lo[a] < hull.lo[a] ? b.lo[a] : hull.lo[a], hull.hi[a] = b.hi[a] > hull.hi[a] ? b.hi[a] : hull.hi[a];
+            for (int a = 0; a < 3; a++) {
+                hull.lo[a] = b.lo[a] < hull.lo[a] ? b.lo[a] : hull.lo[a];
+                hull.hi[a] = b.hi[a] > hull.hi[a] ? b.hi[a] : hull.hi[a];
+            }
         }
-        for (int a = 0; a < 3; a++) coarse_shape[a] = coarse_box.hi[a] - coarse_box.lo[a], hull_shape[a] = hull.hi[a] - hull.lo[a];
+        for (int a = 0; a < 3; a++) {
+            coarse_shape[a] = coarse_box.hi[a] - coarse_box.lo[a];
+            hull_shape[a] = hull.hi[a] - hull.lo[a];
+        }
         uint8_t *coarse = load_array(c, "coarse", (size_t)prod3(coarse_shape), 1);
         float *ref_inputs = load_array(c, "inputs", (size_t)(n_tiles * 8 * np), 4);
         uint8_t *preds = load_array(c, "preds", (size_t)(n_tiles * np), 1);
@@ -217,12 +228,11 @@ Test(ni_zoom, refinement_tiles_match_refine_coarse) {
                         in_image &= p[a] >= 0 && p[a] < v.shape[a];
                         in_coarse &= p[a] >= coarse_box.lo[a] && p[a] < coarse_box.hi[a];
                     }
-                    uint16_t *dst = cache + ((z - hull.lo[0]) * hull_shape[1] + y - hull.lo[1]) * hull_shape[2] + x - hull.lo[2];
+                    uint16_t *dst = cache + at(&hull, z, y, x);
                     if (!in_image) continue;
                     *dst = inter[(z * v.shape[1] + y) * v.shape[2] + x];
                     if (in_coarse)
-                        *dst = coarse[((z - coarse_box.lo[0]) * coarse_shape[1] + y - coarse_box.lo[1]) * coarse_shape[2] + x - coarse_box.lo[2]]
-                                   ? 0x3c00 : 0;
+                        *dst = coarse[at(&coarse_box, z, y, x)] ? 0x3c00 : 0;
                 }
         v.prev_seg = cache, v.prev_seg_box = hull;
         int64_t bad = 0;
@@ -236,8 +246,8 @@ Test(ni_zoom, refinement_tiles_match_refine_coarse) {
             snprintf(label, sizeof label, "%s tile %d input", name(c), t);
             bad += count_diff_f32(label, got, ref_inputs + (int64_t)t * 8 * np, 8 * np);
             for (int64_t i = 0; i < np; i++) {
-                const int64_t z = b.lo[0] + i / (patch[1] * patch[2]), y = b.lo[1] + (i / patch[2]) % patch[1], x = b.lo[2] + i % patch[2];
-                cache[((z - hull.lo[0]) * hull_shape[1] + y - hull.lo[1]) * hull_shape[2] + x - hull.lo[2]] = preds[t * np + i] ? 0x3c00 : 0;
+                const int64_t z = b.lo[0] + i / (patch[1] * patch[2]), y = b.lo[1] + (i / patch[2]) % patch[1];
+                cache[at(&hull, z, y, b.lo[2] + i % patch[2])] = preds[t * np + i] ? 0x3c00 : 0;
             }
         }
         for (int t = 0; t < n_tiles; t++) {
@@ -245,7 +255,7 @@ Test(ni_zoom, refinement_tiles_match_refine_coarse) {
             for (int64_t z = b.lo[0] > 0 ? b.lo[0] : 0; z < b.hi[0] && z < v.shape[0]; z++)
                 for (int64_t y = b.lo[1] > 0 ? b.lo[1] : 0; y < b.hi[1] && y < v.shape[1]; y++)
                     for (int64_t x = b.lo[2] > 0 ? b.lo[2] : 0; x < b.hi[2] && x < v.shape[2]; x++) {
-                        const uint16_t s = cache[((z - hull.lo[0]) * hull_shape[1] + y - hull.lo[1]) * hull_shape[2] + x - hull.lo[2]];
+                        const uint16_t s = cache[at(&hull, z, y, x)];
                         inter[(z * v.shape[1] + y) * v.shape[2] + x] = s;
                         target[(z * v.shape[1] + y) * v.shape[2] + x] = s != 0;
                     }
