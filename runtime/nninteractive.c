@@ -572,6 +572,9 @@ i3rt_status i3_ni_create(i3_ctx *ctx, const char *model_dir, int fold, i3_ni_ses
         if (!s->prev_pred) st = I3RT_ERR_OUT_OF_MEMORY;
     }
     if (st == I3RT_OK) st = build_point_strel(s);
+    /* every forward has the patch's shape: plan it now, not in the first prompt (nnInteractive's warmup) */
+    size_t peak = 0;
+    if (st == I3RT_OK) st = i3rt_model_plan(s->model, s->patch, &peak);
     if (st != I3RT_OK) {
         i3_ni_free(s);
         return st;
