@@ -16,8 +16,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <dirent.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "fixtures.h"
 #include "i3rt.h"
@@ -27,7 +31,7 @@
 
 static i3rt_context *new_ctx(void) {
     i3rt_context *ctx = NULL;
-    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
     return ctx;
 }
 
@@ -207,9 +211,10 @@ static i3rt_status near_slices_predict(void *user, const float *image, const flo
     return I3RT_OK;
 }
 
-/* A 12 x 20 x 18 volume: an ellipsoid of intensity 200 on 20, and its truth, a slightly larger one. */
+/* A 12 x 20 x 18 volume: an ellipsoid of intensity 200 on about 20, and its truth, the ellipsoid grown to
+ * `truth_e` in the ellipsoid's norm (1: the image's object). */
 enum { VD = 12, VH = 20, VW = 18 };
-static void make_volume(i3_volume *v, uint8_t *truth) {
+static void make_volume(i3_volume *v, uint8_t *truth, double truth_e) {
     memset(v, 0, sizeof *v);
     v->channels = 1, v->d = VD, v->h = VH, v->w = VW;
     v->data = calloc(VD * VH * VW, sizeof(float));
@@ -222,15 +227,19 @@ static void make_volume(i3_volume *v, uint8_t *truth) {
                 const double e = pow((z - 5.5) / 4.5, 2) + pow((y - 9.0) / 7.0, 2) + pow((x - 8.5) / 6.0, 2);
                 const int64_t i = (z * VH + y) * VW + x;
                 v->data[i] = e <= 1.0 ? 200.0f : 20.0f + (float)((x * 7 + y * 3 + z) % 5);
-                if (truth) truth[i] = e <= 1.25;
+                if (truth) truth[i] = e <= truth_e;
             }
 }
 
-static i3_snc_session *fake_session(i3rt_context *ctx, guided_state *g, uint8_t *truth) {
+static i3_snc_session *fake_session(i3rt_context *ctx, guided_state *g, uint8_t *truth, double truth_e) {
     i3_volume v;
-    make_volume(&v, truth);
+    make_volume(&v, truth, truth_e);
     i3_snc_session *s = NULL;
-    cr_assert_eq(i3_snc_session_open(ctx, &v, NULL, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    /* no zoom-in: on these 20-pixel slices RITM's zoom-in would blow the crop up to 400 pixels and shrink
+     * the click disks to a quarter pixel of the slice */
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.predictor.zoom_in = 0;
+    cr_assert_eq(i3_snc_session_open(ctx, &v, &p, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3_volume_free(&v);
     cr_assert_eq(i3_snc_session_set_net2d(s, threshold_net()), I3RT_OK);
     cr_assert_eq(i3_snc_session_set_net3d(s, (i3_snc_guided_net){.predict = near_slices_predict, .user = g}), I3RT_OK);
@@ -239,12 +248,15 @@ static i3_snc_session *fake_session(i3rt_context *ctx, guided_state *g, uint8_t 
 
 /* ---- the loop end to end ---------------------------------------------------------------------------- */
 
-Test(snc_session, simulated_loop_follows_the_protocol) {
+/* The protocol on the volume with truth grown to truth_e; returns how many slices were accurate after
+ * clicks and how many ran out of clicks. */
+static void check_protocol(double truth_e, int *accurate, int *out_of_clicks) {
     i3rt_context *ctx = new_ctx();
+    *accurate = *out_of_clicks = 0;
     const int64_t n = VD * VH * VW;
     uint8_t *truth = malloc(n);
     guided_state g = {0};
-    i3_snc_session *s = fake_session(ctx, &g, truth);
+    i3_snc_session *s = fake_session(ctx, &g, truth, truth_e);
     i3_snc_iteration it[4];
     int done = 0;
     cr_assert_eq(i3_snc_simulate(s, truth, &(i3_snc_simulate_params){4, 5, 0.9}, it, &done), I3RT_OK, "%s",
@@ -255,7 +267,7 @@ Test(snc_session, simulated_loop_follows_the_protocol) {
     cr_assert(it[0].slice.axis == first.axis && it[0].slice.index == first.index);
     for (int t = 0; t < done; t++) {
         const i3_slice sl = it[t].slice;
-        printf("iteration %d: %s %lld, %d clicks, slice Dice %.4f%s, 3D Dice %.4f, %.3f s\n", t + 1, i3_axis_name(sl.axis),
+        printf("iteration %d: %s %lld, %d clicks, slice Dice %.4f%s, 3D Dice %.6f, %.3f s\n", t + 1, i3_axis_name(sl.axis),
                (long long)sl.index, it[t].clicks, it[t].slice_dice, it[t].accurate ? " (accurate)" : "", it[t].dice,
                it[t].seconds);
         int64_t rows, cols;
@@ -269,6 +281,8 @@ Test(snc_session, simulated_loop_follows_the_protocol) {
         cr_assert_eq(it[t].accurate, it[t].slice_dice > 0.9);
         /* stopped by the rule: either accurate, or 5 clicks */
         cr_assert(it[t].accurate || it[t].clicks == 5, "iteration %d stopped early", t + 1);
+        *accurate += it[t].accurate && it[t].clicks > 0;
+        *out_of_clicks += !it[t].accurate;
         cr_assert_eq(i3_snc_session_slice_clicks(s, sl.axis, sl.index), it[t].clicks);
         cr_assert_eq(g.n_annotations[t], t + 1, "the 3D step sees every finished slice");
         /* the accepted mask's Dice, recomputed */
@@ -293,7 +307,7 @@ Test(snc_session, simulated_loop_follows_the_protocol) {
     uint8_t *first_mask = malloc(n);
     memcpy(first_mask, i3_snc_session_mask(s), n);
     guided_state g2 = {0};
-    i3_snc_session *s2 = fake_session(ctx, &g2, truth);
+    i3_snc_session *s2 = fake_session(ctx, &g2, truth, truth_e);
     i3_snc_iteration it2[4];
     int done2 = 0;
     cr_assert_eq(i3_snc_simulate(s2, truth, &(i3_snc_simulate_params){4, 5, 0.9}, it2, &done2), I3RT_OK);
@@ -311,10 +325,18 @@ Test(snc_session, simulated_loop_follows_the_protocol) {
     i3rt_context_free(ctx);
 }
 
+Test(snc_session, simulated_loop_follows_the_protocol) {
+    int accurate, out_of_clicks;
+    check_protocol(1.1, &accurate, &out_of_clicks); /* the 2D net gets slices right: post-processing runs */
+    cr_assert(accurate >= 2, "%d accurate slices", accurate);
+    check_protocol(1.25, &accurate, &out_of_clicks); /* a ring the disks cannot fit: 5 clicks each */
+    cr_assert(out_of_clicks >= 2, "%d slices ran out of clicks", out_of_clicks);
+}
+
 Test(snc_session, clicks_finish_propagate_by_hand) {
     i3rt_context *ctx = new_ctx();
     guided_state g = {0};
-    i3_snc_session *s = fake_session(ctx, &g, NULL);
+    i3_snc_session *s = fake_session(ctx, &g, NULL, 1.0);
     /* a positive click inside the object on axial slice 5: the threshold net's mask is the object's slice */
     cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 9.0, 8.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
     int64_t rows, cols;
@@ -362,7 +384,7 @@ static void expect_error(i3rt_context *ctx, i3rt_status got, i3rt_status want, c
 Test(snc_session, bad_input_leaves_the_session_working) {
     i3rt_context *ctx = new_ctx();
     i3_volume v;
-    make_volume(&v, NULL);
+    make_volume(&v, NULL, 1.0);
     i3_snc_session *s = NULL;
     cr_assert_eq(i3_snc_session_open(ctx, &v, NULL, &s), I3RT_OK);
     /* no network yet */
@@ -371,7 +393,7 @@ Test(snc_session, bad_input_leaves_the_session_working) {
     expect_error(ctx, i3_snc_session_propagate(s), I3RT_ERR_INVALID_ARGUMENT, "no 3D network");
     i3_snc_session_free(s);
     guided_state g = {.fail_at = 2};
-    s = fake_session(ctx, &g, NULL);
+    s = fake_session(ctx, &g, NULL, 1.0);
     cr_assert_eq(i3_snc_session_click(s, I3_SAGITTAL, 8, 5.0, 9.0, 1), I3RT_OK);
     int64_t rows, cols;
     uint8_t before[VD * VH];
@@ -434,7 +456,7 @@ Test(snc_session, saving_is_whole_or_nothing) {
     i3rt_context *ctx = new_ctx();
     guided_state g = {0};
     uint8_t *truth = malloc(VD * VH * VW);
-    i3_snc_session *s = fake_session(ctx, &g, truth);
+    i3_snc_session *s = fake_session(ctx, &g, truth, 1.25);
     i3_snc_iteration it[2];
     int done;
     cr_assert_eq(i3_snc_simulate(s, truth, &(i3_snc_simulate_params){2, 5, 0.9}, it, &done), I3RT_OK);
@@ -482,7 +504,7 @@ Test(snc_session, public_api_with_hrnet) {
     char dir[256];
     fx_temp_dir(dir, sizeof dir, "snc_api");
     i3_volume v;
-    make_volume(&v, NULL);
+    make_volume(&v, NULL, 1.0);
     const char *image = fx_path(dir, "image.nii.gz");
     cr_assert_eq(i3_volume_write_f32(ctx, image, &v.geometry, 1, v.data), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3_volume_free(&v);
@@ -529,6 +551,95 @@ Test(snc_session, public_api_with_hrnet) {
     printf("\n");
     cr_assert(i3rt_snc_stage_seconds(s, I3RT_SNC_STAGE_CLICK) > 0);
     i3rt_snc_free(s);
+    fx_remove_dir(dir);
+    i3rt_context_free(ctx);
+}
+
+/* ---- i3rt snc ------------------------------------------------------------------------------------------ */
+
+extern char **environ;
+static char cli_out[1 << 16], cli_err[1 << 16];
+
+static void slurp(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "r");
+    const size_t n = f ? fread(buf, 1, size - 1, f) : 0;
+    buf[n] = '\0';
+    if (f) fclose(f);
+    unlink(path);
+}
+
+/* Runs $I3RT_BINARY_DIR/i3rt with argv (NULL-terminated); its exit status, stdout and stderr. */
+static int run_i3rt(const char *dir, const char **args) {
+    const char *bin = getenv("I3RT_BINARY_DIR");
+    cr_assert(bin, "I3RT_BINARY_DIR is not set (run through ctest)");
+    char binary[512], out_path[300], err_path[300];
+    snprintf(binary, sizeof binary, "%s/i3rt", bin);
+    snprintf(out_path, sizeof out_path, "%s/.stdout", dir);
+    snprintf(err_path, sizeof err_path, "%s/.stderr", dir);
+    const char *argv[40] = {binary};
+    int argc = 1;
+    for (; args[argc - 1] && argc < 39; argc++) argv[argc] = args[argc - 1];
+    argv[argc] = NULL;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, out_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2, err_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid;
+    const int rc = posix_spawn(&pid, binary, &actions, NULL, (char *const *)argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    cr_assert_eq(rc, 0, "cannot run %s", binary);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    slurp(out_path, cli_out, sizeof cli_out);
+    slurp(err_path, cli_err, sizeof cli_err);
+    cr_assert(WIFEXITED(status), "i3rt crashed; stderr: %s", cli_err);
+    cr_assert(!strstr(cli_err, "Sanitizer") && !strstr(cli_err, "runtime error:"), "sanitizer report:\n%s", cli_err);
+    return WEXITSTATUS(status);
+}
+
+Test(snc_session, cli_click_and_errors) {
+    i3rt_context *ctx = new_ctx();
+    char dir[256];
+    fx_temp_dir(dir, sizeof dir, "snc_cli");
+    i3_volume v;
+    make_volume(&v, NULL, 1.0);
+    const char *image = fx_path(dir, "img.nii.gz"), *out = fx_path(dir, "out");
+    cr_assert_eq(i3_volume_write_f32(ctx, image, &v.geometry, 1, v.data), I3RT_OK);
+    i3_volume_free(&v);
+    const char *net2d = fixture("hrnet2d.safetensors");
+    char net2d_copy[1024];
+    snprintf(net2d_copy, sizeof net2d_copy, "%s", net2d);
+
+    const char *click[] = {"snc", "click", image, "-2", net2d_copy, "--slice", "coronal", "9", "--click", "5", "8", "+",
+                           "--click", "1", "1", "-", "--no-zoom", "--no-flip", "-o", out, "--json", NULL};
+    cr_assert_eq(run_i3rt(dir, click), 0, "stderr: %s", cli_err);
+    cr_assert(strstr(cli_out, "\"foreground_after_click\""), "%s", cli_out);
+    cr_assert(strstr(cli_out, "img_coronal_009_mask.png") && strstr(cli_out, "\"click\""), "%s", cli_out);
+    int32_t *labels;
+    int64_t rows, cols;
+    cr_assert_eq(i3_png_read_labels(ctx, fx_path(out, "img_coronal_009_mask.png"), &labels, &rows, &cols), I3RT_OK);
+    cr_assert(rows == VD && cols == VW, "%lld x %lld", (long long)rows, (long long)cols);
+    free(labels);
+    cr_assert_eq(count_entries(out), 2);
+
+    /* a click outside the slice: exit 1 naming it, nothing written */
+    const char *outside[] = {"snc", "click", image, "-2", net2d_copy, "--slice", "coronal", "9", "--click", "12", "3",
+                             "+", "-o", fx_path(dir, "out2"), NULL};
+    cr_assert_eq(run_i3rt(dir, outside), 1);
+    cr_assert(strstr(cli_err, "outside coronal slice 9 (12 rows x 18 columns)"), "%s", cli_err);
+    cr_assert_eq(count_entries(fx_path(dir, "out2")), 0);
+    /* usage errors: exit 2 */
+    const char *no_axis[] = {"snc", "click", image, "-2", net2d_copy, "--slice", "up", "9", "-o", out, NULL};
+    cr_assert_eq(run_i3rt(dir, no_axis), 2);
+    cr_assert(strstr(cli_err, "--slice needs an axis"), "%s", cli_err);
+    const char *no_3d[] = {"snc", "simulate", image, image, "-2", net2d_copy, "-o", out, NULL};
+    cr_assert_eq(run_i3rt(dir, no_3d), 2);
+    cr_assert(strstr(cli_err, "-3 NET3D"), "%s", cli_err);
+    const char *bad_sign[] = {"snc", "click", image, "-2", net2d_copy, "--slice", "axial", "1", "--click", "1", "1",
+                              "x", "-o", out, NULL};
+    cr_assert_eq(run_i3rt(dir, bad_sign), 2);
+    fx_remove_dir(fx_path(dir, "out2"));
+    fx_remove_dir(out);
     fx_remove_dir(dir);
     i3rt_context_free(ctx);
 }
