@@ -6,7 +6,9 @@
  *   - ran_prediction and the changed box are Python's;
  * the figures are printed for every step. Then bad input: prompts outside the image, a 3D box, a mask
  * region that does not fit, predict before set_image, a missing model folder and a corrupt
- * inference_info.json give clear errors, and the session still works afterwards. */
+ * inference_info.json give clear errors, and the session still works afterwards. Also: the double -> fp16
+ * rounding of the prompt values, and the decay's renormalization past fp16's maximum (~550 prompts) with its
+ * undo. */
 #include <criterion/criterion.h>
 
 #include <cjson/cJSON.h>
@@ -364,4 +366,67 @@ Test(nninteractive, bad_model_folders) {
     cr_expect(strstr(i3rt_ni_capabilities_json(s), "channel_mapping"));
     i3rt_ni_session_free(s);
     i3rt_context_free(ctx);
+}
+
+/* ---- fp16 and decay ----------------------------------------------------------------------------------- */
+
+Test(nninteractive, f64_to_f16_rounds_once) {
+    /* equal to the float path wherever the double is a float */
+    const float floats[] = {1.0f, 0.1f, 1.0204082f, 65504.0f, 6.1e-5f, 3.0e-7f, 1234.567f, 2.0e-8f};
+    for (size_t i = 0; i < sizeof floats / sizeof *floats; i++)
+        cr_expect_eq(i3_ni_f64_to_f16(floats[i]), i3_f32_to_f16(floats[i]), "%g", (double)floats[i]);
+    /* 1 + 2^-11 + 2^-40 lies above the tie between 1 and 1 + 2^-10: numpy/torch give 1 + 2^-10; through float
+     * the 2^-40 is lost and the tie rounds to 1 */
+    const double above_tie = 1.0 + ldexp(1, -11) + ldexp(1, -40);
+    cr_expect_eq(i3_f16_to_f32(i3_ni_f64_to_f16(above_tie)), 1.0f + 0x1p-10f);
+    cr_expect_eq(i3_ni_f64_to_f16(1.0 + ldexp(1, -11)), i3_f32_to_f16(1.0f)); /* an exact tie goes to even */
+    cr_expect_eq(i3_ni_f64_to_f16(65520.0), 0x7c00);
+    cr_expect_eq(i3_ni_f64_to_f16(-2.5), i3_f32_to_f16(-2.5f));
+}
+
+/* After ~550 prompts at decay 0.98 the intensity passes fp16's maximum: the prompt channels are rescaled to
+ * 6550.4 (_renormalize_interactions_if_needed), the newest prompt stays the largest value, and undo of that
+ * prompt restores the channels and the intensity. */
+Test(nninteractive, decay_renormalization) {
+    cJSON *j = steps_json();
+    int64_t shape[3];
+    json_shape(cJSON_GetObjectItem(j, "shape"), shape);
+    float *image = read_image(shape);
+    i3rt_context *ctx = ctx_new();
+    i3rt_ni_session *s = session_new(ctx);
+    cr_assert_eq(i3rt_ni_set_image(s, image, shape, NULL), I3RT_OK);
+    const int64_t n = shape[0] * shape[1] * shape[2];
+    const int64_t p[3] = {shape[0] / 2, shape[1] / 2, shape[2] / 2}, at = (p[0] * shape[1] + p[1]) * shape[2] + p[2];
+    const int c = s->cap.pos[I3_NI_POINTS];
+    uint16_t *before = malloc((size_t)n * sizeof *before);
+    double intensity_before = 0;
+    int renormalized_at = -1;
+    for (int k = 0; k < 600 && renormalized_at < 0; k++) {
+        memcpy(before, s->interactions + (size_t)c * (size_t)n, (size_t)n * sizeof *before);
+        intensity_before = s->intensity;
+        cr_assert_eq(i3rt_ni_add_point(s, p, 1, 0, NULL), I3RT_OK, "%s", i3rt_context_error(ctx));
+        if (s->intensity < intensity_before) renormalized_at = k;
+    }
+    printf("nninteractive: renormalized at prompt %d, intensity %.6g -> %.6g\n", renormalized_at, intensity_before,
+           s->intensity);
+    cr_assert_geq(renormalized_at, 500, "the intensity never passed fp16's maximum");
+    cr_expect_eq(s->intensity, 65504.0 / 10);
+    cr_expect_eq(s->interactions[(size_t)c * (size_t)n + (size_t)at], i3_ni_f64_to_f16(65504.0 / 10));
+    /* an older prompt's value, scaled by 6550.4 / I in fp16, against the newest prompt's (max) */
+    const int64_t off = at + 3, r = s->cap.point_radius, k = 2 * r + 1;
+    const float scale = (float)(65504.0 / 10 / (intensity_before * (1 / s->cap.decay)));
+    const uint16_t scaled = i3_f32_to_f16(i3_f16_to_f32(before[off]) * scale);
+    const uint16_t newest = i3_ni_f64_to_f16(s->point_strel[(r * k + r) * k + r + 3] * (65504.0 / 10));
+    cr_expect_eq(s->interactions[(size_t)c * (size_t)n + (size_t)off], scaled > newest ? scaled : newest);
+    int undone = 0;
+    cr_assert_eq(i3rt_ni_undo(s, &undone, NULL), I3RT_OK);
+    cr_expect_eq(undone, 1);
+    cr_expect_eq(s->intensity, intensity_before);
+    cr_expect_eq(memcmp(before, s->interactions + (size_t)c * (size_t)n, (size_t)n * sizeof *before), 0,
+                 "undo did not restore the rescaled channel");
+    free(before);
+    i3rt_ni_session_free(s);
+    i3rt_context_free(ctx);
+    free(image);
+    cJSON_Delete(j);
 }
