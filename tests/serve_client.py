@@ -20,8 +20,8 @@
 Sanitizer builds pass --no-reference: their libi3rt.so cannot be loaded into Python next to torch, so
 the comparisons with the in-process session are skipped there and the server itself runs under ASan
 (leaks are reported when it exits, which fails the test).
-AutoZoom is off in these sessions (the fixture's no-AutoZoom sequence): this test is about the protocol;
-tests/test_nninteractive.c covers the session itself.
+AutoZoom is off in these sessions (the fixture's no-AutoZoom sequence) but for one prompt that switches it
+on through /set_do_autozoom: this test is about the protocol; tests/test_nninteractive.c covers the session.
 """
 
 import argparse
@@ -212,6 +212,21 @@ def whole_session(args, url, lib, steps, image):
             check(remote == clip(local, shape), f"{name} step {i}: changed box {remote} vs {clip(local, shape)}")
     check(kinds >= {"point", "box", "scribble", "lasso", "initial_seg", "predict", "undo", "reset"},
           f"every kind of step ran ({sorted(kinds)})")
+    # one prompt with AutoZoom, switched on through the protocol: the AutoZoom sequence's first prompt
+    seq = next(s for s in steps["sequences"] if s["do_autozoom"])
+    st = next(st for st in seq["steps"] if st["kind"] in ("point", "box"))
+    client.set_do_autozoom(True)
+    ref.set_do_autozoom(True)
+    t0 = time.time()
+    remote, local = run_step(fx, shape, st, client, ref)
+    zoom = ref.timing()["zoom"] if lib else None
+    print(f"{seq['name']} {st['kind']} with AutoZoom (zoom {zoom}): remote {remote} in-process {clip(local, shape)} "
+          f"fg {int(target.sum())} ({time.time() - t0:.1f} s)", flush=True)
+    if lib:
+        check(np.array_equal(target, ref_target) and remote == clip(local, shape),
+              "an AutoZoom prompt: the remote target buffer and box equal the in-process ones")
+    client.set_do_autozoom(False)
+    ref.set_do_autozoom(False)
     return client, ref, target, ref_target
 
 
