@@ -35,10 +35,8 @@ static inline uint16_t f2h(float f) {
 /* a float rounded to fp16, as torch's Half arithmetic stores each result */
 static inline float round_f16(float f) { return h2f(f2h(f)); }
 
-/* Threads for a loop of `work` voxel operations: one below NI_PARALLEL_MIN, where waking the others costs
- * more than it saves (and much more when the cores are busy: OpenMP's waiting threads spin). */
-#define NI_PARALLEL_MIN (1 << 18)
-static inline int ni_threads(int64_t work, int n_threads) { return work >= NI_PARALLEL_MIN ? n_threads : 1; }
+/* Threads for a loop of `work` voxel operations: one below ops.h's I3_PARALLEL_MIN_VALUES. */
+static inline int ni_threads(int64_t work, int n_threads) { return work >= I3_PARALLEL_MIN_VALUES ? n_threads : 1; }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
