@@ -5,7 +5,7 @@ interactions) vs i3rt (build/bench/bench_ni_zoom) on the same volumes, in the sa
     bench/ni_zoom_vs_python.py --bench build/bench/bench_ni_zoom [--threads 2] [--shape 300 300 200]
                                [--patch 192] [--zooms 1.5 2.25 4]
 
-Times per zoom: _build_network_input (crop, resampling of image and the 7 interaction channels, prev_seg),
+Wall-clock and CPU time (all threads; on a busy machine the fairer measure) per zoom: _build_network_input (crop, resampling of image and the 7 interaction channels, prev_seg),
 then for the largest zoom the coarse up-sampling (F.interpolate trilinear >= 0.5) and _plan_refinement_bboxes
 (diff, pooling, box cover; np.random.seed(0) on both sides).
 """
@@ -72,14 +72,14 @@ def main():
         for zoom in args.zooms:
             if args.skip_python:
                 break
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             _, scaled, bbox, prev = s._build_network_input(centre, zoom)
-            print(f"python network input  zoom {zoom:<6g} {1e3 * (time.perf_counter() - t):8.1f} ms")
+            print(f"python network input  zoom {zoom:<6g} {1e3 * (time.perf_counter() - t):8.1f} ms wall {1e3 * (time.process_time() - c):8.1f} ms cpu")
         if not args.skip_python:
             pred = (prev > 0.5).to(torch.uint8)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             (F.interpolate(pred[None, None].float(), scaled, mode="trilinear")[0, 0] >= 0.5).to(torch.uint8)
-            print(f"python upsample coarse zoom {args.zooms[-1]:<6g} {1e3 * (time.perf_counter() - t):8.1f} ms")
+            print(f"python upsample coarse zoom {args.zooms[-1]:<6g} {1e3 * (time.perf_counter() - t):8.1f} ms wall {1e3 * (time.process_time() - c):8.1f} ms cpu")
         scaled = [round(p * args.zooms[-1]) for p in patch]
         bbox = [[c - p // 2, c + p // 2 + p % 2] for c, p in zip(centre, scaled)]
         # a coarse result that differs from prev_seg: a larger, shifted object
@@ -87,9 +87,9 @@ def main():
         pred_up.tofile(os.path.join(d, "pred_up.u8"))
         if not args.skip_python:
             np.random.seed(0)
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             boxes = s._plan_refinement_bboxes(torch.from_numpy(pred_up), bbox, False)
-            print(f"python refinement plan zoom {args.zooms[-1]:<6g} {1e3 * (time.perf_counter() - t):8.1f} ms "
+            print(f"python refinement plan zoom {args.zooms[-1]:<6g} {1e3 * (time.perf_counter() - t):8.1f} ms wall {1e3 * (time.process_time() - c):8.1f} ms cpu "
                   f"({len(boxes)} boxes)")
         sys.stdout.flush()
         subprocess.run([args.bench, d, str(args.threads)], check=True)

@@ -205,8 +205,10 @@ static void trilinear(const void *src, row_reader read, const int64_t in[3], con
             if (out_f) {
                 i3_resize_rows_yz(x[0], x[1], x[2], x[3], wzy, out[2], out_f + q * out[2]);
             } else {
-                i3_resize_rows_yz(x[0], x[1], x[2], x[3], wzy, out[2], row);
-                for (int64_t i = 0; i < out[2]; i++) out_mask[q * out[2] + i] = row[i] >= 0.5f;
+                const int64_t n = out[2]; /* a local: out_mask could alias out[] for the compiler */
+                uint8_t *mask_row = out_mask + q * n;
+                i3_resize_rows_yz(x[0], x[1], x[2], x[3], wzy, n, row);
+                for (int64_t i = 0; i < n; i++) mask_row[i] = row[i] >= 0.5f;
             }
         }
     }
