@@ -4,7 +4,9 @@
  *   - the target buffer agrees with Python's on >= 99.9 % of the voxels,
  *   - the prompt channels equal Python's exactly and the prev_seg channel agrees on >= 99.9 %,
  *   - ran_prediction and the changed box are Python's;
- * the figures are printed for every step. Then bad input: prompts outside the image, a 3D box, a mask
+ * the figures are printed for every step. After a step whose masks differ (an argmax near-tie flipped: i3rt's
+ * float32 kernels sum in another order than oneDNN), the next step starts from Python's target and prev_seg,
+ * so that the difference is counted once. Then bad input: prompts outside the image, a 3D box, a mask
  * region that does not fit, predict before set_image, a missing model folder and a corrupt
  * inference_info.json give clear errors, and the session still works afterwards. Also: the double -> fp16
  * rounding of the prompt values, and the decay's renormalization past fp16's maximum (~550 prompts) with its
@@ -144,7 +146,7 @@ Test(nninteractive, parity_with_python_session) {
     const int C = s->cap.n_channels;
     uint8_t *target = calloc((size_t)n, 1);
     double worst_target = 1, worst_prev = 1, total_i3rt = 0;
-    int n_steps = 0, n_bbox_mismatch = 0;
+    int n_steps = 0, n_bbox_mismatch = 0, n_resynced = 0;
     const cJSON *seq;
     cJSON_ArrayForEach(seq, cJSON_GetObjectItem(j, "sequences")) {
         const char *name = cJSON_GetObjectItem(seq, "name")->valuestring;
@@ -209,6 +211,17 @@ Test(nninteractive, parity_with_python_session) {
             if (target_diff == 0 && prev_diff == 0)
                 cr_expect(same_box, "%s step %d (%s): changed box differs from Python's", name, k, kind);
             n_bbox_mismatch += !same_box;
+            /* The network's last bits differ from oneDNN's (summation order, which also differs between builds):
+             * a near-tie can flip, and chained refinement tiles can spread it. The next step starts from
+             * Python's masks, so that a difference is counted in the step that made it only. */
+            if (target_diff || prev_diff) {
+                memcpy(target, ref_target, (size_t)n);
+                uint16_t *prev = s->interactions + (size_t)s->cap.prev_seg * (size_t)n;
+                const float *ref_prev = ref_inter + (size_t)s->cap.prev_seg * (size_t)n;
+                for (int64_t i = 0; i < n; i++) prev[i] = i3_f32_to_f16(ref_prev[i]);
+                printf("    (the next step starts from Python's target and prev_seg)\n");
+                n_resynced++;
+            }
             worst_target = fmin(worst_target, agree_target);
             worst_prev = fmin(worst_prev, agree_prev);
             n_steps++;
@@ -218,7 +231,8 @@ Test(nninteractive, parity_with_python_session) {
         }
     }
     printf("nninteractive: %d steps, worst target agreement %.5f%%, worst prev_seg agreement %.5f%%, %d changed boxes "
-           "differ, i3rt %.2f s in all\n", n_steps, 100 * worst_target, 100 * worst_prev, n_bbox_mismatch, total_i3rt);
+           "differ, %d steps restarted from Python's masks, i3rt %.2f s in all\n", n_steps, 100 * worst_target,
+           100 * worst_prev, n_bbox_mismatch, n_resynced, total_i3rt);
     cr_assert_gt(n_steps, 0);
     i3rt_ni_session_free(s);
     i3rt_context_free(ctx);
