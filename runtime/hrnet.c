@@ -10,6 +10,8 @@
  *                   per branch, then fuse: y_i = ReLU(sum_j f_ij(x_j)), f_ij = 1x1 conv + bilinear
  *                   upsampling (j > i), a chain of 3x3 s2 convs (j < i), identity (j == i)
  *   aggregate       branches 1..3 upsampled to branch 0 (align_corners), concatenated (15 * width)
+ *   mask attention  Slice-and-Conquer's guided 3D network only: channel gate from the features pooled
+ *                   over the annotated foreground/background (docs/snc.md, "Mask attention")
  *   OCR head        aux_head -> soft object regions; conv3x3_ocr; spatial gather; object attention
  *                   (f_pixel, f_object, f_down, f_up); conv_bn_dropout on [context, feats]; cls_head
  *   output          logits, upsampled to the input size (align_corners) as ISModel.forward does
@@ -68,10 +70,18 @@ i3rt_status i3_hrnet_parse(i3_ctx *ctx, const char *file, const cJSON *net, cons
     cfg.with_prev_mask = bool_field(net, "with_prev_mask", 0);
     if (cfg.small < 0 || cfg.with_prev_mask < 0)
         return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"small\" and \"with_prev_mask\" must be true or false");
-    if (cfg.coord_channels != 2 + cfg.with_prev_mask)
-        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: coord_channels %d, with_prev_mask %s: expected %d (clicks groups "
+    cfg.snc_guided = bool_field(net, "snc_guided", 0);
+    if (cfg.snc_guided < 0)
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: \"snc_guided\" must be true or false");
+    const int coord_expected = 2 + cfg.with_prev_mask + 2 * cfg.snc_guided;
+    if (cfg.coord_channels != coord_expected)
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: coord_channels %d, with_prev_mask %s%s: expected %d (clicks groups "
                                      "are not supported)",
-                          cfg.coord_channels, cfg.with_prev_mask ? "true" : "false", 2 + cfg.with_prev_mask);
+                          cfg.coord_channels, cfg.with_prev_mask ? "true" : "false",
+                          cfg.snc_guided ? ", snc_guided true" : "", coord_expected);
+    if (cfg.snc_guided && (!cfg.with_prev_mask || !positive_int(net, "mask_attention_hidden", &cfg.attention_hidden)))
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: snc_guided needs with_prev_mask true and a positive "
+                                     "int \"mask_attention_hidden\"");
 
     /* ISModel's keyword arguments as the checkpoint's config gave them; absent ones take ISModel's
      * defaults (RITM's @serialize records only HRNetModel's own defaults). */
@@ -108,6 +118,8 @@ i3rt_status i3_hrnet_parse(i3_ctx *ctx, const char *file, const cJSON *net, cons
         cfg.acs = 1;
     else
         return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: metadata \"acs\" is '%s' (must be \"0\" or \"1\")", file, acs);
+    if (cfg.snc_guided && !cfg.acs)
+        return i3_network_metadata_fail(ctx, I3RT_ERR_FORMAT, file, "RITM-HRNet18: snc_guided is a 3D network: metadata \"acs\" must be \"1\"");
     *out = cfg;
     return I3RT_OK;
 }
@@ -308,6 +320,32 @@ static int hrnet_features(builder *b, int x) {
     return feats;
 }
 
+/* Slice-and-Conquer's mask attention (tools/snc_models.py MaskAttention): the features averaged over the
+ * annotated foreground and background (guide: 2D masks placed in 3D, annotated slices), an FC bottleneck
+ * (Linear 2C -> hidden, ReLU, Linear hidden -> C, as 1x1x1 convolutions on the pooled vector) and the
+ * gate feats * 2 sigmoid(.) per channel. */
+static int mask_attention(builder *b, int feats, int guide) {
+    const int c = 15 * b->cfg->width, hidden = b->cfg->attention_hidden;
+    const i3_mask_pool_params mp = {I3_SNC_ATTENTION_STRIDE, I3_SNC_ATTENTION_EPS};
+    int y = failed(b) ? -1 : i3_graph_mask_pool(b->g, feats, guide, &mp, "mask_attention.pool");
+    const int fc_in[2] = {2 * c, hidden}, fc_out[2] = {hidden, c};
+    for (int i = 0; i < 2; i++) {
+        char prefix[I3_NAME_LEN], name[I3_NAME_LEN];
+        i3_name_fmt(prefix, "mask_attention.fc%d", i + 1);
+        const int64_t wshape[2] = {fc_out[i], fc_in[i]}, bshape[1] = {fc_out[i]};
+        const int64_t gdims[5] = {fc_out[i], fc_in[i], 1, 1, 1};
+        const float *weight = tensor(b, prefix, "weight", 2, wshape), *bias = tensor(b, prefix, "bias", 1, bshape);
+        if (failed(b)) return -1;
+        i3_name_fmt(name, "%s.weight", prefix);
+        const int wv = i3_graph_weight(b->g, name, weight, 5, gdims);
+        i3_name_fmt(name, "%s.bias", prefix);
+        const int bv = i3_graph_weight(b->g, name, bias, 1, bshape);
+        const i3_conv_params cp = {.cout = fc_out[i], .k = {1, 1, 1}, .stride = {1, 1, 1}, .act = i == 0 ? RELU : NO_ACT};
+        y = i3_graph_conv(b->g, y, wv, bv, &cp, prefix);
+    }
+    return failed(b) ? -1 : i3_graph_channel_gate(b->g, feats, y, "mask_attention.gate");
+}
+
 /* Sequential(conv, Sequential(bn, ReLU)) of ocr.py: conv prefix.I, bn prefix.(I+1).0. */
 static int ocr_conv(builder *b, int x, const char *prefix, int index, int cin, int cout) {
     char conv[I3_NAME_LEN], bn[I3_NAME_LEN];
@@ -364,7 +402,13 @@ i3rt_status i3_hrnet_build(i3_ctx *ctx, const i3_hrnet_config *cfg, i3_weights *
     y = add(&b, y, maps, NO_ACT, FE "stem.add_maps");
     y = conv_layer(&b, y, FE "conv2", FE "bn2", NULL, 64, 64, 3, 2, 0, RELU);
 
-    int logits = ocr_head(&b, hrnet_features(&b, y));
+    int feats = hrnet_features(&b, y);
+    if (cfg->snc_guided) {
+        /* the last two coord channels: 2D masks placed in 3D, annotated slices */
+        const i3_slice_params guide_part = {I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels - 2, 2};
+        feats = mask_attention(&b, feats, i3_graph_slice_channels(g, x, &guide_part, "guide"));
+    }
+    int logits = ocr_head(&b, feats);
     if (full_resolution) logits = resize_like(&b, logits, x, "instances");
     I3_TRY(b.status);
     if (g->failed) return (i3rt_status)g->failed; /* the graph builder left its message in ctx */

@@ -5,7 +5,9 @@
  *
  * The graph's input is one tensor [1, 3 + coord_channels, d, h, w] (d = 1 in 2D): the
  * ImageNet-normalized RGB image, then the previous mask (if the network has one) and the positive and
- * negative click maps. i3_hrnet_encode_input writes it from an image in [0, 1] and clicks. The output
+ * negative click maps (the guided 3D network adds the 2D masks placed in 3D and the annotated-slice
+ * indicator: runtime/snc_guided.h). i3_hrnet_encode_input writes the first six channels from an
+ * image in [0, 1] and clicks. The output
  * is the logit map (1 channel, before the sigmoid) upsampled to the input size, as ISModel.forward
  * returns it ('instances'), or at a quarter of the input size (the OCR head's resolution). */
 #ifndef I3RT_HRNET_H
@@ -30,7 +32,15 @@ typedef struct {
     int use_disks;        /* click maps are disks of norm_radius, else tanh(2 * distance / norm_radius) */
     float norm_radius;
     i3_act maps_act;      /* between the two maps_transform convs: LeakyReLU(0.2) or ReLU */
+    int snc_guided;       /* Slice-and-Conquer's guided 3D network (network.snc_guided true, ACS only): two more
+                             coord channels (2D masks placed in 3D, annotated slices) and the mask attention */
+    int attention_hidden; /* mask attention's FC bottleneck width (network.mask_attention_hidden) */
 } i3_hrnet_config;
+
+/* Mask attention (snc_guided): the guide's stride to the features (two stride-2 convs) and the pooling's
+ * eps; see ops/mask_pool.c and docs/snc.md. */
+#define I3_SNC_ATTENTION_STRIDE 4
+#define I3_SNC_ATTENTION_EPS 1e-6f
 
 /* Reads the "network" object of a RITM weight file (class "RITM-HRNet18", written by
  * tools/convert_pt/convert_ritm.py) and its "acs" metadata value (NULL or "0": 2D, "1": ACS 3D). */
@@ -52,7 +62,8 @@ typedef struct {
     int positive;
 } i3_hrnet_click;
 
-/* Writes the network input [3 + coord_channels, d, h, w] as RITM's ISModel prepares it:
+/* Writes the network input [3 + coord_channels, d, h, w] as RITM's ISModel prepares it (the guided
+ * network's last two channels are left to i3_snc_guided_encode; image may be out itself):
  *   channels 0..2  (image - mean) / std with ImageNet's mean/std; image [3, d, h, w] in [0, 1]
  *   previous mask  prev_mask [d, h, w] (NULL: zeros, RITM's first click), thresholded if binary_prev_mask
  *   positive, negative click maps: RITM's DistMaps (GPU path, no rounding of the click coordinates):

@@ -42,7 +42,7 @@ const i3_hrnet_config *i3_snc_guided_config(const i3_snc_guided *net);
  * volume [d, h, w] grey in [0, 1] (the caller windows it); prev_probs [d, h, w] or NULL (zeros);
  * clicks in voxel coordinates (z, y, x), fractional allowed; masks in annotation order.
  * Fails with I3RT_ERR_INVALID_ARGUMENT naming a click outside the volume, a mask with a bad axis or
- * index, or a NULL mask; nothing is written then. */
+ * index, or a NULL mask (input is then partly written: it is the caller's scratch). */
 i3rt_status i3_snc_guided_encode(i3_ctx *ctx, const i3_hrnet_config *cfg, int64_t d, int64_t h, int64_t w,
                                  const float *volume, const float *prev_probs, const i3_hrnet_click *clicks,
                                  int n_clicks, const i3_snc_mask2d *masks, int n_masks, float *input);

@@ -92,9 +92,9 @@ def randomize(model, gen):
 
 
 def calibrate_bn(model, gen, inputs):
-    """Running statistics measured on random inputs, then perturbed (non-trivial but sane)."""
+    """Running statistics measured on random inputs, then perturbed (non-trivial but sane); 2D or 3D (ACS)."""
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.reset_running_stats()
             m.momentum = None  # cumulative average
     model.train()
@@ -103,7 +103,7 @@ def calibrate_bn(model, gen, inputs):
             model.forward_encoded(x)
     model.eval()
     for name, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
             m.momentum = 0.1
             with torch.no_grad():
                 if ".f_object." in name or ".f_down." in name or ".f_up." in name:

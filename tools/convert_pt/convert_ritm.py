@@ -8,6 +8,10 @@ net.state_dict(), 'config': net._config}) for an isegm HRNetModel (width 18). Te
 state-dict keys (maps_transform.*, feature_extractor.*); batch-norm tensors are kept as they are (i3rt folds
 them into the preceding convolution when it loads the file); `num_batches_tracked` counters are dropped.
 --acs records that the 2D weights are to be run as ACS convolutions on 3D volumes (metadata "acs": "1").
+A checkpoint of Slice-and-Conquer's guided 3D model (tools/snc_models.py GuidedHRNetModel: mask_attention.*
+tensors, maps_transform.0 taking 5 channels) is recognized by its tensors and needs --acs; it gets
+network "snc_guided": true and "mask_attention_hidden", and its training-only attention head
+(mask_attention.head.*, the L_attn prediction) is dropped.
 Format: docs/weights-format.md.
 """
 import argparse
@@ -53,6 +57,7 @@ def describe_hrnet(state, path):
         return tuple(state[key].shape)
 
     coord_channels = shape("maps_transform.0.weight")[1]
+    guided = "mask_attention.fc1.weight" in state
     width = shape(FE + "transition1.0.0.weight")[0]
     if width != 18:
         raise ConversionError(f"{path}: HRNet width {width} (tensor {FE}transition1.0.0.weight); only HRNet-18 "
@@ -61,8 +66,16 @@ def describe_hrnet(state, path):
     ocr_key = shape(FE + "ocr_distri_head.object_context_block.f_down.0.weight")[0]
     blocks = 1 + max(int(m.group(1)) for k in state
                      if (m := re.match(re.escape(FE) + r"stage2\.0\.branches\.0\.(\d+)\.", k)))
-    return {"width": width, "ocr_width": ocr_key, "ocr_mid_channels": ocr_mid, "small": blocks == 2,
-            "coord_channels": coord_channels, "with_prev_mask": coord_channels == 3}
+    arch = {"width": width, "ocr_width": ocr_key, "ocr_mid_channels": ocr_mid, "small": blocks == 2,
+            "coord_channels": coord_channels, "with_prev_mask": coord_channels == 3 + 2 * guided}
+    if guided:
+        hidden, pooled = shape("mask_attention.fc1.weight")
+        if coord_channels != 5 or pooled != 2 * 15 * width or shape("mask_attention.fc2.weight") != (15 * width, hidden):
+            raise ConversionError(f"{path}: a guided 3D model needs maps_transform.0 with 5 input channels and "
+                                  f"mask_attention.fc1/fc2 of [{hidden}, {2 * 15 * width}] / [{15 * width}, {hidden}]; "
+                                  f"got {coord_channels}, {(hidden, pooled)}, {shape('mask_attention.fc2.weight')}")
+        arch.update(snc_guided=True, mask_attention_hidden=hidden)
+    return arch
 
 
 def main(argv=None):
@@ -84,6 +97,13 @@ def main(argv=None):
     except ConversionError as e:
         raise ConversionError(f"{args.checkpoint}: {e}") from e
     arch = describe_hrnet(tensors, args.checkpoint)
+    if arch.get("snc_guided"):
+        if not args.acs:
+            raise ConversionError(f"{args.checkpoint}: a guided 3D model (mask_attention.* tensors) runs on volumes: "
+                                  f"convert it with --acs")
+        head = [k for k in tensors if k.startswith("mask_attention.head.")]
+        tensors = {k: v for k, v in tensors.items() if k not in head}
+        print(f"  guided 3D model: dropped the training-only attention head ({len(head)} tensors)")
     kwargs = config_params(config)
     network = network_json("RITM-HRNet18", 2, 3, 1, **arch, arch_kwargs=kwargs)
     metadata = {
