@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from i3rt_ctypes import I3rt  # noqa: E402
 
 API_KEY = "test-key-7f3a"
+READ_TIMEOUT = 900  # seconds per request: an AutoZoom prompt under ASan takes minutes
 THREADS = 1
 failures = []
 
@@ -125,6 +126,12 @@ def run_step(fx, shape, st, client, ref):
     out = {}
 
     def remote():
+        try:
+            remote_call()
+        except Exception as e:  # reported by the caller
+            out["error"] = e
+
+    def remote_call():
         if kind == "point":
             out["r"] = client.add_point_interaction(st["coords"], include_interaction=pos, run_prediction=rp)
         elif kind == "box":
@@ -162,6 +169,7 @@ def run_step(fx, shape, st, client, ref):
         ref.reset_interactions()
         local = None
     t.join()
+    check("error" not in out, f"{kind}: the client raised {out.get('error')!r}")
     if kind in ("point", "box", "scribble", "lasso", "initial_seg") and not rp:
         local = None  # the server reports no region when the prompt does not predict
     return out.get("r"), local
@@ -178,7 +186,7 @@ def whole_session(args, url, lib, steps, image):
     """Section 1: the real client through a whole session against the in-process session."""
     fx, shape = args.fixtures, image.shape
     name, picked = pick_steps(steps)
-    client = nnInteractiveRemoteInferenceSession(url, api_key=API_KEY)
+    client = nnInteractiveRemoteInferenceSession(url, api_key=API_KEY, read_timeout=READ_TIMEOUT)
     check(client.ping(), "ping")
     ref = new_reference(lib, fx)
     client.set_image(image[None], {"spacing": [1.0, 1.0, 1.0]})
@@ -358,7 +366,7 @@ def capacity_and_leases(url, lease):
     r = http.post("/claim")
     check(r.status_code == 503 and r.headers.get("retry-after") == "10", f"a third claim -> {r.status_code} {r.headers}")
     try:
-        nnInteractiveRemoteInferenceSession(url, api_key=API_KEY)
+        nnInteractiveRemoteInferenceSession(url, api_key=API_KEY, read_timeout=READ_TIMEOUT)
         check(False, "the client raises ServerAtCapacityError")
     except ServerAtCapacityError:
         pass
@@ -389,7 +397,7 @@ def two_clients(args, url, lib, image):
 
     def run_remote(i):
         try:
-            client = nnInteractiveRemoteInferenceSession(url, api_key=API_KEY)
+            client = nnInteractiveRemoteInferenceSession(url, api_key=API_KEY, read_timeout=READ_TIMEOUT)
             client.set_image(images[i][None])
             tb = np.zeros(shape, dtypes[i])
             client.set_target_buffer(tb)
