@@ -269,7 +269,7 @@ i3rt_status i3rt_snc_recommend(i3rt_snc_session *s, i3rt_slice *slice, int *foun
  * image's grid and geometry (written whole or not at all). */
 i3rt_status i3rt_snc_get_mask(const i3rt_snc_session *s, uint8_t *mask, int64_t n_voxels);
 i3rt_status i3rt_snc_save_mask(i3rt_snc_session *s, const char *path);
-/* An RGB PNG of a slice with its mask overlaid (the 2D mask while it is being clicked on, else the 3D
+/* An RGB PNG of a slice with its mask overlaid (the 2D mask of a clicked or finished slice, else the 3D
  * mask), the highest row at the top as i3Deep's previews. */
 i3rt_status i3rt_snc_save_preview(i3rt_snc_session *s, i3rt_axis axis, int64_t index, const char *path);
 

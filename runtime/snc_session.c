@@ -1,6 +1,7 @@
 /* Slice-and-Conquer's session: see snc_session.h and docs/snc.md ("session and CLI"). */
 #include "snc_session.h"
 #include "png_export.h"
+#include "snc_guided.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -193,9 +194,59 @@ i3rt_status i3_snc_session_load_net2d(i3_snc_session *s, const char *path) {
     return st;
 }
 
+/* The guided 3D network of snc_guided.h behind the session's function table: slice clicks become voxel
+ * clicks, every finished slice's mask is placed in 3D. */
+typedef struct {
+    i3_ctx *ctx;
+    i3_snc_guided *net;
+} guided_user;
+
+/* A click (row, column) on slice `index` of `axis` as a voxel (z, y, x) (slice_select.h's planes). */
+static i3_hrnet_click voxel_click(i3_axis axis, int64_t index, i3_snc_click c) {
+    const float i = (float)index;
+    return axis == I3_AXIAL     ? (i3_hrnet_click){i, c.y, c.x, c.positive}
+           : axis == I3_CORONAL ? (i3_hrnet_click){c.y, i, c.x, c.positive}
+                                : (i3_hrnet_click){c.y, c.x, i, c.positive};
+}
+
+static i3rt_status guided_predict(void *user, const float *image, const float *previous, int64_t d, int64_t h,
+                                  int64_t w, const i3_snc_annotation *ann, int n_ann, float *probs) {
+    guided_user *g = user;
+    int n_clicks = 0;
+    for (int k = 0; k < n_ann; k++) n_clicks += ann[k].n_clicks;
+    i3_hrnet_click *clicks = i3_malloc(g->ctx, (size_t)(n_clicks + 1) * sizeof *clicks, "the 3D step's clicks");
+    i3_snc_mask2d *masks = i3_malloc(g->ctx, (size_t)n_ann * sizeof *masks, "the 3D step's masks");
+    i3rt_status st = clicks && masks ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    for (int k = 0, j = 0; st == I3RT_OK && k < n_ann; k++) {
+        masks[k] = (i3_snc_mask2d){ann[k].axis, ann[k].index, ann[k].mask};
+        for (int c = 0; c < ann[k].n_clicks; c++) clicks[j++] = voxel_click(ann[k].axis, ann[k].index, ann[k].clicks[c]);
+    }
+    if (st == I3RT_OK)
+        st = i3_snc_guided_predict(g->net, d, h, w, image, previous, clicks, n_clicks, masks, n_ann, probs);
+    free(clicks);
+    free(masks);
+    return st;
+}
+
+static void guided_release(void *user) {
+    guided_user *g = user;
+    i3_snc_guided_free(g->net);
+    free(g);
+}
+
 i3rt_status i3_snc_session_load_net3d(i3_snc_session *s, const char *path) {
     if (!s) return I3RT_ERR_INVALID_ARGUMENT;
-    return i3_fail(s->ctx, I3RT_ERR_UNSUPPORTED, "%s: the guided 3D network's loader is not built yet", path);
+    const double t0 = now_seconds();
+    guided_user *g = i3_calloc(s->ctx, 1, sizeof *g, "the guided 3D network");
+    if (!g) return I3RT_ERR_OUT_OF_MEMORY;
+    g->ctx = s->ctx;
+    const i3rt_status st = i3_snc_guided_load(s->ctx, path, &g->net);
+    if (st != I3RT_OK) {
+        free(g);
+        return st;
+    }
+    s->seconds[I3_SNC_STAGE_LOAD] += now_seconds() - t0;
+    return i3_snc_session_set_net3d(s, (i3_snc_guided_net){guided_predict, guided_release, g});
 }
 
 /* ---- slices and clicks --------------------------------------------------------------------------- */
@@ -446,7 +497,7 @@ i3rt_status i3_snc_session_save_preview(i3_snc_session *s, i3_axis axis, int64_t
     if (st == I3RT_OK) {
         const slice_record *r = find_slice(s, axis, index);
         i3_slice_get(im->data, sizeof(float), im->d, im->h, im->w, axis, index, image);
-        if (r && !r->finished) memcpy(mask, i3_snc_predictor_mask(r->predictor), (size_t)n);
+        if (r) memcpy(mask, r->finished ? r->accepted : i3_snc_predictor_mask(r->predictor), (size_t)n);
         else i3_slice_get(s->mask, 1, im->d, im->h, im->w, axis, index, mask);
         for (int64_t i = 0; i < n; i++) labels[i] = mask[i];
         i3_plane_flip_rows(image, sizeof *image, rows, cols);

@@ -113,8 +113,9 @@ const uint8_t *i3_snc_session_mask(const i3_snc_session *s);
 const float *i3_snc_session_probs(const i3_snc_session *s);
 /* The 3D mask as a label NIfTI on the image's grid and geometry (atomic). */
 i3rt_status i3_snc_session_save_mask(i3_snc_session *s, const char *path);
-/* An RGB PNG of a slice: the windowed image with the slice's 2D mask (if clicked and not finished)
- * or the 3D mask overlaid, rows flipped as i3Deep's previews (slice_select.h). */
+/* An RGB PNG of a slice: the windowed image with the slice's 2D mask (clicked or finished slices; after
+ * a propagation the 3D mask holds the accepted ones) or else the 3D mask overlaid, rows flipped as
+ * i3Deep's previews (slice_select.h). */
 i3rt_status i3_snc_session_save_preview(i3_snc_session *s, i3_axis axis, int64_t index, const char *path);
 
 double i3_snc_session_stage_seconds(const i3_snc_session *s, i3_snc_stage stage);

@@ -536,15 +536,29 @@ Test(snc_session, public_api_with_hrnet) {
     printf("HRNet-18 (random weights) after 2 clicks: %d of %d pixels foreground\n", fg, VH * VW);
     cr_assert_eq(i3rt_snc_finish_slice(s, I3RT_AXIAL, 5, 1), I3RT_OK);
     cr_assert_eq(i3rt_snc_save_preview(s, I3RT_AXIAL, 5, fx_path(dir, "axial_5.png")), I3RT_OK);
-    /* the 3D network: the guided step's weight file is not made by this fixture yet */
-    const i3rt_status st = i3rt_snc_propagate(s);
-    cr_assert_eq(st, I3RT_ERR_INVALID_ARGUMENT, "%s", i3rt_context_error(ctx));
     i3rt_slice rec;
     int found;
+    expect_error(ctx, i3rt_snc_propagate(s), I3RT_ERR_INVALID_ARGUMENT, "no 3D network loaded");
     expect_error(ctx, i3rt_snc_recommend(s, &rec, &found), I3RT_ERR_INVALID_ARGUMENT, "nothing propagated yet");
+    expect_error(ctx, i3rt_snc_load_3d(s, fixture("hrnet2d.safetensors")), I3RT_ERR_UNSUPPORTED, "snc_guided");
+    /* the guided 3D network, transferred from the 2D weights (gen_snc_session.py) */
+    cr_assert_eq(i3rt_snc_load_3d(s, fixture("guided3d.safetensors")), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3rt_snc_propagate(s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3rt_snc_recommend(s, &rec, &found), I3RT_OK);
     uint8_t vol[VD * VH * VW];
     cr_assert_eq(i3rt_snc_get_mask(s, vol, VD * VH * VW), I3RT_OK);
     expect_error(ctx, i3rt_snc_get_mask(s, vol, 5), I3RT_ERR_INVALID_ARGUMENT, "12 x 20 x 18");
+    /* the accepted slice is in the 3D mask */
+    uint8_t in3d[VH * VW];
+    i3_slice_get(vol, 1, VD, VH, VW, I3_AXIAL, 5, in3d);
+    cr_assert_eq(memcmp(in3d, mask, sizeof mask), 0);
+    int64_t fg3d = 0;
+    for (int i = 0; i < VD * VH * VW; i++) fg3d += vol[i];
+    printf("guided 3D (transferred random weights): %lld of %d voxels; next slice %s %lld (%d)\n", (long long)fg3d,
+           VD * VH * VW, found ? i3_axis_name((i3_axis)rec.axis) : "-", found ? (long long)rec.index : -1LL, found);
+    cr_assert(!found || !(rec.axis == I3RT_AXIAL && llabs(rec.index - 5) <= 1));
+    cr_assert_eq(i3rt_snc_save_mask(s, fx_path(dir, "mask.nii.gz")), I3RT_OK);
+    cr_assert(i3rt_snc_stage_seconds(s, I3RT_SNC_STAGE_GUIDED) > 0);
     printf("stage times:");
     for (int k = 0; k < I3RT_SNC_STAGE_COUNT; k++)
         printf(" %s %.3f s", i3rt_snc_stage_name(k), i3rt_snc_stage_seconds(s, k));
@@ -638,6 +652,50 @@ Test(snc_session, cli_click_and_errors) {
     const char *bad_sign[] = {"snc", "click", image, "-2", net2d_copy, "--slice", "axial", "1", "--click", "1", "1",
                               "x", "-o", out, NULL};
     cr_assert_eq(run_i3rt(dir, bad_sign), 2);
+    /* the simulated user through the binary with both networks (2 slices) */
+    uint8_t *truth = malloc(VD * VH * VW);
+    make_volume(&v, truth, 1.1);
+    float *labels_f = malloc(VD * VH * VW * sizeof *labels_f);
+    for (int i = 0; i < VD * VH * VW; i++) labels_f[i] = truth[i];
+    const char *truth_path = fx_path(dir, "truth.nii.gz");
+    cr_assert_eq(i3_volume_write_f32(ctx, truth_path, &v.geometry, 1, labels_f), I3RT_OK);
+    i3_volume_free(&v);
+    free(labels_f), free(truth);
+    char net3d[1024];
+    snprintf(net3d, sizeof net3d, "%s", fixture("guided3d.safetensors"));
+    const char *sim[] = {"snc", "simulate", image, truth_path, "-2", net2d_copy, "-3", net3d, "--iterations", "2",
+                         "--no-zoom", "--no-flip", "-o", fx_path(dir, "sim"), "--json", NULL};
+    cr_assert_eq(run_i3rt(dir, sim), 0, "stderr: %s", cli_err);
+    printf("i3rt snc simulate --json:\n%s", cli_out);
+    cr_assert(strstr(cli_out, "\"iterations\"") && strstr(cli_out, "\"slice_dice\"") && strstr(cli_out, "\"dice\""),
+              "%s", cli_out);
+    cr_assert(strstr(cli_out, "\"axis\":\t\"axial\"") && strstr(cli_out, "\"index\":\t5"),
+              "the first slice is the truth's largest section, axial 5: %s", cli_out);
+    struct stat sb;
+    cr_assert_eq(stat(fx_path(fx_path(dir, "sim"), "img_mask.nii.gz"), &sb), 0);
+    /* evaluate: two cases (a list file), a markdown table of the Dice after each slice and the clicks */
+    const char *list = fx_path(dir, "cases.tsv"), *table = fx_path(dir, "table.md");
+    FILE *f = fopen(list, "w");
+    fprintf(f, "name\timage\ttruth\nfirst\timg.nii.gz\ttruth.nii.gz\nsecond\t%s\ttruth.nii.gz\n", image);
+    fclose(f);
+    const char *eval[] = {"snc", "evaluate", "-2", net2d_copy, "-3", net3d, "--cases", list, "--iterations", "2",
+                          "--no-zoom", "--no-flip", "-o", fx_path(dir, "eval"), "--markdown", table, NULL};
+    cr_assert_eq(run_i3rt(dir, eval), 0, "stderr: %s", cli_err);
+    printf("i3rt snc evaluate:\n%s", cli_out);
+    cr_assert(strstr(cli_out, "| case | Dice 1 | Dice 2 | clicks 1 | clicks 2 | seconds |"), "%s", cli_out);
+    cr_assert(strstr(cli_out, "| first |") && strstr(cli_out, "| second |") && strstr(cli_out, "| **mean** |"));
+    char text[4096] = "";
+    f = fopen(table, "r");
+    cr_assert(f);
+    text[fread(text, 1, sizeof text - 1, f)] = '\0';
+    fclose(f);
+    cr_assert(strncmp(cli_out, text, strlen(text)) == 0, "the file holds the printed table");
+    /* both cases are the same image and truth: the same row */
+    const char *r1 = strstr(cli_out, "| first |") + 9, *r2 = strstr(cli_out, "| second |") + 10;
+    cr_assert(strncmp(r1, r2, strcspn(r1, "\n") - 8) == 0, "rows differ:\n%s", cli_out);
+    unlink(list), unlink(table);
+    fx_remove_dir(fx_path(dir, "eval"));
+    fx_remove_dir(fx_path(dir, "sim"));
     fx_remove_dir(fx_path(dir, "out2"));
     fx_remove_dir(out);
     fx_remove_dir(dir);
