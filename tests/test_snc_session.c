@@ -565,6 +565,25 @@ Test(snc_session, public_api_with_hrnet) {
     printf("\n");
     cr_assert(i3rt_snc_stage_seconds(s, I3RT_SNC_STAGE_CLICK) > 0);
     i3rt_snc_free(s);
+
+    /* the simulated user through the public API */
+    uint8_t *truth = malloc(VD * VH * VW);
+    make_volume(&v, truth, 1.1);
+    i3_volume_free(&v);
+    cr_assert_eq(i3rt_snc_open(ctx, image, &params, &s), I3RT_OK);
+    cr_assert_eq(i3rt_snc_load_2d(s, fixture("hrnet2d.safetensors")), I3RT_OK);
+    cr_assert_eq(i3rt_snc_load_3d(s, fixture("guided3d.safetensors")), I3RT_OK);
+    i3rt_snc_iteration results[2];
+    int done = -1;
+    expect_error(ctx, i3rt_snc_simulate(s, truth, 7, 2, results, &done), I3RT_ERR_INVALID_ARGUMENT, "got 7 voxels");
+    cr_assert_eq(i3rt_snc_simulate(s, truth, VD * VH * VW, 2, results, &done), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert(done >= 1 && done <= 2);
+    cr_assert(results[0].axis == I3RT_AXIAL && results[0].index == 5 && results[0].clicks >= 1 &&
+              results[0].clicks <= 5 && results[0].accurate == (results[0].slice_dice > 0.9));
+    cr_assert_eq(i3rt_snc_get_mask(s, vol, VD * VH * VW), I3RT_OK);
+    cr_assert_float_eq(i3_snc_dice(vol, truth, VD * VH * VW), results[done - 1].dice, 1e-12);
+    i3rt_snc_free(s);
+    free(truth);
     fx_remove_dir(dir);
     i3rt_context_free(ctx);
 }
