@@ -1,5 +1,7 @@
 /* Benchmark of the CPU op fast paths on nnU-Net layer shapes: convolution (direct kernel, im2col +
- * GEMM, 1x1x1 GEMM; ops/conv.c picks one per shape), transposed convolution, instance norm. For each
+ * GEMM, 1x1x1 GEMM; ops/conv.c picks one per shape), transposed convolution, instance norm; and on the
+ * ACS-converted RITM HRNet's layer shapes for a 16 x 32 x 32 volume: ACS convolution, fast path (three
+ * 3D convolutions) against the reference it replaced, and the residual add. For each
  * conv it first validates the fast path against the plain reference on a 3 x 4 x w input (same
  * channels, kernel and w, hence the same strategy; the reference is too slow at full size), then
  * times the fast path (best of R runs after one warm-up) and prints ms and GFLOP/s, wall clock and process
@@ -135,6 +137,51 @@ static void bench_instance_norm(int c, int size, int threads, int repeats) {
     free(x), free(g), free(b);
 }
 
+typedef struct {
+    const char *name;
+    int cin, cout, k, stride;
+    int64_t d, h, w; /* input size */
+} acs_shape;
+
+/* ACS convolution: the reference (what the CPU backend ran before) and the fast path, best of R each. */
+static void bench_acs_conv(const acs_shape *c, int threads, int repeats) {
+    const i3_shape5 xs = {1, c->cin, c->d, c->h, c->w};
+    const i3_acs_conv_params p = {c->cout, c->k, c->stride, c->k / 2, {I3_ACT_RELU, 0.0f}};
+    const i3_shape5 ys = i3_acs_conv_out_shape(xs, &p);
+    float *x = random_floats(i3_shape5_numel(xs), 1), *w = random_floats((int64_t)c->cout * c->cin * c->k * c->k, 2);
+    float *b = random_floats(c->cout, 3), *ref = random_floats(i3_shape5_numel(ys), 4);
+    float *y = random_floats(i3_shape5_numel(ys), 5);
+    void *scratch = malloc(i3_cpu_acs_conv_scratch_bytes(xs, &p, threads) + 1);
+    double best_ref = 1e30, best = 1e30;
+    for (int r = 0; r <= repeats; r++) {
+        double t0 = now_s();
+        i3_cpu_acs_conv_ref(x, xs, w, b, &p, ref);
+        double t1 = now_s();
+        i3_cpu_acs_conv(x, xs, w, b, &p, y, scratch, threads);
+        double t2 = now_s();
+        if (r > 0) best_ref = fmin(best_ref, t1 - t0), best = fmin(best, t2 - t1);
+    }
+    const double flops = 2.0 * c->cout * c->cin * c->k * c->k * i3_shape5_spatial(ys);
+    printf("acs_conv %-30s ref %8.2f ms  fast %7.2f ms %6.1f GFLOP/s  x%5.1f  rel err %.1e\n", c->name, best_ref * 1e3,
+           best * 1e3, flops / best * 1e-9, best_ref / best, rel_error(y, ref, i3_shape5_numel(ys)));
+    free(x), free(w), free(b), free(ref), free(y), free(scratch);
+}
+
+/* Residual add + ReLU of n values (in place, as the graph runs it). */
+static void bench_add(const char *name, int64_t n, int threads, int repeats) {
+    float *a = random_floats(n, 1), *b = random_floats(n, 2);
+    double best = 1e30;
+    for (int r = 0; r <= 20 * repeats; r++) { /* microseconds: more runs for a stable best on a busy machine */
+        double t0 = now_s();
+        i3_cpu_add(a, b, n, (i3_act){I3_ACT_RELU, 0.0f}, a, threads);
+        double t = now_s() - t0;
+        if (r > 0) best = fmin(best, t);
+    }
+    printf("add+relu %-30s %9.4f ms  (%lld values; threads from %d on: %d)\n", name, best * 1e3, (long long)n,
+           I3_PARALLEL_MIN_VALUES, n >= I3_PARALLEL_MIN_VALUES ? threads : 1);
+    free(a), free(b);
+}
+
 int main(int argc, char **argv) {
     const int threads = argc > 1 ? atoi(argv[1]) : 2, repeats = argc > 2 ? atoi(argv[2]) : 5;
     if (threads < 1 || repeats < 1) {
@@ -162,5 +209,19 @@ int main(int argc, char **argv) {
     bench_conv_transpose(64, 32, 32, threads, repeats);
     bench_conv_transpose(320, 256, 4, threads, repeats);
     bench_instance_norm(32, 64, threads, repeats);
+    /* the ACS HRNet-18 on 16 x 32 x 32: the stem, layer1, each branch's 3x3 and the OCR 3x3 */
+    static const acs_shape acs[] = {
+        {"stem conv2 64->64 s2 8x16x16", 64, 64, 3, 2, 8, 16, 16},
+        {"layer1 64->64 4x8x8", 64, 64, 3, 1, 4, 8, 8},
+        {"branch0 18->18 4x8x8", 18, 18, 3, 1, 4, 8, 8},
+        {"branch1 36->36 2x4x4", 36, 36, 3, 1, 2, 4, 4},
+        {"branch3 144->144 1x1x1", 144, 144, 3, 1, 1, 1, 1},
+        {"conv3x3_ocr 270->128 4x8x8", 270, 128, 3, 1, 4, 8, 8},
+        {"maps 16->64 s2 16x32x32", 16, 64, 3, 2, 16, 32, 32},
+    };
+    for (size_t i = 0; i < sizeof acs / sizeof acs[0]; i++) bench_acs_conv(&acs[i], threads, repeats);
+    bench_add("branch0 18 x 4x8x8", 18 * 4 * 8 * 8, threads, repeats);
+    bench_add("layer1 256 x 4x8x8", 256 * 4 * 8 * 8, threads, repeats);
+    bench_add("256 x 16x32x32", 256 * 16 * 32 * 32, threads, repeats);
     return 0;
 }

@@ -23,6 +23,8 @@ static inline int64_t i3_shape5_numel(i3_shape5 s) { return s.n * s.c * s.d * s.
  * it saves, and far more on a busy machine, where OpenMP's barrier waits for a descheduled thread
  * (measured: docs/performance.md, "HRNet ACS 3D"). */
 #define I3_PARALLEL_MIN_VALUES (1 << 18)
+/* The same for compute-bound ops, in multiply-adds (about half a millisecond on one core). */
+#define I3_PARALLEL_MIN_MACS (1 << 22)
 
 /* Activation applied at the end of an op (fused epilogue). slope is LeakyReLU's negative slope. */
 typedef enum { I3_ACT_NONE = 0, I3_ACT_RELU, I3_ACT_LEAKY_RELU } i3_act_kind;

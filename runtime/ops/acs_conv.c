@@ -15,7 +15,9 @@
  *                        are, so the engine's fast convolution (ops/conv.c) runs on them in place and writes
  *                        the part's output channels directly. The kernel-less axis takes the centre tap
  *                        through padding p - k/2 there, so this needs an odd k and p >= k/2 (every converted
- *                        network); other paddings (only ACSConv's own tests use them) run the reference. */
+ *                        network); other paddings (only ACSConv's own tests use them) run the reference.
+ *                        Parts of fewer than I3_PARALLEL_MIN_MACS multiply-adds run on one thread.
+ *                        bench/bench_ops.c times both on the HRNet's shapes (docs/performance.md). */
 #include "ops.h"
 
 void i3_acs_split(int cout, int split[3]) {
@@ -97,6 +99,8 @@ void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *
     const i3_shape5 ys = i3_acs_conv_out_shape(xs, p), one = {1, xs.c, xs.d, xs.h, xs.w};
     const int64_t in_sample = xs.c * i3_shape5_spatial(xs), out_spatial = i3_shape5_spatial(ys);
     const int64_t per_out = xs.c * p->k * p->k;
+    /* most ACS layers of an HRNet on a small volume are tiny: threads only where there is work to split */
+    const int threads = per_out * out_spatial * p->cout / 3 >= I3_PARALLEL_MIN_MACS ? n_threads : 1;
     int split[3];
     i3_acs_split(p->cout, split);
     for (int64_t n = 0; n < xs.n; n++)
@@ -104,6 +108,6 @@ void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *
             if (split[part] == 0) continue;
             const i3_conv_params c = acs_part_conv(p, part, split[part]);
             i3_cpu_conv(x + n * in_sample, one, w + first * per_out, b ? b + first : NULL, &c,
-                        y + (n * ys.c + first) * out_spatial, scratch, n_threads);
+                        y + (n * ys.c + first) * out_spatial, scratch, threads);
         }
 }
