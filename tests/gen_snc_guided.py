@@ -8,7 +8,7 @@ fast; the code path is the same as HRNet-18's. Seeded random weights as tests/ge
 (randomize, then batch-norm statistics measured on random 2D inputs with guide channels, and perturbed),
 maps_transform.0's guide columns and the attention's FC layers random too (so that the guide and the gate
 matter; the generator prints the gate's range). Saved as a RITM-style checkpoint and converted with
-tools/convert_pt/convert_ritm.py --acs; the reference runs in float64 on the float32 weights.
+tools/convert_pt/convert_ritm.py --guided; the reference runs in float64 on the float32 weights.
 
 Asserted here (PyTorch only): a GuidedHRNetModel loaded with guided_state_from_2d(2D weights) gives the
 same logits as the plain 2D model converted to ACS, whatever the guide channels hold (the transfer starts
@@ -26,6 +26,7 @@ Writes into --out:
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -36,7 +37,7 @@ from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from gen_hrnet import calibrate_bn, convert, randomize  # noqa: E402
+from gen_hrnet import calibrate_bn, randomize  # noqa: E402
 from gen_hrnet import random_case as gen_hrnet_random_case  # noqa: E402
 from snc_models import GuidedHRNetModel, HRNetModel, dist_maps, guided_input, guided_state_from_2d, to_acs  # noqa: E402
 
@@ -147,7 +148,9 @@ def main():
         config = {"class": "snc_models.GuidedHRNetModel",
                   "params": {k: {"type": "builtin", "value": v, "specified": True} for k, v in CONFIG.items()}}
         torch.save({"state_dict": model.state_dict(), "config": config}, ckpt)
-        convert(ckpt, os.path.join(args.out, "guided3d.safetensors"), True)
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "convert_pt", "convert_ritm.py"), ckpt, "--guided", "--out",
+               os.path.join(args.out, "guided3d.safetensors")]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
     from safetensors import safe_open
     with safe_open(os.path.join(args.out, "guided3d.safetensors"), "pt") as f:

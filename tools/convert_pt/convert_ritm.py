@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Converts a RITM HRNet-18 interactive-segmentation checkpoint into an i3rt weight file.
 
-    convert_ritm.py CHECKPOINT.pth --out FILE.safetensors [--acs] [--dtype f32|f16|bf16]
+    convert_ritm.py CHECKPOINT.pth --out FILE.safetensors [--acs] [--guided] [--dtype f32|f16|bf16]
 
 CHECKPOINT is what RITM's isegm/utils/misc.py:save_checkpoint writes: torch.save({'state_dict':
 net.state_dict(), 'config': net._config}) for an isegm HRNetModel (width 18). Tensor names stay the
@@ -9,7 +9,8 @@ state-dict keys (maps_transform.*, feature_extractor.*); batch-norm tensors are 
 them into the preceding convolution when it loads the file); `num_batches_tracked` counters are dropped.
 --acs records that the 2D weights are to be run as ACS convolutions on 3D volumes (metadata "acs": "1").
 A checkpoint of Slice-and-Conquer's guided 3D model (tools/snc_models.py GuidedHRNetModel: mask_attention.*
-tensors, maps_transform.0 taking 5 channels) is recognized by its tensors and needs --acs; it gets
+tensors, maps_transform.0 taking 5 channels) is recognized by its tensors and needs --acs (--guided: the same,
+and refuse a checkpoint that is not one); it gets
 network "snc_guided": true and "mask_attention_hidden", and its training-only attention head
 (mask_attention.head.*, the L_attn prediction) is dropped.
 Format: docs/weights-format.md.
@@ -83,8 +84,11 @@ def main(argv=None):
     ap.add_argument("checkpoint", help="RITM .pth (torch.save dict with state_dict and config)")
     ap.add_argument("--out", required=True, help="output .safetensors file")
     ap.add_argument("--acs", action="store_true", help="mark the weights for ACS convolution on 3D volumes")
+    ap.add_argument("--guided", action="store_true",
+                    help="the checkpoint must be Slice-and-Conquer's guided 3D model (implies --acs)")
     ap.add_argument("--dtype", choices=("f32", "f16", "bf16"), default="f32", help="storage type of the weights")
     args = ap.parse_args(argv)
+    args.acs = args.acs or args.guided
 
     ckpt = load_torch_checkpoint(args.checkpoint)
     state, config = state_dict_and_config(ckpt, args.checkpoint)
@@ -97,6 +101,8 @@ def main(argv=None):
     except ConversionError as e:
         raise ConversionError(f"{args.checkpoint}: {e}") from e
     arch = describe_hrnet(tensors, args.checkpoint)
+    if args.guided and not arch.get("snc_guided"):
+        raise ConversionError(f"{args.checkpoint}: --guided, but no mask_attention.* tensors: not a guided 3D model")
     if arch.get("snc_guided"):
         if not args.acs:
             raise ConversionError(f"{args.checkpoint}: a guided 3D model (mask_attention.* tensors) runs on volumes: "
