@@ -20,8 +20,9 @@
 Sanitizer builds pass --no-reference: their libi3rt.so cannot be loaded into Python next to torch, so
 the comparisons with the in-process session are skipped there and the server itself runs under ASan
 (leaks are reported when it exits, which fails the test).
-AutoZoom is off in these sessions (the fixture's no-AutoZoom sequence) but for one prompt that switches it
-on through /set_do_autozoom: this test is about the protocol; tests/test_nninteractive.c covers the session.
+The fixture's no-AutoZoom sequence is replayed (the first step of each kind), then its AutoZoom sequence up
+to the first zoom-out with AutoZoom switched on through /set_do_autozoom: this test is about the protocol;
+tests/test_nninteractive.c covers the session.
 """
 
 import argparse
@@ -182,22 +183,24 @@ def clip(box, shape):
     return None if any(hi <= lo for lo, hi in c) else c
 
 
-def whole_session(args, url, lib, steps, image):
-    """Section 1: the real client through a whole session against the in-process session."""
-    fx, shape = args.fixtures, image.shape
-    name, picked = pick_steps(steps)
-    client = nnInteractiveRemoteInferenceSession(url, api_key=API_KEY, read_timeout=READ_TIMEOUT)
-    check(client.ping(), "ping")
-    ref = new_reference(lib, fx)
+def fresh_image(client, ref, image, autozoom):
+    """set_image and a new target buffer on both sessions (this resets them), AutoZoom through the protocol."""
+    shape = image.shape
     client.set_image(image[None], {"spacing": [1.0, 1.0, 1.0]})
     check(client.original_image_shape == (1, *shape), f"original_image_shape {client.original_image_shape}")
     target = np.zeros(shape, np.uint8)
     client.set_target_buffer(target)
-    client.set_do_autozoom(False)
+    client.set_do_autozoom(autozoom)
     ref.set_image(image, (1.0, 1.0, 1.0))
     ref_target = np.zeros(shape, np.uint8)
     ref.set_target_buffer(ref_target)
-    ref.set_do_autozoom(False)
+    ref.set_do_autozoom(autozoom)
+    return target, ref_target
+
+
+def replay(fx, lib, name, picked, client, ref, target, ref_target):
+    """The picked steps on both sessions; after each the target buffers must be equal. Returns the kinds."""
+    shape = target.shape
     kinds = set()
     prefix = True  # nnInteractive's targets in the fixture follow the whole sequence: comparable until a skip
     for k, (i, st) in enumerate(picked):
@@ -208,8 +211,9 @@ def whole_session(args, url, lib, steps, image):
         equal = np.array_equal(target, ref_target) if lib else "(no reference)"
         py = np.fromfile(os.path.join(fx, st["target"]), np.uint8).reshape(shape) if prefix and st.get("target") else None
         py_agree = f"{100 * np.mean(py == target):.3f} %" if py is not None else "-"
+        zoom = ref.timing()["zoom"] if lib and st["kind"] not in ("undo", "reset") else "-"
         print(f"{name} step {i:2d} {st['kind']:<11} remote {remote} in-process {clip(local, shape) if st['kind'] != 'undo' else local}"
-              f" fg {int(target.sum())} remote == in-process: {equal}; vs nnInteractive {py_agree}"
+              f" zoom {zoom} fg {int(target.sum())} remote == in-process: {equal}; vs nnInteractive {py_agree}"
               f" ({time.time() - t0:.1f} s)", flush=True)
         if not lib:
             continue
@@ -218,23 +222,25 @@ def whole_session(args, url, lib, steps, image):
             check(remote == local, f"{name} step {i}: undo reports {remote}, in-process {local}")
         elif st["kind"] != "reset":
             check(remote == clip(local, shape), f"{name} step {i}: changed box {remote} vs {clip(local, shape)}")
+    return kinds
+
+
+def whole_session(args, url, lib, steps, image):
+    """Section 1: the real client through a whole session against the in-process session."""
+    fx = args.fixtures
+    client = nnInteractiveRemoteInferenceSession(url, api_key=API_KEY, read_timeout=READ_TIMEOUT)
+    check(client.ping(), "ping")
+    ref = new_reference(lib, fx)
+    name, picked = pick_steps(steps)
+    target, ref_target = fresh_image(client, ref, image, False)
+    kinds = replay(fx, lib, name, picked, client, ref, target, ref_target)
     check(kinds >= {"point", "box", "scribble", "lasso", "initial_seg", "predict", "undo", "reset"},
           f"every kind of step ran ({sorted(kinds)})")
-    # one prompt with AutoZoom, switched on through the protocol: the AutoZoom sequence's first prompt
+    # AutoZoom switched on through the protocol: the AutoZoom sequence's steps up to its first zoom-out
     seq = next(s for s in steps["sequences"] if s["do_autozoom"])
-    st = next(st for st in seq["steps"] if st["kind"] in ("point", "box"))
-    client.set_do_autozoom(True)
-    ref.set_do_autozoom(True)
-    t0 = time.time()
-    remote, local = run_step(fx, shape, st, client, ref)
-    zoom = ref.timing()["zoom"] if lib else None
-    print(f"{seq['name']} {st['kind']} with AutoZoom (zoom {zoom}): remote {remote} in-process {clip(local, shape)} "
-          f"fg {int(target.sum())} ({time.time() - t0:.1f} s)", flush=True)
-    if lib:
-        check(np.array_equal(target, ref_target) and remote == clip(local, shape),
-              "an AutoZoom prompt: the remote target buffer and box equal the in-process ones")
-    client.set_do_autozoom(False)
-    ref.set_do_autozoom(False)
+    last = next((i for i, st in enumerate(seq["steps"]) if (st.get("zoom") or 1) > 1), 0)
+    target, ref_target = fresh_image(client, ref, image, True)
+    replay(fx, lib, seq["name"], list(enumerate(seq["steps"][:last + 1])), client, ref, target, ref_target)
     return client, ref, target, ref_target
 
 
