@@ -373,6 +373,16 @@ Test(nninteractive, bad_model_folders) {
     cr_expect_eq(s->cap.n_channels, 7);
     i3rt_ni_session_free(s);
     s = NULL;
+    /* a legacy object carries the runtime defaults only (the default capability) */
+    write_text(fx_path(dir, "inference_session_class.json"),
+               "{\"point_radius\": 3, \"interaction_decay\": 0.95, \"supported_interactions\": {\"points\": false}}");
+    cr_assert_eq(i3rt_ni_session_create(ctx, dir, 0, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_expect_eq(s->cap.point_radius, 3);
+    cr_expect_eq(s->strel_size, 7);
+    cr_expect_eq(s->cap.decay, 0.95);
+    cr_expect(s->cap.supported[I3_NI_POINTS], "the legacy file's capability keys must be ignored");
+    i3rt_ni_session_free(s);
+    s = NULL;
     expect_error(ctx, i3rt_ni_session_create(ctx, dir, 3, &s), I3RT_ERR_IO, "fold_3.safetensors");
     fx_remove_dir(dir);
     /* the context still loads a good folder */
