@@ -26,6 +26,7 @@ tests/test_nninteractive.c covers the session.
 """
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -49,6 +50,14 @@ API_KEY = "test-key-7f3a"
 READ_TIMEOUT = 900  # seconds per request: an AutoZoom prompt under ASan takes minutes
 THREADS = 1
 failures = []
+servers = []  # started servers, stopped on the way out whatever happens
+
+
+@atexit.register
+def _kill_servers():
+    for proc in servers:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def check(cond, what):
@@ -74,6 +83,7 @@ def start_server(args, *extra):
            str(THREADS), *extra]
     log = open(os.path.join(args.workdir, f"serve_{len(os.listdir(args.workdir))}.log"), "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True)
+    servers.append(proc)
     ready, _, _ = select.select([proc.stdout], [], [], 120)
     line = proc.stdout.readline() if ready else ""
     m = re.search(r"http://[^:]+:(\d+)", line)
