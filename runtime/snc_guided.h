@@ -31,8 +31,9 @@ typedef struct {
 
 typedef struct i3_snc_guided i3_snc_guided;
 
-/* Loads an ACS 3D RITM-HRNet18 weight file with the guided input (metadata "snc_guided": "1", written
- * by tools/convert_pt/convert_ritm.py --acs --guided) as an i3rt model on the context's backend. */
+/* Loads an ACS 3D RITM-HRNet18 weight file with the guided input and the mask attention (network
+ * "snc_guided": true, metadata "acs": "1"; written by tools/convert_pt/convert_ritm.py --guided) as an
+ * i3rt model on the context's backend. Anything else fails (I3RT_ERR_UNSUPPORTED for a plain RITM file). */
 i3rt_status i3_snc_guided_load(i3_ctx *ctx, const char *path, i3_snc_guided **out);
 void i3_snc_guided_free(i3_snc_guided *net);
 /* The network's input encoding (norm radius, disks, ...). */

@@ -6,7 +6,7 @@
  *   i0 = min(floor(src), in - 1),  i1 = i0 + (i0 < in - 1),  l1 = clamp(src - i0, 0, 1),  l0 = 1 - l1;
  *   same size on an axis: plain copy. Index arithmetic in float, as PyTorch does for float tensors.
  * One implementation (memory bound): per-axis index/weight tables, then the 8-tap sum per voxel,
- * threaded over output rows. */
+ * threaded over output rows from I3_PARALLEL_MIN_VALUES output values on. */
 #include "ops.h"
 
 #include <math.h>
@@ -54,7 +54,7 @@ void i3_cpu_resize(const float *x, i3_shape5 xs, const i3_resize_params *p, floa
     i3_resize_axis_taps(xs.h, oh, p->align_corners, ty);
     i3_resize_axis_taps(xs.w, ow, p->align_corners, tx);
     const int64_t rows = xs.n * xs.c * od * oh;
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if (rows * ow >= I3_PARALLEL_MIN_VALUES)
     {
         float xrows[4][ow];
 #pragma omp for schedule(static)
