@@ -24,7 +24,7 @@
 
 static i3rt_context *new_ctx(void) {
     i3rt_context *ctx = NULL;
-    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
     return ctx;
 }
 
