@@ -487,6 +487,14 @@ class GuidedHRNetModel(HRNetModel):
         low = self.forward_guided(x)[0]
         return low, interpolate(low, x.shape[2:])
 
+    def forward(self, x):
+        """For training (after to_acs): ISModel.forward's outputs upsampled to the input size, plus the
+        attention's: instances (L_seg^3D), instances_aux (RITM's auxiliary loss), attention (L_attn, Eq. 1)."""
+        low, aux, attention = self.forward_guided(x)
+        size = x.shape[2:]
+        return {"instances": interpolate(low, size), "instances_aux": interpolate(aux, size),
+                "attention": interpolate(attention, size)}
+
 
 def guided_state_from_2d(state_2d, model):
     """The 2D weights transferred to a GuidedHRNetModel (paper Sec. 3.2, transfer learning): every tensor as
