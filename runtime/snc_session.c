@@ -268,6 +268,16 @@ static slice_record *find_slice(const i3_snc_session *s, i3_axis axis, int64_t i
     return NULL;
 }
 
+/* Room for one more slice record. */
+static i3rt_status make_room(i3_snc_session *s, const char *what) {
+    if (s->n_slices < s->cap_slices) return I3RT_OK;
+    const int cap = s->cap_slices ? 2 * s->cap_slices : 8;
+    slice_record *grown = realloc(s->slices, (size_t)cap * sizeof *grown);
+    if (!grown) return i3_fail(s->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory for %d slices", what, cap);
+    s->slices = grown, s->cap_slices = cap;
+    return I3RT_OK;
+}
+
 /* The slice's image as the 2D network takes it: the windowed plane repeated into 3 channels. */
 static i3rt_status make_predictor(i3_snc_session *s, slice_record *r) {
     const int64_t n = r->rows * r->cols;
@@ -295,12 +305,7 @@ i3rt_status i3_snc_session_click(i3_snc_session *s, i3_axis axis, int64_t index,
         return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC click: no 2D network loaded");
     slice_record *r = find_slice(s, axis, index);
     const int is_new = r == NULL;
-    if (is_new && s->n_slices == s->cap_slices) {
-        const int cap = s->cap_slices ? 2 * s->cap_slices : 8;
-        slice_record *grown = realloc(s->slices, (size_t)cap * sizeof *grown);
-        if (!grown) return i3_fail(s->ctx, I3RT_ERR_OUT_OF_MEMORY, "SnC click: out of memory for %d slices", cap);
-        s->slices = grown, s->cap_slices = cap;
-    }
+    if (is_new) I3_TRY(make_room(s, "SnC click"));
     if (is_new) {
         r = &s->slices[s->n_slices];
         *r = (slice_record){.axis = axis, .index = index, .rows = rows, .cols = cols};
@@ -354,12 +359,7 @@ i3rt_status i3_snc_session_finish(i3_snc_session *s, i3_axis axis, int64_t index
         r->accurate = accurate != 0;
         return I3RT_OK;
     }
-    if (!r && s->n_slices == s->cap_slices) {
-        const int cap = s->cap_slices ? 2 * s->cap_slices : 8;
-        slice_record *grown = realloc(s->slices, (size_t)cap * sizeof *grown);
-        if (!grown) return i3_fail(s->ctx, I3RT_ERR_OUT_OF_MEMORY, "SnC finish: out of memory for %d slices", cap);
-        s->slices = grown, s->cap_slices = cap;
-    }
+    if (!r) I3_TRY(make_room(s, "SnC finish"));
     slice_record fresh = {.axis = axis, .index = index};
     i3_slice_dims(axis, s->image.d, s->image.h, s->image.w, &fresh.rows, &fresh.cols);
     slice_record *t = r ? r : &fresh;
