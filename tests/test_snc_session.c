@@ -26,6 +26,7 @@
 #include "fixtures.h"
 #include "i3rt.h"
 #include "png_export.h"
+#include "snc_guided.h"
 #include "snc_session.h"
 #include "volume_io.h"
 
@@ -585,6 +586,62 @@ Test(snc_session, public_api_with_hrnet) {
     i3rt_snc_free(s);
     free(truth);
     fx_remove_dir(dir);
+    i3rt_context_free(ctx);
+}
+
+/* The session's 3D step is snc_guided.h's network on the finished slices: slice clicks become voxels
+ * (coronal (y, x) on slice i -> (y, i, x); sagittal -> (y, x, i)) and the accepted masks go in as they are.
+ * Checked against i3_snc_guided_predict called directly, off the annotated slices (the session pastes the
+ * accepted masks there), with the post-processing off. */
+Test(snc_session, guided_step_gets_voxel_clicks_and_masks) {
+    i3rt_context *ctx = new_ctx();
+    i3_volume v;
+    make_volume(&v, NULL, 1.0);
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.predictor.zoom_in = 0, p.predictor.with_flip = 0, p.postprocess = 0;
+    i3_snc_session *s = NULL;
+    cr_assert_eq(i3_snc_session_open(ctx, &v, &p, &s), I3RT_OK);
+    i3_volume_free(&v);
+    cr_assert_eq(i3_snc_session_load_net2d(s, fixture("hrnet2d.safetensors")), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_snc_session_load_net3d(s, fixture("guided3d.safetensors")), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_snc_session_click(s, I3_CORONAL, 9, 3.0, 5.0, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_session_click(s, I3_SAGITTAL, 4, 6.0, 10.0, 0), I3RT_OK);
+    cr_assert_eq(i3_snc_session_finish(s, I3_CORONAL, 9, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_session_finish(s, I3_SAGITTAL, 4, 0), I3RT_OK);
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int64_t rows, cols;
+    const uint8_t *mc = i3_snc_session_slice_mask(s, I3_CORONAL, 9, &rows, &cols);
+    const uint8_t *ms = i3_snc_session_slice_mask(s, I3_SAGITTAL, 4, &rows, &cols);
+    const i3_snc_mask2d masks[2] = {{I3_CORONAL, 9, mc}, {I3_SAGITTAL, 4, ms}};
+
+    i3_snc_guided *net;
+    cr_assert_eq(i3_snc_guided_load(ctx, fixture("guided3d.safetensors"), &net), I3RT_OK);
+    const int64_t n = VD * VH * VW;
+    float *ref = malloc(n * sizeof *ref), *swapped = malloc(n * sizeof *swapped);
+    const float *image = i3_snc_session_image(s)->data;
+    const i3_hrnet_click clicks[2] = {{3.0f, 9.0f, 5.0f, 1}, {6.0f, 10.0f, 4.0f, 0}};
+    cr_assert_eq(i3_snc_guided_predict(net, VD, VH, VW, image, NULL, clicks, 2, masks, 2, ref), I3RT_OK);
+    const i3_hrnet_click wrong[2] = {{9.0f, 3.0f, 5.0f, 1}, {6.0f, 4.0f, 10.0f, 0}}; /* rows and index mixed up */
+    cr_assert_eq(i3_snc_guided_predict(net, VD, VH, VW, image, NULL, wrong, 2, masks, 2, swapped), I3RT_OK);
+    const float *got = i3_snc_session_probs(s);
+    double max_diff = 0, max_wrong = 0;
+    int64_t compared = 0;
+    for (int64_t z = 0; z < VD; z++)
+        for (int64_t y = 0; y < VH; y++)
+            for (int64_t x = 0; x < VW; x++) {
+                if (y == 9 || x == 4) continue; /* the annotated slices hold the accepted masks */
+                const int64_t i = (z * VH + y) * VW + x;
+                max_diff = fmax(max_diff, fabs((double)got[i] - ref[i]));
+                max_wrong = fmax(max_wrong, fabs((double)swapped[i] - ref[i]));
+                compared++;
+            }
+    printf("guided step: session vs direct max |diff| %g over %lld voxels; with misplaced clicks %g\n", max_diff,
+           (long long)compared, max_wrong);
+    cr_assert_eq(max_diff, 0.0, "the session's 3D step differs from snc_guided's by %g", max_diff);
+    cr_assert_gt(max_wrong, 0.0, "misplaced clicks change nothing: the check could not fail");
+    free(ref), free(swapped);
+    i3_snc_guided_free(net);
+    i3_snc_session_free(s);
     i3rt_context_free(ctx);
 }
 
