@@ -190,7 +190,8 @@ static int parse(int argc, char **argv, args *a) {
         } else if (is(o, "--slice")) {
             cli_slice *s = &a->slices[a->n_slices];
             if (a->n_slices == MAX_SLICES) return usage("more than 64 slices%s", "");
-            if (!parse_axis(v, &s->axis)) return usage("--slice needs an axis (axial, coronal, sagittal), got '%s'", v ? v : "");
+            if (!parse_axis(v, &s->axis))
+                return usage("--slice needs an axis (axial, coronal, sagittal), got '%s'", v ? v : "");
             if (!parse_number(i + 2 < argc ? argv[i + 2] : NULL, 0, 1e9, &x) || x != floor(x))
                 return usage("--slice needs a slice index >= 0, got '%s'", i + 2 < argc ? argv[i + 2] : "");
             *s = (cli_slice){s->axis, (int64_t)x, 0, a->n_clicks, 0};
@@ -217,7 +218,9 @@ static int parse(int argc, char **argv, args *a) {
         } else if (is(o, "--skip") || is(o, "--iterations") || is(o, "--threads")) {
             const double lo = is(o, "--skip") ? 0 : 1, hi = is(o, "--iterations") ? MAX_ITERATIONS : 1024;
             if (!parse_number(v, lo, hi, &x) || x != floor(x)) return usage("%s needs a whole number in range", o);
-            *(is(o, "--skip") ? &a->params.recommend.skip : is(o, "--iterations") ? &a->iterations : &a->threads) = (int)x;
+            int *target = is(o, "--skip") ? &a->params.recommend.skip : is(o, "--iterations") ? &a->iterations
+                                                                                              : &a->threads;
+            *target = (int)x;
             i++;
         } else if (is(o, "--device")) {
             if (!cli_parse_device(v, &a->backend))
@@ -282,7 +285,8 @@ static void print_times(FILE *f, const i3_snc_session *s) {
 
 static cJSON *json_times(const i3_snc_session *s) {
     cJSON *o = cJSON_CreateObject();
-    for (int k = 0; k < I3_SNC_STAGE_COUNT; k++) cJSON_AddNumberToObject(o, i3_snc_stage_name(k), i3_snc_session_stage_seconds(s, k));
+    for (int k = 0; k < I3_SNC_STAGE_COUNT; k++)
+        cJSON_AddNumberToObject(o, i3_snc_stage_name(k), i3_snc_session_stage_seconds(s, k));
     return o;
 }
 
@@ -427,7 +431,8 @@ static i3rt_status read_truth(i3_ctx *ctx, const char *path, const char *image_p
         st = i3_volume_geometry_check(ctx, &image.geometry, image_path, &truth.geometry, path);
         const int64_t n = truth.d * truth.h * truth.w;
         if (st == I3RT_OK && truth.channels != 1)
-            st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld channels, a label map has one", path, (long long)truth.channels);
+            st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld channels, a label map has one", path,
+                         (long long)truth.channels);
         if (st == I3RT_OK) *out = i3_malloc(ctx, (size_t)n, path);
         if (st == I3RT_OK && !*out) st = I3RT_ERR_OUT_OF_MEMORY;
         for (int64_t i = 0; st == I3RT_OK && i < n; i++) (*out)[i] = truth.data[i] > 0.0f;
@@ -572,13 +577,15 @@ static void write_table(FILE *f, const eval_case *cases, int n, int iterations, 
             double v = 0;
             int count = 0;
             for (int j = i < n ? i : 0; j < (i < n ? i + 1 : n); j++) {
+                const size_t at = (size_t)j * iterations + t;
                 const double x = col == 2 * iterations ? seconds[j]
-                                 : col < iterations    ? dice[(size_t)j * iterations + t]
-                                                       : (clicks[(size_t)j * iterations + t] < 0 ? NAN : clicks[(size_t)j * iterations + t]);
+                                 : col < iterations    ? dice[at]
+                                                       : (clicks[at] < 0 ? NAN : clicks[at]);
                 if (!isnan(x)) v += x, count++;
             }
             if (!count) fputs(" - |", f);
-            else fprintf(f, col < iterations ? " %.4f |" : col < 2 * iterations && i < n ? " %.0f |" : " %.1f |", v / count);
+            else if (col < iterations) fprintf(f, " %.4f |", v / count);
+            else fprintf(f, col < 2 * iterations && i < n ? " %.0f |" : " %.1f |", v / count);
         }
         fputc('\n', f);
     }
@@ -602,7 +609,8 @@ static i3rt_status cmd_evaluate(i3_ctx *ctx, const args *a) {
     const int T = a->iterations;
     double *dice = malloc((size_t)n * T * sizeof *dice), *seconds = malloc((size_t)n * sizeof *seconds);
     int *clicks = malloc((size_t)n * T * sizeof *clicks);
-    i3rt_status st = dice && seconds && clicks ? I3RT_OK : i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "evaluate: out of memory");
+    i3rt_status st =
+        dice && seconds && clicks ? I3RT_OK : i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "evaluate: out of memory");
     for (int i = 0; i < n && st == I3RT_OK; i++) {
         fprintf(stderr, "snc: case %d of %d: %s\n", i + 1, n, cases[i].name);
         i3_snc_iteration it[MAX_ITERATIONS];
@@ -654,7 +662,8 @@ int cli_snc(int argc, char **argv) {
     if (out_dir && !make_dir(a->out)) {
         rc = 1;
     } else if (i3rt_context_create(&ctx, a->threads, a->backend) != I3RT_OK) {
-        fprintf(stderr, "i3rt snc: cannot create a context%s\n", a->backend == I3RT_BACKEND_CUDA ? " on the CUDA backend" : "");
+        fprintf(stderr, "i3rt snc: cannot create a context%s\n",
+                a->backend == I3RT_BACKEND_CUDA ? " on the CUDA backend" : "");
         rc = 1;
     } else {
         const i3rt_status st = is(cmd, "click")      ? cmd_click(ctx, a, name)

@@ -109,8 +109,8 @@ i3rt_status i3rt_snc_click(i3rt_snc_session *h, i3rt_axis axis, int64_t index, d
     const int64_t n = slice_pixels(h, axis);
     if (mask && n >= 0 && n_pixels != n) /* checked before the click changes anything */
         return i3_fail(h->ctx, I3RT_ERR_INVALID_ARGUMENT,
-                       "i3rt_snc_click: the %s slice has %lld pixels, the mask buffer %lld", i3_axis_name((i3_axis)axis),
-                       (long long)n, (long long)n_pixels);
+                       "i3rt_snc_click: the %s slice has %lld pixels, the mask buffer %lld",
+                       i3_axis_name((i3_axis)axis), (long long)n, (long long)n_pixels);
     I3_TRY(i3_snc_session_click(h->s, (i3_axis)axis, index, y, x, positive));
     return mask ? copy_slice_mask(h, axis, index, mask, n_pixels, "i3rt_snc_click") : I3RT_OK;
 }

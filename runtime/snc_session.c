@@ -219,7 +219,8 @@ static i3rt_status guided_predict(void *user, const float *image, const float *p
     i3rt_status st = clicks && masks ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
     for (int k = 0, j = 0; st == I3RT_OK && k < n_ann; k++) {
         masks[k] = (i3_snc_mask2d){ann[k].axis, ann[k].index, ann[k].mask};
-        for (int c = 0; c < ann[k].n_clicks; c++) clicks[j++] = voxel_click(ann[k].axis, ann[k].index, ann[k].clicks[c]);
+        for (int c = 0; c < ann[k].n_clicks; c++)
+            clicks[j++] = voxel_click(ann[k].axis, ann[k].index, ann[k].clicks[c]);
     }
     if (st == I3RT_OK)
         st = i3_snc_guided_predict(g->net, d, h, w, image, previous, clicks, n_clicks, masks, n_ann, probs);
@@ -338,7 +339,8 @@ const uint8_t *i3_snc_session_slice_mask(i3_snc_session *s, i3_axis axis, int64_
     if (!s || check_slice(s, axis, index, "SnC slice mask") != I3RT_OK) return NULL;
     const slice_record *r = find_slice(s, axis, index);
     if (!r) {
-        i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC slice mask: %s slice %lld has no mask (neither clicked nor finished)", i3_axis_name(axis),
+        i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                "SnC slice mask: %s slice %lld has no mask (neither clicked nor finished)", i3_axis_name(axis),
                 (long long)index);
         return NULL;
     }
@@ -423,7 +425,7 @@ i3rt_status i3_snc_session_propagate(i3_snc_session *s) {
     if (st == I3RT_OK) st = s->net3d.predict(s->net3d.user, im->data, s->probs, im->d, im->h, im->w, ann, n_ann, probs);
     for (int64_t i = 0; i < n && st == I3RT_OK; i++)
         if (!(probs[i] >= 0.0f && probs[i] <= 1.0f))
-            st = i3_fail(s->ctx, I3RT_ERR_BACKEND, "SnC propagate: the 3D network gave %g at voxel %lld (not in [0, 1])",
+            st = i3_fail(s->ctx, I3RT_ERR_BACKEND, "SnC propagate: the 3D network gave %g at voxel %lld (not in 0..1)",
                          (double)probs[i], (long long)i);
     s->seconds[I3_SNC_STAGE_GUIDED] += now_seconds() - t0;
     /* Algorithm 1: the recommendation (line 15) reads the network's prediction, before post-processing */

@@ -59,7 +59,8 @@ static int brute_click(const uint8_t *truth, const uint8_t *pred, const uint8_t 
     for (int e = 0; e < 2; e++) {
         for (int64_t i = 0; i < rows * cols; i++) region[i] = e == 0 ? truth[i] && !pred[i] : !truth[i] && pred[i];
         for (int64_t i = 0; i < rows * cols; i++) {
-            const float v = region[i] && !(clicked && clicked[i]) ? sqrtf((float)brute_d2(region, rows, cols, i / cols, i % cols)) : 0.0f;
+            const int counts = region[i] && !(clicked && clicked[i]);
+            const float v = counts ? sqrtf((float)brute_d2(region, rows, cols, i / cols, i % cols)) : 0.0f;
             if (v > max[e]) max[e] = v, at[e] = i;
         }
     }
@@ -131,7 +132,8 @@ Test(snc_session, clicker_matches_brute_force_distance_transform) {
         }
         i3_snc_click got, want;
         int found;
-        cr_assert_eq(i3_snc_next_click(ctx, truth, pred, trial % 2 ? clicked : NULL, rows, cols, &got, &found), I3RT_OK);
+        cr_assert_eq(i3_snc_next_click(ctx, truth, pred, trial % 2 ? clicked : NULL, rows, cols, &got, &found),
+                     I3RT_OK);
         const int expect = brute_click(truth, pred, trial % 2 ? clicked : NULL, rows, cols, &want);
         cr_assert_eq(found, expect, "trial %d", trial);
         if (found) {
@@ -159,7 +161,8 @@ Test(snc_session, first_slice_and_dice) {
             for (int x = 0; x < 4; x++) t[(z * H + y) * W + x] = 1;
     t[(3 * H + 0) * W + 4] = 1;
     cr_assert_eq(i3_snc_first_slice(t, D, H, W, &s), 1);
-    cr_assert(s.axis == I3_AXIAL && s.index == 1 && s.sum == 12, "%s %lld %g", i3_axis_name(s.axis), (long long)s.index, s.sum);
+    cr_assert(s.axis == I3_AXIAL && s.index == 1 && s.sum == 12, "%s %lld %g", i3_axis_name(s.axis), (long long)s.index,
+              s.sum);
     uint8_t a[4] = {1, 1, 0, 0}, b[4] = {1, 0, 1, 0}, z[4] = {0};
     cr_assert_float_eq(i3_snc_dice(a, b, 4), 0.5, 1e-12);
     cr_assert_float_eq(i3_snc_dice(z, z, 4), 1.0, 1e-12);
@@ -268,9 +271,9 @@ static void check_protocol(double truth_e, int *accurate, int *out_of_clicks) {
     cr_assert(it[0].slice.axis == first.axis && it[0].slice.index == first.index);
     for (int t = 0; t < done; t++) {
         const i3_slice sl = it[t].slice;
-        printf("iteration %d: %s %lld, %d clicks, slice Dice %.4f%s, 3D Dice %.6f, %.3f s\n", t + 1, i3_axis_name(sl.axis),
-               (long long)sl.index, it[t].clicks, it[t].slice_dice, it[t].accurate ? " (accurate)" : "", it[t].dice,
-               it[t].seconds);
+        printf("iteration %d: %s %lld, %d clicks, slice Dice %.4f%s, 3D Dice %.6f, %.3f s\n", t + 1,
+               i3_axis_name(sl.axis), (long long)sl.index, it[t].clicks, it[t].slice_dice,
+               it[t].accurate ? " (accurate)" : "", it[t].dice, it[t].seconds);
         int64_t rows, cols;
         i3_slice_dims(sl.axis, VD, VH, VW, &rows, &cols);
         uint8_t *plane = malloc((size_t)(rows * cols)), *in3d = malloc((size_t)(rows * cols));
@@ -346,7 +349,8 @@ Test(snc_session, clicks_finish_propagate_by_hand) {
     const float *image = i3_snc_session_image(s)->data;
     int64_t differ = 0;
     for (int64_t i = 0; i < rows * cols; i++) differ += m[i] != (image[5 * VH * VW + i] > 0.5f);
-    cr_expect_leq(differ, 20, "the mask follows the image (plus the click's disk): %lld pixels differ", (long long)differ);
+    cr_expect_leq(differ, 20, "the mask follows the image (plus the click's disk): %lld pixels differ",
+                  (long long)differ);
     /* propagation needs a finished slice */
     cr_assert_eq(i3_snc_session_propagate(s), I3RT_ERR_INVALID_ARGUMENT);
     cr_assert(strstr(i3rt_context_error(ctx), "no finished slice"), "%s", i3rt_context_error(ctx));
@@ -363,8 +367,8 @@ Test(snc_session, clicks_finish_propagate_by_hand) {
               "recommended %s %lld next to an annotated slice", i3_axis_name(rec.axis), (long long)rec.index);
     /* the least confident slice: voxels far from the annotated slices are at 0.75; the axial slices
      * away from z = 5 have the most of them, 20 x 18 less the 3 x 18 near the coronal slice 0; lowest index */
-    cr_assert(rec.axis == I3_AXIAL && rec.index == 0 && rec.sum == (VH - 3) * VW, "%s %lld (%g)", i3_axis_name(rec.axis),
-              (long long)rec.index, rec.sum);
+    cr_assert(rec.axis == I3_AXIAL && rec.index == 0 && rec.sum == (VH - 3) * VW, "%s %lld (%g)",
+              i3_axis_name(rec.axis), (long long)rec.index, rec.sum);
     /* a click on a finished slice reopens it; the next propagation leaves it out until it is finished */
     cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 2.0, 2.0, 0), I3RT_OK);
     cr_assert_eq(i3_snc_session_finished(s), 1);
