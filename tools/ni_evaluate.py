@@ -213,10 +213,14 @@ def main():
                "--cases", str(args.cases), "--interactions", str(args.interactions), "--threads", str(args.threads)]
         cmd += ["--no-autozoom"] if args.no_autozoom else []
         cmd += ["--lib", args.lib] if args.lib else []
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        out = [l for l in proc.stdout.splitlines() if not l.startswith("RESULT ")]
-        print("\n".join(l for l in out if l.startswith("  ")))
-        res = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        res = []
+        for line in proc.stdout:  # the worker's rows as they come; the session's own prints are left out
+            if line.startswith("RESULT "):
+                res.append(line)
+            elif line.startswith("  "):
+                print(line, end="", flush=True)
+        proc.wait()
         if proc.returncode != 0 or not res:
             print(f"backend {b}: failed (exit {proc.returncode})")
             continue
