@@ -6,18 +6,13 @@
  * warm-up forward (which also builds and plans the graph and allocates the arena), then R timed
  * forwards, and prints one line: "bench_forward D H W threads N runs R median S min S peak MiB".
  * bench/cpu_forward.py runs it next to PyTorch on the same network. */
+#include "core.h" /* i3_now_seconds */
 #include "i3rt.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static int compare_doubles(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -63,12 +58,12 @@ int main(int argc, char **argv) {
         input[i] = (float)(state >> 8) / (float)(1u << 23) - 1.0f;
     }
     for (int r = -1; r < runs; r++) {
-        double t0 = now_seconds();
+        double t0 = i3_now_seconds();
         if (i3rt_model_forward(model, input, spatial, logits) != I3RT_OK) {
             fprintf(stderr, "bench_forward: %s\n", i3rt_context_error(ctx));
             return 1;
         }
-        if (r >= 0) times[r] = now_seconds() - t0;
+        if (r >= 0) times[r] = i3_now_seconds() - t0;
     }
     qsort(times, (size_t)runs, sizeof *times, compare_doubles);
     double median = runs % 2 ? times[runs / 2] : 0.5 * (times[runs / 2 - 1] + times[runs / 2]);

@@ -8,19 +8,6 @@
 
 #include "ni_zoom.h"
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-/* CPU time of the whole process (all threads) */
-static double cpu_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
 static void *read_all(const char *dir, const char *name, size_t bytes) {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -69,10 +56,10 @@ int main(int argc, char **argv) {
     uint8_t *pred = malloc((size_t)np);
     for (int i = 0; i < n_zooms; i++) {
         i3rt_box box;
-        double t0 = now_s(), c0 = cpu_s();
+        double t0 = i3_now_seconds(), c0 = i3_cpu_seconds();
         if (ni_build_network_input(ctx, &v, patch, center, zooms[i], input, prev, &box, threads) != I3RT_OK) return 1;
-        printf("i3rt   network input  zoom %-6g %8.1f ms wall %8.1f ms cpu\n", zooms[i], 1e3 * (now_s() - t0),
-               1e3 * (cpu_s() - c0));
+        printf("i3rt   network input  zoom %-6g %8.1f ms wall %8.1f ms cpu\n", zooms[i], 1e3 * (i3_now_seconds() - t0),
+               1e3 * (i3_cpu_seconds() - c0));
     }
     /* the last zoom's coarse result: prev_seg's nearest sample, up-sampled, then the plan */
     const double zoom = zooms[n_zooms - 1];
@@ -81,20 +68,20 @@ int main(int argc, char **argv) {
     ni_scaled_patch(patch, zoom, center, scaled, &box);
     for (int64_t i = 0; i < np; i++) pred[i] = prev[i] != 0;
     uint8_t *up = malloc((size_t)(scaled[0] * scaled[1] * scaled[2]));
-    double t0 = now_s(), c0 = cpu_s();
+    double t0 = i3_now_seconds(), c0 = i3_cpu_seconds();
     ni_upsample_coarse(pred, patch, scaled, up, threads);
-    printf("i3rt   upsample coarse zoom %-6g %8.1f ms wall %8.1f ms cpu\n", zoom, 1e3 * (now_s() - t0), 1e3 * (cpu_s() - c0));
+    printf("i3rt   upsample coarse zoom %-6g %8.1f ms wall %8.1f ms cpu\n", zoom, 1e3 * (i3_now_seconds() - t0), 1e3 * (i3_cpu_seconds() - c0));
     uint8_t *pred_py = read_all(dir, "pred_up.u8", (size_t)(scaled[0] * scaled[1] * scaled[2]));
     np_random r;
     np_random_seed(&r, 0);
     i3rt_box *boxes;
     int n_boxes;
-    t0 = now_s(), c0 = cpu_s();
+    t0 = i3_now_seconds(), c0 = i3_cpu_seconds();
     if (ni_plan_refinement(ctx, pred_py, &box, v.interactions, shape, patch, center, 0, &r, &boxes, &n_boxes, threads) !=
         I3RT_OK)
         return 1;
-    printf("i3rt   refinement plan zoom %-6g %8.1f ms wall %8.1f ms cpu (%d boxes)\n", zoom, 1e3 * (now_s() - t0),
-           1e3 * (cpu_s() - c0), n_boxes);
+    printf("i3rt   refinement plan zoom %-6g %8.1f ms wall %8.1f ms cpu (%d boxes)\n", zoom, 1e3 * (i3_now_seconds() - t0),
+           1e3 * (i3_cpu_seconds() - c0), n_boxes);
     free(boxes), free(up), free(pred_py), free(pred), free(prev), free(input);
     free((void *)v.image), free((void *)v.interactions);
     i3rt_context_free(ctx);

@@ -18,20 +18,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "core.h"
 #include "ops.h"
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
-
-/* CPU time of the whole process (all threads): on a loaded machine, time spent descheduled does not count */
-static double cpu_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
 
 static float *random_floats(int64_t n, unsigned seed) {
     float *v = malloc((size_t)n * sizeof(float));
@@ -88,9 +76,9 @@ static void bench_conv(const conv_shape *c, int threads, int repeats) {
     void *scratch = malloc(scratch_bytes + 1);
     double best = 1e30, best_cpu = 1e30;
     for (int r = 0; r <= repeats; r++) {
-        double t0 = now_s(), c0 = cpu_s();
+        double t0 = i3_now_seconds(), c0 = i3_cpu_seconds();
         i3_cpu_conv(x, xs, w, b, &p, y, scratch, threads);
-        double t = now_s() - t0, tc = cpu_s() - c0;
+        double t = i3_now_seconds() - t0, tc = i3_cpu_seconds() - c0;
         if (r > 0 && t < best) best = t;
         if (r > 0 && tc < best_cpu) best_cpu = tc;
     }
@@ -109,9 +97,9 @@ static void bench_conv_transpose(int cin, int cout, int size, int threads, int r
     float *y = random_floats(ny, 4);
     double best = 1e30;
     for (int r = 0; r <= repeats; r++) {
-        double t0 = now_s();
+        double t0 = i3_now_seconds();
         i3_cpu_conv_transpose(x, xs, w, b, &p, y, threads);
-        double t = now_s() - t0;
+        double t = i3_now_seconds() - t0;
         if (r > 0 && t < best) best = t;
     }
     const double flops = 2.0 * cin * cout * 8 * i3_shape5_spatial(xs);
@@ -127,9 +115,9 @@ static void bench_instance_norm(int c, int size, int threads, int repeats) {
     i3_norm_params p = {1e-5f, {I3_ACT_LEAKY_RELU, 0.01f}};
     double best = 1e30;
     for (int r = 0; r <= repeats; r++) {
-        double t0 = now_s();
+        double t0 = i3_now_seconds();
         i3_cpu_instance_norm(x, xs, g, b, &p, x, threads); /* in place, as the runtime does */
-        double t = now_s() - t0;
+        double t = i3_now_seconds() - t0;
         if (r > 0 && t < best) best = t;
     }
     printf("instance_norm+lrelu %3d ch %3d^3 (in place)     %8.2f ms %7.1f GB/s\n", c, size, best * 1e3,
@@ -154,11 +142,11 @@ static void bench_acs_conv(const acs_shape *c, int threads, int repeats) {
     void *scratch = malloc(i3_cpu_acs_conv_scratch_bytes(xs, &p, threads) + 1);
     double best_ref = 1e30, best = 1e30;
     for (int r = 0; r <= repeats; r++) {
-        double t0 = now_s();
+        double t0 = i3_now_seconds();
         i3_cpu_acs_conv_ref(x, xs, w, b, &p, ref);
-        double t1 = now_s();
+        double t1 = i3_now_seconds();
         i3_cpu_acs_conv(x, xs, w, b, &p, y, scratch, threads);
-        double t2 = now_s();
+        double t2 = i3_now_seconds();
         if (r > 0) best_ref = fmin(best_ref, t1 - t0), best = fmin(best, t2 - t1);
     }
     const double flops = 2.0 * c->cout * c->cin * c->k * c->k * i3_shape5_spatial(ys);
@@ -172,9 +160,9 @@ static void bench_add(const char *name, int64_t n, int threads, int repeats) {
     float *a = random_floats(n, 1), *b = random_floats(n, 2);
     double best = 1e30;
     for (int r = 0; r <= 20 * repeats; r++) { /* microseconds: more runs for a stable best on a busy machine */
-        double t0 = now_s();
+        double t0 = i3_now_seconds();
         i3_cpu_add(a, b, n, (i3_act){I3_ACT_RELU, 0.0f}, a, threads);
-        double t = now_s() - t0;
+        double t = i3_now_seconds() - t0;
         if (r > 0) best = fmin(best, t);
     }
     printf("add+relu %-30s %9.4f ms  (%lld values; threads from %d on: %d)\n", name, best * 1e3, (long long)n,

@@ -1,6 +1,9 @@
 #include "common.h" /* cli/common.h */
 
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 int cli_parse_device(const char *name, i3rt_backend_kind *out) {
     if (!name) return 0;
@@ -9,4 +12,82 @@ int cli_parse_device(const char *name, i3rt_backend_kind *out) {
     else if (strcmp(name, "emulated") == 0) *out = I3RT_BACKEND_EMULATED;
     else return 0;
     return 1;
+}
+
+i3rt_status cli_read_case_list(i3_ctx *ctx, const char *path, cli_case **out, int *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return i3_fail(ctx, I3RT_ERR_IO, "%s: cannot open the case list", path);
+    const char *slash = strrchr(path, '/');
+    const int dir_len = slash ? (int)(slash - path) : 1;
+    const char *dir = slash ? path : ".";
+    char line[3 * CLI_PATH_LEN];
+    i3rt_status st = I3RT_OK;
+    cli_case *cases = NULL;
+    int n = 0;
+    for (int number = 1; st == I3RT_OK && fgets(line, sizeof line, f); number++) {
+        line[strcspn(line, "\r\n")] = '\0';
+        if (!line[0] || line[0] == '#' || strncmp(line, "name\t", 5) == 0) continue;
+        char *fields[3], *rest = line;
+        int k = 0;
+        for (; k < 3 && rest; k++) {
+            fields[k] = rest;
+            rest = strchr(rest, '\t');
+            if (rest) *rest++ = '\0';
+        }
+        if (k != 3 || rest || !fields[0][0] || !fields[1][0] || !fields[2][0]) {
+            st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: line %d: expected NAME<TAB>IMAGE<TAB>TRUTH", path, number);
+            break;
+        }
+        cli_case *grown = realloc(cases, (size_t)(n + 1) * sizeof *cases);
+        if (!grown) {
+            st = i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
+            break;
+        }
+        cases = grown;
+        cli_case *e = &cases[n++];
+        int too_long = snprintf(e->name, sizeof e->name, "%s", fields[0]) >= (int)sizeof e->name;
+        char *targets[2] = {e->image, e->truth};
+        for (int j = 0; j < 2; j++) {
+            const char *p = fields[1 + j];
+            const int len = p[0] == '/' ? snprintf(targets[j], CLI_PATH_LEN, "%s", p)
+                                        : snprintf(targets[j], CLI_PATH_LEN, "%.*s/%s", dir_len, dir, p);
+            too_long |= len >= CLI_PATH_LEN;
+        }
+        if (too_long) st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: line %d: a name or path is too long", path, number);
+    }
+    if (st == I3RT_OK && ferror(f)) st = i3_fail(ctx, I3RT_ERR_IO, "%s: read error", path);
+    if (st == I3RT_OK && n == 0) st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: no cases", path);
+    fclose(f);
+    if (st != I3RT_OK) {
+        free(cases);
+        return st;
+    }
+    *out = cases;
+    *n_out = n;
+    return I3RT_OK;
+}
+
+void cli_base_name(const char *path, char *out, size_t cap) {
+    const char *b = strrchr(path, '/');
+    snprintf(out, cap, "%s", b ? b + 1 : path);
+    char *dot = strstr(out, ".nii");
+    if (dot) *dot = '\0';
+}
+
+int cli_make_dir(const char *command, const char *dir) {
+    char path[CLI_PATH_LEN];
+    struct stat sb;
+    if (snprintf(path, sizeof path, "%s", dir) < (int)sizeof path)
+        for (char *p = path + 1;; p++)
+            if (*p == '/' || *p == '\0') {
+                const char end = *p;
+                *p = '\0';
+                if (mkdir(path, 0755) != 0 && (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))) break;
+                if (!end) return 1;
+                *p = '/';
+            }
+    fprintf(stderr, "i3rt %s: cannot make the output directory %s\n", command, dir);
+    return 0;
 }

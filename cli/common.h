@@ -2,9 +2,27 @@
 #ifndef I3RT_CLI_COMMON_H
 #define I3RT_CLI_COMMON_H
 
+#include "core.h"
 #include "i3rt.h"
+
+#include <stddef.h>
+
+#define CLI_PATH_LEN 4096
+
+/* One evaluation case: a name, its image and its ground truth (label NIfTI). */
+typedef struct {
+    char name[256], image[CLI_PATH_LEN], truth[CLI_PATH_LEN];
+} cli_case;
 
 /* --device NAME: "cpu", "cuda" or "emulated" -> the backend kind; 0 if NAME is none of them. */
 int cli_parse_device(const char *name, i3rt_backend_kind *out);
+
+/* LIST.tsv: NAME<TAB>IMAGE<TAB>TRUTH per line; empty lines, '#' comments and a "name" header skipped;
+ * relative paths are relative to the list's folder. *out is malloc'ed (free it). */
+i3rt_status cli_read_case_list(i3_ctx *ctx, const char *path, cli_case **out, int *n_out);
+/* "dir/case_0000.nii.gz" -> "case_0000". */
+void cli_base_name(const char *path, char *out, size_t cap);
+/* mkdir -p: the folder and any missing parents; 0 (with a message naming the command) on failure. */
+int cli_make_dir(const char *command, const char *dir);
 
 #endif /* I3RT_CLI_COMMON_H */

@@ -31,7 +31,6 @@
 #define EXIT_USAGE 2
 #define MAX_MEMBERS 64
 #define MAX_FILES 1024
-#define PATH_LEN 4096
 
 static const char *HELP =
     "usage: i3rt i3deep recommend IMAGE (-m MODELDIR [-f K...] | -p MEMBER...) -o OUTDIR [options]\n"
@@ -220,14 +219,6 @@ static int parse(int argc, char **argv, args *a) {
     return check(a);
 }
 
-/* "dir/case_0000.nii.gz" -> "case_0000". */
-static void base_name(const char *path, char *out, size_t cap) {
-    const char *b = strrchr(path, '/');
-    snprintf(out, cap, "%s", b ? b + 1 : path);
-    char *dot = strstr(out, ".nii");
-    if (dot) *dot = '\0';
-}
-
 static void progress(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -297,7 +288,7 @@ static i3rt_status open_with_members(i3_ctx *ctx, const args *a, const i3_volume
 }
 
 static i3rt_status write_presegmentation(i3_ctx *ctx, i3_case *c, const char *dir, const char *name) {
-    char path[PATH_LEN];
+    char path[CLI_PATH_LEN];
     snprintf(path, sizeof path, "%s/%s_uncertainty.nii.gz", dir, name);
     I3_TRY(i3_volume_write_f32(ctx, path, &i3_case_image(c)->geometry, 1, i3_case_entropy(c)));
     snprintf(path, sizeof path, "%s/%s_presegmentation.nii.gz", dir, name);
@@ -477,7 +468,7 @@ static i3rt_status simulate_case(i3_ctx *ctx, const args *a, const char *image_p
         progress("stage 3: the simulated expert corrects the recommended slices to %s", truth_path);
         st = i3_case_simulate_expert(c, truth, truth_path);
     }
-    char path[PATH_LEN];
+    char path[CLI_PATH_LEN];
     snprintf(path, sizeof path, "%s/%s_corrections.nii.gz", a->out, name);
     if (st == I3RT_OK) st = write_corrections(ctx, c, path);
     if (st == I3RT_OK && a->refine_model) {
@@ -572,76 +563,15 @@ static i3rt_status refine(i3_ctx *ctx, const args *a, const i3_volume *image) {
 
 /* ---- evaluate --------------------------------------------------------------------------------------- */
 
-typedef struct {
-    char name[256], image[PATH_LEN], truth[PATH_LEN];
-} eval_case;
-
-/* LIST.tsv: NAME<TAB>IMAGE<TAB>TRUTH per line; empty lines, '#' comments and a "name" header skipped;
- * relative paths are relative to the list's folder. */
-static i3rt_status read_case_list(i3_ctx *ctx, const char *path, eval_case **out, int *n_out) {
-    *out = NULL;
-    *n_out = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return i3_fail(ctx, I3RT_ERR_IO, "%s: cannot open the case list", path);
-    const char *slash = strrchr(path, '/');
-    const int dir_len = slash ? (int)(slash - path) : 1;
-    const char *dir = slash ? path : ".";
-    char line[3 * PATH_LEN];
-    i3rt_status st = I3RT_OK;
-    eval_case *cases = NULL;
-    int n = 0;
-    for (int number = 1; st == I3RT_OK && fgets(line, sizeof line, f); number++) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (!line[0] || line[0] == '#' || strncmp(line, "name\t", 5) == 0) continue;
-        char *fields[3], *rest = line;
-        int k = 0;
-        for (; k < 3 && rest; k++) {
-            fields[k] = rest;
-            rest = strchr(rest, '\t');
-            if (rest) *rest++ = '\0';
-        }
-        if (k != 3 || rest || !fields[0][0] || !fields[1][0] || !fields[2][0]) {
-            st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: line %d: expected NAME<TAB>IMAGE<TAB>TRUTH", path, number);
-            break;
-        }
-        eval_case *grown = realloc(cases, (size_t)(n + 1) * sizeof *cases);
-        if (!grown) {
-            st = i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
-            break;
-        }
-        cases = grown;
-        eval_case *e = &cases[n++];
-        int too_long = snprintf(e->name, sizeof e->name, "%s", fields[0]) >= (int)sizeof e->name;
-        char *targets[2] = {e->image, e->truth};
-        for (int j = 0; j < 2; j++) {
-            const char *p = fields[1 + j];
-            const int len = p[0] == '/' ? snprintf(targets[j], PATH_LEN, "%s", p)
-                                        : snprintf(targets[j], PATH_LEN, "%.*s/%s", dir_len, dir, p);
-            too_long |= len >= PATH_LEN;
-        }
-        if (too_long) st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: line %d: a name or path is too long", path, number);
-    }
-    if (st == I3RT_OK && ferror(f)) st = i3_fail(ctx, I3RT_ERR_IO, "%s: read error", path);
-    if (st == I3RT_OK && n == 0) st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: no cases", path);
-    fclose(f);
-    if (st != I3RT_OK) {
-        free(cases);
-        return st;
-    }
-    *out = cases;
-    *n_out = n;
-    return I3RT_OK;
-}
-
-static i3rt_status cases_from_args(i3_ctx *ctx, const args *a, eval_case **out, int *n_out) {
-    if (a->cases) return read_case_list(ctx, a->cases, out, n_out);
+static i3rt_status cases_from_args(i3_ctx *ctx, const args *a, cli_case **out, int *n_out) {
+    if (a->cases) return cli_read_case_list(ctx, a->cases, out, n_out);
     const int n = a->n_files / 2;
-    eval_case *cases = calloc((size_t)n, sizeof *cases);
+    cli_case *cases = calloc((size_t)n, sizeof *cases);
     if (!cases) return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "evaluate: out of memory");
     for (int i = 0; i < n; i++) {
-        base_name(a->files[2 * i], cases[i].name, sizeof cases[i].name);
-        snprintf(cases[i].image, PATH_LEN, "%s", a->files[2 * i]);
-        snprintf(cases[i].truth, PATH_LEN, "%s", a->files[2 * i + 1]);
+        cli_base_name(a->files[2 * i], cases[i].name, sizeof cases[i].name);
+        snprintf(cases[i].image, CLI_PATH_LEN, "%s", a->files[2 * i]);
+        snprintf(cases[i].truth, CLI_PATH_LEN, "%s", a->files[2 * i + 1]);
     }
     *out = cases;
     *n_out = n;
@@ -696,7 +626,7 @@ static void write_table(FILE *f, const summary *s, int n, double *rows) {
 
 /* OUTDIR/evaluation.tsv, for tools/i3deep_baselines.py: per case and method the numbers of the table and
  * the case's files (image, truth, corrections, segmentation of the method). */
-static void write_tsv(FILE *f, const summary *s, const eval_case *cases, int n, const char *dir, double *rows) {
+static void write_tsv(FILE *f, const summary *s, const cli_case *cases, int n, const char *dir, double *rows) {
     const int classes = s[0].classes, cols = classes + 3;
     fputs("case\tmethod", f);
     for (int k = 1; k < classes; k++) fprintf(f, "\tdice_%d", k);
@@ -712,9 +642,9 @@ static void write_tsv(FILE *f, const summary *s, const eval_case *cases, int n, 
 }
 
 /* Writes a text file through a temporary name and a rename, so that it appears whole or not at all. */
-static i3rt_status write_text(i3_ctx *ctx, const char *path, const summary *s, const eval_case *cases, int n,
+static i3rt_status write_text(i3_ctx *ctx, const char *path, const summary *s, const cli_case *cases, int n,
                               const char *dir, double *rows) {
-    char tmp[PATH_LEN + 16];
+    char tmp[CLI_PATH_LEN + 16];
     snprintf(tmp, sizeof tmp, "%s.tmp", path);
     FILE *f = fopen(tmp, "w");
     if (!f) return i3_fail(ctx, I3RT_ERR_IO, "%s: cannot write", tmp);
@@ -729,7 +659,7 @@ static i3rt_status write_text(i3_ctx *ctx, const char *path, const summary *s, c
 }
 
 static i3rt_status evaluate(i3_ctx *ctx, const args *a) {
-    eval_case *cases;
+    cli_case *cases;
     int n;
     I3_TRY(cases_from_args(ctx, a, &cases, &n));
     summary *s = calloc((size_t)n, sizeof *s);
@@ -746,7 +676,7 @@ static i3rt_status evaluate(i3_ctx *ctx, const args *a) {
     }
     double *rows = st == I3RT_OK ? malloc((size_t)(n + 1) * (size_t)(s[0].classes + 3) * sizeof *rows) : NULL;
     if (st == I3RT_OK && !rows) st = i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "evaluate: out of memory");
-    char path[PATH_LEN];
+    char path[CLI_PATH_LEN];
     snprintf(path, sizeof path, "%s/evaluation.tsv", a->out);
     if (st == I3RT_OK) st = write_text(ctx, path, s, cases, n, a->out, rows);
     if (st == I3RT_OK && a->markdown) st = write_text(ctx, a->markdown, s, NULL, n, NULL, rows);
@@ -766,33 +696,16 @@ static i3rt_status evaluate(i3_ctx *ctx, const args *a) {
 
 /* ---- main ------------------------------------------------------------------------------------------- */
 
-/* mkdir -p: the folder and any missing parents. */
-static int make_dir(const char *dir) {
-    char path[PATH_LEN];
-    struct stat sb;
-    if (snprintf(path, sizeof path, "%s", dir) < (int)sizeof path)
-        for (char *p = path + 1;; p++)
-            if (*p == '/' || *p == '\0') {
-                const char end = *p;
-                *p = '\0';
-                if (mkdir(path, 0755) != 0 && (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))) break;
-                if (!end) return 1;
-                *p = '/';
-            }
-    fprintf(stderr, "i3rt i3deep: cannot make the output directory %s\n", dir);
-    return 0;
-}
-
 int cli_i3deep(int argc, char **argv) {
     args a;
     const int parsed = parse(argc, argv, &a);
     if (parsed >= 0) return parsed;
     const char *cmd = a.command;
     const int to_file = is(cmd, "refine-input") || is(cmd, "refine");
-    if (!to_file && !make_dir(a.out)) return 1;
+    if (!to_file && !cli_make_dir("i3deep", a.out)) return 1;
     char name[256];
     if (a.name) snprintf(name, sizeof name, "%s", a.name);
-    else if (a.image) base_name(a.image, name, sizeof name);
+    else if (a.image) cli_base_name(a.image, name, sizeof name);
     i3rt_context *ctx;
     if (i3rt_context_create(&ctx, a.threads, a.backend) != I3RT_OK) {
         fprintf(stderr, "i3rt i3deep: cannot create a context%s\n",

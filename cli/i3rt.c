@@ -69,12 +69,6 @@ static const char *FORWARD_HELP =
     "  --argmax       write the label map instead of the logits\n"
     "  -h, --help     this help\n";
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static bool is_help(const char *arg) { return strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0; }
 
 static int usage_error(const char *help, const char *fmt, const char *arg) {
@@ -223,7 +217,7 @@ static int forward_run(const forward_args *a) {
     float *logits = NULL;
     int32_t *labels = NULL;
     size_t peak = 0;
-    double t0 = now_seconds(), t_forward = 0;
+    double t0 = i3_now_seconds(), t_forward = 0;
     i3rt_status st = i3rt_model_load(ctx, a->model_path, &model);
     if (st == I3RT_OK) st = i3rt_model_get_info(model, &info);
     if (st == I3RT_OK) st = i3_volume_read_channels(ctx, a->inputs, a->n_inputs, &vol);
@@ -236,9 +230,9 @@ static int forward_run(const forward_args *a) {
         st = logits ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
     }
     if (st == I3RT_OK) {
-        double t1 = now_seconds();
+        double t1 = i3_now_seconds();
         st = run_network(ctx, model, &info, &vol, logits, &peak);
-        t_forward = now_seconds() - t1;
+        t_forward = i3_now_seconds() - t1;
     }
     if (st == I3RT_OK && a->argmax) {
         labels = i3_malloc(ctx, voxels * sizeof(int32_t), "the label map");
@@ -257,7 +251,7 @@ static int forward_run(const forward_args *a) {
     } else {
         printf("network     %s %dD, %d -> %d channels, %lld threads\n", info.network, info.dims, info.in_channels,
                info.num_classes, (long long)a->threads);
-        printf("time        forward %.3f s, total %.3f s\n", t_forward, now_seconds() - t0);
+        printf("time        forward %.3f s, total %.3f s\n", t_forward, i3_now_seconds() - t0);
         printf("wrote       %s (%s)\n", a->out_path, a->argmax ? "label map" : "logits, float32");
     }
     free(labels);

@@ -76,12 +76,6 @@ typedef struct {
     int tty;
 } progress_state;
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int usage(const char *fmt, const char *arg) {
     fprintf(stderr, "i3rt predict: ");
     fprintf(stderr, fmt, arg);
@@ -109,7 +103,7 @@ static void print_json_event(cJSON *event) {
 
 static void progress(void *user, int64_t done, int64_t total) {
     progress_state *ps = user;
-    const double now = now_seconds(), elapsed = now - ps->t0;
+    const double now = i3_now_seconds(), elapsed = now - ps->t0;
     const double eta = done > 0 ? elapsed / (double)done * (double)(total - done) : 0.0;
     if (ps->args->json) {
         cJSON *event = json_event("progress", ps->case_name, ps->case_index, ps->n_cases);
@@ -401,17 +395,17 @@ int cli_predict(int argc, char **argv) {
                 info->configuration, info->dims, info->n_folds, info->channels, info->num_classes,
                 a.disable_tta || info->n_mirror_axes == 0 ? "off" : "on", a.step_size,
                 a.accumulate == I3_ACCUMULATE_FP16 ? "fp16" : "fp32", a.threads);
-    const double t_start = now_seconds();
+    const double t_start = i3_now_seconds();
     for (int i = 0; i < n_cases && result == EXIT_SUCCESS; i++) {
         progress_state ps = {.args = &a, .case_name = cases[i].name, .case_index = i, .n_cases = n_cases,
-                             .t0 = now_seconds(), .tty = isatty(STDERR_FILENO)};
+                             .t0 = i3_now_seconds(), .tty = isatty(STDERR_FILENO)};
         if (predict_one(ctx, pred, &a, &cases[i], &ps) != I3RT_OK) {
             char what[300];
             snprintf(what, sizeof what, "case %s", cases[i].name);
             result = error(ctx, what);
             break;
         }
-        const double secs = now_seconds() - ps.t0;
+        const double secs = i3_now_seconds() - ps.t0;
         if (a.json) {
             cJSON *event = json_event("case_done", cases[i].name, i, n_cases);
             cJSON_AddNumberToObject(event, "seconds", secs);
@@ -421,7 +415,7 @@ int cli_predict(int argc, char **argv) {
         }
     }
     if (result == EXIT_SUCCESS && !a.quiet && !a.json)
-        fprintf(stderr, "i3rt predict: %d case(s) in %.2f s, written to %s\n", n_cases, now_seconds() - t_start,
+        fprintf(stderr, "i3rt predict: %d case(s) in %.2f s, written to %s\n", n_cases, i3_now_seconds() - t_start,
                 a.out_dir);
     if (cases) free_cases(cases, n_cases);
     i3_predictor_free(pred);

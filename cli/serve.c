@@ -739,7 +739,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!rq) { /* the headers: the body follows */
         rq = calloc(1, sizeof *rq);
         if (!rq) return MHD_NO;
-        rq->start = serve_now();
+        rq->start = i3_now_seconds();
         *con_cls = rq;
         return MHD_YES;
     }
@@ -784,7 +784,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     enum MHD_Result queued = MHD_queue_response(conn, out.status, resp);
     MHD_destroy_response(resp);
     if (!srv->args.quiet)
-        fprintf(stderr, "i3rt serve: %s %s %u %.3f s\n", method, url, out.status, serve_now() - rq->start);
+        fprintf(stderr, "i3rt serve: %s %s %u %.3f s\n", method, url, out.status, i3_now_seconds() - rq->start);
     free(out.meta);
     return queued;
 }

@@ -8,12 +8,6 @@
 #include <sys/random.h>
 #include <time.h>
 
-double serve_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 void leases_init(serve_registry *r, int max_sessions, double idle_timeout, double liveness_timeout,
                  double sweep_interval, serve_session_config config) {
     memset(r, 0, sizeof *r);
@@ -80,7 +74,7 @@ serve_claim_result leases_claim(serve_registry *r, serve_lease **out, char *erro
     if (grown) {
         r->leases = grown;
         r->leases[r->n++] = lease;
-        lease->last_active = lease->last_seen = serve_now();
+        lease->last_active = lease->last_seen = i3_now_seconds();
         lease->refs = 1;
     }
     pthread_mutex_unlock(&r->mu);
@@ -107,7 +101,7 @@ serve_lease *leases_get(serve_registry *r, const char *token, bool mark_seen) {
     serve_lease *lease = i >= 0 ? r->leases[i] : NULL;
     if (lease) {
         lease->refs++;
-        if (mark_seen) lease->last_seen = serve_now();
+        if (mark_seen) lease->last_seen = i3_now_seconds();
     }
     pthread_mutex_unlock(&r->mu);
     return lease;
@@ -115,13 +109,13 @@ serve_lease *leases_get(serve_registry *r, const char *token, bool mark_seen) {
 
 void leases_mark_active(serve_registry *r, serve_lease *lease) {
     pthread_mutex_lock(&r->mu);
-    lease->last_active = lease->last_seen = serve_now();
+    lease->last_active = lease->last_seen = i3_now_seconds();
     pthread_mutex_unlock(&r->mu);
 }
 
 double leases_remaining(serve_registry *r, serve_lease *lease) {
     pthread_mutex_lock(&r->mu);
-    double left = r->idle_timeout - (serve_now() - lease->last_active);
+    double left = r->idle_timeout - (i3_now_seconds() - lease->last_active);
     pthread_mutex_unlock(&r->mu);
     return left > 0 ? left : 0;
 }
@@ -130,7 +124,7 @@ void leases_put(serve_registry *r, serve_lease *lease, bool seen, bool active) {
     if (!lease) return;
     pthread_mutex_lock(&r->mu);
     /* the end of a request is a sign of life too, and the idle time counts from the end of an action */
-    if (seen) lease->last_seen = serve_now();
+    if (seen) lease->last_seen = i3_now_seconds();
     if (active) lease->last_active = lease->last_seen;
     bool last = --lease->refs == 0 && lease->removed;
     pthread_mutex_unlock(&r->mu);
@@ -156,7 +150,7 @@ bool leases_release(serve_registry *r, const char *token) {
 }
 
 int leases_sweep(serve_registry *r) {
-    double now = serve_now();
+    double now = i3_now_seconds();
     int reaped = 0;
     pthread_mutex_lock(&r->mu);
     for (int i = r->n - 1; i >= 0; i--) {

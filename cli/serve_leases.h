@@ -58,7 +58,6 @@ typedef struct {
 
 typedef enum { LEASE_CLAIMED = 0, LEASE_FULL, LEASE_FAILED } serve_claim_result;
 
-double serve_now(void);
 
 void leases_init(serve_registry *r, int max_sessions, double idle_timeout, double liveness_timeout,
                  double sweep_interval, serve_session_config config);

@@ -29,7 +29,6 @@
 #define MAX_CLICKS 1024
 #define MAX_FILES 1024
 #define MAX_ITERATIONS 64
-#define PATH_LEN 4096
 
 static const char *HELP =
     "usage: i3rt snc click IMAGE -2 NET2D --slice AXIS INDEX --click Y X +|- [--click ...] -o OUTDIR [options]\n"
@@ -236,31 +235,6 @@ static int parse(int argc, char **argv, args *a) {
     return check(a);
 }
 
-/* "dir/case_0000.nii.gz" -> "case_0000". */
-static void base_name(const char *path, char *out, size_t cap) {
-    const char *b = strrchr(path, '/');
-    snprintf(out, cap, "%s", b ? b + 1 : path);
-    char *dot = strstr(out, ".nii");
-    if (dot) *dot = '\0';
-}
-
-/* mkdir -p. */
-static int make_dir(const char *dir) {
-    char path[PATH_LEN];
-    struct stat sb;
-    if (snprintf(path, sizeof path, "%s", dir) < (int)sizeof path)
-        for (char *p = path + 1;; p++)
-            if (*p == '/' || *p == '\0') {
-                const char end = *p;
-                *p = '\0';
-                if (mkdir(path, 0755) != 0 && (stat(path, &sb) != 0 || !S_ISDIR(sb.st_mode))) break;
-                if (!end) return 1;
-                *p = '/';
-            }
-    fprintf(stderr, "i3rt snc: cannot make the output directory %s\n", dir);
-    return 0;
-}
-
 /* A session on IMAGE with the networks of the arguments. */
 static i3rt_status open_session(i3_ctx *ctx, const args *a, const char *image_path, i3_snc_session **out) {
     i3_volume image;
@@ -359,7 +333,7 @@ static i3rt_status cmd_click(i3_ctx *ctx, const args *a, const char *name) {
     cJSON *json = a->json ? cJSON_CreateObject() : NULL;
     i3rt_status st = run_slices(s, a, 0, json);
     const cli_slice *sl = &a->slices[0];
-    char mask_path[PATH_LEN], preview_path[PATH_LEN];
+    char mask_path[CLI_PATH_LEN], preview_path[CLI_PATH_LEN];
     snprintf(mask_path, sizeof mask_path, "%s/%s_%s_%03lld_mask.png", a->out, name, i3_axis_name(sl->axis),
              (long long)sl->index);
     snprintf(preview_path, sizeof preview_path, "%s/%s_%s_%03lld_preview.png", a->out, name, i3_axis_name(sl->axis),
@@ -452,7 +426,7 @@ static i3rt_status simulate_case(i3_ctx *ctx, const args *a, const char *image_p
     i3_snc_simulate_params p = I3_SNC_SIMULATE_DEFAULTS;
     p.iterations = a->iterations;
     if (st == I3RT_OK) st = i3_snc_simulate(s, truth, &p, it, done);
-    char path[PATH_LEN];
+    char path[CLI_PATH_LEN];
     snprintf(path, sizeof path, "%s/%s_mask.nii.gz", a->out, name);
     if (st == I3RT_OK) st = i3_snc_session_save_mask(s, path);
     for (int t = 0; st == I3RT_OK && t < *done; t++) {
@@ -499,70 +473,9 @@ static i3rt_status cmd_simulate(i3_ctx *ctx, const args *a, const char *name) {
     return I3RT_OK;
 }
 
-typedef struct {
-    char name[256], image[PATH_LEN], truth[PATH_LEN];
-} eval_case;
-
-/* LIST.tsv: NAME<TAB>IMAGE<TAB>TRUTH per line; empty lines, '#' comments and a "name" header skipped;
- * relative paths are relative to the list's folder. */
-static i3rt_status read_case_list(i3_ctx *ctx, const char *path, eval_case **out, int *n_out) {
-    *out = NULL;
-    *n_out = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return i3_fail(ctx, I3RT_ERR_IO, "%s: cannot open the case list", path);
-    const char *slash = strrchr(path, '/');
-    const int dir_len = slash ? (int)(slash - path) : 1;
-    const char *dir = slash ? path : ".";
-    char line[3 * PATH_LEN];
-    i3rt_status st = I3RT_OK;
-    eval_case *cases = NULL;
-    int n = 0;
-    for (int number = 1; st == I3RT_OK && fgets(line, sizeof line, f); number++) {
-        line[strcspn(line, "\r\n")] = '\0';
-        if (!line[0] || line[0] == '#' || strncmp(line, "name\t", 5) == 0) continue;
-        char *fields[3], *rest = line;
-        int k = 0;
-        for (; k < 3 && rest; k++) {
-            fields[k] = rest;
-            rest = strchr(rest, '\t');
-            if (rest) *rest++ = '\0';
-        }
-        if (k != 3 || rest || !fields[0][0] || !fields[1][0] || !fields[2][0]) {
-            st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: line %d: expected NAME<TAB>IMAGE<TAB>TRUTH", path, number);
-            break;
-        }
-        eval_case *grown = realloc(cases, (size_t)(n + 1) * sizeof *cases);
-        if (!grown) {
-            st = i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory", path);
-            break;
-        }
-        cases = grown;
-        eval_case *e = &cases[n++];
-        int too_long = snprintf(e->name, sizeof e->name, "%s", fields[0]) >= (int)sizeof e->name;
-        char *targets[2] = {e->image, e->truth};
-        for (int j = 0; j < 2; j++) {
-            const char *p = fields[1 + j];
-            const int len = p[0] == '/' ? snprintf(targets[j], PATH_LEN, "%s", p)
-                                        : snprintf(targets[j], PATH_LEN, "%.*s/%s", dir_len, dir, p);
-            too_long |= len >= PATH_LEN;
-        }
-        if (too_long) st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: line %d: a name or path is too long", path, number);
-    }
-    if (st == I3RT_OK && ferror(f)) st = i3_fail(ctx, I3RT_ERR_IO, "%s: read error", path);
-    if (st == I3RT_OK && n == 0) st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: no cases", path);
-    fclose(f);
-    if (st != I3RT_OK) {
-        free(cases);
-        return st;
-    }
-    *out = cases;
-    *n_out = n;
-    return I3RT_OK;
-}
-
 /* The evaluation table: per case the 3D Dice after each iteration and the clicks used up to it, then the
  * mean over the cases that reached that iteration. dice, clicks: [n][iterations] (NaN / -1 past the end). */
-static void write_table(FILE *f, const eval_case *cases, int n, int iterations, const double *dice, const int *clicks,
+static void write_table(FILE *f, const cli_case *cases, int n, int iterations, const double *dice, const int *clicks,
                         const double *seconds) {
     fputs("| case |", f);
     for (int t = 0; t < iterations; t++) fprintf(f, " Dice %d |", t + 1);
@@ -592,18 +505,18 @@ static void write_table(FILE *f, const eval_case *cases, int n, int iterations, 
 }
 
 static i3rt_status cmd_evaluate(i3_ctx *ctx, const args *a) {
-    eval_case *cases = NULL;
+    cli_case *cases = NULL;
     int n = 0;
     if (a->cases) {
-        I3_TRY(read_case_list(ctx, a->cases, &cases, &n));
+        I3_TRY(cli_read_case_list(ctx, a->cases, &cases, &n));
     } else {
         n = a->n_files / 2;
         cases = calloc((size_t)n, sizeof *cases);
         if (!cases) return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "evaluate: out of memory");
         for (int i = 0; i < n; i++) {
-            base_name(a->files[2 * i], cases[i].name, sizeof cases[i].name);
-            snprintf(cases[i].image, PATH_LEN, "%s", a->files[2 * i]);
-            snprintf(cases[i].truth, PATH_LEN, "%s", a->files[2 * i + 1]);
+            cli_base_name(a->files[2 * i], cases[i].name, sizeof cases[i].name);
+            snprintf(cases[i].image, CLI_PATH_LEN, "%s", a->files[2 * i]);
+            snprintf(cases[i].truth, CLI_PATH_LEN, "%s", a->files[2 * i + 1]);
         }
     }
     const int T = a->iterations;
@@ -623,7 +536,7 @@ static i3rt_status cmd_evaluate(i3_ctx *ctx, const args *a) {
         }
     }
     if (st == I3RT_OK && a->markdown) {
-        char tmp[PATH_LEN + 16];
+        char tmp[CLI_PATH_LEN + 16];
         snprintf(tmp, sizeof tmp, "%s.tmp", a->markdown);
         FILE *f = fopen(tmp, "w");
         if (!f) st = i3_fail(ctx, I3RT_ERR_IO, "%s: cannot write", tmp);
@@ -657,9 +570,9 @@ int cli_snc(int argc, char **argv) {
     const int out_dir = is(cmd, "click") || is(cmd, "simulate") || is(cmd, "evaluate");
     char name[256] = "case";
     if (a->name) snprintf(name, sizeof name, "%s", a->name);
-    else if (a->n_files) base_name(a->files[0], name, sizeof name);
+    else if (a->n_files) cli_base_name(a->files[0], name, sizeof name);
     i3rt_context *ctx = NULL;
-    if (out_dir && !make_dir(a->out)) {
+    if (out_dir && !cli_make_dir("snc", a->out)) {
         rc = 1;
     } else if (i3rt_context_create(&ctx, a->threads, a->backend) != I3RT_OK) {
         fprintf(stderr, "i3rt snc: cannot create a context%s\n",

@@ -21,6 +21,11 @@ struct i3rt_context {
 };
 typedef struct i3rt_context i3_ctx;
 
+/* Wall-clock seconds (monotonic) and the process's CPU seconds (all threads), for stage timings and
+ * benchmarks: on a loaded machine CPU time excludes the time spent descheduled. */
+double i3_now_seconds(void);
+double i3_cpu_seconds(void);
+
 /* Records a formatted message in ctx (if not NULL) and returns status, so that callers can write
  * `return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: tensor %s: ...", path, name);`. */
 i3rt_status i3_fail(i3_ctx *ctx, i3rt_status status, const char *fmt, ...)

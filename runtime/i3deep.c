@@ -40,18 +40,12 @@ const char *i3_stage_name(i3_stage stage) {
     return (unsigned)stage < I3_STAGE_COUNT ? names[stage] : "?";
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Runs one stage's call and adds its wall time to the stage. */
 #define TIMED(c, stage, call)                          \
     do {                                               \
-        const double t0_ = now_seconds();              \
+        const double t0_ = i3_now_seconds();              \
         const i3rt_status st_ = (call);                \
-        (c)->seconds[stage] += now_seconds() - t0_;    \
+        (c)->seconds[stage] += i3_now_seconds() - t0_;    \
         return st_;                                    \
     } while (0)
 
@@ -664,9 +658,9 @@ i3rt_status i3_case_refine(i3_case *c, const i3_predict_options *options) {
                        "i3deep: refining needs a refinement model; none is loaded");
     float *input;
     I3_TRY(i3_case_refinement_input(c, 0.0f, &input));  /* the paper's encoding; its own stage's time */
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     const i3rt_status st = refine(c, input, options);
-    c->seconds[I3_STAGE_REFINE] += now_seconds() - t0;
+    c->seconds[I3_STAGE_REFINE] += i3_now_seconds() - t0;
     free(input);
     return st;
 }

@@ -15,12 +15,6 @@
 
 static const char *const kind_names[I3_NI_N_KINDS] = {"scribble", "lasso", "points", "bbox2d", "bbox3d"};
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- fp16 ------------------------------------------------------------------------------------------ */
 
 uint16_t i3_ni_f64_to_f16(double v) {
@@ -797,10 +791,10 @@ static i3rt_status predict_queued(i3_ni_session *s, int force_full_refine, i3rt_
 
 static i3rt_status finish_prompt(i3_ni_session *s, interaction_scope *sc, i3rt_status st, int run_prediction,
                                  double t0, i3rt_ni_result *result) {
-    s->timing.encode = now_seconds() - t0;
+    s->timing.encode = i3_now_seconds() - t0;
     if (st == I3RT_OK && run_prediction) st = predict_queued(s, 0, result);
     st = interaction_end(s, sc, st);
-    s->timing.total = now_seconds() - t0;
+    s->timing.total = i3_now_seconds() - t0;
     return st;
 }
 
@@ -815,7 +809,7 @@ i3rt_status i3_ni_add_point(i3_ni_session *s, const int64_t coords[3], int posit
                            "is outside the image (%lld x %lld x %lld)", (long long)coords[0], (long long)coords[1],
                            (long long)coords[2], (long long)s->shape[0], (long long)s->shape[1], (long long)s->shape[2]);
     start_timing(s);
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     interaction_scope sc;
     interaction_begin(s, &sc);
     queue_prompt(s, coords, 1);
@@ -862,7 +856,7 @@ i3rt_status i3_ni_add_box(i3_ni_session *s, const i3rt_box *box, int positive, i
     const i3_ni_kind kind = dims_of_size_one >= 1 && s->cap.supported[I3_NI_BBOX2D] ? I3_NI_BBOX2D : I3_NI_BBOX3D;
     I3_TRY(check_supported(s, kind));
     start_timing(s);
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     int64_t lo[3], hi[3];
     clip_box(box->lo, box->hi, s->shape, lo, hi); /* intersects the image: checked above */
     interaction_scope sc;
@@ -928,7 +922,7 @@ i3rt_status i3_ni_add_mask(i3_ni_session *s, i3_ni_kind kind, const uint8_t *mas
         n[a] = rhi[a] - rlo[a];
     }
     start_timing(s);
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     interaction_scope sc;
     interaction_begin(s, &sc);
     int64_t mlo[3], mhi[3];
@@ -968,7 +962,7 @@ i3rt_status i3_ni_add_initial_seg(i3_ni_session *s, const uint8_t *mask, int run
         return i3_fail(s->ctx, I3RT_ERR_UNSUPPORTED, "nnInteractive: interaction 'initial_label' is not supported by this "
                        "checkpoint's capability metadata (%s)", s->model_dir);
     start_timing(s);
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     interaction_scope sc;
     interaction_begin(s, &sc);
     i3rt_status st = I3RT_OK;
@@ -987,14 +981,14 @@ i3rt_status i3_ni_add_initial_seg(i3_ni_session *s, const uint8_t *mask, int run
 #pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads)
         for (int64_t i = 0; i < s->n_voxels; i++) ch[i] = mask[i] ? i3_f32_to_f16((float)mask[i]) : 0;
     }
-    s->timing.encode = now_seconds() - t0;
+    s->timing.encode = i3_now_seconds() - t0;
     if (st == I3RT_OK && run_prediction) {
         int64_t lo[3], hi[3];
         if (mask_bbox(mask, s->shape, lo, hi)) queue_box(s, lo, hi);
         st = predict_queued(s, 1, result);
     }
     st = interaction_end(s, &sc, st);
-    s->timing.total = now_seconds() - t0;
+    s->timing.total = i3_now_seconds() - t0;
     return st;
 }
 
@@ -1019,14 +1013,14 @@ static ni_volume volume_view(const i3_ni_session *s) {
 /* One network input (timed), a forward pass, pred = argmax (the first class on ties, as torch.argmax). */
 static i3rt_status run_patch(i3_ni_session *s, const ni_volume *v, const int64_t center[3], double zoom,
                              uint16_t *prev_pred, i3rt_box *box) {
-    double t = now_seconds();
+    double t = i3_now_seconds();
     I3_TRY(ni_build_network_input(s->ctx, v, s->patch, center, zoom, s->net_input, prev_pred, box, s->ctx->n_threads));
-    s->timing.network_input += now_seconds() - t;
-    t = now_seconds();
+    s->timing.network_input += i3_now_seconds() - t;
+    t = i3_now_seconds();
     I3_TRY(i3rt_model_forward(s->model, s->net_input, s->patch, s->logits));
     const int64_t np = s->patch[0] * s->patch[1] * s->patch[2];
     for (int64_t i = 0; i < np; i++) s->pred[i] = s->logits[np + i] > s->logits[i];
-    s->timing.network += now_seconds() - t;
+    s->timing.network += i3_now_seconds() - t;
     s->timing.n_forwards++;
     return I3RT_OK;
 }
@@ -1086,7 +1080,7 @@ static i3rt_status refine(i3_ni_session *s, const uint8_t *up, const i3rt_box *s
         }
     int64_t n[3];
     for (int a = 0; a < 3; a++) n[a] = hull.hi[a] - hull.lo[a];
-    double t = now_seconds();
+    double t = i3_now_seconds();
     uint16_t *cache = i3_calloc(s->ctx, (size_t)(n[0] * n[1] * n[2]), sizeof *cache, "the refinement cache");
     if (!cache) return I3RT_ERR_OUT_OF_MEMORY;
     int64_t clo[3], chi[3];
@@ -1109,7 +1103,7 @@ static i3rt_status refine(i3_ni_session *s, const uint8_t *up, const i3rt_box *s
                     const uint8_t p = up[((z - scaled_box->lo[0]) * u1 + (y - scaled_box->lo[1])) * u2 + x - scaled_box->lo[2]];
                     cache[((z - hull.lo[0]) * n[1] + (y - hull.lo[1])) * n[2] + x - hull.lo[2]] = p ? one : 0;
                 }
-    s->timing.network_input += now_seconds() - t;
+    s->timing.network_input += i3_now_seconds() - t;
     ni_volume v = volume_view(s);
     v.prev_seg = cache;
     v.prev_seg_box = hull;
@@ -1120,7 +1114,7 @@ static i3rt_status refine(i3_ni_session *s, const uint8_t *up, const i3rt_box *s
         for (int a = 0; a < 3; a++) center[a] = tiles[i].lo[a] + s->patch[a] / 2;
         st = run_patch(s, &v, center, 1.0, NULL, NULL);
         if (st != I3RT_OK) break;
-        t = now_seconds();
+        t = i3_now_seconds();
         for (int64_t z = 0; z < s->patch[0]; z++)
             for (int64_t y = 0; y < s->patch[1]; y++) {
                 const uint8_t *p = s->pred + (z * s->patch[1] + y) * s->patch[2];
@@ -1128,16 +1122,16 @@ static i3rt_status refine(i3_ni_session *s, const uint8_t *up, const i3rt_box *s
                               tiles[i].lo[2] - hull.lo[2];
                 for (int64_t x = 0; x < s->patch[2]; x++) c[x] = p[x] ? one : 0;
             }
-        s->timing.paste += now_seconds() - t;
+        s->timing.paste += i3_now_seconds() - t;
     }
     /* commit the tiles only: one pre-image of the hull covers all of them */
-    t = now_seconds();
+    t = i3_now_seconds();
     if (st == I3RT_OK) st = record_paste(s, &hull);
     if (st == I3RT_OK) {
         for (int i = 0; i < n_tiles; i++) paste(s, cache, 1, &hull, &tiles[i]);
         set_last_paste(s, &hull);
     }
-    s->timing.paste += now_seconds() - t;
+    s->timing.paste += i3_now_seconds() - t;
     free(cache);
     return st;
 }
@@ -1162,7 +1156,7 @@ static i3rt_status predict_queued(i3_ni_session *s, int force_full_refine, i3rt_
         return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "nnInteractive predict: no target buffer (call "
                        "i3rt_ni_set_target_buffer after set_image)");
     if (s->queue.n == 0) return I3RT_OK; /* nothing queued: nothing to do */
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     double zoom = s->queue.zoom < I3_NI_MAX_ZOOM ? s->queue.zoom : I3_NI_MAX_ZOOM;
     const ni_volume v = volume_view(s);
     i3rt_box box;
@@ -1176,17 +1170,17 @@ static i3rt_status predict_queued(i3_ni_session *s, int force_full_refine, i3rt_
     s->timing.zoom = zoom;
     i3rt_status st = I3RT_OK;
     if (zoom == 1) {
-        const double t = now_seconds();
+        const double t = i3_now_seconds();
         st = record_paste(s, &box);
         if (st == I3RT_OK) {
             paste(s, s->pred, 0, &box, &box);
             set_last_paste(s, &box);
         }
-        s->timing.paste += now_seconds() - t;
+        s->timing.paste += i3_now_seconds() - t;
     } else {
         int64_t scaled[3];
         for (int a = 0; a < 3; a++) scaled[a] = box.hi[a] - box.lo[a];
-        double t = now_seconds();
+        double t = i3_now_seconds();
         uint8_t *up = i3_malloc(s->ctx, (size_t)(scaled[0] * scaled[1] * scaled[2]), "the up-sampled prediction");
         if (!up) return I3RT_ERR_OUT_OF_MEMORY;
         ni_upsample_coarse(s->pred, s->patch, scaled, up, s->ctx->n_threads);
@@ -1194,7 +1188,7 @@ static i3rt_status predict_queued(i3_ni_session *s, int force_full_refine, i3rt_
         int n_tiles = 0;
         st = ni_plan_refinement(s->ctx, up, &box, channel_ptr(s, s->cap.prev_seg), s->shape, s->patch, s->queue.center,
                                 force_full_refine, &s->rng, &tiles, &n_tiles, s->ctx->n_threads);
-        s->timing.network_input += now_seconds() - t;
+        s->timing.network_input += i3_now_seconds() - t;
         if (st == I3RT_OK && n_tiles > 0) st = refine(s, up, &box, tiles, n_tiles);
         free(tiles);
         free(up);
@@ -1202,7 +1196,7 @@ static i3rt_status predict_queued(i3_ni_session *s, int force_full_refine, i3rt_
     if (st != I3RT_OK) return st;
     memset(&s->queue, 0, sizeof s->queue);
     set_result(s, result);
-    s->timing.total = now_seconds() - t0;
+    s->timing.total = i3_now_seconds() - t0;
     return I3RT_OK;
 }
 

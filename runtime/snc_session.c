@@ -42,12 +42,6 @@ const char *i3_snc_stage_name(i3_snc_stage stage) {
     return (unsigned)stage < I3_SNC_STAGE_COUNT ? STAGE_NAMES[stage] : "?";
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int64_t voxels(const i3_snc_session *s) { return s->image.d * s->image.h * s->image.w; }
 
 void i3_snc_window(const float *image, int64_t n, float *out) {
@@ -73,7 +67,7 @@ i3rt_status i3_snc_session_open(i3_ctx *ctx, const i3_volume *image, const i3_sn
     if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
     if (!image || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC session: NULL image or output");
     *out = NULL;
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     const i3_snc_session_params p = params ? *params : I3_SNC_SESSION_DEFAULTS;
     I3_TRY(check_params(ctx, &p));
     const int64_t n = image->d * image->h * image->w;
@@ -103,7 +97,7 @@ i3rt_status i3_snc_session_open(i3_ctx *ctx, const i3_volume *image, const i3_sn
         return I3RT_ERR_OUT_OF_MEMORY;
     }
     i3_snc_window(image->data, n, s->image.data); /* the first channel */
-    s->seconds[I3_SNC_STAGE_OPEN] = now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_OPEN] = i3_now_seconds() - t0;
     *out = s;
     return I3RT_OK;
 }
@@ -186,11 +180,11 @@ i3rt_status i3_snc_session_set_net3d(i3_snc_session *s, i3_snc_guided_net net) {
 
 i3rt_status i3_snc_session_load_net2d(i3_snc_session *s, const char *path) {
     if (!s) return I3RT_ERR_INVALID_ARGUMENT;
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     i3_snc_net net;
     I3_TRY(i3_snc_net_load(s->ctx, path, &net));
     const i3rt_status st = i3_snc_session_set_net2d(s, net);
-    s->seconds[I3_SNC_STAGE_LOAD] += now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_LOAD] += i3_now_seconds() - t0;
     return st;
 }
 
@@ -237,7 +231,7 @@ static void guided_release(void *user) {
 
 i3rt_status i3_snc_session_load_net3d(i3_snc_session *s, const char *path) {
     if (!s) return I3RT_ERR_INVALID_ARGUMENT;
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     guided_user *g = i3_calloc(s->ctx, 1, sizeof *g, "the guided 3D network");
     if (!g) return I3RT_ERR_OUT_OF_MEMORY;
     g->ctx = s->ctx;
@@ -246,7 +240,7 @@ i3rt_status i3_snc_session_load_net3d(i3_snc_session *s, const char *path) {
         free(g);
         return st;
     }
-    s->seconds[I3_SNC_STAGE_LOAD] += now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_LOAD] += i3_now_seconds() - t0;
     return i3_snc_session_set_net3d(s, (i3_snc_guided_net){guided_predict, guided_release, g});
 }
 
@@ -311,7 +305,7 @@ i3rt_status i3_snc_session_click(i3_snc_session *s, i3_axis axis, int64_t index,
         r = &s->slices[s->n_slices];
         *r = (slice_record){.axis = axis, .index = index, .rows = rows, .cols = cols};
     }
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     i3rt_status st = r->predictor ? I3RT_OK : make_predictor(s, r);
     if (st == I3RT_OK && r->n_clicks == r->cap_clicks) {
         const int cap = r->cap_clicks ? 2 * r->cap_clicks : 8;
@@ -322,7 +316,7 @@ i3rt_status i3_snc_session_click(i3_snc_session *s, i3_axis axis, int64_t index,
     /* a slice whose predictor is new (accepted without clicks, or the 2D network changed) starts over */
     const int fresh = st == I3RT_OK && i3_snc_predictor_n_clicks(r->predictor) == 0;
     if (st == I3RT_OK) st = i3_snc_predictor_click(r->predictor, (float)y, (float)x, positive);
-    s->seconds[I3_SNC_STAGE_CLICK] += now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_CLICK] += i3_now_seconds() - t0;
     if (st != I3RT_OK) {
         if (is_new) record_free(r);
         return st;
@@ -421,25 +415,25 @@ i3rt_status i3_snc_session_propagate(i3_snc_session *s) {
             ann[j++] = (i3_snc_annotation){r->axis, r->index, r->rows, r->cols, r->accepted, r->clicks, r->n_clicks,
                                            r->accurate};
     }
-    double t0 = now_seconds();
+    double t0 = i3_now_seconds();
     if (st == I3RT_OK) st = s->net3d.predict(s->net3d.user, im->data, s->probs, im->d, im->h, im->w, ann, n_ann, probs);
     for (int64_t i = 0; i < n && st == I3RT_OK; i++)
         if (!(probs[i] >= 0.0f && probs[i] <= 1.0f))
             st = i3_fail(s->ctx, I3RT_ERR_BACKEND, "SnC propagate: the 3D network gave %g at voxel %lld (not in 0..1)",
                          (double)probs[i], (long long)i);
-    s->seconds[I3_SNC_STAGE_GUIDED] += now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_GUIDED] += i3_now_seconds() - t0;
     /* Algorithm 1: the recommendation (line 15) reads the network's prediction, before post-processing */
-    t0 = now_seconds();
+    t0 = i3_now_seconds();
     i3_slice rec = {0};
     int found = 0;
     if (st == I3RT_OK) st = i3_snc_confidence(s->ctx, probs, 1, n, confidence, s->ctx->n_threads);
     if (st == I3RT_OK)
         st = i3_snc_recommend(s->ctx, confidence, im->d, im->h, im->w, &s->params.recommend, annotated, s->n_slices,
                               &rec, &found);
-    s->seconds[I3_SNC_STAGE_RECOMMEND] += now_seconds() - t0;
-    t0 = now_seconds();
+    s->seconds[I3_SNC_STAGE_RECOMMEND] += i3_now_seconds() - t0;
+    t0 = i3_now_seconds();
     if (st == I3RT_OK) st = postprocess(s, probs, plane);
-    s->seconds[I3_SNC_STAGE_POSTPROCESS] += now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_POSTPROCESS] += i3_now_seconds() - t0;
     if (st == I3RT_OK) {
         float *old = s->probs;
         s->probs = probs, probs = old;
@@ -471,14 +465,14 @@ i3rt_status i3_snc_session_recommendation(i3_snc_session *s, i3_slice *slice, in
 i3rt_status i3_snc_session_save_mask(i3_snc_session *s, const char *path) {
     if (!s) return I3RT_ERR_INVALID_ARGUMENT;
     if (!path) return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC save mask: NULL path");
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     const int64_t n = voxels(s);
     int32_t *labels = i3_malloc(s->ctx, (size_t)n * sizeof *labels, path);
     if (!labels) return I3RT_ERR_OUT_OF_MEMORY;
     for (int64_t i = 0; i < n; i++) labels[i] = s->mask[i];
     const i3rt_status st = i3_volume_write_labels(s->ctx, path, &s->image.geometry, labels);
     free(labels);
-    s->seconds[I3_SNC_STAGE_EXPORT] += now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_EXPORT] += i3_now_seconds() - t0;
     return st;
 }
 
@@ -486,7 +480,7 @@ i3rt_status i3_snc_session_save_preview(i3_snc_session *s, i3_axis axis, int64_t
     if (!s) return I3RT_ERR_INVALID_ARGUMENT;
     I3_TRY(check_slice(s, axis, index, "SnC preview"));
     if (!path) return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC preview: NULL path");
-    const double t0 = now_seconds();
+    const double t0 = i3_now_seconds();
     const i3_volume *im = &s->image;
     int64_t rows, cols;
     i3_slice_dims(axis, im->d, im->h, im->w, &rows, &cols);
@@ -511,6 +505,6 @@ i3rt_status i3_snc_session_save_preview(i3_snc_session *s, i3_axis axis, int64_t
     free(mask);
     free(labels);
     free(rgb);
-    s->seconds[I3_SNC_STAGE_EXPORT] += now_seconds() - t0;
+    s->seconds[I3_SNC_STAGE_EXPORT] += i3_now_seconds() - t0;
     return st;
 }

@@ -131,12 +131,6 @@ int i3_snc_first_slice(const uint8_t *truth, int64_t d, int64_t h, int64_t w, i3
     return found;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* The inner loop on one slice: clicks until Dice > stop_dice or max_clicks, then finish. */
 static i3rt_status annotate_slice(i3_snc_session *s, const uint8_t *truth, const i3_snc_simulate_params *p,
                                   i3_slice slice, i3_snc_iteration *it) {
@@ -191,12 +185,12 @@ i3rt_status i3_snc_simulate(i3_snc_session *s, const uint8_t *truth, const i3_sn
     if (!i3_snc_first_slice(truth, im->d, im->h, im->w, &slice))
         return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC simulate: the ground truth has no foreground voxel");
     for (int t = 0; t < p.iterations; t++) {
-        const double t0 = now_seconds();
+        const double t0 = i3_now_seconds();
         i3_snc_iteration *it = &out[t];
         I3_TRY(annotate_slice(s, truth, &p, slice, it));
         I3_TRY(i3_snc_session_propagate(s));
         it->dice = i3_snc_dice(i3_snc_session_mask(s), truth, n);
-        it->seconds = now_seconds() - t0;
+        it->seconds = i3_now_seconds() - t0;
         *n_done = t + 1;
         int found;
         I3_TRY(i3_snc_session_recommendation(s, &slice, &found));

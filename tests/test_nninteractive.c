@@ -67,12 +67,6 @@ static i3rt_box json_box(const cJSON *b) {
     return box;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static i3rt_context *ctx_new(void) {
     i3rt_context *ctx = NULL;
     cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
@@ -160,9 +154,9 @@ Test(nninteractive, parity_with_python_session) {
             const char *kind = cJSON_GetObjectItem(step, "kind")->valuestring;
             i3_ni_seed_rng(s, (uint32_t)cJSON_GetObjectItem(step, "rng_seed")->valuedouble);
             i3rt_ni_result r;
-            const double t0 = now_seconds();
+            const double t0 = i3_now_seconds();
             const i3rt_status st = apply_step(s, step, shape, &r);
-            const double dt = now_seconds() - t0;
+            const double dt = i3_now_seconds() - t0;
             total_i3rt += dt;
             cr_assert_eq(st, I3RT_OK, "%s step %d (%s): %s", name, k, kind, i3rt_context_error(ctx));
             uint8_t *ref_target = read_fixture(cJSON_GetObjectItem(step, "target")->valuestring, (size_t)n);

@@ -51,12 +51,6 @@ static cJSON *manifest(void) {
     return m;
 }
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Runs a shell command with stdout+stderr into log (malloc'ed, caller frees); returns the exit status. */
 static int run(const char *cmd, char **log) {
     char path[] = "/tmp/i3rt_test_predict_XXXXXX";
@@ -123,9 +117,9 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
                      case_name, out, cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
                      mirroring ? "" : "--disable-tta", acc);
             char *log = NULL;
-            const double t0 = now_seconds();
+            const double t0 = i3_now_seconds();
             const int rc = run(cmd, &log);
-            const double secs = now_seconds() - t0;
+            const double secs = i3_now_seconds() - t0;
             cr_assert_eq(rc, 0, "%s: exit %d\n%s\n%s", name, rc, cmd, log ? log : "");
             free(log);
 

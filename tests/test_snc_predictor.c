@@ -34,12 +34,6 @@
  * is at most 1/4: 5e-4 in a probability (the flip average and the resizes do not enlarge it). */
 #define HRNET_PROB_TOL 5e-4
 
-static double seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static i3rt_context *new_ctx(void) {
     i3rt_context *ctx = NULL;
     cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
@@ -110,9 +104,9 @@ static void check_sequence(const char *name, const i3_snc_net *net, i3rt_context
     double worst = 0;
     for (int k = 0; k < n; k++) {
         const float *c = clicks + 3 * k, *ref = probs + k * s, *crop = crops + 5 * k;
-        const double t0 = seconds();
+        const double t0 = i3_now_seconds();
         cr_assert_eq(i3_snc_predictor_click(p, c[0], c[1], c[2] != 0), I3RT_OK, "%s", i3rt_context_error(ctx));
-        const double click_s = seconds() - t0;
+        const double click_s = i3_now_seconds() - t0;
         i3_snc_box box = {-1, -1, -1, -1};
         const int has = i3_snc_predictor_crop(p, &box);
         cr_expect_eq(has, (int)crop[0], "%s click %d: crop %s, RITM %s", name, k, has ? "set" : "none",
