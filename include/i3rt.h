@@ -325,7 +325,7 @@ const char *i3rt_ni_capabilities_json(const i3rt_ni_session *s);
 i3rt_status i3rt_ni_set_image(i3rt_ni_session *s, const float *image, const int64_t shape[3],
                               const double spacing[3]);
 /* The caller's mask buffer (the image's shape, 0/1), written in place by every prediction; it must
- * outlive its use by the session. */
+ * outlive its use by the session. Set it after i3rt_ni_set_image, which forgets the previous one. */
 i3rt_status i3rt_ni_set_target_buffer(i3rt_ni_session *s, uint8_t *target, const int64_t shape[3]);
 i3rt_status i3rt_ni_set_do_autozoom(i3rt_ni_session *s, int do_autozoom);
 i3rt_status i3rt_ni_reset_interactions(i3rt_ni_session *s);
