@@ -153,23 +153,19 @@ def pick_object(rng, case):
 
 def largest_error(gt, seg, rng=None):
     """(region, positive) of the largest connected error (rng: sometimes another one, weighted by size)."""
-    best = None
+    found = []  # (size, labels, label, positive) per connected error
     for err, positive in ((gt & ~seg, True), (seg & ~gt, False)):
         lab, n = ndi.label(err)
-        if n == 0:
-            continue
-        sizes = np.bincount(lab.ravel())[1:]
-        for i, s in enumerate(sizes):
-            best = best or []
-            best.append((s, lab, i + 1, positive))
-    if not best:
+        if n:
+            found += [(s, lab, i + 1, positive) for i, s in enumerate(np.bincount(lab.ravel())[1:])]
+    if not found:
         return None, True
-    sizes = np.array([b[0] for b in best], float)
+    sizes = np.array([f[0] for f in found], float)
     if rng is not None and rng.random() < 0.3:
-        k = int(rng.choice(len(best), p=sizes / sizes.sum()))
+        k = int(rng.choice(len(found), p=sizes / sizes.sum()))
     else:
         k = int(np.argmax(sizes))
-    _, lab, i, positive = best[k]
+    _, lab, i, positive = found[k]
     return lab == i, positive
 
 

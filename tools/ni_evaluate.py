@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Simulated user for a promptable model in nnInteractive's layout (docs/nninteractive-evaluation.md).
 
-    tools/ni_evaluate.py [--model weights/nninteractive_brain] [--backends python i3rt] [--cases 3]
+    tools/ni_evaluate.py [--model weights/nninteractive_brain] [--backends python i3rt] [--lib libi3rt.so] [--cases 2]
                          [--interactions 5] [--threads 1] [--no-autozoom] [--json OUT]
 
 Held-out cases from the real volumes (scripts/train_nninteractive.py's seeds EVAL_SEED + i: never trained on):
