@@ -3,7 +3,8 @@
  *   a[k] = softmax_k( ck^-1/2 * sum_c q[c, s] key[c, k] ),   y[cv, s] = sum_k a[k] value[cv, k].
  * The 1x1 conv + BN + ReLU stacks around it (f_pixel, f_object, f_down, f_up) are ordinary graph
  * convolutions. With one class (RITM: kc = 1) a == 1 and y is value broadcast, whatever q and key are.
- * Reference in double, threaded over positions; kc is tiny, so this is the only version. */
+ * Reference in double, threaded over positions from I3_PARALLEL_MIN_MACS on; kc is tiny, so this is the
+ * only version. */
 #include "ops.h"
 
 #include <math.h>
@@ -15,7 +16,7 @@ void i3_cpu_object_attention_ref(const float *q, const float *key, const float *
     for (int64_t b = 0; b < n; b++) {
         const float *qb = q + b * ck * s, *kb = key + b * ck * kc, *vb = value + b * cv * kc;
         float *yb = y + b * cv * s;
-#pragma omp parallel for schedule(static) num_threads(n_threads)
+#pragma omp parallel for schedule(static) num_threads(n_threads) if (s * kc * (ck + cv) >= I3_PARALLEL_MIN_MACS)
         for (int64_t i = 0; i < s; i++) {
             double a[I3_OCR_MAX_CLASSES], max = -INFINITY, sum = 0.0;
             for (int64_t k = 0; k < kc; k++) {
