@@ -39,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 from gen_hrnet import calibrate_bn, randomize  # noqa: E402
 from gen_hrnet import random_case as gen_hrnet_random_case  # noqa: E402
-from snc_models import GuidedHRNetModel, HRNetModel, dist_maps, guided_input, guided_state_from_2d, to_acs  # noqa: E402
+from snc_models import (GuidedHRNetModel, HRNetModel, dist_maps, guided_input, guided_state_from_2d,  # noqa: E402
+                        interpolate, to_acs)
 
 SHAPE = (18, 21, 24)
 CONFIG = dict(width=18, ocr_width=48, small=True, with_aux_output=True, use_leaky_relu=True, use_rgb_conv=False,
@@ -132,7 +133,7 @@ def main():
     # too few samples for a variance that keeps ~200 random layers of order one on another volume)
     model = GuidedHRNetModel(attention_hidden=16, **kw)
     randomize(model, gen)
-    calibrate_bn(Plain2D(model), gen, [calibration_batch(model, gen, size) for size in ((96, 112), (64, 80))])
+    calibrate_bn(Plain2D(model), gen, [calibration_batch(model, gen, (64, 80))])
     model = to_acs(model).eval()
     att = model.mask_attention
     with torch.no_grad():  # FC layers scaled to the pooled features, so that the gate varies without saturating
@@ -168,12 +169,13 @@ def main():
     slices = [(0, 9), (1, 10), (2, 12), (0, 17)]
     volume, prev, masks, x = random_case(gen, SHAPE, clicks, slices)
     assert torch.equal(x[0, 4:6], dist_maps(points(clicks), SHAPE, 5, True, torch.float32)[0])
+    gates = []  # the attention's gate input g, caught on the way (one float64 forward)
+    model = model.double()
+    model.mask_attention.fc2.register_forward_hook(lambda module, args, out: gates.append(out))
     with torch.no_grad():
-        model = model.double()
-        low, _, _ = model.forward_guided(x.double())
-        _, up = model.forward_encoded(x.double())
-        feats = model.feature_extractor.compute_hrnet_feats(x[:, :3].double(), model.maps_transform(x[:, 3:].double()))
-        g = model.mask_attention.fc2(torch.relu(model.mask_attention.fc1(model.mask_attention.pool(feats, x[:, 6:8].double()))))
+        low = model.forward_guided(x.double())[0]
+        up = interpolate(low, SHAPE)  # as forward_encoded
+    g = gates[0]
     io = {"volume": volume, "prev": prev, "clicks": torch.tensor(clicks, dtype=torch.float32),
           "mask_slices": torch.tensor([[a, i] for a, i, _ in masks], dtype=torch.float32), "input": x,
           "logits_low": low.float(), "logits": up.float()}

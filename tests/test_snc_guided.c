@@ -2,7 +2,7 @@
  * convolutions with the guide channels and the mask attention, runtime/hrnet.c) against PyTorch.
  *
  * tests/gen_snc_guided.py builds tools/snc_models.py's GuidedHRNetModel (HRNet-18s, random weights, the
- * attention's gate spanning about 0.5..1.6), converts it with convert_ritm.py --acs and runs it in float64
+ * attention's gate spanning about 0.5..1.5), converts it with convert_ritm.py --guided and runs it in float64
  * on an 18 x 21 x 24 volume with three clicks and four accurate 2D masks (axial, coronal, sagittal crossing,
  * and a later axial one on the border).
  * Checked: i3_snc_guided_encode against guided_input (image to 1e-6, the click balls, previous
