@@ -367,7 +367,8 @@ static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, 
 }
 
 /* Weights packed once per call by all threads; then threads over (sample, depth band, row band, channel
- * group): each task builds the slab of its box and sweeps its rows per block of 16 output channels. */
+ * group): each task builds the slab of its box and sweeps its rows per block of 16 output channels. Below
+ * I3_PARALLEL_MIN_MACS multiply-adds, one thread (the barrier would cost more than the work). */
 static void conv_direct(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                         const direct_plan *dp, float *y, float *scratch, int n_threads) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
@@ -376,7 +377,8 @@ static void conv_direct(const float *x, i3_shape5 xs, const float *w, const floa
     const int64_t tasks = ys.n * dp->dbands * dp->bands * dp->groups;
     const int64_t rstep = dp->wp * cin, zstep = dp->hb * rstep;
     float *wpack = scratch;
-#pragma omp parallel num_threads(n_threads)
+    const int64_t macs = ys.n * s_out * ys.c * cin * taps;
+#pragma omp parallel num_threads(n_threads) if (macs >= I3_PARALLEL_MIN_MACS)
     {
         float *slab = scratch + dp->pack + (size_t)omp_get_thread_num() * (size_t)(dp->slab + dp->seg_acc);
         float *acc = slab + dp->slab;
@@ -430,8 +432,11 @@ void i3_cpu_conv(const float *x, i3_shape5 xs, const float *w, const float *b, c
     if (t == 0 || ys.n == 0 || ys.c == 0) return;
     const int64_t tiles = ceil_div(s_out, t);
     const int pointwise = is_pointwise(p);
+    const int64_t macs = ys.n * s_out * ys.c * k_rows;
 
-#pragma omp parallel num_threads(n_threads)
+    /* Small convolutions (the deep 1x1x1 ones of an HRNet) run on one thread: on a busy machine the
+     * barrier costs more than the work. */
+#pragma omp parallel num_threads(n_threads) if (macs >= I3_PARALLEL_MIN_MACS)
     {
         /* In a team of one, omp_in_parallel() is false and OpenBLAS would start its own threads:
          * this region's thread count is what every GEMM below may use. */
