@@ -74,6 +74,10 @@ if wants bench; then
     step report sh -c "$py bench/gpu_report.py $logs/torch_ops.jsonl $logs/i3rt_ops.jsonl \
         $logs/torch_forward.jsonl $logs/i3rt_forward.jsonl > $logs/report.md"
     cat "$logs/report.md" 2>/dev/null
+    # nnInteractive: time per interaction and peak memory, i3rt's CUDA backend vs the Python session on the GPU
+    # (the same simulated user and prompts as docs/nninteractive-evaluation.md, one held-out case + the CT).
+    step bench-nninteractive sh -c "$py tools/ni_evaluate.py --cases 1 --device cuda --lib $build/libi3rt.so \
+        --json $logs/ni_eval.json > $logs/ni_eval.md"
 fi
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
     for kernel in conv_v1 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 softmax_slices_v2 \

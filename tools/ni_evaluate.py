@@ -58,10 +58,10 @@ def dice(a, b):
 # ---- backends: set_image, reset, add(prompt) -> the mask after the prediction ------------------------------
 
 class PythonBackend:
-    def __init__(self, model, threads, autozoom):
+    def __init__(self, model, threads, autozoom, device):
         import torch
         from nnInteractive.inference.inference_session import nnInteractiveInferenceSession
-        self.s = nnInteractiveInferenceSession(device=torch.device("cpu"), torch_n_threads=threads,
+        self.s = nnInteractiveInferenceSession(device=torch.device(device), torch_n_threads=threads,
                                                do_autozoom=autozoom, verbose=False)
         self.s.initialize_from_trained_model_folder(model)
 
@@ -89,10 +89,10 @@ class PythonBackend:
 class I3rtBackend:
     """i3rt's session through tools/i3rt_ctypes.py (the ctypes binding of include/i3rt.h's i3rt_ni_*)."""
 
-    def __init__(self, model, threads, autozoom, lib=None):
+    def __init__(self, model, threads, autozoom, device, lib=None):
         from i3rt_ctypes import I3rt
         self.lib = I3rt(lib)  # None: $I3RT_LIB
-        self.s = self.lib.session(model, n_threads=threads)
+        self.s = self.lib.session(model, n_threads=threads, backend=device)
         self.s.set_do_autozoom(autozoom)
 
     def set_image(self, img):
@@ -124,8 +124,8 @@ def run_backend(name, args):
     torch.set_num_threads(args.threads)
     import train_nninteractive as T
     autozoom = not args.no_autozoom
-    backend = PythonBackend(args.model, args.threads, autozoom) if name == "python" else \
-        I3rtBackend(args.model, args.threads, autozoom, args.lib)
+    backend = PythonBackend(args.model, args.threads, autozoom, args.device) if name == "python" else \
+        I3rtBackend(args.model, args.threads, autozoom, args.device, args.lib)
     rows = []
     for case, img, objects in eval_cases(args.cases):
         backend.set_image(img)
@@ -198,6 +198,8 @@ def main():
     ap.add_argument("--interactions", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-autozoom", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="torch device of the Python session and i3rt's backend (cuda: i3rt's CUDA kernels)")
     ap.add_argument("--lib", help="libi3rt.so for the i3rt backend (default: $I3RT_LIB)")
     ap.add_argument("--json", help="write every row (Dice per step, seconds, prompts) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one backend in this process: JSON to stdout's last line
@@ -210,7 +212,7 @@ def main():
     results = []
     for b in args.backends:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", b, "--model", args.model,
-               "--cases", str(args.cases), "--interactions", str(args.interactions), "--threads", str(args.threads)]
+               "--cases", str(args.cases), "--interactions", str(args.interactions), "--threads", str(args.threads), "--device", args.device]
         cmd += ["--no-autozoom"] if args.no_autozoom else []
         cmd += ["--lib", args.lib] if args.lib else []
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
