@@ -17,13 +17,8 @@ i3rt_status i3_snc_guided_load(i3_ctx *ctx, const char *path, i3_snc_guided **ou
     if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
     if (!path || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3_snc_guided_load: NULL path or output");
     *out = NULL;
-    /* the encoding is in the network description, which the model keeps private: read it here */
-    i3_weights *w = NULL;
-    I3_TRY(i3_weights_open(ctx, path, &w));
     i3_network net;
-    const i3rt_status st = i3_network_parse(ctx, w, &net);
-    i3_weights_free(w);
-    I3_TRY(st);
+    I3_TRY(i3_network_read(ctx, path, &net));
     if (net.cls != I3_NET_RITM_HRNET18 || !net.hrnet.snc_guided)
         return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
                        "%s: the guided 3D step needs an ACS RITM-HRNet18 with snc_guided true (convert_ritm.py --acs "

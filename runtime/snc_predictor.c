@@ -21,13 +21,8 @@ i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
     if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
     if (!path || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3_snc_net_load: NULL path or output");
     memset(out, 0, sizeof *out);
-    /* The encoding is in the network description, which the model keeps private: read it here. */
-    i3_weights *w = NULL;
-    I3_TRY(i3_weights_open(ctx, path, &w));
     i3_network net;
-    const i3rt_status st = i3_network_parse(ctx, w, &net);
-    i3_weights_free(w);
-    I3_TRY(st);
+    I3_TRY(i3_network_read(ctx, path, &net));
     if (net.cls != I3_NET_RITM_HRNET18 || net.hrnet.acs)
         return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: the 2D click predictor needs a 2D RITM-HRNet18 network, not %s%s",
                        path, net.class_name, net.hrnet.acs ? " (ACS 3D)" : "");

@@ -15,37 +15,6 @@
 #include "fixtures.h"
 #include "ni_zoom.h"
 
-static const char *fixtures(void) {
-    static char dir[1024];
-    const char *root = getenv("I3RT_FIXTURES");
-    cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
-    snprintf(dir, sizeof dir, "%s/ni_zoom", root);
-    return dir;
-}
-
-static void *load_array(const cJSON *c, const char *key, size_t n, size_t elem) {
-    const cJSON *f = cJSON_GetObjectItem(c, key);
-    cr_assert(cJSON_IsString(f), "manifest: %s missing", key);
-    char path[2048];
-    snprintf(path, sizeof path, "%s/%s", fixtures(), f->valuestring);
-    size_t len = 0;
-    void *data = fx_read_file(path, &len);
-    cr_assert(data, "cannot read %s", path);
-    cr_assert_eq(len, n * elem, "%s: %zu bytes, expected %zu", path, len, n * elem);
-    return data;
-}
-
-static cJSON *manifest(void) {
-    char path[2048];
-    snprintf(path, sizeof path, "%s/manifest.json", fixtures());
-    char *text = fx_read_file(path, NULL);
-    cr_assert(text, "cannot read %s (run tests/gen_ni_zoom.py)", path);
-    cJSON *m = cJSON_Parse(text);
-    free(text);
-    cr_assert(m);
-    return m;
-}
-
 static void ints(const cJSON *c, const char *key, int64_t *out, int n) {
     const cJSON *a = cJSON_GetObjectItem(c, key);
     cr_assert(cJSON_IsArray(a) && cJSON_GetArraySize(a) == n, "manifest: %s", key);
@@ -110,8 +79,8 @@ static ni_volume volume_of(const cJSON *c, float **image, uint16_t **inter) {
     ni_volume v = {0};
     ints(c, "shape", v.shape, 3);
     v.n_channels = 7;
-    *image = load_array(c, "image", (size_t)prod3(v.shape), 4);
-    *inter = load_array(c, "interactions", (size_t)(7 * prod3(v.shape)), 2);
+    *image = fx_manifest_array("ni_zoom", c, "image", (size_t)prod3(v.shape), 4);
+    *inter = fx_manifest_array("ni_zoom", c, "interactions", (size_t)(7 * prod3(v.shape)), 2);
     v.image = *image, v.interactions = *inter;
     v.nonzero_channels = ~0u;
     v.dilation_channels = (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6);
@@ -120,7 +89,7 @@ static ni_volume volume_of(const cJSON *c, float **image, uint16_t **inter) {
 }
 
 Test(ni_zoom, rng_matches_numpy_legacy) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     int n_cases = 0;
     FOR_CASES(m, "rng", c) {
         np_random r;
@@ -139,7 +108,7 @@ Test(ni_zoom, rng_matches_numpy_legacy) {
 }
 
 Test(ni_zoom, network_input_matches_build_network_input) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     i3rt_context *ctx = context();
     int n_cases = 0;
     FOR_CASES(m, "input", c) {
@@ -151,8 +120,8 @@ Test(ni_zoom, network_input_matches_build_network_input) {
         ints(c, "center", center, 3);
         ints(c, "nonzero", nonzero, 7);
         const int64_t np = prod3(patch);
-        float *ref = load_array(c, "input", (size_t)(8 * np), 4);
-        uint16_t *ref_prev = load_array(c, "prev", (size_t)np, 2);
+        float *ref = fx_manifest_array("ni_zoom", c, "input", (size_t)(8 * np), 4);
+        uint16_t *ref_prev = fx_manifest_array("ni_zoom", c, "prev", (size_t)np, 2);
         const i3rt_box ref_box = box_of(cJSON_GetObjectItem(c, "bbox"));
         float *got = malloc((size_t)(8 * np) * sizeof *got);
         uint16_t *prev = malloc((size_t)np * sizeof *prev);
@@ -183,7 +152,7 @@ Test(ni_zoom, network_input_matches_build_network_input) {
  * with the cache as prev_seg, the tile's prediction pasted into the cache; then the tiles' cache regions
  * into prev_seg and the target. The Python stand-in network's inputs and answers are the reference. */
 Test(ni_zoom, refinement_tiles_match_refine_coarse) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     i3rt_context *ctx = context();
     int n_cases = 0;
     FOR_CASES(m, "tiles", c) {
@@ -209,11 +178,11 @@ Test(ni_zoom, refinement_tiles_match_refine_coarse) {
             coarse_shape[a] = coarse_box.hi[a] - coarse_box.lo[a];
             hull_shape[a] = hull.hi[a] - hull.lo[a];
         }
-        uint8_t *coarse = load_array(c, "coarse", (size_t)prod3(coarse_shape), 1);
-        float *ref_inputs = load_array(c, "inputs", (size_t)(n_tiles * 8 * np), 4);
-        uint8_t *preds = load_array(c, "preds", (size_t)(n_tiles * np), 1);
-        uint8_t *ref_target = load_array(c, "target", (size_t)nvox, 1);
-        uint16_t *ref_prev_seg = load_array(c, "prev_seg", (size_t)nvox, 2);
+        uint8_t *coarse = fx_manifest_array("ni_zoom", c, "coarse", (size_t)prod3(coarse_shape), 1);
+        float *ref_inputs = fx_manifest_array("ni_zoom", c, "inputs", (size_t)(n_tiles * 8 * np), 4);
+        uint8_t *preds = fx_manifest_array("ni_zoom", c, "preds", (size_t)(n_tiles * np), 1);
+        uint8_t *ref_target = fx_manifest_array("ni_zoom", c, "target", (size_t)nvox, 1);
+        uint16_t *ref_prev_seg = fx_manifest_array("ni_zoom", c, "prev_seg", (size_t)nvox, 2);
         uint16_t *cache = calloc((size_t)prod3(hull_shape), 2);
         uint8_t *target = malloc((size_t)nvox);
         float *got = malloc((size_t)(8 * np) * sizeof *got);
@@ -273,13 +242,13 @@ Test(ni_zoom, refinement_tiles_match_refine_coarse) {
 }
 
 Test(ni_zoom, border_test_matches_detect_change_at_border) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     int n_cases = 0, n_changed = 0;
     FOR_CASES(m, "border", c) {
         int64_t shape[3];
         ints(c, "shape", shape, 3);
-        uint8_t *pred = load_array(c, "pred", (size_t)prod3(shape), 1);
-        uint16_t *prev = load_array(c, "prev", (size_t)prod3(shape), 2);
+        uint8_t *pred = fx_manifest_array("ni_zoom", c, "pred", (size_t)prod3(shape), 1);
+        uint16_t *prev = fx_manifest_array("ni_zoom", c, "prev", (size_t)prod3(shape), 2);
         const int got = ni_border_changed(pred, prev, shape), want = (int)num(c, "changed");
         printf("%-28s changed %d (Python %d)\n", name(c), got, want);
         cr_expect_eq(got, want, "%s", name(c));
@@ -292,14 +261,14 @@ Test(ni_zoom, border_test_matches_detect_change_at_border) {
 }
 
 Test(ni_zoom, upsample_matches_trilinear_threshold) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     int n_cases = 0;
     FOR_CASES(m, "upsample", c) {
         int64_t in[3], out[3];
         ints(c, "in", in, 3);
         ints(c, "out", out, 3);
-        uint8_t *pred = load_array(c, "pred", (size_t)prod3(in), 1);
-        uint8_t *ref = load_array(c, "up", (size_t)prod3(out), 1);
+        uint8_t *pred = fx_manifest_array("ni_zoom", c, "pred", (size_t)prod3(in), 1);
+        uint8_t *ref = fx_manifest_array("ni_zoom", c, "up", (size_t)prod3(out), 1);
         uint8_t *got = malloc((size_t)prod3(out));
         ni_upsample_coarse(pred, in, out, got, 2);
         cr_expect_eq(count_diff_bytes(name(c), got, ref, prod3(out), 1), 0, "%s", name(c));
@@ -311,14 +280,14 @@ Test(ni_zoom, upsample_matches_trilinear_threshold) {
 }
 
 Test(ni_zoom, pool_matches_iterative_pool3d) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     i3rt_context *ctx = context();
     int n_cases = 0;
     FOR_CASES(m, "pool", c) {
         int64_t shape[3];
         ints(c, "shape", shape, 3);
-        uint8_t *x = load_array(c, "x", (size_t)prod3(shape), 1);
-        uint8_t *ref = load_array(c, "y", (size_t)prod3(shape), 1);
+        uint8_t *x = fx_manifest_array("ni_zoom", c, "x", (size_t)prod3(shape), 1);
+        uint8_t *ref = fx_manifest_array("ni_zoom", c, "y", (size_t)prod3(shape), 1);
         cr_assert_eq(ni_pool3d_u8(ctx, x, shape, (int)num(c, "k"), (int)num(c, "min"), 2), I3RT_OK);
         cr_expect_eq(count_diff_bytes(name(c), x, ref, prod3(shape), 1), 0, "%s", name(c));
         free(x), free(ref);
@@ -342,7 +311,7 @@ static void expect_boxes(const char *label, const i3rt_box *got, int n_got, cons
 }
 
 Test(ni_zoom, cover_matches_generate_bounding_boxes) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     i3rt_context *ctx = context();
     int n_cases = 0;
     FOR_CASES(m, "cover", c) {
@@ -350,7 +319,7 @@ Test(ni_zoom, cover_matches_generate_bounding_boxes) {
         ints(c, "shape", shape, 3);
         ints(c, "size", size, 3);
         ints(c, "margin", margin, 3);
-        uint8_t *mask = load_array(c, "mask", (size_t)prod3(shape), 1);
+        uint8_t *mask = fx_manifest_array("ni_zoom", c, "mask", (size_t)prod3(shape), 1);
         for (int threads = 1; threads <= 2; threads++) {
             np_random r;
             np_random_seed(&r, (uint32_t)num(c, "seed"));
@@ -371,7 +340,7 @@ Test(ni_zoom, cover_matches_generate_bounding_boxes) {
 }
 
 Test(ni_zoom, plan_matches_plan_refinement_bboxes) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("ni_zoom");
     i3rt_context *ctx = context();
     int n_cases = 0;
     FOR_CASES(m, "plan", c) {
@@ -381,8 +350,8 @@ Test(ni_zoom, plan_matches_plan_refinement_bboxes) {
         ints(c, "center", center, 3);
         const i3rt_box sb = box_of(cJSON_GetObjectItem(c, "scaled_box"));
         for (int a = 0; a < 3; a++) scaled[a] = sb.hi[a] - sb.lo[a];
-        uint16_t *prev = load_array(c, "prev_seg", (size_t)prod3(shape), 2);
-        uint8_t *pred = load_array(c, "pred", (size_t)prod3(scaled), 1);
+        uint16_t *prev = fx_manifest_array("ni_zoom", c, "prev_seg", (size_t)prod3(shape), 2);
+        uint8_t *pred = fx_manifest_array("ni_zoom", c, "pred", (size_t)prod3(scaled), 1);
         np_random r;
         np_random_seed(&r, (uint32_t)num(c, "seed"));
         i3rt_box *boxes;

@@ -18,28 +18,11 @@
 #include "fixtures.h"
 #include "nnia.h"
 
-static const char *fixtures(void) {
-    static char dir[1024];
-    const char *root = getenv("I3RT_FIXTURES");
-    cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
-    snprintf(dir, sizeof dir, "%s/nnia", root);
-    return dir;
-}
-
-static cJSON *manifest(void) {
-    char *text = fx_read_file(fx_path(fixtures(), "manifest.json"), NULL);
-    cr_assert(text, "cannot read %s/manifest.json (run tests/gen_nnia.py)", fixtures());
-    cJSON *m = cJSON_Parse(text);
-    free(text);
-    cr_assert(m);
-    return m;
-}
-
 static uint8_t *read_case(const char *name, const char *ext, size_t *len) {
     char file[256];
     snprintf(file, sizeof file, "%s.%s", name, ext);
-    uint8_t *data = (uint8_t *)fx_read_file(fx_path(fixtures(), file), len);
-    cr_assert(data, "cannot read %s/%s", fixtures(), file);
+    uint8_t *data = (uint8_t *)fx_read_file(fx_path(fx_fixture_dir("nnia"), file), len);
+    cr_assert(data, "cannot read %s/%s", fx_fixture_dir("nnia"), file);
     return data;
 }
 
@@ -62,7 +45,7 @@ static void expect_case(const cJSON *c, const i3_nnia_array *a, const uint8_t *r
 }
 
 Test(nnia, decodes_every_python_encoding) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("nnia");
     i3rt_context *ctx = new_ctx();
     int n = 0;
     const cJSON *c;
@@ -93,7 +76,7 @@ static void write_file(const char *path, const uint8_t *data, size_t len) {
 }
 
 Test(nnia, python_decodes_every_i3rt_encoding) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("nnia");
     i3rt_context *ctx = new_ctx();
     char dir[256];
     fx_temp_dir(dir, sizeof dir, "nnia");
@@ -133,7 +116,8 @@ Test(nnia, python_decodes_every_i3rt_encoding) {
     const char *python = getenv("I3RT_PYTHON"), *src = getenv("I3RT_SOURCE_DIR");
     cr_assert(python && src, "I3RT_PYTHON / I3RT_SOURCE_DIR not set (run through ctest)");
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s %s/tests/gen_nnia.py --check %s --ref %s", python, src, dir, fixtures());
+    snprintf(cmd, sizeof cmd, "%s %s/tests/gen_nnia.py --check %s --ref %s", python, src, dir,
+             fx_fixture_dir("nnia"));
     int status = system(cmd);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "unpack_array rejected i3rt's encodings (%s)", cmd);
     printf("nnia: serialization.unpack_array read %d i3rt encodings\n", n);
@@ -281,7 +265,7 @@ Test(nnia, empty_and_scalar_arrays_round_trip) {
 }
 
 Test(nnia, element_conversions) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("nnia");
     i3rt_context *ctx = new_ctx();
     const char *names[] = {"int16_zstd", "uint64_zstd", "float16_zstd", "float64_zstd", "bool_zstd"};
     for (size_t k = 0; k < sizeof names / sizeof *names; k++) {

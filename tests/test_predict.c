@@ -24,31 +24,12 @@
 #include "volume_io.h"
 #include "fixtures.h"
 
-static const char *fixtures(void) {
-    static char dir[1024];
-    const char *root = getenv("I3RT_FIXTURES");
-    cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
-    snprintf(dir, sizeof dir, "%s/predict", root);
-    return dir;
-}
-
 static const char *cli(void) {
     static char path[1024];
     const char *bin = getenv("I3RT_BINARY_DIR");
     cr_assert(bin, "I3RT_BINARY_DIR is not set (run through ctest)");
     snprintf(path, sizeof path, "%s/i3rt", bin);
     return path;
-}
-
-static cJSON *manifest(void) {
-    char path[2048];
-    snprintf(path, sizeof path, "%s/manifest.json", fixtures());
-    char *text = fx_read_file(path, NULL);
-    cr_assert(text, "cannot read %s (run tests/gen_predict.py)", path);
-    cJSON *m = cJSON_Parse(text);
-    free(text);
-    cr_assert(m);
-    return m;
 }
 
 /* Runs a shell command with stdout+stderr into log (malloc'ed, caller frees); returns the exit status. */
@@ -94,7 +75,7 @@ static int count_files(const char *dir) {
 }
 
 Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("predict");
     i3rt_context *ctx;
     cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
     int n_runs = 0;
@@ -138,10 +119,10 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
             cr_assert_eq(seg.w, (int64_t)cJSON_GetArrayItem(shape, 3)->valuedouble, "%s: width", name);
             char p[2048];
             size_t len;
-            snprintf(p, sizeof p, "%s/%s", fixtures(), cJSON_GetObjectItem(ref, "seg")->valuestring);
+            snprintf(p, sizeof p, "%s/%s", fx_fixture_dir("predict"), cJSON_GetObjectItem(ref, "seg")->valuestring);
             uint8_t *ref_seg = (uint8_t *)fx_read_file(p, &len);
             cr_assert(ref_seg && len == (size_t)n, "%s", p);
-            snprintf(p, sizeof p, "%s/%s", fixtures(), cJSON_GetObjectItem(ref, "prob")->valuestring);
+            snprintf(p, sizeof p, "%s/%s", fx_fixture_dir("predict"), cJSON_GetObjectItem(ref, "prob")->valuestring);
             float *ref_prob = (float *)fx_read_file(p, &len);
             cr_assert(ref_prob && len == (size_t)(K * n) * sizeof(float), "%s", p);
 
@@ -185,13 +166,13 @@ static void expect_failure(const char *input, const char *model, const char *exp
 }
 
 static void paths(const char *bad, const char *model, char *in, char *model_dir) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("predict");
     const char *weights_dir = NULL;
     for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r && !weights_dir; r = r->next)
         if (strstr(cJSON_GetObjectItem(r, "model_dir")->valuestring, model))
             weights_dir = cJSON_GetObjectItem(r, "model_dir")->valuestring;
     cr_assert(weights_dir, "no run uses model %s", model);
-    snprintf(in, 1024, "%s/bad/%s", fixtures(), bad);
+    snprintf(in, 1024, "%s/bad/%s", fx_fixture_dir("predict"), bad);
     snprintf(model_dir, 1024, "%s", weights_dir);
     cJSON_Delete(m);
 }
@@ -211,9 +192,9 @@ Test(predict, bad_inputs_fail_cleanly, .timeout = 600) {
     paths("inf", "brain_3d_fullres", in, model);
     expect_failure(in, model, "nf");
     char empty_model[1100];
-    snprintf(empty_model, sizeof empty_model, "%s/bad/model_without_weights", fixtures());
+    snprintf(empty_model, sizeof empty_model, "%s/bad/model_without_weights", fx_fixture_dir("predict"));
     paths("extra_channel", "brain_3d_fullres", in, model);
-    snprintf(in, sizeof in, "%s/cases/501", fixtures());
+    snprintf(in, sizeof in, "%s/cases/501", fx_fixture_dir("predict"));
     expect_failure(in, empty_model, "fold_K.safetensors");
     expect_failure(in, "/nonexistent/model/folder", "/nonexistent/model/folder");
 }

@@ -17,38 +17,6 @@
 #include "sliding_window.h"
 #include "fixtures.h"
 
-static const char *fixtures(void) {
-    static char dir[1024];
-    const char *root = getenv("I3RT_FIXTURES");
-    cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
-    snprintf(dir, sizeof dir, "%s/preprocess", root);
-    return dir;
-}
-
-/* Loads an array file of the manifest, checking it holds n elements of elem bytes. */
-static void *load_array(const cJSON *c, const char *key, size_t n, size_t elem) {
-    const cJSON *f = cJSON_GetObjectItem(c, key);
-    cr_assert(cJSON_IsString(f), "manifest: %s missing", key);
-    char path[2048];
-    snprintf(path, sizeof path, "%s/%s", fixtures(), f->valuestring);
-    size_t len = 0;
-    void *data = fx_read_file(path, &len);
-    cr_assert(data, "cannot read %s", path);
-    cr_assert_eq(len, n * elem, "%s: %zu bytes, expected %zu", path, len, n * elem);
-    return data;
-}
-
-static cJSON *manifest(void) {
-    char path[2048];
-    snprintf(path, sizeof path, "%s/manifest.json", fixtures());
-    char *text = fx_read_file(path, NULL);
-    cr_assert(text, "cannot read %s (run tests/gen_preprocess.py)", path);
-    cJSON *m = cJSON_Parse(text);
-    free(text);
-    cr_assert(m);
-    return m;
-}
-
 static void ints(const cJSON *c, const char *key, int64_t *out, int n) {
     const cJSON *a = cJSON_GetObjectItem(c, key);
     cr_assert(cJSON_IsArray(a) && cJSON_GetArraySize(a) == n, "manifest: %s", key);
@@ -68,7 +36,7 @@ static const char *name(const cJSON *c) { return cJSON_GetObjectItem(c, "name")-
     for (const cJSON *c = cJSON_GetObjectItem(m, "cases")->child; c; c = c->next) if (strcmp(kind(c), k) == 0)
 
 Test(preprocess, resample_matches_nnunet) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("preprocess");
     i3rt_context *ctx;
     cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
     int n_cases = 0;
@@ -82,7 +50,7 @@ Test(preprocess, resample_matches_nnunet) {
         const i3_resample_params p = {cJSON_GetObjectItem(c, "order")->valueint, cJSON_GetObjectItem(c, "order_z")->valueint,
                                       cJSON_GetObjectItem(c, "force_separate_z")->valueint};
         const size_t n_in = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]), n_out = (size_t)(shape[0] * out[0] * out[1] * out[2]);
-        float *x = load_array(c, "input", n_in, 4), *ref = load_array(c, "expected", n_out, 4);
+        float *x = fx_manifest_array("preprocess", c, "input", n_in, 4), *ref = fx_manifest_array("preprocess", c, "expected", n_out, 4);
         float *y = calloc(n_out, sizeof *y);
         cr_assert_eq(i3_resample(ctx, x, shape[0], shape + 1, out, cur, new_, &p, y, 2), I3RT_OK, "%s: %s", name(c),
                      i3rt_context_error(ctx));
@@ -107,7 +75,7 @@ Test(preprocess, resample_matches_nnunet) {
 }
 
 Test(preprocess, nonzero_mask_fill_holes_and_bbox) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("preprocess");
     FOR_CASES(m, "mask", c) {
         int64_t shape[4], bbox[6];
         ints(c, "shape", shape, 4);
@@ -118,8 +86,8 @@ Test(preprocess, nonzero_mask_fill_holes_and_bbox) {
             bbox[2 * a + 1] = (int64_t)cJSON_GetArrayItem(ab, 1)->valuedouble;
         }
         const size_t n = (size_t)(shape[1] * shape[2] * shape[3]);
-        float *x = load_array(c, "input", n * (size_t)shape[0], 4);
-        uint8_t *ref = load_array(c, "expected", n, 1), *mask = malloc(n);
+        float *x = fx_manifest_array("preprocess", c, "input", n * (size_t)shape[0], 4);
+        uint8_t *ref = fx_manifest_array("preprocess", c, "expected", n, 1), *mask = malloc(n);
         cr_assert_eq(i3_nonzero_mask(NULL, x, shape[0], shape + 1, mask), I3RT_OK);
         int64_t lo[3], hi[3];
         i3_mask_bbox(mask, shape + 1, lo, hi);
@@ -144,14 +112,14 @@ Test(preprocess, nonzero_mask_fill_holes_and_bbox) {
 }
 
 Test(preprocess, normalization_schemes) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("preprocess");
     int n_cases = 0;
     FOR_CASES(m, "norm", c) {
         int64_t shape[3];
         ints(c, "shape", shape, 3);
         const size_t n = (size_t)(shape[0] * shape[1] * shape[2]);
-        float *x = load_array(c, "input", n, 4), *ref = load_array(c, "expected", n, 4);
-        uint8_t *mask = load_array(c, "mask", n, 1);
+        float *x = fx_manifest_array("preprocess", c, "input", n, 4), *ref = fx_manifest_array("preprocess", c, "expected", n, 4);
+        uint8_t *mask = fx_manifest_array("preprocess", c, "mask", n, 1);
         const cJSON *props = cJSON_GetObjectItem(c, "props");
         const char *scheme = cJSON_GetObjectItem(c, "scheme")->valuestring;
         i3_norm_channel p = {.use_mask = cJSON_GetObjectItem(c, "use_mask")->valueint,
@@ -177,14 +145,14 @@ Test(preprocess, normalization_schemes) {
 }
 
 Test(preprocess, transpose) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("preprocess");
     FOR_CASES(m, "transpose", c) {
         int64_t shape[4], perm64[3], out_shape[3];
         ints(c, "shape", shape, 4);
         ints(c, "perm", perm64, 3);
         const int perm[3] = {(int)perm64[0], (int)perm64[1], (int)perm64[2]};
         const size_t n = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
-        float *x = load_array(c, "input", n, 4), *ref = load_array(c, "expected", n, 4), *y = malloc(n * 4);
+        float *x = fx_manifest_array("preprocess", c, "input", n, 4), *ref = fx_manifest_array("preprocess", c, "expected", n, 4), *y = malloc(n * 4);
         i3_transpose3(x, shape[0], shape + 1, perm, y, out_shape);
         for (int a = 0; a < 3; a++) cr_expect_eq(out_shape[a], shape[1 + perm[a]]);
         cr_expect_eq(memcmp(y, ref, n * 4), 0, "%s differs from numpy", name(c));
@@ -194,14 +162,14 @@ Test(preprocess, transpose) {
 }
 
 Test(sliding_window, gaussian_and_steps_match_nnunet) {
-    cJSON *m = manifest();
+    cJSON *m = fx_manifest("preprocess");
     FOR_CASES(m, "gaussian", c) {
         const cJSON *pa = cJSON_GetObjectItem(c, "patch");
         const int dims = cJSON_GetArraySize(pa);
         int64_t patch[3] = {1, 1, 1};
         for (int i = 0; i < dims; i++) patch[3 - dims + i] = (int64_t)cJSON_GetArrayItem(pa, i)->valuedouble;
         const size_t n = (size_t)(patch[0] * patch[1] * patch[2]);
-        float *ref = load_array(c, "expected", n, 4), *g = malloc(n * 4);
+        float *ref = fx_manifest_array("preprocess", c, "expected", n, 4), *g = malloc(n * 4);
         i3_gaussian_importance_map(patch, dims, g);
         size_t diff = 0;
         for (size_t i = 0; i < n; i++) diff += g[i] != ref[i];

@@ -154,3 +154,32 @@ char *fx_read_file(const char *path, size_t *len) {
     if (len) *len = (size_t)n;
     return buf;
 }
+
+const char *fx_fixture_dir(const char *group) {
+    const char *root = getenv("I3RT_FIXTURES");
+    cr_assert(root, "I3RT_FIXTURES is not set (run through ctest)");
+    static char dir[4096];
+    snprintf(dir, sizeof dir, "%s/%s", root, group);
+    return dir;
+}
+
+cJSON *fx_manifest(const char *group) {
+    const char *path = fx_path(fx_fixture_dir(group), "manifest.json");
+    char *text = fx_read_file(path, NULL);
+    cr_assert(text, "cannot read %s (run tests/gen_%s.py)", path, group);
+    cJSON *m = cJSON_Parse(text);
+    free(text);
+    cr_assert(m, "%s: not JSON", path);
+    return m;
+}
+
+void *fx_manifest_array(const char *group, const cJSON *c, const char *key, size_t n, size_t elem) {
+    const cJSON *f = cJSON_GetObjectItem(c, key);
+    cr_assert(cJSON_IsString(f), "manifest: %s missing", key);
+    const char *path = fx_path(fx_fixture_dir(group), f->valuestring);
+    size_t len = 0;
+    void *data = fx_read_file(path, &len);
+    cr_assert(data, "cannot read %s", path);
+    cr_assert_eq(len, n * elem, "%s: %zu bytes, expected %zu", path, len, n * elem);
+    return data;
+}

@@ -53,4 +53,12 @@ void fx_temp_dir(char *buf, size_t n, const char *tag);
 const char *fx_path(const char *dir, const char *name);
 void fx_remove_dir(const char *dir);
 
+/* A generator's output folder, $I3RT_FIXTURES/<group> (asserts that ctest set I3RT_FIXTURES). */
+const char *fx_fixture_dir(const char *group);
+/* Its manifest.json, parsed (asserts it can be read: run tests/gen_<group>.py); cJSON_Delete it. */
+struct cJSON *fx_manifest(const char *group);
+/* The array file named by manifest entry c[key] in the group's folder, asserted to hold n elements of
+ * elem bytes; malloc'ed. */
+void *fx_manifest_array(const char *group, const struct cJSON *c, const char *key, size_t n, size_t elem);
+
 #endif
