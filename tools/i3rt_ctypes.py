@@ -211,3 +211,151 @@ class Session:
         t = Timing()
         self._check(self._lib.i3rt_ni_get_timing(self._s, ctypes.byref(t)))
         return {k: getattr(t, k) for k, _ in Timing._fields_}
+
+
+# ---- Slice-and-Conquer session (i3rt_snc_*) and a bare model forward (i3rt_model_*), for bench/snc_vs_torch.py
+
+class SncParams(ctypes.Structure):
+    _fields_ = [("tau", ctypes.c_double), ("skip", ctypes.c_int), ("gamma", ctypes.c_double),
+                ("postprocess", ctypes.c_int), ("zoom_in", ctypes.c_int), ("with_flip", ctypes.c_int)]
+
+
+SNC_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
+SNC_STAGES = ("open", "load", "click", "guided-3d", "recommend", "postprocess", "export")
+_F32 = ctypes.POINTER(ctypes.c_float)
+_SNC_SIGNATURES = {
+    "i3rt_snc_params_default": (None, [ctypes.POINTER(SncParams)]),
+    "i3rt_snc_open": (ctypes.c_int, [_P, ctypes.c_char_p, ctypes.POINTER(SncParams), ctypes.POINTER(_P)]),
+    "i3rt_snc_free": (None, [_P]),
+    "i3rt_snc_get_shape": (ctypes.c_int, [_P, _I64_3]),
+    "i3rt_snc_load_2d": (ctypes.c_int, [_P, ctypes.c_char_p]),
+    "i3rt_snc_load_3d": (ctypes.c_int, [_P, ctypes.c_char_p]),
+    "i3rt_snc_click": (ctypes.c_int, [_P, ctypes.c_int, ctypes.c_int64, ctypes.c_double, ctypes.c_double,
+                                      ctypes.c_int, _U8, ctypes.c_int64]),
+    "i3rt_snc_finish_slice": (ctypes.c_int, [_P, ctypes.c_int, ctypes.c_int64, ctypes.c_int]),
+    "i3rt_snc_propagate": (ctypes.c_int, [_P]),
+    "i3rt_snc_get_mask": (ctypes.c_int, [_P, _U8, ctypes.c_int64]),
+    "i3rt_snc_stage_seconds": (ctypes.c_double, [_P, ctypes.c_int]),
+    "i3rt_model_load": (ctypes.c_int, [_P, ctypes.c_char_p, ctypes.POINTER(_P)]),
+    "i3rt_model_free": (None, [_P]),
+    "i3rt_model_plan": (ctypes.c_int, [_P, _I64_3, ctypes.POINTER(ctypes.c_size_t)]),
+    "i3rt_model_forward": (ctypes.c_int, [_P, _F32, _I64_3, _F32]),
+}
+
+
+def _bind_snc(lib):
+    for name, (restype, argtypes) in _SNC_SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+
+
+class _OwnContext:
+    """A context of its own (n_threads, backend); errors raise I3rtError with its message."""
+
+    def _open_context(self, i3rt, n_threads, backend):
+        self._lib = i3rt.lib
+        _bind_snc(self._lib)
+        self._ctx = _P()
+        if self._lib.i3rt_context_create(ctypes.byref(self._ctx), int(n_threads), _BACKENDS[backend]) != _STATUS_OK:
+            raise I3rtError(f"cannot create a {backend} context with {n_threads} threads")
+
+    def _check(self, status):
+        if status != _STATUS_OK:
+            raise I3rtError(self._lib.i3rt_context_error(self._ctx).decode(errors="replace"))
+
+    def _close_context(self):
+        if self._ctx:
+            self._lib.i3rt_context_free(self._ctx)
+            self._ctx = _P()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+class SncSession(_OwnContext):
+    """One i3rt_snc_session on a NIfTI image, on its own context. params: SncParams field overrides
+    (e.g. {"zoom_in": 0}); the rest are i3rt_snc_params_default's."""
+
+    def __init__(self, i3rt, image_path, n_threads=1, backend="cpu", **params):
+        self._s = _P()
+        self._open_context(i3rt, n_threads, backend)
+        p = SncParams()
+        self._lib.i3rt_snc_params_default(ctypes.byref(p))
+        for k, v in params.items():
+            setattr(p, k, v)
+        self._check(self._lib.i3rt_snc_open(self._ctx, os.fsencode(image_path), ctypes.byref(p), ctypes.byref(self._s)))
+        shape = (ctypes.c_int64 * 3)()
+        self._check(self._lib.i3rt_snc_get_shape(self._s, shape))
+        self.shape = tuple(int(v) for v in shape)
+
+    def close(self):
+        if getattr(self, "_s", None):
+            self._lib.i3rt_snc_free(self._s)
+            self._s = _P()
+        if getattr(self, "_ctx", None):
+            self._close_context()
+
+    def load_2d(self, path):
+        self._check(self._lib.i3rt_snc_load_2d(self._s, os.fsencode(path)))
+
+    def load_3d(self, path):
+        self._check(self._lib.i3rt_snc_load_3d(self._s, os.fsencode(path)))
+
+    def plane_shape(self, axis):
+        d, h, w = self.shape
+        return {"axial": (h, w), "coronal": (d, w), "sagittal": (d, h)}[axis]
+
+    def click(self, axis, index, y, x, positive=True):
+        """The slice's new 2D mask [rows, cols] uint8."""
+        mask = np.zeros(self.plane_shape(axis), np.uint8)
+        self._check(self._lib.i3rt_snc_click(self._s, SNC_AXES[axis], int(index), float(y), float(x), int(positive),
+                                             mask.ctypes.data_as(_U8), mask.size))
+        return mask
+
+    def finish_slice(self, axis, index, accurate=True):
+        self._check(self._lib.i3rt_snc_finish_slice(self._s, SNC_AXES[axis], int(index), int(bool(accurate))))
+
+    def propagate(self):
+        self._check(self._lib.i3rt_snc_propagate(self._s))
+
+    def mask(self):
+        m = np.zeros(self.shape, np.uint8)
+        self._check(self._lib.i3rt_snc_get_mask(self._s, m.ctypes.data_as(_U8), m.size))
+        return m
+
+    def stage_seconds(self):
+        """{stage name: wall seconds summed over the session's calls}."""
+        return {name: self._lib.i3rt_snc_stage_seconds(self._s, i) for i, name in enumerate(SNC_STAGES)}
+
+
+class Model(_OwnContext):
+    """i3rt_model_load + i3rt_model_forward on its own context: the network alone, input [in_channels, d, h, w]."""
+
+    def __init__(self, i3rt, path, n_threads=1, backend="cpu"):
+        self._m = _P()
+        self._open_context(i3rt, n_threads, backend)
+        self._check(self._lib.i3rt_model_load(self._ctx, os.fsencode(path), ctypes.byref(self._m)))
+
+    def close(self):
+        if getattr(self, "_m", None):
+            self._lib.i3rt_model_free(self._m)
+            self._m = _P()
+        if getattr(self, "_ctx", None):
+            self._close_context()
+
+    def plan_bytes(self, spatial):
+        peak = ctypes.c_size_t(0)
+        self._check(self._lib.i3rt_model_plan(self._m, (ctypes.c_int64 * 3)(*spatial), ctypes.byref(peak)))
+        return int(peak.value)
+
+    def forward(self, x, out):
+        """x: float32 C-contiguous [in_channels, d, h, w]; out: float32 [num_classes, d, h, w], written in place."""
+        spatial = (ctypes.c_int64 * 3)(*x.shape[1:])
+        self._check(self._lib.i3rt_model_forward(self._m, x.ctypes.data_as(_F32), spatial, out.ctypes.data_as(_F32)))
+        return out
