@@ -77,6 +77,19 @@ int I3_DEV(sw_accumulate)(const float *pred, int64_t classes, const int64_t tile
                           const int64_t offset[3], void *stream);
 int I3_DEV(sw_normalize)(const float *acc, const float *wsum, int64_t classes, const int64_t volume[3],
                          const int64_t lo[3], const int64_t shape[3], float *logits, void *stream);
+/* RITM's HRNet-OCR head (kernels/ocr.cu): key/value of object_attention are [n, ck|cv, kc, 1, 1] with
+ * 1 <= kc <= I3_OCR_MAX_CLASSES (else cudaErrorInvalidValue); spatial_gather writes [n, c, kc]. */
+int I3_DEV(slice_channels)(const float *x, i3_shape5 xs, const i3_slice_params *p, float *y, void *stream);
+int I3_DEV(spatial_gather)(const float *feats, const float *logits, int64_t n, int64_t c, int64_t kc, int64_t s,
+                           float *y, void *stream);
+int I3_DEV(object_attention)(const float *q, const float *key, const float *value, int64_t n, int64_t ck, int64_t cv,
+                             int64_t kc, int64_t s, float *y, void *stream);
+/* Slice-and-Conquer's mask attention (kernels/mask_attention.cu): mask_pool needs
+ * mask_pool_scratch_bytes(feats shape) bytes of device scratch; channel_gate may run in place. */
+size_t I3_DEV(mask_pool_scratch_bytes)(i3_shape5 fs);
+int I3_DEV(mask_pool)(const float *feats, i3_shape5 fs, const float *guide, i3_shape5 gs, const i3_mask_pool_params *p,
+                      float *y, void *scratch, void *stream);
+int I3_DEV(channel_gate)(const float *x, i3_shape5 xs, const float *gate, float *y, void *stream);
 int I3_DEV(slice_sums)(const float *x, int64_t d, int64_t h, int64_t w, double *sum_d, double *sum_h, double *sum_w,
                       void *stream);
 

@@ -59,7 +59,7 @@ struct Fusion {
 /* The CUDA graph of a repeated forward. */
 struct Replay {
     const i3_graph *graph;
-    uint64_t bindings;  /* fingerprint of the graph's data pointers and the fusion buffers */
+    uint64_t bindings;  /* fingerprint of the graph's data pointers, the scratch and the fusion buffers */
     int runs;           /* complete runs with these bindings */
     bool capturing, replaying;
     cudaGraphExec_t exec;
@@ -73,6 +73,7 @@ struct DeviceState {
     Replay replay;
     float *partials, *scale_shift;  /* device buffers, grown as needed */
     size_t partials_bytes, scale_shift_bytes;
+    void *scratch;                  /* the run's scratch buffer (a captured graph holds its address) */
     i3_cuda_stats stats;
 };
 
@@ -113,7 +114,10 @@ static i3rt_status device_download(i3_backend *b, void *dst, const void *src, si
     return e == cudaSuccess ? I3RT_OK : device_fail(b, e, "download");
 }
 
-static size_t device_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) { return 0; }
+static size_t device_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) {
+    if (node->op == I3_OP_MASK_POOL) return I3_DEV(mask_pool_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]));
+    return 0;
+}
 
 /* What the node runners below return besides a cudaError_t: an allocation failed, and the
  * context already holds the out-of-memory message. */
@@ -206,7 +210,8 @@ static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *
 
 static uint64_t fingerprint(const i3_graph *g, const DeviceState *st) {
     uint64_t h = 1469598103934665603ull;
-    uintptr_t words[] = {(uintptr_t)g, (uintptr_t)g->n_nodes, (uintptr_t)st->partials, (uintptr_t)st->scale_shift};
+    uintptr_t words[] = {(uintptr_t)g, (uintptr_t)g->n_nodes, (uintptr_t)st->partials, (uintptr_t)st->scale_shift,
+                         (uintptr_t)st->scratch};
     for (uintptr_t w : words) h = (h ^ w) * 1099511628211ull;
     for (int v = 0; v < g->n_values; v++) h = (h ^ (uintptr_t)g->values[v].data) * 1099511628211ull;
     return h;
@@ -286,6 +291,7 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
     bool fused_here = n >= 0 && f->graph == g, last = n >= 0 && n == g->n_nodes - 1;
     void *s = st->stream;
     int e;
+    if (n == 0) st->scratch = scratch;
     if (st->graphs && n == 0 && (e = replay_begin(st, g)) != 0) return device_fail(b, (cudaError_t)e, "CUDA graph");
     if (st->replay.replaying && n >= 0) {
         if (last) st->replay.replaying = false;
@@ -322,6 +328,19 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         e = I3_DEV(softmax_uncertainty)(in0, xs.n, xs.c, i3_shape5_spatial(xs), out, NULL, NULL, NULL, s);
         break;
     case I3_OP_AVG_POOL: e = I3_DEV(avg_pool)(in0, xs, &node->p.avg_pool, out, s); break;
+    case I3_OP_SLICE_CHANNELS: e = I3_DEV(slice_channels)(in0, xs, &node->p.slice, out, s); break;
+    case I3_OP_SPATIAL_GATHER:
+        e = I3_DEV(spatial_gather)(in0, in1, xs.n, xs.c, g->values[node->in[1]].dims[1], i3_shape5_spatial(xs), out, s);
+        break;
+    case I3_OP_OBJECT_ATTENTION:
+        e = I3_DEV(object_attention)(in0, in1, in2, xs.n, xs.c, g->values[node->in[2]].dims[1],
+                                     g->values[node->in[1]].dims[2], i3_shape5_spatial(xs), out, s);
+        break;
+    case I3_OP_MASK_POOL:
+        e = I3_DEV(mask_pool)(in0, xs, in1, i3_value_shape5(&g->values[node->in[1]]), &node->p.mask_pool, out,
+                              scratch, s);
+        break;
+    case I3_OP_CHANNEL_GATE: e = I3_DEV(channel_gate)(in0, xs, in1, out, s); break;
     default:
         return i3_fail(b->ctx, I3RT_ERR_UNSUPPORTED, "%s backend: op %s has no kernel", BACKEND_NAME,
                        i3_op_name(node->op));
