@@ -82,11 +82,12 @@ __global__ void __launch_bounds__(POOL_THREADS)
         sums[2 * POOL_CHANNELS + 1] += wb;
     }
     block_reduce(sums, shared, SumOp());
-    if ((int)threadIdx.x < 2 * channels) {
-        const int region = (int)threadIdx.x / channels, ch = (int)threadIdx.x % channels;
-        y[(b * 2 + region) * c + c0 + ch] =
-            sums[region * POOL_CHANNELS + ch] / (sums[2 * POOL_CHANNELS + region] + eps);
-    }
+    if (threadIdx.x == 0) /* constant indices keep sums in registers */
+        for (int ch = 0; ch < POOL_CHANNELS; ch++)
+            if (ch < channels) {
+                y[b * 2 * c + c0 + ch] = sums[ch] / (sums[2 * POOL_CHANNELS] + eps);
+                y[(b * 2 + 1) * c + c0 + ch] = sums[POOL_CHANNELS + ch] / (sums[2 * POOL_CHANNELS + 1] + eps);
+            }
 }
 
 /* y may be x. */

@@ -16,7 +16,8 @@
  *       c x s, and no scratch is needed.
  *   object_attention v1: one position per thread (grid-stride): the classes' dot products with the
  *       query read once per channel (coalesced), softmax in registers, then each value channel's mix
- *       written coalesced. key and value are a few hundred floats read by every thread alike (cached). */
+ *       written coalesced. key and value are a few hundred floats read by every thread alike (cached);
+ *       the scores live in a local array of I3_OCR_MAX_CLASSES floats (256 bytes of stack, L1). */
 #include "device.h"
 #include "launchers.h"
 #include "block_reduce.h"
@@ -53,10 +54,9 @@ __global__ void __launch_bounds__(GATHER_THREADS)
         sums[GATHER_CHANNELS] += e;
     }
     block_reduce(sums, shared, SumOp());
-    if ((int)threadIdx.x < channels) {
-        const int ch = (int)threadIdx.x;
-        y[(b * c + c0 + ch) * kc + k] = sums[ch] / sums[GATHER_CHANNELS];
-    }
+    if (threadIdx.x == 0) /* constant indices keep sums in registers */
+        for (int ch = 0; ch < GATHER_CHANNELS; ch++)
+            if (ch < channels) y[(b * c + c0 + ch) * kc + k] = sums[ch] / sums[GATHER_CHANNELS];
 }
 
 __global__ void object_attention_v1(const float *__restrict__ q, const float *__restrict__ key,
