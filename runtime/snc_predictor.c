@@ -99,6 +99,10 @@ static int clicks_in_box(i3_snc_box b, const i3_snc_click *clicks, int n) {
 
 /* ---- the session ----------------------------------------------------------------------------------- */
 
+static void threshold(const float *probs, int64_t n, float thresh, uint8_t *mask) {
+    for (int64_t i = 0; i < n; i++) mask[i] = probs[i] > thresh;
+}
+
 typedef struct {
     int has; /* ZoomIn's _object_roi is set */
     i3_snc_box box;
@@ -110,7 +114,8 @@ struct i3_snc_predictor {
     i3_snc_predictor_params params;
     int64_t h, w;
     float *image;   /* [3, h, w] */
-    float *probs;   /* [h, w]: BasePredictor.prev_prediction (and ZoomIn's _prev_probs) */
+    float *probs;   /* [h, w]: BasePredictor.prev_prediction (the start before the first click; after it
+                       also ZoomIn's _prev_probs) */
     uint8_t *mask;  /* [h, w] */
     i3_snc_click *clicks;
     int n_clicks, cap_clicks;
@@ -169,6 +174,23 @@ void i3_snc_predictor_free(i3_snc_predictor *p) {
 const float *i3_snc_predictor_probs(const i3_snc_predictor *p) { return p->probs; }
 const uint8_t *i3_snc_predictor_mask(const i3_snc_predictor *p) { return p->mask; }
 int i3_snc_predictor_n_clicks(const i3_snc_predictor *p) { return p->n_clicks; }
+
+i3rt_status i3_snc_predictor_set_start(i3_snc_predictor *p, const float *start) {
+    if (!p) return I3RT_ERR_INVALID_ARGUMENT;
+    if (p->n_clicks > 0)
+        return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "SnC 2D predictor: the start is set before the first click (%d clicks made)", p->n_clicks);
+    const int64_t n = p->h * p->w;
+    for (int64_t i = 0; start && i < n; i++)
+        if (!(start[i] >= 0.0f && start[i] <= 1.0f))
+            return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                           "SnC 2D predictor: start probability %g at (%lld, %lld) is not in [0, 1]", (double)start[i],
+                           (long long)(i / p->w), (long long)(i % p->w));
+    if (start) memcpy(p->probs, start, (size_t)n * sizeof *start);
+    else memset(p->probs, 0, (size_t)n * sizeof *p->probs);
+    threshold(p->probs, n, p->params.prob_thresh, p->mask);
+    return I3RT_OK;
+}
 
 int i3_snc_predictor_crop(const i3_snc_predictor *p, i3_snc_box *box) {
     if (p->zoom.has) *box = p->zoom.box;
@@ -254,10 +276,6 @@ static i3rt_status network_probs(i3_snc_predictor *p, const float *planes, int64
     free(logits);
     free(input);
     return st;
-}
-
-static void threshold(const float *probs, int64_t n, float thresh, uint8_t *mask) {
-    for (int64_t i = 0; i < n; i++) mask[i] = probs[i] > thresh;
 }
 
 /* ZoomIn.transform's choice of crop: 1 and the crop to use, or 0 (the whole slice). zs is updated as
@@ -378,11 +396,13 @@ i3rt_status i3_snc_predictor_click(i3_snc_predictor *p, float y, float x, int po
     float *out = i3_malloc(p->ctx, (size_t)(2 * s) * sizeof *out, "SnC probabilities");
     if (!out) return I3RT_ERR_OUT_OF_MEMORY;
     zoom_state zs = p->zoom;
+    /* ZoomIn's _prev_probs: none before its first output (a start is the network's, not ZoomIn's) */
     const float *zoom_probs = p->n_clicks > 0 ? p->probs : NULL;
     int again = 0;
     i3rt_status st = predict(p, p->clicks, n, p->probs, zoom_probs, &zs, out);
     if (st == I3RT_OK) st = needs_recalculation(p, out, &zs, &again);
-    /* RITM recurses with the same previous mask; ZoomIn now holds the first pass's probabilities */
+    /* RITM recurses with the same previous mask (prev_prediction: the start, if set_prev_mask set one);
+     * ZoomIn now holds the first pass's probabilities */
     if (st == I3RT_OK && again) st = predict(p, p->clicks, n, p->probs, out, &zs, out + s);
     if (st != I3RT_OK) {
         free(out);

@@ -9,7 +9,13 @@
  * object, resized to target_size), are encoded as the network input (i3_hrnet_encode_input), run on
  * the image and its mirror (AddHorizontalFlip: logits averaged), the sigmoid is taken, and ZoomIn's
  * inverse pastes the probabilities back into a zero map of the slice size. The map is the previous
- * mask of the next click; the binary mask is probs > prob_thresh. */
+ * mask of the next click; the binary mask is probs > prob_thresh.
+ *
+ * A session starts from an empty mask, or from a given probability map (i3_snc_predictor_set_start:
+ * Slice-and-Conquer's M_{t,0}^2D, the 3D prediction's slice), which is then BasePredictor's
+ * prev_prediction before the first click, as RITM-derived evaluations' predictor.set_prev_mask(init_mask)
+ * does (for the first pass the same as RITM's get_prediction(clicker, prev_mask=start)). ZoomIn records
+ * only its own outputs, so the start reaches the network's previous-mask input, never ZoomIn's box. */
 #ifndef I3RT_SNC_PREDICTOR_H
 #define I3RT_SNC_PREDICTOR_H
 
@@ -59,18 +65,24 @@ typedef struct {
 
 typedef struct i3_snc_predictor i3_snc_predictor;
 
-/* A session on one slice: image [3, h, w] in [0, 1] (copied), empty mask and no click. net is
+/* A session on one slice: image [3, h, w] in [0, 1] (copied), an empty start and no click. net is
  * borrowed and must outlive the session; sessions sharing a net click one at a time (the model's
  * buffers are shared). */
 i3rt_status i3_snc_predictor_create(i3_ctx *ctx, const i3_snc_net *net, const float *image, int64_t h, int64_t w,
                                     const i3_snc_predictor_params *params, i3_snc_predictor **out);
 void i3_snc_predictor_free(i3_snc_predictor *p);
 
+/* The start before the first click: start [h, w] (copied), probabilities in [0, 1], or NULL for the empty
+ * start (zeros). Until the first click probs is the start and mask is start > prob_thresh (what the user
+ * and RITM's clicker see); the first click feeds it to the network as the previous mask. Refused
+ * (I3RT_ERR_INVALID_ARGUMENT, session unchanged) after a click or for a value outside [0, 1]. */
+i3rt_status i3_snc_predictor_set_start(i3_snc_predictor *p, const float *start);
+
 /* Adds a click and predicts. A click outside the slice or not finite, or a failing network, returns an
  * error (I3RT_ERR_INVALID_ARGUMENT for the click) and leaves the session as it was. */
 i3rt_status i3_snc_predictor_click(i3_snc_predictor *p, float y, float x, int positive);
 
-const float *i3_snc_predictor_probs(const i3_snc_predictor *p);  /* [h, w], zeros before a click */
+const float *i3_snc_predictor_probs(const i3_snc_predictor *p);  /* [h, w], the start before a click */
 const uint8_t *i3_snc_predictor_mask(const i3_snc_predictor *p); /* [h, w], probs > prob_thresh */
 int i3_snc_predictor_n_clicks(const i3_snc_predictor *p);
 /* ZoomIn's current crop; returns 0 (box untouched) while there is none. */

@@ -9,6 +9,13 @@ transforms/flip.py (AddHorizontalFlip), transforms/base.py (SigmoidForPred), uti
 inference/clicker.py (Click), evaluation.py (pred_thr 0.49). Dropped: the BRS predictors, click_models,
 LimitLongestSide (max_size None in RITM's evaluation), get_state/set_state.
 
+A start (Slice-and-Conquer's M_{t,0}^2D: the previous 3D prediction's slice) is set as RITM-derived
+evaluations do with an init_mask: predictor.set_prev_mask(init_mask) makes it BasePredictor.prev_prediction
+(FocalClick's and SimpleClick's isegm/inference/predictors/base.py; RITM @ b9b4460 itself has the
+get_prediction(clicker, prev_mask) argument, whose first pass is the same: checked below); ZoomIn does not
+see it (its _prev_probs stays None until its first output). The clicker then starts on the start's errors
+(evaluate_sample's pred_mask = init_mask); here the clicks are given.
+
 Two networks answer net(image_nd, points_nd)['instances'] as ISModel does:
   * "hrnet": RITM's HRNetModel from tests/gen_hrnet.py (random weights conditioned as there), converted to
     hrnet2d.safetensors with tools/convert_pt/convert_ritm.py; the encoding in float32 as RITM, the
@@ -24,7 +31,8 @@ Slice: /usr/share/mricron/templates/ch2bet.nii.gz, axial z = 90, rows = y (217),
 windowed to [0, 99.5th percentile] and repeated into 3 channels.
 
 Writes into --out: hrnet2d.safetensors and one seq_<name>.safetensors per click sequence:
-  "image" [3, h, w], "clicks" [n, 3] (y, x, positive), "probs" [n, h, w] (after each click),
+  "image" [3, h, w], "start" [h, w] (sequences with a start only), "clicks" [n, 3] (y, x, positive),
+  "probs" [n, h, w] (after each click),
   "crops" [n, 5] (has crop, rmin, rmax, cmin, cmax after each click); metadata "params": predictor
   parameters (net_clicks_limit absent: None) and "net".
 """
@@ -290,6 +298,10 @@ class BasePredictor:
         self.original_image = image_nd.unsqueeze(0)
         self.prev_prediction = torch.zeros_like(self.original_image[:, :1, :, :])
 
+    def set_prev_mask(self, mask):
+        """FocalClick / SimpleClick's BasePredictor.set_prev_mask (evaluate_sample's init_mask)."""
+        self.prev_prediction = mask.unsqueeze(0).unsqueeze(0).float()
+
     def get_prediction(self, clicks_list, prev_mask=None):
         input_image = self.original_image
         if prev_mask is None:
@@ -374,14 +386,36 @@ def load_slice():
     return torch.from_numpy(np.ascontiguousarray(np.stack([img] * 3)))
 
 
-def run_sequence(net, image, clicks, params, choose_next=None):
-    """clicks: list of (y, x, positive); choose_next(predictor) may append clicks that depend on the crop."""
+def make_predictor(net, params):
     zoom = ZoomIn(target_size=params["target_size"], skip_clicks=params["skip_clicks"],
                   expansion_ratio=params["expansion_ratio"], min_crop_size=params["min_crop_size"]) \
         if params["zoom_in"] else None
-    predictor = BasePredictor(net, net_clicks_limit=params.get("net_clicks_limit"), with_flip=bool(params["with_flip"]),
-                              zoom_in=zoom)
+    return BasePredictor(net, net_clicks_limit=params.get("net_clicks_limit"), with_flip=bool(params["with_flip"]),
+                         zoom_in=zoom), zoom
+
+
+def soft_start(h, w, cy, cx, ry, rx):
+    """A soft 'previous 3D prediction' on the slice: sigmoid(6 (1 - e)) of the ellipse norm e, float32."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    e = ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2
+    return torch.from_numpy((1 / (1 + np.exp(-6 * (1 - e)))).astype(np.float32))
+
+
+def first_click_with_prev_mask(net, image, click, params, start):
+    """RITM's own route for a start: get_prediction(clicker, prev_mask=start) on the first click."""
+    predictor, _ = make_predictor(net, params)
     predictor.set_input_image(image)
+    return predictor.get_prediction([Click(is_positive=bool(click[2]), coords=click[:2], indx=0)],
+                                    prev_mask=start[None, None])
+
+
+def run_sequence(net, image, clicks, params, choose_next=None, start=None):
+    """clicks: list of (y, x, positive); choose_next(predictor) may append clicks that depend on the crop;
+    start: the probability map the predictor starts from (None: RITM's zeros)."""
+    predictor, zoom = make_predictor(net, params)
+    predictor.set_input_image(image)
+    if start is not None:
+        predictor.set_prev_mask(start)
     clicks_list, probs, crops = [], [], []
     clicks = list(clicks)
     i = 0
@@ -395,8 +429,11 @@ def run_sequence(net, image, clicks, params, choose_next=None):
         print(f"  click {i} {clicks[i]}: crop {crops[-1]}, foreground (> 0.49) {int((p > 0.49).sum())} px, "
               f"closest |p - 0.49| {float((p - 0.49).abs().min()):.2e}, |p - 0.5| {float((p - 0.5).abs().min()):.2e}")
         i += 1
-    return {"clicks": torch.tensor(clicks, dtype=torch.float32), "probs": torch.stack(probs).float(),
-            "crops": torch.tensor(crops, dtype=torch.float32)}
+    seq = {"clicks": torch.tensor(clicks, dtype=torch.float32), "probs": torch.stack(probs).float(),
+           "crops": torch.tensor(crops, dtype=torch.float32)}
+    if start is not None:
+        seq["start"] = start
+    return seq
 
 
 def save_sequence(out, name, image, seq, params, net):
@@ -469,10 +506,25 @@ def main():
         ("hrnet", "hrnet", {**zoom, "target_size": 128, "min_crop_size": 80},
          [(108.0, 90.0, 1), (60.0, 70.0, 0), (150.0, 100.0, 1)], None),
     ]
-    for name, net_name, params, clicks, choose in sequences:
-        print(f"{name}: {params}")
+    # a start (the 3D prediction's slice): a soft ellipse around rows 115, columns 95
+    start = soft_start(h, w, 115.0, 95.0, 30.0, 22.0)
+    sequences = [(*seq, None) for seq in sequences] + [
+        # the first click sees the start as its previous mask; the crop of the second follows what it made
+        ("fake_start", "fake", zoom, fake_clicks, None, start),
+        # skip_clicks 0: the recalculated first click on a crop again with the start as previous mask
+        ("fake_start_recalc", "fake", {**zoom, "skip_clicks": 0}, fake_clicks[:3], None, start),
+        # the HRNet from the start: the first click on the whole slice, the second on a crop
+        ("hrnet_start", "hrnet", {**zoom, "target_size": 128, "min_crop_size": 80},
+         [(108.0, 90.0, 1), (60.0, 70.0, 0)], None, start),
+    ]
+    for name, net_name, params, clicks, choose, seq_start in sequences:
+        print(f"{name}: {params}{' from a start' if seq_start is not None else ''}")
         net = HRNetNet(model) if net_name == "hrnet" else FakeNet(model)
-        seq = run_sequence(net, image, clicks, params, choose)
+        seq = run_sequence(net, image, clicks, params, choose, seq_start)
+        if seq_start is not None and net_name == "fake" and params["skip_clicks"] > 0:
+            # RITM's own get_prediction(prev_mask=start) gives the same first click (no recursion here)
+            direct = first_click_with_prev_mask(net, image, clicks[0], params, seq_start)
+            assert np.array_equal(direct, seq["probs"][0].numpy()), "set_prev_mask and prev_mask differ"
         save_sequence(args.out, name, image, seq, params, net_name)
     print(f"slice {h} x {w}")
 

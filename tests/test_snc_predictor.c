@@ -4,7 +4,11 @@
  *   - "fake" sequences: a small network defined identically here and in the generator (fake_forward), so
  *     that the loop (zoom-in crops, recalculation, flip, out-of-crop clicks) is compared nearly exactly;
  *   - "hrnet": the RITM HRNet-18 (random weights) through i3_snc_net_load, compared with PyTorch's float64
- *     network inside the same loop.
+ *     network inside the same loop;
+ *   - "*_start" sequences: the session starts from a soft probability map (Slice-and-Conquer's previous 3D
+ *     prediction's slice; RITM's prev_prediction set by set_prev_mask), which must be the probabilities
+ *     and (thresholded) the mask before the first click, and the first click's previous mask; a wrong
+ *     start (empty, or thresholded) must fail the comparison.
  * Per click: ZoomIn's crop (exact), the probabilities (max abs difference), the binary masks (equal
  * wherever the reference is farther than the tolerance from the threshold). Plus known answers for the
  * crop boxes, the flip's mirror symmetry, and bad clicks that leave the session as it was. */
@@ -88,7 +92,29 @@ static i3_snc_predictor_params seq_params(const i3_weights *fx) {
     return p;
 }
 
-/* Runs the fixture's clicks through a session on net and compares every step. */
+/* The fixture's start [h, w] (sequences from a start), or NULL. */
+static const float *seq_start(const i3_weights *fx, int64_t h, int64_t w) {
+    const i3_weight_tensor *t = i3_weights_find(fx, "start");
+    if (!t) return NULL;
+    cr_assert(t->ndim == 2 && t->shape[0] == h && t->shape[1] == w);
+    return fx_tensor(fx, "start", NULL);
+}
+
+/* Before any click the session shows its start: probabilities bit for bit, mask = start > 0.49. */
+static void check_start_shown(const i3_snc_predictor *p, const float *start, int64_t s, const char *name) {
+    int64_t differ = 0, foreground = 0;
+    for (int64_t i = 0; i < s; i++) {
+        differ += i3_snc_predictor_probs(p)[i] != (start ? start[i] : 0.0f);
+        differ += i3_snc_predictor_mask(p)[i] != (start && start[i] > 0.49f);
+        foreground += i3_snc_predictor_mask(p)[i];
+    }
+    cr_expect_eq(differ, 0, "%s: before the first click %lld values differ from the start", name, (long long)differ);
+    printf("snc_predictor %s: before the first click probs = start, mask = start > 0.49 (%lld px)\n", name,
+           (long long)foreground);
+}
+
+/* Runs the fixture's clicks through a session on net (from the fixture's start, if it has one) and
+ * compares every step. */
 static void check_sequence(const char *name, const i3_snc_net *net, i3rt_context *ctx, double tol) {
     i3_weights *fx = open_seq(name);
     const i3_weight_tensor *pt = i3_weights_find(fx, "probs");
@@ -98,9 +124,12 @@ static void check_sequence(const char *name, const i3_snc_net *net, i3rt_context
     const float *image = fx_tensor(fx, "image", NULL), *probs = fx_tensor(fx, "probs", NULL);
     const float *clicks = fx_tensor(fx, "clicks", NULL), *crops = fx_tensor(fx, "crops", NULL);
     cr_assert(image && probs && clicks && crops);
+    const float *start = seq_start(fx, h, w);
     const i3_snc_predictor_params params = seq_params(fx);
     i3_snc_predictor *p = NULL;
     cr_assert_eq(i3_snc_predictor_create(ctx, net, image, h, w, &params, &p), I3RT_OK, "%s", i3rt_context_error(ctx));
+    if (start) cr_assert_eq(i3_snc_predictor_set_start(p, start), I3RT_OK, "%s", i3rt_context_error(ctx));
+    check_start_shown(p, start, s, name);
     double worst = 0;
     for (int k = 0; k < n; k++) {
         const float *c = clicks + 3 * k, *ref = probs + k * s, *crop = crops + 5 * k;
@@ -159,13 +188,67 @@ Test(snc_predictor, zoom_whole_slice_first) { check_fake("fake_whole"); }
 Test(snc_predictor, no_zoom_no_flip) { check_fake("fake_plain"); }
 Test(snc_predictor, net_clicks_limit) { check_fake("fake_limit"); }
 
-Test(snc_predictor, hrnet_vs_torch, .timeout = 900) {
-    i3rt_context *ctx = new_ctx();
+static void load_hrnet(i3rt_context *ctx, i3_snc_net *net) {
     char path[1024];
     snprintf(path, sizeof path, "%s/snc_predictor/hrnet2d.safetensors", getenv("I3RT_FIXTURES"));
+    cr_assert_eq(i3_snc_net_load(ctx, path, net), I3RT_OK, "%s", i3rt_context_error(ctx));
+}
+
+Test(snc_predictor, hrnet_vs_torch, .timeout = 900) {
+    i3rt_context *ctx = new_ctx();
     i3_snc_net net;
-    cr_assert_eq(i3_snc_net_load(ctx, path, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    load_hrnet(ctx, &net);
     check_sequence("hrnet", &net, ctx, HRNET_PROB_TOL);
+    i3_snc_net_free(&net);
+    i3rt_context_free(ctx);
+}
+
+/* A wrong start instead of the fixture's: max |p - RITM| of the first click. wrong: 0 the empty start,
+ * 1 the start thresholded at 0.49 (the binary mask instead of the probabilities). */
+static double first_click_with_wrong_start(const char *name, const i3_snc_net *net, i3rt_context *ctx, int wrong) {
+    i3_weights *fx = open_seq(name);
+    const i3_weight_tensor *pt = i3_weights_find(fx, "probs");
+    const int64_t h = pt->shape[1], w = pt->shape[2], s = h * w;
+    const float *start = seq_start(fx, h, w), *probs = fx_tensor(fx, "probs", NULL);
+    const float *clicks = fx_tensor(fx, "clicks", NULL);
+    cr_assert(start && probs && clicks);
+    float *binary = malloc((size_t)s * sizeof *binary);
+    for (int64_t i = 0; i < s; i++) binary[i] = start[i] > 0.49f;
+    const i3_snc_predictor_params params = seq_params(fx);
+    i3_snc_predictor *p = NULL;
+    cr_assert_eq(i3_snc_predictor_create(ctx, net, fx_tensor(fx, "image", NULL), h, w, &params, &p), I3RT_OK);
+    cr_assert_eq(i3_snc_predictor_set_start(p, wrong ? binary : NULL), I3RT_OK);
+    cr_assert_eq(i3_snc_predictor_click(p, clicks[0], clicks[1], clicks[2] != 0), I3RT_OK);
+    double max_diff = 0;
+    for (int64_t i = 0; i < s; i++) max_diff = fmax(max_diff, fabs((double)i3_snc_predictor_probs(p)[i] - probs[i]));
+    printf("snc_predictor %s with the %s start: first click max |p - RITM| %.3g\n", name,
+           wrong ? "thresholded" : "empty", max_diff);
+    i3_snc_predictor_free(p);
+    free(binary);
+    i3_weights_free(fx);
+    return max_diff;
+}
+
+/* From a start: RITM's loop with the start as prev_prediction; the comparison fails on a wrong start. */
+Test(snc_predictor, start_follows_ritm) {
+    i3rt_context *ctx = new_ctx();
+    const i3_snc_net net = fake_net(NULL);
+    check_sequence("fake_start", &net, ctx, FAKE_PROB_TOL);
+    check_sequence("fake_start_recalc", &net, ctx, FAKE_PROB_TOL);
+    for (int wrong = 0; wrong <= 1; wrong++)
+        cr_expect_gt(first_click_with_wrong_start("fake_start", &net, ctx, wrong), 100 * FAKE_PROB_TOL,
+                     "a wrong start passes the check");
+    i3rt_context_free(ctx);
+}
+
+Test(snc_predictor, hrnet_start_vs_torch, .timeout = 900) {
+    i3rt_context *ctx = new_ctx();
+    i3_snc_net net;
+    load_hrnet(ctx, &net);
+    check_sequence("hrnet_start", &net, ctx, HRNET_PROB_TOL);
+    for (int wrong = 0; wrong <= 1; wrong++)
+        cr_expect_gt(first_click_with_wrong_start("hrnet_start", &net, ctx, wrong), 10 * HRNET_PROB_TOL,
+                     "a wrong start passes the check");
     i3_snc_net_free(&net);
     i3rt_context_free(ctx);
 }
@@ -387,6 +470,35 @@ Test(snc_predictor, zoom_known_answers) {
             wrong += fabsf(i3_snc_predictor_probs(p)[y * W + x] - (inside ? high : 0.0f)) > 1e-6f;
         }
     cr_expect_eq(wrong, 0, "%lld pixels differ from RITM's squeezed output", (long long)wrong);
+    i3_snc_predictor_free(p);
+    free(img);
+    i3rt_context_free(ctx);
+}
+
+/* set_start: only before the first click, values in [0, 1]; refused calls change nothing. */
+Test(snc_predictor, start_rules) {
+    enum { H = 30, W = 40 };
+    i3rt_context *ctx = new_ctx();
+    const i3_snc_net net = fake_net(NULL);
+    i3_snc_predictor_params params = I3_SNC_PREDICTOR_DEFAULTS;
+    params.zoom_in = 0;
+    float *img = pattern_image(H, W, 0), start[H * W];
+    for (int i = 0; i < H * W; i++) start[i] = (float)i / (H * W);
+    i3_snc_predictor *p = NULL;
+    cr_assert_eq(i3_snc_predictor_create(ctx, &net, img, H, W, &params, &p), I3RT_OK);
+    cr_assert_eq(i3_snc_predictor_set_start(p, start), I3RT_OK);
+    check_start_shown(p, start, H * W, "ramp");
+    start[7] = NAN;
+    cr_expect_eq(i3_snc_predictor_set_start(p, start), I3RT_ERR_INVALID_ARGUMENT);
+    cr_expect(strstr(i3rt_context_error(ctx), "start probability nan at (0, 7) is not in [0, 1]"), "%s",
+              i3rt_context_error(ctx));
+    start[7] = 7.0f / (H * W);
+    check_start_shown(p, start, H * W, "ramp after a refused start");
+    cr_assert_eq(i3_snc_predictor_set_start(p, NULL), I3RT_OK); /* back to RITM's zeros */
+    check_start_shown(p, NULL, H * W, "empty");
+    cr_assert_eq(i3_snc_predictor_click(p, 10, 10, 1), I3RT_OK);
+    cr_expect_eq(i3_snc_predictor_set_start(p, start), I3RT_ERR_INVALID_ARGUMENT);
+    cr_expect(strstr(i3rt_context_error(ctx), "before the first click"), "%s", i3rt_context_error(ctx));
     i3_snc_predictor_free(p);
     free(img);
     i3rt_context_free(ctx);
