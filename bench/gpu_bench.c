@@ -8,8 +8,10 @@
  * 128 / 2^s, batch 1): the 3x3x3 convolution on every kernel (f32 v1, tensor cores f16/bf16/tf32),
  * a whole encoder stage (conv-norm-act twice) through the backend with and without the fusions,
  * instance norm, softmax + uncertainty maps with their per-slice sums (C = 3, 512 x 512 x 128) next to
- * the unfused softmax + slice sums, and the sliding-window accumulation (3 classes, 128^3 tile into
- * 256^3). --quick: tiny shapes (a smoke test, e.g. on the emulated device). forward: the public API's
+ * the unfused softmax + slice sums, the sliding-window accumulation (3 classes, 128^3 tile into
+ * 256^3), and Slice-and-Conquer's HRNet ops at the guided 3D network's shapes for a 64 x 128 x 128 volume
+ * (features 270 x 16 x 32 x 32: OCR spatial gather and object attention at 128 / 64 channels and one
+ * class, mask pooling with the 2 x 64 x 128 x 128 guide, channel gate in place). --quick: tiny shapes (a smoke test, e.g. on the emulated device). forward: the public API's
  * forward on the device, conv precision from I3RT_CUDA_CONV. One JSON object per line on stdout:
  * {"bench": ..., "name": ..., "ms": median, "flop" | "bytes": ..., plus the shape}. Timing: one
  * warm-up, then R runs, each synchronized, wall clock (the GPU is otherwise idle). */
@@ -45,6 +47,13 @@ typedef struct {
     size_t (*softmax_slices_scratch_bytes)(int64_t, int64_t, int64_t);
     int (*sw_accumulate)(const float *, int64_t, const int64_t *, int, const float *, float, int, float *, float *,
                          const int64_t *, const int64_t *, void *);
+    int (*spatial_gather)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, float *, void *);
+    int (*object_attention)(const float *, const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                            float *, void *);
+    size_t (*mask_pool_scratch_bytes)(i3_shape5);
+    int (*mask_pool)(const float *, i3_shape5, const float *, i3_shape5, const i3_mask_pool_params *, float *, void *,
+                     void *);
+    int (*channel_gate)(const float *, i3_shape5, const float *, float *, void *);
 } launchers;
 
 typedef struct {
@@ -291,6 +300,73 @@ static void bench_sliding_window(bench *B, int64_t tile, int64_t volume) {
     B->b->iface->free(B->b, c.wsum);
 }
 
+/* ---- Slice-and-Conquer's HRNet ops (kernels/ocr.cu, kernels/mask_attention.cu) ------------------ */
+
+typedef struct {
+    const float *feats, *guide, *logits, *query, *key, *value, *gate;
+    float *y, *pooled;
+    void *scratch;
+    i3_shape5 fs, gs;
+    int64_t mid, key_channels;
+} snc_case;
+
+static int run_spatial_gather(bench *B, void *arg) {
+    snc_case *c = arg;
+    return B->k.spatial_gather(c->feats, c->logits, 1, c->mid, 1, i3_shape5_spatial(c->fs), c->pooled, NULL);
+}
+
+static int run_object_attention(bench *B, void *arg) {
+    snc_case *c = arg;
+    return B->k.object_attention(c->query, c->key, c->value, 1, c->key_channels, c->key_channels, 1,
+                                 i3_shape5_spatial(c->fs), c->y, NULL);
+}
+
+static int run_mask_pool(bench *B, void *arg) {
+    snc_case *c = arg;
+    const i3_mask_pool_params p = {4, 1e-6f};
+    return B->k.mask_pool(c->feats, c->fs, c->guide, c->gs, &p, c->pooled, c->scratch, NULL);
+}
+
+static int run_channel_gate(bench *B, void *arg) {
+    snc_case *c = arg;
+    return B->k.channel_gate(c->y, c->fs, c->gate, c->y, NULL);
+}
+
+static void print_snc(const char *name, int64_t c, i3_shape5 s, double ms, double bytes) {
+    printf("{\"bench\": \"op\", \"name\": \"%s\", \"c\": %lld, \"d\": %lld, \"h\": %lld, \"w\": %lld, "
+           "\"ms\": %.4f, \"bytes\": %.6g}\n",
+           name, (long long)c, (long long)s.d, (long long)s.h, (long long)s.w, ms, bytes);
+}
+
+/* Features [1, 270, d/4, h/4, w/4] of a volume [d, h, w]; OCR at 128 (mid) and 64 (key) channels. */
+static void bench_snc_ops(bench *B, int64_t d, int64_t h, int64_t w) {
+    snc_case c = {.fs = {1, 270, (d + 3) / 4, (h + 3) / 4, (w + 3) / 4}, .gs = {1, 2, d, h, w}, .mid = 128,
+                  .key_channels = 64};
+    const int64_t s = i3_shape5_spatial(c.fs);
+    c.feats = device_noise(B, 270 * s, 12);
+    c.guide = device_noise(B, 2 * d * h * w, 13);
+    c.logits = device_noise(B, s, 14);
+    c.query = device_noise(B, 64 * s, 15);
+    c.key = device_noise(B, 64, 16);
+    c.value = device_noise(B, 64, 17);
+    c.gate = device_noise(B, 270, 18);
+    c.y = device_noise(B, 270 * s, 19);
+    c.pooled = device_noise(B, 2 * 270, 20);
+    if (B->b->iface->alloc(B->b, B->k.mask_pool_scratch_bytes(c.fs), &c.scratch) != I3RT_OK) die(B, "scratch");
+    const double f = 4.0;
+    /* bytes: what each must read and write at least */
+    print_snc("spatial gather (OCR, 1 class)", c.mid, c.fs, time_median(B, run_spatial_gather, &c, "spatial_gather"),
+              f * (double)(c.mid + 1) * (double)s);
+    print_snc("object attention (OCR, 1 class)", c.key_channels, c.fs,
+              time_median(B, run_object_attention, &c, "object_attention"), f * 2.0 * 64.0 * (double)s);
+    print_snc("mask pool (guide at stride 4)", 270, c.fs, time_median(B, run_mask_pool, &c, "mask_pool"),
+              f * (270.0 * (double)s + 2.0 * (double)(d * h * w)));
+    print_snc("channel gate (in place)", 270, c.fs, time_median(B, run_channel_gate, &c, "channel_gate"),
+              f * 2.0 * 270.0 * (double)s);
+    const void *buffers[] = {c.feats, c.guide, c.logits, c.query, c.key, c.value, c.gate, c.y, c.pooled, c.scratch};
+    for (size_t i = 0; i < sizeof buffers / sizeof *buffers; i++) B->b->iface->free(B->b, (void *)buffers[i]);
+}
+
 /* ---- whole forward through the public API ----------------------------------------------------- */
 
 static int forward(const char *model_path, const int64_t spatial[3], int emulated, int runs) {
@@ -361,12 +437,14 @@ int main(int argc, char **argv) {
     if (emulated) {
         B.k = (launchers){i3emu_conv, i3emu_conv_tensor_core, i3emu_instance_norm, i3emu_softmax_uncertainty,
                           i3emu_slice_sums, i3emu_softmax_slices, i3emu_softmax_slices_scratch_bytes,
-                          i3emu_sw_accumulate};
+                          i3emu_sw_accumulate, i3emu_spatial_gather, i3emu_object_attention,
+                          i3emu_mask_pool_scratch_bytes, i3emu_mask_pool, i3emu_channel_gate};
     } else {
 #ifdef I3RT_HAVE_CUDA
         B.k = (launchers){i3gpu_conv, i3gpu_conv_tensor_core, i3gpu_instance_norm, i3gpu_softmax_uncertainty,
                           i3gpu_slice_sums, i3gpu_softmax_slices, i3gpu_softmax_slices_scratch_bytes,
-                          i3gpu_sw_accumulate};
+                          i3gpu_sw_accumulate, i3gpu_spatial_gather, i3gpu_object_attention,
+                          i3gpu_mask_pool_scratch_bytes, i3gpu_mask_pool, i3gpu_channel_gate};
 #endif
     }
     int stages = quick ? 2 : 6;
@@ -378,9 +456,11 @@ int main(int argc, char **argv) {
     if (quick) {
         bench_maps(&B, 3, 8, 20, 40);
         bench_sliding_window(&B, 8, 12);
+        bench_snc_ops(&B, 8, 12, 16);
     } else {
         bench_maps(&B, 3, 128, 512, 512);
         bench_sliding_window(&B, 128, 256);
+        bench_snc_ops(&B, 64, 128, 128);
     }
     i3_backend_destroy(B.b);
     return 0;
