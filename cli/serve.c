@@ -476,40 +476,48 @@ static bool on_predict(call *c) {
 typedef struct {
     int64_t coords[3];
     i3rt_box box;
-    bool positive, run_prediction;
+    bool positive, run_prediction, override_checks;
     const uint8_t *mask;
     const i3rt_box *region;
     i3_ni_kind kind;
 } prompt;
 
+/* The lease's session with this request's override_capability_checks (a per-call flag in nnInteractive). */
+static i3rt_ni_session *prompt_session(call *c, const prompt *p) {
+    i3rt_ni_set_override_capability_checks(c->lease->session, p->override_checks);
+    return c->lease->session;
+}
+
 static i3rt_status do_point(call *c, const void *arg, i3rt_ni_result *result) {
     const prompt *p = arg;
-    return i3rt_ni_add_point(c->lease->session, p->coords, p->positive, p->run_prediction, result);
+    return i3rt_ni_add_point(prompt_session(c, p), p->coords, p->positive, p->run_prediction, result);
 }
 
 static i3rt_status do_box(call *c, const void *arg, i3rt_ni_result *result) {
     const prompt *p = arg;
-    return i3rt_ni_add_box(c->lease->session, &p->box, p->positive, p->run_prediction, result);
+    return i3rt_ni_add_box(prompt_session(c, p), &p->box, p->positive, p->run_prediction, result);
 }
 
 static i3rt_status do_mask(call *c, const void *arg, i3rt_ni_result *result) {
     const prompt *p = arg;
     if (p->kind == I3_NI_SCRIBBLE)
-        return i3rt_ni_add_scribble(c->lease->session, p->mask, p->region, p->positive, p->run_prediction, result);
-    return i3rt_ni_add_lasso(c->lease->session, p->mask, p->region, p->positive, p->run_prediction, result);
+        return i3rt_ni_add_scribble(prompt_session(c, p), p->mask, p->region, p->positive, p->run_prediction, result);
+    return i3rt_ni_add_lasso(prompt_session(c, p), p->mask, p->region, p->positive, p->run_prediction, result);
 }
 
 static i3rt_status do_initial_seg(call *c, const void *arg, i3rt_ni_result *result) {
     const prompt *p = arg;
-    return i3rt_ni_add_initial_seg(c->lease->session, p->mask, p->run_prediction, result);
+    return i3rt_ni_add_initial_seg(prompt_session(c, p), p->mask, p->run_prediction, result);
 }
 
-/* The JSON body of a point or box prompt: include_interaction (required), run_prediction (default true). */
+/* The JSON body of a point or box prompt: include_interaction (required), run_prediction (default true),
+ * override_capability_checks (default false). */
 static cJSON *prompt_body(call *c, prompt *p) {
     cJSON *body = body_object(c->rq, c->out);
     if (!body) return NULL;
     if (!get_flag(body, "include_interaction", -1, &p->positive, c->out) ||
-        !get_flag(body, "run_prediction", 1, &p->run_prediction, c->out)) {
+        !get_flag(body, "run_prediction", 1, &p->run_prediction, c->out) ||
+        !get_flag(body, "override_capability_checks", 0, &p->override_checks, c->out)) {
         cJSON_Delete(body);
         return NULL;
     }
@@ -556,6 +564,7 @@ static bool on_add_mask(call *c, i3_ni_kind kind) {
     const cJSON *bbox = cJSON_GetObjectItemCaseSensitive(meta, "interaction_bbox");
     bool ok = get_flag(meta, "include_interaction", -1, &p.positive, c->out) &&
               get_flag(meta, "run_prediction", 1, &p.run_prediction, c->out) &&
+              get_flag(meta, "override_capability_checks", 0, &p.override_checks, c->out) &&
               (!bbox || cJSON_IsNull(bbox) || get_box(bbox, "interaction_bbox", &region, c->out));
     if (ok && bbox && !cJSON_IsNull(bbox)) p.region = &region;
     cJSON_Delete(meta);
@@ -586,7 +595,8 @@ static bool on_add_initial_seg(call *c) {
     prompt p = {0};
     cJSON *meta = meta_object(c->conn, c->out);
     if (!meta) return false;
-    bool ok = get_flag(meta, "run_prediction", 0, &p.run_prediction, c->out);
+    bool ok = get_flag(meta, "run_prediction", 0, &p.run_prediction, c->out) &&
+              get_flag(meta, "override_capability_checks", 0, &p.override_checks, c->out);
     cJSON_Delete(meta);
     if (!ok || !need_target(c)) return false;
     i3_nnia_array seg;

@@ -328,6 +328,10 @@ i3rt_status i3rt_ni_set_image(i3rt_ni_session *s, const float *image, const int6
  * outlive its use by the session. Set it after i3rt_ni_set_image, which forgets the previous one. */
 i3rt_status i3rt_ni_set_target_buffer(i3rt_ni_session *s, uint8_t *target, const int64_t shape[3]);
 i3rt_status i3rt_ni_set_do_autozoom(i3rt_ni_session *s, int do_autozoom);
+/* override_capability_checks of nnInteractive's prompts: a prompt kind the checkpoint's capability
+ * metadata marks unsupported runs anyway on its mapped channels (off by default). A 3D box on a
+ * checkpoint without bbox3d stays an error, as in nnInteractive. */
+i3rt_status i3rt_ni_set_override_capability_checks(i3rt_ni_session *s, int override);
 i3rt_status i3rt_ni_reset_interactions(i3rt_ni_session *s);
 /* Reverts the last prompt (one level, as nnInteractive); *undone = 0 when there was nothing to undo.
  * changed (may be NULL): the box of the target buffer that the undo restored. */

@@ -38,6 +38,12 @@ i3rt_status i3rt_ni_set_do_autozoom(i3rt_ni_session *s, int do_autozoom) {
     return I3RT_OK;
 }
 
+i3rt_status i3rt_ni_set_override_capability_checks(i3rt_ni_session *s, int override) {
+    if (!s) return I3RT_ERR_INVALID_ARGUMENT;
+    s->override_capability_checks = override != 0;
+    return I3RT_OK;
+}
+
 i3rt_status i3rt_ni_reset_interactions(i3rt_ni_session *s) {
     if (!s) return I3RT_ERR_INVALID_ARGUMENT;
     i3_ni_reset_interactions(s);

@@ -771,10 +771,12 @@ static i3rt_status prepare_intensity(i3_ni_session *s) {
 /* Stored values are never negative, and non-negative halfs order like their bits. */
 static inline uint16_t f16_max(uint16_t a, uint16_t b) { return a > b ? a : b; }
 
+/* _check_capability_or_warn: with the override an unsupported prompt runs on its mapped channels (every
+ * kind has a mapping: the file's mapping is merged into the defaults). */
 static i3rt_status check_supported(i3_ni_session *s, i3_ni_kind k) {
-    if (!s->cap.supported[k])
+    if (!s->cap.supported[k] && !s->override_capability_checks)
         return i3_fail(s->ctx, I3RT_ERR_UNSUPPORTED, "nnInteractive: interaction '%s' is not supported by this checkpoint's "
-                       "capability metadata (%s)", kind_names[k], s->model_dir);
+                       "capability metadata (%s; override_capability_checks runs it anyway)", kind_names[k], s->model_dir);
     return I3RT_OK;
 }
 
@@ -958,9 +960,9 @@ i3rt_status i3_ni_add_mask(i3_ni_session *s, i3_ni_kind kind, const uint8_t *mas
 i3rt_status i3_ni_add_initial_seg(i3_ni_session *s, const uint8_t *mask, int run_prediction, i3rt_ni_result *result) {
     clear_result(result);
     I3_TRY(need_image(s, "add_initial_seg_interaction"));
-    if (!s->cap.supports_initial_label)
+    if (!s->cap.supports_initial_label && !s->override_capability_checks)
         return i3_fail(s->ctx, I3RT_ERR_UNSUPPORTED, "nnInteractive: interaction 'initial_label' is not supported by this "
-                       "checkpoint's capability metadata (%s)", s->model_dir);
+                       "checkpoint's capability metadata (%s; override_capability_checks runs it anyway)", s->model_dir);
     start_timing(s);
     const double t0 = i3_now_seconds();
     interaction_scope sc;

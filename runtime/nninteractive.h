@@ -83,6 +83,7 @@ struct i3rt_ni_session {
     double intensity;
     uint8_t *target;         /* the caller's buffer, NULL until set */
     int do_autozoom;
+    int override_capability_checks; /* prompts the capability metadata does not list still run */
     i3_ni_queue queue;
     i3_ni_undo_log undo;
     int has_last_paste;

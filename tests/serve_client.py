@@ -333,6 +333,8 @@ def bad_requests(url, shape):
     expect(400, "POST", "/add_point_interaction", "2 coordinates", json={"coordinates": [5, 6], "include_interaction": True})
     expect(400, "POST", "/add_point_interaction", "a point outside the image",
            json={"coordinates": [500, 6, 4], "include_interaction": True})
+    expect(400, "POST", "/add_point_interaction", "a string override_capability_checks",
+           json={"coordinates": [5, 6, 4], "include_interaction": True, "override_capability_checks": "yes"})
     expect(400, "POST", "/add_bbox_interaction", "a box of size zero",
            json={"bbox_coords": [[2, 2], [3, 9], [1, 8]], "include_interaction": True})
     expect(400, "POST", "/add_bbox_interaction", "a 3-d box (bbox3d unsupported)",
@@ -349,6 +351,8 @@ def bad_requests(url, shape):
     expect(400, "POST", "/add_lasso_interaction", "a truncated lasso", content=pack_array(mask)[:30], headers=meta(good))
     expect(400, "POST", "/add_lasso_interaction", "no include_interaction",
            content=pack_array(mask), headers=meta({"run_prediction": False}))
+    expect(400, "POST", "/add_lasso_interaction", "a list override_capability_checks",
+           content=pack_array(mask), headers=meta({**good, "override_capability_checks": [1]}))
     expect(400, "POST", "/add_initial_seg_interaction", "an initial seg of another shape",
            content=pack_array(mask[:, :, :5]), headers=meta({"run_prediction": False}))
     expect(400, "POST", "/set_do_autozoom", "no do_autozoom", json={})

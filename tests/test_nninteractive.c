@@ -386,6 +386,53 @@ Test(nninteractive, bad_model_folders) {
     i3rt_context_free(ctx);
 }
 
+/* override_capability_checks: a checkpoint without points and initial_label refuses them; with the override
+ * they are encoded on their mapped channels (nnInteractive merges every mapping into the defaults); a 3D box
+ * stays refused without bbox3d, as in _add_bbox_interaction. */
+Test(nninteractive, override_capability_checks) {
+    cJSON *j = steps_json();
+    int64_t shape[3];
+    json_shape(cJSON_GetObjectItem(j, "shape"), shape);
+    const int64_t n = shape[0] * shape[1] * shape[2];
+    float *image = read_image(shape);
+    i3rt_context *ctx = ctx_new();
+    char dir[512];
+    fx_temp_dir(dir, sizeof dir, "nninteractive_override");
+    const char *model = fx_path(fixtures(), "model");
+    const char *files[] = {"plans.json", "dataset.json", "fold_0.safetensors"};
+    for (int i = 0; i < 3; i++) copy_file(fx_path(model, files[i]), fx_path(dir, files[i]));
+    write_text(fx_path(dir, "inference_info.json"),
+               "{\"supported_interactions\": {\"points\": false}, \"supports_initial_label\": false}");
+    i3rt_ni_session *s = NULL;
+    cr_assert_eq(i3rt_ni_session_create(ctx, dir, 0, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    uint8_t *target = calloc((size_t)n, 1), *seg = calloc((size_t)n, 1);
+    cr_assert_eq(i3rt_ni_set_image(s, image, shape, NULL), I3RT_OK);
+    cr_assert_eq(i3rt_ni_set_target_buffer(s, target, shape), I3RT_OK);
+    const int64_t centre[3] = {shape[0] / 2, shape[1] / 2, shape[2] / 2};
+    const int64_t at = (centre[0] * shape[1] + centre[1]) * shape[2] + centre[2];
+    expect_error(ctx, i3rt_ni_add_point(s, centre, 1, 0, NULL), I3RT_ERR_UNSUPPORTED, "'points'");
+    seg[at] = 1;
+    expect_error(ctx, i3rt_ni_add_initial_seg(s, seg, 0, NULL), I3RT_ERR_UNSUPPORTED, "'initial_label'");
+
+    cr_assert_eq(i3rt_ni_set_override_capability_checks(s, 1), I3RT_OK);
+    cr_assert_eq(i3rt_ni_add_initial_seg(s, seg, 0, NULL), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_expect_neq(s->interactions[(int64_t)s->cap.prev_seg * n + at], 0, "the initial label is not in prev_seg");
+    cr_assert_eq(i3rt_ni_add_point(s, centre, 0, 0, NULL), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_expect_neq(s->interactions[(int64_t)s->cap.neg[I3_NI_POINTS] * n + at], 0, "the point is not on its channel");
+    const i3rt_box box3d = {{2, 2, 2}, {10, 10, 10}};
+    expect_error(ctx, i3rt_ni_add_box(s, &box3d, 1, 0, NULL), I3RT_ERR_UNSUPPORTED, "3D box");
+
+    cr_assert_eq(i3rt_ni_set_override_capability_checks(s, 0), I3RT_OK);
+    expect_error(ctx, i3rt_ni_add_point(s, centre, 1, 0, NULL), I3RT_ERR_UNSUPPORTED, "'points'");
+    i3rt_ni_session_free(s);
+    fx_remove_dir(dir);
+    free(seg);
+    free(target);
+    free(image);
+    cJSON_Delete(j);
+    i3rt_context_free(ctx);
+}
+
 /* ---- fp16 and decay ----------------------------------------------------------------------------------- */
 
 Test(nninteractive, f64_to_f16_rounds_once) {
