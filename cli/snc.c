@@ -7,8 +7,9 @@
  *       every slice clicked and finished, the guided 3D step, the post-processing: the 3D mask, and
  *       the recommended next slice
  *   i3rt snc recommend ... (as propagate, -o optional): the recommended next slice
- *   i3rt snc simulate IMAGE TRUTH -2 NET2D -3 NET3D -o OUTDIR [--iterations N]
- *       the simulated user (RITM's clicker) for N slices: Dice per iteration, clicks, times
+ *   i3rt snc simulate IMAGE TRUTH -2 NET2D -3 NET3D -o OUTDIR [--iterations N] [--start 3d|empty]
+ *       the simulated user (RITM's clicker) for N slices, each from the 3D prediction's slice (or empty):
+ *       Dice per iteration, clicks, times
  *   i3rt snc evaluate -2 NET2D -3 NET3D (--cases LIST.tsv | IMAGE TRUTH...) -o OUTDIR [--markdown FILE]
  *       simulate on every case: Dice after each iteration and the clicks used, one markdown table */
 #include "snc.h"    /* cli/snc.h */
@@ -47,8 +48,9 @@ static const char *HELP =
     "             around the accurate slices: writes the 3D mask to OUT and prints the next slice\n"
     "  recommend  the same, printing the recommended next slice (-o optional)\n"
     "  simulate   the simulated user: the truth's largest cross-section first, then the recommended\n"
-    "             slices; per slice RITM's clicker until Dice > 0.9 or 5 clicks; Dice after every\n"
-    "             iteration; writes OUTDIR/NAME_mask.nii.gz and a preview of every annotated slice\n"
+    "             slices; per slice from its start (--start) RITM's clicker until Dice > 0.9 or 5 clicks\n"
+    "             (a start with Dice > 0.9 is accepted without a click); Dice after every iteration;\n"
+    "             writes OUTDIR/NAME_mask.nii.gz and a preview of every annotated slice\n"
     "  evaluate   simulate on every case (LIST.tsv: NAME<TAB>IMAGE<TAB>TRUTH per line, paths relative to\n"
     "             the list's folder; or IMAGE TRUTH pairs): a markdown table of the Dice after each\n"
     "             iteration and the clicks used (also written to FILE), masks in OUTDIR\n"
@@ -77,6 +79,8 @@ static const char *HELP =
     "  --no-postprocess   no TV-L1 post-processing\n"
     "  --no-zoom          no zoom-in of the 2D predictor\n"
     "  --no-flip          no flip averaging of the 2D predictor\n"
+    "  --start S          where a slice's 2D clicks start after a propagation: 3d (default, the paper: the\n"
+    "                     3D prediction's slice, probabilities) or empty; matters for simulate and evaluate\n"
     "  --threads N        CPU threads (default 1)\n"
     "  --device D         backend: cpu (default), cuda or emulated\n"
     "  -h, --help         this help\n"
@@ -220,6 +224,10 @@ static int parse(int argc, char **argv, args *a) {
             int *target = is(o, "--skip") ? &a->params.recommend.skip : is(o, "--iterations") ? &a->iterations
                                                                                               : &a->threads;
             *target = (int)x;
+            i++;
+        } else if (is(o, "--start")) {
+            if (!v || !(is(v, "3d") || is(v, "empty"))) return usage("--start needs 3d or empty, got '%s'", v ? v : "");
+            a->params.start_3d = is(v, "3d");
             i++;
         } else if (is(o, "--device")) {
             if (!cli_parse_device(v, &a->backend))
@@ -453,6 +461,7 @@ static i3rt_status cmd_simulate(i3_ctx *ctx, const args *a, const char *name) {
         cJSON_AddStringToObject(root, "output_dir", a->out);
         for (int t = 0; t < done; t++) {
             cJSON *o = json_slice(it[t].slice.axis, it[t].slice.index);
+            cJSON_AddNumberToObject(o, "start_dice", it[t].start_dice);
             cJSON_AddNumberToObject(o, "clicks", it[t].clicks);
             cJSON_AddNumberToObject(o, "slice_dice", it[t].slice_dice);
             cJSON_AddBoolToObject(o, "accurate", it[t].accurate);
@@ -463,11 +472,12 @@ static i3rt_status cmd_simulate(i3_ctx *ctx, const args *a, const char *name) {
         cJSON_AddNumberToObject(root, "total_seconds", seconds);
         return print_json(ctx, root);
     }
-    printf("| iteration | slice | clicks | slice Dice | 3D Dice | seconds |\n|---|---|---|---|---|---|\n");
+    printf("| iteration | slice | start Dice | clicks | slice Dice | 3D Dice | seconds |\n"
+           "|---|---|---|---|---|---|---|\n");
     for (int t = 0; t < done; t++)
-        printf("| %d | %s %lld | %d | %.4f%s | %.4f | %.3f |\n", t + 1, i3_axis_name(it[t].slice.axis),
-               (long long)it[t].slice.index, it[t].clicks, it[t].slice_dice, it[t].accurate ? " (accurate)" : "",
-               it[t].dice, it[t].seconds);
+        printf("| %d | %s %lld | %.4f | %d | %.4f%s | %.4f | %.3f |\n", t + 1, i3_axis_name(it[t].slice.axis),
+               (long long)it[t].slice.index, it[t].start_dice, it[t].clicks, it[t].slice_dice,
+               it[t].accurate ? " (accurate)" : "", it[t].dice, it[t].seconds);
     if (done < a->iterations) printf("(stopped after %d: no slice left to recommend)\n", done);
     printf("mask: %s/%s_mask.nii.gz\n", a->out, name);
     return I3RT_OK;
@@ -552,7 +562,9 @@ static i3rt_status cmd_evaluate(i3_ctx *ctx, const args *a) {
     if (st == I3RT_OK) {
         write_table(stdout, cases, n, T, dice, clicks, seconds);
         printf("\nDice t: the 3D mask vs the truth after t annotated slices; clicks t: clicks used on the first t "
-               "slices (at most 5 each, fewer once a slice's Dice > 0.9); seconds: the case's session stages.\n");
+               "slices (at most 5 each, fewer once a slice's Dice > 0.9; slices after the first start from %s); "
+               "seconds: the case's session stages.\n",
+               a->params.start_3d ? "the 3D prediction's slice (--start 3d)" : "an empty mask (--start empty)");
     }
     free(dice), free(seconds), free(clicks), free(cases);
     return st;

@@ -207,6 +207,8 @@ typedef struct {
     int postprocess;   /* TV-L1 post-processing on (1) */
     int zoom_in;       /* RITM's zoom-in around the object on later clicks (1) */
     int with_flip;     /* RITM's horizontal flip averaging (1) */
+    int start_3d;      /* after a propagation a slice's 2D clicks start from the 3D prediction's slice (1, the
+                          paper), or from an empty mask (0) */
 } i3rt_snc_params;
 
 /* Stages, each timed in wall-clock seconds (added up over calls). */
@@ -225,7 +227,8 @@ typedef enum {
 typedef struct {
     i3rt_axis axis;
     int64_t index;     /* the slice annotated: the first slice, then the recommended ones */
-    int clicks;        /* clicks on it */
+    double start_dice; /* its start (the 3D prediction's slice, or empty) vs the truth's slice */
+    int clicks;        /* clicks on it (0: the start was accepted) */
     double slice_dice; /* its accepted 2D mask vs the truth's slice */
     int accurate;      /* slice_dice > 0.9: it steers the post-processing */
     double dice;       /* the 3D mask vs the truth after this iteration */
@@ -251,13 +254,16 @@ i3rt_status i3rt_snc_load_2d(i3rt_snc_session *s, const char *path);
 i3rt_status i3rt_snc_load_3d(i3rt_snc_session *s, const char *path);
 
 /* A click on slice (axis, index) at (y, x); positive: object (1) or background (0). mask (may be NULL):
- * the slice's new 2D mask, n_pixels = rows * cols of the slice. A click on a finished slice reopens it. */
+ * the slice's new 2D mask, n_pixels = rows * cols of the slice. The first click on a slice starts RITM's
+ * predictor from the 3D prediction's slice (probabilities) after a propagation with start_3d, else from
+ * an empty mask. A click on a finished slice reopens it. */
 i3rt_status i3rt_snc_click(i3rt_snc_session *s, i3rt_axis axis, int64_t index, double y, double x, int positive,
                            uint8_t *mask, int64_t n_pixels);
 /* The current 2D mask of a clicked or finished slice. */
 i3rt_status i3rt_snc_get_slice_mask(i3rt_snc_session *s, i3rt_axis axis, int64_t index, uint8_t *mask,
                                     int64_t n_pixels);
-/* Accepts the slice's mask (no click: an empty mask); accurate != 0 also uses it in the post-processing. */
+/* Accepts the slice's mask (no click: its start, i.e. the 3D prediction's slice after a propagation with
+ * start_3d, else an empty mask); accurate != 0 also uses it in the post-processing. */
 i3rt_status i3rt_snc_finish_slice(i3rt_snc_session *s, i3rt_axis axis, int64_t index, int accurate);
 /* The guided 3D step over every finished slice, the recommendation, the post-processing. */
 i3rt_status i3rt_snc_propagate(i3rt_snc_session *s);
@@ -274,7 +280,8 @@ i3rt_status i3rt_snc_save_mask(i3rt_snc_session *s, const char *path);
 i3rt_status i3rt_snc_save_preview(i3rt_snc_session *s, i3rt_axis axis, int64_t index, const char *path);
 
 /* The simulated user on a fresh session (paper Sec. 4.4): the first slice is the truth's largest
- * cross-section over the three axes, then the recommended ones; per slice RITM's clicker (a click at the
+ * cross-section over the three axes, then the recommended ones; per slice, from its start (see
+ * i3rt_snc_click; a start with Dice > 0.9 is accepted without a click), RITM's clicker (a click at the
  * farthest point of the larger error region) until the slice's Dice > 0.9 or 5 clicks; then propagate.
  * truth: [d, h, w], non-zero = object. results holds `iterations` entries; *n_done = how many ran. */
 i3rt_status i3rt_snc_simulate(i3rt_snc_session *s, const uint8_t *truth, int64_t n_voxels, int iterations,

@@ -21,7 +21,7 @@ void i3rt_snc_params_default(i3rt_snc_params *params) {
     if (!params) return;
     const i3_snc_session_params d = I3_SNC_SESSION_DEFAULTS;
     *params = (i3rt_snc_params){d.recommend.tau, d.recommend.skip, d.gamma, d.postprocess, d.predictor.zoom_in,
-                                d.predictor.with_flip};
+                                d.predictor.with_flip, d.start_3d};
 }
 
 const char *i3rt_snc_stage_name(i3rt_snc_stage stage) { return i3_snc_stage_name((i3_snc_stage)stage); }
@@ -36,6 +36,7 @@ i3rt_status i3rt_snc_open(i3rt_context *ctx, const char *image_path, const i3rt_
         p.recommend.tau = params->tau, p.recommend.skip = params->skip;
         p.gamma = params->gamma, p.postprocess = params->postprocess != 0;
         p.predictor.zoom_in = params->zoom_in != 0, p.predictor.with_flip = params->with_flip != 0;
+        p.start_3d = params->start_3d != 0;
     }
     i3rt_snc_session *h = i3_calloc(ctx, 1, sizeof *h, "the SnC session");
     if (!h) return I3RT_ERR_OUT_OF_MEMORY;
@@ -176,8 +177,9 @@ i3rt_status i3rt_snc_simulate(i3rt_snc_session *h, const uint8_t *truth, int64_t
     p.iterations = iterations;
     const i3rt_status st = i3_snc_simulate(h->s, truth, &p, it, n_done);
     for (int t = 0; t < *n_done; t++)
-        results[t] = (i3rt_snc_iteration){(i3rt_axis)it[t].slice.axis, it[t].slice.index, it[t].clicks,
-                                          it[t].slice_dice, it[t].accurate, it[t].dice, it[t].seconds};
+        results[t] = (i3rt_snc_iteration){(i3rt_axis)it[t].slice.axis, it[t].slice.index, it[t].start_dice,
+                                          it[t].clicks, it[t].slice_dice, it[t].accurate, it[t].dice,
+                                          it[t].seconds};
     free(it);
     return st;
 }

@@ -273,17 +273,69 @@ static i3rt_status make_room(i3_snc_session *s, const char *what) {
     return I3RT_OK;
 }
 
-/* The slice's image as the 2D network takes it: the windowed plane repeated into 3 channels. */
+/* The slice's start (Algorithm 1's M_{t,0}^2D) into plane: the 3D probabilities' slice once a propagation
+ * made them, with start_3d; 0 (plane untouched) for the empty start. The soft map, not the 3D mask,
+ * because RITM's previous mask is its own probabilities (prev_prediction; iterative training feeds
+ * sigmoid outputs) and the 3D step gets the same map as M_{t-1}^3D. */
+static int slice_start(const i3_snc_session *s, i3_axis axis, int64_t index, float *plane) {
+    if (!s->params.start_3d || s->iterations == 0) return 0;
+    i3_slice_get(s->probs, sizeof(float), s->image.d, s->image.h, s->image.w, axis, index, plane);
+    return 1;
+}
+
+/* The slice's predictor: the windowed plane repeated into 3 channels as the 2D network takes it, started
+ * from the slice's start. */
 static i3rt_status make_predictor(i3_snc_session *s, slice_record *r) {
     const int64_t n = r->rows * r->cols;
-    float *rgb = i3_malloc(s->ctx, (size_t)(3 * n) * sizeof *rgb, "an SnC slice image");
+    float *rgb = i3_malloc(s->ctx, (size_t)(4 * n) * sizeof *rgb, "an SnC slice image and start");
     if (!rgb) return I3RT_ERR_OUT_OF_MEMORY;
+    float *start = rgb + 3 * n;
     i3_slice_get(s->image.data, sizeof(float), s->image.d, s->image.h, s->image.w, r->axis, r->index, rgb);
     memcpy(rgb + n, rgb, (size_t)n * sizeof *rgb);
     memcpy(rgb + 2 * n, rgb, (size_t)n * sizeof *rgb);
-    const i3rt_status st = i3_snc_predictor_create(s->ctx, &s->net2d, rgb, r->rows, r->cols, &s->params.predictor,
-                                                   &r->predictor);
+    i3rt_status st = i3_snc_predictor_create(s->ctx, &s->net2d, rgb, r->rows, r->cols, &s->params.predictor,
+                                             &r->predictor);
+    if (st == I3RT_OK && slice_start(s, r->axis, r->index, start))
+        st = i3_snc_predictor_set_start(r->predictor, start);
+    if (st != I3RT_OK) {
+        i3_snc_predictor_free(r->predictor);
+        r->predictor = NULL;
+    }
     free(rgb);
+    return st;
+}
+
+/* The slice's record with a predictor (made from the slice's start if it has none). A new record is
+ * written at s->slices[s->n_slices] with *is_new = 1: the caller counts it on success or frees it
+ * (*is_new = 0 when there was no room to write one). */
+static i3rt_status slice_with_predictor(i3_snc_session *s, i3_axis axis, int64_t index, const char *what,
+                                        slice_record **out, int *is_new) {
+    slice_record *r = find_slice(s, axis, index);
+    *is_new = 0;
+    if (!r) {
+        I3_TRY(make_room(s, what));
+        *is_new = 1;
+        r = &s->slices[s->n_slices];
+        *r = (slice_record){.axis = axis, .index = index};
+        i3_slice_dims(axis, s->image.d, s->image.h, s->image.w, &r->rows, &r->cols);
+    }
+    *out = r;
+    if (r->predictor) return I3RT_OK;
+    const double t0 = i3_now_seconds();
+    const i3rt_status st = make_predictor(s, r);
+    s->seconds[I3_SNC_STAGE_CLICK] += i3_now_seconds() - t0;
+    return st;
+}
+
+i3rt_status i3_snc_session_begin_slice(i3_snc_session *s, i3_axis axis, int64_t index) {
+    if (!s) return I3RT_ERR_INVALID_ARGUMENT;
+    I3_TRY(check_slice(s, axis, index, "SnC begin slice"));
+    if (!s->has_net2d) return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC begin slice: no 2D network loaded");
+    slice_record *r;
+    int is_new;
+    const i3rt_status st = slice_with_predictor(s, axis, index, "SnC begin slice", &r, &is_new);
+    if (st != I3RT_OK && is_new) record_free(r);
+    else if (is_new) s->n_slices++;
     return st;
 }
 
@@ -298,22 +350,21 @@ i3rt_status i3_snc_session_click(i3_snc_session *s, i3_axis axis, int64_t index,
                        i3_axis_name(axis), (long long)index, (long long)rows, (long long)cols);
     if (!s->has_net2d)
         return i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT, "SnC click: no 2D network loaded");
-    slice_record *r = find_slice(s, axis, index);
-    const int is_new = r == NULL;
-    if (is_new) I3_TRY(make_room(s, "SnC click"));
-    if (is_new) {
-        r = &s->slices[s->n_slices];
-        *r = (slice_record){.axis = axis, .index = index, .rows = rows, .cols = cols};
+    slice_record *r;
+    int is_new;
+    i3rt_status st = slice_with_predictor(s, axis, index, "SnC click", &r, &is_new);
+    if (st != I3RT_OK) {
+        if (is_new) record_free(r);
+        return st;
     }
     const double t0 = i3_now_seconds();
-    i3rt_status st = r->predictor ? I3RT_OK : make_predictor(s, r);
-    if (st == I3RT_OK && r->n_clicks == r->cap_clicks) {
+    if (r->n_clicks == r->cap_clicks) {
         const int cap = r->cap_clicks ? 2 * r->cap_clicks : 8;
         i3_snc_click *grown = realloc(r->clicks, (size_t)cap * sizeof *grown);
         if (grown) r->clicks = grown, r->cap_clicks = cap;
         else st = i3_fail(s->ctx, I3RT_ERR_OUT_OF_MEMORY, "SnC click: out of memory for %d clicks", cap);
     }
-    /* a slice whose predictor is new (accepted without clicks, or the 2D network changed) starts over */
+    /* a slice whose predictor is new (finished without clicks, or the 2D network changed) starts over */
     const int fresh = st == I3RT_OK && i3_snc_predictor_n_clicks(r->predictor) == 0;
     if (st == I3RT_OK) st = i3_snc_predictor_click(r->predictor, (float)y, (float)x, positive);
     s->seconds[I3_SNC_STAGE_CLICK] += i3_now_seconds() - t0;
@@ -334,7 +385,7 @@ const uint8_t *i3_snc_session_slice_mask(i3_snc_session *s, i3_axis axis, int64_
     const slice_record *r = find_slice(s, axis, index);
     if (!r) {
         i3_fail(s->ctx, I3RT_ERR_INVALID_ARGUMENT,
-                "SnC slice mask: %s slice %lld has no mask (neither clicked nor finished)", i3_axis_name(axis),
+                "SnC slice mask: %s slice %lld has no mask (not begun, clicked or finished)", i3_axis_name(axis),
                 (long long)index);
         return NULL;
     }
@@ -359,10 +410,20 @@ i3rt_status i3_snc_session_finish(i3_snc_session *s, i3_axis axis, int64_t index
     slice_record fresh = {.axis = axis, .index = index};
     i3_slice_dims(axis, s->image.d, s->image.h, s->image.w, &fresh.rows, &fresh.cols);
     slice_record *t = r ? r : &fresh;
-    /* a slice without a click is accepted as empty (no object on it) */
-    uint8_t *accepted = t->accepted ? t->accepted : i3_calloc(s->ctx, (size_t)(t->rows * t->cols), 1, "an SnC mask");
-    if (!accepted) return I3RT_ERR_OUT_OF_MEMORY;
-    if (t->predictor) memcpy(accepted, i3_snc_predictor_mask(t->predictor), (size_t)(t->rows * t->cols));
+    const int64_t n = t->rows * t->cols;
+    /* a slice never clicked or begun is accepted as its start thresholded as the predictor would: the 3D
+     * prediction's slice, or empty (no object on it) */
+    uint8_t *accepted = t->accepted ? t->accepted : i3_calloc(s->ctx, (size_t)n, 1, "an SnC mask");
+    float *start = t->predictor ? NULL : i3_malloc(s->ctx, (size_t)n * sizeof *start, "an SnC start");
+    if (!accepted || (!t->predictor && !start)) {
+        if (accepted != t->accepted) free(accepted);
+        free(start);
+        return I3RT_ERR_OUT_OF_MEMORY;
+    }
+    if (t->predictor) memcpy(accepted, i3_snc_predictor_mask(t->predictor), (size_t)n);
+    else if (slice_start(s, t->axis, t->index, start))
+        for (int64_t i = 0; i < n; i++) accepted[i] = start[i] > s->params.predictor.prob_thresh;
+    free(start);
     t->accepted = accepted;
     t->finished = 1;
     t->accurate = accurate != 0;

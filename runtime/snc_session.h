@@ -3,8 +3,9 @@
  * recommendation, with RITM's simulated user on top (snc_simulate.c).
  *
  *   open (the image windowed to [0, 1]) -> load the 2D network (and the 3D one)
- *   repeat: click on a slice (one RITM predictor per slice, snc_predictor.h) ... finish the slice
- *           (its mask is accepted; "accurate" masks also steer the post-processing)
+ *   repeat: click on a slice (one RITM predictor per slice, snc_predictor.h, starting from the 3D
+ *           prediction's slice once there is one) ... finish the slice (its mask is accepted;
+ *           "accurate" masks also steer the post-processing)
  *           propagate: the guided 3D network on the image, the previous 3D prediction and every
  *           finished slice's clicks and mask -> probabilities; the recommended next slice from their
  *           confidence (snc_recommend.h); the TV-L1 post-processing around every accurate mask
@@ -63,10 +64,13 @@ typedef struct {
     double gamma;                      /* post-processing fall-off max(1 - gamma |k|, 0), in [0, 1] (0.25) */
     int postprocess;                   /* TV-L1 post-processing on (1) */
     i3_tvl1_params tvl1;               /* skimage's defaults */
+    int start_3d;                      /* a slice's predictor starts from the 3D probabilities' slice once a
+                                          propagation made them (1: Algorithm 1's M_{t,0}^2D), or from an
+                                          empty mask (0) */
 } i3_snc_session_params;
 
 #define I3_SNC_SESSION_DEFAULTS \
-    ((i3_snc_session_params){I3_SNC_PREDICTOR_DEFAULTS, I3_SNC_RECOMMEND_DEFAULTS, 0.25, 1, I3_TVL1_DEFAULTS})
+    ((i3_snc_session_params){I3_SNC_PREDICTOR_DEFAULTS, I3_SNC_RECOMMEND_DEFAULTS, 0.25, 1, I3_TVL1_DEFAULTS, 1})
 
 typedef struct i3_snc_session i3_snc_session;
 
@@ -90,14 +94,22 @@ i3rt_status i3_snc_session_set_net3d(i3_snc_session *s, i3_snc_guided_net net);
 i3rt_status i3_snc_session_load_net2d(i3_snc_session *s, const char *path); /* i3_snc_net_load */
 i3rt_status i3_snc_session_load_net3d(i3_snc_session *s, const char *path); /* i3_snc_guided_load */
 
-/* A click on slice (axis, index) at (y, x) in its plane (row, column): the slice's predictor (made on
- * its first click) predicts its 2D mask. A click on a finished slice reopens it. */
+/* Begins annotating slice (axis, index): its predictor is made from the slice's start, with start_3d and
+ * after a propagation the 3D probabilities' slice (the soft map the 3D mask is thresholded from,
+ * post-processed, the accepted masks pasted in), else empty; the start thresholded (probs >
+ * prob_thresh) is the slice's mask before any click. Nothing changes for a slice that has a predictor
+ * (begun or clicked already; a finished one keeps its mask). */
+i3rt_status i3_snc_session_begin_slice(i3_snc_session *s, i3_axis axis, int64_t index);
+/* A click on slice (axis, index) at (y, x) in its plane (row, column): the slice's predictor (made from
+ * its start on the first click unless begun) predicts its 2D mask. A click on a finished slice reopens it. */
 i3rt_status i3_snc_session_click(i3_snc_session *s, i3_axis axis, int64_t index, double y, double x, int positive);
-/* The current 2D mask [rows, cols] of a clicked slice; NULL (and an error in ctx) if it has none. */
+/* The current 2D mask [rows, cols] of a begun or clicked slice (the accepted one once finished); NULL (and
+ * an error in ctx) if it has none. */
 const uint8_t *i3_snc_session_slice_mask(i3_snc_session *s, i3_axis axis, int64_t index, int64_t *rows,
                                          int64_t *cols);
 int i3_snc_session_slice_clicks(const i3_snc_session *s, i3_axis axis, int64_t index); /* 0 if none */
-/* Accepts the slice's current mask (a slice without clicks: an empty mask, "no object here");
+/* Accepts the slice's current mask (a slice without clicks: its start thresholded, i.e. the 3D
+ * prediction's slice after a propagation with start_3d, else an empty mask, "no object here");
  * accurate: it also steers the post-processing. */
 i3rt_status i3_snc_session_finish(i3_snc_session *s, i3_axis axis, int64_t index, int accurate);
 
@@ -150,18 +162,21 @@ typedef struct {
 
 typedef struct {
     i3_slice slice;      /* the slice annotated (first slice, then the recommendation) */
-    int clicks;          /* clicks on it */
+    double start_dice;   /* its start (the mask before any click) vs the truth's slice */
+    int clicks;          /* clicks on it (0: the start was accepted) */
     double slice_dice;   /* its 2D mask vs the truth's slice when finished */
     int accurate;        /* slice_dice > stop_dice */
     double dice;         /* the 3D mask vs the truth after this iteration's propagation */
     double seconds;      /* wall clock of the iteration (clicks, propagation) */
 } i3_snc_iteration;
 
-/* The paper's protocol (Sec. 4.4) on the session: per iteration the simulated user clicks on the slice
- * (i3_snc_next_click on its current mask, starting from an empty mask) until its Dice > stop_dice or
- * max_clicks, finishes it (accurate if Dice > stop_dice), and the session propagates; the next slice
- * is the recommendation. out holds params->iterations entries; *n_done = iterations run (fewer when
- * nothing is recommended). truth: [d, h, w] 0/1. */
+/* The paper's protocol (Sec. 4.4) on the session: per iteration the simulated user begins the slice
+ * (its start: the 3D prediction's slice after the first propagation with start_3d, else empty), clicks
+ * (i3_snc_next_click on its current mask, the start's errors first) while its Dice <= stop_dice and
+ * fewer than max_clicks were made (a start with Dice > stop_dice is accepted without a click), finishes
+ * it (accurate if Dice > stop_dice), and the session propagates; the next slice is the recommendation.
+ * out holds params->iterations entries; *n_done = iterations run (fewer when nothing is recommended).
+ * truth: [d, h, w] 0/1. */
 i3rt_status i3_snc_simulate(i3_snc_session *s, const uint8_t *truth, const i3_snc_simulate_params *params,
                             i3_snc_iteration *out, int *n_done);
 

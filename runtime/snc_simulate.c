@@ -131,18 +131,21 @@ int i3_snc_first_slice(const uint8_t *truth, int64_t d, int64_t h, int64_t w, i3
     return found;
 }
 
-/* The inner loop on one slice: clicks until Dice > stop_dice or max_clicks, then finish. */
+/* The inner loop on one slice: from its start (the session's), clicks while Dice <= stop_dice and fewer
+ * than max_clicks, then finish. */
 static i3rt_status annotate_slice(i3_snc_session *s, const uint8_t *truth, const i3_snc_simulate_params *p,
                                   i3_slice slice, i3_snc_iteration *it) {
     const i3_volume *im = i3_snc_session_image(s);
     int64_t rows, cols;
     i3_slice_dims(slice.axis, im->d, im->h, im->w, &rows, &cols);
     const int64_t n = rows * cols;
-    uint8_t *plane = i3_calloc(i3_snc_session_context(s), (size_t)(3 * n), 1, "the simulated user's planes");
+    I3_TRY(i3_snc_session_begin_slice(s, slice.axis, slice.index)); /* the start is its mask now */
+    const uint8_t *mask = i3_snc_session_slice_mask(s, slice.axis, slice.index, &rows, &cols);
+    uint8_t *plane = i3_calloc(i3_snc_session_context(s), (size_t)(2 * n), 1, "the simulated user's planes");
     if (!plane) return I3RT_ERR_OUT_OF_MEMORY;
-    uint8_t *target = plane, *clicked = plane + n, *empty = plane + 2 * n;
+    uint8_t *target = plane, *clicked = plane + n;
     i3_slice_get(truth, 1, im->d, im->h, im->w, slice.axis, slice.index, target);
-    const uint8_t *mask = empty;
+    it->start_dice = i3_snc_dice(mask, target, n);
     i3rt_status st = I3RT_OK;
     int clicks = 0, found = 1;
     i3_snc_click c;

@@ -7,6 +7,9 @@
  *   - the loop end to end with small networks defined here (a 2D net that thresholds the image and
  *     follows the clicks; a 3D net that is confident near finished slices), checked step by step against
  *     what the protocol says, and twice for determinism;
+ *   - the start of a slice after a propagation (the 3D probabilities' slice, or empty with start_3d 0): the
+ *     first click's previous mask, the mask before any click, a start accepted by the simulated user
+ *     without a click, and with HRNet-18s the session's click equal to a predictor's from that start;
  *   - the public API on a NIfTI file with RITM's HRNet-18 (random weights, tests/gen_snc_session.py);
  *   - bad input: the error names the problem and the session still works afterwards;
  *   - saving: whole or not at all. */
@@ -235,32 +238,50 @@ static void make_volume(i3_volume *v, uint8_t *truth, double truth_e) {
             }
 }
 
-static i3_snc_session *fake_session(i3rt_context *ctx, guided_state *g, uint8_t *truth, double truth_e) {
+/* A session on make_volume's image with the given parameters (NULL: the defaults without zoom-in, as
+ * fake_session) and networks. */
+static i3_snc_session *session_with(i3rt_context *ctx, uint8_t *truth, double truth_e, const i3_snc_session_params *p,
+                                    i3_snc_net net2d, i3_snc_guided_net net3d) {
     i3_volume v;
     make_volume(&v, truth, truth_e);
     i3_snc_session *s = NULL;
     /* no zoom-in: on these 20-pixel slices RITM's zoom-in would blow the crop up to 400 pixels and shrink
      * the click disks to a quarter pixel of the slice */
-    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
-    p.predictor.zoom_in = 0;
-    cr_assert_eq(i3_snc_session_open(ctx, &v, &p, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_snc_session_params defaults = I3_SNC_SESSION_DEFAULTS;
+    defaults.predictor.zoom_in = 0;
+    cr_assert_eq(i3_snc_session_open(ctx, &v, p ? p : &defaults, &s), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3_volume_free(&v);
-    cr_assert_eq(i3_snc_session_set_net2d(s, threshold_net()), I3RT_OK);
-    cr_assert_eq(i3_snc_session_set_net3d(s, (i3_snc_guided_net){.predict = near_slices_predict, .user = g}), I3RT_OK);
+    cr_assert_eq(i3_snc_session_set_net2d(s, net2d), I3RT_OK);
+    cr_assert_eq(i3_snc_session_set_net3d(s, net3d), I3RT_OK);
     return s;
+}
+
+static i3_snc_session *fake_session(i3rt_context *ctx, guided_state *g, uint8_t *truth, double truth_e) {
+    return session_with(ctx, truth, truth_e, NULL, threshold_net(),
+                        (i3_snc_guided_net){.predict = near_slices_predict, .user = g});
 }
 
 /* ---- the loop end to end ---------------------------------------------------------------------------- */
 
+/* A fake session (fake_session's networks) whose slices start from the 3D prediction (start_3d 1) or empty. */
+static i3_snc_session *fake_session_start(i3rt_context *ctx, guided_state *g, uint8_t *truth, double truth_e,
+                                          int start_3d) {
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.predictor.zoom_in = 0, p.start_3d = start_3d;
+    return session_with(ctx, truth, truth_e, &p, threshold_net(),
+                        (i3_snc_guided_net){.predict = near_slices_predict, .user = g});
+}
+
 /* The protocol on the volume with truth grown to truth_e; returns how many slices were accurate after
  * clicks and how many ran out of clicks. */
-static void check_protocol(double truth_e, int *accurate, int *out_of_clicks) {
+static void check_protocol(double truth_e, int start_3d, int *accurate, int *out_of_clicks) {
     i3rt_context *ctx = new_ctx();
     *accurate = *out_of_clicks = 0;
     const int64_t n = VD * VH * VW;
     uint8_t *truth = malloc(n);
     guided_state g = {0};
-    i3_snc_session *s = fake_session(ctx, &g, truth, truth_e);
+    i3_snc_session *s = fake_session_start(ctx, &g, truth, truth_e, start_3d);
+    printf("protocol, truth grown to %g, start %s:\n", truth_e, start_3d ? "3d" : "empty");
     i3_snc_iteration it[4];
     int done = 0;
     cr_assert_eq(i3_snc_simulate(s, truth, &(i3_snc_simulate_params){4, 5, 0.9}, it, &done), I3RT_OK, "%s",
@@ -271,8 +292,8 @@ static void check_protocol(double truth_e, int *accurate, int *out_of_clicks) {
     cr_assert(it[0].slice.axis == first.axis && it[0].slice.index == first.index);
     for (int t = 0; t < done; t++) {
         const i3_slice sl = it[t].slice;
-        printf("iteration %d: %s %lld, %d clicks, slice Dice %.4f%s, 3D Dice %.6f, %.3f s\n", t + 1,
-               i3_axis_name(sl.axis), (long long)sl.index, it[t].clicks, it[t].slice_dice,
+        printf("iteration %d: %s %lld, start Dice %.4f, %d clicks, slice Dice %.4f%s, 3D Dice %.6f, %.3f s\n", t + 1,
+               i3_axis_name(sl.axis), (long long)sl.index, it[t].start_dice, it[t].clicks, it[t].slice_dice,
                it[t].accurate ? " (accurate)" : "", it[t].dice, it[t].seconds);
         int64_t rows, cols;
         i3_slice_dims(sl.axis, VD, VH, VW, &rows, &cols);
@@ -280,8 +301,12 @@ static void check_protocol(double truth_e, int *accurate, int *out_of_clicks) {
         i3_slice_get(truth, 1, VD, VH, VW, sl.axis, sl.index, plane);
         int64_t object = 0;
         for (int64_t i = 0; i < rows * cols; i++) object += plane[i];
-        /* a slice without object is accepted empty without a click */
-        cr_assert(object ? it[t].clicks >= 1 && it[t].clicks <= 5 : it[t].clicks == 0, "%d clicks", it[t].clicks);
+        /* the first slice starts empty (nothing propagated yet): Dice 0, or 1 without object */
+        if (t == 0) cr_assert_eq(it[t].start_dice, object ? 0.0 : 1.0);
+        /* a start with Dice > 0.9 is accepted as it is, else clicks (at most 5) */
+        cr_assert(it[t].start_dice > 0.9 ? it[t].clicks == 0 && it[t].slice_dice == it[t].start_dice
+                                         : it[t].clicks >= 1 && it[t].clicks <= 5,
+                  "iteration %d: start Dice %g, %d clicks", t + 1, it[t].start_dice, it[t].clicks);
         cr_assert_eq(it[t].accurate, it[t].slice_dice > 0.9);
         /* stopped by the rule: either accurate, or 5 clicks */
         cr_assert(it[t].accurate || it[t].clicks == 5, "iteration %d stopped early", t + 1);
@@ -311,7 +336,7 @@ static void check_protocol(double truth_e, int *accurate, int *out_of_clicks) {
     uint8_t *first_mask = malloc(n);
     memcpy(first_mask, i3_snc_session_mask(s), n);
     guided_state g2 = {0};
-    i3_snc_session *s2 = fake_session(ctx, &g2, truth, truth_e);
+    i3_snc_session *s2 = fake_session_start(ctx, &g2, truth, truth_e, start_3d);
     i3_snc_iteration it2[4];
     int done2 = 0;
     cr_assert_eq(i3_snc_simulate(s2, truth, &(i3_snc_simulate_params){4, 5, 0.9}, it2, &done2), I3RT_OK);
@@ -331,10 +356,14 @@ static void check_protocol(double truth_e, int *accurate, int *out_of_clicks) {
 
 Test(snc_session, simulated_loop_follows_the_protocol) {
     int accurate, out_of_clicks;
-    check_protocol(1.1, &accurate, &out_of_clicks); /* the 2D net gets slices right: post-processing runs */
-    cr_assert(accurate >= 2, "%d accurate slices", accurate);
-    check_protocol(1.25, &accurate, &out_of_clicks); /* a ring the disks cannot fit: 5 clicks each */
-    cr_assert(out_of_clicks >= 2, "%d slices ran out of clicks", out_of_clicks);
+    for (int start_3d = 0; start_3d <= 1; start_3d++) {
+        check_protocol(1.1, start_3d, &accurate, &out_of_clicks); /* the 2D net gets slices right */
+        /* from empty starts every slice with object takes clicks; from the 3D prediction later slices that
+         * the 3D step got right are accepted without */
+        cr_assert(accurate >= (start_3d ? 1 : 2), "%d accurate slices after clicks", accurate);
+        check_protocol(1.25, start_3d, &accurate, &out_of_clicks); /* a ring the disks cannot fit: 5 clicks */
+        cr_assert(out_of_clicks >= 2, "%d slices ran out of clicks", out_of_clicks);
+    }
 }
 
 Test(snc_session, clicks_finish_propagate_by_hand) {
@@ -375,6 +404,155 @@ Test(snc_session, clicks_finish_propagate_by_hand) {
     cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK);
     cr_assert_eq(g.n_annotations[1], 1);
     i3_snc_session_free(s);
+    i3rt_context_free(ctx);
+}
+
+/* ---- the start of a slice: the 3D prediction's slice (Algorithm 1's M_{t,0}^2D) or empty ---------------- */
+
+/* The threshold network that also keeps the previous-mask plane of its last input. */
+typedef struct {
+    int calls;
+    float prev[VD * VH * VW]; /* room for any plane of the test volume */
+} recording_state;
+
+static i3rt_status recording_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+    recording_state *r = user;
+    r->calls++;
+    memcpy(r->prev, in + 3 * h * w, (size_t)(h * w) * sizeof *in);
+    return threshold_forward(NULL, in, h, w, logits);
+}
+
+/* Counts the pixels of plane [n] that differ from want (NULL: zeros). */
+static int64_t plane_differs(const float *plane, const float *want, int64_t n) {
+    int64_t k = 0;
+    for (int64_t i = 0; i < n; i++) k += plane[i] != (want ? want[i] : 0.0f);
+    return k;
+}
+
+/* After a propagation a slice's predictor starts from the 3D probabilities' slice: it is the first click's
+ * previous mask bit for bit (no zoom, no flip: the network sees the slice), and thresholded at 0.49 the
+ * slice's mask before any click and the mask of a slice finished without clicks. Before any propagation,
+ * and with start_3d 0 always, the start is empty. */
+Test(snc_session, start_from_the_3d_prediction) {
+    i3rt_context *ctx = new_ctx();
+    for (int start_3d = 1; start_3d >= 0; start_3d--) {
+        recording_state *rec = calloc(1, sizeof *rec);
+        i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+        p.predictor.zoom_in = 0, p.predictor.with_flip = 0, p.start_3d = start_3d;
+        i3_snc_net net2d = threshold_net();
+        net2d.forward = recording_forward, net2d.user = rec;
+        const i3_snc_guided_net net3d = {.predict = near_slices_predict};
+        i3_snc_session *s = session_with(ctx, NULL, 1.0, &p, net2d, net3d);
+        /* before any propagation: the empty start */
+        cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 9.0, 8.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+        cr_assert_eq(plane_differs(rec->prev, NULL, VH * VW), 0, "the first slice starts empty");
+        cr_assert_eq(i3_snc_session_finish(s, I3_AXIAL, 5, 1), I3RT_OK);
+        cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK, "%s", i3rt_context_error(ctx));
+
+        /* coronal 9: begun, its mask is the start thresholded; no network run for that */
+        float start[VD * VW];
+        i3_slice_get(i3_snc_session_probs(s), sizeof(float), VD, VH, VW, I3_CORONAL, 9, start);
+        const int calls = rec->calls;
+        cr_assert_eq(i3_snc_session_begin_slice(s, I3_CORONAL, 9), I3RT_OK, "%s", i3rt_context_error(ctx));
+        cr_assert_eq(rec->calls, calls);
+        int64_t rows, cols, wrong = 0, fg = 0;
+        const uint8_t *m = i3_snc_session_slice_mask(s, I3_CORONAL, 9, &rows, &cols);
+        cr_assert(m && rows == VD && cols == VW);
+        for (int64_t i = 0; i < VD * VW; i++) wrong += m[i] != (start_3d && start[i] > 0.49f), fg += m[i];
+        cr_assert_eq(wrong, 0, "start_3d %d: %lld pixels of the begun slice's mask are not its start", start_3d,
+                     (long long)wrong);
+        cr_assert_eq(i3_snc_session_slice_clicks(s, I3_CORONAL, 9), 0);
+        /* the first click's previous mask is the start, the second's the first prediction (RITM's loop) */
+        cr_assert_eq(i3_snc_session_click(s, I3_CORONAL, 9, 6.0, 3.0, 0), I3RT_OK, "%s", i3rt_context_error(ctx));
+        const int64_t differ = plane_differs(rec->prev, start_3d ? start : NULL, VD * VW);
+        cr_assert_eq(differ, 0, "start_3d %d: the first click's previous mask differs from the start at %lld pixels",
+                     start_3d, (long long)differ);
+        cr_assert_eq(i3_snc_session_click(s, I3_CORONAL, 9, 5.0, 8.0, 1), I3RT_OK);
+        cr_assert_gt(plane_differs(rec->prev, start_3d ? start : NULL, VD * VW), 0, "the second click sees the start");
+        /* sagittal 4 finished without a click: its start thresholded, or empty */
+        float sagittal[VD * VH];
+        i3_slice_get(i3_snc_session_probs(s), sizeof(float), VD, VH, VW, I3_SAGITTAL, 4, sagittal);
+        cr_assert_eq(i3_snc_session_finish(s, I3_SAGITTAL, 4, 0), I3RT_OK);
+        m = i3_snc_session_slice_mask(s, I3_SAGITTAL, 4, &rows, &cols);
+        wrong = 0;
+        for (int64_t i = 0; i < VD * VH; i++) wrong += m[i] != (start_3d && sagittal[i] > 0.49f);
+        cr_assert_eq(wrong, 0, "start_3d %d: sagittal 4 finished without clicks differs from its start at %lld pixels",
+                     start_3d, (long long)wrong);
+        printf("start_3d %d: coronal 9 begun with %lld foreground pixels (3D slice > 0.49), first click's previous "
+               "mask = the start\n", start_3d, (long long)fg);
+        cr_assert(start_3d ? fg > 0 : fg == 0);
+        i3_snc_session_free(s);
+        free(rec);
+    }
+    i3rt_context_free(ctx);
+}
+
+/* 3D: image > 0.5, confident (0.99) everywhere but on coronal slice 9 (0.6), which is therefore recommended
+ * after the first slice. */
+static i3rt_status unsure_coronal_predict(void *user, const float *image, const float *previous, int64_t d, int64_t h,
+                                          int64_t w, const i3_snc_annotation *ann, int n_ann, float *probs) {
+    for (int64_t z = 0; z < d; z++)
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++) {
+                const int64_t i = (z * h + y) * w + x;
+                const float c = y == 9 ? 0.6f : 0.99f;
+                probs[i] = image[i] > 0.5f ? c : 1.0f - c;
+            }
+    return I3RT_OK;
+}
+
+/* The simulated user from the 3D prediction: the recommended coronal slice 9 starts as the 3D mask's slice,
+ * which matches the truth (Dice > 0.9), and is accepted with 0 clicks; its start Dice is the Dice of the
+ * first propagation's probabilities > 0.49 there (computed from a session stopped after one slice). With
+ * --start empty the same slice starts empty (Dice 0) and takes clicks. */
+Test(snc_session, simulated_user_accepts_a_good_start) {
+    i3rt_context *ctx = new_ctx();
+    uint8_t *truth = malloc(VD * VH * VW);
+    const i3_snc_guided_net net3d = {.predict = unsure_coronal_predict};
+    i3_snc_session *one = session_with(ctx, truth, 1.0, NULL, threshold_net(), net3d);
+    i3_snc_iteration it[2];
+    int done;
+    cr_assert_eq(i3_snc_simulate(one, truth, &(i3_snc_simulate_params){1, 5, 0.9}, it, &done), I3RT_OK, "%s",
+                 i3rt_context_error(ctx));
+    i3_slice rec;
+    int found;
+    cr_assert_eq(i3_snc_session_recommendation(one, &rec, &found), I3RT_OK);
+    cr_assert(found && rec.axis == I3_CORONAL && rec.index == 9, "recommended %s %lld", i3_axis_name(rec.axis),
+              (long long)rec.index);
+    float probs[VD * VW];
+    uint8_t start[VD * VW], plane[VD * VW], empty[VD * VW] = {0};
+    i3_slice_get(i3_snc_session_probs(one), sizeof(float), VD, VH, VW, I3_CORONAL, 9, probs);
+    i3_slice_get(truth, 1, VD, VH, VW, I3_CORONAL, 9, plane);
+    for (int i = 0; i < VD * VW; i++) start[i] = probs[i] > 0.49f;
+    const double start_dice = i3_snc_dice(start, plane, VD * VW);
+    i3_snc_session_free(one);
+
+    for (int start_3d = 1; start_3d >= 0; start_3d--) {
+        i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+        p.predictor.zoom_in = 0, p.start_3d = start_3d;
+        i3_snc_session *s = session_with(ctx, truth, 1.0, &p, threshold_net(), net3d);
+        cr_assert_eq(i3_snc_simulate(s, truth, &(i3_snc_simulate_params){2, 5, 0.9}, it, &done), I3RT_OK, "%s",
+                     i3rt_context_error(ctx));
+        cr_assert_eq(done, 2);
+        cr_assert(it[1].slice.axis == I3_CORONAL && it[1].slice.index == 9);
+        printf("start %s: coronal 9 start Dice %.4f, %d clicks, slice Dice %.4f, 3D Dice %.4f\n",
+               start_3d ? "3d" : "empty", it[1].start_dice, it[1].clicks, it[1].slice_dice, it[1].dice);
+        int64_t rows, cols;
+        const uint8_t *m = i3_snc_session_slice_mask(s, I3_CORONAL, 9, &rows, &cols);
+        if (start_3d) {
+            cr_assert(start_dice > 0.9, "the 3D prediction's slice should match the truth (Dice %g)", start_dice);
+            cr_assert_eq(it[1].start_dice, start_dice);
+            cr_assert_eq(it[1].clicks, 0, "a start with Dice %g > 0.9 takes no click", start_dice);
+            cr_assert(it[1].accurate && it[1].slice_dice == start_dice);
+            cr_assert_eq(memcmp(m, start, sizeof start), 0, "the accepted mask is the start");
+        } else {
+            cr_assert_eq(it[1].start_dice, i3_snc_dice(empty, plane, VD * VW));
+            cr_assert_eq(it[1].start_dice, 0.0);
+            cr_assert_geq(it[1].clicks, 1);
+        }
+        i3_snc_session_free(s);
+    }
+    free(truth);
     i3rt_context_free(ctx);
 }
 
@@ -649,6 +827,51 @@ Test(snc_session, guided_step_gets_voxel_clicks_and_masks) {
     i3rt_context_free(ctx);
 }
 
+/* With RITM's HRNet-18s as the 2D network: the session's first click on a slice after a propagation gives
+ * the mask of a predictor started from the 3D probabilities' slice (the predictor itself is checked against
+ * PyTorch from a start in test_snc_predictor.c), not that of one started empty. The 3D step is the test's
+ * near_slices_predict, whose prediction holds the object (the random-weight guided network's is nearly
+ * empty away from the annotated slice, a start too weak to tell the two apart). */
+Test(snc_session, hrnet_click_starts_from_the_3d_prediction) {
+    i3rt_context *ctx = new_ctx();
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.predictor.zoom_in = 0, p.predictor.with_flip = 0;
+    i3_snc_net hrnet;
+    cr_assert_eq(i3_snc_net_load(ctx, fixture("hrnet2d.safetensors"), &hrnet), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_snc_session *s = session_with(ctx, NULL, 1.0, &p, hrnet, (i3_snc_guided_net){.predict = near_slices_predict});
+    cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 9.0, 8.0, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_session_finish(s, I3_AXIAL, 5, 1), I3RT_OK);
+    cr_assert_eq(i3_snc_session_propagate(s), I3RT_OK, "%s", i3rt_context_error(ctx));
+    enum { N = VH * VW };
+    float image[3 * N], start[N];
+    i3_slice_get(i3_snc_session_image(s)->data, sizeof(float), VD, VH, VW, I3_AXIAL, 7, image);
+    memcpy(image + N, image, sizeof(float) * N), memcpy(image + 2 * N, image, sizeof(float) * N);
+    i3_slice_get(i3_snc_session_probs(s), sizeof(float), VD, VH, VW, I3_AXIAL, 7, start);
+    cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 7, 5.0, 8.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int64_t rows, cols;
+    const uint8_t *got = i3_snc_session_slice_mask(s, I3_AXIAL, 7, &rows, &cols);
+    i3_snc_net net;
+    cr_assert_eq(i3_snc_net_load(ctx, fixture("hrnet2d.safetensors"), &net), I3RT_OK);
+    int64_t differ[2] = {0, 0}, fg = 0;
+    for (int from_3d = 1; from_3d >= 0; from_3d--) {
+        i3_snc_predictor *alone;
+        cr_assert_eq(i3_snc_predictor_create(ctx, &net, image, VH, VW, &p.predictor, &alone), I3RT_OK);
+        cr_assert_eq(i3_snc_predictor_set_start(alone, from_3d ? start : NULL), I3RT_OK);
+        cr_assert_eq(i3_snc_predictor_click(alone, 5.0f, 8.0f, 1), I3RT_OK);
+        for (int i = 0; i < N; i++)
+            differ[from_3d] += got[i] != i3_snc_predictor_mask(alone)[i], fg += from_3d && got[i];
+        i3_snc_predictor_free(alone);
+    }
+    printf("HRNet-18s click on axial 7 after a propagation: %lld foreground pixels; a predictor from the 3D "
+           "slice differs at %lld, one from an empty start at %lld pixels\n", (long long)fg, (long long)differ[1],
+           (long long)differ[0]);
+    cr_assert_eq(differ[1], 0, "the session's click is not the predictor's from the 3D slice");
+    cr_assert_gt(differ[0], 0, "the start changes nothing here: the check could not fail");
+    i3_snc_net_free(&net);
+    i3_snc_session_free(s);
+    i3rt_context_free(ctx);
+}
+
 /* ---- i3rt snc ------------------------------------------------------------------------------------------ */
 
 extern char **environ;
@@ -732,6 +955,10 @@ Test(snc_session, cli_click_and_errors) {
     const char *bad_sign[] = {"snc", "click", image, "-2", net2d_copy, "--slice", "axial", "1", "--click", "1", "1",
                               "x", "-o", out, NULL};
     cr_assert_eq(run_i3rt(dir, bad_sign), 2);
+    const char *bad_start[] = {"snc", "simulate", image, image, "-2", net2d_copy, "-3", net2d_copy, "--start", "2d",
+                               "-o", out, NULL};
+    cr_assert_eq(run_i3rt(dir, bad_start), 2);
+    cr_assert(strstr(cli_err, "--start needs 3d or empty, got '2d'"), "%s", cli_err);
     /* the simulated user through the binary with both networks (2 slices) */
     uint8_t *truth = malloc(VD * VH * VW);
     make_volume(&v, truth, 1.1);
@@ -747,7 +974,8 @@ Test(snc_session, cli_click_and_errors) {
                          "--no-zoom", "--no-flip", "-o", fx_path(dir, "sim"), "--json", NULL};
     cr_assert_eq(run_i3rt(dir, sim), 0, "stderr: %s", cli_err);
     printf("i3rt snc simulate --json:\n%s", cli_out);
-    cr_assert(strstr(cli_out, "\"iterations\"") && strstr(cli_out, "\"slice_dice\"") && strstr(cli_out, "\"dice\""),
+    cr_assert(strstr(cli_out, "\"iterations\"") && strstr(cli_out, "\"slice_dice\"") && strstr(cli_out, "\"dice\"") &&
+                  strstr(cli_out, "\"start_dice\":\t0,"),
               "%s", cli_out);
     cr_assert(strstr(cli_out, "\"axis\":\t\"axial\"") && strstr(cli_out, "\"index\":\t5"),
               "the first slice is the truth's largest section, axial 5: %s", cli_out);
