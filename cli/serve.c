@@ -18,7 +18,6 @@
 #include "serve.h"          /* cli/serve.h */
 #include "common.h"         /* cli/common.h: cli_parse_device */
 #include "serve_leases.h"   /* cli/serve_leases.h */
-#include "nninteractive.h"  /* runtime/nninteractive.h: the session's parsed capability metadata */
 #include "nnia.h"
 
 #include <cjson/cJSON.h>
@@ -479,7 +478,7 @@ typedef struct {
     bool positive, run_prediction, override_checks;
     const uint8_t *mask;
     const i3rt_box *region;
-    i3_ni_kind kind;
+    bool lasso;
 } prompt;
 
 /* The lease's session with this request's override_capability_checks (a per-call flag in nnInteractive). */
@@ -500,7 +499,7 @@ static i3rt_status do_box(call *c, const void *arg, i3rt_ni_result *result) {
 
 static i3rt_status do_mask(call *c, const void *arg, i3rt_ni_result *result) {
     const prompt *p = arg;
-    if (p->kind == I3_NI_SCRIBBLE)
+    if (!p->lasso)
         return i3rt_ni_add_scribble(prompt_session(c, p), p->mask, p->region, p->positive, p->run_prediction, result);
     return i3rt_ni_add_lasso(prompt_session(c, p), p->mask, p->region, p->positive, p->run_prediction, result);
 }
@@ -556,8 +555,8 @@ static bool on_add_bbox(call *c) {
 
 /* The scribble and lasso endpoints: X-Meta {include_interaction, run_prediction, interaction_bbox}, an
  * NNIA mask of the interaction_bbox's shape (or of the image's). */
-static bool on_add_mask(call *c, i3_ni_kind kind) {
-    prompt p = {.kind = kind};
+static bool on_add_mask(call *c, bool lasso) {
+    prompt p = {.lasso = lasso};
     i3rt_box region;
     cJSON *meta = meta_object(c->conn, c->out);
     if (!meta) return false;
@@ -570,7 +569,7 @@ static bool on_add_mask(call *c, i3_ni_kind kind) {
     cJSON_Delete(meta);
     if (!ok || !need_target(c)) return false;
     i3_nnia_array mask;
-    if (!get_array(c->srv, c->rq, c->lease, kind == I3_NI_SCRIBBLE ? "scribble mask" : "lasso mask", &mask, c->out))
+    if (!get_array(c->srv, c->rq, c->lease, lasso ? "lasso mask" : "scribble mask", &mask, c->out))
         return false;
     const int64_t *want = p.region ? NULL : c->lease->image_shape + 1;
     ok = mask.ndim == 3;
@@ -588,8 +587,8 @@ static bool on_add_mask(call *c, i3_ni_kind kind) {
     return ok;
 }
 
-static bool on_add_scribble(call *c) { return on_add_mask(c, I3_NI_SCRIBBLE); }
-static bool on_add_lasso(call *c) { return on_add_mask(c, I3_NI_LASSO); }
+static bool on_add_scribble(call *c) { return on_add_mask(c, false); }
+static bool on_add_lasso(call *c) { return on_add_mask(c, true); }
 
 static bool on_add_initial_seg(call *c) {
     prompt p = {0};
@@ -808,61 +807,6 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
 }
 
-/* ---- the capability snapshot (app.py _build_capability_snapshot) --------------------------------- */
-
-/* The first non-empty line of the model folder's LICENSE (nnInteractiveInferenceSession._load_license). */
-static void add_license(cJSON *json, const char *model_dir) {
-    char path[4096], line[512];
-    snprintf(path, sizeof path, "%s/LICENSE", model_dir);
-    FILE *f = fopen(path, "r");
-    while (f && fgets(line, sizeof line, f)) {
-        char *s = line, *e;
-        while (*s == ' ' || *s == '\t') s++;
-        for (e = s + strlen(s); e > s && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t'); e--) {}
-        *e = '\0';
-        if (*s) {
-            cJSON_AddStringToObject(json, "license", s);
-            fclose(f);
-            return;
-        }
-    }
-    if (f) fclose(f);
-    cJSON_AddStringToObject(json, "license", "!!MISSING!!");
-}
-
-static char *capability_snapshot(const i3rt_ni_session *s, const char *model_dir, bool do_autozoom) {
-    static const char *KINDS[I3_NI_N_KINDS] = {"scribble", "lasso", "points", "bbox2d", "bbox3d"};
-    const i3_ni_capability *cap = &s->cap;
-    cJSON *json = cJSON_CreateObject();
-    cJSON *supported = cJSON_AddObjectToObject(json, "supported_interactions");
-    for (int k = 0; k < I3_NI_N_KINDS; k++) cJSON_AddBoolToObject(supported, KINDS[k], cap->supported[k]);
-    cJSON *mapping = cJSON_AddObjectToObject(json, "channel_mapping");
-    cJSON_AddNumberToObject(mapping, "prev_seg", cap->prev_seg);
-    for (int k = 0; k < I3_NI_N_KINDS; k++) {
-        int pair[2] = {cap->pos[k], cap->neg[k]};
-        cJSON_AddItemToObject(mapping, KINDS[k], cJSON_CreateIntArray(pair, 2));
-    }
-    cJSON_AddNumberToObject(json, "num_interaction_channels", cap->n_channels);
-    cJSON_AddBoolToObject(json, "supports_initial_label", cap->supports_initial_label);
-    /* not used by the session, so only in inference_info.json's text (default true) */
-    cJSON *info = cJSON_Parse(i3rt_ni_capabilities_json(s));
-    const cJSON *zero_shot = cJSON_GetObjectItemCaseSensitive(info, "supports_zero_shot_label_refinement");
-    cJSON_AddBoolToObject(json, "supports_zero_shot_label_refinement",
-                          !zero_shot || cJSON_IsTrue(zero_shot) || (cJSON_IsNumber(zero_shot) && zero_shot->valuedouble));
-    cJSON_Delete(info);
-    cJSON_AddItemToObject(json, "preferred_scribble_thickness", cJSON_CreateDoubleArray(cap->scribble_thickness, 3));
-    cJSON_AddNumberToObject(json, "interaction_decay", cap->decay);
-    cJSON *patch = cJSON_AddArrayToObject(json, "patch_size");
-    for (int a = 0; a < 3; a++) cJSON_AddItemToArray(patch, cJSON_CreateNumber((double)s->patch[a]));
-    cJSON_AddBoolToObject(json, "do_autozoom", do_autozoom);
-    cJSON_AddStringToObject(json, "inference_session_version", I3_NI_SESSION_VERSION);
-    add_license(json, model_dir);
-    cJSON_AddTrueToObject(json, "supports_undo");
-    char *text = cJSON_PrintUnformatted(json);
-    cJSON_Delete(json);
-    return text;
-}
-
 /* ---- options and main ---------------------------------------------------------------------------- */
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -976,7 +920,13 @@ int cli_serve(int argc, char **argv) {
         i3rt_context_free(ctx);
         return EXIT_FAILURE;
     }
-    srv.capabilities = capability_snapshot(probe, a->model_dir, a->do_autozoom);
+    if (i3rt_ni_set_do_autozoom(probe, a->do_autozoom) != I3RT_OK ||
+        !(srv.capabilities = strdup(i3rt_ni_capabilities_json(probe)))) {
+        fprintf(stderr, "i3rt serve: cannot build the capability snapshot: %s\n", i3rt_context_error(ctx));
+        i3rt_ni_session_free(probe);
+        i3rt_context_free(ctx);
+        return EXIT_FAILURE;
+    }
     i3rt_ni_session_free(probe);
     i3rt_context_free(ctx);
 

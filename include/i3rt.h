@@ -324,7 +324,9 @@ typedef struct {
  * inference_info.json, plans.json, dataset.json, fold_K.safetensors (fold -1: the only fold). */
 i3rt_status i3rt_ni_session_create(i3rt_context *ctx, const char *model_dir, int fold, i3rt_ni_session **out);
 void i3rt_ni_session_free(i3rt_ni_session *s);
-/* inference_info.json's text (what the server's /capabilities reports); owned by the session. */
+/* The capability snapshot, JSON as nnInteractive's server answers GET /capabilities (supported_interactions,
+ * channel_mapping, patch_size, do_autozoom, license, ...); owned by the session, current until
+ * i3rt_ni_set_do_autozoom changes it. */
 const char *i3rt_ni_capabilities_json(const i3rt_ni_session *s);
 
 /* The image (copied; normalized as the session does). Resets the interactions and the undo record.

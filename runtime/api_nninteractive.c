@@ -35,7 +35,7 @@ i3rt_status i3rt_ni_set_target_buffer(i3rt_ni_session *s, uint8_t *target, const
 i3rt_status i3rt_ni_set_do_autozoom(i3rt_ni_session *s, int do_autozoom) {
     if (!s) return I3RT_ERR_INVALID_ARGUMENT;
     s->do_autozoom = do_autozoom != 0;
-    return I3RT_OK;
+    return i3_ni_update_capabilities_json(s);
 }
 
 i3rt_status i3rt_ni_set_override_capability_checks(i3rt_ni_session *s, int override) {

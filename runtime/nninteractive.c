@@ -312,6 +312,7 @@ static i3rt_status parse_capability(i3_ctx *ctx, const char *file, const cJSON *
     memcpy(cap->neg, default_neg, sizeof default_neg);
     cap->prev_seg = 0;
     cap->supports_initial_label = 1;
+    cap->supports_zero_shot = 1;
     cap->point_radius = 4;
     cap->scribble_thickness[0] = cap->scribble_thickness[1] = cap->scribble_thickness[2] = 2;
     cap->decay = 0.98;
@@ -355,6 +356,8 @@ static i3rt_status parse_capability(i3_ctx *ctx, const char *file, const cJSON *
         }
         v = cJSON_GetObjectItemCaseSensitive(info, "supports_initial_label");
         if (v) cap->supports_initial_label = json_truthy(v);
+        v = cJSON_GetObjectItemCaseSensitive(info, "supports_zero_shot_label_refinement");
+        if (v) cap->supports_zero_shot = json_truthy(v);
         const cJSON *map = cJSON_GetObjectItemCaseSensitive(info, "channel_mapping");
         if (map && !cJSON_IsObject(map)) return i3_fail(ctx, I3RT_ERR_FORMAT, "%s: channel_mapping is not an object", file);
         for (const cJSON *e = map ? map->child : NULL; e; e = e->next) {
@@ -444,10 +447,57 @@ static i3rt_status load_capability(i3_ni_session *s, const char *dir) {
         }
     }
     cJSON_Delete(json);
-    if (st != I3RT_OK) {
-        free(text);
-        return st;
+    free(text);
+    return st;
+}
+
+/* _load_license: the first non-empty line of the folder's LICENSE, stripped; "!!MISSING!!" without one. */
+static void load_license(i3_ni_session *s, const char *dir) {
+    char path[1200], line[sizeof s->license];
+    snprintf(path, sizeof path, "%s/LICENSE", dir);
+    snprintf(s->license, sizeof s->license, "!!MISSING!!");
+    FILE *f = fopen(path, "r");
+    while (f && fgets(line, sizeof line, f)) {
+        char *b = line, *e;
+        while (*b == ' ' || *b == '\t') b++;
+        for (e = b + strlen(b); e > b && (e[-1] == '\n' || e[-1] == '\r' || e[-1] == ' ' || e[-1] == '\t'); e--) {}
+        *e = '\0';
+        if (*b) {
+            snprintf(s->license, sizeof s->license, "%s", b);
+            break;
+        }
     }
+    if (f) fclose(f);
+}
+
+/* nnInteractive's server's _build_capability_snapshot of this session, kept current (do_autozoom). */
+i3rt_status i3_ni_update_capabilities_json(i3_ni_session *s) {
+    static const char *const order[I3_NI_N_KINDS] = {"scribble", "lasso", "points", "bbox2d", "bbox3d"};
+    const i3_ni_capability *cap = &s->cap;
+    cJSON *json = cJSON_CreateObject();
+    cJSON *supported = cJSON_AddObjectToObject(json, "supported_interactions");
+    for (int k = 0; k < I3_NI_N_KINDS; k++) cJSON_AddBoolToObject(supported, order[k], cap->supported[k]);
+    cJSON *mapping = cJSON_AddObjectToObject(json, "channel_mapping");
+    cJSON_AddNumberToObject(mapping, "prev_seg", cap->prev_seg);
+    for (int k = 0; k < I3_NI_N_KINDS; k++) {
+        const int pair[2] = {cap->pos[k], cap->neg[k]};
+        cJSON_AddItemToObject(mapping, order[k], cJSON_CreateIntArray(pair, 2));
+    }
+    cJSON_AddNumberToObject(json, "num_interaction_channels", cap->n_channels);
+    cJSON_AddBoolToObject(json, "supports_initial_label", cap->supports_initial_label);
+    cJSON_AddBoolToObject(json, "supports_zero_shot_label_refinement", cap->supports_zero_shot);
+    cJSON_AddItemToObject(json, "preferred_scribble_thickness", cJSON_CreateDoubleArray(cap->scribble_thickness, 3));
+    cJSON_AddNumberToObject(json, "interaction_decay", cap->decay);
+    cJSON *patch = cJSON_AddArrayToObject(json, "patch_size");
+    for (int a = 0; a < 3; a++) cJSON_AddItemToArray(patch, cJSON_CreateNumber((double)s->patch[a]));
+    cJSON_AddBoolToObject(json, "do_autozoom", s->do_autozoom);
+    cJSON_AddStringToObject(json, "inference_session_version", I3_NI_SESSION_VERSION);
+    cJSON_AddStringToObject(json, "license", s->license);
+    cJSON_AddTrueToObject(json, "supports_undo");
+    char *text = cJSON_PrintUnformatted(json);
+    cJSON_Delete(json);
+    if (!text) return i3_fail(s->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory for the capability snapshot");
+    free(s->capabilities_json);
     s->capabilities_json = text;
     return I3RT_OK;
 }
@@ -566,6 +616,10 @@ i3rt_status i3_ni_create(i3_ctx *ctx, const char *model_dir, int fold, i3_ni_ses
         if (!s->prev_pred) st = I3RT_ERR_OUT_OF_MEMORY;
     }
     if (st == I3RT_OK) st = build_point_strel(s);
+    if (st == I3RT_OK) {
+        load_license(s, model_dir);
+        st = i3_ni_update_capabilities_json(s);
+    }
     /* every forward has the patch's shape: plan it now, not in the first prompt (nnInteractive's warmup) */
     size_t peak = 0;
     if (st == I3RT_OK) st = i3rt_model_plan(s->model, s->patch, &peak);

@@ -29,6 +29,7 @@ typedef enum { I3_NI_SCRIBBLE = 0, I3_NI_LASSO, I3_NI_POINTS, I3_NI_BBOX2D, I3_N
 typedef struct {
     int supported[I3_NI_N_KINDS];
     int supports_initial_label;
+    int supports_zero_shot;       /* supports_zero_shot_label_refinement: reported, not used by the session */
     int pos[I3_NI_N_KINDS], neg[I3_NI_N_KINDS]; /* channel_mapping, positive indices */
     int prev_seg;
     int n_channels;               /* interaction channels including prev_seg */
@@ -66,7 +67,8 @@ typedef struct {
 struct i3rt_ni_session {
     i3_ctx *ctx;
     char model_dir[1024];
-    char *capabilities_json;
+    char *capabilities_json; /* the capability snapshot (i3_ni_update_capabilities_json) */
+    char license[512];       /* _load_license: the folder's LICENSE, first non-empty line */
     i3_ni_capability cap;
     i3rt_model *model;
     int64_t patch[3];
@@ -107,6 +109,8 @@ typedef struct i3rt_ni_session i3_ni_session;
 /* Loads the converted model folder and its capability metadata. */
 i3rt_status i3_ni_create(i3_ctx *ctx, const char *model_dir, int fold, i3_ni_session **out);
 void i3_ni_free(i3_ni_session *s);
+/* Rebuilds capabilities_json from the session (at creation and when do_autozoom changes). */
+i3rt_status i3_ni_update_capabilities_json(i3_ni_session *s);
 
 i3rt_status i3_ni_set_image(i3_ni_session *s, const float *image, const int64_t shape[3], const double spacing[3]);
 i3rt_status i3_ni_set_target_buffer(i3_ni_session *s, uint8_t *target, const int64_t shape[3]);

@@ -381,7 +381,10 @@ Test(nninteractive, bad_model_folders) {
     fx_remove_dir(dir);
     /* the context still loads a good folder */
     s = session_new(ctx);
-    cr_expect(strstr(i3rt_ni_capabilities_json(s), "channel_mapping"));
+    cr_expect(strstr(i3rt_ni_capabilities_json(s), "\"channel_mapping\":{\"prev_seg\":0,"));
+    cr_expect(strstr(i3rt_ni_capabilities_json(s), "\"do_autozoom\":true"));
+    cr_assert_eq(i3rt_ni_set_do_autozoom(s, 0), I3RT_OK);
+    cr_expect(strstr(i3rt_ni_capabilities_json(s), "\"do_autozoom\":false"), "%s", i3rt_ni_capabilities_json(s));
     i3rt_ni_session_free(s);
     i3rt_context_free(ctx);
 }
