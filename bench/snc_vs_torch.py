@@ -27,7 +27,7 @@ What is timed (wall clock, median and min of --runs after one warm-up; i3rt then
   3D forward   the guided network alone on that crop's encoded input, logits checked.
 On --device cuda both sides run on the GPU (i3rt's CUDA backend, PyTorch CUDA, synchronized); PyTorch's click
 encoding stays on the CPU as in tests/gen_snc_predictor.py. A failing i3rt call prints its message and the row
-is skipped. The acsconv package is not a baseline here unless installed (it is not in this venv).
+is skipped, and the exit status is 1. The acsconv package is not a baseline here unless installed (it is not in this venv).
 """
 import argparse
 import json
@@ -365,11 +365,13 @@ def main():
                  args.weights_3d)]
     else:
         nets = [(f"HRNet-{name} random weights", *random_networks(name, folder, slice_img)) for name in args.arch]
+    all_failures = []
     for name, model2d, model3d, path2d, path3d in nets:
         print(f"\n== {name}: {path2d}, {path3d}", flush=True)
         model2d.to(args.device)
         model3d.to(args.device)
         failures = set()
+        all_failures.append(failures)
         if not args.no_2d:
             sizes = bench_clicks(args, lib, path2d, model2d, slice_img, timer, failures)
             for size in sizes:
@@ -383,6 +385,8 @@ def main():
         print(f"PyTorch peak GPU memory allocated: {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     print("issue 8's targets (GPU): click < 20 ms, one 3D iteration < 250 ms")
     print("load average (1, 5, 15 min) after: %.2f %.2f %.2f" % os.getloadavg())
+    if any(all_failures):
+        sys.exit(f"i3rt failed on: {', '.join(sorted(set().union(*all_failures)))} (messages above)")
 
 
 if __name__ == "__main__":

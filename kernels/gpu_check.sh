@@ -78,6 +78,7 @@ if wants bench; then
     # (the same simulated user and prompts as docs/nninteractive-evaluation.md, one held-out case + the CT).
     step bench-nninteractive sh -c "$py tools/ni_evaluate.py --cases 1 --device cuda --lib $build/libi3rt.so \
         --json $logs/ni_eval.json > $logs/ni_eval.md"
+    step bench-snc sh -c "$py bench/snc_vs_torch.py --build $build --device cuda --runs 5 > $logs/snc_bench.txt"  # SnC click, 3D step
 fi
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
     for kernel in conv_v1 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 softmax_slices_v2 \
