@@ -3,6 +3,7 @@
  * nnInteractiveInferenceSession does it (the method names in the comments are its). */
 #include "nninteractive.h"
 #include "ni_zoom.h"
+#include "ops.h" /* I3_PARALLEL_MIN_VALUES */
 
 #include <dirent.h>
 #include <math.h>
@@ -664,7 +665,7 @@ i3rt_status i3_ni_set_image(i3_ni_session *s, const float *image, const int64_t 
      * combined (plane z: rows [ylo, yhi), columns [xlo, xhi); bad: the first non-finite voxel + 1) */
     int64_t *planes = i3_malloc(s->ctx, (size_t)shape[0] * 5 * sizeof *planes, "the image statistics");
     if (!planes) return I3RT_ERR_OUT_OF_MEMORY;
-#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads)
+#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads) if (n >= I3_PARALLEL_MIN_VALUES)
     for (int64_t z = 0; z < shape[0]; z++) {
         int64_t *pl = planes + 5 * z, ylo = shape[1], yhi = 0, xlo = shape[2], xhi = 0, bad = 0;
         for (int64_t y = 0; y < shape[1] && !bad; y++) {
@@ -708,12 +709,14 @@ i3rt_status i3_ni_set_image(i3_ni_session *s, const float *image, const int64_t 
     /* mean and unbiased std over the box (zeros inside included), in double, then as float32 tensors hold them */
     const int64_t m = box_voxels(lo, hi);
     double sum = 0, ss = 0;
-#pragma omp parallel for collapse(2) reduction(+ : sum) schedule(static) num_threads(s->ctx->n_threads)
+#pragma omp parallel for collapse(2) reduction(+ : sum) schedule(static) num_threads(s->ctx->n_threads) \
+    if (m >= I3_PARALLEL_MIN_VALUES)
     for (int64_t z = lo[0]; z < hi[0]; z++)
         for (int64_t y = lo[1]; y < hi[1]; y++)
             for (int64_t x = lo[2]; x < hi[2]; x++) sum += image[(z * shape[1] + y) * shape[2] + x];
     const double mean = sum / (double)m;
-#pragma omp parallel for collapse(2) reduction(+ : ss) schedule(static) num_threads(s->ctx->n_threads)
+#pragma omp parallel for collapse(2) reduction(+ : ss) schedule(static) num_threads(s->ctx->n_threads) \
+    if (m >= I3_PARALLEL_MIN_VALUES)
     for (int64_t z = lo[0]; z < hi[0]; z++)
         for (int64_t y = lo[1]; y < hi[1]; y++)
             for (int64_t x = lo[2]; x < hi[2]; x++) {
@@ -731,7 +734,7 @@ i3rt_status i3_ni_set_image(i3_ni_session *s, const float *image, const int64_t 
         free(img);
         return I3RT_ERR_OUT_OF_MEMORY;
     }
-#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads)
+#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads) if (n >= I3_PARALLEL_MIN_VALUES)
     for (int64_t i = 0; i < n; i++) img[i] = (image[i] - mean_f) / std_f;
     /* _reset_session */
     free(s->image);
@@ -814,7 +817,7 @@ static i3rt_status prepare_intensity(i3_ni_session *s) {
         if (c == s->cap.prev_seg) continue;
         if (s->dirty & (1u << c)) I3_TRY(record_whole_channel(s, c));
         uint16_t *ch = channel_ptr(s, c);
-#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads)
+#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads) if (s->n_voxels >= I3_PARALLEL_MIN_VALUES)
         for (int64_t i = 0; i < s->n_voxels; i++)
             if (ch[i]) ch[i] = i3_f32_to_f16(i3_f16_to_f32(ch[i]) * scale);
     }
@@ -1034,7 +1037,7 @@ i3rt_status i3_ni_add_initial_seg(i3_ni_session *s, const uint8_t *mask, int run
     }
     if (st == I3RT_OK) {
         uint16_t *ch = channel_ptr(s, s->cap.prev_seg);
-#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads)
+#pragma omp parallel for schedule(static) num_threads(s->ctx->n_threads) if (s->n_voxels >= I3_PARALLEL_MIN_VALUES)
         for (int64_t i = 0; i < s->n_voxels; i++) ch[i] = mask[i] ? i3_f32_to_f16((float)mask[i]) : 0;
     }
     s->timing.encode = i3_now_seconds() - t0;
@@ -1089,7 +1092,8 @@ static void paste(i3_ni_session *s, const void *src, int src_is_f16, const i3rt_
     const int64_t n1 = src_box->hi[1] - src_box->lo[1], n2 = src_box->hi[2] - src_box->lo[2];
     uint16_t *ch = channel_ptr(s, s->cap.prev_seg);
     const uint16_t one = i3_f32_to_f16(1.0f);
-#pragma omp parallel for collapse(2) schedule(static) num_threads(s->ctx->n_threads)
+#pragma omp parallel for collapse(2) schedule(static) num_threads(s->ctx->n_threads) \
+    if (box_voxels(clo, chi) >= I3_PARALLEL_MIN_VALUES)
     for (int64_t z = clo[0]; z < chi[0]; z++)
         for (int64_t y = clo[1]; y < chi[1]; y++) {
             const int64_t in = ((z - src_box->lo[0]) * n1 + (y - src_box->lo[1])) * n2 - src_box->lo[2];
