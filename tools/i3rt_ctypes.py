@@ -217,7 +217,8 @@ class Session:
 
 class SncParams(ctypes.Structure):
     _fields_ = [("tau", ctypes.c_double), ("skip", ctypes.c_int), ("gamma", ctypes.c_double),
-                ("postprocess", ctypes.c_int), ("zoom_in", ctypes.c_int), ("with_flip", ctypes.c_int)]
+                ("postprocess", ctypes.c_int), ("zoom_in", ctypes.c_int), ("with_flip", ctypes.c_int),
+                ("start_3d", ctypes.c_int)]
 
 
 SNC_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
