@@ -13,7 +13,7 @@
  *
  * A session starts from an empty mask, or from a given probability map (i3_snc_predictor_set_start:
  * Slice-and-Conquer's M_{t,0}^2D, the 3D prediction's slice), which is then BasePredictor's
- * prev_prediction before the first click, as RITM-derived evaluations' predictor.set_prev_mask(init_mask)
+ * prev_prediction before the first click, as FocalClick's evaluation's predictor.set_prev_mask(init_mask)
  * does (for the first pass the same as RITM's get_prediction(clicker, prev_mask=start)). ZoomIn records
  * only its own outputs, so the start reaches the network's previous-mask input, never ZoomIn's box. */
 #ifndef I3RT_SNC_PREDICTOR_H

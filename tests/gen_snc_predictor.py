@@ -11,10 +11,10 @@ LimitLongestSide (max_size None in RITM's evaluation), get_state/set_state.
 
 A start (Slice-and-Conquer's M_{t,0}^2D: the previous 3D prediction's slice) is set as RITM-derived
 evaluations do with an init_mask: predictor.set_prev_mask(init_mask) makes it BasePredictor.prev_prediction
-(FocalClick's and SimpleClick's isegm/inference/predictors/base.py; RITM @ b9b4460 itself has the
-get_prediction(clicker, prev_mask) argument, whose first pass is the same: checked below); ZoomIn does not
-see it (its _prev_probs stays None until its first output). The clicker then starts on the start's errors
-(evaluate_sample's pred_mask = init_mask); here the clicks are given.
+(FocalClick's alibaba/ClickSEG @ ae9b30a, isegm/inference/evaluation.py and predictors/base.py; RITM @
+b9b4460 itself has the get_prediction(clicker, prev_mask) argument, whose first pass is the same: checked
+below); ZoomIn does not see it (its _prev_probs stays None until its first output). The clicker then
+starts on the start's errors (evaluate_sample's pred_mask = init_mask); here the clicks are given.
 
 Two networks answer net(image_nd, points_nd)['instances'] as ISModel does:
   * "hrnet": RITM's HRNetModel from tests/gen_hrnet.py (random weights conditioned as there), converted to
@@ -299,7 +299,7 @@ class BasePredictor:
         self.prev_prediction = torch.zeros_like(self.original_image[:, :1, :, :])
 
     def set_prev_mask(self, mask):
-        """FocalClick / SimpleClick's BasePredictor.set_prev_mask (evaluate_sample's init_mask)."""
+        """FocalClick's (alibaba/ClickSEG) BasePredictor.set_prev_mask (evaluate_sample's init_mask)."""
         self.prev_prediction = mask.unsqueeze(0).unsqueeze(0).float()
 
     def get_prediction(self, clicks_list, prev_mask=None):
