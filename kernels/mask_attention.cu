@@ -110,7 +110,8 @@ extern "C" int I3_DEV(mask_pool)(const float *feats, i3_shape5 fs, const float *
                                  const i3_mask_pool_params *p, float *y, void *scratch, void *stream) {
     const int64_t sf = i3_shape5_spatial(fs);
     if (fs.n * fs.c == 0) return 0;
-    if (sf < 1 || fs.n > 65535 || gs.n != fs.n || gs.c != 2 || p->stride < 1) return (int)cudaErrorInvalidValue;
+    if (!scratch || sf < 1 || fs.n > 65535 || gs.n != fs.n || gs.c != 2 || p->stride < 1)
+        return (int)cudaErrorInvalidValue;
     PoolWindows g = {gs.d, gs.h, gs.w, fs.d, fs.h, fs.w, p->stride};
     float *weights = (float *)scratch;
     int e = (int)I3_LAUNCH(mask_pool_weights_v1, grid_stride_blocks(fs.n * sf, 256), 256, 0, (cudaStream_t)stream,
