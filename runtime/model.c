@@ -99,6 +99,8 @@ i3rt_status i3rt_model_load(i3rt_context *ctx, const char *path, i3rt_model **ou
     return I3RT_OK;
 }
 
+const i3_network *i3_model_network(const i3rt_model *m) { return &m->net; }
+
 void i3rt_model_free(i3rt_model *m) {
     if (!m) return;
     if (m->backend) {

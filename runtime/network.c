@@ -536,11 +536,3 @@ i3rt_status i3_network_build(i3_ctx *ctx, const i3_network *net, i3_weights *w, 
     *output = logits;
     return I3RT_OK;
 }
-
-i3rt_status i3_network_read(i3_ctx *ctx, const char *path, i3_network *out) {
-    i3_weights *w = NULL;
-    I3_TRY(i3_weights_open(ctx, path, &w));
-    const i3rt_status st = i3_network_parse(ctx, w, out);
-    i3_weights_free(w);
-    return st;
-}

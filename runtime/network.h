@@ -51,9 +51,8 @@ void i3_name_fmt(char *name, const char *fmt, ...) __attribute__((format(printf,
 /* Parses and validates the "network" (and "plans"/"configuration" for the patch size) metadata of
  * a weight file. Unsupported classes or blocks give I3RT_ERR_UNSUPPORTED naming the file and field. */
 i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out);
-/* The same for a weight file by path, before a model is loaded from it: pipelines check the network's
- * kind and read its input encoding first, so that a wrong file gets their own clear message. */
-i3rt_status i3_network_read(i3_ctx *ctx, const char *path, i3_network *out);
+/* The parsed network of a loaded model (model.c): pipelines check its kind and read its input encoding. */
+const i3_network *i3_model_network(const i3rt_model *model);
 
 /* Product of the strides per axis: spatial sizes must be divisible by it (1 for RITM-HRNet18, which
  * takes any size). */

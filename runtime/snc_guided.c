@@ -17,22 +17,23 @@ i3rt_status i3_snc_guided_load(i3_ctx *ctx, const char *path, i3_snc_guided **ou
     if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
     if (!path || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3_snc_guided_load: NULL path or output");
     *out = NULL;
-    i3_network net;
-    I3_TRY(i3_network_read(ctx, path, &net));
-    if (net.cls != I3_NET_RITM_HRNET18 || !net.hrnet.snc_guided)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
-                       "%s: the guided 3D step needs an ACS RITM-HRNet18 with snc_guided true (convert_ritm.py --acs "
-                       "--guided), not %s%s",
-                       path, net.class_name, net.cls == I3_NET_RITM_HRNET18 ? " without snc_guided" : "");
-    i3_snc_guided *g = i3_calloc(ctx, 1, sizeof *g, "the guided 3D network");
-    if (!g) return I3RT_ERR_OUT_OF_MEMORY;
-    g->ctx = ctx;
-    g->cfg = net.hrnet;
-    const i3rt_status ls = i3rt_model_load(ctx, path, &g->model);
-    if (ls != I3RT_OK) {
-        free(g);
-        return ls;
+    i3rt_model *model = NULL;
+    I3_TRY(i3rt_model_load(ctx, path, &model));
+    const i3_network *net = i3_model_network(model);
+    if (net->cls != I3_NET_RITM_HRNET18 || !net->hrnet.snc_guided) {
+        i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
+                "%s: the guided 3D step needs an ACS RITM-HRNet18 with snc_guided true (convert_ritm.py --acs "
+                "--guided), not %s%s",
+                path, net->class_name, net->cls == I3_NET_RITM_HRNET18 ? " without snc_guided" : "");
+        i3rt_model_free(model);
+        return I3RT_ERR_UNSUPPORTED;
     }
+    i3_snc_guided *g = i3_calloc(ctx, 1, sizeof *g, "the guided 3D network");
+    if (!g) {
+        i3rt_model_free(model);
+        return I3RT_ERR_OUT_OF_MEMORY;
+    }
+    *g = (i3_snc_guided){.ctx = ctx, .cfg = net->hrnet, .model = model};
     *out = g;
     return I3RT_OK;
 }

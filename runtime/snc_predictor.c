@@ -21,17 +21,21 @@ i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
     if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
     if (!path || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3_snc_net_load: NULL path or output");
     memset(out, 0, sizeof *out);
-    i3_network net;
-    I3_TRY(i3_network_read(ctx, path, &net));
-    if (net.cls != I3_NET_RITM_HRNET18 || net.hrnet.acs)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: the 2D click predictor needs a 2D RITM-HRNet18 network, not %s%s",
-                       path, net.class_name, net.hrnet.acs ? " (ACS 3D)" : "");
-    if (!net.hrnet.use_disks)
-        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
-                       "%s: the 2D click predictor needs disk click maps (arch_kwargs.use_disks true)", path);
     i3rt_model *model = NULL;
     I3_TRY(i3rt_model_load(ctx, path, &model));
-    *out = (i3_snc_net){.cfg = net.hrnet, .forward = model_forward, .release = model_release, .user = model};
+    const i3_network *net = i3_model_network(model);
+    i3rt_status st = I3RT_OK;
+    if (net->cls != I3_NET_RITM_HRNET18 || net->hrnet.acs)
+        st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: the 2D click predictor needs a 2D RITM-HRNet18 network, not %s%s",
+                     path, net->class_name, net->hrnet.acs ? " (ACS 3D)" : "");
+    else if (!net->hrnet.use_disks)
+        st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
+                     "%s: the 2D click predictor needs disk click maps (arch_kwargs.use_disks true)", path);
+    if (st != I3RT_OK) {
+        i3rt_model_free(model);
+        return st;
+    }
+    *out = (i3_snc_net){.cfg = net->hrnet, .forward = model_forward, .release = model_release, .user = model};
     return I3RT_OK;
 }
 

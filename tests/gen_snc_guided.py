@@ -21,7 +21,7 @@ Writes into --out:
       "logits_low" [1, 1, d', h', w'], "logits" [1, 1, d, h, w]; d, h, w = 18, 21, 24
   bad_2d.safetensors     guided3d with metadata "acs": "0"
   bad_hidden.safetensors guided3d whose network has no mask_attention_hidden
-  plain3d.safetensors    guided3d's metadata saying a plain ACS RITM network (snc_guided false, 3 coord channels)
+  plain3d.safetensors    a plain ACS RITM network (guided3d without the attention and the guide channels)
 """
 import argparse
 import json
@@ -160,8 +160,12 @@ def main():
     net = json.loads(meta["network"])
     del net["mask_attention_hidden"]
     save_file(tensors, os.path.join(args.out, "bad_hidden.safetensors"), metadata={**meta, "network": json.dumps(net)})
+    # a valid plain ACS RITM network: the guided one without the attention and the two guide channels
     net = {**json.loads(meta["network"]), "snc_guided": False, "coord_channels": 3}
-    save_file(tensors, os.path.join(args.out, "plain3d.safetensors"), metadata={**meta, "network": json.dumps(net)})
+    del net["mask_attention_hidden"]
+    plain = {k: v for k, v in tensors.items() if not k.startswith("mask_attention.")}
+    plain["maps_transform.0.weight"] = plain["maps_transform.0.weight"][:, :3].contiguous()
+    save_file(plain, os.path.join(args.out, "plain3d.safetensors"), metadata={**meta, "network": json.dumps(net)})
 
     # clicks: fractional, both signs, one on a border; masks: axial, coronal, sagittal crossing, and a later
     # axial one on the border
