@@ -259,7 +259,12 @@ i3rt_status i3rt_snc_load_3d(i3rt_snc_session *s, const char *path);
  * an empty mask. A click on a finished slice reopens it. */
 i3rt_status i3rt_snc_click(i3rt_snc_session *s, i3rt_axis axis, int64_t index, double y, double x, int positive,
                            uint8_t *mask, int64_t n_pixels);
-/* The current 2D mask of a clicked or finished slice. */
+/* Opens slice (axis, index) for clicks without clicking: mask (may be NULL, n_pixels as for a click)
+ * gets its start, the 3D prediction's slice after a propagation with start_3d (what the first click
+ * refines; a viewer shows it), else empty. A slice already begun, clicked or finished is unchanged. */
+i3rt_status i3rt_snc_begin_slice(i3rt_snc_session *s, i3rt_axis axis, int64_t index, uint8_t *mask,
+                                 int64_t n_pixels);
+/* The current 2D mask of a begun, clicked or finished slice. */
 i3rt_status i3rt_snc_get_slice_mask(i3rt_snc_session *s, i3rt_axis axis, int64_t index, uint8_t *mask,
                                     int64_t n_pixels);
 /* Accepts the slice's mask (no click: its start, i.e. the 3D prediction's slice after a propagation with

@@ -116,6 +116,18 @@ i3rt_status i3rt_snc_click(i3rt_snc_session *h, i3rt_axis axis, int64_t index, d
     return mask ? copy_slice_mask(h, axis, index, mask, n_pixels, "i3rt_snc_click") : I3RT_OK;
 }
 
+i3rt_status i3rt_snc_begin_slice(i3rt_snc_session *h, i3rt_axis axis, int64_t index, uint8_t *mask,
+                                 int64_t n_pixels) {
+    if (!h) return I3RT_ERR_INVALID_ARGUMENT;
+    const int64_t n = slice_pixels(h, axis);
+    if (mask && n >= 0 && n_pixels != n)
+        return i3_fail(h->ctx, I3RT_ERR_INVALID_ARGUMENT,
+                       "i3rt_snc_begin_slice: the %s slice has %lld pixels, the mask buffer %lld",
+                       i3_axis_name((i3_axis)axis), (long long)n, (long long)n_pixels);
+    I3_TRY(i3_snc_session_begin_slice(h->s, (i3_axis)axis, index));
+    return mask ? copy_slice_mask(h, axis, index, mask, n_pixels, "i3rt_snc_begin_slice") : I3RT_OK;
+}
+
 i3rt_status i3rt_snc_get_slice_mask(i3rt_snc_session *h, i3rt_axis axis, int64_t index, uint8_t *mask,
                                     int64_t n_pixels) {
     if (!h) return I3RT_ERR_INVALID_ARGUMENT;

@@ -740,6 +740,30 @@ Test(snc_session, public_api_with_hrnet) {
     printf("guided 3D (transferred random weights): %lld of %d voxels; next slice %s %lld (%d)\n", (long long)fg3d,
            VD * VH * VW, found ? i3_axis_name((i3_axis)rec.axis) : "-", found ? (long long)rec.index : -1LL, found);
     cr_assert(!found || !(rec.axis == I3RT_AXIAL && llabs(rec.index - 5) <= 1));
+    /* a slice begun without a click shows its start: the 3D prediction's slice (> 0.49 instead of > 0.5);
+     * the coronal slice with the most 3D foreground, so that an empty start would fail */
+    uint8_t start[VD * VW], start_again[VD * VW], in3d_coronal[VD * VW];
+    int64_t best = 0;
+    int best_fg = -1;
+    for (int64_t c = 0; c < VH; c++) {
+        i3_slice_get(vol, 1, VD, VH, VW, I3_CORONAL, c, in3d_coronal);
+        int fg = 0;
+        for (int i = 0; i < VD * VW; i++) fg += in3d_coronal[i];
+        if (fg > best_fg && !(found && rec.axis == I3RT_CORONAL && rec.index == c)) best = c, best_fg = fg;
+    }
+    expect_error(ctx, i3rt_snc_begin_slice(s, I3RT_CORONAL, best, start, VH * VW), I3RT_ERR_INVALID_ARGUMENT,
+                 "the mask buffer");
+    expect_error(ctx, i3rt_snc_begin_slice(s, I3RT_CORONAL, VH, start, VD * VW), I3RT_ERR_INVALID_ARGUMENT, "coronal");
+    cr_assert_eq(i3rt_snc_begin_slice(s, I3RT_CORONAL, best, start, VD * VW), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3_slice_get(vol, 1, VD, VH, VW, I3_CORONAL, best, in3d_coronal);
+    int differ = 0, fg_start = 0;
+    for (int i = 0; i < VD * VW; i++) differ += start[i] != in3d_coronal[i], fg_start += start[i];
+    printf("begun coronal slice %lld: %d foreground pixels (3D mask %d), %d differ\n", (long long)best, fg_start,
+           best_fg, differ);
+    cr_expect(best_fg > 0, "the 3D mask has no coronal foreground: the start check means nothing");
+    cr_expect(differ <= VD * VW / 100, "the begun slice's start differs from the 3D mask at %d pixels", differ);
+    cr_assert_eq(i3rt_snc_get_slice_mask(s, I3RT_CORONAL, best, start_again, VD * VW), I3RT_OK);
+    cr_expect_eq(memcmp(start, start_again, sizeof start), 0);
     cr_assert_eq(i3rt_snc_save_mask(s, fx_path(dir, "mask.nii.gz")), I3RT_OK);
     cr_assert(i3rt_snc_stage_seconds(s, I3RT_SNC_STAGE_GUIDED) > 0);
     printf("stage times:");
