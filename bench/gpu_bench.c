@@ -11,8 +11,9 @@
  * the unfused softmax + slice sums, the sliding-window accumulation (3 classes, 128^3 tile into
  * 256^3), and Slice-and-Conquer's HRNet ops at the guided 3D network's shapes for a 64 x 128 x 128 volume
  * (features 270 x 16 x 32 x 32: OCR spatial gather and object attention at 128 / 64 channels and one
- * class, mask pooling with the 2 x 64 x 128 x 128 guide, channel gate in place). --quick: tiny shapes (a smoke test, e.g. on the emulated device). forward: the public API's
- * forward on the device, conv precision from I3RT_CUDA_CONV. One JSON object per line on stdout:
+ * class, mask pooling with the 2 x 64 x 128 x 128 guide, channel gate in place). --quick: tiny shapes (a
+ * smoke test, e.g. on the emulated device). forward: the public API's forward on the device, conv
+ * precision from I3RT_CUDA_CONV. One JSON object per line on stdout:
  * {"bench": ..., "name": ..., "ms": median, "flop" | "bytes": ..., plus the shape}. Timing: one
  * warm-up, then R runs, each synchronized, wall clock (the GPU is otherwise idle). */
 #include <stdio.h>

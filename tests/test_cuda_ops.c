@@ -740,7 +740,8 @@ static void spatial_gather_case(device *d, int64_t n, int64_t c, int64_t classes
     fx_rng r = fx_rng_seed(seed);
     i3_shape5 fs = {n, c, sd, sh, sw}, ls = {n, classes, sd, sh, sw}, ys = {n, c, classes, 1, 1};
     const int64_t s = sd * sh * sw;
-    float *feats = random_floats(&r, i3_shape5_numel(fs), -2, 2), *logits = random_floats(&r, i3_shape5_numel(ls), -6, 6);
+    float *feats = random_floats(&r, i3_shape5_numel(fs), -2, 2);
+    float *logits = random_floats(&r, i3_shape5_numel(ls), -6, 6);
     float *ref = malloc((size_t)i3_shape5_numel(ys) * sizeof(float));
     i3_cpu_spatial_gather_ref(feats, logits, n, c, classes, s, ref);
     const float *in[3] = {feats, logits, NULL};
@@ -753,7 +754,7 @@ static void spatial_gather_case(device *d, int64_t n, int64_t c, int64_t classes
 }
 
 static void check_spatial_gather(device *d) {
-    spatial_gather_case(d, 2, 37, 3, 3, 5, 7, 110);  /* channel groups with a partial one; fewer positions than threads */
+    spatial_gather_case(d, 2, 37, 3, 3, 5, 7, 110);  /* a partial channel group; fewer positions than threads */
     spatial_gather_case(d, 1, 5, 1, 1, 23, 29, 111); /* RITM's one class, 2D, several positions per thread */
 }
 
@@ -1059,8 +1060,10 @@ static void unet_close(unet_case *u) {
     i3_weights_free(u->io);
 }
 
-/* The network's logits (malloc'd, u->n_out floats) through the builder on backend b; *n_nodes: the graph's. */
-static float *unet_forward(i3_backend *b, unet_case *u, int *n_nodes) {
+/* The network's logits (malloc'd, u->n_out floats) through the builder on backend b, the bound graph run
+ * `runs` times (the device captures a CUDA graph on the second run and replays it from the third);
+ * *n_nodes: the graph's. */
+static float *unet_forward(i3_backend *b, unet_case *u, int runs, int *n_nodes) {
     i3_ctx *ctx = b->ctx;
     i3_graph g;
     i3_graph_init(&g, ctx);
@@ -1074,8 +1077,10 @@ static float *unet_forward(i3_backend *b, unet_case *u, int *n_nodes) {
         cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", ctx->error);
     cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", ctx->error);
     const i3_value *in = &g.values[g.input], *out = &g.values[output];
-    cr_assert_eq(b->iface->upload(b, in->data, u->input, i3_value_bytes(in)), I3RT_OK, "%s", ctx->error);
-    cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", ctx->error);
+    for (int r = 0; r < runs; r++) { /* the input's buffer is reused once the input is dead: upload it each time */
+        cr_assert_eq(b->iface->upload(b, in->data, u->input, i3_value_bytes(in)), I3RT_OK, "%s", ctx->error);
+        cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", ctx->error);
+    }
     cr_assert_eq((int64_t)(i3_value_bytes(out) / sizeof(float)), u->n_out);
     float *y = malloc(i3_value_bytes(out));
     cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", ctx->error);
@@ -1096,7 +1101,7 @@ static void check_unet_tol(device *d, const char *name, double tolerance) {
     if (!unet_open(d, name, &u))
         return;
     int n_nodes;
-    float *y = unet_forward(d->b, &u, &n_nodes);
+    float *y = unet_forward(d->b, &u, 1, &n_nodes);
     double max_abs = 0, max_ref = 0;
     for (int64_t i = 0; i < u.n_out; i++) {
         double err = fabs((double)y[i] - u.expected[i]);
@@ -1126,7 +1131,7 @@ static void check_unet_vs_cpu(device *d, const char *name) {
     cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
     int n_nodes;
     int64_t fused_before = fused_nodes(d->b);
-    float *ref = unet_forward(cpu, &u, &n_nodes), *y = unet_forward(d->b, &u, &n_nodes);
+    float *ref = unet_forward(cpu, &u, 1, &n_nodes), *y = unet_forward(d->b, &u, 1, &n_nodes);
     char what[96];
     int64_t fused = fused_nodes(d->b) - fused_before;
     snprintf(what, sizeof what, "unet %s vs CPU backend (%d nodes, %lld fused away)", name, n_nodes, (long long)fused);
@@ -1148,9 +1153,11 @@ static void check_unet(device *d, const char *name) {
 
 /* $I3RT_FIXTURES/GROUP/FILE (a RITM-HRNet18 weight file) built at input xs and run on the device and on
  * the CPU backend, random input (the guided network's guide channels 0/1: annotated slices z = 1 and
- * x = w - 3, a random mask inside them); nmse < NMSE_HRNET. Tiny inputs: the emulator is slow. Skipped until
- * the group's generator has run in this build folder. */
-static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3_shape5 xs, int guided, uint64_t seed) {
+ * x = w - 3, a random mask inside them); nmse < NMSE_HRNET. The device runs the bound graph `runs` times:
+ * with 3 the last output is a CUDA graph's replay (mask_pool's scratch among its bindings). Tiny inputs:
+ * the emulator is slow. Skipped until the group's generator has run in this build folder. */
+static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3_shape5 xs, int guided, int runs,
+                              uint64_t seed) {
     const char *dir = getenv("I3RT_FIXTURES");
     char path[1024];
     snprintf(path, sizeof path, "%s/%s/%s", dir ? dir : ".", group, file);
@@ -1180,15 +1187,21 @@ static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3
     i3_backend *cpu;
     cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
     int n_nodes;
+    i3_cuda_stats before, after;
+    i3_backend_cuda_stats(d->b, &before);
     double t0 = i3_now_seconds();
-    float *ref = unet_forward(cpu, &u, &n_nodes);
+    float *ref = unet_forward(cpu, &u, 1, &n_nodes);
     double t1 = i3_now_seconds();
-    float *y = unet_forward(d->b, &u, &n_nodes);
+    float *y = unet_forward(d->b, &u, runs, &n_nodes);
     double t2 = i3_now_seconds();
+    i3_backend_cuda_stats(d->b, &after);
+    const char *graphs = getenv("I3RT_CUDA_GRAPHS");
+    const int64_t replays = (graphs && !strcmp(graphs, "0")) || runs < 3 ? 0 : runs - 2;
+    cr_assert_eq(after.graph_replays - before.graph_replays, replays, "%s: CUDA graph replays", file);
     char what[160];
-    snprintf(what, sizeof what, "%s input [%lld,%lld,%lld,%lld,%lld] vs CPU (%d nodes; %.2f s vs %.2f s)", file,
-             (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, n_nodes, t2 - t1,
-             t1 - t0);
+    snprintf(what, sizeof what, "%s input [%lld,%lld,%lld,%lld,%lld] vs CPU (%d nodes; %d runs %.2f s, CPU %.2f s)",
+             file, (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, n_nodes, runs,
+             t2 - t1, t1 - t0);
     check_nmse_tol(d->b->iface->name, what, y, ref, u.n_out, NMSE_HRNET);
     i3_backend_destroy(cpu);
     free(ref), free(y), free(input);
@@ -1196,11 +1209,11 @@ static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3
 }
 
 static void check_hrnet_2d(device *d) {
-    check_ritm_vs_cpu(d, "snc_session", "hrnet2d.safetensors", (i3_shape5){1, 6, 1, 27, 33}, 0, 150);
+    check_ritm_vs_cpu(d, "snc_session", "hrnet2d.safetensors", (i3_shape5){1, 6, 1, 27, 33}, 0, 1, 150);
 }
 
 static void check_snc_guided_3d(device *d) {
-    check_ritm_vs_cpu(d, "snc_guided", "guided3d.safetensors", (i3_shape5){1, 8, 9, 11, 10}, 1, 151);
+    check_ritm_vs_cpu(d, "snc_guided", "guided3d.safetensors", (i3_shape5){1, 8, 9, 11, 10}, 1, 3, 151);
 }
 
 /* ---- devices ------------------------------------------------------------------------------- */
