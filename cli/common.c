@@ -1,9 +1,25 @@
 #include "common.h" /* cli/common.h */
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+int cli_usage(const char *command, const char *help, const char *fmt, const char *arg) {
+    fprintf(stderr, "i3rt %s: ", command);
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\n%.*s (--help for more)\n", (int)strcspn(help, "\n"), help);
+    return EXIT_USAGE;
+}
+
+int cli_parse_number(const char *s, double lo, double hi, double *out) {
+    char *end;
+    const double v = s && *s ? strtod(s, &end) : NAN;
+    if (!s || !*s || *end || !(v >= lo && v <= hi)) return 0;
+    *out = v;
+    return 1;
+}
 
 int cli_parse_device(const char *name, i3rt_backend_kind *out) {
     if (!name) return 0;

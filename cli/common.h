@@ -8,6 +8,13 @@
 #include <stddef.h>
 
 #define CLI_PATH_LEN 4096
+/* Exit status of a bad command line (a run that fails exits with 1). */
+#define EXIT_USAGE 2
+
+/* "i3rt COMMAND: " + fmt (with arg) and the first line of help on stderr; returns EXIT_USAGE. */
+int cli_usage(const char *command, const char *help, const char *fmt, const char *arg);
+/* s as a whole number in [lo, hi] into *out; 0 (out untouched) if s is NULL, empty, not a number or outside. */
+int cli_parse_number(const char *s, double lo, double hi, double *out);
 
 /* One evaluation case: a name, its image and its ground truth (label NIfTI). */
 typedef struct {

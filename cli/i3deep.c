@@ -28,7 +28,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define EXIT_USAGE 2
 #define MAX_MEMBERS 64
 #define MAX_FILES 1024
 
@@ -105,20 +104,7 @@ typedef struct {
     i3_slice_select_params select;
 } args;
 
-static int usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "i3rt i3deep: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%.*s (--help for more)\n", (int)strcspn(HELP, "\n"), HELP);
-    return EXIT_USAGE;
-}
-
-static int parse_number(const char *s, double lo, double hi, double *out) {
-    char *end;
-    const double v = s ? strtod(s, &end) : NAN;
-    if (!s || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
+static int usage(const char *fmt, const char *arg) { return cli_usage("i3deep", HELP, fmt, arg); }
 
 static int is(const char *command, const char *name) { return strcmp(command, name) == 0; }
 
@@ -178,7 +164,7 @@ static int parse(int argc, char **argv, args *a) {
             *(o[2] == 'l' ? &a->logits : o[2] == 'd' ? &a->disable_tta : &a->json) = 1;
         } else if (is(o, "-f")) {
             while (i + 1 < argc && argv[i + 1][0] >= '0' && argv[i + 1][0] <= '9') {
-                if (a->n_folds == I3_MAX_FOLDS || !parse_number(argv[i + 1], 0, 999, &x) || x != floor(x))
+                if (a->n_folds == I3_MAX_FOLDS || !cli_parse_number(argv[i + 1], 0, 999, &x) || x != floor(x))
                     return usage("-f needs fold numbers (at most 16), got '%s'", argv[i + 1]);
                 a->folds[a->n_folds++] = (int)x;
                 i++;
@@ -194,11 +180,11 @@ static int parse(int argc, char **argv, args *a) {
             *(is(o, "-m") ? &a->model : is(o, "-r") ? &a->refine_model : is(o, "-o") ? &a->out
               : is(o, "--name") ? &a->name : is(o, "--cases") ? &a->cases : &a->markdown) = argv[++i];
         } else if (is(o, "--min-dist") || is(o, "--min-uncert")) {
-            if (!parse_number(v, 0.0, 1.0, &x)) return usage("%s needs a number in [0, 1]", o);
+            if (!cli_parse_number(v, 0.0, 1.0, &x)) return usage("%s needs a number in [0, 1]", o);
             *(o[6] == 'd' ? &a->select.min_dist : &a->select.min_uncert) = x;
             i++;
         } else if (is(o, "--max-slices") || is(o, "--classes") || is(o, "--threads")) {
-            if (!parse_number(v, 1, 32767, &x) || x != floor(x)) return usage("%s needs a whole number >= 1", o);
+            if (!cli_parse_number(v, 1, 32767, &x) || x != floor(x)) return usage("%s needs a whole number >= 1", o);
             *(o[2] == 'm' ? &a->select.max_slices : o[2] == 'c' ? &a->classes : &a->threads) = (int)x;
             i++;
         } else if (is(o, "--device")) {
@@ -206,7 +192,7 @@ static int parse(int argc, char **argv, args *a) {
                 return usage("--device needs cpu, cuda or emulated, got '%s'", v ? v : "");
             i++;
         } else if (is(o, "--unannotated")) {
-            if (!parse_number(v, -1e6, 1e6, &x)) return usage("%s needs a number", o);
+            if (!cli_parse_number(v, -1e6, 1e6, &x)) return usage("%s needs a number", o);
             a->unannotated = (float)x;
             i++;
         } else if (o[0] == '-' && o[1]) {

@@ -13,6 +13,7 @@
 #include "i3rt.h"
 #include "ops.h"
 #include "volume_io.h"
+#include "common.h" /* cli/common.h: EXIT_USAGE */
 #include "predict.h" /* cli/predict.h */
 #include "i3deep.h" /* cli/i3deep.h */
 #include "serve.h" /* cli/serve.h */
@@ -23,7 +24,6 @@
 #include <string.h>
 #include <time.h>
 
-#define EXIT_USAGE 2
 
 static const char *MAIN_HELP =
     "i3rt " I3RT_VERSION ": inference engine for interactive 3D medical image segmentation\n"

@@ -24,7 +24,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define EXIT_USAGE 2
 #define MAX_CASES 100000
 #define PATH_MAX_LEN 4096
 
@@ -76,12 +75,7 @@ typedef struct {
     int tty;
 } progress_state;
 
-static int usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "i3rt predict: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\nusage: i3rt predict -i INPUT -o OUTDIR -m MODELDIR [options] (--help for more)\n");
-    return EXIT_USAGE;
-}
+static int usage(const char *fmt, const char *arg) { return cli_usage("predict", HELP, fmt, arg); }
 
 /* --json-progress: one event per line, {"event": NAME, "case": CASE, "case_index": I, "cases": N, ...}. */
 static cJSON *json_event(const char *name, const char *case_name, int case_index, int n_cases) {

@@ -21,6 +21,7 @@
 #include "nnia.h"
 
 #include <cjson/cJSON.h>
+#include <float.h>
 #include <math.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -31,7 +32,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define EXIT_USAGE 2
 
 static const char *HELP =
     "usage: i3rt serve --model DIR [options]\n"
@@ -809,12 +809,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 
 /* ---- options and main ---------------------------------------------------------------------------- */
 
-static int usage_error(const char *fmt, const char *arg) {
-    fprintf(stderr, "i3rt serve: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%.*s (--help for more)\n", (int)strcspn(HELP, "\n"), HELP);
-    return EXIT_USAGE;
-}
+static int usage_error(const char *fmt, const char *arg) { return cli_usage("serve", HELP, fmt, arg); }
 
 static bool parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     char *end = NULL;
@@ -824,13 +819,7 @@ static bool parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out) {
     return true;
 }
 
-static bool parse_seconds(const char *s, double *out) {
-    char *end = NULL;
-    double v = s ? strtod(s, &end) : 0;
-    if (!s || !*s || *end || !(v > 0) || !isfinite(v)) return false;
-    *out = v;
-    return true;
-}
+static bool parse_seconds(const char *s, double *out) { return cli_parse_number(s, DBL_MIN, DBL_MAX, out); }
 
 static int parse_args(int argc, char **argv, serve_args *a) {
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);

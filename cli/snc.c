@@ -25,7 +25,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#define EXIT_USAGE 2
 #define MAX_SLICES 64
 #define MAX_CLICKS 1024
 #define MAX_FILES 1024
@@ -111,20 +110,7 @@ typedef struct {
 
 static int is(const char *a, const char *b) { return strcmp(a, b) == 0; }
 
-static int usage(const char *fmt, const char *arg) {
-    fprintf(stderr, "i3rt snc: ");
-    fprintf(stderr, fmt, arg);
-    fprintf(stderr, "\n%.*s (--help for more)\n", (int)strcspn(HELP, "\n"), HELP);
-    return EXIT_USAGE;
-}
-
-static int parse_number(const char *s, double lo, double hi, double *out) {
-    char *end;
-    const double v = s ? strtod(s, &end) : NAN;
-    if (!s || *end || !(v >= lo && v <= hi)) return 0;
-    *out = v;
-    return 1;
-}
+static int usage(const char *fmt, const char *arg) { return cli_usage("snc", HELP, fmt, arg); }
 
 static int parse_axis(const char *s, i3_axis *out) {
     for (int a = 0; a < 3; a++)
@@ -195,7 +181,7 @@ static int parse(int argc, char **argv, args *a) {
             if (a->n_slices == MAX_SLICES) return usage("more than 64 slices%s", "");
             if (!parse_axis(v, &s->axis))
                 return usage("--slice needs an axis (axial, coronal, sagittal), got '%s'", v ? v : "");
-            if (!parse_number(i + 2 < argc ? argv[i + 2] : NULL, 0, 1e9, &x) || x != floor(x))
+            if (!cli_parse_number(i + 2 < argc ? argv[i + 2] : NULL, 0, 1e9, &x) || x != floor(x))
                 return usage("--slice needs a slice index >= 0, got '%s'", i + 2 < argc ? argv[i + 2] : "");
             *s = (cli_slice){s->axis, (int64_t)x, 0, a->n_clicks, 0};
             a->n_slices++;
@@ -205,7 +191,7 @@ static int parse(int argc, char **argv, args *a) {
             if (a->n_clicks == MAX_CLICKS) return usage("more than 1024 clicks%s", "");
             double y, xx;
             const char *sign = i + 3 < argc ? argv[i + 3] : "";
-            if (!parse_number(v, -1e9, 1e9, &y) || !parse_number(i + 2 < argc ? argv[i + 2] : NULL, -1e9, 1e9, &xx) ||
+            if (!cli_parse_number(v, -1e9, 1e9, &y) || !cli_parse_number(i + 2 < argc ? argv[i + 2] : NULL, -1e9, 1e9, &xx) ||
                 !(is(sign, "+") || is(sign, "-")))
                 return usage("--click needs Y X and + or -%s", "");
             a->clicks[a->n_clicks++] = (cli_click){y, xx, is(sign, "+")};
@@ -215,12 +201,12 @@ static int parse(int argc, char **argv, args *a) {
             if (a->n_slices == 0) return usage("--inaccurate needs a --slice before it%s", "");
             a->slices[a->n_slices - 1].inaccurate = 1;
         } else if (is(o, "--tau") || is(o, "--gamma")) {
-            if (!parse_number(v, 0.0, 1.0, &x)) return usage("%s needs a number in [0, 1]", o);
+            if (!cli_parse_number(v, 0.0, 1.0, &x)) return usage("%s needs a number in [0, 1]", o);
             *(is(o, "--tau") ? &a->params.recommend.tau : &a->params.gamma) = x;
             i++;
         } else if (is(o, "--skip") || is(o, "--iterations") || is(o, "--threads")) {
             const double lo = is(o, "--skip") ? 0 : 1, hi = is(o, "--iterations") ? MAX_ITERATIONS : 1024;
-            if (!parse_number(v, lo, hi, &x) || x != floor(x)) return usage("%s needs a whole number in range", o);
+            if (!cli_parse_number(v, lo, hi, &x) || x != floor(x)) return usage("%s needs a whole number in range", o);
             int *target = is(o, "--skip") ? &a->params.recommend.skip : is(o, "--iterations") ? &a->iterations
                                                                                               : &a->threads;
             *target = (int)x;
