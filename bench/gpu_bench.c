@@ -25,14 +25,7 @@
 #include "cuda_backend.h"
 #include "i3rt.h"
 
-#define I3_DEV(name) i3emu_##name
-#include "launchers.h"
-#undef I3_DEV
-#ifdef I3RT_HAVE_CUDA
-#define I3_DEV(name) i3gpu_##name
-#include "launchers.h"
-#undef I3_DEV
-#endif
+#include "launchers_both.h" /* kernels/: i3emu_* and, with CUDA, i3gpu_* */
 
 typedef struct {
     int (*conv)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *, i3_shape5,

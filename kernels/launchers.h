@@ -2,8 +2,8 @@
  *
  * Each build of the kernels has its own names: I3_DEV(conv) is i3emu_conv in the emulated build and
  * i3gpu_conv in the nvcc build. This header has no include guard on purpose: a C file that wants
- * both defines I3_DEV, includes it, redefines I3_DEV and includes it again (kernels/device.h
- * defines I3_DEV for the .cu files). Every launcher returns a cudaError_t as int (0 = success),
+ * both defines I3_DEV, includes it, redefines I3_DEV and includes it again (launchers_both.h does;
+ * kernels/device.h defines I3_DEV for the .cu files). Every launcher returns a cudaError_t as int (0 = success),
  * queues its work on `stream` (a cudaStream_t, NULL = default) and takes NCDHW float32 tensors
  * with the semantics of the CPU op of the same name in runtime/ops.h; `ys` is the output shape. */
 #ifdef __cplusplus

@@ -19,14 +19,7 @@
 #include "sliding_window.h"
 #include "weights.h"
 
-#define I3_DEV(name) i3emu_##name
-#include "launchers.h"
-#undef I3_DEV
-#ifdef I3RT_HAVE_CUDA
-#define I3_DEV(name) i3gpu_##name
-#include "launchers.h"
-#undef I3_DEV
-#endif
+#include "launchers_both.h" /* kernels/: i3emu_* and, with CUDA, i3gpu_* */
 
 #define NMSE_F32 1e-10
 /* Whole random-weight HRNets amplify the convolutions' f32 summation-order differences: 8e-11 seen on the
