@@ -100,31 +100,24 @@ class I3rt:
         return Session(self, model_dir, fold, n_threads, backend)
 
 
-class Session:
-    """One i3rt_ni_session on its own context."""
+class _OwnContext:
+    """A context of its own (n_threads, backend); errors raise I3rtError with its message."""
 
-    def __init__(self, i3rt, model_dir, fold=-1, n_threads=1, backend="cpu"):
+    def _open_context(self, i3rt, n_threads, backend):
         self._lib = i3rt.lib
+        _bind_snc(self._lib)
         self._ctx = _P()
-        self._s = _P()
-        self._target = None
         if self._lib.i3rt_context_create(ctypes.byref(self._ctx), int(n_threads), _BACKENDS[backend]) != _STATUS_OK:
             raise I3rtError(f"cannot create a {backend} context with {n_threads} threads")
-        self._check(self._lib.i3rt_ni_session_create(self._ctx, os.fsencode(model_dir), int(fold),
-                                                     ctypes.byref(self._s)))
 
     def _check(self, status):
         if status != _STATUS_OK:
             raise I3rtError(self._lib.i3rt_context_error(self._ctx).decode(errors="replace"))
 
-    def close(self):
-        if self._s:
-            self._lib.i3rt_ni_session_free(self._s)
-            self._s = _P()
+    def _close_context(self):
         if self._ctx:
             self._lib.i3rt_context_free(self._ctx)
             self._ctx = _P()
-        self._target = None
 
     def __enter__(self):
         return self
@@ -134,6 +127,25 @@ class Session:
 
     def __del__(self):
         self.close()
+
+
+class Session(_OwnContext):
+    """One i3rt_ni_session on its own context."""
+
+    def __init__(self, i3rt, model_dir, fold=-1, n_threads=1, backend="cpu"):
+        self._s = _P()
+        self._target = None
+        self._open_context(i3rt, n_threads, backend)
+        self._check(self._lib.i3rt_ni_session_create(self._ctx, os.fsencode(model_dir), int(fold),
+                                                     ctypes.byref(self._s)))
+
+    def close(self):
+        if getattr(self, "_s", None):
+            self._lib.i3rt_ni_session_free(self._s)
+            self._s = _P()
+        if getattr(self, "_ctx", None):
+            self._close_context()
+        self._target = None
 
     @property
     def capabilities(self):
@@ -248,35 +260,6 @@ def _bind_snc(lib):
     for name, (restype, argtypes) in _SNC_SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
-
-
-class _OwnContext:
-    """A context of its own (n_threads, backend); errors raise I3rtError with its message."""
-
-    def _open_context(self, i3rt, n_threads, backend):
-        self._lib = i3rt.lib
-        _bind_snc(self._lib)
-        self._ctx = _P()
-        if self._lib.i3rt_context_create(ctypes.byref(self._ctx), int(n_threads), _BACKENDS[backend]) != _STATUS_OK:
-            raise I3rtError(f"cannot create a {backend} context with {n_threads} threads")
-
-    def _check(self, status):
-        if status != _STATUS_OK:
-            raise I3rtError(self._lib.i3rt_context_error(self._ctx).decode(errors="replace"))
-
-    def _close_context(self):
-        if self._ctx:
-            self._lib.i3rt_context_free(self._ctx)
-            self._ctx = _P()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
 
 class SncSession(_OwnContext):
