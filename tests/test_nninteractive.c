@@ -80,7 +80,11 @@ static i3rt_ni_session *session_new(i3rt_context *ctx) {
     return s;
 }
 
-static float *read_image(const int64_t shape[3]) {
+/* The fixture image and its shape (steps.json's "shape"). */
+static float *read_image(int64_t shape[3]) {
+    cJSON *j = steps_json();
+    json_shape(cJSON_GetObjectItem(j, "shape"), shape);
+    cJSON_Delete(j);
     return read_fixture("image.f32", (size_t)(shape[0] * shape[1] * shape[2]) * sizeof(float));
 }
 
@@ -132,9 +136,8 @@ static bool box_equal(const i3rt_box *a, const i3rt_box *b) {
 Test(nninteractive, parity_with_python_session) {
     cJSON *j = steps_json();
     int64_t shape[3];
-    json_shape(cJSON_GetObjectItem(j, "shape"), shape);
-    const int64_t n = shape[0] * shape[1] * shape[2];
     float *image = read_image(shape);
+    const int64_t n = shape[0] * shape[1] * shape[2];
     i3rt_context *ctx = ctx_new();
     i3rt_ni_session *s = session_new(ctx);
     const int C = s->cap.n_channels;
@@ -254,11 +257,9 @@ static void expect_works(i3rt_context *ctx, i3rt_ni_session *s, const int64_t sh
 }
 
 Test(nninteractive, bad_prompts) {
-    cJSON *j = steps_json();
     int64_t shape[3];
-    json_shape(cJSON_GetObjectItem(j, "shape"), shape);
-    const int64_t n = shape[0] * shape[1] * shape[2];
     float *image = read_image(shape);
+    const int64_t n = shape[0] * shape[1] * shape[2];
     i3rt_context *ctx = ctx_new();
     i3rt_ni_session *s = session_new(ctx);
     i3rt_ni_result r;
@@ -313,7 +314,6 @@ Test(nninteractive, bad_prompts) {
     i3rt_context_free(ctx);
     free(target);
     free(image);
-    cJSON_Delete(j);
 }
 
 static void copy_file(const char *from, const char *to) {
@@ -393,11 +393,9 @@ Test(nninteractive, bad_model_folders) {
  * they are encoded on their mapped channels (nnInteractive merges every mapping into the defaults); a 3D box
  * stays refused without bbox3d, as in _add_bbox_interaction. */
 Test(nninteractive, override_capability_checks) {
-    cJSON *j = steps_json();
     int64_t shape[3];
-    json_shape(cJSON_GetObjectItem(j, "shape"), shape);
-    const int64_t n = shape[0] * shape[1] * shape[2];
     float *image = read_image(shape);
+    const int64_t n = shape[0] * shape[1] * shape[2];
     i3rt_context *ctx = ctx_new();
     char dir[512];
     fx_temp_dir(dir, sizeof dir, "nninteractive_override");
@@ -432,7 +430,6 @@ Test(nninteractive, override_capability_checks) {
     free(seg);
     free(target);
     free(image);
-    cJSON_Delete(j);
     i3rt_context_free(ctx);
 }
 
@@ -456,9 +453,7 @@ Test(nninteractive, f64_to_f16_rounds_once) {
  * 6550.4 (_renormalize_interactions_if_needed), the newest prompt stays the largest value, and undo of that
  * prompt restores the channels and the intensity. */
 Test(nninteractive, decay_renormalization) {
-    cJSON *j = steps_json();
     int64_t shape[3];
-    json_shape(cJSON_GetObjectItem(j, "shape"), shape);
     float *image = read_image(shape);
     i3rt_context *ctx = ctx_new();
     i3rt_ni_session *s = session_new(ctx);
@@ -496,5 +491,4 @@ Test(nninteractive, decay_renormalization) {
     i3rt_ni_session_free(s);
     i3rt_context_free(ctx);
     free(image);
-    cJSON_Delete(j);
 }
