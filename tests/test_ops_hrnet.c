@@ -235,30 +235,3 @@ Test(ops_hrnet, mask_attention_graph_shape_errors) {
     cr_expect(strstr(ctx.error, "gate: gate input ([1, 4, 2, 5, 6]) must be [1, 4, 1, 1, 1] for input"), "%s", ctx.error);
     i3_graph_free(&g);
 }
-
-/* The emulated CUDA device has no kernels for these ops: each node must fail with a clear message. */
-Test(ops_hrnet, emulated_backend_refuses) {
-    i3_ctx ctx = {.n_threads = 1, .backend = I3RT_BACKEND_EMULATED};
-    i3_backend *b = NULL;
-    if (i3_backend_create(&ctx, &b) != I3RT_OK) {
-        printf("emulated backend not built: %s\n", ctx.error);
-        return;
-    }
-    small_graph sg;
-    build_small(&sg, &ctx);
-    cr_assert_eq(i3_graph_plan(&sg.g, sg.out, b), I3RT_OK, "%s", ctx.error);
-    void *arena = NULL, *weights = NULL;
-    cr_assert_eq(b->iface->alloc(b, sg.g.arena_bytes, &arena), I3RT_OK);
-    cr_assert_eq(i3_graph_bind(&sg.g, b, arena, weights), I3RT_OK);
-    for (int i = 0; i < sg.g.n_nodes; i++) {
-        const char *op = i3_op_name(sg.g.nodes[i].op);
-        cr_expect_eq(b->iface->run_node(b, &sg.g, &sg.g.nodes[i], NULL), I3RT_ERR_UNSUPPORTED, "%s ran", op);
-        char expect[96];
-        snprintf(expect, sizeof expect, "op %s has no kernel", op);
-        cr_expect(strstr(ctx.error, expect), "%s: message '%s'", op, ctx.error);
-        printf("emulated backend, %s: %s\n", op, ctx.error);
-    }
-    b->iface->free(b, arena);
-    i3_backend_destroy(b);
-    i3_graph_free(&sg.g);
-}
