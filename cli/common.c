@@ -13,6 +13,22 @@ int cli_usage(const char *command, const char *help, const char *fmt, const char
     return EXIT_USAGE;
 }
 
+int cli_command(const char *subcommand, const char *help, int argc, char **argv, const char *const *commands, int n) {
+    char list[512] = "";
+    for (int i = 0; i < n; i++)
+        snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "", commands[i]);
+    if (argc < 1) return cli_usage(subcommand, help, "a command is needed: %s", list);
+    if (strcmp(argv[0], "-h") == 0 || strcmp(argv[0], "--help") == 0) {
+        fputs(help, stdout);
+        return 0;
+    }
+    for (int i = 0; i < n; i++)
+        if (strcmp(argv[0], commands[i]) == 0) return -1;
+    fprintf(stderr, "i3rt %s: unknown command '%s' (%s)\n%.*s (--help for more)\n", subcommand, argv[0], list,
+            (int)strcspn(help, "\n"), help);
+    return EXIT_USAGE;
+}
+
 int cli_parse_number(const char *s, double lo, double hi, double *out) {
     char *end;
     const double v = s && *s ? strtod(s, &end) : NAN;

@@ -13,6 +13,10 @@
 
 /* "i3rt COMMAND: " + fmt (with arg) and the first line of help on stderr; returns EXIT_USAGE. */
 int cli_usage(const char *command, const char *help, const char *fmt, const char *arg);
+/* The start of a subcommand that takes a command first (i3rt i3deep, i3rt snc): argv[0] must be one of the
+ * n commands, or -h / --help (help printed on stdout). Returns -1 to go on with argv[0] as the command, 0
+ * after the help, EXIT_USAGE (with a message listing the commands) otherwise. */
+int cli_command(const char *subcommand, const char *help, int argc, char **argv, const char *const *commands, int n);
 /* s as a whole number in [lo, hi] into *out; 0 (out untouched) if s is NULL, empty, not a number or outside. */
 int cli_parse_number(const char *s, double lo, double hi, double *out);
 

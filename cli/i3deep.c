@@ -144,16 +144,10 @@ static int check(args *a) {
 /* Returns -1 when the arguments are fine, else the exit status. */
 static int parse(int argc, char **argv, args *a) {
     *a = (args){.threads = 1, .select = I3_SLICE_SELECT_DEFAULTS};
-    if (argc < 1) return usage("a command is needed: recommend, refine-input, refine, simulate or evaluate%s", "");
+    static const char *const commands[] = {"recommend", "refine-input", "refine", "simulate", "evaluate"};
+    const int start = cli_command("i3deep", HELP, argc, argv, commands, 5);
+    if (start >= 0) return start;
     a->command = argv[0];
-    if (is(a->command, "-h") || is(a->command, "--help")) {
-        fputs(HELP, stdout);
-        return 0;
-    }
-    const char *commands[] = {"recommend", "refine-input", "refine", "simulate", "evaluate"};
-    int known = 0;
-    for (int i = 0; i < 5; i++) known |= is(a->command, commands[i]);
-    if (!known) return usage("unknown command '%s' (recommend, refine-input, refine, simulate, evaluate)", a->command);
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         double x;

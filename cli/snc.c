@@ -150,16 +150,10 @@ static int check(args *a) {
 static int parse(int argc, char **argv, args *a) {
     memset(a, 0, sizeof *a);
     a->threads = 1, a->iterations = 3, a->params = I3_SNC_SESSION_DEFAULTS;
-    if (argc < 1) return usage("a command is needed: click, propagate, recommend, simulate or evaluate%s", "");
+    static const char *const commands[] = {"click", "propagate", "recommend", "simulate", "evaluate"};
+    const int start = cli_command("snc", HELP, argc, argv, commands, 5);
+    if (start >= 0) return start;
     a->command = argv[0];
-    if (is(a->command, "-h") || is(a->command, "--help")) {
-        fputs(HELP, stdout);
-        return 0;
-    }
-    const char *commands[] = {"click", "propagate", "recommend", "simulate", "evaluate"};
-    int known = 0;
-    for (int i = 0; i < 5; i++) known |= is(a->command, commands[i]);
-    if (!known) return usage("unknown command '%s' (click, propagate, recommend, simulate, evaluate)", a->command);
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         double x;
