@@ -7,7 +7,7 @@
     scripts/train_snc.py calibrate-3d            # only the calibration, on an existing guided3d.pth
     scripts/train_snc.py export                  # convert both checkpoints into weights/snc_brain/ (f16)
     scripts/train_snc.py eval-cases [--out DIR]  # held-out NIfTI crops + LIST.tsv for `i3rt snc evaluate`
-    common: [--work ~/.cache/i3rt/snc_train] [--threads 2] [--seed 0]
+    common: [--work ~/.cache/i3rt/snc_train] [--threads 2] [--seed 0]; 2d/3d: [--resume] [--lr X]
 
   1. Cases from real volumes with scripts/train_models.py's sources and deformation (tm.sample_case,
      tm.bias_field: the Colin27 T1 with the whole AAL atlas resampled in place, as train_nninteractive.py does,
@@ -427,14 +427,28 @@ def dice(a, b):
     return 1.0 if s == 0 else 2.0 * (a & b).sum() / s
 
 
+def resume_from(path, log):
+    """The state of the stage's checkpoint, which is kept as <name>_before_resume.pth (the new run overwrites
+    path). Adam's moments are not saved, so a resumed run starts them afresh (a warm restart of the schedule)."""
+    state = torch.load(path, map_location="cpu")["state_dict"]
+    kept = path.replace(".pth", "_before_resume.pth")
+    os.replace(path, kept)
+    log(f"resuming from {path} (kept as {kept})")
+    return state
+
+
 def stage_2d(args, log):
     rng = np.random.default_rng(args.seed)
     cases = make_cases(args.cases[0], args.cases[1])
     log(f"{len(cases)} cases made")
     net = sm.HRNetModel(**NET_ARGS)
-    # RITM starts the click branch's ScaleLayer at 0.05 next to an ImageNet-pretrained backbone; from scratch
-    # that kept the clicks too faint (first run: loss flat at 0.45, no foreground after 120 steps)
-    net.maps_transform[3].scale.data.fill_(1.0)
+    out = os.path.join(args.work, "hrnet18s_2d.pth")
+    if args.resume:
+        net.load_state_dict(resume_from(out, log))
+    else:
+        # RITM starts the click branch's ScaleLayer at 0.05 next to an ImageNet-pretrained backbone; from
+        # scratch that kept the clicks too faint (first run: loss flat at 0.45, no foreground after 120 steps)
+        net.maps_transform[3].scale.data.fill_(1.0)
 
     def step():
         images, prevs, points, gts = batch_2d(rng, cases, net)
@@ -443,7 +457,7 @@ def stage_2d(args, log):
             d = np.mean([dice(a, b) for a, b in zip((logits[:, 0] > 0).numpy(), gts[:, 0].numpy() > 0.5)])
         return seg_loss(logits, aux, gts), [float(d)]
 
-    train(net, step, args.minutes, 1e-3, os.path.join(args.work, "hrnet18s_2d.pth"), config(), log)
+    train(net, step, args.minutes, args.lr or 1e-3, out, config(), log)
 
 
 def guided_acs(model):
@@ -460,10 +474,14 @@ def stage_3d(args, log):
     rng = np.random.default_rng(args.seed + 1)
     cases = make_cases(args.cases[0], args.cases[1])
     log(f"{len(cases)} cases made")
-    state_2d = torch.load(os.path.join(args.work, "hrnet18s_2d.pth"), map_location="cpu")["state_dict"]
+    out = os.path.join(args.work, "guided3d.pth")
     model = sm.GuidedHRNetModel(attention_hidden=ATTENTION_HIDDEN, **NET_ARGS)
-    model.load_state_dict(sm.guided_state_from_2d(state_2d, model))
+    if not args.resume:
+        state_2d = torch.load(os.path.join(args.work, "hrnet18s_2d.pth"), map_location="cpu")["state_dict"]
+        model.load_state_dict(sm.guided_state_from_2d(state_2d, model))
     net = guided_acs(model)
+    if args.resume:
+        net.load_state_dict(resume_from(out, log))
 
     def step():
         x, y = batch_3d(rng, cases, net)
@@ -475,8 +493,7 @@ def stage_3d(args, log):
         return l_seg + LAMBDA_ATTN * l_attn, [l_seg.item(), l_attn.item(), float(d)]
 
     cfg = {"class": "snc_models.GuidedHRNetModel", "params": dict(NET_ARGS, attention_hidden=ATTENTION_HIDDEN)}
-    out = os.path.join(args.work, "guided3d.pth")
-    train(net, step, args.minutes, 5e-4, out, cfg, log)
+    train(net, step, args.minutes, args.lr or 5e-4, out, cfg, log)
     calibrate_3d(net, rng, cases, out, cfg, log)
 
 
@@ -559,7 +576,9 @@ def main():
     ap.add_argument("--minutes", type=float, default=30.0, help="wall-time budget of the stage")
     ap.add_argument("--cases", type=int, nargs=2, default=[24, 4], metavar=("BRAIN", "CT"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="a resumed run needs another seed, or it replays the samples")
+    ap.add_argument("--resume", action="store_true", help="2d/3d: continue from the stage's checkpoint in --work")
+    ap.add_argument("--lr", type=float, help="2d/3d: peak learning rate (default 1e-3 / 5e-4)")
     ap.add_argument("--out", help="eval-cases: output folder (default WORK/eval)")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
