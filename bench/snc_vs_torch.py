@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import gen_hrnet  # noqa: E402
 from gen_snc_predictor import BasePredictor, Click, ZoomIn  # noqa: E402
+from gen_snc_session import small_clicks  # noqa: E402
 from i3rt_ctypes import I3rt, I3rtError, Model, SncSession  # noqa: E402
 from snc_models import GuidedHRNetModel, HRNetModel, guided_input, guided_state_from_2d, interpolate, to_acs  # noqa: E402
 
@@ -65,28 +66,13 @@ COMMON = dict(use_leaky_relu=True, norm_radius=5, use_disks=True, with_prev_mask
 
 # ---- networks ---------------------------------------------------------------------------------------------
 
-def convert(model, class_name, arch, out, acs):
-    config = {"class": class_name, "params": {k: {"type": "builtin", "value": v, "specified": True}
-                                              for k, v in {**arch, **COMMON, "with_aux_output": True}.items()}}
-    ckpt = out + ".pth"
-    torch.save({"state_dict": model.state_dict(), "config": config}, ckpt)
-    gen_hrnet.convert(ckpt, out, acs)
-    os.remove(ckpt)
-
-
 def random_networks(name, folder, slice_img):
     """(2D model, guided 3D model after to_acs, 2D file, 3D file) with seeded random weights; the cls_head bias
     is shifted so that the first click on the slice gives 5% object (random weights otherwise predict none, and
     zoom-in, which crops around the object from the second click on, would never run)."""
     gen = torch.Generator().manual_seed(8)
     model = HRNetModel(**ARCHS[name], **COMMON)
-    gen_hrnet.randomize(model, gen)
-    calib = []
-    for size in ((40, 48), (32, 40)):
-        cases = [gen_hrnet.random_case(gen, size, [(0, 5.0 + 6 * i, 30.0 - 5 * i, 1), (0, 25.0 - 4 * i, 10.0 + 6 * i, 0)])
-                 for i in range(4)]
-        calib.append(torch.cat([model.encode(torch.cat([img, prev[None]], 0)[None], pts) for img, prev, pts in cases]))
-    gen_hrnet.calibrate_bn(model, gen, calib)
+    gen_hrnet.random_calibrated(model, gen, ((40, 48), (32, 40)), small_clicks)
     first = torch.tensor([[CLICKS[0][:2], (-1, -1)]], dtype=torch.float32)
     with torch.no_grad():
         x = model.encode(torch.cat([slice_img, torch.zeros_like(slice_img[:1])], 0)[None], first)
@@ -94,8 +80,9 @@ def random_networks(name, folder, slice_img):
     guided = GuidedHRNetModel(**ARCHS[name], **COMMON)
     guided.load_state_dict(guided_state_from_2d(model.state_dict(), guided))
     f2, f3 = os.path.join(folder, f"hrnet{name}_2d.safetensors"), os.path.join(folder, f"hrnet{name}_guided3d.safetensors")
-    convert(model, "isegm.model.is_hrnet_model.HRNetModel", ARCHS[name], f2, False)
-    convert(guided, "snc_models.GuidedHRNetModel", ARCHS[name], f3, True)
+    params = {**ARCHS[name], **COMMON, "with_aux_output": True}
+    gen_hrnet.save_converted(model, gen_hrnet.HRNET_CLASS, params, f2)
+    gen_hrnet.save_converted(guided, "snc_models.GuidedHRNetModel", params, f3, "--acs")
     return model.eval(), to_acs(guided).eval(), f2, f3
 
 

@@ -61,6 +61,16 @@ from snc_models import HRNetModel, to_acs  # noqa: E402  (tools/ on sys.path abo
 
 # ---- fixtures ----------------------------------------------------------------------------------------
 
+HRNET_CLASS = "isegm.model.is_hrnet_model.HRNetModel"  # RITM's class name in a checkpoint's config
+HRNET18_PARAMS = dict(width=18, ocr_width=64, with_aux_output=True, use_leaky_relu=True, use_rgb_conv=False,
+                      use_disks=True, norm_radius=5, with_prev_mask=True)
+
+
+def spread_clicks(i):
+    """Calibration case i's clicks (z, y, x, positive): one positive, one negative, spread over 4 cases."""
+    return [(0, 10.0 + 15 * i, 50.0 - 9 * i, 1), (0, 60.0 - 7 * i, 20.0 + 11 * i, 0)]
+
+
 def read_key_list():
     keys = []
     for line in open(KEYS):
@@ -146,9 +156,27 @@ def run_case(model, gen, shape, clicks):
             "logits": five(up)}
 
 
-def convert(ckpt, out, acs):
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "convert_pt", "convert_ritm.py"), ckpt, "--out", out]
-    subprocess.run(cmd + (["--acs"] if acs else []), check=True, stdout=subprocess.DEVNULL)
+def random_calibrated(model, gen, sizes, clicks):
+    """randomize, then calibrate_bn on one batch per size of 4 random 2D cases, case i clicked at clicks(i)."""
+    randomize(model, gen)
+    calib = []
+    for size in sizes:
+        cases = [random_case(gen, size, clicks(i)) for i in range(4)]
+        calib.append(torch.cat([model.encode(torch.cat([img, prev[None]], 0)[None], pts) for img, prev, pts in cases]))
+    calibrate_bn(model, gen, calib)
+
+
+def save_converted(model, class_name, params, out, *flags):
+    """The model as a RITM checkpoint ({'state_dict' in float32, 'config' of params}) converted by
+    tools/convert_pt/convert_ritm.py (with flags such as --acs) into out."""
+    config = {"class": class_name,
+              "params": {k: {"type": "builtin", "value": v, "specified": True} for k, v in params.items()}}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = os.path.join(tmp, "model.pth")
+        torch.save({"state_dict": state, "config": config}, ckpt)
+        cmd = [sys.executable, os.path.join(ROOT, "tools", "convert_pt", "convert_ritm.py"), ckpt, "--out", out]
+        subprocess.run(cmd + list(flags), check=True, stdout=subprocess.DEVNULL)
 
 
 def write_bad_files(out):
@@ -184,23 +212,9 @@ def main():
     assert got == expected, "state-dict keys/shapes differ from RITM's: " + str(
         [a for a in zip(got, expected) if a[0] != a[1]][:3] + [len(got), len(expected)])
 
-    randomize(model, gen)
-    calib = []  # 3 batches of 4 different images with different clicks
-    for size in ((96, 112), (64, 80), (80, 96)):
-        cases = [random_case(gen, size, [(0, 10.0 + 15 * i, 50.0 - 9 * i, 1), (0, 60.0 - 7 * i, 20.0 + 11 * i, 0)])
-                 for i in range(4)]
-        calib.append(torch.cat([model.encode(torch.cat([img, prev[None]], 0)[None], pts) for img, prev, pts in cases]))
-    calibrate_bn(model, gen, calib)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = os.path.join(tmp, "hrnet18.pth")
-        config = {"class": "isegm.model.is_hrnet_model.HRNetModel",
-                  "params": {k: {"type": "builtin", "value": v, "specified": True} for k, v in
-                             dict(width=18, ocr_width=64, with_aux_output=True, use_leaky_relu=True,
-                                  use_rgb_conv=False, use_disks=True, norm_radius=5, with_prev_mask=True).items()}}
-        torch.save({"state_dict": model.state_dict(), "config": config}, ckpt)
-        convert(ckpt, os.path.join(args.out, "hrnet2d.safetensors"), False)
-        convert(ckpt, os.path.join(args.out, "hrnet3d.safetensors"), True)
+    random_calibrated(model, gen, ((96, 112), (64, 80), (80, 96)), spread_clicks)
+    for name, flags in (("hrnet2d", ()), ("hrnet3d", ("--acs",))):
+        save_converted(model, HRNET_CLASS, HRNET18_PARAMS, os.path.join(args.out, name + ".safetensors"), *flags)
 
     write_bad_files(args.out)
 

@@ -26,9 +26,7 @@ Writes into --out:
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import warnings
 
 import torch
@@ -37,7 +35,7 @@ from safetensors.torch import save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
-from gen_hrnet import calibrate_bn, randomize  # noqa: E402
+from gen_hrnet import calibrate_bn, randomize, save_converted  # noqa: E402
 from gen_hrnet import random_case as gen_hrnet_random_case  # noqa: E402
 from snc_models import (GuidedHRNetModel, HRNetModel, dist_maps, guided_input, guided_state_from_2d,  # noqa: E402
                         interpolate, to_acs)
@@ -144,14 +142,7 @@ def main():
         att.fc2.weight.copy_(torch.randn(att.fc2.weight.shape, generator=gen) * 0.6 / att.fc2.weight.shape[1] ** 0.5)
         att.fc2.bias.copy_(0.3 * torch.randn(att.fc2.bias.shape, generator=gen))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = os.path.join(tmp, "guided.pth")
-        config = {"class": "snc_models.GuidedHRNetModel",
-                  "params": {k: {"type": "builtin", "value": v, "specified": True} for k, v in CONFIG.items()}}
-        torch.save({"state_dict": model.state_dict(), "config": config}, ckpt)
-        cmd = [sys.executable, os.path.join(ROOT, "tools", "convert_pt", "convert_ritm.py"), ckpt, "--guided", "--out",
-               os.path.join(args.out, "guided3d.safetensors")]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    save_converted(model, "snc_models.GuidedHRNetModel", CONFIG, os.path.join(args.out, "guided3d.safetensors"), "--guided")
 
     from safetensors import safe_open
     with safe_open(os.path.join(args.out, "guided3d.safetensors"), "pt") as f:

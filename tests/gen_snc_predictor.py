@@ -40,7 +40,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from copy import deepcopy
 
 import nibabel as nib
@@ -460,13 +459,7 @@ def main():
     gen = torch.Generator().manual_seed(2024)
 
     model = gen_hrnet.HRNetModel()
-    gen_hrnet.randomize(model, gen)
-    calib = []
-    for size in ((96, 112), (64, 80)):
-        cases = [gen_hrnet.random_case(gen, size, [(0, 10.0 + 15 * i, 50.0 - 9 * i, 1), (0, 60.0 - 7 * i, 20.0 + 11 * i, 0)])
-                 for i in range(4)]
-        calib.append(torch.cat([model.encode(torch.cat([img, prev[None]], 0)[None], pts) for img, prev, pts in cases]))
-    gen_hrnet.calibrate_bn(model, gen, calib)
+    gen_hrnet.random_calibrated(model, gen, ((96, 112), (64, 80)), gen_hrnet.spread_clicks)
     model.double()
     image = load_slice()
     h, w = image.shape[1:]
@@ -478,14 +471,8 @@ def main():
     with torch.no_grad():
         model.feature_extractor.cls_head.bias -= float(torch.quantile(logits.flatten(), 0.85))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = os.path.join(tmp, "hrnet18.pth")
-        config = {"class": "isegm.model.is_hrnet_model.HRNetModel",
-                  "params": {k: {"type": "builtin", "value": v, "specified": True} for k, v in
-                             dict(width=18, ocr_width=64, with_aux_output=True, use_leaky_relu=True,
-                                  use_rgb_conv=False, use_disks=True, norm_radius=5, with_prev_mask=True).items()}}
-        torch.save({"state_dict": {k: v.float() for k, v in model.state_dict().items()}, "config": config}, ckpt)
-        gen_hrnet.convert(ckpt, os.path.join(args.out, "hrnet2d.safetensors"), False)
+    gen_hrnet.save_converted(model, gen_hrnet.HRNET_CLASS, gen_hrnet.HRNET18_PARAMS,
+                             os.path.join(args.out, "hrnet2d.safetensors"))
     # the reference runs the weights as stored (float32) in float64
     model.float().double()
 

@@ -17,7 +17,6 @@ Writes into --out:
 import argparse
 import os
 import sys
-import tempfile
 
 import torch
 
@@ -33,14 +32,9 @@ MODEL_ARGS = {k: CONFIG[k] for k in ("width", "ocr_width", "small", "use_leaky_r
                                      "with_prev_mask")}
 
 
-def save_and_convert(model, class_name, out, acs):
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = os.path.join(tmp, "model.pth")
-        config = {"class": class_name,
-                  "params": {k: {"type": "builtin", "value": v, "specified": True} for k, v in CONFIG.items()}}
-        torch.save({"state_dict": model.state_dict(), "config": config}, ckpt)
-        gen_hrnet.convert(ckpt, out, acs)
-    print("wrote", out)
+def small_clicks(i):
+    """Calibration case i's clicks on the small (40 x 48, 32 x 40) calibration images."""
+    return [(0, 5.0 + 6 * i, 30.0 - 5 * i, 1), (0, 25.0 - 4 * i, 10.0 + 6 * i, 0)]
 
 
 def main():
@@ -50,15 +44,10 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(8)
+    torch.manual_seed(8)  # the mask attention's fc1 keeps PyTorch's default initialization (fc2 is zero)
 
     model = gen_hrnet.HRNetModel(**MODEL_ARGS)
-    gen_hrnet.randomize(model, gen)
-    calib = []
-    for size in ((40, 48), (32, 40)):
-        cases = [gen_hrnet.random_case(gen, size, [(0, 5.0 + 6 * i, 30.0 - 5 * i, 1), (0, 25.0 - 4 * i, 10.0 + 6 * i, 0)])
-                 for i in range(4)]
-        calib.append(torch.cat([model.encode(torch.cat([img, prev[None]], 0)[None], pts) for img, prev, pts in cases]))
-    gen_hrnet.calibrate_bn(model, gen, calib)
+    gen_hrnet.random_calibrated(model, gen, ((40, 48), (32, 40)), small_clicks)
 
     image, prev, pts = gen_hrnet.random_case(gen, (24, 28), [(0, 12.0, 14.0, 1)])
     with torch.no_grad():
@@ -66,11 +55,12 @@ def main():
         _, logits = model.forward_encoded(x)
         model.feature_extractor.cls_head.bias -= float(torch.quantile(logits.flatten(), 0.8))
 
-    save_and_convert(model, "isegm.model.is_hrnet_model.HRNetModel", os.path.join(args.out, "hrnet2d.safetensors"),
-                     False)
     guided = GuidedHRNetModel(attention_hidden=16, **MODEL_ARGS)
     guided.load_state_dict(guided_state_from_2d(model.state_dict(), guided))
-    save_and_convert(guided, "snc_models.GuidedHRNetModel", os.path.join(args.out, "guided3d.safetensors"), True)
+    for net, class_name, name, flags in ((model, gen_hrnet.HRNET_CLASS, "hrnet2d", ()),
+                                         (guided, "snc_models.GuidedHRNetModel", "guided3d", ("--acs",))):
+        gen_hrnet.save_converted(net, class_name, CONFIG, os.path.join(args.out, name + ".safetensors"), *flags)
+        print("wrote", os.path.join(args.out, name + ".safetensors"))
 
 
 if __name__ == "__main__":
