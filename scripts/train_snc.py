@@ -2,9 +2,8 @@
 """Trains Slice-and-Conquer's two networks on CPU and makes held-out evaluation cases (docs/snc-training.md).
 
     scripts/train_snc.py 2d [--minutes 30]       # stage A: RITM's HRNet-18s, iterative click training
-    scripts/train_snc.py 3d [--minutes 30]       # stage B: the guided 3D network, from stage A's weights,
-                                                 #   then its output bias calibrated (calibrate_3d)
-    scripts/train_snc.py calibrate-3d            # only the calibration, on an existing guided3d.pth
+    scripts/train_snc.py 3d [--minutes 30]       # stage B: the guided 3D network, from stage A's weights
+    scripts/train_snc.py calibrate-3d            # shift guided3d.pth's output bias (optional: see below)
     scripts/train_snc.py export                  # convert both checkpoints into weights/snc_brain/ (f16)
     scripts/train_snc.py eval-cases [--out DIR]  # held-out NIfTI crops + LIST.tsv for `i3rt snc evaluate`
     common: [--work ~/.cache/i3rt/snc_train] [--threads 2] [--seed 0]; 2d/3d: [--resume] [--lr X]
@@ -34,9 +33,10 @@
      perturbed, sometimes an empty background slice), the clicks a user would have made on them, the
      previous 3D prediction empty, a perturbed ground truth or the network's own prediction from the
      earlier masks; loss L_3D = L_seg + 0.5 L_attn (paper Eq. 1; L_seg = NFL + 0.4 BCE aux, L_attn = NFL on
-     the mask attention's head), input by guided_input (the C encoder's). Then cls_head's bias is shifted by the
-     value (-4..4, step 0.1) that maximizes the mean Dice of `p > 0.5` on 32 fresh training samples in eval mode:
-     the normalized focal loss leaves the 3D probabilities low, and the session thresholds them at 0.5.
+     the mask attention's head), input by guided_input (the C encoder's). calibrate-3d shifts cls_head's bias
+     by the value (-4..4, step 0.1) that maximizes the mean Dice of `p > 0.5` on 32 fresh training samples in
+     eval mode; the first, short run needed it (no 3D probability reached 0.5), after the longer run it hurt
+     the session from the second slice on (docs/snc-training.md), so stage 3d no longer runs it.
   Adam, learning rate on a poly schedule over the elapsed fraction of --minutes (as train_nninteractive.py).
   Checkpoints are RITM's format ({'state_dict', 'config'}) in --work; `export` converts them with
   tools/convert_pt/convert_ritm.py (--dtype f16).
@@ -65,6 +65,7 @@ import snc_models as sm  # noqa: E402
 
 TRAIN_SEED = tm.TRAIN_SEED + 100 * 520   # brain i, CT 500 + i; disjoint from the other scripts' seeds
 EVAL_SEED = tm.EVAL_SEED + 100 * 520
+VALIDATION_SEED = EVAL_SEED + 1000  # cases for choosing the 3D output shift (shift-3d), never the evaluation's
 NET_ARGS = dict(width=18, ocr_width=48, small=True, use_leaky_relu=True, norm_radius=5, use_disks=True,
                 with_prev_mask=True)
 ATTENTION_HIDDEN = 32
@@ -494,7 +495,6 @@ def stage_3d(args, log):
 
     cfg = {"class": "snc_models.GuidedHRNetModel", "params": dict(NET_ARGS, attention_hidden=ATTENTION_HIDDEN)}
     train(net, step, args.minutes, args.lr or 5e-4, out, cfg, log)
-    calibrate_3d(net, rng, cases, out, cfg, log)
 
 
 def calibrate_3d(net, rng, cases, out, cfg, log, batches=16):
@@ -542,23 +542,23 @@ def export(args, log):
 
 def eval_cases(args, log):
     """Held-out cases: ~64^3 crops (about 96 mm) centred on 8 deep grey structures, one per unseen deformation
-    (seed EVAL_SEED + i), and one head CT (bone) at its own ~6 x 1.8 x 1.8 mm grid; LIST.tsv for the CLI."""
+    (seed --eval-seed + i, default EVAL_SEED; VALIDATION_SEED for the validation cases), and one head CT (bone) at its own ~6 x 1.8 x 1.8 mm grid; LIST.tsv for the CLI."""
     out = args.out or os.path.join(args.work, "eval")
     os.makedirs(out, exist_ok=True)
     rows = []
     for i, lab in enumerate(EVAL_OBJECTS):
-        img, aal, sp = brain_case(EVAL_SEED + i)
+        img, aal, sp = brain_case(args.eval_seed + i)
         obj = aal == lab
         centre = np.round(np.argwhere(obj).mean(0)).astype(int)
         box = tuple(slice(int(np.clip(c - 32, 0, n - 64)), int(np.clip(c - 32, 0, n - 64)) + 64)
                     for c, n in zip(centre, obj.shape))
-        name = f"{DEEP_GREY[lab]}_{EVAL_SEED + i}"
+        name = f"{DEEP_GREY[lab]}_{args.eval_seed + i}"
         tm.save_nifti(os.path.join(out, name + "_img.nii.gz"), img[box], sp, np.float32)
         tm.save_nifti(os.path.join(out, name + "_gt.nii.gz"), obj[box], sp, np.uint8)
         rows.append(name)
         log(f"{name}: {img[box].shape}, {int(obj[box].sum())} voxels, spacing {sp}")
-    hu, bone, sp = ct_case(EVAL_SEED + 500)
-    name = f"ct_bone_{EVAL_SEED + 500}"
+    hu, bone, sp = ct_case(args.eval_seed + 500)
+    name = f"ct_bone_{args.eval_seed + 500}"
     tm.save_nifti(os.path.join(out, name + "_img.nii.gz"), hu, sp, np.float32)
     tm.save_nifti(os.path.join(out, name + "_gt.nii.gz"), bone, sp, np.uint8)
     rows.append(name)
@@ -580,6 +580,7 @@ def main():
     ap.add_argument("--resume", action="store_true", help="2d/3d: continue from the stage's checkpoint in --work")
     ap.add_argument("--lr", type=float, help="2d/3d: peak learning rate (default 1e-3 / 5e-4)")
     ap.add_argument("--out", help="eval-cases: output folder (default WORK/eval)")
+    ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"eval-cases: first seed (validation: {VALIDATION_SEED})")
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
     torch.set_num_threads(args.threads)
