@@ -376,9 +376,9 @@ def sample_3d(rng, cases, shape, net):
     return x[0], torch.from_numpy(gt.astype(np.float32))[None]
 
 
-def batch_3d(rng, cases, net):
+def batch_3d(rng, cases, net, crop=CROP_3D):
     chosen = [cases[rng.integers(len(cases))] for _ in range(BATCH_3D)]
-    shape = tuple(min(CROP_3D, min(c["image"].shape[a] for c in chosen)) for a in range(3))
+    shape = tuple(min(crop, min(c["image"].shape[a] for c in chosen)) for a in range(3))
     xs, ys = zip(*(sample_3d(rng, [c], shape, net) for c in chosen))
     return torch.stack(xs), torch.stack(ys)
 
@@ -485,7 +485,7 @@ def stage_3d(args, log):
         net.load_state_dict(resume_from(out, log))
 
     def step():
-        x, y = batch_3d(rng, cases, net)
+        x, y = batch_3d(rng, cases, net, args.crop_3d)
         out = net(x)
         l_seg = seg_loss(out["instances"], out["instances_aux"], y)
         l_attn = normalized_focal_loss(out["attention"], y)
@@ -579,6 +579,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="a resumed run needs another seed, or it replays the samples")
     ap.add_argument("--resume", action="store_true", help="2d/3d: continue from the stage's checkpoint in --work")
     ap.add_argument("--lr", type=float, help="2d/3d: peak learning rate (default 1e-3 / 5e-4)")
+    ap.add_argument("--crop-3d", type=int, default=CROP_3D, help="3d: training crop side (the session's volumes are larger)")
     ap.add_argument("--out", help="eval-cases: output folder (default WORK/eval)")
     ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"eval-cases: first seed (validation: {VALIDATION_SEED})")
     args = ap.parse_args()
