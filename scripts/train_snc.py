@@ -6,7 +6,8 @@
     scripts/train_snc.py calibrate-3d            # shift guided3d.pth's output bias (optional: see below)
     scripts/train_snc.py export                  # convert both checkpoints into weights/snc_brain/ (f16)
     scripts/train_snc.py eval-cases [--out DIR]  # held-out NIfTI crops + LIST.tsv for `i3rt snc evaluate`
-    common: [--work ~/.cache/i3rt/snc_train] [--threads 2] [--seed 0]; 2d/3d: [--resume] [--lr X]
+    common: [--work ~/.cache/i3rt/snc_train] [--threads 2] [--seed 0]; 2d/3d: [--resume] [--lr X];
+    3d: [--crop-3d 40]; eval-cases: [--eval-seed N] (validation cases: VALIDATION_SEED)
 
   1. Cases from real volumes with scripts/train_models.py's sources and deformation (tm.sample_case,
      tm.bias_field: the Colin27 T1 with the whole AAL atlas resampled in place, as train_nninteractive.py does,
@@ -65,7 +66,7 @@ import snc_models as sm  # noqa: E402
 
 TRAIN_SEED = tm.TRAIN_SEED + 100 * 520   # brain i, CT 500 + i; disjoint from the other scripts' seeds
 EVAL_SEED = tm.EVAL_SEED + 100 * 520
-VALIDATION_SEED = EVAL_SEED + 1000  # cases for choosing the 3D output shift (shift-3d), never the evaluation's
+VALIDATION_SEED = EVAL_SEED + 1000  # cases for choices after training (docs/snc-training.md), never the evaluation's
 NET_ARGS = dict(width=18, ocr_width=48, small=True, use_leaky_relu=True, norm_radius=5, use_disks=True,
                 with_prev_mask=True)
 ATTENTION_HIDDEN = 32
@@ -542,7 +543,8 @@ def export(args, log):
 
 def eval_cases(args, log):
     """Held-out cases: ~64^3 crops (about 96 mm) centred on 8 deep grey structures, one per unseen deformation
-    (seed --eval-seed + i, default EVAL_SEED; VALIDATION_SEED for the validation cases), and one head CT (bone) at its own ~6 x 1.8 x 1.8 mm grid; LIST.tsv for the CLI."""
+    (seed --eval-seed + i: EVAL_SEED, or VALIDATION_SEED for the validation cases), and one head CT (bone) at
+    its own ~6 x 1.8 x 1.8 mm grid; LIST.tsv for the CLI."""
     out = args.out or os.path.join(args.work, "eval")
     os.makedirs(out, exist_ok=True)
     rows = []
