@@ -3,7 +3,7 @@
 
     scripts/train_snc.py 2d [--minutes 30]       # stage A: RITM's HRNet-18s, iterative click training
     scripts/train_snc.py 3d [--minutes 30]       # stage B: the guided 3D network, from stage A's weights
-    scripts/train_snc.py calibrate-3d            # shift guided3d.pth's output bias (optional: see below)
+    scripts/train_snc.py calibrate-3d [--shift X] # shift guided3d.pth's output bias (optional: see below)
     scripts/train_snc.py export                  # convert both checkpoints into weights/snc_brain/ (f16)
     scripts/train_snc.py eval-cases [--out DIR]  # held-out NIfTI crops + LIST.tsv for `i3rt snc evaluate`
     common: [--work ~/.cache/i3rt/snc_train] [--threads 2] [--seed 0]; 2d/3d: [--resume] [--lr X];
@@ -520,15 +520,20 @@ def calibrate_3d(net, rng, cases, out, cfg, log, batches=16):
 
 
 def stage_calibrate(args, log):
-    """Calibrates an existing guided3d.pth (what stage 3d does at its end), keeping the original."""
-    rng = np.random.default_rng(args.seed + 2)
-    cases = make_cases(args.cases[0], args.cases[1])
+    """Shifts an existing guided3d.pth's output bias, keeping the original as guided3d_uncalibrated.pth: by
+    --shift (a value chosen with the session on the validation cases), else by calibrate_3d's search."""
     path = os.path.join(args.work, "guided3d.pth")
     ckpt = torch.load(path, map_location="cpu")
     net = guided_acs(sm.GuidedHRNetModel(attention_hidden=ATTENTION_HIDDEN, **NET_ARGS))
     net.load_state_dict(ckpt["state_dict"])
     os.replace(path, path.replace(".pth", "_uncalibrated.pth"))
-    calibrate_3d(net, rng, cases, path, ckpt["config"], log)
+    if args.shift is not None:
+        net.feature_extractor.cls_head.bias.data += args.shift
+        save(path, net, ckpt["config"])
+        log(f"cls_head's bias shifted by {args.shift:+.2f} -> {path}")
+        return
+    calibrate_3d(net, np.random.default_rng(args.seed + 2), make_cases(args.cases[0], args.cases[1]), path,
+                 ckpt["config"], log)
 
 
 def export(args, log):
@@ -582,6 +587,7 @@ def main():
     ap.add_argument("--resume", action="store_true", help="2d/3d: continue from the stage's checkpoint in --work")
     ap.add_argument("--lr", type=float, help="2d/3d: peak learning rate (default 1e-3 / 5e-4)")
     ap.add_argument("--crop-3d", type=int, default=CROP_3D, help="3d: training crop side (the session's volumes are larger)")
+    ap.add_argument("--shift", type=float, help="calibrate-3d: this output-bias shift instead of the search")
     ap.add_argument("--out", help="eval-cases: output folder (default WORK/eval)")
     ap.add_argument("--eval-seed", type=int, default=EVAL_SEED, help=f"eval-cases: first seed (validation: {VALIDATION_SEED})")
     args = ap.parse_args()
