@@ -3,8 +3,8 @@
  * clicker on the truth's largest cross-section, the guided 3D step, then the recommended slices) on a
  * held-out 40^3 crop of the right thalamus (fixture tests/gen_snc_weights.py). Fails if a weight file is
  * missing, refused, or the networks no longer find the structure: the first slice's 2D Dice <= 0.7, or no
- * 3D Dice above 0.35 (the accepted slices pasted alone give ~0.1; the network improves from the second
- * propagation on, when it also sees its own previous prediction: docs/snc-evaluation.md). */
+ * 3D Dice above 0.35 (the accepted slices pasted alone give ~0.1; docs/snc-training.md has the values of
+ * each committed version of the weights). */
 #include <criterion/criterion.h>
 
 #include <stdio.h>
