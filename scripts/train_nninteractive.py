@@ -604,7 +604,9 @@ def main():
     ap.add_argument("--minutes", type=float, default=55.0, help="wall-time budget of the training")
     ap.add_argument("--cases", type=int, nargs=2, default=[40, 10], metavar=("BRAIN", "CT"))
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--resume", action="store_true", help="continue from checkpoint_latest.pth of an earlier run")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue an earlier run (checkpoint_latest.pth, else checkpoint_final.pth); --minutes is "
+                         "the total budget, the earlier run's time included")
     ap.add_argument("--export-only", action="store_true", help="export (and check) the last checkpoint_final.pth")
     args = ap.parse_args()
 
@@ -641,8 +643,10 @@ def main():
         plans["continue_training"] = False
         cls = make_trainer_class(args.minutes, state_file, *args.cases)
         trainer = cls(plans, CONFIGURATION, 0, dataset_json, device=torch.device("cpu"))
-        if args.resume:
-            trainer.load_checkpoint(os.path.join(model_dir, "fold_0", "checkpoint_latest.pth"))
+        if args.resume:  # a stopped run left checkpoint_latest.pth; a finished one only checkpoint_final.pth
+            fold = os.path.join(model_dir, "fold_0")
+            latest = os.path.join(fold, "checkpoint_latest.pth")
+            trainer.load_checkpoint(latest if os.path.isfile(latest) else os.path.join(fold, "checkpoint_final.pth"))
         print("== training")
         trainer.run_training()
     print("== export")
