@@ -74,6 +74,7 @@ INFERENCE_INFO = {
 TRAIN_SEED = tm.TRAIN_SEED + 100 * DATASET_ID   # brain i, CT 500 + i
 VAL_SEED = TRAIN_SEED + 900                      # nnU-Net's per-epoch pseudo Dice
 EVAL_SEED = tm.EVAL_SEED + 100 * DATASET_ID      # held out: tools/ni_evaluate.py
+VALIDATION_SEED = EVAL_SEED + 3000              # choosing checkpoints: tools/ni_evaluate.py --seed
 DEEP_GREY = (37, 38, 41, 42, 71, 72, 73, 74, 75, 76, 77, 78)  # hippocampus, amygdala, caudate, putamen, pallidum, thalamus
 CEREBELLUM = {"cerebellum_L": range(91, 108, 2), "cerebellum_R": range(92, 109, 2), "vermis": range(109, 117)}
 AAL_NAMES = {37: "hippocampus_L", 38: "hippocampus_R", 41: "amygdala_L", 42: "amygdala_R", 71: "caudate_L",

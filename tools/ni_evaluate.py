@@ -2,9 +2,10 @@
 """Simulated user for a promptable model in nnInteractive's layout (docs/nninteractive-evaluation.md).
 
     tools/ni_evaluate.py [--model weights/nninteractive_brain] [--backends python i3rt] [--lib libi3rt.so] [--cases 2]
-                         [--interactions 5] [--threads 1] [--no-autozoom] [--json OUT]
+                         [--seed S] [--interactions 5] [--threads 1] [--no-autozoom] [--json OUT]
 
-Held-out cases from the real volumes (scripts/train_nninteractive.py's seeds EVAL_SEED + i: never trained on):
+Held-out cases from the real volumes (scripts/train_nninteractive.py's seeds EVAL_SEED + i: never trained on;
+--seed VALIDATION_SEED gives other unseen cases, on which to choose checkpoints or settings):
 Colin27 T1 with AAL structures and the brain mask, the head CT with its bone mask. Per object and strategy,
 up to --interactions prompts made from the ground truth by the same geometry the training simulates, but
 deterministic: the first prompt on the object, every later one on the largest connected error of the current
@@ -38,15 +39,15 @@ BRAIN_OBJECTS = ("caudate_L", "putamen_R", "thalamus_R", "hippocampus_L", "cereb
 CT_OBJECTS = ("bone",)
 
 
-def eval_cases(n):
-    """[(name, image, {object: mask})]: n brain cases and one head CT, all held out."""
+def eval_cases(n, seed):
+    """[(name, image, {object: mask})]: n brain cases (seeds seed + i) and one head CT (seed + 500)."""
     import train_nninteractive as T
     cases = []
     for i in range(n):
-        img, objs, _ = T.brain_case(T.EVAL_SEED + i)
-        cases.append((f"brain{T.EVAL_SEED + i}", img, {k: objs[k] for k in BRAIN_OBJECTS if k in objs}))
-    img, objs, _ = T.ct_case(T.EVAL_SEED + 500)
-    cases.append((f"ct{T.EVAL_SEED + 500}", img, {k: objs[k] for k in CT_OBJECTS}))
+        img, objs, _ = T.brain_case(seed + i)
+        cases.append((f"brain{seed + i}", img, {k: objs[k] for k in BRAIN_OBJECTS if k in objs}))
+    img, objs, _ = T.ct_case(seed + 500)
+    cases.append((f"ct{seed + 500}", img, {k: objs[k] for k in CT_OBJECTS}))
     return cases
 
 
@@ -127,7 +128,7 @@ def run_backend(name, args):
     backend = PythonBackend(args.model, args.threads, autozoom, args.device) if name == "python" else \
         I3rtBackend(args.model, args.threads, autozoom, args.device, args.lib)
     rows = []
-    for case, img, objects in eval_cases(args.cases):
+    for case, img, objects in eval_cases(args.cases, args.seed):
         backend.set_image(img)
         for obj, gt in objects.items():
             for strategy, (first, then) in STRATEGIES.items():
@@ -191,10 +192,14 @@ def table(results, n):
 
 
 def main():
+    import train_nninteractive as T
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=os.path.join(ROOT, "weights", "nninteractive_brain"))
     ap.add_argument("--backends", nargs="+", default=["python", "i3rt"], choices=["python", "i3rt"])
     ap.add_argument("--cases", type=int, default=2, help="held-out brain cases (plus one head CT)")
+    ap.add_argument("--seed", type=int, default=T.EVAL_SEED,
+                    help=f"first case seed: {T.EVAL_SEED}, the held-out cases to report; {T.VALIDATION_SEED}, the "
+                         "validation cases to choose checkpoints or settings on (never trained on either)")
     ap.add_argument("--interactions", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-autozoom", action="store_true")
@@ -212,7 +217,8 @@ def main():
     results = []
     for b in args.backends:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", b, "--model", args.model,
-               "--cases", str(args.cases), "--interactions", str(args.interactions), "--threads", str(args.threads), "--device", args.device]
+               "--cases", str(args.cases), "--seed", str(args.seed), "--interactions", str(args.interactions),
+               "--threads", str(args.threads), "--device", args.device]
         cmd += ["--no-autozoom"] if args.no_autozoom else []
         cmd += ["--lib", args.lib] if args.lib else []
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
