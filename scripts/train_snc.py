@@ -498,10 +498,10 @@ def stage_3d(args, log):
     train(net, step, args.minutes, args.lr or 5e-4, out, cfg, log)
 
 
-def calibrate_3d(net, rng, cases, out, cfg, log, batches=16):
-    """Shifts cls_head's bias so that `p > 0.5` gives the best mean Dice on fresh training samples in eval mode.
-    The normalized focal loss leaves the 3D network's probabilities low (after the first run no voxel of a
-    held-out crop reached 0.5 although the training Dice was ~0.2), and the session thresholds at 0.5."""
+def calibrate_3d(net, rng, cases, log, batches=16):
+    """The shift of cls_head's bias with which `p > 0.5` gives the best mean Dice on fresh training samples in
+    eval mode. The normalized focal loss leaves the 3D network's probabilities low (after the first run no voxel
+    of a held-out crop reached 0.5 although the training Dice was ~0.2), and the session thresholds at 0.5."""
     net.eval()
     logits, truths = [], []
     with torch.no_grad():
@@ -514,9 +514,8 @@ def calibrate_3d(net, rng, cases, out, cfg, log, batches=16):
     score = [np.mean([dice(lg + b > 0, t) for lg, t in zip(logits, truths)]) for b in shifts]
     best = float(shifts[int(np.argmax(score))])
     log(f"calibration on {len(logits)} training samples: mean Dice {score[list(shifts).index(0.0)]:.3f} at shift 0, "
-        f"{max(score):.3f} at shift {best:+.1f} (added to cls_head's bias)")
-    net.feature_extractor.cls_head.bias.data += best
-    save(out, net, cfg)
+        f"{max(score):.3f} at shift {best:+.1f}")
+    return best
 
 
 def stage_calibrate(args, log):
@@ -526,14 +525,13 @@ def stage_calibrate(args, log):
     ckpt = torch.load(path, map_location="cpu")
     net = guided_acs(sm.GuidedHRNetModel(attention_hidden=ATTENTION_HIDDEN, **NET_ARGS))
     net.load_state_dict(ckpt["state_dict"])
+    shift = args.shift
+    if shift is None:
+        shift = calibrate_3d(net, np.random.default_rng(args.seed + 2), make_cases(args.cases[0], args.cases[1]), log)
     os.replace(path, path.replace(".pth", "_uncalibrated.pth"))
-    if args.shift is not None:
-        net.feature_extractor.cls_head.bias.data += args.shift
-        save(path, net, ckpt["config"])
-        log(f"cls_head's bias shifted by {args.shift:+.2f} -> {path}")
-        return
-    calibrate_3d(net, np.random.default_rng(args.seed + 2), make_cases(args.cases[0], args.cases[1]), path,
-                 ckpt["config"], log)
+    net.feature_extractor.cls_head.bias.data += shift
+    save(path, net, ckpt["config"])
+    log(f"cls_head's bias shifted by {shift:+.2f} -> {path}")
 
 
 def export(args, log):

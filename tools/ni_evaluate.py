@@ -216,11 +216,8 @@ def main():
         return
     results = []
     for b in args.backends:
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", b, "--model", args.model,
-               "--cases", str(args.cases), "--seed", str(args.seed), "--interactions", str(args.interactions),
-               "--threads", str(args.threads), "--device", args.device]
-        cmd += ["--no-autozoom"] if args.no_autozoom else []
-        cmd += ["--lib", args.lib] if args.lib else []
+        # the worker parses the same options (it ignores --backends and --json)
+        cmd = [sys.executable, os.path.abspath(__file__)] + sys.argv[1:] + ["--worker", b]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         res = []
         for line in proc.stdout:  # the worker's rows as they come; the session's own prints are left out
