@@ -1,12 +1,13 @@
 /* Per-op CPU time of one network forward, node by node.
  *
- *   bench_profile MODEL D H W [--threads N] [--runs R]
+ *   bench_profile MODEL D H W [--threads N] [--runs R] [--convs]
  *
  * Builds MODEL's graph for [1, in_channels, D, H, W] on the CPU backend, fills the input with seeded noise
  * in [-1, 1), runs the nodes one by one R times (after a warm-up) and prints, per op kind, the sum over its
  * nodes of each node's best time, the node count and the share of the total: where a forward spends its
  * time (docs/performance.md uses it for the ACS HRNet). Per-node best times add up to less than a timed
- * whole forward on a busy machine. */
+ * whole forward on a busy machine. --convs adds one line per convolution shape (input channels, output
+ * channels, kernel, stride, output size): nodes, summed time, GFLOP/s; where a faster conv path pays. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,15 +27,44 @@ static int fail(i3_ctx *ctx, const char *what) {
     return 1;
 }
 
+/* Convolution nodes grouped by shape (the first node of a shape prints the sum over all of its nodes). */
+static void print_conv_shapes(const i3_graph *g, const double *best) {
+    printf("  convolutions by shape: cin -> cout, kernel, stride, output d x h x w: nodes, ms, GFLOP/s\n");
+    for (int n = 0; n < g->n_nodes; n++) {
+        const i3_node *a = &g->nodes[n];
+        if (a->op != I3_OP_CONV) continue;
+        const i3_shape5 xs = i3_value_shape5(&g->values[a->in[0]]), ys = i3_value_shape5(&g->values[a->out]);
+        int first = 1, count = 0;
+        double t = 0;
+        for (int m = 0; m < g->n_nodes && first; m++) {
+            const i3_node *c = &g->nodes[m];
+            const i3_shape5 cx = i3_value_shape5(&g->values[c->in[0]]), cy = i3_value_shape5(&g->values[c->out]);
+            if (c->op != I3_OP_CONV || cx.c != xs.c || memcmp(&cy, &ys, sizeof ys) != 0 ||
+                memcmp(c->p.conv.k, a->p.conv.k, sizeof a->p.conv.k) != 0 ||
+                memcmp(c->p.conv.stride, a->p.conv.stride, sizeof a->p.conv.stride) != 0)
+                continue;
+            if (m < n) first = 0;
+            count++, t += best[m];
+        }
+        if (!first) continue;
+        const double flop = 2.0 * count * i3_shape5_numel(ys) * xs.c * a->p.conv.k[0] * a->p.conv.k[1] * a->p.conv.k[2];
+        printf("  %4lld -> %-4lld %dx%dx%d s%d%d%d %4lld x %4lld x %4lld: %3d nodes %8.2f ms %6.1f GFLOP/s\n",
+               (long long)xs.c, (long long)ys.c, a->p.conv.k[0], a->p.conv.k[1], a->p.conv.k[2], a->p.conv.stride[0],
+               a->p.conv.stride[1], a->p.conv.stride[2], (long long)ys.d, (long long)ys.h, (long long)ys.w, count,
+               t * 1e3, flop / t * 1e-9);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 5) {
         fprintf(stderr, "usage: bench_profile MODEL D H W [--threads N] [--runs R]\n");
         return 2;
     }
-    int threads = 1, runs = 3;
-    for (int i = 5; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
-        if (strcmp(argv[i], "--runs") == 0) runs = atoi(argv[i + 1]);
+    int threads = 1, runs = 3, convs = 0;
+    for (int i = 5; i < argc; i++) {
+        if (strcmp(argv[i], "--convs") == 0) convs = 1;
+        if (i + 1 < argc && strcmp(argv[i], "--threads") == 0) threads = atoi(argv[i + 1]);
+        if (i + 1 < argc && strcmp(argv[i], "--runs") == 0) runs = atoi(argv[i + 1]);
     }
     i3_ctx *ctx = NULL;
     if (threads < 1 || runs < 1 || i3rt_context_create(&ctx, threads, I3RT_BACKEND_CPU) != I3RT_OK)
@@ -79,6 +109,7 @@ int main(int argc, char **argv) {
         if (count[op])
             printf("  %-18s %4d nodes %9.2f ms %5.1f%%\n", i3_op_name((i3_op)op), count[op], per_op[op] * 1e3,
                    100.0 * per_op[op] / total);
+    if (convs) print_conv_shapes(&g, best);
     free(best);
     b->iface->free(b, arena), b->iface->free(b, scratch);
     i3_backend_destroy(b);
