@@ -5,11 +5,13 @@
  *     direct   any kernel/stride/padding with cin >= 8 except 1x1x1 (oneDNN's AVX2 direct conv): weights
  *              packed once per call as [16 output channels][chunk of cin][taps][ci][16]; a task (sample,
  *              band of output depth slices and rows, group of output-channel blocks) copies the
- *              zero-padded input box it reads into a channels-last slab (about 4 MB); the kernel computes
- *              6 output voxels along w x 16 output channels = 12 accumulators of 8 floats, per (tap, ci)
- *              2 weight loads + 6 broadcasts + 12 FMAs (GCC/Clang vector extensions, AVX2 + FMA with
- *              -march=x86-64-v3), strides by the voxel step in the slab; an output row is accumulated
- *              channels-last, then bias + activation and a transposing copy into NCDHW.
+ *              zero-padded input box it reads into a channels-last slab (about 4 MB; 8 x 8 register
+ *              transposes); the kernel computes 6 output voxels along w x 16 output channels = 12
+ *              accumulators of 8 floats, per (tap, ci) 2 weight loads + 6 broadcasts + 12 FMAs (GCC/Clang
+ *              vector extensions, AVX2 + FMA with -march=x86-64-v3), or 4 voxels x 24 channels for the
+ *              last block where the channel count leaves an odd vector of 8; strides by the voxel step in
+ *              the slab; an output row is accumulated channels-last, then bias + activation and a
+ *              transposing copy into NCDHW.
  *     GEMM     1x1x1 stride 1 unpadded: y[cout, s] = w[cout, cin] * x[cin, s], tiles of s, no copy.
  *     im2col   everything else: tiles of T output voxels, col[K, T] (K = cin * kd * kh * kw) built in
  *              the thread's scratch, then y[cout, T] = w[cout, K] * col[K, T] written straight into
@@ -159,8 +161,25 @@ static void bias_act_block(float *y, int64_t ld, int64_t rows, int64_t cols, con
 /* ---- direct path: channels-last slab + register-blocked 6 voxels x 16 output channels ----------- */
 
 typedef float v8f __attribute__((vector_size(32)));
-#define OCB 16 /* output channels per register block: 2 vectors of 8 */
-#define VOX 6  /* output voxels per register block: 6 x 2 = 12 accumulators */
+typedef int32_t v8i __attribute__((vector_size(32)));
+/* A register block is 12 accumulators of 8 floats: 6 output voxels x 16 output channels, or, for the last
+ * block of a layer whose channel count leaves an odd vector (18, 36, 72 in an HRNet), 4 voxels x 24
+ * channels, so that at most 7 computed channels are thrown away (blocks of 16 alone threw away 14 of 32
+ * on 18-channel layers). */
+#define OCB 16     /* output channels of a full block */
+#define OCB_MAX 24 /* the widest (last) block */
+#define VOX_MAX 6  /* voxels per tile of a 16-channel block (4 for 24 channels) */
+
+/* Blocks of output channels: vectors of 8 in pairs, the last block taking the odd one. */
+static int64_t channel_blocks(int64_t cout) {
+    const int64_t vectors = ceil_div(cout, 8);
+    return vectors < 2 ? 1 : vectors / 2;
+}
+
+/* Channels computed by block ob: 16, or 24 for the last block of an odd vector count. */
+static int block_width(int64_t cout, int64_t ob) {
+    return ob == channel_blocks(cout) - 1 && ceil_div(cout, 8) % 2 == 1 && cout > 8 ? OCB_MAX : OCB;
+}
 /* Weights of one chunk of input channels (all taps, 16 output channels) stay within 64 KB (L2) while
  * every tile of a segment reads them; measured better than 16 KB (L1: more loop and accumulator
  * traffic) and than no chunks (128..320 channels: 221..553 KB per block) on the 2-core dev machine. */
@@ -200,8 +219,8 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, 
     dp->band = ceil_div(ys.h, dp->bands);
     dp->hb = (dp->band - 1) * sh + kh;
     dp->db = dp->bands > 1 ? 1 : clamp64((budget / (row * dp->hb) - kd) / sd + 1, 1, ys.d);
-    const int64_t blocks = ceil_div(ys.c, OCB);
-    dp->pack = blocks * OCB * xs.c * taps;
+    const int64_t blocks = channel_blocks(ys.c);
+    dp->pack = ((blocks - 1) * OCB + block_width(ys.c, blocks - 1)) * xs.c * taps;
     /* Splitting the box re-reads the weights, splitting the channels re-copies the slab: where the weights
      * are the larger (the deep, small layers), threads share the channel blocks of one box first. */
     const int weights_dominate = dp->pack > ys.n * (dp->db - 1) * sd * dp->hb * row && blocks >= 4 * n_threads;
@@ -212,7 +231,7 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, 
     dp->db = ceil_div(ys.d, dp->dbands);
     dp->dz = (dp->db - 1) * sd + kd;
     dp->slab = dp->dz * dp->hb * row;
-    dp->seg_acc = (int64_t)I3_CONV_SEGMENT * OCB;
+    dp->seg_acc = (int64_t)I3_CONV_SEGMENT * OCB_MAX;
     const int64_t tasks = ys.n * dp->dbands * dp->bands;
     const int64_t max_chunk = clamp64((int64_t)I3_CONV_CHUNK_BYTES / (int64_t)(sizeof(float) * OCB * taps), 1, xs.c);
     dp->chunk = ceil_div(xs.c, ceil_div(xs.c, max_chunk)); /* even chunks */
@@ -220,13 +239,46 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, 
     return 1;
 }
 
+/* Two-input shuffle of v8f (GCC and Clang spell it differently): element i of the result is element
+ * idx[i] of the 16 elements a ++ b. */
+#if defined(__clang__)
+#define SHUFFLE8(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE8(a, b, ...) __builtin_shuffle(a, b, (v8i){__VA_ARGS__})
+#endif
+
+static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+/* dst[j * ld + k] = src[k * sstride + j] for an 8 x 8 block: 8 loads, the three shuffle stages of the
+ * AVX 8 x 8 transpose (unpack, 4 x 4 in each 128-bit lane, swap lanes), 8 stores. */
+static inline void transpose8x8(const float *src, int64_t sstride, float *dst, int64_t ld) {
+    v8f r[8], t[8], u[8];
+    for (int k = 0; k < 8; k++) r[k] = load8(src + k * sstride);
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = SHUFFLE8(r[k], r[k + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[k + 1] = SHUFFLE8(r[k], r[k + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    for (int k = 0; k < 8; k += 4)
+        for (int h = 0; h < 2; h++) {
+            u[k + 2 * h] = SHUFFLE8(t[k + h], t[k + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+            u[k + 2 * h + 1] = SHUFFLE8(t[k + h], t[k + h + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+        }
+    for (int j = 0; j < 4; j++) {
+        store8(dst + j * ld, SHUFFLE8(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11));
+        store8(dst + (j + 4) * ld, SHUFFLE8(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15));
+    }
+}
+
 /* slab[((z * hb + r) * wp + c) * cin + ci] = x[ci, iz0 + z, iy0 + r, c - pad_w], 0 outside the input:
  * the input box one task reads, zero-padded and channels-last (the kernel broadcasts one input value
- * per (voxel, tap, ci) against 16 output channels). */
+ * per (voxel, tap, ci) against 16 output channels). The transposition goes by 8 x 8 blocks in registers;
+ * one value at a time, its writes cin floats apart (a power of two in most networks) shared a few L1
+ * sets and cost more than the convolution's own arithmetic on the wide layers. */
 static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, int64_t iz0, int64_t iy0,
                        const direct_plan *dp, float *slab) {
     const int64_t cin = xs.c, wp = dp->wp, left = p->pad[2], plane = xs.d * xs.h * xs.w;
     const int64_t c0 = clamp64(left, 0, wp), c1 = clamp64(left + xs.w, c0, wp); /* valid columns */
+    const int64_t c8 = c0 + (c1 - c0) / 8 * 8, ci8 = cin / 8 * 8;
     for (int64_t z = 0; z < dp->dz; z++)
         for (int64_t r = 0; r < dp->hb; r++) {
             float *dst = slab + (z * dp->hb + r) * wp * cin;
@@ -237,86 +289,91 @@ static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, in
             }
             memset(dst, 0, (size_t)(c0 * cin) * sizeof(float));
             memset(dst + c1 * cin, 0, (size_t)((wp - c1) * cin) * sizeof(float));
-            const float *src = x + (iz * xs.h + iy) * xs.w;
-            for (int64_t ci = 0; ci < cin; ci++) /* reads along w; the strided writes stay in one L1-sized row */
-                for (int64_t c = c0; c < c1; c++) dst[c * cin + ci] = src[ci * plane + c - left];
+            const float *src = x + (iz * xs.h + iy) * xs.w - left;
+            for (int64_t q = 0; q < ci8; q += 16) /* 16 channels: reads along 16 rows, writes whole lines */
+                for (int64_t c = c0; c < c8; c += 8)
+                    for (int64_t ci = q; ci < q + 16 && ci < ci8; ci += 8)
+                        transpose8x8(src + ci * plane + c, plane, dst + c * cin + ci, cin);
+            for (int64_t ci = ci8; ci < cin; ci++) /* channels beyond the last block of 8 */
+                for (int64_t c = c0; c < c8; c++) dst[c * cin + ci] = src[ci * plane + c];
+            for (int64_t c = c8; c < c1; c++) /* columns beyond the last block of 8 */
+                for (int64_t ci = 0; ci < cin; ci++) dst[c * cin + ci] = src[ci * plane + c];
         }
 }
 
-/* Packed weights, per block of 16 output channels and per chunk of input channels [ci0, ci0 + nq):
- * wpack[block][ci0 * taps + (tap * nq + ci - ci0) * OCB + r] = w[16 block + r, ci, tap], 0 beyond cout.
- * One chunk is contiguous, in the order the kernel reads it. */
+/* Packed weights, per block of ow output channels (16 or 24, from channel o0 = 16 block) and per chunk of
+ * input channels [q0, q0 + nq): wpack[o0 * cin * taps + q0 * taps * ow + (tap * nq + ci - q0) * ow + r] =
+ * w[o0 + r, ci, tap], 0 beyond cout. One chunk is contiguous, in the order the kernel reads it. */
 static void pack_weights_block(const float *w, int64_t cout, int64_t cin, int64_t taps, int64_t chunk, int64_t ob,
                                float *wpack) {
     const int64_t o0 = ob * OCB;
-    const int oc = cout - o0 < OCB ? (int)(cout - o0) : OCB;
+    const int ow = block_width(cout, ob), oc = cout - o0 < ow ? (int)(cout - o0) : ow;
     float *dst = wpack + o0 * cin * taps;
-    for (int64_t ci = 0; ci < cin; ci++) { /* each write fills a line; the reads reuse 16 x taps floats */
+    for (int64_t ci = 0; ci < cin; ci++) { /* each write fills a line; the reads reuse ow x taps floats */
         const int64_t q0 = ci - ci % chunk, nq = cin - q0 < chunk ? cin - q0 : chunk;
         for (int64_t t = 0; t < taps; t++) {
-            float *d = dst + (q0 * taps + t * nq + ci - q0) * OCB;
-            for (int r = 0; r < OCB; r++) d[r] = r < oc ? w[((o0 + r) * cin + ci) * taps + t] : 0.0f;
+            float *d = dst + (q0 * taps + t * nq + ci - q0) * ow;
+            for (int r = 0; r < ow; r++) d[r] = r < oc ? w[((o0 + r) * cin + ci) * taps + t] : 0.0f;
         }
     }
 }
 
 /* acc[j] (+)= sum over taps and the chunk's nci input channels of in[off[j] + tap offset + ci] times
- * wchunk[tap][ci][0..15], for nv output voxels (a constant after inlining) x 16 output channels; acc is
- * the segment accumulator [voxel][OCB], zeroed first when first is set. */
+ * wchunk[tap][ci][0..8 nw), for nv output voxels x nw vectors of 8 output channels (both constants after
+ * inlining, nv * nw <= 12); io is the segment accumulator [voxel][8 nw], zeroed first when first is set. */
 static inline __attribute__((always_inline)) void direct_tile(const float *in, const int64_t *off, int64_t nci,
                                                               int64_t cin, const int k[3], int64_t zstep,
                                                               int64_t rstep, const float *wchunk, const int nv,
-                                                              int first, float *io) {
-    v8f acc[VOX][2]; /* local: stores through io could alias the inputs and would stay in the loop */
-    for (int j = 0; j < nv; j++) {
-        acc[j][0] = first ? (v8f){0} : load8(io + j * OCB);
-        acc[j][1] = first ? (v8f){0} : load8(io + j * OCB + 8);
-    }
+                                                              const int nw, int first, float *io) {
+    v8f acc[VOX_MAX][3]; /* local: stores through io could alias the inputs and would stay in the loop */
+    for (int j = 0; j < nv; j++)
+        for (int v = 0; v < nw; v++) acc[j][v] = first ? (v8f){0} : load8(io + (j * nw + v) * 8);
     const float *wt = wchunk;
     for (int a = 0; a < k[0]; a++)
         for (int b = 0; b < k[1]; b++)
             for (int c = 0; c < k[2]; c++) {
-                const float *src[VOX];
+                const float *src[VOX_MAX];
                 for (int j = 0; j < nv; j++) src[j] = in + off[j] + a * zstep + b * rstep + c * cin;
-                for (int64_t ci = 0; ci < nci; ci++, wt += OCB) {
-                    const v8f w0 = load8(wt), w1 = load8(wt + 8);
+                for (int64_t ci = 0; ci < nci; ci++, wt += 8 * nw) {
+                    v8f wv[3];
+                    for (int v = 0; v < nw; v++) wv[v] = load8(wt + 8 * v);
                     for (int j = 0; j < nv; j++) {
                         const float s = src[j][ci];
                         const v8f sv = {s, s, s, s, s, s, s, s};
-                        acc[j][0] += sv * w0;
-                        acc[j][1] += sv * w1;
+                        for (int v = 0; v < nw; v++) acc[j][v] += sv * wv[v];
                     }
                 }
             }
-    for (int j = 0; j < nv; j++) {
-        memcpy(io + j * OCB, &acc[j][0], sizeof acc[j][0]);
-        memcpy(io + j * OCB + 8, &acc[j][1], sizeof acc[j][1]);
-    }
+    for (int j = 0; j < nv; j++)
+        for (int v = 0; v < nw; v++) store8(io + (j * nw + v) * 8, acc[j][v]);
 }
 
-/* direct_tile for each voxel count as a function of its own: its 12 accumulators, 2 weight vectors, the
- * broadcast and the pointers fit the registers (inlined into the big task loop, GCC spilled them). */
+/* direct_tile for each (voxels, vectors) as a function of its own: its 12 accumulators, the weight vectors,
+ * the broadcast and the pointers fit the registers (inlined into the big task loop, GCC spilled them). */
 typedef void direct_tile_fn(const float *in, const int64_t *off, int64_t nci, int64_t cin, const int k[3],
                             int64_t zstep, int64_t rstep, const float *wchunk, int first, float *io);
-#define DIRECT_TILE_N(nv)                                                                                        \
-    static __attribute__((noinline)) void direct_tile_##nv(const float *in, const int64_t *off, int64_t nci,    \
-                                                           int64_t cin, const int k[3], int64_t zstep,          \
-                                                           int64_t rstep, const float *wchunk, int first,       \
-                                                           float *io) {                                         \
-        direct_tile(in, off, nci, cin, k, zstep, rstep, wchunk, nv, first, io);                                 \
+#define DIRECT_TILE_N(nv, nw)                                                                                    \
+    static __attribute__((noinline)) void direct_tile_##nv##x##nw(const float *in, const int64_t *off,          \
+                                                                  int64_t nci, int64_t cin, const int k[3],      \
+                                                                  int64_t zstep, int64_t rstep,                  \
+                                                                  const float *wchunk, int first, float *io) {   \
+        direct_tile(in, off, nci, cin, k, zstep, rstep, wchunk, nv, nw, first, io);                             \
     }
-DIRECT_TILE_N(1)
-DIRECT_TILE_N(2)
-DIRECT_TILE_N(3)
-DIRECT_TILE_N(4)
-DIRECT_TILE_N(5)
-DIRECT_TILE_N(6)
-static direct_tile_fn *const direct_tiles[VOX + 1] = {NULL,          direct_tile_1, direct_tile_2, direct_tile_3,
-                                                      direct_tile_4, direct_tile_5, direct_tile_6};
+DIRECT_TILE_N(1, 2)
+DIRECT_TILE_N(2, 2)
+DIRECT_TILE_N(3, 2)
+DIRECT_TILE_N(4, 2)
+DIRECT_TILE_N(5, 2)
+DIRECT_TILE_N(6, 2)
+DIRECT_TILE_N(1, 3)
+DIRECT_TILE_N(2, 3)
+DIRECT_TILE_N(3, 3)
+DIRECT_TILE_N(4, 3)
+/* [vectors - 2][voxels] */
+static direct_tile_fn *const direct_tiles[2][VOX_MAX + 1] = {
+    {NULL, direct_tile_1x2, direct_tile_2x2, direct_tile_3x2, direct_tile_4x2, direct_tile_5x2, direct_tile_6x2},
+    {NULL, direct_tile_1x3, direct_tile_2x3, direct_tile_3x3, direct_tile_4x3, NULL, NULL}};
 
-typedef int32_t v8i __attribute__((vector_size(32)));
-
-/* A task's box of output voxels: db depth slices x band rows x w, flattened (w fastest). */
 typedef struct {
     int64_t band, w, h_out, sd, sh, sw, zstep, rstep, cin;
 } direct_box;
@@ -332,27 +389,28 @@ static int64_t box_out_offset(const direct_box *bx, int64_t v) {
 }
 
 /* A segment: voxels v0 .. v0 + nvox - 1 of the box (crossing rows and slices, so that narrow rows leave no
- * short tiles), one block of 16 output channels, cut into tiles of VOX. Per chunk of input channels the
- * tiles accumulate into acc; then bias, activation (branch-free: random signs made a scalar branch
- * mispredict) and the transposing copy into y (NCDHW, channel stride ystride). */
+ * short tiles), one block of ow (16 or 24) output channels, cut into tiles of 12 / (ow / 8) voxels. Per
+ * chunk of input channels the tiles accumulate into acc; then bias, activation (branch-free: random signs
+ * made a scalar branch mispredict) and the transposing copy into y (NCDHW, channel stride ystride). */
 static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, int64_t nvox, const int k[3],
-                           const float *wblock, int64_t chunk, int oc, const float *bias, i3_act act, float *acc,
-                           float *y, int64_t ystride) {
+                           const float *wblock, int64_t chunk, int ow, int oc, const float *bias, i3_act act,
+                           float *acc, float *y, int64_t ystride) {
     const int64_t taps = (int64_t)k[0] * k[1] * k[2], cin = bx->cin;
+    const int vox = 12 / (ow / 8);
     for (int64_t q0 = 0; q0 < cin; q0 += chunk) {
         const int64_t nq = cin - q0 < chunk ? cin - q0 : chunk;
-        for (int64_t t0 = 0; t0 < nvox; t0 += VOX) {
-            const int nv = nvox - t0 < VOX ? (int)(nvox - t0) : VOX;
-            int64_t off[VOX];
+        for (int64_t t0 = 0; t0 < nvox; t0 += vox) {
+            const int nv = nvox - t0 < vox ? (int)(nvox - t0) : vox;
+            int64_t off[VOX_MAX];
             for (int j = 0; j < nv; j++) off[j] = box_in_offset(bx, v0 + t0 + j);
-            direct_tiles[nv](slab + q0, off, nq, cin, k, bx->zstep, bx->rstep, wblock + q0 * taps * OCB, q0 == 0,
-                             acc + t0 * OCB);
+            direct_tiles[ow / 8 - 2][nv](slab + q0, off, nq, cin, k, bx->zstep, bx->rstep, wblock + q0 * taps * ow,
+                                         q0 == 0, acc + t0 * ow);
         }
     }
     const float s = act.kind == I3_ACT_LEAKY_RELU ? act.slope : act.kind == I3_ACT_RELU ? 0.0f : 1.0f;
     const v8f slope = {s, s, s, s, s, s, s, s}, zero = {0};
-    for (int64_t i = 0; i < nvox * OCB; i += 8) {
-        const v8f v = load8(acc + i) + load8(bias + i % OCB);
+    for (int64_t i = 0; i < nvox * ow; i += 8) {
+        const v8f v = load8(acc + i) + load8(bias + i % ow);
         const v8i neg = v < zero;
         const v8f out = (v8f)((v8i)v & ~neg) + slope * (v8f)((v8i)v & neg);
         memcpy(acc + i, &out, sizeof out);
@@ -361,19 +419,19 @@ static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, 
         const int64_t yo = box_out_offset(bx, v0 + t), rest = bx->w - (v0 + t) % bx->w;
         const int64_t run = rest < nvox - t ? rest : nvox - t;
         for (int r = 0; r < oc; r++)
-            for (int64_t j = 0; j < run; j++) y[r * ystride + yo + j] = acc[(t + j) * OCB + r];
+            for (int64_t j = 0; j < run; j++) y[r * ystride + yo + j] = acc[(t + j) * ow + r];
         t += run;
     }
 }
 
 /* Weights packed once per call by all threads; then threads over (sample, depth band, row band, channel
- * group): each task builds the slab of its box and sweeps its rows per block of 16 output channels. Below
+ * group): each task builds the slab of its box and sweeps its rows per block of output channels. Below
  * I3_PARALLEL_MIN_MACS multiply-adds, one thread (the barrier would cost more than the work). */
 static void conv_direct(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                         const direct_plan *dp, float *y, float *scratch, int n_threads) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     const int64_t taps = (int64_t)p->k[0] * p->k[1] * p->k[2], s_out = i3_shape5_spatial(ys), cin = xs.c;
-    const int64_t blocks = ceil_div(ys.c, OCB), per_group = ceil_div(blocks, dp->groups);
+    const int64_t blocks = channel_blocks(ys.c), per_group = ceil_div(blocks, dp->groups);
     const int64_t tasks = ys.n * dp->dbands * dp->bands * dp->groups;
     const int64_t rstep = dp->wp * cin, zstep = dp->hb * rstep;
     float *wpack = scratch;
@@ -395,15 +453,15 @@ static void conv_direct(const float *x, i3_shape5 xs, const float *w, const floa
                        oh0 * p->stride[1] - p->pad[1], dp, slab);
             for (int64_t ob = g * per_group; ob < blocks && ob < (g + 1) * per_group; ob++) {
                 const int64_t o = ob * OCB;
-                const int oc = ys.c - o < OCB ? (int)(ys.c - o) : OCB;
-                float bias[OCB] = {0};
+                const int ow = block_width(ys.c, ob), oc = ys.c - o < ow ? (int)(ys.c - o) : ow;
+                float bias[OCB_MAX] = {0};
                 for (int r = 0; r < oc; r++) bias[r] = b ? b[o + r] : 0.0f;
                 const direct_box bx = {oh1 - oh0, ys.w, ys.h, p->stride[0], p->stride[1], p->stride[2], zstep, rstep, cin};
                 const int64_t nbox = (od1 - od0) * (oh1 - oh0) * ys.w;
                 float *yb = y + (n * ys.c + o) * s_out + (od0 * ys.h + oh0) * ys.w;
                 for (int64_t v0 = 0; v0 < nbox; v0 += I3_CONV_SEGMENT)
                     direct_segment(slab, &bx, v0, nbox - v0 < I3_CONV_SEGMENT ? nbox - v0 : I3_CONV_SEGMENT, p->k,
-                                   wpack + ob * OCB * cin * taps, dp->chunk, oc, bias, p->act, acc, yb, s_out);
+                                   wpack + o * cin * taps, dp->chunk, ow, oc, bias, p->act, acc, yb, s_out);
             }
         }
     }
