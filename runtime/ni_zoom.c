@@ -166,10 +166,22 @@ static int64_t area_start(int64_t o, int64_t in, int64_t out) { return (o * in) 
 static int64_t area_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
 
 /* Trilinear resampling of in to out in torch's arithmetic (i3_resize_row_x, i3_resize_rows_yz), row by row;
- * source rows (in[2] floats) come from read(src, z, y, row). Each thread keeps its last four x-interpolated
- * source rows: when up-sampling, neighbouring output rows mostly share them. Output: out_f [out], or
- * thresholded (>= 0.5) out_mask [out]. */
+ * source rows (in[2] floats) come from read(src, z, y, row), each x-interpolated once while neighbouring
+ * output rows share it (i3_lerp_rows). Output: out_f [out], or thresholded (>= 0.5) out_mask [out]. */
 typedef void (*row_reader)(const void *src, int64_t z, int64_t y, int64_t n, float *row);
+
+typedef struct {
+    const void *src;
+    row_reader read;
+    int64_t h, w;
+    float *raw;
+} read_rows; /* a thread's reader: source row key = z * h + y, read into raw */
+
+static const float *read_cached_row(void *ctx, int64_t key) {
+    read_rows *r = ctx;
+    r->read(r->src, key / r->h, key % r->h, r->w, r->raw);
+    return r->raw;
+}
 
 static void trilinear(const void *src, row_reader read, const int64_t in[3], const int64_t out[3], float *out_f,
                       uint8_t *out_mask, int n_threads) {
@@ -180,27 +192,15 @@ static void trilinear(const void *src, row_reader read, const int64_t in[3], con
 #pragma omp parallel num_threads(ni_threads(8 * out[0] * out[1] * out[2], n_threads))
     {
         float raw[in[2]], cached[4][out[2]], row[out[2]];
-        int64_t key[4] = {-1, -1, -1, -1};
+        i3_lerp_rows cache = {{-1, -1, -1, -1}, {cached[0], cached[1], cached[2], cached[3]}};
+        read_rows reader = {src, read, in[1], in[2], raw};
 #pragma omp for schedule(static)
         for (int64_t q = 0; q < out[0] * out[1]; q++) {
             const i3_lerp_tap z = tz[q / out[1]], y = ty[q % out[1]];
             const int64_t need[4] = {z.i0 * in[1] + y.i0, z.i0 * in[1] + y.i1, z.i1 * in[1] + y.i0,
                                      z.i1 * in[1] + y.i1};
-            const float *x[4] = {NULL};
-            int used[4] = {0};
-            for (int k = 0; k < 4; k++)
-                for (int j = 0; j < 4; j++)
-                    if (key[j] == need[k]) x[k] = cached[j], used[j] = 1;
-            for (int k = 0; k < 4; k++) {
-                for (int j = 0; j < 4 && !x[k]; j++)
-                    if (key[j] == need[k]) x[k] = cached[j]; /* computed for an equal key just before */
-                for (int j = 0; j < 4 && !x[k]; j++) {
-                    if (used[j]) continue;
-                    read(src, need[k] / in[1], need[k] % in[1], in[2], raw);
-                    i3_resize_row_x(raw, tx, out[2], cached[j]);
-                    key[j] = need[k], used[j] = 1, x[k] = cached[j];
-                }
-            }
+            const float *x[4];
+            i3_lerp_rows_get(&cache, need, read_cached_row, &reader, tx, out[2], x);
             const float wzy[4] = {z.l0, z.l1, y.l0, y.l1};
             if (out_f) {
                 i3_resize_rows_yz(x[0], x[1], x[2], x[3], wzy, out[2], out_f + q * out[2]);

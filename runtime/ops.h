@@ -143,6 +143,17 @@ void i3_resize_axis_taps(int64_t in, int64_t out, int align_corners, i3_lerp_tap
 void i3_resize_row_x(const float *src, const i3_lerp_tap *tx, int64_t n, float *out);
 void i3_resize_rows_yz(const float *x00, const float *x01, const float *x10, const float *x11, const float wzy[4],
                        int64_t n, float *out);
+/* A thread's last four x-interpolated source rows (up-sampling, neighbouring output rows mostly share
+ * them): key[j] is row[j]'s source row in the caller's numbering, -1 while empty; row[j] holds n floats.
+ * i3_lerp_rows_get sets x[k] to source row need[k] interpolated along x, k < 4, computing only the rows
+ * not kept from earlier calls; fetch(ctx, key) returns a source row. */
+typedef struct {
+    int64_t key[4];
+    float *row[4];
+} i3_lerp_rows;
+typedef const float *(*i3_row_fetch)(void *ctx, int64_t key);
+void i3_lerp_rows_get(i3_lerp_rows *c, const int64_t need[4], i3_row_fetch fetch, void *ctx, const i3_lerp_tap *tx,
+                      int64_t n, const float *x[4]);
 
 /* Channel reductions over logits [n, c, s]: softmax probabilities (y same shape), normalized entropy
  * H = -sum p log p / log C (0 for C == 1) [n, s], max softmax probability [n, s], argmax [n, s]
