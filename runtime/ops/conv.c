@@ -20,7 +20,7 @@
  *   build does so inside a parallel region; a team of one sets its own thread count to 1).
  *   Measured on the 2-core dev machine (loaded), one thread, CPU time, against PyTorch 2.15 (oneDNN)
  *   F.conv3d in the same run: direct 55-77 GFLOP/s on the 32..128-channel 3x3x3 layers (torch 54-90),
- *   1x3x3 58 (29); bench/bench_ops.c times ours. */
+ *   1x3x3 58 (29); bench/bench_ops.c times ours, bench_profile --convs a whole network's layers. */
 #include "ops.h"
 
 #include <cblas.h>
