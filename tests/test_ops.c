@@ -59,7 +59,7 @@ static const conv_case conv_cases[] = {
     {{1, 9, 3, 4, 77}, 4, {1, 2, 4}, {1, 1, 3}, {0, 0, 2}, I3_ACT_NONE, 1},
     /* direct path (cin >= 8, any kernel/stride/padding): tiles of 6 voxels + a shorter one, blocks of 16
      * output channels (the last one partial, or 24 wide with tiles of 4 voxels where the channels leave an
-     * odd vector of 8: couts 17, 20, 36, 40, 72), chunks of input channels, depth and row bands, input
+     * odd vector of 8: couts 17, 20, 36, 40, 72; 8 wide, tiles of 12, for at most 8), chunks of input channels, depth and row bands, input
      * channels and columns beyond the slab's 8 x 8 transposes (cin 12, 18) */
     {{1, 40, 3, 4, 9}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},     /* 2 chunks of 20 */
     {{2, 8, 5, 7, 13}, 17, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_RELU, 1},           /* w out 7 = 6 + 1 */
@@ -69,6 +69,8 @@ static const conv_case conv_cases[] = {
     {{1, 16, 12, 6, 6}, 40, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},          /* 3 channel blocks */
     {{1, 18, 1, 13, 29}, 36, {1, 3, 3}, {1, 2, 2}, {0, 1, 1}, I3_ACT_LEAKY_RELU, 1},   /* HRNet: 16 + 24 */
     {{1, 24, 2, 5, 19}, 72, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},          /* 3 x 16 + 24 */
+    {{1, 8, 6, 7, 29}, 8, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},      /* 8 wide, 12 voxels */
+    {{1, 16, 3, 9, 31}, 5, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_NONE, 1},           /* 8 wide, strided */
 };
 
 static void check_conv(const conv_case *cc, int threads) {

@@ -9,7 +9,8 @@
  *              transposes); the kernel computes 6 output voxels along w x 16 output channels = 12
  *              accumulators of 8 floats, per (tap, ci) 2 weight loads + 6 broadcasts + 12 FMAs (GCC/Clang
  *              vector extensions, AVX2 + FMA with -march=x86-64-v3), or 4 voxels x 24 channels for the
- *              last block where the channel count leaves an odd vector of 8; strides by the voxel step in
+ *              last block where the channel count leaves an odd vector of 8, or 12 voxels x 8 channels
+ *              for layers of at most 8; strides by the voxel step in
  *              the slab; an output row is accumulated channels-last, then bias + activation and a
  *              transposing copy into NCDHW.
  *     GEMM     1x1x1 stride 1 unpadded: y[cout, s] = w[cout, cin] * x[cin, s], tiles of s, no copy.
@@ -162,13 +163,14 @@ static void bias_act_block(float *y, int64_t ld, int64_t rows, int64_t cols, con
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-/* A register block is 12 accumulators of 8 floats: 6 output voxels x 16 output channels, or, for the last
+/* A register block is 12 accumulators of 8 floats: 6 output voxels x 16 output channels; for the last
  * block of a layer whose channel count leaves an odd vector (18, 36, 72 in an HRNet), 4 voxels x 24
- * channels, so that at most 7 computed channels are thrown away (blocks of 16 alone threw away 14 of 32
- * on 18-channel layers). */
+ * channels; for layers of at most 8 channels (nnU-Net's small first stages), 12 voxels x 8. At most 7
+ * computed channels are thrown away (blocks of 16 alone threw away 14 of 32 on 18-channel layers, half
+ * of the work on 8-channel ones). */
 #define OCB 16     /* output channels of a full block */
 #define OCB_MAX 24 /* the widest (last) block */
-#define VOX_MAX 6  /* voxels per tile of a 16-channel block (4 for 24 channels) */
+#define VOX_MAX 12 /* voxels per tile of an 8-channel block (6 for 16 channels, 4 for 24) */
 
 /* Blocks of output channels: vectors of 8 in pairs, the last block taking the odd one. */
 static int64_t channel_blocks(int64_t cout) {
@@ -176,17 +178,18 @@ static int64_t channel_blocks(int64_t cout) {
     return vectors < 2 ? 1 : vectors / 2;
 }
 
-/* Channels computed by block ob: 16, or 24 for the last block of an odd vector count. */
+/* Channels computed by block ob: 16; for the last block of an odd vector count 24, or 8 if it is the only one. */
 static int block_width(int64_t cout, int64_t ob) {
-    return ob == channel_blocks(cout) - 1 && ceil_div(cout, 8) % 2 == 1 && cout > 8 ? OCB_MAX : OCB;
+    if (ob < channel_blocks(cout) - 1 || ceil_div(cout, 8) % 2 == 0) return OCB;
+    return cout > 8 ? OCB_MAX : 8;
 }
 /* Weights of one chunk of input channels (all taps, 16 output channels) stay within 64 KB (L2) while
  * every tile of a segment reads them; measured better than 16 KB (L1: more loop and accumulator
  * traffic) and than no chunks (128..320 channels: 221..553 KB per block) on the 2-core dev machine. */
 #define I3_CONV_CHUNK_BYTES (64u << 10)
-/* Output voxels per segment (a run of a task's box, cut into tiles): its accumulator (16 KB) stays in L1
+/* Output voxels per segment (a run of a task's box, cut into tiles): its accumulator (16-24 KB) stays in L1
  * while every chunk of weights is read once per segment. */
-#define I3_CONV_SEGMENT 256
+#define I3_CONV_SEGMENT 252 /* a multiple of every tile length: 12, 6, 4 voxels */
 
 static inline v8f load8(const float *p) {
     v8f v;
@@ -325,9 +328,8 @@ static inline __attribute__((always_inline)) void direct_tile(const float *in, c
                                                               int64_t cin, const int k[3], int64_t zstep,
                                                               int64_t rstep, const float *wchunk, const int nv,
                                                               const int nw, int first, float *io) {
-    v8f acc[VOX_MAX][3]; /* local: stores through io could alias the inputs and would stay in the loop */
-    for (int j = 0; j < nv; j++)
-        for (int v = 0; v < nw; v++) acc[j][v] = first ? (v8f){0} : load8(io + (j * nw + v) * 8);
+    v8f acc[12]; /* [voxel][vector]; local: stores through io could alias the inputs and would stay in the loop */
+    for (int i = 0; i < nv * nw; i++) acc[i] = first ? (v8f){0} : load8(io + i * 8);
     const float *wt = wchunk;
     for (int a = 0; a < k[0]; a++)
         for (int b = 0; b < k[1]; b++)
@@ -340,12 +342,11 @@ static inline __attribute__((always_inline)) void direct_tile(const float *in, c
                     for (int j = 0; j < nv; j++) {
                         const float s = src[j][ci];
                         const v8f sv = {s, s, s, s, s, s, s, s};
-                        for (int v = 0; v < nw; v++) acc[j][v] += sv * wv[v];
+                        for (int v = 0; v < nw; v++) acc[j * nw + v] += sv * wv[v];
                     }
                 }
             }
-    for (int j = 0; j < nv; j++)
-        for (int v = 0; v < nw; v++) store8(io + (j * nw + v) * 8, acc[j][v]);
+    for (int i = 0; i < nv * nw; i++) store8(io + i * 8, acc[i]);
 }
 
 /* direct_tile for each (voxels, vectors) as a function of its own: its 12 accumulators, the weight vectors,
@@ -359,6 +360,18 @@ typedef void direct_tile_fn(const float *in, const int64_t *off, int64_t nci, in
                                                                   const float *wchunk, int first, float *io) {   \
         direct_tile(in, off, nci, cin, k, zstep, rstep, wchunk, nv, nw, first, io);                             \
     }
+DIRECT_TILE_N(1, 1)
+DIRECT_TILE_N(2, 1)
+DIRECT_TILE_N(3, 1)
+DIRECT_TILE_N(4, 1)
+DIRECT_TILE_N(5, 1)
+DIRECT_TILE_N(6, 1)
+DIRECT_TILE_N(7, 1)
+DIRECT_TILE_N(8, 1)
+DIRECT_TILE_N(9, 1)
+DIRECT_TILE_N(10, 1)
+DIRECT_TILE_N(11, 1)
+DIRECT_TILE_N(12, 1)
 DIRECT_TILE_N(1, 2)
 DIRECT_TILE_N(2, 2)
 DIRECT_TILE_N(3, 2)
@@ -369,10 +382,12 @@ DIRECT_TILE_N(1, 3)
 DIRECT_TILE_N(2, 3)
 DIRECT_TILE_N(3, 3)
 DIRECT_TILE_N(4, 3)
-/* [vectors - 2][voxels] */
-static direct_tile_fn *const direct_tiles[2][VOX_MAX + 1] = {
+/* [vectors - 1][voxels] */
+static direct_tile_fn *const direct_tiles[3][VOX_MAX + 1] = {
+    {NULL, direct_tile_1x1, direct_tile_2x1, direct_tile_3x1, direct_tile_4x1, direct_tile_5x1, direct_tile_6x1,
+     direct_tile_7x1, direct_tile_8x1, direct_tile_9x1, direct_tile_10x1, direct_tile_11x1, direct_tile_12x1},
     {NULL, direct_tile_1x2, direct_tile_2x2, direct_tile_3x2, direct_tile_4x2, direct_tile_5x2, direct_tile_6x2},
-    {NULL, direct_tile_1x3, direct_tile_2x3, direct_tile_3x3, direct_tile_4x3, NULL, NULL}};
+    {NULL, direct_tile_1x3, direct_tile_2x3, direct_tile_3x3, direct_tile_4x3}};
 
 typedef struct {
     int64_t band, w, h_out, sd, sh, sw, zstep, rstep, cin;
@@ -389,7 +404,7 @@ static int64_t box_out_offset(const direct_box *bx, int64_t v) {
 }
 
 /* A segment: voxels v0 .. v0 + nvox - 1 of the box (crossing rows and slices, so that narrow rows leave no
- * short tiles), one block of ow (16 or 24) output channels, cut into tiles of 12 / (ow / 8) voxels. Per
+ * short tiles), one block of ow (8, 16 or 24) output channels, cut into tiles of 12 / (ow / 8) voxels. Per
  * chunk of input channels the tiles accumulate into acc; then bias, activation (branch-free: random signs
  * made a scalar branch mispredict) and the transposing copy into y (NCDHW, channel stride ystride). */
 static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, int64_t nvox, const int k[3],
@@ -403,7 +418,7 @@ static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, 
             const int nv = nvox - t0 < vox ? (int)(nvox - t0) : vox;
             int64_t off[VOX_MAX];
             for (int j = 0; j < nv; j++) off[j] = box_in_offset(bx, v0 + t0 + j);
-            direct_tiles[ow / 8 - 2][nv](slab + q0, off, nq, cin, k, bx->zstep, bx->rstep, wblock + q0 * taps * ow,
+            direct_tiles[ow / 8 - 1][nv](slab + q0, off, nq, cin, k, bx->zstep, bx->rstep, wblock + q0 * taps * ow,
                                          q0 == 0, acc + t0 * ow);
         }
     }
