@@ -330,13 +330,18 @@ static inline __attribute__((always_inline)) void direct_tile(const float *in, c
                                                               const int nw, int first, float *io) {
     v8f acc[12]; /* [voxel][vector]; local: stores through io could alias the inputs and would stay in the loop */
     for (int i = 0; i < nv * nw; i++) acc[i] = first ? (v8f){0} : load8(io + i * 8);
+    /* With all input channels in one chunk, a kernel row's taps along w read one contiguous run of the
+     * slab (kw x cin floats) against contiguous weights: one loop of kw x cin instead of kw loops of cin
+     * (the 8..32-channel layers, whose short loops spent as much on set-up as on multiply-adds). */
+    const int whole_rows = nci == cin, kw = whole_rows ? 1 : k[2];
+    const int64_t run = whole_rows ? k[2] * cin : nci;
     const float *wt = wchunk;
     for (int a = 0; a < k[0]; a++)
         for (int b = 0; b < k[1]; b++)
-            for (int c = 0; c < k[2]; c++) {
+            for (int c = 0; c < kw; c++) {
                 const float *src[VOX_MAX];
                 for (int j = 0; j < nv; j++) src[j] = in + off[j] + a * zstep + b * rstep + c * cin;
-                for (int64_t ci = 0; ci < nci; ci++, wt += 8 * nw) {
+                for (int64_t ci = 0; ci < run; ci++, wt += 8 * nw) {
                     v8f wv[3];
                     for (int v = 0; v < nw; v++) wv[v] = load8(wt + 8 * v);
                     for (int j = 0; j < nv; j++) {
