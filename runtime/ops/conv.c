@@ -208,7 +208,8 @@ typedef struct {
 /* Every non-pointwise convolution with enough input channels for the inner loop (the kernel's inner loop
  * runs over cin). A task's slab covers a box of output (depth band x row band x full w); the box grows
  * until the slab reaches I3_CONV_DIRECT_BYTES (fewer re-copied halo slices), then, unless the weights
- * dominate, shrinks again while there are fewer than 4 tasks per thread; channel groups split the rest. */
+ * dominate, shrinks again (depth first, then rows) while there are fewer than 4 tasks per thread; channel
+ * groups split the rest. */
 static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, direct_plan *dp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     if (xs.c < 8 || is_pointwise(p) || i3_shape5_numel(ys) == 0) return 0;
@@ -232,6 +233,12 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, 
         dp->db = ceil_div(dp->db, 2);
     dp->dbands = ceil_div(ys.d, dp->db);
     dp->db = ceil_div(ys.d, dp->dbands);
+    if (!weights_dominate && ys.n * dp->dbands * dp->bands < 4 * (int64_t)n_threads) { /* then rows (2D: d = 1) */
+        dp->bands = clamp64(ceil_div(4 * (int64_t)n_threads, ys.n * dp->dbands), dp->bands, ys.h);
+        dp->band = ceil_div(ys.h, dp->bands);
+        dp->bands = ceil_div(ys.h, dp->band);
+        dp->hb = (dp->band - 1) * sh + kh;
+    }
     dp->dz = (dp->db - 1) * sd + kd;
     dp->slab = dp->dz * dp->hb * row;
     dp->seg_acc = (int64_t)I3_CONV_SEGMENT * OCB_MAX;
