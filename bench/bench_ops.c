@@ -1,7 +1,7 @@
 /* Benchmark of the CPU op fast paths on nnU-Net layer shapes: convolution (direct kernel, im2col +
  * GEMM, 1x1x1 GEMM; ops/conv.c picks one per shape), transposed convolution, instance norm; and on the
- * ACS-converted RITM HRNet's layer shapes for a 16 x 32 x 32 volume: ACS convolution, fast path (three
- * 3D convolutions) against the reference it replaced, and the residual add. For each
+ * ACS-converted RITM HRNet's layer shapes for a 16 x 32 x 32 volume: ACS convolution, fast path (the
+ * three parts as 3D convolutions) against the reference it replaced, and the residual add. For each
  * conv it first validates the fast path against the plain reference on a 3 x 4 x w input (same
  * channels, kernel and w, hence the same strategy; the reference is too slow at full size), then
  * times the fast path (best of R runs after one warm-up) and prints ms and GFLOP/s, wall clock and process

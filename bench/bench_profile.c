@@ -7,7 +7,8 @@
  * nodes of each node's best time, the node count and the share of the total: where a forward spends its
  * time (docs/performance.md uses it for the ACS HRNet). Per-node best times add up to less than a timed
  * whole forward on a busy machine. --convs adds one line per convolution shape (input channels, output
- * channels, kernel, stride, output size): nodes, summed time, GFLOP/s; where a faster conv path pays. */
+ * channels, kernel or ACS kernel, stride, output size): nodes, summed time, GFLOP/s; where a faster conv
+ * path pays. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,31 +28,50 @@ static int fail(i3_ctx *ctx, const char *what) {
     return 1;
 }
 
+/* A convolution node's kernel and stride per axis (an ACS convolution as "A k x k", its taps per output
+ * voxel k * k); 0 for other ops. */
+static int conv_geometry(const i3_node *a, int k[3], int stride[3]) {
+    if (a->op == I3_OP_CONV) {
+        memcpy(k, a->p.conv.k, 3 * sizeof *k), memcpy(stride, a->p.conv.stride, 3 * sizeof *stride);
+        return 1;
+    }
+    if (a->op != I3_OP_ACS_CONV) return 0;
+    k[0] = 0, k[1] = k[2] = a->p.acs.k; /* k[0] = 0 marks ACS */
+    stride[0] = stride[1] = stride[2] = a->p.acs.stride;
+    return 1;
+}
+
 /* Convolution nodes grouped by shape (the first node of a shape prints the sum over all of its nodes). */
 static void print_conv_shapes(const i3_graph *g, const double *best) {
-    printf("  convolutions by shape: cin -> cout, kernel, stride, output d x h x w: nodes, ms, GFLOP/s\n");
+    printf("  convolutions by shape: cin -> cout, kernel (A: ACS k x k), stride, output d x h x w: nodes, ms, GFLOP/s\n");
     for (int n = 0; n < g->n_nodes; n++) {
-        const i3_node *a = &g->nodes[n];
-        if (a->op != I3_OP_CONV) continue;
-        const i3_shape5 xs = i3_value_shape5(&g->values[a->in[0]]), ys = i3_value_shape5(&g->values[a->out]);
+        int k[3], st[3], k2[3], st2[3];
+        if (!conv_geometry(&g->nodes[n], k, st)) continue;
+        const i3_shape5 xs = i3_value_shape5(&g->values[g->nodes[n].in[0]]);
+        const i3_shape5 ys = i3_value_shape5(&g->values[g->nodes[n].out]);
         int first = 1, count = 0;
         double t = 0;
         for (int m = 0; m < g->n_nodes && first; m++) {
             const i3_node *c = &g->nodes[m];
+            if (!conv_geometry(c, k2, st2)) continue;
             const i3_shape5 cx = i3_value_shape5(&g->values[c->in[0]]), cy = i3_value_shape5(&g->values[c->out]);
-            if (c->op != I3_OP_CONV || cx.c != xs.c || memcmp(&cy, &ys, sizeof ys) != 0 ||
-                memcmp(c->p.conv.k, a->p.conv.k, sizeof a->p.conv.k) != 0 ||
-                memcmp(c->p.conv.stride, a->p.conv.stride, sizeof a->p.conv.stride) != 0)
+            if (cx.c != xs.c || memcmp(&cy, &ys, sizeof ys) != 0 || memcmp(k, k2, sizeof k) != 0 ||
+                memcmp(st, st2, sizeof st) != 0)
                 continue;
             if (m < n) first = 0;
             count++, t += best[m];
         }
         if (!first) continue;
-        const double flop = 2.0 * count * i3_shape5_numel(ys) * xs.c * a->p.conv.k[0] * a->p.conv.k[1] * a->p.conv.k[2];
-        printf("  %4lld -> %-4lld %dx%dx%d s%d%d%d %4lld x %4lld x %4lld: %3d nodes %8.2f ms %6.1f GFLOP/s\n",
-               (long long)xs.c, (long long)ys.c, a->p.conv.k[0], a->p.conv.k[1], a->p.conv.k[2], a->p.conv.stride[0],
-               a->p.conv.stride[1], a->p.conv.stride[2], (long long)ys.d, (long long)ys.h, (long long)ys.w, count,
-               t * 1e3, flop / t * 1e-9);
+        const int taps = k[0] ? k[0] * k[1] * k[2] : k[1] * k[2];
+        const double flop = 2.0 * count * i3_shape5_numel(ys) * xs.c * taps;
+        char kernel[16];
+        if (k[0])
+            snprintf(kernel, sizeof kernel, "%dx%dx%d", k[0], k[1], k[2]);
+        else
+            snprintf(kernel, sizeof kernel, "A %dx%d", k[1], k[2]);
+        printf("  %4lld -> %-4lld %-6s s%d%d%d %4lld x %4lld x %4lld: %3d nodes %8.2f ms %6.1f GFLOP/s\n",
+               (long long)xs.c, (long long)ys.c, kernel, st[0], st[1], st[2], (long long)ys.d, (long long)ys.h,
+               (long long)ys.w, count, t * 1e3, flop / t * 1e-9);
     }
 }
 

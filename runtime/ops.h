@@ -104,10 +104,25 @@ void i3_cpu_conv_transpose_ref(const float *x, i3_shape5 xs, const float *w, con
 void i3_cpu_conv_transpose(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, int n_threads);
 
+/* The direct convolution path over parts that share one input window (ops/conv.c): part q computes output
+ * channels [o0, o0 + cout) of y from weights w [cout, cin, k[0], k[1], k[2]] and bias b (or NULL), its tap
+ * (0, 0, 0) at offset shift (slices, rows, columns) into window's (kernel, stride, padding); window.cout is
+ * y's channel count. A plain convolution is one part; an ACS convolution three (ops/acs_conv.c), which then
+ * copy their input once. Returns 0, doing nothing, where the direct path does not apply (cin < 8, a
+ * pointwise window, an empty output); otherwise sets *scratch_bytes (if given) and, if y is given, runs. */
+#define I3_CONV_MAX_PARTS 3
+typedef struct {
+    int64_t o0, cout;
+    int k[3], shift[3];
+    const float *w, *b;
+} i3_conv_part;
+int i3_cpu_conv_parts(const float *x, i3_shape5 xs, const i3_conv_params *window, const i3_conv_part *parts,
+                      int n_parts, float *y, void *scratch, size_t *scratch_bytes, int n_threads);
+
 void i3_cpu_acs_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b,
                          const i3_acs_conv_params *p, float *y);
-/* Fast path: three calls of i3_cpu_conv on the parts (ops/acs_conv.c); scratch as i3_cpu_conv's for the
- * largest part (0 where the reference runs: even k or pad < k / 2). */
+/* Fast path (ops/acs_conv.c): the three parts as one direct convolution, or three i3_cpu_conv calls where
+ * cin < 8; its scratch (0 where the reference runs: even k or pad < k / 2). */
 size_t i3_cpu_acs_conv_scratch_bytes(i3_shape5 xs, const i3_acs_conv_params *p, int n_threads);
 void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
                      float *y, void *scratch, int n_threads);

@@ -109,23 +109,25 @@ Test(ops_hrnet, channel_gate_vs_torch) {
     }
 }
 
-/* The fast ACS convolution (three i3_cpu_conv calls on the parts) against the reference: both conv
- * strategies (cin < 8: im2col, cin >= 8: direct), stride 2, batch 2, couts not divisible by 3 or below
- * 3 (empty parts), k 1 and 5, and paddings that the decomposition does not take (reference fallback). */
+/* The fast ACS convolution against the reference: both strategies (cin < 8: three i3_cpu_conv calls on
+ * the parts, im2col; cin >= 8: one direct convolution over the three parts and one input slab), stride 2,
+ * batch 2, couts not divisible by 3 or below 3 (empty parts), parts of 8, 16 and 24-wide channel blocks,
+ * k 1 and 5, and paddings that the decomposition does not take (reference fallback). */
 Test(ops_hrnet, acs_conv_fast_matches_reference) {
     static const struct {
         i3_shape5 x;
         int cout, k, stride, pad;
     } cases[] = {{{1, 3, 5, 6, 7}, 5, 3, 1, 1},   {{2, 16, 7, 5, 6}, 7, 3, 2, 1}, {{1, 20, 9, 8, 10}, 18, 3, 1, 1},
                  {{1, 9, 4, 5, 6}, 2, 3, 2, 1},   {{1, 8, 9, 7, 8}, 8, 5, 2, 2},  {{1, 3, 4, 5, 6}, 4, 1, 1, 0},
-                 {{1, 12, 6, 7, 5}, 6, 3, 1, 2},  {{1, 3, 7, 8, 9}, 6, 3, 1, 0},  {{1, 4, 6, 5, 7}, 5, 2, 1, 1}};
+                 {{1, 12, 6, 7, 5}, 6, 3, 1, 2},  {{1, 3, 7, 8, 9}, 6, 3, 1, 0},  {{1, 4, 6, 5, 7}, 5, 2, 1, 1},
+                 {{1, 10, 6, 5, 9}, 40, 3, 1, 1}, {{2, 24, 5, 6, 7}, 66, 3, 2, 1}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fx_rng r = fx_rng_seed(900 + i);
         const i3_shape5 xs = cases[i].x;
         const i3_acs_conv_params p = {cases[i].cout, cases[i].k, cases[i].stride, cases[i].pad, {I3_ACT_LEAKY_RELU, 0.1f}};
         const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(i3_acs_conv_out_shape(xs, &p));
         const int64_t nw = (int64_t)p.cout * xs.c * p.k * p.k;
-        float *x = malloc((size_t)nx * sizeof *x), *w = malloc((size_t)nw * sizeof *w), b[32];
+        float *x = malloc((size_t)nx * sizeof *x), *w = malloc((size_t)nw * sizeof *w), b[80];
         float *ref = malloc((size_t)ny * sizeof *ref), *y = fx_guarded_alloc(ny);
         fx_fill(&r, x, nx, -1.0f, 1.0f), fx_fill(&r, w, nw, -0.5f, 0.5f), fx_fill(&r, b, p.cout, -1.0f, 1.0f);
         const size_t scratch_bytes = i3_cpu_acs_conv_scratch_bytes(xs, &p, 2);

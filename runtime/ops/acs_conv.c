@@ -12,11 +12,13 @@
  *   i3_cpu_acs_conv      each part is a 3D convolution whose kernel is the 2D one laid on the part's two
  *                        axes with size 1 on the third: [split, cin, 1, k, k], [split, cin, k, 1, k],
  *                        [split, cin, k, k, 1], which is the memory layout of the part's rows of w as they
- *                        are, so the engine's fast convolution (ops/conv.c) runs on them in place and writes
- *                        the part's output channels directly. The kernel-less axis takes the centre tap
- *                        through padding p - k/2 there, so this needs an odd k and p >= k/2 (every converted
- *                        network); other paddings (only ACSConv's own tests use them) run the reference.
- *                        Parts of fewer than I3_PARALLEL_MIN_MACS multiply-adds run on one thread.
+ *                        are. The kernel-less axis takes the centre tap, so this needs an odd k and
+ *                        p >= k/2 (every converted network); other paddings (only ACSConv's own tests use
+ *                        them) run the reference. With cin >= 8 the three parts run as one direct
+ *                        convolution (i3_cpu_conv_parts) over the k x k x k window: one channels-last copy
+ *                        of the input serves all three, each part's kernel offset to its centre tap; with
+ *                        fewer input channels, three i3_cpu_conv calls (padding p - k/2 on the kernel-less
+ *                        axis; parts of fewer than I3_PARALLEL_MIN_MACS multiply-adds on one thread).
  *                        bench/bench_ops.c times both on the HRNet's shapes (docs/performance.md). */
 #include "ops.h"
 
@@ -76,18 +78,41 @@ static i3_conv_params acs_part_conv(const i3_acs_conv_params *p, int part, int c
     return c;
 }
 
+/* The k x k x k window all three parts read, and the parts as the direct convolution path takes them: each
+ * part's kernel is size 1 on its kernel-less axis and sits at that axis's centre tap (offset k / 2); parts
+ * without channels (cout < 3) are left out. Returns the number of parts. */
+static int acs_direct_parts(const i3_acs_conv_params *p, const float *w, const float *b, int64_t cin,
+                            i3_conv_params *window, i3_conv_part parts[3]) {
+    *window = (i3_conv_params){p->cout, {p->k, p->k, p->k}, {p->stride, p->stride, p->stride},
+                               {p->pad, p->pad, p->pad}, p->act};
+    int split[3], n = 0;
+    i3_acs_split(p->cout, split);
+    for (int part = 0, first = 0; part < 3; first += split[part], part++) {
+        if (split[part] == 0) continue;
+        i3_conv_part q = {first, split[part], {p->k, p->k, p->k}, {0, 0, 0}, NULL, b ? b + first : NULL};
+        q.k[part] = 1, q.shift[part] = p->k / 2;
+        q.w = w ? w + (int64_t)first * cin * p->k * p->k : NULL;
+        parts[n++] = q;
+    }
+    return n;
+}
+
 size_t i3_cpu_acs_conv_scratch_bytes(i3_shape5 xs, const i3_acs_conv_params *p, int n_threads) {
     if (!acs_parts_are_convs(p)) return 0;
+    i3_conv_params window;
+    i3_conv_part parts[3];
+    const int n_parts = acs_direct_parts(p, NULL, NULL, xs.c, &window, parts);
+    size_t bytes = 0;
+    if (i3_cpu_conv_parts(NULL, xs, &window, parts, n_parts, NULL, NULL, &bytes, n_threads)) return bytes;
     int split[3];
     i3_acs_split(p->cout, split);
-    xs.n = 1; /* one sample at a time */
-    size_t most = 0;
+    xs.n = 1; /* otherwise one part and one sample at a time */
     for (int part = 0; part < 3; part++) {
         const i3_conv_params c = acs_part_conv(p, part, split[part]);
-        const size_t bytes = split[part] ? i3_cpu_conv_scratch_bytes(xs, &c, n_threads) : 0;
-        most = bytes > most ? bytes : most;
+        const size_t part_bytes = split[part] ? i3_cpu_conv_scratch_bytes(xs, &c, n_threads) : 0;
+        bytes = part_bytes > bytes ? part_bytes : bytes;
     }
-    return most;
+    return bytes;
 }
 
 void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
@@ -96,6 +121,10 @@ void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *
         i3_cpu_acs_conv_ref(x, xs, w, b, p, y);
         return;
     }
+    i3_conv_params window;
+    i3_conv_part parts[3];
+    const int n_parts = acs_direct_parts(p, w, b, xs.c, &window, parts);
+    if (i3_cpu_conv_parts(x, xs, &window, parts, n_parts, y, scratch, NULL, n_threads)) return; /* one slab */
     const i3_shape5 ys = i3_acs_conv_out_shape(xs, p), one = {1, xs.c, xs.d, xs.h, xs.w};
     const int64_t in_sample = xs.c * i3_shape5_spatial(xs), out_spatial = i3_shape5_spatial(ys);
     const int64_t per_out = xs.c * p->k * p->k;

@@ -203,18 +203,33 @@ typedef struct {
     int64_t slab, seg_acc;         /* floats per thread: slab [dz][hb][wp][cin], segment accumulator */
     int64_t pack, chunk;           /* floats of packed weights (shared), input channels per chunk */
     int64_t dbands, bands, groups; /* tasks per sample: depth bands x row bands x output-channel groups */
+    int64_t blocks;                /* output-channel blocks of all parts */
 } direct_plan;
 
+/* Output channels per part: blocks of 16 (the last one 24 or 8 wide), packed one after another. */
+static int64_t part_pack_floats(const i3_conv_part *q, int64_t cin) {
+    const int64_t blocks = channel_blocks(q->cout);
+    return ((blocks - 1) * OCB + block_width(q->cout, blocks - 1)) * cin * q->k[0] * q->k[1] * q->k[2];
+}
+
 /* Every non-pointwise convolution with enough input channels for the inner loop (the kernel's inner loop
- * runs over cin). A task's slab covers a box of output (depth band x row band x full w); the box grows
+ * runs over cin); p is the window all parts read (kernel, stride, padding). A task's slab covers a box of output (depth band x row band x full w); the box grows
  * until the slab reaches I3_CONV_DIRECT_BYTES (fewer re-copied halo slices), then, unless the weights
  * dominate, shrinks again (depth first, then rows) while there are fewer than 4 tasks per thread; channel
  * groups split the rest. */
-static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, direct_plan *dp) {
+static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, const i3_conv_part *parts, int n_parts,
+                          int n_threads, direct_plan *dp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     if (xs.c < 8 || is_pointwise(p) || i3_shape5_numel(ys) == 0) return 0;
     const int kd = p->k[0], kh = p->k[1], sd = p->stride[0], sh = p->stride[1];
-    const int64_t taps = (int64_t)kd * kh * p->k[2];
+    int64_t taps = 1, blocks = 0; /* the most taps of a part; blocks of all parts */
+    dp->pack = 0;
+    for (int i = 0; i < n_parts; i++) {
+        const int64_t t = (int64_t)parts[i].k[0] * parts[i].k[1] * parts[i].k[2];
+        taps = t > taps ? t : taps;
+        blocks += channel_blocks(parts[i].cout);
+        dp->pack += part_pack_floats(&parts[i], xs.c);
+    }
     const int64_t budget = (int64_t)I3_CONV_DIRECT_BYTES / (int64_t)sizeof(float);
     dp->wp = (ys.w - 1) * p->stride[2] + p->k[2];
     const int64_t row = dp->wp * xs.c;
@@ -223,8 +238,6 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, 
     dp->band = ceil_div(ys.h, dp->bands);
     dp->hb = (dp->band - 1) * sh + kh;
     dp->db = dp->bands > 1 ? 1 : clamp64((budget / (row * dp->hb) - kd) / sd + 1, 1, ys.d);
-    const int64_t blocks = channel_blocks(ys.c);
-    dp->pack = ((blocks - 1) * OCB + block_width(ys.c, blocks - 1)) * xs.c * taps;
     /* Splitting the box re-reads the weights, splitting the channels re-copies the slab: where the weights
      * are the larger (the deep, small layers), threads share the channel blocks of one box first. */
     const int weights_dominate = dp->pack > ys.n * (dp->db - 1) * sd * dp->hb * row && blocks >= 4 * n_threads;
@@ -245,6 +258,7 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, 
     const int64_t tasks = ys.n * dp->dbands * dp->bands;
     const int64_t max_chunk = clamp64((int64_t)I3_CONV_CHUNK_BYTES / (int64_t)(sizeof(float) * OCB * taps), 1, xs.c);
     dp->chunk = ceil_div(xs.c, ceil_div(xs.c, max_chunk)); /* even chunks */
+    dp->blocks = blocks;
     dp->groups = clamp64(ceil_div(4 * (int64_t)n_threads, tasks), 1, blocks);
     return 1;
 }
@@ -451,24 +465,41 @@ static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, 
     }
 }
 
+/* Block `block` of all parts' blocks: its part, and its index within the part. */
+static int block_part(const i3_conv_part *parts, int64_t block, int64_t *ob) {
+    int i = 0;
+    for (; block >= channel_blocks(parts[i].cout); i++) block -= channel_blocks(parts[i].cout);
+    *ob = block;
+    return i;
+}
+
 /* Weights packed once per call by all threads; then threads over (sample, depth band, row band, channel
- * group): each task builds the slab of its box and sweeps its rows per block of output channels. Below
- * I3_PARALLEL_MIN_MACS multiply-adds, one thread (the barrier would cost more than the work). */
-static void conv_direct(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
-                        const direct_plan *dp, float *y, float *scratch, int n_threads) {
+ * group): each task builds the slab of its box and sweeps its rows per block of output channels, each
+ * block with its part's kernel and offset into the slab. Below I3_PARALLEL_MIN_MACS multiply-adds, one
+ * thread (the barrier would cost more than the work). */
+static void conv_direct(const float *x, i3_shape5 xs, const i3_conv_params *p, const i3_conv_part *parts,
+                        int n_parts, const direct_plan *dp, float *y, float *scratch, int n_threads) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
-    const int64_t taps = (int64_t)p->k[0] * p->k[1] * p->k[2], s_out = i3_shape5_spatial(ys), cin = xs.c;
-    const int64_t blocks = channel_blocks(ys.c), per_group = ceil_div(blocks, dp->groups);
+    const int64_t s_out = i3_shape5_spatial(ys), cin = xs.c;
+    const int64_t per_group = ceil_div(dp->blocks, dp->groups);
     const int64_t tasks = ys.n * dp->dbands * dp->bands * dp->groups;
     const int64_t rstep = dp->wp * cin, zstep = dp->hb * rstep;
-    float *wpack = scratch;
-    const int64_t macs = ys.n * s_out * ys.c * cin * taps;
+    int64_t pack_at[I3_CONV_MAX_PARTS], at = 0, macs = 0; /* each part's packed weights in scratch */
+    for (int i = 0; i < n_parts; at += part_pack_floats(&parts[i], cin), i++) {
+        pack_at[i] = at;
+        macs += ys.n * s_out * parts[i].cout * cin * parts[i].k[0] * parts[i].k[1] * parts[i].k[2];
+    }
 #pragma omp parallel num_threads(n_threads) if (macs >= I3_PARALLEL_MIN_MACS)
     {
         float *slab = scratch + dp->pack + (size_t)omp_get_thread_num() * (size_t)(dp->slab + dp->seg_acc);
         float *acc = slab + dp->slab;
 #pragma omp for schedule(static)
-        for (int64_t ob = 0; ob < blocks; ob++) pack_weights_block(w, ys.c, cin, taps, dp->chunk, ob, wpack);
+        for (int64_t block = 0; block < dp->blocks; block++) {
+            int64_t ob;
+            const i3_conv_part *q = &parts[block_part(parts, block, &ob)];
+            const int64_t taps = (int64_t)q->k[0] * q->k[1] * q->k[2];
+            pack_weights_block(q->w, q->cout, cin, taps, dp->chunk, ob, scratch + pack_at[q - parts]);
+        }
 #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < tasks; task++) {
             const int64_t g = task % dp->groups, rb = (task / dp->groups) % dp->bands;
@@ -478,26 +509,45 @@ static void conv_direct(const float *x, i3_shape5 xs, const float *w, const floa
             const int64_t od0 = zb * dp->db, od1 = od0 + dp->db < ys.d ? od0 + dp->db : ys.d;
             build_slab(x + n * cin * i3_shape5_spatial(xs), xs, p, od0 * p->stride[0] - p->pad[0],
                        oh0 * p->stride[1] - p->pad[1], dp, slab);
-            for (int64_t ob = g * per_group; ob < blocks && ob < (g + 1) * per_group; ob++) {
-                const int64_t o = ob * OCB;
-                const int ow = block_width(ys.c, ob), oc = ys.c - o < ow ? (int)(ys.c - o) : ow;
+            const direct_box bx = {oh1 - oh0, ys.w, ys.h, p->stride[0], p->stride[1], p->stride[2], zstep, rstep, cin};
+            const int64_t nbox = (od1 - od0) * (oh1 - oh0) * ys.w;
+            for (int64_t block = g * per_group; block < dp->blocks && block < (g + 1) * per_group; block++) {
+                int64_t ob;
+                const i3_conv_part *q = &parts[block_part(parts, block, &ob)];
+                const int64_t o = ob * OCB, taps = (int64_t)q->k[0] * q->k[1] * q->k[2];
+                const int ow = block_width(q->cout, ob), oc = q->cout - o < ow ? (int)(q->cout - o) : ow;
                 float bias[OCB_MAX] = {0};
-                for (int r = 0; r < oc; r++) bias[r] = b ? b[o + r] : 0.0f;
-                const direct_box bx = {oh1 - oh0, ys.w, ys.h, p->stride[0], p->stride[1], p->stride[2], zstep, rstep, cin};
-                const int64_t nbox = (od1 - od0) * (oh1 - oh0) * ys.w;
-                float *yb = y + (n * ys.c + o) * s_out + (od0 * ys.h + oh0) * ys.w;
+                for (int r = 0; r < oc; r++) bias[r] = q->b ? q->b[o + r] : 0.0f;
+                const float *in = slab + q->shift[0] * zstep + q->shift[1] * rstep + q->shift[2] * cin;
+                float *yb = y + (n * ys.c + q->o0 + o) * s_out + (od0 * ys.h + oh0) * ys.w;
                 for (int64_t v0 = 0; v0 < nbox; v0 += I3_CONV_SEGMENT)
-                    direct_segment(slab, &bx, v0, nbox - v0 < I3_CONV_SEGMENT ? nbox - v0 : I3_CONV_SEGMENT, p->k,
-                                   wpack + o * cin * taps, dp->chunk, ow, oc, bias, p->act, acc, yb, s_out);
+                    direct_segment(in, &bx, v0, nbox - v0 < I3_CONV_SEGMENT ? nbox - v0 : I3_CONV_SEGMENT, q->k,
+                                   scratch + pack_at[q - parts] + o * cin * taps, dp->chunk, ow, oc, bias, p->act,
+                                   acc, yb, s_out);
             }
         }
     }
 }
 
-size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads) {
+int i3_cpu_conv_parts(const float *x, i3_shape5 xs, const i3_conv_params *window, const i3_conv_part *parts,
+                      int n_parts, float *y, void *scratch, size_t *scratch_bytes, int n_threads) {
     direct_plan dp;
-    if (direct_plan_of(xs, p, n_threads, &dp))
-        return (size_t)(dp.pack + n_threads * (dp.slab + dp.seg_acc)) * sizeof(float);
+    if (n_parts < 1 || n_parts > I3_CONV_MAX_PARTS || !direct_plan_of(xs, window, parts, n_parts, n_threads, &dp))
+        return 0;
+    if (scratch_bytes) *scratch_bytes = (size_t)(dp.pack + n_threads * (dp.slab + dp.seg_acc)) * sizeof(float);
+    if (y) conv_direct(x, xs, window, parts, n_parts, &dp, y, scratch, n_threads);
+    return 1;
+}
+
+/* A plain convolution as the direct path's one part. */
+static i3_conv_part whole_conv(const float *w, const float *b, const i3_conv_params *p) {
+    return (i3_conv_part){0, p->cout, {p->k[0], p->k[1], p->k[2]}, {0, 0, 0}, w, b};
+}
+
+size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads) {
+    const i3_conv_part whole = whole_conv(NULL, NULL, p);
+    size_t bytes;
+    if (i3_cpu_conv_parts(NULL, xs, p, &whole, 1, NULL, NULL, &bytes, n_threads)) return bytes;
     if (is_pointwise(p)) return 0;
     const int64_t k_rows = xs.c * p->k[0] * p->k[1] * p->k[2];
     return (size_t)n_threads * (size_t)k_rows * (size_t)conv_tile_cols(xs, p, n_threads) * sizeof(float);
@@ -505,11 +555,8 @@ size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_th
 
 void i3_cpu_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                  float *y, void *scratch, int n_threads) {
-    direct_plan dp;
-    if (direct_plan_of(xs, p, n_threads, &dp)) {
-        conv_direct(x, xs, w, b, p, &dp, y, scratch, n_threads);
-        return;
-    }
+    const i3_conv_part whole = whole_conv(w, b, p);
+    if (i3_cpu_conv_parts(x, xs, p, &whole, 1, y, scratch, NULL, n_threads)) return;
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     const int64_t s_out = i3_shape5_spatial(ys), s_in = i3_shape5_spatial(xs);
     const int64_t k_rows = xs.c * p->k[0] * p->k[1] * p->k[2];
