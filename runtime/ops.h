@@ -108,8 +108,9 @@ void i3_cpu_conv_transpose(const float *x, i3_shape5 xs, const float *w, const f
  * channels [o0, o0 + cout) of y from weights w [cout, cin, k[0], k[1], k[2]] and bias b (or NULL), its tap
  * (0, 0, 0) at offset shift (slices, rows, columns) into window's (kernel, stride, padding); window.cout is
  * y's channel count. A plain convolution is one part; an ACS convolution three (ops/acs_conv.c), which then
- * copy their input once. Returns 0, doing nothing, where the direct path does not apply (cin < 8, a
- * pointwise window, an empty output); otherwise sets *scratch_bytes (if given) and, if y is given, runs. */
+ * copy their input once. Returns 0, doing nothing, where the direct path does not apply (cin < 8 unless
+ * the window is 3D and cout >= 16, a pointwise window, an empty output); otherwise sets *scratch_bytes (if
+ * given) and, if y is given, runs. */
 #define I3_CONV_MAX_PARTS 3
 typedef struct {
     int64_t o0, cout;
@@ -122,7 +123,7 @@ int i3_cpu_conv_parts(const float *x, i3_shape5 xs, const i3_conv_params *window
 void i3_cpu_acs_conv_ref(const float *x, i3_shape5 xs, const float *w, const float *b,
                          const i3_acs_conv_params *p, float *y);
 /* Fast path (ops/acs_conv.c): the three parts as one direct convolution, or three i3_cpu_conv calls where
- * cin < 8; its scratch (0 where the reference runs: even k or pad < k / 2). */
+ * the direct path does not apply; its scratch (0 where the reference runs: even k or pad < k / 2). */
 size_t i3_cpu_acs_conv_scratch_bytes(i3_shape5 xs, const i3_acs_conv_params *p, int n_threads);
 void i3_cpu_acs_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
                      float *y, void *scratch, int n_threads);

@@ -71,6 +71,8 @@ static const conv_case conv_cases[] = {
     {{1, 24, 2, 5, 19}, 72, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},          /* 3 x 16 + 24 */
     {{1, 8, 6, 7, 29}, 8, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},      /* 8 wide, 12 voxels */
     {{1, 16, 3, 9, 31}, 5, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_NONE, 1},           /* 8 wide, strided */
+    {{1, 3, 4, 6, 9}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},      /* cin < 8, 3D, cout >= 16 */
+    {{2, 1, 5, 7, 11}, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_NONE, 0},
 };
 
 static void check_conv(const conv_case *cc, int threads) {

@@ -14,11 +14,12 @@
  *                        [split, cin, k, k, 1], which is the memory layout of the part's rows of w as they
  *                        are. The kernel-less axis takes the centre tap, so this needs an odd k and
  *                        p >= k/2 (every converted network); other paddings (only ACSConv's own tests use
- *                        them) run the reference. With cin >= 8 the three parts run as one direct
- *                        convolution (i3_cpu_conv_parts) over the k x k x k window: one channels-last copy
- *                        of the input serves all three, each part's kernel offset to its centre tap; with
- *                        fewer input channels, three i3_cpu_conv calls (padding p - k/2 on the kernel-less
- *                        axis; parts of fewer than I3_PARALLEL_MIN_MACS multiply-adds on one thread).
+ *                        them) run the reference. Where the direct path applies (ops/conv.c: cin >= 8, or
+ *                        cout >= 16 on a 3D window) the three parts run as one direct convolution
+ *                        (i3_cpu_conv_parts) over the k x k x k window: one channels-last copy of the input
+ *                        serves all three, each part's kernel offset to its centre tap; otherwise three
+ *                        i3_cpu_conv calls (padding p - k/2 on the kernel-less axis; parts of fewer than
+ *                        I3_PARALLEL_MIN_MACS multiply-adds on one thread).
  *                        bench/bench_ops.c times both on the HRNet's shapes (docs/performance.md). */
 #include "ops.h"
 

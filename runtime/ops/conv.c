@@ -2,7 +2,8 @@
  *
  *   i3_cpu_conv_ref  direct transcription of the sum, accumulated in double (the reference).
  *   i3_cpu_conv      fast path, one of three strategies, chosen from the shapes alone:
- *     direct   any kernel/stride/padding with cin >= 8 except 1x1x1 (oneDNN's AVX2 direct conv): weights
+ *     direct   any kernel/stride/padding with cin >= 8 (or a 3D window and cout >= 16) except 1x1x1
+ *              (oneDNN's AVX2 direct conv): weights
  *              packed once per call as [16 output channels][chunk of cin][taps][ci][16]; a task (sample,
  *              band of output depth slices and rows, group of output-channel blocks) copies the
  *              zero-padded input box it reads into a channels-last slab (about 4 MB; 8 x 8 register
@@ -220,7 +221,11 @@ static int64_t part_pack_floats(const i3_conv_part *q, int64_t cin) {
 static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, const i3_conv_part *parts, int n_parts,
                           int n_threads, direct_plan *dp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
-    if (xs.c < 8 || is_pointwise(p) || i3_shape5_numel(ys) == 0) return 0;
+    /* Few input channels: im2col + GEMM wins in 2D and for few output channels, the direct path on 3D
+     * windows with 16 or more (measured: 1 -> 32 3x3x3 at 64^3 60 -> 21 ms, an ACS 3 -> 64 stride 2 at 32^3
+     * 11 -> 6 ms; but 1 -> 8 3x3x3 15 -> 21 ms, 3 -> 64 1x3x3 3.4 -> 6.3 ms). */
+    const int few_channels_direct = p->k[0] > 1 && ys.c >= 16;
+    if ((xs.c < 8 && !few_channels_direct) || is_pointwise(p) || i3_shape5_numel(ys) == 0) return 0;
     const int kd = p->k[0], kh = p->k[1], sd = p->stride[0], sh = p->stride[1];
     int64_t taps = 1, blocks = 0; /* the most taps of a part; blocks of all parts */
     dp->pack = 0;
@@ -419,9 +424,15 @@ typedef struct {
     int64_t band, w, h_out, sd, sh, sw, zstep, rstep, cin;
 } direct_box;
 
-static int64_t box_in_offset(const direct_box *bx, int64_t v) {
+/* off[i] = slab offset of the window of box voxel v0 + i, i < n: three divisions for v0, then carries
+ * (divisions per voxel cost as much as the multiply-adds of a few-channel layer). */
+static void box_in_offsets(const direct_box *bx, int64_t v0, int64_t n, int64_t *off) {
     const int64_t plane = bx->band * bx->w;
-    return v / plane * bx->sd * bx->zstep + v % plane / bx->w * bx->sh * bx->rstep + v % bx->w * bx->sw * bx->cin;
+    int64_t z = v0 / plane, r = v0 % plane / bx->w, c = v0 % bx->w;
+    for (int64_t i = 0; i < n; i++) {
+        off[i] = z * bx->sd * bx->zstep + r * bx->sh * bx->rstep + c * bx->sw * bx->cin;
+        if (++c == bx->w) c = 0, ++r == bx->band ? (r = 0, z++) : 0;
+    }
 }
 
 static int64_t box_out_offset(const direct_box *bx, int64_t v) {
@@ -438,14 +449,14 @@ static void direct_segment(const float *slab, const direct_box *bx, int64_t v0, 
                            float *acc, float *y, int64_t ystride) {
     const int64_t taps = (int64_t)k[0] * k[1] * k[2], cin = bx->cin;
     const int vox = 12 / (ow / 8);
+    int64_t off[I3_CONV_SEGMENT];
+    box_in_offsets(bx, v0, nvox, off);
     for (int64_t q0 = 0; q0 < cin; q0 += chunk) {
         const int64_t nq = cin - q0 < chunk ? cin - q0 : chunk;
         for (int64_t t0 = 0; t0 < nvox; t0 += vox) {
             const int nv = nvox - t0 < vox ? (int)(nvox - t0) : vox;
-            int64_t off[VOX_MAX];
-            for (int j = 0; j < nv; j++) off[j] = box_in_offset(bx, v0 + t0 + j);
-            direct_tiles[ow / 8 - 1][nv](slab + q0, off, nq, cin, k, bx->zstep, bx->rstep, wblock + q0 * taps * ow,
-                                         q0 == 0, acc + t0 * ow);
+            direct_tiles[ow / 8 - 1][nv](slab + q0, off + t0, nq, cin, k, bx->zstep, bx->rstep,
+                                         wblock + q0 * taps * ow, q0 == 0, acc + t0 * ow);
         }
     }
     const float s = act.kind == I3_ACT_LEAKY_RELU ? act.slope : act.kind == I3_ACT_RELU ? 0.0f : 1.0f;
