@@ -300,7 +300,7 @@ static inline void transpose8x8(const float *src, int64_t sstride, float *dst, i
 
 /* slab[((z * hb + r) * wp + c) * cin + ci] = x[ci, iz0 + z, iy0 + r, c - pad_w], 0 outside the input:
  * the input box one task reads, zero-padded and channels-last (the kernel broadcasts one input value
- * per (voxel, tap, ci) against 16 output channels). The transposition goes by 8 x 8 blocks in registers;
+ * per (voxel, tap, ci) against a block of output channels). The transposition goes by 8 x 8 blocks in registers;
  * one value at a time, its writes cin floats apart (a power of two in most networks) shared a few L1
  * sets and cost more than the convolution's own arithmetic on the wide layers. */
 static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, int64_t iz0, int64_t iy0,
@@ -330,7 +330,7 @@ static void build_slab(const float *x, i3_shape5 xs, const i3_conv_params *p, in
         }
 }
 
-/* Packed weights, per block of ow output channels (16 or 24, from channel o0 = 16 block) and per chunk of
+/* Packed weights, per block of ow output channels (8, 16 or 24, from channel o0 = 16 block) and per chunk of
  * input channels [q0, q0 + nq): wpack[o0 * cin * taps + q0 * taps * ow + (tap * nq + ci - q0) * ow + r] =
  * w[o0 + r, ci, tap], 0 beyond cout. One chunk is contiguous, in the order the kernel reads it. */
 static void pack_weights_block(const float *w, int64_t cout, int64_t cin, int64_t taps, int64_t chunk, int64_t ob,
