@@ -205,6 +205,7 @@ typedef struct {
     int64_t pack, chunk;           /* floats of packed weights (shared), input channels per chunk */
     int64_t dbands, bands, groups; /* tasks per sample: depth bands x row bands x output-channel groups */
     int64_t blocks;                /* output-channel blocks of all parts */
+    int64_t pack_at[I3_CONV_MAX_PARTS]; /* where each part's packed weights start */
 } direct_plan;
 
 /* Output channels per part: blocks of 16 (the last one 24 or 8 wide), packed one after another. */
@@ -233,6 +234,7 @@ static int direct_plan_of(i3_shape5 xs, const i3_conv_params *p, const i3_conv_p
         const int64_t t = (int64_t)parts[i].k[0] * parts[i].k[1] * parts[i].k[2];
         taps = t > taps ? t : taps;
         blocks += channel_blocks(parts[i].cout);
+        dp->pack_at[i] = dp->pack;
         dp->pack += part_pack_floats(&parts[i], xs.c);
     }
     const int64_t budget = (int64_t)I3_CONV_DIRECT_BYTES / (int64_t)sizeof(float);
@@ -431,7 +433,10 @@ static void box_in_offsets(const direct_box *bx, int64_t v0, int64_t n, int64_t 
     int64_t z = v0 / plane, r = v0 % plane / bx->w, c = v0 % bx->w;
     for (int64_t i = 0; i < n; i++) {
         off[i] = z * bx->sd * bx->zstep + r * bx->sh * bx->rstep + c * bx->sw * bx->cin;
-        if (++c == bx->w) c = 0, ++r == bx->band ? (r = 0, z++) : 0;
+        if (++c < bx->w) continue;
+        c = 0;
+        if (++r < bx->band) continue;
+        r = 0, z++;
     }
 }
 
@@ -495,11 +500,9 @@ static void conv_direct(const float *x, i3_shape5 xs, const i3_conv_params *p, c
     const int64_t per_group = ceil_div(dp->blocks, dp->groups);
     const int64_t tasks = ys.n * dp->dbands * dp->bands * dp->groups;
     const int64_t rstep = dp->wp * cin, zstep = dp->hb * rstep;
-    int64_t pack_at[I3_CONV_MAX_PARTS], at = 0, macs = 0; /* each part's packed weights in scratch */
-    for (int i = 0; i < n_parts; at += part_pack_floats(&parts[i], cin), i++) {
-        pack_at[i] = at;
+    int64_t macs = 0;
+    for (int i = 0; i < n_parts; i++)
         macs += ys.n * s_out * parts[i].cout * cin * parts[i].k[0] * parts[i].k[1] * parts[i].k[2];
-    }
 #pragma omp parallel num_threads(n_threads) if (macs >= I3_PARALLEL_MIN_MACS)
     {
         float *slab = scratch + dp->pack + (size_t)omp_get_thread_num() * (size_t)(dp->slab + dp->seg_acc);
@@ -509,7 +512,7 @@ static void conv_direct(const float *x, i3_shape5 xs, const i3_conv_params *p, c
             int64_t ob;
             const i3_conv_part *q = &parts[block_part(parts, block, &ob)];
             const int64_t taps = (int64_t)q->k[0] * q->k[1] * q->k[2];
-            pack_weights_block(q->w, q->cout, cin, taps, dp->chunk, ob, scratch + pack_at[q - parts]);
+            pack_weights_block(q->w, q->cout, cin, taps, dp->chunk, ob, scratch + dp->pack_at[q - parts]);
         }
 #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < tasks; task++) {
@@ -533,7 +536,7 @@ static void conv_direct(const float *x, i3_shape5 xs, const i3_conv_params *p, c
                 float *yb = y + (n * ys.c + q->o0 + o) * s_out + (od0 * ys.h + oh0) * ys.w;
                 for (int64_t v0 = 0; v0 < nbox; v0 += I3_CONV_SEGMENT)
                     direct_segment(in, &bx, v0, nbox - v0 < I3_CONV_SEGMENT ? nbox - v0 : I3_CONV_SEGMENT, q->k,
-                                   scratch + pack_at[q - parts] + o * cin * taps, dp->chunk, ow, oc, bias, p->act,
+                                   scratch + dp->pack_at[q - parts] + o * cin * taps, dp->chunk, ow, oc, bias, p->act,
                                    acc, yb, s_out);
             }
         }
