@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "i3rt weight files are little-endian; a big-endian host would need byte swapping here"
@@ -447,6 +448,12 @@ i3rt_status i3_weights_open(i3_ctx *ctx, const char *path, i3_weights **out) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return i3_fail(ctx, I3RT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st_buf = {0}; /* a directory opens too, and its "size" from ftell is LONG_MAX */
+    if (fstat(fileno(f), &st_buf) != 0 || !S_ISREG(st_buf.st_mode)) {
+        fclose(f);
+        return i3_fail(ctx, I3RT_ERR_IO, "%s: not a regular file%s", path,
+                       S_ISDIR(st_buf.st_mode) ? " but a directory (a weight file is one .safetensors file)" : "");
+    }
     long size = -1;
     if (fseek(f, 0, SEEK_END) == 0) size = ftell(f);
     if (size < 0 || fseek(f, 0, SEEK_SET) != 0) {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static i3_ctx *ctx;
@@ -74,6 +75,13 @@ TestSuite(weights_bad, .init = setup, .fini = teardown);
 Test(weights_bad, missing_file) {
     unlink(path);
     expect_open_error(I3RT_ERR_IO, "cannot open", "No such file");
+}
+
+Test(weights_bad, directory) { /* e.g. a model folder given where its .safetensors file belongs */
+    unlink(path);
+    cr_assert_eq(mkdir(path, 0700), 0, "cannot create the directory %s", path);
+    expect_open_error(I3RT_ERR_IO, "not a regular file", "directory");
+    rmdir(path);
 }
 
 Test(weights_bad, empty_file) {
