@@ -3,10 +3,11 @@
  * ACS-converted RITM HRNet's layer shapes for a 16 x 32 x 32 volume: ACS convolution, fast path (the
  * three parts as 3D convolutions) against the reference it replaced, and the residual add. For each
  * conv it first validates the fast path against the plain reference on a 3 x 4 x w input (same
- * channels, kernel and w, hence the same strategy; the reference is too slow at full size), then
+ * channels, kernel and w, hence the same strategy but Winograd's; the reference is too slow at full size), then
  * times the fast path (best of R runs after one warm-up) and prints ms and GFLOP/s, wall clock and process
  * CPU time of all threads (GFLOP per CPU-second, i.e. per busy thread: on a loaded machine the better
- * measure of the kernel).
+ * measure of the kernel); then the direct path's time on the same input (where it applies: the baseline of
+ * the Winograd path) and the two outputs' difference.
  *
  * Build: part of the CMake build when I3RT_BENCH=ON (bench/CMakeLists.txt): `ninja -C build bench_ops`.
  * Run: build/bench/bench_ops [threads=2] [repeats=5]
@@ -50,7 +51,7 @@ typedef struct {
 } conv_shape;
 
 static double validate_conv(const conv_shape *c, int threads) {
-    i3_shape5 xs = {1, c->cin, 3, 4, c->size}; /* same w: the fast path takes the same strategy */
+    i3_shape5 xs = {1, c->cin, 3, 4, c->size}; /* same w: the same strategy (but the direct for Winograd's) */
     i3_conv_params p = {c->cout, {c->k[0], c->k[1], c->k[2]}, {c->stride[0], c->stride[1], c->stride[2]},
                         {c->pad[0], c->pad[1], c->pad[2]}, {I3_ACT_LEAKY_RELU, 0.01f}};
     const int64_t ny = i3_shape5_numel(i3_conv_out_shape(xs, &p));
@@ -64,29 +65,48 @@ static double validate_conv(const conv_shape *c, int threads) {
     return e;
 }
 
+/* Best wall and CPU time of R runs (after a warm-up) of the fast path, or of the direct path alone. */
+static void time_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
+                      int direct, float *y, void *scratch, int threads, int repeats, double *best, double *best_cpu) {
+    const i3_conv_part whole = {0, p->cout, {p->k[0], p->k[1], p->k[2]}, {0, 0, 0}, w, b};
+    *best = *best_cpu = 1e30;
+    for (int r = 0; r <= repeats; r++) {
+        double t0 = i3_now_seconds(), c0 = i3_cpu_seconds();
+        if (direct) i3_cpu_conv_parts(x, xs, p, &whole, 1, y, scratch, NULL, threads);
+        else i3_cpu_conv(x, xs, w, b, p, y, scratch, threads);
+        double t = i3_now_seconds() - t0, tc = i3_cpu_seconds() - c0;
+        if (r > 0 && t < *best) *best = t;
+        if (r > 0 && tc < *best_cpu) *best_cpu = tc;
+    }
+}
+
+/* The fast path; where the direct path also applies (every kernel but 1x1x1), that path too on the same
+ * input: the baseline of the Winograd path, which ops/conv.c picks over it for the 3x3x3 stride-1 layers of
+ * 8..128 channels ("direct": the same time when the direct path is the one picked), and the full-size
+ * relative difference of the two outputs. */
 static void bench_conv(const conv_shape *c, int threads, int repeats) {
     i3_shape5 xs = {1, c->cin, c->size, c->size, c->size};
     i3_conv_params p = {c->cout, {c->k[0], c->k[1], c->k[2]}, {c->stride[0], c->stride[1], c->stride[2]},
                         {c->pad[0], c->pad[1], c->pad[2]}, {I3_ACT_LEAKY_RELU, 0.01f}};
     const i3_shape5 ys = i3_conv_out_shape(xs, &p);
-    const int64_t kk = (int64_t)c->k[0] * c->k[1] * c->k[2];
+    const int64_t kk = (int64_t)c->k[0] * c->k[1] * c->k[2], ny = i3_shape5_numel(ys);
     float *x = random_floats(i3_shape5_numel(xs), 1), *w = random_floats(c->cout * c->cin * kk, 2);
-    float *b = random_floats(c->cout, 3), *y = random_floats(i3_shape5_numel(ys), 4);
-    const size_t scratch_bytes = i3_cpu_conv_scratch_bytes(xs, &p, threads);
-    void *scratch = malloc(scratch_bytes + 1);
-    double best = 1e30, best_cpu = 1e30;
-    for (int r = 0; r <= repeats; r++) {
-        double t0 = i3_now_seconds(), c0 = i3_cpu_seconds();
-        i3_cpu_conv(x, xs, w, b, &p, y, scratch, threads);
-        double t = i3_now_seconds() - t0, tc = i3_cpu_seconds() - c0;
-        if (r > 0 && t < best) best = t;
-        if (r > 0 && tc < best_cpu) best_cpu = tc;
-    }
+    float *b = random_floats(c->cout, 3), *y = random_floats(ny, 4), *y_direct = random_floats(ny, 5);
+    const i3_conv_part whole = {0, c->cout, {c->k[0], c->k[1], c->k[2]}, {0, 0, 0}, w, b};
+    size_t scratch_bytes = i3_cpu_conv_scratch_bytes(xs, &p, threads), direct_bytes = 0;
+    const int has_direct = i3_cpu_conv_parts(NULL, xs, &p, &whole, 1, NULL, NULL, &direct_bytes, threads);
+    void *scratch = malloc((scratch_bytes > direct_bytes ? scratch_bytes : direct_bytes) + 1);
+    double best, best_cpu, direct = 0, direct_cpu;
+    time_conv(x, xs, w, b, &p, 0, y, scratch, threads, repeats, &best, &best_cpu);
+    if (has_direct) time_conv(x, xs, w, b, &p, 1, y_direct, scratch, threads, repeats, &direct, &direct_cpu);
     const double flops = 2.0 * c->cout * c->cin * kk * i3_shape5_spatial(ys);
-    printf("conv %-26s %8.2f ms %6.1f GFLOP/s  cpu %8.2f ms %6.1f GFLOP/cpu-s  scratch %5.2f MB  rel err %.1e\n",
-           c->name, best * 1e3, flops / best * 1e-9, best_cpu * 1e3, flops / best_cpu * 1e-9,
-           scratch_bytes / 1048576.0, validate_conv(c, threads));
-    free(x), free(w), free(b), free(y), free(scratch);
+    printf("conv %-26s %8.2f ms %6.1f GFLOP/s  cpu %8.2f ms %6.1f GFLOP/cpu-s  scratch %5.2f MB  rel err %.1e", c->name,
+           best * 1e3, flops / best * 1e-9, best_cpu * 1e3, flops / best_cpu * 1e-9, scratch_bytes / 1048576.0,
+           validate_conv(c, threads));
+    if (has_direct)
+        printf("  direct %8.2f ms (%.2fx) diff %.1e", direct * 1e3, direct / best, rel_error(y, y_direct, ny));
+    printf("\n");
+    free(x), free(w), free(b), free(y), free(y_direct), free(scratch);
 }
 
 static void bench_conv_transpose(int cin, int cout, int size, int threads, int repeats) {
