@@ -546,55 +546,66 @@ static void conv_direct(const float *x, i3_shape5 xs, const i3_conv_params *p, c
     }
 }
 
-/* ---- Winograd path: F(2 x 2 x 2, 3 x 3 x 3) --------------------------------------------------------- */
+/* ---- Winograd path: F(2 x 2 x 2, 3 x 3 x 3) and F(2 x 2, 3 x 3) ------------------------------------- */
 
 /* Lavin and Gray's minimal filtering along each axis: 4 input voxels d and 3 taps g give 2 outputs
  * y = A^T [(G g) . (B^T d)] (a correlation, as the convolution here is). In 3D each 2 x 2 x 2 output tile reads
  * a 4 x 4 x 4 input window, and the 64 transformed positions are 64 independent products
  * [tiles x cin] x [cin x cout]: 8 multiply-adds per output voxel and channel pair instead of 27, plus the
- * transforms. A task is one tile slice (2 output slices) x a band of tile rows x the full width; its input
- * box is the direct path's channels-last slab (build_slab), transformed by batches of tiles into
- * V [64][tiles][cin], multiplied by the transformed weights U [64][block][cin][ow] with the direct path's
- * register tiles, giving M [64][block][tiles][ow], and transformed back 8 output channels at a time. B, G and A
- * hold 0, +-1 and 1/2 only: against the double reference the error is that of the direct path (relative
- * 2-3e-7 in tests/test_ops.c). */
+ * transforms; 1 x 3 x 3 kernels (2D networks, anisotropic stages) the same in each slice with 2 x 2 tiles and
+ * 16 positions (4 instead of 9). A task is one tile slice (2 output slices, or 1) x a band of tile rows x the
+ * full width; its input box is the direct path's channels-last slab (build_slab), transformed by batches of
+ * tiles into V [pos][tiles][cin], multiplied by the transformed weights U [pos][block][cin][ow] with the direct
+ * path's register tiles, giving M [pos][block][tiles][ow], and transformed back 8 output channels at a time.
+ * B, G and A hold 0, +-1 and 1/2 only: against the double reference the error is that of the direct path
+ * (relative 2-3e-7 in tests/test_ops.c). */
 #define WINO_BATCH 36 /* the most tiles per batch: a multiple of every register tile length (12, 6, 4) */
 #define WINO_BATCH_BYTES (384u << 10) /* V and M of one batch */
 
 typedef struct {
+    int depth, positions;      /* window depth (4, or 1 for 1 x 3 x 3 kernels), transformed positions (16 depth) */
     int64_t td, th, tw;        /* output tiles along d, h, w */
     int64_t band, bands;       /* tile rows per task, row bands per tile slice */
     int64_t tasks;             /* samples x tile slices x bands */
     int64_t batch;             /* tiles per batch: a multiple of 12, at most WINO_BATCH */
+    int64_t cin8, cout8;       /* channels rounded up to vectors of 8: the rows of V, the columns of U and M */
     int64_t u, v, m;           /* floats: transformed weights (shared); per thread V and M */
     direct_plan box;           /* the slab's extent (dz, hb, wp, slab) for build_slab */
 } wino_plan;
 
-/* Stride-1, 3 x 3 x 3 convolutions padded by 1 whose channel counts are whole vectors, on outputs of at least
- * 8 voxels a side (odd sizes compute a partial tile), up to 256 input + output channels and with at least 24
- * tiles per task: below that the transformed weights (64 / 27 of the weights' size) are read again for too few
- * tiles. Measured on the 2-core machine, one thread, against the direct path: 1.1-1.4x at 8-32 channels,
- * 1.4-1.9x at 48-128; 0.55-0.7x on 8^3 outputs of 64-320 channels (docs/performance.md). */
+/* Stride-1 3 x 3 x 3 (padded by 1) and 1 x 3 x 3 (padded by 0, 1, 1) convolutions of 8 or more input and output
+ * channels (the last vector of 8 partial where the counts are not multiples: an HRNet's 18, 36), on outputs of
+ * at least 8 voxels a side along the tiled axes (odd sizes compute a partial tile), up to 256 input + output
+ * channels and with at least 24 tiles per task: below that the transformed weights (64 / 27 of the weights' size
+ * in 3D) are read again for too few tiles. Measured on the 2-core
+ * machine, one thread, against the direct path: 1.1-1.4x at 8-32 channels, 1.4-1.9x at 48-128; 0.55-0.7x on
+ * 8^3 outputs of 64-320 channels (docs/performance.md). */
 static int wino_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, wino_plan *wp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
-    for (int a = 0; a < 3; a++)
-        if (p->k[a] != 3 || p->stride[a] != 1 || p->pad[a] != 1) return 0;
-    if (xs.c < 8 || xs.c % 8 || ys.c % 8 || xs.c + ys.c > 256 || ys.d < 8 || ys.h < 8 || ys.w < 8) return 0;
-    wp->td = ceil_div(ys.d, 2), wp->th = ceil_div(ys.h, 2), wp->tw = ceil_div(ys.w, 2);
+    const int deep = p->k[0] == 3;
+    if ((p->k[0] != 1 && !deep) || p->pad[0] != deep || p->k[1] != 3 || p->k[2] != 3 || p->pad[1] != 1 ||
+        p->pad[2] != 1 || p->stride[0] != 1 || p->stride[1] != 1 || p->stride[2] != 1)
+        return 0;
+    if (xs.c < 8 || ys.c < 8 || xs.c + ys.c > 256 || (deep && ys.d < 8) || ys.d < 1 || ys.h < 8 || ys.w < 8)
+        return 0;
+    wp->depth = deep ? 4 : 1, wp->positions = 16 * wp->depth;
+    wp->td = deep ? ceil_div(ys.d, 2) : ys.d, wp->th = ceil_div(ys.h, 2), wp->tw = ceil_div(ys.w, 2);
     const int64_t row = (2 * wp->tw + 2) * xs.c, budget = (int64_t)I3_CONV_DIRECT_BYTES / (int64_t)sizeof(float);
-    const int64_t most = clamp64((budget / (4 * row) - 2) / 2, 1, wp->th); /* tile rows within the slab budget */
+    const int64_t most = clamp64((budget / (wp->depth * row) - 2) / 2, 1, wp->th); /* rows within the budget */
     wp->bands = clamp64(ceil_div(4 * (int64_t)n_threads, ys.n * wp->td), ceil_div(wp->th, most), wp->th);
     wp->band = ceil_div(wp->th, wp->bands);
     wp->bands = ceil_div(wp->th, wp->band);
     if (wp->band * wp->tw < 24) return 0;
     wp->tasks = ys.n * wp->td * wp->bands;
-    wp->box.dz = 4, wp->box.hb = 2 * wp->band + 2, wp->box.wp = 2 * wp->tw + 2;
+    wp->box.dz = wp->depth, wp->box.hb = 2 * wp->band + 2, wp->box.wp = 2 * wp->tw + 2;
     wp->box.slab = wp->box.dz * wp->box.hb * row;
-    wp->u = 64 * xs.c * ys.c;
-    wp->batch = clamp64((int64_t)WINO_BATCH_BYTES / (int64_t)sizeof(float) / (64 * (xs.c + ys.c)) / 12 * 12, 12,
-                        WINO_BATCH);
-    wp->v = 64 * wp->batch * xs.c;
-    wp->m = 64 * wp->batch * ys.c;
+    wp->cin8 = ceil_div(xs.c, 8) * 8, wp->cout8 = ceil_div(ys.c, 8) * 8;
+    wp->u = wp->positions * xs.c * wp->cout8;
+    wp->batch = clamp64((int64_t)WINO_BATCH_BYTES / (int64_t)sizeof(float) / (wp->positions * (wp->cin8 + wp->cout8)) /
+                            12 * 12,
+                        12, WINO_BATCH);
+    wp->v = wp->positions * wp->batch * wp->cin8;
+    wp->m = wp->positions * wp->batch * wp->cout8;
     return 1;
 }
 
@@ -604,56 +615,69 @@ static inline __attribute__((always_inline)) void wino_bt(v8f *d, int s) {
     d[0] = d0 - d2, d[s] = d1 + d2, d[2 * s] = d2 - d1, d[3 * s] = d1 - d3;
 }
 
-/* V[pos][tile][ci .. ci + 8) for tiles i0 .. i0 + nb of the task (tile row ty0 + i / tw, column i % tw), and
- * zeros for the tiles nb .. nb_round (the register tiles of the product then need no short versions). Along
- * d first into a stack copy, then each of the four planes along h and w in registers. */
-static void wino_input(const float *slab, const wino_plan *wp, int64_t cin, int64_t i0, int64_t nb, int64_t nb_round,
-                       float *v) {
-    const int64_t rstep = wp->box.wp * cin, zstep = wp->box.hb * rstep, pstride = wp->batch * cin;
+/* wino_input for a window depth of 4 or 1 (a constant after inlining): along d first into a stack copy, then
+ * each of the planes along h and w in registers. A last vector of fewer than 8 channels reads on into the next
+ * voxel (or past the slab into this thread's V, the same allocation) and is masked to zeros. */
+static inline __attribute__((always_inline)) void wino_input_n(const float *slab, const wino_plan *wp,
+                                                               int64_t cin, int64_t i0, int64_t nb, float *v,
+                                                               const int depth) {
+    const int64_t rstep = wp->box.wp * cin, zstep = wp->box.hb * rstep, ld = wp->cin8, pstride = wp->batch * ld;
     for (int64_t i = 0; i < nb; i++) {
         const float *s0 = slab + (i0 + i) / wp->tw * 2 * rstep + (i0 + i) % wp->tw * 2 * cin;
         for (int64_t ci = 0; ci < cin; ci += 8) {
+            v8i keep;
+            for (int l = 0; l < 8; l++) keep[l] = ci + l < cin ? -1 : 0;
             v8f t[64];
             for (int yx = 0; yx < 16; yx++) {
                 const float *q = s0 + yx / 4 * rstep + yx % 4 * cin + ci;
-                for (int z = 0; z < 4; z++) t[z * 16 + yx] = load8(q + z * zstep);
-                wino_bt(t + yx, 16);
+                for (int z = 0; z < depth; z++) t[z * 16 + yx] = (v8f)((v8i)load8(q + z * zstep) & keep);
+                if (depth == 4) wino_bt(t + yx, 16);
             }
-            for (int z = 0; z < 4; z++) {
+            for (int z = 0; z < depth; z++) {
                 v8f *plane = t + z * 16;
                 for (int r = 0; r < 4; r++) wino_bt(plane + r * 4, 1);
                 for (int c = 0; c < 4; c++) wino_bt(plane + c, 4);
-                for (int yx = 0; yx < 16; yx++) store8(v + (z * 16 + yx) * pstride + i * cin + ci, plane[yx]);
+                for (int yx = 0; yx < 16; yx++) store8(v + (z * 16 + yx) * pstride + i * ld + ci, plane[yx]);
             }
         }
     }
-    for (int pos = 0; pos < 64; pos++)
-        memset(v + pos * pstride + nb * cin, 0, (size_t)((nb_round - nb) * cin) * sizeof(float));
 }
 
-/* The 64 products of a batch for one block of nw vectors of output channels, groups x nv tiles (nv, nw
- * constants after inlining): m[pos][j][8 nw] = sum_ci v[pos][j][ci] u[pos][ci][8 nw], positions vstride,
+/* V[pos][tile][ci .. ci + 8) (rows of cin8) for tiles i0 .. i0 + nb of the task (tile row ty0 + i / tw, column
+ * i % tw), and zeros for the tiles nb .. nb_round (the register tiles of the product then need no short
+ * versions). */
+static void wino_input(const float *slab, const wino_plan *wp, int64_t cin, int64_t i0, int64_t nb, int64_t nb_round,
+                       float *v) {
+    if (wp->depth == 4) wino_input_n(slab, wp, cin, i0, nb, v, 4);
+    else wino_input_n(slab, wp, cin, i0, nb, v, 1);
+    for (int pos = 0; pos < wp->positions; pos++)
+        memset(v + (pos * wp->batch + nb) * wp->cin8, 0, (size_t)((nb_round - nb) * wp->cin8) * sizeof(float));
+}
+
+/* The products of a batch for one block of nw vectors of output channels, groups x nv tiles (nv, nw
+ * constants after inlining): m[pos][j][8 nw] = sum_ci v[pos][j * ld + ci] u[pos][ci][8 nw], positions vstride,
  * ustride, mstride floats apart; each group the direct path's register tile with a 1 x 1 x 1 kernel. The
  * positions outermost: a position's weights (cin x 8 nw) stay in L1 for all groups. */
 static inline __attribute__((always_inline)) void wino_gemm(const float *v, int64_t vstride, const float *u,
                                                             int64_t ustride, float *m, int64_t mstride,
-                                                            int64_t cin, int64_t groups, const int nv,
-                                                            const int nw) {
+                                                            int64_t cin, int64_t ld, int positions, int64_t groups,
+                                                            const int nv, const int nw) {
     static const int pointwise[3] = {1, 1, 1};
     int64_t off[VOX_MAX];
-    for (int j = 0; j < nv; j++) off[j] = j * cin;
-    for (int pos = 0; pos < 64; pos++, v += vstride, u += ustride, m += mstride)
+    for (int j = 0; j < nv; j++) off[j] = j * ld;
+    for (int pos = 0; pos < positions; pos++, v += vstride, u += ustride, m += mstride)
         for (int64_t g = 0; g < groups; g++)
-            direct_tile(v + g * nv * cin, off, cin, cin, pointwise, 0, 0, u, nv, nw, 1, m + g * nv * 8 * nw);
+            direct_tile(v + g * nv * ld, off, cin, cin, pointwise, 0, 0, u, nv, nw, 1, m + g * nv * 8 * nw);
 }
 
 typedef void wino_gemm_fn(const float *v, int64_t vstride, const float *u, int64_t ustride, float *m,
-                          int64_t mstride, int64_t cin, int64_t groups);
+                          int64_t mstride, int64_t cin, int64_t ld, int positions, int64_t groups);
 #define WINO_GEMM_N(nv, nw)                                                                                      \
     static __attribute__((noinline)) void wino_gemm_##nv##x##nw(const float *v, int64_t vstride, const float *u, \
                                                                 int64_t ustride, float *m, int64_t mstride,      \
-                                                                int64_t cin, int64_t groups) {                   \
-        wino_gemm(v, vstride, u, ustride, m, mstride, cin, groups, nv, nw);                                      \
+                                                                int64_t cin, int64_t ld, int positions,          \
+                                                                int64_t groups) {                                \
+        wino_gemm(v, vstride, u, ustride, m, mstride, cin, ld, positions, groups, nv, nw);                      \
     }
 WINO_GEMM_N(12, 1)
 WINO_GEMM_N(6, 2)
@@ -661,62 +685,75 @@ WINO_GEMM_N(4, 3)
 /* [vectors - 1]: the direct path's tile for each block width */
 static wino_gemm_fn *const wino_gemms[3] = {wino_gemm_12x1, wino_gemm_6x2, wino_gemm_4x3};
 
-/* U[pos][o0 * cin + ci * ow + r] = (G g G^T along the three axes)[pos] of g = w[o0 + r, ci], per output-channel
- * block (o0, width ow) of the direct path. */
-static void wino_weights(const float *w, int64_t cout, int64_t cin, int64_t co, float *u) {
+/* U[pos][o0 * cin + ci * ow + r] = (G g G^T along the kernel's axes)[pos] of g = w[o0 + r, ci], per
+ * output-channel block (o0, width ow) of the direct path; along d only for a window depth of 4; zeros for the
+ * channels cout .. cout8 of the last vector (positions cin x cout8 apart). */
+static void wino_weights(const float *w, int64_t cout, int64_t cin, int depth, int64_t co, float *u) {
+    const int64_t cout8 = ceil_div(cout, 8) * 8;
     static const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
     const int64_t ob = co / OCB < channel_blocks(cout) ? co / OCB : channel_blocks(cout) - 1, o0 = ob * OCB;
-    const int ow = block_width(cout, ob);
+    const int ow = block_width(cout, ob), kd = depth == 4 ? 3 : 1;
     for (int64_t ci = 0; ci < cin; ci++) {
-        const float *g = w + (co * cin + ci) * 27;
+        const float *g = w + (co * cin + ci) * kd * 9;
         float a[4][3][3], b[4][4][3], c[4][4][4];
-        for (int i = 0; i < 4; i++)
+        if (co >= cout) {
+            for (int pos = 0; pos < 16 * depth; pos++) u[pos * cin * cout8 + o0 * cin + ci * ow + co - o0] = 0.0f;
+            continue;
+        }
+        for (int i = 0; i < depth; i++)
             for (int y = 0; y < 3; y++)
                 for (int x = 0; x < 3; x++)
-                    a[i][y][x] = G[i][0] * g[y * 3 + x] + G[i][1] * g[9 + y * 3 + x] + G[i][2] * g[18 + y * 3 + x];
-        for (int i = 0; i < 4; i++)
+                    a[i][y][x] = kd == 1 ? g[y * 3 + x]
+                                         : G[i][0] * g[y * 3 + x] + G[i][1] * g[9 + y * 3 + x] + G[i][2] * g[18 + y * 3 + x];
+        for (int i = 0; i < depth; i++)
             for (int j = 0; j < 4; j++)
                 for (int x = 0; x < 3; x++)
                     b[i][j][x] = G[j][0] * a[i][0][x] + G[j][1] * a[i][1][x] + G[j][2] * a[i][2][x];
-        for (int i = 0; i < 4; i++)
+        for (int i = 0; i < depth; i++)
             for (int j = 0; j < 4; j++)
                 for (int k = 0; k < 4; k++)
                     c[i][j][k] = G[k][0] * b[i][j][0] + G[k][1] * b[i][j][1] + G[k][2] * b[i][j][2];
-        for (int pos = 0; pos < 64; pos++)
-            u[pos * cin * cout + o0 * cin + ci * ow + co - o0] = c[pos / 16][pos / 4 % 4][pos % 4];
+        for (int pos = 0; pos < 16 * depth; pos++)
+            u[pos * cin * cout8 + o0 * cin + ci * ow + co - o0] = c[pos / 16][pos / 4 % 4][pos % 4];
     }
 }
 
-/* y for tiles i0 .. i0 + nb of the task from M: A^T along the three axes, bias, activation, the valid voxels
- * of each 2 x 2 x 2 tile written into y (NCDHW, output slices 2 tz and 2 tz + 1). */
-static void wino_output(const float *m, const wino_plan *wp, i3_shape5 ys, int64_t tz, int64_t ty0, int64_t i0,
+/* y for tiles i0 .. i0 + nb of the task from M: A^T along the window's axes, bias, activation, the valid voxels
+ * of each 2 x 2 x 2 (or 1 x 2 x 2) tile written into y (NCDHW, from output slice oz). */
+static void wino_output(const float *m, const wino_plan *wp, i3_shape5 ys, int64_t oz, int64_t ty0, int64_t i0,
                         int64_t nb, const float *bias, i3_act act, float *y) {
-    const int64_t cout = ys.c, s_out = i3_shape5_spatial(ys), batch = wp->batch;
+    const int64_t cout = ys.c, s_out = i3_shape5_spatial(ys), ms = wp->batch * wp->cout8; /* M's position stride */
+    const int depth = wp->depth, tile_d = depth == 4 ? 2 : 1, voxels = 4 * tile_d;
     const float s = act.kind == I3_ACT_LEAKY_RELU ? act.slope : act.kind == I3_ACT_RELU ? 0.0f : 1.0f;
     const v8f slope = {s, s, s, s, s, s, s, s}, zero = {0};
     for (int64_t ob = 0; ob < channel_blocks(cout); ob++) {
         const int64_t o0 = ob * OCB;
         const int ow = block_width(cout, ob);
         for (int64_t i = 0; i < nb; i++) {
-            const int64_t oy = 2 * (ty0 + (i0 + i) / wp->tw), ox = 2 * ((i0 + i) % wp->tw), oz = 2 * tz;
+            const int64_t oy = 2 * (ty0 + (i0 + i) / wp->tw), ox = 2 * ((i0 + i) % wp->tw);
             for (int vv = 0; vv < ow / 8; vv++) {
-                const float *src = m + o0 * batch + i * ow + 8 * vv;
-                v8f r1[4][4][2], r2[4][2][2], o[8];
-                for (int z = 0; z < 4; z++)
+                const float *src = m + o0 * wp->batch + i * ow + 8 * vv;
+                v8f r2[4][2][2], o[8];
+                for (int z = 0; z < depth; z++) { /* A^T along w, then h, per plane */
+                    v8f r1[4][2];
                     for (int r = 0; r < 4; r++) {
-                        const float *q = src + (z * 16 + r * 4) * batch * cout;
-                        const v8f m0 = load8(q), m1 = load8(q + batch * cout), m2 = load8(q + 2 * batch * cout),
-                                  m3 = load8(q + 3 * batch * cout);
-                        r1[z][r][0] = m0 + m1 + m2, r1[z][r][1] = m1 - m2 - m3;
+                        const float *q = src + (z * 16 + r * 4) * ms;
+                        const v8f m0 = load8(q), m1 = load8(q + ms), m2 = load8(q + 2 * ms), m3 = load8(q + 3 * ms);
+                        r1[r][0] = m0 + m1 + m2, r1[r][1] = m1 - m2 - m3;
                     }
-                for (int z = 0; z < 4; z++)
                     for (int c = 0; c < 2; c++) {
-                        r2[z][0][c] = r1[z][0][c] + r1[z][1][c] + r1[z][2][c];
-                        r2[z][1][c] = r1[z][1][c] - r1[z][2][c] - r1[z][3][c];
+                        r2[z][0][c] = r1[0][c] + r1[1][c] + r1[2][c];
+                        r2[z][1][c] = r1[1][c] - r1[2][c] - r1[3][c];
                     }
+                }
                 const v8f bv = load8(bias + o0 + 8 * vv);
                 for (int r = 0; r < 2; r++)
                     for (int c = 0; c < 2; c++) {
+                        if (depth == 1) {
+                            o[r * 2 + c] = r2[0][r][c] + bv;
+                            o[4 + r * 2 + c] = zero; /* no second slice */
+                            continue;
+                        }
                         o[r * 2 + c] = r2[0][r][c] + r2[1][r][c] + r2[2][r][c] + bv;
                         o[4 + r * 2 + c] = r2[1][r][c] - r2[2][r][c] - r2[3][r][c] + bv;
                     }
@@ -728,16 +765,17 @@ static void wino_output(const float *m, const wino_plan *wp, i3_shape5 ys, int64
                 }
                 transpose8x8(out[0], 8, per_channel[0], 8);
                 float *yc = y + (o0 + 8 * vv) * s_out + (oz * ys.h + oy) * ys.w + ox;
-                if (oz + 1 < ys.d && oy + 1 < ys.h && ox + 1 < ys.w) { /* a whole tile: pairs along w */
-                    for (int l = 0; l < 8; l++)
-                        for (int k = 0; k < 8; k += 2)
+                const int channels = cout - o0 - 8 * vv < 8 ? (int)(cout - o0 - 8 * vv) : 8;
+                if (oz + tile_d <= ys.d && oy + 1 < ys.h && ox + 1 < ys.w) { /* a whole tile: pairs along w */
+                    for (int l = 0; l < channels; l++)
+                        for (int k = 0; k < voxels; k += 2)
                             memcpy(yc + l * s_out + (k / 4 * ys.h + k / 2 % 2) * ys.w, per_channel[l] + k,
                                    2 * sizeof(float));
                     continue;
                 }
-                for (int k = 0; k < 8; k++)
+                for (int k = 0; k < voxels; k++)
                     if (oz + k / 4 < ys.d && oy + k / 2 % 2 < ys.h && ox + k % 2 < ys.w)
-                        for (int l = 0; l < 8; l++)
+                        for (int l = 0; l < channels; l++)
                             yc[l * s_out + (k / 4 * ys.h + k / 2 % 2) * ys.w + k % 2] = per_channel[l][k];
             }
         }
@@ -751,7 +789,8 @@ static void wino_task(const float *x, i3_shape5 xs, const i3_conv_params *p, con
     const int64_t cin = xs.c, cout = ys.c, batch = wp->batch;
     const int64_t rb = task % wp->bands, tz = task / wp->bands % wp->td, n = task / (wp->bands * wp->td);
     const int64_t ty0 = rb * wp->band, rows = wp->th - ty0 < wp->band ? wp->th - ty0 : wp->band;
-    build_slab(x + n * cin * i3_shape5_spatial(xs), xs, p, 2 * tz - 1, 2 * ty0 - 1, &wp->box, slab);
+    const int64_t oz = wp->depth == 4 ? 2 * tz : tz;
+    build_slab(x + n * cin * i3_shape5_spatial(xs), xs, p, oz - p->pad[0], 2 * ty0 - 1, &wp->box, slab);
     for (int64_t i0 = 0; i0 < rows * wp->tw; i0 += batch) {
         const int64_t nb = rows * wp->tw - i0 < batch ? rows * wp->tw - i0 : batch;
         const int64_t nb_round = ceil_div(nb, 12) * 12;
@@ -759,10 +798,10 @@ static void wino_task(const float *x, i3_shape5 xs, const i3_conv_params *p, con
         for (int64_t ob = 0; ob < channel_blocks(cout); ob++) {
             const int64_t o0 = ob * OCB;
             const int ow = block_width(cout, ob), vox = 12 / (ow / 8);
-            wino_gemms[ow / 8 - 1](v, batch * cin, u + o0 * cin, cin * cout, m + o0 * batch, batch * cout, cin,
-                                   nb_round / vox);
+            wino_gemms[ow / 8 - 1](v, batch * wp->cin8, u + o0 * cin, cin * wp->cout8, m + o0 * batch,
+                                   batch * wp->cout8, cin, wp->cin8, wp->positions, nb_round / vox);
         }
-        wino_output(m, wp, ys, tz, ty0, i0, nb, bias, p->act, y + n * cout * i3_shape5_spatial(ys));
+        wino_output(m, wp, ys, oz, ty0, i0, nb, bias, p->act, y + n * cout * i3_shape5_spatial(ys));
     }
 }
 
@@ -771,23 +810,23 @@ static void conv_winograd(const float *x, i3_shape5 xs, const float *w, const fl
                           const wino_plan *wp, float *y, float *scratch, int n_threads) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     float *u = scratch, *bias = u + wp->u;
-    const int64_t macs = ys.n * i3_shape5_spatial(ys) * ys.c * xs.c * 27;
+    const int64_t macs = ys.n * i3_shape5_spatial(ys) * ys.c * xs.c * p->k[0] * 9;
 #pragma omp parallel num_threads(n_threads) if (macs >= I3_PARALLEL_MIN_MACS)
     {
-        float *slab = bias + ys.c + (size_t)omp_get_thread_num() * (size_t)(wp->box.slab + wp->v + wp->m);
+        float *slab = bias + wp->cout8 + (size_t)omp_get_thread_num() * (size_t)(wp->box.slab + wp->v + wp->m);
         float *v = slab + wp->box.slab, *m = v + wp->v;
 #pragma omp for schedule(static)
-        for (int64_t co = 0; co < ys.c; co++) {
-            wino_weights(w, ys.c, xs.c, co, u);
-            bias[co] = b ? b[co] : 0.0f;
+        for (int64_t co = 0; co < wp->cout8; co++) {
+            wino_weights(w, ys.c, xs.c, wp->depth, co, u);
+            bias[co] = b && co < ys.c ? b[co] : 0.0f;
         }
 #pragma omp for schedule(dynamic)
         for (int64_t task = 0; task < wp->tasks; task++) wino_task(x, xs, p, wp, u, bias, task, slab, v, m, y);
     }
 }
 
-static size_t wino_scratch_bytes(const wino_plan *wp, int64_t cout, int n_threads) {
-    return (size_t)(wp->u + cout + n_threads * (wp->box.slab + wp->v + wp->m)) * sizeof(float);
+static size_t wino_scratch_bytes(const wino_plan *wp, int n_threads) {
+    return (size_t)(wp->u + wp->cout8 + n_threads * (wp->box.slab + wp->v + wp->m)) * sizeof(float);
 }
 
 int i3_cpu_conv_parts(const float *x, i3_shape5 xs, const i3_conv_params *window, const i3_conv_part *parts,
@@ -807,7 +846,7 @@ static i3_conv_part whole_conv(const float *w, const float *b, const i3_conv_par
 
 size_t i3_cpu_conv_scratch_bytes(i3_shape5 xs, const i3_conv_params *p, int n_threads) {
     wino_plan wp;
-    if (wino_plan_of(xs, p, n_threads, &wp)) return wino_scratch_bytes(&wp, p->cout, n_threads);
+    if (wino_plan_of(xs, p, n_threads, &wp)) return wino_scratch_bytes(&wp, n_threads);
     const i3_conv_part whole = whole_conv(NULL, NULL, p);
     size_t bytes;
     if (i3_cpu_conv_parts(NULL, xs, p, &whole, 1, NULL, NULL, &bytes, n_threads)) return bytes;
