@@ -559,15 +559,14 @@ static void conv_direct(const float *x, i3_shape5 xs, const i3_conv_params *p, c
  * path's register tiles, giving M [pos][block][tiles][ow], and transformed back 8 output channels at a time.
  * B, G and A hold 0, +-1 and 1/2 only: against the double reference the error is that of the direct path
  * (relative 2-3e-7 in tests/test_ops.c). */
-#define WINO_BATCH 36 /* the most tiles per batch: a multiple of every register tile length (12, 6, 4) */
-#define WINO_BATCH_BYTES (384u << 10) /* V and M of one batch */
+#define WINO_BATCH 36 /* tiles per batch: a multiple of every register tile length (12, 6, 4) */
+#define WINO_MAX_U (1 << 22) /* floats of transformed weights (16 MB: 256 -> 256 channels in 3D) */
 
 typedef struct {
     int depth, positions;      /* window depth (4, or 1 for 1 x 3 x 3 kernels), transformed positions (16 depth) */
     int64_t td, th, tw;        /* output tiles along d, h, w */
     int64_t band, bands;       /* tile rows per task, row bands per tile slice */
     int64_t tasks;             /* samples x tile slices x bands */
-    int64_t batch;             /* tiles per batch: a multiple of 12, at most WINO_BATCH */
     int64_t cin8, cout8;       /* channels rounded up to vectors of 8: the rows of V, the columns of U and M */
     int64_t u, v, m;           /* floats: transformed weights (shared); per thread V and M */
     direct_plan box;           /* the slab's extent (dz, hb, wp, slab) for build_slab */
@@ -575,20 +574,22 @@ typedef struct {
 
 /* Stride-1 3 x 3 x 3 (padded by 1) and 1 x 3 x 3 (padded by 0, 1, 1) convolutions of 8 or more input and output
  * channels (the last vector of 8 partial where the counts are not multiples: an HRNet's 18, 36), on outputs of
- * at least 8 voxels a side along the tiled axes (odd sizes compute a partial tile), up to 256 input + output
- * channels and with at least 24 tiles per task: below that the transformed weights (64 / 27 of the weights' size
- * in 3D) are read again for too few tiles. Measured on the 2-core
- * machine, one thread, against the direct path: 1.1-1.4x at 8-32 channels, 1.4-1.9x at 48-128; 0.55-0.7x on
- * 8^3 outputs of 64-320 channels (docs/performance.md). */
+ * at least 8 voxels a side along the tiled axes (odd sizes compute a partial tile), with transformed weights of
+ * at most WINO_MAX_U floats and at least 24 tiles per task: below that the transformed weights (64 / 27 of the
+ * weights' size in 3D) are read again for too few tiles (8^3 outputs of 64-320 channels: 0.55-0.7x the direct
+ * path). Measured on the 2-core machine, one thread, against the direct path: 1.1-1.5x at 8-32 channels,
+ * 1.4-2.2x at 48-256 (docs/performance.md). */
 static int wino_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, wino_plan *wp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     const int deep = p->k[0] == 3;
     if ((p->k[0] != 1 && !deep) || p->pad[0] != deep || p->k[1] != 3 || p->k[2] != 3 || p->pad[1] != 1 ||
         p->pad[2] != 1 || p->stride[0] != 1 || p->stride[1] != 1 || p->stride[2] != 1)
         return 0;
-    if (xs.c < 8 || ys.c < 8 || xs.c + ys.c > 256 || (deep && ys.d < 8) || ys.d < 1 || ys.h < 8 || ys.w < 8)
-        return 0;
+    if (xs.c < 8 || ys.c < 8 || (deep && ys.d < 8) || ys.d < 1 || ys.h < 8 || ys.w < 8) return 0;
     wp->depth = deep ? 4 : 1, wp->positions = 16 * wp->depth;
+    wp->cin8 = ceil_div(xs.c, 8) * 8, wp->cout8 = ceil_div(ys.c, 8) * 8;
+    wp->u = wp->positions * xs.c * wp->cout8;
+    if (wp->u > WINO_MAX_U) return 0;
     wp->td = deep ? ceil_div(ys.d, 2) : ys.d, wp->th = ceil_div(ys.h, 2), wp->tw = ceil_div(ys.w, 2);
     const int64_t row = (2 * wp->tw + 2) * xs.c, budget = (int64_t)I3_CONV_DIRECT_BYTES / (int64_t)sizeof(float);
     const int64_t most = clamp64((budget / (wp->depth * row) - 2) / 2, 1, wp->th); /* rows within the budget */
@@ -599,13 +600,8 @@ static int wino_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, wi
     wp->tasks = ys.n * wp->td * wp->bands;
     wp->box.dz = wp->depth, wp->box.hb = 2 * wp->band + 2, wp->box.wp = 2 * wp->tw + 2;
     wp->box.slab = wp->box.dz * wp->box.hb * row;
-    wp->cin8 = ceil_div(xs.c, 8) * 8, wp->cout8 = ceil_div(ys.c, 8) * 8;
-    wp->u = wp->positions * xs.c * wp->cout8;
-    wp->batch = clamp64((int64_t)WINO_BATCH_BYTES / (int64_t)sizeof(float) / (wp->positions * (wp->cin8 + wp->cout8)) /
-                            12 * 12,
-                        12, WINO_BATCH);
-    wp->v = wp->positions * wp->batch * wp->cin8;
-    wp->m = wp->positions * wp->batch * wp->cout8;
+    wp->v = wp->positions * WINO_BATCH * wp->cin8;
+    wp->m = wp->positions * WINO_BATCH * wp->cout8;
     return 1;
 }
 
@@ -621,7 +617,7 @@ static inline __attribute__((always_inline)) void wino_bt(v8f *d, int s) {
 static inline __attribute__((always_inline)) void wino_input_n(const float *slab, const wino_plan *wp,
                                                                int64_t cin, int64_t i0, int64_t nb, float *v,
                                                                const int depth) {
-    const int64_t rstep = wp->box.wp * cin, zstep = wp->box.hb * rstep, ld = wp->cin8, pstride = wp->batch * ld;
+    const int64_t rstep = wp->box.wp * cin, zstep = wp->box.hb * rstep, ld = wp->cin8, pstride = WINO_BATCH * ld;
     for (int64_t i = 0; i < nb; i++) {
         const float *s0 = slab + (i0 + i) / wp->tw * 2 * rstep + (i0 + i) % wp->tw * 2 * cin;
         for (int64_t ci = 0; ci < cin; ci += 8) {
@@ -651,7 +647,7 @@ static void wino_input(const float *slab, const wino_plan *wp, int64_t cin, int6
     if (wp->depth == 4) wino_input_n(slab, wp, cin, i0, nb, v, 4);
     else wino_input_n(slab, wp, cin, i0, nb, v, 1);
     for (int pos = 0; pos < wp->positions; pos++)
-        memset(v + (pos * wp->batch + nb) * wp->cin8, 0, (size_t)((nb_round - nb) * wp->cin8) * sizeof(float));
+        memset(v + (pos * WINO_BATCH + nb) * wp->cin8, 0, (size_t)((nb_round - nb) * wp->cin8) * sizeof(float));
 }
 
 /* The products of a batch for one block of nw vectors of output channels, groups x nv tiles (nv, nw
@@ -704,7 +700,8 @@ static void wino_weights(const float *w, int64_t cout, int64_t cin, int depth, i
             for (int y = 0; y < 3; y++)
                 for (int x = 0; x < 3; x++)
                     a[i][y][x] = kd == 1 ? g[y * 3 + x]
-                                         : G[i][0] * g[y * 3 + x] + G[i][1] * g[9 + y * 3 + x] + G[i][2] * g[18 + y * 3 + x];
+                                         : G[i][0] * g[y * 3 + x] + G[i][1] * g[9 + y * 3 + x] +
+                                               G[i][2] * g[18 + y * 3 + x];
         for (int i = 0; i < depth; i++)
             for (int j = 0; j < 4; j++)
                 for (int x = 0; x < 3; x++)
@@ -722,7 +719,7 @@ static void wino_weights(const float *w, int64_t cout, int64_t cin, int depth, i
  * of each 2 x 2 x 2 (or 1 x 2 x 2) tile written into y (NCDHW, from output slice oz). */
 static void wino_output(const float *m, const wino_plan *wp, i3_shape5 ys, int64_t oz, int64_t ty0, int64_t i0,
                         int64_t nb, const float *bias, i3_act act, float *y) {
-    const int64_t cout = ys.c, s_out = i3_shape5_spatial(ys), ms = wp->batch * wp->cout8; /* M's position stride */
+    const int64_t cout = ys.c, s_out = i3_shape5_spatial(ys), ms = WINO_BATCH * wp->cout8; /* M's position stride */
     const int depth = wp->depth, tile_d = depth == 4 ? 2 : 1, voxels = 4 * tile_d;
     const float s = act.kind == I3_ACT_LEAKY_RELU ? act.slope : act.kind == I3_ACT_RELU ? 0.0f : 1.0f;
     const v8f slope = {s, s, s, s, s, s, s, s}, zero = {0};
@@ -732,7 +729,7 @@ static void wino_output(const float *m, const wino_plan *wp, i3_shape5 ys, int64
         for (int64_t i = 0; i < nb; i++) {
             const int64_t oy = 2 * (ty0 + (i0 + i) / wp->tw), ox = 2 * ((i0 + i) % wp->tw);
             for (int vv = 0; vv < ow / 8; vv++) {
-                const float *src = m + o0 * wp->batch + i * ow + 8 * vv;
+                const float *src = m + o0 * WINO_BATCH + i * ow + 8 * vv;
                 v8f r2[4][2][2], o[8];
                 for (int z = 0; z < depth; z++) { /* A^T along w, then h, per plane */
                     v8f r1[4][2];
@@ -786,7 +783,7 @@ static void wino_output(const float *m, const wino_plan *wp, i3_shape5 ys, int64
 static void wino_task(const float *x, i3_shape5 xs, const i3_conv_params *p, const wino_plan *wp, const float *u,
                       const float *bias, int64_t task, float *slab, float *v, float *m, float *y) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
-    const int64_t cin = xs.c, cout = ys.c, batch = wp->batch;
+    const int64_t cin = xs.c, cout = ys.c, batch = WINO_BATCH;
     const int64_t rb = task % wp->bands, tz = task / wp->bands % wp->td, n = task / (wp->bands * wp->td);
     const int64_t ty0 = rb * wp->band, rows = wp->th - ty0 < wp->band ? wp->th - ty0 : wp->band;
     const int64_t oz = wp->depth == 4 ? 2 * tz : tz;
