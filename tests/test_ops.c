@@ -73,14 +73,14 @@ static const conv_case conv_cases[] = {
     {{1, 16, 3, 9, 31}, 5, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_NONE, 1},           /* 8 wide, strided */
     {{1, 3, 4, 6, 9}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},      /* cin < 8, 3D, cout >= 16 */
     {{2, 1, 5, 7, 11}, 16, {3, 3, 3}, {2, 2, 2}, {1, 1, 1}, I3_ACT_NONE, 0},
-    /* Winograd path (3x3x3 or 1x3x3, stride 1, pad 1 (0 along d), >= 8 channels, >= 8 a side): odd sizes
+    /* Winograd path (3x3x3 or 1x3x3, stride 1, pad 1 (0 along d), >= 8 (16) channels, >= 8 a side): odd sizes
      * (partial tiles on every edge), a last batch of fewer tiles than the batch, two samples, blocks of 16 + 24
      * and of 8, row bands (2 threads), channel counts that leave a partial vector of 8 */
     {{2, 16, 9, 11, 13}, 40, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1},
     {{1, 8, 8, 8, 30}, 8, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_RELU, 0},
     {{1, 24, 10, 8, 26}, 72, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_NONE, 1},
     {{1, 16, 3, 12, 27}, 24, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, I3_ACT_LEAKY_RELU, 1}, /* 1x3x3: F(2x2, 3x3) */
-    {{2, 8, 1, 9, 40}, 16, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, I3_ACT_NONE, 0},         /* 2D */
+    {{2, 16, 1, 9, 40}, 16, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, I3_ACT_NONE, 0},        /* 2D */
     {{1, 12, 9, 9, 17}, 20, {3, 3, 3}, {1, 1, 1}, {1, 1, 1}, I3_ACT_LEAKY_RELU, 1}, /* partial vectors of 8 */
     {{1, 18, 1, 20, 33}, 18, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, I3_ACT_RELU, 1},       /* HRNet branch 0 */
     {{1, 36, 1, 16, 50}, 36, {1, 3, 3}, {1, 1, 1}, {0, 1, 1}, I3_ACT_NONE, 1},       /* 16 + 24 (20 used) */

@@ -572,20 +572,21 @@ typedef struct {
     direct_plan box;           /* the slab's extent (dz, hb, wp, slab) for build_slab */
 } wino_plan;
 
-/* Stride-1 3 x 3 x 3 (padded by 1) and 1 x 3 x 3 (padded by 0, 1, 1) convolutions of 8 or more input and output
- * channels (the last vector of 8 partial where the counts are not multiples: an HRNet's 18, 36), on outputs of
- * at least 8 voxels a side along the tiled axes (odd sizes compute a partial tile), with transformed weights of
- * at most WINO_MAX_U floats and at least 24 tiles per task: below that the transformed weights (64 / 27 of the
- * weights' size in 3D) are read again for too few tiles (8^3 outputs of 64-320 channels: 0.55-0.7x the direct
- * path). Measured on the 2-core machine, one thread, against the direct path: 1.1-1.5x at 8-32 channels,
- * 1.4-2.2x at 48-256 (docs/performance.md). */
+/* Stride-1 3 x 3 x 3 (padded by 1) and 1 x 3 x 3 (padded by 0, 1, 1) convolutions of 8 (1 x 3 x 3: 16) or more
+ * input and output channels (the last vector of 8 partial where the counts are not multiples: an HRNet's 18,
+ * 36), on outputs of at least 8 voxels a side along the tiled axes (odd sizes compute a partial tile), with
+ * transformed weights of at most WINO_MAX_U floats and at least 24 tiles per task: below that the transformed
+ * weights (64 / 27 of the weights' size in 3D) are read again for too few tiles (8^3 outputs of 64-320 channels:
+ * 0.55-0.7x the direct path). Measured on the 2-core machine, one thread, against the direct path: 3D 1.1-1.5x
+ * at 8-32 channels, 1.4-2.5x at 48-256; 2D 1.1-1.5x at 16-64, 2.4x at 270 -> 96 (docs/performance.md). */
 static int wino_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, wino_plan *wp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     const int deep = p->k[0] == 3;
     if ((p->k[0] != 1 && !deep) || p->pad[0] != deep || p->k[1] != 3 || p->k[2] != 3 || p->pad[1] != 1 ||
         p->pad[2] != 1 || p->stride[0] != 1 || p->stride[1] != 1 || p->stride[2] != 1)
         return 0;
-    if (xs.c < 8 || ys.c < 8 || (deep && ys.d < 8) || ys.d < 1 || ys.h < 8 || ys.w < 8) return 0;
+    const int64_t fewest = deep ? 8 : 16; /* 2D: 8 -> 8 at 192 x 160 0.8x the direct path (2.25x fewer products only) */
+    if (xs.c < fewest || ys.c < fewest || (deep && ys.d < 8) || ys.d < 1 || ys.h < 8 || ys.w < 8) return 0;
     wp->depth = deep ? 4 : 1, wp->positions = 16 * wp->depth;
     wp->cin8 = ceil_div(xs.c, 8) * 8, wp->cout8 = ceil_div(ys.c, 8) * 8;
     wp->u = wp->positions * xs.c * wp->cout8;
