@@ -686,23 +686,21 @@ static wino_gemm_fn *const wino_gemms[3] = {wino_gemm_12x1, wino_gemm_6x2, wino_
  * output-channel block (o0, width ow) of the direct path; along d only for a window depth of 4; zeros for the
  * channels cout .. cout8 of the last vector (positions cin x cout8 apart). */
 static void wino_weights(const float *w, int64_t cout, int64_t cin, int depth, int64_t co, float *u) {
-    const int64_t cout8 = ceil_div(cout, 8) * 8;
     static const float G[4][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
+    const int64_t cout8 = ceil_div(cout, 8) * 8;
     const int64_t ob = co / OCB < channel_blocks(cout) ? co / OCB : channel_blocks(cout) - 1, o0 = ob * OCB;
     const int ow = block_width(cout, ob), kd = depth == 4 ? 3 : 1;
+    float *uc = u + o0 * cin + co - o0; /* U[0][o0 * cin + 0 * ow + co - o0] */
     for (int64_t ci = 0; ci < cin; ci++) {
-        const float *g = w + (co * cin + ci) * kd * 9;
         float a[4][3][3], b[4][4][3], c[4][4][4];
-        if (co >= cout) {
-            for (int pos = 0; pos < 16 * depth; pos++) u[pos * cin * cout8 + o0 * cin + ci * ow + co - o0] = 0.0f;
-            continue;
-        }
+        const float *g = co < cout ? w + (co * cin + ci) * kd * 9 : NULL; /* NULL: the last vector's padding */
         for (int i = 0; i < depth; i++)
             for (int y = 0; y < 3; y++)
                 for (int x = 0; x < 3; x++)
-                    a[i][y][x] = kd == 1 ? g[y * 3 + x]
-                                         : G[i][0] * g[y * 3 + x] + G[i][1] * g[9 + y * 3 + x] +
-                                               G[i][2] * g[18 + y * 3 + x];
+                    a[i][y][x] = !g ? 0.0f
+                                 : kd == 1 ? g[y * 3 + x]
+                                           : G[i][0] * g[y * 3 + x] + G[i][1] * g[9 + y * 3 + x] +
+                                                 G[i][2] * g[18 + y * 3 + x];
         for (int i = 0; i < depth; i++)
             for (int j = 0; j < 4; j++)
                 for (int x = 0; x < 3; x++)
@@ -711,8 +709,7 @@ static void wino_weights(const float *w, int64_t cout, int64_t cin, int depth, i
             for (int j = 0; j < 4; j++)
                 for (int k = 0; k < 4; k++)
                     c[i][j][k] = G[k][0] * b[i][j][0] + G[k][1] * b[i][j][1] + G[k][2] * b[i][j][2];
-        for (int pos = 0; pos < 16 * depth; pos++)
-            u[pos * cin * cout8 + o0 * cin + ci * ow + co - o0] = c[pos / 16][pos / 4 % 4][pos % 4];
+        for (int pos = 0; pos < 16 * depth; pos++) uc[pos * cin * cout8 + ci * ow] = c[pos / 16][pos / 4 % 4][pos % 4];
     }
 }
 
