@@ -65,14 +65,15 @@ static double validate_conv(const conv_shape *c, int threads) {
     return e;
 }
 
-/* Best wall and CPU time of R runs (after a warm-up) of the fast path, or of the direct path alone. */
+/* Best wall and CPU time of R runs (after a warm-up) of the fast path, or with `direct` (the convolution as one
+ * part) of the direct path alone. */
 static void time_conv(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
-                      int direct, float *y, void *scratch, int threads, int repeats, double *best, double *best_cpu) {
-    const i3_conv_part whole = {0, p->cout, {p->k[0], p->k[1], p->k[2]}, {0, 0, 0}, w, b};
+                      const i3_conv_part *direct, float *y, void *scratch, int threads, int repeats, double *best,
+                      double *best_cpu) {
     *best = *best_cpu = 1e30;
     for (int r = 0; r <= repeats; r++) {
         double t0 = i3_now_seconds(), c0 = i3_cpu_seconds();
-        if (direct) i3_cpu_conv_parts(x, xs, p, &whole, 1, y, scratch, NULL, threads);
+        if (direct) i3_cpu_conv_parts(x, xs, p, direct, 1, y, scratch, NULL, threads);
         else i3_cpu_conv(x, xs, w, b, p, y, scratch, threads);
         double t = i3_now_seconds() - t0, tc = i3_cpu_seconds() - c0;
         if (r > 0 && t < *best) *best = t;
@@ -81,9 +82,9 @@ static void time_conv(const float *x, i3_shape5 xs, const float *w, const float 
 }
 
 /* The fast path; where the direct path also applies (every kernel but 1x1x1), that path too on the same
- * input: the baseline of the Winograd path, which ops/conv.c picks over it for the 3x3x3 stride-1 layers of
- * 8..128 channels ("direct": the same time when the direct path is the one picked), and the full-size
- * relative difference of the two outputs. */
+ * input: the baseline of the Winograd path, which ops/conv.c picks over it for most stride-1 3x3x3 and 1x3x3
+ * layers ("direct": the same time when the direct path is the one picked), and the full-size relative
+ * difference of the two outputs. */
 static void bench_conv(const conv_shape *c, int threads, int repeats) {
     i3_shape5 xs = {1, c->cin, c->size, c->size, c->size};
     i3_conv_params p = {c->cout, {c->k[0], c->k[1], c->k[2]}, {c->stride[0], c->stride[1], c->stride[2]},
@@ -97,11 +98,11 @@ static void bench_conv(const conv_shape *c, int threads, int repeats) {
     const int has_direct = i3_cpu_conv_parts(NULL, xs, &p, &whole, 1, NULL, NULL, &direct_bytes, threads);
     void *scratch = malloc((scratch_bytes > direct_bytes ? scratch_bytes : direct_bytes) + 1);
     double best, best_cpu, direct = 0, direct_cpu;
-    time_conv(x, xs, w, b, &p, 0, y, scratch, threads, repeats, &best, &best_cpu);
-    if (has_direct) time_conv(x, xs, w, b, &p, 1, y_direct, scratch, threads, repeats, &direct, &direct_cpu);
+    time_conv(x, xs, w, b, &p, NULL, y, scratch, threads, repeats, &best, &best_cpu);
+    if (has_direct) time_conv(x, xs, w, b, &p, &whole, y_direct, scratch, threads, repeats, &direct, &direct_cpu);
     const double flops = 2.0 * c->cout * c->cin * kk * i3_shape5_spatial(ys);
-    printf("conv %-26s %8.2f ms %6.1f GFLOP/s  cpu %8.2f ms %6.1f GFLOP/cpu-s  scratch %5.2f MB  rel err %.1e", c->name,
-           best * 1e3, flops / best * 1e-9, best_cpu * 1e3, flops / best_cpu * 1e-9, scratch_bytes / 1048576.0,
+    printf("conv %-26s %8.2f ms %6.1f GFLOP/s  cpu %8.2f ms %6.1f GFLOP/cpu-s  scratch %5.2f MB  rel err %.1e",
+           c->name, best * 1e3, flops / best * 1e-9, best_cpu * 1e3, flops / best_cpu * 1e-9, scratch_bytes / 1048576.0,
            validate_conv(c, threads));
     if (has_direct)
         printf("  direct %8.2f ms (%.2fx) diff %.1e", direct * 1e3, direct / best, rel_error(y, y_direct, ny));

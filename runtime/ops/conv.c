@@ -2,9 +2,10 @@
  *
  *   i3_cpu_conv_ref  direct transcription of the sum, accumulated in double (the reference).
  *   i3_cpu_conv      fast path, one of four strategies, chosen from the shapes alone:
- *     Winograd 3x3x3 stride 1 pad 1, channels in vectors of 8, outputs >= 8 a side (the 3D U-Nets' layers
- *              but their first and deepest): F(2x2x2, 3x3x3) on the direct path's slab and register tiles,
- *              8 instead of 27 multiply-adds per output and channel pair (below: "Winograd path").
+ *     Winograd 3x3x3 (pad 1) and 1x3x3 (pad 0, 1, 1) stride 1, >= 8 channels (1x3x3: 16), outputs >= 8 a side
+ *              (the U-Nets' and HRNets' layers but their first, strided and deepest): F(2x2x2, 3x3x3) and
+ *              F(2x2, 3x3) on the direct path's slab and register tiles, 8 instead of 27 (4 instead of 9)
+ *              multiply-adds per output and channel pair (below: "Winograd path").
  *     direct   any kernel/stride/padding with cin >= 8 (or a 3D window and cout >= 16) except 1x1x1
  *              (oneDNN's AVX2 direct conv): weights
  *              packed once per call as [16 output channels][chunk of cin][taps][ci][16]; a task (sample,
@@ -585,7 +586,7 @@ static int wino_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, wi
     if ((p->k[0] != 1 && !deep) || p->pad[0] != deep || p->k[1] != 3 || p->k[2] != 3 || p->pad[1] != 1 ||
         p->pad[2] != 1 || p->stride[0] != 1 || p->stride[1] != 1 || p->stride[2] != 1)
         return 0;
-    const int64_t fewest = deep ? 8 : 16; /* 2D: 8 -> 8 at 192 x 160 0.8x the direct path (2.25x fewer products only) */
+    const int64_t fewest = deep ? 8 : 16; /* 2D 8 -> 8 at 192 x 160: 0.8x the direct path (2.25x fewer products) */
     if (xs.c < fewest || ys.c < fewest || (deep && ys.d < 8) || ys.d < 1 || ys.h < 8 || ys.w < 8) return 0;
     wp->depth = deep ? 4 : 1, wp->positions = 16 * wp->depth;
     wp->cin8 = ceil_div(xs.c, 8) * 8, wp->cout8 = ceil_div(ys.c, 8) * 8;
