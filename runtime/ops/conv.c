@@ -579,7 +579,7 @@ typedef struct {
  * transformed weights of at most WINO_MAX_U floats and at least 24 tiles per task: below that the transformed
  * weights (64 / 27 of the weights' size in 3D) are read again for too few tiles (8^3 outputs of 64-320 channels:
  * 0.55-0.7x the direct path). Measured on the 2-core machine, one thread, against the direct path: 3D 1.1-1.5x
- * at 8-32 channels, 1.4-2.5x at 48-256; 2D 1.1-1.5x at 16-64, 2.4x at 270 -> 96 (docs/performance.md). */
+ * at 8-32 channels, 1.4-2.5x at 48-256; 2D 1.0-1.9x at 16-64, 2.4x at 270 -> 96 (docs/performance.md). */
 static int wino_plan_of(i3_shape5 xs, const i3_conv_params *p, int n_threads, wino_plan *wp) {
     const i3_shape5 ys = i3_conv_out_shape(xs, p);
     const int deep = p->k[0] == 3;
