@@ -5,10 +5,12 @@
  *   I3_DEV(name)        the extern "C" name of a launcher for this build (i3gpu_name / i3emu_name);
  *   I3_LAUNCH(...)      kernel<<<grid, block, smem, stream>>>(args) or the emulator's launch;
  *   I3_DYNAMIC_SHARED   the block's dynamic shared memory;
+ *   I3_UNROLL           #pragma unroll for nvcc (nothing on the emulator);
  *   mma_m16n8k16_*      tensor-core MMA, f16/bf16 in, f32 accumulate, PTX fragment layouts;
  *   mma_m16n8k8_tf32    the same with TF32 operands (to_tf32: cvt.rna, nearest, ties away from 0);
  *   ldmatrix_*          8x8 b16 matrix loads from shared memory into those fragments;
- *   cp_async_16 ...     16-byte async global->shared copies (a plain copy on the emulator).
+ *   cp_async_16 ...     16-byte async global->shared copies, commit and wait (all, or all but the
+ *                       newest N groups); a plain copy on the emulator.
  *
  * Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16" with .f16/.bf16): with
  * g = lane / 4 and t = lane % 4, each lane holds
@@ -40,6 +42,9 @@ extern "C" {
 #define I3_LAUNCH(kernel, grid, block, smem, stream, ...) \
     (kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__), cudaGetLastError())
 #define I3_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+/* Fully unrolls the next loop (constant trip count), so that small arrays indexed by its counter
+ * stay in registers instead of local memory. */
+#define I3_UNROLL _Pragma("unroll")
 #else
 #include "simt.h"
 #define I3_NS i3emu
@@ -47,6 +52,7 @@ extern "C" {
 #define I3_LAUNCH(kernel, grid, block, smem, stream, ...) \
     (::i3emu::launch_kernel((grid), (block), (smem), (stream), kernel, __VA_ARGS__), ::i3emu::cudaGetLastError())
 #define I3_DYNAMIC_SHARED(type, name) type *name = (type *)::i3emu::current_launch()->dynamic_smem
+#define I3_UNROLL
 #endif
 
 namespace I3_NS {
@@ -75,6 +81,12 @@ __device__ __forceinline__ float act_apply(i3_act a, float v) {
 template <bool BF16>
 __device__ __forceinline__ uint16_t to_b16(float v) {
     return BF16 ? __bfloat16_as_ushort(__float2bfloat16(v)) : __half_as_ushort(__float2half(v));
+}
+
+/* The float that f16 (BF16 = false) or bf16 (BF16 = true) bits stand for. */
+template <bool BF16>
+__device__ __forceinline__ float from_b16(uint16_t h) {
+    return BF16 ? __bfloat162float(__ushort_as_bfloat16(h)) : __half2float(__ushort_as_half(h));
 }
 
 /* Packs two 16-bit values into one fragment register, the first in the low half. */
@@ -140,6 +152,11 @@ __device__ __forceinline__ void cp_async_16(void *smem_dst, const void *global_s
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+/* Waits until at most N of this thread's committed groups are still in flight. */
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 #else /* the emulator: the warp's lanes meet in a collective and the last one computes for all */
 
@@ -266,9 +283,14 @@ static inline void ldmatrix_x2(uint32_t r[2], const void *row) { ldmatrix<2, fal
 static inline void ldmatrix_x4(uint32_t r[4], const void *row) { ldmatrix<4, false>(r, row); }
 static inline void ldmatrix_x2_trans(uint32_t r[2], const void *row) { ldmatrix<2, true>(r, row); }
 static inline void ldmatrix_x4_trans(uint32_t r[4], const void *row) { ldmatrix<4, true>(r, row); }
-static inline void cp_async_16(void *smem_dst, const void *global_src) { memcpy(smem_dst, global_src, 16); }
+static inline void cp_async_16(void *smem_dst, const void *global_src) {
+    if (((uintptr_t)smem_dst | (uintptr_t)global_src) % 16) fail("cp.async of 16 bytes needs 16-byte aligned addresses");
+    memcpy(smem_dst, global_src, 16);
+}
 static inline void cp_async_commit() {}
 static inline void cp_async_wait_all() {}
+template <int N>
+static inline void cp_async_wait_group() {}
 
 #endif
 

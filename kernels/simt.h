@@ -377,6 +377,8 @@ static inline __half __float2half(float f) {
 }
 static inline uint16_t __half_as_ushort(__half h) { return h.x; }
 static inline uint16_t __bfloat16_as_ushort(__nv_bfloat16 b) { return b.x; }
+static inline __half __ushort_as_half(uint16_t x) { return __half{x}; }
+static inline __nv_bfloat16 __ushort_as_bfloat16(uint16_t x) { return __nv_bfloat16{x}; }
 static inline float __bfloat162float(__nv_bfloat16 b) { return __int_as_float((int)((uint32_t)b.x << 16)); }
 static inline __nv_bfloat16 __float2bfloat16(float f) {
     uint32_t x = (uint32_t)__float_as_int(f);
