@@ -31,7 +31,10 @@ typedef struct {
     int (*conv)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *, i3_shape5,
                 void *);
     int (*conv_tc)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *, i3_shape5,
-                   int, void *);
+                   int, void *, void *);
+    int (*conv_tc_fused)(const void *, i3_shape5, int, const float *, const float *, const i3_conv_params *,
+                         const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
+    size_t (*conv_tc_scratch_bytes)(i3_shape5, const i3_conv_params *, int);
     int (*instance_norm)(const float *, i3_shape5, const float *, const float *, const i3_norm_params *, float *,
                          void *);
     int (*softmax_uncertainty)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
@@ -108,50 +111,66 @@ static double time_median(bench *B, bench_fn run, void *arg, const char *what) {
 typedef struct {
     const float *x, *w;
     float *y;
+    void *scratch; /* the tensor-core kernels' packed weights */
     i3_shape5 xs, ys;
     i3_conv_params p;
-    int kernel; /* -1: f32 v1, else I3_TC_* */
+    int kernel; /* -1: f32 v1, else I3_TC_*; CHANNELS_LAST + I3_TC_F16 / I3_TC_BF16: both activations NDHWC */
 } conv_case;
+
+#define CHANNELS_LAST 8
 
 static int run_conv(bench *B, void *arg) {
     conv_case *c = arg;
     if (c->kernel < 0) return B->k.conv(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, NULL);
-    return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, NULL);
+    if (c->kernel < CHANNELS_LAST)
+        return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, c->scratch, NULL);
+    i3_act none = {I3_ACT_NONE, 0.0f};
+    return B->k.conv_tc_fused(c->x, c->xs, I3_LAYOUT_NDHWC, c->w, NULL, &c->p, NULL, none, c->y, c->ys,
+                              I3_LAYOUT_NDHWC, NULL, c->kernel - CHANNELS_LAST, c->scratch, NULL);
 }
 
+/* The f32 direct kernel, the tensor-core kernels on NCDHW f32 activations (f16, bf16, tf32), and the
+ * f16/bf16 kernel on channels-last f16/bf16 activations: cuDNN's setting in gpu_torch.py (the noise
+ * buffers' bits read as f16/bf16: the timing does not depend on the values). */
 static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
     static const char *const names[] = {"f16", "bf16", "tf32"};
+    static const int kernels[] = {-1, I3_TC_F16, I3_TC_BF16, I3_TC_TF32, CHANNELS_LAST + I3_TC_F16,
+                                  CHANNELS_LAST + I3_TC_BF16};
     conv_case c = {.xs = {1, channels, side, side, side}};
     c.p = (i3_conv_params){.cout = (int)channels, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
     c.ys = i3_conv_out_shape(c.xs, &c.p);
     c.x = device_noise(B, i3_shape5_numel(c.xs), 1);
     c.w = device_noise(B, channels * channels * 27, 2);
     c.y = device_noise(B, i3_shape5_numel(c.ys), 3);
+    if (B->b->iface->alloc(B->b, B->k.conv_tc_scratch_bytes(c.xs, &c.p, I3_TC_F16), &c.scratch) != I3RT_OK)
+        die(B, "conv scratch");
     double flop = 2.0 * (double)i3_shape5_numel(c.ys) * (double)channels * 27.0;
-    for (int kernel = -1; kernel <= I3_TC_TF32; kernel++) {
-        c.kernel = kernel;
+    for (int i = 0; i < (int)(sizeof kernels / sizeof kernels[0]); i++) {
+        c.kernel = kernels[i];
+        const int cl = c.kernel >= CHANNELS_LAST, precision = c.kernel % CHANNELS_LAST;
         double ms = time_median(B, run_conv, &c, "conv");
-        printf("{\"bench\": \"op\", \"name\": \"conv3x3x3 %s\", \"stage\": %d, \"c\": %lld, \"side\": %lld, "
+        printf("{\"bench\": \"op\", \"name\": \"conv3x3x3 %s%s\", \"stage\": %d, \"c\": %lld, \"side\": %lld, "
                "\"ms\": %.4f, \"flop\": %.6g, \"precision\": \"%s\"}\n",
-               kernel < 0 ? "f32 v1" : names[kernel], stage, (long long)channels, (long long)side, ms, flop,
-               kernel < 0 ? "f32" : names[kernel]);
+               c.kernel < 0 ? "f32 v1" : names[precision], cl ? " channels-last" : "", stage, (long long)channels,
+               (long long)side, ms, flop, c.kernel < 0 ? "f32" : names[precision]);
     }
     B->b->iface->free(B->b, (void *)c.x);
     B->b->iface->free(B->b, (void *)c.w);
     B->b->iface->free(B->b, c.y);
+    B->b->iface->free(B->b, c.scratch);
 }
 
 /* ---- a whole encoder stage through the backend (fusions on and off) --------------------------- */
 
 typedef struct {
     i3_graph g;
-    void *arena, *weights;
+    void *arena, *weights, *scratch;
     i3_backend *b;
 } stage_graph;
 
 static int run_stage(bench *B, void *arg) {
     stage_graph *s = arg;
-    return i3_graph_run(&s->g, s->b, NULL) != I3RT_OK;
+    return i3_graph_run(&s->g, s->b, s->scratch) != I3RT_OK;
 }
 
 static void bench_stage(bench *B, int stage, int64_t channels, int64_t side) {
@@ -159,7 +178,10 @@ static void bench_stage(bench *B, int stage, int64_t channels, int64_t side) {
     int64_t wdims[5] = {channels, channels, 3, 3, 3};
     float *w = malloc((size_t)(channels * channels * 27) * sizeof(float));
     for (int64_t i = 0; i < channels * channels * 27; i++) w[i] = (float)((i * 7919) % 1000) * 1e-4f - 0.05f;
-    for (int fuse = 1; fuse >= 0; fuse--) {
+    for (int run = 0; run < 4; run++) { /* f32 then f16 convolutions (the second tensor channels-last when fused) */
+        const int fuse = run % 2 == 0;
+        const char *precision = run < 2 ? "f32" : "f16";
+        setenv("I3RT_CUDA_CONV", precision, 1);
         setenv("I3RT_CUDA_FUSE", fuse ? "1" : "0", 1);
         setenv("I3RT_CUDA_GRAPHS", "0", 1);
         i3_ctx ctx = B->ctx;
@@ -178,17 +200,21 @@ static void bench_stage(bench *B, int stage, int64_t channels, int64_t side) {
         if (s.g.failed || i3_graph_plan(&s.g, x, b) != I3RT_OK ||
             b->iface->alloc(b, s.g.arena_bytes, &s.arena) != I3RT_OK ||
             b->iface->alloc(b, i3_graph_weight_bytes(&s.g), &s.weights) != I3RT_OK ||
+            b->iface->alloc(b, s.g.scratch_bytes ? s.g.scratch_bytes : 1, &s.scratch) != I3RT_OK ||
             i3_graph_bind(&s.g, b, s.arena, s.weights) != I3RT_OK)
             die(B, ctx.error);
         double ms = time_median(B, run_stage, &s, "encoder stage");
         i3_cuda_stats stats;
         i3_backend_cuda_stats(b, &stats);
         printf("{\"bench\": \"block\", \"name\": \"stage conv-norm-act x2 %s\", \"stage\": %d, \"c\": %lld, "
-               "\"side\": %lld, \"ms\": %.4f, \"flop\": %.6g, \"fused_nodes_per_run\": %lld}\n",
+               "\"side\": %lld, \"ms\": %.4f, \"flop\": %.6g, \"precision\": \"%s\", \"fused_nodes_per_run\": %lld, "
+               "\"channels_last_per_run\": %lld}\n",
                fuse ? "fused" : "unfused", stage, (long long)channels, (long long)side, ms,
-               2 * 2.0 * (double)i3_shape5_numel(xs) * (double)channels * 27.0,
-               (long long)(stats.fused_nodes / (B->runs + 1)));
+               2 * 2.0 * (double)i3_shape5_numel(xs) * (double)channels * 27.0, precision,
+               (long long)(stats.fused_nodes / (B->runs + 1)),
+               (long long)(stats.channels_last_outputs / (B->runs + 1)));
         b->iface->free(b, s.arena);
+        b->iface->free(b, s.scratch);
         b->iface->free(b, s.weights);
         i3_graph_free(&s.g);
         i3_backend_destroy(b);
@@ -429,13 +455,15 @@ int main(int argc, char **argv) {
     bench B = {.ctx = {.n_threads = 1, .backend = emulated ? I3RT_BACKEND_EMULATED : I3RT_BACKEND_CUDA}, .runs = runs};
     if (i3_backend_cuda_create(&B.ctx, emulated, &B.b) != I3RT_OK) die(&B, "backend");
     if (emulated) {
-        B.k = (launchers){i3emu_conv, i3emu_conv_tensor_core, i3emu_instance_norm, i3emu_softmax_uncertainty,
+        B.k = (launchers){i3emu_conv, i3emu_conv_tensor_core, i3emu_conv_tensor_core_fused,
+                          i3emu_conv_tensor_core_scratch_bytes, i3emu_instance_norm, i3emu_softmax_uncertainty,
                           i3emu_slice_sums, i3emu_softmax_slices, i3emu_softmax_slices_scratch_bytes,
                           i3emu_sw_accumulate, i3emu_spatial_gather, i3emu_object_attention,
                           i3emu_mask_pool_scratch_bytes, i3emu_mask_pool, i3emu_channel_gate};
     } else {
 #ifdef I3RT_HAVE_CUDA
-        B.k = (launchers){i3gpu_conv, i3gpu_conv_tensor_core, i3gpu_instance_norm, i3gpu_softmax_uncertainty,
+        B.k = (launchers){i3gpu_conv, i3gpu_conv_tensor_core, i3gpu_conv_tensor_core_fused,
+                          i3gpu_conv_tensor_core_scratch_bytes, i3gpu_instance_norm, i3gpu_softmax_uncertainty,
                           i3gpu_slice_sums, i3gpu_softmax_slices, i3gpu_softmax_slices_scratch_bytes,
                           i3gpu_sw_accumulate, i3gpu_spatial_gather, i3gpu_object_attention,
                           i3gpu_mask_pool_scratch_bytes, i3gpu_mask_pool, i3gpu_channel_gate};

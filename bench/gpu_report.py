@@ -38,8 +38,11 @@ def main():
             rate = r["bytes"] / r["ms"] / 1e6
             rate_s, peak_s = f"{rate:.0f} GB/s", f"{100 * rate / bandwidth:.1f}"
         base = r["name"].replace(" f32 v1", " f32").replace(" fused", "").replace(" (unfused)", "")
+        base = base.replace(" channels-last", "")
         base = base.replace(", then slice sums", "+slice sums").replace(" (v1, two reads)", "")
         match = [t for t in torch_rows if t["name"] == base and t.get("stage") == r.get("stage")]
+        if r["bench"] == "block" and r.get("precision") != "f16":  # cuDNN's block runs fp16 autocast
+            match = []
         torch_ms = match[0]["ms"] if match else None
         ratio = f"{torch_ms / r['ms']:.2f}x" if torch_ms else "-"
         print(f"| {r['bench']} | {r['name']} | {shape} | {r['ms']:.3f} | {rate_s} | {peak_s} | "

@@ -81,7 +81,7 @@ if wants bench; then
     step bench-snc sh -c "$py bench/snc_vs_torch.py --build $build --device cuda --runs 5 > $logs/snc_bench.txt"  # SnC click, 3D step
 fi
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
-    for kernel in conv_v1 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 softmax_slices_v2 \
+    for kernel in conv_v1 conv_tensor_core_v2 conv_tensor_core_v3 norm_apply norm_finalize instance_norm_v1 softmax_slices_v2 \
         sw_accumulate_v1; do
         step "ncu-$kernel" ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1

@@ -23,21 +23,29 @@ int I3_DEV(conv_stat_chunks)(i3_shape5 ys);
 int I3_DEV(conv_fused)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                        const float *in_scale_shift, i3_act act_in, float *y, i3_shape5 ys, float *partials,
                        void *stream);
-/* The same convolution on tensor cores: inputs and weights rounded to `precision` (f16, bf16, or
- * tf32: 10 mantissa bits, round to nearest, ties away), products accumulated in f32. */
+/* The same convolution on tensor cores (kernels/conv_tensor_core.cu): inputs and weights rounded to
+ * `precision` (f16, bf16, or tf32: 10 mantissa bits, round to nearest, ties away), products
+ * accumulated in f32. */
 #ifndef I3_TC_F16
 #define I3_TC_F16 0
 #define I3_TC_BF16 1
 #define I3_TC_TF32 2
+#define I3_LAYOUT_NCDHW 0 /* float32 */
+#define I3_LAYOUT_NDHWC 1 /* channels-last, values in the f16/bf16 of the precision */
 #endif
 int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
-                             float *y, i3_shape5 ys, int precision, void *stream);
-/* With conv_fused's fusions; statistics need conv_tensor_core_stat_chunks(ys) > 0 (batch 1, or a
- * spatial size that is a multiple of the 64-row tile), else cudaErrorInvalidValue. */
-int I3_DEV(conv_tensor_core_stat_chunks)(i3_shape5 ys);
-int I3_DEV(conv_tensor_core_fused)(const float *x, i3_shape5 xs, const float *w, const float *b,
-                                   const i3_conv_params *p, const float *in_scale_shift, i3_act act_in, float *y,
-                                   i3_shape5 ys, float *partials, int precision, void *stream);
+                             float *y, i3_shape5 ys, int precision, void *scratch, void *stream);
+/* The scratch a launch needs (f16/bf16: the packed weights, 16-byte aligned; tf32: none). */
+size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, const i3_conv_params *p, int precision);
+/* With conv_fused's fusions and a layout per activation: channels-last needs f16/bf16 and a channel
+ * count that is a multiple of 8 (x 16-byte aligned); statistics need
+ * conv_tensor_core_stat_chunks(ys, precision) > 0 (batch 1, or a spatial size that is a multiple of
+ * the row tile, 64 for tf32 and 128 otherwise). Anything else: cudaErrorInvalidValue. */
+int I3_DEV(conv_tensor_core_stat_chunks)(i3_shape5 ys, int precision);
+int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
+                                   const i3_conv_params *p, const float *in_scale_shift, i3_act act_in, void *y,
+                                   i3_shape5 ys, int y_layout, float *partials, int precision, void *scratch,
+                                   void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,

@@ -114,8 +114,15 @@ static i3rt_status device_download(i3_backend *b, void *dst, const void *src, si
     return e == cudaSuccess ? I3RT_OK : device_fail(b, e, "download");
 }
 
+static int tensor_core_precision(const DeviceState *st) {
+    return st->conv == CONV_F16 ? I3_TC_F16 : st->conv == CONV_BF16 ? I3_TC_BF16 : I3_TC_TF32;
+}
+
 static size_t device_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) {
     if (node->op == I3_OP_MASK_POOL) return I3_DEV(mask_pool_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]));
+    if (node->op == I3_OP_CONV && state_of(b)->conv != CONV_F32) /* the f16/bf16 kernel's packed weights */
+        return I3_DEV(conv_tensor_core_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]), &node->p.conv,
+                                                      tensor_core_precision(state_of(b)));
     return 0;
 }
 
@@ -145,20 +152,39 @@ static const i3_node *sole_reader_next(const i3_graph *g, int n, int v) {
     return next->in[0] == v ? next : NULL;
 }
 
-static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n) {
+/* Whether conv node n writes its output channels-last in f16/bf16 (kernels/conv_tensor_core.cu): its
+ * only reader is an instance norm that takes its statistics from this conv's epilogue, runs in place
+ * and defers itself to the convolution right after it, which then reads the tensor channels-last.
+ * A function of the graph alone, so the writer and the reader agree. */
+static bool keeps_channels_last(const DeviceState *st, const i3_graph *g, int n) {
+    if (n < 0 || !st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16) || g->nodes[n].op != I3_OP_CONV)
+        return false;
+    const i3_value *y = &g->values[g->nodes[n].out];
+    i3_shape5 ys = i3_value_shape5(y);
+    const i3_node *norm = sole_reader_next(g, n, g->nodes[n].out);
+    if (!norm || norm->op != I3_OP_INSTANCE_NORM || ys.c % 8 != 0 ||
+        I3_DEV(conv_tensor_core_stat_chunks)(ys, tensor_core_precision(st)) == 0 ||
+        g->values[norm->out].data != y->data)
+        return false;
+    const i3_node *reader = sole_reader_next(g, n + 1, norm->out);
+    return reader && reader->op == I3_OP_CONV;
+}
+
+static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n, void *scratch) {
     DeviceState *st = state_of(b);
     const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
     const float *w = (const float *)g->values[node->in[1]].data;
     const float *bias = node->in[2] >= 0 ? (const float *)g->values[node->in[2]].data : NULL;
     i3_shape5 xs = i3_value_shape5(x), ys = i3_value_shape5(y);
     bool tensor_cores = st->conv != CONV_F32;
+    int precision = tensor_core_precision(st);
     Fusion *f = &st->fusion;
     const float *in_scale_shift = f->graph == g && f->deferred_for == n && n >= 0 ? st->scale_shift : NULL;
     i3_act act_in = f->deferred_act;
     f->deferred_for = -1;
     f->stats_for = -1;
     const i3_node *next = st->fuse ? sole_reader_next(g, n, node->out) : NULL;
-    int chunks = tensor_cores ? I3_DEV(conv_tensor_core_stat_chunks)(ys) : I3_DEV(conv_stat_chunks)(ys);
+    int chunks = tensor_cores ? I3_DEV(conv_tensor_core_stat_chunks)(ys, precision) : I3_DEV(conv_stat_chunks)(ys);
     float *partials = NULL;
     if (next && next->op == I3_OP_INSTANCE_NORM && chunks > 0) {
         size_t bytes = (size_t)(ys.n * ys.c * chunks) * 3 * sizeof(float);
@@ -169,13 +195,16 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
         f->stats_chunks = chunks;
         st->stats.fused_nodes++;
     }
-    const float *xd = (const float *)x->data;
     if (!tensor_cores)
-        return I3_DEV(conv_fused)(xd, xs, w, bias, &node->p.conv, in_scale_shift, act_in, (float *)y->data, ys,
-                                  partials, st->stream);
-    int precision = st->conv == CONV_F16 ? I3_TC_F16 : st->conv == CONV_BF16 ? I3_TC_BF16 : I3_TC_TF32;
-    return I3_DEV(conv_tensor_core_fused)(xd, xs, w, bias, &node->p.conv, in_scale_shift, act_in, (float *)y->data, ys,
-                                          partials, precision, st->stream);
+        return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
+                                  (float *)y->data, ys, partials, st->stream);
+    bool x_cl = in_scale_shift && keeps_channels_last(st, g, n - 2) && g->nodes[n - 1].out == node->in[0];
+    bool y_cl = keeps_channels_last(st, g, n);
+    st->stats.channels_last_outputs += y_cl;
+    return I3_DEV(conv_tensor_core_fused)(x->data, xs, x_cl ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW, w, bias,
+                                          &node->p.conv, in_scale_shift, act_in, y->data, ys,
+                                          y_cl ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW, partials, precision, scratch,
+                                          st->stream);
 }
 
 /* An instance norm whose statistics the conv before it left in `partials`: (scale, shift) per
@@ -298,7 +327,7 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         return I3RT_OK;
     }
     switch (node->op) {
-    case I3_OP_CONV: e = run_conv(b, g, node, n); break;
+    case I3_OP_CONV: e = run_conv(b, g, node, n, scratch); break;
     case I3_OP_CONV_TRANSPOSE:
         e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
         break;

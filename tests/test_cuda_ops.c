@@ -31,7 +31,11 @@
               * guard is caught too */
 
 typedef int (*conv_tc_launcher)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *,
-                                i3_shape5, int, void *);
+                                i3_shape5, int, void *, void *);
+typedef int (*conv_tc_fused_launcher)(const void *, i3_shape5, int, const float *, const float *, const i3_conv_params *,
+                                      const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
+typedef int (*stat_chunks_launcher)(i3_shape5, int);
+typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, const i3_conv_params *, int);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
 
@@ -51,7 +55,10 @@ typedef struct {
     softmax_slices_launcher softmax_slices; /* not a graph op */
     size_t (*softmax_slices_scratch_bytes)(int64_t, int64_t, int64_t);
     softmax_launcher softmax_uncertainty; /* the fused op's full form (the graph op only wants probs) */
-    conv_tc_launcher conv_tensor_core;    /* not a graph op's kernel yet: called directly */
+    conv_tc_launcher conv_tensor_core;    /* the graph's conv with I3RT_CUDA_CONV=f16|bf16|tf32 */
+    conv_tc_fused_launcher conv_tensor_core_fused; /* its layouts and fusions */
+    stat_chunks_launcher conv_tensor_core_stat_chunks;
+    tc_scratch_bytes_fn conv_tensor_core_scratch_bytes;
     slice_sums_launcher slice_sums;       /* not a graph op */
 } device;
 
@@ -95,6 +102,11 @@ static void dev_download_free(device *d, dbuf t, void *host, const char *what) {
         memcpy(host, staging + FX_GUARD, (size_t)t.n * sizeof(float));
     free(staging);
     d->b->iface->free(d->b, t.base);
+}
+
+/* A guarded device buffer of at least `bytes` (1 float when none are needed). */
+static dbuf dev_scratch(device *d, size_t bytes) {
+    return dev_upload(d, NULL, bytes ? (int64_t)((bytes + sizeof(float) - 1) / sizeof(float)) : 1);
 }
 
 static void check_nmse_tol(const char *device_name, const char *what, const float *got, const float *ref, int64_t n,
@@ -171,6 +183,12 @@ static void run_node(device *d, i3_node node, const float *const *inputs, const 
         free(copy);
     }
     dev_download_free(d, in_place ? bufs[0] : bufs[out], y, what);
+}
+
+static int64_t channels_last_outputs(const i3_backend *b) {
+    i3_cuda_stats stats;
+    i3_backend_cuda_stats(b, &stats);
+    return stats.channels_last_outputs;
 }
 
 static int64_t fused_nodes(const i3_backend *b) {
@@ -276,9 +294,10 @@ static void conv_tc_case(device *d, i3_shape5 xs, i3_conv_params p, int precisio
     i3_cpu_conv_ref(x, xs, w, b, &p, ref);
     i3_cpu_conv_ref(xr, xs, wr, b, &p, ref_rounded);
     dbuf dx = dev_upload(d, x, nx), dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout),
-         dy = dev_upload(d, NULL, ny);
-    cr_assert_eq(d->conv_tensor_core(dx.data, xs, dw.data, db.data, &p, dy.data, ys, precision, NULL), 0);
+         dy = dev_upload(d, NULL, ny), dscratch = dev_scratch(d, d->conv_tensor_core_scratch_bytes(xs, &p, precision));
+    cr_assert_eq(d->conv_tensor_core(dx.data, xs, dw.data, db.data, &p, dy.data, ys, precision, dscratch.data, NULL), 0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    dev_download_free(d, dscratch, NULL, "conv_tensor_core scratch");
     dev_download_free(d, dx, NULL, "conv_tensor_core x");
     dev_download_free(d, dw, NULL, "conv_tensor_core w");
     dev_download_free(d, db, NULL, "conv_tensor_core b");
@@ -305,6 +324,145 @@ static void check_conv_tensor_core(device *d) {
         i3_conv_params head = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}, .pad = {0, 0, 0}};
         conv_tc_case(d, (i3_shape5){1, 20, 2, 5, 7}, head, prec, 106 + prec); /* k = 20: a partial k step */
     }
+}
+
+/* The f16/bf16 kernel's layouts and fusions (kernels/conv_tensor_core.cu v3), called directly: input
+ * NCDHW f32 or channels-last b16 (here rounded and transposed on the host), the deferred norm of the
+ * input (scale, shift, LeakyReLU per plane), output NCDHW f32 or channels-last b16, and the output's
+ * per-plane statistics, against the reference on the operands the kernel sees: the input rounded,
+ * normalized and rounded again (channels-last: the kernel normalizes the b16 values it copied) or
+ * normalized then rounded (NCDHW), the weights rounded. */
+typedef struct {
+    i3_shape5 xs;
+    i3_conv_params p;
+    int x_layout, y_layout, prologue, stats;
+} layout_case;
+
+static float round_b16(float v, int precision) {
+    return precision == I3_TC_BF16 ? i3_bf16_to_f32(i3_f32_to_bf16(v)) : i3_f16_to_f32(i3_f32_to_f16(v));
+}
+
+static void conv_layout_case(device *d, layout_case c, int precision, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    const i3_shape5 xs = c.xs, ys = i3_conv_out_shape(xs, &c.p);
+    const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(ys), sx = i3_shape5_spatial(xs),
+                  sy = i3_shape5_spatial(ys), nw = (int64_t)c.p.cout * xs.c * c.p.k[0] * c.p.k[1] * c.p.k[2];
+    const int x_cl = c.x_layout == I3_LAYOUT_NDHWC, y_cl = c.y_layout == I3_LAYOUT_NDHWC;
+    float *x = random_floats(&r, nx, -1, 1), *w = random_floats(&r, nw, -0.5f, 0.5f);
+    float *b = random_floats(&r, c.p.cout, -0.2f, 0.2f), *ss = random_floats(&r, 2 * xs.n * xs.c, -1, 1);
+    const i3_act leaky = {I3_ACT_LEAKY_RELU, 0.01f};
+    float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
+    for (int64_t i = 0; i < nx; i++) {
+        const float *plane_ss = ss + 2 * (i / sx);
+        float v = x_cl ? round_b16(x[i], precision) : x[i];
+        if (c.prologue) v = i3_act_apply(leaky, v * plane_ss[0] + plane_ss[1]);
+        xr[i] = round_b16(v, precision);
+    }
+    for (int64_t i = 0; i < nw; i++) wr[i] = round_b16(w[i], precision);
+    float *ref = malloc((size_t)ny * sizeof(float)), *y = malloc((size_t)ny * sizeof(float));
+    i3_cpu_conv_ref(xr, xs, wr, b, &c.p, ref);
+
+    /* channels-last b16 tensors travel in float buffers of half as many elements */
+    uint16_t *x16 = calloc((size_t)nx + 1, sizeof(uint16_t)), *y16 = calloc((size_t)ny + 1, sizeof(uint16_t));
+    for (int64_t n = 0, i = 0; n < xs.n; n++)
+        for (int64_t ch = 0; ch < xs.c; ch++)
+            for (int64_t pos = 0; pos < sx; pos++, i++)
+                x16[(n * sx + pos) * xs.c + ch] =
+                    precision == I3_TC_BF16 ? i3_f32_to_bf16(x[i]) : i3_f32_to_f16(x[i]);
+    const int chunks = d->conv_tensor_core_stat_chunks(ys, precision);
+    cr_assert(!c.stats || chunks > 0);
+    dbuf dx = x_cl ? dev_upload(d, (const float *)x16, (nx + 1) / 2) : dev_upload(d, x, nx);
+    dbuf dw = dev_upload(d, w, nw), db = dev_upload(d, b, c.p.cout), dss = dev_upload(d, ss, 2 * xs.n * xs.c);
+    dbuf dy = dev_upload(d, NULL, y_cl ? (ny + 1) / 2 : ny);
+    dbuf dpart = dev_upload(d, NULL, c.stats ? ys.n * ys.c * chunks * 3 : 1);
+    dbuf dscratch = dev_scratch(d, d->conv_tensor_core_scratch_bytes(xs, &c.p, precision));
+    cr_assert_eq(d->conv_tensor_core_fused(dx.data, xs, c.x_layout, dw.data, db.data, &c.p, c.prologue ? dss.data : NULL,
+                                           leaky, dy.data, ys, c.y_layout, c.stats ? dpart.data : NULL, precision,
+                                           dscratch.data, NULL),
+                 0);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    float *partials = malloc((size_t)dpart.n * sizeof(float));
+    dev_download_free(d, dx, NULL, "conv layouts x");
+    dev_download_free(d, dw, NULL, "conv layouts w");
+    dev_download_free(d, db, NULL, "conv layouts b");
+    dev_download_free(d, dss, NULL, "conv layouts scale/shift");
+    dev_download_free(d, dy, y_cl ? (void *)y16 : (void *)y, "conv layouts y");
+    dev_download_free(d, dpart, partials, "conv layouts partials");
+    dev_download_free(d, dscratch, NULL, "conv layouts scratch");
+    if (y_cl)
+        for (int64_t n = 0, i = 0; n < ys.n; n++)
+            for (int64_t ch = 0; ch < ys.c; ch++)
+                for (int64_t pos = 0; pos < sy; pos++, i++) {
+                    const uint16_t h = y16[(n * sy + pos) * ys.c + ch];
+                    y[i] = precision == I3_TC_BF16 ? i3_bf16_to_f32(h) : i3_f16_to_f32(h);
+                }
+    char what[200];
+    snprintf(what, sizeof what, "conv v3 %s x[%lld,%lld,%lld,%lld,%lld]%s -> %d%s k%d%d%d s%d%d%d%s%s",
+             PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
+             (long long)xs.w, x_cl ? " cl" : "", c.p.cout, y_cl ? " cl" : "", c.p.k[0], c.p.k[1], c.p.k[2],
+             c.p.stride[0], c.p.stride[1], c.p.stride[2], c.prologue ? " norm in" : "", c.stats ? " stats" : "");
+    /* a b16 output is the reference rounded once more */
+    const double tolerance = !y_cl ? NMSE_F32 * 100 : precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16;
+    check_nmse_tol(d->b->iface->name, what, y, ref, ny, tolerance);
+    if (c.stats) /* each plane's merged moments against the reference output's */
+        for (int64_t plane = 0; plane < ys.n * ys.c; plane++) {
+            double count = 0, mean = 0, m2 = 0, ref_mean = 0, ref_m2 = 0;
+            for (int k = 0; k < chunks; k++) {
+                const float *part = partials + (plane * chunks + k) * 3;
+                if (part[0] == 0) continue;
+                const double total = count + part[0], delta = part[1] - mean;
+                mean += delta * part[0] / total;
+                m2 += part[2] + delta * delta * count * part[0] / total;
+                count = total;
+            }
+            for (int64_t pos = 0; pos < sy; pos++) ref_mean += ref[plane * sy + pos] / (double)sy;
+            for (int64_t pos = 0; pos < sy; pos++) ref_m2 += pow(ref[plane * sy + pos] - ref_mean, 2);
+            cr_assert_eq(count, (double)sy, "%s: plane %lld counted %g of %lld", what, (long long)plane, count,
+                         (long long)sy);
+            cr_assert(fabs(mean - ref_mean) <= 1e-4 * (1 + fabs(ref_mean)) && fabs(m2 - ref_m2) <= 1e-4 * (1 + ref_m2),
+                      "%s: plane %lld mean %g M2 %g, reference %g %g", what, (long long)plane, mean, m2, ref_mean,
+                      ref_m2);
+        }
+    free(x), free(w), free(b), free(ss), free(xr), free(wr), free(ref), free(y), free(x16), free(y16), free(partials);
+}
+
+static void check_conv_tensor_core_layouts(device *d) {
+    const i3_conv_params p333 = {.k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
+    const i3_conv_params p133s2 = {.k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = LEAKY};
+    const layout_case cases[] = {
+        /* k = 432: a partial k step; 210 rows: a partial row tile */
+        {{1, 16, 5, 6, 7}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1},
+        {{2, 8, 3, 9, 10}, p133s2, I3_LAYOUT_NDHWC, I3_LAYOUT_NCDHW, 1, 0},
+        /* gather from NCDHW with 3 channels (k = 81), two column tiles */
+        {{1, 3, 4, 5, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 0, 1},
+        /* 2 samples of 128 positions: statistics with a batch */
+        {{2, 5, 4, 4, 8}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 1},
+    };
+    const int couts[] = {24, 40, 72, 8};
+    for (int prec = I3_TC_F16; prec <= I3_TC_BF16; prec++)
+        for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
+            layout_case c = cases[i];
+            c.p.cout = couts[i];
+            conv_layout_case(d, c, prec, 300 + 10 * prec + i);
+        }
+    /* what the kernel refuses: channels-last with TF32 or a channel count that is not a multiple of 8,
+     * statistics over a batch whose samples split a row tile */
+    i3_conv_params p = p333;
+    p.cout = 8;
+    i3_act none = {I3_ACT_NONE, 0.0f};
+    float dummy[4];
+    cr_assert_neq(d->conv_tensor_core_fused(dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NDHWC, dummy, NULL, &p, NULL,
+                                            none, dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, NULL, I3_TC_TF32,
+                                            dummy, NULL),
+                  0);
+    cr_assert_neq(d->conv_tensor_core_fused(dummy, (i3_shape5){1, 6, 2, 2, 2}, I3_LAYOUT_NDHWC, dummy, NULL, &p, NULL,
+                                            none, dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, NULL, I3_TC_F16,
+                                            dummy, NULL),
+                  0);
+    cr_assert_neq(d->conv_tensor_core_fused(dummy, (i3_shape5){2, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, dummy, NULL, &p, NULL,
+                                            none, dummy, (i3_shape5){2, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, dummy, I3_TC_F16,
+                                            dummy, NULL),
+                  0);
 }
 
 static void conv_transpose_case(device *d, i3_shape5 xs, i3_conv_transpose_params p, int with_bias, uint64_t seed) {
@@ -1102,11 +1260,11 @@ static void check_unet_tol(device *d, const char *name, double tolerance) {
         max_ref = fmax(max_ref, fabs((double)u.expected[i]));
     }
     const char *conv = getenv("I3RT_CUDA_CONV");
-    printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes, %lld fused away: max abs err %.3g, "
-           "max |torch| %.3g, rel %.3g\n",
+    printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes, %lld fused away, %lld conv outputs "
+           "channels-last: max abs err %.3g, max |torch| %.3g, rel %.3g\n",
            d->b->iface->name, name, conv ? conv : "f32", (long long)u.xs.n, (long long)u.xs.c, (long long)u.xs.d,
-           (long long)u.xs.h, (long long)u.xs.w, n_nodes, (long long)fused_nodes(d->b), max_abs,
-           max_ref, max_abs / max_ref);
+           (long long)u.xs.h, (long long)u.xs.w, n_nodes, (long long)fused_nodes(d->b),
+           (long long)channels_last_outputs(d->b), max_abs, max_ref, max_abs / max_ref);
     cr_assert(max_abs <= tolerance * max_ref, "%s: relative error %.3g > %.0e", name, max_abs / max_ref, tolerance);
     free(y);
     unet_close(&u);
@@ -1218,6 +1376,9 @@ static void open_emulated(device *d) {
     cr_assert_eq(i3_backend_cuda_create(&d->ctx, 1, &d->b), I3RT_OK, "%s", d->ctx.error);
     d->softmax_uncertainty = i3emu_softmax_uncertainty;
     d->conv_tensor_core = i3emu_conv_tensor_core;
+    d->conv_tensor_core_fused = i3emu_conv_tensor_core_fused;
+    d->conv_tensor_core_stat_chunks = i3emu_conv_tensor_core_stat_chunks;
+    d->conv_tensor_core_scratch_bytes = i3emu_conv_tensor_core_scratch_bytes;
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
@@ -1236,6 +1397,9 @@ static int open_gpu(device *d) {
 #ifdef I3RT_HAVE_CUDA
     d->softmax_uncertainty = i3gpu_softmax_uncertainty;
     d->conv_tensor_core = i3gpu_conv_tensor_core;
+    d->conv_tensor_core_fused = i3gpu_conv_tensor_core_fused;
+    d->conv_tensor_core_stat_chunks = i3gpu_conv_tensor_core_stat_chunks;
+    d->conv_tensor_core_scratch_bytes = i3gpu_conv_tensor_core_scratch_bytes;
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
@@ -1279,6 +1443,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
 #define DEVICE_TESTS(suite, open)                                                                  \
     Test(suite, conv) { on_device(open, check_conv); }                                             \
     Test(suite, conv_tensor_core) { on_device(open, check_conv_tensor_core); }                     \
+    Test(suite, conv_tensor_core_layouts) { on_device(open, check_conv_tensor_core_layouts); }     \
     Test(suite, conv_transpose) { on_device(open, check_conv_transpose); }                         \
     Test(suite, acs_conv) { on_device(open, check_acs_conv); }                                     \
     Test(suite, instance_norm) { on_device(open, check_instance_norm); }                           \
@@ -1317,6 +1482,7 @@ Test(emulated, reverse_thread_order) {
     open_emulated(&d);
     check_conv(&d);
     check_conv_tensor_core(&d);
+    check_conv_tensor_core_layouts(&d);
     check_conv_transpose(&d);
     check_acs_conv(&d);
     check_instance_norm(&d);
@@ -1338,12 +1504,15 @@ Test(emulated, reverse_thread_order) {
 }
 
 /* The graph's convolutions on tensor cores (I3RT_CUDA_CONV): f16 / bf16 operands through a whole
- * ResEnc U-Net (2D: the emulated mma is slow; the 3D kernels are in conv_tensor_core). */
+ * ResEnc U-Net (2D: the emulated mma is slow; the 3D kernels are in conv_tensor_core), the tensors
+ * between a block's two convolutions channels-last. */
 Test(emulated, unet_resenc_2d_tensor_core_f16) {
     setenv("I3RT_CUDA_CONV", "f16", 1);
     device d;
     open_emulated(&d);
     check_unet(&d, "resenc_2d");
+    /* every conv -> norm -> conv pair of the ResEnc blocks hands its tensor on channels-last */
+    cr_assert_gt(channels_last_outputs(d.b), 0);
     i3_backend_destroy(d.b);
 }
 
@@ -1352,6 +1521,8 @@ Test(emulated, unet_resenc_2d_tensor_core_bf16) {
     device d;
     open_emulated(&d);
     check_unet(&d, "resenc_2d");
+    /* every conv -> norm -> conv pair of the ResEnc blocks hands its tensor on channels-last */
+    cr_assert_gt(channels_last_outputs(d.b), 0);
     i3_backend_destroy(d.b);
 }
 

@@ -1,0 +1,405 @@
+/* 3D convolution (2D as depth 1) on tensor cores as an implicit GEMM, the semantics of kernels/conv.cu
+ * and i3_cpu_conv_ref: rows m are output positions (n, z, y, x), columns the output channels, k runs
+ * over (input channel, tap): D[m][o] = sum_k im2col(x)[m][k] * w[o][k], products of operands rounded
+ * to f16, bf16 or TF32, accumulated in f32.
+ *
+ * Layouts: the weights are the graph's f32 [cout, cin, kd, kh, kw]; v2 rounds them as its tiles are
+ * staged, v3 reads them packed by pack_weights into the launch's scratch (f16/bf16, in the k order of
+ * the input's layout, zero-padded to whole tiles; one pass over the weights per launch, small next to
+ * the convolution, and nothing to cache or invalidate). Activations are NCDHW f32, or (f16/bf16 only) channels-last NDHWC holding f16/bf16 values:
+ * the backend keeps a convolution's output that way when the next convolution reads it (through a
+ * deferred instance norm), so that the reader's tiles are 16-byte runs of 8 consecutive channels of
+ * one tap that cp.async copies as they are, at half the bytes.
+ *
+ * Kernel versions:
+ *   v2 (TF32): a block of 4 warps per 64 x 32 tile of D, k step 8 (one mma m16n8k8 .tf32 per 8
+ *       channels); per step the threads gather the im2col tile (zero outside the input) and the weight
+ *       tile into shared memory, rounded (cvt.rna); fragments read from shared memory in the .tf32
+ *       layout (ldmatrix is b16 only). No pipelining: TF32 is a comparison point, not the fast path.
+ *   v3 (f16, bf16): a block of 8 warps per 128 x 64 tile of D, each warp 32 x 32 (2 x 4 mma m16n8k16 per
+ *       16 k), k step 32 through a 3-stage shared-memory pipeline (rows padded to 80 bytes, so the 8
+ *       rows of an ldmatrix fall in distinct banks). The A tile comes from channels-last input by
+ *       cp.async (k = tap * cin + channel, cin a multiple of 8; chunks outside the input zero-filled)
+ *       or from NCDHW f32 input by a gather that rounds (k = channel * taps + tap, any cin); the weight
+ *       tile by cp.async from the packed weights. Fragments by ldmatrix .x4 (A; B two 8-channel
+ *       groups at a time). Output NCDHW f32, or channels-last f16/bf16 (two channels per 32-bit store).
+ *   Fusions (both): the deferred instance norm + activation of the input applied to the tiles as they
+ *   are loaded (v3 channels-last: by each thread to the chunks it copied, once they have arrived;
+ *   padding stays zero, as in the normalized tensor); the per-channel moments of the output (before
+ *   any rounding) in the epilogue, merged over a column's lanes (shuffles) and the warps (shared
+ *   memory), one partial per (plane, row tile) when every row tile lies in one sample (batch 1, or a
+ *   spatial size that is a multiple of the row tile: conv_tensor_core_stat_chunks). */
+#include "device.h"
+#include "launchers.h"
+#include "conv_geometry.h"
+#include "moments.h"
+
+namespace I3_NS {
+
+/* Where output row m reads tap (0, 0, 0) of its window: sample and input coordinates. */
+struct RowOrigin {
+    int64_t sample, z, y, x;
+    bool valid; /* m < rows */
+};
+
+__device__ __forceinline__ RowOrigin row_origin(const ConvGeometry &g, int64_t m) {
+    const int64_t out_spatial = g.od * g.oh * g.ow;
+    RowOrigin r;
+    r.valid = m < g.n * out_spatial;
+    const int64_t pos = m % out_spatial;
+    r.sample = m / out_spatial;
+    r.z = pos / (g.ow * g.oh) * g.stride[0] - g.pad[0];
+    r.y = pos / g.ow % g.oh * g.stride[1] - g.pad[1];
+    r.x = pos % g.ow * g.stride[2] - g.pad[2];
+    return r;
+}
+
+/* The NCDHW input value of row r for k = channel * taps + tap (zero outside the input), with the
+ * deferred norm applied. */
+template <bool PROLOGUE>
+__device__ __forceinline__ float gather_ncdhw(const float *__restrict__ x, const ConvGeometry &g, const RowOrigin &r,
+                                              int64_t k, const float *__restrict__ in_scale_shift, i3_act act_in) {
+    const int taps = g.k[0] * g.k[1] * g.k[2];
+    if (!r.valid || k >= g.cin * taps) return 0.0f;
+    const int64_t c = k / taps;
+    const int tap = (int)(k % taps);
+    const int64_t z = r.z + tap / (g.k[1] * g.k[2]), y = r.y + tap / g.k[2] % g.k[1], xx = r.x + tap % g.k[2];
+    if (z < 0 || z >= g.d || y < 0 || y >= g.h || xx < 0 || xx >= g.w) return 0.0f;
+    float v = x[(((r.sample * g.cin + c) * g.d + z) * g.h + y) * g.w + xx];
+    if (PROLOGUE) {
+        const float *ss = in_scale_shift + 2 * (r.sample * g.cin + c);
+        v = act_apply(act_in, v * ss[0] + ss[1]);
+    }
+    return v;
+}
+
+/* The 8 channels at k = tap * cin + channel (k a multiple of 8) of row r in channels-last input, or
+ * NULL outside it; *channel receives the first channel. */
+__device__ __forceinline__ const uint16_t *chunk_ndhwc(const uint16_t *__restrict__ x, const ConvGeometry &g,
+                                                       const RowOrigin &r, int64_t k, int64_t *channel) {
+    const int taps = g.k[0] * g.k[1] * g.k[2];
+    if (!r.valid || k >= g.cin * taps) return NULL;
+    const int tap = (int)(k / g.cin);
+    *channel = k % g.cin;
+    const int64_t z = r.z + tap / (g.k[1] * g.k[2]), y = r.y + tap / g.k[2] % g.k[1], xx = r.x + tap % g.k[2];
+    if (z < 0 || z >= g.d || y < 0 || y >= g.h || xx < 0 || xx >= g.w) return NULL;
+    return x + (((r.sample * g.d + z) * g.h + y) * g.w + xx) * g.cin + *channel;
+}
+
+/* The weight of output channel o at k in the k order of the input's layout (zero outside). */
+__device__ __forceinline__ float weight_at(const float *__restrict__ w, const ConvGeometry &g, int64_t o, int64_t k,
+                                           bool channels_last) {
+    const int taps = g.k[0] * g.k[1] * g.k[2];
+    if (o >= g.cout || k >= g.cin * taps) return 0.0f;
+    return __ldg(&w[channels_last ? (o * g.cin + k % g.cin) * taps + k / g.cin : o * g.cin * taps + k]);
+}
+
+/* Epilogue statistics of a block's tile of D: mo[j][q] holds a lane's moments of its column
+ * 8j + 2t + q (t = lane % 4) of the warp's columns; the 8 lanes of a column merge by shuffles, the
+ * warps_m warps of a column through shared memory (scratch: warps_m x bn), and thread c < bn returns
+ * column c's moments. */
+template <int J>
+__device__ __forceinline__ Moments block_column_moments(Moments (&mo)[J][2], int warp_m, int warps_m, int warp_col0,
+                                                        int bn, Moments *scratch) {
+    const int tid = threadIdx.x, lane = tid % 32;
+    I3_UNROLL
+    for (int j = 0; j < J; j++)
+        for (int q = 0; q < 2; q++) {
+            Moments m = moments_warp_merge(mo[j][q], 4 | 8 | 16);
+            if (lane / 4 == 0) scratch[warp_m * bn + warp_col0 + j * 8 + 2 * lane + q] = m;
+        }
+    __syncthreads();
+    Moments m = {0.0f, 0.0f, 0.0f};
+    if (tid < bn) {
+        m = scratch[tid];
+        for (int k = 1; k < warps_m; k++) m = moments_merge(m, scratch[k * bn + tid]);
+    }
+    return m;
+}
+
+__device__ __forceinline__ void store_partial(float *partials, const ConvGeometry &g, int64_t m0, int tile_rows,
+                                              int64_t o, int chunks, Moments m) {
+    const int64_t out_spatial = g.od * g.oh * g.ow, sample = m0 / out_spatial;
+    float *part = partials + ((sample * g.cout + o) * chunks + (m0 - sample * out_spatial) / tile_rows) * 3;
+    part[0] = m.count;
+    part[1] = m.mean;
+    part[2] = m.m2;
+}
+
+#define V2_BM 64       /* output positions per block */
+#define V2_BN 32       /* output channels per block */
+#define V2_BK 8        /* k per step: one mma m16n8k8 */
+#define V2_THREADS 128 /* four warps, each 16 positions x 32 channels */
+
+/* PROLOGUE: the input's deferred norm; STATS: per-channel moments to partials (conv_v1's meaning). */
+template <bool PROLOGUE, bool STATS>
+__global__ void __launch_bounds__(V2_THREADS)
+    conv_tensor_core_v2(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b,
+                        ConvGeometry g, i3_act act, const float *__restrict__ in_scale_shift, i3_act act_in,
+                        float *__restrict__ y, float *__restrict__ partials, int chunks) {
+    __shared__ uint32_t tile_a[V2_BM][V2_BK]; /* im2col rows: [position][k], TF32 */
+    __shared__ uint32_t tile_b[V2_BN][V2_BK]; /* weights: [output channel][k], TF32 */
+    __shared__ Moments scratch[V2_THREADS / 32 * V2_BN];
+    const int64_t out_spatial = g.od * g.oh * g.ow, rows = g.n * out_spatial;
+    const int64_t depth = g.cin * g.k[0] * g.k[1] * g.k[2], m0 = (int64_t)blockIdx.x * V2_BM;
+    const int n0 = blockIdx.y * V2_BN, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int group = lane / 4, t = lane % 4;
+    float acc[4][4] = {};
+
+    for (int64_t k0 = 0; k0 < depth; k0 += V2_BK) {
+        for (int e = tid; e < V2_BM * V2_BK; e += V2_THREADS) {
+            const int r = e / V2_BK, kk = e % V2_BK;
+            RowOrigin origin = row_origin(g, m0 + r);
+            tile_a[r][kk] = to_tf32(gather_ncdhw<PROLOGUE>(x, g, origin, k0 + kk, in_scale_shift, act_in));
+        }
+        for (int e = tid; e < V2_BN * V2_BK; e += V2_THREADS)
+            tile_b[e / V2_BK][e % V2_BK] = to_tf32(weight_at(w, g, n0 + e / V2_BK, k0 + e % V2_BK, false));
+        __syncthreads();
+        uint32_t frag_a[4]; /* the m16n8k8 .tf32 layouts of device.h */
+        I3_UNROLL
+        for (int i = 0; i < 4; i++) frag_a[i] = tile_a[warp * 16 + group + 8 * (i % 2)][t + 4 * (i / 2)];
+        I3_UNROLL
+        for (int j = 0; j < 4; j++) {
+            uint32_t frag_b[2] = {tile_b[j * 8 + group][t], tile_b[j * 8 + group][t + 4]};
+            mma_m16n8k8_tf32(acc[j], frag_a, frag_b, acc[j]);
+        }
+        __syncthreads();
+    }
+
+    Moments mo[4][2] = {};
+    I3_UNROLL
+    for (int j = 0; j < 4; j++)
+        for (int i = 0; i < 4; i++) {
+            const int64_t m = m0 + warp * 16 + group + 8 * (i / 2), o = n0 + j * 8 + 2 * t + i % 2;
+            const float v = act_apply(act, acc[j][i] + (b && o < g.cout ? b[o] : 0.0f));
+            if (m >= rows) continue;
+            if (STATS) moments_add(mo[j][i % 2], v);
+            if (o < g.cout) y[(m / out_spatial * g.cout + o) * out_spatial + m % out_spatial] = v;
+        }
+    if (STATS) {
+        Moments m = block_column_moments<4>(mo, warp, V2_THREADS / 32, 0, V2_BN, scratch);
+        if (tid < V2_BN && n0 + tid < g.cout) store_partial(partials, g, m0, V2_BM, n0 + tid, chunks, m);
+    }
+}
+
+#define V3_BM 128
+#define V3_BN 64
+#define V3_BK 32
+#define V3_STAGES 3
+#define V3_THREADS 256           /* 8 warps: 4 along the rows x 2 along the channels, 32 x 32 each */
+#define V3_ROW (V3_BK + 8)       /* b16 per shared row (80 bytes) */
+#define V3_STAGE ((V3_BM + V3_BN) * V3_ROW)
+
+/* The weights as v3 reads them: packed[o][k] (rows of k_packed = depth rounded up to V3_BK, cout
+ * rounded up to V3_BN rows, zeros beyond), k in the order of the input's layout, rounded to f16/bf16. */
+template <bool BF16>
+__global__ void pack_weights_v1(const float *__restrict__ w, ConvGeometry g, bool channels_last, int64_t k_packed,
+                                int64_t total, uint16_t *__restrict__ packed) {
+    I3_GRID_STRIDE_LOOP(i, total) packed[i] = to_b16<BF16>(weight_at(w, g, i / k_packed, i % k_packed, channels_last));
+}
+
+/* Flags are uniform over the grid: x_cl: the input is channels-last b16 (else NCDHW f32); y_cl: the
+ * same for the output; prologue, stats: conv_v1's fusions. */
+template <bool BF16>
+__global__ void __launch_bounds__(V3_THREADS)
+    conv_tensor_core_v3(const void *__restrict__ x_in, bool x_cl, const uint16_t *__restrict__ packed,
+                        int64_t k_packed, const float *__restrict__ b, ConvGeometry g, i3_act act,
+                        const float *__restrict__ in_scale_shift, i3_act act_in, void *__restrict__ y_out, bool y_cl,
+                        float *__restrict__ partials, int chunks) {
+    __shared__ __align__(16) uint16_t smem[V3_STAGES * V3_STAGE];
+    typedef uint16_t(*Rows)[V3_ROW];
+    const int64_t out_spatial = g.od * g.oh * g.ow, rows = g.n * out_spatial;
+    const int64_t depth = g.cin * g.k[0] * g.k[1] * g.k[2], m0 = (int64_t)blockIdx.x * V3_BM;
+    const int k_tiles = (int)((depth + V3_BK - 1) / V3_BK);
+    const int n0 = blockIdx.y * V3_BN, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int warp_m = warp % 4, warp_n = warp / 4;
+    const bool prologue = in_scale_shift != NULL;
+    const float *xf = (const float *)x_in;
+    const uint16_t *xh = (const uint16_t *)x_in;
+
+    /* Each thread loads the same rows at every step: channels-last, chunk tid % 4 of rows tid / 4 and
+     * tid / 4 + 64; NCDHW, k = tid / 128 + 2i of row tid % 128; weights: chunk tid % 4 of channel
+     * tid / 4 (the packed rows are whole tiles: no bounds). */
+    RowOrigin origin[2] = {};
+    if (x_cl) {
+        origin[0] = row_origin(g, m0 + tid / 4);
+        origin[1] = row_origin(g, m0 + tid / 4 + 64);
+    } else {
+        origin[0] = row_origin(g, m0 + tid % 128);
+    }
+    auto load_stage = [&](int slot, int kt) {
+        Rows tile_a = (Rows)(smem + slot * V3_STAGE), tile_b = tile_a + V3_BM;
+        const int64_t k0 = (int64_t)kt * V3_BK;
+        if (x_cl) {
+            I3_UNROLL
+            for (int i = 0; i < 2; i++) {
+                int64_t channel;
+                uint16_t *dst = &tile_a[tid / 4 + 64 * i][8 * (tid % 4)];
+                const uint16_t *src = chunk_ndhwc(xh, g, origin[i], k0 + 8 * (tid % 4), &channel);
+                if (src) {
+                    cp_async_16(dst, src);
+                } else {
+                    uint32_t *zero = (uint32_t *)dst;
+                    zero[0] = zero[1] = zero[2] = zero[3] = 0;
+                }
+            }
+        } else {
+            for (int i = 0; i < V3_BK / 2; i++) {
+                const int kk = tid / 128 + 2 * i;
+                const float v = prologue ? gather_ncdhw<true>(xf, g, origin[0], k0 + kk, in_scale_shift, act_in)
+                                         : gather_ncdhw<false>(xf, g, origin[0], k0 + kk, in_scale_shift, act_in);
+                tile_a[tid % 128][kk] = to_b16<BF16>(v);
+            }
+        }
+        cp_async_16(&tile_b[tid / 4][8 * (tid % 4)], packed + (int64_t)(n0 + tid / 4) * k_packed + k0 + 8 * (tid % 4));
+    };
+    /* The deferred norm on the chunks this thread copied for step kt (they have arrived). */
+    auto normalize_chunks = [&](int slot, int kt) {
+        Rows tile_a = (Rows)(smem + slot * V3_STAGE);
+        I3_UNROLL
+        for (int i = 0; i < 2; i++) {
+            int64_t channel;
+            if (!chunk_ndhwc(xh, g, origin[i], (int64_t)kt * V3_BK + 8 * (tid % 4), &channel)) continue;
+            uint16_t *v = &tile_a[tid / 4 + 64 * i][8 * (tid % 4)];
+            const float *ss = in_scale_shift + 2 * (origin[i].sample * g.cin + channel);
+            I3_UNROLL
+            for (int j = 0; j < 8; j++) v[j] = to_b16<BF16>(act_apply(act_in, from_b16<BF16>(v[j]) * ss[2 * j] + ss[2 * j + 1]));
+        }
+    };
+
+    float acc[2][4][4] = {};
+    for (int s = 0; s < V3_STAGES - 1; s++) {
+        if (s < k_tiles) load_stage(s, s);
+        cp_async_commit();
+    }
+    const int quad = lane / 8, row = lane % 8; /* ldmatrix: lanes 8q..8q+7 address the rows of matrix q */
+    for (int kt = 0; kt < k_tiles; kt++) {
+        const int slot = kt % V3_STAGES;
+        cp_async_wait_group<V3_STAGES - 2>(); /* this thread's copies for step kt are in */
+        if (x_cl && prologue) normalize_chunks(slot, kt);
+        __syncthreads(); /* everyone's tiles for kt are in; everyone is done with step kt - 1's slot */
+        if (kt + V3_STAGES - 1 < k_tiles) load_stage((kt + V3_STAGES - 1) % V3_STAGES, kt + V3_STAGES - 1);
+        cp_async_commit();
+        Rows tile_a = (Rows)(smem + slot * V3_STAGE), tile_b = tile_a + V3_BM;
+        I3_UNROLL
+        for (int k16 = 0; k16 < V3_BK; k16 += 16) {
+            uint32_t frag_a[2][4], frag_b[4][2];
+            I3_UNROLL
+            for (int i = 0; i < 2; i++)
+                ldmatrix_x4(frag_a[i], &tile_a[warp_m * 32 + i * 16 + row + 8 * (quad % 2)][k16 + 8 * (quad / 2)]);
+            I3_UNROLL
+            for (int j = 0; j < 4; j += 2) {
+                uint32_t r[4];
+                ldmatrix_x4(r, &tile_b[warp_n * 32 + (j + quad / 2) * 8 + row][k16 + 8 * (quad % 2)]);
+                frag_b[j][0] = r[0], frag_b[j][1] = r[1], frag_b[j + 1][0] = r[2], frag_b[j + 1][1] = r[3];
+            }
+            I3_UNROLL
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 4; j++)
+                    if (BF16)
+                        mma_m16n8k16_bf16(acc[i][j], frag_a[i], frag_b[j], acc[i][j]);
+                    else
+                        mma_m16n8k16_f16(acc[i][j], frag_a[i], frag_b[j], acc[i][j]);
+        }
+    }
+
+    const int group = lane / 4, t = lane % 4;
+    Moments mo[4][2] = {};
+    I3_UNROLL
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            for (int half = 0; half < 2; half++) {
+                const int64_t m = m0 + warp_m * 32 + i * 16 + group + 8 * half, o = n0 + warp_n * 32 + j * 8 + 2 * t;
+                float v[2];
+                for (int q = 0; q < 2; q++)
+                    v[q] = act_apply(act, acc[i][j][2 * half + q] + (b && o + q < g.cout ? b[o + q] : 0.0f));
+                if (m >= rows) continue;
+                if (partials) moments_add(mo[j][0], v[0]), moments_add(mo[j][1], v[1]);
+                if (y_cl) { /* cout is a multiple of 8: o < cout means o + 1 < cout */
+                    if (o < g.cout)
+                        *(uint32_t *)((uint16_t *)y_out + m * g.cout + o) = pack_b16(to_b16<BF16>(v[0]), to_b16<BF16>(v[1]));
+                } else {
+                    float *y = (float *)y_out + (m / out_spatial * g.cout + o) * out_spatial + m % out_spatial;
+                    for (int q = 0; q < 2; q++)
+                        if (o + q < g.cout) y[q * out_spatial] = v[q];
+                }
+            }
+    if (partials) {
+        cp_async_wait_all(); /* the pipeline's last (empty) groups, before its memory is reused */
+        __syncthreads();
+        Moments m = block_column_moments<4>(mo, warp_m, 4, warp_n * 32, V3_BN, (Moments *)smem);
+        if (tid < V3_BN && n0 + tid < g.cout) store_partial(partials, g, m0, V3_BM, n0 + tid, chunks, m);
+    }
+}
+
+}  // namespace I3_NS
+
+using namespace I3_NS;
+
+static_assert(V3_BM / 32 * V3_BN * sizeof(Moments) <= sizeof(uint16_t) * V3_STAGES * V3_STAGE,
+              "v3's statistics reuse its pipeline's shared memory");
+
+extern "C" int I3_DEV(conv_tensor_core_stat_chunks)(i3_shape5 ys, int precision) {
+    const int64_t spatial = ys.d * ys.h * ys.w, tile = precision == I3_TC_TF32 ? V2_BM : V3_BM;
+    if (ys.n == 1) return (int)((spatial + tile - 1) / tile);
+    return spatial % tile == 0 ? (int)(spatial / tile) : 0;
+}
+
+/* The v2 kernel for one (prologue, statistics) combination. */
+static decltype(&conv_tensor_core_v2<false, false>) tf32_kernel(bool prologue, bool stats) {
+    return prologue ? (stats ? conv_tensor_core_v2<true, true> : conv_tensor_core_v2<true, false>)
+                    : (stats ? conv_tensor_core_v2<false, true> : conv_tensor_core_v2<false, false>);
+}
+
+/* v3's packed weights: k_packed per output channel, rows for whole column tiles. */
+static int64_t packed_depth(const ConvGeometry &g) {
+    return (g.cin * g.k[0] * g.k[1] * g.k[2] + V3_BK - 1) / V3_BK * V3_BK;
+}
+static int64_t packed_rows(const ConvGeometry &g) { return (g.cout + V3_BN - 1) / V3_BN * V3_BN; }
+
+extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, const i3_conv_params *p, int precision) {
+    if (precision == I3_TC_TF32) return 0;
+    ConvGeometry g = conv_geometry(xs, p, xs); /* the output's spatial size does not matter here */
+    g.cout = p->cout;
+    return (size_t)(packed_rows(g) * packed_depth(g)) * sizeof(uint16_t);
+}
+
+extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w,
+                                              const float *b, const i3_conv_params *p, const float *in_scale_shift,
+                                              i3_act act_in, void *y, i3_shape5 ys, int y_layout, float *partials,
+                                              int precision, void *scratch, void *stream) {
+    ConvGeometry g = conv_geometry(xs, p, ys);
+    const int64_t rows = ys.n * ys.d * ys.h * ys.w;
+    if (rows == 0 || ys.c == 0) return 0;
+    const bool b16 = precision == I3_TC_F16 || precision == I3_TC_BF16;
+    const bool x_cl = x_layout == I3_LAYOUT_NDHWC, y_cl = y_layout == I3_LAYOUT_NDHWC;
+    const int chunks = I3_DEV(conv_tensor_core_stat_chunks)(ys, precision);
+    if ((!b16 && precision != I3_TC_TF32) || (partials && !chunks) || ((x_cl || y_cl) && !b16) ||
+        (x_cl && xs.c % 8 != 0) || (y_cl && ys.c % 8 != 0) || (b16 && !scratch))
+        return (int)cudaErrorInvalidValue;
+    if (!b16) {
+        dim3 grid((unsigned)((rows + V2_BM - 1) / V2_BM), (unsigned)((ys.c + V2_BN - 1) / V2_BN));
+        return (int)I3_LAUNCH(tf32_kernel(in_scale_shift != NULL, partials != NULL), grid, V2_THREADS, 0,
+                              (cudaStream_t)stream, (const float *)x, w, b, g, p->act, in_scale_shift, act_in,
+                              (float *)y, partials, chunks);
+    }
+    const bool bf16 = precision == I3_TC_BF16;
+    const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
+    uint16_t *packed = (uint16_t *)scratch;
+    decltype(&pack_weights_v1<false>) pack = bf16 ? pack_weights_v1<true> : pack_weights_v1<false>;
+    decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
+    int e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, g, x_cl, k_packed,
+                           total, packed);
+    if (e) return e;
+    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((ys.c + V3_BN - 1) / V3_BN));
+    return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed, b, g, p->act,
+                          in_scale_shift, act_in, y, y_cl, partials, chunks);
+}
+
+extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
+                                        const i3_conv_params *p, float *y, i3_shape5 ys, int precision, void *scratch,
+                                        void *stream) {
+    i3_act none = {I3_ACT_NONE, 0.0f};
+    return I3_DEV(conv_tensor_core_fused)(x, xs, I3_LAYOUT_NCDHW, w, b, p, NULL, none, y, ys, I3_LAYOUT_NCDHW, NULL,
+                                          precision, scratch, stream);
+}
