@@ -34,8 +34,8 @@ i3rt_status i3_backend_cuda_create_with(i3_ctx *ctx, int emulated, const i3_cuda
 
 /* What the backend did since its creation, for tests and benchmarks: nodes whose own memory pass
  * was fused away (an instance norm's statistics taken in the producing conv's epilogue, a norm
- * deferred into the next conv's prologue or the residual add), convolution outputs kept
- * channels-last f16/bf16 for the next convolution, CUDA graphs captured from a repeated forward,
+ * deferred into the next conv's prologue or the residual add), conv and concat outputs kept
+ * channels-last f16/bf16 for the convolution that reads them, CUDA graphs captured from a repeated forward,
  * and forwards replayed from one. */
 typedef struct {
     int64_t fused_nodes, channels_last_outputs, graph_captures, graph_replays;

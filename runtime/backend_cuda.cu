@@ -152,22 +152,32 @@ static const i3_node *sole_reader_next(const i3_graph *g, int n, int v) {
     return next->in[0] == v ? next : NULL;
 }
 
-/* Whether conv node n writes its output channels-last in f16/bf16 (kernels/conv_tensor_core.cu): its
- * only reader is an instance norm that takes its statistics from this conv's epilogue, runs in place
- * and defers itself to the convolution right after it, which then reads the tensor channels-last.
- * A function of the graph alone, so the writer and the reader agree. */
+/* Whether node n writes its output channels-last in f16/bf16 for the convolution that reads it
+ * (kernels/conv_tensor_core.cu): a conv whose only reader is an instance norm that takes its statistics
+ * from this conv's epilogue, runs in place and defers itself to the convolution right after it; or a
+ * concat whose only reader is the convolution right after it (the decoder's skip concat). A function of
+ * the graph alone, so that writer and reader agree; the channel count must be a multiple of 8. */
 static bool keeps_channels_last(const DeviceState *st, const i3_graph *g, int n) {
-    if (n < 0 || !st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16) || g->nodes[n].op != I3_OP_CONV)
-        return false;
-    const i3_value *y = &g->values[g->nodes[n].out];
+    if (n < 0 || !st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16)) return false;
+    const i3_node *node = &g->nodes[n];
+    const i3_value *y = &g->values[node->out];
     i3_shape5 ys = i3_value_shape5(y);
-    const i3_node *norm = sole_reader_next(g, n, g->nodes[n].out);
-    if (!norm || norm->op != I3_OP_INSTANCE_NORM || ys.c % 8 != 0 ||
-        I3_DEV(conv_tensor_core_stat_chunks)(ys, tensor_core_precision(st)) == 0 ||
-        g->values[norm->out].data != y->data)
+    const i3_node *reader = sole_reader_next(g, n, node->out);
+    if (ys.c % 8 != 0 || !reader) return false;
+    if (node->op == I3_OP_CONCAT) return reader->op == I3_OP_CONV;
+    if (node->op != I3_OP_CONV || reader->op != I3_OP_INSTANCE_NORM || g->values[reader->out].data != y->data ||
+        I3_DEV(conv_tensor_core_stat_chunks)(ys, tensor_core_precision(st)) == 0)
         return false;
-    const i3_node *reader = sole_reader_next(g, n + 1, norm->out);
-    return reader && reader->op == I3_OP_CONV;
+    const i3_node *conv = sole_reader_next(g, n + 1, reader->out);
+    return conv && conv->op == I3_OP_CONV;
+}
+
+/* Whether conv node n reads its input channels-last: the concat right before it, or the conv before
+ * the deferred norm right before it, kept it so. */
+static bool reads_channels_last(const DeviceState *st, const i3_graph *g, int n) {
+    if (n < 1 || g->nodes[n - 1].out != g->nodes[n].in[0]) return false;
+    if (g->nodes[n - 1].op == I3_OP_CONCAT) return keeps_channels_last(st, g, n - 1);
+    return g->nodes[n - 1].op == I3_OP_INSTANCE_NORM && keeps_channels_last(st, g, n - 2);
 }
 
 static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n, void *scratch) {
@@ -198,7 +208,7 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     if (!tensor_cores)
         return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
                                   (float *)y->data, ys, partials, st->stream);
-    bool x_cl = in_scale_shift && keeps_channels_last(st, g, n - 2) && g->nodes[n - 1].out == node->in[0];
+    bool x_cl = reads_channels_last(st, g, n);
     bool y_cl = keeps_channels_last(st, g, n);
     st->stats.channels_last_outputs += y_cl;
     return I3_DEV(conv_tensor_core_fused)(x->data, xs, x_cl ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW, w, bias,
@@ -350,7 +360,13 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         }
         break;
     case I3_OP_CONCAT:
-        e = I3_DEV(concat)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out, s);
+        if (keeps_channels_last(st, g, n)) {
+            st->stats.channels_last_outputs++;
+            e = I3_DEV(concat_channels_last)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n,
+                                             i3_shape5_spatial(xs), tensor_core_precision(st), out, s);
+        } else {
+            e = I3_DEV(concat)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out, s);
+        }
         break;
     case I3_OP_RESIZE: e = I3_DEV(resize)(in0, xs, &node->p.resize, out, s); break;
     case I3_OP_SOFTMAX:

@@ -36,6 +36,7 @@ typedef int (*conv_tc_fused_launcher)(const void *, i3_shape5, int, const float 
                                       const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
 typedef int (*stat_chunks_launcher)(i3_shape5, int);
 typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, const i3_conv_params *, int);
+typedef int (*concat_cl_launcher)(const float *, int64_t, const float *, int64_t, int64_t, int64_t, int, void *, void *);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
 
@@ -59,6 +60,7 @@ typedef struct {
     conv_tc_fused_launcher conv_tensor_core_fused; /* its layouts and fusions */
     stat_chunks_launcher conv_tensor_core_stat_chunks;
     tc_scratch_bytes_fn conv_tensor_core_scratch_bytes;
+    concat_cl_launcher concat_channels_last; /* run by the graph's concat before a tensor-core conv */
     slice_sums_launcher slice_sums;       /* not a graph op */
 } device;
 
@@ -580,6 +582,43 @@ static void check_elementwise(device *d) {
     run_node(d, (i3_node){.op = I3_OP_CONCAT}, in, cat_numel, cat_shapes, cs, y, 0, "concat 3+4 channels");
     check_nmse(d->b->iface->name, "concat 3+4 channels", y, ref, nc);
     free(a), free(b), free(y), free(ref);
+}
+
+/* The concat written channels-last in f16/bf16: exactly the CPU concat rounded and transposed. */
+static void concat_channels_last_case(device *d, int64_t n, int64_t ca, int64_t cb, int64_t s, int precision,
+                                      uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    const int64_t c = ca + cb, total = n * c * s;
+    float *a = random_floats(&r, n * ca * s, -3, 3), *b = cb ? random_floats(&r, n * cb * s, -3, 3) : NULL;
+    float *cat = malloc((size_t)total * sizeof(float));
+    i3_cpu_concat(a, ca, b ? b : a, cb, n, s, cat); /* (memcpy wants a pointer even for 0 bytes) */
+    uint16_t *y = malloc((size_t)(total + 1) * sizeof(uint16_t));
+    dbuf da = dev_upload(d, a, n * ca * s), db = dev_upload(d, b ? b : a, b ? n * cb * s : 1);
+    dbuf dy = dev_upload(d, NULL, (total + 1) / 2);
+    cr_assert_eq(d->concat_channels_last(da.data, ca, b ? db.data : NULL, cb, n, s, precision, dy.data, NULL), 0);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    dev_download_free(d, da, NULL, "concat channels-last a");
+    dev_download_free(d, db, NULL, "concat channels-last b");
+    dev_download_free(d, dy, y, "concat channels-last y");
+    int64_t wrong = 0;
+    for (int64_t sample = 0, i = 0; sample < n; sample++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t pos = 0; pos < s; pos++, i++) {
+                const uint16_t want = precision == I3_TC_BF16 ? i3_f32_to_bf16(cat[i]) : i3_f32_to_f16(cat[i]);
+                wrong += y[(sample * s + pos) * c + ch] != want;
+            }
+    printf("%-8s concat channels-last %s n=%lld %lld+%lld channels, %lld positions: %lld values differ\n",
+           d->b->iface->name, PRECISION_NAMES[precision], (long long)n, (long long)ca, (long long)cb, (long long)s,
+           (long long)wrong);
+    cr_assert_eq(wrong, 0);
+    free(a), free(b), free(cat), free(y);
+}
+
+static void check_concat_channels_last(device *d) {
+    for (int prec = I3_TC_F16; prec <= I3_TC_BF16; prec++) {
+        concat_channels_last_case(d, 2, 5, 11, 105, prec, 40 + prec); /* partial position and channel tiles */
+        concat_channels_last_case(d, 1, 40, 0, 70, prec, 42 + prec);  /* a plain conversion, two channel tiles */
+    }
 }
 
 static void resize_case(device *d, i3_shape5 xs, int64_t od, int64_t oh, int64_t ow, int align, uint64_t seed) {
@@ -1260,7 +1299,7 @@ static void check_unet_tol(device *d, const char *name, double tolerance) {
         max_ref = fmax(max_ref, fabs((double)u.expected[i]));
     }
     const char *conv = getenv("I3RT_CUDA_CONV");
-    printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes, %lld fused away, %lld conv outputs "
+    printf("%-8s unet %-10s conv %-4s input [%lld,%lld,%lld,%lld,%lld], %d nodes, %lld fused away, %lld outputs "
            "channels-last: max abs err %.3g, max |torch| %.3g, rel %.3g\n",
            d->b->iface->name, name, conv ? conv : "f32", (long long)u.xs.n, (long long)u.xs.c, (long long)u.xs.d,
            (long long)u.xs.h, (long long)u.xs.w, n_nodes, (long long)fused_nodes(d->b),
@@ -1379,6 +1418,7 @@ static void open_emulated(device *d) {
     d->conv_tensor_core_fused = i3emu_conv_tensor_core_fused;
     d->conv_tensor_core_stat_chunks = i3emu_conv_tensor_core_stat_chunks;
     d->conv_tensor_core_scratch_bytes = i3emu_conv_tensor_core_scratch_bytes;
+    d->concat_channels_last = i3emu_concat_channels_last;
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
@@ -1400,6 +1440,7 @@ static int open_gpu(device *d) {
     d->conv_tensor_core_fused = i3gpu_conv_tensor_core_fused;
     d->conv_tensor_core_stat_chunks = i3gpu_conv_tensor_core_stat_chunks;
     d->conv_tensor_core_scratch_bytes = i3gpu_conv_tensor_core_scratch_bytes;
+    d->concat_channels_last = i3gpu_concat_channels_last;
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
@@ -1448,6 +1489,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, acs_conv) { on_device(open, check_acs_conv); }                                     \
     Test(suite, instance_norm) { on_device(open, check_instance_norm); }                           \
     Test(suite, elementwise) { on_device(open, check_elementwise); }                               \
+    Test(suite, concat_channels_last) { on_device(open, check_concat_channels_last); }             \
     Test(suite, resize) { on_device(open, check_resize); }                                         \
     Test(suite, avg_pool) { on_device(open, check_avg_pool); }                                     \
     Test(suite, softmax_uncertainty) { on_device(open, check_softmax); }                           \
@@ -1487,6 +1529,7 @@ Test(emulated, reverse_thread_order) {
     check_acs_conv(&d);
     check_instance_norm(&d);
     check_elementwise(&d);
+    check_concat_channels_last(&d);
     check_resize(&d);
     check_avg_pool(&d);
     check_softmax(&d);
@@ -1536,6 +1579,17 @@ Test(emulated, network_tensor_core_f16) {
 Test(emulated, network_tensor_core_tf32) {
     setenv("I3RT_CUDA_CONV", "tf32", 1);
     on_device(open_emulated_ok, check_network);
+}
+
+/* The plain U-Net in f16: each stage's first conv and the decoder's skip concats hand their tensor on
+ * channels-last. */
+Test(emulated, unet_plain_2d_tensor_core_f16) {
+    setenv("I3RT_CUDA_CONV", "f16", 1);
+    device d;
+    open_emulated(&d);
+    check_unet(&d, "plain_2d");
+    cr_assert_gt(channels_last_outputs(d.b), 0);
+    i3_backend_destroy(d.b);
 }
 
 Test(emulated, unet_plain_2d_tensor_core_tf32) {
