@@ -40,13 +40,16 @@ typedef int (*softmax_slices_launcher)(const float *, int64_t, int64_t, int64_t,
 
 typedef int (*sw_accumulate_launcher)(const float *, int64_t, const int64_t *, int, const float *, float, int, float *,
                                       float *, const int64_t *, const int64_t *, void *);
+typedef int (*sw_tile_launcher)(const float *, int64_t, const int64_t *, const int64_t *, const int64_t *, int, float *,
+                                void *);
 typedef int (*sw_normalize_launcher)(const float *, const float *, int64_t, const int64_t *, const int64_t *,
                                      const int64_t *, float *, void *);
 
 typedef struct {
     i3_ctx ctx;
     i3_backend *b;
-    sw_accumulate_launcher sw_accumulate; /* sliding window: not graph ops */
+    sw_tile_launcher sw_tile; /* sliding window: not graph ops */
+    sw_accumulate_launcher sw_accumulate;
     sw_normalize_launcher sw_normalize;
     softmax_slices_launcher softmax_slices; /* not a graph op */
     size_t (*softmax_slices_scratch_bytes)(int64_t, int64_t, int64_t);
@@ -660,6 +663,35 @@ static void check_sliding_window(device *d) {
     free(gauss), free(acc), free(wsum), free(pred), free(ref), free(got);
 }
 
+/* sw_tile against i3_sw_tile (a copy: equal to the bit): tiles of a [2, 5, 7, 6] image inside it, over its
+ * edges on every side (negative offsets: the zero padding below), wholly outside, larger than the image,
+ * each with all eight flip masks. */
+static void check_sw_tile(device *d) {
+    fx_rng r = fx_rng_seed(102);
+    const int64_t channels = 2, shape[3] = {5, 7, 6}, ns = shape[0] * shape[1] * shape[2];
+    const int64_t tiles[][2][3] = {{{3, 4, 2}, {1, 2, 3}},   {{4, 6, 5}, {-2, -1, -3}}, {{4, 6, 5}, {3, 4, 4}},
+                                   {{2, 3, 2}, {9, -8, 0}},  {{8, 9, 9}, {-2, -1, -1}}, {{1, 7, 6}, {4, 0, 0}}};
+    float *x = random_floats(&r, channels * ns, -1, 1);
+    dbuf dx = dev_upload(d, x, channels * ns);
+    for (size_t c = 0; c < sizeof tiles / sizeof tiles[0]; c++)
+        for (int mask = 0; mask < 8; mask++) {
+            const int64_t *tile = tiles[c][0], *offset = tiles[c][1], n = channels * tile[0] * tile[1] * tile[2];
+            float *ref = malloc((size_t)n * sizeof(float)), *got = malloc((size_t)n * sizeof(float));
+            i3_sw_tile(x, channels, shape, offset, tile, mask, ref);
+            dbuf dy = dev_upload(d, NULL, n);
+            cr_assert_eq(d->sw_tile(dx.data, channels, shape, offset, tile, mask, dy.data, NULL), 0);
+            dev_download_free(d, dy, got, "sw_tile");
+            cr_assert_eq(memcmp(got, ref, (size_t)n * sizeof(float)), 0,
+                         "sw_tile: tile %lldx%lldx%lld at (%lld, %lld, %lld), flip mask %d differs from i3_sw_tile",
+                         (long long)tile[0], (long long)tile[1], (long long)tile[2], (long long)offset[0],
+                         (long long)offset[1], (long long)offset[2], mask);
+            free(ref), free(got);
+        }
+    dev_download_free(d, dx, NULL, "sw_tile image");
+    printf("%-8s sw_tile: 6 tiles x 8 flip masks equal to i3_sw_tile\n", d->b->iface->name);
+    free(x);
+}
+
 static void check_slice_sums(device *d) {
     fx_rng r = fx_rng_seed(90);
     int64_t dims[2][3] = {{5, 7, 9}, {1, 33, 2}};
@@ -1221,6 +1253,7 @@ static void open_emulated(device *d) {
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
+    d->sw_tile = i3emu_sw_tile;
     d->sw_accumulate = i3emu_sw_accumulate;
     d->sw_normalize = i3emu_sw_normalize;
 }
@@ -1239,6 +1272,7 @@ static int open_gpu(device *d) {
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
+    d->sw_tile = i3gpu_sw_tile;
     d->sw_accumulate = i3gpu_sw_accumulate;
     d->sw_normalize = i3gpu_sw_normalize;
 #endif
@@ -1289,6 +1323,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, slice_sums) { on_device(open, check_slice_sums); }                                 \
     Test(suite, softmax_slices) { on_device(open, check_softmax_slices); }                         \
     Test(suite, sliding_window) { on_device(open, check_sliding_window); }                         \
+    Test(suite, sw_tile) { on_device(open, check_sw_tile); }                                       \
     Test(suite, slice_channels) { on_device(open, check_slice_channels); }                         \
     Test(suite, spatial_gather) { on_device(open, check_spatial_gather); }                         \
     Test(suite, object_attention) { on_device(open, check_object_attention); }                     \
@@ -1327,6 +1362,7 @@ Test(emulated, reverse_thread_order) {
     check_slice_sums(&d);
     check_softmax_slices(&d);
     check_sliding_window(&d);
+    check_sw_tile(&d);
     check_slice_channels(&d);
     check_spatial_gather(&d);
     check_object_attention(&d);
