@@ -1,6 +1,9 @@
 /* Sliding-window inference with the Gaussian importance map and mirroring (see sliding_window.h). */
 #include "sliding_window.h"
 
+#include "backend.h"
+#include "network.h"
+
 #include <math.h>
 #include <stdlib.h>
 
@@ -180,7 +183,7 @@ static i3rt_status host_predict(i3_ctx *ctx, i3rt_model *model, const float *dat
                 i3_sw_tile(out_flip, num_classes, tile, zero, tile, s->masks[m], out_back);
                 for (int64_t i = 0; i < num_classes * nt; i++) out[i] += out_back[i];
             }
-            report_forward(p, &done);
+            if (st == I3RT_OK) report_forward(p, &done);
         }
         if (st != I3RT_OK) break;
         if (s->n_pass > 1)
@@ -222,13 +225,85 @@ static i3rt_status host_predict(i3_ctx *ctx, i3rt_model *model, const float *dat
     return st;
 }
 
+/* The float32 loop on a device backend (backend.h's i3_backend_sw_i), on buffers of device memory: each
+ * forward's tile is cut (and mirrored) out of the image straight into the graph's input, and the graph's
+ * output is accumulated where it lies (flipped back, divided by the passes, weighted); only the cropped
+ * logits come back. */
+enum { IMAGE, GAUSS, ACC, WSUM, LOGITS, N_DEVICE_BUFFERS };
+
+static i3rt_status device_loop(i3_ctx *ctx, i3rt_model *model, i3_backend *b, float *in, const float *out,
+                               const float *data, int64_t channels, const int64_t shape[3], int64_t num_classes,
+                               const i3_sliding_window_params *p, const sw_plan *s, float *const buf[],
+                               const int64_t floats[], float *logits, int64_t *done) {
+    const i3_backend_sw_i *sw = b->iface->sw;
+    const int64_t *tile = p->patch;
+    float *gauss = i3_malloc(ctx, (size_t)floats[GAUSS] * sizeof *gauss, "the Gaussian importance map");
+    if (!gauss) return I3RT_ERR_OUT_OF_MEMORY;
+    i3_gaussian_importance_map(p->patch, p->dims, gauss);
+    i3rt_status st = b->iface->upload(b, buf[GAUSS], gauss, (size_t)floats[GAUSS] * sizeof *gauss);
+    free(gauss);
+    if (st == I3RT_OK) st = b->iface->upload(b, buf[IMAGE], data, (size_t)floats[IMAGE] * sizeof *data);
+    if (st == I3RT_OK) st = sw->zero(b, buf[ACC], (size_t)floats[ACC] * sizeof(float));
+    if (st == I3RT_OK) st = sw->zero(b, buf[WSUM], (size_t)floats[WSUM] * sizeof(float));
+    for (int64_t t = 0; t < s->n_tiles && st == I3RT_OK; t++) {
+        int64_t o[3], in_image[3];
+        tile_offsets(s, t, o, in_image);
+        for (int m = 0; m < s->n_pass && st == I3RT_OK; m++) {
+            st = sw->tile(b, buf[IMAGE], channels, shape, in_image, tile, s->masks[m], in);
+            if (st == I3RT_OK) st = i3_model_run(model);
+            if (st == I3RT_OK) /* the weights once per tile, not per pass */
+                st = sw->accumulate(b, out, num_classes, tile, s->masks[m], buf[GAUSS], 1.0f / (float)s->n_pass, m == 0,
+                                    buf[ACC], buf[WSUM], s->ps, o);
+            if (st == I3RT_OK) report_forward(p, done);
+        }
+    }
+    if (st == I3RT_OK) st = sw->normalize(b, buf[ACC], buf[WSUM], num_classes, s->ps, s->lo, shape, buf[LOGITS]);
+    if (st == I3RT_OK) st = b->iface->download(b, logits, buf[LOGITS], (size_t)floats[LOGITS] * sizeof *logits);
+    return st;
+}
+
+/* Runs device_loop when the model's backend has one. *on_host is set when it has none, and when device
+ * memory ran out before the first forward ended: the volume buffers (image, Gaussian map, sums, logits)
+ * do not fit next to the graph's (or next to the buffers its first run grows). The out-of-memory error
+ * is then cleared and the caller runs the host loop, which keeps the volume on the host and sends only
+ * tiles: the fallback for volumes too large for the device. */
+static i3rt_status device_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
+                                  const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
+                                  const sw_plan *s, float *logits, bool *on_host) {
+    i3_backend *b;
+    float *in;
+    const float *out;
+    I3_TRY(i3_model_device_io(model, p->patch, &b, &in, &out));
+    *on_host = b->iface->sw == NULL;
+    if (*on_host) return I3RT_OK;
+    const int64_t ns = shape[0] * shape[1] * shape[2], nps = s->ps[0] * s->ps[1] * s->ps[2];
+    const int64_t floats[N_DEVICE_BUFFERS] = {channels * ns, p->patch[0] * p->patch[1] * p->patch[2],
+                                              num_classes * nps, nps, num_classes * ns};
+    float *buf[N_DEVICE_BUFFERS] = {NULL};
+    i3rt_status st = I3RT_OK;
+    for (int i = 0; i < N_DEVICE_BUFFERS && st == I3RT_OK; i++)
+        st = b->iface->alloc(b, (size_t)floats[i] * sizeof(float), (void **)&buf[i]);
+    int64_t done = 0;
+    if (st == I3RT_OK)
+        st = device_loop(ctx, model, b, in, out, data, channels, shape, num_classes, p, s, buf, floats, logits, &done);
+    for (int i = 0; i < N_DEVICE_BUFFERS; i++)
+        if (buf[i]) b->iface->free(b, buf[i]);
+    if (st != I3RT_ERR_OUT_OF_MEMORY || done > 0) return st; /* after a forward the host loop would repeat it */
+    ctx->error[0] = '\0';
+    *on_host = true;
+    return I3RT_OK;
+}
+
 i3rt_status i3_sliding_window_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
                                       const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
                                       float *logits) {
     sw_plan *s = i3_malloc(ctx, sizeof *s, "the sliding window's tiling");
     if (!s) return I3RT_ERR_OUT_OF_MEMORY;
     i3rt_status st = plan_tiles(ctx, shape, p, s);
-    if (st == I3RT_OK) st = host_predict(ctx, model, data, channels, shape, num_classes, p, s, logits);
+    bool on_host = true;
+    if (st == I3RT_OK && p->accumulate == I3_ACCUMULATE_FP32) /* the kernels have no fp16 mode */
+        st = device_predict(ctx, model, data, channels, shape, num_classes, p, s, logits, &on_host);
+    if (st == I3RT_OK && on_host) st = host_predict(ctx, model, data, channels, shape, num_classes, p, s, logits);
     free(s);
     return st;
 }

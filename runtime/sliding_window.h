@@ -12,7 +12,13 @@
  * nnunetv2 keeps both sums (and the division) in fp16 on every device. I3_ACCUMULATE_FP32 keeps them in
  * float32 (more accurate; differs from nnunetv2 by fp16 rounding, ~1e-3 relative of the logits);
  * I3_ACCUMULATE_FP16 reproduces nnunetv2's fp16 rounding step by step.
- */
+ *
+ * On a device backend (cuda, emulated) the float32 mode runs on the device: the image, the Gaussian map
+ * and both sums stay in device memory, tiles are cut and mirrored there into the network's input and
+ * its output accumulated there (kernels/sliding_window.cu); only the final logits are downloaded. When
+ * those volume buffers do not fit in device memory next to the network's, and in fp16 mode or on the CPU
+ * backend, the host loop runs: the volume stays on the host and each tile is sent through
+ * i3rt_model_forward. */
 #ifndef I3RT_SLIDING_WINDOW_H
 #define I3RT_SLIDING_WINDOW_H
 
