@@ -746,6 +746,19 @@ static float *sw_predict(i3rt_backend_kind backend, const sw_case *c, uint64_t s
                  I3RT_OK, "%s: %s", c->model, i3rt_context_error(ctx));
     cr_assert_eq(forwards, i3_sliding_window_forwards(c->shape, &p), "%s: forwards reported", c->model);
     cr_assert_str_empty(i3rt_context_error(ctx), "%s: an error left behind", c->model);
+    const char *graphs = getenv("I3RT_CUDA_GRAPHS");
+    if (backend != I3RT_BACKEND_CPU && !margin && !(graphs && !strcmp(graphs, "0"))) {
+        /* the tile and accumulate launches stay outside the captured forward: every forward from the third
+         * on is a replay */
+        i3_backend *b;
+        float *in;
+        const float *out;
+        i3_cuda_stats stats;
+        cr_assert_eq(i3_model_device_io(model, c->patch, &b, &in, &out), I3RT_OK);
+        i3_backend_cuda_stats(b, &stats);
+        cr_assert_eq(stats.graph_replays, forwards - 2, "%s: %lld CUDA graph replays in %lld forwards", c->model,
+                     (long long)stats.graph_replays, (long long)forwards);
+    }
     i3rt_model_free(model);
     i3rt_context_free(ctx);
     unsetenv("I3RT_EMULATED_DEVICE_MEMORY");
