@@ -79,11 +79,15 @@ int I3_DEV(softmax_uncertainty)(const float *logits, int64_t n, int64_t c, int64
 size_t I3_DEV(softmax_slices_scratch_bytes)(int64_t d, int64_t h, int64_t w);
 int I3_DEV(softmax_slices)(const float *logits, int64_t c, int64_t d, int64_t h, int64_t w, float *probs,
                            float *entropy, float *msp, int32_t *argmax, double *sums, void *scratch, void *stream);
-/* Sliding window (kernels/sliding_window.cu, runtime/sliding_window.c's float32 mode): sw_accumulate
+/* Sliding window (kernels/sliding_window.cu, runtime/sliding_window.c's float32 mode): sw_tile writes
+ * y [channels, tile] = x [channels, shape] at offset + flip(t) (flip along the axes of flip_mask), 0
+ * outside x (offset may be negative), as i3_sw_tile (runtime/sliding_window.h); sw_accumulate
  * adds a tile's logits pred [classes, tile] times scale * gauss [tile] into acc [classes, volume] at
  * `offset` (read flipped back along the axes of flip_mask, bit a = axis a), and gauss into wsum
  * [volume] if add_weights; sw_normalize writes logits [classes, shape] = acc / wsum cropped at lo.
  * A tile or crop outside the volume is cudaErrorInvalidValue. */
+int I3_DEV(sw_tile)(const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3],
+                    const int64_t tile[3], int flip_mask, float *y, void *stream);
 int I3_DEV(sw_accumulate)(const float *pred, int64_t classes, const int64_t tile[3], int flip_mask, const float *gauss,
                           float scale, int add_weights, float *acc, float *wsum, const int64_t volume[3],
                           const int64_t offset[3], void *stream);

@@ -1,7 +1,11 @@
 /* Sliding-window support (nnU-Net's predict_sliding_window_return_logits, runtime/sliding_window.c,
- * float32 accumulation mode): the Gaussian-weighted accumulation of a tile's logits into the padded
- * volume, and the final normalization with the crop back to the image.
+ * float32 accumulation mode): cutting a (mirrored) tile out of the zero-padded image, the
+ * Gaussian-weighted accumulation of a tile's logits into the padded volume, and the final
+ * normalization with the crop back to the image.
  *
+ *   sw_tile: y[c, t] = x[c, offset + flip(t)], 0 where that lies outside x (reference: i3_sw_tile in
+ *     runtime/sliding_window.c). With offset = tile position - padding below it reads the tile of the
+ *     zero-padded image without the padded image ever being stored.
  *   sw_accumulate: acc[k, o + t] += pred[k, flip(t)] * scale * gauss[t] for every class k and tile
  *     position t, and (add_weights) wsum[o + t] += gauss[t]. flip_mask (bit a: axis a of the
  *     tile, 0 = d) reads the prediction of a mirrored input flipped back, so each mirror pass of
@@ -10,8 +14,11 @@
  *   sw_normalize: logits[k, z, y, x] = acc[k, z + lo0, y + lo1, x + lo2] / wsum[...], one pass.
  *
  * Kernel versions:
- *   v1: one tile position (all classes) per thread, grid-stride; tile positions map to distinct
- *       volume positions, so one launch has no write conflicts (launches of one stream are ordered).
+ *   sw_tile v1: one tile element per thread, grid-stride.
+ *   sw_accumulate v1: one tile position (all classes) per thread, grid-stride; tile positions map to
+ *       distinct volume positions, so one launch has no write conflicts (launches of one stream are
+ *       ordered).
+ *   sw_normalize v1: one output element per thread, grid-stride.
  * Not done: nnunetv2's fp16 accumulation mode (I3_ACCUMULATE_FP16) on the device. */
 #include "device.h"
 #include "launchers.h"
@@ -21,6 +28,21 @@ namespace I3_NS {
 struct TileGeometry {
     int64_t tile[3], volume[3], offset[3];
 };
+
+__global__ void sw_tile_v1(const float *__restrict__ x, int64_t channels, TileGeometry g, int flip_mask,
+                           float *__restrict__ y) {
+    /* g.volume is x's shape; g.offset may be negative (the padding below the image) */
+    int64_t nt = g.tile[0] * g.tile[1] * g.tile[2];
+    I3_GRID_STRIDE_LOOP(i, channels * nt) {
+        int64_t c = i / nt, t = i % nt;
+        int64_t tx = t % g.tile[2], ty = t / g.tile[2] % g.tile[1], tz = t / (g.tile[2] * g.tile[1]);
+        int64_t z = g.offset[0] + (flip_mask & 1 ? g.tile[0] - 1 - tz : tz);
+        int64_t yy = g.offset[1] + (flip_mask & 2 ? g.tile[1] - 1 - ty : ty);
+        int64_t xx = g.offset[2] + (flip_mask & 4 ? g.tile[2] - 1 - tx : tx);
+        bool inside = z >= 0 && z < g.volume[0] && yy >= 0 && yy < g.volume[1] && xx >= 0 && xx < g.volume[2];
+        y[i] = inside ? x[((c * g.volume[0] + z) * g.volume[1] + yy) * g.volume[2] + xx] : 0.0f;
+    }
+}
 
 __global__ void sw_accumulate_v1(const float *__restrict__ pred, int64_t classes, TileGeometry g, int flip_mask,
                                  const float *__restrict__ gauss, float scale, int add_weights, float *acc,
@@ -63,6 +85,14 @@ static TileGeometry tile_geometry(const int64_t tile[3], const int64_t volume[3]
 }  // namespace I3_NS
 
 using namespace I3_NS;
+
+extern "C" int I3_DEV(sw_tile)(const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3],
+                               const int64_t tile[3], int flip_mask, float *y, void *stream) {
+    int64_t total = channels * tile[0] * tile[1] * tile[2];
+    if (total == 0) return 0;
+    return (int)I3_LAUNCH(sw_tile_v1, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, x, channels,
+                          tile_geometry(tile, shape, offset), flip_mask, y);
+}
 
 extern "C" int I3_DEV(sw_accumulate)(const float *pred, int64_t classes, const int64_t tile[3], int flip_mask,
                                      const float *gauss, float scale, int add_weights, float *acc, float *wsum,

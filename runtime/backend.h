@@ -6,6 +6,20 @@
 
 #include "graph.h"
 
+/* The device loop of the sliding window (runtime/sliding_window.c) on backend memory, with the kernels
+ * of kernels/sliding_window.cu (launchers.h's sw_tile, sw_accumulate, sw_normalize), queued on the
+ * backend's stream; zero clears `bytes` bytes. */
+typedef struct {
+    i3rt_status (*zero)(i3_backend *b, void *ptr, size_t bytes);
+    i3rt_status (*tile)(i3_backend *b, const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3],
+                        const int64_t tile[3], int flip_mask, float *y);
+    i3rt_status (*accumulate)(i3_backend *b, const float *pred, int64_t classes, const int64_t tile[3], int flip_mask,
+                              const float *gauss, float scale, int add_weights, float *acc, float *wsum,
+                              const int64_t volume[3], const int64_t offset[3]);
+    i3rt_status (*normalize)(i3_backend *b, const float *acc, const float *wsum, int64_t classes, const int64_t volume[3],
+                             const int64_t lo[3], const int64_t shape[3], float *logits);
+} i3_backend_sw_i;
+
 typedef struct {
     const char *name;
     /* 1 if the backend computes on host memory: weights are used where they are, not uploaded. */
@@ -22,6 +36,8 @@ typedef struct {
     /* Waits for queued work (no-op on the CPU). */
     i3rt_status (*synchronize)(i3_backend *b);
     void (*destroy)(i3_backend *b);
+    /* NULL on host-memory backends: the sliding window runs its host loop there. */
+    const i3_backend_sw_i *sw;
 } i3_backend_i;
 
 struct i3_backend {

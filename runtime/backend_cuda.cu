@@ -417,6 +417,38 @@ static void device_destroy(i3_backend *b) {
     free(b);
 }
 
+static i3rt_status launched(i3_backend *b, int e, const char *what) {
+    return e == 0 ? I3RT_OK : device_fail(b, (cudaError_t)e, what);
+}
+
+static i3rt_status device_sw_zero(i3_backend *b, void *ptr, size_t bytes) {
+    return launched(b, cudaMemsetAsync(ptr, 0, bytes, stream_of(b)), "sliding window: clearing the sums");
+}
+
+static i3rt_status device_sw_tile(i3_backend *b, const float *x, int64_t channels, const int64_t shape[3],
+                                  const int64_t offset[3], const int64_t tile[3], int flip_mask, float *y) {
+    return launched(b, I3_DEV(sw_tile)(x, channels, shape, offset, tile, flip_mask, y, stream_of(b)),
+                    "sliding window: sw_tile");
+}
+
+static i3rt_status device_sw_accumulate(i3_backend *b, const float *pred, int64_t classes, const int64_t tile[3],
+                                        int flip_mask, const float *gauss, float scale, int add_weights, float *acc,
+                                        float *wsum, const int64_t volume[3], const int64_t offset[3]) {
+    return launched(b,
+                    I3_DEV(sw_accumulate)(pred, classes, tile, flip_mask, gauss, scale, add_weights, acc, wsum, volume,
+                                          offset, stream_of(b)),
+                    "sliding window: sw_accumulate");
+}
+
+static i3rt_status device_sw_normalize(i3_backend *b, const float *acc, const float *wsum, int64_t classes,
+                                       const int64_t volume[3], const int64_t lo[3], const int64_t shape[3],
+                                       float *logits) {
+    return launched(b, I3_DEV(sw_normalize)(acc, wsum, classes, volume, lo, shape, logits, stream_of(b)),
+                    "sliding window: sw_normalize");
+}
+
+static const i3_backend_sw_i device_sw = {device_sw_zero, device_sw_tile, device_sw_accumulate, device_sw_normalize};
+
 static const i3_backend_i device_iface = {
     BACKEND_NAME,
     0, /* host_memory: weights are uploaded, also on the emulator, so that the upload path is tested */
@@ -428,6 +460,7 @@ static const i3_backend_i device_iface = {
     device_run_node,
     device_synchronize,
     device_destroy,
+    &device_sw,
 };
 
 }  // namespace I3_NS

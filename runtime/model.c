@@ -210,10 +210,8 @@ size_t i3rt_model_describe(i3rt_model *m, const int64_t spatial_in[3], char *buf
     return t.len;
 }
 
-i3rt_status i3rt_model_forward(i3rt_model *m, const float *input, const int64_t spatial[3], float *logits) {
-    if (!m) return I3RT_ERR_INVALID_ARGUMENT;
-    if (!input || !spatial || !logits)
-        return i3_fail(m->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3rt_model_forward: NULL input, size or output");
+i3rt_status i3_model_device_io(i3rt_model *m, const int64_t spatial[3], i3_backend **backend, float **input,
+                               const float **output) {
     I3_TRY(check_spatial(m, spatial));
     I3_TRY(model_prepare(m, spatial));
     i3_graph *g = &m->graph;
@@ -225,8 +223,24 @@ i3rt_status i3rt_model_forward(i3rt_model *m, const float *input, const int64_t 
         I3_TRY(i3_graph_bind(g, b, m->arena, m->weights_mem));
         m->bound = 1;
     }
-    const i3_value *in = &g->values[g->input], *out = &g->values[g->output];
-    I3_TRY(b->iface->upload(b, in->data, input, i3_value_bytes(in)));
-    I3_TRY(i3_graph_run(g, b, m->scratch));
-    return b->iface->download(b, logits, out->data, i3_value_bytes(out));
+    *backend = b;
+    *input = (float *)g->values[g->input].data;
+    *output = (const float *)g->values[g->output].data;
+    return I3RT_OK;
+}
+
+i3rt_status i3_model_run(i3rt_model *m) { return i3_graph_run(&m->graph, m->backend, m->scratch); }
+
+i3rt_status i3rt_model_forward(i3rt_model *m, const float *input, const int64_t spatial[3], float *logits) {
+    if (!m) return I3RT_ERR_INVALID_ARGUMENT;
+    if (!input || !spatial || !logits)
+        return i3_fail(m->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3rt_model_forward: NULL input, size or output");
+    i3_backend *b;
+    float *in;
+    const float *out;
+    I3_TRY(i3_model_device_io(m, spatial, &b, &in, &out));
+    const i3_graph *g = &m->graph;
+    I3_TRY(b->iface->upload(b, in, input, i3_value_bytes(&g->values[g->input])));
+    I3_TRY(i3_model_run(m));
+    return b->iface->download(b, logits, out, i3_value_bytes(&g->values[g->output]));
 }

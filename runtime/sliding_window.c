@@ -1,9 +1,11 @@
 /* Sliding-window inference with the Gaussian importance map and mirroring (see sliding_window.h). */
 #include "sliding_window.h"
 
+#include "backend.h"
+#include "network.h"
+
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 int i3_sliding_window_steps(int64_t image, int64_t tile, double step_size, int64_t *steps) {
     if (image < tile || tile < 1 || !(step_size > 0.0 && step_size <= 1.0)) return 0;
@@ -86,123 +88,124 @@ int64_t i3_sliding_window_forwards(const int64_t shape[3], const i3_sliding_wind
     return tiles * (p->n_mirror_axes > 0 ? (int64_t)1 << p->n_mirror_axes : 1);
 }
 
-/* y = x [c, s] flipped along the axes in mask (bit a = axis a of s). In place is not allowed. */
-static void flip(const float *x, int64_t c, const int64_t s[3], int mask, float *y) {
-    for (int64_t ch = 0; ch < c; ch++)
-        for (int64_t z = 0; z < s[0]; z++)
-            for (int64_t r = 0; r < s[1]; r++) {
-                const int64_t zs = mask & 1 ? s[0] - 1 - z : z, rs = mask & 2 ? s[1] - 1 - r : r;
-                const float *src = x + ((ch * s[0] + zs) * s[1] + rs) * s[2];
-                float *dst = y + ((ch * s[0] + z) * s[1] + r) * s[2];
-                if (mask & 4)
-                    for (int64_t i = 0; i < s[2]; i++) dst[i] = src[s[2] - 1 - i];
-                else
-                    memcpy(dst, src, (size_t)s[2] * sizeof *dst);
+void i3_sw_tile(const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3], const int64_t tile[3],
+                int flip_mask, float *y) {
+    for (int64_t c = 0; c < channels; c++)
+        for (int64_t tz = 0; tz < tile[0]; tz++)
+            for (int64_t ty = 0; ty < tile[1]; ty++) {
+                const int64_t z = offset[0] + (flip_mask & 1 ? tile[0] - 1 - tz : tz);
+                const int64_t r = offset[1] + (flip_mask & 2 ? tile[1] - 1 - ty : ty);
+                float *dst = y + ((c * tile[0] + tz) * tile[1] + ty) * tile[2];
+                const bool row = z >= 0 && z < shape[0] && r >= 0 && r < shape[1];
+                const float *src = row ? x + ((c * shape[0] + z) * shape[1] + r) * shape[2] : NULL;
+                for (int64_t tx = 0; tx < tile[2]; tx++) {
+                    const int64_t i = offset[2] + (flip_mask & 4 ? tile[2] - 1 - tx : tx);
+                    dst[tx] = row && i >= 0 && i < shape[2] ? src[i] : 0.0f;
+                }
             }
 }
 
 static float round_f16(float v) { return i3_f16_to_f32(i3_f32_to_f16(v)); }
 
-i3rt_status i3_sliding_window_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
-                                      const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
-                                      float *logits) {
-    const int64_t *patch = p->patch;
+/* One prediction's tiling: the padded shape, the padding below the image, the tile offsets per axis
+ * (in the padded volume) and the mirror passes. */
+typedef struct {
+    int64_t ps[3], lo[3], n_steps[3], steps[3][I3_MAX_SW_STEPS];
+    int64_t n_tiles;
+    int masks[8], n_pass;
+} sw_plan;
+
+static i3rt_status plan_tiles(i3_ctx *ctx, const int64_t shape[3], const i3_sliding_window_params *p, sw_plan *s) {
     const int first = 3 - p->dims; /* first axis that is tiled */
-    int64_t ps[3], lo[3];          /* padded shape, padding below */
+    s->n_tiles = 1;
     for (int a = 0; a < 3; a++) {
-        ps[a] = a >= first && shape[a] < patch[a] ? patch[a] : shape[a];
-        lo[a] = (ps[a] - shape[a]) / 2;
-    }
-    int64_t steps[3][I3_MAX_SW_STEPS], n_steps[3];
-    for (int a = 0; a < 3; a++) {
+        s->ps[a] = a >= first && shape[a] < p->patch[a] ? p->patch[a] : shape[a];
+        s->lo[a] = (s->ps[a] - shape[a]) / 2;
         if (a < first) { /* 2D: every slice */
-            n_steps[a] = ps[a];
-            for (int64_t i = 0; i < ps[a] && i < I3_MAX_SW_STEPS; i++) steps[a][i] = i;
-            if (ps[a] > I3_MAX_SW_STEPS)
-                return i3_fail(ctx, I3RT_ERR_SHAPE, "sliding window: %lld slices (at most %d)", (long long)ps[a],
+            if (s->ps[a] > I3_MAX_SW_STEPS)
+                return i3_fail(ctx, I3RT_ERR_SHAPE, "sliding window: %lld slices (at most %d)", (long long)s->ps[a],
                                I3_MAX_SW_STEPS);
+            s->n_steps[a] = s->ps[a];
+            for (int64_t i = 0; i < s->ps[a]; i++) s->steps[a][i] = i;
         } else {
-            n_steps[a] = i3_sliding_window_steps(ps[a], patch[a], p->step_size, steps[a]);
-            if (n_steps[a] == 0)
+            s->n_steps[a] = i3_sliding_window_steps(s->ps[a], p->patch[a], p->step_size, s->steps[a]);
+            if (s->n_steps[a] == 0)
                 return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT,
                                "sliding window: axis %d of %lld voxels, patch %lld, step size %g gives no valid tiling",
-                               a, (long long)ps[a], (long long)patch[a], p->step_size);
+                               a, (long long)s->ps[a], (long long)p->patch[a], p->step_size);
         }
+        s->n_tiles *= s->n_steps[a];
     }
-    const int64_t *tile = patch; /* (1, h, w) for 2D */
-    const int64_t nps = ps[0] * ps[1] * ps[2], nt = tile[0] * tile[1] * tile[2];
-    const int fp16 = p->accumulate == I3_ACCUMULATE_FP16;
+    s->n_pass = p->n_mirror_axes > 0 ? mirror_passes(p, s->masks) : (s->masks[0] = 0, 1);
+    return I3RT_OK;
+}
 
-    float *padded = NULL, *gauss = i3_malloc(ctx, (size_t)nt * sizeof *gauss, "the Gaussian importance map");
+/* Tile i's offset in the padded volume (o) and in the image (o minus the padding below). */
+static void tile_offsets(const sw_plan *s, int64_t i, int64_t o[3], int64_t in_image[3]) {
+    const int64_t idx[3] = {i / (s->n_steps[1] * s->n_steps[2]), i / s->n_steps[2] % s->n_steps[1], i % s->n_steps[2]};
+    for (int a = 0; a < 3; a++) {
+        o[a] = s->steps[a][idx[a]];
+        in_image[a] = o[a] - s->lo[a];
+    }
+}
+
+static void report_forward(const i3_sliding_window_params *p, int64_t *done) {
+    ++*done;
+    if (p->progress) p->progress(p->progress_user, p->progress_offset + *done, p->progress_total);
+}
+
+/* The loop on the host: each tile (and mirrored tile) goes through i3rt_model_forward, which uploads it
+ * and downloads its logits on a device backend; the sums stay in host memory (either accumulation mode). */
+static i3rt_status host_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
+                                const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
+                                const sw_plan *s, float *logits) {
+    const int64_t *tile = p->patch, *ps = s->ps, *lo = s->lo; /* tile (1, h, w) for 2D */
+    const int64_t nps = ps[0] * ps[1] * ps[2], nt = tile[0] * tile[1] * tile[2], zero[3] = {0, 0, 0};
+    const int fp16 = p->accumulate == I3_ACCUMULATE_FP16;
+    float *gauss = i3_malloc(ctx, (size_t)nt * sizeof *gauss, "the Gaussian importance map");
     float *in = i3_malloc(ctx, (size_t)(channels * nt) * sizeof *in, "a tile");
-    float *in_flip = i3_malloc(ctx, (size_t)(channels * nt) * sizeof *in_flip, "a mirrored tile");
     float *out = i3_malloc(ctx, (size_t)(num_classes * nt) * sizeof *out, "a tile's logits");
     float *out_flip = i3_malloc(ctx, (size_t)(num_classes * nt) * sizeof *out_flip, "a tile's logits");
     float *out_back = i3_malloc(ctx, (size_t)(num_classes * nt) * sizeof *out_back, "a tile's logits");
     float *acc = i3_calloc(ctx, (size_t)(num_classes * nps), sizeof *acc, "the logit sums");
     float *wsum = i3_calloc(ctx, (size_t)nps, sizeof *wsum, "the weight sums");
-    i3rt_status st = gauss && in && in_flip && out && out_flip && out_back && acc && wsum ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
-    const float *src = data;
-    if (st == I3RT_OK && (ps[0] != shape[0] || ps[1] != shape[1] || ps[2] != shape[2])) {
-        padded = i3_calloc(ctx, (size_t)(channels * nps), sizeof *padded, "the padded image");
-        if (!padded) st = I3RT_ERR_OUT_OF_MEMORY;
-        else
-            for (int64_t c = 0; c < channels; c++)
-                for (int64_t z = 0; z < shape[0]; z++)
-                    for (int64_t y = 0; y < shape[1]; y++)
-                        memcpy(padded + ((c * ps[0] + z + lo[0]) * ps[1] + y + lo[1]) * ps[2] + lo[2],
-                               data + ((c * shape[0] + z) * shape[1] + y) * shape[2], (size_t)shape[2] * sizeof *padded);
-        src = padded;
-    }
-    if (st == I3RT_OK) i3_gaussian_importance_map(patch, p->dims, gauss);
+    i3rt_status st = gauss && in && out && out_flip && out_back && acc && wsum ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    if (st == I3RT_OK) i3_gaussian_importance_map(p->patch, p->dims, gauss);
 
-    int masks[8];
-    const int n_pass = p->n_mirror_axes > 0 ? mirror_passes(p, masks) : (masks[0] = 0, 1);
     int64_t done = 0;
-    for (int64_t i0 = 0; i0 < n_steps[0] && st == I3RT_OK; i0++)
-        for (int64_t i1 = 0; i1 < n_steps[1] && st == I3RT_OK; i1++)
-            for (int64_t i2 = 0; i2 < n_steps[2] && st == I3RT_OK; i2++) {
-                const int64_t o[3] = {steps[0][i0], steps[1][i1], steps[2][i2]};
-                for (int64_t c = 0; c < channels; c++) /* the tile */
-                    for (int64_t z = 0; z < tile[0]; z++)
-                        for (int64_t y = 0; y < tile[1]; y++)
-                            memcpy(in + ((c * tile[0] + z) * tile[1] + y) * tile[2],
-                                   src + ((c * ps[0] + o[0] + z) * ps[1] + o[1] + y) * ps[2] + o[2],
-                                   (size_t)tile[2] * sizeof *in);
-                for (int m = 0; m < n_pass && st == I3RT_OK; m++) {
-                    if (masks[m] == 0) {
-                        st = i3rt_model_forward(model, in, tile, out);
-                    } else { /* prediction += flip(net(flip(x))) */
-                        flip(in, channels, tile, masks[m], in_flip);
-                        st = i3rt_model_forward(model, in_flip, tile, out_flip);
-                        if (st == I3RT_OK) {
-                            flip(out_flip, num_classes, tile, masks[m], out_back);
-                            for (int64_t i = 0; i < num_classes * nt; i++) out[i] += out_back[i];
-                        }
-                    }
-                    if (p->progress) p->progress(p->progress_user, p->progress_offset + ++done, p->progress_total);
-                }
-                if (st != I3RT_OK) break;
-                if (n_pass > 1)
-                    for (int64_t i = 0; i < num_classes * nt; i++) out[i] /= (float)n_pass;
-                for (int64_t k = 0; k < num_classes; k++)
-                    for (int64_t z = 0; z < tile[0]; z++)
-                        for (int64_t y = 0; y < tile[1]; y++) {
-                            const int64_t t0 = (z * tile[1] + y) * tile[2];
-                            float *dst = acc + ((k * ps[0] + o[0] + z) * ps[1] + o[1] + y) * ps[2] + o[2];
-                            const float *g = gauss + t0, *pred = out + k * nt + t0;
-                            for (int64_t x = 0; x < tile[2]; x++) {
-                                const float v = pred[x] * g[x];
-                                dst[x] = fp16 ? round_f16(dst[x] + v) : dst[x] + v;
-                            }
-                        }
-                for (int64_t z = 0; z < tile[0]; z++)
-                    for (int64_t y = 0; y < tile[1]; y++) {
-                        float *dst = wsum + ((o[0] + z) * ps[1] + o[1] + y) * ps[2] + o[2];
-                        const float *g = gauss + (z * tile[1] + y) * tile[2];
-                        for (int64_t x = 0; x < tile[2]; x++) dst[x] = fp16 ? round_f16(dst[x] + g[x]) : dst[x] + g[x];
-                    }
+    for (int64_t t = 0; t < s->n_tiles && st == I3RT_OK; t++) {
+        int64_t o[3], in_image[3];
+        tile_offsets(s, t, o, in_image);
+        for (int m = 0; m < s->n_pass && st == I3RT_OK; m++) { /* prediction += flip(net(flip(x))) */
+            i3_sw_tile(data, channels, shape, in_image, tile, s->masks[m], in);
+            st = i3rt_model_forward(model, in, tile, m == 0 ? out : out_flip);
+            if (st == I3RT_OK && m > 0) {
+                i3_sw_tile(out_flip, num_classes, tile, zero, tile, s->masks[m], out_back);
+                for (int64_t i = 0; i < num_classes * nt; i++) out[i] += out_back[i];
             }
+            if (st == I3RT_OK) report_forward(p, &done);
+        }
+        if (st != I3RT_OK) break;
+        if (s->n_pass > 1)
+            for (int64_t i = 0; i < num_classes * nt; i++) out[i] /= (float)s->n_pass;
+        for (int64_t k = 0; k < num_classes; k++)
+            for (int64_t z = 0; z < tile[0]; z++)
+                for (int64_t y = 0; y < tile[1]; y++) {
+                    const int64_t t0 = (z * tile[1] + y) * tile[2];
+                    float *dst = acc + ((k * ps[0] + o[0] + z) * ps[1] + o[1] + y) * ps[2] + o[2];
+                    const float *g = gauss + t0, *pred = out + k * nt + t0;
+                    for (int64_t x = 0; x < tile[2]; x++) {
+                        const float v = pred[x] * g[x];
+                        dst[x] = fp16 ? round_f16(dst[x] + v) : dst[x] + v;
+                    }
+                }
+        for (int64_t z = 0; z < tile[0]; z++)
+            for (int64_t y = 0; y < tile[1]; y++) {
+                float *dst = wsum + ((o[0] + z) * ps[1] + o[1] + y) * ps[2] + o[2];
+                const float *g = gauss + (z * tile[1] + y) * tile[2];
+                for (int64_t x = 0; x < tile[2]; x++) dst[x] = fp16 ? round_f16(dst[x] + g[x]) : dst[x] + g[x];
+            }
+    }
     if (st == I3RT_OK) /* divide, remove the padding */
         for (int64_t k = 0; k < num_classes; k++)
             for (int64_t z = 0; z < shape[0]; z++)
@@ -212,14 +215,95 @@ i3rt_status i3_sliding_window_predict(i3_ctx *ctx, i3rt_model *model, const floa
                     float *dst = logits + ((k * shape[0] + z) * shape[1] + y) * shape[2];
                     for (int64_t x = 0; x < shape[2]; x++) dst[x] = fp16 ? round_f16(a[x] / w[x]) : a[x] / w[x];
                 }
-    free(padded);
     free(gauss);
     free(in);
-    free(in_flip);
     free(out);
     free(out_flip);
     free(out_back);
     free(acc);
     free(wsum);
+    return st;
+}
+
+/* The float32 loop on a device backend (backend.h's i3_backend_sw_i), on buffers of device memory: each
+ * forward's tile is cut (and mirrored) out of the image straight into the graph's input, and the graph's
+ * output is accumulated where it lies (flipped back, divided by the passes, weighted); only the cropped
+ * logits come back. */
+enum { IMAGE, GAUSS, ACC, WSUM, LOGITS, N_DEVICE_BUFFERS };
+
+static i3rt_status device_loop(i3_ctx *ctx, i3rt_model *model, i3_backend *b, float *in, const float *out,
+                               const float *data, int64_t channels, const int64_t shape[3], int64_t num_classes,
+                               const i3_sliding_window_params *p, const sw_plan *s, float *const buf[],
+                               const int64_t floats[], float *logits, int64_t *done) {
+    const i3_backend_sw_i *sw = b->iface->sw;
+    const int64_t *tile = p->patch;
+    float *gauss = i3_malloc(ctx, (size_t)floats[GAUSS] * sizeof *gauss, "the Gaussian importance map");
+    if (!gauss) return I3RT_ERR_OUT_OF_MEMORY;
+    i3_gaussian_importance_map(p->patch, p->dims, gauss);
+    i3rt_status st = b->iface->upload(b, buf[GAUSS], gauss, (size_t)floats[GAUSS] * sizeof *gauss);
+    free(gauss);
+    if (st == I3RT_OK) st = b->iface->upload(b, buf[IMAGE], data, (size_t)floats[IMAGE] * sizeof *data);
+    if (st == I3RT_OK) st = sw->zero(b, buf[ACC], (size_t)floats[ACC] * sizeof(float));
+    if (st == I3RT_OK) st = sw->zero(b, buf[WSUM], (size_t)floats[WSUM] * sizeof(float));
+    for (int64_t t = 0; t < s->n_tiles && st == I3RT_OK; t++) {
+        int64_t o[3], in_image[3];
+        tile_offsets(s, t, o, in_image);
+        for (int m = 0; m < s->n_pass && st == I3RT_OK; m++) {
+            st = sw->tile(b, buf[IMAGE], channels, shape, in_image, tile, s->masks[m], in);
+            if (st == I3RT_OK) st = i3_model_run(model);
+            if (st == I3RT_OK) /* the weights once per tile, not per pass */
+                st = sw->accumulate(b, out, num_classes, tile, s->masks[m], buf[GAUSS], 1.0f / (float)s->n_pass, m == 0,
+                                    buf[ACC], buf[WSUM], s->ps, o);
+            if (st == I3RT_OK) report_forward(p, done);
+        }
+    }
+    if (st == I3RT_OK) st = sw->normalize(b, buf[ACC], buf[WSUM], num_classes, s->ps, s->lo, shape, buf[LOGITS]);
+    if (st == I3RT_OK) st = b->iface->download(b, logits, buf[LOGITS], (size_t)floats[LOGITS] * sizeof *logits);
+    return st;
+}
+
+/* Runs device_loop when the model's backend has one. *on_host is set when it has none, and when device
+ * memory ran out before the first forward ended: the volume buffers (image, Gaussian map, sums, logits)
+ * do not fit next to the graph's (or next to the buffers its first run grows). The out-of-memory error
+ * is then cleared and the caller runs the host loop, which keeps the volume on the host and sends only
+ * tiles: the fallback for volumes too large for the device. */
+static i3rt_status device_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
+                                  const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
+                                  const sw_plan *s, float *logits, bool *on_host) {
+    i3_backend *b;
+    float *in;
+    const float *out;
+    I3_TRY(i3_model_device_io(model, p->patch, &b, &in, &out));
+    *on_host = b->iface->sw == NULL;
+    if (*on_host) return I3RT_OK;
+    const int64_t ns = shape[0] * shape[1] * shape[2], nps = s->ps[0] * s->ps[1] * s->ps[2];
+    const int64_t floats[N_DEVICE_BUFFERS] = {channels * ns, p->patch[0] * p->patch[1] * p->patch[2],
+                                              num_classes * nps, nps, num_classes * ns};
+    float *buf[N_DEVICE_BUFFERS] = {NULL};
+    i3rt_status st = I3RT_OK;
+    for (int i = 0; i < N_DEVICE_BUFFERS && st == I3RT_OK; i++)
+        st = b->iface->alloc(b, (size_t)floats[i] * sizeof(float), (void **)&buf[i]);
+    int64_t done = 0;
+    if (st == I3RT_OK)
+        st = device_loop(ctx, model, b, in, out, data, channels, shape, num_classes, p, s, buf, floats, logits, &done);
+    for (int i = 0; i < N_DEVICE_BUFFERS; i++)
+        if (buf[i]) b->iface->free(b, buf[i]);
+    if (st != I3RT_ERR_OUT_OF_MEMORY || done > 0) return st; /* after a forward the host loop would repeat it */
+    ctx->error[0] = '\0';
+    *on_host = true;
+    return I3RT_OK;
+}
+
+i3rt_status i3_sliding_window_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
+                                      const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
+                                      float *logits) {
+    sw_plan *s = i3_malloc(ctx, sizeof *s, "the sliding window's tiling");
+    if (!s) return I3RT_ERR_OUT_OF_MEMORY;
+    i3rt_status st = plan_tiles(ctx, shape, p, s);
+    bool on_host = true;
+    if (st == I3RT_OK && p->accumulate == I3_ACCUMULATE_FP32) /* the kernels have no fp16 mode */
+        st = device_predict(ctx, model, data, channels, shape, num_classes, p, s, logits, &on_host);
+    if (st == I3RT_OK && on_host) st = host_predict(ctx, model, data, channels, shape, num_classes, p, s, logits);
+    free(s);
     return st;
 }

@@ -11,7 +11,14 @@
  *
  * nnunetv2 keeps both sums (and the division) in fp16 on every device. I3_ACCUMULATE_FP32 keeps them in
  * float32 (more accurate; differs from nnunetv2 by fp16 rounding, ~1e-3 relative of the logits);
- * I3_ACCUMULATE_FP16 reproduces nnunetv2's fp16 rounding step by step. */
+ * I3_ACCUMULATE_FP16 reproduces nnunetv2's fp16 rounding step by step.
+ *
+ * On a device backend (cuda, emulated) the float32 mode runs on the device: the image, the Gaussian map
+ * and both sums stay in device memory, tiles are cut and mirrored there into the network's input and
+ * its output accumulated there (kernels/sliding_window.cu); only the final logits are downloaded. When
+ * those volume buffers do not fit in device memory next to the network's, and in fp16 mode or on the CPU
+ * backend, the host loop runs: the volume stays on the host and each tile is sent through
+ * i3rt_model_forward. */
 #ifndef I3RT_SLIDING_WINDOW_H
 #define I3RT_SLIDING_WINDOW_H
 
@@ -46,6 +53,14 @@ void i3_gaussian_importance_map(const int64_t patch[3], int dims, float *out);
 
 /* Number of network forwards a prediction of `shape` makes (tiles x mirror passes). */
 int64_t i3_sliding_window_forwards(const int64_t shape[3], const i3_sliding_window_params *p);
+
+/* y [channels, tile] = x [channels, shape] read at offset + flip(t) for tile position t, where flip
+ * mirrors t along the axes of flip_mask (bit a = axis a, 0 = d), and 0 where that lies outside x. With
+ * offset = a tile's position minus the padding below the image it is the tile of the zero-padded image
+ * (mirrored for a test-time augmentation pass); with offset 0 and tile = shape it flips a mirrored pass's
+ * logits back. The reference of kernels/sliding_window.cu's sw_tile. */
+void i3_sw_tile(const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3], const int64_t tile[3],
+                int flip_mask, float *y);
 
 /* Predicts logits [num_classes, shape] for data [channels, shape] with the model. In FP16 mode the
  * returned logits are fp16 values (held as float32). */
