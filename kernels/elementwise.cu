@@ -6,8 +6,8 @@
  *   activation v1, add v1: one grid-stride loop, one element per thread per step.
  *   concat v1: one grid-stride loop over the output, each element picks its source.
  *   concat_channels_last v1: a block of 32 x 8 threads per (32 positions, 32 channels, sample) tile,
- *       transposed through shared memory: read along positions, written along channels (both
- *       coalesced), rounded to f16/bf16.
+ *       NCDHW inputs transposed through shared memory: read along positions, written along channels
+ *       (both coalesced), rounded to f16/bf16; inputs already channels-last copied along channels.
  * All are memory bound. */
 #include "device.h"
 #include "launchers.h"
@@ -32,22 +32,27 @@ __global__ void concat_v1(const float *a, int64_t ca, const float *b, int64_t cb
 
 #define CL_TILE 32
 
-/* grid (position tiles, channel tiles, samples), block (32, 8) */
+/* grid (position tiles, channel tiles, samples), block (32, 8); a_cl / b_cl: that input is already
+ * channels-last b16 (copied along channels in the second phase, not through the tile). */
 template <bool BF16>
-__global__ void concat_channels_last_v1(const float *__restrict__ a, int64_t ca, const float *__restrict__ b,
-                                        int64_t cb, int64_t s, uint16_t *__restrict__ y) {
+__global__ void concat_channels_last_v1(const void *__restrict__ a, bool a_cl, int64_t ca, const void *__restrict__ b,
+                                        bool b_cl, int64_t cb, int64_t s, uint16_t *__restrict__ y) {
     __shared__ uint16_t tile[CL_TILE][CL_TILE + 1]; /* [channel][position] */
     const int64_t c = ca + cb, sample = blockIdx.z, p0 = (int64_t)blockIdx.x * CL_TILE, c0 = blockIdx.y * CL_TILE;
     for (int i = threadIdx.y; i < CL_TILE; i += blockDim.y) {
         const int64_t ch = c0 + i, pos = p0 + threadIdx.x;
-        if (ch < c && pos < s)
-            tile[i][threadIdx.x] =
-                to_b16<BF16>(ch < ca ? a[(sample * ca + ch) * s + pos] : b[(sample * cb + ch - ca) * s + pos]);
+        if (ch >= c || pos >= s || (ch < ca ? a_cl : b_cl)) continue;
+        tile[i][threadIdx.x] = to_b16<BF16>(ch < ca ? ((const float *)a)[(sample * ca + ch) * s + pos]
+                                                    : ((const float *)b)[(sample * cb + ch - ca) * s + pos]);
     }
     __syncthreads();
     for (int i = threadIdx.y; i < CL_TILE; i += blockDim.y) {
         const int64_t pos = p0 + i, ch = c0 + threadIdx.x;
-        if (ch < c && pos < s) y[(sample * s + pos) * c + ch] = tile[threadIdx.x][i];
+        if (ch >= c || pos >= s) continue;
+        uint16_t v = tile[threadIdx.x][i];
+        if (ch < ca && a_cl) v = ((const uint16_t *)a)[(sample * s + pos) * ca + ch];
+        if (ch >= ca && b_cl) v = ((const uint16_t *)b)[(sample * s + pos) * cb + ch - ca];
+        y[(sample * s + pos) * c + ch] = v;
     }
 }
 
@@ -73,13 +78,14 @@ extern "C" int I3_DEV(concat)(const float *a, int64_t ca, const float *b, int64_
                           s, y);
 }
 
-extern "C" int I3_DEV(concat_channels_last)(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n,
-                                            int64_t s, int precision, void *y, void *stream) {
+extern "C" int I3_DEV(concat_channels_last)(const void *a, int a_layout, int64_t ca, const void *b, int b_layout,
+                                            int64_t cb, int64_t n, int64_t s, int precision, void *y, void *stream) {
     if (n * (ca + cb) * s == 0) return 0;
     if ((precision != I3_TC_F16 && precision != I3_TC_BF16) || n > 65535 || (ca + cb + CL_TILE - 1) / CL_TILE > 65535)
         return (int)cudaErrorInvalidValue;
     dim3 grid((unsigned)((s + CL_TILE - 1) / CL_TILE), (unsigned)((ca + cb + CL_TILE - 1) / CL_TILE), (unsigned)n);
     decltype(&concat_channels_last_v1<false>) kernel =
         precision == I3_TC_BF16 ? concat_channels_last_v1<true> : concat_channels_last_v1<false>;
-    return (int)I3_LAUNCH(kernel, grid, dim3(CL_TILE, 8), 0, (cudaStream_t)stream, a, ca, b, cb, s, (uint16_t *)y);
+    return (int)I3_LAUNCH(kernel, grid, dim3(CL_TILE, 8), 0, (cudaStream_t)stream, a, a_layout == I3_LAYOUT_NDHWC,
+                          ca, b, b_layout == I3_LAYOUT_NDHWC, cb, s, (uint16_t *)y);
 }

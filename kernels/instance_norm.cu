@@ -13,6 +13,8 @@
  *       beta - mean * gamma / std) per plane;
  *     norm_apply: one grid-stride pass y = act_out(act(x * scale + shift) + skip) (skip optional:
  *       the residual add of ResEnc blocks); the plane's statistics are never re-read from x.
+ *     norm_apply_channels_last: the same without skip, in place on a channels-last f16/bf16 tensor
+ *     (the tensor-core convolution's output, kernels/conv_tensor_core.cu), one element per thread.
  *     The next convolution can instead apply (scale, shift, act) as it loads its input (prologue,
  *     conv.cu), and then neither pass writes the normalized tensor. */
 #include "device.h"
@@ -74,6 +76,16 @@ __global__ void norm_apply(const float *x, int64_t planes, int64_t spatial, cons
     }
 }
 
+/* x [n, spatial, c] in place; plane = sample * c + channel */
+template <bool BF16>
+__global__ void norm_apply_channels_last(uint16_t *x, int64_t c, int64_t spatial, int64_t total,
+                                         const float *__restrict__ scale_shift, i3_act act) {
+    I3_GRID_STRIDE_LOOP(i, total) {
+        const float *ss = scale_shift + 2 * (i / (c * spatial) * c + i % c);
+        x[i] = to_b16<BF16>(act_apply(act, from_b16<BF16>(x[i]) * ss[0] + ss[1]));
+    }
+}
+
 }  // namespace I3_NS
 
 using namespace I3_NS;
@@ -91,6 +103,17 @@ extern "C" int I3_DEV(norm_apply)(const float *x, int64_t planes, int64_t spatia
     if (planes * spatial == 0) return 0;
     return (int)I3_LAUNCH(norm_apply, grid_stride_blocks(planes * spatial, 256), 256, 0, (cudaStream_t)stream, x,
                           planes, spatial, scale_shift, act, skip, act_out, y);
+}
+
+extern "C" int I3_DEV(norm_apply_channels_last)(void *x, int64_t n, int64_t c, int64_t spatial,
+                                                const float *scale_shift, i3_act act, int precision, void *stream) {
+    const int64_t total = n * c * spatial;
+    if (total == 0) return 0;
+    if (precision != I3_TC_F16 && precision != I3_TC_BF16) return (int)cudaErrorInvalidValue;
+    decltype(&norm_apply_channels_last<false>) kernel =
+        precision == I3_TC_BF16 ? norm_apply_channels_last<true> : norm_apply_channels_last<false>;
+    return (int)I3_LAUNCH(kernel, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, (uint16_t *)x, c,
+                          spatial, total, scale_shift, act);
 }
 
 extern "C" int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,

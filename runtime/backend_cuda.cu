@@ -152,32 +152,45 @@ static const i3_node *sole_reader_next(const i3_graph *g, int n, int v) {
     return next->in[0] == v ? next : NULL;
 }
 
-/* Whether node n writes its output channels-last in f16/bf16 for the convolution that reads it
- * (kernels/conv_tensor_core.cu): a conv whose only reader is an instance norm that takes its statistics
- * from this conv's epilogue, runs in place and defers itself to the convolution right after it; or a
- * concat whose only reader is the convolution right after it (the decoder's skip concat). A function of
- * the graph alone, so that writer and reader agree; the channel count must be a multiple of 8. */
-static bool keeps_channels_last(const DeviceState *st, const i3_graph *g, int n) {
-    if (n < 0 || !st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16)) return false;
-    const i3_node *node = &g->nodes[n];
-    const i3_value *y = &g->values[node->out];
-    i3_shape5 ys = i3_value_shape5(y);
-    const i3_node *reader = sole_reader_next(g, n, node->out);
-    if (ys.c % 8 != 0 || !reader) return false;
-    if (node->op == I3_OP_CONCAT) return reader->op == I3_OP_CONV;
-    if (node->op != I3_OP_CONV || reader->op != I3_OP_INSTANCE_NORM || g->values[reader->out].data != y->data ||
-        I3_DEV(conv_tensor_core_stat_chunks)(ys, tensor_core_precision(st)) == 0)
-        return false;
-    const i3_node *conv = sole_reader_next(g, n + 1, reader->out);
-    return conv && conv->op == I3_OP_CONV;
+static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v);
+
+/* Whether every reader of value v takes it channels-last: a convolution reading it as its input (the
+ * tensor-core kernel's cp.async path), or a concat whose output goes channels-last too. */
+static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g, int v) {
+    int readers = 0;
+    for (int n = 0; n < g->n_nodes; n++)
+        for (int i = 0; i < I3_MAX_INPUTS; i++) {
+            if (g->nodes[n].in[i] != v) continue;
+            readers++;
+            const i3_node *node = &g->nodes[n];
+            if (!(node->op == I3_OP_CONV && i == 0) && !(node->op == I3_OP_CONCAT && value_channels_last(st, g, node->out)))
+                return false;
+        }
+    return readers > 0;
 }
 
-/* Whether conv node n reads its input channels-last: the concat right before it, or the conv before
- * the deferred norm right before it, kept it so. */
-static bool reads_channels_last(const DeviceState *st, const i3_graph *g, int n) {
-    if (n < 1 || g->nodes[n - 1].out != g->nodes[n].in[0]) return false;
-    if (g->nodes[n - 1].op == I3_OP_CONCAT) return keeps_channels_last(st, g, n - 1);
-    return g->nodes[n - 1].op == I3_OP_INSTANCE_NORM && keeps_channels_last(st, g, n - 2);
+/* Whether value v is held channels-last in f16/bf16 (docs/cuda.md, "Fusions"): a concat's output whose
+ * readers take it so; a convolution's output, and the in-place instance norm's after it, when that norm
+ * is the conv's only reader, takes its statistics from the conv's epilogue and has readers that take it
+ * so (the norm then defers itself into the next conv, or normalizes the f16/bf16 tensor in place). A
+ * function of the graph alone, so that writers and readers agree; channel counts must be multiples of 8. */
+static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v) {
+    if (!st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16) || v < 0 || v == g->output ||
+        g->values[v].dims[1] % 8 != 0 || g->values[v].producer < 0)
+        return false;
+    const int p = g->values[v].producer;
+    const i3_node *node = &g->nodes[p];
+    if (node->op == I3_OP_CONCAT) return readers_take_channels_last(st, g, v);
+    if (node->op == I3_OP_INSTANCE_NORM) return value_channels_last(st, g, node->in[0]);
+    if (node->op != I3_OP_CONV) return false;
+    const i3_node *norm = sole_reader_next(g, p, v);
+    return norm && norm->op == I3_OP_INSTANCE_NORM && g->values[norm->out].data == g->values[v].data &&
+           I3_DEV(conv_tensor_core_stat_chunks)(i3_value_shape5(&g->values[v]), tensor_core_precision(st)) > 0 &&
+           readers_take_channels_last(st, g, norm->out);
+}
+
+static int layout_of(const DeviceState *st, const i3_graph *g, int v) {
+    return value_channels_last(st, g, v) ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW;
 }
 
 static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n, void *scratch) {
@@ -208,13 +221,11 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     if (!tensor_cores)
         return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
                                   (float *)y->data, ys, partials, st->stream);
-    bool x_cl = reads_channels_last(st, g, n);
-    bool y_cl = keeps_channels_last(st, g, n);
-    st->stats.channels_last_outputs += y_cl;
-    return I3_DEV(conv_tensor_core_fused)(x->data, xs, x_cl ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW, w, bias,
-                                          &node->p.conv, in_scale_shift, act_in, y->data, ys,
-                                          y_cl ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW, partials, precision, scratch,
-                                          st->stream);
+    int y_layout = n >= 0 ? layout_of(st, g, node->out) : I3_LAYOUT_NCDHW;
+    st->stats.channels_last_outputs += y_layout == I3_LAYOUT_NDHWC;
+    return I3_DEV(conv_tensor_core_fused)(x->data, xs, n >= 0 ? layout_of(st, g, node->in[0]) : I3_LAYOUT_NCDHW, w,
+                                          bias, &node->p.conv, in_scale_shift, act_in, y->data, ys, y_layout, partials,
+                                          precision, scratch, st->stream);
 }
 
 /* An instance norm whose statistics the conv before it left in `partials`: (scale, shift) per
@@ -242,6 +253,9 @@ static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *
         st->stats.fused_nodes++;
         return 0;
     }
+    if (value_channels_last(st, g, node->in[0])) /* in place, by construction */
+        return I3_DEV(norm_apply_channels_last)(y->data, xs.n, xs.c, i3_shape5_spatial(xs), st->scale_shift,
+                                                node->p.norm.act, tensor_core_precision(st), st->stream);
     i3_act none = {I3_ACT_NONE, 0.0f};
     return I3_DEV(norm_apply)((const float *)x->data, planes, i3_shape5_spatial(xs), st->scale_shift,
                               node->p.norm.act, NULL, none, (float *)y->data, st->stream);
@@ -360,9 +374,10 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         }
         break;
     case I3_OP_CONCAT:
-        if (keeps_channels_last(st, g, n)) {
+        if (n >= 0 && value_channels_last(st, g, node->out)) {
             st->stats.channels_last_outputs++;
-            e = I3_DEV(concat_channels_last)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n,
+            e = I3_DEV(concat_channels_last)(in0, layout_of(st, g, node->in[0]), xs.c, in1,
+                                             layout_of(st, g, node->in[1]), g->values[node->in[1]].dims[1], xs.n,
                                              i3_shape5_spatial(xs), tensor_core_precision(st), out, s);
         } else {
             e = I3_DEV(concat)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out, s);

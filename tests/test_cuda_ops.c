@@ -36,7 +36,9 @@ typedef int (*conv_tc_fused_launcher)(const void *, i3_shape5, int, const float 
                                       const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
 typedef int (*stat_chunks_launcher)(i3_shape5, int);
 typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, const i3_conv_params *, int);
-typedef int (*concat_cl_launcher)(const float *, int64_t, const float *, int64_t, int64_t, int64_t, int, void *, void *);
+typedef int (*concat_cl_launcher)(const void *, int, int64_t, const void *, int, int64_t, int64_t, int64_t, int, void *,
+                                  void *);
+typedef int (*norm_apply_cl_launcher)(void *, int64_t, int64_t, int64_t, const float *, i3_act, int, void *);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
 
@@ -63,7 +65,8 @@ typedef struct {
     conv_tc_fused_launcher conv_tensor_core_fused; /* its layouts and fusions */
     stat_chunks_launcher conv_tensor_core_stat_chunks;
     tc_scratch_bytes_fn conv_tensor_core_scratch_bytes;
-    concat_cl_launcher concat_channels_last; /* run by the graph's concat before a tensor-core conv */
+    concat_cl_launcher concat_channels_last; /* the graph's concat and norm on channels-last tensors */
+    norm_apply_cl_launcher norm_apply_channels_last;
     slice_sums_launcher slice_sums;       /* not a graph op */
 } device;
 
@@ -587,40 +590,87 @@ static void check_elementwise(device *d) {
     free(a), free(b), free(y), free(ref);
 }
 
-/* The concat written channels-last in f16/bf16: exactly the CPU concat rounded and transposed. */
-static void concat_channels_last_case(device *d, int64_t n, int64_t ca, int64_t cb, int64_t s, int precision,
-                                      uint64_t seed) {
+static uint16_t to_b16_host(float v, int precision) {
+    return precision == I3_TC_BF16 ? i3_f32_to_bf16(v) : i3_f32_to_f16(v);
+}
+static float from_b16_host(uint16_t h, int precision) {
+    return precision == I3_TC_BF16 ? i3_bf16_to_f32(h) : i3_f16_to_f32(h);
+}
+
+/* x [n, c, s] (NCDHW) as channels-last b16 [n, s, c]. */
+static uint16_t *to_channels_last_host(const float *x, int64_t n, int64_t c, int64_t s, int precision) {
+    uint16_t *y = malloc((size_t)(n * c * s + 1) * sizeof *y);
+    for (int64_t sample = 0, i = 0; sample < n; sample++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t pos = 0; pos < s; pos++, i++) y[(sample * s + pos) * c + ch] = to_b16_host(x[i], precision);
+    return y;
+}
+
+/* The concat written channels-last in f16/bf16 from NCDHW f32 or channels-last inputs: exactly the CPU
+ * concat rounded and transposed. */
+static void concat_channels_last_case(device *d, int64_t n, int64_t ca, int64_t cb, int64_t s, int b_cl,
+                                      int precision, uint64_t seed) {
     fx_rng r = fx_rng_seed(seed);
     const int64_t c = ca + cb, total = n * c * s;
     float *a = random_floats(&r, n * ca * s, -3, 3), *b = cb ? random_floats(&r, n * cb * s, -3, 3) : NULL;
     float *cat = malloc((size_t)total * sizeof(float));
     i3_cpu_concat(a, ca, b ? b : a, cb, n, s, cat); /* (memcpy wants a pointer even for 0 bytes) */
-    uint16_t *y = malloc((size_t)(total + 1) * sizeof(uint16_t));
-    dbuf da = dev_upload(d, a, n * ca * s), db = dev_upload(d, b ? b : a, b ? n * cb * s : 1);
+    uint16_t *want = to_channels_last_host(cat, n, c, s, precision), *y = malloc((size_t)(total + 1) * sizeof *y);
+    uint16_t *b16 = b && b_cl ? to_channels_last_host(b, n, cb, s, precision) : NULL;
+    dbuf da = dev_upload(d, a, n * ca * s);
+    dbuf db = b16 ? dev_upload(d, (const float *)b16, (n * cb * s + 1) / 2) : dev_upload(d, b ? b : a, b ? n * cb * s : 1);
     dbuf dy = dev_upload(d, NULL, (total + 1) / 2);
-    cr_assert_eq(d->concat_channels_last(da.data, ca, b ? db.data : NULL, cb, n, s, precision, dy.data, NULL), 0);
+    cr_assert_eq(d->concat_channels_last(da.data, I3_LAYOUT_NCDHW, ca, b ? db.data : NULL,
+                                         b_cl ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW, cb, n, s, precision, dy.data, NULL),
+                 0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
     dev_download_free(d, da, NULL, "concat channels-last a");
     dev_download_free(d, db, NULL, "concat channels-last b");
     dev_download_free(d, dy, y, "concat channels-last y");
     int64_t wrong = 0;
-    for (int64_t sample = 0, i = 0; sample < n; sample++)
-        for (int64_t ch = 0; ch < c; ch++)
-            for (int64_t pos = 0; pos < s; pos++, i++) {
-                const uint16_t want = precision == I3_TC_BF16 ? i3_f32_to_bf16(cat[i]) : i3_f32_to_f16(cat[i]);
-                wrong += y[(sample * s + pos) * c + ch] != want;
-            }
-    printf("%-8s concat channels-last %s n=%lld %lld+%lld channels, %lld positions: %lld values differ\n",
-           d->b->iface->name, PRECISION_NAMES[precision], (long long)n, (long long)ca, (long long)cb, (long long)s,
-           (long long)wrong);
+    for (int64_t i = 0; i < total; i++) wrong += y[i] != want[i];
+    printf("%-8s concat channels-last %s n=%lld %lld+%lld%s channels, %lld positions: %lld values differ\n",
+           d->b->iface->name, PRECISION_NAMES[precision], (long long)n, (long long)ca, (long long)cb,
+           b_cl ? " (channels-last)" : "", (long long)s, (long long)wrong);
     cr_assert_eq(wrong, 0);
-    free(a), free(b), free(cat), free(y);
+    free(a), free(b), free(cat), free(want), free(y), free(b16);
 }
 
-static void check_concat_channels_last(device *d) {
+/* norm_apply in place on a channels-last tensor against the CPU on the same rounded values. */
+static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64_t s, int precision, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    const int64_t total = n * c * s;
+    float *x = random_floats(&r, total, -3, 3), *ss = random_floats(&r, 2 * n * c, -1, 1);
+    uint16_t *x16 = to_channels_last_host(x, n, c, s, precision), *y16 = malloc((size_t)(total + 1) * sizeof *y16);
+    float *got = malloc((size_t)total * sizeof(float)), *want = malloc((size_t)total * sizeof(float));
+    for (int64_t sample = 0, i = 0; sample < n; sample++)
+        for (int64_t pos = 0; pos < s; pos++)
+            for (int64_t ch = 0; ch < c; ch++, i++) {
+                const float *plane = ss + 2 * (sample * c + ch);
+                want[i] = from_b16_host(
+                    to_b16_host(i3_act_apply(LEAKY, from_b16_host(x16[i], precision) * plane[0] + plane[1]), precision),
+                    precision);
+            }
+    dbuf dx = dev_upload(d, (const float *)x16, (total + 1) / 2), dss = dev_upload(d, ss, 2 * n * c);
+    cr_assert_eq(d->norm_apply_channels_last(dx.data, n, c, s, dss.data, LEAKY, precision, NULL), 0);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    dev_download_free(d, dx, y16, "norm_apply channels-last x");
+    dev_download_free(d, dss, NULL, "norm_apply channels-last scale/shift");
+    for (int64_t i = 0; i < total; i++) got[i] = from_b16_host(y16[i], precision);
+    char what[120];
+    snprintf(what, sizeof what, "norm_apply channels-last %s n=%lld c=%lld s=%lld", PRECISION_NAMES[precision],
+             (long long)n, (long long)c, (long long)s);
+    /* the same rounded operands: only an FMA's rounding can differ, one unit of the format at most */
+    check_nmse_tol(d->b->iface->name, what, got, want, total, precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16);
+    free(x), free(ss), free(x16), free(y16), free(got), free(want);
+}
+
+static void check_channels_last_ops(device *d) {
     for (int prec = I3_TC_F16; prec <= I3_TC_BF16; prec++) {
-        concat_channels_last_case(d, 2, 5, 11, 105, prec, 40 + prec); /* partial position and channel tiles */
-        concat_channels_last_case(d, 1, 40, 0, 70, prec, 42 + prec);  /* a plain conversion, two channel tiles */
+        concat_channels_last_case(d, 2, 5, 11, 105, 0, prec, 40 + prec); /* partial position and channel tiles */
+        concat_channels_last_case(d, 2, 8, 16, 70, 1, prec, 42 + prec);  /* the skip already channels-last */
+        concat_channels_last_case(d, 1, 40, 0, 70, 0, prec, 44 + prec);  /* a plain conversion, two channel tiles */
+        norm_apply_channels_last_case(d, 2, 24, 35, prec, 46 + prec);
     }
 }
 
@@ -1574,6 +1624,7 @@ static void open_emulated(device *d) {
     d->conv_tensor_core_stat_chunks = i3emu_conv_tensor_core_stat_chunks;
     d->conv_tensor_core_scratch_bytes = i3emu_conv_tensor_core_scratch_bytes;
     d->concat_channels_last = i3emu_concat_channels_last;
+    d->norm_apply_channels_last = i3emu_norm_apply_channels_last;
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
@@ -1597,6 +1648,7 @@ static int open_gpu(device *d) {
     d->conv_tensor_core_stat_chunks = i3gpu_conv_tensor_core_stat_chunks;
     d->conv_tensor_core_scratch_bytes = i3gpu_conv_tensor_core_scratch_bytes;
     d->concat_channels_last = i3gpu_concat_channels_last;
+    d->norm_apply_channels_last = i3gpu_norm_apply_channels_last;
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
@@ -1646,7 +1698,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, acs_conv) { on_device(open, check_acs_conv); }                                     \
     Test(suite, instance_norm) { on_device(open, check_instance_norm); }                           \
     Test(suite, elementwise) { on_device(open, check_elementwise); }                               \
-    Test(suite, concat_channels_last) { on_device(open, check_concat_channels_last); }             \
+    Test(suite, channels_last_ops) { on_device(open, check_channels_last_ops); }                   \
     Test(suite, resize) { on_device(open, check_resize); }                                         \
     Test(suite, avg_pool) { on_device(open, check_avg_pool); }                                     \
     Test(suite, softmax_uncertainty) { on_device(open, check_softmax); }                           \
@@ -1688,7 +1740,7 @@ Test(emulated, reverse_thread_order) {
     check_acs_conv(&d);
     check_instance_norm(&d);
     check_elementwise(&d);
-    check_concat_channels_last(&d);
+    check_channels_last_ops(&d);
     check_resize(&d);
     check_avg_pool(&d);
     check_softmax(&d);
