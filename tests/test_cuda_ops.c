@@ -1758,28 +1758,21 @@ Test(emulated, reverse_thread_order) {
     i3_backend_destroy(d.b);
 }
 
-/* The graph's convolutions on tensor cores (I3RT_CUDA_CONV): f16 / bf16 operands through a whole
- * ResEnc U-Net (2D: the emulated mma is slow; the 3D kernels are in conv_tensor_core), the tensors
- * between a block's two convolutions channels-last. */
-Test(emulated, unet_resenc_2d_tensor_core_f16) {
-    setenv("I3RT_CUDA_CONV", "f16", 1);
+/* The graph's convolutions on tensor cores (I3RT_CUDA_CONV = conv: f16 / bf16 operands) through a whole
+ * U-Net against PyTorch (2D: the emulated mma is slow; the 3D kernels are in conv_tensor_core), the
+ * tensors between convolutions channels-last (their count asserted). */
+static void check_unet_channels_last(const char *conv, const char *name) {
+    setenv("I3RT_CUDA_CONV", conv, 1);
     device d;
     open_emulated(&d);
-    check_unet(&d, "resenc_2d");
-    /* every conv -> norm -> conv pair of the ResEnc blocks hands its tensor on channels-last */
-    cr_assert_gt(channels_last_outputs(d.b), 0);
+    check_unet(&d, name);
+    cr_assert_gt(channels_last_outputs(d.b), 0, "%s in %s: no tensor went channels-last", name, conv);
     i3_backend_destroy(d.b);
 }
 
-Test(emulated, unet_resenc_2d_tensor_core_bf16) {
-    setenv("I3RT_CUDA_CONV", "bf16", 1);
-    device d;
-    open_emulated(&d);
-    check_unet(&d, "resenc_2d");
-    /* every conv -> norm -> conv pair of the ResEnc blocks hands its tensor on channels-last */
-    cr_assert_gt(channels_last_outputs(d.b), 0);
-    i3_backend_destroy(d.b);
-}
+Test(emulated, unet_resenc_2d_tensor_core_f16) { check_unet_channels_last("f16", "resenc_2d"); }
+Test(emulated, unet_resenc_2d_tensor_core_bf16) { check_unet_channels_last("bf16", "resenc_2d"); }
+Test(emulated, unet_plain_2d_tensor_core_f16) { check_unet_channels_last("f16", "plain_2d"); }
 
 /* The small network's fusions with the tensor-core conv (prologue in the im2col gather, statistics
  * in the mma epilogue), against the CPU backend. */
@@ -1791,17 +1784,6 @@ Test(emulated, network_tensor_core_f16) {
 Test(emulated, network_tensor_core_tf32) {
     setenv("I3RT_CUDA_CONV", "tf32", 1);
     on_device(open_emulated_ok, check_network);
-}
-
-/* The plain U-Net in f16: each stage's first conv and the decoder's skip concats hand their tensor on
- * channels-last. */
-Test(emulated, unet_plain_2d_tensor_core_f16) {
-    setenv("I3RT_CUDA_CONV", "f16", 1);
-    device d;
-    open_emulated(&d);
-    check_unet(&d, "plain_2d");
-    cr_assert_gt(channels_last_outputs(d.b), 0);
-    i3_backend_destroy(d.b);
 }
 
 Test(emulated, unet_plain_2d_tensor_core_tf32) {
