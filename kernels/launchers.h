@@ -48,6 +48,9 @@ int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, co
                                    void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
+/* The same on a channels-last input [n, d, h, w, cin] in the f16/bf16 of `precision`; y NCDHW f32. */
+int I3_DEV(conv_transpose_channels_last)(const void *x, i3_shape5 xs, int precision, const float *w, const float *b,
+                                         const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
                      float *y, i3_shape5 ys, void *stream);
 int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,

@@ -155,7 +155,8 @@ static const i3_node *sole_reader_next(const i3_graph *g, int n, int v) {
 static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v);
 
 /* Whether every reader of value v takes it channels-last: a convolution reading it as its input (the
- * tensor-core kernel's cp.async path), or a concat whose output goes channels-last too. */
+ * tensor-core kernel's cp.async path), a transposed convolution (its input), or a concat whose output
+ * goes channels-last too. */
 static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g, int v) {
     int readers = 0;
     for (int n = 0; n < g->n_nodes; n++)
@@ -163,7 +164,8 @@ static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g,
             if (g->nodes[n].in[i] != v) continue;
             readers++;
             const i3_node *node = &g->nodes[n];
-            if (!(node->op == I3_OP_CONV && i == 0) && !(node->op == I3_OP_CONCAT && value_channels_last(st, g, node->out)))
+            if (!((node->op == I3_OP_CONV || node->op == I3_OP_CONV_TRANSPOSE) && i == 0) &&
+                !(node->op == I3_OP_CONCAT && value_channels_last(st, g, node->out)))
                 return false;
         }
     return readers > 0;
@@ -353,7 +355,11 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
     switch (node->op) {
     case I3_OP_CONV: e = run_conv(b, g, node, n, scratch); break;
     case I3_OP_CONV_TRANSPOSE:
-        e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
+        if (n >= 0 && value_channels_last(st, g, node->in[0]))
+            e = I3_DEV(conv_transpose_channels_last)(in0, xs, tensor_core_precision(st), in1, in2,
+                                                     &node->p.conv_transpose, out, ys, s);
+        else
+            e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
         break;
     case I3_OP_ACS_CONV: e = I3_DEV(acs_conv)(in0, xs, in1, in2, &node->p.acs, out, ys, s); break;
     case I3_OP_INSTANCE_NORM:

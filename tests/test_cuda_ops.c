@@ -39,6 +39,8 @@ typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, const i3_conv_params *, int);
 typedef int (*concat_cl_launcher)(const void *, int, int64_t, const void *, int, int64_t, int64_t, int64_t, int, void *,
                                   void *);
 typedef int (*norm_apply_cl_launcher)(void *, int64_t, int64_t, int64_t, const float *, i3_act, int, void *);
+typedef int (*conv_transpose_cl_launcher)(const void *, i3_shape5, int, const float *, const float *,
+                                          const i3_conv_transpose_params *, float *, i3_shape5, void *);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
 
@@ -67,6 +69,7 @@ typedef struct {
     tc_scratch_bytes_fn conv_tensor_core_scratch_bytes;
     concat_cl_launcher concat_channels_last; /* the graph's concat and norm on channels-last tensors */
     norm_apply_cl_launcher norm_apply_channels_last;
+    conv_transpose_cl_launcher conv_transpose_channels_last;
     slice_sums_launcher slice_sums;       /* not a graph op */
 } device;
 
@@ -665,12 +668,41 @@ static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64
     free(x), free(ss), free(x16), free(y16), free(got), free(want);
 }
 
+/* The transposed conv on a channels-last input against the reference on the rounded input. */
+static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_transpose_params p, int precision,
+                                              uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    const i3_shape5 ys = i3_conv_transpose_out_shape(xs, &p);
+    const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(ys), nw = xs.c * p.cout * p.k[0] * p.k[1] * p.k[2];
+    float *x = random_floats(&r, nx, -2, 2), *w = random_floats(&r, nw, -0.5f, 0.5f), *b = random_floats(&r, p.cout, -1, 1);
+    uint16_t *x16 = to_channels_last_host(x, xs.n, xs.c, i3_shape5_spatial(xs), precision);
+    for (int64_t i = 0; i < nx; i++) x[i] = from_b16_host(to_b16_host(x[i], precision), precision);
+    float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
+    i3_cpu_conv_transpose_ref(x, xs, w, b, &p, ref);
+    dbuf dx = dev_upload(d, (const float *)x16, (nx + 1) / 2), dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout);
+    dbuf dy = dev_upload(d, NULL, ny);
+    cr_assert_eq(d->conv_transpose_channels_last(dx.data, xs, precision, dw.data, db.data, &p, dy.data, ys, NULL), 0);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    dev_download_free(d, dx, NULL, "conv_transpose channels-last x");
+    dev_download_free(d, dw, NULL, "conv_transpose channels-last w");
+    dev_download_free(d, db, NULL, "conv_transpose channels-last b");
+    dev_download_free(d, dy, y, "conv_transpose channels-last y");
+    char what[120];
+    snprintf(what, sizeof what, "conv_transpose channels-last %s x[%lld,%lld,%lld,%lld,%lld] k%d%d%d",
+             PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
+             (long long)xs.w, p.k[0], p.k[1], p.k[2]);
+    check_nmse(d->b->iface->name, what, y, ref, ny);
+    free(x), free(w), free(b), free(x16), free(y), free(ref);
+}
+
 static void check_channels_last_ops(device *d) {
     for (int prec = I3_TC_F16; prec <= I3_TC_BF16; prec++) {
         concat_channels_last_case(d, 2, 5, 11, 105, 0, prec, 40 + prec); /* partial position and channel tiles */
         concat_channels_last_case(d, 2, 8, 16, 70, 1, prec, 42 + prec);  /* the skip already channels-last */
         concat_channels_last_case(d, 1, 40, 0, 70, 0, prec, 44 + prec);  /* a plain conversion, two channel tiles */
         norm_apply_channels_last_case(d, 2, 24, 35, prec, 46 + prec);
+        conv_transpose_channels_last_case(d, (i3_shape5){2, 16, 2, 3, 5},
+                                          (i3_conv_transpose_params){.cout = 5, .k = {1, 2, 2}}, prec, 48 + prec);
     }
 }
 
@@ -1625,6 +1657,7 @@ static void open_emulated(device *d) {
     d->conv_tensor_core_scratch_bytes = i3emu_conv_tensor_core_scratch_bytes;
     d->concat_channels_last = i3emu_concat_channels_last;
     d->norm_apply_channels_last = i3emu_norm_apply_channels_last;
+    d->conv_transpose_channels_last = i3emu_conv_transpose_channels_last;
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
@@ -1649,6 +1682,7 @@ static int open_gpu(device *d) {
     d->conv_tensor_core_scratch_bytes = i3gpu_conv_tensor_core_scratch_bytes;
     d->concat_channels_last = i3gpu_concat_channels_last;
     d->norm_apply_channels_last = i3gpu_norm_apply_channels_last;
+    d->conv_transpose_channels_last = i3gpu_conv_transpose_channels_last;
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
