@@ -20,8 +20,6 @@ struct ConvTransposeGeometry {
     int k[3];
 };
 
-enum { INPUT_F32, INPUT_F16_CL, INPUT_BF16_CL }; /* NCDHW f32, or channels-last f16 / bf16 */
-
 template <int INPUT>
 __global__ void conv_transpose_v1(const void *__restrict__ x, const float *__restrict__ w,
                                   const float *__restrict__ b, ConvTransposeGeometry g, float *__restrict__ y) {
@@ -33,13 +31,8 @@ __global__ void conv_transpose_v1(const void *__restrict__ x, const float *__res
         int64_t in_pos = (oz / g.k[0] * g.h + oy / g.k[1]) * g.w + ox / g.k[2];
         int64_t tap = (oz % g.k[0] * g.k[1] + oy % g.k[1]) * g.k[2] + ox % g.k[2];
         float acc = b ? b[o] : 0.0f;
-        for (int64_t c = 0; c < g.cin; c++) {
-            const float v = INPUT == INPUT_F32
-                                ? ((const float *)x)[(sample * g.cin + c) * in_spatial + in_pos]
-                                : from_b16<INPUT == INPUT_BF16_CL>(
-                                      ((const uint16_t *)x)[(sample * in_spatial + in_pos) * g.cin + c]);
-            acc += v * __ldg(&w[(c * g.cout + o) * taps + tap]);
-        }
+        for (int64_t c = 0; c < g.cin; c++)
+            acc += input_at<INPUT>(x, sample, c, g.cin, in_pos, in_spatial) * __ldg(&w[(c * g.cout + o) * taps + tap]);
         y[i] = acc;
     }
 }

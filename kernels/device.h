@@ -89,6 +89,18 @@ __device__ __forceinline__ float from_b16(uint16_t h) {
     return BF16 ? __bfloat162float(__ushort_as_bfloat16(h)) : __half2float(__ushort_as_half(h));
 }
 
+/* The activation formats a kernel may read: NCDHW f32, or channels-last [n, d, h, w, c] f16 / bf16 (the
+ * tensor-core convolution's, kernels/conv_tensor_core.cu). */
+enum { INPUT_F32, INPUT_F16_CL, INPUT_BF16_CL };
+
+/* Element (sample, channel c, position pos) of x [n, channels, spatial] in format INPUT, as a float. */
+template <int INPUT>
+__device__ __forceinline__ float input_at(const void *x, int64_t sample, int64_t c, int64_t channels, int64_t pos,
+                                          int64_t spatial) {
+    if (INPUT == INPUT_F32) return ((const float *)x)[(sample * channels + c) * spatial + pos];
+    return from_b16<INPUT == INPUT_BF16_CL>(((const uint16_t *)x)[(sample * spatial + pos) * channels + c]);
+}
+
 /* Packs two 16-bit values into one fragment register, the first in the low half. */
 __device__ __forceinline__ uint32_t pack_b16(uint16_t lo, uint16_t hi) { return (uint32_t)lo | (uint32_t)hi << 16; }
 

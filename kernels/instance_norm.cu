@@ -13,8 +13,9 @@
  *       beta - mean * gamma / std) per plane;
  *     norm_apply: one grid-stride pass y = act_out(act(x * scale + shift) + skip) (skip optional:
  *       the residual add of ResEnc blocks); the plane's statistics are never re-read from x.
- *     norm_apply_channels_last: the same without skip, in place on a channels-last f16/bf16 tensor
- *     (the tensor-core convolution's output, kernels/conv_tensor_core.cu), one element per thread.
+ *     norm_apply_channels_last: the same on a channels-last f16/bf16 tensor (the tensor-core
+ *     convolution's output, kernels/conv_tensor_core.cu), the skip channels-last or NCDHW f32, one
+ *     element per thread.
  *     The next convolution can instead apply (scale, shift, act) as it loads its input (prologue,
  *     conv.cu), and then neither pass writes the normalized tensor. */
 #include "device.h"
@@ -76,13 +77,19 @@ __global__ void norm_apply(const float *x, int64_t planes, int64_t spatial, cons
     }
 }
 
-/* x [n, spatial, c] in place; plane = sample * c + channel */
+/* x, y [n, spatial, c] channels-last b16 (y may be x); skip (optional) channels-last b16 or NCDHW f32 */
 template <bool BF16>
-__global__ void norm_apply_channels_last(uint16_t *x, int64_t c, int64_t spatial, int64_t total,
-                                         const float *__restrict__ scale_shift, i3_act act) {
+__global__ void norm_apply_channels_last(const uint16_t *x, int64_t c, int64_t spatial, int64_t total,
+                                         const float *__restrict__ scale_shift, i3_act act, const void *skip,
+                                         bool skip_cl, i3_act act_out, uint16_t *y) {
     I3_GRID_STRIDE_LOOP(i, total) {
-        const float *ss = scale_shift + 2 * (i / (c * spatial) * c + i % c);
-        x[i] = to_b16<BF16>(act_apply(act, from_b16<BF16>(x[i]) * ss[0] + ss[1]));
+        const int64_t sample = i / (c * spatial), ch = i % c;
+        const float *ss = scale_shift + 2 * (sample * c + ch);
+        float v = act_apply(act, from_b16<BF16>(x[i]) * ss[0] + ss[1]);
+        if (skip)
+            v = act_apply(act_out, v + (skip_cl ? from_b16<BF16>(((const uint16_t *)skip)[i])
+                                                : ((const float *)skip)[(sample * c + ch) * spatial + i / c % spatial]));
+        y[i] = to_b16<BF16>(v);
     }
 }
 
@@ -105,15 +112,17 @@ extern "C" int I3_DEV(norm_apply)(const float *x, int64_t planes, int64_t spatia
                           planes, spatial, scale_shift, act, skip, act_out, y);
 }
 
-extern "C" int I3_DEV(norm_apply_channels_last)(void *x, int64_t n, int64_t c, int64_t spatial,
-                                                const float *scale_shift, i3_act act, int precision, void *stream) {
+extern "C" int I3_DEV(norm_apply_channels_last)(const void *x, int64_t n, int64_t c, int64_t spatial,
+                                                const float *scale_shift, i3_act act, const void *skip,
+                                                int skip_layout, i3_act act_out, void *y, int precision, void *stream) {
     const int64_t total = n * c * spatial;
     if (total == 0) return 0;
     if (precision != I3_TC_F16 && precision != I3_TC_BF16) return (int)cudaErrorInvalidValue;
     decltype(&norm_apply_channels_last<false>) kernel =
         precision == I3_TC_BF16 ? norm_apply_channels_last<true> : norm_apply_channels_last<false>;
-    return (int)I3_LAUNCH(kernel, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, (uint16_t *)x, c,
-                          spatial, total, scale_shift, act);
+    return (int)I3_LAUNCH(kernel, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, (const uint16_t *)x,
+                          c, spatial, total, scale_shift, act, skip, skip_layout == I3_LAYOUT_NDHWC, act_out,
+                          (uint16_t *)y);
 }
 
 extern "C" int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,

@@ -63,9 +63,11 @@ int I3_DEV(norm_finalize)(const float *partials, int64_t planes, int chunks, int
                           const float *beta, float eps, float *scale_shift, void *stream);
 int I3_DEV(norm_apply)(const float *x, int64_t planes, int64_t spatial, const float *scale_shift, i3_act act,
                        const float *skip, i3_act act_out, float *y, void *stream);
-/* norm_apply without skip, in place on x [n, spatial, c] channels-last in the f16/bf16 of `precision`. */
-int I3_DEV(norm_apply_channels_last)(void *x, int64_t n, int64_t c, int64_t spatial, const float *scale_shift,
-                                     i3_act act, int precision, void *stream);
+/* norm_apply on x, y [n, spatial, c] channels-last in the f16/bf16 of `precision` (y may be x); skip
+ * (NULL: none) channels-last in that format or NCDHW f32 as skip_layout (I3_LAYOUT_*) says. */
+int I3_DEV(norm_apply_channels_last)(const void *x, int64_t n, int64_t c, int64_t spatial, const float *scale_shift,
+                                     i3_act act, const void *skip, int skip_layout, i3_act act_out, void *y,
+                                     int precision, void *stream);
 int I3_DEV(activation)(const float *x, int64_t n, i3_act act, float *y, void *stream);
 int I3_DEV(add)(const float *a, const float *b, int64_t n, i3_act act, float *y, void *stream);
 int I3_DEV(concat)(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y,
@@ -77,6 +79,9 @@ int I3_DEV(concat_channels_last)(const void *a, int a_layout, int64_t ca, const 
                                  int64_t n, int64_t s, int precision, void *y, void *stream);
 int I3_DEV(resize)(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, void *stream);
 int I3_DEV(avg_pool)(const float *x, i3_shape5 xs, const i3_avg_pool_params *p, float *y, void *stream);
+/* The same on a channels-last input in the f16/bf16 of `precision`; y NCDHW f32. */
+int I3_DEV(avg_pool_channels_last)(const void *x, i3_shape5 xs, int precision, const i3_avg_pool_params *p, float *y,
+                                   void *stream);
 int I3_DEV(softmax_uncertainty)(const float *logits, int64_t n, int64_t c, int64_t s, float *probs, float *entropy,
                                 float *msp, int32_t *argmax, void *stream);
 /* softmax_uncertainty of one volume logits [c, d, h, w] plus the per-slice sums of its maps in the

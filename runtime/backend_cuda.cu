@@ -155,8 +155,8 @@ static const i3_node *sole_reader_next(const i3_graph *g, int n, int v) {
 static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v);
 
 /* Whether every reader of value v takes it channels-last: a convolution reading it as its input (the
- * tensor-core kernel's cp.async path), a transposed convolution (its input), or a concat whose output
- * goes channels-last too. */
+ * tensor-core kernel's cp.async path), a transposed convolution or an average pooling (their input), or
+ * a concat or residual add whose output goes channels-last too. */
 static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g, int v) {
     int readers = 0;
     for (int n = 0; n < g->n_nodes; n++)
@@ -164,31 +164,46 @@ static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g,
             if (g->nodes[n].in[i] != v) continue;
             readers++;
             const i3_node *node = &g->nodes[n];
-            if (!((node->op == I3_OP_CONV || node->op == I3_OP_CONV_TRANSPOSE) && i == 0) &&
-                !(node->op == I3_OP_CONCAT && value_channels_last(st, g, node->out)))
+            if (!((node->op == I3_OP_CONV || node->op == I3_OP_CONV_TRANSPOSE || node->op == I3_OP_AVG_POOL) && i == 0) &&
+                !((node->op == I3_OP_CONCAT || node->op == I3_OP_ADD) && value_channels_last(st, g, node->out)))
                 return false;
         }
     return readers > 0;
 }
 
-/* Whether value v is held channels-last in f16/bf16 (docs/cuda.md, "Fusions"): a concat's output whose
- * readers take it so; a convolution's output, and the in-place instance norm's after it, when that norm
- * is the conv's only reader, takes its statistics from the conv's epilogue and has readers that take it
- * so (the norm then defers itself into the next conv, or normalizes the f16/bf16 tensor in place). A
- * function of the graph alone, so that writers and readers agree; channel counts must be multiples of 8. */
+/* Whether the conv at node n hands its output to an instance norm right after it that takes the conv's
+ * statistics and runs in place (the norm then defers itself or normalizes the tensor in place). */
+static bool conv_then_norm(const DeviceState *st, const i3_graph *g, int n) {
+    if (n < 0 || g->nodes[n].op != I3_OP_CONV) return false;
+    const int v = g->nodes[n].out;
+    const i3_node *norm = sole_reader_next(g, n, v);
+    return norm && norm->op == I3_OP_INSTANCE_NORM && g->values[norm->out].data == g->values[v].data &&
+           I3_DEV(conv_tensor_core_stat_chunks)(i3_value_shape5(&g->values[v]), tensor_core_precision(st)) > 0;
+}
+
+/* Whether value v is held channels-last in f16/bf16 (docs/cuda.md, "Fusions"), decided from the graph
+ * alone so that writers and readers agree, for channel counts that are multiples of 8:
+ * - a conv's output, and its in-place norm's (conv_then_norm), when the norm's readers take it so;
+ * - a concat's output when its readers take it so (its inputs are read in either layout);
+ * - a residual add's output when its readers take it so and its first operand is a conv_then_norm's
+ *   norm deferred into the add (normalize + add + act in one pass; the skip in either layout).
+ * Only forward queries (readers), so the recursion ends. */
 static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v) {
     if (!st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16) || v < 0 || v == g->output ||
         g->values[v].dims[1] % 8 != 0 || g->values[v].producer < 0)
         return false;
     const int p = g->values[v].producer;
     const i3_node *node = &g->nodes[p];
-    if (node->op == I3_OP_CONCAT) return readers_take_channels_last(st, g, v);
-    if (node->op == I3_OP_INSTANCE_NORM) return value_channels_last(st, g, node->in[0]);
-    if (node->op != I3_OP_CONV) return false;
-    const i3_node *norm = sole_reader_next(g, p, v);
-    return norm && norm->op == I3_OP_INSTANCE_NORM && g->values[norm->out].data == g->values[v].data &&
-           I3_DEV(conv_tensor_core_stat_chunks)(i3_value_shape5(&g->values[v]), tensor_core_precision(st)) > 0 &&
-           readers_take_channels_last(st, g, norm->out);
+    switch (node->op) {
+    case I3_OP_CONCAT: return readers_take_channels_last(st, g, v);
+    case I3_OP_INSTANCE_NORM: return value_channels_last(st, g, node->in[0]);
+    case I3_OP_CONV: return conv_then_norm(st, g, p) && readers_take_channels_last(st, g, g->nodes[p + 1].out);
+    case I3_OP_ADD: /* the norm at p - 1 is deferred into this add (run_norm_from_stats) */
+        return conv_then_norm(st, g, p - 2) && g->nodes[p - 1].out == node->in[0] &&
+               sole_reader_next(g, p - 1, node->in[0]) == node && node->in[1] != node->in[0] &&
+               readers_take_channels_last(st, g, v);
+    default: return false;
+    }
 }
 
 static int layout_of(const DeviceState *st, const i3_graph *g, int v) {
@@ -255,10 +270,11 @@ static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *
         st->stats.fused_nodes++;
         return 0;
     }
-    if (value_channels_last(st, g, node->in[0])) /* in place, by construction */
-        return I3_DEV(norm_apply_channels_last)(y->data, xs.n, xs.c, i3_shape5_spatial(xs), st->scale_shift,
-                                                node->p.norm.act, tensor_core_precision(st), st->stream);
     i3_act none = {I3_ACT_NONE, 0.0f};
+    if (value_channels_last(st, g, node->in[0])) /* in place, by construction */
+        return I3_DEV(norm_apply_channels_last)(x->data, xs.n, xs.c, i3_shape5_spatial(xs), st->scale_shift,
+                                                node->p.norm.act, NULL, I3_LAYOUT_NCDHW, none, y->data,
+                                                tensor_core_precision(st), st->stream);
     return I3_DEV(norm_apply)((const float *)x->data, planes, i3_shape5_spatial(xs), st->scale_shift,
                               node->p.norm.act, NULL, none, (float *)y->data, st->stream);
 }
@@ -371,7 +387,13 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         break;
     case I3_OP_ACTIVATION: e = I3_DEV(activation)(in0, i3_shape5_numel(xs), node->p.act, out, s); break;
     case I3_OP_ADD:
-        if (fused_here && f->deferred_for == n) {
+        if (fused_here && f->deferred_for == n && value_channels_last(st, g, node->out)) {
+            f->deferred_for = -1;
+            st->stats.channels_last_outputs++;
+            e = I3_DEV(norm_apply_channels_last)(in0, xs.n, xs.c, i3_shape5_spatial(xs), st->scale_shift,
+                                                 f->deferred_act, in1, layout_of(st, g, node->in[1]), node->p.act,
+                                                 out, tensor_core_precision(st), s);
+        } else if (fused_here && f->deferred_for == n) {
             f->deferred_for = -1;
             e = I3_DEV(norm_apply)(in0, xs.n * xs.c, i3_shape5_spatial(xs), st->scale_shift, f->deferred_act, in1,
                                    node->p.act, out, s);
@@ -393,7 +415,12 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
     case I3_OP_SOFTMAX:
         e = I3_DEV(softmax_uncertainty)(in0, xs.n, xs.c, i3_shape5_spatial(xs), out, NULL, NULL, NULL, s);
         break;
-    case I3_OP_AVG_POOL: e = I3_DEV(avg_pool)(in0, xs, &node->p.avg_pool, out, s); break;
+    case I3_OP_AVG_POOL:
+        if (n >= 0 && value_channels_last(st, g, node->in[0]))
+            e = I3_DEV(avg_pool_channels_last)(in0, xs, tensor_core_precision(st), &node->p.avg_pool, out, s);
+        else
+            e = I3_DEV(avg_pool)(in0, xs, &node->p.avg_pool, out, s);
+        break;
     case I3_OP_SLICE_CHANNELS: e = I3_DEV(slice_channels)(in0, xs, &node->p.slice, out, s); break;
     case I3_OP_SPATIAL_GATHER:
         e = I3_DEV(spatial_gather)(in0, in1, xs.n, xs.c, g->values[node->in[1]].dims[1], i3_shape5_spatial(xs), out, s);

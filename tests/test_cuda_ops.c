@@ -38,7 +38,9 @@ typedef int (*stat_chunks_launcher)(i3_shape5, int);
 typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, const i3_conv_params *, int);
 typedef int (*concat_cl_launcher)(const void *, int, int64_t, const void *, int, int64_t, int64_t, int64_t, int, void *,
                                   void *);
-typedef int (*norm_apply_cl_launcher)(void *, int64_t, int64_t, int64_t, const float *, i3_act, int, void *);
+typedef int (*norm_apply_cl_launcher)(const void *, int64_t, int64_t, int64_t, const float *, i3_act, const void *, int,
+                                      i3_act, void *, int, void *);
+typedef int (*avg_pool_cl_launcher)(const void *, i3_shape5, int, const i3_avg_pool_params *, float *, void *);
 typedef int (*conv_transpose_cl_launcher)(const void *, i3_shape5, int, const float *, const float *,
                                           const i3_conv_transpose_params *, float *, i3_shape5, void *);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
@@ -70,6 +72,7 @@ typedef struct {
     concat_cl_launcher concat_channels_last; /* the graph's concat and norm on channels-last tensors */
     norm_apply_cl_launcher norm_apply_channels_last;
     conv_transpose_cl_launcher conv_transpose_channels_last;
+    avg_pool_cl_launcher avg_pool_channels_last;
     slice_sums_launcher slice_sums;       /* not a graph op */
 } device;
 
@@ -639,33 +642,49 @@ static void concat_channels_last_case(device *d, int64_t n, int64_t ca, int64_t 
     free(a), free(b), free(cat), free(want), free(y), free(b16);
 }
 
-/* norm_apply in place on a channels-last tensor against the CPU on the same rounded values. */
-static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64_t s, int precision, uint64_t seed) {
+/* norm_apply on a channels-last tensor (skip: none, channels-last or NCDHW f32; in place without skip)
+ * against the CPU on the same rounded values. */
+static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64_t s, int skip_layout, int precision,
+                                          uint64_t seed) {
     fx_rng r = fx_rng_seed(seed);
     const int64_t total = n * c * s;
     float *x = random_floats(&r, total, -3, 3), *ss = random_floats(&r, 2 * n * c, -1, 1);
+    float *skip = skip_layout >= 0 ? random_floats(&r, total, -2, 2) : NULL;
     uint16_t *x16 = to_channels_last_host(x, n, c, s, precision), *y16 = malloc((size_t)(total + 1) * sizeof *y16);
+    uint16_t *skip16 = skip ? to_channels_last_host(skip, n, c, s, precision) : NULL;
     float *got = malloc((size_t)total * sizeof(float)), *want = malloc((size_t)total * sizeof(float));
+    const i3_act relu = {I3_ACT_RELU, 0.0f};
     for (int64_t sample = 0, i = 0; sample < n; sample++)
         for (int64_t pos = 0; pos < s; pos++)
             for (int64_t ch = 0; ch < c; ch++, i++) {
                 const float *plane = ss + 2 * (sample * c + ch);
-                want[i] = from_b16_host(
-                    to_b16_host(i3_act_apply(LEAKY, from_b16_host(x16[i], precision) * plane[0] + plane[1]), precision),
-                    precision);
+                float v = i3_act_apply(LEAKY, from_b16_host(x16[i], precision) * plane[0] + plane[1]);
+                if (skip)
+                    v = i3_act_apply(relu, v + (skip_layout == I3_LAYOUT_NDHWC
+                                                    ? from_b16_host(skip16[i], precision)
+                                                    : skip[(sample * c + ch) * s + pos]));
+                want[i] = from_b16_host(to_b16_host(v, precision), precision);
             }
     dbuf dx = dev_upload(d, (const float *)x16, (total + 1) / 2), dss = dev_upload(d, ss, 2 * n * c);
-    cr_assert_eq(d->norm_apply_channels_last(dx.data, n, c, s, dss.data, LEAKY, precision, NULL), 0);
+    dbuf dskip = skip_layout == I3_LAYOUT_NDHWC ? dev_upload(d, (const float *)skip16, (total + 1) / 2)
+                                                : dev_upload(d, skip ? skip : ss, skip ? total : 1);
+    dbuf dy = skip ? dev_upload(d, NULL, (total + 1) / 2) : dx;
+    cr_assert_eq(d->norm_apply_channels_last(dx.data, n, c, s, dss.data, LEAKY, skip ? dskip.data : NULL,
+                                             skip_layout, relu, dy.data, precision, NULL),
+                 0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
-    dev_download_free(d, dx, y16, "norm_apply channels-last x");
+    if (skip) dev_download_free(d, dx, NULL, "norm_apply channels-last x");
+    dev_download_free(d, dy, y16, "norm_apply channels-last y");
     dev_download_free(d, dss, NULL, "norm_apply channels-last scale/shift");
+    dev_download_free(d, dskip, NULL, "norm_apply channels-last skip");
     for (int64_t i = 0; i < total; i++) got[i] = from_b16_host(y16[i], precision);
     char what[120];
-    snprintf(what, sizeof what, "norm_apply channels-last %s n=%lld c=%lld s=%lld", PRECISION_NAMES[precision],
-             (long long)n, (long long)c, (long long)s);
+    snprintf(what, sizeof what, "norm_apply channels-last %s n=%lld c=%lld s=%lld skip %s", PRECISION_NAMES[precision],
+             (long long)n, (long long)c, (long long)s,
+             !skip ? "none (in place)" : skip_layout == I3_LAYOUT_NDHWC ? "channels-last" : "NCDHW f32");
     /* the same rounded operands: only an FMA's rounding can differ, one unit of the format at most */
     check_nmse_tol(d->b->iface->name, what, got, want, total, precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16);
-    free(x), free(ss), free(x16), free(y16), free(got), free(want);
+    free(x), free(ss), free(skip), free(x16), free(y16), free(skip16), free(got), free(want);
 }
 
 /* The transposed conv on a channels-last input against the reference on the rounded input. */
@@ -695,12 +714,36 @@ static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_t
     free(x), free(w), free(b), free(x16), free(y), free(ref);
 }
 
+/* The average pooling on a channels-last input against the reference on the rounded input. */
+static void avg_pool_channels_last_case(device *d, i3_shape5 xs, i3_avg_pool_params p, int precision, uint64_t seed) {
+    fx_rng r = fx_rng_seed(seed);
+    const i3_shape5 ys = {xs.n, xs.c, xs.d / p.k[0], xs.h / p.k[1], xs.w / p.k[2]};
+    const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(ys);
+    float *x = random_floats(&r, nx, -2, 2);
+    uint16_t *x16 = to_channels_last_host(x, xs.n, xs.c, i3_shape5_spatial(xs), precision);
+    for (int64_t i = 0; i < nx; i++) x[i] = from_b16_host(to_b16_host(x[i], precision), precision);
+    float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
+    i3_cpu_avg_pool_ref(x, xs, &p, ref);
+    dbuf dx = dev_upload(d, (const float *)x16, (nx + 1) / 2), dy = dev_upload(d, NULL, ny);
+    cr_assert_eq(d->avg_pool_channels_last(dx.data, xs, precision, &p, dy.data, NULL), 0);
+    cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    dev_download_free(d, dx, NULL, "avg_pool channels-last x");
+    dev_download_free(d, dy, y, "avg_pool channels-last y");
+    char what[120];
+    snprintf(what, sizeof what, "avg_pool channels-last %s x[%lld,%lld,%lld,%lld,%lld] k%d%d%d",
+             PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
+             (long long)xs.w, p.k[0], p.k[1], p.k[2]);
+    check_nmse(d->b->iface->name, what, y, ref, ny);
+    free(x), free(x16), free(y), free(ref);
+}
+
 static void check_channels_last_ops(device *d) {
     for (int prec = I3_TC_F16; prec <= I3_TC_BF16; prec++) {
         concat_channels_last_case(d, 2, 5, 11, 105, 0, prec, 40 + prec); /* partial position and channel tiles */
         concat_channels_last_case(d, 2, 8, 16, 70, 1, prec, 42 + prec);  /* the skip already channels-last */
         concat_channels_last_case(d, 1, 40, 0, 70, 0, prec, 44 + prec);  /* a plain conversion, two channel tiles */
-        norm_apply_channels_last_case(d, 2, 24, 35, prec, 46 + prec);
+        for (int skip = -1; skip <= I3_LAYOUT_NDHWC; skip++) norm_apply_channels_last_case(d, 2, 24, 35, skip, prec, 46);
+        avg_pool_channels_last_case(d, (i3_shape5){2, 8, 3, 5, 7}, (i3_avg_pool_params){.k = {1, 2, 2}}, prec, 50);
         conv_transpose_channels_last_case(d, (i3_shape5){2, 16, 2, 3, 5},
                                           (i3_conv_transpose_params){.cout = 5, .k = {1, 2, 2}}, prec, 48 + prec);
     }
@@ -1658,6 +1701,7 @@ static void open_emulated(device *d) {
     d->concat_channels_last = i3emu_concat_channels_last;
     d->norm_apply_channels_last = i3emu_norm_apply_channels_last;
     d->conv_transpose_channels_last = i3emu_conv_transpose_channels_last;
+    d->avg_pool_channels_last = i3emu_avg_pool_channels_last;
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3emu_softmax_slices_scratch_bytes;
@@ -1683,6 +1727,7 @@ static int open_gpu(device *d) {
     d->concat_channels_last = i3gpu_concat_channels_last;
     d->norm_apply_channels_last = i3gpu_norm_apply_channels_last;
     d->conv_transpose_channels_last = i3gpu_conv_transpose_channels_last;
+    d->avg_pool_channels_last = i3gpu_avg_pool_channels_last;
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
     d->softmax_slices_scratch_bytes = i3gpu_softmax_slices_scratch_bytes;
