@@ -73,17 +73,41 @@ __device__ __forceinline__ float gather_ncdhw(const float *__restrict__ x, const
     return v;
 }
 
-/* The 8 channels at k = tap * cin + channel (k a multiple of 8) of row r in channels-last input, or
- * NULL outside it; *channel receives the first channel. */
+/* Where a thread's 8-channel chunk of a channels-last A tile lies, k = tap * cin + channel, with the tap's
+ * offsets (a, b, e) along (d, h, w): followed from one k step to the next by additions, so that the
+ * pipeline's loop has no division. */
+struct TapCursor {
+    int tap, a, b, e;
+    int64_t channel;
+};
+
+__device__ __forceinline__ TapCursor tap_cursor(const ConvGeometry &g, int64_t k) {
+    TapCursor c;
+    c.tap = (int)(k / g.cin);
+    c.channel = k % g.cin;
+    c.a = c.tap / (g.k[1] * g.k[2]);
+    c.b = c.tap / g.k[2] % g.k[1];
+    c.e = c.tap % g.k[2];
+    return c;
+}
+
+__device__ __forceinline__ void tap_cursor_advance(TapCursor &c, const ConvGeometry &g, int by) {
+    for (c.channel += by; c.channel >= g.cin; c.channel -= g.cin) {
+        c.tap++;
+        if (++c.e == g.k[2]) {
+            c.e = 0;
+            if (++c.b == g.k[1]) c.b = 0, c.a++;
+        }
+    }
+}
+
+/* The 8 channels at the cursor of row r in channels-last input, or NULL outside it (or beyond k). */
 __device__ __forceinline__ const uint16_t *chunk_ndhwc(const uint16_t *__restrict__ x, const ConvGeometry &g,
-                                                       const RowOrigin &r, int64_t k, int64_t *channel) {
-    const int taps = g.k[0] * g.k[1] * g.k[2];
-    if (!r.valid || k >= g.cin * taps) return NULL;
-    const int tap = (int)(k / g.cin);
-    *channel = k % g.cin;
-    const int64_t z = r.z + tap / (g.k[1] * g.k[2]), y = r.y + tap / g.k[2] % g.k[1], xx = r.x + tap % g.k[2];
+                                                       const RowOrigin &r, const TapCursor &c) {
+    if (!r.valid || c.tap >= g.k[0] * g.k[1] * g.k[2]) return NULL;
+    const int64_t z = r.z + c.a, y = r.y + c.b, xx = r.x + c.e;
     if (z < 0 || z >= g.d || y < 0 || y >= g.h || xx < 0 || xx >= g.w) return NULL;
-    return x + (((r.sample * g.d + z) * g.h + y) * g.w + xx) * g.cin + *channel;
+    return x + (((r.sample * g.d + z) * g.h + y) * g.w + xx) * g.cin + c.channel;
 }
 
 /* The weight of output channel o at k in the k order of the input's layout (zero outside). */
@@ -227,15 +251,17 @@ __global__ void __launch_bounds__(V3_THREADS)
     } else {
         origin[0] = row_origin(g, m0 + tid % 128);
     }
+    /* channels-last: the k of this thread's chunk for the next load_stage and the next normalize_chunks
+     * (each is called for kt = 0, 1, 2, ... in order) */
+    TapCursor load_at = tap_cursor(g, 8 * (tid % 4)), norm_at = load_at;
     auto load_stage = [&](int slot, int kt) {
         Rows tile_a = (Rows)(smem + slot * V3_STAGE), tile_b = tile_a + V3_BM;
         const int64_t k0 = (int64_t)kt * V3_BK;
         if (x_cl) {
             I3_UNROLL
             for (int i = 0; i < 2; i++) {
-                int64_t channel;
                 uint16_t *dst = &tile_a[tid / 4 + 64 * i][8 * (tid % 4)];
-                const uint16_t *src = chunk_ndhwc(xh, g, origin[i], k0 + 8 * (tid % 4), &channel);
+                const uint16_t *src = chunk_ndhwc(xh, g, origin[i], load_at);
                 if (src) {
                     cp_async_16(dst, src);
                 } else {
@@ -243,6 +269,7 @@ __global__ void __launch_bounds__(V3_THREADS)
                     zero[0] = zero[1] = zero[2] = zero[3] = 0;
                 }
             }
+            tap_cursor_advance(load_at, g, V3_BK);
         } else {
             for (int i = 0; i < V3_BK / 2; i++) {
                 const int kk = tid / 128 + 2 * i;
@@ -254,17 +281,17 @@ __global__ void __launch_bounds__(V3_THREADS)
         cp_async_16(&tile_b[tid / 4][8 * (tid % 4)], packed + (int64_t)(n0 + tid / 4) * k_packed + k0 + 8 * (tid % 4));
     };
     /* The deferred norm on the chunks this thread copied for step kt (they have arrived). */
-    auto normalize_chunks = [&](int slot, int kt) {
+    auto normalize_chunks = [&](int slot) {
         Rows tile_a = (Rows)(smem + slot * V3_STAGE);
         I3_UNROLL
         for (int i = 0; i < 2; i++) {
-            int64_t channel;
-            if (!chunk_ndhwc(xh, g, origin[i], (int64_t)kt * V3_BK + 8 * (tid % 4), &channel)) continue;
+            if (!chunk_ndhwc(xh, g, origin[i], norm_at)) continue;
             uint16_t *v = &tile_a[tid / 4 + 64 * i][8 * (tid % 4)];
-            const float *ss = in_scale_shift + 2 * (origin[i].sample * g.cin + channel);
+            const float *ss = in_scale_shift + 2 * (origin[i].sample * g.cin + norm_at.channel);
             I3_UNROLL
             for (int j = 0; j < 8; j++) v[j] = to_b16<BF16>(act_apply(act_in, from_b16<BF16>(v[j]) * ss[2 * j] + ss[2 * j + 1]));
         }
+        tap_cursor_advance(norm_at, g, V3_BK);
     };
 
     float acc[2][4][4] = {};
@@ -276,7 +303,7 @@ __global__ void __launch_bounds__(V3_THREADS)
     for (int kt = 0; kt < k_tiles; kt++) {
         const int slot = kt % V3_STAGES;
         cp_async_wait_group<V3_STAGES - 2>(); /* this thread's copies for step kt are in */
-        if (x_cl && prologue) normalize_chunks(slot, kt);
+        if (x_cl && prologue) normalize_chunks(slot);
         __syncthreads(); /* everyone's tiles for kt are in; everyone is done with step kt - 1's slot */
         if (kt + V3_STAGES - 1 < k_tiles) load_stage((kt + V3_STAGES - 1) % V3_STAGES, kt + V3_STAGES - 1);
         cp_async_commit();
