@@ -74,6 +74,9 @@ struct DeviceState {
     float *partials, *scale_shift;  /* device buffers, grown as needed */
     size_t partials_bytes, scale_shift_bytes;
     void *scratch;                  /* the run's scratch buffer (a captured graph holds its address) */
+    const i3_graph *layouts_for;    /* the graph whose value layouts `channels_last` holds (plan_layouts) */
+    unsigned char *channels_last;   /* per value: 1 when held channels-last in f16/bf16 */
+    int channels_last_n;
     i3_cuda_stats stats;
 };
 
@@ -152,11 +155,9 @@ static const i3_node *sole_reader_next(const i3_graph *g, int n, int v) {
     return next->in[0] == v ? next : NULL;
 }
 
-static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v);
-
 /* Whether every reader of value v takes it channels-last: a convolution reading it as its input (the
  * tensor-core kernel's cp.async path), a transposed convolution or an average pooling (their input), or
- * a concat or residual add whose output goes channels-last too. */
+ * a concat or residual add whose own output is channels-last (plan_layouts has decided those already). */
 static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g, int v) {
     int readers = 0;
     for (int n = 0; n < g->n_nodes; n++)
@@ -165,7 +166,7 @@ static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g,
             readers++;
             const i3_node *node = &g->nodes[n];
             if (!((node->op == I3_OP_CONV || node->op == I3_OP_CONV_TRANSPOSE || node->op == I3_OP_AVG_POOL) && i == 0) &&
-                !((node->op == I3_OP_CONCAT || node->op == I3_OP_ADD) && value_channels_last(st, g, node->out)))
+                !((node->op == I3_OP_CONCAT || node->op == I3_OP_ADD) && st->channels_last[node->out]))
                 return false;
         }
     return readers > 0;
@@ -181,29 +182,56 @@ static bool conv_then_norm(const DeviceState *st, const i3_graph *g, int n) {
            I3_DEV(conv_tensor_core_stat_chunks)(i3_value_shape5(&g->values[v]), tensor_core_precision(st)) > 0;
 }
 
-/* Whether value v is held channels-last in f16/bf16 (docs/cuda.md, "Fusions"), decided from the graph
- * alone so that writers and readers agree, for channel counts that are multiples of 8:
- * - a conv's output, and its in-place norm's (conv_then_norm), when the norm's readers take it so;
- * - a concat's output when its readers take it so (its inputs are read in either layout);
- * - a residual add's output when its readers take it so and its first operand is a conv_then_norm's
- *   norm deferred into the add (normalize + add + act in one pass; the skip in either layout).
- * Only forward queries (readers), so the recursion ends. */
-static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v) {
-    if (!st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16) || v < 0 || v == g->output ||
-        g->values[v].dims[1] % 8 != 0 || g->values[v].producer < 0)
-        return false;
-    const int p = g->values[v].producer;
-    const i3_node *node = &g->nodes[p];
-    switch (node->op) {
-    case I3_OP_CONCAT: return readers_take_channels_last(st, g, v);
-    case I3_OP_INSTANCE_NORM: return value_channels_last(st, g, node->in[0]);
-    case I3_OP_CONV: return conv_then_norm(st, g, p) && readers_take_channels_last(st, g, g->nodes[p + 1].out);
-    case I3_OP_ADD: /* the norm at p - 1 is deferred into this add (run_norm_from_stats) */
-        return conv_then_norm(st, g, p - 2) && g->nodes[p - 1].out == node->in[0] &&
-               sole_reader_next(g, p - 1, node->in[0]) == node && node->in[1] != node->in[0] &&
-               readers_take_channels_last(st, g, v);
-    default: return false;
+/* Decides, at the start of every run of g, which values are held channels-last in f16/bf16 (docs/cuda.md,
+ * "Fusions"): with f16/bf16 convolutions and fusions on, for channel counts that are multiples of 8, a value
+ * whose readers all take it so (readers_take_channels_last) and whose writer can write it so:
+ * - a conv whose in-place norm right after it takes its statistics (conv_then_norm): the conv's output
+ *   and the norm's are one tensor, channels-last when the norm's readers take it so;
+ * - a concat (its inputs read in either layout);
+ * - a residual add whose first operand is such a norm deferred into it (normalize + add + act in one
+ *   pass, the skip in either layout).
+ * Readers come after their values, so one pass from the last node to the first decides everything;
+ * the graph alone decides, so writers and readers agree. */
+static i3rt_status plan_layouts(i3_backend *b, const i3_graph *g) {
+    DeviceState *st = state_of(b);
+    if (st->channels_last_n < g->n_values) {
+        unsigned char *grown = (unsigned char *)realloc(st->channels_last, (size_t)g->n_values);
+        if (!grown)
+            return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: out of memory for %d value layouts",
+                           BACKEND_NAME, g->n_values);
+        st->channels_last = grown;
+        st->channels_last_n = g->n_values;
     }
+    memset(st->channels_last, 0, (size_t)g->n_values);
+    st->layouts_for = g;
+    if (!st->fuse || (st->conv != CONV_F16 && st->conv != CONV_BF16)) return I3RT_OK;
+    for (int p = g->n_nodes - 1; p >= 0; p--) {
+        const i3_node *node = &g->nodes[p];
+        const int v = node->out;
+        if (v == g->output || g->values[v].dims[1] % 8 != 0) continue;
+        bool cl = false;
+        switch (node->op) {
+        case I3_OP_CONCAT: cl = readers_take_channels_last(st, g, v); break;
+        case I3_OP_INSTANCE_NORM:
+            cl = conv_then_norm(st, g, p - 1) && g->nodes[p - 1].out == node->in[0] &&
+                 readers_take_channels_last(st, g, v);
+            break;
+        case I3_OP_CONV: cl = conv_then_norm(st, g, p) && st->channels_last[g->nodes[p + 1].out]; break;
+        case I3_OP_ADD: /* the norm at p - 1 is deferred into this add (run_norm_from_stats) */
+            cl = conv_then_norm(st, g, p - 2) && g->nodes[p - 1].out == node->in[0] &&
+                 sole_reader_next(g, p - 1, node->in[0]) == node && node->in[1] != node->in[0] &&
+                 readers_take_channels_last(st, g, v);
+            break;
+        default: break;
+        }
+        st->channels_last[v] = cl;
+    }
+    return I3RT_OK;
+}
+
+/* Value v's layout in the current run of g (lone nodes, outside a graph run: NCDHW). */
+static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v) {
+    return st->layouts_for == g && v >= 0 && v < st->channels_last_n && st->channels_last[v];
 }
 
 static int layout_of(const DeviceState *st, const i3_graph *g, int v) {
@@ -238,11 +266,11 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     if (!tensor_cores)
         return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
                                   (float *)y->data, ys, partials, st->stream);
-    int y_layout = n >= 0 ? layout_of(st, g, node->out) : I3_LAYOUT_NCDHW;
+    int y_layout = layout_of(st, g, node->out);
     st->stats.channels_last_outputs += y_layout == I3_LAYOUT_NDHWC;
-    return I3_DEV(conv_tensor_core_fused)(x->data, xs, n >= 0 ? layout_of(st, g, node->in[0]) : I3_LAYOUT_NCDHW, w,
-                                          bias, &node->p.conv, in_scale_shift, act_in, y->data, ys, y_layout, partials,
-                                          precision, scratch, st->stream);
+    return I3_DEV(conv_tensor_core_fused)(x->data, xs, layout_of(st, g, node->in[0]), w, bias, &node->p.conv,
+                                          in_scale_shift, act_in, y->data, ys, y_layout, partials, precision, scratch,
+                                          st->stream);
 }
 
 /* An instance norm whose statistics the conv before it left in `partials`: (scale, shift) per
@@ -368,10 +396,12 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         if (last) st->replay.replaying = false;
         return I3RT_OK;
     }
+    if (n == 0) I3_TRY(plan_layouts(b, g));
+    if (n < 0) st->layouts_for = NULL; /* a lone node: every tensor NCDHW */
     switch (node->op) {
     case I3_OP_CONV: e = run_conv(b, g, node, n, scratch); break;
     case I3_OP_CONV_TRANSPOSE:
-        if (n >= 0 && value_channels_last(st, g, node->in[0]))
+        if (value_channels_last(st, g, node->in[0]))
             e = I3_DEV(conv_transpose_channels_last)(in0, xs, tensor_core_precision(st), in1, in2,
                                                      &node->p.conv_transpose, out, ys, s);
         else
@@ -402,7 +432,7 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         }
         break;
     case I3_OP_CONCAT:
-        if (n >= 0 && value_channels_last(st, g, node->out)) {
+        if (value_channels_last(st, g, node->out)) {
             st->stats.channels_last_outputs++;
             e = I3_DEV(concat_channels_last)(in0, layout_of(st, g, node->in[0]), xs.c, in1,
                                              layout_of(st, g, node->in[1]), g->values[node->in[1]].dims[1], xs.n,
@@ -416,7 +446,7 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
         e = I3_DEV(softmax_uncertainty)(in0, xs.n, xs.c, i3_shape5_spatial(xs), out, NULL, NULL, NULL, s);
         break;
     case I3_OP_AVG_POOL:
-        if (n >= 0 && value_channels_last(st, g, node->in[0]))
+        if (value_channels_last(st, g, node->in[0]))
             e = I3_DEV(avg_pool_channels_last)(in0, xs, tensor_core_precision(st), &node->p.avg_pool, out, s);
         else
             e = I3_DEV(avg_pool)(in0, xs, &node->p.avg_pool, out, s);
@@ -459,6 +489,7 @@ static void device_destroy(i3_backend *b) {
         drop_replay(state_of(b));
         device_free(b, state_of(b)->partials);
         device_free(b, state_of(b)->scale_shift);
+        free(state_of(b)->channels_last);
         cudaStreamDestroy(stream_of(b));
     }
     free(b->impl);
