@@ -352,8 +352,27 @@ typedef struct {
     int x_layout, y_layout, prologue, stats;
 } layout_case;
 
-static float round_b16(float v, int precision) {
-    return precision == I3_TC_BF16 ? i3_bf16_to_f32(i3_f32_to_bf16(v)) : i3_f16_to_f32(i3_f32_to_f16(v));
+static uint16_t to_b16_host(float v, int precision) {
+    return precision == I3_TC_BF16 ? i3_f32_to_bf16(v) : i3_f32_to_f16(v);
+}
+static float from_b16_host(uint16_t h, int precision) {
+    return precision == I3_TC_BF16 ? i3_bf16_to_f32(h) : i3_f16_to_f32(h);
+}
+
+/* x [n, c, s] (NCDHW) as channels-last b16 [n, s, c] (one spare element: the buffers travel as floats). */
+static uint16_t *to_channels_last_host(const float *x, int64_t n, int64_t c, int64_t s, int precision) {
+    uint16_t *y = malloc((size_t)(n * c * s + 1) * sizeof *y);
+    for (int64_t sample = 0, i = 0; sample < n; sample++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t pos = 0; pos < s; pos++, i++) y[(sample * s + pos) * c + ch] = to_b16_host(x[i], precision);
+    return y;
+}
+
+/* The inverse: channels-last b16 [n, s, c] as NCDHW floats. */
+static void from_channels_last_host(const uint16_t *x, int64_t n, int64_t c, int64_t s, int precision, float *y) {
+    for (int64_t sample = 0, i = 0; sample < n; sample++)
+        for (int64_t ch = 0; ch < c; ch++)
+            for (int64_t pos = 0; pos < s; pos++, i++) y[i] = from_b16_host(x[(sample * s + pos) * c + ch], precision);
 }
 
 static void conv_layout_case(device *d, layout_case c, int precision, uint64_t seed) {
@@ -368,21 +387,16 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
     float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
     for (int64_t i = 0; i < nx; i++) {
         const float *plane_ss = ss + 2 * (i / sx);
-        float v = x_cl ? round_b16(x[i], precision) : x[i];
+        float v = x_cl ? round_operand(x[i], precision) : x[i];
         if (c.prologue) v = i3_act_apply(leaky, v * plane_ss[0] + plane_ss[1]);
-        xr[i] = round_b16(v, precision);
+        xr[i] = round_operand(v, precision);
     }
-    for (int64_t i = 0; i < nw; i++) wr[i] = round_b16(w[i], precision);
+    for (int64_t i = 0; i < nw; i++) wr[i] = round_operand(w[i], precision);
     float *ref = malloc((size_t)ny * sizeof(float)), *y = malloc((size_t)ny * sizeof(float));
     i3_cpu_conv_ref(xr, xs, wr, b, &c.p, ref);
 
     /* channels-last b16 tensors travel in float buffers of half as many elements */
-    uint16_t *x16 = calloc((size_t)nx + 1, sizeof(uint16_t)), *y16 = calloc((size_t)ny + 1, sizeof(uint16_t));
-    for (int64_t n = 0, i = 0; n < xs.n; n++)
-        for (int64_t ch = 0; ch < xs.c; ch++)
-            for (int64_t pos = 0; pos < sx; pos++, i++)
-                x16[(n * sx + pos) * xs.c + ch] =
-                    precision == I3_TC_BF16 ? i3_f32_to_bf16(x[i]) : i3_f32_to_f16(x[i]);
+    uint16_t *x16 = to_channels_last_host(x, xs.n, xs.c, sx, precision), *y16 = calloc((size_t)ny + 1, sizeof(uint16_t));
     const int chunks = d->conv_tensor_core_stat_chunks(ys, precision);
     cr_assert(!c.stats || chunks > 0);
     dbuf dx = x_cl ? dev_upload(d, (const float *)x16, (nx + 1) / 2) : dev_upload(d, x, nx);
@@ -403,13 +417,7 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
     dev_download_free(d, dy, y_cl ? (void *)y16 : (void *)y, "conv layouts y");
     dev_download_free(d, dpart, partials, "conv layouts partials");
     dev_download_free(d, dscratch, NULL, "conv layouts scratch");
-    if (y_cl)
-        for (int64_t n = 0, i = 0; n < ys.n; n++)
-            for (int64_t ch = 0; ch < ys.c; ch++)
-                for (int64_t pos = 0; pos < sy; pos++, i++) {
-                    const uint16_t h = y16[(n * sy + pos) * ys.c + ch];
-                    y[i] = precision == I3_TC_BF16 ? i3_bf16_to_f32(h) : i3_f16_to_f32(h);
-                }
+    if (y_cl) from_channels_last_host(y16, ys.n, ys.c, sy, precision, y);
     char what[200];
     snprintf(what, sizeof what, "conv v3 %s x[%lld,%lld,%lld,%lld,%lld]%s -> %d%s k%d%d%d s%d%d%d%s%s",
              PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
@@ -596,22 +604,6 @@ static void check_elementwise(device *d) {
     free(a), free(b), free(y), free(ref);
 }
 
-static uint16_t to_b16_host(float v, int precision) {
-    return precision == I3_TC_BF16 ? i3_f32_to_bf16(v) : i3_f32_to_f16(v);
-}
-static float from_b16_host(uint16_t h, int precision) {
-    return precision == I3_TC_BF16 ? i3_bf16_to_f32(h) : i3_f16_to_f32(h);
-}
-
-/* x [n, c, s] (NCDHW) as channels-last b16 [n, s, c]. */
-static uint16_t *to_channels_last_host(const float *x, int64_t n, int64_t c, int64_t s, int precision) {
-    uint16_t *y = malloc((size_t)(n * c * s + 1) * sizeof *y);
-    for (int64_t sample = 0, i = 0; sample < n; sample++)
-        for (int64_t ch = 0; ch < c; ch++)
-            for (int64_t pos = 0; pos < s; pos++, i++) y[(sample * s + pos) * c + ch] = to_b16_host(x[i], precision);
-    return y;
-}
-
 /* The concat written channels-last in f16/bf16 from NCDHW f32 or channels-last inputs: exactly the CPU
  * concat rounded and transposed. */
 static void concat_channels_last_case(device *d, int64_t n, int64_t ca, int64_t cb, int64_t s, int b_cl,
@@ -663,7 +655,7 @@ static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64
                     v = i3_act_apply(relu, v + (skip_layout == I3_LAYOUT_NDHWC
                                                     ? from_b16_host(skip16[i], precision)
                                                     : skip[(sample * c + ch) * s + pos]));
-                want[i] = from_b16_host(to_b16_host(v, precision), precision);
+                want[i] = round_operand(v, precision);
             }
     dbuf dx = dev_upload(d, (const float *)x16, (total + 1) / 2), dss = dev_upload(d, ss, 2 * n * c);
     dbuf dskip = skip_layout == I3_LAYOUT_NDHWC ? dev_upload(d, (const float *)skip16, (total + 1) / 2)
@@ -695,7 +687,7 @@ static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_t
     const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(ys), nw = xs.c * p.cout * p.k[0] * p.k[1] * p.k[2];
     float *x = random_floats(&r, nx, -2, 2), *w = random_floats(&r, nw, -0.5f, 0.5f), *b = random_floats(&r, p.cout, -1, 1);
     uint16_t *x16 = to_channels_last_host(x, xs.n, xs.c, i3_shape5_spatial(xs), precision);
-    for (int64_t i = 0; i < nx; i++) x[i] = from_b16_host(to_b16_host(x[i], precision), precision);
+    for (int64_t i = 0; i < nx; i++) x[i] = round_operand(x[i], precision);
     float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
     i3_cpu_conv_transpose_ref(x, xs, w, b, &p, ref);
     dbuf dx = dev_upload(d, (const float *)x16, (nx + 1) / 2), dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout);
@@ -721,7 +713,7 @@ static void avg_pool_channels_last_case(device *d, i3_shape5 xs, i3_avg_pool_par
     const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(ys);
     float *x = random_floats(&r, nx, -2, 2);
     uint16_t *x16 = to_channels_last_host(x, xs.n, xs.c, i3_shape5_spatial(xs), precision);
-    for (int64_t i = 0; i < nx; i++) x[i] = from_b16_host(to_b16_host(x[i], precision), precision);
+    for (int64_t i = 0; i < nx; i++) x[i] = round_operand(x[i], precision);
     float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
     i3_cpu_avg_pool_ref(x, xs, &p, ref);
     dbuf dx = dev_upload(d, (const float *)x16, (nx + 1) / 2), dy = dev_upload(d, NULL, ny);
