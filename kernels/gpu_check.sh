@@ -1,89 +1,142 @@
 #!/bin/sh
-# The GPU check of issue 5 (on the GPU machine the `device` tool lends, see ../shared/gpu/README.md),
-# in phases:
+# The GPU check (on the GPU machine the `device` tool lends; scripts/gpu_payload.sh assembles what it needs
+# and scripts/gpu_env.sh unpacks it there, docs/cuda.md "On a GPU machine"), in phases:
 #   build     configure with -DI3RT_CUDA=ON and build (folder build-gpu-check)
-#   test      the whole test suite (the `gpu` suites of test_simt and test_cuda_ops run every kernel on
-#             the real device there), the `gpu` suites alone, the tensor-core U-Nets (f16, bf16, tf32)
-#   sanitize  the `gpu` suites under compute-sanitizer memcheck, racecheck and synccheck
+#   fixtures  the fixtures the `gpu` suites read (tests/gen_unet.py, gen_snc_session.py, gen_snc_guided.py)
+#   test      the `gpu` suites of test_simt and test_cuda_ops (every kernel on the real device against the
+#             CPU reference), and the tensor-core U-Nets (f16, bf16, tf32)
+#   ctest     the whole CTest suite (needs the whole reference Python environment; not in the default list)
 #   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
+#   apps      the pipelines against their Python originals on the GPU: SnC (bench/snc_vs_torch.py),
+#             nnInteractive (tools/ni_evaluate.py)
+#   i3deep    i3Deep's waiting time against nnUNetPredictor (bench/i3deep_waiting.py)
+#   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; it reads the cases
+#             with SimpleITK, whose wheel travels in a call of its own: scripts/gpu_payload.sh)
+#   sanitize  the `gpu` suites under compute-sanitizer memcheck, racecheck and synccheck
 #   ncu       Nsight Compute on one launch of each hot kernel
 # Logs go to $1 (default $OUT/gpu-check, else ./gpu-check), one per step, with summary.txt; the other
-# arguments name the phases (default: all, in this order). The exit status is nonzero if any step
-# failed. PYTHON: a Python with torch (default python3). A `run` call has 10 minutes: on a warm machine
-# (the build folder stays) split it, e.g.
-#
-#   . .gpu/debs/env.sh .gpu/debs && sh kernels/gpu_check.sh "$OUT/gpu-check" build test
-#   . .gpu/debs/env.sh .gpu/debs && sh kernels/gpu_check.sh "$OUT/gpu-check" sanitize
-#   . .gpu/debs/env.sh .gpu/debs && sh kernels/gpu_check.sh "$OUT/gpu-check" bench ncu
+# arguments name the phases (default: build fixtures test bench apps i3deep predict sanitize ncu). The exit status is
+# nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS: a budget
+# for the whole call (default 540); a step that would start after it is skipped and says so, and every
+# step is killed at its own limit, so that the logs come back from a `run` call of 10 minutes.
 set -u
 logs=${1:-${OUT:-.}/gpu-check}
 [ $# -gt 0 ] && shift
-phases=${*:-build test sanitize bench ncu}
+phases=${*:-build fixtures test bench apps i3deep predict sanitize ncu}
 build=build-gpu-check
+fixtures=$PWD/$build/fixtures
+py=${PYTHON:-python3}
+deadline=$(($(date +%s) + ${GPU_CHECK_SECONDS:-540}))
 mkdir -p "$logs"
 status=0
-step() {   # step <name> <command...>: runs it, logs to $logs/<name>.log, remembers a failure
+step() {   # step <name> <seconds> <command...>: runs it (at most that long), logs to $logs/<name>.log
     name=$1
-    shift
-    echo "== $name: $*" | tee -a "$logs/summary.txt"
-    if "$@" > "$logs/$name.log" 2>&1; then echo "   ok" | tee -a "$logs/summary.txt"; else
-        echo "   FAILED (exit $?), see $name.log" | tee -a "$logs/summary.txt"
+    limit=$2
+    shift 2
+    left=$((deadline - $(date +%s)))
+    if [ "$left" -lt 15 ]; then
+        echo "== $name: skipped (the call's time is spent)" | tee -a "$logs/summary.txt"
+        status=1
+        return
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "== $name (${limit} s at most): $*" | tee -a "$logs/summary.txt"
+    t0=$(date +%s)
+    if timeout -k 5 "$limit" "$@" > "$logs/$name.log" 2>&1; then
+        echo "   ok ($(($(date +%s) - t0)) s)" | tee -a "$logs/summary.txt"
+    else
+        echo "   FAILED (exit $?, $(($(date +%s) - t0)) s), see $name.log" | tee -a "$logs/summary.txt"
         status=1
     fi
 }
 wants() { case " $phases " in *" $1 "*) return 0 ;; esac; return 1; }
-{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; nvcc --version | tail -1; } \
-    >> "$logs/device.txt" 2>&1
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -1
+  git log -1 --format='commit %h %s' 2>/dev/null; } >> "$logs/device.txt" 2>&1
+
 if wants build; then
-    step configure cmake -S . -B "$build" -G Ninja -DI3RT_CUDA=ON
-    step build ninja -C "$build"
+    step configure 120 cmake -S . -B "$build" -G Ninja -DI3RT_CUDA=ON -DI3RT_PYTHON="$(command -v "$py")"
+    step build 300 ninja -C "$build"
 fi
+if wants fixtures; then
+    for gen in unet snc_session snc_guided; do
+        step "gen-$gen" 180 "$py" "tests/gen_$gen.py" --out "$fixtures/$gen"
+    done
+fi
+export I3RT_FIXTURES="$fixtures" I3RT_SOURCE_DIR="$PWD" I3RT_BINARY_DIR="$PWD/$build"
 if wants test; then
-    step ctest sh -c "cd $build && ctest --output-on-failure"
     for prog in test_simt test_cuda_ops; do
-        step "$prog-gpu" "$build/tests/$prog" --jobs 1 --verbose --filter 'gpu/*'
+        step "$prog-gpu" 240 "$build/tests/$prog" --jobs 1 --verbose --filter 'gpu/*'
     done
     for conv in f16 bf16 tf32; do   # the graph's convolutions on tensor cores (runtime/backend_cuda.cu)
-        step "test_cuda_ops-gpu-conv-$conv" env I3RT_CUDA_CONV=$conv "$build/tests/test_cuda_ops" --jobs 1 \
+        step "test_cuda_ops-gpu-conv-$conv" 120 env I3RT_CUDA_CONV=$conv "$build/tests/test_cuda_ops" --jobs 1 \
             --verbose --filter 'gpu/unet*'
     done
 fi
+if wants ctest; then
+    step ctest 3600 sh -c "cd $build && ctest --output-on-failure"
+fi
+
+# Benchmarks: i3rt and PyTorch/cuDNN on the same shapes in the same run (docs/cuda.md, "Benchmarks").
+bench=$build/kernels/gpu_bench
+model=$fixtures/unet/plain_3d.safetensors   # 3d_fullres widths 32..320, written by the fixtures phase
+if wants bench; then
+    step bench-i3rt-ops 120 sh -c "$bench ops --runs 7 > $logs/i3rt_ops.jsonl"
+    step bench-torch-ops 120 sh -c "$py bench/gpu_torch.py ops --runs 7 > $logs/torch_ops.jsonl"
+    rm -f "$logs/i3rt_forward.jsonl"
+    for conv in f32 tf32 f16 bf16; do
+        step "bench-i3rt-forward-$conv" 60 sh -c "I3RT_CUDA_CONV=$conv $bench forward $model 128 128 128 --runs 5 \
+            >> $logs/i3rt_forward.jsonl"
+    done
+    step bench-torch-forward 120 sh -c "$py bench/gpu_torch.py forward $model 128 128 128 --runs 5 \
+        > $logs/torch_forward.jsonl"
+    step report 30 sh -c "$py bench/gpu_report.py $logs/torch_ops.jsonl $logs/i3rt_ops.jsonl \
+        $logs/torch_forward.jsonl $logs/i3rt_forward.jsonl > $logs/report.md"
+    cat "$logs/report.md" 2>/dev/null
+fi
+if wants apps; then
+    # SnC: click latency and one 3D step, i3rt's CUDA backend vs PyTorch CUDA (docs/snc.md)
+    step bench-snc 150 sh -c "$py bench/snc_vs_torch.py --build $build --device cuda --runs 5 > $logs/snc_bench.txt"
+    # nnInteractive: time per interaction and peak memory, i3rt vs the Python session, same simulated user
+    # and prompts as docs/nninteractive-evaluation.md (one held-out brain case + the head CT)
+    step bench-nninteractive 240 sh -c "$py tools/ni_evaluate.py --cases 1 --device cuda --lib $build/libi3rt.so \
+        --json $logs/ni_eval.json > $logs/ni_eval.md"
+fi
+cases=$build/bench-cases   # scripts/i3deep_cases.py: 2 evaluation cases + Colin27, as nnU-Net inputs in predict/
+make_cases() {
+    [ -f "$cases/cases.tsv" ] && return
+    step bench-cases 120 sh -c "rm -rf $cases && $py scripts/i3deep_cases.py --out $cases --n 2 && \
+        mkdir -p $cases/predict && for f in $cases/images/*.nii.gz; do \
+        ln -sf \"\$(readlink -f \$f)\" $cases/predict/\$(basename \$f .nii.gz)_0000.nii.gz; done"
+}
+if wants i3deep; then
+    make_cases
+    step bench-i3deep 240 sh -c "$py bench/i3deep_waiting.py -m weights/brain_3d_fullres \
+        -r weights/brain_refine_3d_fullres --cases $cases --large --repeat 3 --threads 4 --device cuda \
+        --i3rt $build/i3rt --json $logs/i3deep_waiting.json > $logs/i3deep_waiting.txt"
+fi
+if wants predict; then
+    if "$py" -c "import SimpleITK; SimpleITK.ReadImage" 2>/dev/null; then   # nnUNetPredictor reads files with it
+        make_cases
+        step bench-predict 180 sh -c "$py bench/predict_vs_nnunet.py -m weights/brain_3d_fullres -i $cases/predict \
+            -f 0 --threads 4 --device cuda --i3rt $build/i3rt --json $logs/predict.json > $logs/predict.txt"
+    else
+        echo "== bench-predict: skipped (nnUNetPredictor reads the cases with SimpleITK, not installed)" \
+            | tee -a "$logs/summary.txt"
+        status=1
+    fi
+fi
 if wants sanitize; then
-    for prog in test_simt test_cuda_ops; do
-        for tool in memcheck racecheck synccheck; do
-            step "$prog-$tool" compute-sanitizer --tool "$tool" --target-processes all --error-exitcode 1 \
+    for tool in memcheck racecheck synccheck; do
+        for prog in test_cuda_ops test_simt; do
+            step "$prog-$tool" 300 compute-sanitizer --tool "$tool" --target-processes all --error-exitcode 1 \
                 "$build/tests/$prog" --jobs 1 --filter 'gpu/*'
         done
     done
 fi
-
-# Benchmarks: i3rt and PyTorch/cuDNN on the same shapes in the same run (docs/cuda.md, "Benchmarks").
-py=${PYTHON:-python3}
-bench=$build/kernels/gpu_bench
-model=$build/fixtures/unet/plain_3d.safetensors   # 3d_fullres widths 32..320, written by the ctest step
-if wants bench; then
-    step bench-i3rt-ops sh -c "$bench ops --runs 7 > $logs/i3rt_ops.jsonl"
-    step bench-torch-ops sh -c "$py bench/gpu_torch.py ops --runs 7 > $logs/torch_ops.jsonl"
-    rm -f "$logs/i3rt_forward.jsonl"
-    for conv in f32 tf32 f16 bf16; do
-        step "bench-i3rt-forward-$conv" sh -c "I3RT_CUDA_CONV=$conv $bench forward $model 128 128 128 --runs 5 \
-            >> $logs/i3rt_forward.jsonl"
-    done
-    step bench-torch-forward sh -c "$py bench/gpu_torch.py forward $model 128 128 128 --runs 5 \
-        > $logs/torch_forward.jsonl"
-    step report sh -c "$py bench/gpu_report.py $logs/torch_ops.jsonl $logs/i3rt_ops.jsonl \
-        $logs/torch_forward.jsonl $logs/i3rt_forward.jsonl > $logs/report.md"
-    cat "$logs/report.md" 2>/dev/null
-    # nnInteractive: time per interaction and peak memory, i3rt's CUDA backend vs the Python session on the GPU
-    # (the same simulated user and prompts as docs/nninteractive-evaluation.md, one held-out case + the CT).
-    step bench-nninteractive sh -c "$py tools/ni_evaluate.py --cases 1 --device cuda --lib $build/libi3rt.so \
-        --json $logs/ni_eval.json > $logs/ni_eval.md"
-    step bench-snc sh -c "$py bench/snc_vs_torch.py --build $build --device cuda --runs 5 > $logs/snc_bench.txt"  # SnC click, 3D step
-fi
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
-    for kernel in conv_v1 conv_tensor_core_v2 conv_tensor_core_v3 norm_apply norm_finalize instance_norm_v1 softmax_slices_v2 \
-        sw_accumulate_v1; do
-        step "ncu-$kernel" ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
+    for kernel in conv_tensor_core_v3 conv_v1 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
+        softmax_slices_v2 sw_accumulate_v1; do
+        step "ncu-$kernel" 90 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1
     done
 fi
