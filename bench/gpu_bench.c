@@ -57,6 +57,7 @@ typedef struct {
     i3_ctx ctx;
     i3_backend *b;
     launchers k;
+    void *stream; /* the backend's stream: the launches below go there, so its synchronize waits for them */
     int runs;
 } bench;
 
@@ -121,12 +122,12 @@ typedef struct {
 
 static int run_conv(bench *B, void *arg) {
     conv_case *c = arg;
-    if (c->kernel < 0) return B->k.conv(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, NULL);
+    if (c->kernel < 0) return B->k.conv(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, B->stream);
     if (c->kernel < CHANNELS_LAST)
-        return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, c->scratch, NULL);
+        return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, c->scratch, B->stream);
     i3_act none = {I3_ACT_NONE, 0.0f};
     return B->k.conv_tc_fused(c->x, c->xs, I3_LAYOUT_NDHWC, c->w, NULL, &c->p, NULL, none, c->y, c->ys,
-                              I3_LAYOUT_NDHWC, NULL, c->kernel - CHANNELS_LAST, c->scratch, NULL);
+                              I3_LAYOUT_NDHWC, NULL, c->kernel - CHANNELS_LAST, c->scratch, B->stream);
 }
 
 /* The f32 direct kernel, the tensor-core kernels on NCDHW f32 activations (f16, bf16, tf32), and the
@@ -169,8 +170,8 @@ typedef struct {
 } stage_graph;
 
 static int run_stage(bench *B, void *arg) {
-    stage_graph *s = arg;
-    return i3_graph_run(&s->g, s->b, s->scratch) != I3RT_OK;
+    stage_graph *s = arg; /* its own backend (own settings and stream): time_median synchronizes B's only */
+    return i3_graph_run(&s->g, s->b, s->scratch) != I3RT_OK || s->b->iface->synchronize(s->b) != I3RT_OK;
 }
 
 static void bench_stage(bench *B, int stage, int64_t channels, int64_t side) {
@@ -237,24 +238,24 @@ static int run_norm(bench *B, void *arg) {
     map_case *m = arg;
     i3_shape5 xs = {1, m->c, m->d, m->h, m->w};
     i3_norm_params p = {.eps = 1e-5f, .act = {I3_ACT_LEAKY_RELU, 0.01f}};
-    return B->k.instance_norm(m->x, xs, NULL, NULL, &p, m->y, NULL);
+    return B->k.instance_norm(m->x, xs, NULL, NULL, &p, m->y, B->stream);
 }
 
 static int run_softmax_slices(bench *B, void *arg) {
     map_case *m = arg;
     int64_t s = m->d * m->h * m->w;
     return B->k.softmax_slices(m->x, m->c, m->d, m->h, m->w, NULL, m->maps, m->maps + s, m->argmax, m->sums,
-                               m->scratch, NULL);
+                               m->scratch, B->stream);
 }
 
 static int run_softmax_unfused(bench *B, void *arg) {
     map_case *m = arg;
     int64_t s = m->d * m->h * m->w;
-    int e = B->k.softmax_uncertainty(m->x, 1, m->c, s, NULL, m->maps, m->maps + s, m->argmax, NULL);
+    int e = B->k.softmax_uncertainty(m->x, 1, m->c, s, NULL, m->maps, m->maps + s, m->argmax, B->stream);
     for (int i = 0; i < 2 && !e; i++)
         e = B->k.slice_sums(m->maps + i * s, m->d, m->h, m->w, m->sums + i * (m->d + m->h + m->w),
                             m->sums + i * (m->d + m->h + m->w) + m->d, m->sums + i * (m->d + m->h + m->w) + m->d + m->h,
-                            NULL);
+                            B->stream);
     return e;
 }
 
@@ -300,7 +301,7 @@ static int run_sw(bench *B, void *arg) {
     sw_case *c = arg;
     int64_t offset[3] = {c->volume[0] - c->tile[0], 0, (c->volume[2] - c->tile[2]) / 2};
     return B->k.sw_accumulate(c->pred, c->classes, c->tile, 0, c->gauss, 1.0f, 1, c->acc, c->wsum, c->volume, offset,
-                              NULL);
+                              B->stream);
 }
 
 static void bench_sliding_window(bench *B, int64_t tile, int64_t volume) {
@@ -332,24 +333,24 @@ typedef struct {
 
 static int run_spatial_gather(bench *B, void *arg) {
     snc_case *c = arg;
-    return B->k.spatial_gather(c->feats, c->logits, 1, c->mid, 1, i3_shape5_spatial(c->fs), c->pooled, NULL);
+    return B->k.spatial_gather(c->feats, c->logits, 1, c->mid, 1, i3_shape5_spatial(c->fs), c->pooled, B->stream);
 }
 
 static int run_object_attention(bench *B, void *arg) {
     snc_case *c = arg;
     return B->k.object_attention(c->query, c->key, c->value, 1, c->key_channels, c->key_channels, 1,
-                                 i3_shape5_spatial(c->fs), c->y, NULL);
+                                 i3_shape5_spatial(c->fs), c->y, B->stream);
 }
 
 static int run_mask_pool(bench *B, void *arg) {
     snc_case *c = arg;
     const i3_mask_pool_params p = {4, 1e-6f};
-    return B->k.mask_pool(c->feats, c->fs, c->guide, c->gs, &p, c->pooled, c->scratch, NULL);
+    return B->k.mask_pool(c->feats, c->fs, c->guide, c->gs, &p, c->pooled, c->scratch, B->stream);
 }
 
 static int run_channel_gate(bench *B, void *arg) {
     snc_case *c = arg;
-    return B->k.channel_gate(c->y, c->fs, c->gate, c->y, NULL);
+    return B->k.channel_gate(c->y, c->fs, c->gate, c->y, B->stream);
 }
 
 static void print_snc(const char *name, int64_t c, i3_shape5 s, double ms, double bytes) {
@@ -454,6 +455,7 @@ int main(int argc, char **argv) {
     }
     bench B = {.ctx = {.n_threads = 1, .backend = emulated ? I3RT_BACKEND_EMULATED : I3RT_BACKEND_CUDA}, .runs = runs};
     if (i3_backend_cuda_create(&B.ctx, emulated, &B.b) != I3RT_OK) die(&B, "backend");
+    B.stream = i3_backend_cuda_stream(B.b);
     if (emulated) {
         B.k = (launchers){i3emu_conv, i3emu_conv_tensor_core, i3emu_conv_tensor_core_fused,
                           i3emu_conv_tensor_core_scratch_bytes, i3emu_instance_norm, i3emu_softmax_uncertainty,

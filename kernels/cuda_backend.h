@@ -42,6 +42,10 @@ typedef struct {
 } i3_cuda_stats;
 void i3_backend_cuda_stats(const i3_backend *b, i3_cuda_stats *out);
 
+/* The stream the backend's kernels run on and its synchronize waits for: a caller that launches kernels
+ * of kernels/launchers.h itself next to the backend (bench/gpu_bench.c) passes it to them. */
+void *i3_backend_cuda_stream(i3_backend *b);
+
 /* Pinned (page-locked) host memory for the backend's uploads and downloads, which are then truly
  * asynchronous on the GPU (plain host memory on the emulator). I3RT_ERR_OUT_OF_MEMORY with a message. */
 i3rt_status i3_backend_cuda_host_alloc(i3_backend *b, size_t bytes, void **out);

@@ -592,6 +592,8 @@ extern "C" void I3_DEV(backend_stats)(const i3_backend *b, i3_cuda_stats *out) {
     *out = ((DeviceState *)b->impl)->stats;
 }
 
+extern "C" void *I3_DEV(backend_stream)(i3_backend *b) { return (void *)stream_of(b); }
+
 extern "C" i3rt_status I3_DEV(host_alloc)(i3_backend *b, size_t bytes, void **out) {
     cudaError_t e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault);
     if (e == cudaSuccess) return I3RT_OK;
@@ -609,6 +611,7 @@ extern "C" void I3_DEV(host_free)(void *ptr) {
 #ifdef I3RT_HAVE_CUDA
 extern "C" i3rt_status i3gpu_backend_create(i3_ctx *ctx, const i3_cuda_options *opt, i3_backend **out);
 extern "C" void i3gpu_backend_stats(const i3_backend *b, i3_cuda_stats *out);
+extern "C" void *i3gpu_backend_stream(i3_backend *b);
 extern "C" i3rt_status i3gpu_host_alloc(i3_backend *b, size_t bytes, void **out);
 extern "C" void i3gpu_host_free(void *ptr);
 #endif
@@ -622,6 +625,13 @@ extern "C" void i3_backend_cuda_stats(const i3_backend *b, i3_cuda_stats *out) {
     if (is_gpu(b)) return i3gpu_backend_stats(b, out);
 #endif
     i3emu_backend_stats(b, out);
+}
+
+extern "C" void *i3_backend_cuda_stream(i3_backend *b) {
+#ifdef I3RT_HAVE_CUDA
+    if (is_gpu(b)) return i3gpu_backend_stream(b);
+#endif
+    return i3emu_backend_stream(b);
 }
 
 extern "C" i3rt_status i3_backend_cuda_host_alloc(i3_backend *b, size_t bytes, void **out) {
