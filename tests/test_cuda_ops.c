@@ -1597,7 +1597,12 @@ static void check_unet_vs_cpu(device *d, const char *name) {
     char what[96];
     int64_t fused = fused_nodes(d->b) - fused_before;
     snprintf(what, sizeof what, "unet %s vs CPU backend (%d nodes, %lld fused away)", name, n_nodes, (long long)fused);
-    check_nmse(d->b->iface->name, what, y, ref, u.n_out);
+    /* f32 agrees up to summation order; with the graph's convs on tensor cores (I3RT_CUDA_CONV, as
+     * kernels/gpu_check.sh runs this suite) the operands' rounding: seen on an H200 for plain_2d nmse
+     * 2.9e-5 (f16), 1.7e-5 (tf32), 1.8e-3 (bf16). */
+    const char *conv = getenv("I3RT_CUDA_CONV");
+    double tolerance = !conv || !strcmp(conv, "f32") ? NMSE_F32 : !strcmp(conv, "bf16") ? 1e-2 : 1e-4;
+    check_nmse_tol(d->b->iface->name, what, y, ref, u.n_out, tolerance);
     cr_assert_gt(fused, n_nodes / 4, "%s: only %lld of %d nodes fused", name, (long long)fused, n_nodes);
     i3_backend_destroy(cpu);
     free(ref), free(y);
