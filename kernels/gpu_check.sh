@@ -1,28 +1,30 @@
 #!/bin/sh
-# The GPU check (on the GPU machine the `device` tool lends; scripts/gpu_payload.sh assembles what it needs
-# and scripts/gpu_env.sh unpacks it there, docs/cuda.md "On a GPU machine"), in phases:
+# The GPU check, on the GPU machine the `device` tool lends (docs/cuda.md "On a GPU machine"), in phases:
 #   build     configure with -DI3RT_CUDA=ON and build (folder build-gpu-check)
-#   fixtures  the fixtures the `gpu` suites read (tests/gen_unet.py, gen_snc_session.py, gen_snc_guided.py)
+#   fixtures  the fixtures the `gpu` suites and the forward benchmark read (tests/gen_unet.py, which runs
+#             nnU-Net's planner and needs SimpleITK, gen_snc_session.py, gen_snc_guided.py)
 #   test      the `gpu` suites of test_simt and test_cuda_ops (every kernel on the real device against the
 #             CPU reference), and the tensor-core U-Nets (f16, bf16, tf32)
 #   ctest     the whole CTest suite (needs the whole reference Python environment; not in the default list)
+#   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
 #   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
 #   apps      the pipelines against their Python originals on the GPU: SnC (bench/snc_vs_torch.py),
 #             nnInteractive (tools/ni_evaluate.py)
 #   i3deep    i3Deep's waiting time against nnUNetPredictor (bench/i3deep_waiting.py)
-#   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; it reads the cases
-#             with SimpleITK, whose wheel travels in a call of its own: scripts/gpu_payload.sh)
-#   sanitize  the `gpu` suites under compute-sanitizer memcheck, racecheck and synccheck
-#   ncu       Nsight Compute on one launch of each hot kernel
+#   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK)
+#   sanitize  the `gpu` suites under compute-sanitizer memcheck, then racecheck and synccheck (slow)
+# scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
+# SimpleITK wheel does not fit beside the rest, so a session makes two calls on the same warm machine:
+# `build` carrying .gpu/debs and .gpu/a, then at once the other phases carrying .gpu/b.
 # Logs go to $1 (default $OUT/gpu-check, else ./gpu-check), one per step, with summary.txt; the other
-# arguments name the phases (default: build fixtures test bench apps i3deep predict sanitize ncu). The exit status is
-# nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS: a budget
-# for the whole call (default 540); a step that would start after it is skipped and says so, and every
-# step is killed at its own limit, so that the logs come back from a `run` call of 10 minutes.
+# arguments name the phases (default: build fixtures test ncu bench apps i3deep predict sanitize). The exit
+# status is nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS:
+# a budget for the whole call (default 540); a step that would start after it is skipped and says so, and
+# every step is killed at its own limit, so that the logs come back from a `run` call of 10 minutes.
 set -u
 logs=${1:-${OUT:-.}/gpu-check}
 [ $# -gt 0 ] && shift
-phases=${*:-build fixtures test bench apps i3deep predict sanitize ncu}
+phases=${*:-build fixtures test ncu bench apps i3deep predict sanitize}
 build=build-gpu-check
 fixtures=$PWD/$build/fixtures
 py=${PYTHON:-python3}
@@ -76,9 +78,17 @@ if wants ctest; then
     step ctest 3600 sh -c "cd $build && ctest --output-on-failure"
 fi
 
-# Benchmarks: i3rt and PyTorch/cuDNN on the same shapes in the same run (docs/cuda.md, "Benchmarks").
 bench=$build/kernels/gpu_bench
 model=$fixtures/unet/plain_3d.safetensors   # 3d_fullres widths 32..320, written by the fixtures phase
+if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
+    for kernel in conv_tensor_core_v3 conv_v1 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
+        softmax_slices_v2 sw_accumulate_v1; do
+        step "ncu-$kernel" 60 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
+            --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1
+    done
+fi
+
+# Benchmarks: i3rt and PyTorch/cuDNN on the same shapes in the same run (docs/cuda.md, "Benchmarks").
 if wants bench; then
     step bench-i3rt-ops 120 sh -c "$bench ops --runs 7 > $logs/i3rt_ops.jsonl"
     step bench-torch-ops 120 sh -c "$py bench/gpu_torch.py ops --runs 7 > $logs/torch_ops.jsonl"
@@ -131,13 +141,6 @@ if wants sanitize; then
             step "$prog-$tool" 300 compute-sanitizer --tool "$tool" --target-processes all --error-exitcode 1 \
                 "$build/tests/$prog" --jobs 1 --filter 'gpu/*'
         done
-    done
-fi
-if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
-    for kernel in conv_tensor_core_v3 conv_v1 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
-        softmax_slices_v2 sw_accumulate_v1; do
-        step "ncu-$kernel" 90 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
-            --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1
     done
 fi
 exit $status

@@ -8,7 +8,8 @@
 #              and cc3d (imported by nnunetv2 but not used on these paths; their wheels are 55 MB), the real
 #              volumes (mricron-data; Cranium.inv3 repacked with the CT alone), the weights the tests and the
 #              nnInteractive comparison read
-#   .gpu/b     the nnUNetPredictor comparisons (phase nnunet): the SimpleITK wheel and their weights
+#   .gpu/b     the SimpleITK wheel: tests/gen_unet.py (nnU-Net's planner) and nnUNetPredictor's file reading
+#              need it; it travels in a second call to the same, still warm machine (docs/cuda.md)
 # The weights/ folder (40 MB) must not travel whole: during the device calls it is untracked and ignored
 # (docs/cuda.md says how), and gpu_env.sh copies .gpu/*/weights into it there.
 #   scripts/gpu_payload.sh [PYTHON]    (default: ~/.cache/i3rt/venv/bin/python)
@@ -30,9 +31,10 @@ wheels() {   # wheels DIR NAME...: the venv's versions, built for the GPU machin
 }
 wheels .gpu/a/wheels blosc2 ndindex numexpr
 wheels .gpu/b/wheels simpleitk
+# with their *.dist-info: nnInteractive reads its own version through importlib.metadata
 tar -C "$site" --exclude=__pycache__ --exclude='*/tests' --exclude='*/dataset_conversion' \
-    --exclude='nibabel/testing' -cJf .gpu/a/site.tar.xz nnunetv2 dynamic_network_architectures acvl_utils \
-    batchgenerators batchgeneratorsv2 nnInteractive nibabel
+    --exclude='nibabel/testing' -cJf .gpu/a/site.tar.xz $(cd "$site" && ls -d nnunetv2* \
+    dynamic_network_architectures* acvl_utils* batchgenerators* nnInteractive* nninteractive* nibabel*)
 for m in SimpleITK cc3d; do
     mkdir -p ".gpu/a/stub/$m"
     cat > ".gpu/a/stub/$m/__init__.py" <<STUB
