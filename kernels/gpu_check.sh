@@ -1,10 +1,10 @@
 #!/bin/sh
 # The GPU check, on the GPU machine the `device` tool lends (docs/cuda.md "On a GPU machine"), in phases:
 #   build     configure with -DI3RT_CUDA=ON and build (folder build-gpu-check)
-#   fixtures  the fixtures the `gpu` suites and the forward benchmark read (tests/gen_unet.py, which runs
-#             nnU-Net's planner and needs SimpleITK, gen_snc_session.py, gen_snc_guided.py)
+#   fixtures  the fixtures the `gpu` tests and the forward benchmark read (tests/gen_unet.py, which runs
+#             nnU-Net's planner and needs SimpleITK, gen_snc_session.py, gen_snc_guided.py, gen_tvl1.py)
 #   test      the `gpu` suites of test_simt and test_cuda_ops (every kernel on the real device against the
-#             CPU reference), and the tensor-core U-Nets (f16, bf16, tf32)
+#             CPU reference), test_tvl1's GPU test, and the tensor-core U-Nets (f16, bf16, tf32)
 #   ctest     the whole CTest suite (needs the whole reference Python environment; not in the default list)
 #   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
 #   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
@@ -60,7 +60,7 @@ if wants build; then
     step build 300 ninja -C "$build"
 fi
 if wants fixtures; then
-    for gen in unet snc_session snc_guided; do
+    for gen in unet snc_session snc_guided tvl1; do
         step "gen-$gen" 180 "$py" "tests/gen_$gen.py" --out "$fixtures/$gen"
     done
 fi
@@ -69,6 +69,7 @@ if wants test; then
     for prog in test_simt test_cuda_ops; do
         step "$prog-gpu" 240 "$build/tests/$prog" --jobs 1 --verbose --filter 'gpu/*'
     done
+    step test_tvl1-gpu 60 "$build/tests/test_tvl1" --jobs 1 --verbose --filter 'tvl1/gpu*'
     for conv in f16 bf16 tf32; do   # the graph's convolutions on tensor cores (runtime/backend_cuda.cu)
         step "test_cuda_ops-gpu-conv-$conv" 120 env I3RT_CUDA_CONV=$conv "$build/tests/test_cuda_ops" --jobs 1 \
             --verbose --filter 'gpu/unet*'

@@ -16,7 +16,8 @@
  *   - the blending weights max(1 - gamma |k|, 0) and which slices the post-processing changes, and the
  *     post-processing against the same steps done with skimage's flow and warp;
  *   - the device version (kernels/tvl1.cu) on the SIMT emulator, and 3 CPU threads: bit-equal to the
- *     single-threaded CPU flow;
+ *     single-threaded CPU flow; on a real GPU (skipped, saying why, without one): within the bounds
+ *     against skimage of the CPU's flow (nvcc contracts multiply-adds);
  *   - bad input (sizes, NaN/Inf, parameters, axis, slice, gamma): an error naming the problem and the
  *     outputs untouched; caller-provided scratch gives the same flow and stays within its size. */
 #include "tvl1.h"
@@ -27,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_backend.h"
 #include "fixtures.h"
 
 #define FLOW_MAX_TOL 5e-3   /* pixels, max |i3rt - skimage| over every pixel and both components */
@@ -85,6 +87,56 @@ Test(tvl1, flow_vs_skimage) {
         cases++;
     }
     cr_assert(cases >= 6, "only %d tvl1 fixtures (run through ctest, which runs tests/gen_tvl1.py first)", cases);
+}
+
+/* The device version on a real GPU (kernels/tvl1.cu through nvcc), on the same three fixtures: nvcc contracts
+ * multiply-adds, so the flow may differ from the CPU's by rounding; held to the bounds against skimage. */
+Test(tvl1, gpu_device_matches_cpu) {
+#ifndef I3RT_HAVE_CUDA
+    cr_skip("built without -DI3RT_CUDA=ON: no GPU kernels");
+#else
+    i3_ctx dctx = {.n_threads = 1, .backend = I3RT_BACKEND_CUDA};
+    i3_backend *b;
+    if (i3_backend_cuda_create(&dctx, 0, &b) != I3RT_OK) cr_skip("no real GPU: %s", dctx.error);
+    const int which[3] = {2, 3, 5};
+    for (int k = 0; k < 3; k++) {
+        char name[64];
+        snprintf(name, sizeof name, "flow_%d.safetensors", which[k]);
+        i3_weights *w = fx_open("tvl1", name);
+        cr_assert(w, "fixture tvl1/%s missing", name);
+        const int64_t rows = fx_param_int(w, "rows", -1), cols = fx_param_int(w, "cols", -1), n = rows * cols;
+        const float *ref = tensor(w, "reference", n), *mov = tensor(w, "moving", n);
+        const i3_tvl1_params p = fixture_params(w);
+        const size_t bytes = (size_t)n * sizeof(float), scratch_bytes = i3_tvl1_device_scratch_bytes(rows, cols);
+        float *cpu = malloc(2 * bytes), *got = malloc(2 * bytes);
+        cr_assert_eq(i3_tvl1(ctx, ref, mov, rows, cols, &p, NULL, cpu), I3RT_OK);
+        void *d_ref, *d_mov, *d_flow, *d_scratch;
+        cr_assert(b->iface->alloc(b, bytes, &d_ref) == I3RT_OK && b->iface->alloc(b, bytes, &d_mov) == I3RT_OK &&
+                      b->iface->alloc(b, 2 * bytes, &d_flow) == I3RT_OK &&
+                      b->iface->alloc(b, scratch_bytes, &d_scratch) == I3RT_OK,
+                  "%s", dctx.error);
+        cr_assert(b->iface->upload(b, d_ref, ref, bytes) == I3RT_OK && b->iface->upload(b, d_mov, mov, bytes) == I3RT_OK,
+                  "%s", dctx.error);
+        cr_assert_eq(i3gpu_tvl1(d_ref, d_mov, rows, cols, &p, d_scratch, d_flow, i3_backend_cuda_stream(b)), 0,
+                     "%s: launch failed", name);
+        cr_assert(b->iface->synchronize(b) == I3RT_OK && b->iface->download(b, got, d_flow, 2 * bytes) == I3RT_OK,
+                  "%s: %s", name, dctx.error);
+        double max_abs = 0.0, sum_abs = 0.0;
+        for (int64_t j = 0; j < 2 * n; j++) {
+            const double e = fabs((double)got[j] - (double)cpu[j]);
+            max_abs = isnan(e) || e > max_abs ? e : max_abs;
+            sum_abs += e;
+        }
+        printf("tvl1 gpu vs cpu, %s (%lld x %lld): max abs %.3g px, mean %.3g px\n", name, (long long)rows,
+               (long long)cols, max_abs, sum_abs / (double)(2 * n));
+        cr_expect(max_abs <= FLOW_MAX_TOL && sum_abs / (double)(2 * n) <= FLOW_MEAN_TOL,
+                  "%s: gpu flow max %.3g px, mean %.3g px from the cpu's", name, max_abs, sum_abs / (double)(2 * n));
+        b->iface->free(b, d_ref), b->iface->free(b, d_mov), b->iface->free(b, d_flow), b->iface->free(b, d_scratch);
+        free(cpu), free(got);
+        i3_weights_free(w);
+    }
+    i3_backend_destroy(b);
+#endif
 }
 
 /* The device version on the SIMT emulator (kernels/tvl1.cu; emulated device memory is host memory):
