@@ -256,25 +256,30 @@ static void spline_weights(double x, int order, double *w) {
 #define SPLINE_PREPAD 12  /* scipy's _prepad_for_spline_filter for mode "nearest" */
 #define SPLINE_POLE_3 (-0.267949192431122706472553658494127633) /* sqrt(3) - 2 */
 
-/* The order-3 B-spline prefilter of one line, boundary "mirror" (what scipy uses for "nearest"). */
-static void spline_prefilter(double *c, int64_t n) {
+/* The order-3 B-spline prefilter of `width` lines at once, boundary "mirror" (what scipy uses for
+ * "nearest"): element i of line v at c[i * width + v]. Each line sees scipy's operations in scipy's order. */
+static void spline_prefilter(double *c, int64_t n, int64_t width) {
     if (n <= 1) return;
     const double z = SPLINE_POLE_3;
     const double gain = (1.0 - z) * (1.0 - 1.0 / z);
-    for (int64_t i = 0; i < n; i++) c[i] *= gain;
-    /* causal init (mirror) */
-    double zi = z;
     const double zn1 = pow(z, (double)(n - 1));
-    c[0] = c[0] + zn1 * c[n - 1];
+    double *first = c, *last = c + (n - 1) * width;
+    for (int64_t i = 0; i < n * width; i++) c[i] *= gain;
+    /* causal init (mirror) */
+    for (int64_t v = 0; v < width; v++) first[v] = first[v] + zn1 * last[v];
+    double zi = z;
     for (int64_t i = 1; i < n - 1; i++) {
-        c[0] += zi * (c[i] + zn1 * c[n - 1 - i]);
+        const double *ci = c + i * width, *cm = c + (n - 1 - i) * width;
+        for (int64_t v = 0; v < width; v++) first[v] += zi * (ci[v] + zn1 * cm[v]);
         zi *= z;
     }
-    c[0] /= 1 - zn1 * zn1;
-    for (int64_t i = 1; i < n; i++) c[i] += z * c[i - 1];
+    for (int64_t v = 0; v < width; v++) first[v] /= 1 - zn1 * zn1;
+    for (int64_t i = 1; i < n; i++)
+        for (int64_t v = 0; v < width; v++) c[i * width + v] += z * c[(i - 1) * width + v];
     /* anticausal init (mirror) */
-    c[n - 1] = (z * c[n - 2] + c[n - 1]) * z / (z * z - 1);
-    for (int64_t i = n - 2; i >= 0; i--) c[i] = z * (c[i + 1] - c[i]);
+    for (int64_t v = 0; v < width; v++) last[v] = (z * last[v - width] + last[v]) * z / (z * z - 1);
+    for (int64_t i = n - 2; i >= 0; i--)
+        for (int64_t v = 0; v < width; v++) c[i * width + v] = z * (c[(i + 1) * width + v] - c[i * width + v]);
 }
 
 /* How one axis is resampled: for each output index, order + 1 tap positions in the (padded) input line
@@ -329,42 +334,54 @@ static void axis_plan_free(axis_plan *p) {
     free(p->weights);
 }
 
-/* Resamples axis `axis` of x [s0, s1, s2] (double) into y with that axis n_out long. buf: per thread
- * scratch of p->len doubles. */
+/* Lines resampled together along axes 0 and 1: adjacent along axis 2, so every row they read and write
+ * is contiguous (one line at a time strides through memory). */
+#define RESAMPLE_BUNDLE 32
+
+/* Resamples axis `axis` of x [s0, s1, s2] (double) into y with that axis n_out long, in bundles of up
+ * to RESAMPLE_BUNDLE lines that are neighbours along axis 2 (one line per bundle along axis 2 itself).
+ * buf: per thread scratch of p->len * RESAMPLE_BUNDLE doubles. */
 static void resample_axis(const double *x, const int64_t s[3], int axis, const axis_plan *p, double *y,
                           double *buf, int n_threads) {
     int64_t os[3] = {s[0], s[1], s[2]};
     os[axis] = p->n_out;
     const int64_t in_stride[3] = {s[1] * s[2], s[2], 1}, out_stride[3] = {os[1] * os[2], os[2], 1};
-    /* lines: all index combinations of the two other axes */
+    /* a line: all index combinations of the two other axes; a0 < a1, a1 is axis 2 unless axis is */
     const int a0 = axis == 0 ? 1 : 0, a1 = axis == 2 ? 1 : 2;
-    const int64_t n_lines = s[a0] * s[a1];
+    const int64_t width = axis == 2 ? 1 : RESAMPLE_BUNDLE;
+    const int64_t bundles_per_row = (s[a1] + width - 1) / width, n_bundles = s[a0] * bundles_per_row;
     const int taps = p->order + 1;
 #pragma omp parallel for schedule(static) num_threads(n_threads)
-    for (int64_t l = 0; l < n_lines; l++) {
+    for (int64_t l = 0; l < n_bundles; l++) {
         int tid = 0;
 #ifdef _OPENMP
         tid = omp_get_thread_num();
 #endif
-        double *line = buf + (int64_t)tid * p->len;
-        const int64_t i0 = l / s[a1], i1 = l % s[a1];
+        double *lines = buf + (int64_t)tid * p->len * RESAMPLE_BUNDLE;
+        const int64_t i0 = l / bundles_per_row, i1 = l % bundles_per_row * width;
+        const int64_t w = s[a1] - i1 < width ? s[a1] - i1 : width;
         const double *src = x + i0 * in_stride[a0] + i1 * in_stride[a1];
         double *dst = y + i0 * out_stride[a0] + i1 * out_stride[a1];
         const int64_t st = in_stride[axis], ost = out_stride[axis];
         for (int64_t i = 0; i < p->len; i++) {
             int64_t j = i - p->npad;
             j = j < 0 ? 0 : j >= p->n_in ? p->n_in - 1 : j;
-            line[i] = src[j * st];
+            for (int64_t v = 0; v < w; v++) lines[i * w + v] = src[j * st + v];
         }
-        if (p->order > 1) spline_prefilter(line, p->len);
+        if (p->order > 1) spline_prefilter(lines, p->len, w);
         for (int64_t k = 0; k < p->n_out; k++) {
             const int64_t *tk = p->taps + k * taps;
             const double *wk = p->weights + k * taps;
-            double t = 0.0;
-            if (p->order == 0) t = line[tk[0]];
-            else
-                for (int j = 0; j < taps; j++) t += line[tk[j]] * wk[j];
-            dst[k * ost] = t;
+            double *out = dst + k * ost;
+            if (p->order == 0) {
+                for (int64_t v = 0; v < w; v++) out[v] = lines[tk[0] * w + v];
+                continue;
+            }
+            for (int64_t v = 0; v < w; v++) {
+                double t = 0.0;
+                for (int j = 0; j < taps; j++) t += lines[tk[j] * w + v] * wk[j];
+                out[v] = t;
+            }
         }
     }
 }
@@ -426,11 +443,13 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
     if (st == I3RT_OK) {
         w.a = i3_malloc(ctx, (size_t)biggest * sizeof(double), "resampling buffer");
         w.b = i3_malloc(ctx, (size_t)biggest * sizeof(double), "resampling buffer");
-        w.buf = i3_malloc(ctx, (size_t)(max_len * n_threads) * sizeof(double), "resampling line buffers");
+        w.buf = i3_malloc(ctx, (size_t)(max_len * RESAMPLE_BUNDLE * n_threads) * sizeof(double),
+                          "resampling line buffers");
         if (!w.a || !w.b || !w.buf) st = I3RT_ERR_OUT_OF_MEMORY;
     }
     for (int64_t c = 0; c < channels && st == I3RT_OK; c++) {
         const float *xc = x + c * n_in;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
         for (int64_t i = 0; i < n_in; i++) w.a[i] = xc[i];
         int64_t s[3] = {in[0], in[1], in[2]};
         double *res;
@@ -442,6 +461,7 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
             }
             const int axes[3] = {2, 1, 0};
             res = run_passes(&w, w.a, s, axes, 3, out, n_threads);
+#pragma omp parallel for schedule(static) num_threads(n_threads)
             for (int64_t i = 0; i < n_out; i++) res[i] = fmin(fmax(res[i], lo), hi); /* skimage's clip */
         } else {
             /* in-plane resize slice by slice (each slice clipped to its own range), then along the axis */
@@ -463,6 +483,7 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
             const int64_t ps[3] = {s[0], s[1], s[2]};
             const int64_t pst[3] = {ps[1] * ps[2], ps[2], 1};
             const int64_t n_plane = ps[0] * ps[1] * ps[2];
+#pragma omp parallel for schedule(static) num_threads(n_threads)
             for (int64_t i = 0; i < n_plane; i++) {
                 const int64_t k = (i / pst[axis]) % ps[axis];
                 res[i] = fmin(fmax(res[i], range[2 * k]), range[2 * k + 1]);
@@ -472,6 +493,7 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
             res = run_passes(&w, res, s, along, 1, out, n_threads);
         }
         float *yc = y + c * n_out;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
         for (int64_t i = 0; i < n_out; i++) yc[i] = (float)res[i];
     }
     work_free(&w);
