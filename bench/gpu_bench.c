@@ -5,7 +5,7 @@
  *   gpu_bench forward MODEL D H W [--emulated] [--runs R]
  *
  * ops: nnU-Net 3d_fullres stage shapes for a 128^3 patch (PlainConvUNet: features 32..320, spatial
- * 128 / 2^s, batch 1): the 3x3x3 convolution on every kernel (f32 v1, tensor cores f16/bf16/tf32),
+ * 128 / 2^s, batch 1): the 3x3x3 convolution on every kernel (f32 direct v2, tensor cores f16/bf16/tf32),
  * a whole encoder stage (conv-norm-act twice) through the backend with and without the fusions,
  * instance norm, softmax + uncertainty maps with their per-slice sums (C = 3, 512 x 512 x 128) next to
  * the unfused softmax + slice sums, the sliding-window accumulation (3 classes, 128^3 tile into
@@ -115,7 +115,7 @@ typedef struct {
     void *scratch; /* the tensor-core kernels' packed weights */
     i3_shape5 xs, ys;
     i3_conv_params p;
-    int kernel; /* -1: f32 v1, else I3_TC_*; CHANNELS_LAST + I3_TC_F16 / I3_TC_BF16: both activations NDHWC */
+    int kernel; /* -1: f32 direct (conv.cu), else I3_TC_*; CHANNELS_LAST + I3_TC_F16 / I3_TC_BF16: both NDHWC */
 } conv_case;
 
 #define CHANNELS_LAST 8
@@ -152,7 +152,7 @@ static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
         double ms = time_median(B, run_conv, &c, "conv");
         printf("{\"bench\": \"op\", \"name\": \"conv3x3x3 %s%s\", \"stage\": %d, \"c\": %lld, \"side\": %lld, "
                "\"ms\": %.4f, \"flop\": %.6g, \"precision\": \"%s\"}\n",
-               c.kernel < 0 ? "f32 v1" : names[precision], cl ? " channels-last" : "", stage, (long long)channels,
+               c.kernel < 0 ? "f32 direct" : names[precision], cl ? " channels-last" : "", stage, (long long)channels,
                (long long)side, ms, flop, c.kernel < 0 ? "f32" : names[precision]);
     }
     B->b->iface->free(B->b, (void *)c.x);

@@ -37,7 +37,7 @@ def main():
         else:
             rate = r["bytes"] / r["ms"] / 1e6
             rate_s, peak_s = f"{rate:.0f} GB/s", f"{100 * rate / bandwidth:.1f}"
-        base = r["name"].replace(" f32 v1", " f32").replace(" fused", "").replace(" (unfused)", "")
+        base = r["name"].replace(" f32 direct", " f32").replace(" fused", "").replace(" (unfused)", "")
         base = base.replace(" channels-last", "")
         base = base.replace(", then slice sums", "+slice sums").replace(" (v1, two reads)", "")
         match = [t for t in torch_rows if t["name"] == base and t.get("stage") == r.get("stage")]

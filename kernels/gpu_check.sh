@@ -82,7 +82,7 @@ fi
 bench=$build/kernels/gpu_bench
 model=$fixtures/unet/plain_3d.safetensors   # 3d_fullres widths 32..320, written by the fixtures phase
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
-    for kernel in conv_tensor_core_v3 conv_v1 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
+    for kernel in conv_tensor_core_v3 conv_v2 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
         softmax_slices_v2 sw_accumulate_v1; do
         step "ncu-$kernel" 60 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1

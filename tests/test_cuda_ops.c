@@ -259,6 +259,12 @@ static void check_conv(device *d) {
     conv_case(d, "1x1x1 no bias", (i3_shape5){1, 6, 3, 5, 4}, head, 0, 3);
     i3_conv_params conv2d = {.cout = 3, .k = {1, 3, 3}, .stride = {1, 1, 1}, .pad = {0, 1, 1}, .act = {I3_ACT_RELU, 0}};
     conv_case(d, "2D", (i3_shape5){1, 2, 1, 11, 9}, conv2d, 1, 4);
+    /* v2: two groups of output channels, the second partial, and input channels over two weight tiles */
+    i3_conv_params wide = {.cout = 11, .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}, .act = LEAKY};
+    conv_case(d, "3x3x3 11 of 20 channels", (i3_shape5){1, 20, 4, 5, 6}, wide, 1, 5);
+    /* a kernel whose weights per input channel exceed v2's tile: v1 */
+    i3_conv_params big = {.cout = 2, .k = {9, 9, 7}, .stride = {1, 1, 1}, .pad = {4, 4, 3}, .act = LEAKY};
+    conv_case(d, "9x9x7 (v1)", (i3_shape5){1, 2, 9, 10, 8}, big, 1, 6);
     fx_rng r = fx_rng_seed(99);
     for (int i = 0; i < 3; i++) {
         i3_conv_params p = {.cout = (int)rand_in(&r, 1, 6), .act = LEAKY};
