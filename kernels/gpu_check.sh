@@ -98,6 +98,10 @@ if wants bench; then
         step "bench-i3rt-forward-$conv" 60 sh -c "I3RT_CUDA_CONV=$conv $bench forward $model 128 128 128 --runs 5 \
             >> $logs/i3rt_forward.jsonl"
     done
+    for conv in f32 f16; do   # where a forward's time goes: per-op totals of 2 forwards (warm-up + 1)
+        step "profile-forward-$conv" 60 sh -c "I3RT_CUDA_PROFILE=1 I3RT_CUDA_CONV=$conv $bench forward $model \
+            128 128 128 --runs 1 > /dev/null 2> $logs/profile_forward_$conv.txt"
+    done
     step bench-torch-forward 120 sh -c "$py bench/gpu_torch.py forward $model 128 128 128 --runs 5 \
         > $logs/torch_forward.jsonl"
     step report 30 sh -c "$py bench/gpu_report.py $logs/torch_ops.jsonl $logs/i3rt_ops.jsonl \

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 namespace I3_NS {
 
@@ -65,10 +66,18 @@ struct Replay {
     cudaGraphExec_t exec;
 };
 
+/* Per-node wall time by op (i3_cuda_options.profile): the stream is synchronized around every node, so a
+ * node's time is its kernels' plus a launch; nodes fused into a neighbour count with ~0. */
+struct Profile {
+    double seconds[I3_OP_COUNT];
+    int64_t nodes[I3_OP_COUNT];
+};
+
 struct DeviceState {
     cudaStream_t stream;
     ConvPrecision conv;
-    bool fuse, graphs;
+    bool fuse, graphs, profile;
+    Profile times;
     Fusion fusion;
     Replay replay;
     float *partials, *scale_shift;  /* device buffers, grown as needed */
@@ -377,7 +386,7 @@ static cudaError_t replay_end(DeviceState *st) {
     return cudaGraphLaunch(r->exec, st->stream);
 }
 
-static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
+static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
     const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
     const float *in0 = (const float *)x->data;
     const float *in1 = node->in[1] >= 0 ? (const float *)g->values[node->in[1]].data : NULL;
@@ -478,6 +487,38 @@ static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_no
     return device_fail(b, (cudaError_t)e, what);
 }
 
+static double seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
+    DeviceState *st = state_of(b);
+    if (!st->profile) return run_node(b, g, node, scratch);
+    cudaError_t e = cudaStreamSynchronize(st->stream);
+    if (e != cudaSuccess) return device_fail(b, e, "profile");
+    const double t0 = seconds_now();
+    I3_TRY(run_node(b, g, node, scratch));
+    if ((e = cudaStreamSynchronize(st->stream)) != cudaSuccess) return device_fail(b, e, "profile");
+    st->times.seconds[node->op] += seconds_now() - t0;
+    st->times.nodes[node->op]++;
+    st->stats.profiled_nodes++;
+    return I3RT_OK;
+}
+
+/* The profile's table on stderr (the backend's end; asked for with I3RT_CUDA_PROFILE=1). */
+static void print_profile(const Profile *p) {
+    double total = 0.0;
+    for (int op = 0; op < I3_OP_COUNT; op++) total += p->seconds[op];
+    fprintf(stderr, "%s backend profile (stream synchronized around each node): %.3f ms in all\n", BACKEND_NAME,
+            1e3 * total);
+    for (int op = 0; op < I3_OP_COUNT; op++)
+        if (p->nodes[op])
+            fprintf(stderr, "  %-18s %7lld nodes %10.3f ms %5.1f %%\n", i3_op_name((i3_op)op), (long long)p->nodes[op],
+                    1e3 * p->seconds[op], total > 0 ? 100.0 * p->seconds[op] / total : 0.0);
+}
+
 static i3rt_status device_synchronize(i3_backend *b) {
     cudaError_t e = cudaStreamSynchronize(stream_of(b));
     if (e == cudaSuccess) e = cudaGetLastError();
@@ -486,6 +527,7 @@ static i3rt_status device_synchronize(i3_backend *b) {
 
 static void device_destroy(i3_backend *b) {
     if (b->impl) {
+        if (state_of(b)->profile) print_profile(&state_of(b)->times);
         drop_replay(state_of(b));
         device_free(b, state_of(b)->partials);
         device_free(b, state_of(b)->scale_shift);
@@ -570,7 +612,8 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, const i3_cuda_options
     }
     state->conv = (ConvPrecision)opt->conv;
     state->fuse = opt->fuse != 0;
-    state->graphs = opt->graphs != 0;
+    state->profile = opt->profile != 0;
+    state->graphs = opt->graphs != 0 && !state->profile; /* no synchronizing inside a capture */
     state->fusion.stats_for = state->fusion.deferred_for = -1;
     b->iface = &device_iface;
     b->ctx = ctx;
@@ -651,6 +694,7 @@ extern "C" void i3_backend_cuda_host_free(i3_backend *b, void *ptr) {
 extern "C" i3rt_status i3_cuda_options_from_env(i3_ctx *ctx, i3_cuda_options *out) {
     static const char *const names[] = {"f32", "f16", "bf16", "tf32"};
     const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE"), *graphs = getenv("I3RT_CUDA_GRAPHS");
+    const char *profile = getenv("I3RT_CUDA_PROFILE");
     int precision = conv ? -1 : I3_CUDA_CONV_F32;
     for (int i = I3_CUDA_CONV_F32; conv && i <= I3_CUDA_CONV_TF32; i++)
         if (!strcmp(conv, names[i])) precision = i;
@@ -660,6 +704,7 @@ extern "C" i3rt_status i3_cuda_options_from_env(i3_ctx *ctx, i3_cuda_options *ou
     out->conv = precision;
     out->fuse = !fuse || strcmp(fuse, "0");
     out->graphs = !graphs || strcmp(graphs, "0");
+    out->profile = profile && strcmp(profile, "0");
     return I3RT_OK;
 }
 

@@ -1462,8 +1462,10 @@ static void check_graph_replay(device *d) {
         free(ref);
     }
     i3_backend_cuda_stats(b, &after);
-    const char *graphs = getenv("I3RT_CUDA_GRAPHS");
-    int on = !graphs || strcmp(graphs, "0");
+    const char *graphs = getenv("I3RT_CUDA_GRAPHS"), *profile = getenv("I3RT_CUDA_PROFILE");
+    const int profiled = profile && strcmp(profile, "0"), on = (!graphs || strcmp(graphs, "0")) && !profiled;
+    cr_assert_eq(after.profiled_nodes - before.profiled_nodes, profiled ? 4 * g.n_nodes : 0, "nodes profiled: %lld",
+                 (long long)(after.profiled_nodes - before.profiled_nodes));
     printf("%-8s CUDA graphs %s: %lld captured, %lld replayed\n", b->iface->name, on ? "on" : "off",
            (long long)(after.graph_captures - before.graph_captures),
            (long long)(after.graph_replays - before.graph_replays));
@@ -1935,6 +1937,12 @@ Test(emulated, out_of_memory_is_a_message) {
 
 Test(emulated, graph_replay_off) {
     setenv("I3RT_CUDA_GRAPHS", "0", 1);
+    on_device(open_emulated_ok, check_graph_replay);
+}
+
+/* I3RT_CUDA_PROFILE: every node timed (graphs off, since the profile synchronizes), the same results. */
+Test(emulated, profile) {
+    setenv("I3RT_CUDA_PROFILE", "1", 1);
     on_device(open_emulated_ok, check_graph_replay);
 }
 
