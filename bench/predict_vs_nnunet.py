@@ -7,9 +7,10 @@
 Each side runs in its own child process under a fresh wrapper that reports the child's peak resident
 memory (getrusage(RUSAGE_CHILDREN).ru_maxrss): nnUNetPredictor.predict_from_files on the model folder's
 fold_K/checkpoint_final.pth (nnUNet_def_n_proc and torch threads = --threads; one export process), and the
-i3rt CLI on fold_K.safetensors. On CUDA the peak device memory is read from
-torch.cuda.max_memory_allocated (nnU-Net) and nvidia-smi's per-process usage is not needed for i3rt: the CLI
-reports nothing, so the benchmark samples `nvidia-smi --query-compute-apps=used_memory` every 50 ms.
+i3rt CLI on fold_K.safetensors. On CUDA the peak device memory each allocated is read from
+torch.cuda.max_memory_allocated (nnU-Net) and from the CLI's final --json-progress event (i3rt's
+i3rt_context_device_memory); both leave out the CUDA context. With it, the benchmark samples
+`nvidia-smi --query-compute-apps=used_memory` every 50 ms (the whole process, context included).
 Prints one table row per side and the ratios; --json writes them to a file.
 """
 import argparse
@@ -74,6 +75,8 @@ def run_child(cmd, env, device):
     for line in proc.stdout.splitlines():
         if line.startswith("BENCH "):
             res.update(json.loads(line[6:]))
+        elif line.startswith('{"event":"done"'):  # i3rt predict --json-progress
+            res["device_peak_mib"] = json.loads(line)["device_peak_bytes"] / 2**20
         elif line.startswith("MAXRSS_KIB "):
             res["peak_rss_mib"] = int(line.split()[1]) / 1024.0
     if device == "cuda":
@@ -100,7 +103,7 @@ def main():
         a = dict(model=os.path.abspath(args.model), input=os.path.abspath(args.input), output=out_n, folds=args.folds,
                  disable_tta=args.disable_tta, device=args.device)
         cmd = [args.i3rt, "predict", "-i", args.input, "-o", out_i, "-m", args.model, "--threads", str(args.threads),
-               "--device", args.device, "--quiet"]
+               "--device", args.device, "--json-progress"]
         if args.folds:
             cmd += ["-f"] + [str(f) for f in args.folds]
         if args.disable_tta:
@@ -113,6 +116,10 @@ def main():
         print(f"{k:10} {results[k]['wall_s']:9.2f} {results[k]['peak_rss_mib']:13.1f}")
     print(f"{'ratio':10} {n['wall_s'] / i['wall_s']:8.2f}x {n['peak_rss_mib'] / i['peak_rss_mib']:12.2f}x  "
           f"(nnU-Net / i3rt; wall time includes start-up and model loading of each process)")
+    if args.device == "cuda":
+        print(f"device memory MiB, allocated by each (no CUDA context): nnU-Net {n['device_peak_mib']:.1f}, "
+              f"i3rt {i['device_peak_mib']:.1f}; whole process as nvidia-smi saw it: nnU-Net "
+              f"{n['device_peak_mib_sampled']}, i3rt {i['device_peak_mib_sampled']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

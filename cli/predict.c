@@ -77,11 +77,13 @@ typedef struct {
 
 static int usage(const char *fmt, const char *arg) { return cli_usage("predict", HELP, fmt, arg); }
 
-/* --json-progress: one event per line, {"event": NAME, "case": CASE, "case_index": I, "cases": N, ...}. */
+/* --json-progress: one event per line, {"event": NAME, "case": CASE, "case_index": I, "cases": N, ...}
+ * (events "progress", "case_done", and at the end "done" without a case, with the seconds of all cases and
+ * the device memory peak in bytes, 0 on the CPU). */
 static cJSON *json_event(const char *name, const char *case_name, int case_index, int n_cases) {
     cJSON *event = cJSON_CreateObject();
     cJSON_AddStringToObject(event, "event", name);
-    cJSON_AddStringToObject(event, "case", case_name);
+    if (case_name) cJSON_AddStringToObject(event, "case", case_name);
     cJSON_AddNumberToObject(event, "case_index", case_index);
     cJSON_AddNumberToObject(event, "cases", n_cases);
     return event;
@@ -408,9 +410,19 @@ int cli_predict(int argc, char **argv) {
             fprintf(stderr, "%s%s: done in %.2f s\n", ps.tty ? "\r\033[K" : "", cases[i].name, secs);
         }
     }
-    if (result == EXIT_SUCCESS && !a.quiet && !a.json)
-        fprintf(stderr, "i3rt predict: %d case(s) in %.2f s, written to %s\n", n_cases, i3_now_seconds() - t_start,
+    size_t device_peak = 0;
+    i3rt_context_device_memory(ctx, NULL, &device_peak);
+    if (result == EXIT_SUCCESS && a.json) {
+        cJSON *event = json_event("done", NULL, n_cases - 1, n_cases);
+        cJSON_AddNumberToObject(event, "seconds", i3_now_seconds() - t_start);
+        cJSON_AddNumberToObject(event, "device_peak_bytes", (double)device_peak);
+        print_json_event(event);
+    } else if (result == EXIT_SUCCESS && !a.quiet) {
+        fprintf(stderr, "i3rt predict: %d case(s) in %.2f s, written to %s", n_cases, i3_now_seconds() - t_start,
                 a.out_dir);
+        if (device_peak) fprintf(stderr, "; device memory peak %.1f MiB", device_peak / 1048576.0);
+        fputc('\n', stderr);
+    }
     if (cases) free_cases(cases, n_cases);
     i3_predictor_free(pred);
     i3rt_context_free(ctx);

@@ -57,6 +57,11 @@ void i3rt_context_free(i3rt_context *ctx);
 i3rt_status i3rt_context_set_precision(i3rt_context *ctx, i3rt_precision precision);
 /* The message of the last failed call on this context ("" if none). Valid until the next call. */
 const char *i3rt_context_error(const i3rt_context *ctx);
+/* Device memory that this context's models and sessions hold on the CUDA backend (real or emulated), in
+ * bytes: now, and the most at any time since the context was created (either may be NULL). Counts every
+ * buffer i3rt allocates there (weights, activations, scratch, the sliding window's volumes), not the
+ * memory of the CUDA context itself. 0 and 0 on the CPU backend. */
+i3rt_status i3rt_context_device_memory(const i3rt_context *ctx, size_t *in_use, size_t *peak);
 
 /* Loads an i3rt weight file (docs/weights-format.md), validates it against its network description and
  * builds the network. The file's bytes are read once; the model does not keep the file open. */

@@ -87,6 +87,11 @@ struct DeviceState {
     unsigned char *channels_last;   /* per value: 1 when held channels-last in f16/bf16 */
     int channels_last_n;
     i3_cuda_stats stats;
+    struct Allocation {
+        void *ptr;
+        size_t bytes;
+    } *allocations;                 /* live device buffers, for the context's device memory accounting */
+    int n_allocations, allocations_capacity;
 };
 
 static DeviceState *state_of(i3_backend *b) { return (DeviceState *)b->impl; }
@@ -99,9 +104,39 @@ static i3rt_status device_fail(i3_backend *b, cudaError_t e, const char *what) {
                    "%s backend: %s: %s%s%s", BACKEND_NAME, what, cudaGetErrorString(e), detail[0] ? ": " : "", detail);
 }
 
+/* Adds (bytes > 0) or removes a live buffer in the backend's list and the context's counts. */
+static bool account(i3_backend *b, void *ptr, size_t bytes) {
+    DeviceState *st = state_of(b);
+    if (bytes) {
+        if (st->n_allocations == st->allocations_capacity) {
+            int capacity = st->allocations_capacity ? 2 * st->allocations_capacity : 16;
+            void *grown = realloc(st->allocations, (size_t)capacity * sizeof *st->allocations);
+            if (!grown) return false;
+            st->allocations = (DeviceState::Allocation *)grown;
+            st->allocations_capacity = capacity;
+        }
+        st->allocations[st->n_allocations++] = {ptr, bytes};
+        b->ctx->device_bytes += bytes;
+        if (b->ctx->device_bytes > b->ctx->device_bytes_peak) b->ctx->device_bytes_peak = b->ctx->device_bytes;
+        return true;
+    }
+    for (int i = 0; i < st->n_allocations; i++)
+        if (st->allocations[i].ptr == ptr) {
+            b->ctx->device_bytes -= st->allocations[i].bytes;
+            st->allocations[i] = st->allocations[--st->n_allocations];
+            break;
+        }
+    return true;
+}
+
 static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
     cudaError_t e = cudaMalloc(out, bytes);
-    if (e == cudaSuccess) return I3RT_OK;
+    if (e == cudaSuccess && account(b, *out, bytes ? bytes : 1)) return I3RT_OK;
+    if (e == cudaSuccess) { /* no host memory for the list */
+        cudaFree(*out);
+        *out = NULL;
+        return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: out of host memory", BACKEND_NAME);
+    }
     *out = NULL;
     const char *detail = failure_detail();
     i3rt_status st = i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY,
@@ -112,7 +147,9 @@ static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
 }
 
 static void device_free(i3_backend *b, void *ptr) {
-    if (ptr) cudaFree(ptr);
+    if (!ptr) return;
+    account(b, ptr, 0);
+    cudaFree(ptr);
 }
 
 static i3rt_status device_upload(i3_backend *b, void *dst, const void *src, size_t bytes) {
@@ -532,6 +569,7 @@ static void device_destroy(i3_backend *b) {
         device_free(b, state_of(b)->partials);
         device_free(b, state_of(b)->scale_shift);
         free(state_of(b)->channels_last);
+        free(state_of(b)->allocations);
         cudaStreamDestroy(stream_of(b));
     }
     free(b->impl);

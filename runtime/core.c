@@ -59,6 +59,13 @@ i3rt_status i3rt_context_set_precision(i3rt_context *ctx, i3rt_precision precisi
 
 const char *i3rt_context_error(const i3rt_context *ctx) { return ctx ? ctx->error : ""; }
 
+i3rt_status i3rt_context_device_memory(const i3rt_context *ctx, size_t *in_use, size_t *peak) {
+    if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
+    if (in_use) *in_use = ctx->device_bytes;
+    if (peak) *peak = ctx->device_bytes_peak;
+    return I3RT_OK;
+}
+
 size_t i3_dtype_size(i3_dtype t) {
     switch (t) {
     case I3_F32: case I3_I32: return 4;

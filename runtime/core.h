@@ -17,6 +17,7 @@ struct i3rt_context {
     i3rt_backend_kind backend;
     int precision_set;         /* i3rt_context_set_precision was called: it overrides the defaults */
     i3rt_precision precision;
+    size_t device_bytes, device_bytes_peak; /* what the context's CUDA backends hold (i3rt_context_device_memory) */
     char error[I3_ERROR_MAX];
 };
 typedef struct i3rt_context i3_ctx;

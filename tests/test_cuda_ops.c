@@ -1948,7 +1948,8 @@ Test(emulated, profile) {
 
 /* Running out of device memory is I3RT_ERR_OUT_OF_MEMORY with a message, never a crash: the
  * emulated device capped by I3RT_EMULATED_DEVICE_MEMORY; directly through the backend, then through
- * the public API (the weights fit, the forward's activations do not). */
+ * the public API (the weights fit, the forward's activations do not); and the context's count of its
+ * device memory (i3rt_context_device_memory). */
 Test(emulated, out_of_memory_under_a_cap) {
     setenv("I3RT_EMULATED_DEVICE_MEMORY", "1M", 1);
     device d;
@@ -1991,7 +1992,21 @@ Test(emulated, out_of_memory_under_a_cap) {
     cr_assert(strstr(i3rt_context_error(ctx), "out of device memory"), "message: %s", i3rt_context_error(ctx));
     setenv("I3RT_EMULATED_DEVICE_MEMORY", "16G", 1);
     cr_assert_eq(i3rt_model_forward(model, x, spatial, y), I3RT_OK, "after the cap: %s", i3rt_context_error(ctx));
+    /* the context's device memory: the weights and the planned activations and scratch at least, all of it
+     * given back with the model */
+    size_t in_use, device_peak;
+    cr_assert_eq(i3rt_context_device_memory(ctx, &in_use, &device_peak), I3RT_OK);
+    printf("emulated device memory: %zu bytes in use, peak %zu (weights %zu + planned %zu)\n", in_use, device_peak,
+           (size_t)info.weight_bytes, peak);
+    cr_assert_geq(device_peak, info.weight_bytes + peak);
+    cr_assert_geq(in_use, info.weight_bytes);
     free(x), free(y);
     i3rt_model_free(model);
+    cr_assert_eq(i3rt_context_device_memory(ctx, &in_use, NULL), I3RT_OK);
+    cr_assert_eq(in_use, 0, "%zu bytes still counted after the model's end", in_use);
+    i3rt_context_free(ctx);
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    cr_assert_eq(i3rt_context_device_memory(ctx, &in_use, &device_peak), I3RT_OK);
+    cr_assert(in_use == 0 && device_peak == 0, "cpu context: %zu, %zu", in_use, device_peak);
     i3rt_context_free(ctx);
 }

@@ -177,6 +177,39 @@ static void paths(const char *bad, const char *model, char *in, char *model_dir)
     cJSON_Delete(m);
 }
 
+/* --json-progress: JSON lines only on stdout, a case_done per case, and a final "done" event with the seconds and
+ * the device memory peak (0 on the CPU; i3rt_context_device_memory is tested in test_cuda_ops). */
+Test(predict, json_progress_events, .timeout = 600) {
+    char in[1024], model[1024], out[256], cmd[4096];
+    paths("extra_channel", "brain_3d_fullres", in, model);
+    snprintf(in, sizeof in, "%s/cases/501", fx_fixture_dir("predict"));
+    make_temp_dir(out, sizeof out);
+    snprintf(cmd, sizeof cmd, "%s predict -i %s -o %s -m %s -f 0 --disable-tta --threads 1 --json-progress", cli(),
+             in, out, model);
+    char *log = NULL;
+    cr_assert_eq(run(cmd, &log), 0, "%s:\n%s", cmd, log ? log : "");
+    int progress = 0, cases_done = 0, done = 0;
+    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) {
+        cJSON *event = cJSON_Parse(line);
+        cr_assert(event, "not a JSON line: %s", line);
+        const char *name = cJSON_GetObjectItem(event, "event")->valuestring;
+        progress += !strcmp(name, "progress");
+        cases_done += !strcmp(name, "case_done");
+        if (!strcmp(name, "done")) {
+            done++;
+            cr_expect_gt(cJSON_GetObjectItem(event, "seconds")->valuedouble, 0.0);
+            cr_expect_eq(cJSON_GetObjectItem(event, "device_peak_bytes")->valuedouble, 0.0);
+            cr_expect_eq(cJSON_GetObjectItem(event, "cases")->valueint, cases_done);
+        }
+        cJSON_Delete(event);
+    }
+    printf("--json-progress: %d progress, %d case_done, %d done events\n", progress, cases_done, done);
+    cr_expect(progress > 0 && cases_done > 0 && done == 1, "events: %d progress, %d case_done, %d done", progress,
+              cases_done, done);
+    free(log);
+    remove_dir(out);
+}
+
 Test(predict, bad_inputs_fail_cleanly, .timeout = 600) {
     char in[1024], model[1024];
     paths("missing_channel", "headct", in, model);
