@@ -13,8 +13,8 @@
  *   v2: the same direct convolution, register-blocked over output channels: a thread computes one
  *       position for CONV_V2_OC output channels, so each input value it loads feeds CONV_V2_OC
  *       multiply-adds, and the block's weights for a run of input channels sit in shared memory (read
- *       as broadcasts). v1 did one multiply-add per global load and reached ~0.5 TFLOP/s on an H200
- *       (1 % of its f32 peak). Same fusions, same summation order per output as v1, same partials
+ *       as broadcasts). v1 did one multiply-add per global load: on an H200 the f32 forward of a 128^3
+ *       3d_fullres U-Net took 1.13 s against PyTorch's 39 ms. Same fusions, same summation order per output as v1, same partials
  *       layout. Used when the weights of one input channel fit the shared tile (kernel volume <=
  *       CONV_V2_W_FLOATS / CONV_V2_OC taps), else v1.
  * The tensor-core implicit GEMM kernels (conv_tensor_core v2 TF32, v3 f16/bf16, channels-last) are in
