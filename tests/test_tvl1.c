@@ -89,8 +89,37 @@ Test(tvl1, flow_vs_skimage) {
     cr_assert(cases >= 6, "only %d tvl1 fixtures (run through ctest, which runs tests/gen_tvl1.py first)", cases);
 }
 
-/* The device version on a real GPU (kernels/tvl1.cu through nvcc), on the same three fixtures: nvcc contracts
- * multiply-adds, so the flow may differ from the CPU's by rounding; held to the bounds against skimage. */
+/* The device tests' fixtures (three pyramid levels, one level, an early stop) with the CPU's flow. */
+typedef struct {
+    char name[64];
+    i3_weights *w;
+    int64_t rows, cols, n;
+    const float *ref, *mov;
+    i3_tvl1_params p;
+    float *cpu; /* 2 n: the CPU's flow */
+} device_case;
+
+static device_case device_case_open(int k) {
+    static const int which[3] = {2, 3, 5};
+    device_case c;
+    snprintf(c.name, sizeof c.name, "flow_%d.safetensors", which[k]);
+    c.w = fx_open("tvl1", c.name);
+    cr_assert(c.w, "fixture tvl1/%s missing", c.name);
+    c.rows = fx_param_int(c.w, "rows", -1), c.cols = fx_param_int(c.w, "cols", -1), c.n = c.rows * c.cols;
+    c.ref = tensor(c.w, "reference", c.n), c.mov = tensor(c.w, "moving", c.n);
+    c.p = fixture_params(c.w);
+    c.cpu = malloc(2 * (size_t)c.n * sizeof *c.cpu);
+    cr_assert_eq(i3_tvl1(ctx, c.ref, c.mov, c.rows, c.cols, &c.p, NULL, c.cpu), I3RT_OK);
+    return c;
+}
+
+static void device_case_close(device_case *c) {
+    free(c->cpu);
+    i3_weights_free(c->w);
+}
+
+/* The device version on a real GPU (kernels/tvl1.cu through nvcc): nvcc contracts multiply-adds, so the flow
+ * may differ from the CPU's by rounding; held to the bounds against skimage. */
 Test(tvl1, gpu_device_matches_cpu) {
 #ifndef I3RT_HAVE_CUDA
     cr_skip("built without -DI3RT_CUDA=ON: no GPU kernels");
@@ -98,77 +127,62 @@ Test(tvl1, gpu_device_matches_cpu) {
     i3_ctx dctx = {.n_threads = 1, .backend = I3RT_BACKEND_CUDA};
     i3_backend *b;
     if (i3_backend_cuda_create(&dctx, 0, &b) != I3RT_OK) cr_skip("no real GPU: %s", dctx.error);
-    const int which[3] = {2, 3, 5};
     for (int k = 0; k < 3; k++) {
-        char name[64];
-        snprintf(name, sizeof name, "flow_%d.safetensors", which[k]);
-        i3_weights *w = fx_open("tvl1", name);
-        cr_assert(w, "fixture tvl1/%s missing", name);
-        const int64_t rows = fx_param_int(w, "rows", -1), cols = fx_param_int(w, "cols", -1), n = rows * cols;
-        const float *ref = tensor(w, "reference", n), *mov = tensor(w, "moving", n);
-        const i3_tvl1_params p = fixture_params(w);
-        const size_t bytes = (size_t)n * sizeof(float), scratch_bytes = i3_tvl1_device_scratch_bytes(rows, cols);
-        float *cpu = malloc(2 * bytes), *got = malloc(2 * bytes);
-        cr_assert_eq(i3_tvl1(ctx, ref, mov, rows, cols, &p, NULL, cpu), I3RT_OK);
+        device_case c = device_case_open(k);
+        const size_t bytes = (size_t)c.n * sizeof(float), scratch_bytes = i3_tvl1_device_scratch_bytes(c.rows, c.cols);
+        float *got = malloc(2 * bytes);
         void *d_ref, *d_mov, *d_flow, *d_scratch;
         cr_assert(b->iface->alloc(b, bytes, &d_ref) == I3RT_OK && b->iface->alloc(b, bytes, &d_mov) == I3RT_OK &&
                       b->iface->alloc(b, 2 * bytes, &d_flow) == I3RT_OK &&
                       b->iface->alloc(b, scratch_bytes, &d_scratch) == I3RT_OK,
                   "%s", dctx.error);
-        cr_assert(b->iface->upload(b, d_ref, ref, bytes) == I3RT_OK && b->iface->upload(b, d_mov, mov, bytes) == I3RT_OK,
+        cr_assert(b->iface->upload(b, d_ref, c.ref, bytes) == I3RT_OK &&
+                      b->iface->upload(b, d_mov, c.mov, bytes) == I3RT_OK,
                   "%s", dctx.error);
-        cr_assert_eq(i3gpu_tvl1(d_ref, d_mov, rows, cols, &p, d_scratch, d_flow, i3_backend_cuda_stream(b)), 0,
-                     "%s: launch failed", name);
+        cr_assert_eq(i3gpu_tvl1(d_ref, d_mov, c.rows, c.cols, &c.p, d_scratch, d_flow, i3_backend_cuda_stream(b)), 0,
+                     "%s: launch failed", c.name);
         cr_assert(b->iface->synchronize(b) == I3RT_OK && b->iface->download(b, got, d_flow, 2 * bytes) == I3RT_OK,
-                  "%s: %s", name, dctx.error);
+                  "%s: %s", c.name, dctx.error);
         double max_abs = 0.0, sum_abs = 0.0;
-        for (int64_t j = 0; j < 2 * n; j++) {
-            const double e = fabs((double)got[j] - (double)cpu[j]);
+        for (int64_t j = 0; j < 2 * c.n; j++) {
+            const double e = fabs((double)got[j] - (double)c.cpu[j]);
             max_abs = isnan(e) || e > max_abs ? e : max_abs;
             sum_abs += e;
         }
-        printf("tvl1 gpu vs cpu, %s (%lld x %lld): max abs %.3g px, mean %.3g px\n", name, (long long)rows,
-               (long long)cols, max_abs, sum_abs / (double)(2 * n));
-        cr_expect(max_abs <= FLOW_MAX_TOL && sum_abs / (double)(2 * n) <= FLOW_MEAN_TOL,
-                  "%s: gpu flow max %.3g px, mean %.3g px from the cpu's", name, max_abs, sum_abs / (double)(2 * n));
+        const double mean_abs = sum_abs / (double)(2 * c.n);
+        printf("tvl1 gpu vs cpu, %s (%lld x %lld): max abs %.3g px, mean %.3g px\n", c.name, (long long)c.rows,
+               (long long)c.cols, max_abs, mean_abs);
+        cr_expect(max_abs <= FLOW_MAX_TOL && mean_abs <= FLOW_MEAN_TOL,
+                  "%s: gpu flow max %.3g px, mean %.3g px from the cpu's", c.name, max_abs, mean_abs);
         b->iface->free(b, d_ref), b->iface->free(b, d_mov), b->iface->free(b, d_flow), b->iface->free(b, d_scratch);
-        free(cpu), free(got);
-        i3_weights_free(w);
+        free(got);
+        device_case_close(&c);
     }
     i3_backend_destroy(b);
 #endif
 }
 
 /* The device version on the SIMT emulator (kernels/tvl1.cu; emulated device memory is host memory):
- * the same flow as the CPU, bit for bit (both compiled without contracted multiply-adds), on three
- * fixtures: three pyramid levels, one level, an early stop. */
+ * the same flow as the CPU, bit for bit (both compiled without contracted multiply-adds). */
 Test(tvl1, emulated_device_matches_cpu) {
-    const int which[3] = {2, 3, 5};
     for (int k = 0; k < 3; k++) {
-        char name[64];
-        snprintf(name, sizeof name, "flow_%d.safetensors", which[k]);
-        i3_weights *w = fx_open("tvl1", name);
-        cr_assert(w, "fixture tvl1/%s missing", name);
-        const int64_t rows = fx_param_int(w, "rows", -1), cols = fx_param_int(w, "cols", -1), n = rows * cols;
-        const float *ref = tensor(w, "reference", n), *mov = tensor(w, "moving", n);
-        const i3_tvl1_params p = fixture_params(w);
-        float *cpu = malloc(2 * (size_t)n * sizeof *cpu), *dev = fx_guarded_alloc(2 * n);
-        cr_assert_eq(i3_tvl1(ctx, ref, mov, rows, cols, &p, NULL, cpu), I3RT_OK);
-        const int64_t scratch_floats = (int64_t)(i3_tvl1_device_scratch_bytes(rows, cols) / sizeof(float));
+        device_case c = device_case_open(k);
+        float *dev = fx_guarded_alloc(2 * c.n);
+        const int64_t scratch_floats = (int64_t)(i3_tvl1_device_scratch_bytes(c.rows, c.cols) / sizeof(float));
         float *scratch = fx_guarded_alloc(scratch_floats);
-        cr_assert_eq(i3emu_tvl1(ref, mov, rows, cols, &p, scratch, dev, NULL), 0, "%s: emulated launch failed", name);
-        cr_expect(fx_guards_intact(scratch, scratch_floats) && fx_guards_intact(dev, 2 * n), "%s: wrote out of bounds",
-                  name);
+        cr_assert_eq(i3emu_tvl1(c.ref, c.mov, c.rows, c.cols, &c.p, scratch, dev, NULL), 0,
+                     "%s: emulated launch failed", c.name);
+        cr_expect(fx_guards_intact(scratch, scratch_floats) && fx_guards_intact(dev, 2 * c.n),
+                  "%s: wrote out of bounds", c.name);
         double max_abs = 0.0;
-        for (int64_t j = 0; j < 2 * n; j++) max_abs = fmax(max_abs, fabs((double)dev[j] - (double)cpu[j]));
-        printf("tvl1 emulated device vs cpu, %s (%lld x %lld): max abs %.3g px\n", name, (long long)rows, (long long)cols,
-               max_abs);
-        cr_expect_arr_eq(dev, cpu, 2 * (size_t)n * sizeof *cpu, "%s: device flow differs from the cpu (max %.3g px)", name,
-                         max_abs);
+        for (int64_t j = 0; j < 2 * c.n; j++) max_abs = fmax(max_abs, fabs((double)dev[j] - (double)c.cpu[j]));
+        printf("tvl1 emulated device vs cpu, %s (%lld x %lld): max abs %.3g px\n", c.name, (long long)c.rows,
+               (long long)c.cols, max_abs);
+        cr_expect_arr_eq(dev, c.cpu, 2 * (size_t)c.n * sizeof *c.cpu,
+                         "%s: device flow differs from the cpu (max %.3g px)", c.name, max_abs);
         fx_guarded_free(scratch);
         fx_guarded_free(dev);
-        free(cpu);
-        i3_weights_free(w);
+        device_case_close(&c);
     }
 }
 
