@@ -27,7 +27,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 namespace I3_NS {
 
@@ -524,21 +523,15 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
     return device_fail(b, (cudaError_t)e, what);
 }
 
-static double seconds_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static i3rt_status device_run_node(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch) {
     DeviceState *st = state_of(b);
     if (!st->profile) return run_node(b, g, node, scratch);
     cudaError_t e = cudaStreamSynchronize(st->stream);
     if (e != cudaSuccess) return device_fail(b, e, "profile");
-    const double t0 = seconds_now();
+    const double t0 = i3_now_seconds();
     I3_TRY(run_node(b, g, node, scratch));
     if ((e = cudaStreamSynchronize(st->stream)) != cudaSuccess) return device_fail(b, e, "profile");
-    st->times.seconds[node->op] += seconds_now() - t0;
+    st->times.seconds[node->op] += i3_now_seconds() - t0;
     st->times.nodes[node->op]++;
     st->stats.profiled_nodes++;
     return I3RT_OK;
