@@ -454,7 +454,8 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
         int64_t s[3] = {in[0], in[1], in[2]};
         double *res;
         if (!sep) {
-            double lo = INFINITY, hi = -INFINITY;
+            double lo = INFINITY, hi = -INFINITY; /* the input is finite (checked): min/max reductions are exact */
+#pragma omp parallel for schedule(static) num_threads(n_threads) reduction(min : lo) reduction(max : hi)
             for (int64_t i = 0; i < n_in; i++) {
                 lo = fmin(lo, w.a[i]);
                 hi = fmax(hi, w.a[i]);
@@ -473,11 +474,19 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
                 st = I3RT_ERR_OUT_OF_MEMORY;
                 break;
             }
-            for (int64_t k = 0; k < n_slices; k++) range[2 * k] = INFINITY, range[2 * k + 1] = -INFINITY;
-            for (int64_t i = 0; i < n_in; i++) {
-                const int64_t k = (i / in_stride[axis]) % in[axis];
-                range[2 * k] = fmin(range[2 * k], w.a[i]);
-                range[2 * k + 1] = fmax(range[2 * k + 1], w.a[i]);
+            /* each slice's range: the slices along `axis`, one thread each */
+            const int64_t outer = axis == 0 ? 1 : in[0] * (axis == 2 ? in[1] : 1), inner = in_stride[axis];
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+            for (int64_t k = 0; k < n_slices; k++) {
+                double lo = INFINITY, hi = -INFINITY;
+                for (int64_t o = 0; o < outer; o++) {
+                    const double *row = w.a + o * n_slices * inner + k * inner;
+                    for (int64_t i = 0; i < inner; i++) {
+                        lo = fmin(lo, row[i]);
+                        hi = fmax(hi, row[i]);
+                    }
+                }
+                range[2 * k] = lo, range[2 * k + 1] = hi;
             }
             res = run_passes(&w, w.a, s, plane, 2, out, n_threads);
             const int64_t ps[3] = {s[0], s[1], s[2]};
