@@ -44,6 +44,7 @@ enum { MASK_OUT = 0, MASK_IN = 1, MASK_OUTSIDE_REACHED = 2 };
 
 i3rt_status i3_nonzero_mask(i3_ctx *ctx, const float *x, int64_t channels, const int64_t shape[3], uint8_t *mask) {
     const int64_t d = shape[0], h = shape[1], w = shape[2], n = d * h * w;
+#pragma omp parallel for schedule(static) num_threads(ctx ? ctx->n_threads : 1)
     for (int64_t i = 0; i < n; i++) {
         uint8_t any = 0;
         for (int64_t c = 0; c < channels && !any; c++) any = x[c * n + i] != 0.0f;
@@ -80,6 +81,7 @@ i3rt_status i3_nonzero_mask(i3_ctx *ctx, const float *x, int64_t channels, const
             }
     }
     free(stack);
+#pragma omp parallel for schedule(static) num_threads(ctx ? ctx->n_threads : 1)
     for (int64_t i = 0; i < n; i++) mask[i] = mask[i] != MASK_OUTSIDE_REACHED;
     return I3RT_OK;
 }
