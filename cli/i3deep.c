@@ -310,10 +310,15 @@ static void print_times(FILE *f, const double seconds[I3_STAGE_COUNT], double wa
     if (!isnan(waiting)) fprintf(f, "expert's waiting time: %.3f s (corrections in -> refined segmentation out)\n", waiting);
 }
 
+static void print_refine_parts(FILE *f, i3_predict_times t) {
+    fprintf(f, "refine: preprocessing %.3f s, network %.3f s, export %.3f s\n", t.preprocess, t.network, t.export_);
+}
+
 static void print_case_times(FILE *f, const i3_case *c, int refined) {
     double seconds[I3_STAGE_COUNT];
     for (int k = 0; k < I3_STAGE_COUNT; k++) seconds[k] = i3_case_stage_seconds(c, k);
     print_times(f, seconds, refined ? i3_case_waiting_seconds(c) : NAN);
+    if (refined) print_refine_parts(f, i3_case_refine_times(c));
 }
 
 static i3rt_status write_refinement_input(i3_ctx *ctx, i3_case *c, const char *path, float unannotated) {
@@ -372,6 +377,7 @@ typedef struct {
     double *dice;                   /* [2 * classes]: pre-segmentation, then refined (NaN: class in neither) */
     double mean[2];                 /* mean foreground Dice (classes 1 .. C-1 present), before and after */
     double ratio, waiting, seconds[I3_STAGE_COUNT];
+    i3_predict_times refine_parts;
 } summary;
 
 /* Mean over the foreground classes that are in the truth or the segmentation; NaN if none. */
@@ -421,6 +427,12 @@ static int print_json(FILE *f, const summary *s, const char *out_dir) {
     cJSON_AddNumberToObject(root, "annotation_ratio", s->ratio);
     cJSON *stages = cJSON_AddObjectToObject(root, "stage_seconds");
     for (int k = 0; k < I3_STAGE_COUNT; k++) cJSON_AddNumberToObject(stages, i3_stage_name(k), s->seconds[k]);
+    if (s->refined) {
+        cJSON *parts = cJSON_AddObjectToObject(root, "refine_seconds");
+        cJSON_AddNumberToObject(parts, "preprocessing", s->refine_parts.preprocess);
+        cJSON_AddNumberToObject(parts, "network", s->refine_parts.network);
+        cJSON_AddNumberToObject(parts, "export", s->refine_parts.export_);
+    }
     char *text = cJSON_Print(root);
     const int printed = text != NULL;
     if (printed) fprintf(f, "%s\n", text);
@@ -478,6 +490,7 @@ static i3rt_status simulate_case(i3_ctx *ctx, const args *a, const char *image_p
         s->ratio = i3_annotation_ratio(s->slices, truth, image.d, image.h, image.w);
         s->waiting = s->refined ? i3_case_waiting_seconds(c) : NAN;
         for (int k = 0; k < I3_STAGE_COUNT; k++) s->seconds[k] = i3_case_stage_seconds(c, k);
+        s->refine_parts = i3_case_refine_times(c);
         if (s->refined) fprintf(report, "refined segmentation: %s\n", path);
     }
     i3_case_free(c);
@@ -496,6 +509,7 @@ static i3rt_status simulate(i3_ctx *ctx, const args *a, const char *name) {
     } else if (st == I3RT_OK) {
         print_summary(stdout, &s);
         print_times(stdout, s.seconds, s.waiting);
+        if (s.refined) print_refine_parts(stdout, s.refine_parts);
     }
     free(s.dice);
     return st;

@@ -32,6 +32,7 @@ struct i3_case {
     i3_predictor *refinement_model;  /* NULL until i3_case_load_refinement_model */
     int32_t *refined;         /* [d, h, w]; NULL until i3_case_refine succeeded */
     double seconds[I3_STAGE_COUNT];
+    i3_predict_times refine_times; /* the refine stage's parts */
 };
 
 const char *i3_stage_name(i3_stage stage) {
@@ -637,6 +638,7 @@ static i3rt_status refine(i3_case *c, float *input, const i3_predict_options *op
     i3_predict_options o;
     if (options) o = *options;
     else i3_predict_options_default(&o);
+    o.times = &c->refine_times;
     i3_volume x = c->image;
     x.channels = c->image.channels + 1;
     x.data = input;
@@ -720,6 +722,8 @@ const int32_t *i3_case_refined(const i3_case *c) { return c->refined; }
 const i3_volume *i3_case_image(const i3_case *c) { return &c->image; }
 int i3_case_members(const i3_case *c) { return c->members; }
 int i3_case_num_classes(const i3_case *c) { return c->num_classes; }
+i3_predict_times i3_case_refine_times(const i3_case *c) { return c->refine_times; }
+
 double i3_case_stage_seconds(const i3_case *c, i3_stage stage) {
     return (unsigned)stage < I3_STAGE_COUNT ? c->seconds[stage] : 0.0;
 }

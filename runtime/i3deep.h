@@ -127,5 +127,7 @@ const i3_volume *i3_case_image(const i3_case *c);
 int i3_case_members(const i3_case *c);
 int i3_case_num_classes(const i3_case *c);
 double i3_case_stage_seconds(const i3_case *c, i3_stage stage);
+/* The refine stage's parts: nnU-Net's preprocessing, the network, the export (seconds, summed over refines). */
+i3_predict_times i3_case_refine_times(const i3_case *c);
 
 #endif /* I3RT_I3DEEP_H */

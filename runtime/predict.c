@@ -528,10 +528,18 @@ i3rt_status i3_predict_case(i3_predictor *p, const i3_volume *image, const i3_pr
     I3_TRY(check_input(p, image));
     case_properties cp;
     float *data = NULL, *logits = NULL;
+    const double t0 = i3_now_seconds();
     I3_TRY(preprocess(p, image, &data, &cp));
+    const double t1 = i3_now_seconds();
     i3rt_status st = predict_logits(p, data, &cp, o, &logits);
     free(data);
+    const double t2 = i3_now_seconds();
     if (st == I3RT_OK) st = export_case(p, logits, &cp, o, labels, probabilities);
     free(logits);
+    if (o->times) {
+        o->times->preprocess += t1 - t0;
+        o->times->network += t2 - t1;
+        o->times->export_ += i3_now_seconds() - t2;
+    }
     return st;
 }

@@ -44,12 +44,20 @@ i3rt_status i3_predictor_load(i3_ctx *ctx, const char *model_dir, const int *fol
 void i3_predictor_free(i3_predictor *p);
 const i3_predictor_info *i3_predictor_get_info(const i3_predictor *p);
 
+/* Where a case's prediction spent its time (seconds): nnU-Net's preprocessing (transpose, crop, normalize,
+ * resample to the network's spacing), the sliding-window network, and the export (resample back, softmax /
+ * argmax, paste, transpose back). */
+typedef struct {
+    double preprocess, network, export_;
+} i3_predict_times;
+
 typedef struct {
     int use_mirroring;           /* test-time mirroring over the allowed axes */
     double step_size;            /* 0.5 */
     i3_accumulate_mode accumulate;
     i3_progress_fn progress;     /* after every network forward: done of total (all folds) */
     void *progress_user;
+    i3_predict_times *times;     /* if not NULL: each part's seconds are added to it */
 } i3_predict_options;
 
 void i3_predict_options_default(i3_predict_options *o);
