@@ -340,11 +340,11 @@ static void axis_plan_free(axis_plan *p) {
  * is contiguous (one line at a time strides through memory). */
 #define RESAMPLE_BUNDLE 32
 
-/* Resamples axis `axis` of x [s0, s1, s2] (double) into y with that axis n_out long, in bundles of up
- * to RESAMPLE_BUNDLE lines that are neighbours along axis 2 (one line per bundle along axis 2 itself).
- * buf: per thread scratch of p->len * RESAMPLE_BUNDLE doubles. */
-static void resample_axis(const double *x, const int64_t s[3], int axis, const axis_plan *p, double *y,
-                          double *buf, int n_threads) {
+/* Resamples axis `axis` of x [s0, s1, s2] (double; or, when xf is not NULL, the float input xf) into y with
+ * that axis n_out long, in bundles of up to RESAMPLE_BUNDLE lines that are neighbours along axis 2 (one line
+ * per bundle along axis 2 itself). buf: per thread scratch of p->len * RESAMPLE_BUNDLE doubles. */
+static void resample_axis(const double *x, const float *xf, const int64_t s[3], int axis, const axis_plan *p,
+                          double *y, double *buf, int n_threads) {
     int64_t os[3] = {s[0], s[1], s[2]};
     os[axis] = p->n_out;
     const int64_t in_stride[3] = {s[1] * s[2], s[2], 1}, out_stride[3] = {os[1] * os[2], os[2], 1};
@@ -362,13 +362,16 @@ static void resample_axis(const double *x, const int64_t s[3], int axis, const a
         double *lines = buf + (int64_t)tid * p->len * RESAMPLE_BUNDLE;
         const int64_t i0 = l / bundles_per_row, i1 = l % bundles_per_row * width;
         const int64_t w = s[a1] - i1 < width ? s[a1] - i1 : width;
-        const double *src = x + i0 * in_stride[a0] + i1 * in_stride[a1];
+        const int64_t first = i0 * in_stride[a0] + i1 * in_stride[a1];
         double *dst = y + i0 * out_stride[a0] + i1 * out_stride[a1];
         const int64_t st = in_stride[axis], ost = out_stride[axis];
         for (int64_t i = 0; i < p->len; i++) {
             int64_t j = i - p->npad;
             j = j < 0 ? 0 : j >= p->n_in ? p->n_in - 1 : j;
-            for (int64_t v = 0; v < w; v++) lines[i * w + v] = src[j * st + v];
+            if (xf)
+                for (int64_t v = 0; v < w; v++) lines[i * w + v] = xf[first + j * st + v];
+            else
+                for (int64_t v = 0; v < w; v++) lines[i * w + v] = x[first + j * st + v];
         }
         if (p->order > 1) spline_prefilter(lines, p->len, w);
         for (int64_t k = 0; k < p->n_out; k++) {
@@ -401,16 +404,23 @@ static void work_free(resample_work *w) {
 }
 
 /* Runs the passes of the axes in `axes` (resized to out[axis]) over cur (shape s, updated), ping-ponging
- * between w->a and w->b; returns the buffer that holds the result. */
-static double *run_passes(resample_work *w, double *cur, int64_t s[3], const int *axes, int n_axes,
-                          const int64_t out[3], int n_threads) {
+ * between w->a and w->b; returns the buffer that holds the result. cur NULL: the first pass reads the float
+ * input xf (converted to double as it is read; copied into w->a if no pass runs). */
+static double *run_passes(resample_work *w, double *cur, const float *xf, int64_t s[3], const int *axes,
+                          int n_axes, const int64_t out[3], int n_threads) {
     for (int i = 0; i < n_axes; i++) {
         const int ax = axes[i];
         if (s[ax] == out[ax]) continue;
         double *dst = cur == w->a ? w->b : w->a;
-        resample_axis(cur, s, ax, &w->plan[ax], dst, w->buf, n_threads);
+        resample_axis(cur, cur ? NULL : xf, s, ax, &w->plan[ax], dst, w->buf, n_threads);
         s[ax] = out[ax];
         cur = dst;
+    }
+    if (!cur) {
+        const int64_t n = s[0] * s[1] * s[2];
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+        for (int64_t i = 0; i < n; i++) w->a[i] = xf[i];
+        cur = w->a;
     }
     return cur;
 }
@@ -451,19 +461,17 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
     }
     for (int64_t c = 0; c < channels && st == I3RT_OK; c++) {
         const float *xc = x + c * n_in;
-#pragma omp parallel for schedule(static) num_threads(n_threads)
-        for (int64_t i = 0; i < n_in; i++) w.a[i] = xc[i];
         int64_t s[3] = {in[0], in[1], in[2]};
         double *res;
         if (!sep) {
             double lo = INFINITY, hi = -INFINITY; /* the input is finite (checked): min/max reductions are exact */
 #pragma omp parallel for schedule(static) num_threads(n_threads) reduction(min : lo) reduction(max : hi)
             for (int64_t i = 0; i < n_in; i++) {
-                lo = fmin(lo, w.a[i]);
-                hi = fmax(hi, w.a[i]);
+                lo = fmin(lo, (double)xc[i]);
+                hi = fmax(hi, (double)xc[i]);
             }
             const int axes[3] = {2, 1, 0};
-            res = run_passes(&w, w.a, s, axes, 3, out, n_threads);
+            res = run_passes(&w, NULL, xc, s, axes, 3, out, n_threads);
 #pragma omp parallel for schedule(static) num_threads(n_threads)
             for (int64_t i = 0; i < n_out; i++) res[i] = fmin(fmax(res[i], lo), hi); /* skimage's clip */
         } else {
@@ -482,7 +490,7 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
             for (int64_t k = 0; k < n_slices; k++) {
                 double lo = INFINITY, hi = -INFINITY;
                 for (int64_t o = 0; o < outer; o++) {
-                    const double *row = w.a + o * n_slices * inner + k * inner;
+                    const float *row = xc + o * n_slices * inner + k * inner;
                     for (int64_t i = 0; i < inner; i++) {
                         lo = fmin(lo, row[i]);
                         hi = fmax(hi, row[i]);
@@ -490,7 +498,7 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
                 }
                 range[2 * k] = lo, range[2 * k + 1] = hi;
             }
-            res = run_passes(&w, w.a, s, plane, 2, out, n_threads);
+            res = run_passes(&w, NULL, xc, s, plane, 2, out, n_threads);
             const int64_t ps[3] = {s[0], s[1], s[2]};
             const int64_t pst[3] = {ps[1] * ps[2], ps[2], 1};
             const int64_t n_plane = ps[0] * ps[1] * ps[2];
@@ -501,7 +509,7 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
             }
             free(range);
             const int along[1] = {axis};
-            res = run_passes(&w, res, s, along, 1, out, n_threads);
+            res = run_passes(&w, res, NULL, s, along, 1, out, n_threads);
         }
         float *yc = y + c * n_out;
 #pragma omp parallel for schedule(static) num_threads(n_threads)
