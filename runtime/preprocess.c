@@ -42,6 +42,34 @@ void i3_transpose3(const float *x, int64_t channels, const int64_t shape[3], con
 
 enum { MASK_OUT = 0, MASK_IN = 1, MASK_OUTSIDE_REACHED = 2 };
 
+/* A row segment [x0, x1] of background reached from the border; row = z * h + y. */
+typedef struct {
+    int64_t row, x0, x1;
+} fill_run;
+
+/* Marks every background run of the row starting at `line` (w voxels) that has a voxel in [x0, x1], each
+ * extended to its whole length, and pushes it. */
+static i3rt_status push_runs(i3_ctx *ctx, uint8_t *mask, int64_t w, int64_t line, int64_t x0, int64_t x1,
+                             fill_run **stack, int64_t *top, int64_t *cap) {
+    uint8_t *m = mask + line;
+    for (int64_t x = x0; x <= x1; x++) {
+        if (m[x] != MASK_OUT) continue;
+        int64_t a = x, b = x;
+        while (a > 0 && m[a - 1] == MASK_OUT) a--;
+        while (b < w - 1 && m[b + 1] == MASK_OUT) b++;
+        memset(m + a, MASK_OUTSIDE_REACHED, (size_t)(b - a + 1));
+        if (*top == *cap) {
+            const int64_t grown = *cap ? 2 * *cap : 4096;
+            fill_run *s = realloc(*stack, (size_t)grown * sizeof *s);
+            if (!s) return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "nonzero mask: no memory for the flood fill");
+            *stack = s, *cap = grown;
+        }
+        (*stack)[(*top)++] = (fill_run){line / w, a, b};
+        x = b;
+    }
+    return I3RT_OK;
+}
+
 i3rt_status i3_nonzero_mask(i3_ctx *ctx, const float *x, int64_t channels, const int64_t shape[3], uint8_t *mask) {
     const int64_t d = shape[0], h = shape[1], w = shape[2], n = d * h * w;
 #pragma omp parallel for schedule(static) num_threads(ctx ? ctx->n_threads : 1)
@@ -50,37 +78,34 @@ i3rt_status i3_nonzero_mask(i3_ctx *ctx, const float *x, int64_t channels, const
         for (int64_t c = 0; c < channels && !any; c++) any = x[c * n + i] != 0.0f;
         mask[i] = any ? MASK_IN : MASK_OUT;
     }
+    if (n == 0) return I3RT_OK;
     /* binary_fill_holes: background voxels 6-connected to the outside of the array stay background,
-     * every other voxel becomes foreground. Flood fill from the border voxels. */
-    uint32_t *stack = malloc((size_t)n * sizeof *stack);
-    if (!stack && n > 0) return i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "nonzero mask: no memory for %lld voxels", (long long)n);
-    int64_t top = 0;
-    for (int64_t z = 0; z < d; z++)
-        for (int64_t y = 0; y < h; y++)
-            for (int64_t xx = 0; xx < w; xx++) {
-                const bool border = z == 0 || z == d - 1 || y == 0 || y == h - 1 || xx == 0 || xx == w - 1;
-                if (!border) {
-                    xx = w - 2; /* jump to the last column of this row: only border voxels here */
-                    continue;
-                }
-                const int64_t i = (z * h + y) * w + xx;
-                if (mask[i] == MASK_OUT) {
-                    mask[i] = MASK_OUTSIDE_REACHED;
-                    stack[top++] = (uint32_t)i;
-                }
-            }
-    while (top > 0) {
-        const int64_t i = stack[--top];
-        const int64_t z = i / (h * w), y = (i / w) % h, xx = i % w;
-        const int64_t nb[6] = {z > 0 ? i - h * w : -1, z < d - 1 ? i + h * w : -1, y > 0 ? i - w : -1,
-                               y < h - 1 ? i + w : -1, xx > 0 ? i - 1 : -1, xx < w - 1 ? i + 1 : -1};
-        for (int k = 0; k < 6; k++)
-            if (nb[k] >= 0 && mask[nb[k]] == MASK_OUT) {
-                mask[nb[k]] = MASK_OUTSIDE_REACHED;
-                stack[top++] = (uint32_t)nb[k];
-            }
+     * every other voxel becomes foreground. A flood fill from the border voxels over runs along x: a run
+     * is a maximal row segment of background, marked as a whole, and the rows above and below it in y
+     * and z are scanned for the runs it touches (far fewer pushes than one per voxel). */
+    fill_run *stack = NULL;
+    int64_t top = 0, cap = 0;
+    i3rt_status st = I3RT_OK;
+    for (int64_t z = 0; z < d && st == I3RT_OK; z++)
+        for (int64_t y = 0; y < h && st == I3RT_OK; y++) {
+            const bool border_row = z == 0 || z == d - 1 || y == 0 || y == h - 1;
+            /* every voxel of a border row is on the border, else only the row's two ends */
+            st = border_row ? push_runs(ctx, mask, w, (z * h + y) * w, 0, w - 1, &stack, &top, &cap)
+                            : push_runs(ctx, mask, w, (z * h + y) * w, 0, 0, &stack, &top, &cap);
+            if (st == I3RT_OK && !border_row)
+                st = push_runs(ctx, mask, w, (z * h + y) * w, w - 1, w - 1, &stack, &top, &cap);
+        }
+    while (top > 0 && st == I3RT_OK) {
+        const fill_run r = stack[--top];
+        const int64_t row = r.row, z = row / h, y = row % h;
+        const int64_t neighbours[4] = {y > 0 ? row - 1 : -1, y < h - 1 ? row + 1 : -1, z > 0 ? row - h : -1,
+                                       z < d - 1 ? row + h : -1};
+        for (int k = 0; k < 4 && st == I3RT_OK; k++)
+            if (neighbours[k] >= 0)
+                st = push_runs(ctx, mask, w, neighbours[k] * w, r.x0, r.x1, &stack, &top, &cap);
     }
     free(stack);
+    if (st != I3RT_OK) return st;
 #pragma omp parallel for schedule(static) num_threads(ctx ? ctx->n_threads : 1)
     for (int64_t i = 0; i < n; i++) mask[i] = mask[i] != MASK_OUTSIDE_REACHED;
     return I3RT_OK;
