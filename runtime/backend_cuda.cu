@@ -103,34 +103,36 @@ static i3rt_status device_fail(i3_backend *b, cudaError_t e, const char *what) {
                    "%s backend: %s: %s%s%s", BACKEND_NAME, what, cudaGetErrorString(e), detail[0] ? ": " : "", detail);
 }
 
-/* Adds (bytes > 0) or removes a live buffer in the backend's list and the context's counts. */
-static bool account(i3_backend *b, void *ptr, size_t bytes) {
+/* The live device buffers and the context's counts: a new buffer (false: no host memory for the list), a
+ * freed one. */
+static bool track_allocation(i3_backend *b, void *ptr, size_t bytes) {
     DeviceState *st = state_of(b);
-    if (bytes) {
-        if (st->n_allocations == st->allocations_capacity) {
-            int capacity = st->allocations_capacity ? 2 * st->allocations_capacity : 16;
-            void *grown = realloc(st->allocations, (size_t)capacity * sizeof *st->allocations);
-            if (!grown) return false;
-            st->allocations = (DeviceState::Allocation *)grown;
-            st->allocations_capacity = capacity;
-        }
-        st->allocations[st->n_allocations++] = {ptr, bytes};
-        b->ctx->device_bytes += bytes;
-        if (b->ctx->device_bytes > b->ctx->device_bytes_peak) b->ctx->device_bytes_peak = b->ctx->device_bytes;
-        return true;
+    if (st->n_allocations == st->allocations_capacity) {
+        int capacity = st->allocations_capacity ? 2 * st->allocations_capacity : 16;
+        void *grown = realloc(st->allocations, (size_t)capacity * sizeof *st->allocations);
+        if (!grown) return false;
+        st->allocations = (DeviceState::Allocation *)grown;
+        st->allocations_capacity = capacity;
     }
+    st->allocations[st->n_allocations++] = {ptr, bytes};
+    b->ctx->device_bytes += bytes;
+    if (b->ctx->device_bytes > b->ctx->device_bytes_peak) b->ctx->device_bytes_peak = b->ctx->device_bytes;
+    return true;
+}
+
+static void untrack_allocation(i3_backend *b, void *ptr) {
+    DeviceState *st = state_of(b);
     for (int i = 0; i < st->n_allocations; i++)
         if (st->allocations[i].ptr == ptr) {
             b->ctx->device_bytes -= st->allocations[i].bytes;
             st->allocations[i] = st->allocations[--st->n_allocations];
-            break;
+            return;
         }
-    return true;
 }
 
 static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
     cudaError_t e = cudaMalloc(out, bytes);
-    if (e == cudaSuccess && account(b, *out, bytes ? bytes : 1)) return I3RT_OK;
+    if (e == cudaSuccess && track_allocation(b, *out, bytes)) return I3RT_OK;
     if (e == cudaSuccess) { /* no host memory for the list */
         cudaFree(*out);
         *out = NULL;
@@ -147,7 +149,7 @@ static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
 
 static void device_free(i3_backend *b, void *ptr) {
     if (!ptr) return;
-    account(b, ptr, 0);
+    untrack_allocation(b, ptr);
     cudaFree(ptr);
 }
 
