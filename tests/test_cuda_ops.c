@@ -1398,6 +1398,13 @@ static float *run_net(i3_backend *b, i3_shape5 xs, const float *input, int64_t *
     return y;
 }
 
+/* A tolerance by the graph's convolution kernel (I3RT_CUDA_CONV, read when the backend is created): f32
+ * (unset or "f32"), bf16, or f16 / tf32 (10 mantissa bits both). */
+static double conv_tolerance(double f32, double f16_tf32, double bf16) {
+    const char *conv = getenv("I3RT_CUDA_CONV");
+    return !conv || !strcmp(conv, "f32") ? f32 : !strcmp(conv, "bf16") ? bf16 : f16_tf32;
+}
+
 static void check_network(device *d) {
     i3_shape5 xs = {1, 2, 3, 10, 12};
     fx_rng r = fx_rng_seed(77);
@@ -1410,7 +1417,7 @@ static void check_network(device *d) {
     cr_assert_eq(n_dev, n_ref);
     /* the tensor-core convs round their operands: nmse of f16/tf32 (bf16) rounding through 6 convs */
     const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE");
-    double tolerance = !conv || !strcmp(conv, "f32") ? NMSE_F32 : !strcmp(conv, "bf16") ? 1e-3 : 1e-5;
+    double tolerance = conv_tolerance(NMSE_F32, 1e-5, 1e-3);
     char what[96];
     snprintf(what, sizeof what, "network: every op, device (conv %s) vs CPU backend", conv ? conv : "f32");
     check_nmse_tol(d->b->iface->name, what, y, ref, n_ref, tolerance);
@@ -1608,9 +1615,7 @@ static void check_unet_vs_cpu(device *d, const char *name) {
     /* f32 agrees up to summation order; with the graph's convs on tensor cores (I3RT_CUDA_CONV, as
      * kernels/gpu_check.sh runs this suite) the operands' rounding: seen on an H200 for plain_2d nmse
      * 2.9e-5 (f16), 1.7e-5 (tf32), 1.8e-3 (bf16). */
-    const char *conv = getenv("I3RT_CUDA_CONV");
-    double tolerance = !conv || !strcmp(conv, "f32") ? NMSE_F32 : !strcmp(conv, "bf16") ? 1e-2 : 1e-4;
-    check_nmse_tol(d->b->iface->name, what, y, ref, u.n_out, tolerance);
+    check_nmse_tol(d->b->iface->name, what, y, ref, u.n_out, conv_tolerance(NMSE_F32, 1e-4, 1e-2));
     cr_assert_gt(fused, n_nodes / 4, "%s: only %lld of %d nodes fused", name, (long long)fused, n_nodes);
     i3_backend_destroy(cpu);
     free(ref), free(y);
@@ -1620,8 +1625,7 @@ static void check_unet_vs_cpu(device *d, const char *name) {
 /* Tolerance for the conv kernel I3RT_CUDA_CONV selects: 1e-4 (f32, as test_unet), 1e-2 (f16 and
  * tf32, 10 mantissa bits; seen 1.6e-3 on resenc_2d in f16), 5e-2 (bf16; seen 1.4e-2). */
 static void check_unet(device *d, const char *name) {
-    const char *conv = getenv("I3RT_CUDA_CONV");
-    check_unet_tol(d, name, !conv || !strcmp(conv, "f32") ? 1e-4 : !strcmp(conv, "bf16") ? 5e-2 : 1e-2);
+    check_unet_tol(d, name, conv_tolerance(1e-4, 1e-2, 5e-2));
 }
 
 /* ---- Slice-and-Conquer's networks: RITM HRNet-18s (2D) and the guided ACS 3D network ------------ */
