@@ -88,10 +88,9 @@ i3rt_status i3_nonzero_mask(i3_ctx *ctx, const float *x, int64_t channels, const
     i3rt_status st = I3RT_OK;
     for (int64_t z = 0; z < d && st == I3RT_OK; z++)
         for (int64_t y = 0; y < h && st == I3RT_OK; y++) {
-            const bool border_row = z == 0 || z == d - 1 || y == 0 || y == h - 1;
             /* every voxel of a border row is on the border, else only the row's two ends */
-            st = border_row ? push_runs(ctx, mask, w, (z * h + y) * w, 0, w - 1, &stack, &top, &cap)
-                            : push_runs(ctx, mask, w, (z * h + y) * w, 0, 0, &stack, &top, &cap);
+            const bool border_row = z == 0 || z == d - 1 || y == 0 || y == h - 1;
+            st = push_runs(ctx, mask, w, (z * h + y) * w, 0, border_row ? w - 1 : 0, &stack, &top, &cap);
             if (st == I3RT_OK && !border_row)
                 st = push_runs(ctx, mask, w, (z * h + y) * w, w - 1, w - 1, &stack, &top, &cap);
         }
