@@ -16,6 +16,8 @@ Test(context, rejects_bad_arguments_and_keeps_messages) {
     cr_assert_eq(i3_fail(ctx, I3RT_ERR_FORMAT, "%s: tensor %s: bad", "a.safetensors", "w"), I3RT_ERR_FORMAT);
     cr_assert_str_eq(i3rt_context_error(ctx), "a.safetensors: tensor w: bad");
     cr_assert_str_eq(i3rt_status_name(I3RT_ERR_SHAPE), "I3RT_ERR_SHAPE");
+    size_t in_use = 1, peak = 1;
+    cr_assert_eq(i3rt_context_device_memory(NULL, &in_use, &peak), I3RT_ERR_INVALID_ARGUMENT);
     i3rt_context_free(ctx);
 }
 
