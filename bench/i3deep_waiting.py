@@ -3,7 +3,7 @@
 
     bench/i3deep_waiting.py -m weights/brain_3d_fullres -r weights/brain_refine_3d_fullres
                             [--cases DIR] [--large] [--threads 2] [--repeat 3] [--i3rt build/i3rt]
-                            [--device cpu|cuda] [--json FILE]
+                            [--device cpu|cuda] [--precision f32|tf32|f16|bf16] [--json FILE]
 
 For every case (NAME<TAB>IMAGE<TAB>TRUTH rows of DIR/cases.tsv, as scripts/i3deep_cases.py writes them;
 --large adds a ~512 x 512 x 100 volume: the Colin27 T1 resampled to 0.4 x 0.4 x 1.5 mm, the size the
@@ -12,7 +12,8 @@ issue's < 1 s GPU target names):
           it reports (stages corrections + refine-input + refine: reading and checking the corrected
           slices, building the refinement input, the refinement nnU-Net's whole-case prediction) and the
           pre-segmentation time. The refinement model is loaded before the corrections, so loading is
-          not part of the wait.
+          not part of the wait. --precision is i3rt's (default: f16 on cuda, as nnUNetPredictor's
+          autocast; f32 on the CPU).
   nnU-Net: the same step the way a PyTorch i3Deep does it, in a child process with the model loaded
           first: the refinement input built from the same corrected slices (simulate's
           NAME_corrections.nii.gz: -1 = not corrected -> 0, the paper's encoding) and
@@ -99,7 +100,7 @@ def run_i3rt(args, name, image, truth, out):
         cmd = [args.i3rt, "i3deep", "simulate", image, truth, "-m", args.preseg, "-r", args.refine, "-o", out,
                "--name", name, "--threads", str(args.threads), "--json"]
         if args.device != "cpu":
-            cmd += ["--device", args.device]
+            cmd += ["--device", args.device, "--precision", args.precision]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"i3deep_waiting: {' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
@@ -128,9 +129,14 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--precision", choices=("f32", "tf32", "f16", "bf16"),
+                    help="i3rt's convolutions (default: f16 on cuda, as nnUNetPredictor's autocast; f32 on the CPU)")
     ap.add_argument("--i3rt", default=os.path.join(ROOT, "build", "i3rt"))
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    args.precision = args.precision or ("f16" if args.device == "cuda" else "f32")
+    if args.precision != "f32" and args.device == "cpu":
+        ap.error("--precision other than f32 needs --device cuda")
 
     with tempfile.TemporaryDirectory() as tmp:
         cases_dir = args.cases
@@ -143,7 +149,8 @@ def main():
             cases.append(make_large_case(os.path.join(tmp, "large"), cases_dir))
         results = {}
         print(f"{'case':16} {'shape (x y z)':>16} {'preseg s':>9} {'i3rt wait s':>12} {'nnU-Net s':>10} {'ratio':>7}"
-              f"   (medians of {args.repeat}; {args.threads} threads, {args.device})")
+              f"   {'i3rt refine: preprocessing / network / export s':>48}   (medians of {args.repeat}; "
+              f"{args.threads} threads, {args.device}, i3rt {args.precision})")
         for name, image, truth in cases:
             out = os.path.join(tmp, "out", name)
             runs = run_i3rt(args, name, image, truth, out)
@@ -152,7 +159,10 @@ def main():
             pre = statistics.median(r["stage_seconds"]["presegmentation"] for r in runs)
             shape = "x".join(str(s) for s in nib.load(image).shape[:3])
             ratio = statistics.median(base) / wait
-            print(f"{name:16} {shape:>16} {pre:9.2f} {wait:12.3f} {statistics.median(base):10.3f} {ratio:6.2f}x")
+            parts = " / ".join(f"{statistics.median(r['refine_seconds'][k] for r in runs):.3f}"
+                               for k in ("preprocessing", "network", "export"))
+            print(f"{name:16} {shape:>16} {pre:9.2f} {wait:12.3f} {statistics.median(base):10.3f} {ratio:6.2f}x"
+                  f"   {parts:>48}")
             results[name] = dict(shape=shape, i3rt=runs, nnunet_seconds=base, ratio=ratio,
                                  dice=(runs[0]["mean_foreground_dice_presegmentation"],
                                        runs[0]["mean_foreground_dice_refined"]))

@@ -2,12 +2,14 @@
 """Whole-case prediction: wall time and peak memory of `i3rt predict` vs nnUNetPredictor on the same cases.
 
     bench/predict_vs_nnunet.py -m weights/brain_3d_fullres -i CASES_DIR [-f 0 1] [--disable-tta]
-                               [--device cpu|cuda] [--threads 2] [--i3rt build/i3rt] [--repeat 1]
+                               [--device cpu|cuda] [--precision f32|tf32|f16|bf16] [--threads 2]
+                               [--i3rt build/i3rt]
 
 Each side runs in its own child process under a fresh wrapper that reports the child's peak resident
 memory (getrusage(RUSAGE_CHILDREN).ru_maxrss): nnUNetPredictor.predict_from_files on the model folder's
 fold_K/checkpoint_final.pth (nnUNet_def_n_proc and torch threads = --threads; one export process), and the
-i3rt CLI on fold_K.safetensors. On CUDA the peak device memory each allocated is read from
+i3rt CLI on fold_K.safetensors (--precision: i3rt's convolutions; default f16 on cuda, where nnUNetPredictor
+runs the network under fp16 autocast, f32 on the CPU). On CUDA the peak device memory each allocated is read from
 torch.cuda.max_memory_allocated (nnU-Net) and from the CLI's final --json-progress event (i3rt's
 i3rt_context_device_memory); both leave out the CUDA context. With it, the benchmark samples
 `nvidia-smi --query-compute-apps=used_memory` every 50 ms (the whole process, context included).
@@ -91,10 +93,15 @@ def main():
     ap.add_argument("-f", "--folds", type=int, nargs="+")
     ap.add_argument("--disable-tta", action="store_true")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--precision", choices=("f32", "tf32", "f16", "bf16"),
+                    help="i3rt's convolutions (default: f16 on cuda, as nnUNetPredictor's autocast; f32 on the CPU)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--i3rt", default=os.path.join(ROOT, "build", "i3rt"))
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    args.precision = args.precision or ("f16" if args.device == "cuda" else "f32")
+    if args.precision != "f32" and args.device == "cpu":
+        ap.error("--precision other than f32 needs --device cuda")
 
     env = dict(os.environ, BENCH_THREADS=str(args.threads), nnUNet_def_n_proc=str(args.threads),
                OMP_NUM_THREADS=str(args.threads), nnUNet_results="/tmp", nnUNet_raw="/tmp", nnUNet_preprocessed="/tmp")
@@ -104,6 +111,8 @@ def main():
                  disable_tta=args.disable_tta, device=args.device)
         cmd = [args.i3rt, "predict", "-i", args.input, "-o", out_i, "-m", args.model, "--threads", str(args.threads),
                "--device", args.device, "--json-progress"]
+        if args.device != "cpu":
+            cmd += ["--precision", args.precision]
         if args.folds:
             cmd += ["-f"] + [str(f) for f in args.folds]
         if args.disable_tta:
@@ -111,7 +120,8 @@ def main():
         results["i3rt"] = run_child(cmd, env, args.device)
         results["nnunet"] = run_child([sys.executable, "-c", NNUNET_CHILD, json.dumps(a)], env, args.device)
     i, n = results["i3rt"], results["nnunet"]
-    print(f"{'':10} {'wall s':>9} {'peak RSS MiB':>13}")
+    print(f"{'':10} {'wall s':>9} {'peak RSS MiB':>13}   ({args.device}; i3rt {args.precision}"
+          f"{', nnU-Net fp16 autocast' if args.device == 'cuda' else ''})")
     for k in ("nnunet", "i3rt"):
         print(f"{k:10} {results[k]['wall_s']:9.2f} {results[k]['peak_rss_mib']:13.1f}")
     print(f"{'ratio':10} {n['wall_s'] / i['wall_s']:8.2f}x {n['peak_rss_mib'] / i['peak_rss_mib']:12.2f}x  "

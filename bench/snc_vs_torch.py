@@ -2,7 +2,8 @@
 """Slice-and-Conquer speed (issue 8): the 2D click latency and one 3D iteration, i3rt against PyTorch running
 the same networks with the same weights, alternated in one process.
 
-    python bench/snc_vs_torch.py --build build [--device cpu|cuda] [--threads 1] [--runs 5]
+    python bench/snc_vs_torch.py --build build [--device cpu|cuda] [--precision f32|tf32|f16|bf16] [--threads 1]
+        [--runs 5]
         [--arch 18s 18] [--weights-2d F.safetensors --weights-3d F.safetensors] [--crops 64 96]
 
 Networks: RITM's HRNet-18 + OCR (2D) and its guided ACS 3D version (tools/snc_models.py). Without weight
@@ -26,10 +27,13 @@ What is timed (wall clock, median and min of --runs after one warm-up; i3rt then
                propagation (also the recommendation and TV-L1 post-processing) is printed for i3rt.
   3D forward   the guided network alone on that crop's encoded input, logits checked.
 On --device cuda both sides run on the GPU (i3rt's CUDA backend, PyTorch CUDA, synchronized); PyTorch's click
-encoding stays on the CPU as in tests/gen_snc_predictor.py. A failing i3rt call prints its message and the row
+encoding stays on the CPU as in tests/gen_snc_predictor.py. --precision (cuda only) sets both sides' arithmetic:
+f32 (the default; PyTorch's TF32 switched off, which cuDNN convolutions otherwise use), tf32 (TF32 on), f16 or bf16
+(i3rt's tensor-core convolutions, PyTorch's autocast). A failing i3rt call prints its message and the row
 is skipped, and the exit status is 1. The acsconv package is not a baseline here unless installed (it is not in this venv).
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -156,27 +160,36 @@ def read_zyx(path):
 
 # ---- 2D ---------------------------------------------------------------------------------------------------
 
-class TorchNet:
-    """RITM's net(image_nd, points_nd)['instances'] in float32; records the input sizes it is fed."""
+def torch_arithmetic(precision, device):
+    """A context manager factory for PyTorch's side in i3rt's --precision: f32 and tf32 (cuDNN's and cuBLAS's TF32
+    switched off or on), f16 and bf16 (autocast)."""
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    if precision in ("f16", "bf16"):
+        return lambda: torch.autocast(device, dtype=torch.float16 if precision == "f16" else torch.bfloat16)
+    return contextlib.nullcontext
 
-    def __init__(self, model, device):
-        self.model, self.device, self.sizes = model, device, []
+
+class TorchNet:
+    """RITM's net(image_nd, points_nd)['instances'] (float32 out); records the input sizes it is fed."""
+
+    def __init__(self, model, args):
+        self.model, self.device, self.arithmetic, self.sizes = model, args.device, args.torch_arithmetic, []
 
     def __call__(self, image_nd, points_nd):
         x = self.model.encode(image_nd.float(), points_nd[:, :, :2].float()).to(self.device)
         self.sizes.append(tuple(x.shape[2:]))
-        with torch.no_grad():
-            return {"instances": self.model.forward_encoded(x)[1].cpu()}
+        with torch.no_grad(), self.arithmetic():
+            return {"instances": self.model.forward_encoded(x)[1].float().cpu()}
 
 
 def bench_clicks(args, lib, path2d, model, slice_img, timer, failures):
-    net = TorchNet(model, args.device)
+    net = TorchNet(model, args)
     i3rt_t = [[] for _ in CLICKS]
     torch_t = [[] for _ in CLICKS]
     i3rt_masks, torch_masks, sizes = [], [], []
     for run in range(args.runs + 1):
         def i3rt_sequence():
-            with SncSession(lib, COLIN, args.threads, args.device) as s:
+            with SncSession(lib, COLIN, args.threads, args.device, args.precision) as s:
                 s.load_2d(path2d)
                 out = []
                 for k, (y, x, pos) in enumerate(CLICKS):
@@ -224,7 +237,7 @@ def bench_forward(args, lib, path, model, x, timer, failures, what):
     x_np = np.ascontiguousarray(x[0].reshape(x.shape[1], *spatial).numpy())
     out = np.empty((1, *spatial), np.float32)
     xd = x.to(args.device)
-    m = try_i3rt(lambda: Model(lib, path, args.threads, args.device), failures, what)
+    m = try_i3rt(lambda: Model(lib, path, args.threads, args.device, args.precision), failures, what)
     i3rt_t, torch_t, ref, plan = [], [], None, ""
     for run in range(args.runs + 1):
         if m is not None:
@@ -233,7 +246,7 @@ def bench_forward(args, lib, path, model, x, timer, failures, what):
                 m = None
             elif run > 0:
                 i3rt_t.append(dt)
-        with torch.no_grad():
+        with torch.no_grad(), args.torch_arithmetic():
             dt, up = timer(lambda: model.forward_encoded(xd)[1])
         if run > 0:
             torch_t.append(dt)
@@ -262,7 +275,7 @@ def bench_3d(args, lib, path2d, path3d, model3d, size, folder, timer, failures):
     c = size // 2
     click = (c, c, c - 10)  # (z, y, x) in the crop: the left thalamus, on the accepted axial slice z = c
     i3rt_guided, i3rt_total, i3rt_post, torch_t = [], [], [], []
-    s = try_i3rt(lambda: SncSession(lib, path, args.threads, args.device), failures, "3d")
+    s = try_i3rt(lambda: SncSession(lib, path, args.threads, args.device, args.precision), failures, "3d")
     mask2d = None
     if s is not None:
         def setup():
@@ -281,8 +294,8 @@ def bench_3d(args, lib, path2d, path3d, model3d, size, folder, timer, failures):
 
     def torch_step():
         x = guided_input(volume, torch.zeros_like(volume), pts, [(0, c, mask2d)]).to(dev)
-        with torch.no_grad():
-            return torch.sigmoid(interpolate(model3d.forward_guided(x)[0], x.shape[2:])).cpu()
+        with torch.no_grad(), args.torch_arithmetic():
+            return torch.sigmoid(interpolate(model3d.forward_guided(x)[0], x.shape[2:])).float().cpu()
 
     for run in range(args.runs + 1):
         if s is not None and "3d" not in failures:
@@ -318,7 +331,7 @@ def describe_machine(args):
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; commit {commit}{' (tracked files modified)' if dirty else ''}")
     print(f"machine: {cpu}, {os.cpu_count()} logical CPUs; PyTorch {torch.__version__}; device {args.device}"
           + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else "")
-          + f"; {args.threads} threads each; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
+          + f"; {args.precision}; {args.threads} threads each; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}; "
           f"{args.runs} runs after 1 warm-up, i3rt then PyTorch in each")
     print("load average (1, 5, 15 min): %.2f %.2f %.2f" % os.getloadavg(), flush=True)
 
@@ -327,6 +340,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build", default=os.path.join(ROOT, "build"), help="CMake build folder with libi3rt.so")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ap.add_argument("--precision", choices=("f32", "tf32", "f16", "bf16"), default="f32",
+                    help="both sides' arithmetic (other than f32: cuda only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=["18s", "18"],
@@ -340,6 +355,9 @@ def main():
         ap.error("--weights-2d and --weights-3d go together")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: PyTorch sees no GPU")
+    if args.precision != "f32" and args.device != "cuda":
+        ap.error("--precision other than f32 needs --device cuda")
+    args.torch_arithmetic = torch_arithmetic(args.precision, args.device)
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message="dropout2d: Received a 5-D input")  # eval mode: dropout is off
     lib = I3rt(os.path.join(args.build, "libi3rt.so"))

@@ -46,6 +46,32 @@ int cli_parse_device(const char *name, i3rt_backend_kind *out) {
     return 1;
 }
 
+int cli_parse_precision(const char *name, int *out) {
+    static const char *const names[] = {[I3RT_PRECISION_F32] = "f32", [I3RT_PRECISION_F16] = "f16",
+                                        [I3RT_PRECISION_BF16] = "bf16", [I3RT_PRECISION_TF32] = "tf32"};
+    for (int i = 0; name && i < (int)(sizeof names / sizeof *names); i++)
+        if (strcmp(name, names[i]) == 0) {
+            *out = i;
+            return 1;
+        }
+    return 0;
+}
+
+i3rt_context *cli_context_create(const char *command, int n_threads, i3rt_backend_kind backend, int precision) {
+    i3rt_context *ctx = NULL;
+    if (i3rt_context_create(&ctx, n_threads, backend) != I3RT_OK) {
+        fprintf(stderr, "i3rt %s: cannot create a context%s\n", command,
+                backend == I3RT_BACKEND_CUDA ? " on the CUDA backend" : "");
+        return NULL;
+    }
+    if (precision >= 0 && i3rt_context_set_precision(ctx, (i3rt_precision)precision) != I3RT_OK) {
+        fprintf(stderr, "i3rt %s: --precision: %s\n", command, i3rt_context_error(ctx));
+        i3rt_context_free(ctx);
+        return NULL;
+    }
+    return ctx;
+}
+
 i3rt_status cli_read_case_list(i3_ctx *ctx, const char *path, cli_case **out, int *n_out) {
     *out = NULL;
     *n_out = 0;

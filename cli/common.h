@@ -27,6 +27,12 @@ typedef struct {
 
 /* --device NAME: "cpu", "cuda" or "emulated" -> the backend kind; 0 if NAME is none of them. */
 int cli_parse_device(const char *name, i3rt_backend_kind *out);
+/* --precision NAME: "f32", "tf32", "f16" or "bf16" -> its i3rt_precision; 0 if NAME is none of them. */
+int cli_parse_precision(const char *name, int *out);
+/* A context with n_threads on the backend, its convolutions in the precision (an i3rt_precision, or -1 for
+ * the backend's default: f32, or I3RT_CUDA_CONV's); NULL after a message on stderr ("i3rt COMMAND: ...") if
+ * the backend does not run that precision. */
+i3rt_context *cli_context_create(const char *command, int n_threads, i3rt_backend_kind backend, int precision);
 
 /* LIST.tsv: NAME<TAB>IMAGE<TAB>TRUTH per line; empty lines, '#' comments and a "name" header skipped;
  * relative paths are relative to the list's folder. *out is malloc'ed (free it). */

@@ -88,6 +88,8 @@ static const char *HELP =
     "                       (default 0, the paper's and the refinement model's)\n"
     "  --threads N          CPU threads (default 1)\n"
     "  --device D           backend: cpu (default), cuda or emulated (the CUDA kernels on the CPU)\n"
+    "  --precision P        convolutions in f32 (default), or on tensor cores in tf32, f16 or bf16 (cuda,\n"
+    "                       emulated); f16 is what nnUNetPredictor runs on a GPU (autocast)\n"
     "  -h, --help           this help\n"
     "Progress goes to stderr, results to stdout. Outputs appear atomically (temporary name + rename).\n";
 
@@ -100,6 +102,7 @@ typedef struct {
     int n_files;
     int logits, classes, threads;
     i3rt_backend_kind backend;
+    int precision; /* an i3rt_precision, -1 if not given */
     float unannotated;
     i3_slice_select_params select;
 } args;
@@ -143,7 +146,7 @@ static int check(args *a) {
 
 /* Returns -1 when the arguments are fine, else the exit status. */
 static int parse(int argc, char **argv, args *a) {
-    *a = (args){.threads = 1, .select = I3_SLICE_SELECT_DEFAULTS};
+    *a = (args){.threads = 1, .precision = -1, .select = I3_SLICE_SELECT_DEFAULTS};
     static const char *const commands[] = {"recommend", "refine-input", "refine", "simulate", "evaluate"};
     const int start = cli_command("i3deep", HELP, argc, argv, commands, 5);
     if (start >= 0) return start;
@@ -184,6 +187,10 @@ static int parse(int argc, char **argv, args *a) {
         } else if (is(o, "--device")) {
             if (!cli_parse_device(v, &a->backend))
                 return usage("--device needs cpu, cuda or emulated, got '%s'", v ? v : "");
+            i++;
+        } else if (is(o, "--precision")) {
+            if (!cli_parse_precision(v, &a->precision))
+                return usage("--precision needs f32, tf32, f16 or bf16, got '%s'", v ? v : "");
             i++;
         } else if (is(o, "--unannotated")) {
             if (!cli_parse_number(v, -1e6, 1e6, &x)) return usage("%s needs a number", o);
@@ -696,16 +703,15 @@ int cli_i3deep(int argc, char **argv) {
     if (parsed >= 0) return parsed;
     const char *cmd = a.command;
     const int to_file = is(cmd, "refine-input") || is(cmd, "refine");
-    if (!to_file && !cli_make_dir("i3deep", a.out)) return 1;
+    i3rt_context *ctx = cli_context_create("i3deep", a.threads, a.backend, a.precision);
+    if (!ctx) return 1;
+    if (!to_file && !cli_make_dir("i3deep", a.out)) {
+        i3rt_context_free(ctx);
+        return 1;
+    }
     char name[256];
     if (a.name) snprintf(name, sizeof name, "%s", a.name);
     else if (a.image) cli_base_name(a.image, name, sizeof name);
-    i3rt_context *ctx;
-    if (i3rt_context_create(&ctx, a.threads, a.backend) != I3RT_OK) {
-        fprintf(stderr, "i3rt i3deep: cannot create a context%s\n",
-                a.backend == I3RT_BACKEND_CUDA ? " on the CUDA backend" : "");
-        return 1;
-    }
     i3rt_status st;
     if (is(cmd, "evaluate")) {
         st = evaluate(ctx, &a);

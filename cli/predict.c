@@ -1,7 +1,7 @@
 /* `i3rt predict`: nnUNetv2_predict with i3rt (runtime/predict.h does the work).
  *
  *   i3rt predict -i INPUT -o OUTDIR -m MODELDIR [-f 0 1 ...] [--disable-tta] [--step-size 0.5]
- *                [--save-probabilities] [--accumulate fp32|fp16] [--device cpu|cuda|emulated] [--threads N]
+ *                [--save-probabilities] [--accumulate fp32|fp16] [--device cpu|cuda|emulated] [--precision P] [--threads N]
  *                [--quiet | --json-progress]
  *
  * INPUT is a folder of cases named as nnU-Net expects (CASE_0000.nii.gz, CASE_0001.nii.gz, ... one file
@@ -46,6 +46,8 @@ static const char *HELP =
     "  --accumulate fp32|fp16  sliding-window sums in float32 (default) or rounded to fp16 at every step\n"
     "                        exactly as nnunetv2 does (bit-faithful to nnUNetPredictor)\n"
     "  --device cpu|cuda|emulated  backend (default cpu; emulated: the CUDA kernels on the CPU)\n"
+    "  --precision P         convolutions in f32 (default), or on tensor cores in tf32, f16 or bf16 (cuda,\n"
+    "                        emulated); f16 is what nnUNetPredictor runs on a GPU (autocast)\n"
     "  --threads N           CPU threads (default: all cores)\n"
     "  --quiet               no progress output\n"
     "  --json-progress       progress as JSON lines on stdout (for scripts)\n"
@@ -64,6 +66,7 @@ typedef struct {
     double step_size;
     i3_accumulate_mode accumulate;
     i3rt_backend_kind backend;
+    int precision; /* an i3rt_precision, -1 if not given */
     int threads;
 } predict_args;
 
@@ -260,6 +263,7 @@ static case_files *collect_cases(const char *input, int n_channels, int *n_cases
 static int parse_args(int argc, char **argv, predict_args *a) {
     memset(a, 0, sizeof *a);
     a->step_size = 0.5;
+    a->precision = -1;
     a->threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (a->threads < 1) a->threads = 1;
     for (int i = 0; i < argc; i++) {
@@ -300,6 +304,10 @@ static int parse_args(int argc, char **argv, predict_args *a) {
         } else if (strcmp(o, "--device") == 0) {
             if (!has_value || !cli_parse_device(argv[i + 1], &a->backend))
                 return usage("--device needs cpu, cuda or emulated, got '%s'", has_value ? argv[i + 1] : "");
+            i++;
+        } else if (strcmp(o, "--precision") == 0) {
+            if (!has_value || !cli_parse_precision(argv[i + 1], &a->precision))
+                return usage("--precision needs f32, tf32, f16 or bf16, got '%s'", has_value ? argv[i + 1] : "");
             i++;
         } else if (strcmp(o, "--threads") == 0) {
             char *end;
@@ -361,12 +369,8 @@ int cli_predict(int argc, char **argv) {
     predict_args a;
     const int rc = parse_args(argc, argv, &a);
     if (rc >= 0) return rc;
-    i3rt_context *ctx = NULL;
-    if (i3rt_context_create(&ctx, a.threads, a.backend) != I3RT_OK) {
-        fprintf(stderr, "i3rt predict: error: cannot create a context%s\n",
-                a.backend == I3RT_BACKEND_CUDA ? " on the CUDA backend" : "");
-        return EXIT_FAILURE;
-    }
+    i3rt_context *ctx = cli_context_create("predict", a.threads, a.backend, a.precision);
+    if (!ctx) return EXIT_FAILURE;
     i3_predictor *pred = NULL;
     if (i3_predictor_load(ctx, a.model_dir, a.folds, a.n_folds, &pred) != I3RT_OK) {
         const int r = error(ctx, a.model_dir);

@@ -55,6 +55,8 @@ static const char *HELP =
     "                                  (default: a quarter of the RAM, as the nnInteractive server)\n"
     "  --no-autozoom                   sessions start with AutoZoom off (clients may switch it)\n"
     "  --device cpu|cuda|emulated      backend (default cpu)\n"
+    "  --precision f32|tf32|f16|bf16   convolutions in f32 (default), or on tensor cores (cuda, emulated); f16 is\n"
+    "                                  what the nnInteractive server runs on a GPU (autocast)\n"
     "  --threads N                     CPU threads per session (default: all cores)\n"
     "  --quiet                         no line per request on stderr\n"
     "  -h, --help                      this help\n";
@@ -66,6 +68,7 @@ typedef struct {
     size_t max_array_bytes;
     bool do_autozoom, quiet;
     i3rt_backend_kind backend;
+    int precision; /* an i3rt_precision, -1 if not given */
 } serve_args;
 
 typedef struct {
@@ -827,7 +830,8 @@ static int parse_args(int argc, char **argv, serve_args *a) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     *a = (serve_args){.host = "127.0.0.1", .port = 1527, .fold = -1, .max_sessions = 3, .idle_timeout = 600,
                       .liveness_timeout = 60, .sweep_interval = 15, .max_array_bytes = (size_t)(ram * 0.25),
-                      .do_autozoom = true, .threads = cores > 0 ? cores : 1, .backend = I3RT_BACKEND_CPU};
+                      .do_autozoom = true, .threads = cores > 0 ? cores : 1, .backend = I3RT_BACKEND_CPU,
+                      .precision = -1};
     for (int i = 0; i < argc; i++) {
         const char *opt = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t mb;
@@ -869,6 +873,9 @@ static int parse_args(int argc, char **argv, serve_args *a) {
             a->max_array_bytes = (size_t)mb << 20;
         } else if (strcmp(opt, "--device") == 0) {
             if (!cli_parse_device(val, &a->backend)) return usage_error("--device: '%s' is not cpu, cuda or emulated", val);
+        } else if (strcmp(opt, "--precision") == 0) {
+            if (!cli_parse_precision(val, &a->precision))
+                return usage_error("--precision: '%s' is not f32, tf32, f16 or bf16", val);
         } else {
             return usage_error("unknown option %s", opt);
         }
@@ -896,14 +903,11 @@ int cli_serve(int argc, char **argv) {
                         "can drive inference\n", a->host, (long long)a->port);
 
     /* load the model once at start: a bad folder fails here, and its capabilities are fixed */
-    serve_session_config config = {a->model_dir, (int)a->fold, (int)a->threads, a->backend, a->do_autozoom};
-    i3rt_context *ctx = NULL;
+    serve_session_config config = {a->model_dir, (int)a->fold, (int)a->threads, a->backend, a->precision,
+                                   a->do_autozoom};
     i3rt_ni_session *probe = NULL;
-    if (i3rt_context_create(&ctx, (int)a->threads, a->backend) != I3RT_OK) {
-        fprintf(stderr, "i3rt serve: cannot create a context for the %s device\n",
-                a->backend == I3RT_BACKEND_CUDA ? "cuda" : a->backend == I3RT_BACKEND_EMULATED ? "emulated" : "cpu");
-        return EXIT_FAILURE;
-    }
+    i3rt_context *ctx = cli_context_create("serve", (int)a->threads, a->backend, a->precision);
+    if (!ctx) return EXIT_FAILURE;
     if (i3rt_ni_session_create(ctx, a->model_dir, (int)a->fold, &probe) != I3RT_OK) {
         fprintf(stderr, "i3rt serve: %s\n", i3rt_context_error(ctx));
         i3rt_context_free(ctx);

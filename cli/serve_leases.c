@@ -49,7 +49,8 @@ static serve_lease *lease_new(const serve_session_config *c, char *error, size_t
         lease_free(lease);
         return NULL;
     }
-    if (i3rt_ni_session_create(lease->ctx, c->model_dir, c->fold, &lease->session) != I3RT_OK ||
+    if ((c->precision >= 0 && i3rt_context_set_precision(lease->ctx, (i3rt_precision)c->precision) != I3RT_OK) ||
+        i3rt_ni_session_create(lease->ctx, c->model_dir, c->fold, &lease->session) != I3RT_OK ||
         i3rt_ni_set_do_autozoom(lease->session, c->do_autozoom) != I3RT_OK) {
         snprintf(error, error_len, "%s", i3rt_context_error(lease->ctx));
         lease_free(lease);

@@ -24,6 +24,7 @@ typedef struct {
     int fold;
     int n_threads;
     i3rt_backend_kind backend;
+    int precision; /* an i3rt_precision, -1: the backend's default */
     bool do_autozoom;
 } serve_session_config;
 

@@ -82,6 +82,8 @@ static const char *HELP =
     "                     3D prediction's slice, probabilities) or empty; matters for simulate and evaluate\n"
     "  --threads N        CPU threads (default 1)\n"
     "  --device D         backend: cpu (default), cuda or emulated\n"
+    "  --precision P      convolutions in f32 (default), or on tensor cores in tf32, f16 or bf16 (cuda,\n"
+    "                     emulated)\n"
     "  -h, --help         this help\n"
     "Progress goes to stderr, results to stdout. Outputs appear atomically (temporary name + rename).\n";
 
@@ -101,6 +103,7 @@ typedef struct {
     const char *files[MAX_FILES];
     int n_files, json, threads, iterations;
     i3rt_backend_kind backend;
+    int precision; /* an i3rt_precision, -1 if not given */
     cli_slice slices[MAX_SLICES];
     int n_slices;
     cli_click clicks[MAX_CLICKS];
@@ -149,7 +152,7 @@ static int check(args *a) {
 
 static int parse(int argc, char **argv, args *a) {
     memset(a, 0, sizeof *a);
-    a->threads = 1, a->iterations = 3, a->params = I3_SNC_SESSION_DEFAULTS;
+    a->threads = 1, a->iterations = 3, a->precision = -1, a->params = I3_SNC_SESSION_DEFAULTS;
     static const char *const commands[] = {"click", "propagate", "recommend", "simulate", "evaluate"};
     const int start = cli_command("snc", HELP, argc, argv, commands, 5);
     if (start >= 0) return start;
@@ -212,6 +215,10 @@ static int parse(int argc, char **argv, args *a) {
         } else if (is(o, "--device")) {
             if (!cli_parse_device(v, &a->backend))
                 return usage("--device needs cpu, cuda or emulated, got '%s'", v ? v : "");
+            i++;
+        } else if (is(o, "--precision")) {
+            if (!cli_parse_precision(v, &a->precision))
+                return usage("--precision needs f32, tf32, f16 or bf16, got '%s'", v ? v : "");
             i++;
         } else if (o[0] == '-' && o[1]) {
             return usage("unknown option '%s'", o);
@@ -563,12 +570,8 @@ int cli_snc(int argc, char **argv) {
     char name[256] = "case";
     if (a->name) snprintf(name, sizeof name, "%s", a->name);
     else if (a->n_files) cli_base_name(a->files[0], name, sizeof name);
-    i3rt_context *ctx = NULL;
-    if (out_dir && !cli_make_dir("snc", a->out)) {
-        rc = 1;
-    } else if (i3rt_context_create(&ctx, a->threads, a->backend) != I3RT_OK) {
-        fprintf(stderr, "i3rt snc: cannot create a context%s\n",
-                a->backend == I3RT_BACKEND_CUDA ? " on the CUDA backend" : "");
+    i3rt_context *ctx = cli_context_create("snc", a->threads, a->backend, a->precision);
+    if (!ctx || (out_dir && !cli_make_dir("snc", a->out))) {
         rc = 1;
     } else {
         const i3rt_status st = is(cmd, "click")      ? cmd_click(ctx, a, name)

@@ -4,14 +4,17 @@
 #   fixtures  the fixtures the `gpu` tests and the forward benchmark read (tests/gen_unet.py, which runs
 #             nnU-Net's planner and needs SimpleITK, gen_snc_session.py, gen_snc_guided.py, gen_tvl1.py)
 #   test      the `gpu` suites of test_simt and test_cuda_ops (every kernel on the real device against the
-#             CPU reference), test_tvl1's GPU test, and the tensor-core U-Nets (f16, bf16, tf32)
+#             CPU reference), test_tvl1's GPU test, and the whole networks (U-Nets, HRNet 2D, guided 3D) with
+#             their convolutions on tensor cores (f16, bf16, tf32)
 #   ctest     the whole CTest suite (needs the whole reference Python environment; not in the default list)
 #   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
 #   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
-#   apps      the pipelines against their Python originals on the GPU: SnC (bench/snc_vs_torch.py),
-#             nnInteractive (tools/ni_evaluate.py)
-#   i3deep    i3Deep's waiting time against nnUNetPredictor (bench/i3deep_waiting.py)
-#   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK)
+#   apps      the pipelines against their Python originals on the GPU: SnC (bench/snc_vs_torch.py, both sides
+#             in f32, then both in f16), nnInteractive (tools/ni_evaluate.py; i3rt in f16 as the session's
+#             autocast)
+#   i3deep    i3Deep's waiting time against nnUNetPredictor (bench/i3deep_waiting.py; i3rt in f16, as
+#             nnUNetPredictor's autocast)
+#   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK; f16)
 #   sanitize  the `gpu` suites under compute-sanitizer memcheck, then racecheck and synccheck (slow)
 # scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
 # SimpleITK wheel does not fit beside the rest, so a session makes two calls on the same warm machine:
@@ -72,7 +75,7 @@ if wants test; then
     step test_tvl1-gpu 60 "$build/tests/test_tvl1" --jobs 1 --verbose --filter 'tvl1/gpu*'
     for conv in f16 bf16 tf32; do   # the graph's convolutions on tensor cores (runtime/backend_cuda.cu)
         step "test_cuda_ops-gpu-conv-$conv" 120 env I3RT_CUDA_CONV=$conv "$build/tests/test_cuda_ops" --jobs 1 \
-            --verbose --filter 'gpu/unet*'
+            --verbose --filter 'gpu/@(unet*|hrnet*|snc*)'
     done
 fi
 if wants ctest; then
@@ -110,7 +113,10 @@ if wants bench; then
 fi
 if wants apps; then
     # SnC: click latency and one 3D step, i3rt's CUDA backend vs PyTorch CUDA (docs/snc.md)
-    step bench-snc 150 sh -c "$py bench/snc_vs_torch.py --build $build --device cuda --runs 5 > $logs/snc_bench.txt"
+    for precision in f32 f16; do
+        step "bench-snc-$precision" 150 sh -c "$py bench/snc_vs_torch.py --build $build --device cuda \
+            --precision $precision --runs 5 > $logs/snc_bench_$precision.txt"
+    done
     # nnInteractive: time per interaction and peak memory, i3rt vs the Python session, same simulated user
     # and prompts as docs/nninteractive-evaluation.md (one held-out brain case + the head CT)
     step bench-nninteractive 240 sh -c "$py tools/ni_evaluate.py --cases 1 --device cuda --lib $build/libi3rt.so \
@@ -126,7 +132,7 @@ make_cases() {
 if wants i3deep; then
     make_cases
     step bench-i3deep 240 sh -c "$py bench/i3deep_waiting.py -m weights/brain_3d_fullres \
-        -r weights/brain_refine_3d_fullres --cases $cases --large --repeat 3 --threads 4 --device cuda \
+        -r weights/brain_refine_3d_fullres --cases $cases --large --repeat 2 --threads 4 --device cuda \
         --i3rt $build/i3rt --json $logs/i3deep_waiting.json > $logs/i3deep_waiting.txt"
 fi
 if wants predict; then

@@ -304,6 +304,32 @@ Test(cli, i3deep_argument_errors) {
     }
 }
 
+/* --precision, shared by predict, i3deep, snc and serve (cli/common.c): an unknown name is a usage error; a
+ * tensor-core precision on the CPU backend fails before anything is read or written, naming the option. */
+Test(cli, precision_option) {
+    const char *image = i3deep_fixture("image.nii.gz"), *pre = i3deep_fixture("preseg"), *out = temp("out");
+    const struct {
+        const char *args[14];
+    } cases[] = {
+        {{"predict", "-i", image, "-o", out, "-m", pre}},
+        {{"i3deep", "recommend", image, "-m", pre, "-o", out}},
+        {{"snc", "click", image, "-2", pre, "--slice", "axial", "1", "--click", "2", "3", "+", "-o", out}},
+        {{"serve", "--model", pre}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        for (int refused = 0; refused < 2; refused++) {
+            const char *a[16] = {0};
+            int n = 0;
+            while (n < 14 && cases[i].args[n]) a[n] = cases[i].args[n], n++;
+            a[n] = "--precision", a[n + 1] = refused ? "f16" : "f8";
+            const int rc = run_cli(a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12],
+                                   a[13], a[14], a[15], NULL);
+            cr_assert_eq(rc, refused ? 1 : 2, "%s: exit %d; stderr: %s", a[0], rc, err_text);
+            expect_failure(rc, refused ? "--precision: the CPU backend computes in f32 only" : "--precision", 0);
+        }
+    }
+}
+
 /* Dice of the segmentation file against the truth, as the CLI must have printed it. */
 static void expect_dice_printed(const char *segmentation_path, const char *line_start) {
     i3_volume seg = read_volume(segmentation_path), truth = read_volume(i3deep_fixture("truth.nii.gz"));

@@ -3,7 +3,8 @@ scripts that compare i3rt with nnInteractive in one Python process.
 
     from i3rt_ctypes import I3rt
     lib = I3rt("build/libi3rt.so")                 # or $I3RT_LIB
-    s = lib.session("model_dir", n_threads=2)      # backend "cpu" | "cuda" | "emulated"
+    s = lib.session("model_dir", n_threads=2)      # backend "cpu" | "cuda" | "emulated"; precision None
+                                                   # (the backend's default) | "f32" | "tf32" | "f16" | "bf16"
     s.set_image(image3d_float32)                   # [n0, n1, n2]
     s.set_target_buffer(np.zeros(shape, np.uint8)) # kept alive by the session, written in place
     ran, changed = s.add_point((10, 20, 30), positive=True)
@@ -20,6 +21,7 @@ import numpy as np
 
 _STATUS_OK = 0
 _BACKENDS = {"cpu": 0, "cuda": 1, "emulated": 2}
+_PRECISIONS = {"f32": 0, "f16": 1, "bf16": 2, "tf32": 3}  # i3rt_precision
 
 
 class I3rtError(RuntimeError):
@@ -59,6 +61,7 @@ _U8 = ctypes.POINTER(ctypes.c_uint8)
 _SIGNATURES = {
     "i3rt_context_create": (ctypes.c_int, [ctypes.POINTER(_P), ctypes.c_int, ctypes.c_int]),
     "i3rt_context_free": (None, [_P]),
+    "i3rt_context_set_precision": (ctypes.c_int, [_P, ctypes.c_int]),
     "i3rt_context_error": (ctypes.c_char_p, [_P]),
     "i3rt_ni_session_create": (ctypes.c_int, [_P, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(_P)]),
     "i3rt_ni_session_free": (None, [_P]),
@@ -96,19 +99,22 @@ class I3rt:
             fn = getattr(self.lib, name)
             fn.restype, fn.argtypes = restype, argtypes
 
-    def session(self, model_dir, fold=-1, n_threads=1, backend="cpu"):
-        return Session(self, model_dir, fold, n_threads, backend)
+    def session(self, model_dir, fold=-1, n_threads=1, backend="cpu", precision=None):
+        return Session(self, model_dir, fold, n_threads, backend, precision)
 
 
 class _OwnContext:
-    """A context of its own (n_threads, backend); errors raise I3rtError with its message."""
+    """A context of its own (n_threads, backend, the convolutions' precision: None for the backend's default);
+    errors raise I3rtError with its message."""
 
-    def _open_context(self, i3rt, n_threads, backend):
+    def _open_context(self, i3rt, n_threads, backend, precision):
         self._lib = i3rt.lib
         _bind_snc(self._lib)
         self._ctx = _P()
         if self._lib.i3rt_context_create(ctypes.byref(self._ctx), int(n_threads), _BACKENDS[backend]) != _STATUS_OK:
             raise I3rtError(f"cannot create a {backend} context with {n_threads} threads")
+        if precision is not None:
+            self._check(self._lib.i3rt_context_set_precision(self._ctx, _PRECISIONS[precision]))
 
     def _check(self, status):
         if status != _STATUS_OK:
@@ -132,10 +138,10 @@ class _OwnContext:
 class Session(_OwnContext):
     """One i3rt_ni_session on its own context."""
 
-    def __init__(self, i3rt, model_dir, fold=-1, n_threads=1, backend="cpu"):
+    def __init__(self, i3rt, model_dir, fold=-1, n_threads=1, backend="cpu", precision=None):
         self._s = _P()
         self._target = None
-        self._open_context(i3rt, n_threads, backend)
+        self._open_context(i3rt, n_threads, backend, precision)
         self._check(self._lib.i3rt_ni_session_create(self._ctx, os.fsencode(model_dir), int(fold),
                                                      ctypes.byref(self._s)))
 
@@ -266,9 +272,9 @@ class SncSession(_OwnContext):
     """One i3rt_snc_session on a NIfTI image, on its own context. params: SncParams field overrides
     (e.g. {"zoom_in": 0}); the rest are i3rt_snc_params_default's."""
 
-    def __init__(self, i3rt, image_path, n_threads=1, backend="cpu", **params):
+    def __init__(self, i3rt, image_path, n_threads=1, backend="cpu", precision=None, **params):
         self._s = _P()
-        self._open_context(i3rt, n_threads, backend)
+        self._open_context(i3rt, n_threads, backend, precision)
         p = SncParams()
         self._lib.i3rt_snc_params_default(ctypes.byref(p))
         for k, v in params.items():
@@ -321,9 +327,9 @@ class SncSession(_OwnContext):
 class Model(_OwnContext):
     """i3rt_model_load + i3rt_model_forward on its own context: the network alone, input [in_channels, d, h, w]."""
 
-    def __init__(self, i3rt, path, n_threads=1, backend="cpu"):
+    def __init__(self, i3rt, path, n_threads=1, backend="cpu", precision=None):
         self._m = _P()
-        self._open_context(i3rt, n_threads, backend)
+        self._open_context(i3rt, n_threads, backend, precision)
         self._check(self._lib.i3rt_model_load(self._ctx, os.fsencode(path), ctypes.byref(self._m)))
 
     def close(self):

@@ -2,7 +2,8 @@
 """Simulated user for a promptable model in nnInteractive's layout (docs/nninteractive-evaluation.md).
 
     tools/ni_evaluate.py [--model weights/nninteractive_brain] [--backends python i3rt] [--lib libi3rt.so] [--cases 2]
-                         [--seed S] [--interactions 5] [--threads 1] [--no-autozoom] [--json OUT]
+                         [--seed S] [--interactions 5] [--threads 1] [--no-autozoom] [--device cpu|cuda]
+                         [--precision f32|tf32|f16|bf16] [--json OUT]
 
 Held-out cases from the real volumes (scripts/train_nninteractive.py's seeds EVAL_SEED + i: never trained on;
 --seed VALIDATION_SEED gives other unseen cases, on which to choose checkpoints or settings):
@@ -16,8 +17,9 @@ mask (positive where the object is missed, negative where the mask overshoots). 
   scribble   a stroke along the middle of the object's (then the error's) largest cross-section
 Dice after every interaction, time per interaction (prompt in -> mask out) and peak memory (ru_maxrss).
 Each backend runs in its own process (the memory figure is that process's) on exactly the same prompts:
-  python  nnInteractive's nnInteractiveInferenceSession (torch, CPU)
-  i3rt    i3rt's session through tools/i3rt_ctypes.py (libi3rt.so's i3rt_ni_*)
+  python  nnInteractive's nnInteractiveInferenceSession (torch; on cuda its network under fp16 autocast)
+  i3rt    i3rt's session through tools/i3rt_ctypes.py (libi3rt.so's i3rt_ni_*; --precision: its convolutions,
+          default f16 on cuda, f32 on the CPU)
 """
 import argparse
 import json
@@ -90,10 +92,10 @@ class PythonBackend:
 class I3rtBackend:
     """i3rt's session through tools/i3rt_ctypes.py (the ctypes binding of include/i3rt.h's i3rt_ni_*)."""
 
-    def __init__(self, model, threads, autozoom, device, lib=None):
+    def __init__(self, model, threads, autozoom, device, lib=None, precision=None):
         from i3rt_ctypes import I3rt
         self.lib = I3rt(lib)  # None: $I3RT_LIB
-        self.s = self.lib.session(model, n_threads=threads, backend=device)
+        self.s = self.lib.session(model, n_threads=threads, backend=device, precision=precision)
         self.s.set_do_autozoom(autozoom)
 
     def set_image(self, img):
@@ -126,7 +128,7 @@ def run_backend(name, args):
     import train_nninteractive as T
     autozoom = not args.no_autozoom
     backend = PythonBackend(args.model, args.threads, autozoom, args.device) if name == "python" else \
-        I3rtBackend(args.model, args.threads, autozoom, args.device, args.lib)
+        I3rtBackend(args.model, args.threads, autozoom, args.device, args.lib, args.precision)
     rows = []
     for case, img, objects in eval_cases(args.cases, args.seed):
         backend.set_image(img)
@@ -205,10 +207,15 @@ def main():
     ap.add_argument("--no-autozoom", action="store_true")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="torch device of the Python session and i3rt's backend (cuda: i3rt's CUDA kernels)")
+    ap.add_argument("--precision", choices=["f32", "tf32", "f16", "bf16"],
+                    help="i3rt's convolutions (default: f16 on cuda, as the Python session's autocast; f32 on the CPU)")
     ap.add_argument("--lib", help="libi3rt.so for the i3rt backend (default: $I3RT_LIB)")
     ap.add_argument("--json", help="write every row (Dice per step, seconds, prompts) here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # one backend in this process: JSON to stdout's last line
     args = ap.parse_args()
+    args.precision = args.precision or ("f16" if args.device == "cuda" else "f32")
+    if args.precision != "f32" and args.device == "cpu":
+        ap.error("--precision other than f32 needs --device cuda")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
     if args.worker:
