@@ -328,13 +328,16 @@ static i3rt_status check_input(i3_predictor *p, const i3_volume *image) {
         return i3_fail(p->ctx, I3RT_ERR_SHAPE, "the case has %lld channel(s), the model (%s) needs %d",
                        (long long)image->channels, p->dir, info->channels);
     const int64_t n = image->channels * image->d * image->h * image->w;
+    int64_t first = n; /* the first voxel that is not finite */
+#pragma omp parallel for schedule(static) reduction(min : first) num_threads(p->ctx->n_threads)
     for (int64_t i = 0; i < n; i++)
-        if (!isfinite(image->data[i])) {
-            const int64_t s = image->d * image->h * image->w, c = i / s, v = i % s;
-            return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT, "channel %lld voxel (x %lld, y %lld, z %lld) is %s",
-                           (long long)c, (long long)(v % image->w), (long long)(v / image->w % image->h),
-                           (long long)(v / (image->w * image->h)), isnan(image->data[i]) ? "NaN" : "infinite");
-        }
+        if (!isfinite(image->data[i]) && i < first) first = i;
+    if (first < n) {
+        const int64_t s = image->d * image->h * image->w, c = first / s, v = first % s;
+        return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT, "channel %lld voxel (x %lld, y %lld, z %lld) is %s",
+                       (long long)c, (long long)(v % image->w), (long long)(v / image->w % image->h),
+                       (long long)(v / (image->w * image->h)), isnan(image->data[first]) ? "NaN" : "infinite");
+    }
     for (int a = 0; a < 3; a++)
         if (!(fabs(image->geometry.spacing[a]) > 0))
             return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT, "voxel spacing %g along axis %d is not positive",
@@ -352,15 +355,24 @@ static i3rt_status preprocess(i3_predictor *p, const i3_volume *image, float **o
                                fabs(image->geometry.spacing[0])};
     *out = NULL;
     const int64_t n = in_shape[0] * in_shape[1] * in_shape[2];
-    float *data = i3_malloc(ctx, (size_t)(C * n) * sizeof *data, "the transposed image");
-    if (!data) return I3RT_ERR_OUT_OF_MEMORY;
-    /* 1. transpose_forward (image and spacing) */
-    i3_transpose3(image->data, C, in_shape, info->transpose_forward, data, cp->shape_t);
-    for (int a = 0; a < 3; a++) cp->spacing_t[a] = spacing[info->transpose_forward[a]];
+    /* 1. transpose_forward (image and spacing); the identity reads the image itself */
+    const int *perm = info->transpose_forward;
+    float *transposed = NULL;
+    const float *data = image->data;
+    if (perm[0] != 0 || perm[1] != 1 || perm[2] != 2) {
+        if (!(transposed = i3_malloc(ctx, (size_t)(C * n) * sizeof *transposed, "the transposed image")))
+            return I3RT_ERR_OUT_OF_MEMORY;
+        i3_transpose3(image->data, C, in_shape, perm, transposed, cp->shape_t, ctx->n_threads);
+        data = transposed;
+    }
+    for (int a = 0; a < 3; a++) {
+        cp->shape_t[a] = in_shape[perm[a]];
+        cp->spacing_t[a] = spacing[perm[a]];
+    }
     /* 2. crop to the nonzero box; the mask also restricts z-score statistics (use_mask_for_norm) */
     uint8_t *mask = i3_malloc(ctx, (size_t)n, "the nonzero mask");
     if (!mask) {
-        free(data);
+        free(transposed);
         return I3RT_ERR_OUT_OF_MEMORY;
     }
     i3rt_status st = i3_nonzero_mask(ctx, data, C, cp->shape_t, mask);
@@ -371,14 +383,14 @@ static i3rt_status preprocess(i3_predictor *p, const i3_volume *image, float **o
     uint8_t *cmask = st == I3RT_OK ? i3_malloc(ctx, (size_t)nc, "the cropped mask") : NULL;
     if (st == I3RT_OK && (!cropped || !cmask)) st = I3RT_ERR_OUT_OF_MEMORY;
     if (st == I3RT_OK) {
-        i3_crop(data, C, cp->shape_t, cp->lo, cp->hi, cropped);
+        i3_crop(data, C, cp->shape_t, cp->lo, cp->hi, cropped, ctx->n_threads);
         for (int64_t z = 0; z < cp->cropped[0]; z++)
             for (int64_t y = 0; y < cp->cropped[1]; y++)
                 memcpy(cmask + (z * cp->cropped[1] + y) * cp->cropped[2],
                        mask + ((cp->lo[0] + z) * cp->shape_t[1] + cp->lo[1] + y) * cp->shape_t[2] + cp->lo[2],
                        (size_t)cp->cropped[2]);
     }
-    free(data);
+    free(transposed);
     free(mask);
     /* 3. target spacing (2D: the first axis keeps its spacing) and shape */
     memcpy(cp->target, info->spacing, sizeof cp->target);
@@ -458,6 +470,29 @@ static i3rt_status predict_logits(i3_predictor *p, const float *data, const case
     return I3RT_OK;
 }
 
+/* out = transpose_backward(box pasted into its place, `outside` around it) for 4-byte elements (int32 labels, float
+ * probabilities, copied as bytes): one pass, no uncropped copy before the transpose. */
+static void paste_transposed(const void *box, const void *outside, const case_properties *cp, const int perm[3],
+                             void *out, int n_threads) {
+    enum { SIZE = 4 };
+    const int64_t *t = cp->shape_t, *c = cp->cropped;
+    const int64_t os[3] = {t[perm[0]], t[perm[1]], t[perm[2]]}, nt = t[0] * t[1] * t[2];
+    const int64_t out_stride[3] = {os[1] * os[2], os[2], 1};
+    int64_t stride[3]; /* of each transposed axis in `out` */
+    for (int a = 0; a < 3; a++) stride[perm[a]] = out_stride[a];
+    unsigned char *o = out;
+    const unsigned char *b = box;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t i = 0; i < nt; i++) memcpy(o + i * SIZE, outside, SIZE);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads)
+    for (int64_t z = 0; z < c[0]; z++)
+        for (int64_t y = 0; y < c[1]; y++) {
+            unsigned char *dst = o + ((cp->lo[0] + z) * stride[0] + (cp->lo[1] + y) * stride[1] + cp->lo[2] * stride[2]) * SIZE;
+            const unsigned char *src = b + (z * c[1] + y) * c[2] * SIZE;
+            for (int64_t x = 0; x < c[2]; x++) memcpy(dst + x * stride[2] * SIZE, src + x * SIZE, SIZE);
+        }
+}
+
 /* convert_predicted_logits_to_segmentation_with_correct_shape. */
 static i3rt_status export_case(i3_predictor *p, float *logits, const case_properties *cp, const i3_predict_options *o,
                                int32_t *labels, float *probabilities) {
@@ -475,50 +510,20 @@ static i3rt_status export_case(i3_predictor *p, float *logits, const case_proper
     int32_t *seg = st == I3RT_OK ? i3_malloc(ctx, (size_t)nc * sizeof *seg, "the segmentation") : NULL;
     float *probs = st == I3RT_OK && probabilities ? i3_malloc(ctx, (size_t)(K * nc) * sizeof *probs, "the probabilities")
                                                    : NULL;
-    /* labels travel as floats through paste and transpose (exact: fewer than 2^24 classes) */
-    float *full = st == I3RT_OK ? i3_calloc(ctx, (size_t)nt, sizeof *full, "the uncropped segmentation") : NULL;
-    if (st == I3RT_OK && (!seg || !full || (probabilities && !probs))) st = I3RT_ERR_OUT_OF_MEMORY;
+    if (st == I3RT_OK && (!seg || (probabilities && !probs))) st = I3RT_ERR_OUT_OF_MEMORY;
     if (st == I3RT_OK) {
         i3_cpu_softmax_uncertainty(res, 1, K, nc, probs, NULL, NULL, seg, ctx->n_threads);
-        /* paste into the box, then transpose_backward */
-        for (int64_t z = 0; z < cp->cropped[0]; z++)
-            for (int64_t y = 0; y < cp->cropped[1]; y++) {
-                float *dst = full + ((cp->lo[0] + z) * cp->shape_t[1] + cp->lo[1] + y) * cp->shape_t[2] + cp->lo[2];
-                const int32_t *src = seg + (z * cp->cropped[1] + y) * cp->cropped[2];
-                for (int64_t x = 0; x < cp->cropped[2]; x++) dst[x] = (float)src[x];
-            }
-        int64_t back_shape[3];
-        float *back = i3_malloc(ctx, (size_t)nt * sizeof *back, "the segmentation");
-        if (!back) st = I3RT_ERR_OUT_OF_MEMORY;
-        else {
-            i3_transpose3(full, 1, cp->shape_t, info->transpose_backward, back, back_shape);
-            for (int64_t i = 0; i < nt; i++) labels[i] = (int32_t)back[i];
-            free(back);
-        }
-    }
-    if (st == I3RT_OK && probabilities) {
-        float *pf = i3_malloc(ctx, (size_t)(K * nt) * sizeof *pf, "the uncropped probabilities");
-        if (!pf) st = I3RT_ERR_OUT_OF_MEMORY;
-        else {
-            for (int64_t k = 0; k < K; k++) {
-                const float outside = k == 0 ? 1.0f : 0.0f;
-                float *pk = pf + k * nt;
-                for (int64_t i = 0; i < nt; i++) pk[i] = outside;
-                for (int64_t z = 0; z < cp->cropped[0]; z++)
-                    for (int64_t y = 0; y < cp->cropped[1]; y++)
-                        memcpy(pk + ((cp->lo[0] + z) * cp->shape_t[1] + cp->lo[1] + y) * cp->shape_t[2] + cp->lo[2],
-                               probs + k * nc + (z * cp->cropped[1] + y) * cp->cropped[2],
-                               (size_t)cp->cropped[2] * sizeof *pk);
-            }
-            int64_t back_shape[3];
-            i3_transpose3(pf, K, cp->shape_t, info->transpose_backward, probabilities, back_shape);
-            free(pf);
+        const int32_t background = 0;
+        paste_transposed(seg, &background, cp, info->transpose_backward, labels, ctx->n_threads);
+        for (int64_t k = 0; probabilities && k < K; k++) {
+            const float outside = k == 0 ? 1.0f : 0.0f; /* certain background outside the box */
+            paste_transposed(probs + k * nc, &outside, cp, info->transpose_backward, probabilities + k * nt,
+                             ctx->n_threads);
         }
     }
     free(res);
     free(seg);
     free(probs);
-    free(full);
     return st;
 }
 

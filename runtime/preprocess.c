@@ -17,7 +17,7 @@
 #endif
 
 void i3_transpose3(const float *x, int64_t channels, const int64_t shape[3], const int perm[3], float *y,
-                   int64_t out_shape[3]) {
+                   int64_t out_shape[3], int n_threads) {
     const int64_t in_stride[3] = {shape[1] * shape[2], shape[2], 1};
     int64_t os[3], st[3];
     for (int a = 0; a < 3; a++) {
@@ -28,6 +28,7 @@ void i3_transpose3(const float *x, int64_t channels, const int64_t shape[3], con
     for (int64_t c = 0; c < channels; c++) {
         const float *xc = x + c * n;
         float *yc = y + c * n;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads)
         for (int64_t i = 0; i < os[0]; i++)
             for (int64_t j = 0; j < os[1]; j++) {
                 const float *src = xc + i * st[0] + j * st[1];
@@ -132,8 +133,9 @@ void i3_mask_bbox(const uint8_t *mask, const int64_t shape[3], int64_t lo[3], in
 }
 
 void i3_crop(const float *x, int64_t channels, const int64_t shape[3], const int64_t lo[3], const int64_t hi[3],
-             float *y) {
+             float *y, int n_threads) {
     const int64_t bd = hi[0] - lo[0], bh = hi[1] - lo[1], bw = hi[2] - lo[2];
+#pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads)
     for (int64_t c = 0; c < channels; c++)
         for (int64_t z = 0; z < bd; z++)
             for (int64_t r = 0; r < bh; r++)
@@ -449,6 +451,45 @@ static double *run_passes(resample_work *w, double *cur, const float *xf, int64_
     return cur;
 }
 
+/* The separate axis resampled with order 0 (nnU-Net's order_z default): output slice k along `axis` is the
+ * in-plane resize of input slice taps[k], clipped to that input slice's range [range[2 src], range[2 src + 1]].
+ * So each input slice that some output slice takes is resized once, and straight into yc (float): no volume of
+ * doubles between the in-plane and the axis passes, no input slice resized for nothing; order-0 taps never
+ * decrease, so the output slices sharing a source are neighbours and get copies. The values are those of the
+ * in-plane passes over every slice followed by the order-0 pass. gather: room for one input slice (axis > 0). */
+static void resample_slices_nearest(resample_work *w, const float *xc, const int64_t in[3], const int64_t out[3],
+                                    int axis, const double *range, float *gather, float *yc, int n_threads) {
+    const int plane[2] = {axis == 2 ? 1 : 2, axis == 0 ? 1 : 0};
+    const int64_t *taps = w->plan[axis].taps;
+    /* a slice's element i lies at (i / inner) * (len * inner) + index * inner + i % inner in its volume */
+    const int64_t inner_in = axis == 2 ? 1 : axis == 1 ? in[2] : in[1] * in[2];
+    const int64_t inner_out = axis == 2 ? 1 : axis == 1 ? out[2] : out[1] * out[2];
+    const int64_t n_slice_in = in[0] * in[1] * in[2] / in[axis], n_slice_out = out[0] * out[1] * out[2] / out[axis];
+    for (int64_t k = 0; k < out[axis];) {
+        const int64_t src = taps[k];
+        int64_t end = k + 1;
+        while (end < out[axis] && taps[end] == src) end++;
+        const float *slice = xc + src * inner_in;
+        if (axis > 0) {
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+            for (int64_t i = 0; i < n_slice_in; i++)
+                gather[i] = xc[i / inner_in * in[axis] * inner_in + src * inner_in + i % inner_in];
+            slice = gather;
+        }
+        int64_t s[3] = {in[0], in[1], in[2]};
+        s[axis] = 1;
+        const double *res = run_passes(w, NULL, slice, s, plane, 2, out, n_threads);
+        const double lo = range[2 * src], hi = range[2 * src + 1];
+        for (int64_t j = k; j < end; j++) {
+            float *dst = yc + j * inner_out;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+            for (int64_t i = 0; i < n_slice_out; i++)
+                dst[i / inner_out * out[axis] * inner_out + i % inner_out] = (float)fmin(fmax(res[i], lo), hi);
+        }
+        k = end;
+    }
+}
+
 i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int64_t in[3], const int64_t out[3],
                         const double current_spacing[3], const double new_spacing[3], const i3_resample_params *p,
                         float *y, int n_threads) {
@@ -503,8 +544,13 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
             const int plane[2] = {axis == 2 ? 1 : 2, axis == 0 ? 1 : 0};
             const int64_t in_stride[3] = {in[1] * in[2], in[2], 1};
             const int64_t n_slices = in[axis];
+            const int nearest = w.plan[axis].order == 0;
             double *range = i3_malloc(ctx, (size_t)(2 * n_slices) * sizeof *range, "slice ranges");
-            if (!range) {
+            float *gather = nearest && axis > 0 ? i3_malloc(ctx, (size_t)(n_in / n_slices) * sizeof *gather,
+                                                            "a slice to resample")
+                                                : NULL;
+            if (!range || (nearest && axis > 0 && !gather)) {
+                free(range);
                 st = I3RT_ERR_OUT_OF_MEMORY;
                 break;
             }
@@ -521,6 +567,12 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
                     }
                 }
                 range[2 * k] = lo, range[2 * k + 1] = hi;
+            }
+            if (nearest) {
+                resample_slices_nearest(&w, xc, in, out, axis, range, gather, y + c * n_out, n_threads);
+                free(range);
+                free(gather);
+                continue;
             }
             res = run_passes(&w, NULL, xc, s, plane, 2, out, n_threads);
             const int64_t ps[3] = {s[0], s[1], s[2]};

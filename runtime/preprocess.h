@@ -19,7 +19,7 @@
 /* y = x transposed per channel like numpy's x.transpose([0, 1 + perm[0], 1 + perm[1], 1 + perm[2]]):
  * output axis a is input axis perm[a]; out_shape receives the permuted shape. */
 void i3_transpose3(const float *x, int64_t channels, const int64_t shape[3], const int perm[3], float *y,
-                   int64_t out_shape[3]);
+                   int64_t out_shape[3], int n_threads);
 
 /* create_nonzero_mask: mask = any channel != 0, then scipy's binary_fill_holes with the default
  * 6-connected structure (background not connected to the array border becomes foreground).
@@ -31,7 +31,7 @@ void i3_mask_bbox(const uint8_t *mask, const int64_t shape[3], int64_t lo[3], in
 
 /* y [C, box] = x [C, shape] restricted to the box [lo, hi). */
 void i3_crop(const float *x, int64_t channels, const int64_t shape[3], const int64_t lo[3], const int64_t hi[3],
-             float *y);
+             float *y, int n_threads);
 
 /* The normalization schemes nnunetv2 ships. */
 typedef enum {

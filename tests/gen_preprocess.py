@@ -63,6 +63,8 @@ def main():
         ((3, 13, 17, 11), (20, 9, 15), (1.0, 1.0, 1.0), (0.65, 1.9, 0.7), 1, None),     # logits export, order 1
         ((2, 8, 30, 31), (17, 45, 19), (1.9, 0.66, 1.6), (4.0, 1.0, 1.0), 1, None),     # order 1, separate z
         ((1, 1, 40, 37), (1, 29, 50), (3.0, 1.0, 1.0), (3.0, 1.4, 0.74), 3, None),      # a single slice
+        ((2, 20, 30, 31), (11, 45, 62), (1.0, 1.0, 1.0), (1.8, 0.66, 0.5), 1, None),    # export: z down, from new
+        ((1, 30, 9, 31), (45, 5, 19), (1.0, 4.0, 1.0), (0.66, 7.2, 1.6), 3, None),      # separate axis 1, down
     ]
     for i, (shape, out, cur, new, order, force) in enumerate(resample_cases):
         x = smooth_random(shape)

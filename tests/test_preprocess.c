@@ -153,7 +153,7 @@ Test(preprocess, transpose) {
         const int perm[3] = {(int)perm64[0], (int)perm64[1], (int)perm64[2]};
         const size_t n = (size_t)(shape[0] * shape[1] * shape[2] * shape[3]);
         float *x = fx_manifest_array("preprocess", c, "input", n, 4), *ref = fx_manifest_array("preprocess", c, "expected", n, 4), *y = malloc(n * 4);
-        i3_transpose3(x, shape[0], shape + 1, perm, y, out_shape);
+        i3_transpose3(x, shape[0], shape + 1, perm, y, out_shape, 2);
         for (int a = 0; a < 3; a++) cr_expect_eq(out_shape[a], shape[1 + perm[a]]);
         cr_expect_eq(memcmp(y, ref, n * 4), 0, "%s differs from numpy", name(c));
         free(x), free(ref), free(y);
