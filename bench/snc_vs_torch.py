@@ -19,7 +19,7 @@ What is timed (wall clock, median and min of --runs after one warm-up; i3rt then
                size build i3rt's graph) against RITM's BasePredictor (tests/gen_snc_predictor.py, its ZoomIn and
                AddHorizontalFlip: a batch of 2) around HRNetModel; clicks: left thalamus +, right thalamus +,
                a negative click. The masks are compared (pixels that differ).
-  2D forward   the network alone at every input size the clicks fed, one image (the click runs it twice):
+  2D forward   the network alone at every input size the clicks fed, one image (a click runs a batch of two):
                i3rt_model_forward against HRNetModel.forward_encoded, logits checked (max error / max |logit|).
   3D step      one propagation on a crop of ch2.nii.gz centred between the thalami, with one accepted axial
                slice (one click on the left thalamus): i3rt_snc_propagate's guided-3d stage (encoding, network,

@@ -379,10 +379,10 @@ static int ocr_head(builder *b, int feats) {
 i3rt_status i3_hrnet_build(i3_ctx *ctx, const i3_hrnet_config *cfg, i3_weights *w, i3_shape5 input,
                            int full_resolution, i3_graph *g, int *output) {
     const char *file = i3_weights_label(w);
-    if (input.n != 1 || input.c != I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels || input.d < 1 || input.h < 1 ||
+    if (input.n < 1 || input.c != I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels || input.d < 1 || input.h < 1 ||
         input.w < 1 || (!cfg->acs && input.d != 1))
         return i3_fail(ctx, I3RT_ERR_SHAPE,
-                       "%s: RITM HRNet input is [%lld, %lld, %lld, %lld, %lld], expected [1, %d, %s, h, w] (image and "
+                       "%s: RITM HRNet input is [%lld, %lld, %lld, %lld, %lld], expected [n, %d, %s, h, w] (image and "
                        "click maps)",
                        file, (long long)input.n, (long long)input.c, (long long)input.d, (long long)input.h,
                        (long long)input.w, I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels, cfg->acs ? "d" : "1");

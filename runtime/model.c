@@ -12,8 +12,8 @@ struct i3rt_model {
     i3_weights *weights;
     i3_network net;
     i3_backend *backend;
-    i3_graph graph;           /* built and planned for `spatial` */
-    int64_t spatial[3];
+    i3_graph graph;           /* built and planned for `batch` inputs of size `spatial` */
+    int64_t batch, spatial[3];
     int output;
     int64_t n_params;
     void *arena, *scratch, *weights_mem;  /* backend memory, grown on demand */
@@ -21,12 +21,13 @@ struct i3rt_model {
     int bound;                /* the graph's values point into the current buffers */
 };
 
-/* Builds and plans the graph for an input of the given spatial size, unless it already is. */
-static i3rt_status model_prepare(i3rt_model *m, const int64_t spatial[3]) {
-    if (m->graph.n_nodes > 0 && memcmp(m->spatial, spatial, sizeof m->spatial) == 0) return I3RT_OK;
+/* Builds and plans the graph for `batch` inputs of the given spatial size, unless it already is. */
+static i3rt_status model_prepare(i3rt_model *m, int64_t batch, const int64_t spatial[3]) {
+    if (m->graph.n_nodes > 0 && m->batch == batch && memcmp(m->spatial, spatial, sizeof m->spatial) == 0)
+        return I3RT_OK;
     i3_graph_free(&m->graph);
     memset(m->spatial, 0, sizeof m->spatial);
-    i3_shape5 in = {1, m->net.in_channels, spatial[0], spatial[1], spatial[2]};
+    i3_shape5 in = {batch, m->net.in_channels, spatial[0], spatial[1], spatial[2]};
     i3rt_status st = i3_network_build(m->ctx, &m->net, m->weights, in, &m->graph, &m->output);
     if (st == I3RT_OK) st = i3_graph_plan(&m->graph, m->output, m->backend);
     if (st != I3RT_OK) {
@@ -34,6 +35,7 @@ static i3rt_status model_prepare(i3rt_model *m, const int64_t spatial[3]) {
         return st;
     }
     memcpy(m->spatial, spatial, sizeof m->spatial);
+    m->batch = batch;
     m->bound = 0;
     return I3RT_OK;
 }
@@ -83,7 +85,7 @@ i3rt_status i3rt_model_load(i3rt_context *ctx, const char *path, i3rt_model **ou
     int64_t smallest[3];
     if (st == I3RT_OK) {
         i3_network_total_stride(&m->net, smallest);
-        st = model_prepare(m, smallest);
+        st = model_prepare(m, 1, smallest);
     }
     /* The file's tensors are the inference network's state (the build checked that none is left
      * over); PyTorch counts them as parameters except its batch-norm buffers. */
@@ -146,7 +148,7 @@ static i3rt_status check_spatial(i3rt_model *m, const int64_t spatial[3]) {
 i3rt_status i3rt_model_plan(i3rt_model *m, const int64_t spatial[3], size_t *peak_bytes) {
     if (!m || !spatial || !peak_bytes) return I3RT_ERR_INVALID_ARGUMENT;
     I3_TRY(check_spatial(m, spatial));
-    I3_TRY(model_prepare(m, spatial));
+    I3_TRY(model_prepare(m, 1, spatial));
     *peak_bytes = m->graph.arena_bytes + m->graph.scratch_bytes;
     return I3RT_OK;
 }
@@ -210,10 +212,11 @@ size_t i3rt_model_describe(i3rt_model *m, const int64_t spatial_in[3], char *buf
     return t.len;
 }
 
-i3rt_status i3_model_device_io(i3rt_model *m, const int64_t spatial[3], i3_backend **backend, float **input,
-                               const float **output) {
+i3rt_status i3_model_device_io(i3rt_model *m, int64_t batch, const int64_t spatial[3], i3_backend **backend,
+                               float **input, const float **output) {
+    if (batch < 1) return i3_fail(m->ctx, I3RT_ERR_INVALID_ARGUMENT, "a batch of %lld inputs", (long long)batch);
     I3_TRY(check_spatial(m, spatial));
-    I3_TRY(model_prepare(m, spatial));
+    I3_TRY(model_prepare(m, batch, spatial));
     i3_graph *g = &m->graph;
     i3_backend *b = m->backend;
     I3_TRY(ensure_buffer(m, &m->arena, &m->arena_cap, g->arena_bytes));
@@ -231,16 +234,21 @@ i3rt_status i3_model_device_io(i3rt_model *m, const int64_t spatial[3], i3_backe
 
 i3rt_status i3_model_run(i3rt_model *m) { return i3_graph_run(&m->graph, m->backend, m->scratch); }
 
-i3rt_status i3rt_model_forward(i3rt_model *m, const float *input, const int64_t spatial[3], float *logits) {
+i3rt_status i3_model_forward_batch(i3rt_model *m, int64_t batch, const float *input, const int64_t spatial[3],
+                                   float *logits) {
     if (!m) return I3RT_ERR_INVALID_ARGUMENT;
     if (!input || !spatial || !logits)
         return i3_fail(m->ctx, I3RT_ERR_INVALID_ARGUMENT, "i3rt_model_forward: NULL input, size or output");
     i3_backend *b;
     float *in;
     const float *out;
-    I3_TRY(i3_model_device_io(m, spatial, &b, &in, &out));
+    I3_TRY(i3_model_device_io(m, batch, spatial, &b, &in, &out));
     const i3_graph *g = &m->graph;
     I3_TRY(b->iface->upload(b, in, input, i3_value_bytes(&g->values[g->input])));
     I3_TRY(i3_model_run(m));
     return b->iface->download(b, logits, out, i3_value_bytes(&g->values[g->output]));
+}
+
+i3rt_status i3rt_model_forward(i3rt_model *m, const float *input, const int64_t spatial[3], float *logits) {
+    return i3_model_forward_batch(m, 1, input, spatial, logits);
 }

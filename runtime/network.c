@@ -495,9 +495,10 @@ static i3rt_status check_input(i3_ctx *ctx, const i3_network *net, const char *f
     int64_t total[3];
     i3_network_total_stride(net, total);
     const int64_t size[3] = {in.d, in.h, in.w};
-    if (in.n != 1 || in.c != net->in_channels)
-        return i3_fail(ctx, I3RT_ERR_SHAPE, "%s: input is [%lld, %lld, ...], the %s expects [1, %d, ...]", file,
-                       (long long)in.n, (long long)in.c, net->class_name, net->in_channels);
+    const int batches = net->cls == I3_NET_RITM_HRNET18; /* SnC's flip runs an input and its mirror at once */
+    if (in.n < 1 || (in.n != 1 && !batches) || in.c != net->in_channels)
+        return i3_fail(ctx, I3RT_ERR_SHAPE, "%s: input is [%lld, %lld, ...], the %s expects [%s, %d, ...]", file,
+                       (long long)in.n, (long long)in.c, net->class_name, batches ? "n" : "1", net->in_channels);
     if (net->dims == 2 && in.d != 1)
         return i3_fail(ctx, I3RT_ERR_SHAPE, "%s: a 2D network needs depth 1, got an input of depth %lld", file,
                        (long long)in.d);

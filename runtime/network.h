@@ -53,14 +53,18 @@ void i3_name_fmt(char *name, const char *fmt, ...) __attribute__((format(printf,
 i3rt_status i3_network_parse(i3_ctx *ctx, const i3_weights *w, i3_network *out);
 /* The parsed network of a loaded model (model.c): pipelines check its kind and read its input encoding. */
 const i3_network *i3_model_network(const i3rt_model *model);
+/* i3rt_model_forward on `batch` inputs at once: input [batch, in_channels, spatial], logits [batch, classes,
+ * spatial]. One graph runs them all (fewer, larger kernels than a forward each). */
+i3rt_status i3_model_forward_batch(i3rt_model *model, int64_t batch, const float *input, const int64_t spatial[3],
+                                   float *logits);
 /* A model's forward on backend memory, for loops that keep their data on the device (the sliding
- * window): i3_model_device_io prepares, allocates and binds the graph for `spatial` as
- * i3rt_model_forward does and gives the backend and the graph's input and output values' memory;
+ * window): i3_model_device_io prepares, allocates and binds the graph for `batch` inputs of size `spatial` as
+ * i3_model_forward_batch does and gives the backend and the graph's input and output values' memory;
  * i3_model_run then runs the graph on what was written into *input (its memory may be reused by later
- * nodes: write it before every run) and leaves the logits [1, classes, spatial] in *output. The
+ * nodes: write it before every run) and leaves the logits [batch, classes, spatial] in *output. The
  * pointers hold until the model is prepared for another size. */
-i3rt_status i3_model_device_io(i3rt_model *model, const int64_t spatial[3], i3_backend **backend, float **input,
-                               const float **output);
+i3rt_status i3_model_device_io(i3rt_model *model, int64_t batch, const int64_t spatial[3], i3_backend **backend,
+                               float **input, const float **output);
 i3rt_status i3_model_run(i3rt_model *model);
 
 /* Product of the strides per axis: spatial sizes must be divisible by it (1 for RITM-HRNet18, which

@@ -273,7 +273,7 @@ static i3rt_status device_predict(i3_ctx *ctx, i3rt_model *model, const float *d
     i3_backend *b;
     float *in;
     const float *out;
-    I3_TRY(i3_model_device_io(model, p->patch, &b, &in, &out));
+    I3_TRY(i3_model_device_io(model, 1, p->patch, &b, &in, &out));
     *on_host = b->iface->sw == NULL;
     if (*on_host) return I3RT_OK;
     const int64_t ns = shape[0] * shape[1] * shape[2], nps = s->ps[0] * s->ps[1] * s->ps[2];

@@ -10,9 +10,9 @@
 
 /* ---- the network --------------------------------------------------------------------------------- */
 
-static i3rt_status model_forward(void *user, const float *input, int64_t h, int64_t w, float *logits) {
+static i3rt_status model_forward(void *user, const float *input, int n, int64_t h, int64_t w, float *logits) {
     const int64_t spatial[3] = {1, h, w};
-    return i3rt_model_forward(user, input, spatial, logits);
+    return i3_model_forward_batch(user, n, input, spatial, logits);
 }
 
 static void model_release(void *user) { i3rt_model_free(user); }
@@ -256,20 +256,18 @@ static i3rt_status encode(i3_snc_predictor *p, const float *planes, int64_t ih, 
     return st;
 }
 
-/* The network on planes [4, ih, iw] and, with flip, on their mirror: AddHorizontalFlip.inv_transform
- * averages the logits, 0.5 * (l + flip(l_mirror)); then SigmoidForPred. probs [ih, iw]. */
+/* The network on planes [4, ih, iw] and, with flip, on their mirror in the same batch: AddHorizontalFlip.
+ * inv_transform averages the logits, 0.5 * (l + flip(l_mirror)); then SigmoidForPred. probs [ih, iw]. */
 static i3rt_status network_probs(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw,
                                  const net_click *clicks, int n, float *probs) {
     const int64_t s = ih * iw;
     const int channels = I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels;
     const int runs = p->params.with_flip ? 2 : 1;
-    float *input = i3_malloc(p->ctx, (size_t)(channels * s) * sizeof *input, "SnC network input");
+    float *input = i3_malloc(p->ctx, (size_t)(runs * channels * s) * sizeof *input, "SnC network input");
     float *logits = i3_malloc(p->ctx, (size_t)(runs * s) * sizeof *logits, "SnC logits");
     i3rt_status st = input && logits ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
-    for (int r = 0; r < runs && st == I3RT_OK; r++) {
-        st = encode(p, planes, ih, iw, clicks, n, r, input);
-        if (st == I3RT_OK) st = p->net->forward(p->net->user, input, ih, iw, logits + r * s);
-    }
+    for (int r = 0; r < runs && st == I3RT_OK; r++) st = encode(p, planes, ih, iw, clicks, n, r, input + r * channels * s);
+    if (st == I3RT_OK) st = p->net->forward(p->net->user, input, runs, ih, iw, logits);
     if (st == I3RT_OK)
         for (int64_t y = 0; y < ih; y++)
             for (int64_t x = 0; x < iw; x++) {

@@ -22,11 +22,12 @@
 #include "core.h"
 #include "hrnet.h"
 
-/* A 2D network for the predictor: forward writes the logits [h, w] (the network's output upsampled
- * to its input size) for the encoded input [I3_HRNET_IMAGE_CHANNELS + cfg.coord_channels, h, w]. */
+/* A 2D network for the predictor: forward writes the logits [n, h, w] (the network's output upsampled
+ * to its input size) for n encoded inputs [n, I3_HRNET_IMAGE_CHANNELS + cfg.coord_channels, h, w] (two with
+ * the flip: the input and its mirror, as RITM's AddHorizontalFlip batches them). */
 typedef struct {
     i3_hrnet_config cfg; /* the input encoding (2D, disk click maps) */
-    i3rt_status (*forward)(void *user, const float *input, int64_t h, int64_t w, float *logits);
+    i3rt_status (*forward)(void *user, const float *input, int n, int64_t h, int64_t w, float *logits);
     void (*release)(void *user); /* frees user (NULL: nothing to free) */
     void *user;
 } i3_snc_net;

@@ -1074,7 +1074,7 @@ static float *sw_predict(i3rt_backend_kind backend, const sw_case *c, uint64_t s
         float *in;
         const float *out;
         i3_cuda_stats stats;
-        cr_assert_eq(i3_model_device_io(model, c->patch, &b, &in, &out), I3RT_OK);
+        cr_assert_eq(i3_model_device_io(model, 1, c->patch, &b, &in, &out), I3RT_OK);
         i3_backend_cuda_stats(b, &stats);
         cr_assert_eq(stats.graph_replays, forwards - 2, "%s: %lld CUDA graph replays in %lld forwards", c->model,
                      (long long)stats.graph_replays, (long long)forwards);
@@ -1646,7 +1646,7 @@ static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3
         return;
     }
     fclose(f);
-    unet_case u = {.xs = xs, .n_out = xs.d * xs.h * xs.w};
+    unet_case u = {.xs = xs, .n_out = xs.n * xs.d * xs.h * xs.w};
     cr_assert_eq(i3_weights_open(&d->ctx, path, &u.w), I3RT_OK, "%s", d->ctx.error);
     cr_assert_eq(i3_network_parse(&d->ctx, u.w, &u.net), I3RT_OK, "%s", d->ctx.error);
     cr_assert(u.net.cls == I3_NET_RITM_HRNET18 && u.net.hrnet.snc_guided == guided, "%s: not the expected network",
@@ -1689,6 +1689,11 @@ static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3
 
 static void check_hrnet_2d(device *d) {
     check_ritm_vs_cpu(d, "snc_session", "hrnet2d.safetensors", (i3_shape5){1, 6, 1, 27, 33}, 0, 1, 150);
+}
+
+/* A batch of two, as the SnC click runs an input and its mirror. */
+static void check_hrnet_2d_pair(device *d) {
+    check_ritm_vs_cpu(d, "snc_session", "hrnet2d.safetensors", (i3_shape5){2, 6, 1, 27, 33}, 0, 1, 152);
 }
 
 static void check_snc_guided_3d(device *d) {
@@ -1808,6 +1813,7 @@ static void on_device(int (*open)(device *), void (*check)(device *)) {
     Test(suite, unet_resenc_3d) { on_device(open, check_unet_resenc_3d); }                         \
     Test(suite, unet_fused_vs_cpu) { on_device(open, check_unet_fused_vs_cpu); }                   \
     Test(suite, hrnet_2d_vs_cpu) { on_device(open, check_hrnet_2d); }                              \
+    Test(suite, hrnet_2d_pair_vs_cpu) { on_device(open, check_hrnet_2d_pair); }                    \
     Test(suite, snc_guided_3d_vs_cpu) { on_device(open, check_snc_guided_3d); }
 
 // clang-format off

@@ -145,6 +145,48 @@ Test(hrnet, ritm_2d_vs_torch, .timeout = 600) { check_network("hrnet2d.safetenso
 
 Test(hrnet, acs_3d_vs_torch, .timeout = 1200) { check_network("hrnet3d.safetensors", "io3d.safetensors", 3); }
 
+/* A batch of two (RITM's flip: the input and its mirror): each sample's logits do not depend on the other
+ * sample (bit for bit: the same batch with the other sample zeroed), and equal a batch of one's up to the
+ * kernels' summation order (a batch may take another convolution strategy; random-weight HRNets amplify it). */
+Test(hrnet, batch_of_two) {
+    i3rt_context *ctx = new_ctx();
+    i3_weights *w = open_weights(ctx, "hrnet2d.safetensors"), *io = open_weights(ctx, "io2d.safetensors");
+    i3_network net;
+    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int64_t shape[5], n_in;
+    cr_assert(fx_shape5(io, "input", shape));
+    const i3_shape5 one = {1, shape[1], shape[2], shape[3], shape[4]}, two = {2, shape[1], shape[2], shape[3], shape[4]};
+    const float *input = io_tensor(io, "input", &n_in);
+    float *pair = malloc(2 * (size_t)n_in * sizeof *pair), *lone = calloc(2 * (size_t)n_in, sizeof *lone);
+    memcpy(pair, input, (size_t)n_in * sizeof *pair);
+    for (int64_t r = 0; r < n_in / one.w; r++) /* the mirror along w */
+        for (int64_t x = 0; x < one.w; x++) pair[n_in + r * one.w + x] = input[r * one.w + one.w - 1 - x];
+    int64_t out_one[5], out_two[5];
+    for (int full = 0; full < 2; full++) {
+        float *y2 = run_hrnet(ctx, &net, w, two, pair, full, out_two);
+        const int64_t per = out_two[1] * out_two[2] * out_two[3] * out_two[4];
+        for (int k = 0; k < 2; k++) {
+            memset(lone, 0, 2 * (size_t)n_in * sizeof *lone);
+            memcpy(lone + k * n_in, pair + k * n_in, (size_t)n_in * sizeof *lone);
+            float *alone = run_hrnet(ctx, &net, w, two, lone, full, out_two);
+            cr_expect(memcmp(alone + k * per, y2 + k * per, (size_t)per * sizeof *y2) == 0,
+                      "sample %d's logits change with the other sample", k);
+            float *y1 = run_hrnet(ctx, &net, w, one, pair + k * n_in, full, out_one);
+            cr_assert(out_one[0] == 1 && out_two[0] == 2 && memcmp(out_one + 1, out_two + 1, 4 * sizeof *out_one) == 0);
+            char label[96];
+            snprintf(label, sizeof label, "hrnet batch of 2, sample %d, %s resolution", k, full ? "full" : "1/4");
+            fx_err e = fx_compare(label, y2 + k * per, y1, per);
+            cr_expect(e.rel <= HRNET_REL_TOL, "%s: relative error %.3g", label, e.rel);
+            free(y1), free(alone);
+        }
+        free(y2);
+    }
+    free(pair), free(lone);
+    i3_weights_free(io);
+    i3_weights_free(w);
+    i3rt_context_free(ctx);
+}
+
 Test(hrnet, bad_inputs) {
     i3rt_context *ctx = new_ctx();
     i3_weights *w = open_weights(ctx, "hrnet2d.safetensors");
@@ -155,7 +197,7 @@ Test(hrnet, bad_inputs) {
     int out;
     const i3_shape5 deep = {1, 6, 4, 16, 16}, narrow = {1, 3, 1, 16, 16};
     cr_expect_eq(i3_hrnet_build(ctx, &net.hrnet, w, deep, 1, &g, &out), I3RT_ERR_SHAPE);
-    cr_expect(strstr(i3rt_context_error(ctx), "expected [1, 6, 1, h, w]"), "%s", i3rt_context_error(ctx));
+    cr_expect(strstr(i3rt_context_error(ctx), "expected [n, 6, 1, h, w]"), "%s", i3rt_context_error(ctx));
     cr_expect_eq(i3_network_build(ctx, &net, w, narrow, &g, &out), I3RT_ERR_SHAPE);
     printf("bad input shapes: %s\n", i3rt_context_error(ctx));
 

@@ -49,16 +49,18 @@ typedef struct {
     int calls, fail_at; /* fail_at: the call (1-based) that fails, 0 never */
 } fake_state;
 
-static i3rt_status fake_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+static i3rt_status fake_forward(void *user, const float *in, int n, int64_t h, int64_t w, float *logits) {
     fake_state *f = user;
     if (f && ++f->calls == f->fail_at) return I3RT_ERR_BACKEND;
     const int64_t s = h * w;
-    const float *img0 = in, *prev = in + 3 * s, *pos = in + 4 * s, *neg = in + 5 * s;
-    for (int64_t y = 0; y < h; y++)
-        for (int64_t x = 0; x < w; x++) {
-            const int64_t i = y * w + x, shifted = y * w + (x + 1 < w ? x + 1 : w - 1);
-            logits[i] = 6.0f * pos[i] - 6.0f * neg[i] + 8.0f * (prev[i] - 0.5f) + 1.5f * img0[shifted] - 1.0f;
-        }
+    for (int k = 0; k < n; k++, in += 6 * s, logits += s) {
+        const float *img0 = in, *prev = in + 3 * s, *pos = in + 4 * s, *neg = in + 5 * s;
+        for (int64_t y = 0; y < h; y++)
+            for (int64_t x = 0; x < w; x++) {
+                const int64_t i = y * w + x, shifted = y * w + (x + 1 < w ? x + 1 : w - 1);
+                logits[i] = 6.0f * pos[i] - 6.0f * neg[i] + 8.0f * (prev[i] - 0.5f) + 1.5f * img0[shifted] - 1.0f;
+            }
+    }
     return I3RT_OK;
 }
 
@@ -380,7 +382,7 @@ Test(snc_predictor, bad_clicks_keep_session) {
         cr_expect(strstr(i3rt_context_error(ctx), bad[i].message), "message '%s'", i3rt_context_error(ctx));
         printf("bad click: %s\n", i3rt_context_error(ctx));
     }
-    state.fail_at = state.calls + 2; /* the mirrored run of the next click fails */
+    state.fail_at = state.calls + 1; /* the next click's forward (the input and its mirror) fails */
     cr_expect_eq(i3_snc_predictor_click(p, 10, 10, 1), I3RT_ERR_BACKEND);
     cr_expect_eq(i3_snc_predictor_n_clicks(p), 2);
     cr_expect(memcmp(before, i3_snc_predictor_probs(p), sizeof before) == 0, "probabilities changed");
@@ -402,18 +404,21 @@ Test(snc_predictor, bad_clicks_keep_session) {
     i3rt_context_free(ctx);
 }
 
-/* A network scripted per call: calls 1-2 (the first click and its mirror) answer +10 on the positive
- * disk and -10 elsewhere, calls 3-4 -10 everywhere, later calls +2 everywhere; it records its input size. */
+/* A network scripted per call (a call: a click's input and its mirror): call 1 answers +10 on the positive
+ * disk and -10 elsewhere, call 2 -10 everywhere, later calls +2 everywhere; it records its input size. */
 typedef struct {
     int calls;
     int64_t h, w;
 } scripted_state;
 
-static i3rt_status scripted_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+static i3rt_status scripted_forward(void *user, const float *in, int n, int64_t h, int64_t w, float *logits) {
     scripted_state *st = user;
     st->calls++, st->h = h, st->w = w;
-    const float *pos = in + 4 * h * w;
-    for (int64_t i = 0; i < h * w; i++) logits[i] = st->calls <= 2 ? 20.0f * pos[i] - 10.0f : st->calls <= 4 ? -10.0f : 2.0f;
+    for (int k = 0; k < n; k++) {
+        const float *pos = in + (6 * k + 4) * h * w;
+        for (int64_t i = 0; i < h * w; i++)
+            logits[k * h * w + i] = st->calls <= 1 ? 20.0f * pos[i] - 10.0f : st->calls <= 2 ? -10.0f : 2.0f;
+    }
     return I3RT_OK;
 }
 

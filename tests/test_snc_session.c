@@ -175,12 +175,13 @@ Test(snc_session, first_slice_and_dice) {
 /* ---- small networks -------------------------------------------------------------------------------- */
 
 /* 2D: the (ImageNet-normalized) image above 0.5, pushed by the click disks. */
-static i3rt_status threshold_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+static i3rt_status threshold_forward(void *user, const float *in, int n, int64_t h, int64_t w, float *logits) {
     const int64_t s = h * w;
-    for (int64_t i = 0; i < s; i++) {
-        const float grey = in[i] * 0.229f + 0.485f;
-        logits[i] = 20.0f * (grey - 0.5f) + 12.0f * in[4 * s + i] - 12.0f * in[5 * s + i];
-    }
+    for (int k = 0; k < n; k++, in += 6 * s, logits += s)
+        for (int64_t i = 0; i < s; i++) {
+            const float grey = in[i] * 0.229f + 0.485f;
+            logits[i] = 20.0f * (grey - 0.5f) + 12.0f * in[4 * s + i] - 12.0f * in[5 * s + i];
+        }
     return I3RT_OK;
 }
 
@@ -415,11 +416,11 @@ typedef struct {
     float prev[VD * VH * VW]; /* room for any plane of the test volume */
 } recording_state;
 
-static i3rt_status recording_forward(void *user, const float *in, int64_t h, int64_t w, float *logits) {
+static i3rt_status recording_forward(void *user, const float *in, int n, int64_t h, int64_t w, float *logits) {
     recording_state *r = user;
     r->calls++;
-    memcpy(r->prev, in + 3 * h * w, (size_t)(h * w) * sizeof *in);
-    return threshold_forward(NULL, in, h, w, logits);
+    memcpy(r->prev, in + 3 * h * w, (size_t)(h * w) * sizeof *in); /* the first input's */
+    return threshold_forward(NULL, in, n, h, w, logits);
 }
 
 /* Counts the pixels of plane [n] that differ from want (NULL: zeros). */
