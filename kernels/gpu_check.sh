@@ -105,6 +105,12 @@ if wants bench; then
         step "profile-forward-$conv" 60 sh -c "I3RT_CUDA_PROFILE=1 I3RT_CUDA_CONV=$conv $bench forward $model \
             128 128 128 --runs 1 > /dev/null 2> $logs/profile_forward_$conv.txt"
     done
+    for precision in f32 f16; do   # where a click's time goes: 3 clicks of the test HRNet-18s on Colin27's slice 79
+        step "profile-snc-click-$precision" 60 sh -c "I3RT_CUDA_PROFILE=1 $build/i3rt snc click \
+            /usr/share/mricron/templates/ch2.nii.gz -2 $fixtures/snc_session/hrnet2d.safetensors --slice axial 79 \
+            --click 107 80 + --click 107 100 + --click 125 90 - --device cuda --precision $precision \
+            -o /tmp/snc-click-$precision > $logs/profile_snc_click_$precision.txt 2>&1"
+    done
     step bench-torch-forward 120 sh -c "$py bench/gpu_torch.py forward $model 128 128 128 --runs 5 \
         > $logs/torch_forward.jsonl"
     step report 30 sh -c "$py bench/gpu_report.py $logs/torch_ops.jsonl $logs/i3rt_ops.jsonl \
