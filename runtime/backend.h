@@ -31,6 +31,10 @@ typedef struct {
     i3rt_status (*download)(i3_backend *b, void *dst, const void *src, size_t bytes);
     /* Scratch bytes a node needs while it runs (0 if none). */
     size_t (*scratch_bytes)(i3_backend *b, const i3_graph *g, const i3_node *node);
+    /* Corrects bytes[v] (i3_value_bytes on entry) for the values of g that the backend holds in another
+     * element type (the CUDA backend's channels-last f16/bf16 activations: half). Called by i3_graph_plan
+     * once every value's last reader is known; NULL: every value as i3_value_bytes says. */
+    i3rt_status (*value_sizes)(i3_backend *b, const i3_graph *g, size_t *bytes);
     /* Runs one node; its values' data pointers are set. */
     i3rt_status (*run_node)(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch);
     /* Waits for queued work (no-op on the CPU). */

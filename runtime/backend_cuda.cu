@@ -220,12 +220,14 @@ static bool readers_take_channels_last(const DeviceState *st, const i3_graph *g,
 }
 
 /* Whether the conv at node n hands its output to an instance norm right after it that takes the conv's
- * statistics and runs in place (the norm then defers itself or normalizes the tensor in place). */
+ * statistics and runs in place (the norm then defers itself or normalizes the tensor in place). The
+ * planner runs such a norm in place: its input's last reader, not the graph's output, the same size
+ * (i3_graph_plan; the layouts below give the conv's output and the norm's the same one). */
 static bool conv_then_norm(const DeviceState *st, const i3_graph *g, int n) {
     if (n < 0 || g->nodes[n].op != I3_OP_CONV) return false;
     const int v = g->nodes[n].out;
     const i3_node *norm = sole_reader_next(g, n, v);
-    return norm && norm->op == I3_OP_INSTANCE_NORM && g->values[norm->out].data == g->values[v].data &&
+    return norm && norm->op == I3_OP_INSTANCE_NORM &&
            I3_DEV(conv_tensor_core_stat_chunks)(i3_value_shape5(&g->values[v]), tensor_core_precision(st)) > 0;
 }
 
@@ -273,6 +275,16 @@ static i3rt_status plan_layouts(i3_backend *b, const i3_graph *g) {
         }
         st->channels_last[v] = cl;
     }
+    return I3RT_OK;
+}
+
+/* For the planner: the values plan_layouts will hold channels-last take half their f32 bytes. */
+static i3rt_status device_value_sizes(i3_backend *b, const i3_graph *g, size_t *bytes) {
+    I3_TRY(plan_layouts(b, g));
+    DeviceState *st = state_of(b);
+    for (int v = 0; v < g->n_values; v++)
+        if (st->channels_last[v]) bytes[v] = i3_value_bytes(&g->values[v]) / 2; /* f16/bf16 */
+    st->layouts_for = NULL; /* decided again when the graph runs: its values may move before that */
     return I3RT_OK;
 }
 
@@ -611,6 +623,7 @@ static const i3_backend_i device_iface = {
     device_upload,
     device_download,
     device_scratch_bytes,
+    device_value_sizes,
     device_run_node,
     device_synchronize,
     device_destroy,

@@ -429,20 +429,30 @@ i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
     g->values[output].last_use = g->n_nodes; /* lives to the end: it is read back */
 
     arena_block *live = malloc((size_t)(g->n_values + 1) * sizeof *live);
-    if (!live) return i3_fail(g->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory planning the graph");
+    size_t *bytes = malloc((size_t)g->n_values * sizeof *bytes); /* each value's size in the backend's memory */
+    if (!live || !bytes) {
+        free(live), free(bytes);
+        return i3_fail(g->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory planning the graph");
+    }
+    for (int i = 0; i < g->n_values; i++) bytes[i] = align_up(i3_value_bytes(&g->values[i]));
+    i3rt_status st = backend && backend->iface->value_sizes ? backend->iface->value_sizes(backend, g, bytes) : I3RT_OK;
+    if (st != I3RT_OK) {
+        free(live), free(bytes);
+        return st;
+    }
     int n_live = 0;
     size_t peak = 0;
     i3_value *in = &g->values[g->input];
-    in->offset = arena_place(live, &n_live, align_up(i3_value_bytes(in)), &peak);
+    in->offset = arena_place(live, &n_live, align_up(bytes[g->input]), &peak);
 
     g->scratch_bytes = 0;
     for (int n = 0; n < g->n_nodes; n++) {
         i3_node *node = &g->nodes[n];
         i3_value *out = &g->values[node->out];
         i3_value *first = &g->values[node->in[0]];
-        size_t size = align_up(i3_value_bytes(out));
+        size_t size = align_up(bytes[node->out]);
         bool in_place = op_runs_in_place(node->op) && first->kind != I3_VALUE_WEIGHT && first->last_use == n &&
-                        node->in[0] != output && align_up(i3_value_bytes(first)) == size;
+                        node->in[0] != output && align_up(bytes[node->in[0]]) == size;
         if (in_place) {
             out->offset = first->offset;  /* the block passes from input to output */
         } else {
@@ -460,6 +470,7 @@ i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
         if (node->scratch_bytes > g->scratch_bytes) g->scratch_bytes = node->scratch_bytes;
     }
     free(live);
+    free(bytes);
     g->arena_bytes = peak;
     return I3RT_OK;
 }

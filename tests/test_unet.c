@@ -134,6 +134,28 @@ Test(unet, resenc_2d_f16_emulated_device) {
 Test(unet, plain_2d_tf32_emulated_device) {
     check_parity_with("plain_2d", "plain_2d", I3RT_BACKEND_EMULATED, I3RT_PRECISION_TF32, 1e-2);
 }
+/* With f16/bf16 convolutions the CUDA backend holds most activations channels-last in 2 bytes an element, and
+ * the planner sizes them so (i3_backend_i.value_sizes): nnU-Net's 3d_fullres plan at 128^3 needs less memory. */
+Test(unet, f16_plan_holds_channels_last_values_in_half) {
+    char path[1024];
+    fixture_path(path, sizeof path, "plain_3d.safetensors");
+    const int64_t spatial[3] = {128, 128, 128};
+    size_t peak[2];
+    for (int k = 0; k < 2; k++) {
+        i3rt_context *ctx;
+        cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
+        cr_assert_eq(i3rt_context_set_precision(ctx, k ? I3RT_PRECISION_F16 : I3RT_PRECISION_F32), I3RT_OK);
+        i3rt_model *model;
+        cr_assert_eq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+        cr_assert_eq(i3rt_model_plan(model, spatial, &peak[k]), I3RT_OK, "%s", i3rt_context_error(ctx));
+        i3rt_model_free(model);
+        i3rt_context_free(ctx);
+    }
+    printf("plain_3d at 128^3 on the emulated device: planned peak f32 %.1f MiB, f16 %.1f MiB\n", peak[0] / 1048576.0,
+           peak[1] / 1048576.0);
+    cr_expect_lt((double)peak[1], 0.7 * (double)peak[0], "f16 plan %zu bytes, f32 %zu", peak[1], peak[0]);
+}
+
 Test(unet, precision_is_checked) {
     i3rt_context *ctx;
     cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
