@@ -96,7 +96,8 @@ int I3_DEV(softmax_slices)(const float *logits, int64_t c, int64_t d, int64_t h,
  * outside x (offset may be negative), as i3_sw_tile (runtime/sliding_window.h); sw_accumulate
  * adds a tile's logits pred [classes, tile] times scale * gauss [tile] into acc [classes, volume] at
  * `offset` (read flipped back along the axes of flip_mask, bit a = axis a), and gauss into wsum
- * [volume] if add_weights; sw_normalize writes logits [classes, shape] = acc / wsum cropped at lo.
+ * [volume] if add_weights; sw_normalize writes logits [classes, shape] = acc / wsum cropped at lo (logits
+ * may be acc when shape is the volume and lo 0: in place).
  * A tile or crop outside the volume is cudaErrorInvalidValue. */
 int I3_DEV(sw_tile)(const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3],
                     const int64_t tile[3], int flip_mask, float *y, void *stream);

@@ -11,7 +11,8 @@
  *     tile, 0 = d) reads the prediction of a mirrored input flipped back, so each mirror pass of
  *     the test-time augmentation accumulates directly (scale = 1 / passes, weights added once)
  *     instead of flipping into a buffer, adding and dividing (three passes of the CPU code).
- *   sw_normalize: logits[k, z, y, x] = acc[k, z + lo0, y + lo1, x + lo2] / wsum[...], one pass.
+ *   sw_normalize: logits[k, z, y, x] = acc[k, z + lo0, y + lo1, x + lo2] / wsum[...], one pass; logits may
+ *     be acc itself when nothing is cropped (each element read, then written, by one thread).
  *
  * Kernel versions:
  *   sw_tile v1: one tile element per thread, grid-stride.
@@ -60,8 +61,8 @@ __global__ void sw_accumulate_v1(const float *__restrict__ pred, int64_t classes
     }
 }
 
-__global__ void sw_normalize_v1(const float *__restrict__ acc, const float *__restrict__ wsum, int64_t classes,
-                                TileGeometry g, float *__restrict__ logits) {
+__global__ void sw_normalize_v1(const float *acc, const float *__restrict__ wsum, int64_t classes, TileGeometry g,
+                                float *logits) {
     /* here g.tile is the image shape and g.offset the padding below it */
     int64_t ns = g.tile[0] * g.tile[1] * g.tile[2], nv = g.volume[0] * g.volume[1] * g.volume[2];
     I3_GRID_STRIDE_LOOP(i, classes * ns) {

@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 int i3_sliding_window_steps(int64_t image, int64_t tile, double step_size, int64_t *steps) {
     if (image < tile || tile < 1 || !(step_size > 0.0 && step_size <= 1.0)) return 0;
@@ -227,9 +228,9 @@ static i3rt_status host_predict(i3_ctx *ctx, i3rt_model *model, const float *dat
 
 /* The float32 loop on a device backend (backend.h's i3_backend_sw_i), on buffers of device memory: each
  * forward's tile is cut (and mirrored) out of the image straight into the graph's input, and the graph's
- * output is accumulated where it lies (flipped back, divided by the passes, weighted); only the cropped
- * logits come back. */
-enum { IMAGE, GAUSS, ACC, WSUM, LOGITS, N_DEVICE_BUFFERS };
+ * output is accumulated where it lies (flipped back, divided by the passes, weighted); the sums are divided
+ * in place and come back, cropped on the host when the image was padded (no logits volume on the device). */
+enum { IMAGE, GAUSS, ACC, WSUM, N_DEVICE_BUFFERS };
 
 static i3rt_status device_loop(i3_ctx *ctx, i3rt_model *model, i3_backend *b, float *in, const float *out,
                                const float *data, int64_t channels, const int64_t shape[3], int64_t num_classes,
@@ -257,8 +258,20 @@ static i3rt_status device_loop(i3_ctx *ctx, i3rt_model *model, i3_backend *b, fl
             if (st == I3RT_OK) report_forward(p, done);
         }
     }
-    if (st == I3RT_OK) st = sw->normalize(b, buf[ACC], buf[WSUM], num_classes, s->ps, s->lo, shape, buf[LOGITS]);
-    if (st == I3RT_OK) st = b->iface->download(b, logits, buf[LOGITS], (size_t)floats[LOGITS] * sizeof *logits);
+    const int64_t none[3] = {0, 0, 0}, *ps = s->ps, nps = ps[0] * ps[1] * ps[2], ns = shape[0] * shape[1] * shape[2];
+    if (st == I3RT_OK) st = sw->normalize(b, buf[ACC], buf[WSUM], num_classes, ps, none, ps, buf[ACC]); /* in place */
+    if (st != I3RT_OK) return st;
+    if (nps == ns) return b->iface->download(b, logits, buf[ACC], (size_t)(num_classes * ns) * sizeof *logits);
+    float *padded = i3_malloc(ctx, (size_t)(num_classes * nps) * sizeof *padded, "the padded logits");
+    if (!padded) return I3RT_ERR_OUT_OF_MEMORY;
+    st = b->iface->download(b, padded, buf[ACC], (size_t)(num_classes * nps) * sizeof *padded);
+    for (int64_t k = 0; k < num_classes && st == I3RT_OK; k++)
+        for (int64_t z = 0; z < shape[0]; z++)
+            for (int64_t y = 0; y < shape[1]; y++)
+                memcpy(logits + ((k * shape[0] + z) * shape[1] + y) * shape[2],
+                       padded + ((k * ps[0] + z + s->lo[0]) * ps[1] + y + s->lo[1]) * ps[2] + s->lo[2],
+                       (size_t)shape[2] * sizeof *logits);
+    free(padded);
     return st;
 }
 
@@ -278,7 +291,7 @@ static i3rt_status device_predict(i3_ctx *ctx, i3rt_model *model, const float *d
     if (*on_host) return I3RT_OK;
     const int64_t ns = shape[0] * shape[1] * shape[2], nps = s->ps[0] * s->ps[1] * s->ps[2];
     const int64_t floats[N_DEVICE_BUFFERS] = {channels * ns, p->patch[0] * p->patch[1] * p->patch[2],
-                                              num_classes * nps, nps, num_classes * ns};
+                                              num_classes * nps, nps};
     float *buf[N_DEVICE_BUFFERS] = {NULL};
     i3rt_status st = I3RT_OK;
     for (int i = 0; i < N_DEVICE_BUFFERS && st == I3RT_OK; i++)

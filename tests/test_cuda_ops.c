@@ -1117,14 +1117,14 @@ static void check_sliding_window_predict(device *d) {
 }
 
 /* The fallback for volumes too large for the device: the emulated device capped at the network's needs
- * plus 32 KiB (the fusion buffers and allocation rounding fit in that), less than the 2 x 20 x 27 image's
- * volume buffers (image, Gaussian map, sums, logits: 45 KB), so the device loop cannot allocate them and
+ * plus 32 KiB (the fusion buffers and allocation rounding fit in that), less than the 2 x 40 x 54 image's
+ * volume buffers (image, Gaussian map, sums: 108 KB), so the device loop cannot allocate them and
  * the host loop runs on the same backend, without an error. Its logits against the CPU backend's
  * (nmse < 1e-10) and against the uncapped device loop's: close, and not equal to the bit (the host loop
  * averages the mirror passes before weighting, the device loop weights each), which shows that the two
  * runs took different loops. */
 Test(emulated, sliding_window_fallback) {
-    const sw_case c = {"brain_2d", 2, {1, 16, 16}, {2, 20, 27}, 1};
+    const sw_case c = {"brain_2d", 2, {1, 16, 16}, {2, 40, 54}, 1};
     int64_t n, n_dev, n_ref;
     float *ref = sw_predict(I3RT_BACKEND_CPU, &c, 210, 0, &n_ref);
     float *dev = sw_predict(I3RT_BACKEND_EMULATED, &c, 210, 0, &n_dev);
