@@ -7,27 +7,27 @@
 #             CPU reference), test_tvl1's GPU test, and the whole networks (U-Nets, HRNet 2D, guided 3D) with
 #             their convolutions on tensor cores (f16, bf16, tf32)
 #   ctest     the whole CTest suite (needs the whole reference Python environment; not in the default list)
-#   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
 #   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
 #   apps      the pipelines against their Python originals on the GPU: SnC (bench/snc_vs_torch.py, both sides
-#             in f32, then both in f16), nnInteractive (tools/ni_evaluate.py; i3rt in f16 as the session's
+#             in f32 on HRNet-18s, then both in f16 on HRNet-18s and -18), nnInteractive (tools/ni_evaluate.py; i3rt in f16 as the session's
 #             autocast)
 #   i3deep    i3Deep's waiting time against nnUNetPredictor (bench/i3deep_waiting.py; i3rt in f16, as
 #             nnUNetPredictor's autocast)
 #   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK; f16)
+#   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
 #   sanitize  the `gpu` suites under compute-sanitizer memcheck, then racecheck and synccheck (slow)
 # scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
 # SimpleITK wheel does not fit beside the rest, so a session makes two calls on the same warm machine:
 # `build` carrying .gpu/debs and .gpu/a, then at once the other phases carrying .gpu/b.
 # Logs go to $1 (default $OUT/gpu-check, else ./gpu-check), one per step, with summary.txt; the other
-# arguments name the phases (default: build fixtures test ncu bench apps i3deep predict sanitize). The exit
-# status is nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS:
+# arguments name the phases (default: all but ctest; they run in the order above, the issues' measurements
+# before ncu and the sanitizers, whatever the order of the arguments). The exit status is nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS:
 # a budget for the whole call (default 540); a step that would start after it is skipped and says so, and
 # every step is killed at its own limit, so that the logs come back from a `run` call of 10 minutes.
 set -u
 logs=${1:-${OUT:-.}/gpu-check}
 [ $# -gt 0 ] && shift
-phases=${*:-build fixtures test ncu bench apps i3deep predict sanitize}
+phases=${*:-build fixtures test bench apps i3deep predict ncu sanitize}
 build=build-gpu-check
 fixtures=$PWD/$build/fixtures
 py=${PYTHON:-python3}
@@ -84,13 +84,6 @@ fi
 
 bench=$build/kernels/gpu_bench
 model=$fixtures/unet/plain_3d.safetensors   # 3d_fullres widths 32..320, written by the fixtures phase
-if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
-    for kernel in conv_tensor_core_v3 conv_v2 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
-        softmax_slices_v2 sw_accumulate_v1; do
-        step "ncu-$kernel" 60 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
-            --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1
-    done
-fi
 
 # Benchmarks: i3rt and PyTorch/cuDNN on the same shapes in the same run (docs/cuda.md, "Benchmarks").
 if wants bench; then
@@ -119,9 +112,10 @@ if wants bench; then
 fi
 if wants apps; then
     # SnC: click latency and one 3D step, i3rt's CUDA backend vs PyTorch CUDA (docs/snc.md)
-    for precision in f32 f16; do
+    for precision in f32 f16; do   # f32 on the small network only: the first run measured both in f32
+        arch=$([ $precision = f32 ] && echo 18s || echo "18s 18")
         step "bench-snc-$precision" 150 sh -c "$py bench/snc_vs_torch.py --build $build --device cuda \
-            --precision $precision --runs 5 > $logs/snc_bench_$precision.txt"
+            --precision $precision --arch $arch --runs 5 > $logs/snc_bench_$precision.txt"
     done
     # nnInteractive: time per interaction and peak memory, i3rt vs the Python session, same simulated user
     # and prompts as docs/nninteractive-evaluation.md (one held-out brain case + the head CT)
@@ -151,6 +145,13 @@ if wants predict; then
             | tee -a "$logs/summary.txt"
         status=1
     fi
+fi
+if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
+    for kernel in conv_tensor_core_v3 conv_v2 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
+        softmax_slices_v2 sw_accumulate_v1; do
+        step "ncu-$kernel" 60 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
+            --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1
+    done
 fi
 if wants sanitize; then
     for tool in memcheck racecheck synccheck; do
