@@ -42,7 +42,7 @@ typedef struct {
     int (*softmax_slices)(const float *, int64_t, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *,
                           double *, void *, void *);
     size_t (*softmax_slices_scratch_bytes)(int64_t, int64_t, int64_t);
-    int (*sw_accumulate)(const float *, int64_t, const int64_t *, int, const float *, float, int, float *, float *,
+    int (*sw_accumulate)(const float *, int64_t, const int64_t *, int, const float *, int, void *, void *,
                          const int64_t *, const int64_t *, void *);
     int (*spatial_gather)(const float *, const float *, int64_t, int64_t, int64_t, int64_t, float *, void *);
     int (*object_attention)(const float *, const float *, const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -300,8 +300,8 @@ typedef struct {
 static int run_sw(bench *B, void *arg) {
     sw_case *c = arg;
     int64_t offset[3] = {c->volume[0] - c->tile[0], 0, (c->volume[2] - c->tile[2]) / 2};
-    return B->k.sw_accumulate(c->pred, c->classes, c->tile, 0, c->gauss, 1.0f, 1, c->acc, c->wsum, c->volume, offset,
-                              B->stream);
+    return B->k.sw_accumulate(c->pred, c->classes, c->tile, 1, c->gauss, 0, c->acc, c->wsum, c->volume, offset,
+                              B->stream); /* one pass, float32 sums */
 }
 
 static void bench_sliding_window(bench *B, int64_t tile, int64_t volume) {

@@ -91,21 +91,21 @@ int I3_DEV(softmax_uncertainty)(const float *logits, int64_t n, int64_t c, int64
 size_t I3_DEV(softmax_slices_scratch_bytes)(int64_t d, int64_t h, int64_t w);
 int I3_DEV(softmax_slices)(const float *logits, int64_t c, int64_t d, int64_t h, int64_t w, float *probs,
                            float *entropy, float *msp, int32_t *argmax, double *sums, void *scratch, void *stream);
-/* Sliding window (kernels/sliding_window.cu, runtime/sliding_window.c's float32 mode): sw_tile writes
- * y [channels, tile] = x [channels, shape] at offset + flip(t) (flip along the axes of flip_mask), 0
- * outside x (offset may be negative), as i3_sw_tile (runtime/sliding_window.h); sw_accumulate
- * adds a tile's logits pred [classes, tile] times scale * gauss [tile] into acc [classes, volume] at
- * `offset` (read flipped back along the axes of flip_mask, bit a = axis a), and gauss into wsum
- * [volume] if add_weights; sw_normalize writes logits [classes, shape] = acc / wsum cropped at lo (logits
- * may be acc when shape is the volume and lo 0: in place).
- * A tile or crop outside the volume is cudaErrorInvalidValue. */
+/* Sliding window (kernels/sliding_window.cu, runtime/sliding_window.c's device loop): sw_tile writes
+ * y [channels, tile] = x [channels, shape] at offset + flip(t) (flip along the axes of flip_mask, bit a =
+ * axis a), 0 outside x (offset may be negative), as i3_sw_tile (runtime/sliding_window.h); sw_gather sets
+ * (first) or adds pred [classes, tile] read flipped back into sum [classes, tile]; sw_accumulate adds
+ * sum / passes * gauss [tile] into acc [classes, volume] at `offset` and gauss into wsum [volume], both
+ * float32 or (fp16) f16 bits rounded at every addition; sw_normalize divides acc by wsum in place (f16:
+ * rounded). A tile outside the volume, or passes < 1, is cudaErrorInvalidValue. */
 int I3_DEV(sw_tile)(const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3],
                     const int64_t tile[3], int flip_mask, float *y, void *stream);
-int I3_DEV(sw_accumulate)(const float *pred, int64_t classes, const int64_t tile[3], int flip_mask, const float *gauss,
-                          float scale, int add_weights, float *acc, float *wsum, const int64_t volume[3],
-                          const int64_t offset[3], void *stream);
-int I3_DEV(sw_normalize)(const float *acc, const float *wsum, int64_t classes, const int64_t volume[3],
-                         const int64_t lo[3], const int64_t shape[3], float *logits, void *stream);
+int I3_DEV(sw_gather)(const float *pred, int64_t classes, const int64_t tile[3], int flip_mask, int first, float *sum,
+                      void *stream);
+int I3_DEV(sw_accumulate)(const float *sum, int64_t classes, const int64_t tile[3], int passes, const float *gauss,
+                          int fp16, void *acc, void *wsum, const int64_t volume[3], const int64_t offset[3],
+                          void *stream);
+int I3_DEV(sw_normalize)(void *acc, const void *wsum, int64_t classes, const int64_t volume[3], int fp16, void *stream);
 /* RITM's HRNet-OCR head (kernels/ocr.cu): key/value of object_attention are [n, ck|cv, kc, 1, 1] with
  * 1 <= kc <= I3_OCR_MAX_CLASSES (else cudaErrorInvalidValue); spatial_gather writes [n, c, kc]. */
 int I3_DEV(slice_channels)(const float *x, i3_shape5 xs, const i3_slice_params *p, float *y, void *stream);

@@ -7,17 +7,19 @@
 #include "graph.h"
 
 /* The device loop of the sliding window (runtime/sliding_window.c) on backend memory, with the kernels
- * of kernels/sliding_window.cu (launchers.h's sw_tile, sw_accumulate, sw_normalize), queued on the
- * backend's stream; zero clears `bytes` bytes. */
+ * of kernels/sliding_window.cu (launchers.h's sw_tile, sw_gather, sw_accumulate, sw_normalize), queued on
+ * the backend's stream; zero clears `bytes` bytes. The sums are float32, or f16 bits when fp16. */
 typedef struct {
     i3rt_status (*zero)(i3_backend *b, void *ptr, size_t bytes);
     i3rt_status (*tile)(i3_backend *b, const float *x, int64_t channels, const int64_t shape[3], const int64_t offset[3],
                         const int64_t tile[3], int flip_mask, float *y);
-    i3rt_status (*accumulate)(i3_backend *b, const float *pred, int64_t classes, const int64_t tile[3], int flip_mask,
-                              const float *gauss, float scale, int add_weights, float *acc, float *wsum,
-                              const int64_t volume[3], const int64_t offset[3]);
-    i3rt_status (*normalize)(i3_backend *b, const float *acc, const float *wsum, int64_t classes, const int64_t volume[3],
-                             const int64_t lo[3], const int64_t shape[3], float *logits);
+    i3rt_status (*gather)(i3_backend *b, const float *pred, int64_t classes, const int64_t tile[3], int flip_mask,
+                          int first, float *sum);
+    i3rt_status (*accumulate)(i3_backend *b, const float *sum, int64_t classes, const int64_t tile[3], int passes,
+                              const float *gauss, int fp16, void *acc, void *wsum, const int64_t volume[3],
+                              const int64_t offset[3]);
+    i3rt_status (*normalize)(i3_backend *b, void *acc, const void *wsum, int64_t classes, const int64_t volume[3],
+                             int fp16);
 } i3_backend_sw_i;
 
 typedef struct {

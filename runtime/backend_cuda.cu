@@ -597,23 +597,29 @@ static i3rt_status device_sw_tile(i3_backend *b, const float *x, int64_t channel
                     "sliding window: sw_tile");
 }
 
-static i3rt_status device_sw_accumulate(i3_backend *b, const float *pred, int64_t classes, const int64_t tile[3],
-                                        int flip_mask, const float *gauss, float scale, int add_weights, float *acc,
-                                        float *wsum, const int64_t volume[3], const int64_t offset[3]) {
+static i3rt_status device_sw_gather(i3_backend *b, const float *pred, int64_t classes, const int64_t tile[3],
+                                    int flip_mask, int first, float *sum) {
+    return launched(b, I3_DEV(sw_gather)(pred, classes, tile, flip_mask, first, sum, stream_of(b)),
+                    "sliding window: sw_gather");
+}
+
+static i3rt_status device_sw_accumulate(i3_backend *b, const float *sum, int64_t classes, const int64_t tile[3],
+                                        int passes, const float *gauss, int fp16, void *acc, void *wsum,
+                                        const int64_t volume[3], const int64_t offset[3]) {
     return launched(b,
-                    I3_DEV(sw_accumulate)(pred, classes, tile, flip_mask, gauss, scale, add_weights, acc, wsum, volume,
-                                          offset, stream_of(b)),
+                    I3_DEV(sw_accumulate)(sum, classes, tile, passes, gauss, fp16, acc, wsum, volume, offset,
+                                          stream_of(b)),
                     "sliding window: sw_accumulate");
 }
 
-static i3rt_status device_sw_normalize(i3_backend *b, const float *acc, const float *wsum, int64_t classes,
-                                       const int64_t volume[3], const int64_t lo[3], const int64_t shape[3],
-                                       float *logits) {
-    return launched(b, I3_DEV(sw_normalize)(acc, wsum, classes, volume, lo, shape, logits, stream_of(b)),
+static i3rt_status device_sw_normalize(i3_backend *b, void *acc, const void *wsum, int64_t classes,
+                                       const int64_t volume[3], int fp16) {
+    return launched(b, I3_DEV(sw_normalize)(acc, wsum, classes, volume, fp16, stream_of(b)),
                     "sliding window: sw_normalize");
 }
 
-static const i3_backend_sw_i device_sw = {device_sw_zero, device_sw_tile, device_sw_accumulate, device_sw_normalize};
+static const i3_backend_sw_i device_sw = {device_sw_zero, device_sw_tile, device_sw_gather, device_sw_accumulate,
+                                          device_sw_normalize};
 
 static const i3_backend_i device_iface = {
     BACKEND_NAME,

@@ -1,4 +1,12 @@
 /* Sliding-window inference with the Gaussian importance map and mirroring (see sliding_window.h). */
+/* nnunetv2 multiplies by the Gaussian, then adds: no contracted multiply-adds (the device loop's kernels
+ * round the same way, kernels/sliding_window.cu) */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
 #include "sliding_window.h"
 
 #include "backend.h"
@@ -226,60 +234,65 @@ static i3rt_status host_predict(i3_ctx *ctx, i3rt_model *model, const float *dat
     return st;
 }
 
-/* The float32 loop on a device backend (backend.h's i3_backend_sw_i), on buffers of device memory: each
- * forward's tile is cut (and mirrored) out of the image straight into the graph's input, and the graph's
- * output is accumulated where it lies (flipped back, divided by the passes, weighted); the sums are divided
- * in place and come back, cropped on the host when the image was padded (no logits volume on the device). */
-enum { IMAGE, GAUSS, ACC, WSUM, N_DEVICE_BUFFERS };
+/* The loop on a device backend (backend.h's i3_backend_sw_i), on buffers of device memory, with the host
+ * loop's float operations in its order: each forward's tile is cut (and mirrored) out of the image straight
+ * into the graph's input, the mirror passes' outputs are summed flipped back, and the mean is weighted into
+ * the sums (float32, or f16 rounded at every addition in fp16 mode); the sums are divided in place and come
+ * back, cropped on the host when the image was padded (no logits volume on the device). */
+enum { IMAGE, GAUSS, ACC, WSUM, PASSES, N_DEVICE_BUFFERS };
 
 static i3rt_status device_loop(i3_ctx *ctx, i3rt_model *model, i3_backend *b, float *in, const float *out,
                                const float *data, int64_t channels, const int64_t shape[3], int64_t num_classes,
-                               const i3_sliding_window_params *p, const sw_plan *s, float *const buf[],
-                               const int64_t floats[], float *logits, int64_t *done) {
+                               const i3_sliding_window_params *p, const sw_plan *s, void *const buf[],
+                               const size_t bytes[], float *logits, int64_t *done) {
     const i3_backend_sw_i *sw = b->iface->sw;
-    const int64_t *tile = p->patch;
-    float *gauss = i3_malloc(ctx, (size_t)floats[GAUSS] * sizeof *gauss, "the Gaussian importance map");
+    const int64_t *tile = p->patch, *ps = s->ps;
+    const int fp16 = p->accumulate == I3_ACCUMULATE_FP16;
+    float *gauss = i3_malloc(ctx, bytes[GAUSS], "the Gaussian importance map");
     if (!gauss) return I3RT_ERR_OUT_OF_MEMORY;
     i3_gaussian_importance_map(p->patch, p->dims, gauss);
-    i3rt_status st = b->iface->upload(b, buf[GAUSS], gauss, (size_t)floats[GAUSS] * sizeof *gauss);
+    i3rt_status st = b->iface->upload(b, buf[GAUSS], gauss, bytes[GAUSS]);
     free(gauss);
-    if (st == I3RT_OK) st = b->iface->upload(b, buf[IMAGE], data, (size_t)floats[IMAGE] * sizeof *data);
-    if (st == I3RT_OK) st = sw->zero(b, buf[ACC], (size_t)floats[ACC] * sizeof(float));
-    if (st == I3RT_OK) st = sw->zero(b, buf[WSUM], (size_t)floats[WSUM] * sizeof(float));
+    if (st == I3RT_OK) st = b->iface->upload(b, buf[IMAGE], data, bytes[IMAGE]);
+    if (st == I3RT_OK) st = sw->zero(b, buf[ACC], bytes[ACC]);
+    if (st == I3RT_OK) st = sw->zero(b, buf[WSUM], bytes[WSUM]);
     for (int64_t t = 0; t < s->n_tiles && st == I3RT_OK; t++) {
         int64_t o[3], in_image[3];
         tile_offsets(s, t, o, in_image);
-        for (int m = 0; m < s->n_pass && st == I3RT_OK; m++) {
+        for (int m = 0; m < s->n_pass && st == I3RT_OK; m++) { /* prediction += flip(net(flip(x))) */
             st = sw->tile(b, buf[IMAGE], channels, shape, in_image, tile, s->masks[m], in);
             if (st == I3RT_OK) st = i3_model_run(model);
-            if (st == I3RT_OK) /* the weights once per tile, not per pass */
-                st = sw->accumulate(b, out, num_classes, tile, s->masks[m], buf[GAUSS], 1.0f / (float)s->n_pass, m == 0,
-                                    buf[ACC], buf[WSUM], s->ps, o);
+            if (st == I3RT_OK && s->n_pass > 1) st = sw->gather(b, out, num_classes, tile, s->masks[m], m == 0, buf[PASSES]);
             if (st == I3RT_OK) report_forward(p, done);
         }
+        if (st == I3RT_OK)
+            st = sw->accumulate(b, s->n_pass > 1 ? buf[PASSES] : out, num_classes, tile, s->n_pass, buf[GAUSS], fp16,
+                                buf[ACC], buf[WSUM], ps, o);
     }
-    const int64_t none[3] = {0, 0, 0}, *ps = s->ps, nps = ps[0] * ps[1] * ps[2], ns = shape[0] * shape[1] * shape[2];
-    if (st == I3RT_OK) st = sw->normalize(b, buf[ACC], buf[WSUM], num_classes, ps, none, ps, buf[ACC]); /* in place */
+    if (st == I3RT_OK) st = sw->normalize(b, buf[ACC], buf[WSUM], num_classes, ps, fp16);
     if (st != I3RT_OK) return st;
-    if (nps == ns) return b->iface->download(b, logits, buf[ACC], (size_t)(num_classes * ns) * sizeof *logits);
-    float *padded = i3_malloc(ctx, (size_t)(num_classes * nps) * sizeof *padded, "the padded logits");
-    if (!padded) return I3RT_ERR_OUT_OF_MEMORY;
-    st = b->iface->download(b, padded, buf[ACC], (size_t)(num_classes * nps) * sizeof *padded);
-    for (int64_t k = 0; k < num_classes && st == I3RT_OK; k++)
+    const int64_t nps = ps[0] * ps[1] * ps[2], ns = shape[0] * shape[1] * shape[2];
+    if (!fp16 && nps == ns) return b->iface->download(b, logits, buf[ACC], bytes[ACC]);
+    void *sums = i3_malloc(ctx, bytes[ACC], "the logits from the device");
+    if (!sums) return I3RT_ERR_OUT_OF_MEMORY;
+    st = b->iface->download(b, sums, buf[ACC], bytes[ACC]);
+    for (int64_t k = 0; k < num_classes && st == I3RT_OK; k++) /* crop (and widen f16) */
         for (int64_t z = 0; z < shape[0]; z++)
-            for (int64_t y = 0; y < shape[1]; y++)
-                memcpy(logits + ((k * shape[0] + z) * shape[1] + y) * shape[2],
-                       padded + ((k * ps[0] + z + s->lo[0]) * ps[1] + y + s->lo[1]) * ps[2] + s->lo[2],
-                       (size_t)shape[2] * sizeof *logits);
-    free(padded);
+            for (int64_t y = 0; y < shape[1]; y++) {
+                const int64_t from = ((k * ps[0] + z + s->lo[0]) * ps[1] + y + s->lo[1]) * ps[2] + s->lo[2];
+                float *dst = logits + ((k * shape[0] + z) * shape[1] + y) * shape[2];
+                for (int64_t x = 0; x < shape[2]; x++)
+                    dst[x] = fp16 ? i3_f16_to_f32(((const uint16_t *)sums)[from + x]) : ((const float *)sums)[from + x];
+            }
+    free(sums);
     return st;
 }
 
 /* Runs device_loop when the model's backend has one. *on_host is set when it has none, and when device
- * memory ran out before the first forward ended: the volume buffers (image, Gaussian map, sums, logits)
- * do not fit next to the graph's (or next to the buffers its first run grows). The out-of-memory error
- * is then cleared and the caller runs the host loop, which keeps the volume on the host and sends only
- * tiles: the fallback for volumes too large for the device. */
+ * memory ran out before the first forward ended: the volume buffers (image, Gaussian map, sums) do not fit
+ * next to the graph's (or next to the buffers its first run grows). The out-of-memory error is then
+ * cleared and the caller runs the host loop, which keeps the volume on the host and sends only tiles: the
+ * fallback for volumes too large for the device. */
 static i3rt_status device_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
                                   const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
                                   const sw_plan *s, float *logits, bool *on_host) {
@@ -290,15 +303,18 @@ static i3rt_status device_predict(i3_ctx *ctx, i3rt_model *model, const float *d
     *on_host = b->iface->sw == NULL;
     if (*on_host) return I3RT_OK;
     const int64_t ns = shape[0] * shape[1] * shape[2], nps = s->ps[0] * s->ps[1] * s->ps[2];
-    const int64_t floats[N_DEVICE_BUFFERS] = {channels * ns, p->patch[0] * p->patch[1] * p->patch[2],
-                                              num_classes * nps, nps};
-    float *buf[N_DEVICE_BUFFERS] = {NULL};
+    const int64_t nt = p->patch[0] * p->patch[1] * p->patch[2];
+    const size_t sum = p->accumulate == I3_ACCUMULATE_FP16 ? sizeof(uint16_t) : sizeof(float);
+    const size_t bytes[N_DEVICE_BUFFERS] = {(size_t)(channels * ns) * sizeof(float), (size_t)nt * sizeof(float),
+                                            (size_t)(num_classes * nps) * sum, (size_t)nps * sum,
+                                            s->n_pass > 1 ? (size_t)(num_classes * nt) * sizeof(float) : 0};
+    void *buf[N_DEVICE_BUFFERS] = {NULL};
     i3rt_status st = I3RT_OK;
     for (int i = 0; i < N_DEVICE_BUFFERS && st == I3RT_OK; i++)
-        st = b->iface->alloc(b, (size_t)floats[i] * sizeof(float), (void **)&buf[i]);
+        if (bytes[i]) st = b->iface->alloc(b, bytes[i], &buf[i]);
     int64_t done = 0;
     if (st == I3RT_OK)
-        st = device_loop(ctx, model, b, in, out, data, channels, shape, num_classes, p, s, buf, floats, logits, &done);
+        st = device_loop(ctx, model, b, in, out, data, channels, shape, num_classes, p, s, buf, bytes, logits, &done);
     for (int i = 0; i < N_DEVICE_BUFFERS; i++)
         if (buf[i]) b->iface->free(b, buf[i]);
     if (st != I3RT_ERR_OUT_OF_MEMORY || done > 0) return st; /* after a forward the host loop would repeat it */
@@ -314,8 +330,7 @@ i3rt_status i3_sliding_window_predict(i3_ctx *ctx, i3rt_model *model, const floa
     if (!s) return I3RT_ERR_OUT_OF_MEMORY;
     i3rt_status st = plan_tiles(ctx, shape, p, s);
     bool on_host = true;
-    if (st == I3RT_OK && p->accumulate == I3_ACCUMULATE_FP32) /* the kernels have no fp16 mode */
-        st = device_predict(ctx, model, data, channels, shape, num_classes, p, s, logits, &on_host);
+    if (st == I3RT_OK) st = device_predict(ctx, model, data, channels, shape, num_classes, p, s, logits, &on_host);
     if (st == I3RT_OK && on_host) st = host_predict(ctx, model, data, channels, shape, num_classes, p, s, logits);
     free(s);
     return st;

@@ -13,12 +13,12 @@
  * float32 (more accurate; differs from nnunetv2 by fp16 rounding, ~1e-3 relative of the logits);
  * I3_ACCUMULATE_FP16 reproduces nnunetv2's fp16 rounding step by step.
  *
- * On a device backend (cuda, emulated) the float32 mode runs on the device: the image, the Gaussian map
- * and both sums stay in device memory, tiles are cut and mirrored there into the network's input and
- * its output accumulated there (kernels/sliding_window.cu); only the final logits are downloaded. When
- * those volume buffers do not fit in device memory next to the network's, and in fp16 mode or on the CPU
- * backend, the host loop runs: the volume stays on the host and each tile is sent through
- * i3rt_model_forward. */
+ * On a device backend (cuda, emulated) either mode runs on the device: the image, the Gaussian map and
+ * both sums (f16 in fp16 mode) stay in device memory, tiles are cut and mirrored there into the network's
+ * input and its output accumulated there (kernels/sliding_window.cu), with the host loop's float
+ * operations in its order; only the final logits are downloaded. When those volume buffers do not fit in
+ * device memory next to the network's, and on the CPU backend, the host loop runs: the volume stays on
+ * the host and each tile is sent through i3rt_model_forward. */
 #ifndef I3RT_SLIDING_WINDOW_H
 #define I3RT_SLIDING_WINDOW_H
 
