@@ -362,7 +362,7 @@ static i3rt_status preprocess(i3_predictor *p, const i3_volume *image, float **o
     if (perm[0] != 0 || perm[1] != 1 || perm[2] != 2) {
         if (!(transposed = i3_malloc(ctx, (size_t)(C * n) * sizeof *transposed, "the transposed image")))
             return I3RT_ERR_OUT_OF_MEMORY;
-        i3_transpose3(image->data, C, in_shape, perm, transposed, cp->shape_t, ctx->n_threads);
+        i3_transpose3(image->data, C, in_shape, perm, transposed, NULL, ctx->n_threads);
         data = transposed;
     }
     for (int a = 0; a < 3; a++) {
