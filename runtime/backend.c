@@ -18,7 +18,7 @@ void i3_backend_destroy(i3_backend *b) {
     if (b) b->iface->destroy(b);
 }
 
-i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena, void *weights_mem) {
+void i3_graph_place(i3_graph *g, i3_backend *b, void *arena, void *weights_mem) {
     size_t weight_offset = 0;
     for (int i = 0; i < g->n_values; i++) {
         i3_value *v = &g->values[i];
@@ -28,11 +28,22 @@ i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena, void *weights
             v->data = (void *)v->host;
         } else {
             v->data = (char *)weights_mem + weight_offset;
-            I3_TRY(b->iface->upload(b, v->data, v->host, i3_value_bytes(v)));
             weight_offset += (i3_value_bytes(v) + 255) / 256 * 256;
         }
     }
+}
+
+i3rt_status i3_graph_upload_weights(i3_graph *g, i3_backend *b) {
+    for (int i = 0; i < g->n_values && !b->iface->host_memory; i++) {
+        const i3_value *v = &g->values[i];
+        if (v->kind == I3_VALUE_WEIGHT) I3_TRY(b->iface->upload(b, v->data, v->host, i3_value_bytes(v)));
+    }
     return I3RT_OK;
+}
+
+i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena, void *weights_mem) {
+    i3_graph_place(g, b, arena, weights_mem);
+    return i3_graph_upload_weights(g, b);
 }
 
 size_t i3_graph_weight_bytes(const i3_graph *g) {

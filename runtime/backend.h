@@ -63,6 +63,10 @@ i3rt_status i3_backend_cpu_create(i3_ctx *ctx, i3_backend **out);
  * (g->arena_bytes), weights at their host copies on a host-memory backend, else uploaded into
  * `weights_mem` (i3_graph_weight_bytes bytes, allocated by the caller through the backend). */
 i3rt_status i3_graph_bind(i3_graph *g, i3_backend *b, void *arena, void *weights_mem);
+/* i3_graph_bind's two halves: pointing the values at their storage, and uploading the weights there (for a
+ * graph rebuilt over the same weights already in weights_mem, the model skips the second). */
+void i3_graph_place(i3_graph *g, i3_backend *b, void *arena, void *weights_mem);
+i3rt_status i3_graph_upload_weights(i3_graph *g, i3_backend *b);
 size_t i3_graph_weight_bytes(const i3_graph *g);
 /* Runs every node in order with one scratch buffer. */
 i3rt_status i3_graph_run(i3_graph *g, i3_backend *b, void *scratch);

@@ -162,18 +162,20 @@ static int conv_layer(builder *b, int x, const char *conv, const char *bn, const
     if (bn || scale) {
         char name[I3_NAME_LEN];
         float *wf = NULL, *bf = NULL;
+        int fresh_w = 0, fresh_b = 0; /* folded by an earlier build of this network (another input size)? */
         i3_name_fmt(name, "%s.weight (folded)", conv);
-        b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)(cout * per_out), &wf);
+        b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)(cout * per_out), &wf, &fresh_w);
         i3_name_fmt(name, "%s.bias (folded)", conv);
-        if (b->status == I3RT_OK) b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)cout, &bf);
+        if (b->status == I3RT_OK) b->status = i3_weights_derived(b->ctx, b->w, name, (size_t)cout, &bf, &fresh_b);
         if (b->status != I3RT_OK) return -1;
-        memcpy(wf, weight, (size_t)(cout * per_out) * sizeof *wf);
+        const int fold = fresh_w || fresh_b;
+        if (fold) memcpy(wf, weight, (size_t)(cout * per_out) * sizeof *wf);
         if (bn) {
             const float *gamma = tensor(b, bn, "weight", 1, cshape), *beta = tensor(b, bn, "bias", 1, cshape);
             const float *mean = tensor(b, bn, "running_mean", 1, cshape), *var = tensor(b, bn, "running_var", 1, cshape);
             if (failed(b)) return -1;
-            i3_cpu_fold_batch_norm(wf, cout, per_out, bias, gamma, beta, mean, var, BN_EPS, bf);
-        } else {
+            if (fold) i3_cpu_fold_batch_norm(wf, cout, per_out, bias, gamma, beta, mean, var, BN_EPS, bf);
+        } else if (fold) {
             const float s = fabsf(scale[0]); /* ScaleLayer: x * |scale * lr_mult|, lr_mult 1 */
             for (int64_t i = 0; i < cout * per_out; i++) wf[i] *= s;
             for (int o = 0; o < cout; o++) bf[o] = bias ? bias[o] * s : 0.0f;

@@ -19,6 +19,11 @@ struct i3rt_model {
     void *arena, *scratch, *weights_mem;  /* backend memory, grown on demand */
     size_t arena_cap, scratch_cap, weights_cap;
     int bound;                /* the graph's values point into the current buffers */
+    /* what weights_mem holds, in order: each weight's host data and bytes (host data never changes: the
+     * file's tensors, or derived ones computed once), so a graph rebuilt for another input size over the
+     * same list need not upload them again */
+    struct uploaded_weight { const float *host; size_t bytes; } *uploaded;
+    int n_uploaded;
 };
 
 /* Builds and plans the graph for `batch` inputs of the given spatial size, unless it already is. */
@@ -113,6 +118,7 @@ void i3rt_model_free(i3rt_model *m) {
     }
     i3_graph_free(&m->graph);
     i3_weights_free(m->weights);
+    free(m->uploaded);
     free(m);
 }
 
@@ -212,6 +218,33 @@ size_t i3rt_model_describe(i3rt_model *m, const int64_t spatial_in[3], char *buf
     return t.len;
 }
 
+/* Whether weights_mem holds the current graph's weights where i3_graph_place put them. */
+static int weights_in_place(const i3rt_model *m) {
+    int k = 0;
+    for (int i = 0; i < m->graph.n_values; i++) {
+        const i3_value *v = &m->graph.values[i];
+        if (v->kind != I3_VALUE_WEIGHT) continue;
+        if (k == m->n_uploaded || m->uploaded[k].host != v->host || m->uploaded[k].bytes != i3_value_bytes(v)) return 0;
+        k++;
+    }
+    return k == m->n_uploaded;
+}
+
+static i3rt_status upload_weights(i3rt_model *m) {
+    m->n_uploaded = 0;
+    int n = 0;
+    for (int i = 0; i < m->graph.n_values; i++) n += m->graph.values[i].kind == I3_VALUE_WEIGHT;
+    struct uploaded_weight *list = realloc(m->uploaded, (size_t)(n ? n : 1) * sizeof *list);
+    if (!list) return i3_fail(m->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory for the list of %d weights", n);
+    m->uploaded = list;
+    I3_TRY(i3_graph_upload_weights(&m->graph, m->backend));
+    for (int i = 0; i < m->graph.n_values; i++) {
+        const i3_value *v = &m->graph.values[i];
+        if (v->kind == I3_VALUE_WEIGHT) list[m->n_uploaded++] = (struct uploaded_weight){v->host, i3_value_bytes(v)};
+    }
+    return I3RT_OK;
+}
+
 i3rt_status i3_model_device_io(i3rt_model *m, int64_t batch, const int64_t spatial[3], i3_backend **backend,
                                float **input, const float **output) {
     if (batch < 1) return i3_fail(m->ctx, I3RT_ERR_INVALID_ARGUMENT, "a batch of %lld inputs", (long long)batch);
@@ -221,9 +254,14 @@ i3rt_status i3_model_device_io(i3rt_model *m, int64_t batch, const int64_t spati
     i3_backend *b = m->backend;
     I3_TRY(ensure_buffer(m, &m->arena, &m->arena_cap, g->arena_bytes));
     I3_TRY(ensure_buffer(m, &m->scratch, &m->scratch_cap, g->scratch_bytes ? g->scratch_bytes : 1));
-    if (!b->iface->host_memory) I3_TRY(ensure_buffer(m, &m->weights_mem, &m->weights_cap, i3_graph_weight_bytes(g)));
+    if (!b->iface->host_memory) {
+        const size_t cap = m->weights_cap;
+        I3_TRY(ensure_buffer(m, &m->weights_mem, &m->weights_cap, i3_graph_weight_bytes(g)));
+        if (m->weights_cap != cap) m->n_uploaded = 0; /* a new buffer holds nothing yet */
+    }
     if (!m->bound) {
-        I3_TRY(i3_graph_bind(g, b, m->arena, m->weights_mem));
+        i3_graph_place(g, b, m->arena, m->weights_mem);
+        if (!b->iface->host_memory && !weights_in_place(m)) I3_TRY(upload_weights(m));
         m->bound = 1;
     }
     *backend = b;

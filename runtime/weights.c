@@ -564,8 +564,9 @@ i3rt_status i3_weights_check_all_used(i3_ctx *ctx, const i3_weights *w) {
     return I3RT_OK;
 }
 
-i3rt_status i3_weights_derived(i3_ctx *ctx, i3_weights *w, const char *name, size_t numel, float **out) {
+i3rt_status i3_weights_derived(i3_ctx *ctx, i3_weights *w, const char *name, size_t numel, float **out, int *fresh) {
     *out = NULL;
+    if (fresh) *fresh = 0;
     for (int i = 0; i < w->n_derived; i++) {
         if (strcmp(w->derived[i].name, name) != 0) continue;
         if (w->derived[i].numel != numel)
@@ -591,5 +592,6 @@ i3rt_status i3_weights_derived(i3_ctx *ctx, i3_weights *w, const char *name, siz
     }
     w->derived[w->n_derived++] = (struct derived_tensor){copy, numel, data};
     *out = data;
+    if (fresh) *fresh = 1;
     return I3RT_OK;
 }

@@ -47,7 +47,9 @@ i3rt_status i3_weights_check_all_used(i3_ctx *ctx, const i3_weights *w);
 /* A float buffer of numel values owned by w (freed with it), for tensors computed from the file's
  * (e.g. convolution weights with batch norm folded in). Cached by name: asking again for the same
  * name returns the same buffer, whose contents the caller wrote before (asking with another numel
- * fails). The buffer is 64-byte aligned. */
-i3rt_status i3_weights_derived(i3_ctx *ctx, i3_weights *w, const char *name, size_t numel, float **out);
+ * fails); *fresh (may be NULL) says whether the buffer was just made (its contents to be computed) or
+ * is the cached one (computed already: a network rebuilt for another input size need not redo it, and
+ * its weight pointers stay the same). The buffer is 64-byte aligned. */
+i3rt_status i3_weights_derived(i3_ctx *ctx, i3_weights *w, const char *name, size_t numel, float **out, int *fresh);
 
 #endif /* I3RT_WEIGHTS_H */

@@ -187,6 +187,31 @@ Test(hrnet, batch_of_two) {
     i3rt_context_free(ctx);
 }
 
+/* A rebuild for another input size reuses the folded weights (i3_weights_derived's cache): the same host
+ * pointers in the same order, which lets a model on a device skip uploading them again (runtime/model.c). */
+Test(hrnet, rebuild_reuses_folded_weights) {
+    i3rt_context *ctx = new_ctx();
+    i3_weights *w = open_weights(ctx, "hrnet2d.safetensors");
+    i3_network net;
+    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    static const float *hosts[2][2048];
+    int n[2] = {0, 0};
+    const i3_shape5 sizes[2] = {{1, 6, 1, 32, 40}, {2, 6, 1, 27, 33}};
+    for (int k = 0; k < 2; k++) {
+        i3_graph g;
+        i3_graph_init(&g, ctx);
+        int out;
+        cr_assert_eq(i3_hrnet_build(ctx, &net.hrnet, w, sizes[k], 1, &g, &out), I3RT_OK, "%s", i3rt_context_error(ctx));
+        for (int v = 0; v < g.n_values; v++)
+            if (g.values[v].kind == I3_VALUE_WEIGHT && n[k] < 2048) hosts[k][n[k]++] = g.values[v].host;
+        i3_graph_free(&g);
+    }
+    cr_assert(n[0] > 100 && n[0] < 2048 && n[0] == n[1], "%d and %d weights", n[0], n[1]);
+    cr_assert(memcmp(hosts[0], hosts[1], (size_t)n[0] * sizeof hosts[0][0]) == 0, "the rebuild made new weight buffers");
+    i3_weights_free(w);
+    i3rt_context_free(ctx);
+}
+
 Test(hrnet, bad_inputs) {
     i3rt_context *ctx = new_ctx();
     i3_weights *w = open_weights(ctx, "hrnet2d.safetensors");
