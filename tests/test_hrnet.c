@@ -38,6 +38,12 @@ static i3_weights *open_weights(i3rt_context *ctx, const char *file) {
     return w;
 }
 
+static i3_network parse_network(i3rt_context *ctx, const i3_weights *w) {
+    i3_network net;
+    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    return net;
+}
+
 static const float *io_tensor(i3_weights *io, const char *name, int64_t *numel) {
     const float *t = fx_tensor(io, name, numel);
     cr_assert(t, "%s: no f32 tensor %s", i3_weights_label(io), name);
@@ -83,8 +89,7 @@ static void expect_close(const char *label, const float *got, const float *ref, 
 static void check_network(const char *weights_file, const char *io_file, int dims) {
     i3rt_context *ctx = new_ctx();
     i3_weights *w = open_weights(ctx, weights_file), *io = open_weights(ctx, io_file);
-    i3_network net;
-    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    const i3_network net = parse_network(ctx, w);
     cr_assert_eq(net.cls, I3_NET_RITM_HRNET18);
     cr_assert_eq(net.dims, dims);
     cr_assert_eq(net.hrnet.acs, dims == 3);
@@ -151,8 +156,7 @@ Test(hrnet, acs_3d_vs_torch, .timeout = 1200) { check_network("hrnet3d.safetenso
 Test(hrnet, batch_of_two) {
     i3rt_context *ctx = new_ctx();
     i3_weights *w = open_weights(ctx, "hrnet2d.safetensors"), *io = open_weights(ctx, "io2d.safetensors");
-    i3_network net;
-    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    const i3_network net = parse_network(ctx, w);
     int64_t shape[5], n_in;
     cr_assert(fx_shape5(io, "input", shape));
     const i3_shape5 one = {1, shape[1], shape[2], shape[3], shape[4]}, two = {2, shape[1], shape[2], shape[3], shape[4]};
@@ -192,8 +196,7 @@ Test(hrnet, batch_of_two) {
 Test(hrnet, rebuild_reuses_folded_weights) {
     i3rt_context *ctx = new_ctx();
     i3_weights *w = open_weights(ctx, "hrnet2d.safetensors");
-    i3_network net;
-    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    const i3_network net = parse_network(ctx, w);
     static const float *hosts[2][2048];
     int n[2] = {0, 0};
     const i3_shape5 sizes[2] = {{1, 6, 1, 32, 40}, {2, 6, 1, 27, 33}};
@@ -215,8 +218,7 @@ Test(hrnet, rebuild_reuses_folded_weights) {
 Test(hrnet, bad_inputs) {
     i3rt_context *ctx = new_ctx();
     i3_weights *w = open_weights(ctx, "hrnet2d.safetensors");
-    i3_network net;
-    cr_assert_eq(i3_network_parse(ctx, w, &net), I3RT_OK, "%s", i3rt_context_error(ctx));
+    const i3_network net = parse_network(ctx, w);
     i3_graph g;
     i3_graph_init(&g, ctx);
     int out;
