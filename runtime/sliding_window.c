@@ -163,12 +163,24 @@ static void report_forward(const i3_sliding_window_params *p, int64_t *done) {
     if (p->progress) p->progress(p->progress_user, p->progress_offset + *done, p->progress_total);
 }
 
+/* logits [classes, shape] = padded [classes, s->ps] without the padding (s->lo below the image). */
+static void crop_padding(const sw_plan *s, const int64_t shape[3], int64_t num_classes, const float *padded,
+                         float *logits) {
+    const int64_t *ps = s->ps, *lo = s->lo;
+    for (int64_t k = 0; k < num_classes; k++)
+        for (int64_t z = 0; z < shape[0]; z++)
+            for (int64_t y = 0; y < shape[1]; y++)
+                memcpy(logits + ((k * shape[0] + z) * shape[1] + y) * shape[2],
+                       padded + ((k * ps[0] + z + lo[0]) * ps[1] + y + lo[1]) * ps[2] + lo[2],
+                       (size_t)shape[2] * sizeof *logits);
+}
+
 /* The loop on the host: each tile (and mirrored tile) goes through i3rt_model_forward, which uploads it
  * and downloads its logits on a device backend; the sums stay in host memory (either accumulation mode). */
 static i3rt_status host_predict(i3_ctx *ctx, i3rt_model *model, const float *data, int64_t channels,
                                 const int64_t shape[3], int64_t num_classes, const i3_sliding_window_params *p,
                                 const sw_plan *s, float *logits) {
-    const int64_t *tile = p->patch, *ps = s->ps, *lo = s->lo; /* tile (1, h, w) for 2D */
+    const int64_t *tile = p->patch, *ps = s->ps; /* tile (1, h, w) for 2D */
     const int64_t nps = ps[0] * ps[1] * ps[2], nt = tile[0] * tile[1] * tile[2], zero[3] = {0, 0, 0};
     const int fp16 = p->accumulate == I3_ACCUMULATE_FP16;
     float *gauss = i3_malloc(ctx, (size_t)nt * sizeof *gauss, "the Gaussian importance map");
@@ -215,15 +227,11 @@ static i3rt_status host_predict(i3_ctx *ctx, i3rt_model *model, const float *dat
                 for (int64_t x = 0; x < tile[2]; x++) dst[x] = fp16 ? round_f16(dst[x] + g[x]) : dst[x] + g[x];
             }
     }
-    if (st == I3RT_OK) /* divide, remove the padding */
-        for (int64_t k = 0; k < num_classes; k++)
-            for (int64_t z = 0; z < shape[0]; z++)
-                for (int64_t y = 0; y < shape[1]; y++) {
-                    const int64_t row = ((z + lo[0]) * ps[1] + y + lo[1]) * ps[2] + lo[2];
-                    const float *a = acc + k * nps + row, *w = wsum + row;
-                    float *dst = logits + ((k * shape[0] + z) * shape[1] + y) * shape[2];
-                    for (int64_t x = 0; x < shape[2]; x++) dst[x] = fp16 ? round_f16(a[x] / w[x]) : a[x] / w[x];
-                }
+    if (st == I3RT_OK) { /* divide, remove the padding */
+        for (int64_t i = 0; i < num_classes * nps; i++)
+            acc[i] = fp16 ? round_f16(acc[i] / wsum[i % nps]) : acc[i] / wsum[i % nps];
+        crop_padding(s, shape, num_classes, acc, logits);
+    }
     free(gauss);
     free(in);
     free(out);
@@ -273,18 +281,15 @@ static i3rt_status device_loop(i3_ctx *ctx, i3rt_model *model, i3_backend *b, fl
     if (st != I3RT_OK) return st;
     const int64_t nps = ps[0] * ps[1] * ps[2], ns = shape[0] * shape[1] * shape[2];
     if (!fp16 && nps == ns) return b->iface->download(b, logits, buf[ACC], bytes[ACC]);
-    void *sums = i3_malloc(ctx, bytes[ACC], "the logits from the device");
-    if (!sums) return I3RT_ERR_OUT_OF_MEMORY;
-    st = b->iface->download(b, sums, buf[ACC], bytes[ACC]);
-    for (int64_t k = 0; k < num_classes && st == I3RT_OK; k++) /* crop (and widen f16) */
-        for (int64_t z = 0; z < shape[0]; z++)
-            for (int64_t y = 0; y < shape[1]; y++) {
-                const int64_t from = ((k * ps[0] + z + s->lo[0]) * ps[1] + y + s->lo[1]) * ps[2] + s->lo[2];
-                float *dst = logits + ((k * shape[0] + z) * shape[1] + y) * shape[2];
-                for (int64_t x = 0; x < shape[2]; x++)
-                    dst[x] = fp16 ? i3_f16_to_f32(((const uint16_t *)sums)[from + x]) : ((const float *)sums)[from + x];
-            }
-    free(sums);
+    /* the padded logits on the host (f16 widened), then cropped */
+    float *padded = i3_malloc(ctx, (size_t)(num_classes * nps) * sizeof *padded, "the padded logits");
+    uint16_t *halves = fp16 ? i3_malloc(ctx, bytes[ACC], "the f16 logits from the device") : NULL;
+    st = padded && (halves || !fp16) ? b->iface->download(b, fp16 ? (void *)halves : padded, buf[ACC], bytes[ACC])
+                                     : I3RT_ERR_OUT_OF_MEMORY;
+    for (int64_t i = 0; st == I3RT_OK && fp16 && i < num_classes * nps; i++) padded[i] = i3_f16_to_f32(halves[i]);
+    if (st == I3RT_OK) crop_padding(s, shape, num_classes, padded, logits);
+    free(halves);
+    free(padded);
     return st;
 }
 
