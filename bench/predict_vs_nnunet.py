@@ -13,7 +13,8 @@ runs the network under fp16 autocast, f32 on the CPU). On CUDA the peak device m
 torch.cuda.max_memory_allocated (nnU-Net) and from the CLI's final --json-progress event (i3rt's
 i3rt_context_device_memory); both leave out the CUDA context. With it, the benchmark samples
 `nvidia-smi --query-compute-apps=used_memory` every 50 ms (the whole process, context included).
-Prints one table row per side and the ratios; --json writes them to a file.
+Prints one table row per side, the ratios and, per case, the share of voxels where the two segmentations
+agree (read with nibabel); --json writes them to a file.
 """
 import argparse
 import json
@@ -86,6 +87,19 @@ def run_child(cmd, env, device):
     return res
 
 
+def agreement(dir_a, dir_b):
+    """Per case: the share of voxels with the same label in both outputs."""
+    import nibabel
+    import numpy as np
+
+    shares = {}
+    for name in sorted(os.listdir(dir_a)):
+        if name.endswith(".nii.gz") and os.path.exists(os.path.join(dir_b, name)):
+            a, b = (np.asarray(nibabel.load(os.path.join(d, name)).dataobj) for d in (dir_a, dir_b))
+            shares[name[:-7]] = float(np.mean(a == b)) if a.shape == b.shape else 0.0
+    return shares
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-m", "--model", required=True)
@@ -119,6 +133,7 @@ def main():
             cmd.append("--disable-tta")
         results["i3rt"] = run_child(cmd, env, args.device)
         results["nnunet"] = run_child([sys.executable, "-c", NNUNET_CHILD, json.dumps(a)], env, args.device)
+        results["agreement"] = agreement(out_n, out_i)
     i, n = results["i3rt"], results["nnunet"]
     print(f"{'':10} {'wall s':>9} {'peak RSS MiB':>13}   ({args.device}; i3rt {args.precision}"
           f"{', nnU-Net fp16 autocast' if args.device == 'cuda' else ''})")
@@ -126,6 +141,8 @@ def main():
         print(f"{k:10} {results[k]['wall_s']:9.2f} {results[k]['peak_rss_mib']:13.1f}")
     print(f"{'ratio':10} {n['wall_s'] / i['wall_s']:8.2f}x {n['peak_rss_mib'] / i['peak_rss_mib']:12.2f}x  "
           f"(nnU-Net / i3rt; wall time includes start-up and model loading of each process)")
+    for case, share in results["agreement"].items():
+        print(f"{case}: segmentations agree on {100 * share:.3f} % of voxels")
     if args.device == "cuda":
         print(f"device memory MiB, allocated by each (no CUDA context): nnU-Net {n['device_peak_mib']:.1f}, "
               f"i3rt {i['device_peak_mib']:.1f}; whole process as nvidia-smi saw it: nnU-Net "

@@ -13,12 +13,13 @@
 #             autocast)
 #   i3deep    i3Deep's waiting time against nnUNetPredictor (bench/i3deep_waiting.py; i3rt in f16, as
 #             nnUNetPredictor's autocast)
-#   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK; f16)
+#   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK; f16), with
+#             the committed brain model and with a full-size one (bench/full_size_model.py) on Colin27
 #   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
 #   sanitize  the `gpu` suites under compute-sanitizer memcheck, then racecheck and synccheck (slow)
 # scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
 # SimpleITK wheel does not fit beside the rest, so a session makes two calls on the same warm machine:
-# `build` carrying .gpu/debs and .gpu/a, then at once the other phases carrying .gpu/b.
+# `build ncu` carrying .gpu/debs and .gpu/a, then at once the other phases carrying .gpu/b (docs/cuda.md).
 # Logs go to $1 (default $OUT/gpu-check, else ./gpu-check), one per step, with summary.txt; the other
 # arguments name the phases (default: all but ctest; they run in the order above, the issues' measurements
 # before ncu and the sanitizers, whatever the order of the arguments). The exit status is nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS:
@@ -140,6 +141,12 @@ if wants predict; then
         make_cases
         step bench-predict 180 sh -c "$py bench/predict_vs_nnunet.py -m weights/brain_3d_fullres -i $cases/predict \
             -f 0 --threads 4 --device cuda --i3rt $build/i3rt --json $logs/predict.json > $logs/predict.txt"
+        # device memory at real network size: widths 32..320, 128^3 patch, random weights, on Colin27
+        step full-size-model 60 "$py" bench/full_size_model.py --like weights/brain_3d_fullres --out $build/full_size_3d
+        mkdir -p $build/colin27 && ln -sf "$(readlink -f $cases/images/colin27.nii.gz)" $build/colin27/colin27_0000.nii.gz
+        step bench-predict-full-size 240 sh -c "$py bench/predict_vs_nnunet.py -m $build/full_size_3d -i $build/colin27 \
+            -f 0 --threads 4 --device cuda --i3rt $build/i3rt --json $logs/predict_full_size.json \
+            > $logs/predict_full_size.txt"
     else
         echo "== bench-predict: skipped (nnUNetPredictor reads the cases with SimpleITK, not installed)" \
             | tee -a "$logs/summary.txt"
@@ -148,7 +155,7 @@ if wants predict; then
 fi
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
     for kernel in conv_tensor_core_v3 conv_v2 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
-        softmax_slices_v2 sw_accumulate_v1; do
+        softmax_slices_v2 sw_accumulate_v2; do
         step "ncu-$kernel" 60 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
             --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats "$bench" ops --runs 1
     done
