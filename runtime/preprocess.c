@@ -594,3 +594,191 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
     work_free(&w);
     return st;
 }
+
+/* ---- label maps: resize_segmentation ------------------------------------------------------------ */
+
+/* One running argmax of batchgenerators' _resample_seg_by_argmax (seg_tiebreak "nearest") over n output
+ * voxels, fed one label (index i, ascending label order) at a time: win is the index with the largest
+ * score so far (an exact tie keeps the earlier one), nn_top says whether the nearest neighbour's label nn
+ * holds the top score, so that at the end it settles the ties it takes part in. */
+static void label_argmax_step(const double *score, int i, const int16_t *nn, double *best, int16_t *win,
+                              uint8_t *nn_top, int64_t n, int n_threads) {
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t v = 0; v < n; v++) {
+        const double s = score[v];
+        if (i == 0) {
+            best[v] = s;
+            win[v] = 0;
+            nn_top[v] = nn[v] == 0 && s > 0;
+            continue;
+        }
+        if (s == best[v] && s > 0 && nn[v] == i) nn_top[v] = 1;
+        if (s > best[v]) {
+            nn_top[v] = nn[v] == i;
+            win[v] = (int16_t)i;
+            best[v] = s;
+        }
+    }
+}
+
+/* Scratch of resize_labels for blocks of up to n_in input and n_out output voxels. */
+typedef struct {
+    resample_work linear, nearest; /* the score passes (order 1) and the nearest-neighbour passes (order 0) */
+    float *indicator;              /* a label's indicator, or the label map as floats */
+    double *best;
+    int16_t *win, *nn;
+    uint8_t *nn_top;
+} label_work;
+
+static void label_work_free(label_work *w) {
+    work_free(&w->linear);
+    work_free(&w->nearest);
+    free(w->indicator);
+    free(w->best);
+    free(w->win);
+    free(w->nn);
+    free(w->nn_top);
+}
+
+/* resize_segmentation(x, out, order 1) of one block x [s] (a volume, or a slice with its axis 1 long in
+ * both s and out): each label's indicator resized like skimage (clipped to [0, 1]), the argmax above. */
+static void resize_labels(label_work *w, const int16_t *x, const int64_t s_in[3], const int64_t out[3],
+                          const int16_t *labels, int n_labels, int16_t *y, int n_threads) {
+    const int64_t n_in = s_in[0] * s_in[1] * s_in[2], n_out = out[0] * out[1] * out[2];
+    const int axes[3] = {2, 1, 0};
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t v = 0; v < n_in; v++) w->indicator[v] = x[v];
+    int64_t s[3] = {s_in[0], s_in[1], s_in[2]};
+    const double *nn = run_passes(&w->nearest, NULL, w->indicator, s, axes, 3, out, n_threads);
+    /* the nearest neighbour's label as an index into labels (a label of the block by construction) */
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t v = 0; v < n_out; v++) {
+        int lo = 0, hi = n_labels - 1;
+        while (lo < hi) {
+            const int mid = (lo + hi) / 2;
+            if ((double)labels[mid] < nn[v]) lo = mid + 1;
+            else hi = mid;
+        }
+        w->nn[v] = (int16_t)lo;
+    }
+    for (int i = 0; i < n_labels; i++) {
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+        for (int64_t v = 0; v < n_in; v++) w->indicator[v] = x[v] == labels[i] ? 1.0f : 0.0f;
+        memcpy(s, s_in, sizeof s);
+        double *score = run_passes(&w->linear, NULL, w->indicator, s, axes, 3, out, n_threads);
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+        for (int64_t v = 0; v < n_out; v++) score[v] = fmin(fmax(score[v], 0.0), 1.0); /* skimage's clip */
+        label_argmax_step(score, i, w->nn, w->best, w->win, w->nn_top, n_out, n_threads);
+    }
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t v = 0; v < n_out; v++) y[v] = labels[w->nn_top[v] ? w->nn[v] : w->win[v]];
+}
+
+static i3rt_status label_work_init(i3_ctx *ctx, label_work *w, const int64_t in[3], const int64_t out[3],
+                                   int n_threads) {
+    memset(w, 0, sizeof *w);
+    int64_t n_in = 1, n_out = 1, inter = 1, max_len = 0;
+    for (int a = 0; a < 3; a++) {
+        n_in *= in[a];
+        n_out *= out[a];
+        inter *= in[a] > out[a] ? in[a] : out[a];
+    }
+    i3rt_status st = I3RT_OK;
+    for (int a = 0; a < 3 && st == I3RT_OK; a++) {
+        st = axis_plan_init(ctx, &w->linear.plan[a], in[a], out[a], 1);
+        if (st == I3RT_OK) st = axis_plan_init(ctx, &w->nearest.plan[a], in[a], out[a], 0);
+        if (w->linear.plan[a].len > max_len) max_len = w->linear.plan[a].len;
+    }
+    resample_work *works[2] = {&w->linear, &w->nearest};
+    for (int k = 0; k < 2 && st == I3RT_OK; k++) {
+        works[k]->a = i3_malloc(ctx, (size_t)inter * sizeof(double), "label resampling buffer");
+        works[k]->b = i3_malloc(ctx, (size_t)inter * sizeof(double), "label resampling buffer");
+        works[k]->buf = i3_malloc(ctx, (size_t)(max_len * RESAMPLE_BUNDLE * n_threads) * sizeof(double),
+                                  "label resampling line buffers");
+        if (!works[k]->a || !works[k]->b || !works[k]->buf) st = I3RT_ERR_OUT_OF_MEMORY;
+    }
+    if (st == I3RT_OK) {
+        w->indicator = i3_malloc(ctx, (size_t)n_in * sizeof *w->indicator, "a label's indicator");
+        w->best = i3_malloc(ctx, (size_t)n_out * sizeof *w->best, "the label scores");
+        w->win = i3_malloc(ctx, (size_t)n_out * sizeof *w->win, "the label argmax");
+        w->nn = i3_malloc(ctx, (size_t)n_out * sizeof *w->nn, "the nearest labels");
+        w->nn_top = i3_malloc(ctx, (size_t)n_out, "the nearest-label ties");
+        if (!w->indicator || !w->best || !w->win || !w->nn || !w->nn_top) st = I3RT_ERR_OUT_OF_MEMORY;
+    }
+    if (st != I3RT_OK) label_work_free(w);
+    return st;
+}
+
+/* The separate-axis case of i3_resample_labels: each slice resized in-plane, then the nearest slice along
+ * the axis (map_coordinates, order 0: the axis plan's taps). */
+static i3rt_status resample_labels_separate(i3_ctx *ctx, const int16_t *x, const int64_t in[3], const int64_t out[3],
+                                            int axis, const int16_t *labels, int n_labels, int16_t *y, int n_threads) {
+    const int64_t n_in = in[0] * in[1] * in[2], n_out = out[0] * out[1] * out[2];
+    int64_t slice_in[3] = {in[0], in[1], in[2]}, slice_out[3] = {out[0], out[1], out[2]};
+    slice_in[axis] = slice_out[axis] = 1;
+    const int64_t n_slice_in = n_in / in[axis], n_slice_out = n_out / out[axis];
+    const int64_t inner_in = axis == 2 ? 1 : axis == 1 ? in[2] : in[1] * in[2];
+    const int64_t inner_out = axis == 2 ? 1 : axis == 1 ? out[2] : out[1] * out[2];
+    label_work w;
+    I3_TRY(label_work_init(ctx, &w, slice_in, slice_out, n_threads));
+    axis_plan along;
+    int16_t *gather = i3_malloc(ctx, (size_t)n_slice_in * sizeof *gather, "a slice of the segmentation");
+    int16_t *inter = i3_malloc(ctx, (size_t)(n_slice_out * in[axis]) * sizeof *inter, "the in-plane resized slices");
+    i3rt_status st = gather && inter ? axis_plan_init(ctx, &along, in[axis], out[axis], 0) : I3RT_ERR_OUT_OF_MEMORY;
+    for (int64_t k = 0; k < in[axis] && st == I3RT_OK; k++) {
+        for (int64_t i = 0; i < n_slice_in; i++) gather[i] = x[i / inner_in * in[axis] * inner_in + k * inner_in + i % inner_in];
+        resize_labels(&w, gather, slice_in, slice_out, labels, n_labels, inter + k * n_slice_out, n_threads);
+    }
+    for (int64_t j = 0; j < out[axis] && st == I3RT_OK; j++) {
+        const int16_t *src = inter + along.taps[j] * n_slice_out;
+        for (int64_t i = 0; i < n_slice_out; i++) y[i / inner_out * out[axis] * inner_out + j * inner_out + i % inner_out] = src[i];
+    }
+    if (gather && inter) axis_plan_free(&along);
+    free(gather);
+    free(inter);
+    label_work_free(&w);
+    return st;
+}
+
+i3rt_status i3_resample_labels(i3_ctx *ctx, const int16_t *x, const int64_t in[3], const int64_t out[3],
+                               const double current_spacing[3], const double new_spacing[3],
+                               const i3_resample_params *p, int16_t *y, int n_threads) {
+    const int64_t n_in = in[0] * in[1] * in[2], n_out = out[0] * out[1] * out[2];
+    if (in[0] == out[0] && in[1] == out[1] && in[2] == out[2]) {
+        memcpy(y, x, (size_t)n_in * sizeof *y);
+        return I3RT_OK;
+    }
+    if (p->order != 1)
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "resampling a segmentation: order %d (i3rt implements 1)", p->order);
+    int sep, axis;
+    i3_resample_decide(p, current_spacing, new_spacing, &sep, &axis);
+    if (sep && p->order_z != 0)
+        return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "resampling a segmentation: order_z %d (i3rt implements 0)",
+                       p->order_z);
+    /* the labels present, ascending (unique_labels) */
+    enum { SPAN = 1 << 16 };
+    uint8_t *present = i3_calloc(ctx, SPAN, 1, "the label table");
+    int16_t *labels = present ? i3_malloc(ctx, SPAN * sizeof *labels, "the labels") : NULL;
+    if (!labels) {
+        free(present);
+        return I3RT_ERR_OUT_OF_MEMORY;
+    }
+    for (int64_t v = 0; v < n_in; v++) present[x[v] + 32768] = 1;
+    int n_labels = 0;
+    for (int i = 0; i < SPAN; i++)
+        if (present[i]) labels[n_labels++] = (int16_t)(i - 32768);
+    free(present);
+    i3rt_status st = I3RT_OK;
+    if (n_labels == 1) {
+        for (int64_t v = 0; v < n_out; v++) y[v] = labels[0];
+    } else if (!sep) {
+        label_work w;
+        st = label_work_init(ctx, &w, in, out, n_threads);
+        if (st == I3RT_OK) resize_labels(&w, x, in, out, labels, n_labels, y, n_threads);
+        if (st == I3RT_OK) label_work_free(&w);
+    } else {
+        st = resample_labels_separate(ctx, x, in, out, axis, labels, n_labels, y, n_threads);
+    }
+    free(labels);
+    return st;
+}

@@ -82,4 +82,15 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
                         const int64_t out_shape[3], const double current_spacing[3], const double new_spacing[3],
                         const i3_resample_params *p, float *y, int n_threads);
 
+/* resample_data_or_seg_to_shape with is_seg = True, for a cascade stage's previous-stage segmentation:
+ * batchgenerators' resize_segmentation per label (order 1: each label's indicator resized as above, in
+ * double, clipped to [0, 1]; the voxel takes the label with the largest score, an exact tie goes to the
+ * nearest neighbour's label when it is one of the tied ones, else to the smallest: seg_tiebreak "nearest"),
+ * or, with a separate axis, that slice by slice in-plane followed by the nearest slice along the axis
+ * (order_z 0). Labels are int16 (-1 marks voxels outside the nonzero mask, as crop_to_nonzero writes).
+ * A copy when the shapes are equal. */
+i3rt_status i3_resample_labels(i3_ctx *ctx, const int16_t *x, const int64_t in_shape[3], const int64_t out_shape[3],
+                               const double current_spacing[3], const double new_spacing[3],
+                               const i3_resample_params *p, int16_t *y, int n_threads);
+
 #endif /* I3RT_PREPROCESS_H */

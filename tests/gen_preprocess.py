@@ -8,6 +8,7 @@ DIR/manifest.json lists the cases; each array is DIR/<name>.f32 (float32) or .u8
 References (nnunetv2 2.8.1 and the scipy/skimage it calls):
   resample   nnunetv2.preprocessing.resampling.default_resampling.resample_data_or_seg_to_shape
              (skimage resize order 3 / 1, separate z with map_coordinates order 0 / 1)
+  labels     the same with is_seg=True (batchgenerators' resize_segmentation, order 1, order_z 0)
   spline     skimage.transform.resize(order=3, mode="edge", anti_aliasing=False) of one 2D/3D array
   mask       nnunetv2.preprocessing.cropping.cropping.crop_to_nonzero (binary_fill_holes, bounding box)
   norm       ZScoreNormalization (with / without use_mask_for_norm), CTNormalization, RescaleTo01
@@ -74,6 +75,32 @@ def main():
         cases.append(dict(kind="resample", name=name, input=save(name + "_in", x), expected=save(name + "_ref", ref),
                           shape=list(shape), out_shape=list(out), current_spacing=list(cur), new_spacing=list(new),
                           order=order, order_z=0, force_separate_z=-1 if force is None else int(force)))
+
+    # ---- resample_data_or_seg_to_shape(is_seg=True): label maps (-1 outside the nonzero mask, as
+    # crop_to_nonzero writes) resized per label with the argmax / nearest-neighbour tie-break; float32 in
+    # and out, as nnUNetPredictor gives a cascade's previous stage (SimpleITKIO.read_seg)
+    def blobs(shape, n_labels):
+        fields = np.stack([smooth_random(shape, 1.0) for _ in range(n_labels)])
+        seg = np.argmax(fields, axis=0).astype(np.float32)
+        seg[..., :2] = np.where(seg[..., :2] == 0, -1, seg[..., :2])  # a border strip outside the mask
+        return seg
+
+    label_cases = [  # (in, out, current spacing, new spacing, random voxels instead of blobs)
+        ((9, 10, 11), (18, 20, 22), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5), False),     # x2: exact ties everywhere
+        ((20, 17, 15), (13, 11, 9), (1.0, 1.0, 1.0), (1.54, 1.55, 1.67), False),  # down
+        ((13, 17, 11), (20, 9, 15), (1.0, 1.0, 1.0), (0.65, 1.9, 0.7), False),    # up and down
+        ((6, 7, 8), (12, 14, 6), (1.0, 1.0, 1.0), (0.5, 0.5, 1.4), True),         # noise: ties of 3+ labels
+        ((9, 30, 31), (20, 45, 19), (4.0, 1.0, 1.0), (1.8, 0.66, 1.6), False),    # separate z, axis 0 changes
+        ((7, 30, 31), (7, 45, 19), (4.0, 1.0, 1.0), (4.0, 0.66, 1.6), True),      # separate z, axis 0 kept
+        ((31, 12, 29), (31, 24, 40), (1.0, 1.0, 5.0), (1.0, 0.5, 3.6), False),    # separate axis 2
+    ]
+    for i, (shape, out, cur, new, noise) in enumerate(label_cases):
+        seg = rng.integers(-1, 4, size=shape).astype(np.float32) if noise else blobs(shape, 4)
+        ref = resample_data_or_seg_to_shape(seg[None], out, cur, new, is_seg=True, order=1, order_z=0,
+                                            force_separate_z=None)[0].astype(np.float32)
+        name = f"labels{i}"
+        cases.append(dict(kind="labels", name=name, input=save(name + "_in", seg), expected=save(name + "_ref", ref),
+                          shape=list(shape), out_shape=list(out), current_spacing=list(cur), new_spacing=list(new)))
 
     # ---- skimage resize alone (what resample calls per channel / per slice), 2D and 3D, odd shapes
     for i, (shape, out) in enumerate([((5, 7, 9), (11, 3, 17)), ((23, 6, 1), (9, 13, 1)), ((2, 3, 4), (5, 2, 7))]):

@@ -2,7 +2,8 @@
  * tests/gen_preprocess.py: nnunetv2 2.8.1, scipy, skimage on random inputs of odd shapes).
  *
  * Tolerances: resampling (spline order 3 and 1, separate z) 1e-4 relative to the reference's largest
- * magnitude (the C code works in double like scipy; the residue is float32 output rounding); masks,
+ * magnitude (the C code works in double like scipy; the residue is float32 output rounding); label maps
+ * (resize_segmentation) exactly; masks,
  * boxes, transposes, sliding-window steps and the fp16 Gaussian exactly; normalization 1e-5 relative
  * (statistics in double here, float32 pairwise sums in numpy). */
 #include <criterion/criterion.h>
@@ -70,6 +71,41 @@ Test(preprocess, resample_matches_nnunet) {
         n_cases++;
     }
     cr_assert_geq(n_cases, 10);
+    i3rt_context_free(ctx);
+    cJSON_Delete(m);
+}
+
+Test(preprocess, resample_labels_matches_nnunet) {
+    cJSON *m = fx_manifest("preprocess");
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 2, I3RT_BACKEND_CPU), I3RT_OK);
+    int n_cases = 0;
+    FOR_CASES(m, "labels", c) {
+        int64_t shape[3], out[3];
+        double cur[3], new_[3];
+        ints(c, "shape", shape, 3);
+        ints(c, "out_shape", out, 3);
+        doubles(c, "current_spacing", cur, 3);
+        doubles(c, "new_spacing", new_, 3);
+        const i3_resample_params p = {1, 0, -1}; /* nnU-Net's resampling_fn_seg_kwargs */
+        const size_t n_in = (size_t)(shape[0] * shape[1] * shape[2]), n_out = (size_t)(out[0] * out[1] * out[2]);
+        float *x = fx_manifest_array("preprocess", c, "input", n_in, 4), *ref = fx_manifest_array("preprocess", c, "expected", n_out, 4);
+        int16_t *xi = malloc(n_in * sizeof *xi), *y = calloc(n_out, sizeof *y);
+        for (size_t i = 0; i < n_in; i++) xi[i] = (int16_t)x[i];
+        cr_assert_eq(i3_resample_labels(ctx, xi, shape, out, cur, new_, &p, y, 2), I3RT_OK, "%s: %s", name(c),
+                     i3rt_context_error(ctx));
+        size_t differ = 0;
+        for (size_t i = 0; i < n_out; i++) differ += y[i] != (int16_t)ref[i];
+        int sep, axis;
+        i3_resample_decide(&p, cur, new_, &sep, &axis);
+        printf("labels   %-10s %lldx%lldx%lld -> %lldx%lldx%lld sep_z %d axis %2d: %zu of %zu voxels differ\n", name(c),
+               (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)out[0], (long long)out[1],
+               (long long)out[2], sep, axis, differ, n_out);
+        cr_expect_eq(differ, 0, "%s: %zu voxels differ from resize_segmentation", name(c), differ);
+        free(x), free(ref), free(xi), free(y);
+        n_cases++;
+    }
+    cr_assert_geq(n_cases, 7);
     i3rt_context_free(ctx);
     cJSON_Delete(m);
 }
