@@ -149,3 +149,24 @@ int cli_make_dir(const char *command, const char *dir) {
     fprintf(stderr, "i3rt %s: cannot make the output directory %s\n", command, dir);
     return 0;
 }
+
+i3rt_status cli_read_labels(i3_ctx *ctx, const char *path, const i3_volume *image, int32_t **out) {
+    i3_volume v;
+    I3_TRY(i3_volume_read(ctx, path, &v));
+    i3rt_status st = i3_volume_geometry_check(ctx, &image->geometry, "the image", &v.geometry, path);
+    if (st == I3RT_OK && v.channels != 1)
+        st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld channels, a label map has one", path, (long long)v.channels);
+    const int64_t n = v.d * v.h * v.w;
+    int32_t *labels = st == I3RT_OK ? i3_malloc(ctx, (size_t)n * sizeof *labels, path) : NULL;
+    if (st == I3RT_OK && !labels) st = I3RT_ERR_OUT_OF_MEMORY;
+    for (int64_t i = 0; i < n && st == I3RT_OK; i++) {
+        if (v.data[i] != nearbyintf(v.data[i]) || fabsf(v.data[i]) > 32767.0f)
+            st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: voxel %lld holds %g, not a label", path, (long long)i, v.data[i]);
+        else
+            labels[i] = (int32_t)v.data[i];
+    }
+    i3_volume_free(&v);
+    if (st != I3RT_OK) free(labels);
+    *out = st == I3RT_OK ? labels : NULL;
+    return st;
+}

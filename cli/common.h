@@ -4,6 +4,7 @@
 
 #include "core.h"
 #include "i3rt.h"
+#include "volume_io.h"
 
 #include <stddef.h>
 
@@ -41,5 +42,9 @@ i3rt_status cli_read_case_list(i3_ctx *ctx, const char *path, cli_case **out, in
 void cli_base_name(const char *path, char *out, size_t cap);
 /* mkdir -p: the folder and any missing parents; 0 (with a message naming the command) on failure. */
 int cli_make_dir(const char *command, const char *dir);
+
+/* A label volume (whole numbers within +-32767, one channel) on the image's grid and geometry; *out is
+ * malloc'ed. Errors name the file and what is wrong. */
+i3rt_status cli_read_labels(i3_ctx *ctx, const char *path, const i3_volume *image, int32_t **out);
 
 #endif /* I3RT_CLI_COMMON_H */

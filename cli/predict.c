@@ -1,14 +1,15 @@
 /* `i3rt predict`: nnUNetv2_predict with i3rt (runtime/predict.h does the work).
  *
  *   i3rt predict -i INPUT -o OUTDIR -m MODELDIR [-f 0 1 ...] [--disable-tta] [--step-size 0.5]
- *                [--save-probabilities] [--accumulate fp32|fp16] [--device cpu|cuda|emulated] [--precision P] [--threads N]
- *                [--quiet | --json-progress]
+ *                [--save-probabilities] [--accumulate fp32|fp16] [--prev-stage-predictions DIR]
+ *                [--device cpu|cuda|emulated] [--precision P] [--threads N] [--quiet | --json-progress]
  *
  * INPUT is a folder of cases named as nnU-Net expects (CASE_0000.nii.gz, CASE_0001.nii.gz, ... one file
  * per channel) or one case: its CASE_0000 file (the other channels are found beside it) or a single
  * (3D or 4D) NIfTI file. Every case is checked (all channel files present, no extra ones) before the
  * first prediction starts. Outputs: OUTDIR/CASE.nii.gz (labels, the input's geometry) and with
- * --save-probabilities OUTDIR/CASE_probabilities.nii.gz (float32, 4th dimension = classes). Files
+ * --save-probabilities OUTDIR/CASE_probabilities.nii.gz (float32, 4th dimension = classes). A cascade stage
+ * (3d_cascade_fullres) reads the previous stage's output DIR/CASE.nii.gz of each case. Files
  * appear atomically (temporary name + rename): a failed or interrupted run leaves no partial output. */
 #include "predict.h"              /* cli/predict.h: cli_predict */
 #include "common.h"               /* cli/common.h: cli_parse_device */
@@ -45,6 +46,8 @@ static const char *HELP =
     "  --save-probabilities  also OUTDIR/CASE_probabilities.nii.gz (float32, 4th dimension = classes)\n"
     "  --accumulate fp32|fp16  sliding-window sums in float32 (default) or rounded to fp16 at every step\n"
     "                        exactly as nnunetv2 does (bit-faithful to nnUNetPredictor)\n"
+    "  --prev-stage-predictions DIR  a cascade stage (3d_cascade_fullres): the previous stage's (3d_lowres)\n"
+    "                        segmentations, DIR/CASE.nii.gz, as nnUNetv2_predict -prev_stage_predictions\n"
     "  --device cpu|cuda|emulated  backend (default cpu; emulated: the CUDA kernels on the CPU)\n"
     "  --precision P         convolutions in f32 (default), or on tensor cores in tf32, f16 or bf16 (cuda,\n"
     "                        emulated); f16 is what nnUNetPredictor runs on a GPU (autocast)\n"
@@ -60,7 +63,7 @@ typedef struct {
 } case_files;
 
 typedef struct {
-    const char *input, *out_dir, *model_dir;
+    const char *input, *out_dir, *model_dir, *prev_stage_dir;
     int folds[I3_MAX_FOLDS], n_folds;
     int disable_tta, save_probabilities, quiet, json;
     double step_size;
@@ -292,6 +295,9 @@ static int parse_args(int argc, char **argv, predict_args *a) {
             a->quiet = 1;
         } else if (strcmp(o, "--json-progress") == 0) {
             a->json = 1;
+        } else if (strcmp(o, "--prev-stage-predictions") == 0) {
+            if (!has_value) return usage("%s needs a folder", o);
+            a->prev_stage_dir = argv[++i];
         } else if (strcmp(o, "--step-size") == 0) {
             char *end;
             a->step_size = has_value ? strtod(argv[++i], &end) : 0.0;
@@ -324,6 +330,34 @@ static int parse_args(int argc, char **argv, predict_args *a) {
     return -1;
 }
 
+/* A cascade stage needs --prev-stage-predictions with every case's file (checked before the first case runs),
+ * other configurations take none. */
+static bool check_previous_stage(const predict_args *a, const i3_predictor_info *info, const case_files *cases,
+                                 int n_cases, char *err, size_t err_cap) {
+    if (info->previous_stage[0] && !a->prev_stage_dir) {
+        snprintf(err, err_cap, "%s: configuration %s is a cascade stage after %s: give that stage's predictions with "
+                 "--prev-stage-predictions DIR", a->model_dir, info->configuration, info->previous_stage);
+        return false;
+    }
+    if (!info->previous_stage[0] && a->prev_stage_dir) {
+        snprintf(err, err_cap, "%s: configuration %s is not a cascade stage: --prev-stage-predictions does not apply",
+                 a->model_dir, info->configuration);
+        return false;
+    }
+    const char *ending = strcmp(info->file_ending, ".nii") == 0 ? ".nii" : ".nii.gz";
+    for (int i = 0; a->prev_stage_dir && i < n_cases; i++) {
+        char path[PATH_MAX_LEN];
+        struct stat sb;
+        snprintf(path, sizeof path, "%s/%s%s", a->prev_stage_dir, cases[i].name, ending);
+        if (stat(path, &sb) != 0) {
+            snprintf(err, err_cap, "case %s: the previous stage's segmentation %s: %s", cases[i].name, path,
+                     strerror(errno));
+            return false;
+        }
+    }
+    return true;
+}
+
 static int error(i3rt_context *ctx, const char *what) {
     fprintf(stderr, "\ni3rt predict: error: %s%s%s\n", what ? what : "", what ? ": " : "", i3rt_context_error(ctx));
     return EXIT_FAILURE;
@@ -341,6 +375,13 @@ static i3rt_status predict_one(i3rt_context *ctx, i3_predictor *pred, const pred
     i3rt_status st = labels && (probs || !a->save_probabilities)
                          ? I3RT_OK
                          : i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "case %s: no memory for the outputs", c->name);
+    const char *ending = strcmp(info->file_ending, ".nii") == 0 ? ".nii" : ".nii.gz";
+    char path[PATH_MAX_LEN * 2];
+    int32_t *previous = NULL;
+    if (st == I3RT_OK && a->prev_stage_dir) {
+        snprintf(path, sizeof path, "%s/%s%s", a->prev_stage_dir, c->name, ending);
+        st = cli_read_labels(ctx, path, &vol, &previous);
+    }
     i3_predict_options o;
     i3_predict_options_default(&o);
     o.use_mirroring = !a->disable_tta;
@@ -348,9 +389,9 @@ static i3rt_status predict_one(i3rt_context *ctx, i3_predictor *pred, const pred
     o.accumulate = a->accumulate;
     o.progress = progress;
     o.progress_user = ps;
+    o.previous_stage = previous;
     if (st == I3RT_OK) st = i3_predict_case(pred, &vol, &o, labels, probs);
-    const char *ending = strcmp(info->file_ending, ".nii") == 0 ? ".nii" : ".nii.gz";
-    char path[PATH_MAX_LEN * 2];
+    free(previous);
     if (st == I3RT_OK) {
         snprintf(path, sizeof path, "%s/%s%s", a->out_dir, c->name, ending);
         st = i3_volume_write_labels(ctx, path, &vol.geometry, labels);
@@ -383,6 +424,9 @@ int cli_predict(int argc, char **argv) {
     case_files *cases = collect_cases(a.input, info->channels, &n_cases, err, sizeof err);
     int result = EXIT_SUCCESS;
     if (!cases) {
+        fprintf(stderr, "i3rt predict: error: %s\n", err);
+        result = EXIT_FAILURE;
+    } else if (!check_previous_stage(&a, info, cases, n_cases, err, sizeof err)) {
         fprintf(stderr, "i3rt predict: error: %s\n", err);
         result = EXIT_FAILURE;
     } else if (mkdir(a.out_dir, 0777) != 0 && errno != EEXIST) {

@@ -71,7 +71,7 @@ static cJSON *resolve_configuration(const cJSON *configs, const char *name, int 
 }
 
 static i3rt_status parse_resampling(const parse_ctx *pc, const cJSON *cfg, const char *fn_key, const char *kw_key,
-                                    i3_resample_params *out) {
+                                    bool seg, i3_resample_params *out) {
     const cJSON *fn = cJSON_GetObjectItemCaseSensitive(cfg, fn_key);
     if (!cJSON_IsString(fn)) return i3_fail(pc->ctx, I3RT_ERR_FORMAT, "%s: metadata plans: %s is missing", pc->file, fn_key);
     if (strcmp(fn->valuestring, "resample_data_or_seg_to_shape") != 0)
@@ -83,18 +83,22 @@ static i3rt_status parse_resampling(const parse_ctx *pc, const cJSON *cfg, const
     double order = 3, order_z = 0;
     I3_TRY(get_number(pc, kw, "order", kw_key, &order));
     if (cJSON_HasObjectItem(kw, "order_z")) I3_TRY(get_number(pc, kw, "order_z", kw_key, &order_z));
-    const cJSON *is_seg = cJSON_GetObjectItemCaseSensitive(kw, "is_seg");
-    if (cJSON_IsTrue(is_seg))
-        return i3_fail(pc->ctx, I3RT_ERR_UNSUPPORTED, "%s: plans: %s.is_seg is true", pc->file, kw_key);
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(kw, "is_seg")) != seg)
+        return i3_fail(pc->ctx, I3RT_ERR_UNSUPPORTED, "%s: plans: %s.is_seg is %s", pc->file, kw_key,
+                       seg ? "not true" : "true");
     const cJSON *force = cJSON_GetObjectItemCaseSensitive(kw, "force_separate_z");
     out->order = (int)order;
     out->order_z = (int)order_z;
     out->force_separate_z = cJSON_IsTrue(force) ? 1 : cJSON_IsFalse(force) ? 0 : -1;
-    if ((out->order != 1 && out->order != 3) || (out->order_z != 0 && out->order_z != 1))
-        return i3_fail(pc->ctx, I3RT_ERR_UNSUPPORTED, "%s: plans: %s: order %d, order_z %d (i3rt implements order 1 or 3, "
-                       "order_z 0 or 1)", pc->file, kw_key, out->order, out->order_z);
+    if (seg ? out->order != 1 || out->order_z != 0
+            : (out->order != 1 && out->order != 3) || (out->order_z != 0 && out->order_z != 1))
+        return i3_fail(pc->ctx, I3RT_ERR_UNSUPPORTED, "%s: plans: %s: order %d, order_z %d (i3rt implements %s)", pc->file,
+                       kw_key, out->order, out->order_z,
+                       seg ? "order 1, order_z 0 for segmentations" : "order 1 or 3, order_z 0 or 1");
     return I3RT_OK;
 }
+
+static int compare_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
 /* Reads plans, dataset.json, configuration and mirror axes of one fold file into info. */
 static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_weights *w, i3_predictor_info *info) {
@@ -133,9 +137,10 @@ static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_w
         cfg = resolve_configuration(cJSON_GetObjectItemCaseSensitive(plans, "configurations"), cfg_name, 0);
         if (!cfg) st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: plans have no configuration %s", file, cfg_name);
     }
-    if (st == I3RT_OK && cJSON_GetObjectItemCaseSensitive(cfg, "previous_stage"))
-        st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: configuration %s is a cascade stage (previous_stage): not supported",
-                     file, cfg_name);
+    info->previous_stage[0] = '\0';
+    const cJSON *previous = st == I3RT_OK ? cJSON_GetObjectItemCaseSensitive(cfg, "previous_stage") : NULL;
+    if (previous && !cJSON_IsString(previous)) st = bad(&pc, "plans: previous_stage is not a configuration name");
+    else if (previous) snprintf(info->previous_stage, sizeof info->previous_stage, "%s", previous->valuestring);
     if (st == I3RT_OK) st = get_ints(&pc, cJSON_GetObjectItemCaseSensitive(cfg, "patch_size"), "patch_size", 2, 3, v, &n);
     if (st == I3RT_OK) {
         info->dims = n;
@@ -159,14 +164,20 @@ static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_w
         if (!cJSON_IsObject(ch) || !cJSON_IsObject(labels)) st = bad(&pc, "dataset: channel_names or labels missing");
         else {
             info->channels = cJSON_GetArraySize(ch);
-            info->num_classes = 0;
+            info->num_classes = info->n_foreground = 0;
             for (const cJSON *l = labels->child; l && st == I3RT_OK; l = l->next) {
                 if (cJSON_IsArray(l))
                     st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: dataset: label %s is a region (region-based training "
                                  "is not supported)", file, l->string);
-                else if (strcmp(l->string, "ignore") != 0)
-                    info->num_classes++;
+                else if (!cJSON_IsNumber(l) || l->valuedouble != (int)l->valuedouble || l->valuedouble < 0 ||
+                         l->valuedouble > 32767)
+                    st = bad(&pc, "dataset: a label value is not an integer in 0..32767");
+                else if (strcmp(l->string, "ignore") != 0 && info->num_classes++ >= I3_MAX_CLASSES)
+                    st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: dataset: more than %d labels", file, I3_MAX_CLASSES);
+                else if (strcmp(l->string, "ignore") != 0 && l->valueint != 0) /* LabelManager.foreground_labels */
+                    info->foreground[info->n_foreground++] = l->valueint;
             }
+            qsort(info->foreground, (size_t)info->n_foreground, sizeof *info->foreground, compare_int);
         }
         if (st == I3RT_OK && (info->channels < 1 || info->channels > I3_MAX_CHANNELS))
             st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: dataset has %d channels (1..%d supported)", file, info->channels,
@@ -206,10 +217,12 @@ static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_w
         }
     }
     if (st == I3RT_OK)
-        st = parse_resampling(&pc, cfg, "resampling_fn_data", "resampling_fn_data_kwargs", &info->resample_data);
+        st = parse_resampling(&pc, cfg, "resampling_fn_data", "resampling_fn_data_kwargs", false, &info->resample_data);
     if (st == I3RT_OK)
-        st = parse_resampling(&pc, cfg, "resampling_fn_probabilities", "resampling_fn_probabilities_kwargs",
+        st = parse_resampling(&pc, cfg, "resampling_fn_probabilities", "resampling_fn_probabilities_kwargs", false,
                               &info->resample_probabilities);
+    if (st == I3RT_OK && info->previous_stage[0])
+        st = parse_resampling(&pc, cfg, "resampling_fn_seg", "resampling_fn_seg_kwargs", true, &info->resample_seg);
     if (st == I3RT_OK) {
         info->n_mirror_axes = 0;
         if (mirror && cJSON_IsArray(mirror)) {
@@ -228,7 +241,10 @@ static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_w
     return st;
 }
 
-static int compare_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+/* The network's input: the image's channels, then a cascade stage's one-hot previous-stage labels. */
+static int network_channels(const i3_predictor_info *info) {
+    return info->channels + (info->previous_stage[0] ? info->n_foreground : 0);
+}
 
 /* Every fold_K.safetensors in dir, K ascending. */
 static i3rt_status find_folds(i3_ctx *ctx, const char *dir, int *folds, int *n) {
@@ -280,9 +296,10 @@ i3rt_status i3_predictor_load(i3_ctx *ctx, const char *model_dir, const int *fol
         if (st == I3RT_OK) st = i3rt_model_load(ctx, path, &p->models[f]);
         i3rt_model_info mi;
         if (st == I3RT_OK) st = i3rt_model_get_info(p->models[f], &mi);
-        if (st == I3RT_OK && (mi.in_channels != info->channels || mi.num_classes != info->num_classes))
+        if (st == I3RT_OK && (mi.in_channels != network_channels(info) || mi.num_classes != info->num_classes))
             st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: the network has %d input channels and %d classes, dataset.json says "
-                         "%d channels and %d labels", path, mi.in_channels, mi.num_classes, info->channels, info->num_classes);
+                         "%d channels%s and %d labels", path, mi.in_channels, mi.num_classes, network_channels(info),
+                         info->previous_stage[0] ? " (with the previous stage's one-hot labels)" : "", info->num_classes);
         if (st == I3RT_OK && mi.dims != info->dims)
             st = i3_fail(ctx, I3RT_ERR_FORMAT, "%s: a %dD network for a %dD configuration", path, mi.dims, info->dims);
     }
@@ -345,8 +362,56 @@ static i3rt_status check_input(i3_predictor *p, const i3_volume *image) {
     return I3RT_OK;
 }
 
-/* DefaultPreprocessor.run_case_npy without a segmentation. */
-static i3rt_status preprocess(i3_predictor *p, const i3_volume *image, float **out, case_properties *cp) {
+/* A cascade stage needs the previous stage's labels, other configurations take none; labels are 0..32767. */
+static i3rt_status check_previous_stage(i3_predictor *p, const i3_volume *image, const int32_t *labels) {
+    const i3_predictor_info *info = &p->info;
+    if (info->previous_stage[0] && !labels)
+        return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT, "the model (%s) is the cascade stage %s after %s: it needs "
+                       "that stage's segmentation of the case (--prev-stage-predictions)", p->dir, info->configuration,
+                       info->previous_stage);
+    if (!info->previous_stage[0] && labels)
+        return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT, "the model (%s, configuration %s) is not a cascade stage: it "
+                       "takes no previous stage's segmentation", p->dir, info->configuration);
+    const int64_t n = image->d * image->h * image->w;
+    for (int64_t i = 0; labels && i < n; i++)
+        if (labels[i] < 0 || labels[i] > 32767)
+            return i3_fail(p->ctx, I3RT_ERR_INVALID_ARGUMENT, "the previous stage's segmentation has label %d at voxel "
+                           "(x %lld, y %lld, z %lld)", labels[i], (long long)(i % image->w),
+                           (long long)(i / image->w % image->h), (long long)(i / (image->w * image->h)));
+    return I3RT_OK;
+}
+
+/* The previous stage's labels of a cascade stage as run_case_npy takes them: transposed and cropped like the
+ * image (floats hold the labels exactly), then -1 where a background voxel lies outside the nonzero mask
+ * (crop_to_nonzero); the normalization's mask becomes seg >= 0: the nonzero mask and any labelled voxel. */
+static i3rt_status previous_stage_cropped(i3_predictor *p, const i3_volume *image, const int32_t *labels,
+                                          const case_properties *cp, uint8_t *cmask, int16_t *seg) {
+    i3_ctx *ctx = p->ctx;
+    const int *perm = p->info.transpose_forward;
+    const int64_t in_shape[3] = {image->d, image->h, image->w};
+    const int64_t n = in_shape[0] * in_shape[1] * in_shape[2];
+    const int64_t nc = cp->cropped[0] * cp->cropped[1] * cp->cropped[2];
+    float *f = i3_malloc(ctx, (size_t)n * sizeof *f, "the previous stage's labels");
+    float *t = f ? i3_malloc(ctx, (size_t)n * sizeof *t, "the previous stage's labels") : NULL;
+    float *c = t ? i3_malloc(ctx, (size_t)nc * sizeof *c, "the previous stage's labels") : NULL;
+    if (!c) {
+        free(f), free(t);
+        return I3RT_ERR_OUT_OF_MEMORY;
+    }
+    for (int64_t i = 0; i < n; i++) f[i] = (float)labels[i];
+    i3_transpose3(f, 1, in_shape, perm, t, NULL, ctx->n_threads);
+    i3_crop(t, 1, cp->shape_t, cp->lo, cp->hi, c, ctx->n_threads);
+    for (int64_t i = 0; i < nc; i++) {
+        seg[i] = c[i] == 0.0f && !cmask[i] ? -1 : (int16_t)c[i];
+        cmask[i] = seg[i] >= 0;
+    }
+    free(f), free(t), free(c);
+    return I3RT_OK;
+}
+
+/* DefaultPreprocessor.run_case_npy, with a cascade stage's previous-stage labels appended one-hot. */
+static i3rt_status preprocess(i3_predictor *p, const i3_volume *image, const int32_t *previous_stage, float **out,
+                              case_properties *cp) {
     i3_ctx *ctx = p->ctx;
     const i3_predictor_info *info = &p->info;
     const int64_t C = image->channels, in_shape[3] = {image->d, image->h, image->w};
@@ -392,6 +457,10 @@ static i3rt_status preprocess(i3_predictor *p, const i3_volume *image, float **o
     }
     free(transposed);
     free(mask);
+    int16_t *seg = st == I3RT_OK && previous_stage ? i3_malloc(ctx, (size_t)nc * sizeof *seg, "the cropped labels")
+                                                   : NULL;
+    if (st == I3RT_OK && previous_stage && !seg) st = I3RT_ERR_OUT_OF_MEMORY;
+    if (st == I3RT_OK && seg) st = previous_stage_cropped(p, image, previous_stage, cp, cmask, seg);
     /* 3. target spacing (2D: the first axis keeps its spacing) and shape */
     memcpy(cp->target, info->spacing, sizeof cp->target);
     if (info->dims == 2) cp->target[0] = cp->spacing_t[0];
@@ -404,13 +473,24 @@ static i3rt_status preprocess(i3_predictor *p, const i3_volume *image, float **o
     for (int64_t c = 0; c < C && st == I3RT_OK; c++)
         st = i3_normalize_channel(ctx, cropped + c * nc, nc, cmask, &info->norm[c], (int)c);
     free(cmask);
-    /* 5. resample to the target spacing */
-    const int64_t nr = cp->shape[0] * cp->shape[1] * cp->shape[2];
-    float *res = st == I3RT_OK ? i3_malloc(ctx, (size_t)(C * nr) * sizeof *res, "the resampled image") : NULL;
-    if (st == I3RT_OK && !res) st = I3RT_ERR_OUT_OF_MEMORY;
+    /* 5. resample to the target spacing; the labels one-hot after the image (convert_labelmap_to_one_hot) */
+    const int64_t nr = cp->shape[0] * cp->shape[1] * cp->shape[2], F = seg ? info->n_foreground : 0;
+    float *res = st == I3RT_OK ? i3_malloc(ctx, (size_t)((C + F) * nr) * sizeof *res, "the resampled image") : NULL;
+    int16_t *seg_res = st == I3RT_OK && seg ? i3_malloc(ctx, (size_t)nr * sizeof *seg_res, "the resampled labels") : NULL;
+    if (st == I3RT_OK && (!res || (seg && !seg_res))) st = I3RT_ERR_OUT_OF_MEMORY;
     if (st == I3RT_OK)
         st = i3_resample(ctx, cropped, C, cp->cropped, cp->shape, cp->spacing_t, cp->target, &info->resample_data, res,
                          ctx->n_threads);
+    if (st == I3RT_OK && seg)
+        st = i3_resample_labels(ctx, seg, cp->cropped, cp->shape, cp->spacing_t, cp->target, &info->resample_seg,
+                                seg_res, ctx->n_threads);
+    for (int64_t k = 0; st == I3RT_OK && k < F; k++) {
+        float *channel = res + (C + k) * nr;
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)
+        for (int64_t i = 0; i < nr; i++) channel[i] = seg_res[i] == info->foreground[k] ? 1.0f : 0.0f;
+    }
+    free(seg);
+    free(seg_res);
     free(cropped);
     if (st != I3RT_OK) {
         free(res);
@@ -425,7 +505,7 @@ i3rt_status i3_predict_preprocess(i3_predictor *p, const i3_volume *image, float
     if (!p || !image || !out) return I3RT_ERR_INVALID_ARGUMENT;
     I3_TRY(check_input(p, image));
     case_properties cp;
-    I3_TRY(preprocess(p, image, out, &cp));
+    I3_TRY(preprocess(p, image, NULL, out, &cp));
     memcpy(out_shape, cp.shape, sizeof cp.shape);
     memcpy(bbox_lo, cp.lo, sizeof cp.lo);
     memcpy(bbox_hi, cp.hi, sizeof cp.hi);
@@ -452,7 +532,8 @@ static i3rt_status predict_logits(i3_predictor *p, const float *data, const case
     i3rt_status st = sum && (fold || info->n_folds == 1) ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
     for (int f = 0; f < info->n_folds && st == I3RT_OK; f++) {
         sw.progress_offset = per_fold * f;
-        st = i3_sliding_window_predict(p->ctx, p->models[f], data, info->channels, cp->shape, K, &sw, f ? fold : sum);
+        st = i3_sliding_window_predict(p->ctx, p->models[f], data, network_channels(info), cp->shape, K, &sw,
+                                       f ? fold : sum);
         if (st == I3RT_OK && f > 0) /* prediction += fold (fp16 + fp16 rounds to fp16 in nnunetv2) */
             for (int64_t i = 0; i < K * n; i++) sum[i] = fp16 ? (float)f16_round(sum[i] + fold[i]) : sum[i] + fold[i];
     }
@@ -531,10 +612,11 @@ i3rt_status i3_predict_case(i3_predictor *p, const i3_volume *image, const i3_pr
                             float *probabilities) {
     if (!p || !image || !o || !labels) return I3RT_ERR_INVALID_ARGUMENT;
     I3_TRY(check_input(p, image));
+    I3_TRY(check_previous_stage(p, image, o->previous_stage));
     case_properties cp;
     float *data = NULL, *logits = NULL;
     const double t0 = i3_now_seconds();
-    I3_TRY(preprocess(p, image, &data, &cp));
+    I3_TRY(preprocess(p, image, o->previous_stage, &data, &cp));
     const double t1 = i3_now_seconds();
     i3rt_status st = predict_logits(p, data, &cp, o, &logits);
     free(data);

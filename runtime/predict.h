@@ -9,8 +9,13 @@
  *   3. export: resample the logits back to the cropped shape (resampling_fn_probabilities), softmax when
  *      probabilities are asked for, argmax, paste into the uncropped shape (background outside the box;
  *      probabilities 1 for class 0 there), transpose_backward.
- * Supported: 2d and 3d_fullres-like configurations (any name without a previous stage), plain label
- * datasets (no regions), readers SimpleITKIO / NibabelIO (both give the (z, y, x) axis order read here). */
+ * A cascade stage (a configuration with previous_stage, e.g. 3d_cascade_fullres after 3d_lowres) takes the
+ * previous stage's segmentation of the case as nnUNetv2_predict's -prev_stage_predictions does: it goes
+ * through the same transpose and crop (-1 outside the nonzero mask, which also widens use_mask_for_norm's
+ * mask where the segmentation has labels outside it), is resampled with resampling_fn_seg
+ * (i3_resample_labels) and appended one-hot, one channel per foreground label, to the image channels.
+ * Supported: 2d, 3d_fullres-like and cascade configurations, plain label datasets (no regions), readers
+ * SimpleITKIO / NibabelIO (both give the (z, y, x) axis order read here). */
 #ifndef I3RT_PREDICT_H
 #define I3RT_PREDICT_H
 
@@ -20,6 +25,7 @@
 
 #define I3_MAX_FOLDS 16
 #define I3_MAX_CHANNELS 64
+#define I3_MAX_CLASSES 256
 
 typedef struct i3_predictor i3_predictor;
 
@@ -30,7 +36,11 @@ typedef struct {
     int64_t patch[3];            /* (1, h, w) for 2D */
     double spacing[3];           /* target spacing; 2D: spacing[0] unused (kept from the image) */
     int transpose_forward[3], transpose_backward[3];
-    int channels, num_classes;
+    int channels, num_classes;   /* the image's channels (dataset.json), the network's outputs */
+    char previous_stage[64];     /* a cascade stage: the configuration before it; "" otherwise */
+    int n_foreground;            /* a cascade stage: the one-hot channels after the image's */
+    int foreground[I3_MAX_CLASSES]; /* their label values, ascending */
+    i3_resample_params resample_seg; /* a cascade stage: resampling_fn_seg_kwargs */
     i3_norm_channel norm[I3_MAX_CHANNELS];
     i3_resample_params resample_data, resample_probabilities;
     int n_mirror_axes, mirror_axes[3];
@@ -58,6 +68,7 @@ typedef struct {
     i3_progress_fn progress;     /* after every network forward: done of total (all folds) */
     void *progress_user;
     i3_predict_times *times;     /* if not NULL: each part's seconds are added to it */
+    const int32_t *previous_stage; /* a cascade stage: the previous stage's labels [D, H, W] of the image */
 } i3_predict_options;
 
 void i3_predict_options_default(i3_predict_options *o);

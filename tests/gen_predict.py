@@ -15,6 +15,16 @@ references made by nnunetv2 2.8.1's nnUNetPredictor.predict_single_npy_array on 
 Segmentations are DIR/<run>_<acc>_seg.u8, probabilities DIR/<run>_<acc>_prob.f32 ([classes, z, y, x]).
 Evaluation cases come from scripts/train_models.py make_eval_cases (seeds never used for training).
 Bad inputs for the error tests are under DIR/bad/.
+
+Cascades (nnU-Net's 3d_lowres -> 3d_cascade_fullres; no trained cascade is committed, training one needs
+nnU-Net's five-fold lowres predictions): make_cascade derives both stages from a trained 3d_fullres model
+into DIR/cascade/: NAME_lowres is the same network under a configuration 3d_lowres whose spacing is coarser,
+NAME_cascade a 3d_cascade_fullres (inherits 3d_fullres, previous_stage 3d_lowres) whose network takes the
+image plus one channel per foreground label, with the trained weights and random weights (fixed seed) for
+the new input channels of its first convolution, so that the one-hot labels change its output. A cascade
+run predicts the case with the lowres stage first (nnUNetPredictor, fp16 sums, written by SimpleITKIO as
+nnUNetv2_predict writes it) into DIR/cascade/prev_<run>/, then the cascade stage reads that file in both
+nnUNetPredictor (SimpleITKIO.read_seg, as -prev_stage_predictions) and i3rt (--prev-stage-predictions).
 """
 import argparse
 import contextlib
@@ -22,6 +32,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import time
 
 import nibabel as nib
@@ -29,14 +40,22 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-RUNS = [  # name, model folder, folds, mirroring, dataset of the case
+RUNS = [  # name, model folder, folds, mirroring, dataset of the case[, the previous stage's model folder]
     ("brain3d_f0_notta", "brain_3d_fullres", [0], False, 501),
     ("brain3d_f01_tta", "brain_3d_fullres", [0, 1], True, 501),
     ("brain2d_f01_tta", "brain_2d", [0, 1], True, 501),
     ("headct_f0_tta", "headct_3d_fullres_aniso", [0], True, 502),
     ("headct_f01_notta", "headct_3d_fullres_aniso", [0, 1], False, 502),
+    # cascades derived from the models above (make_cascade): 3d_lowres -> 3d_cascade_fullres
+    ("brain_cascade_tta", "cascade/brain_cascade", [0], True, 501, "cascade/brain_lowres"),
+    ("headct_cascade_notta", "cascade/headct_cascade", [0], False, 502, "cascade/headct_lowres"),
 ]
+CASCADES = {  # derived name -> (trained model folder, lowres spacing factor)
+    "brain": ("brain_3d_fullres", 1.5),
+    "headct": ("headct_3d_fullres_aniso", 1.4),
+}
 
 
 def load_train_models():
@@ -58,7 +77,7 @@ def accumulate(mode):
         torch.half = half
 
 
-def predict(model_dir, folds, tta, files, mode):
+def predict(model_dir, folds, tta, files, mode, prev_stage_file=None):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -67,9 +86,67 @@ def predict(model_dir, folds, tta, files, mode):
                                 verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_dir, use_folds=tuple(folds))
     img, props = SimpleITKIO().read_images(files)
+    prev = SimpleITKIO().read_seg(prev_stage_file)[0] if prev_stage_file else None  # -prev_stage_predictions
     with accumulate(mode):
-        seg, prob = predictor.predict_single_npy_array(img, props, None, None, True)
+        seg, prob = predictor.predict_single_npy_array(img, props, prev, None, True)
     return np.asarray(seg), np.asarray(prob, dtype=np.float32)
+
+
+def predict_previous_stage(model_dir, files, out_dir, case):
+    """The lowres stage's segmentation of the case as nnUNetv2_predict writes it (SimpleITKIO)."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    seg, _ = predict(model_dir, [0], True, files, "fp16")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    _, props = SimpleITKIO().read_images(files)
+    path = os.path.join(out_dir, case + ".nii.gz")
+    SimpleITKIO().write_seg(seg, path, props)
+    return path
+
+
+def make_cascade(weights, name, out):
+    """NAME_lowres and NAME_cascade model folders (converted too) from the trained CASCADES[name] model."""
+    import copy
+
+    from gen_unet import build_network, save_model_folder
+
+    sys.path.insert(0, os.path.join(ROOT, "tools", "convert_pt"))
+    import convert_nnunet
+
+    base, factor = CASCADES[name]
+    with open(os.path.join(weights, base, "plans.json")) as f:
+        plans = json.load(f)
+    with open(os.path.join(weights, base, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    trained = torch.load(os.path.join(weights, base, "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                         weights_only=False)["network_weights"]
+    plans = copy.deepcopy(plans)
+    configs = plans["configurations"]
+    configs["3d_lowres"] = {"inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres",
+                            "spacing": [s * factor for s in configs["3d_fullres"]["spacing"]],
+                            "next_stage": "3d_cascade_fullres"}
+    configs["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    folders = {}
+    for stage, configuration in (("lowres", "3d_lowres"), ("cascade", "3d_cascade_fullres")):
+        net, n_in = build_network(plans, configuration, dataset_json, seed=11)
+        state = net.state_dict()
+        g = torch.Generator().manual_seed(12)
+        for key, value in state.items():
+            src = trained[key]
+            if value.shape == src.shape:
+                value.copy_(src)
+            else:  # the first convolution of the cascade: the image's channels trained, the one-hot ones new
+                c = src.shape[1]
+                value[:, :c] = src
+                value[:, c:] = torch.randn(value[:, c:].shape, generator=g) * src.std()
+        net.load_state_dict(state)
+        folder = os.path.join(out, "cascade", f"{name}_{stage}")
+        shutil.rmtree(folder, ignore_errors=True)
+        save_model_folder(folder, plans, dataset_json, configuration, net)
+        convert_nnunet.main([folder, "--out", folder, "--folds", "0"])
+        folders[stage] = folder
+    return folders
 
 
 def write_bad_inputs(out, cases, tm, weights):
@@ -108,6 +185,11 @@ def write_bad_inputs(out, cases, tm, weights):
         arr[10, 11, 12] = value
         tm.save_nifti(os.path.join(folder(name), "case_0000.nii.gz"), arr,
                       tuple(float(z) for z in b.header.get_zooms()), np.float32)
+    # a cascade's previous-stage segmentation on another grid than its case (the brain case, 2 rows fewer)
+    name = os.path.basename(brain[0])[:-len("_0000.nii.gz")]
+    tm.save_nifti(os.path.join(folder("prev_stage_other_grid"), name + ".nii.gz"),
+                  np.zeros(np.asarray(b.dataobj).shape, np.uint8)[:, :-2, :],
+                  tuple(float(z) for z in b.header.get_zooms()), np.uint8)
     # a model folder without weights (what an unconverted nnU-Net folder looks like to i3rt)
     d = folder("model_without_weights")
     for f in ("plans.json", "dataset.json"):
@@ -132,15 +214,23 @@ def main():
         (name,) = tm.make_eval_cases(ds, 1, folder)
         cases[ds] = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.startswith(name))
 
-    for name, model, folds, tta, ds in RUNS:
+    for name in CASCADES:
+        if not args.only or any(run[0] in args.only and run[1].startswith(f"cascade/{name}_") for run in RUNS):
+            make_cascade(args.weights, name, args.out)
+    for name, model, folds, tta, ds, *prev_model in RUNS:
         if args.only and name not in args.only:
             continue
-        model_dir = os.path.join(args.weights, model)
+        model_dir = os.path.join(args.out if model.startswith("cascade/") else args.weights, model)
         entry = dict(name=name, model_dir=model_dir, folds=folds, mirroring=tta, case_dir=os.path.dirname(cases[ds][0]),
                      case=os.path.basename(cases[ds][0])[:-len("_0000.nii.gz")], references={})
+        prev_file = None
+        if prev_model:
+            entry["prev_stage_dir"] = os.path.join(args.out, "cascade", "prev_" + name)
+            prev_file = predict_previous_stage(os.path.join(args.out, prev_model[0]), cases[ds],
+                                               entry["prev_stage_dir"], entry["case"])
         for mode in ("fp16", "fp32"):
             t0 = time.time()
-            seg, prob = predict(model_dir, folds, tta, cases[ds], mode)
+            seg, prob = predict(model_dir, folds, tta, cases[ds], mode, prev_file)
             secs = time.time() - t0
             seg.astype(np.uint8).tofile(os.path.join(args.out, f"{name}_{mode}_seg.u8"))
             prob.tofile(os.path.join(args.out, f"{name}_{mode}_prob.f32"))

@@ -160,7 +160,9 @@ def save_model_folder(folder, plans, dataset_json, configuration, net):
         json.dump(plans, f, indent=2)
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(dataset_json, f, indent=2)
-    dims = len(plans["configurations"][configuration]["patch_size"])
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dims = len(PlansManager(plans).get_configuration(configuration).patch_size)  # inherits_from resolved
     checkpoint = {  # the keys of nnUNetTrainer.save_checkpoint
         "network_weights": net.state_dict(),
         "optimizer_state": None,

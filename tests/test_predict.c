@@ -5,9 +5,11 @@
  * --accumulate fp16 against unmodified nnUNetPredictor (fp16 sliding-window sums) and with the default
  * fp32 accumulation against nnUNetPredictor with float32 sums. Required: segmentation voxel agreement
  * >= 99.99 % and probabilities within 1e-3 (max abs). The numbers are printed for every run.
+ * Cascades (3d_lowres -> 3d_cascade_fullres, models derived by gen_predict.py): the same with the lowres
+ * stage's segmentation as --prev-stage-predictions, as nnUNetPredictor takes it from -prev_stage_predictions.
  * Bad input: missing / extra channel files, channels on different grids or spacings, NaN and Inf voxels,
- * a model folder without weights: exit status 1, a message naming the problem, and no output file
- * (not even a temporary one) in the output folder. */
+ * a model folder without weights, a cascade without (or with the wrong) previous stage: exit status 1, a
+ * message naming the problem, and no output file (not even a temporary one) in the output folder. */
 #include <criterion/criterion.h>
 
 #include <cjson/cJSON.h>
@@ -93,10 +95,12 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
             const cJSON *ref = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "references"), acc);
             char out[256], cmd[4096];
             make_temp_dir(out, sizeof out);
+            const cJSON *prev = cJSON_GetObjectItem(r, "prev_stage_dir"); /* a cascade stage */
             snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --save-probabilities "
-                     "--accumulate %s --threads 2 --quiet", cli(), cJSON_GetObjectItem(r, "case_dir")->valuestring,
+                     "--accumulate %s --threads 2 --quiet%s%s", cli(), cJSON_GetObjectItem(r, "case_dir")->valuestring,
                      case_name, out, cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
-                     mirroring ? "" : "--disable-tta", acc);
+                     mirroring ? "" : "--disable-tta", acc, prev ? " --prev-stage-predictions " : "",
+                     prev ? prev->valuestring : "");
             char *log = NULL;
             const double t0 = i3_now_seconds();
             const int rc = run(cmd, &log);
@@ -144,16 +148,17 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
         }
         n_runs++;
     }
-    cr_assert_geq(n_runs, 5);
+    cr_assert_geq(n_runs, 7);
     i3rt_context_free(ctx);
     cJSON_Delete(m);
 }
 
-/* Runs the CLI on a bad input; expects exit status 1, `expect` in its message and an empty output folder. */
-static void expect_failure(const char *input, const char *model, const char *expect) {
+/* Runs the CLI on a bad input (with the options); expects exit status 1, `expect` in its message and an empty
+ * output folder. */
+static void expect_failure_with(const char *input, const char *model, const char *options, const char *expect) {
     char out[256], cmd[4096];
     make_temp_dir(out, sizeof out);
-    snprintf(cmd, sizeof cmd, "%s predict -i %s -o %s -m %s --threads 1 --quiet", cli(), input, out, model);
+    snprintf(cmd, sizeof cmd, "%s predict -i %s -o %s -m %s --threads 1 --quiet %s", cli(), input, out, model, options);
     char *log = NULL;
     const int rc = run(cmd, &log);
     printf("bad input %-28s -> exit %d: %s", strrchr(input, '/') ? strrchr(input, '/') + 1 : input, rc,
@@ -163,6 +168,10 @@ static void expect_failure(const char *input, const char *model, const char *exp
     cr_expect_eq(count_files(out), 0, "%s: %d file(s) left in the output folder", cmd, count_files(out));
     free(log);
     remove_dir(out);
+}
+
+static void expect_failure(const char *input, const char *model, const char *expect) {
+    expect_failure_with(input, model, "", expect);
 }
 
 static void paths(const char *bad, const char *model, char *in, char *model_dir) {
@@ -230,4 +239,28 @@ Test(predict, bad_inputs_fail_cleanly, .timeout = 600) {
     snprintf(in, sizeof in, "%s/cases/501", fx_fixture_dir("predict"));
     expect_failure(in, empty_model, "fold_K.safetensors");
     expect_failure(in, "/nonexistent/model/folder", "/nonexistent/model/folder");
+}
+
+/* A cascade stage without the previous stage's segmentation, with a missing or mismatched one, and a plain
+ * configuration given one: exit 1 before anything is written. */
+Test(predict, cascade_inputs_fail_cleanly, .timeout = 600) {
+    cJSON *m = fx_manifest("predict");
+    const cJSON *cascade = NULL, *plain = NULL;
+    for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r; r = r->next)
+        if (cJSON_GetObjectItem(r, "prev_stage_dir") && !cascade) cascade = r;
+        else if (!cJSON_GetObjectItem(r, "prev_stage_dir") && !plain) plain = r;
+    cr_assert(cascade && plain, "the manifest has no cascade run");
+    const char *model = cJSON_GetObjectItem(cascade, "model_dir")->valuestring;
+    const char *prev = cJSON_GetObjectItem(cascade, "prev_stage_dir")->valuestring;
+    char in[1024], options[1200];
+    snprintf(in, sizeof in, "%s/%s_0000.nii.gz", cJSON_GetObjectItem(cascade, "case_dir")->valuestring,
+             cJSON_GetObjectItem(cascade, "case")->valuestring);
+    expect_failure_with(in, model, "", "--prev-stage-predictions");
+    expect_failure_with(in, model, "--prev-stage-predictions /nonexistent/lowres", "/nonexistent/lowres");
+    snprintf(options, sizeof options, "--prev-stage-predictions %s", prev);
+    expect_failure_with(in, cJSON_GetObjectItem(plain, "model_dir")->valuestring, options, "not a cascade stage");
+    /* the previous stage's segmentation of another case (another grid) */
+    snprintf(options, sizeof options, "--prev-stage-predictions %s/bad/prev_stage_other_grid", fx_fixture_dir("predict"));
+    expect_failure_with(in, model, options, "the image");
+    cJSON_Delete(m);
 }
