@@ -167,6 +167,17 @@ i3rt_status i3_case_add_probabilities(i3_case *c, const float *probabilities) {
     TIMED(c, I3_STAGE_ENSEMBLE, add_probabilities(c, probabilities));
 }
 
+/* i3Deep's uncertainty and refinement take softmax classes of one image: no region-based or cascade models. */
+static i3rt_status check_plain_model(i3_case *c, const char *model_dir, const i3_predictor_info *info) {
+    if (info->n_regions)
+        return i3_fail(c->ctx, I3RT_ERR_UNSUPPORTED, "%s: a region-based model (sigmoid regions): i3Deep needs "
+                       "softmax classes", model_dir);
+    if (info->previous_stage[0])
+        return i3_fail(c->ctx, I3RT_ERR_UNSUPPORTED, "%s: a cascade stage (after %s): i3Deep takes one-stage models",
+                       model_dir, info->previous_stage);
+    return I3RT_OK;
+}
+
 /* Every fold predicts alone into probs; the folds' running mean builds up in fresh and joins the
  * case's mean only when all folds succeeded, so a failure leaves the case as it was. */
 static i3rt_status add_model_members(i3_case *c, const char *model_dir, const int *folds, int n_folds,
@@ -176,10 +187,11 @@ static i3rt_status add_model_members(i3_case *c, const char *model_dir, const in
         i3_predictor *p;
         I3_TRY(i3_predictor_load(c->ctx, model_dir, &folds[i], 1, &p));
         const int classes = i3_predictor_get_info(p)->num_classes;
-        i3rt_status st = classes == c->num_classes
-                             ? i3_predict_case(p, &c->image, o, labels, probs)
-                             : i3_fail(c->ctx, I3RT_ERR_SHAPE, "%s fold %d: %d classes, the case has %d", model_dir,
-                                       folds[i], classes, c->num_classes);
+        i3rt_status st = check_plain_model(c, model_dir, i3_predictor_get_info(p));
+        if (st == I3RT_OK)
+            st = classes == c->num_classes ? i3_predict_case(p, &c->image, o, labels, probs)
+                                           : i3_fail(c->ctx, I3RT_ERR_SHAPE, "%s fold %d: %d classes, the case has %d",
+                                                     model_dir, folds[i], classes, c->num_classes);
         i3_predictor_free(p);
         char what[600];
         snprintf(what, sizeof what, "%s fold %d", model_dir, folds[i]);
@@ -614,13 +626,13 @@ i3rt_status i3_case_load_refinement_model(i3_case *c, const char *model_dir, con
     i3_predictor *p;
     I3_TRY(i3_predictor_load(c->ctx, model_dir, folds, n_folds, &p));
     const i3_predictor_info *info = i3_predictor_get_info(p);
-    i3rt_status st = I3RT_OK;
-    if (info->channels != c->image.channels + 1)
+    i3rt_status st = check_plain_model(c, model_dir, info);
+    if (st == I3RT_OK && info->channels != c->image.channels + 1)
         st = i3_fail(c->ctx, I3RT_ERR_SHAPE,
                      "%s: the refinement model takes %d input channels; this case needs %lld (the image's %lld + the "
                      "corrected slices)", model_dir, info->channels, (long long)c->image.channels + 1,
                      (long long)c->image.channels);
-    else if (info->num_classes != c->num_classes)
+    else if (st == I3RT_OK && info->num_classes != c->num_classes)
         st = i3_fail(c->ctx, I3RT_ERR_SHAPE, "%s: the refinement model has %d classes, the case has %d", model_dir,
                      info->num_classes, c->num_classes);
     if (st != I3RT_OK) {

@@ -98,7 +98,59 @@ static i3rt_status parse_resampling(const parse_ctx *pc, const cJSON *cfg, const
     return I3RT_OK;
 }
 
-static int compare_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
+/* dataset.json's labels as nnunetv2's LabelManager reads them: the network's outputs (one per label, or,
+ * region-based when a label is a list of several, one per region with regions_class_order), and the
+ * foreground labels (all label values but 0 and the ignore label's, ascending) a cascade's input takes. */
+static i3rt_status parse_labels(const parse_ctx *pc, const cJSON *dataset, i3_predictor_info *info) {
+    enum { MAX_LABEL = 32767 };
+    const cJSON *labels = cJSON_GetObjectItemCaseSensitive(dataset, "labels");
+    if (!cJSON_IsObject(labels)) return bad(pc, "dataset: labels missing");
+    bool regions = false;
+    for (const cJSON *l = labels->child; l; l = l->next) regions |= cJSON_IsArray(l) && cJSON_GetArraySize(l) > 1;
+    uint8_t *seen = i3_calloc(pc->ctx, MAX_LABEL + 1, 1, "the label table");
+    if (!seen) return I3RT_ERR_OUT_OF_MEMORY;
+    i3rt_status st = I3RT_OK;
+    int entries = 0; /* region-based: the regions that are not background */
+    for (const cJSON *l = labels->child; l && st == I3RT_OK; l = l->next) {
+        const bool ignore = strcmp(l->string, "ignore") == 0;
+        bool background = true;
+        const cJSON *v = cJSON_IsArray(l) ? l->child : l;
+        if (cJSON_IsArray(l) && !v) st = bad(pc, "dataset: a label is an empty list");
+        for (; v && st == I3RT_OK; v = cJSON_IsArray(l) ? v->next : NULL) {
+            if (!cJSON_IsNumber(v) || v->valuedouble != (int)v->valuedouble || v->valuedouble < 0 ||
+                v->valuedouble > MAX_LABEL)
+                st = bad(pc, "dataset: a label value is not an integer in 0..32767");
+            else if (!ignore)
+                seen[v->valueint] = 1, background &= v->valueint == 0;
+        }
+        entries += !ignore && !background;
+    }
+    info->n_regions = 0;
+    info->num_classes = info->n_foreground = 0;
+    for (int v = 0; v <= MAX_LABEL && st == I3RT_OK; v++) {
+        if (!seen[v]) continue;
+        if (info->num_classes++ >= I3_MAX_CLASSES)
+            st = i3_fail(pc->ctx, I3RT_ERR_UNSUPPORTED, "%s: dataset: more than %d labels", pc->file, I3_MAX_CLASSES);
+        else if (v != 0)
+            info->foreground[info->n_foreground++] = v;
+    }
+    free(seen);
+    if (st != I3RT_OK || !regions) return st;
+    /* region-based: one sigmoid output per region, painted in regions_class_order */
+    const cJSON *order = cJSON_GetObjectItemCaseSensitive(dataset, "regions_class_order");
+    if (!cJSON_IsArray(order) || cJSON_GetArraySize(order) != entries || entries > I3_MAX_CLASSES)
+        return i3_fail(pc->ctx, I3RT_ERR_FORMAT, "%s: dataset: region-based labels need regions_class_order with one "
+                       "label per region (%d)", pc->file, entries);
+    int64_t values[I3_MAX_CLASSES];
+    int n = 0;
+    I3_TRY(get_ints(pc, order, "regions_class_order", entries, entries, values, &n));
+    for (int i = 0; i < n; i++) {
+        if (values[i] < 0 || values[i] > MAX_LABEL) return bad(pc, "dataset: regions_class_order has a label outside 0..32767");
+        info->region_class_order[i] = (int)values[i];
+    }
+    info->n_regions = info->num_classes = entries;
+    return I3RT_OK;
+}
 
 /* Reads plans, dataset.json, configuration and mirror axes of one fold file into info. */
 static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_weights *w, i3_predictor_info *info) {
@@ -160,24 +212,10 @@ static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_w
     if (st == I3RT_OK) {
         const cJSON *ch = cJSON_GetObjectItemCaseSensitive(dataset, "channel_names");
         if (!ch) ch = cJSON_GetObjectItemCaseSensitive(dataset, "modality");
-        const cJSON *labels = cJSON_GetObjectItemCaseSensitive(dataset, "labels");
-        if (!cJSON_IsObject(ch) || !cJSON_IsObject(labels)) st = bad(&pc, "dataset: channel_names or labels missing");
+        if (!cJSON_IsObject(ch)) st = bad(&pc, "dataset: channel_names missing");
         else {
             info->channels = cJSON_GetArraySize(ch);
-            info->num_classes = info->n_foreground = 0;
-            for (const cJSON *l = labels->child; l && st == I3RT_OK; l = l->next) {
-                if (cJSON_IsArray(l))
-                    st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: dataset: label %s is a region (region-based training "
-                                 "is not supported)", file, l->string);
-                else if (!cJSON_IsNumber(l) || l->valuedouble != (int)l->valuedouble || l->valuedouble < 0 ||
-                         l->valuedouble > 32767)
-                    st = bad(&pc, "dataset: a label value is not an integer in 0..32767");
-                else if (strcmp(l->string, "ignore") != 0 && info->num_classes++ >= I3_MAX_CLASSES)
-                    st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: dataset: more than %d labels", file, I3_MAX_CLASSES);
-                else if (strcmp(l->string, "ignore") != 0 && l->valueint != 0) /* LabelManager.foreground_labels */
-                    info->foreground[info->n_foreground++] = l->valueint;
-            }
-            qsort(info->foreground, (size_t)info->n_foreground, sizeof *info->foreground, compare_int);
+            st = parse_labels(&pc, dataset, info);
         }
         if (st == I3RT_OK && (info->channels < 1 || info->channels > I3_MAX_CHANNELS))
             st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "%s: dataset has %d channels (1..%d supported)", file, info->channels,
@@ -245,6 +283,8 @@ static i3rt_status parse_fold_metadata(i3_ctx *ctx, const char *file, const i3_w
 static int network_channels(const i3_predictor_info *info) {
     return info->channels + (info->previous_stage[0] ? info->n_foreground : 0);
 }
+
+static int compare_int(const void *a, const void *b) { return *(const int *)a - *(const int *)b; }
 
 /* Every fold_K.safetensors in dir, K ascending. */
 static i3rt_status find_folds(i3_ctx *ctx, const char *dir, int *folds, int *n) {
@@ -574,6 +614,22 @@ static void paste_transposed(const void *box, const void *outside, const case_pr
         }
 }
 
+/* A region-based model's LabelManager: a sigmoid per region (probs, may be NULL), then each region whose
+ * probability is above 0.5 paints its label, in regions_class_order (later regions on top). */
+static void region_segmentation(const float *logits, const i3_predictor_info *info, int64_t n, float *probs,
+                                int32_t *seg, int n_threads) {
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t v = 0; v < n; v++) {
+        int32_t label = 0;
+        for (int r = 0; r < info->n_regions; r++) {
+            const float p = 1.0f / (1.0f + expf(-logits[r * n + v]));
+            if (probs) probs[r * n + v] = p;
+            if (p > 0.5f) label = info->region_class_order[r];
+        }
+        seg[v] = label;
+    }
+}
+
 /* convert_predicted_logits_to_segmentation_with_correct_shape. */
 static i3rt_status export_case(i3_predictor *p, float *logits, const case_properties *cp, const i3_predict_options *o,
                                int32_t *labels, float *probabilities) {
@@ -593,11 +649,13 @@ static i3rt_status export_case(i3_predictor *p, float *logits, const case_proper
                                                    : NULL;
     if (st == I3RT_OK && (!seg || (probabilities && !probs))) st = I3RT_ERR_OUT_OF_MEMORY;
     if (st == I3RT_OK) {
-        i3_cpu_softmax_uncertainty(res, 1, K, nc, probs, NULL, NULL, seg, ctx->n_threads);
+        if (info->n_regions) region_segmentation(res, info, nc, probs, seg, ctx->n_threads);
+        else i3_cpu_softmax_uncertainty(res, 1, K, nc, probs, NULL, NULL, seg, ctx->n_threads);
         const int32_t background = 0;
         paste_transposed(seg, &background, cp, info->transpose_backward, labels, ctx->n_threads);
         for (int64_t k = 0; probabilities && k < K; k++) {
-            const float outside = k == 0 ? 1.0f : 0.0f; /* certain background outside the box */
+            /* outside the box: certain background (revert_cropping_on_probabilities; regions: all 0) */
+            const float outside = k == 0 && !info->n_regions ? 1.0f : 0.0f;
             paste_transposed(probs + k * nc, &outside, cp, info->transpose_backward, probabilities + k * nt,
                              ctx->n_threads);
         }

@@ -14,7 +14,9 @@
  * through the same transpose and crop (-1 outside the nonzero mask, which also widens use_mask_for_norm's
  * mask where the segmentation has labels outside it), is resampled with resampling_fn_seg
  * (i3_resample_labels) and appended one-hot, one channel per foreground label, to the image channels.
- * Supported: 2d, 3d_fullres-like and cascade configurations, plain label datasets (no regions), readers
+ * Region-based datasets (a label that lists several): one sigmoid output per region, painted in
+ * regions_class_order where above 0.5.
+ * Supported: 2d, 3d_fullres-like and cascade configurations, label and region datasets, readers
  * SimpleITKIO / NibabelIO (both give the (z, y, x) axis order read here). */
 #ifndef I3RT_PREDICT_H
 #define I3RT_PREDICT_H
@@ -37,6 +39,8 @@ typedef struct {
     double spacing[3];           /* target spacing; 2D: spacing[0] unused (kept from the image) */
     int transpose_forward[3], transpose_backward[3];
     int channels, num_classes;   /* the image's channels (dataset.json), the network's outputs */
+    int n_regions;               /* region-based (outputs = regions, sigmoid): their count; 0 for labels */
+    int region_class_order[I3_MAX_CLASSES]; /* the label each region paints, later regions on top */
     char previous_stage[64];     /* a cascade stage: the configuration before it; "" otherwise */
     int n_foreground;            /* a cascade stage: the one-hot channels after the image's */
     int foreground[I3_MAX_CLASSES]; /* their label values, ascending */

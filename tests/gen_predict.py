@@ -25,6 +25,8 @@ the new input channels of its first convolution, so that the one-hot labels chan
 run predicts the case with the lowres stage first (nnUNetPredictor, fp16 sums, written by SimpleITKIO as
 nnUNetv2_predict writes it) into DIR/cascade/prev_<run>/, then the cascade stage reads that file in both
 nnUNetPredictor (SimpleITKIO.read_seg, as -prev_stage_predictions) and i3rt (--prev-stage-predictions).
+Region-based training (make_regions, DIR/regions/): the trained brain network with its three foreground
+output channels as the logits of nested regions (REGIONS), sigmoid and regions_class_order at export.
 """
 import argparse
 import contextlib
@@ -51,7 +53,13 @@ RUNS = [  # name, model folder, folds, mirroring, dataset of the case[, the prev
     # cascades derived from the models above (make_cascade): 3d_lowres -> 3d_cascade_fullres
     ("brain_cascade_tta", "cascade/brain_cascade", [0], True, 501, "cascade/brain_lowres"),
     ("headct_cascade_notta", "cascade/headct_cascade", [0], False, 502, "cascade/headct_lowres"),
+    # region-based (sigmoid per region, regions_class_order), derived by make_regions
+    ("brain_regions_tta", "regions/brain_regions", [0], True, 501),
 ]
+REGIONS = {  # the brain model's labels as nested regions, as BraTS' (whole, core, enhancing) are
+    "labels": {"background": 0, "deep_grey": [1, 2, 3], "putamen_thalamus": [2, 3], "thalamus": 3},
+    "regions_class_order": [1, 2, 3],
+}
 CASCADES = {  # derived name -> (trained model folder, lowres spacing factor)
     "brain": ("brain_3d_fullres", 1.5),
     "headct": ("headct_3d_fullres_aniso", 1.4),
@@ -149,6 +157,32 @@ def make_cascade(weights, name, out):
     return folders
 
 
+def make_regions(weights, out):
+    """A region-based model folder from the trained brain model: its network with the foreground classes'
+    output channels as the region logits (REGIONS), so sigmoid > 0.5 paints them in regions_class_order."""
+    from gen_unet import build_network, save_model_folder
+
+    sys.path.insert(0, os.path.join(ROOT, "tools", "convert_pt"))
+    import convert_nnunet
+
+    base = os.path.join(weights, "brain_3d_fullres")
+    with open(os.path.join(base, "plans.json")) as f:
+        plans = json.load(f)
+    with open(os.path.join(base, "dataset.json")) as f:
+        dataset_json = dict(json.load(f), **REGIONS)
+    trained = torch.load(os.path.join(base, "fold_0", "checkpoint_final.pth"), map_location="cpu",
+                         weights_only=False)["network_weights"]
+    net, _ = build_network(plans, "3d_fullres", dataset_json, seed=13)
+    state = net.state_dict()
+    for key, value in state.items():  # the segmentation heads: classes 1..3 of the trained 4
+        value.copy_(trained[key] if value.shape == trained[key].shape else trained[key][1:])
+    net.load_state_dict(state)
+    folder = os.path.join(out, "regions", "brain_regions")
+    shutil.rmtree(folder, ignore_errors=True)
+    save_model_folder(folder, plans, dataset_json, "3d_fullres", net)
+    convert_nnunet.main([folder, "--out", folder, "--folds", "0"])
+
+
 def write_bad_inputs(out, cases, tm, weights):
     bad = os.path.join(out, "bad")
     shutil.rmtree(bad, ignore_errors=True)
@@ -217,10 +251,12 @@ def main():
     for name in CASCADES:
         if not args.only or any(run[0] in args.only and run[1].startswith(f"cascade/{name}_") for run in RUNS):
             make_cascade(args.weights, name, args.out)
+    if not args.only or "brain_regions_tta" in args.only:
+        make_regions(args.weights, args.out)
     for name, model, folds, tta, ds, *prev_model in RUNS:
         if args.only and name not in args.only:
             continue
-        model_dir = os.path.join(args.out if model.startswith("cascade/") else args.weights, model)
+        model_dir = os.path.join(args.out if model.startswith(("cascade/", "regions/")) else args.weights, model)
         entry = dict(name=name, model_dir=model_dir, folds=folds, mirroring=tta, case_dir=os.path.dirname(cases[ds][0]),
                      case=os.path.basename(cases[ds][0])[:-len("_0000.nii.gz")], references={})
         prev_file = None

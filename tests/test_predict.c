@@ -6,7 +6,8 @@
  * fp32 accumulation against nnUNetPredictor with float32 sums. Required: segmentation voxel agreement
  * >= 99.99 % and probabilities within 1e-3 (max abs). The numbers are printed for every run.
  * Cascades (3d_lowres -> 3d_cascade_fullres, models derived by gen_predict.py): the same with the lowres
- * stage's segmentation as --prev-stage-predictions, as nnUNetPredictor takes it from -prev_stage_predictions.
+ * stage's segmentation as --prev-stage-predictions, as nnUNetPredictor takes it from -prev_stage_predictions;
+ * a region-based model (derived too): sigmoid per region, regions_class_order.
  * Bad input: missing / extra channel files, channels on different grids or spacings, NaN and Inf voxels,
  * a model folder without weights, a cascade without (or with the wrong) previous stage: exit status 1, a
  * message naming the problem, and no output file (not even a temporary one) in the output folder. */
@@ -148,7 +149,7 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
         }
         n_runs++;
     }
-    cr_assert_geq(n_runs, 7);
+    cr_assert_geq(n_runs, 8);
     i3rt_context_free(ctx);
     cJSON_Delete(m);
 }
@@ -262,5 +263,30 @@ Test(predict, cascade_inputs_fail_cleanly, .timeout = 600) {
     /* the previous stage's segmentation of another case (another grid) */
     snprintf(options, sizeof options, "--prev-stage-predictions %s/bad/prev_stage_other_grid", fx_fixture_dir("predict"));
     expect_failure_with(in, model, options, "the image");
+    cJSON_Delete(m);
+}
+
+/* i3Deep's stages take softmax classes of one-stage models: `i3rt i3deep recommend` refuses the region-based and
+ * the cascade model with a message that says so. */
+Test(predict, i3deep_refuses_region_and_cascade_models, .timeout = 300) {
+    cJSON *m = fx_manifest("predict");
+    int checked = 0;
+    for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r; r = r->next) {
+        const char *model = cJSON_GetObjectItem(r, "model_dir")->valuestring;
+        const char *expect = strstr(model, "regions") ? "region-based" : strstr(model, "cascade") ? "cascade stage" : NULL;
+        if (!expect) continue;
+        char out[256], cmd[4096], *log = NULL;
+        make_temp_dir(out, sizeof out);
+        snprintf(cmd, sizeof cmd, "%s i3deep recommend %s/%s_0000.nii.gz -m %s -o %s --threads 1", cli(),
+                 cJSON_GetObjectItem(r, "case_dir")->valuestring, cJSON_GetObjectItem(r, "case")->valuestring, model, out);
+        const int rc = run(cmd, &log);
+        printf("i3deep with %s -> exit %d: %s", model, rc, log ? log : "(no message)\n");
+        cr_expect_eq(rc, 1, "%s: exit %d\n%s", cmd, rc, log ? log : "");
+        cr_expect(log && strstr(log, expect), "%s: the message does not say '%s':\n%s", cmd, expect, log ? log : "");
+        free(log);
+        remove_dir(out);
+        checked++;
+    }
+    cr_expect_geq(checked, 3);
     cJSON_Delete(m);
 }

@@ -73,11 +73,8 @@ def describe_network(plans_manager, configuration, dataset_json, extra_input_cha
     if dims is None:
         raise ConversionError(f"plans configuration {configuration}: conv_op {conv_op!r} is neither Conv2d nor Conv3d")
     if num_classes is None:
-        label_manager = plans_manager.get_label_manager(dataset_json)
-        if label_manager.has_regions:
-            raise ConversionError("dataset.json defines regions (region-based training): i3rt supports plain "
-                                  "labels only (softmax over label channels)")
-        num_classes = label_manager.num_segmentation_heads
+        # one output per label, or per region (region-based training; dataset.json's regions_class_order)
+        num_classes = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     input_channels = determine_num_input_channels(plans_manager, cm, dataset_json) + extra_input_channels
     network = network_json(class_name, dims, input_channels, num_classes, arch_kwargs=arch["arch_kwargs"])
     return network, (arch, input_channels, num_classes)
