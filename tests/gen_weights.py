@@ -17,8 +17,8 @@ Writes into --out:
                       reachable here), its conversion with --acs, and its tensors minus the
                       num_batches_tracked counters written directly
 It also checks that the converters refuse bad input with a message naming the folder, file or tensor:
-missing folder / plans.json / fold, an `.all_modules.N` tensor that differs from its `.norm` twin,
-region-based labels.
+missing folder / plans.json / fold, an `.all_modules.N` tensor that differs from its `.norm` twin, a
+region-based dataset whose regions do not match the network's outputs (one with matching regions converts).
 """
 import argparse
 import json
@@ -27,6 +27,8 @@ import subprocess
 import sys
 
 import torch
+import numpy as np
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +121,8 @@ def save_model_folder(folder, net, clone=False, corrupt=None, labels=None):
     os.makedirs(os.path.join(folder, "fold_0"), exist_ok=True)
     with open(os.path.join(folder, "plans.json"), "w") as f:
         json.dump(PLANS, f, indent=4)
-    dataset = dict(DATASET, **({"labels": labels, "regions_class_order": [1, 2]} if labels else {}))
+    order = [int(max(np.atleast_1d(v))) for k, v in (labels or {}).items() if k != "background"]
+    dataset = dict(DATASET, **({"labels": labels, "regions_class_order": order} if labels else {}))
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(dataset, f, indent=4)
     weights = net.state_dict()
@@ -249,9 +252,17 @@ def main():
     bad_alias = os.path.join(out, "nnunet_model_bad_alias")
     save_model_folder(bad_alias, net, clone=True, corrupt="decoder.stages.0.convs.1.all_modules.1.weight")
     expect_conversion_error([bad_alias, *unused], "decoder.stages.0.convs.1.all_modules.1.weight looks like an alias")
+    # region-based labels (3 regions: the network's 3 outputs) convert, with one output per region; the same
+    # folder with 2 regions does not match the network's 3 outputs
     regions = os.path.join(out, "nnunet_model_regions")
+    save_model_folder(regions, net, labels={"background": 0, "whole": [1, 2], "zone_a": 1, "zone_b": 2})
+    convert_nnunet.main([regions, "--out", regions])
+    with safe_open(os.path.join(regions, "fold_0.safetensors"), "pt") as f:
+        network = json.loads(f.metadata()["network"])
+    if network["num_classes"] != 3:
+        sys.exit(f"region-based model: num_classes {network['num_classes']}, expected 3 (one per region)")
     save_model_folder(regions, net, labels={"background": 0, "whole": [1, 2], "core": 2})
-    expect_conversion_error([regions, *unused], "region-based training")
+    expect_conversion_error([regions, *unused], "the network in the plans needs")
 
     make_ritm(out)
 
