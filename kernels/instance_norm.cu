@@ -13,9 +13,10 @@
  *       beta - mean * gamma / std) per plane;
  *     norm_apply: one grid-stride pass y = act_out(act(x * scale + shift) + skip) (skip optional:
  *       the residual add of ResEnc blocks); the plane's statistics are never re-read from x.
- *     norm_apply_channels_last: the same on a channels-last f16/bf16 tensor (the tensor-core
- *     convolution's output, kernels/conv_tensor_core.cu), the skip channels-last or NCDHW f32, one
- *     element per thread.
+ *     norm_apply_channels_last: the same written channels-last in f16/bf16 (x the tensor-core
+ *     convolution's channels-last output, kernels/conv_tensor_core.cu, or NCDHW f32; the skip in either
+ *     layout), one element per thread; without scale_shift it is the residual add y = act_out(x + skip)
+ *     of networks without norms (HRNet), whose operands need not share a layout.
  *     The next convolution can instead apply (scale, shift, act) as it loads its input (prologue,
  *     conv.cu), and then neither pass writes the normalized tensor. */
 #include "device.h"
@@ -77,18 +78,26 @@ __global__ void norm_apply(const float *x, int64_t planes, int64_t spatial, cons
     }
 }
 
-/* x, y [n, spatial, c] channels-last b16 (y may be x); skip (optional) channels-last b16 or NCDHW f32 */
+/* Element i of y (channels-last) from a tensor in either layout: channels-last b16, or NCDHW f32. */
 template <bool BF16>
-__global__ void norm_apply_channels_last(const uint16_t *x, int64_t c, int64_t spatial, int64_t total,
+__device__ __forceinline__ float channels_last_element(const void *t, bool t_cl, int64_t i, int64_t c, int64_t spatial) {
+    if (t_cl) return from_b16<BF16>(((const uint16_t *)t)[i]);
+    return ((const float *)t)[(i / (c * spatial) * c + i % c) * spatial + i / c % spatial];
+}
+
+/* y [n, spatial, c] channels-last b16; x (y may be x when both are channels-last) and skip (optional) in
+ * either layout; scale_shift NULL: no norm */
+template <bool BF16>
+__global__ void norm_apply_channels_last(const void *x, bool x_cl, int64_t c, int64_t spatial, int64_t total,
                                          const float *__restrict__ scale_shift, i3_act act, const void *skip,
                                          bool skip_cl, i3_act act_out, uint16_t *y) {
     I3_GRID_STRIDE_LOOP(i, total) {
-        const int64_t sample = i / (c * spatial), ch = i % c;
-        const float *ss = scale_shift + 2 * (sample * c + ch);
-        float v = act_apply(act, from_b16<BF16>(x[i]) * ss[0] + ss[1]);
-        if (skip)
-            v = act_apply(act_out, v + (skip_cl ? from_b16<BF16>(((const uint16_t *)skip)[i])
-                                                : ((const float *)skip)[(sample * c + ch) * spatial + i / c % spatial]));
+        float v = channels_last_element<BF16>(x, x_cl, i, c, spatial);
+        if (scale_shift) {
+            const float *ss = scale_shift + 2 * (i / (c * spatial) * c + i % c);
+            v = act_apply(act, v * ss[0] + ss[1]);
+        }
+        if (skip) v = act_apply(act_out, v + channels_last_element<BF16>(skip, skip_cl, i, c, spatial));
         y[i] = to_b16<BF16>(v);
     }
 }
@@ -112,7 +121,7 @@ extern "C" int I3_DEV(norm_apply)(const float *x, int64_t planes, int64_t spatia
                           planes, spatial, scale_shift, act, skip, act_out, y);
 }
 
-extern "C" int I3_DEV(norm_apply_channels_last)(const void *x, int64_t n, int64_t c, int64_t spatial,
+extern "C" int I3_DEV(norm_apply_channels_last)(const void *x, int x_layout, int64_t n, int64_t c, int64_t spatial,
                                                 const float *scale_shift, i3_act act, const void *skip,
                                                 int skip_layout, i3_act act_out, void *y, int precision, void *stream) {
     const int64_t total = n * c * spatial;
@@ -120,9 +129,9 @@ extern "C" int I3_DEV(norm_apply_channels_last)(const void *x, int64_t n, int64_
     if (precision != I3_TC_F16 && precision != I3_TC_BF16) return (int)cudaErrorInvalidValue;
     decltype(&norm_apply_channels_last<false>) kernel =
         precision == I3_TC_BF16 ? norm_apply_channels_last<true> : norm_apply_channels_last<false>;
-    return (int)I3_LAUNCH(kernel, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, (const uint16_t *)x,
-                          c, spatial, total, scale_shift, act, skip, skip_layout == I3_LAYOUT_NDHWC, act_out,
-                          (uint16_t *)y);
+    return (int)I3_LAUNCH(kernel, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, x,
+                          x_layout == I3_LAYOUT_NDHWC, c, spatial, total, scale_shift, act, skip,
+                          skip_layout == I3_LAYOUT_NDHWC, act_out, (uint16_t *)y);
 }
 
 extern "C" int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,

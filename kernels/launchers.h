@@ -63,11 +63,12 @@ int I3_DEV(norm_finalize)(const float *partials, int64_t planes, int chunks, int
                           const float *beta, float eps, float *scale_shift, void *stream);
 int I3_DEV(norm_apply)(const float *x, int64_t planes, int64_t spatial, const float *scale_shift, i3_act act,
                        const float *skip, i3_act act_out, float *y, void *stream);
-/* norm_apply on x, y [n, spatial, c] channels-last in the f16/bf16 of `precision` (y may be x); skip
- * (NULL: none) channels-last in that format or NCDHW f32 as skip_layout (I3_LAYOUT_*) says. */
-int I3_DEV(norm_apply_channels_last)(const void *x, int64_t n, int64_t c, int64_t spatial, const float *scale_shift,
-                                     i3_act act, const void *skip, int skip_layout, i3_act act_out, void *y,
-                                     int precision, void *stream);
+/* norm_apply written to y [n, spatial, c] channels-last in the f16/bf16 of `precision`; x and skip (NULL:
+ * none) each channels-last in that format or NCDHW f32 as x_layout / skip_layout (I3_LAYOUT_*) say; y may be
+ * x when both are channels-last. scale_shift NULL: no norm, y = act_out(x + skip) (a residual add). */
+int I3_DEV(norm_apply_channels_last)(const void *x, int x_layout, int64_t n, int64_t c, int64_t spatial,
+                                     const float *scale_shift, i3_act act, const void *skip, int skip_layout,
+                                     i3_act act_out, void *y, int precision, void *stream);
 int I3_DEV(activation)(const float *x, int64_t n, i3_act act, float *y, void *stream);
 int I3_DEV(add)(const float *a, const float *b, int64_t n, i3_act act, float *y, void *stream);
 int I3_DEV(concat)(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y,

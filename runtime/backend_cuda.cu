@@ -236,9 +236,11 @@ static bool conv_then_norm(const DeviceState *st, const i3_graph *g, int n) {
  * whose readers all take it so (readers_take_channels_last) and whose writer can write it so:
  * - a conv whose in-place norm right after it takes its statistics (conv_then_norm): the conv's output
  *   and the norm's are one tensor, channels-last when the norm's readers take it so;
+ * - a conv without such a norm (HRNet, whose batch norms are folded into the convs), written channels-last
+ *   by the tensor-core kernel;
  * - a concat (its inputs read in either layout);
  * - a residual add whose first operand is such a norm deferred into it (normalize + add + act in one
- *   pass, the skip in either layout).
+ *   pass, the skip in either layout), or a plain residual add (both operands in either layout).
  * Readers come after their values, so one pass from the last node to the first decides everything;
  * the graph alone decides, so writers and readers agree. */
 static i3rt_status plan_layouts(i3_backend *b, const i3_graph *g) {
@@ -265,11 +267,16 @@ static i3rt_status plan_layouts(i3_backend *b, const i3_graph *g) {
             cl = conv_then_norm(st, g, p - 1) && g->nodes[p - 1].out == node->in[0] &&
                  readers_take_channels_last(st, g, v);
             break;
-        case I3_OP_CONV: cl = conv_then_norm(st, g, p) && st->channels_last[g->nodes[p + 1].out]; break;
-        case I3_OP_ADD: /* the norm at p - 1 is deferred into this add (run_norm_from_stats) */
-            cl = conv_then_norm(st, g, p - 2) && g->nodes[p - 1].out == node->in[0] &&
-                 sole_reader_next(g, p - 1, node->in[0]) == node && node->in[1] != node->in[0] &&
-                 readers_take_channels_last(st, g, v);
+        case I3_OP_CONV: /* with its norm: that tensor's layout; alone (HRNet: no norms): its readers decide */
+            cl = conv_then_norm(st, g, p) ? st->channels_last[g->nodes[p + 1].out] : readers_take_channels_last(st, g, v);
+            break;
+        case I3_OP_ADD:
+            if (p >= 1 && g->nodes[p - 1].op == I3_OP_INSTANCE_NORM && g->nodes[p - 1].out == node->in[0])
+                /* the norm at p - 1 may be deferred into this add (run_norm_from_stats) */
+                cl = conv_then_norm(st, g, p - 2) && sole_reader_next(g, p - 1, node->in[0]) == node &&
+                     node->in[1] != node->in[0] && readers_take_channels_last(st, g, v);
+            else /* a plain residual add: its operands in either layout */
+                cl = readers_take_channels_last(st, g, v);
             break;
         default: break;
         }
@@ -359,9 +366,9 @@ static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *
     }
     i3_act none = {I3_ACT_NONE, 0.0f};
     if (value_channels_last(st, g, node->in[0])) /* in place, by construction */
-        return I3_DEV(norm_apply_channels_last)(x->data, xs.n, xs.c, i3_shape5_spatial(xs), st->scale_shift,
-                                                node->p.norm.act, NULL, I3_LAYOUT_NCDHW, none, y->data,
-                                                tensor_core_precision(st), st->stream);
+        return I3_DEV(norm_apply_channels_last)(x->data, I3_LAYOUT_NDHWC, xs.n, xs.c, i3_shape5_spatial(xs),
+                                                st->scale_shift, node->p.norm.act, NULL, I3_LAYOUT_NCDHW, none,
+                                                y->data, tensor_core_precision(st), st->stream);
     return I3_DEV(norm_apply)((const float *)x->data, planes, i3_shape5_spatial(xs), st->scale_shift,
                               node->p.norm.act, NULL, none, (float *)y->data, st->stream);
 }
@@ -476,10 +483,12 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
         break;
     case I3_OP_ACTIVATION: e = I3_DEV(activation)(in0, i3_shape5_numel(xs), node->p.act, out, s); break;
     case I3_OP_ADD:
-        if (fused_here && f->deferred_for == n && value_channels_last(st, g, node->out)) {
-            f->deferred_for = -1;
+        if (value_channels_last(st, g, node->out)) { /* with the norm deferred into it, or a plain residual add */
+            const bool deferred = fused_here && f->deferred_for == n;
+            if (deferred) f->deferred_for = -1;
             st->stats.channels_last_outputs++;
-            e = I3_DEV(norm_apply_channels_last)(in0, xs.n, xs.c, i3_shape5_spatial(xs), st->scale_shift,
+            e = I3_DEV(norm_apply_channels_last)(in0, layout_of(st, g, node->in[0]), xs.n, xs.c,
+                                                 i3_shape5_spatial(xs), deferred ? st->scale_shift : NULL,
                                                  f->deferred_act, in1, layout_of(st, g, node->in[1]), node->p.act,
                                                  out, tensor_core_precision(st), s);
         } else if (fused_here && f->deferred_for == n) {

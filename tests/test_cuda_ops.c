@@ -38,8 +38,8 @@ typedef int (*stat_chunks_launcher)(i3_shape5, int);
 typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, const i3_conv_params *, int);
 typedef int (*concat_cl_launcher)(const void *, int, int64_t, const void *, int, int64_t, int64_t, int64_t, int, void *,
                                   void *);
-typedef int (*norm_apply_cl_launcher)(const void *, int64_t, int64_t, int64_t, const float *, i3_act, const void *, int,
-                                      i3_act, void *, int, void *);
+typedef int (*norm_apply_cl_launcher)(const void *, int, int64_t, int64_t, int64_t, const float *, i3_act, const void *,
+                                      int, i3_act, void *, int, void *);
 typedef int (*avg_pool_cl_launcher)(const void *, i3_shape5, int, const i3_avg_pool_params *, float *, void *);
 typedef int (*conv_transpose_cl_launcher)(const void *, i3_shape5, int, const float *, const float *,
                                           const i3_conv_transpose_params *, float *, i3_shape5, void *);
@@ -641,12 +641,14 @@ static void concat_channels_last_case(device *d, int64_t n, int64_t ca, int64_t 
     free(a), free(b), free(cat), free(want), free(y), free(b16);
 }
 
-/* norm_apply on a channels-last tensor (skip: none, channels-last or NCDHW f32; in place without skip)
+/* norm_apply written channels-last (x channels-last or NCDHW f32; skip: none, channels-last or NCDHW f32; in
+ * place without skip), and without the norm the residual add of HRNet's blocks (x + skip in any layouts),
  * against the CPU on the same rounded values. */
-static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64_t s, int skip_layout, int precision,
-                                          uint64_t seed) {
+static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64_t s, int x_layout, int skip_layout,
+                                          int norm, int precision, uint64_t seed) {
     fx_rng r = fx_rng_seed(seed);
     const int64_t total = n * c * s;
+    const bool x_cl = x_layout == I3_LAYOUT_NDHWC;
     float *x = random_floats(&r, total, -3, 3), *ss = random_floats(&r, 2 * n * c, -1, 1);
     float *skip = skip_layout >= 0 ? random_floats(&r, total, -2, 2) : NULL;
     uint16_t *x16 = to_channels_last_host(x, n, c, s, precision), *y16 = malloc((size_t)(total + 1) * sizeof *y16);
@@ -657,30 +659,34 @@ static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64
         for (int64_t pos = 0; pos < s; pos++)
             for (int64_t ch = 0; ch < c; ch++, i++) {
                 const float *plane = ss + 2 * (sample * c + ch);
-                float v = i3_act_apply(LEAKY, from_b16_host(x16[i], precision) * plane[0] + plane[1]);
+                float v = x_cl ? from_b16_host(x16[i], precision) : x[(sample * c + ch) * s + pos];
+                if (norm) v = i3_act_apply(LEAKY, v * plane[0] + plane[1]);
                 if (skip)
                     v = i3_act_apply(relu, v + (skip_layout == I3_LAYOUT_NDHWC
                                                     ? from_b16_host(skip16[i], precision)
                                                     : skip[(sample * c + ch) * s + pos]));
                 want[i] = round_operand(v, precision);
             }
-    dbuf dx = dev_upload(d, (const float *)x16, (total + 1) / 2), dss = dev_upload(d, ss, 2 * n * c);
+    dbuf dx = x_cl ? dev_upload(d, (const float *)x16, (total + 1) / 2) : dev_upload(d, x, total);
+    dbuf dss = dev_upload(d, ss, 2 * n * c);
     dbuf dskip = skip_layout == I3_LAYOUT_NDHWC ? dev_upload(d, (const float *)skip16, (total + 1) / 2)
                                                 : dev_upload(d, skip ? skip : ss, skip ? total : 1);
-    dbuf dy = skip ? dev_upload(d, NULL, (total + 1) / 2) : dx;
-    cr_assert_eq(d->norm_apply_channels_last(dx.data, n, c, s, dss.data, LEAKY, skip ? dskip.data : NULL,
-                                             skip_layout, relu, dy.data, precision, NULL),
+    const bool in_place = !skip && x_cl;
+    dbuf dy = in_place ? dx : dev_upload(d, NULL, (total + 1) / 2);
+    cr_assert_eq(d->norm_apply_channels_last(dx.data, x_layout, n, c, s, norm ? dss.data : NULL, LEAKY,
+                                             skip ? dskip.data : NULL, skip_layout, relu, dy.data, precision, NULL),
                  0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
-    if (skip) dev_download_free(d, dx, NULL, "norm_apply channels-last x");
+    if (!in_place) dev_download_free(d, dx, NULL, "norm_apply channels-last x");
     dev_download_free(d, dy, y16, "norm_apply channels-last y");
     dev_download_free(d, dss, NULL, "norm_apply channels-last scale/shift");
     dev_download_free(d, dskip, NULL, "norm_apply channels-last skip");
     for (int64_t i = 0; i < total; i++) got[i] = from_b16_host(y16[i], precision);
-    char what[120];
-    snprintf(what, sizeof what, "norm_apply channels-last %s n=%lld c=%lld s=%lld skip %s", PRECISION_NAMES[precision],
-             (long long)n, (long long)c, (long long)s,
-             !skip ? "none (in place)" : skip_layout == I3_LAYOUT_NDHWC ? "channels-last" : "NCDHW f32");
+    char what[160];
+    snprintf(what, sizeof what, "%s channels-last %s n=%lld c=%lld s=%lld x %s skip %s",
+             norm ? "norm_apply" : "residual add", PRECISION_NAMES[precision], (long long)n, (long long)c,
+             (long long)s, x_cl ? "channels-last" : "NCDHW f32",
+             !skip ? (in_place ? "none (in place)" : "none") : skip_layout == I3_LAYOUT_NDHWC ? "channels-last" : "NCDHW f32");
     /* the same rounded operands: only an FMA's rounding can differ, one unit of the format at most */
     check_nmse_tol(d->b->iface->name, what, got, want, total, precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16);
     free(x), free(ss), free(skip), free(x16), free(y16), free(skip16), free(got), free(want);
@@ -741,7 +747,11 @@ static void check_channels_last_ops(device *d) {
         concat_channels_last_case(d, 2, 5, 11, 105, 0, prec, 40 + prec); /* partial position and channel tiles */
         concat_channels_last_case(d, 2, 8, 16, 70, 1, prec, 42 + prec);  /* the skip already channels-last */
         concat_channels_last_case(d, 1, 40, 0, 70, 0, prec, 44 + prec);  /* a plain conversion, two channel tiles */
-        for (int skip = -1; skip <= I3_LAYOUT_NDHWC; skip++) norm_apply_channels_last_case(d, 2, 24, 35, skip, prec, 46);
+        for (int x_layout = I3_LAYOUT_NCDHW; x_layout <= I3_LAYOUT_NDHWC; x_layout++)
+            for (int skip = -1; skip <= I3_LAYOUT_NDHWC; skip++) {
+                norm_apply_channels_last_case(d, 2, 24, 35, x_layout, skip, 1, prec, 46);
+                if (skip >= 0) norm_apply_channels_last_case(d, 2, 24, 35, x_layout, skip, 0, prec, 47); /* add */
+            }
         avg_pool_channels_last_case(d, (i3_shape5){2, 8, 3, 5, 7}, (i3_avg_pool_params){.k = {1, 2, 2}}, prec, 50);
         conv_transpose_channels_last_case(d, (i3_shape5){2, 16, 2, 3, 5},
                                           (i3_conv_transpose_params){.cout = 5, .k = {1, 2, 2}}, prec, 48 + prec);
@@ -1715,10 +1725,15 @@ static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3
     const char *graphs = getenv("I3RT_CUDA_GRAPHS");
     const int64_t replays = (graphs && !strcmp(graphs, "0")) || runs < 3 ? 0 : runs - 2;
     cr_assert_eq(after.graph_replays - before.graph_replays, replays, "%s: CUDA graph replays", file);
-    char what[160];
-    snprintf(what, sizeof what, "%s input [%lld,%lld,%lld,%lld,%lld] vs CPU (%d nodes; %d runs %.2f s, CPU %.2f s)",
-             file, (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h, (long long)xs.w, n_nodes, runs,
-             t2 - t1, t1 - t0);
+    /* f16/bf16 convolutions: the tensors between them channels-last (plan_layouts; fusions on) */
+    const int64_t cl = after.channels_last_outputs - before.channels_last_outputs;
+    const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE");
+    if (conv && (!strcmp(conv, "f16") || !strcmp(conv, "bf16")) && !(fuse && !strcmp(fuse, "0")))
+        cr_expect_gt(cl, 0, "%s in %s: no tensor went channels-last", file, conv);
+    char what[200];
+    snprintf(what, sizeof what, "%s input [%lld,%lld,%lld,%lld,%lld] vs CPU (%d nodes, %lld outputs channels-last; "
+             "%d runs %.2f s, CPU %.2f s)", file, (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
+             (long long)xs.w, n_nodes, (long long)cl, runs, t2 - t1, t1 - t0);
     check_nmse_tol(d->b->iface->name, what, y, ref, u.n_out, conv_tolerance(NMSE_HRNET, 1e-3, 1e-2));
     i3_backend_destroy(cpu);
     free(ref), free(y), free(input);
