@@ -429,6 +429,29 @@ static void work_free(resample_work *w) {
     free(w->buf);
 }
 
+/* The axis plans (spline order per axis) and buffers for resampling in -> out: two volumes of the larger
+ * extent per axis (no intermediate is bigger) and the threads' line bundles. work_free(w) after, also when
+ * this fails. */
+static i3rt_status work_init(i3_ctx *ctx, resample_work *w, const int64_t in[3], const int64_t out[3],
+                             const int orders[3], int n_threads) {
+    memset(w, 0, sizeof *w);
+    i3rt_status st = I3RT_OK;
+    int64_t max_len = 0, inter = 1;
+    for (int a = 0; a < 3 && st == I3RT_OK; a++) {
+        st = axis_plan_init(ctx, &w->plan[a], in[a], out[a], orders[a]);
+        if (w->plan[a].len > max_len) max_len = w->plan[a].len;
+        inter *= in[a] > out[a] ? in[a] : out[a];
+    }
+    if (st == I3RT_OK) {
+        w->a = i3_malloc(ctx, (size_t)inter * sizeof(double), "resampling buffer");
+        w->b = i3_malloc(ctx, (size_t)inter * sizeof(double), "resampling buffer");
+        w->buf = i3_malloc(ctx, (size_t)(max_len * RESAMPLE_BUNDLE * n_threads) * sizeof(double),
+                           "resampling line buffers");
+        if (!w->a || !w->b || !w->buf) st = I3RT_ERR_OUT_OF_MEMORY;
+    }
+    return st;
+}
+
 /* Runs the passes of the axes in `axes` (resized to out[axis]) over cur (shape s, updated), ping-ponging
  * between w->a and w->b; returns the buffer that holds the result. cur NULL: the first pass reads the float
  * input xf (converted to double as it is read; copied into w->a if no pass runs). */
@@ -504,26 +527,10 @@ i3rt_status i3_resample(i3_ctx *ctx, const float *x, int64_t channels, const int
         return i3_fail(ctx, I3RT_ERR_UNSUPPORTED, "resampling: order_z %d (i3rt implements 0 and 1)", p->order_z);
     int sep, axis;
     i3_resample_decide(p, current_spacing, new_spacing, &sep, &axis);
-
+    const int orders[3] = {sep && axis == 0 ? p->order_z : p->order, sep && axis == 1 ? p->order_z : p->order,
+                           sep && axis == 2 ? p->order_z : p->order};
     resample_work w;
-    memset(&w, 0, sizeof w);
-    i3rt_status st = I3RT_OK;
-    int64_t max_len = 0, biggest = n_in > n_out ? n_in : n_out;
-    for (int a = 0; a < 3 && st == I3RT_OK; a++) {
-        /* intermediate sizes never exceed the product of the larger extent per axis */
-        st = axis_plan_init(ctx, &w.plan[a], in[a], out[a], sep && a == axis ? p->order_z : p->order);
-        if (w.plan[a].len > max_len) max_len = w.plan[a].len;
-    }
-    int64_t inter = 1;
-    for (int a = 0; a < 3; a++) inter *= in[a] > out[a] ? in[a] : out[a];
-    if (inter > biggest) biggest = inter;
-    if (st == I3RT_OK) {
-        w.a = i3_malloc(ctx, (size_t)biggest * sizeof(double), "resampling buffer");
-        w.b = i3_malloc(ctx, (size_t)biggest * sizeof(double), "resampling buffer");
-        w.buf = i3_malloc(ctx, (size_t)(max_len * RESAMPLE_BUNDLE * n_threads) * sizeof(double),
-                          "resampling line buffers");
-        if (!w.a || !w.b || !w.buf) st = I3RT_ERR_OUT_OF_MEMORY;
-    }
+    i3rt_status st = work_init(ctx, &w, in, out, orders, n_threads);
     for (int64_t c = 0; c < channels && st == I3RT_OK; c++) {
         const float *xc = x + c * n_in;
         int64_t s[3] = {in[0], in[1], in[2]};
@@ -677,26 +684,10 @@ static void resize_labels(label_work *w, const int16_t *x, const int64_t s_in[3]
 static i3rt_status label_work_init(i3_ctx *ctx, label_work *w, const int64_t in[3], const int64_t out[3],
                                    int n_threads) {
     memset(w, 0, sizeof *w);
-    int64_t n_in = 1, n_out = 1, inter = 1, max_len = 0;
-    for (int a = 0; a < 3; a++) {
-        n_in *= in[a];
-        n_out *= out[a];
-        inter *= in[a] > out[a] ? in[a] : out[a];
-    }
-    i3rt_status st = I3RT_OK;
-    for (int a = 0; a < 3 && st == I3RT_OK; a++) {
-        st = axis_plan_init(ctx, &w->linear.plan[a], in[a], out[a], 1);
-        if (st == I3RT_OK) st = axis_plan_init(ctx, &w->nearest.plan[a], in[a], out[a], 0);
-        if (w->linear.plan[a].len > max_len) max_len = w->linear.plan[a].len;
-    }
-    resample_work *works[2] = {&w->linear, &w->nearest};
-    for (int k = 0; k < 2 && st == I3RT_OK; k++) {
-        works[k]->a = i3_malloc(ctx, (size_t)inter * sizeof(double), "label resampling buffer");
-        works[k]->b = i3_malloc(ctx, (size_t)inter * sizeof(double), "label resampling buffer");
-        works[k]->buf = i3_malloc(ctx, (size_t)(max_len * RESAMPLE_BUNDLE * n_threads) * sizeof(double),
-                                  "label resampling line buffers");
-        if (!works[k]->a || !works[k]->b || !works[k]->buf) st = I3RT_ERR_OUT_OF_MEMORY;
-    }
+    const int64_t n_in = in[0] * in[1] * in[2], n_out = out[0] * out[1] * out[2];
+    const int linear[3] = {1, 1, 1}, nearest[3] = {0, 0, 0};
+    i3rt_status st = work_init(ctx, &w->linear, in, out, linear, n_threads);
+    if (st == I3RT_OK) st = work_init(ctx, &w->nearest, in, out, nearest, n_threads);
     if (st == I3RT_OK) {
         w->indicator = i3_malloc(ctx, (size_t)n_in * sizeof *w->indicator, "a label's indicator");
         w->best = i3_malloc(ctx, (size_t)n_out * sizeof *w->best, "the label scores");
