@@ -2,14 +2,16 @@
 """Whole-case prediction: wall time and peak memory of `i3rt predict` vs nnUNetPredictor on the same cases.
 
     bench/predict_vs_nnunet.py -m weights/brain_3d_fullres -i CASES_DIR [-f 0 1] [--disable-tta]
-                               [--device cpu|cuda] [--precision f32|tf32|f16|bf16] [--threads 2]
-                               [--i3rt build/i3rt]
+                               [--device cpu|cuda] [--precision f32|tf32|f16|bf16] [--accumulate fp16|fp32]
+                               [--threads 2] [--i3rt build/i3rt]
 
 Each side runs in its own child process under a fresh wrapper that reports the child's peak resident
 memory (getrusage(RUSAGE_CHILDREN).ru_maxrss): nnUNetPredictor.predict_from_files on the model folder's
 fold_K/checkpoint_final.pth (nnUNet_def_n_proc and torch threads = --threads; one export process), and the
 i3rt CLI on fold_K.safetensors (--precision: i3rt's convolutions; default f16 on cuda, where nnUNetPredictor
-runs the network under fp16 autocast, f32 on the CPU). On CUDA the peak device memory each allocated is read from
+runs the network under fp16 autocast, f32 on the CPU; --accumulate: i3rt's sliding-window sums, default fp16
+as nnUNetPredictor's, so that the two segmentations differ only where the networks' own rounding tips a
+near-tie). On CUDA the peak device memory each allocated is read from
 torch.cuda.max_memory_allocated (nnU-Net) and from the CLI's final --json-progress event (i3rt's
 i3rt_context_device_memory); both leave out the CUDA context. With it, the benchmark samples
 `nvidia-smi --query-compute-apps=used_memory` every 50 ms (the whole process, context included).
@@ -109,6 +111,8 @@ def main():
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--precision", choices=("f32", "tf32", "f16", "bf16"),
                     help="i3rt's convolutions (default: f16 on cuda, as nnUNetPredictor's autocast; f32 on the CPU)")
+    ap.add_argument("--accumulate", choices=("fp16", "fp32"), default="fp16",
+                    help="i3rt's sliding-window sums (default fp16, as nnUNetPredictor's)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--i3rt", default=os.path.join(ROOT, "build", "i3rt"))
     ap.add_argument("--json", help="also write the results here")
@@ -124,7 +128,7 @@ def main():
         a = dict(model=os.path.abspath(args.model), input=os.path.abspath(args.input), output=out_n, folds=args.folds,
                  disable_tta=args.disable_tta, device=args.device)
         cmd = [args.i3rt, "predict", "-i", args.input, "-o", out_i, "-m", args.model, "--threads", str(args.threads),
-               "--device", args.device, "--json-progress"]
+               "--device", args.device, "--accumulate", args.accumulate, "--json-progress"]
         if args.device != "cpu":
             cmd += ["--precision", args.precision]
         if args.folds:
@@ -135,7 +139,7 @@ def main():
         results["nnunet"] = run_child([sys.executable, "-c", NNUNET_CHILD, json.dumps(a)], env, args.device)
         results["agreement"] = agreement(out_n, out_i)
     i, n = results["i3rt"], results["nnunet"]
-    print(f"{'':10} {'wall s':>9} {'peak RSS MiB':>13}   ({args.device}; i3rt {args.precision}"
+    print(f"{'':10} {'wall s':>9} {'peak RSS MiB':>13}   ({args.device}; i3rt {args.precision}, {args.accumulate} sums"
           f"{', nnU-Net fp16 autocast' if args.device == 'cuda' else ''})")
     for k in ("nnunet", "i3rt"):
         print(f"{k:10} {results[k]['wall_s']:9.2f} {results[k]['peak_rss_mib']:13.1f}")

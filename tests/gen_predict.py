@@ -113,31 +113,42 @@ def predict_previous_stage(model_dir, files, out_dir, case):
     return path
 
 
-def make_cascade(weights, name, out):
-    """NAME_lowres and NAME_cascade model folders (converted too) from the trained CASCADES[name] model."""
-    import copy
-
-    from gen_unet import build_network, save_model_folder
-
-    sys.path.insert(0, os.path.join(ROOT, "tools", "convert_pt"))
-    import convert_nnunet
-
-    base, factor = CASCADES[name]
+def load_trained(weights, base):
+    """A trained model folder's plans, dataset.json and fold 0's network weights."""
     with open(os.path.join(weights, base, "plans.json")) as f:
         plans = json.load(f)
     with open(os.path.join(weights, base, "dataset.json")) as f:
         dataset_json = json.load(f)
     trained = torch.load(os.path.join(weights, base, "fold_0", "checkpoint_final.pth"), map_location="cpu",
                          weights_only=False)["network_weights"]
-    plans = copy.deepcopy(plans)
+    return plans, dataset_json, trained
+
+
+def write_derived(folder, plans, dataset_json, configuration, net):
+    """A derived model as a trained-model folder (for nnUNetPredictor) with its fold_0.safetensors (for i3rt)."""
+    from gen_unet import save_model_folder
+
+    sys.path.insert(0, os.path.join(ROOT, "tools", "convert_pt"))
+    import convert_nnunet
+
+    shutil.rmtree(folder, ignore_errors=True)
+    save_model_folder(folder, plans, dataset_json, configuration, net)
+    convert_nnunet.main([folder, "--out", folder, "--folds", "0"])
+
+
+def make_cascade(weights, name, out):
+    """NAME_lowres and NAME_cascade model folders from the trained CASCADES[name] model."""
+    from gen_unet import build_network
+
+    base, factor = CASCADES[name]
+    plans, dataset_json, trained = load_trained(weights, base)
     configs = plans["configurations"]
     configs["3d_lowres"] = {"inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres",
                             "spacing": [s * factor for s in configs["3d_fullres"]["spacing"]],
                             "next_stage": "3d_cascade_fullres"}
     configs["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
-    folders = {}
     for stage, configuration in (("lowres", "3d_lowres"), ("cascade", "3d_cascade_fullres")):
-        net, n_in = build_network(plans, configuration, dataset_json, seed=11)
+        net, _ = build_network(plans, configuration, dataset_json, seed=11)
         state = net.state_dict()
         g = torch.Generator().manual_seed(12)
         for key, value in state.items():
@@ -149,38 +160,22 @@ def make_cascade(weights, name, out):
                 value[:, :c] = src
                 value[:, c:] = torch.randn(value[:, c:].shape, generator=g) * src.std()
         net.load_state_dict(state)
-        folder = os.path.join(out, "cascade", f"{name}_{stage}")
-        shutil.rmtree(folder, ignore_errors=True)
-        save_model_folder(folder, plans, dataset_json, configuration, net)
-        convert_nnunet.main([folder, "--out", folder, "--folds", "0"])
-        folders[stage] = folder
-    return folders
+        write_derived(os.path.join(out, "cascade", f"{name}_{stage}"), plans, dataset_json, configuration, net)
 
 
 def make_regions(weights, out):
     """A region-based model folder from the trained brain model: its network with the foreground classes'
     output channels as the region logits (REGIONS), so sigmoid > 0.5 paints them in regions_class_order."""
-    from gen_unet import build_network, save_model_folder
+    from gen_unet import build_network
 
-    sys.path.insert(0, os.path.join(ROOT, "tools", "convert_pt"))
-    import convert_nnunet
-
-    base = os.path.join(weights, "brain_3d_fullres")
-    with open(os.path.join(base, "plans.json")) as f:
-        plans = json.load(f)
-    with open(os.path.join(base, "dataset.json")) as f:
-        dataset_json = dict(json.load(f), **REGIONS)
-    trained = torch.load(os.path.join(base, "fold_0", "checkpoint_final.pth"), map_location="cpu",
-                         weights_only=False)["network_weights"]
+    plans, dataset_json, trained = load_trained(weights, "brain_3d_fullres")
+    dataset_json.update(REGIONS)
     net, _ = build_network(plans, "3d_fullres", dataset_json, seed=13)
     state = net.state_dict()
     for key, value in state.items():  # the segmentation heads: classes 1..3 of the trained 4
         value.copy_(trained[key] if value.shape == trained[key].shape else trained[key][1:])
     net.load_state_dict(state)
-    folder = os.path.join(out, "regions", "brain_regions")
-    shutil.rmtree(folder, ignore_errors=True)
-    save_model_folder(folder, plans, dataset_json, "3d_fullres", net)
-    convert_nnunet.main([folder, "--out", folder, "--folds", "0"])
+    write_derived(os.path.join(out, "regions", "brain_regions"), plans, dataset_json, "3d_fullres", net)
 
 
 def write_bad_inputs(out, cases, tm, weights):
