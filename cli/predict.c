@@ -2,6 +2,7 @@
  *
  *   i3rt predict -i INPUT -o OUTDIR -m MODELDIR [-f 0 1 ...] [--disable-tta] [--step-size 0.5]
  *                [--save-probabilities] [--accumulate fp32|fp16] [--prev-stage-predictions DIR]
+ *                [--continue-prediction] [--num-parts N --part-id K]
  *                [--device cpu|cuda|emulated] [--precision P] [--threads N] [--quiet | --json-progress]
  *
  * INPUT is a folder of cases named as nnU-Net expects (CASE_0000.nii.gz, CASE_0001.nii.gz, ... one file
@@ -48,6 +49,9 @@ static const char *HELP =
     "                        exactly as nnunetv2 does (bit-faithful to nnUNetPredictor)\n"
     "  --prev-stage-predictions DIR  a cascade stage (3d_cascade_fullres): the previous stage's (3d_lowres)\n"
     "                        segmentations, DIR/CASE.nii.gz, as nnUNetv2_predict -prev_stage_predictions\n"
+    "  --continue-prediction skip the cases whose outputs exist already (an interrupted run goes on)\n"
+    "  --num-parts N --part-id K  predict only every N-th case from the K-th (0 <= K < N, cases in name\n"
+    "                        order), to share a folder between N processes or machines\n"
     "  --device cpu|cuda|emulated  backend (default cpu; emulated: the CUDA kernels on the CPU)\n"
     "  --precision P         convolutions in f32 (default), or on tensor cores in tf32, f16 or bf16 (cuda,\n"
     "                        emulated); f16 is what nnUNetPredictor runs on a GPU (autocast)\n"
@@ -65,7 +69,8 @@ typedef struct {
 typedef struct {
     const char *input, *out_dir, *model_dir, *prev_stage_dir;
     int folds[I3_MAX_FOLDS], n_folds;
-    int disable_tta, save_probabilities, quiet, json;
+    int disable_tta, save_probabilities, quiet, json, continue_prediction;
+    int num_parts, part_id;
     double step_size;
     i3_accumulate_mode accumulate;
     i3rt_backend_kind backend;
@@ -153,11 +158,13 @@ static bool split_channel_name(const char *name, char *case_name, size_t cap, in
     return true;
 }
 
+static void free_case(case_files *c) {
+    for (int f = 0; f < c->n_files; f++) free(c->files[f]);
+    free(c->files);
+}
+
 static void free_cases(case_files *cases, int n) {
-    for (int i = 0; i < n; i++) {
-        for (int f = 0; f < cases[i].n_files; f++) free(cases[i].files[f]);
-        free(cases[i].files);
-    }
+    for (int i = 0; i < n; i++) free_case(&cases[i]);
     free(cases);
 }
 
@@ -267,6 +274,7 @@ static int parse_args(int argc, char **argv, predict_args *a) {
     memset(a, 0, sizeof *a);
     a->step_size = 0.5;
     a->precision = -1;
+    a->num_parts = 1;
     a->threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (a->threads < 1) a->threads = 1;
     for (int i = 0; i < argc; i++) {
@@ -295,6 +303,13 @@ static int parse_args(int argc, char **argv, predict_args *a) {
             a->quiet = 1;
         } else if (strcmp(o, "--json-progress") == 0) {
             a->json = 1;
+        } else if (strcmp(o, "--continue-prediction") == 0) {
+            a->continue_prediction = 1;
+        } else if (strcmp(o, "--num-parts") == 0 || strcmp(o, "--part-id") == 0) {
+            char *end;
+            const long k = has_value ? strtol(argv[++i], &end, 10) : -1;
+            if (!has_value || *end || k < 0 || k > 100000) return usage("%s needs a whole number", o);
+            *(o[2] == 'n' ? &a->num_parts : &a->part_id) = (int)k;
         } else if (strcmp(o, "--prev-stage-predictions") == 0) {
             if (!has_value) return usage("%s needs a folder", o);
             a->prev_stage_dir = argv[++i];
@@ -327,7 +342,14 @@ static int parse_args(int argc, char **argv, predict_args *a) {
     }
     if (!a->input || !a->out_dir || !a->model_dir) return usage("-i, -o and -m are required%s", "");
     if (a->quiet && a->json) return usage("--quiet and --json-progress exclude each other%s", "");
+    if (a->num_parts < 1 || a->part_id >= a->num_parts)
+        return usage("--part-id must be below --num-parts (and --num-parts at least 1)%s", "");
     return -1;
+}
+
+/* dataset.json's file_ending for the files i3rt writes and reads beside the cases: .nii or .nii.gz. */
+static const char *nifti_file_ending(const i3_predictor_info *info) {
+    return strcmp(info->file_ending, ".nii") == 0 ? ".nii" : ".nii.gz";
 }
 
 /* A cascade stage needs --prev-stage-predictions with every case's file (checked before the first case runs),
@@ -344,11 +366,10 @@ static bool check_previous_stage(const predict_args *a, const i3_predictor_info 
                  a->model_dir, info->configuration);
         return false;
     }
-    const char *ending = strcmp(info->file_ending, ".nii") == 0 ? ".nii" : ".nii.gz";
     for (int i = 0; a->prev_stage_dir && i < n_cases; i++) {
         char path[PATH_MAX_LEN];
         struct stat sb;
-        snprintf(path, sizeof path, "%s/%s%s", a->prev_stage_dir, cases[i].name, ending);
+        snprintf(path, sizeof path, "%s/%s%s", a->prev_stage_dir, cases[i].name, nifti_file_ending(info));
         if (stat(path, &sb) != 0) {
             snprintf(err, err_cap, "case %s: the previous stage's segmentation %s: %s", cases[i].name, path,
                      strerror(errno));
@@ -356,6 +377,40 @@ static bool check_previous_stage(const predict_args *a, const i3_predictor_info 
         }
     }
     return true;
+}
+
+/* The paths of a case's outputs: labels and probabilities. */
+static void output_paths(const predict_args *a, const i3_predictor_info *info, const char *case_name, char *labels,
+                         char *probabilities, size_t cap) {
+    snprintf(labels, cap, "%s/%s%s", a->out_dir, case_name, nifti_file_ending(info));
+    snprintf(probabilities, cap, "%s/%s_probabilities%s", a->out_dir, case_name, nifti_file_ending(info));
+}
+
+/* nnUNetv2_predict's -num_parts / -part_id (every num_parts-th case from part_id, in name order) and
+ * --continue_prediction (a case whose outputs all exist is skipped): keeps the cases to predict at the front
+ * of the list, frees the others; returns how many are kept, *skipped how many had their outputs. */
+static int select_cases(const predict_args *a, const i3_predictor_info *info, case_files *cases, int n_cases,
+                        int *skipped) {
+    int kept = 0;
+    *skipped = 0;
+    for (int i = 0; i < n_cases; i++) {
+        bool keep = i % a->num_parts == a->part_id;
+        if (keep && a->continue_prediction) {
+            char labels[PATH_MAX_LEN * 2], probabilities[PATH_MAX_LEN * 2];
+            output_paths(a, info, cases[i].name, labels, probabilities, sizeof labels);
+            struct stat sb;
+            const bool done = stat(labels, &sb) == 0 && (!a->save_probabilities || stat(probabilities, &sb) == 0);
+            *skipped += done;
+            keep = !done;
+        }
+        if (keep) {
+            case_files c = cases[i];
+            cases[i] = cases[kept];
+            cases[kept++] = c;
+        }
+    }
+    for (int i = kept; i < n_cases; i++) free_case(&cases[i]);
+    return kept;
 }
 
 static int error(i3rt_context *ctx, const char *what) {
@@ -375,11 +430,10 @@ static i3rt_status predict_one(i3rt_context *ctx, i3_predictor *pred, const pred
     i3rt_status st = labels && (probs || !a->save_probabilities)
                          ? I3RT_OK
                          : i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "case %s: no memory for the outputs", c->name);
-    const char *ending = strcmp(info->file_ending, ".nii") == 0 ? ".nii" : ".nii.gz";
-    char path[PATH_MAX_LEN * 2];
+    char path[PATH_MAX_LEN * 2], probs_path[PATH_MAX_LEN * 2];
     int32_t *previous = NULL;
     if (st == I3RT_OK && a->prev_stage_dir) {
-        snprintf(path, sizeof path, "%s/%s%s", a->prev_stage_dir, c->name, ending);
+        snprintf(path, sizeof path, "%s/%s%s", a->prev_stage_dir, c->name, nifti_file_ending(info));
         st = cli_read_labels(ctx, path, &vol, &previous);
     }
     i3_predict_options o;
@@ -392,14 +446,9 @@ static i3rt_status predict_one(i3rt_context *ctx, i3_predictor *pred, const pred
     o.previous_stage = previous;
     if (st == I3RT_OK) st = i3_predict_case(pred, &vol, &o, labels, probs);
     free(previous);
-    if (st == I3RT_OK) {
-        snprintf(path, sizeof path, "%s/%s%s", a->out_dir, c->name, ending);
-        st = i3_volume_write_labels(ctx, path, &vol.geometry, labels);
-    }
-    if (st == I3RT_OK && probs) {
-        snprintf(path, sizeof path, "%s/%s_probabilities%s", a->out_dir, c->name, ending);
-        st = i3_volume_write_f32(ctx, path, &vol.geometry, info->num_classes, probs);
-    }
+    output_paths(a, info, c->name, path, probs_path, sizeof path);
+    if (st == I3RT_OK) st = i3_volume_write_labels(ctx, path, &vol.geometry, labels);
+    if (st == I3RT_OK && probs) st = i3_volume_write_f32(ctx, probs_path, &vol.geometry, info->num_classes, probs);
     free(labels);
     free(probs);
     i3_volume_free(&vol);
@@ -433,6 +482,12 @@ int cli_predict(int argc, char **argv) {
         fprintf(stderr, "i3rt predict: error: %s: %s\n", a.out_dir, strerror(errno));
         result = EXIT_FAILURE;
     }
+    int skipped = 0;
+    const int n_found = n_cases;
+    if (result == EXIT_SUCCESS) n_cases = select_cases(&a, info, cases, n_cases, &skipped);
+    if (result == EXIT_SUCCESS && !a.quiet && !a.json && n_cases != n_found)
+        fprintf(stderr, "i3rt predict: %d of %d case(s) (part %d of %d; %d skipped: their outputs exist)\n", n_cases,
+                n_found, a.part_id, a.num_parts, skipped);
     if (result == EXIT_SUCCESS && !a.quiet && !a.json)
         fprintf(stderr, "i3rt predict: %d case(s), model %s (%s, %dD, %d fold(s), %d channel(s), %d classes), "
                 "mirroring %s, step %.2f, %s accumulation, %d thread(s)\n", n_cases, a.model_dir,

@@ -10,7 +10,8 @@
  * a region-based model (derived too): sigmoid per region, regions_class_order.
  * Bad input: missing / extra channel files, channels on different grids or spacings, NaN and Inf voxels,
  * a model folder without weights, a cascade without (or with the wrong) previous stage: exit status 1, a
- * message naming the problem, and no output file (not even a temporary one) in the output folder. */
+ * message naming the problem, and no output file (not even a temporary one) in the output folder.
+ * Batch options: --num-parts / --part-id and --continue-prediction. */
 #include <criterion/criterion.h>
 
 #include <cjson/cJSON.h>
@@ -289,4 +290,46 @@ Test(predict, i3deep_refuses_region_and_cascade_models, .timeout = 300) {
     }
     cr_expect_geq(checked, 3);
     cJSON_Delete(m);
+}
+
+/* --num-parts / --part-id (every N-th case from the K-th, in name order) and --continue-prediction (cases whose
+ * outputs exist are skipped), as nnUNetv2_predict's -num_parts / -part_id / --continue_prediction. */
+Test(predict, parts_and_continue, .timeout = 300) {
+    char in[256], out[256], case_file[1024], cmd[4096], *log = NULL;
+    make_temp_dir(in, sizeof in);
+    make_temp_dir(out, sizeof out);
+    snprintf(case_file, sizeof case_file, "%s/cases/501/eval501_000_0000.nii.gz", fx_fixture_dir("predict"));
+    for (const char *c = "abc"; *c; c++) {
+        snprintf(cmd, sizeof cmd, "ln -s %s %s/%c_0000.nii.gz", case_file, in, *c);
+        cr_assert_eq(system(cmd), 0);
+    }
+    const char *model = getenv("I3RT_SOURCE_DIR");
+    cr_assert(model, "I3RT_SOURCE_DIR is not set (run through ctest)");
+    snprintf(cmd, sizeof cmd, "%s predict -i %s -o %s -m %s/weights/brain_3d_fullres -f 0 --disable-tta --threads 1 "
+             "--quiet --num-parts 2 --part-id 1", cli(), in, out, model);
+    cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
+    free(log);
+    char path[512];
+    struct stat sb;
+    for (const char *c = "abc"; *c; c++) {
+        snprintf(path, sizeof path, "%s/%c.nii.gz", out, *c);
+        cr_expect_eq(stat(path, &sb) == 0, *c == 'b', "part 1 of 2: %s %s", path, *c == 'b' ? "missing" : "written");
+    }
+    /* a stand-in for a's output: --continue-prediction must keep it and write only c */
+    snprintf(path, sizeof path, "%s/a.nii.gz", out);
+    FILE *f = fopen(path, "w");
+    cr_assert(f);
+    fputs("kept", f);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s predict -i %s -o %s -m %s/weights/brain_3d_fullres -f 0 --disable-tta --threads 1 "
+             "--continue-prediction", cli(), in, out, model);
+    cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
+    printf("--continue-prediction: %s", log);
+    cr_expect(log && strstr(log, "1 of 3 case(s)") && strstr(log, "2 skipped"), "%s", log ? log : "");
+    free(log);
+    cr_expect(stat(path, &sb) == 0 && sb.st_size == 4, "a.nii.gz was overwritten");
+    snprintf(path, sizeof path, "%s/c.nii.gz", out);
+    cr_expect(stat(path, &sb) == 0 && sb.st_size > 100, "c.nii.gz was not written");
+    remove_dir(in);
+    remove_dir(out);
 }
