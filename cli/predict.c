@@ -2,7 +2,7 @@
  *
  *   i3rt predict -i INPUT -o OUTDIR -m MODELDIR [-f 0 1 ...] [--disable-tta] [--step-size 0.5]
  *                [--save-probabilities] [--accumulate fp32|fp16] [--prev-stage-predictions DIR]
- *                [--continue-prediction] [--num-parts N --part-id K]
+ *                [--continue-prediction] [--num-parts N --part-id K] [--postprocessing FILE]
  *                [--device cpu|cuda|emulated] [--precision P] [--threads N] [--quiet | --json-progress]
  *
  * INPUT is a folder of cases named as nnU-Net expects (CASE_0000.nii.gz, CASE_0001.nii.gz, ... one file
@@ -15,6 +15,7 @@
 #include "predict.h"              /* cli/predict.h: cli_predict */
 #include "common.h"               /* cli/common.h: cli_parse_device */
 #include "../runtime/predict.h"   /* the pipeline (runtime/predict.h; the names clash) */
+#include "postprocess.h"
 
 #include <cjson/cJSON.h>
 #include <dirent.h>
@@ -49,6 +50,8 @@ static const char *HELP =
     "                        exactly as nnunetv2 does (bit-faithful to nnUNetPredictor)\n"
     "  --prev-stage-predictions DIR  a cascade stage (3d_cascade_fullres): the previous stage's (3d_lowres)\n"
     "                        segmentations, DIR/CASE.nii.gz, as nnUNetv2_predict -prev_stage_predictions\n"
+    "  --postprocessing FILE nnU-Net's postprocessing.json (nnUNetv2_find_best_configuration's choice):\n"
+    "                        applied to the labels as nnUNetv2_apply_postprocessing does\n"
     "  --continue-prediction skip the cases whose outputs exist already (an interrupted run goes on)\n"
     "  --num-parts N --part-id K  predict only every N-th case from the K-th (0 <= K < N, cases in name\n"
     "                        order), to share a folder between N processes or machines\n"
@@ -67,7 +70,7 @@ typedef struct {
 } case_files;
 
 typedef struct {
-    const char *input, *out_dir, *model_dir, *prev_stage_dir;
+    const char *input, *out_dir, *model_dir, *prev_stage_dir, *postprocessing;
     int folds[I3_MAX_FOLDS], n_folds;
     int disable_tta, save_probabilities, quiet, json, continue_prediction;
     int num_parts, part_id;
@@ -303,6 +306,9 @@ static int parse_args(int argc, char **argv, predict_args *a) {
             a->quiet = 1;
         } else if (strcmp(o, "--json-progress") == 0) {
             a->json = 1;
+        } else if (strcmp(o, "--postprocessing") == 0) {
+            if (!has_value) return usage("%s needs a postprocessing.json", o);
+            a->postprocessing = argv[++i];
         } else if (strcmp(o, "--continue-prediction") == 0) {
             a->continue_prediction = 1;
         } else if (strcmp(o, "--num-parts") == 0 || strcmp(o, "--part-id") == 0) {
@@ -419,8 +425,8 @@ static int error(i3rt_context *ctx, const char *what) {
 }
 
 /* Predicts one case and writes its outputs. */
-static i3rt_status predict_one(i3rt_context *ctx, i3_predictor *pred, const predict_args *a, const case_files *c,
-                               progress_state *ps) {
+static i3rt_status predict_one(i3rt_context *ctx, i3_predictor *pred, const predict_args *a,
+                               const i3_postprocessing *pp, const case_files *c, progress_state *ps) {
     const i3_predictor_info *info = i3_predictor_get_info(pred);
     i3_volume vol;
     I3_TRY(i3_volume_read_channels(ctx, (const char *const *)c->files, c->n_files, &vol));
@@ -445,6 +451,8 @@ static i3rt_status predict_one(i3rt_context *ctx, i3_predictor *pred, const pred
     o.progress_user = ps;
     o.previous_stage = previous;
     if (st == I3RT_OK) st = i3_predict_case(pred, &vol, &o, labels, probs);
+    const int64_t shape[3] = {vol.d, vol.h, vol.w};
+    if (st == I3RT_OK && pp) st = i3_postprocess(ctx, labels, shape, pp);
     free(previous);
     output_paths(a, info, c->name, path, probs_path, sizeof path);
     if (st == I3RT_OK) st = i3_volume_write_labels(ctx, path, &vol.geometry, labels);
@@ -482,6 +490,11 @@ int cli_predict(int argc, char **argv) {
         fprintf(stderr, "i3rt predict: error: %s: %s\n", a.out_dir, strerror(errno));
         result = EXIT_FAILURE;
     }
+    i3_postprocessing *pp =
+        result == EXIT_SUCCESS && a.postprocessing ? i3_malloc(ctx, sizeof *pp, "the postprocessing") : NULL;
+    if (a.postprocessing && result == EXIT_SUCCESS &&
+        (!pp || i3_postprocessing_read(ctx, a.postprocessing, pp) != I3RT_OK))
+        result = error(ctx, "--postprocessing");
     int skipped = 0;
     const int n_found = n_cases;
     if (result == EXIT_SUCCESS) n_cases = select_cases(&a, info, cases, n_cases, &skipped);
@@ -498,7 +511,7 @@ int cli_predict(int argc, char **argv) {
     for (int i = 0; i < n_cases && result == EXIT_SUCCESS; i++) {
         progress_state ps = {.args = &a, .case_name = cases[i].name, .case_index = i, .n_cases = n_cases,
                              .t0 = i3_now_seconds(), .tty = isatty(STDERR_FILENO)};
-        if (predict_one(ctx, pred, &a, &cases[i], &ps) != I3RT_OK) {
+        if (predict_one(ctx, pred, &a, pp, &cases[i], &ps) != I3RT_OK) {
             char what[300];
             snprintf(what, sizeof what, "case %s", cases[i].name);
             result = error(ctx, what);
@@ -527,6 +540,7 @@ int cli_predict(int argc, char **argv) {
         fputc('\n', stderr);
     }
     if (cases) free_cases(cases, n_cases);
+    free(pp);
     i3_predictor_free(pred);
     i3rt_context_free(ctx);
     return result;

@@ -59,4 +59,7 @@ void *i3_aligned_alloc(i3_ctx *ctx, size_t bytes, const char *what);
 /* Overflow-checked products for sizes coming from files. Return false on overflow. */
 bool i3_mul_size(size_t a, size_t b, size_t *out);
 
+/* A whole (small, text) file, NUL-terminated, malloc'ed; NULL if it cannot be read. */
+char *i3_read_text(const char *path);
+
 #endif /* I3RT_CORE_H */

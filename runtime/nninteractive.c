@@ -249,23 +249,6 @@ i3rt_status i3_ni_undo(i3_ni_session *s, int *undone, i3rt_box *changed) {
 
 /* ---- the model folder (_load_capability_and_runtime_defaults, _apply_capability) ------------------ */
 
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *text = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        const long n = ftell(f);
-        if (n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1)) != NULL) {
-            if (fread(text, 1, (size_t)n, f) != (size_t)n) {
-                free(text);
-                text = NULL;
-            } else text[n] = '\0';
-        }
-    }
-    fclose(f);
-    return text;
-}
-
 /* version_to_tuple(a) > version_to_tuple(b), Python tuple order. */
 static bool version_greater(const char *a, const char *b) {
     long va[16], vb[16];
@@ -416,10 +399,10 @@ static i3rt_status load_capability(i3_ni_session *s, const char *dir) {
     snprintf(path, sizeof path, "%s/inference_info.json", dir);
     snprintf(legacy, sizeof legacy, "%s/inference_session_class.json", dir);
     const char *file = path;
-    char *text = read_text(path);
+    char *text = i3_read_text(path);
     if (!text) {
         file = legacy;
-        text = read_text(legacy);
+        text = i3_read_text(legacy);
     }
     if (!text)
         return i3_fail(s->ctx, I3RT_ERR_IO, "%s: neither inference_info.json nor the legacy inference_session_class.json "
@@ -507,7 +490,7 @@ i3rt_status i3_ni_update_capabilities_json(i3_ni_session *s) {
 static i3rt_status image_channels(i3_ctx *ctx, const char *dir, int *n) {
     char path[1200];
     snprintf(path, sizeof path, "%s/dataset.json", dir);
-    char *text = read_text(path);
+    char *text = i3_read_text(path);
     if (!text) return i3_fail(ctx, I3RT_ERR_IO, "%s: cannot be read", path);
     cJSON *json = cJSON_Parse(text);
     free(text);

@@ -178,6 +178,44 @@ def make_regions(weights, out):
     write_derived(os.path.join(out, "regions", "brain_regions"), plans, dataset_json, "3d_fullres", net)
 
 
+# postprocessing.pkl's kwargs as nnUNetv2_find_best_configuration picks them: the foreground labels (a list),
+# then single labels or regions (tuples; postprocessing.json writes them as lists)
+POSTPROCESSING_KWARGS = [{"labels_or_regions": [1, 2, 3]}, {"labels_or_regions": 2},
+                         {"labels_or_regions": (1, 3), "background_label": 0}]
+
+
+def write_postprocessing(out):
+    """postprocessing.json, and nnunetv2's apply_postprocessing on a fragmented label map (pp_in.u8 ->
+    pp_ref.u8, [17, 19, 23]: labels 1-3 on 6 % of the voxels, many small components, some joined only
+    through an edge or a corner, and two isolated cubes of label 2 tied for its largest component) and on the
+    fp32 references of the brain runs (<run>_pp_seg.u8; i3rt gives those runs' segmentations exactly)."""
+    from nnunetv2.postprocessing.remove_connected_components import (
+        apply_postprocessing, remove_all_but_largest_component_from_segmentation)
+
+    fns, kwargs = [remove_all_but_largest_component_from_segmentation] * len(POSTPROCESSING_KWARGS), POSTPROCESSING_KWARGS
+    with open(os.path.join(out, "postprocessing.json"), "w") as f:  # as determine_postprocessing writes it
+        json.dump({"postprocessing_fns": [fn.__name__ for fn in fns], "postprocessing_kwargs": kwargs}, f, indent=1)
+    rng = np.random.default_rng(31)
+    seg = rng.integers(1, 4, size=(17, 19, 23)).astype(np.uint8) * (rng.uniform(size=(17, 19, 23)) < 0.06)
+    for lo in (1, 10):  # two isolated 3 x 3 x 3 cubes of label 2: tied for the largest label-2 component
+        seg[lo:lo + 5, lo:lo + 5, lo:lo + 5] = 0
+        seg[lo + 1:lo + 4, lo + 1:lo + 4, lo + 1:lo + 4] = 2
+    seg.tofile(os.path.join(out, "pp_in.u8"))
+    apply_postprocessing(seg.copy(), fns, kwargs).astype(np.uint8).tofile(os.path.join(out, "pp_ref.u8"))
+    manifest = {"shape": list(seg.shape), "runs": {}}
+    for name, *_ in RUNS:
+        path = os.path.join(out, f"{name}_fp32_seg.u8")
+        if not name.startswith("brain3d") or not os.path.exists(path):
+            continue
+        with open(os.path.join(out, f"run_{name}.json")) as f:
+            shape = json.load(f)["references"]["fp32"]["shape"][1:]
+        ref = np.fromfile(path, np.uint8).reshape(shape)
+        apply_postprocessing(ref, fns, kwargs).astype(np.uint8).tofile(os.path.join(out, f"{name}_pp_seg.u8"))
+        manifest["runs"][name] = f"{name}_pp_seg.u8"
+    with open(os.path.join(out, "postprocessing_manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+
+
 def write_bad_inputs(out, cases, tm, weights):
     bad = os.path.join(out, "bad")
     shutil.rmtree(bad, ignore_errors=True)
@@ -272,6 +310,7 @@ def main():
         with open(os.path.join(args.out, f"run_{name}.json"), "w") as f:
             json.dump(entry, f, indent=1)
     write_bad_inputs(args.out, cases, tm, args.weights)
+    write_postprocessing(args.out)
     runs = []
     for name, *_ in RUNS:
         path = os.path.join(args.out, f"run_{name}.json")

@@ -11,7 +11,9 @@
  * Bad input: missing / extra channel files, channels on different grids or spacings, NaN and Inf voxels,
  * a model folder without weights, a cascade without (or with the wrong) previous stage: exit status 1, a
  * message naming the problem, and no output file (not even a temporary one) in the output folder.
- * Batch options: --num-parts / --part-id and --continue-prediction. */
+ * Batch options: --num-parts / --part-id and --continue-prediction. Postprocessing (postprocessing.json as
+ * nnUNetv2_find_best_configuration writes it): the same labels as nnunetv2's apply_postprocessing, on a
+ * fragmented label map and through `i3rt predict --postprocessing` on the brain runs. */
 #include <criterion/criterion.h>
 
 #include <cjson/cJSON.h>
@@ -25,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "postprocess.h"
 #include "volume_io.h"
 #include "fixtures.h"
 
@@ -332,4 +335,112 @@ Test(predict, parts_and_continue, .timeout = 300) {
     cr_expect(stat(path, &sb) == 0 && sb.st_size > 100, "c.nii.gz was not written");
     remove_dir(in);
     remove_dir(out);
+}
+
+/* The postprocessing steps of tests/gen_predict.py's postprocessing.json on its fragmented label map: the labels
+ * of nnunetv2's apply_postprocessing, voxel for voxel (full connectivity, tied largest components kept, an
+ * empty mask left alone). */
+Test(predict, postprocessing_matches_nnunet) {
+    cJSON *m = fx_manifest("predict");
+    cJSON_Delete(m); /* (skips when the fixtures are missing) */
+    char path[1024];
+    snprintf(path, sizeof path, "%s/postprocessing_manifest.json", fx_fixture_dir("predict"));
+    char *text = fx_read_file(path, NULL);
+    cr_assert(text, "%s missing", path);
+    cJSON *pm = cJSON_Parse(text);
+    free(text);
+    int64_t shape[3];
+    for (int a = 0; a < 3; a++) shape[a] = (int64_t)cJSON_GetArrayItem(cJSON_GetObjectItem(pm, "shape"), a)->valuedouble;
+    const int64_t n = shape[0] * shape[1] * shape[2];
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    i3_postprocessing pp;
+    snprintf(path, sizeof path, "%s/postprocessing.json", fx_fixture_dir("predict"));
+    cr_assert_eq(i3_postprocessing_read(ctx, path, &pp), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(pp.n_steps, 3);
+    size_t len_in, len_ref;
+    snprintf(path, sizeof path, "%s/pp_in.u8", fx_fixture_dir("predict"));
+    uint8_t *in = (uint8_t *)fx_read_file(path, &len_in);
+    snprintf(path, sizeof path, "%s/pp_ref.u8", fx_fixture_dir("predict"));
+    uint8_t *ref = (uint8_t *)fx_read_file(path, &len_ref);
+    cr_assert(in && ref && len_in == (size_t)n && len_ref == (size_t)n);
+    int32_t *labels = malloc((size_t)n * sizeof *labels);
+    for (int64_t v = 0; v < n; v++) labels[v] = in[v];
+    cr_assert_eq(i3_postprocess(ctx, labels, shape, &pp), I3RT_OK, "%s", i3rt_context_error(ctx));
+    int64_t differ = 0, changed = 0;
+    for (int64_t v = 0; v < n; v++) differ += labels[v] != ref[v], changed += ref[v] != in[v];
+    printf("postprocessing %lldx%lldx%lld: nnunetv2 changes %lld voxels; i3rt differs from it on %lld\n",
+           (long long)shape[0], (long long)shape[1], (long long)shape[2], (long long)changed, (long long)differ);
+    cr_expect_gt(changed, 0);
+    cr_expect_eq(differ, 0);
+    free(in), free(ref), free(labels);
+    i3rt_context_free(ctx);
+    cJSON_Delete(pm);
+}
+
+/* `i3rt predict --postprocessing` on the brain runs against nnunetv2's postprocessing of nnUNetPredictor's labels,
+ * and a postprocessing.json with a step i3rt does not know: exit 1 before anything is written. */
+Test(predict, postprocessing_cli, .timeout = 600) {
+    cJSON *m = fx_manifest("predict");
+    char path[1024], pp_json[1024];
+    snprintf(path, sizeof path, "%s/postprocessing_manifest.json", fx_fixture_dir("predict"));
+    snprintf(pp_json, sizeof pp_json, "%s/postprocessing.json", fx_fixture_dir("predict"));
+    char *text = fx_read_file(path, NULL);
+    cr_assert(text, "%s missing", path);
+    cJSON *pm = cJSON_Parse(text);
+    free(text);
+    int checked = 0;
+    for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r; r = r->next) {
+        const char *name = cJSON_GetObjectItem(r, "name")->valuestring;
+        const cJSON *ref_file = cJSON_GetObjectItem(cJSON_GetObjectItem(pm, "runs"), name);
+        if (!ref_file) continue;
+        char folds[64] = "", out[256], cmd[4096], *log = NULL;
+        for (const cJSON *f = cJSON_GetObjectItem(r, "folds")->child; f; f = f->next)
+            snprintf(folds + strlen(folds), sizeof folds - strlen(folds), " %d", f->valueint);
+        make_temp_dir(out, sizeof out);
+        const char *case_name = cJSON_GetObjectItem(r, "case")->valuestring;
+        snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --threads 2 --quiet "
+                 "--postprocessing %s", cli(), cJSON_GetObjectItem(r, "case_dir")->valuestring, case_name, out,
+                 cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
+                 cJSON_IsTrue(cJSON_GetObjectItem(r, "mirroring")) ? "" : "--disable-tta", pp_json);
+        cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
+        free(log);
+        i3rt_context *ctx;
+        cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+        i3_volume seg;
+        snprintf(path, sizeof path, "%s/%s.nii.gz", out, case_name);
+        cr_assert_eq(i3_volume_read(ctx, path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
+        snprintf(path, sizeof path, "%s/%s", fx_fixture_dir("predict"), ref_file->valuestring);
+        size_t len;
+        uint8_t *ref = (uint8_t *)fx_read_file(path, &len);
+        const int64_t n = seg.d * seg.h * seg.w;
+        cr_assert(ref && len == (size_t)n, "%s", path);
+        int64_t differ = 0;
+        for (int64_t v = 0; v < n; v++) differ += (int64_t)seg.data[v] != ref[v];
+        printf("%-18s --postprocessing: %lld of %lld voxels differ from nnunetv2's postprocessing\n", name,
+               (long long)differ, (long long)n);
+        cr_expect_eq(differ, 0);
+        free(ref);
+        i3_volume_free(&seg);
+        i3rt_context_free(ctx);
+        remove_dir(out);
+        checked++;
+    }
+    cr_expect_geq(checked, 2);
+    /* a step that is not remove_all_but_largest_component_from_segmentation */
+    char bad[] = "/tmp/i3rt_pp_XXXXXX";
+    const int fd = mkstemp(bad);
+    cr_assert(fd >= 0);
+    const char *json = "{\"postprocessing_fns\": [\"fill_holes\"], \"postprocessing_kwargs\": [{}]}";
+    cr_assert_eq(write(fd, json, strlen(json)), (ssize_t)strlen(json));
+    close(fd);
+    const cJSON *r = cJSON_GetObjectItem(m, "runs")->child;
+    char in[1024], options[1100];
+    snprintf(in, sizeof in, "%s/%s_0000.nii.gz", cJSON_GetObjectItem(r, "case_dir")->valuestring,
+             cJSON_GetObjectItem(r, "case")->valuestring);
+    snprintf(options, sizeof options, "--postprocessing %s", bad);
+    expect_failure_with(in, cJSON_GetObjectItem(r, "model_dir")->valuestring, options, "fill_holes");
+    unlink(bad);
+    cJSON_Delete(pm);
+    cJSON_Delete(m);
 }
