@@ -479,10 +479,15 @@ int cli_predict(int argc, char **argv) {
     char err[2 * PATH_MAX_LEN];
     int n_cases = 0;
     case_files *cases = collect_cases(a.input, info->channels, &n_cases, err, sizeof err);
-    int result = EXIT_SUCCESS;
+    int result = EXIT_SUCCESS, skipped = 0;
+    const int n_found = n_cases;
+    if (cases) n_cases = select_cases(&a, info, cases, n_cases, &skipped); /* this part's, still to predict */
+    i3_postprocessing *pp = a.postprocessing ? i3_malloc(ctx, sizeof *pp, "the postprocessing") : NULL;
     if (!cases) {
         fprintf(stderr, "i3rt predict: error: %s\n", err);
         result = EXIT_FAILURE;
+    } else if (a.postprocessing && (!pp || i3_postprocessing_read(ctx, a.postprocessing, pp) != I3RT_OK)) {
+        result = error(ctx, "--postprocessing");
     } else if (!check_previous_stage(&a, info, cases, n_cases, err, sizeof err)) {
         fprintf(stderr, "i3rt predict: error: %s\n", err);
         result = EXIT_FAILURE;
@@ -490,14 +495,6 @@ int cli_predict(int argc, char **argv) {
         fprintf(stderr, "i3rt predict: error: %s: %s\n", a.out_dir, strerror(errno));
         result = EXIT_FAILURE;
     }
-    i3_postprocessing *pp =
-        result == EXIT_SUCCESS && a.postprocessing ? i3_malloc(ctx, sizeof *pp, "the postprocessing") : NULL;
-    if (a.postprocessing && result == EXIT_SUCCESS &&
-        (!pp || i3_postprocessing_read(ctx, a.postprocessing, pp) != I3RT_OK))
-        result = error(ctx, "--postprocessing");
-    int skipped = 0;
-    const int n_found = n_cases;
-    if (result == EXIT_SUCCESS) n_cases = select_cases(&a, info, cases, n_cases, &skipped);
     if (result == EXIT_SUCCESS && !a.quiet && !a.json && n_cases != n_found)
         fprintf(stderr, "i3rt predict: %d of %d case(s) (part %d of %d; %d skipped: their outputs exist)\n", n_cases,
                 n_found, a.part_id, a.num_parts, skipped);
