@@ -7,7 +7,6 @@
 #             CPU reference), test_tvl1's GPU test, and the whole networks (U-Nets, HRNet 2D, guided 3D) with
 #             their convolutions on tensor cores (f16, bf16, tf32)
 #   ctest     the whole CTest suite (needs the whole reference Python environment; not in the default list)
-#   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
 #   apps      the pipelines against their Python originals on the GPU: SnC (bench/snc_vs_torch.py, both sides
 #             in f32 on HRNet-18s, then both in f16 on HRNet-18s and -18), nnInteractive (tools/ni_evaluate.py; i3rt in f16 as the session's
 #             autocast)
@@ -15,6 +14,7 @@
 #             nnUNetPredictor's autocast)
 #   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK; f16), with
 #             the committed brain model and with a full-size one (bench/full_size_model.py) on Colin27
+#   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
 #   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
 #   sanitize  the `gpu` suites under compute-sanitizer memcheck, then racecheck and synccheck (slow)
 # scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
@@ -22,13 +22,13 @@
 # `build ncu` carrying .gpu/debs and .gpu/a, then at once the other phases carrying .gpu/b (docs/cuda.md).
 # Logs go to $1 (default $OUT/gpu-check, else ./gpu-check), one per step, with summary.txt; the other
 # arguments name the phases (default: all but ctest; they run in the order above, the issues' measurements
-# before ncu and the sanitizers, whatever the order of the arguments). The exit status is nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS:
+# before the kernel benchmarks, ncu and the sanitizers, whatever the order of the arguments). The exit status is nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS:
 # a budget for the whole call (default 540); a step that would start after it is skipped and says so, and
 # every step is killed at its own limit, so that the logs come back from a `run` call of 10 minutes.
 set -u
 logs=${1:-${OUT:-.}/gpu-check}
 [ $# -gt 0 ] && shift
-phases=${*:-build fixtures test bench apps i3deep predict ncu sanitize}
+phases=${*:-build fixtures test apps i3deep predict bench ncu sanitize}
 build=build-gpu-check
 fixtures=$PWD/$build/fixtures
 py=${PYTHON:-python3}
@@ -86,31 +86,6 @@ fi
 bench=$build/kernels/gpu_bench
 model=$fixtures/unet/plain_3d.safetensors   # 3d_fullres widths 32..320, written by the fixtures phase
 
-# Benchmarks: i3rt and PyTorch/cuDNN on the same shapes in the same run (docs/cuda.md, "Benchmarks").
-if wants bench; then
-    step bench-i3rt-ops 120 sh -c "$bench ops --runs 7 > $logs/i3rt_ops.jsonl"
-    step bench-torch-ops 120 sh -c "$py bench/gpu_torch.py ops --runs 7 > $logs/torch_ops.jsonl"
-    rm -f "$logs/i3rt_forward.jsonl"
-    for conv in f32 tf32 f16 bf16; do
-        step "bench-i3rt-forward-$conv" 60 sh -c "I3RT_CUDA_CONV=$conv $bench forward $model 128 128 128 --runs 5 \
-            >> $logs/i3rt_forward.jsonl"
-    done
-    for conv in f32 f16; do   # where a forward's time goes: per-op totals of 2 forwards (warm-up + 1)
-        step "profile-forward-$conv" 60 sh -c "I3RT_CUDA_PROFILE=1 I3RT_CUDA_CONV=$conv $bench forward $model \
-            128 128 128 --runs 1 > /dev/null 2> $logs/profile_forward_$conv.txt"
-    done
-    for precision in f32 f16; do   # where a click's time goes: 3 clicks of the test HRNet-18s on Colin27's slice 79
-        step "profile-snc-click-$precision" 60 sh -c "I3RT_CUDA_PROFILE=1 $build/i3rt snc click \
-            /usr/share/mricron/templates/ch2.nii.gz -2 $fixtures/snc_session/hrnet2d.safetensors --slice axial 79 \
-            --click 107 80 + --click 107 100 + --click 125 90 - --device cuda --precision $precision \
-            -o /tmp/snc-click-$precision > $logs/profile_snc_click_$precision.txt 2>&1"
-    done
-    step bench-torch-forward 120 sh -c "$py bench/gpu_torch.py forward $model 128 128 128 --runs 5 \
-        > $logs/torch_forward.jsonl"
-    step report 30 sh -c "$py bench/gpu_report.py $logs/torch_ops.jsonl $logs/i3rt_ops.jsonl \
-        $logs/torch_forward.jsonl $logs/i3rt_forward.jsonl > $logs/report.md"
-    cat "$logs/report.md" 2>/dev/null
-fi
 if wants apps; then
     # SnC: click latency and one 3D step, i3rt's CUDA backend vs PyTorch CUDA (docs/snc.md)
     for precision in f32 f16; do   # f32 on the small network only: the first run measured both in f32
@@ -152,6 +127,31 @@ if wants predict; then
             | tee -a "$logs/summary.txt"
         status=1
     fi
+fi
+# Benchmarks: i3rt and PyTorch/cuDNN on the same shapes in the same run (docs/cuda.md, "Benchmarks").
+if wants bench; then
+    step bench-i3rt-ops 120 sh -c "$bench ops --runs 7 > $logs/i3rt_ops.jsonl"
+    step bench-torch-ops 120 sh -c "$py bench/gpu_torch.py ops --runs 7 > $logs/torch_ops.jsonl"
+    rm -f "$logs/i3rt_forward.jsonl"
+    for conv in f32 tf32 f16 bf16; do
+        step "bench-i3rt-forward-$conv" 60 sh -c "I3RT_CUDA_CONV=$conv $bench forward $model 128 128 128 --runs 5 \
+            >> $logs/i3rt_forward.jsonl"
+    done
+    for conv in f32 f16; do   # where a forward's time goes: per-op totals of 2 forwards (warm-up + 1)
+        step "profile-forward-$conv" 60 sh -c "I3RT_CUDA_PROFILE=1 I3RT_CUDA_CONV=$conv $bench forward $model \
+            128 128 128 --runs 1 > /dev/null 2> $logs/profile_forward_$conv.txt"
+    done
+    for precision in f32 f16; do   # where a click's time goes: 3 clicks of the test HRNet-18s on Colin27's slice 79
+        step "profile-snc-click-$precision" 60 sh -c "I3RT_CUDA_PROFILE=1 $build/i3rt snc click \
+            /usr/share/mricron/templates/ch2.nii.gz -2 $fixtures/snc_session/hrnet2d.safetensors --slice axial 79 \
+            --click 107 80 + --click 107 100 + --click 125 90 - --device cuda --precision $precision \
+            -o /tmp/snc-click-$precision > $logs/profile_snc_click_$precision.txt 2>&1"
+    done
+    step bench-torch-forward 120 sh -c "$py bench/gpu_torch.py forward $model 128 128 128 --runs 5 \
+        > $logs/torch_forward.jsonl"
+    step report 30 sh -c "$py bench/gpu_report.py $logs/torch_ops.jsonl $logs/i3rt_ops.jsonl \
+        $logs/torch_forward.jsonl $logs/i3rt_forward.jsonl > $logs/report.md"
+    cat "$logs/report.md" 2>/dev/null
 fi
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
     for kernel in conv_tensor_core_v3 conv_v2 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
