@@ -14,6 +14,7 @@
 #include "ops.h"
 #include "volume_io.h"
 #include "common.h" /* cli/common.h: EXIT_USAGE */
+#include "ensemble.h" /* cli/ensemble.h */
 #include "predict.h" /* cli/predict.h */
 #include "i3deep.h" /* cli/i3deep.h */
 #include "serve.h" /* cli/serve.h */
@@ -36,6 +37,7 @@ static const char *MAIN_HELP =
     "  info MODEL [--size D H W]          print the network: stages, shapes, parameters, planned memory\n"
     "  forward MODEL IN... OUT [options]  one forward pass of a NIfTI volume on the CPU\n"
     "  predict -i IN -o OUT -m MODELDIR   nnU-Net v2 prediction of whole cases (i3rt predict --help)\n"
+    "  ensemble -i DIR DIR... -o OUT      nnUNetv2_ensemble of predict's probabilities (i3rt ensemble --help)\n"
     "  i3deep COMMAND ARGS                i3Deep: recommend, refine-input, refine, simulate, evaluate (i3rt i3deep --help)\n"
     "  snc COMMAND ARGS                   Slice-and-Conquer: click, propagate, recommend, simulate, evaluate (i3rt snc --help)\n"
     "  serve --model DIR [options]        nnInteractive's HTTP server protocol for its client and viewers (i3rt serve --help)\n"
@@ -333,6 +335,7 @@ int main(int argc, char **argv) {
         return cli_i3deep(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "predict") == 0) return cli_predict(argc - 2, argv + 2);
+    if (strcmp(cmd, "ensemble") == 0) return cli_ensemble(argc - 2, argv + 2);
     if (strcmp(cmd, "serve") == 0) return cli_serve(argc - 2, argv + 2);
     if (strcmp(cmd, "snc") == 0) return cli_snc(argc - 2, argv + 2);
     fprintf(stderr, "i3rt: unknown command '%s'\n\n%s", cmd, MAIN_HELP);

@@ -305,6 +305,19 @@ static i3rt_status find_folds(i3_ctx *ctx, const char *dir, int *folds, int *n) 
     return I3RT_OK;
 }
 
+i3rt_status i3_predictor_read_info(i3_ctx *ctx, const char *model_dir, i3_predictor_info *info) {
+    if (!ctx || !model_dir || !info) return I3RT_ERR_INVALID_ARGUMENT;
+    memset(info, 0, sizeof *info);
+    I3_TRY(find_folds(ctx, model_dir, info->folds, &info->n_folds));
+    char path[1200];
+    snprintf(path, sizeof path, "%s/fold_%d.safetensors", model_dir, info->folds[0]);
+    i3_weights *w = NULL;
+    i3rt_status st = i3_weights_open(ctx, path, &w);
+    if (st == I3RT_OK) st = parse_fold_metadata(ctx, path, w, info);
+    i3_weights_free(w);
+    return st;
+}
+
 i3rt_status i3_predictor_load(i3_ctx *ctx, const char *model_dir, const int *folds, int n_folds, i3_predictor **out) {
     if (!ctx || !model_dir || !out) return I3RT_ERR_INVALID_ARGUMENT;
     *out = NULL;

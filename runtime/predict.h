@@ -56,6 +56,9 @@ typedef struct {
  * must describe the same configuration and network shape. */
 i3rt_status i3_predictor_load(i3_ctx *ctx, const char *model_dir, const int *folds, int n_folds, i3_predictor **out);
 void i3_predictor_free(i3_predictor *p);
+/* What the folder's first fold says (configuration, labels or regions, file ending), without building its
+ * networks; folds / n_folds list every fold_K.safetensors in it. */
+i3rt_status i3_predictor_read_info(i3_ctx *ctx, const char *model_dir, i3_predictor_info *info);
 const i3_predictor_info *i3_predictor_get_info(const i3_predictor *p);
 
 /* Where a case's prediction spent its time (seconds): nnU-Net's preprocessing (transpose, crop, normalize,

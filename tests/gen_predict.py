@@ -216,6 +216,33 @@ def write_postprocessing(out):
         json.dump(manifest, f, indent=1)
 
 
+ENSEMBLE = ["brain3d_f0_notta", "brain2d_f01_tta"]  # 3d_fullres + 2d on one case, as find_best_configuration may pick
+
+
+def write_ensemble(out, weights):
+    """nnunetv2's ensemble of ENSEMBLE's fp32 references (their probabilities as npz files, average_probabilities,
+    the label manager's segmentation): ensemble_seg.u8, and ensemble.json naming the runs."""
+    import tempfile
+
+    from nnunetv2.ensembling.ensemble import average_probabilities
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans, dataset_json, _ = load_trained(weights, "brain_3d_fullres")
+    with tempfile.TemporaryDirectory() as tmp:
+        files = []
+        for name in ENSEMBLE:
+            with open(os.path.join(out, f"run_{name}.json")) as f:
+                shape = json.load(f)["references"]["fp32"]["shape"]
+            files.append(os.path.join(tmp, name + ".npz"))
+            np.savez(files[-1], probabilities=np.fromfile(os.path.join(out, f"{name}_fp32_prob.f32"),
+                                                          np.float32).reshape(shape))
+        probabilities = average_probabilities(files)
+    seg = PlansManager(plans).get_label_manager(dataset_json).convert_probabilities_to_segmentation(probabilities)
+    np.asarray(seg).astype(np.uint8).tofile(os.path.join(out, "ensemble_seg.u8"))
+    with open(os.path.join(out, "ensemble.json"), "w") as f:
+        json.dump({"runs": ENSEMBLE, "seg": "ensemble_seg.u8"}, f, indent=1)
+
+
 def write_bad_inputs(out, cases, tm, weights):
     bad = os.path.join(out, "bad")
     shutil.rmtree(bad, ignore_errors=True)
@@ -311,6 +338,7 @@ def main():
             json.dump(entry, f, indent=1)
     write_bad_inputs(args.out, cases, tm, args.weights)
     write_postprocessing(args.out)
+    write_ensemble(args.out, args.weights)
     runs = []
     for name, *_ in RUNS:
         path = os.path.join(args.out, f"run_{name}.json")

@@ -13,7 +13,8 @@
  * message naming the problem, and no output file (not even a temporary one) in the output folder.
  * Batch options: --num-parts / --part-id and --continue-prediction. Postprocessing (postprocessing.json as
  * nnUNetv2_find_best_configuration writes it): the same labels as nnunetv2's apply_postprocessing, on a
- * fragmented label map and through `i3rt predict --postprocessing` on the brain runs. */
+ * fragmented label map and through `i3rt predict --postprocessing` on the brain runs. Ensembles: `i3rt ensemble`
+ * of two runs' probabilities against nnunetv2's ensemble. */
 #include <criterion/criterion.h>
 
 #include <cjson/cJSON.h>
@@ -442,5 +443,75 @@ Test(predict, postprocessing_cli, .timeout = 600) {
     expect_failure_with(in, cJSON_GetObjectItem(r, "model_dir")->valuestring, options, "fill_holes");
     unlink(bad);
     cJSON_Delete(pm);
+    cJSON_Delete(m);
+}
+
+/* `i3rt ensemble` of two runs' probabilities (3d_fullres and 2d on one case, tests/gen_predict.py ENSEMBLE) against
+ * nnunetv2's average_probabilities and segmentation of nnUNetPredictor's; a folder missing the case: exit 1. */
+Test(predict, ensemble_matches_nnunet, .timeout = 600) {
+    cJSON *m = fx_manifest("predict");
+    char path[1024], dirs[2][256], out[256], cmd[4096], *log = NULL;
+    snprintf(path, sizeof path, "%s/ensemble.json", fx_fixture_dir("predict"));
+    char *text = fx_read_file(path, NULL);
+    cr_assert(text, "%s missing", path);
+    cJSON *ens = cJSON_Parse(text);
+    free(text);
+    const char *case_dir = NULL, *case_name = NULL;
+    int k = 0;
+    for (const cJSON *want = cJSON_GetObjectItem(ens, "runs")->child; want; want = want->next, k++) {
+        const cJSON *r = cJSON_GetObjectItem(m, "runs")->child;
+        while (r && strcmp(cJSON_GetObjectItem(r, "name")->valuestring, want->valuestring) != 0) r = r->next;
+        cr_assert(r && k < 2, "ensemble.json names run %s, not in the manifest", want->valuestring);
+        char folds[64] = "";
+        for (const cJSON *f = cJSON_GetObjectItem(r, "folds")->child; f; f = f->next)
+            snprintf(folds + strlen(folds), sizeof folds - strlen(folds), " %d", f->valueint);
+        case_dir = cJSON_GetObjectItem(r, "case_dir")->valuestring;
+        case_name = cJSON_GetObjectItem(r, "case")->valuestring;
+        make_temp_dir(dirs[k], sizeof dirs[k]);
+        snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --save-probabilities --threads 2 "
+                 "--quiet", cli(), case_dir, case_name, dirs[k], cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
+                 cJSON_IsTrue(cJSON_GetObjectItem(r, "mirroring")) ? "" : "--disable-tta");
+        cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
+        free(log);
+    }
+    make_temp_dir(out, sizeof out);
+    snprintf(cmd, sizeof cmd, "%s ensemble -i %s %s -o %s --quiet", cli(), dirs[0], dirs[1], out);
+    cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
+    free(log);
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
+    i3_volume seg;
+    snprintf(path, sizeof path, "%s/%s.nii.gz", out, case_name);
+    cr_assert_eq(i3_volume_read(ctx, path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
+    snprintf(path, sizeof path, "%s/%s", fx_fixture_dir("predict"), cJSON_GetObjectItem(ens, "seg")->valuestring);
+    size_t len;
+    uint8_t *ref = (uint8_t *)fx_read_file(path, &len);
+    const int64_t n = seg.d * seg.h * seg.w;
+    cr_assert(ref && len == (size_t)n, "%s", path);
+    int64_t differ = 0;
+    for (int64_t v = 0; v < n; v++) differ += (int64_t)seg.data[v] != ref[v];
+    printf("ensemble of %s and %s: %lld of %lld voxels differ from nnunetv2's ensemble\n",
+           cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 0)->valuestring,
+           cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 1)->valuestring, (long long)differ, (long long)n);
+    cr_expect_eq(differ, 0);
+    free(ref);
+    i3_volume_free(&seg);
+    /* the second folder without the case */
+    char empty[256];
+    make_temp_dir(empty, sizeof empty);
+    remove_dir(out);
+    make_temp_dir(out, sizeof out);
+    snprintf(cmd, sizeof cmd, "%s ensemble -i %s %s -o %s --quiet", cli(), dirs[0], empty, out);
+    const int rc = run(cmd, &log);
+    printf("ensemble with a folder missing the case -> exit %d: %s", rc, log ? log : "(no message)\n");
+    cr_expect_eq(rc, 1);
+    cr_expect(log && strstr(log, empty), "the message does not name %s: %s", empty, log ? log : "");
+    cr_expect_eq(count_files(out), 0, "%d file(s) left in the output folder", count_files(out));
+    free(log);
+    for (int i = 0; i < 2; i++) remove_dir(dirs[i]);
+    remove_dir(empty);
+    remove_dir(out);
+    i3rt_context_free(ctx);
+    cJSON_Delete(ens);
     cJSON_Delete(m);
 }

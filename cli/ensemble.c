@@ -1,0 +1,174 @@
+/* `i3rt ensemble`: nnUNetv2_ensemble on the probabilities `i3rt predict --save-probabilities` wrote.
+ *
+ *   i3rt ensemble -i DIR DIR [DIR ...] -o OUTDIR [-m MODELDIR] [--postprocessing FILE] [--quiet]
+ *
+ * For every CASE_probabilities.nii.gz of the first folder (each folder must hold it, on one grid with the same
+ * classes): the probabilities averaged as nnunetv2's average_probabilities does (float32 sums in folder order,
+ * divided by their count), then the segmentation (argmax, or with -m a region-based model's
+ * regions_class_order), optionally nnU-Net's postprocessing, written to OUTDIR/CASE.nii.gz with the
+ * probabilities' geometry (temporary name + rename). -m names a model folder of the ensemble for its labels
+ * (nnU-Net takes dataset.json from the first folder; i3rt's prediction folders hold none); without it the
+ * probabilities are softmax classes. This is how nnU-Net's recommended inference runs when
+ * nnUNetv2_find_best_configuration picks an ensemble of two configurations. */
+#include "ensemble.h"           /* cli/ensemble.h: cli_ensemble */
+#include "common.h"
+#include "../runtime/predict.h" /* i3_predictor_read_info (runtime/predict.h; the names clash) */
+#include "postprocess.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_INPUTS 32
+#define SUFFIX "_probabilities.nii.gz"
+
+static const char *HELP =
+    "usage: i3rt ensemble -i DIR DIR [DIR ...] -o OUTDIR [options]\n"
+    "\n"
+    "nnUNetv2_ensemble on the CASE_probabilities.nii.gz that `i3rt predict --save-probabilities` wrote into each\n"
+    "DIR: probabilities averaged, argmax (or the regions of a region-based model), OUTDIR/CASE.nii.gz.\n"
+    "\n"
+    "  -i DIR DIR [DIR ...]   the prediction folders (at least two)\n"
+    "  -o OUTDIR              the ensemble's segmentations\n"
+    "  -m MODELDIR            one of the ensemble's model folders: its labels (needed for region-based models)\n"
+    "  --postprocessing FILE  nnU-Net's postprocessing.json, applied to the ensemble's labels\n"
+    "  --quiet                no progress output\n"
+    "  -h, --help             this help\n";
+
+typedef struct {
+    const char *inputs[MAX_INPUTS], *out_dir, *model_dir, *postprocessing;
+    int n_inputs, quiet;
+} ensemble_args;
+
+static int usage(const char *fmt, const char *arg) { return cli_usage("ensemble", HELP, fmt, arg); }
+
+static int parse_args(int argc, char **argv, ensemble_args *a) {
+    memset(a, 0, sizeof *a);
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i];
+        const bool has_value = i + 1 < argc;
+        if (strcmp(o, "-h") == 0 || strcmp(o, "--help") == 0) {
+            fputs(HELP, stdout);
+            return EXIT_SUCCESS;
+        } else if (strcmp(o, "-i") == 0) {
+            while (i + 1 < argc && argv[i + 1][0] != '-') {
+                if (a->n_inputs == MAX_INPUTS) return usage("-i: at most 32 folders%s", "");
+                a->inputs[a->n_inputs++] = argv[++i];
+            }
+        } else if (strcmp(o, "-o") == 0 || strcmp(o, "-m") == 0 || strcmp(o, "--postprocessing") == 0) {
+            if (!has_value) return usage("%s needs a value", o);
+            *(o[1] == 'o' ? &a->out_dir : o[1] == 'm' ? &a->model_dir : &a->postprocessing) = argv[++i];
+        } else if (strcmp(o, "--quiet") == 0) {
+            a->quiet = 1;
+        } else {
+            return usage("unknown option or argument '%s'", o);
+        }
+    }
+    if (a->n_inputs < 2) return usage("-i needs at least two prediction folders%s", "");
+    if (!a->out_dir) return usage("-o is required%s", "");
+    return -1;
+}
+
+/* One case: the average of the folders' probabilities, its segmentation, postprocessed, written. */
+static i3rt_status ensemble_case(i3_ctx *ctx, const ensemble_args *a, const i3_predictor_info *info,
+                                 const i3_postprocessing *pp, const char *case_name) {
+    char path[CLI_PATH_LEN];
+    snprintf(path, sizeof path, "%s/%s%s", a->inputs[0], case_name, SUFFIX);
+    i3_volume avg;
+    I3_TRY(i3_volume_read(ctx, path, &avg));
+    const int64_t n = avg.d * avg.h * avg.w, K = avg.channels;
+    i3rt_status st = info && K != info->num_classes
+                         ? i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld classes, the model (%s) has %d", path, (long long)K,
+                                   a->model_dir, info->num_classes)
+                         : I3RT_OK;
+    for (int f = 1; f < a->n_inputs && st == I3RT_OK; f++) {
+        char other[CLI_PATH_LEN];
+        snprintf(other, sizeof other, "%s/%s%s", a->inputs[f], case_name, SUFFIX);
+        i3_volume v;
+        st = i3_volume_read(ctx, other, &v);
+        if (st != I3RT_OK) break;
+        st = i3_volume_geometry_check(ctx, &avg.geometry, path, &v.geometry, other);
+        if (st == I3RT_OK && v.channels != K)
+            st = i3_fail(ctx, I3RT_ERR_SHAPE, "%s: %lld classes, %s has %lld", other, (long long)v.channels, path,
+                         (long long)K);
+        for (int64_t i = 0; st == I3RT_OK && i < K * n; i++) avg.data[i] += v.data[i];
+        i3_volume_free(&v);
+    }
+    int32_t *labels = st == I3RT_OK ? i3_malloc(ctx, (size_t)n * sizeof *labels, "the ensemble's labels") : NULL;
+    if (st == I3RT_OK && !labels) st = I3RT_ERR_OUT_OF_MEMORY;
+    for (int64_t v = 0; st == I3RT_OK && v < n; v++) {
+        int32_t label = 0;
+        float best = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float p = avg.data[k * n + v] / (float)a->n_inputs;
+            if (info && info->n_regions) {  /* convert_probabilities_to_segmentation, regions */
+                if (p > 0.5f) label = info->region_class_order[k];
+            } else if (k == 0 || p > best) { /* argmax: the first of equal maxima */
+                best = p;
+                label = (int32_t)k;
+            }
+        }
+        labels[v] = label;
+    }
+    const int64_t shape[3] = {avg.d, avg.h, avg.w};
+    if (st == I3RT_OK && pp) st = i3_postprocess(ctx, labels, shape, pp);
+    snprintf(path, sizeof path, "%s/%s.nii.gz", a->out_dir, case_name);
+    if (st == I3RT_OK) st = i3_volume_write_labels(ctx, path, &avg.geometry, labels);
+    free(labels);
+    i3_volume_free(&avg);
+    return st;
+}
+
+static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+int cli_ensemble(int argc, char **argv) {
+    ensemble_args a;
+    const int rc = parse_args(argc, argv, &a);
+    if (rc >= 0) return rc;
+    i3rt_context *ctx;
+    if (i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU) != I3RT_OK) {
+        fprintf(stderr, "i3rt ensemble: error: cannot create a context\n");
+        return EXIT_FAILURE;
+    }
+    i3_predictor_info info;
+    i3_postprocessing *pp = a.postprocessing ? i3_malloc(ctx, sizeof *pp, "the postprocessing") : NULL;
+    i3rt_status st = a.model_dir ? i3_predictor_read_info(ctx, a.model_dir, &info) : I3RT_OK;
+    if (st == I3RT_OK && a.postprocessing) st = pp ? i3_postprocessing_read(ctx, a.postprocessing, pp) : I3RT_ERR_OUT_OF_MEMORY;
+    /* the cases: every CASE_probabilities.nii.gz of the first folder, in name order */
+    char **names = NULL;
+    int n_names = 0;
+    DIR *d = st == I3RT_OK ? opendir(a.inputs[0]) : NULL;
+    if (st == I3RT_OK && !d) st = i3_fail(ctx, I3RT_ERR_IO, "%s: cannot open the folder", a.inputs[0]);
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        const size_t len = strlen(e->d_name), suffix = strlen(SUFFIX);
+        if (len <= suffix || strcmp(e->d_name + len - suffix, SUFFIX) != 0) continue;
+        if (n_names % 64 == 0) names = realloc(names, (size_t)(n_names + 64) * sizeof *names);
+        names[n_names++] = strndup(e->d_name, len - suffix);
+    }
+    if (d) closedir(d);
+    if (st == I3RT_OK && n_names == 0)
+        st = i3_fail(ctx, I3RT_ERR_IO, "%s: no CASE%s (i3rt predict --save-probabilities writes them)", a.inputs[0],
+                     SUFFIX);
+    if (names) qsort(names, (size_t)n_names, sizeof *names, compare_names);
+    if (st == I3RT_OK && !cli_make_dir("ensemble", a.out_dir)) st = I3RT_ERR_IO;
+    const double t0 = i3_now_seconds();
+    for (int i = 0; i < n_names && st == I3RT_OK; i++) {
+        st = ensemble_case(ctx, &a, a.model_dir ? &info : NULL, pp, names[i]);
+        if (st == I3RT_OK && !a.quiet) fprintf(stderr, "%s: done\n", names[i]);
+    }
+    int result = EXIT_SUCCESS;
+    if (st != I3RT_OK) {
+        if (st != I3RT_ERR_IO || i3rt_context_error(ctx)[0])
+            fprintf(stderr, "i3rt ensemble: error: %s\n", i3rt_context_error(ctx));
+        result = EXIT_FAILURE;
+    } else if (!a.quiet) {
+        fprintf(stderr, "i3rt ensemble: %d case(s) from %d folders in %.2f s, written to %s\n", n_names, a.n_inputs,
+                i3_now_seconds() - t0, a.out_dir);
+    }
+    for (int i = 0; i < n_names; i++) free(names[i]);
+    free(names);
+    free(pp);
+    i3rt_context_free(ctx);
+    return result;
+}
