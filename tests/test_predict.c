@@ -82,6 +82,43 @@ static int count_files(const char *dir) {
     return n;
 }
 
+/* Runs `i3rt predict` on a manifest run's case, model, folds and mirroring (with the options) into out; returns
+ * the seconds it took. */
+static double predict_run(const cJSON *r, const char *out, const char *options) {
+    char folds[64] = "", cmd[4096], *log = NULL;
+    for (const cJSON *f = cJSON_GetObjectItem(r, "folds")->child; f; f = f->next)
+        snprintf(folds + strlen(folds), sizeof folds - strlen(folds), " %d", f->valueint);
+    snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --threads 2 --quiet %s", cli(),
+             cJSON_GetObjectItem(r, "case_dir")->valuestring, cJSON_GetObjectItem(r, "case")->valuestring, out,
+             cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
+             cJSON_IsTrue(cJSON_GetObjectItem(r, "mirroring")) ? "" : "--disable-tta", options);
+    const double t0 = i3_now_seconds();
+    const int rc = run(cmd, &log);
+    const double secs = i3_now_seconds() - t0;
+    cr_assert_eq(rc, 0, "exit %d\n%s\n%s", rc, cmd, log ? log : "");
+    free(log);
+    return secs;
+}
+
+/* The voxels of the label NIfTI dir/CASE.nii.gz that differ from the fixture's uint8 labels ref_file; *n: all. */
+static int64_t labels_differing(i3rt_context *ctx, const char *dir, const char *case_name, const char *ref_file,
+                                int64_t *n) {
+    char path[1024];
+    i3_volume seg;
+    snprintf(path, sizeof path, "%s/%s.nii.gz", dir, case_name);
+    cr_assert_eq(i3_volume_read(ctx, path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
+    snprintf(path, sizeof path, "%s/%s", fx_fixture_dir("predict"), ref_file);
+    size_t len;
+    uint8_t *ref = (uint8_t *)fx_read_file(path, &len);
+    *n = seg.d * seg.h * seg.w;
+    cr_assert(ref && len == (size_t)*n, "%s: missing or not %lld voxels", path, (long long)*n);
+    int64_t differ = 0;
+    for (int64_t v = 0; v < *n; v++) differ += (int64_t)seg.data[v] != ref[v];
+    free(ref);
+    i3_volume_free(&seg);
+    return differ;
+}
+
 Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
     cJSON *m = fx_manifest("predict");
     i3rt_context *ctx;
@@ -92,53 +129,32 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
     for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r; r = r->next) {
         const char *name = cJSON_GetObjectItem(r, "name")->valuestring;
         const char *case_name = cJSON_GetObjectItem(r, "case")->valuestring;
-        char folds[64] = "";
-        for (const cJSON *f = cJSON_GetObjectItem(r, "folds")->child; f; f = f->next)
-            snprintf(folds + strlen(folds), sizeof folds - strlen(folds), " %d", f->valueint);
-        const bool mirroring = cJSON_IsTrue(cJSON_GetObjectItem(r, "mirroring"));
         for (int mode = 0; mode < 2; mode++) {
             const char *acc = mode == 0 ? "fp16" : "fp32";
             const cJSON *ref = cJSON_GetObjectItem(cJSON_GetObjectItem(r, "references"), acc);
-            char out[256], cmd[4096];
+            char out[256], options[1200];
             make_temp_dir(out, sizeof out);
             const cJSON *prev = cJSON_GetObjectItem(r, "prev_stage_dir"); /* a cascade stage */
-            snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --save-probabilities "
-                     "--accumulate %s --threads 2 --quiet%s%s", cli(), cJSON_GetObjectItem(r, "case_dir")->valuestring,
-                     case_name, out, cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
-                     mirroring ? "" : "--disable-tta", acc, prev ? " --prev-stage-predictions " : "",
-                     prev ? prev->valuestring : "");
-            char *log = NULL;
-            const double t0 = i3_now_seconds();
-            const int rc = run(cmd, &log);
-            const double secs = i3_now_seconds() - t0;
-            cr_assert_eq(rc, 0, "%s: exit %d\n%s\n%s", name, rc, cmd, log ? log : "");
-            free(log);
-
-            char seg_path[512], prob_path[512];
-            snprintf(seg_path, sizeof seg_path, "%s/%s.nii.gz", out, case_name);
-            snprintf(prob_path, sizeof prob_path, "%s/%s_probabilities.nii.gz", out, case_name);
-            i3_volume seg, prob;
-            cr_assert_eq(i3_volume_read(ctx, seg_path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
-            cr_assert_eq(i3_volume_read(ctx, prob_path, &prob), I3RT_OK, "%s", i3rt_context_error(ctx));
+            snprintf(options, sizeof options, "--save-probabilities --accumulate %s%s%s", acc,
+                     prev ? " --prev-stage-predictions " : "", prev ? prev->valuestring : "");
+            const double secs = predict_run(r, out, options);
+            int64_t n;
+            const int64_t differ = labels_differing(ctx, out, case_name, cJSON_GetObjectItem(ref, "seg")->valuestring, &n);
+            char p[2048];
+            snprintf(p, sizeof p, "%s/%s_probabilities.nii.gz", out, case_name);
+            i3_volume prob;
+            cr_assert_eq(i3_volume_read(ctx, p, &prob), I3RT_OK, "%s", i3rt_context_error(ctx));
             const cJSON *shape = cJSON_GetObjectItem(ref, "shape");
             const int64_t K = (int64_t)cJSON_GetArrayItem(shape, 0)->valuedouble;
-            const int64_t n = seg.d * seg.h * seg.w;
             cr_assert_eq(prob.channels, K);
-            cr_assert_eq(seg.d, (int64_t)cJSON_GetArrayItem(shape, 1)->valuedouble, "%s: depth", name);
-            cr_assert_eq(seg.h, (int64_t)cJSON_GetArrayItem(shape, 2)->valuedouble, "%s: height", name);
-            cr_assert_eq(seg.w, (int64_t)cJSON_GetArrayItem(shape, 3)->valuedouble, "%s: width", name);
-            char p[2048];
+            cr_assert_eq(prob.d, (int64_t)cJSON_GetArrayItem(shape, 1)->valuedouble, "%s: depth", name);
+            cr_assert_eq(prob.h, (int64_t)cJSON_GetArrayItem(shape, 2)->valuedouble, "%s: height", name);
+            cr_assert_eq(prob.w, (int64_t)cJSON_GetArrayItem(shape, 3)->valuedouble, "%s: width", name);
             size_t len;
-            snprintf(p, sizeof p, "%s/%s", fx_fixture_dir("predict"), cJSON_GetObjectItem(ref, "seg")->valuestring);
-            uint8_t *ref_seg = (uint8_t *)fx_read_file(p, &len);
-            cr_assert(ref_seg && len == (size_t)n, "%s", p);
             snprintf(p, sizeof p, "%s/%s", fx_fixture_dir("predict"), cJSON_GetObjectItem(ref, "prob")->valuestring);
             float *ref_prob = (float *)fx_read_file(p, &len);
             cr_assert(ref_prob && len == (size_t)(K * n) * sizeof(float), "%s", p);
-
-            int64_t differ = 0;
             double max_abs = 0;
-            for (int64_t i = 0; i < n; i++) differ += (int64_t)seg.data[i] != ref_seg[i];
             for (int64_t i = 0; i < K * n; i++) max_abs = fmax(max_abs, fabs((double)prob.data[i] - ref_prob[i]));
             const double agree = 100.0 * (double)(n - differ) / (double)n;
             printf("%-18s %-5s %9.4f %5lld/%-6lld %12.3g %9.2f %9.2f\n", name, acc, agree, (long long)differ,
@@ -146,9 +162,7 @@ Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
             fflush(stdout);
             cr_expect_geq(agree, 99.99, "%s %s: %.4f %% of the voxels agree with nnUNetPredictor", name, acc, agree);
             cr_expect_leq(max_abs, 1e-3, "%s %s: probabilities differ by up to %g", name, acc, max_abs);
-            free(ref_seg);
             free(ref_prob);
-            i3_volume_free(&seg);
             i3_volume_free(&prob);
             remove_dir(out);
         }
@@ -390,40 +404,23 @@ Test(predict, postprocessing_cli, .timeout = 600) {
     cr_assert(text, "%s missing", path);
     cJSON *pm = cJSON_Parse(text);
     free(text);
+    i3rt_context *ctx;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
     int checked = 0;
     for (const cJSON *r = cJSON_GetObjectItem(m, "runs")->child; r; r = r->next) {
         const char *name = cJSON_GetObjectItem(r, "name")->valuestring;
         const cJSON *ref_file = cJSON_GetObjectItem(cJSON_GetObjectItem(pm, "runs"), name);
         if (!ref_file) continue;
-        char folds[64] = "", out[256], cmd[4096], *log = NULL;
-        for (const cJSON *f = cJSON_GetObjectItem(r, "folds")->child; f; f = f->next)
-            snprintf(folds + strlen(folds), sizeof folds - strlen(folds), " %d", f->valueint);
+        char out[256], options[1100];
         make_temp_dir(out, sizeof out);
-        const char *case_name = cJSON_GetObjectItem(r, "case")->valuestring;
-        snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --threads 2 --quiet "
-                 "--postprocessing %s", cli(), cJSON_GetObjectItem(r, "case_dir")->valuestring, case_name, out,
-                 cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
-                 cJSON_IsTrue(cJSON_GetObjectItem(r, "mirroring")) ? "" : "--disable-tta", pp_json);
-        cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
-        free(log);
-        i3rt_context *ctx;
-        cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
-        i3_volume seg;
-        snprintf(path, sizeof path, "%s/%s.nii.gz", out, case_name);
-        cr_assert_eq(i3_volume_read(ctx, path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
-        snprintf(path, sizeof path, "%s/%s", fx_fixture_dir("predict"), ref_file->valuestring);
-        size_t len;
-        uint8_t *ref = (uint8_t *)fx_read_file(path, &len);
-        const int64_t n = seg.d * seg.h * seg.w;
-        cr_assert(ref && len == (size_t)n, "%s", path);
-        int64_t differ = 0;
-        for (int64_t v = 0; v < n; v++) differ += (int64_t)seg.data[v] != ref[v];
+        snprintf(options, sizeof options, "--postprocessing %s", pp_json);
+        predict_run(r, out, options);
+        int64_t n;
+        const int64_t differ =
+            labels_differing(ctx, out, cJSON_GetObjectItem(r, "case")->valuestring, ref_file->valuestring, &n);
         printf("%-18s --postprocessing: %lld of %lld voxels differ from nnunetv2's postprocessing\n", name,
                (long long)differ, (long long)n);
         cr_expect_eq(differ, 0);
-        free(ref);
-        i3_volume_free(&seg);
-        i3rt_context_free(ctx);
         remove_dir(out);
         checked++;
     }
@@ -442,6 +439,7 @@ Test(predict, postprocessing_cli, .timeout = 600) {
     snprintf(options, sizeof options, "--postprocessing %s", bad);
     expect_failure_with(in, cJSON_GetObjectItem(r, "model_dir")->valuestring, options, "fill_holes");
     unlink(bad);
+    i3rt_context_free(ctx);
     cJSON_Delete(pm);
     cJSON_Delete(m);
 }
@@ -456,23 +454,15 @@ Test(predict, ensemble_matches_nnunet, .timeout = 600) {
     cr_assert(text, "%s missing", path);
     cJSON *ens = cJSON_Parse(text);
     free(text);
-    const char *case_dir = NULL, *case_name = NULL;
+    const char *case_name = NULL;
     int k = 0;
     for (const cJSON *want = cJSON_GetObjectItem(ens, "runs")->child; want; want = want->next, k++) {
         const cJSON *r = cJSON_GetObjectItem(m, "runs")->child;
         while (r && strcmp(cJSON_GetObjectItem(r, "name")->valuestring, want->valuestring) != 0) r = r->next;
         cr_assert(r && k < 2, "ensemble.json names run %s, not in the manifest", want->valuestring);
-        char folds[64] = "";
-        for (const cJSON *f = cJSON_GetObjectItem(r, "folds")->child; f; f = f->next)
-            snprintf(folds + strlen(folds), sizeof folds - strlen(folds), " %d", f->valueint);
-        case_dir = cJSON_GetObjectItem(r, "case_dir")->valuestring;
         case_name = cJSON_GetObjectItem(r, "case")->valuestring;
         make_temp_dir(dirs[k], sizeof dirs[k]);
-        snprintf(cmd, sizeof cmd, "%s predict -i %s/%s_0000.nii.gz -o %s -m %s -f%s %s --save-probabilities --threads 2 "
-                 "--quiet", cli(), case_dir, case_name, dirs[k], cJSON_GetObjectItem(r, "model_dir")->valuestring, folds,
-                 cJSON_IsTrue(cJSON_GetObjectItem(r, "mirroring")) ? "" : "--disable-tta");
-        cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
-        free(log);
+        predict_run(r, dirs[k], "--save-probabilities");
     }
     make_temp_dir(out, sizeof out);
     snprintf(cmd, sizeof cmd, "%s ensemble -i %s %s -o %s --quiet", cli(), dirs[0], dirs[1], out);
@@ -480,22 +470,12 @@ Test(predict, ensemble_matches_nnunet, .timeout = 600) {
     free(log);
     i3rt_context *ctx;
     cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_CPU), I3RT_OK);
-    i3_volume seg;
-    snprintf(path, sizeof path, "%s/%s.nii.gz", out, case_name);
-    cr_assert_eq(i3_volume_read(ctx, path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
-    snprintf(path, sizeof path, "%s/%s", fx_fixture_dir("predict"), cJSON_GetObjectItem(ens, "seg")->valuestring);
-    size_t len;
-    uint8_t *ref = (uint8_t *)fx_read_file(path, &len);
-    const int64_t n = seg.d * seg.h * seg.w;
-    cr_assert(ref && len == (size_t)n, "%s", path);
-    int64_t differ = 0;
-    for (int64_t v = 0; v < n; v++) differ += (int64_t)seg.data[v] != ref[v];
+    int64_t n;
+    const int64_t differ = labels_differing(ctx, out, case_name, cJSON_GetObjectItem(ens, "seg")->valuestring, &n);
     printf("ensemble of %s and %s: %lld of %lld voxels differ from nnunetv2's ensemble\n",
            cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 0)->valuestring,
            cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 1)->valuestring, (long long)differ, (long long)n);
     cr_expect_eq(differ, 0);
-    free(ref);
-    i3_volume_free(&seg);
     /* the second folder without the case */
     char empty[256];
     make_temp_dir(empty, sizeof empty);
