@@ -12,13 +12,15 @@
  * nnUNetv2_find_best_configuration picks an ensemble of two configurations. */
 #include "ensemble.h"           /* cli/ensemble.h: cli_ensemble */
 #include "common.h"
-#include "../runtime/predict.h" /* i3_predictor_read_info (runtime/predict.h; the names clash) */
+#include "../runtime/predict.h" /* i3_predictor_read_info, i3_segmentation_from_probabilities (the names clash) */
 #include "postprocess.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define MAX_INPUTS 32
 #define SUFFIX "_probabilities.nii.gz"
@@ -97,20 +99,9 @@ static i3rt_status ensemble_case(i3_ctx *ctx, const ensemble_args *a, const i3_p
     }
     int32_t *labels = st == I3RT_OK ? i3_malloc(ctx, (size_t)n * sizeof *labels, "the ensemble's labels") : NULL;
     if (st == I3RT_OK && !labels) st = I3RT_ERR_OUT_OF_MEMORY;
-    for (int64_t v = 0; st == I3RT_OK && v < n; v++) {
-        int32_t label = 0;
-        float best = 0.0f;
-        for (int64_t k = 0; k < K; k++) {
-            const float p = avg.data[k * n + v] / (float)a->n_inputs;
-            if (info && info->n_regions) {  /* convert_probabilities_to_segmentation, regions */
-                if (p > 0.5f) label = info->region_class_order[k];
-            } else if (k == 0 || p > best) { /* argmax: the first of equal maxima */
-                best = p;
-                label = (int32_t)k;
-            }
-        }
-        labels[v] = label;
-    }
+    for (int64_t i = 0; st == I3RT_OK && i < K * n; i++) avg.data[i] /= (float)a->n_inputs;
+    const i3_predictor_info classes = {.num_classes = (int)K}; /* without -m: softmax classes */
+    if (st == I3RT_OK) i3_segmentation_from_probabilities(info ? info : &classes, avg.data, n, labels, 1);
     const int64_t shape[3] = {avg.d, avg.h, avg.w};
     if (st == I3RT_OK && pp) st = i3_postprocess(ctx, labels, shape, pp);
     snprintf(path, sizeof path, "%s/%s.nii.gz", a->out_dir, case_name);
@@ -151,7 +142,8 @@ int cli_ensemble(int argc, char **argv) {
         st = i3_fail(ctx, I3RT_ERR_IO, "%s: no CASE%s (i3rt predict --save-probabilities writes them)", a.inputs[0],
                      SUFFIX);
     if (names) qsort(names, (size_t)n_names, sizeof *names, compare_names);
-    if (st == I3RT_OK && !cli_make_dir("ensemble", a.out_dir)) st = I3RT_ERR_IO;
+    if (st == I3RT_OK && mkdir(a.out_dir, 0777) != 0 && errno != EEXIST)
+        st = i3_fail(ctx, I3RT_ERR_IO, "%s: %s", a.out_dir, strerror(errno));
     const double t0 = i3_now_seconds();
     for (int i = 0; i < n_names && st == I3RT_OK; i++) {
         st = ensemble_case(ctx, &a, a.model_dir ? &info : NULL, pp, names[i]);
@@ -159,8 +151,7 @@ int cli_ensemble(int argc, char **argv) {
     }
     int result = EXIT_SUCCESS;
     if (st != I3RT_OK) {
-        if (st != I3RT_ERR_IO || i3rt_context_error(ctx)[0])
-            fprintf(stderr, "i3rt ensemble: error: %s\n", i3rt_context_error(ctx));
+        fprintf(stderr, "i3rt ensemble: error: %s\n", i3rt_context_error(ctx));
         result = EXIT_FAILURE;
     } else if (!a.quiet) {
         fprintf(stderr, "i3rt ensemble: %d case(s) from %d folders in %.2f s, written to %s\n", n_names, a.n_inputs,

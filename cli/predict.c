@@ -358,20 +358,10 @@ static const char *nifti_file_ending(const i3_predictor_info *info) {
     return strcmp(info->file_ending, ".nii") == 0 ? ".nii" : ".nii.gz";
 }
 
-/* A cascade stage needs --prev-stage-predictions with every case's file (checked before the first case runs),
- * other configurations take none. */
-static bool check_previous_stage(const predict_args *a, const i3_predictor_info *info, const case_files *cases,
-                                 int n_cases, char *err, size_t err_cap) {
-    if (info->previous_stage[0] && !a->prev_stage_dir) {
-        snprintf(err, err_cap, "%s: configuration %s is a cascade stage after %s: give that stage's predictions with "
-                 "--prev-stage-predictions DIR", a->model_dir, info->configuration, info->previous_stage);
-        return false;
-    }
-    if (!info->previous_stage[0] && a->prev_stage_dir) {
-        snprintf(err, err_cap, "%s: configuration %s is not a cascade stage: --prev-stage-predictions does not apply",
-                 a->model_dir, info->configuration);
-        return false;
-    }
+/* --prev-stage-predictions: every case's file is there, checked before the first case runs (whether the model
+ * is a cascade stage that needs them, i3_predict_case checks). */
+static bool check_previous_stage_files(const predict_args *a, const i3_predictor_info *info, const case_files *cases,
+                                       int n_cases, char *err, size_t err_cap) {
     for (int i = 0; a->prev_stage_dir && i < n_cases; i++) {
         char path[PATH_MAX_LEN];
         struct stat sb;
@@ -488,7 +478,7 @@ int cli_predict(int argc, char **argv) {
         result = EXIT_FAILURE;
     } else if (a.postprocessing && (!pp || i3_postprocessing_read(ctx, a.postprocessing, pp) != I3RT_OK)) {
         result = error(ctx, "--postprocessing");
-    } else if (!check_previous_stage(&a, info, cases, n_cases, err, sizeof err)) {
+    } else if (!check_previous_stage_files(&a, info, cases, n_cases, err, sizeof err)) {
         fprintf(stderr, "i3rt predict: error: %s\n", err);
         result = EXIT_FAILURE;
     } else if (mkdir(a.out_dir, 0777) != 0 && errno != EEXIST) {

@@ -627,18 +627,17 @@ static void paste_transposed(const void *box, const void *outside, const case_pr
         }
 }
 
-/* A region-based model's LabelManager: a sigmoid per region (probs, may be NULL), then each region whose
- * probability is above 0.5 paints its label, in regions_class_order (later regions on top). */
-static void region_segmentation(const float *logits, const i3_predictor_info *info, int64_t n, float *probs,
-                                int32_t *seg, int n_threads) {
+void i3_segmentation_from_probabilities(const i3_predictor_info *info, const float *probs, int64_t n, int32_t *seg,
+                                        int n_threads) {
+    if (!info->n_regions) { /* argmax, the lowest class of equal maxima (numpy's argmax) */
+        i3_cpu_softmax_uncertainty(probs, 1, info->num_classes, n, NULL, NULL, NULL, seg, n_threads);
+        return;
+    }
 #pragma omp parallel for schedule(static) num_threads(n_threads)
     for (int64_t v = 0; v < n; v++) {
         int32_t label = 0;
-        for (int r = 0; r < info->n_regions; r++) {
-            const float p = 1.0f / (1.0f + expf(-logits[r * n + v]));
-            if (probs) probs[r * n + v] = p;
-            if (p > 0.5f) label = info->region_class_order[r];
-        }
+        for (int r = 0; r < info->n_regions; r++)
+            if (probs[r * n + v] > 0.5f) label = info->region_class_order[r];
         seg[v] = label;
     }
 }
@@ -658,18 +657,26 @@ static i3rt_status export_case(i3_predictor *p, float *logits, const case_proper
     if (st == I3RT_OK && o->accumulate == I3_ACCUMULATE_FP16) /* the resampled array keeps the fp16 dtype */
         for (int64_t i = 0; i < K * nc; i++) res[i] = (float)f16_round(res[i]);
     int32_t *seg = st == I3RT_OK ? i3_malloc(ctx, (size_t)nc * sizeof *seg, "the segmentation") : NULL;
-    float *probs = st == I3RT_OK && probabilities ? i3_malloc(ctx, (size_t)(K * nc) * sizeof *probs, "the probabilities")
-                                                   : NULL;
-    if (st == I3RT_OK && (!seg || (probabilities && !probs))) st = I3RT_ERR_OUT_OF_MEMORY;
+    /* the probabilities: softmax into their own buffer; a region-based model's sigmoid in place of the logits */
+    float *probs = st == I3RT_OK && probabilities && !info->n_regions
+                       ? i3_malloc(ctx, (size_t)(K * nc) * sizeof *probs, "the probabilities")
+                       : NULL;
+    if (st == I3RT_OK && (!seg || (probabilities && !info->n_regions && !probs))) st = I3RT_ERR_OUT_OF_MEMORY;
+    if (st == I3RT_OK && info->n_regions) { /* LabelManager.apply_inference_nonlin, then the regions */
+#pragma omp parallel for schedule(static) num_threads(ctx->n_threads)
+        for (int64_t i = 0; i < K * nc; i++) res[i] = 1.0f / (1.0f + expf(-res[i]));
+        i3_segmentation_from_probabilities(info, res, nc, seg, ctx->n_threads);
+    } else if (st == I3RT_OK) {
+        i3_cpu_softmax_uncertainty(res, 1, K, nc, probs, NULL, NULL, seg, ctx->n_threads);
+    }
     if (st == I3RT_OK) {
-        if (info->n_regions) region_segmentation(res, info, nc, probs, seg, ctx->n_threads);
-        else i3_cpu_softmax_uncertainty(res, 1, K, nc, probs, NULL, NULL, seg, ctx->n_threads);
+        const float *probs_out = info->n_regions ? res : probs;
         const int32_t background = 0;
         paste_transposed(seg, &background, cp, info->transpose_backward, labels, ctx->n_threads);
         for (int64_t k = 0; probabilities && k < K; k++) {
             /* outside the box: certain background (revert_cropping_on_probabilities; regions: all 0) */
             const float outside = k == 0 && !info->n_regions ? 1.0f : 0.0f;
-            paste_transposed(probs + k * nc, &outside, cp, info->transpose_backward, probabilities + k * nt,
+            paste_transposed(probs_out + k * nc, &outside, cp, info->transpose_backward, probabilities + k * nt,
                              ctx->n_threads);
         }
     }

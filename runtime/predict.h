@@ -85,6 +85,12 @@ void i3_predict_options_default(i3_predict_options *o);
 i3rt_status i3_predict_case(i3_predictor *p, const i3_volume *image, const i3_predict_options *o, int32_t *labels,
                             float *probabilities);
 
+/* LabelManager.convert_probabilities_to_segmentation: probs [num_classes, n] -> seg [n]; argmax (lowest class of
+ * equal maxima), or for a region-based model each region above 0.5 paints its label in regions_class_order
+ * (later regions on top). The export of i3_predict_case and `i3rt ensemble` use it. */
+void i3_segmentation_from_probabilities(const i3_predictor_info *info, const float *probs, int64_t n, int32_t *seg,
+                                        int n_threads);
+
 /* Steps 1 alone (for tests): the preprocessed array as nnU-Net's run_case_npy returns it. *out is
  * malloc'ed [channels, out_shape]; bbox lo/hi in transposed axes. */
 i3rt_status i3_predict_preprocess(i3_predictor *p, const i3_volume *image, float **out, int64_t out_shape[3],
