@@ -1919,6 +1919,17 @@ static void check_unet_channels_last(const char *conv, const char *name) {
     i3_backend_destroy(d.b);
 }
 
+/* HRNet (no norms: plain convs and residual adds write the channels-last f16 tensors) as a batch of two, as
+ * the SnC click runs it, against the CPU within the f16 bound; check_ritm_vs_cpu asserts tensors went
+ * channels-last. */
+Test(emulated, hrnet_2d_pair_tensor_core_f16) {
+    setenv("I3RT_CUDA_CONV", "f16", 1);
+    device d;
+    open_emulated(&d);
+    check_hrnet_2d_pair(&d);
+    i3_backend_destroy(d.b);
+}
+
 /* A CUDA graph captured from a forward with channels-last f16 tensors (packed weights in the scratch,
  * layouts planned at node 0) replays to the very bits of a forward run node by node. */
 Test(emulated, unet_resenc_2d_f16_graph_replay) {
