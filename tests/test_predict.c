@@ -14,7 +14,8 @@
  * Batch options: --num-parts / --part-id and --continue-prediction. Postprocessing (postprocessing.json as
  * nnUNetv2_find_best_configuration writes it): the same labels as nnunetv2's apply_postprocessing, on a
  * fragmented label map and through `i3rt predict --postprocessing` on the brain runs. Ensembles: `i3rt ensemble`
- * of two runs' probabilities against nnunetv2's ensemble. */
+ * of two runs' probabilities against nnunetv2's ensemble; a model of other classes, a folder without the case,
+ * a part beyond the parts: clear errors. */
 #include <criterion/criterion.h>
 
 #include <cjson/cJSON.h>
@@ -348,6 +349,13 @@ Test(predict, parts_and_continue, .timeout = 300) {
     cr_expect(stat(path, &sb) == 0 && sb.st_size == 4, "a.nii.gz was overwritten");
     snprintf(path, sizeof path, "%s/c.nii.gz", out);
     cr_expect(stat(path, &sb) == 0 && sb.st_size > 100, "c.nii.gz was not written");
+    /* a part beyond the parts: a usage error */
+    snprintf(cmd, sizeof cmd, "%s predict -i %s -o %s -m %s/weights/brain_3d_fullres --num-parts 2 --part-id 2", cli(),
+             in, out, model);
+    const int rc = run(cmd, &log);
+    cr_expect_eq(rc, 2, "--part-id 2 of 2: exit %d", rc);
+    cr_expect(log && strstr(log, "--part-id"), "%s", log ? log : "");
+    free(log);
     remove_dir(in);
     remove_dir(out);
 }
@@ -476,13 +484,27 @@ Test(predict, ensemble_matches_nnunet, .timeout = 600) {
            cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 0)->valuestring,
            cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 1)->valuestring, (long long)differ, (long long)n);
     cr_expect_eq(differ, 0);
+    /* -m naming a model with other classes (the region model's 3 outputs for these 4-class probabilities) */
+    const cJSON *regions = cJSON_GetObjectItem(m, "runs")->child;
+    while (regions && !strstr(cJSON_GetObjectItem(regions, "model_dir")->valuestring, "regions")) regions = regions->next;
+    cr_assert(regions, "no region-based run in the manifest");
+    remove_dir(out);
+    make_temp_dir(out, sizeof out);
+    snprintf(cmd, sizeof cmd, "%s ensemble -i %s %s -o %s -m %s --quiet", cli(), dirs[0], dirs[1], out,
+             cJSON_GetObjectItem(regions, "model_dir")->valuestring);
+    int rc = run(cmd, &log);
+    printf("ensemble with a 3-class model -> exit %d: %s", rc, log ? log : "(no message)\n");
+    cr_expect_eq(rc, 1);
+    cr_expect(log && strstr(log, "classes"), "%s", log ? log : "");
+    cr_expect_eq(count_files(out), 0);
+    free(log);
     /* the second folder without the case */
     char empty[256];
     make_temp_dir(empty, sizeof empty);
     remove_dir(out);
     make_temp_dir(out, sizeof out);
     snprintf(cmd, sizeof cmd, "%s ensemble -i %s %s -o %s --quiet", cli(), dirs[0], empty, out);
-    const int rc = run(cmd, &log);
+    rc = run(cmd, &log);
     printf("ensemble with a folder missing the case -> exit %d: %s", rc, log ? log : "(no message)\n");
     cr_expect_eq(rc, 1);
     cr_expect(log && strstr(log, empty), "the message does not name %s: %s", empty, log ? log : "");
