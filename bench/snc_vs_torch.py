@@ -20,7 +20,9 @@ What is timed (wall clock, median and min of --runs after one warm-up; i3rt then
                AddHorizontalFlip: a batch of 2) around HRNetModel; clicks: left thalamus +, right thalamus +,
                a negative click. The masks are compared (pixels that differ).
   2D forward   the network alone at every input size the clicks fed, one image (a click runs a batch of two):
-               i3rt_model_forward against HRNetModel.forward_encoded, logits checked (max error / max |logit|).
+               i3rt_model_forward against HRNetModel.forward_encoded, logits checked (max error / max |logit|;
+               where PyTorch's are not finite, as autocast's f16 gives with random HRNet-18 weights, whose OCR
+               attention products q.k reach 3e6 > 65504, how many are not finite on each side).
   3D step      one propagation on a crop of ch2.nii.gz centred between the thalami, with one accepted axial
                slice (one click on the left thalamus): i3rt_snc_propagate's guided-3d stage (encoding, network,
                sigmoid) against guided_input + GuidedHRNetModel (ACS) + upsampling + sigmoid; the whole
@@ -186,7 +188,7 @@ def bench_clicks(args, lib, path2d, model, slice_img, timer, failures):
     net = TorchNet(model, args)
     i3rt_t = [[] for _ in CLICKS]
     torch_t = [[] for _ in CLICKS]
-    i3rt_masks, torch_masks, sizes = [], [], []
+    i3rt_masks, torch_masks, sizes, finite = [], [], [], []
     for run in range(args.runs + 1):
         def i3rt_sequence():
             with SncSession(lib, COLIN, args.threads, args.device, args.precision) as s:
@@ -212,10 +214,12 @@ def bench_clicks(args, lib, path2d, model, slice_img, timer, failures):
                 torch_t[k].append(dt)
             if run == args.runs:
                 torch_masks.append(p > 0.49)
+                finite.append(bool(np.isfinite(p).all()))
                 sizes.append(net.sizes[n_before:])
     header("2D click (slice 217 x 181)")
     for k in range(len(CLICKS)):
         diff = f", {int((i3rt_masks[k] != torch_masks[k]).sum())} mask px differ" if i3rt_masks else ""
+        diff += "" if finite[k] else ", PyTorch's probabilities not finite"
         fed = " + ".join(f"{h}x{w}" for h, w in sizes[k])
         row(f"click {k + 1} ({'+' if CLICKS[k][2] else '-'})", i3rt_t[k], torch_t[k],
             f"net input {fed} x 2 (flip), {int(torch_masks[k].sum())} px object{diff}")
@@ -252,7 +256,10 @@ def bench_forward(args, lib, path, model, x, timer, failures, what):
             torch_t.append(dt)
         ref = up.float().cpu().numpy().reshape(out.shape)
     check = ""
-    if m is not None:
+    if m is not None and not np.isfinite(ref).all():   # e.g. autocast's f16 matmul overflowing in the OCR attention
+        check = (f"PyTorch's logits: {int((~np.isfinite(ref)).sum())} of {ref.size} not finite, i3rt's: "
+                 f"{int((~np.isfinite(out)).sum())}")
+    elif m is not None:
         check = f"logits max err / max |logit| {np.abs(out - ref).max() / np.abs(ref).max():.1e}"
         plan = f", i3rt arena {m.plan_bytes(spatial) / 2**20:.0f} MiB"
         m.close()
