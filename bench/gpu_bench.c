@@ -34,7 +34,7 @@ typedef struct {
                    int, void *, void *);
     int (*conv_tc_fused)(const void *, i3_shape5, int, const float *, const float *, const i3_conv_params *,
                          const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
-    size_t (*conv_tc_scratch_bytes)(i3_shape5, const i3_conv_params *, int);
+    size_t (*conv_tc_scratch_bytes)(i3_shape5, int, const i3_conv_params *, int);
     int (*instance_norm)(const float *, i3_shape5, const float *, const float *, const i3_norm_params *, float *,
                          void *);
     int (*softmax_uncertainty)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
@@ -130,9 +130,10 @@ static int run_conv(bench *B, void *arg) {
                               I3_LAYOUT_NDHWC, NULL, c->kernel - CHANNELS_LAST, c->scratch, B->stream);
 }
 
-/* The f32 direct kernel, the tensor-core kernels on NCDHW f32 activations (f16, bf16, tf32), and the
- * f16/bf16 kernel on channels-last f16/bf16 activations: cuDNN's setting in gpu_torch.py (the noise
- * buffers' bits read as f16/bf16: the timing does not depend on the values). */
+/* The f32 direct kernel, the tensor-core kernels on NCDHW f32 activations (f16, bf16: which v3 makes
+ * channels-last first since 2026-11-27, conversion included; tf32), and the f16/bf16 kernel on channels-last
+ * f16/bf16 activations: cuDNN's setting in gpu_torch.py (the noise buffers' bits read as f16/bf16: the
+ * timing does not depend on the values). */
 static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
     static const char *const names[] = {"f16", "bf16", "tf32"};
     static const int kernels[] = {-1, I3_TC_F16, I3_TC_BF16, I3_TC_TF32, CHANNELS_LAST + I3_TC_F16,
@@ -143,7 +144,7 @@ static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
     c.x = device_noise(B, i3_shape5_numel(c.xs), 1);
     c.w = device_noise(B, channels * channels * 27, 2);
     c.y = device_noise(B, i3_shape5_numel(c.ys), 3);
-    if (B->b->iface->alloc(B->b, B->k.conv_tc_scratch_bytes(c.xs, &c.p, I3_TC_F16), &c.scratch) != I3RT_OK)
+    if (B->b->iface->alloc(B->b, B->k.conv_tc_scratch_bytes(c.xs, I3_LAYOUT_NCDHW, &c.p, I3_TC_F16) /* the most */, &c.scratch) != I3RT_OK)
         die(B, "conv scratch");
     double flop = 2.0 * (double)i3_shape5_numel(c.ys) * (double)channels * 27.0;
     for (int i = 0; i < (int)(sizeof kernels / sizeof kernels[0]); i++) {

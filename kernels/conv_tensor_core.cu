@@ -20,7 +20,9 @@
  *       16 k), k step 32 through a 3-stage shared-memory pipeline (rows padded to 80 bytes, so the 8
  *       rows of an ldmatrix fall in distinct banks). The A tile comes from channels-last input by
  *       cp.async (k = tap * cin + channel, cin a multiple of 8; chunks outside the input zero-filled)
- *       or from NCDHW f32 input by a gather that rounds (k = channel * taps + tap, any cin); the weight
+ *       or from NCDHW f32 input by a gather that rounds (k = channel * taps + tap, any cin), 10-20x slower
+ *       on an H200, so an NCDHW input whose channels pad to a multiple of 8 cheaply is first made
+ *       channels-last in the scratch (pack_input_v1, packed_input_channels); the weight
  *       tile by cp.async from the packed weights. Fragments by ldmatrix .x4 (A; B two 8-channel
  *       groups at a time). Output NCDHW f32, or channels-last f16/bf16 (two channels per 32-bit store).
  *   Fusions (both): the deferred instance norm + activation of the input applied to the tiles as they
@@ -110,12 +112,14 @@ __device__ __forceinline__ const uint16_t *chunk_ndhwc(const uint16_t *__restric
     return x + (((r.sample * g.d + z) * g.h + y) * g.w + xx) * g.cin + c.channel;
 }
 
-/* The weight of output channel o at k in the k order of the input's layout (zero outside). */
-__device__ __forceinline__ float weight_at(const float *__restrict__ w, const ConvGeometry &g, int64_t o, int64_t k,
-                                           bool channels_last) {
+/* The weight of output channel o at k in the k order of the input's layout (zero outside). w is
+ * [cout, w_cin, taps]; g.cin may be more (input channels padded with zeros, pack_input_v1): zero there. */
+__device__ __forceinline__ float weight_at(const float *__restrict__ w, const ConvGeometry &g, int64_t w_cin,
+                                           int64_t o, int64_t k, bool channels_last) {
     const int taps = g.k[0] * g.k[1] * g.k[2];
     if (o >= g.cout || k >= g.cin * taps) return 0.0f;
-    return __ldg(&w[channels_last ? (o * g.cin + k % g.cin) * taps + k / g.cin : o * g.cin * taps + k]);
+    const int64_t c = channels_last ? k % g.cin : k / taps, tap = channels_last ? k / g.cin : k % taps;
+    return c < w_cin ? __ldg(&w[(o * w_cin + c) * taps + tap]) : 0.0f;
 }
 
 /* Epilogue statistics of a block's tile of D: mo[j][q] holds a lane's moments of its column
@@ -177,7 +181,7 @@ __global__ void __launch_bounds__(V2_THREADS)
             tile_a[r][kk] = to_tf32(gather_ncdhw<PROLOGUE>(x, g, origin, k0 + kk, in_scale_shift, act_in));
         }
         for (int e = tid; e < V2_BN * V2_BK; e += V2_THREADS)
-            tile_b[e / V2_BK][e % V2_BK] = to_tf32(weight_at(w, g, n0 + e / V2_BK, k0 + e % V2_BK, false));
+            tile_b[e / V2_BK][e % V2_BK] = to_tf32(weight_at(w, g, g.cin, n0 + e / V2_BK, k0 + e % V2_BK, false));
         __syncthreads();
         uint32_t frag_a[4]; /* the m16n8k8 .tf32 layouts of device.h */
         I3_UNROLL
@@ -217,9 +221,26 @@ __global__ void __launch_bounds__(V2_THREADS)
 /* The weights as v3 reads them: packed[o][k] (rows of k_packed = depth rounded up to V3_BK, cout
  * rounded up to V3_BN rows, zeros beyond), k in the order of the input's layout, rounded to f16/bf16. */
 template <bool BF16>
-__global__ void pack_weights_v1(const float *__restrict__ w, ConvGeometry g, bool channels_last, int64_t k_packed,
-                                int64_t total, uint16_t *__restrict__ packed) {
-    I3_GRID_STRIDE_LOOP(i, total) packed[i] = to_b16<BF16>(weight_at(w, g, i / k_packed, i % k_packed, channels_last));
+__global__ void pack_weights_v1(const float *__restrict__ w, ConvGeometry g, int64_t w_cin, bool channels_last,
+                                int64_t k_packed, int64_t total, uint16_t *__restrict__ packed) {
+    I3_GRID_STRIDE_LOOP(i, total)
+    packed[i] = to_b16<BF16>(weight_at(w, g, w_cin, i / k_packed, i % k_packed, channels_last));
+}
+
+/* NCDHW f32 x [n, c, spatial] as channels-last b16 [n, spatial, cp] (cp >= c, the channels beyond c zero),
+ * with the deferred norm applied: the input of v3's cp.async path. One output element per thread. */
+template <bool BF16>
+__global__ void pack_input_v1(const float *__restrict__ x, int64_t c, int64_t spatial, int64_t cp, int64_t total,
+                              const float *__restrict__ in_scale_shift, i3_act act_in, uint16_t *__restrict__ y) {
+    I3_GRID_STRIDE_LOOP(i, total) {
+        const int64_t ch = i % cp, plane = i / (cp * spatial) * c + ch;
+        float v = 0.0f;
+        if (ch < c) {
+            v = x[plane * spatial + i / cp % spatial];
+            if (in_scale_shift) v = act_apply(act_in, v * in_scale_shift[2 * plane] + in_scale_shift[2 * plane + 1]);
+        }
+        y[i] = to_b16<BF16>(v);
+    }
 }
 
 /* Flags are uniform over the grid: x_cl: the input is channels-last b16 (else NCDHW f32); y_cl: the
@@ -383,12 +404,28 @@ static int64_t packed_depth(const ConvGeometry &g) {
     return (g.cin * g.k[0] * g.k[1] * g.k[2] + V3_BK - 1) / V3_BK * V3_BK;
 }
 static int64_t packed_rows(const ConvGeometry &g) { return (g.cout + V3_BN - 1) / V3_BN * V3_BN; }
+static size_t packed_weight_bytes(const ConvGeometry &g) {
+    return ((size_t)(packed_rows(g) * packed_depth(g)) * sizeof(uint16_t) + 255) / 256 * 256;
+}
 
-extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, const i3_conv_params *p, int precision) {
+/* The channels v3 reads an NCDHW f32 input with after pack_input_v1 has made it channels-last (0: it gathers
+ * from NCDHW instead): its channels padded to a multiple of 8, when that adds at most a third (HRNet's 18 and
+ * 36 -> 24 and 40; not a U-Net's 1-channel image). On an H200 the channels-last path ran 66-138 TFLOP/s and the
+ * gather 7-13 on the same 3d_fullres layers, so one pass over the input to convert it pays for itself. */
+static int64_t packed_input_channels(i3_shape5 xs, bool x_cl, int precision) {
+    if (x_cl || (precision != I3_TC_F16 && precision != I3_TC_BF16)) return 0;
+    const int64_t cp = (xs.c + 7) / 8 * 8;
+    return 3 * cp <= 4 * xs.c ? cp : 0;
+}
+
+extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p,
+                                                         int precision) {
     if (precision == I3_TC_TF32) return 0;
     ConvGeometry g = conv_geometry(xs, p, xs); /* the output's spatial size does not matter here */
     g.cout = p->cout;
-    return (size_t)(packed_rows(g) * packed_depth(g)) * sizeof(uint16_t);
+    const int64_t cp = packed_input_channels(xs, x_layout == I3_LAYOUT_NDHWC, precision);
+    if (cp) g.cin = cp;
+    return packed_weight_bytes(g) + (size_t)(xs.n * i3_shape5_spatial(xs) * cp) * sizeof(uint16_t);
 }
 
 extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w,
@@ -399,7 +436,8 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
     const int64_t rows = ys.n * ys.d * ys.h * ys.w;
     if (rows == 0 || ys.c == 0) return 0;
     const bool b16 = precision == I3_TC_F16 || precision == I3_TC_BF16;
-    const bool x_cl = x_layout == I3_LAYOUT_NDHWC, y_cl = y_layout == I3_LAYOUT_NDHWC;
+    bool x_cl = x_layout == I3_LAYOUT_NDHWC;
+    const bool y_cl = y_layout == I3_LAYOUT_NDHWC;
     const int chunks = I3_DEV(conv_tensor_core_stat_chunks)(ys, precision);
     if ((!b16 && precision != I3_TC_TF32) || (partials && !chunks) || ((x_cl || y_cl) && !b16) ||
         (x_cl && xs.c % 8 != 0) || (y_cl && ys.c % 8 != 0) || (b16 && !scratch))
@@ -411,12 +449,26 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
                               (float *)y, partials, chunks);
     }
     const bool bf16 = precision == I3_TC_BF16;
+    const int64_t cp = packed_input_channels(xs, x_cl, precision);
+    if (cp) g.cin = cp;
     const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
     uint16_t *packed = (uint16_t *)scratch;
+    int e;
+    if (cp) { /* the input channels-last first, in the scratch after the weights; its deferred norm with it */
+        uint16_t *packed_x = (uint16_t *)((char *)scratch + packed_weight_bytes(g));
+        const int64_t n_x = xs.n * i3_shape5_spatial(xs) * cp;
+        decltype(&pack_input_v1<false>) pack_x = bf16 ? pack_input_v1<true> : pack_input_v1<false>;
+        e = (int)I3_LAUNCH(pack_x, grid_stride_blocks(n_x, 256), 256, 0, (cudaStream_t)stream, (const float *)x, xs.c,
+                           i3_shape5_spatial(xs), cp, n_x, in_scale_shift, act_in, packed_x);
+        if (e) return e;
+        x = packed_x;
+        x_cl = true;
+        in_scale_shift = NULL;
+    }
     decltype(&pack_weights_v1<false>) pack = bf16 ? pack_weights_v1<true> : pack_weights_v1<false>;
     decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
-    int e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, g, x_cl, k_packed,
-                           total, packed);
+    e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, g, xs.c, x_cl, k_packed,
+                       total, packed);
     if (e) return e;
     dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((ys.c + V3_BN - 1) / V3_BN));
     return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed, b, g, p->act,

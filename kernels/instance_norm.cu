@@ -8,9 +8,10 @@
  *       shuffles, then across warps through shared memory; a second pass normalizes. Statistics in
  *       f32 (the CPU reference uses double: the test's tolerance covers the difference).
  *   fused (with conv.cu's epilogue statistics, driven by runtime/backend_cuda.cu):
- *     norm_finalize: one thread per plane merges the plane's per-chunk (count, mean, M2) partials
- *       that the producing convolution wrote, and stores (scale, shift) = (gamma / std,
- *       beta - mean * gamma / std) per plane;
+ *     norm_finalize: one block per plane merges the plane's per-chunk (count, mean, M2) partials
+ *       that the producing convolution wrote (as v1 merges its threads': a 128³ plane out of the
+ *       tensor-core conv has 16384 chunks, which one thread per plane took 1.5 ms to merge on an
+ *       H200), and stores (scale, shift) = (gamma / std, beta - mean * gamma / std) per plane;
  *     norm_apply: one grid-stride pass y = act_out(act(x * scale + shift) + skip) (skip optional:
  *       the residual add of ResEnc blocks); the plane's statistics are never re-read from x.
  *     norm_apply_channels_last: the same written channels-last in f16/bf16 (x the tensor-core
@@ -51,21 +52,27 @@ __global__ void __launch_bounds__(NORM_THREADS) instance_norm_v1(const float *x,
     for (int64_t i = threadIdx.x; i < spatial; i += blockDim.x) yp[i] = act_apply(act, xp[i] * scale + shift);
 }
 
-__global__ void norm_finalize(const float *__restrict__ partials, int64_t planes, int chunks, int64_t channels,
-                              const float *__restrict__ gamma, const float *__restrict__ beta, float eps,
-                              float *__restrict__ scale_shift) {
-    I3_GRID_STRIDE_LOOP(plane, planes) {
+__global__ void __launch_bounds__(NORM_THREADS) norm_finalize(const float *__restrict__ partials, int64_t planes,
+                                                               int chunks, int64_t channels,
+                                                               const float *__restrict__ gamma,
+                                                               const float *__restrict__ beta, float eps,
+                                                               float *__restrict__ scale_shift) {
+    __shared__ Moments warp_moments[NORM_THREADS / 32];
+    for (int64_t plane = blockIdx.x; plane < planes; plane += gridDim.x) { /* uniform per block */
         Moments m = {0.0f, 0.0f, 0.0f};
-        for (int k = 0; k < chunks; k++) {
+        for (int k = threadIdx.x; k < chunks; k += blockDim.x) {
             const float *part = partials + (plane * chunks + k) * 3;
             Moments chunk = {part[0], part[1], part[2]};
             m = moments_merge(m, chunk);
         }
-        int64_t c = plane % channels;
-        float inv_std = rsqrtf(m.m2 / m.count + eps);
-        float scale = gamma ? gamma[c] * inv_std : inv_std;
-        scale_shift[2 * plane] = scale;
-        scale_shift[2 * plane + 1] = (beta ? beta[c] : 0.0f) - m.mean * scale;
+        m = moments_block_merge(m, warp_moments);
+        if (threadIdx.x == 0) {
+            int64_t c = plane % channels;
+            float inv_std = rsqrtf(m.m2 / m.count + eps);
+            float scale = gamma ? gamma[c] * inv_std : inv_std;
+            scale_shift[2 * plane] = scale;
+            scale_shift[2 * plane + 1] = (beta ? beta[c] : 0.0f) - m.mean * scale;
+        }
     }
 }
 
@@ -110,7 +117,8 @@ extern "C" int I3_DEV(norm_finalize)(const float *partials, int64_t planes, int 
                                      const float *gamma, const float *beta, float eps, float *scale_shift,
                                      void *stream) {
     if (planes == 0) return 0;
-    return (int)I3_LAUNCH(norm_finalize, grid_stride_blocks(planes, 128), 128, 0, (cudaStream_t)stream, partials,
+    const unsigned blocks = (unsigned)(planes < I3_MAX_GRID_STRIDE_BLOCKS ? planes : I3_MAX_GRID_STRIDE_BLOCKS);
+    return (int)I3_LAUNCH(norm_finalize, blocks, NORM_THREADS, 0, (cudaStream_t)stream, partials,
                           planes, chunks, channels, gamma, beta, eps, scale_shift);
 }
 

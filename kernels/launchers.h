@@ -35,8 +35,9 @@ int I3_DEV(conv_fused)(const float *x, i3_shape5 xs, const float *w, const float
 #endif
 int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_conv_params *p,
                              float *y, i3_shape5 ys, int precision, void *scratch, void *stream);
-/* The scratch a launch needs (f16/bf16: the packed weights, 16-byte aligned; tf32: none). */
-size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, const i3_conv_params *p, int precision);
+/* The scratch a launch on input x (layout x_layout) needs: f16/bf16 the packed weights and, for an NCDHW
+ * input the kernel makes channels-last first, that copy (256-byte aligned); tf32 none. */
+size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision);
 /* With conv_fused's fusions and a layout per activation: channels-last needs f16/bf16 and a channel
  * count that is a multiple of 8 (x 16-byte aligned); statistics need
  * conv_tensor_core_stat_chunks(ys, precision) > 0 (batch 1, or a spatial size that is a multiple of
@@ -48,9 +49,11 @@ int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, co
                                    void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
-/* The same on a channels-last input [n, d, h, w, cin] in the f16/bf16 of `precision`; y NCDHW f32. */
-int I3_DEV(conv_transpose_channels_last)(const void *x, i3_shape5 xs, int precision, const float *w, const float *b,
-                                         const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
+/* The same with x and y each NCDHW f32 or channels-last [n, d, h, w, c] in the f16/bf16 of `precision`
+ * (x_layout, y_layout: I3_LAYOUT_*). */
+int I3_DEV(conv_transpose_channels_last)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
+                                         const i3_conv_transpose_params *p, void *y, i3_shape5 ys, int y_layout,
+                                         int precision, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
                      float *y, i3_shape5 ys, void *stream);
 int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,

@@ -168,11 +168,20 @@ static int tensor_core_precision(const DeviceState *st) {
     return st->conv == CONV_F16 ? I3_TC_F16 : st->conv == CONV_BF16 ? I3_TC_BF16 : I3_TC_TF32;
 }
 
+static i3rt_status plan_layouts(i3_backend *b, const i3_graph *g);
+static int layout_of(const DeviceState *st, const i3_graph *g, int v);
+
 static size_t device_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) {
     if (node->op == I3_OP_MASK_POOL) return I3_DEV(mask_pool_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]));
-    if (node->op == I3_OP_CONV && state_of(b)->conv != CONV_F32) /* the f16/bf16 kernel's packed weights */
-        return I3_DEV(conv_tensor_core_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]), &node->p.conv,
-                                                      tensor_core_precision(state_of(b)));
+    if (node->op == I3_OP_CONV && state_of(b)->conv != CONV_F32) { /* packed weights, maybe a packed input */
+        DeviceState *st = state_of(b);
+        /* the input's layout as the run will decide it (device_value_sizes has planned it for g already;
+         * if that could not be done, NCDHW, which needs the most scratch) */
+        if (st->layouts_for != g && plan_layouts(b, g) != I3RT_OK) st->layouts_for = NULL;
+        return I3_DEV(conv_tensor_core_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]),
+                                                      layout_of(st, g, node->in[0]), &node->p.conv,
+                                                      tensor_core_precision(st));
+    }
     return 0;
 }
 
@@ -238,7 +247,8 @@ static bool conv_then_norm(const DeviceState *st, const i3_graph *g, int n) {
  *   and the norm's are one tensor, channels-last when the norm's readers take it so;
  * - a conv without such a norm (HRNet, whose batch norms are folded into the convs), written channels-last
  *   by the tensor-core kernel;
- * - a concat (its inputs read in either layout);
+ * - a concat (its inputs read in either layout) or a transposed conv (the U-Net decoder's upsampling, the
+ *   largest activation at full resolution, read by a concat);
  * - a residual add whose first operand is such a norm deferred into it (normalize + add + act in one
  *   pass, the skip in either layout), or a plain residual add (both operands in either layout).
  * Readers come after their values, so one pass from the last node to the first decides everything;
@@ -262,7 +272,8 @@ static i3rt_status plan_layouts(i3_backend *b, const i3_graph *g) {
         if (v == g->output || g->values[v].dims[1] % 8 != 0) continue;
         bool cl = false;
         switch (node->op) {
-        case I3_OP_CONCAT: cl = readers_take_channels_last(st, g, v); break;
+        case I3_OP_CONCAT:
+        case I3_OP_CONV_TRANSPOSE: cl = readers_take_channels_last(st, g, v); break;
         case I3_OP_INSTANCE_NORM:
             cl = conv_then_norm(st, g, p - 1) && g->nodes[p - 1].out == node->in[0] &&
                  readers_take_channels_last(st, g, v);
@@ -291,8 +302,8 @@ static i3rt_status device_value_sizes(i3_backend *b, const i3_graph *g, size_t *
     DeviceState *st = state_of(b);
     for (int v = 0; v < g->n_values; v++)
         if (st->channels_last[v]) bytes[v] = i3_value_bytes(&g->values[v]) / 2; /* f16/bf16 */
-    st->layouts_for = NULL; /* decided again when the graph runs: its values may move before that */
-    return I3RT_OK;
+    return I3RT_OK; /* the decision stays for device_scratch_bytes, which the planner asks next; a run makes it
+                     * again at its first node */
 }
 
 /* Value v's layout in the current run of g (lone nodes, outside a graph run: NCDHW). */
@@ -467,10 +478,12 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
     switch (node->op) {
     case I3_OP_CONV: e = run_conv(b, g, node, n, scratch); break;
     case I3_OP_CONV_TRANSPOSE:
-        if (value_channels_last(st, g, node->in[0]))
-            e = I3_DEV(conv_transpose_channels_last)(in0, xs, tensor_core_precision(st), in1, in2,
-                                                     &node->p.conv_transpose, out, ys, s);
-        else
+        if (value_channels_last(st, g, node->in[0]) || value_channels_last(st, g, node->out)) {
+            st->stats.channels_last_outputs += value_channels_last(st, g, node->out);
+            e = I3_DEV(conv_transpose_channels_last)(in0, xs, layout_of(st, g, node->in[0]), in1, in2,
+                                                     &node->p.conv_transpose, out, ys, layout_of(st, g, node->out),
+                                                     tensor_core_precision(st), s);
+        } else
             e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
         break;
     case I3_OP_ACS_CONV: e = I3_DEV(acs_conv)(in0, xs, in1, in2, &node->p.acs, out, ys, s); break;
