@@ -5,9 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Arena offsets are aligned for vector loads on the CPU and coalesced access on a GPU. */
-#define I3_ARENA_ALIGN 256
-
 const char *i3_op_name(i3_op op) {
     static const char *names[I3_OP_COUNT] = {
         [I3_OP_CONV] = "conv", [I3_OP_CONV_TRANSPOSE] = "conv_transpose", [I3_OP_ACS_CONV] = "acs_conv",
@@ -376,44 +373,55 @@ static bool op_runs_in_place(i3_op op) {
     return op == I3_OP_INSTANCE_NORM || op == I3_OP_ACTIVATION || op == I3_OP_ADD || op == I3_OP_CHANNEL_GATE;
 }
 
-typedef struct {
-    size_t offset, size;
-} arena_block;
-
 static size_t align_up(size_t n) { return (n + I3_ARENA_ALIGN - 1) / I3_ARENA_ALIGN * I3_ARENA_ALIGN; }
 
-/* Best fit among the gaps between live blocks (kept sorted by offset), else after the last one. */
-static size_t arena_place(arena_block *live, int *n_live, size_t size, size_t *peak) {
-    size_t best = SIZE_MAX, best_gap = SIZE_MAX, prev_end = 0;
-    int insert_at = *n_live, best_index = *n_live;
-    for (int i = 0; i <= *n_live; i++) {
-        size_t start = i < *n_live ? live[i].offset : SIZE_MAX;
-        if (i < *n_live && start - prev_end >= size && start - prev_end < best_gap) {
-            best_gap = start - prev_end;
-            best = prev_end;
-            best_index = i;
-        }
-        if (i < *n_live) prev_end = live[i].offset + live[i].size;
-    }
-    if (best == SIZE_MAX) {
-        best = prev_end;
-        best_index = insert_at;
-    }
-    memmove(&live[best_index + 1], &live[best_index], (size_t)(*n_live - best_index) * sizeof *live);
-    live[best_index] = (arena_block){best, size};
-    (*n_live)++;
-    if (best + size > *peak) *peak = best + size;
-    return best;
+/* One arena block: a value, or a chain of values that ops running in place hand on (one block, the
+ * first value's size), live from the node that writes it (-1: the input) to the last that reads it. */
+typedef struct {
+    size_t size, offset;
+    int first, last; /* node indices, inclusive: a node's inputs and its output never share memory */
+} arena_block;
+
+static int larger_first(const void *pa, const void *pb) {
+    const arena_block *a = *(arena_block *const *)pa, *b = *(arena_block *const *)pb;
+    if (a->size != b->size) return a->size < b->size ? 1 : -1;
+    return a->first - b->first;
 }
 
-static void arena_release(arena_block *live, int *n_live, size_t offset) {
-    for (int i = 0; i < *n_live; i++) {
-        if (live[i].offset == offset) {
-            memmove(&live[i], &live[i + 1], (size_t)(*n_live - i - 1) * sizeof *live);
-            (*n_live)--;
-            return;
+static int by_offset(const void *pa, const void *pb) {
+    const arena_block *a = *(arena_block *const *)pa, *b = *(arena_block *const *)pb;
+    return a->offset < b->offset ? -1 : a->offset > b->offset;
+}
+
+/* Offsets for all blocks, largest first: each goes into the smallest gap between the blocks already
+ * placed whose lifetimes overlap its own, else above them ("greedy by size", as TFLite's planner).
+ * Placing in node order instead left gaps the large late blocks (a U-Net decoder's full-resolution
+ * concat) could not use: 27 % above the largest set of live blocks, which this reaches, for nnU-Net's
+ * 3d_fullres network at 128³. */
+static size_t arena_assign(arena_block *blocks, int n, arena_block **order, arena_block **overlapping) {
+    for (int i = 0; i < n; i++) order[i] = &blocks[i];
+    qsort(order, (size_t)n, sizeof *order, larger_first);
+    size_t peak = 0;
+    for (int i = 0; i < n; i++) {
+        arena_block *b = order[i];
+        int m = 0;
+        for (int j = 0; j < i; j++)
+            if (order[j]->first <= b->last && b->first <= order[j]->last) overlapping[m++] = order[j];
+        qsort(overlapping, (size_t)m, sizeof *overlapping, by_offset);
+        size_t best = SIZE_MAX, best_gap = SIZE_MAX, end = 0; /* end: the highest end so far */
+        for (int j = 0; j < m; j++) {
+            if (overlapping[j]->offset >= end && overlapping[j]->offset - end >= b->size &&
+                overlapping[j]->offset - end < best_gap) {
+                best_gap = overlapping[j]->offset - end;
+                best = end;
+            }
+            size_t e = overlapping[j]->offset + overlapping[j]->size;
+            if (e > end) end = e;
         }
+        b->offset = best != SIZE_MAX ? best : end;
+        if (b->offset + b->size > peak) peak = b->offset + b->size;
     }
+    return peak;
 }
 
 i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
@@ -428,49 +436,49 @@ i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
             if (g->nodes[n].in[k] >= 0) g->values[g->nodes[n].in[k]].last_use = n;
     g->values[output].last_use = g->n_nodes; /* lives to the end: it is read back */
 
-    arena_block *live = malloc((size_t)(g->n_values + 1) * sizeof *live);
+    /* block[v]: the arena block of value v (-1: none, a weight) */
+    int *block = malloc((size_t)g->n_values * sizeof *block);
     size_t *bytes = malloc((size_t)g->n_values * sizeof *bytes); /* each value's size in the backend's memory */
-    if (!live || !bytes) {
-        free(live), free(bytes);
-        return i3_fail(g->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory planning the graph");
+    arena_block *blocks = malloc((size_t)(g->n_values + 1) * sizeof *blocks);
+    arena_block **order = malloc((size_t)(g->n_values + 1) * sizeof *order);
+    arena_block **overlapping = malloc((size_t)(g->n_values + 1) * sizeof *overlapping);
+    i3rt_status st = I3RT_OK;
+    if (!block || !bytes || !blocks || !order || !overlapping) {
+        st = i3_fail(g->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory planning the graph");
+        goto done;
     }
     for (int i = 0; i < g->n_values; i++) bytes[i] = align_up(i3_value_bytes(&g->values[i]));
-    i3rt_status st = backend && backend->iface->value_sizes ? backend->iface->value_sizes(backend, g, bytes) : I3RT_OK;
-    if (st != I3RT_OK) {
-        free(live), free(bytes);
-        return st;
-    }
-    int n_live = 0;
-    size_t peak = 0;
-    i3_value *in = &g->values[g->input];
-    in->offset = arena_place(live, &n_live, align_up(bytes[g->input]), &peak);
+    if (backend && backend->iface->value_sizes && (st = backend->iface->value_sizes(backend, g, bytes)) != I3RT_OK)
+        goto done;
+    for (int i = 0; i < g->n_values; i++) block[i] = -1;
+    int n_blocks = 0;
+    block[g->input] = n_blocks;
+    blocks[n_blocks++] = (arena_block){align_up(bytes[g->input]), 0, -1, g->values[g->input].last_use};
 
     g->scratch_bytes = 0;
     for (int n = 0; n < g->n_nodes; n++) {
         i3_node *node = &g->nodes[n];
-        i3_value *out = &g->values[node->out];
-        i3_value *first = &g->values[node->in[0]];
-        size_t size = align_up(bytes[node->out]);
+        const int out = node->out, in0 = node->in[0];
+        const i3_value *first = &g->values[in0];
+        const size_t size = align_up(bytes[out]);
+        const int last = g->values[out].last_use > n ? g->values[out].last_use : n;
         bool in_place = op_runs_in_place(node->op) && first->kind != I3_VALUE_WEIGHT && first->last_use == n &&
-                        node->in[0] != output && align_up(bytes[node->in[0]]) == size;
-        if (in_place) {
-            out->offset = first->offset;  /* the block passes from input to output */
+                        in0 != output && align_up(bytes[in0]) == size;
+        if (in_place) { /* the block passes from input to output */
+            block[out] = block[in0];
+            blocks[block[out]].last = last;
         } else {
-            out->offset = arena_place(live, &n_live, size, &peak);
-        }
-        for (int k = 0; k < I3_MAX_INPUTS; k++) {
-            int id = node->in[k];
-            if (id < 0 || g->values[id].kind == I3_VALUE_WEIGHT || g->values[id].last_use != n) continue;
-            if (in_place && k == 0) continue;
-            bool read_twice = false; /* the same value as two inputs of one node: release once */
-            for (int j = 0; j < k; j++) read_twice |= node->in[j] == id;
-            if (!read_twice) arena_release(live, &n_live, g->values[id].offset);
+            block[out] = n_blocks;
+            blocks[n_blocks++] = (arena_block){size, 0, n, last};
         }
         node->scratch_bytes = backend ? backend->iface->scratch_bytes(backend, g, node) : 0;
         if (node->scratch_bytes > g->scratch_bytes) g->scratch_bytes = node->scratch_bytes;
     }
-    free(live);
-    free(bytes);
+    size_t peak = arena_assign(blocks, n_blocks, order, overlapping);
+    for (int i = 0; i < g->n_values; i++)
+        if (block[i] >= 0) g->values[i].offset = blocks[block[i]].offset;
     g->arena_bytes = peak;
-    return I3RT_OK;
+done:
+    free(block), free(bytes), free(blocks), free(order), free(overlapping);
+    return st;
 }

@@ -108,8 +108,12 @@ int i3_graph_object_attention(i3_graph *g, int query, int key, int value, const 
 int i3_graph_mask_pool(i3_graph *g, int feats, int guide, const i3_mask_pool_params *p, const char *name);
 int i3_graph_channel_gate(i3_graph *g, int x, int gate, const char *name);
 
+/* Arena offsets are aligned for vector loads on the CPU and coalesced access on a GPU. */
+#define I3_ARENA_ALIGN 256
+
 /* Marks the output, computes lifetimes, asks the backend for each node's scratch and assigns arena
- * offsets (in-place ops reuse their input's buffer when it dies there). */
+ * offsets (in-place ops reuse their input's buffer when it dies there; placed largest first, so the
+ * peak is usually the most bytes alive at one node). */
 i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend);
 
 #endif /* I3RT_GRAPH_H */

@@ -1,7 +1,9 @@
 /* The graph builders' shape checks and the activation memory planner: on random U-Net-like graphs no
  * two values that are alive at the same time share arena bytes, and reuse makes the peak smaller
- * than keeping everything. */
+ * than keeping everything; on nnU-Net's encoder-decoder shape the peak is the largest set of values
+ * alive at one node, the least any placement needs. */
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,6 +71,71 @@ Test(planner, live_values_never_overlap, .init = setup, .fini = teardown) {
             }
         }
         cr_assert_lt(g.arena_bytes, sum + 256 * (size_t)g.n_values, "no reuse at all");
+        i3_graph_free(&g);
+    }
+}
+
+/* nnU-Net's PlainConvUNet shape: per stage two conv + instance norm (in place), stride-2 convs down,
+ * transposed convs up, concat with the skip, two convs; `stages` levels from `width` channels. */
+static int build_plain_unet(i3_graph *g, int stages, int64_t width, int64_t side) {
+    i3_norm_params np = {.eps = 1e-5f, .act = {I3_ACT_LEAKY_RELU, 0.01f}};
+    int x = i3_graph_input(g, (i3_shape5){1, 1, side, side, side}), skips[8];
+    int64_t c_in = 1, widths[8];
+    char name[32];
+    for (int s = 0; s < stages; s++) {
+        widths[s] = width << s;
+        for (int k = 0; k < 2; k++) {
+            i3_conv_params p = {.cout = widths[s], .k = {3, 3, 3}, .stride = {s > 0 && k == 0 ? 2 : 1, s > 0 && k == 0 ? 2 : 1,
+                                                                             s > 0 && k == 0 ? 2 : 1}, .pad = {1, 1, 1}};
+            snprintf(name, sizeof name, "enc%d.%d", s, k);
+            x = i3_graph_conv(g, x, weight(g, name, 5, widths[s], k ? widths[s] : c_in, 3, 3, 3), -1, &p, name);
+            x = i3_graph_instance_norm(g, x, -1, -1, &np, name);
+        }
+        c_in = widths[s];
+        skips[s] = x;
+    }
+    for (int s = stages - 2; s >= 0; s--) {
+        i3_conv_transpose_params up = {.cout = widths[s], .k = {2, 2, 2}};
+        snprintf(name, sizeof name, "up%d", s);
+        x = i3_graph_conv_transpose(g, x, weight(g, name, 5, widths[s + 1], widths[s], 2, 2, 2), -1, &up, name);
+        x = i3_graph_concat(g, skips[s], x, name);
+        for (int k = 0; k < 2; k++) {
+            i3_conv_params p = {.cout = widths[s], .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
+            snprintf(name, sizeof name, "dec%d.%d", s, k);
+            x = i3_graph_conv(g, x, weight(g, name, 5, widths[s], (k ? 1 : 2) * widths[s], 3, 3, 3), -1, &p, name);
+            x = i3_graph_instance_norm(g, x, -1, -1, &np, name);
+        }
+    }
+    i3_conv_params seg = {.cout = 3, .k = {1, 1, 1}, .stride = {1, 1, 1}};
+    return i3_graph_conv(g, x, weight(g, "seg", 5, 3, widths[0], 1, 1, 1), -1, &seg, "seg");
+}
+
+Test(planner, unet_peak_is_the_live_bound, .init = setup, .fini = teardown) {
+    for (int stages = 2; stages <= 6; stages++) {
+        i3_graph g;
+        i3_graph_init(&g, ctx);
+        int out = build_plain_unet(&g, stages, 4, 32);
+        cr_assert_geq(out, 0, "build failed: %s", i3rt_context_error(ctx));
+        cr_assert_eq(i3_graph_plan(&g, out, NULL), I3RT_OK);
+        size_t bound = 0; /* the most bytes alive at one node; an in-place output shares its input's */
+        for (int t = -1; t < g.n_nodes; t++) {
+            size_t live = 0;
+            for (int v = 0; v < g.n_values; v++) {
+                const i3_value *a = &g.values[v];
+                const int from = a->producer, to = a->last_use > a->producer ? a->last_use : a->producer;
+                if (a->kind == I3_VALUE_WEIGHT || t < from || t > to) continue;
+                const i3_node *node = from >= 0 ? &g.nodes[from] : NULL;
+                if (t == from && node && g.values[node->in[0]].offset == a->offset &&
+                    g.values[node->in[0]].last_use == t && g.values[node->in[0]].kind != I3_VALUE_WEIGHT)
+                    continue; /* written in place over its input, counted there */
+                live += (i3_value_bytes(a) + I3_ARENA_ALIGN - 1) / I3_ARENA_ALIGN * I3_ARENA_ALIGN;
+            }
+            if (live > bound) bound = live;
+        }
+        printf("planner: U-Net of %d stages, %d nodes: arena %zu bytes, largest live set %zu\n", stages, g.n_nodes,
+               g.arena_bytes, bound);
+        cr_assert_eq(g.arena_bytes, bound, "%d stages: arena %zu bytes, but at most %zu are alive at once", stages,
+                     g.arena_bytes, bound);
         i3_graph_free(&g);
     }
 }
