@@ -243,14 +243,35 @@ __global__ void pack_input_v1(const float *__restrict__ x, int64_t c, int64_t sp
     }
 }
 
+/* A transposed convolution with stride = kernel (kernels/conv_transpose.cu's semantics) as v3's GEMM: rows
+ * the input positions, columns n = tap * cout + output channel, k the input channels (a 1x1x1 conv with
+ * cout x taps outputs), each product written to its own output position (no overlap). cout = 0: a plain
+ * convolution. */
+struct Upsample {
+    int64_t cout;
+    int k[3];
+};
+
+/* The transposed conv's weights [cin, cout, k0, k1, k2] as v3 reads them: packed[tap * cout + o][c]. */
+template <bool BF16>
+__global__ void pack_transposed_weights_v1(const float *__restrict__ w, int64_t cin, Upsample up, int64_t k_packed,
+                                           int64_t total, uint16_t *__restrict__ packed) {
+    const int64_t taps = (int64_t)up.k[0] * up.k[1] * up.k[2];
+    I3_GRID_STRIDE_LOOP(i, total) {
+        const int64_t n = i / k_packed, c = i % k_packed, tap = n / up.cout, o = n % up.cout;
+        packed[i] = to_b16<BF16>(tap < taps && c < cin ? __ldg(&w[(c * up.cout + o) * taps + tap]) : 0.0f);
+    }
+}
+
 /* Flags are uniform over the grid: x_cl: the input is channels-last b16 (else NCDHW f32); y_cl: the
- * same for the output; prologue, stats: conv_v1's fusions. */
+ * same for the output; prologue, stats: conv_v1's fusions; up.cout > 0: a transposed conv (Upsample;
+ * output channels-last, no statistics). */
 template <bool BF16>
 __global__ void __launch_bounds__(V3_THREADS)
     conv_tensor_core_v3(const void *__restrict__ x_in, bool x_cl, const uint16_t *__restrict__ packed,
                         int64_t k_packed, const float *__restrict__ b, ConvGeometry g, i3_act act,
                         const float *__restrict__ in_scale_shift, i3_act act_in, void *__restrict__ y_out, bool y_cl,
-                        float *__restrict__ partials, int chunks) {
+                        float *__restrict__ partials, int chunks, Upsample up) {
     __shared__ __align__(16) uint16_t smem[V3_STAGES * V3_STAGE];
     typedef uint16_t(*Rows)[V3_ROW];
     const int64_t out_spatial = g.od * g.oh * g.ow, rows = g.n * out_spatial;
@@ -358,12 +379,23 @@ __global__ void __launch_bounds__(V3_THREADS)
         for (int j = 0; j < 4; j++)
             for (int half = 0; half < 2; half++) {
                 const int64_t m = m0 + warp_m * 32 + i * 16 + group + 8 * half, o = n0 + warp_n * 32 + j * 8 + 2 * t;
+                const int64_t channel = up.cout ? o % up.cout : o; /* of the bias and the output */
                 float v[2];
                 for (int q = 0; q < 2; q++)
-                    v[q] = act_apply(act, acc[i][j][2 * half + q] + (b && o + q < g.cout ? b[o + q] : 0.0f));
+                    v[q] = act_apply(act, acc[i][j][2 * half + q] + (b && o + q < g.cout ? b[channel + q] : 0.0f));
                 if (m >= rows) continue;
                 if (partials) moments_add(mo[j][0], v[0]), moments_add(mo[j][1], v[1]);
-                if (y_cl) { /* cout is a multiple of 8: o < cout means o + 1 < cout */
+                if (up.cout) { /* to the output position of input position m's tap o / up.cout */
+                    if (o < g.cout) {
+                        const int64_t tap = o / up.cout, pos = m % out_spatial;
+                        const int64_t z = (pos / (g.ow * g.oh)) * up.k[0] + tap / (up.k[1] * up.k[2]);
+                        const int64_t yy = (pos / g.ow % g.oh) * up.k[1] + tap / up.k[2] % up.k[1];
+                        const int64_t xx = (pos % g.ow) * up.k[2] + tap % up.k[2];
+                        const int64_t at = ((m / out_spatial * g.od * up.k[0] + z) * g.oh * up.k[1] + yy) * g.ow * up.k[2] + xx;
+                        *(uint32_t *)((uint16_t *)y_out + at * up.cout + channel) =
+                            pack_b16(to_b16<BF16>(v[0]), to_b16<BF16>(v[1]));
+                    }
+                } else if (y_cl) { /* cout is a multiple of 8: o < cout means o + 1 < cout */
                     if (o < g.cout)
                         *(uint32_t *)((uint16_t *)y_out + m * g.cout + o) = pack_b16(to_b16<BF16>(v[0]), to_b16<BF16>(v[1]));
                 } else {
@@ -418,14 +450,38 @@ static int64_t packed_input_channels(i3_shape5 xs, bool x_cl, int precision) {
     return 3 * cp <= 4 * xs.c ? cp : 0;
 }
 
+/* The scratch v3 needs for GEMM geometry g on input xs: the packed weights, then the input's channels-last
+ * copy when it gets one. */
+static size_t v3_scratch_bytes(ConvGeometry g, i3_shape5 xs, bool x_cl, int precision) {
+    const int64_t cp = packed_input_channels(xs, x_cl, precision);
+    if (cp) g.cin = cp;
+    return packed_weight_bytes(g) + (size_t)(xs.n * i3_shape5_spatial(xs) * cp) * sizeof(uint16_t);
+}
+
+/* Makes an NCDHW input channels-last in the scratch after the packed weights when packed_input_channels
+ * says so: then x, x_cl, g.cin (padded) and in_scale_shift (applied, so NULL) describe the copy. */
+static int pack_input_if_worth(const void *&x, bool &x_cl, i3_shape5 xs, ConvGeometry &g, int precision,
+                               const float *&in_scale_shift, i3_act act_in, void *scratch, void *stream) {
+    const int64_t cp = packed_input_channels(xs, x_cl, precision);
+    if (!cp) return 0;
+    g.cin = cp;
+    uint16_t *packed_x = (uint16_t *)((char *)scratch + packed_weight_bytes(g));
+    const int64_t n_x = xs.n * i3_shape5_spatial(xs) * cp;
+    decltype(&pack_input_v1<false>) pack = precision == I3_TC_BF16 ? pack_input_v1<true> : pack_input_v1<false>;
+    const int e = (int)I3_LAUNCH(pack, grid_stride_blocks(n_x, 256), 256, 0, (cudaStream_t)stream, (const float *)x,
+                                 xs.c, i3_shape5_spatial(xs), cp, n_x, in_scale_shift, act_in, packed_x);
+    x = packed_x;
+    x_cl = true;
+    in_scale_shift = NULL;
+    return e;
+}
+
 extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p,
                                                          int precision) {
     if (precision == I3_TC_TF32) return 0;
     ConvGeometry g = conv_geometry(xs, p, xs); /* the output's spatial size does not matter here */
     g.cout = p->cout;
-    const int64_t cp = packed_input_channels(xs, x_layout == I3_LAYOUT_NDHWC, precision);
-    if (cp) g.cin = cp;
-    return packed_weight_bytes(g) + (size_t)(xs.n * i3_shape5_spatial(xs) * cp) * sizeof(uint16_t);
+    return v3_scratch_bytes(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
 }
 
 extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w,
@@ -449,22 +505,10 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
                               (float *)y, partials, chunks);
     }
     const bool bf16 = precision == I3_TC_BF16;
-    const int64_t cp = packed_input_channels(xs, x_cl, precision);
-    if (cp) g.cin = cp;
+    int e = pack_input_if_worth(x, x_cl, xs, g, precision, in_scale_shift, act_in, scratch, stream);
+    if (e) return e;
     const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
     uint16_t *packed = (uint16_t *)scratch;
-    int e;
-    if (cp) { /* the input channels-last first, in the scratch after the weights; its deferred norm with it */
-        uint16_t *packed_x = (uint16_t *)((char *)scratch + packed_weight_bytes(g));
-        const int64_t n_x = xs.n * i3_shape5_spatial(xs) * cp;
-        decltype(&pack_input_v1<false>) pack_x = bf16 ? pack_input_v1<true> : pack_input_v1<false>;
-        e = (int)I3_LAUNCH(pack_x, grid_stride_blocks(n_x, 256), 256, 0, (cudaStream_t)stream, (const float *)x, xs.c,
-                           i3_shape5_spatial(xs), cp, n_x, in_scale_shift, act_in, packed_x);
-        if (e) return e;
-        x = packed_x;
-        x_cl = true;
-        in_scale_shift = NULL;
-    }
     decltype(&pack_weights_v1<false>) pack = bf16 ? pack_weights_v1<true> : pack_weights_v1<false>;
     decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
     e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, g, xs.c, x_cl, k_packed,
@@ -472,7 +516,52 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
     if (e) return e;
     dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((ys.c + V3_BN - 1) / V3_BN));
     return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed, b, g, p->act,
-                          in_scale_shift, act_in, y, y_cl, partials, chunks);
+                          in_scale_shift, act_in, y, y_cl, partials, chunks, Upsample{});
+}
+
+/* The GEMM of a transposed conv (Upsample): a 1x1x1 conv of the input with cout x taps output channels. */
+static ConvGeometry upsample_geometry(i3_shape5 xs, const i3_conv_transpose_params *p, Upsample *up) {
+    up->cout = p->cout;
+    for (int i = 0; i < 3; i++) up->k[i] = p->k[i];
+    i3_conv_params one = {};
+    one.cout = (int)(p->cout * p->k[0] * p->k[1] * p->k[2]);
+    for (int i = 0; i < 3; i++) one.k[i] = one.stride[i] = 1;
+    const i3_shape5 gemm_out = {xs.n, one.cout, xs.d, xs.h, xs.w};
+    return conv_geometry(xs, &one, gemm_out);
+}
+
+extern "C" size_t I3_DEV(conv_transpose_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout,
+                                                                   const i3_conv_transpose_params *p, int precision) {
+    Upsample up;
+    return v3_scratch_bytes(upsample_geometry(xs, p, &up), xs, x_layout == I3_LAYOUT_NDHWC, precision);
+}
+
+extern "C" int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, int x_layout, const float *w,
+                                                  const float *b, const i3_conv_transpose_params *p, void *y,
+                                                  i3_shape5 ys, int precision, void *scratch, void *stream) {
+    Upsample up;
+    ConvGeometry g = upsample_geometry(xs, p, &up);
+    const int64_t rows = xs.n * i3_shape5_spatial(xs);
+    bool x_cl = x_layout == I3_LAYOUT_NDHWC;
+    if ((precision != I3_TC_F16 && precision != I3_TC_BF16) || ys.c % 8 != 0 || (x_cl && xs.c % 8 != 0) || !scratch)
+        return (int)cudaErrorInvalidValue;
+    if (rows == 0 || ys.c == 0) return 0;
+    const bool bf16 = precision == I3_TC_BF16;
+    const float *no_norm = NULL;
+    int e = pack_input_if_worth(x, x_cl, xs, g, precision, no_norm, i3_act{I3_ACT_NONE, 0.0f}, scratch, stream);
+    if (e) return e;
+    const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
+    uint16_t *packed = (uint16_t *)scratch;
+    decltype(&pack_transposed_weights_v1<false>) pack =
+        bf16 ? pack_transposed_weights_v1<true> : pack_transposed_weights_v1<false>;
+    decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
+    e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, xs.c, up, k_packed,
+                       total, packed);
+    if (e) return e;
+    const i3_act none = {I3_ACT_NONE, 0.0f};
+    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((g.cout + V3_BN - 1) / V3_BN));
+    return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed,
+                          b, g, none, (const float *)NULL, none, y, true, (float *)NULL, 0, up);
 }
 
 extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,

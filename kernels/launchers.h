@@ -49,11 +49,17 @@ int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, co
                                    void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
-/* The same with x and y each NCDHW f32 or channels-last [n, d, h, w, c] in the f16/bf16 of `precision`
- * (x_layout, y_layout: I3_LAYOUT_*). */
-int I3_DEV(conv_transpose_channels_last)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
-                                         const i3_conv_transpose_params *p, void *y, i3_shape5 ys, int y_layout,
-                                         int precision, void *stream);
+/* The same on a channels-last input [n, d, h, w, cin] in the f16/bf16 of `precision`; y NCDHW f32. */
+int I3_DEV(conv_transpose_channels_last)(const void *x, i3_shape5 xs, int precision, const float *w, const float *b,
+                                         const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
+/* The same on tensor cores (f16/bf16 operands, f32 sums; kernels/conv_tensor_core.cu v3 as a GEMM over input
+ * positions x (tap, output channel)): x NCDHW f32 or channels-last, y channels-last in the f16/bf16 of
+ * `precision` (ys.c a multiple of 8); scratch of conv_transpose_tensor_core_scratch_bytes. */
+size_t I3_DEV(conv_transpose_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_transpose_params *p,
+                                                       int precision);
+int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
+                                       const i3_conv_transpose_params *p, void *y, i3_shape5 ys, int precision,
+                                       void *scratch, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
                      float *y, i3_shape5 ys, void *stream);
 int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,

@@ -169,20 +169,24 @@ static int tensor_core_precision(const DeviceState *st) {
 }
 
 static i3rt_status plan_layouts(i3_backend *b, const i3_graph *g);
+static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v);
 static int layout_of(const DeviceState *st, const i3_graph *g, int v);
 
 static size_t device_scratch_bytes(i3_backend *b, const i3_graph *g, const i3_node *node) {
     if (node->op == I3_OP_MASK_POOL) return I3_DEV(mask_pool_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]));
-    if (node->op == I3_OP_CONV && state_of(b)->conv != CONV_F32) { /* packed weights, maybe a packed input */
-        DeviceState *st = state_of(b);
-        /* the input's layout as the run will decide it (device_value_sizes has planned it for g already;
-         * if that could not be done, NCDHW, which needs the most scratch) */
-        if (st->layouts_for != g && plan_layouts(b, g) != I3RT_OK) st->layouts_for = NULL;
-        return I3_DEV(conv_tensor_core_scratch_bytes)(i3_value_shape5(&g->values[node->in[0]]),
-                                                      layout_of(st, g, node->in[0]), &node->p.conv,
-                                                      tensor_core_precision(st));
-    }
-    return 0;
+    DeviceState *st = state_of(b);
+    if ((node->op != I3_OP_CONV && node->op != I3_OP_CONV_TRANSPOSE) || st->conv == CONV_F32) return 0;
+    /* the tensor-core kernels' packed weights, maybe a channels-last copy of the input: by the layouts the
+     * run will decide (device_value_sizes has planned them for g already; if that could not be done, NCDHW
+     * for the conv's input, which needs the most scratch, and no tensor-core transposed conv) */
+    if (st->layouts_for != g && plan_layouts(b, g) != I3RT_OK) st->layouts_for = NULL;
+    const i3_shape5 xs = i3_value_shape5(&g->values[node->in[0]]);
+    const int x_layout = layout_of(st, g, node->in[0]);
+    if (node->op == I3_OP_CONV)
+        return I3_DEV(conv_tensor_core_scratch_bytes)(xs, x_layout, &node->p.conv, tensor_core_precision(st));
+    return value_channels_last(st, g, node->out) ? I3_DEV(conv_transpose_tensor_core_scratch_bytes)(
+                                                       xs, x_layout, &node->p.conv_transpose, tensor_core_precision(st))
+                                                 : 0;
 }
 
 /* What the node runners below return besides a cudaError_t: an allocation failed, and the
@@ -478,11 +482,14 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
     switch (node->op) {
     case I3_OP_CONV: e = run_conv(b, g, node, n, scratch); break;
     case I3_OP_CONV_TRANSPOSE:
-        if (value_channels_last(st, g, node->in[0]) || value_channels_last(st, g, node->out)) {
-            st->stats.channels_last_outputs += value_channels_last(st, g, node->out);
-            e = I3_DEV(conv_transpose_channels_last)(in0, xs, layout_of(st, g, node->in[0]), in1, in2,
-                                                     &node->p.conv_transpose, out, ys, layout_of(st, g, node->out),
-                                                     tensor_core_precision(st), s);
+        if (value_channels_last(st, g, node->out)) { /* on tensor cores, for a channels-last concat */
+            st->stats.channels_last_outputs++;
+            e = I3_DEV(conv_transpose_tensor_core)(in0, xs, layout_of(st, g, node->in[0]), in1, in2,
+                                                   &node->p.conv_transpose, out, ys, tensor_core_precision(st),
+                                                   scratch, s);
+        } else if (value_channels_last(st, g, node->in[0])) {
+            e = I3_DEV(conv_transpose_channels_last)(in0, xs, tensor_core_precision(st), in1, in2,
+                                                     &node->p.conv_transpose, out, ys, s);
         } else
             e = I3_DEV(conv_transpose)(in0, xs, in1, in2, &node->p.conv_transpose, out, ys, s);
         break;

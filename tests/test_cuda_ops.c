@@ -42,7 +42,10 @@ typedef int (*norm_apply_cl_launcher)(const void *, int, int64_t, int64_t, int64
                                       int, i3_act, void *, int, void *);
 typedef int (*avg_pool_cl_launcher)(const void *, i3_shape5, int, const i3_avg_pool_params *, float *, void *);
 typedef int (*conv_transpose_cl_launcher)(const void *, i3_shape5, int, const float *, const float *,
-                                          const i3_conv_transpose_params *, void *, i3_shape5, int, int, void *);
+                                          const i3_conv_transpose_params *, float *, i3_shape5, void *);
+typedef int (*conv_transpose_tc_launcher)(const void *, i3_shape5, int, const float *, const float *,
+                                          const i3_conv_transpose_params *, void *, i3_shape5, int, void *, void *);
+typedef size_t (*conv_transpose_tc_scratch_fn)(i3_shape5, int, const i3_conv_transpose_params *, int);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
 
@@ -73,6 +76,8 @@ typedef struct {
     concat_cl_launcher concat_channels_last; /* the graph's concat and norm on channels-last tensors */
     norm_apply_cl_launcher norm_apply_channels_last;
     conv_transpose_cl_launcher conv_transpose_channels_last;
+    conv_transpose_tc_launcher conv_transpose_tensor_core;
+    conv_transpose_tc_scratch_fn conv_transpose_tensor_core_scratch_bytes;
     avg_pool_cl_launcher avg_pool_channels_last;
     slice_sums_launcher slice_sums;       /* not a graph op */
 } device;
@@ -696,27 +701,35 @@ static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64
     free(x), free(ss), free(skip), free(x16), free(y16), free(skip16), free(got), free(want);
 }
 
-/* The transposed conv with a channels-last input, output or both, against the reference on the rounded
- * input (a channels-last output rounded too). */
+/* The transposed conv with a channels-last input (v1, output NCDHW f32), or on tensor cores (output
+ * channels-last; input either), against the reference on the rounded input (and, on tensor cores, weights;
+ * a channels-last output rounded too). */
 static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_transpose_params p, int x_layout,
-                                              int y_layout, int precision, uint64_t seed) {
+                                              int tensor_cores, int precision, uint64_t seed) {
+    const int y_layout = tensor_cores ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW;
     fx_rng r = fx_rng_seed(seed);
     const i3_shape5 ys = i3_conv_transpose_out_shape(xs, &p);
     const int64_t nx = i3_shape5_numel(xs), ny = i3_shape5_numel(ys), nw = xs.c * p.cout * p.k[0] * p.k[1] * p.k[2];
     const bool x_cl = x_layout == I3_LAYOUT_NDHWC, y_cl = y_layout == I3_LAYOUT_NDHWC;
     float *x = random_floats(&r, nx, -2, 2), *w = random_floats(&r, nw, -0.5f, 0.5f), *b = random_floats(&r, p.cout, -1, 1);
     uint16_t *x16 = to_channels_last_host(x, xs.n, xs.c, i3_shape5_spatial(xs), precision);
-    if (x_cl)
-        for (int64_t i = 0; i < nx; i++) x[i] = round_operand(x[i], precision);
+    float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
+    for (int64_t i = 0; i < nx; i++) xr[i] = x_cl || tensor_cores ? round_operand(x[i], precision) : x[i];
+    for (int64_t i = 0; i < nw; i++) wr[i] = tensor_cores ? round_operand(w[i], precision) : w[i];
     float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
     uint16_t *y16 = malloc((size_t)(ny + 1) * sizeof *y16);
-    i3_cpu_conv_transpose_ref(x, xs, w, b, &p, ref);
+    i3_cpu_conv_transpose_ref(xr, xs, wr, b, &p, ref);
     dbuf dx = x_cl ? dev_upload(d, (const float *)x16, (nx + 1) / 2) : dev_upload(d, x, nx);
     dbuf dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout), dy = dev_upload(d, NULL, y_cl ? (ny + 1) / 2 : ny);
-    cr_assert_eq(d->conv_transpose_channels_last(dx.data, xs, x_layout, dw.data, db.data, &p, dy.data, ys, y_layout,
-                                                 precision, NULL),
+    dbuf dscratch = dev_scratch(d, tensor_cores ? d->conv_transpose_tensor_core_scratch_bytes(xs, x_layout, &p, precision) : 0);
+    cr_assert(tensor_cores || x_cl);
+    cr_assert_eq(tensor_cores ? d->conv_transpose_tensor_core(dx.data, xs, x_layout, dw.data, db.data, &p, dy.data, ys,
+                                                              precision, dscratch.data, NULL)
+                              : d->conv_transpose_channels_last(dx.data, xs, precision, dw.data, db.data, &p, dy.data,
+                                                                ys, NULL),
                  0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
+    dev_download_free(d, dscratch, NULL, "conv_transpose scratch");
     dev_download_free(d, dx, NULL, "conv_transpose channels-last x");
     dev_download_free(d, dw, NULL, "conv_transpose channels-last w");
     dev_download_free(d, db, NULL, "conv_transpose channels-last b");
@@ -729,14 +742,14 @@ static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_t
                     y[(sample * ys.c + ch) * spatial + pos] = from_b16_host(y16[i], precision);
     }
     char what[160];
-    snprintf(what, sizeof what, "conv_transpose %s x[%lld,%lld,%lld,%lld,%lld] k%d%d%d, x %s, y %s",
-             PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
-             (long long)xs.w, p.k[0], p.k[1], p.k[2], x_cl ? "channels-last" : "NCDHW f32",
-             y_cl ? "channels-last" : "NCDHW f32");
+    snprintf(what, sizeof what, "conv_transpose%s %s x[%lld,%lld,%lld,%lld,%lld] k%d%d%d -> %d, x %s, y %s",
+             tensor_cores ? " tensor cores" : "", PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c,
+             (long long)xs.d, (long long)xs.h, (long long)xs.w, p.k[0], p.k[1], p.k[2], p.cout,
+             x_cl ? "channels-last" : "NCDHW f32", y_cl ? "channels-last" : "NCDHW f32");
     /* a channels-last output is the f32 sum rounded once */
     check_nmse_tol(d->b->iface->name, what, y, ref, ny,
                    !y_cl ? NMSE_F32 : precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16);
-    free(x), free(w), free(b), free(x16), free(y), free(y16), free(ref);
+    free(x), free(w), free(b), free(xr), free(wr), free(x16), free(y), free(y16), free(ref);
 }
 
 /* The average pooling on a channels-last input against the reference on the rounded input. */
@@ -774,12 +787,24 @@ static void check_channels_last_ops(device *d) {
             }
         avg_pool_channels_last_case(d, (i3_shape5){2, 8, 3, 5, 7}, (i3_avg_pool_params){.k = {1, 2, 2}}, prec, 50);
         conv_transpose_channels_last_case(d, (i3_shape5){2, 16, 2, 3, 5},
-                                          (i3_conv_transpose_params){.cout = 5, .k = {1, 2, 2}}, I3_LAYOUT_NDHWC,
-                                          I3_LAYOUT_NCDHW, prec, 48 + prec);
-        for (int x_layout = I3_LAYOUT_NCDHW; x_layout <= I3_LAYOUT_NDHWC; x_layout++) /* the U-Net's: output 8k channels */
+                                          (i3_conv_transpose_params){.cout = 5, .k = {1, 2, 2}}, I3_LAYOUT_NDHWC, 0,
+                                          prec, 48 + prec);
+        /* on tensor cores: the U-Net's (8k output channels, input either layout); 2 column tiles (24 x 8 taps =
+         * 192), 3 row tiles (2 x 140 input positions); a 2D upsampling; an NCDHW input of 18 channels (made
+         * channels-last with 24) */
+        for (int x_layout = I3_LAYOUT_NCDHW; x_layout <= I3_LAYOUT_NDHWC; x_layout++)
             conv_transpose_channels_last_case(d, (i3_shape5){2, 16, 3, 2, 5},
-                                              (i3_conv_transpose_params){.cout = 8, .k = {2, 2, 2}}, x_layout,
-                                              I3_LAYOUT_NDHWC, prec, 52 + prec);
+                                              (i3_conv_transpose_params){.cout = 8, .k = {2, 2, 2}}, x_layout, 1, prec,
+                                              52 + prec);
+        conv_transpose_channels_last_case(d, (i3_shape5){2, 40, 4, 5, 7},
+                                          (i3_conv_transpose_params){.cout = 24, .k = {2, 2, 2}}, I3_LAYOUT_NDHWC, 1,
+                                          prec, 54 + prec);
+        conv_transpose_channels_last_case(d, (i3_shape5){1, 32, 1, 9, 11},
+                                          (i3_conv_transpose_params){.cout = 16, .k = {1, 2, 2}}, I3_LAYOUT_NDHWC, 1,
+                                          prec, 56 + prec);
+        conv_transpose_channels_last_case(d, (i3_shape5){1, 18, 3, 4, 5},
+                                          (i3_conv_transpose_params){.cout = 8, .k = {2, 1, 2}}, I3_LAYOUT_NCDHW, 1,
+                                          prec, 58 + prec);
     }
 }
 
@@ -1796,6 +1821,8 @@ static void open_emulated(device *d) {
     d->concat_channels_last = i3emu_concat_channels_last;
     d->norm_apply_channels_last = i3emu_norm_apply_channels_last;
     d->conv_transpose_channels_last = i3emu_conv_transpose_channels_last;
+    d->conv_transpose_tensor_core = i3emu_conv_transpose_tensor_core;
+    d->conv_transpose_tensor_core_scratch_bytes = i3emu_conv_transpose_tensor_core_scratch_bytes;
     d->avg_pool_channels_last = i3emu_avg_pool_channels_last;
     d->slice_sums = i3emu_slice_sums;
     d->softmax_slices = i3emu_softmax_slices;
@@ -1823,6 +1850,8 @@ static int open_gpu(device *d) {
     d->concat_channels_last = i3gpu_concat_channels_last;
     d->norm_apply_channels_last = i3gpu_norm_apply_channels_last;
     d->conv_transpose_channels_last = i3gpu_conv_transpose_channels_last;
+    d->conv_transpose_tensor_core = i3gpu_conv_transpose_tensor_core;
+    d->conv_transpose_tensor_core_scratch_bytes = i3gpu_conv_transpose_tensor_core_scratch_bytes;
     d->avg_pool_channels_last = i3gpu_avg_pool_channels_last;
     d->slice_sums = i3gpu_slice_sums;
     d->softmax_slices = i3gpu_softmax_slices;
