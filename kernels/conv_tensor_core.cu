@@ -248,7 +248,7 @@ __global__ void pack_input_v1(const float *__restrict__ x, int64_t c, int64_t sp
  * cout x taps outputs), each product written to its own output position (no overlap). cout = 0: a plain
  * convolution. */
 struct Upsample {
-    int64_t cout;
+    int64_t cout, stride; /* output channels, and elements from one output position to the next */
     int k[3];
 };
 
@@ -392,7 +392,7 @@ __global__ void __launch_bounds__(V3_THREADS)
                         const int64_t yy = (pos / g.ow % g.oh) * up.k[1] + tap / up.k[2] % up.k[1];
                         const int64_t xx = (pos % g.ow) * up.k[2] + tap % up.k[2];
                         const int64_t at = ((m / out_spatial * g.od * up.k[0] + z) * g.oh * up.k[1] + yy) * g.ow * up.k[2] + xx;
-                        *(uint32_t *)((uint16_t *)y_out + at * up.cout + channel) =
+                        *(uint32_t *)((uint16_t *)y_out + at * up.stride + channel) =
                             pack_b16(to_b16<BF16>(v[0]), to_b16<BF16>(v[1]));
                     }
                 } else if (y_cl) { /* cout is a multiple of 8: o < cout means o + 1 < cout */
@@ -538,12 +538,15 @@ extern "C" size_t I3_DEV(conv_transpose_tensor_core_scratch_bytes)(i3_shape5 xs,
 
 extern "C" int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, int x_layout, const float *w,
                                                   const float *b, const i3_conv_transpose_params *p, void *y,
-                                                  i3_shape5 ys, int precision, void *scratch, void *stream) {
+                                                  i3_shape5 ys, int64_t y_stride, int precision, void *scratch,
+                                                  void *stream) {
     Upsample up;
     ConvGeometry g = upsample_geometry(xs, p, &up);
+    up.stride = y_stride;
     const int64_t rows = xs.n * i3_shape5_spatial(xs);
     bool x_cl = x_layout == I3_LAYOUT_NDHWC;
-    if ((precision != I3_TC_F16 && precision != I3_TC_BF16) || ys.c % 8 != 0 || (x_cl && xs.c % 8 != 0) || !scratch)
+    if ((precision != I3_TC_F16 && precision != I3_TC_BF16) || ys.c % 8 != 0 || (x_cl && xs.c % 8 != 0) || !scratch ||
+        y_stride < ys.c || y_stride % 2 != 0)
         return (int)cudaErrorInvalidValue;
     if (rows == 0 || ys.c == 0) return 0;
     const bool bf16 = precision == I3_TC_BF16;

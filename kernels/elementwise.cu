@@ -1,6 +1,7 @@
 /* Elementwise device ops: activation y = act(x), add y = act(a + b) (in place allowed), and channel
  * concat y[n, ca+cb, s] = [a[n, ca, s], b[n, cb, s]], also written channels-last in f16/bf16
- * (y[n, s, ca+cb], for the tensor-core convolution that reads it: kernels/conv_tensor_core.cu).
+ * (y[n, s, ca+cb], for the tensor-core convolution that reads it: kernels/conv_tensor_core.cu). a or b
+ * NULL: that input's channels of y are already there (its producer wrote them: i3_graph_plan's views).
  *
  * Kernel versions:
  *   activation v1, add v1: one grid-stride loop, one element per thread per step.
@@ -26,7 +27,10 @@ __global__ void concat_v1(const float *a, int64_t ca, const float *b, int64_t cb
     int64_t c = ca + cb, total = n * c * s;
     I3_GRID_STRIDE_LOOP(i, total) {
         int64_t sample = i / (c * s), ch = i / s % c, pos = i % s;
-        y[i] = ch < ca ? a[(sample * ca + ch) * s + pos] : b[(sample * cb + ch - ca) * s + pos];
+        if (ch < ca && a)
+            y[i] = a[(sample * ca + ch) * s + pos];
+        else if (ch >= ca && b)
+            y[i] = b[(sample * cb + ch - ca) * s + pos];
     }
 }
 
@@ -41,14 +45,14 @@ __global__ void concat_channels_last_v1(const void *__restrict__ a, bool a_cl, i
     const int64_t c = ca + cb, sample = blockIdx.z, p0 = (int64_t)blockIdx.x * CL_TILE, c0 = blockIdx.y * CL_TILE;
     for (int i = threadIdx.y; i < CL_TILE; i += blockDim.y) {
         const int64_t ch = c0 + i, pos = p0 + threadIdx.x;
-        if (ch >= c || pos >= s || (ch < ca ? a_cl : b_cl)) continue;
+        if (ch >= c || pos >= s || (ch < ca ? a_cl || !a : b_cl || !b)) continue;
         tile[i][threadIdx.x] = to_b16<BF16>(ch < ca ? ((const float *)a)[(sample * ca + ch) * s + pos]
                                                     : ((const float *)b)[(sample * cb + ch - ca) * s + pos]);
     }
     __syncthreads();
     for (int i = threadIdx.y; i < CL_TILE; i += blockDim.y) {
         const int64_t pos = p0 + i, ch = c0 + threadIdx.x;
-        if (ch >= c || pos >= s) continue;
+        if (ch >= c || pos >= s || (ch < ca ? !a : !b)) continue;
         uint16_t v = tile[threadIdx.x][i];
         if (ch < ca && a_cl) v = ((const uint16_t *)a)[(sample * s + pos) * ca + ch];
         if (ch >= ca && b_cl) v = ((const uint16_t *)b)[(sample * s + pos) * cb + ch - ca];

@@ -54,12 +54,14 @@ int I3_DEV(conv_transpose_channels_last)(const void *x, i3_shape5 xs, int precis
                                          const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 /* The same on tensor cores (f16/bf16 operands, f32 sums; kernels/conv_tensor_core.cu v3 as a GEMM over input
  * positions x (tap, output channel)): x NCDHW f32 or channels-last, y channels-last in the f16/bf16 of
- * `precision` (ys.c a multiple of 8); scratch of conv_transpose_tensor_core_scratch_bytes. */
+ * `precision` (ys.c a multiple of 8) with y_stride >= ys.c elements from one position to the next (more:
+ * y is the second part of a channels-last concat's output); scratch of
+ * conv_transpose_tensor_core_scratch_bytes. */
 size_t I3_DEV(conv_transpose_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_transpose_params *p,
                                                        int precision);
 int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
-                                       const i3_conv_transpose_params *p, void *y, i3_shape5 ys, int precision,
-                                       void *scratch, void *stream);
+                                       const i3_conv_transpose_params *p, void *y, i3_shape5 ys, int64_t y_stride,
+                                       int precision, void *scratch, void *stream);
 int I3_DEV(acs_conv)(const float *x, i3_shape5 xs, const float *w, const float *b, const i3_acs_conv_params *p,
                      float *y, i3_shape5 ys, void *stream);
 int I3_DEV(instance_norm)(const float *x, i3_shape5 xs, const float *gamma, const float *beta,
@@ -84,7 +86,8 @@ int I3_DEV(concat)(const float *a, int64_t ca, const float *b, int64_t cb, int64
                    void *stream);
 /* The same concat written channels-last, y[n, s, ca + cb] in the f16/bf16 of `precision` (I3_TC_F16 or
  * I3_TC_BF16); each input is NCDHW f32 or already channels-last in that format (a_layout, b_layout:
- * I3_LAYOUT_*); b may be NULL when cb = 0 (a plain layout conversion). */
+ * I3_LAYOUT_*). Both: a or b NULL leaves that input's channels of y as they are (written there by its
+ * producer, or a count of 0). */
 int I3_DEV(concat_channels_last)(const void *a, int a_layout, int64_t ca, const void *b, int b_layout, int64_t cb,
                                  int64_t n, int64_t s, int precision, void *y, void *stream);
 int I3_DEV(resize)(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, void *stream);

@@ -37,6 +37,11 @@ typedef struct {
      * element type (the CUDA backend's channels-last f16/bf16 activations: half). Called by i3_graph_plan
      * once every value's last reader is known; NULL: every value as i3_value_bytes says. */
     i3rt_status (*value_sizes)(i3_backend *b, const i3_graph *g, size_t *bytes);
+    /* The byte offset inside concat's output at which the backend can have the concat's input k (0, 1)
+     * written by that input's producer (a view: no buffer of its own, no copy), or SIZE_MAX. Asked by
+     * i3_graph_plan after value_sizes, only where that input dies at the concat; NULL:
+     * i3_graph_concat_contiguous_offset. */
+    size_t (*concat_view_offset)(i3_backend *b, const i3_graph *g, const i3_node *concat, int k);
     /* Runs one node; its values' data pointers are set. */
     i3rt_status (*run_node)(i3_backend *b, const i3_graph *g, const i3_node *node, void *scratch);
     /* Waits for queued work (no-op on the CPU). */

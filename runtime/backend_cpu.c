@@ -40,7 +40,9 @@ static i3rt_status cpu_run_node(i3_backend *b, const i3_graph *g, const i3_node 
     case I3_OP_ACTIVATION: i3_cpu_activation(in0, i3_shape5_numel(xs), node->p.act, out, nt); break;
     case I3_OP_ADD: i3_cpu_add(in0, in1, i3_shape5_numel(xs), node->p.act, out, nt); break;
     case I3_OP_CONCAT:
-        i3_cpu_concat(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out);
+        i3_cpu_concat(g->values[node->in[0]].view_of == node->out ? NULL : in0, xs.c, /* NULL: written in place */
+                      g->values[node->in[1]].view_of == node->out ? NULL : in1, g->values[node->in[1]].dims[1], xs.n,
+                      i3_shape5_spatial(xs), out);
         break;
     case I3_OP_RESIZE: i3_cpu_resize(in0, xs, &node->p.resize, out, nt); break;
     case I3_OP_SOFTMAX:

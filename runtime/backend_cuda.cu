@@ -310,6 +310,19 @@ static i3rt_status device_value_sizes(i3_backend *b, const i3_graph *g, size_t *
                      * again at its first node */
 }
 
+/* Where a concat's input k can be written inside its output (i3_backend_i.concat_view_offset): into a
+ * channels-last output by a transposed conv on tensor cores (its epilogue takes the row stride), at that
+ * input's first channel; into an NCDHW one by any producer where that is a contiguous part. */
+static size_t device_concat_view_offset(i3_backend *b, const i3_graph *g, const i3_node *concat, int k) {
+    DeviceState *st = state_of(b);
+    if (st->layouts_for != g && plan_layouts(b, g) != I3RT_OK) return SIZE_MAX;
+    if (!st->channels_last[concat->out]) return i3_graph_concat_contiguous_offset(g, concat, k);
+    const int v = concat->in[k];
+    return g->nodes[g->values[v].producer].op == I3_OP_CONV_TRANSPOSE && st->channels_last[v]
+               ? (k ? (size_t)g->values[concat->in[0]].dims[1] * sizeof(uint16_t) : 0)
+               : SIZE_MAX;
+}
+
 /* Value v's layout in the current run of g (lone nodes, outside a graph run: NCDHW). */
 static bool value_channels_last(const DeviceState *st, const i3_graph *g, int v) {
     return st->layouts_for == g && v >= 0 && v < st->channels_last_n && st->channels_last[v];
@@ -483,10 +496,12 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
     case I3_OP_CONV: e = run_conv(b, g, node, n, scratch); break;
     case I3_OP_CONV_TRANSPOSE:
         if (value_channels_last(st, g, node->out)) { /* on tensor cores, for a channels-last concat */
+            const int whole = n >= 0 ? y->view_of : -1; /* written into that concat's output */
             st->stats.channels_last_outputs++;
             e = I3_DEV(conv_transpose_tensor_core)(in0, xs, layout_of(st, g, node->in[0]), in1, in2,
-                                                   &node->p.conv_transpose, out, ys, tensor_core_precision(st),
-                                                   scratch, s);
+                                                   &node->p.conv_transpose, out, ys,
+                                                   whole >= 0 ? g->values[whole].dims[1] : ys.c,
+                                                   tensor_core_precision(st), scratch, s);
         } else if (value_channels_last(st, g, node->in[0])) {
             e = I3_DEV(conv_transpose_channels_last)(in0, xs, tensor_core_precision(st), in1, in2,
                                                      &node->p.conv_transpose, out, ys, s);
@@ -519,16 +534,19 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
             e = I3_DEV(add)(in0, in1, i3_shape5_numel(xs), node->p.act, out, s);
         }
         break;
-    case I3_OP_CONCAT:
+    case I3_OP_CONCAT: { /* an input its producer wrote inside the output already (a view): NULL */
+        const float *a_in = n >= 0 && x->view_of == node->out ? NULL : in0;
+        const float *b_in = n >= 0 && g->values[node->in[1]].view_of == node->out ? NULL : in1;
         if (value_channels_last(st, g, node->out)) {
             st->stats.channels_last_outputs++;
-            e = I3_DEV(concat_channels_last)(in0, layout_of(st, g, node->in[0]), xs.c, in1,
+            e = I3_DEV(concat_channels_last)(a_in, layout_of(st, g, node->in[0]), xs.c, b_in,
                                              layout_of(st, g, node->in[1]), g->values[node->in[1]].dims[1], xs.n,
                                              i3_shape5_spatial(xs), tensor_core_precision(st), out, s);
         } else {
-            e = I3_DEV(concat)(in0, xs.c, in1, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out, s);
+            e = I3_DEV(concat)(a_in, xs.c, b_in, g->values[node->in[1]].dims[1], xs.n, i3_shape5_spatial(xs), out, s);
         }
         break;
+    }
     case I3_OP_RESIZE: e = I3_DEV(resize)(in0, xs, &node->p.resize, out, s); break;
     case I3_OP_SOFTMAX:
         e = I3_DEV(softmax_uncertainty)(in0, xs.n, xs.c, i3_shape5_spatial(xs), out, NULL, NULL, NULL, s);
@@ -659,6 +677,7 @@ static const i3_backend_i device_iface = {
     device_download,
     device_scratch_bytes,
     device_value_sizes,
+    device_concat_view_offset,
     device_run_node,
     device_synchronize,
     device_destroy,

@@ -66,6 +66,7 @@ static int add_value(i3_graph *g, i3_value_kind kind, int ndim, const int64_t *d
     snprintf(v->name, sizeof v->name, "%s", name ? name : "");
     v->producer = -1;
     v->last_use = -1;
+    v->view_of = -1;
     return g->n_values++;
 }
 
@@ -424,6 +425,23 @@ static size_t arena_assign(arena_block *blocks, int n, arena_block **order, aren
     return peak;
 }
 
+size_t i3_graph_concat_contiguous_offset(const i3_graph *g, const i3_node *concat, int k) {
+    const i3_value *a = &g->values[concat->in[0]];
+    return a->dims[0] != 1 ? SIZE_MAX : k == 0 ? 0 : i3_value_bytes(a);
+}
+
+/* Whether input k of concat node c can be written into c's output by its producer: an activation written
+ * by an op that does not run in place (its block would be its input's), read last by c (so it needs
+ * nothing beyond the concat's lifetime), not c's other input too. */
+static bool concat_view_candidate(const i3_graph *g, int c, int k) {
+    const i3_node *node = &g->nodes[c];
+    const int v = node->in[k];
+    if (node->op != I3_OP_CONCAT || node->in[0] == node->in[1] || v == g->input || v == g->output) return false;
+    const i3_value *value = &g->values[v];
+    return value->kind == I3_VALUE_ACTIVATION && value->producer >= 0 && value->last_use == c &&
+           !op_runs_in_place(g->nodes[value->producer].op);
+}
+
 i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
     if (g->failed) return (i3rt_status)g->failed;
     if (g->input < 0 || !valid_activation(g, output) || g->n_nodes == 0)
@@ -436,21 +454,39 @@ i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
             if (g->nodes[n].in[k] >= 0) g->values[g->nodes[n].in[k]].last_use = n;
     g->values[output].last_use = g->n_nodes; /* lives to the end: it is read back */
 
-    /* block[v]: the arena block of value v (-1: none, a weight) */
-    int *block = malloc((size_t)g->n_values * sizeof *block);
+    /* block[v]: the arena block of value v (-1: none, a weight). A view (value.view_of) lies at
+     * view_offset[v] in its concat's output, which may be a view too (HRNet's chain of concats): root[v]
+     * is the value at the end of that chain, whose block they share, and at[v] v's offset in it. */
+    int *block = malloc((size_t)g->n_values * sizeof *block), *root = malloc((size_t)g->n_values * sizeof *root);
+    size_t *view_offset = calloc((size_t)g->n_values, sizeof *view_offset);
+    size_t *at = calloc((size_t)g->n_values, sizeof *at);
     size_t *bytes = malloc((size_t)g->n_values * sizeof *bytes); /* each value's size in the backend's memory */
     arena_block *blocks = malloc((size_t)(g->n_values + 1) * sizeof *blocks);
     arena_block **order = malloc((size_t)(g->n_values + 1) * sizeof *order);
     arena_block **overlapping = malloc((size_t)(g->n_values + 1) * sizeof *overlapping);
     i3rt_status st = I3RT_OK;
-    if (!block || !bytes || !blocks || !order || !overlapping) {
+    if (!block || !root || !view_offset || !at || !bytes || !blocks || !order || !overlapping) {
         st = i3_fail(g->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory planning the graph");
         goto done;
     }
     for (int i = 0; i < g->n_values; i++) bytes[i] = align_up(i3_value_bytes(&g->values[i]));
     if (backend && backend->iface->value_sizes && (st = backend->iface->value_sizes(backend, g, bytes)) != I3RT_OK)
         goto done;
-    for (int i = 0; i < g->n_values; i++) block[i] = -1;
+    for (int i = 0; i < g->n_values; i++) block[i] = -1, g->values[i].view_of = -1;
+    for (int n = 0; n < g->n_nodes; n++)
+        for (int k = 0; k < 2; k++) {
+            if (!concat_view_candidate(g, n, k)) continue;
+            const i3_node *node = &g->nodes[n];
+            const size_t offset = backend && backend->iface->concat_view_offset
+                                      ? backend->iface->concat_view_offset(backend, g, node, k)
+                                      : i3_graph_concat_contiguous_offset(g, node, k);
+            if (offset == SIZE_MAX) continue;
+            g->values[node->in[k]].view_of = node->out;
+            view_offset[node->in[k]] = offset;
+        }
+    for (int v = 0; v < g->n_values; v++)
+        for (root[v] = v; g->values[root[v]].view_of >= 0; root[v] = g->values[root[v]].view_of)
+            at[v] += view_offset[root[v]];
     int n_blocks = 0;
     block[g->input] = n_blocks;
     blocks[n_blocks++] = (arena_block){align_up(bytes[g->input]), 0, -1, g->values[g->input].last_use};
@@ -464,7 +500,17 @@ i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
         const int last = g->values[out].last_use > n ? g->values[out].last_use : n;
         bool in_place = op_runs_in_place(node->op) && first->kind != I3_VALUE_WEIGHT && first->last_use == n &&
                         in0 != output && align_up(bytes[in0]) == size;
-        if (in_place) { /* the block passes from input to output */
+        const int r = root[out];
+        if (r != out && block[r] >= 0) { /* inside a concat's block, which another of its parts opened */
+            block[out] = block[r];
+        } else if (r != out) { /* inside a concat's block, from now on */
+            const i3_value *whole = &g->values[r];
+            block[r] = block[out] = n_blocks;
+            blocks[n_blocks++] = (arena_block){align_up(bytes[r]), 0, n,
+                                               whole->last_use > whole->producer ? whole->last_use : whole->producer};
+        } else if (block[out] >= 0) { /* a concat whose block one of its parts opened */
+            blocks[block[out]].last = last;
+        } else if (in_place) { /* the block passes from input to output */
             block[out] = block[in0];
             blocks[block[out]].last = last;
         } else {
@@ -476,9 +522,9 @@ i3rt_status i3_graph_plan(i3_graph *g, int output, i3_backend *backend) {
     }
     size_t peak = arena_assign(blocks, n_blocks, order, overlapping);
     for (int i = 0; i < g->n_values; i++)
-        if (block[i] >= 0) g->values[i].offset = blocks[block[i]].offset;
+        if (block[i] >= 0) g->values[i].offset = blocks[block[i]].offset + at[i];
     g->arena_bytes = peak;
 done:
-    free(block), free(bytes), free(blocks), free(order), free(overlapping);
+    free(block), free(root), free(view_offset), free(at), free(bytes), free(blocks), free(order), free(overlapping);
     return st;
 }

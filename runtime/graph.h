@@ -22,6 +22,8 @@ typedef struct {
     size_t offset;        /* input/activations: offset in the arena (from i3_graph_plan) */
     int producer;         /* node index that writes it, -1 for input/weights */
     int last_use;         /* last node index that reads it (-1: never read) */
+    int view_of;          /* from i3_graph_plan: -1, or the concat whose output holds this value (one of its
+                           * inputs, written there by its producer; the concat copies only the other) */
 } i3_value;
 
 typedef enum {
@@ -107,6 +109,11 @@ int i3_graph_spatial_gather(i3_graph *g, int feats, int logits, const char *name
 int i3_graph_object_attention(i3_graph *g, int query, int key, int value, const char *name);
 int i3_graph_mask_pool(i3_graph *g, int feats, int guide, const i3_mask_pool_params *p, const char *name);
 int i3_graph_channel_gate(i3_graph *g, int x, int gate, const char *name);
+
+/* Where input k (0, 1) of a concat lies inside the concat's output when its producer writes it there, if
+ * that is a contiguous part (NCDHW, batch 1): 0 or the first input's bytes; else SIZE_MAX. The rule of
+ * backends without a concat_view_offset of their own. */
+size_t i3_graph_concat_contiguous_offset(const i3_graph *g, const i3_node *concat, int k);
 
 /* Arena offsets are aligned for vector loads on the CPU and coalesced access on a GPU. */
 #define I3_ARENA_ALIGN 256

@@ -144,7 +144,8 @@ void i3_cpu_fold_batch_norm(float *w, int cout, int64_t per_out, const float *b,
 void i3_cpu_activation(const float *x, int64_t n, i3_act act, float *y, int n_threads);
 /* y = act(a + b) elementwise; in place allowed. */
 void i3_cpu_add(const float *a, const float *b, int64_t n, i3_act act, float *y, int n_threads);
-/* Channel concat: y [n, ca + cb, s] from a [n, ca, s] and b [n, cb, s] (s = spatial size). */
+/* Channel concat: y [n, ca + cb, s] from a [n, ca, s] and b [n, cb, s] (s = spatial size); a or b NULL:
+ * that part of y is there already (i3_graph_plan's concat views). */
 void i3_cpu_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y);
 
 void i3_cpu_resize(const float *x, i3_shape5 xs, const i3_resize_params *p, float *y, int n_threads);

@@ -44,7 +44,8 @@ typedef int (*avg_pool_cl_launcher)(const void *, i3_shape5, int, const i3_avg_p
 typedef int (*conv_transpose_cl_launcher)(const void *, i3_shape5, int, const float *, const float *,
                                           const i3_conv_transpose_params *, float *, i3_shape5, void *);
 typedef int (*conv_transpose_tc_launcher)(const void *, i3_shape5, int, const float *, const float *,
-                                          const i3_conv_transpose_params *, void *, i3_shape5, int, void *, void *);
+                                          const i3_conv_transpose_params *, void *, i3_shape5, int64_t, int, void *,
+                                          void *);
 typedef size_t (*conv_transpose_tc_scratch_fn)(i3_shape5, int, const i3_conv_transpose_params *, int);
 typedef int (*slice_sums_launcher)(const float *, int64_t, int64_t, int64_t, double *, double *, double *, void *);
 typedef int (*softmax_launcher)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
@@ -157,6 +158,7 @@ static void run_node(device *d, i3_node node, const float *const *inputs, const 
     i3_value values[I3_MAX_INPUTS + 1];
     dbuf bufs[I3_MAX_INPUTS + 1];
     memset(values, 0, sizeof values);
+    for (int i = 0; i <= I3_MAX_INPUTS; i++) values[i].view_of = -1;
     i3_graph g;
     memset(&g, 0, sizeof g);
     g.ctx = &d->ctx;
@@ -703,9 +705,10 @@ static void norm_apply_channels_last_case(device *d, int64_t n, int64_t c, int64
 
 /* The transposed conv with a channels-last input (v1, output NCDHW f32), or on tensor cores (output
  * channels-last; input either), against the reference on the rounded input (and, on tensor cores, weights;
- * a channels-last output rounded too). */
+ * a channels-last output rounded too). ahead > 0 (tensor cores): the output is the second part of a concat's
+ * channels-last buffer, after `ahead` channels per position that must stay as they were. */
 static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_transpose_params p, int x_layout,
-                                              int tensor_cores, int precision, uint64_t seed) {
+                                              int tensor_cores, int64_t ahead, int precision, uint64_t seed) {
     const int y_layout = tensor_cores ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW;
     fx_rng r = fx_rng_seed(seed);
     const i3_shape5 ys = i3_conv_transpose_out_shape(xs, &p);
@@ -716,15 +719,19 @@ static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_t
     float *xr = malloc((size_t)nx * sizeof(float)), *wr = malloc((size_t)nw * sizeof(float));
     for (int64_t i = 0; i < nx; i++) xr[i] = x_cl || tensor_cores ? round_operand(x[i], precision) : x[i];
     for (int64_t i = 0; i < nw; i++) wr[i] = tensor_cores ? round_operand(w[i], precision) : w[i];
+    const int64_t spatial = i3_shape5_spatial(ys), row = ahead + ys.c, n16 = ys.n * spatial * row;
     float *y = malloc((size_t)ny * sizeof(float)), *ref = malloc((size_t)ny * sizeof(float));
-    uint16_t *y16 = malloc((size_t)(ny + 1) * sizeof *y16);
+    uint16_t *y16 = malloc((size_t)(n16 + 1) * sizeof *y16);
+    for (int64_t i = 0; i <= n16; i++) y16[i] = 0x5a5a; /* what the channels ahead hold */
     i3_cpu_conv_transpose_ref(xr, xs, wr, b, &p, ref);
     dbuf dx = x_cl ? dev_upload(d, (const float *)x16, (nx + 1) / 2) : dev_upload(d, x, nx);
-    dbuf dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout), dy = dev_upload(d, NULL, y_cl ? (ny + 1) / 2 : ny);
+    dbuf dw = dev_upload(d, w, nw), db = dev_upload(d, b, p.cout);
+    dbuf dy = y_cl ? dev_upload(d, (const float *)y16, (n16 + 1) / 2) : dev_upload(d, NULL, ny);
     dbuf dscratch = dev_scratch(d, tensor_cores ? d->conv_transpose_tensor_core_scratch_bytes(xs, x_layout, &p, precision) : 0);
-    cr_assert(tensor_cores || x_cl);
-    cr_assert_eq(tensor_cores ? d->conv_transpose_tensor_core(dx.data, xs, x_layout, dw.data, db.data, &p, dy.data, ys,
-                                                              precision, dscratch.data, NULL)
+    cr_assert(tensor_cores || (x_cl && !ahead));
+    cr_assert_eq(tensor_cores ? d->conv_transpose_tensor_core(dx.data, xs, x_layout, dw.data, db.data, &p,
+                                                              (uint16_t *)dy.data + ahead, ys, row, precision,
+                                                              dscratch.data, NULL)
                               : d->conv_transpose_channels_last(dx.data, xs, precision, dw.data, db.data, &p, dy.data,
                                                                 ys, NULL),
                  0);
@@ -734,18 +741,21 @@ static void conv_transpose_channels_last_case(device *d, i3_shape5 xs, i3_conv_t
     dev_download_free(d, dw, NULL, "conv_transpose channels-last w");
     dev_download_free(d, db, NULL, "conv_transpose channels-last b");
     dev_download_free(d, dy, y_cl ? (float *)y16 : y, "conv_transpose channels-last y");
-    if (y_cl) { /* back to NCDHW floats */
-        const int64_t spatial = i3_shape5_spatial(ys);
+    if (y_cl) /* back to NCDHW floats; the channels ahead untouched */
         for (int64_t sample = 0, i = 0; sample < ys.n; sample++)
             for (int64_t pos = 0; pos < spatial; pos++)
-                for (int64_t ch = 0; ch < ys.c; ch++, i++)
-                    y[(sample * ys.c + ch) * spatial + pos] = from_b16_host(y16[i], precision);
-    }
+                for (int64_t ch = 0; ch < row; ch++, i++) {
+                    if (ch < ahead)
+                        cr_assert_eq(y16[i], 0x5a5a, "conv_transpose wrote channel %lld of the %lld ahead", (long long)ch,
+                                     (long long)ahead);
+                    else
+                        y[(sample * ys.c + ch - ahead) * spatial + pos] = from_b16_host(y16[i], precision);
+                }
     char what[160];
-    snprintf(what, sizeof what, "conv_transpose%s %s x[%lld,%lld,%lld,%lld,%lld] k%d%d%d -> %d, x %s, y %s",
+    snprintf(what, sizeof what, "conv_transpose%s %s x[%lld,%lld,%lld,%lld,%lld] k%d%d%d -> %d, x %s, y %s, %lld ahead",
              tensor_cores ? " tensor cores" : "", PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c,
              (long long)xs.d, (long long)xs.h, (long long)xs.w, p.k[0], p.k[1], p.k[2], p.cout,
-             x_cl ? "channels-last" : "NCDHW f32", y_cl ? "channels-last" : "NCDHW f32");
+             x_cl ? "channels-last" : "NCDHW f32", y_cl ? "channels-last" : "NCDHW f32", (long long)ahead);
     /* a channels-last output is the f32 sum rounded once */
     check_nmse_tol(d->b->iface->name, what, y, ref, ny,
                    !y_cl ? NMSE_F32 : precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16);
@@ -788,23 +798,26 @@ static void check_channels_last_ops(device *d) {
         avg_pool_channels_last_case(d, (i3_shape5){2, 8, 3, 5, 7}, (i3_avg_pool_params){.k = {1, 2, 2}}, prec, 50);
         conv_transpose_channels_last_case(d, (i3_shape5){2, 16, 2, 3, 5},
                                           (i3_conv_transpose_params){.cout = 5, .k = {1, 2, 2}}, I3_LAYOUT_NDHWC, 0,
-                                          prec, 48 + prec);
+                                          0, prec, 48 + prec);
         /* on tensor cores: the U-Net's (8k output channels, input either layout); 2 column tiles (24 x 8 taps =
          * 192), 3 row tiles (2 x 140 input positions); a 2D upsampling; an NCDHW input of 18 channels (made
          * channels-last with 24) */
         for (int x_layout = I3_LAYOUT_NCDHW; x_layout <= I3_LAYOUT_NDHWC; x_layout++)
             conv_transpose_channels_last_case(d, (i3_shape5){2, 16, 3, 2, 5},
-                                              (i3_conv_transpose_params){.cout = 8, .k = {2, 2, 2}}, x_layout, 1, prec,
-                                              52 + prec);
+                                              (i3_conv_transpose_params){.cout = 8, .k = {2, 2, 2}}, x_layout, 1, 0,
+                                              prec, 52 + prec);
         conv_transpose_channels_last_case(d, (i3_shape5){2, 40, 4, 5, 7},
                                           (i3_conv_transpose_params){.cout = 24, .k = {2, 2, 2}}, I3_LAYOUT_NDHWC, 1,
-                                          prec, 54 + prec);
+                                          0, prec, 54 + prec);
         conv_transpose_channels_last_case(d, (i3_shape5){1, 32, 1, 9, 11},
                                           (i3_conv_transpose_params){.cout = 16, .k = {1, 2, 2}}, I3_LAYOUT_NDHWC, 1,
-                                          prec, 56 + prec);
+                                          0, prec, 56 + prec);
+        conv_transpose_channels_last_case(d, (i3_shape5){2, 24, 2, 3, 5}, /* into a concat's second part */
+                                          (i3_conv_transpose_params){.cout = 16, .k = {2, 2, 2}}, I3_LAYOUT_NDHWC, 1,
+                                          16, prec, 60 + prec);
         conv_transpose_channels_last_case(d, (i3_shape5){1, 18, 3, 4, 5},
                                           (i3_conv_transpose_params){.cout = 8, .k = {2, 1, 2}}, I3_LAYOUT_NCDHW, 1,
-                                          prec, 58 + prec);
+                                          0, prec, 58 + prec);
     }
 }
 

@@ -42,6 +42,7 @@ static int build_unet_like(i3_graph *g, unsigned seed) {
 
 static bool alive_together(const i3_graph *g, int u, int v) {
     const i3_value *a = &g->values[u], *b = &g->values[v];
+    if (a->view_of == v || b->view_of == u) return false; /* a concat's input written inside its output */
     int as = a->producer, ae = a->last_use, bs = b->producer, be = b->last_use;
     if (as > be || bs > ae) return false;
     /* an in-place node hands its input's bytes to its output */
@@ -98,7 +99,7 @@ static int build_plain_unet(i3_graph *g, int stages, int64_t width, int64_t side
         i3_conv_transpose_params up = {.cout = widths[s], .k = {2, 2, 2}};
         snprintf(name, sizeof name, "up%d", s);
         x = i3_graph_conv_transpose(g, x, weight(g, name, 5, widths[s + 1], widths[s], 2, 2, 2), -1, &up, name);
-        x = i3_graph_concat(g, skips[s], x, name);
+        x = i3_graph_concat(g, x, skips[s], name); /* nnU-Net's order: torch.cat((x, skip), 1) */
         for (int k = 0; k < 2; k++) {
             i3_conv_params p = {.cout = widths[s], .k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
             snprintf(name, sizeof name, "dec%d.%d", s, k);
@@ -117,12 +118,18 @@ Test(planner, unet_peak_is_the_live_bound, .init = setup, .fini = teardown) {
         int out = build_plain_unet(&g, stages, 4, 32);
         cr_assert_geq(out, 0, "build failed: %s", i3rt_context_error(ctx));
         cr_assert_eq(i3_graph_plan(&g, out, NULL), I3RT_OK);
-        size_t bound = 0; /* the most bytes alive at one node; an in-place output shares its input's */
+        /* the most bytes alive at one node; an in-place output shares its input's; a concat's second input
+         * that its producer writes inside the concat's output (a view) takes that output's bytes from then */
+        size_t bound = 0;
         for (int t = -1; t < g.n_nodes; t++) {
             size_t live = 0;
             for (int v = 0; v < g.n_values; v++) {
                 const i3_value *a = &g.values[v];
                 const int from = a->producer, to = a->last_use > a->producer ? a->last_use : a->producer;
+                if (a->view_of >= 0) {
+                    if (t >= from && t < to) live += i3_value_bytes(&g.values[a->view_of]);
+                    continue;
+                }
                 if (a->kind == I3_VALUE_WEIGHT || t < from || t > to) continue;
                 const i3_node *node = from >= 0 ? &g.nodes[from] : NULL;
                 if (t == from && node && g.values[node->in[0]].offset == a->offset &&
@@ -132,12 +139,57 @@ Test(planner, unet_peak_is_the_live_bound, .init = setup, .fini = teardown) {
             }
             if (live > bound) bound = live;
         }
+        for (int n = 0; n < g.n_nodes; n++) { /* each upsampling written into its concat (before the skip) */
+            const i3_node *node = &g.nodes[n];
+            if (node->op != I3_OP_CONCAT) continue;
+            const i3_value *up = &g.values[node->in[0]], *skip = &g.values[node->in[1]], *cat = &g.values[node->out];
+            cr_assert_eq(up->view_of, node->out, "%s is not written inside %s", up->name, cat->name);
+            cr_assert_eq(up->offset, cat->offset);
+            cr_assert_eq(skip->view_of, -1, "%s comes from an in-place norm: it has its own block", skip->name);
+        }
         printf("planner: U-Net of %d stages, %d nodes: arena %zu bytes, largest live set %zu\n", stages, g.n_nodes,
                g.arena_bytes, bound);
         cr_assert_eq(g.arena_bytes, bound, "%d stages: arena %zu bytes, but at most %zu are alive at once", stages,
                      g.arena_bytes, bound);
         i3_graph_free(&g);
     }
+}
+
+/* HRNet's aggregation: concat(concat(concat(x, up1), up2), up3), each up a resize of its own branch. Each
+ * concat's output is written inside the next one's (a chain of views) and each up at its place in the last
+ * (test_hrnet checks the numbers against PyTorch). */
+Test(planner, concat_chain_writes_every_part_in_place, .init = setup, .fini = teardown) {
+    i3_graph g;
+    i3_graph_init(&g, ctx);
+    int x = i3_graph_input(&g, (i3_shape5){1, 2, 1, 4, 4});
+    x = i3_graph_activation(&g, x, (i3_act){I3_ACT_RELU, 0}, "branch0"); /* an op that may run in place: no view */
+    int feats = x, parts[4] = {x}, cats[3];
+    for (int i = 1; i < 4; i++) {
+        i3_conv_params p = {.cout = 2, .k = {1, 1, 1}, .stride = {1, 1, 1}};
+        char name[16];
+        snprintf(name, sizeof name, "branch%d", i);
+        int branch = i3_graph_conv(&g, x, weight(&g, name, 5, 2, 2, 1, 1, 1), -1, &p, name);
+        i3_resize_params up = {.out = {1, 4, 4}};
+        parts[i] = i3_graph_resize(&g, branch, &up, "up");
+        feats = cats[i - 1] = i3_graph_concat(&g, feats, parts[i], "cat");
+    }
+    cr_assert_geq(feats, 0, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_graph_plan(&g, feats, NULL), I3RT_OK);
+    const i3_value *last = &g.values[cats[2]];
+    size_t expect = last->offset;
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(g.values[cats[i]].offset, last->offset, "concat %d not at the start of the last one", i);
+        if (i < 2) cr_assert_eq(g.values[cats[i]].view_of, cats[i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        if (i > 0) {
+            cr_assert_eq(g.values[parts[i]].view_of, cats[i - 1], "up%d is not written inside its concat", i);
+            cr_assert_eq(g.values[parts[i]].offset, expect, "up%d at %zu, not %zu", i, g.values[parts[i]].offset,
+                         expect);
+        }
+        expect += i3_value_bytes(&g.values[parts[i]]);
+    }
+    i3_graph_free(&g);
 }
 
 Test(planner, in_place_norm_reuses_its_input, .init = setup, .fini = teardown) {

@@ -154,7 +154,8 @@ Test(unet, f16_plan_holds_channels_last_values_in_half) {
     printf("plain_3d at 128^3 on the emulated device: planned peak f32 %.1f MiB, f16 %.1f MiB\n", peak[0] / 1048576.0,
            peak[1] / 1048576.0);
     /* every activation but the image and the logits is channels-last f16 (the transposed convs' outputs too):
-     * 519 against 1024 MiB; 783 against 1288 before those and the planner's largest-first placement */
+     * 455 against 896 MiB; 783 against 1288 before those, the planner's largest-first placement and the
+     * upsamplings written inside their concats */
     cr_expect_lt((double)peak[1], 0.55 * (double)peak[0], "f16 plan %zu bytes, f32 %zu", peak[1], peak[0]);
 }
 

@@ -19,7 +19,7 @@ void i3_cpu_add(const float *a, const float *b, int64_t n, i3_act act, float *y,
 void i3_cpu_concat(const float *a, int64_t ca, const float *b, int64_t cb, int64_t n, int64_t s, float *y) {
     for (int64_t i = 0; i < n; i++) {
         float *yi = y + i * (ca + cb) * s;
-        memcpy(yi, a + i * ca * s, (size_t)(ca * s) * sizeof(float));
-        memcpy(yi + ca * s, b + i * cb * s, (size_t)(cb * s) * sizeof(float));
+        if (a) memcpy(yi, a + i * ca * s, (size_t)(ca * s) * sizeof(float)); /* NULL: in place already */
+        if (b) memcpy(yi + ca * s, b + i * cb * s, (size_t)(cb * s) * sizeof(float));
     }
 }
