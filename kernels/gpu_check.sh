@@ -19,7 +19,8 @@
 #   sanitize  the `gpu` suites under compute-sanitizer memcheck, then racecheck and synccheck (slow)
 # scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
 # SimpleITK wheel does not fit beside the rest, so a session makes two calls on the same warm machine:
-# `build ncu` carrying .gpu/debs and .gpu/a, then at once the other phases carrying .gpu/b (docs/cuda.md).
+# `build apps i3deep` carrying .gpu/debs and .gpu/a, then at once `predict` and the other phases carrying
+# .gpu/b (docs/cuda.md "On a GPU machine").
 # Logs go to $1 (default $OUT/gpu-check, else ./gpu-check), one per step, with summary.txt; the other
 # arguments name the phases (default: all but ctest; they run in the order above, the issues' measurements
 # before the kernel benchmarks, ncu and the sanitizers, whatever the order of the arguments). The exit status is nonzero if any step failed. PYTHON: a Python with torch (default python3). GPU_CHECK_SECONDS:
