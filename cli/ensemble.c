@@ -131,11 +131,14 @@ int cli_ensemble(int argc, char **argv) {
     int n_names = 0;
     DIR *d = st == I3RT_OK ? opendir(a.inputs[0]) : NULL;
     if (st == I3RT_OK && !d) st = i3_fail(ctx, I3RT_ERR_IO, "%s: cannot open the folder", a.inputs[0]);
-    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+    for (struct dirent *e; st == I3RT_OK && d && (e = readdir(d)) != NULL;) {
         const size_t len = strlen(e->d_name), suffix = strlen(SUFFIX);
         if (len <= suffix || strcmp(e->d_name + len - suffix, SUFFIX) != 0) continue;
-        if (n_names % 64 == 0) names = realloc(names, (size_t)(n_names + 64) * sizeof *names);
-        names[n_names++] = strndup(e->d_name, len - suffix);
+        char **grown = n_names % 64 == 0 ? realloc(names, (size_t)(n_names + 64) * sizeof *names) : names;
+        char *name = grown ? strndup(e->d_name, len - suffix) : NULL;
+        if (grown) names = grown;
+        if (!name) st = i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory listing the cases", a.inputs[0]);
+        else names[n_names++] = name;
     }
     if (d) closedir(d);
     if (st == I3RT_OK && n_names == 0)
