@@ -819,6 +819,24 @@ static void check_channels_last_ops(device *d) {
                                           (i3_conv_transpose_params){.cout = 8, .k = {2, 1, 2}}, I3_LAYOUT_NCDHW, 1,
                                           0, prec, 58 + prec);
     }
+    /* what the tensor-core transposed conv refuses: tf32, output channels not a multiple of 8, a row stride
+     * below the output's channels or odd, no scratch */
+    const i3_conv_transpose_params up = {.cout = 8, .k = {2, 2, 2}};
+    const i3_shape5 xs = {1, 8, 1, 1, 1}, ys = {1, 8, 2, 2, 2}, ys6 = {1, 6, 2, 2, 2};
+    float dummy[4];
+    cr_assert_neq(d->conv_transpose_tensor_core(dummy, xs, I3_LAYOUT_NDHWC, dummy, NULL, &up, dummy, ys, 8, I3_TC_TF32,
+                                                dummy, NULL),
+                  0);
+    cr_assert_neq(d->conv_transpose_tensor_core(dummy, xs, I3_LAYOUT_NDHWC, dummy, NULL, &up, dummy, ys6, 6, I3_TC_F16,
+                                                dummy, NULL),
+                  0);
+    for (int64_t stride = 4; stride <= 9; stride += 5) /* 4: below 8 channels; 9: odd */
+        cr_assert_neq(d->conv_transpose_tensor_core(dummy, xs, I3_LAYOUT_NDHWC, dummy, NULL, &up, dummy, ys, stride,
+                                                    I3_TC_F16, dummy, NULL),
+                      0);
+    cr_assert_neq(d->conv_transpose_tensor_core(dummy, xs, I3_LAYOUT_NDHWC, dummy, NULL, &up, dummy, ys, 8, I3_TC_F16,
+                                                NULL, NULL),
+                  0);
 }
 
 static void resize_case(device *d, i3_shape5 xs, int64_t od, int64_t oh, int64_t ow, int align, uint64_t seed) {
