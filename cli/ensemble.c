@@ -2,11 +2,11 @@
  *
  *   i3rt ensemble -i DIR DIR [DIR ...] -o OUTDIR [-m MODELDIR] [--postprocessing FILE] [--quiet]
  *
- * For every CASE_probabilities.nii.gz of the first folder (each folder must hold it, on one grid with the same
- * classes): the probabilities averaged as nnunetv2's average_probabilities does (float32 sums in folder order,
- * divided by their count), then the segmentation (argmax, or with -m a region-based model's
- * regions_class_order), optionally nnU-Net's postprocessing, written to OUTDIR/CASE.nii.gz with the
- * probabilities' geometry (temporary name + rename). -m names a model folder of the ensemble for its labels
+ * For every CASE_probabilities.nii.gz (or .nii: models whose dataset.json says file_ending .nii) of the first
+ * folder (each folder must hold it, on one grid with the same classes): the probabilities averaged as nnunetv2's
+ * average_probabilities does (float32 sums in folder order, divided by their count), then the segmentation
+ * (argmax, or with -m a region-based model's regions_class_order), optionally nnU-Net's postprocessing, written to
+ * OUTDIR/CASE.nii.gz (.nii for .nii probabilities) with the probabilities' geometry (temporary name + rename). -m names a model folder of the ensemble for its labels
  * (nnU-Net takes dataset.json from the first folder; i3rt's prediction folders hold none); without it the
  * probabilities are softmax classes. This is how nnU-Net's recommended inference runs when
  * nnUNetv2_find_best_configuration picks an ensemble of two configurations. */
@@ -23,13 +23,14 @@
 #include <sys/stat.h>
 
 #define MAX_INPUTS 32
-#define SUFFIX "_probabilities.nii.gz"
+#define SUFFIX "_probabilities" /* then the file ending, .nii.gz or .nii */
 
 static const char *HELP =
     "usage: i3rt ensemble -i DIR DIR [DIR ...] -o OUTDIR [options]\n"
     "\n"
-    "nnUNetv2_ensemble on the CASE_probabilities.nii.gz that `i3rt predict --save-probabilities` wrote into each\n"
-    "DIR: probabilities averaged, argmax (or the regions of a region-based model), OUTDIR/CASE.nii.gz.\n"
+    "nnUNetv2_ensemble on the CASE_probabilities.nii.gz (or .nii) that `i3rt predict --save-probabilities` wrote\n"
+    "into each DIR: probabilities averaged, argmax (or the regions of a region-based model), OUTDIR/CASE.nii.gz\n"
+    "(.nii from .nii).\n"
     "\n"
     "  -i DIR DIR [DIR ...]   the prediction folders (at least two)\n"
     "  -o OUTDIR              the ensemble's segmentations\n"
@@ -74,9 +75,9 @@ static int parse_args(int argc, char **argv, ensemble_args *a) {
 
 /* One case: the average of the folders' probabilities, its segmentation, postprocessed, written. */
 static i3rt_status ensemble_case(i3_ctx *ctx, const ensemble_args *a, const i3_predictor_info *info,
-                                 const i3_postprocessing *pp, const char *case_name) {
+                                 const i3_postprocessing *pp, const char *case_name, const char *ending) {
     char path[CLI_PATH_LEN];
-    snprintf(path, sizeof path, "%s/%s%s", a->inputs[0], case_name, SUFFIX);
+    snprintf(path, sizeof path, "%s/%s%s%s", a->inputs[0], case_name, SUFFIX, ending);
     i3_volume avg;
     I3_TRY(i3_volume_read(ctx, path, &avg));
     const int64_t n = avg.d * avg.h * avg.w, K = avg.channels;
@@ -86,7 +87,7 @@ static i3rt_status ensemble_case(i3_ctx *ctx, const ensemble_args *a, const i3_p
                          : I3RT_OK;
     for (int f = 1; f < a->n_inputs && st == I3RT_OK; f++) {
         char other[CLI_PATH_LEN];
-        snprintf(other, sizeof other, "%s/%s%s", a->inputs[f], case_name, SUFFIX);
+        snprintf(other, sizeof other, "%s/%s%s%s", a->inputs[f], case_name, SUFFIX, ending);
         i3_volume v;
         st = i3_volume_read(ctx, other, &v);
         if (st != I3RT_OK) break;
@@ -104,11 +105,26 @@ static i3rt_status ensemble_case(i3_ctx *ctx, const ensemble_args *a, const i3_p
     if (st == I3RT_OK) i3_segmentation_from_probabilities(info ? info : &classes, avg.data, n, labels, 1);
     const int64_t shape[3] = {avg.d, avg.h, avg.w};
     if (st == I3RT_OK && pp) st = i3_postprocess(ctx, labels, shape, pp);
-    snprintf(path, sizeof path, "%s/%s.nii.gz", a->out_dir, case_name);
+    snprintf(path, sizeof path, "%s/%s%s", a->out_dir, case_name, ending);
     if (st == I3RT_OK) st = i3_volume_write_labels(ctx, path, &avg.geometry, labels);
     free(labels);
     i3_volume_free(&avg);
     return st;
+}
+
+/* The NIfTI ending of a probabilities file's name (".nii.gz" or ".nii" after SUFFIX), NULL for any other name;
+ * *case_len: the case name's length. */
+static const char *probabilities_ending(const char *name, size_t *case_len) {
+    static const char *const endings[] = {".nii.gz", ".nii"};
+    const size_t len = strlen(name), suffix = strlen(SUFFIX);
+    for (int k = 0; k < 2; k++) {
+        const size_t tail = suffix + strlen(endings[k]);
+        if (len > tail && strncmp(name + len - tail, SUFFIX, suffix) == 0 && strcmp(name + len - tail + suffix, endings[k]) == 0) {
+            *case_len = len - tail;
+            return endings[k];
+        }
+    }
+    return NULL;
 }
 
 static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -126,31 +142,34 @@ int cli_ensemble(int argc, char **argv) {
     i3_postprocessing *pp = a.postprocessing ? i3_malloc(ctx, sizeof *pp, "the postprocessing") : NULL;
     i3rt_status st = a.model_dir ? i3_predictor_read_info(ctx, a.model_dir, &info) : I3RT_OK;
     if (st == I3RT_OK && a.postprocessing) st = pp ? i3_postprocessing_read(ctx, a.postprocessing, pp) : I3RT_ERR_OUT_OF_MEMORY;
-    /* the cases: every CASE_probabilities.nii.gz of the first folder, in name order */
+    /* the cases: every CASE_probabilities.nii.gz or .nii of the first folder (the file names), in name order */
     char **names = NULL;
     int n_names = 0;
     DIR *d = st == I3RT_OK ? opendir(a.inputs[0]) : NULL;
     if (st == I3RT_OK && !d) st = i3_fail(ctx, I3RT_ERR_IO, "%s: cannot open the folder", a.inputs[0]);
     for (struct dirent *e; st == I3RT_OK && d && (e = readdir(d)) != NULL;) {
-        const size_t len = strlen(e->d_name), suffix = strlen(SUFFIX);
-        if (len <= suffix || strcmp(e->d_name + len - suffix, SUFFIX) != 0) continue;
+        size_t case_len;
+        if (!probabilities_ending(e->d_name, &case_len)) continue;
         char **grown = n_names % 64 == 0 ? realloc(names, (size_t)(n_names + 64) * sizeof *names) : names;
-        char *name = grown ? strndup(e->d_name, len - suffix) : NULL;
+        char *name = grown ? strdup(e->d_name) : NULL;
         if (grown) names = grown;
         if (!name) st = i3_fail(ctx, I3RT_ERR_OUT_OF_MEMORY, "%s: out of memory listing the cases", a.inputs[0]);
         else names[n_names++] = name;
     }
     if (d) closedir(d);
     if (st == I3RT_OK && n_names == 0)
-        st = i3_fail(ctx, I3RT_ERR_IO, "%s: no CASE%s (i3rt predict --save-probabilities writes them)", a.inputs[0],
-                     SUFFIX);
+        st = i3_fail(ctx, I3RT_ERR_IO, "%s: no CASE%s.nii.gz or .nii (i3rt predict --save-probabilities writes them)",
+                     a.inputs[0], SUFFIX);
     if (names) qsort(names, (size_t)n_names, sizeof *names, compare_names);
     if (st == I3RT_OK && mkdir(a.out_dir, 0777) != 0 && errno != EEXIST)
         st = i3_fail(ctx, I3RT_ERR_IO, "%s: %s", a.out_dir, strerror(errno));
     const double t0 = i3_now_seconds();
     for (int i = 0; i < n_names && st == I3RT_OK; i++) {
-        st = ensemble_case(ctx, &a, a.model_dir ? &info : NULL, pp, names[i]);
-        if (st == I3RT_OK && !a.quiet) fprintf(stderr, "%s: done\n", names[i]);
+        size_t case_len;
+        const char *ending = probabilities_ending(names[i], &case_len);
+        names[i][case_len] = '\0'; /* the case name */
+        st = ensemble_case(ctx, &a, a.model_dir ? &info : NULL, pp, names[i], ending);
+        if (st == I3RT_OK && !a.quiet) fprintf(stderr, "%s%s: done\n", names[i], ending);
     }
     int result = EXIT_SUCCESS;
     if (st != I3RT_OK) {

@@ -102,11 +102,11 @@ static double predict_run(const cJSON *r, const char *out, const char *options) 
 }
 
 /* The voxels of the label NIfTI dir/CASE.nii.gz that differ from the fixture's uint8 labels ref_file; *n: all. */
-static int64_t labels_differing(i3rt_context *ctx, const char *dir, const char *case_name, const char *ref_file,
-                                int64_t *n) {
+static int64_t labels_differing_in(i3rt_context *ctx, const char *dir, const char *case_name, const char *ending,
+                                   const char *ref_file, int64_t *n) {
     char path[1024];
     i3_volume seg;
-    snprintf(path, sizeof path, "%s/%s.nii.gz", dir, case_name);
+    snprintf(path, sizeof path, "%s/%s%s", dir, case_name, ending);
     cr_assert_eq(i3_volume_read(ctx, path, &seg), I3RT_OK, "%s", i3rt_context_error(ctx));
     snprintf(path, sizeof path, "%s/%s", fx_fixture_dir("predict"), ref_file);
     size_t len;
@@ -118,6 +118,11 @@ static int64_t labels_differing(i3rt_context *ctx, const char *dir, const char *
     free(ref);
     i3_volume_free(&seg);
     return differ;
+}
+
+static int64_t labels_differing(i3rt_context *ctx, const char *dir, const char *case_name, const char *ref_file,
+                                int64_t *n) {
+    return labels_differing_in(ctx, dir, case_name, ".nii.gz", ref_file, n);
 }
 
 Test(predict, parity_with_nnUNetPredictor, .timeout = 1800) {
@@ -484,6 +489,28 @@ Test(predict, ensemble_matches_nnunet, .timeout = 600) {
            cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 0)->valuestring,
            cJSON_GetArrayItem(cJSON_GetObjectItem(ens, "runs"), 1)->valuestring, (long long)differ, (long long)n);
     cr_expect_eq(differ, 0);
+    /* the same probabilities as .nii (a model whose dataset.json says file_ending .nii): CASE.nii, the same labels */
+    for (int f = 0; f < 2; f++) {
+        char gz[1024], plain[1024];
+        snprintf(gz, sizeof gz, "%s/%s_probabilities.nii.gz", dirs[f], case_name);
+        snprintf(plain, sizeof plain, "%s/%s_probabilities.nii", dirs[f], case_name);
+        i3_volume v;
+        cr_assert_eq(i3_volume_read(ctx, gz, &v), I3RT_OK, "%s", i3rt_context_error(ctx));
+        cr_assert_eq(i3_volume_write_f32(ctx, plain, &v.geometry, v.channels, v.data), I3RT_OK, "%s",
+                     i3rt_context_error(ctx));
+        i3_volume_free(&v);
+        cr_assert_eq(unlink(gz), 0);
+    }
+    remove_dir(out);
+    make_temp_dir(out, sizeof out);
+    snprintf(cmd, sizeof cmd, "%s ensemble -i %s %s -o %s --quiet", cli(), dirs[0], dirs[1], out);
+    cr_assert_eq(run(cmd, &log), 0, "%s\n%s", cmd, log ? log : "");
+    free(log);
+    const int64_t differ_nii = labels_differing_in(ctx, out, case_name, ".nii", cJSON_GetObjectItem(ens, "seg")->valuestring, &n);
+    printf("ensemble of the same probabilities as .nii: %lld of %lld voxels differ, %d file(s) written\n",
+           (long long)differ_nii, (long long)n, count_files(out));
+    cr_expect_eq(differ_nii, 0);
+    cr_expect_eq(count_files(out), 1);
     /* -m naming a model with other classes (the region model's 3 outputs for these 4-class probabilities) */
     const cJSON *regions = cJSON_GetObjectItem(m, "runs")->child;
     while (regions && !strstr(cJSON_GetObjectItem(regions, "model_dir")->valuestring, "regions")) regions = regions->next;
