@@ -59,11 +59,15 @@ struct Fusion {
 /* The CUDA graph of a repeated forward. */
 struct Replay {
     const i3_graph *graph;
-    uint64_t bindings;  /* fingerprint of the graph's data pointers, the scratch and the fusion buffers */
+    uint64_t bindings;  /* fingerprint of the graph's shapes and data pointers, the scratch, the fusion buffers */
     int runs;           /* complete runs with these bindings */
     bool capturing, replaying;
     cudaGraphExec_t exec;
+    uint64_t used;      /* the backend's run count when it last ran; the least recent slot is reused first */
 };
+/* As many as the graphs a model keeps (runtime/model.c: one per input size; an SnC session alternates a
+ * slice and its zoomed crop): each stays captured while the others run. */
+#define REPLAY_SLOTS 4
 
 /* Per-node wall time by op (i3_cuda_options.profile): the stream is synchronized around every node, so a
  * node's time is its kernels' plus a launch; nodes fused into a neighbour count with ~0. */
@@ -78,7 +82,9 @@ struct DeviceState {
     bool fuse, graphs, profile;
     Profile times;
     Fusion fusion;
-    Replay replay;
+    Replay replays[REPLAY_SLOTS];
+    Replay *replay;                 /* the current run's slot (NULL before the first run) */
+    uint64_t runs;
     float *partials, *scale_shift;  /* device buffers, grown as needed */
     size_t partials_bytes, scale_shift_bytes;
     void *scratch;                  /* the run's scratch buffer (a captured graph holds its address) */
@@ -406,39 +412,49 @@ static uint64_t fingerprint(const i3_graph *g, const DeviceState *st) {
     uintptr_t words[] = {(uintptr_t)g, (uintptr_t)g->n_nodes, (uintptr_t)st->partials, (uintptr_t)st->scale_shift,
                          (uintptr_t)st->scratch};
     for (uintptr_t w : words) h = (h ^ w) * 1099511628211ull;
-    for (int v = 0; v < g->n_values; v++) h = (h ^ (uintptr_t)g->values[v].data) * 1099511628211ull;
+    /* the shapes too: a graph rebuilt for another input size may sit at the same address */
+    for (int v = 0; v < g->n_values; v++) {
+        h = (h ^ (uintptr_t)g->values[v].data) * 1099511628211ull;
+        for (int d = 0; d < g->values[v].ndim; d++) h = (h ^ (uint64_t)g->values[v].dims[d]) * 1099511628211ull;
+    }
     return h;
 }
 
-static void drop_capture(DeviceState *st) {
-    Replay *r = &st->replay;
-    if (r->capturing) {
+static void drop_capture(Replay *r, cudaStream_t stream) {
+    if (r && r->capturing) {
         cudaGraph_t partial = NULL;
-        cudaStreamEndCapture(st->stream, &partial);
+        cudaStreamEndCapture(stream, &partial);
         if (partial) cudaGraphDestroy(partial);
         cudaGetLastError();
         r->capturing = false;
     }
 }
 
-static void drop_replay(DeviceState *st) {
-    drop_capture(st);
-    if (st->replay.exec) cudaGraphExecDestroy(st->replay.exec);
-    st->replay.exec = NULL;
-    st->replay.runs = 0;
+static void drop_replay(Replay *r) {
+    if (r->exec) cudaGraphExecDestroy(r->exec);
+    r->exec = NULL;
+    r->runs = 0;
 }
 
-/* At node 0: launch the captured graph (then replaying: the nodes return at once), or start
- * capturing on the second run with the same bindings. */
+/* At node 0: g's slot (emptied if its bindings changed), else the least recently used one, emptied; launch
+ * its captured graph (then replaying: the nodes return at once), or start capturing on the second run with
+ * the same bindings. */
 static cudaError_t replay_begin(DeviceState *st, const i3_graph *g) {
-    Replay *r = &st->replay;
-    drop_capture(st); /* a capture that an error interrupted */
+    drop_capture(st->replay, st->stream); /* a capture that an error interrupted */
     uint64_t bindings = fingerprint(g, st);
+    Replay *r = NULL, *oldest = &st->replays[0];
+    for (Replay &slot : st->replays) {
+        if (slot.graph == g) r = &slot;
+        if (slot.used < oldest->used) oldest = &slot;
+    }
+    if (!r) r = oldest;
     if (r->graph != g || r->bindings != bindings) {
-        drop_replay(st);
+        drop_replay(r);
         r->graph = g;
         r->bindings = bindings;
     }
+    r->used = ++st->runs;
+    st->replay = r;
     if (r->exec) {
         r->replaying = true;
         st->stats.graph_replays++;
@@ -454,7 +470,7 @@ static cudaError_t replay_begin(DeviceState *st, const i3_graph *g) {
 
 /* After the last node: the run is complete; a capture becomes the graph and runs now. */
 static cudaError_t replay_end(DeviceState *st) {
-    Replay *r = &st->replay;
+    Replay *r = st->replay;
     r->runs++;
     r->bindings = fingerprint(r->graph, st); /* what the next run sees: the fusion buffers are grown now */
     if (!r->capturing) return cudaSuccess;
@@ -486,8 +502,8 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
     int e;
     if (n == 0) st->scratch = scratch;
     if (st->graphs && n == 0 && (e = replay_begin(st, g)) != 0) return device_fail(b, (cudaError_t)e, "CUDA graph");
-    if (st->replay.replaying && n >= 0) {
-        if (last) st->replay.replaying = false;
+    if (st->replay && st->replay->replaying && n >= 0) {
+        if (last) st->replay->replaying = false;
         return I3RT_OK;
     }
     if (n == 0) I3_TRY(plan_layouts(b, g));
@@ -576,7 +592,7 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
     }
     if (e == 0 && st->graphs && last && (e = replay_end(st)) != 0) return device_fail(b, (cudaError_t)e, "CUDA graph");
     if (e == 0) return I3RT_OK;
-    drop_capture(st);
+    drop_capture(st->replay, st->stream);
     if (e == FAILED_ALLOCATION) return I3RT_ERR_OUT_OF_MEMORY;
     char what[256];
     snprintf(what, sizeof what, "%s (%s) on input [%lld, %lld, %lld, %lld, %lld]", i3_op_name(node->op), y->name,
@@ -619,7 +635,8 @@ static i3rt_status device_synchronize(i3_backend *b) {
 static void device_destroy(i3_backend *b) {
     if (b->impl) {
         if (state_of(b)->profile) print_profile(&state_of(b)->times);
-        drop_replay(state_of(b));
+        drop_capture(state_of(b)->replay, stream_of(b));
+        for (Replay &r : state_of(b)->replays) drop_replay(&r);
         device_free(b, state_of(b)->partials);
         device_free(b, state_of(b)->scale_shift);
         free(state_of(b)->channels_last);

@@ -7,41 +7,63 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The graphs a model keeps, one per input size and batch: an SnC session alternates between a slice and its
+ * zoomed crop, and a backend replays the work of a graph it has run before (CUDA graphs). Building one costs
+ * little (HRNet-18s: 0.4 ms); replaying it instead of launching its kernels one by one is what is kept. */
+#define MODEL_GRAPHS 4
+
+typedef struct {
+    i3_graph graph;  /* built and planned for `batch` inputs of size `spatial`; no nodes: an empty slot */
+    int64_t batch, spatial[3];
+    int bound;       /* the graph's values point into the model's current buffers */
+    uint64_t used;   /* the model's clock when it last served; the least recent is replaced first */
+} model_graph;
+
 struct i3rt_model {
     i3_ctx *ctx;
     i3_weights *weights;
     i3_network net;
     i3_backend *backend;
-    i3_graph graph;           /* built and planned for `batch` inputs of size `spatial` */
-    int64_t batch, spatial[3];
-    int output;
+    model_graph graphs[MODEL_GRAPHS];
+    model_graph *cur;         /* the one the last prepare chose */
+    uint64_t clock;
     int64_t n_params;
-    void *arena, *scratch, *weights_mem;  /* backend memory, grown on demand */
+    void *arena, *scratch, *weights_mem;  /* backend memory shared by the graphs, grown on demand */
     size_t arena_cap, scratch_cap, weights_cap;
-    int bound;                /* the graph's values point into the current buffers */
     /* what weights_mem holds, in order: each weight's host data and bytes (host data never changes: the
-     * file's tensors, or derived ones computed once), so a graph rebuilt for another input size over the
-     * same list need not upload them again */
+     * file's tensors, or derived ones computed once), so every graph over the same list (all of a model's)
+     * finds them uploaded */
     struct uploaded_weight { const float *host; size_t bytes; } *uploaded;
     int n_uploaded;
 };
 
-/* Builds and plans the graph for `batch` inputs of the given spatial size, unless it already is. */
+/* Makes the graph for `batch` inputs of the given spatial size the current one: a kept one, or a new one
+ * built and planned in place of the least recently used (which stays if the build fails). */
 static i3rt_status model_prepare(i3rt_model *m, int64_t batch, const int64_t spatial[3]) {
-    if (m->graph.n_nodes > 0 && m->batch == batch && memcmp(m->spatial, spatial, sizeof m->spatial) == 0)
-        return I3RT_OK;
-    i3_graph_free(&m->graph);
-    memset(m->spatial, 0, sizeof m->spatial);
-    i3_shape5 in = {batch, m->net.in_channels, spatial[0], spatial[1], spatial[2]};
-    i3rt_status st = i3_network_build(m->ctx, &m->net, m->weights, in, &m->graph, &m->output);
-    if (st == I3RT_OK) st = i3_graph_plan(&m->graph, m->output, m->backend);
-    if (st != I3RT_OK) {
-        i3_graph_free(&m->graph);
-        return st;
+    model_graph *hit = NULL, *oldest = &m->graphs[0];
+    for (int i = 0; i < MODEL_GRAPHS; i++) {
+        model_graph *e = &m->graphs[i];
+        if (e->graph.n_nodes > 0 && e->batch == batch && memcmp(e->spatial, spatial, sizeof e->spatial) == 0) hit = e;
+        if (e->used < oldest->used) oldest = e;
     }
-    memcpy(m->spatial, spatial, sizeof m->spatial);
-    m->batch = batch;
-    m->bound = 0;
+    if (!hit) {
+        i3_graph g;
+        i3_graph_init(&g, m->ctx);
+        int output;
+        i3_shape5 in = {batch, m->net.in_channels, spatial[0], spatial[1], spatial[2]};
+        i3rt_status st = i3_network_build(m->ctx, &m->net, m->weights, in, &g, &output);
+        if (st == I3RT_OK) st = i3_graph_plan(&g, output, m->backend);
+        if (st != I3RT_OK) {
+            i3_graph_free(&g);
+            return st;
+        }
+        hit = oldest;
+        i3_graph_free(&hit->graph);
+        *hit = (model_graph){.graph = g, .batch = batch};
+        memcpy(hit->spatial, spatial, sizeof hit->spatial);
+    }
+    hit->used = ++m->clock;
+    m->cur = hit;
     return I3RT_OK;
 }
 
@@ -51,7 +73,7 @@ static i3rt_status ensure_buffer(i3rt_model *m, void **buf, size_t *cap, size_t 
     if (*buf) m->backend->iface->free(m->backend, *buf);
     *buf = NULL;
     *cap = 0;
-    m->bound = 0;
+    for (int i = 0; i < MODEL_GRAPHS; i++) m->graphs[i].bound = 0;
     I3_TRY(m->backend->iface->alloc(m->backend, bytes, buf));
     *cap = bytes;
     return I3RT_OK;
@@ -81,7 +103,7 @@ i3rt_status i3rt_model_load(i3rt_context *ctx, const char *path, i3rt_model **ou
     i3rt_model *m = i3_calloc(ctx, 1, sizeof *m, "the model");
     if (!m) return I3RT_ERR_OUT_OF_MEMORY;
     m->ctx = ctx;
-    i3_graph_init(&m->graph, ctx);
+    for (int i = 0; i < MODEL_GRAPHS; i++) i3_graph_init(&m->graphs[i].graph, ctx);
     i3rt_status st = i3_weights_open(ctx, path, &m->weights);
     if (st == I3RT_OK) st = i3_network_parse(ctx, m->weights, &m->net);
     if (st == I3RT_OK) st = i3_backend_create(ctx, &m->backend);
@@ -116,7 +138,7 @@ void i3rt_model_free(i3rt_model *m) {
             if (bufs[i]) m->backend->iface->free(m->backend, bufs[i]);
         i3_backend_destroy(m->backend);
     }
-    i3_graph_free(&m->graph);
+    for (int i = 0; i < MODEL_GRAPHS; i++) i3_graph_free(&m->graphs[i].graph);
     i3_weights_free(m->weights);
     free(m->uploaded);
     free(m);
@@ -133,7 +155,7 @@ i3rt_status i3rt_model_get_info(const i3rt_model *m, i3rt_model_info *out) {
     memcpy(out->patch_size, m->net.patch_size, sizeof out->patch_size);
     i3_network_total_stride(&m->net, out->total_stride);
     out->n_parameters = m->n_params;
-    out->weight_bytes = i3_graph_weight_bytes(&m->graph);
+    out->weight_bytes = i3_graph_weight_bytes(&m->cur->graph);
     return I3RT_OK;
 }
 
@@ -155,7 +177,7 @@ i3rt_status i3rt_model_plan(i3rt_model *m, const int64_t spatial[3], size_t *pea
     if (!m || !spatial || !peak_bytes) return I3RT_ERR_INVALID_ARGUMENT;
     I3_TRY(check_spatial(m, spatial));
     I3_TRY(model_prepare(m, 1, spatial));
-    *peak_bytes = m->graph.arena_bytes + m->graph.scratch_bytes;
+    *peak_bytes = m->cur->graph.arena_bytes + m->cur->graph.scratch_bytes;
     return I3RT_OK;
 }
 
@@ -202,7 +224,7 @@ size_t i3rt_model_describe(i3rt_model *m, const int64_t spatial_in[3], char *buf
                  (long long)spatial[2], m->ctx->error);
         return t.len;
     }
-    const i3_graph *g = &m->graph;
+    const i3_graph *g = &m->cur->graph;
     text_add(&t, "input       [1, %d, %lld, %lld, %lld]%s\n", net->in_channels, (long long)spatial[0],
              (long long)spatial[1], (long long)spatial[2], spatial_in ? "" : " (the configuration's patch size)");
     text_add(&t, "  node  %-15s %-28s %s\n", "op", "output", "name");
@@ -221,8 +243,8 @@ size_t i3rt_model_describe(i3rt_model *m, const int64_t spatial_in[3], char *buf
 /* Whether weights_mem holds the current graph's weights where i3_graph_place put them. */
 static int weights_in_place(const i3rt_model *m) {
     int k = 0;
-    for (int i = 0; i < m->graph.n_values; i++) {
-        const i3_value *v = &m->graph.values[i];
+    for (int i = 0; i < m->cur->graph.n_values; i++) {
+        const i3_value *v = &m->cur->graph.values[i];
         if (v->kind != I3_VALUE_WEIGHT) continue;
         if (k == m->n_uploaded || m->uploaded[k].host != v->host || m->uploaded[k].bytes != i3_value_bytes(v)) return 0;
         k++;
@@ -233,13 +255,13 @@ static int weights_in_place(const i3rt_model *m) {
 static i3rt_status upload_weights(i3rt_model *m) {
     m->n_uploaded = 0;
     int n = 0;
-    for (int i = 0; i < m->graph.n_values; i++) n += m->graph.values[i].kind == I3_VALUE_WEIGHT;
+    for (int i = 0; i < m->cur->graph.n_values; i++) n += m->cur->graph.values[i].kind == I3_VALUE_WEIGHT;
     struct uploaded_weight *list = realloc(m->uploaded, (size_t)(n ? n : 1) * sizeof *list);
     if (!list) return i3_fail(m->ctx, I3RT_ERR_OUT_OF_MEMORY, "out of memory for the list of %d weights", n);
     m->uploaded = list;
-    I3_TRY(i3_graph_upload_weights(&m->graph, m->backend));
-    for (int i = 0; i < m->graph.n_values; i++) {
-        const i3_value *v = &m->graph.values[i];
+    I3_TRY(i3_graph_upload_weights(&m->cur->graph, m->backend));
+    for (int i = 0; i < m->cur->graph.n_values; i++) {
+        const i3_value *v = &m->cur->graph.values[i];
         if (v->kind == I3_VALUE_WEIGHT) list[m->n_uploaded++] = (struct uploaded_weight){v->host, i3_value_bytes(v)};
     }
     return I3RT_OK;
@@ -250,7 +272,7 @@ i3rt_status i3_model_device_io(i3rt_model *m, int64_t batch, const int64_t spati
     if (batch < 1) return i3_fail(m->ctx, I3RT_ERR_INVALID_ARGUMENT, "a batch of %lld inputs", (long long)batch);
     I3_TRY(check_spatial(m, spatial));
     I3_TRY(model_prepare(m, batch, spatial));
-    i3_graph *g = &m->graph;
+    i3_graph *g = &m->cur->graph;
     i3_backend *b = m->backend;
     I3_TRY(ensure_buffer(m, &m->arena, &m->arena_cap, g->arena_bytes));
     I3_TRY(ensure_buffer(m, &m->scratch, &m->scratch_cap, g->scratch_bytes ? g->scratch_bytes : 1));
@@ -259,10 +281,10 @@ i3rt_status i3_model_device_io(i3rt_model *m, int64_t batch, const int64_t spati
         I3_TRY(ensure_buffer(m, &m->weights_mem, &m->weights_cap, i3_graph_weight_bytes(g)));
         if (m->weights_cap != cap) m->n_uploaded = 0; /* a new buffer holds nothing yet */
     }
-    if (!m->bound) {
+    if (!m->cur->bound) {
         i3_graph_place(g, b, m->arena, m->weights_mem);
         if (!b->iface->host_memory && !weights_in_place(m)) I3_TRY(upload_weights(m));
-        m->bound = 1;
+        m->cur->bound = 1;
     }
     *backend = b;
     *input = (float *)g->values[g->input].data;
@@ -270,7 +292,7 @@ i3rt_status i3_model_device_io(i3rt_model *m, int64_t batch, const int64_t spati
     return I3RT_OK;
 }
 
-i3rt_status i3_model_run(i3rt_model *m) { return i3_graph_run(&m->graph, m->backend, m->scratch); }
+i3rt_status i3_model_run(i3rt_model *m) { return i3_graph_run(&m->cur->graph, m->backend, m->scratch); }
 
 i3rt_status i3_model_forward_batch(i3rt_model *m, int64_t batch, const float *input, const int64_t spatial[3],
                                    float *logits) {
@@ -281,7 +303,7 @@ i3rt_status i3_model_forward_batch(i3rt_model *m, int64_t batch, const float *in
     float *in;
     const float *out;
     I3_TRY(i3_model_device_io(m, batch, spatial, &b, &in, &out));
-    const i3_graph *g = &m->graph;
+    const i3_graph *g = &m->cur->graph;
     I3_TRY(b->iface->upload(b, in, input, i3_value_bytes(&g->values[g->input])));
     I3_TRY(i3_model_run(m));
     return b->iface->download(b, logits, out, i3_value_bytes(&g->values[g->output]));

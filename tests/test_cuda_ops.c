@@ -2110,6 +2110,62 @@ Test(emulated, profile) {
     on_device(open_emulated_ok, check_graph_replay);
 }
 
+/* A model forwarded at two input sizes in turn (an SnC session: the slice, then its zoomed crop) keeps a graph
+ * for each, and the backend a CUDA graph for each: A B A B A B is two eager runs, two captures, two replays
+ * (rebuilding the graph at every change of size replayed nothing), every run of a size giving the same bits. */
+Test(emulated, model_alternating_sizes_replay) {
+    const char *dir = getenv("I3RT_FIXTURES");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/unet/plain_2d.safetensors", dir ? dir : ".");
+    FILE *f = fopen(path, "rb");
+    if (!f) cr_skip("%s not found: run the `unet` test first", path);
+    fclose(f);
+    i3rt_context *ctx;
+    i3rt_model *model;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
+    cr_assert_eq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3rt_model_info info;
+    cr_assert_eq(i3rt_model_get_info(model, &info), I3RT_OK);
+    const int64_t sizes[2][3] = {{1, 2 * info.total_stride[1], 2 * info.total_stride[2]},
+                                 {1, info.total_stride[1], 3 * info.total_stride[2]}};
+    float *x[2], *first[2], *y = NULL;
+    int64_t n_out[2];
+    fx_rng r = fx_rng_seed(91);
+    for (int k = 0; k < 2; k++) {
+        const int64_t s = sizes[k][1] * sizes[k][2];
+        x[k] = random_floats(&r, info.in_channels * s, -2, 2);
+        n_out[k] = info.num_classes * s;
+        first[k] = malloc((size_t)n_out[k] * sizeof(float));
+    }
+    y = malloc((size_t)(n_out[0] > n_out[1] ? n_out[0] : n_out[1]) * sizeof(float));
+    for (int run = 0; run < 6; run++) {
+        const int k = run % 2;
+        float *out = run < 2 ? first[k] : y;
+        cr_assert_eq(i3rt_model_forward(model, x[k], sizes[k], out), I3RT_OK, "%s", i3rt_context_error(ctx));
+        if (run >= 2)
+            cr_assert(memcmp(y, first[k], (size_t)n_out[k] * sizeof(float)) == 0,
+                      "run %d (%lld x %lld) differs from the first at that size", run + 1, (long long)sizes[k][1],
+                      (long long)sizes[k][2]);
+    }
+    const char *graphs = getenv("I3RT_CUDA_GRAPHS");
+    const int on = !(graphs && !strcmp(graphs, "0"));
+    i3_backend *b;
+    float *in;
+    const float *out;
+    i3_cuda_stats stats;
+    cr_assert_eq(i3_model_device_io(model, 1, sizes[0], &b, &in, &out), I3RT_OK);
+    i3_backend_cuda_stats(b, &stats);
+    printf("emulated plain_2d at %lldx%lld and %lldx%lld in turn, 6 forwards: %lld captured, %lld replayed\n",
+           (long long)sizes[0][1], (long long)sizes[0][2], (long long)sizes[1][1], (long long)sizes[1][2],
+           (long long)stats.graph_captures, (long long)stats.graph_replays);
+    cr_assert_eq(stats.graph_captures, on ? 2 : 0);
+    cr_assert_eq(stats.graph_replays, on ? 2 : 0);
+    for (int k = 0; k < 2; k++) free(x[k]), free(first[k]);
+    free(y);
+    i3rt_model_free(model);
+    i3rt_context_free(ctx);
+}
+
 /* Running out of device memory is I3RT_ERR_OUT_OF_MEMORY with a message, never a crash: the
  * emulated device capped by I3RT_EMULATED_DEVICE_MEMORY; directly through the backend, then through
  * the public API (the weights fit, the forward's activations do not); and the context's count of its
