@@ -421,6 +421,71 @@ i3rt_status i3_hrnet_build(i3_ctx *ctx, const i3_hrnet_config *cfg, i3_weights *
 
 /* ---- input encoding ---------------------------------------------------------------------------- */
 
+void i3_hrnet_encode_image(const i3_hrnet_config *cfg, int64_t s, const float *image, const float *prev_mask,
+                           float *out) {
+    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
+    for (int c = 0; c < I3_HRNET_IMAGE_CHANNELS; c++)
+        for (int64_t i = 0; i < s; i++) out[c * s + i] = (image[c * s + i] - mean[c]) / std[c];
+    float *mask = out + I3_HRNET_IMAGE_CHANNELS * s;
+    if (cfg->with_prev_mask)
+        for (int64_t i = 0; i < s; i++) {
+            const float m = prev_mask ? prev_mask[i] : 0.0f;
+            mask[i] = cfg->binary_prev_mask ? (float)(m > 0.5f) : m;
+        }
+}
+
+/* DistMaps' squared distance of voxel (z, y, x) to a click, in float32 as torch computes it: the coordinates
+ * divided by norm_radius first unless disks. */
+static inline float click_d2(const i3_hrnet_click *c, float div, int64_t z, int64_t y, int64_t x) {
+    float dz = (float)z - c->z, dy = (float)y - c->y, dx = (float)x - c->x;
+    if (div != 1.0f) dz /= div, dy /= div, dx /= div;
+    return dz * dz + dy * dy + dx * dx;
+}
+
+/* The voxels [lo, hi] of one axis within r of coordinate c (a voxel more each side: the exact test decides). */
+static void disk_range(float c, float r, int64_t n, int64_t *lo, int64_t *hi) {
+    const double a = floor((double)c - r) - 1, b = ceil((double)c + r) + 1;
+    *lo = a < 0 ? 0 : (int64_t)a;
+    *hi = b > (double)(n - 1) ? n - 1 : (int64_t)b;
+}
+
+void i3_hrnet_click_maps(const i3_hrnet_config *cfg, int64_t d, int64_t h, int64_t w, const i3_hrnet_click *clicks,
+                         int n_clicks, float *maps) {
+    const int64_t s = d * h * w;
+    const float r = cfg->norm_radius;
+    for (int sign = 0; sign < 2; sign++) {
+        float *map = maps + sign * s;
+        if (cfg->use_disks) { /* 1 within norm_radius of any click: each click paints its disk's box */
+            memset(map, 0, (size_t)s * sizeof *map);
+            for (int i = 0; i < n_clicks; i++) {
+                const i3_hrnet_click *c = &clicks[i];
+                if (c->positive != (sign == 0) || (c->y < 0 && c->x < 0)) continue; /* RITM's padding: skipped */
+                int64_t z0, z1, y0, y1, x0, x1;
+                disk_range(c->z, r, d, &z0, &z1);
+                disk_range(c->y, r, h, &y0, &y1);
+                disk_range(c->x, r, w, &x0, &x1);
+                for (int64_t z = z0; z <= z1; z++)
+                    for (int64_t y = y0; y <= y1; y++)
+                        for (int64_t x = x0; x <= x1; x++)
+                            if (click_d2(c, 1.0f, z, y, x) <= r * r) map[(z * h + y) * w + x] = 1.0f;
+            }
+            continue;
+        }
+        for (int64_t z = 0; z < d; z++) /* tanh of the distance to the nearest click: every voxel */
+            for (int64_t y = 0; y < h; y++)
+                for (int64_t x = 0; x < w; x++) {
+                    float best = 1e6f; /* RITM's value for "no click" */
+                    for (int i = 0; i < n_clicks; i++) {
+                        const i3_hrnet_click *c = &clicks[i];
+                        if (c->positive != (sign == 0) || (c->y < 0 && c->x < 0)) continue;
+                        const float d2 = click_d2(c, r, z, y, x);
+                        best = d2 < best ? d2 : best;
+                    }
+                    map[(z * h + y) * w + x] = tanhf(2.0f * sqrtf(best));
+                }
+    }
+}
+
 i3rt_status i3_hrnet_encode_input(i3_ctx *ctx, const i3_hrnet_config *cfg, int64_t d, int64_t h, int64_t w,
                                   const float *image, const float *prev_mask, const i3_hrnet_click *clicks,
                                   int n_clicks, float *out) {
@@ -435,36 +500,9 @@ i3rt_status i3_hrnet_encode_input(i3_ctx *ctx, const i3_hrnet_config *cfg, int64
                            "RITM input: click %d at (z %g, y %g, x %g) is outside the %lld x %lld x %lld volume", i,
                            (double)c.z, (double)c.y, (double)c.x, (long long)d, (long long)h, (long long)w);
     }
-    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
     const int64_t s = d * h * w;
-    for (int c = 0; c < I3_HRNET_IMAGE_CHANNELS; c++)
-        for (int64_t i = 0; i < s; i++) out[c * s + i] = (image[c * s + i] - mean[c]) / std[c];
-    float *coord = out + I3_HRNET_IMAGE_CHANNELS * s;
-    if (cfg->with_prev_mask) {
-        for (int64_t i = 0; i < s; i++) {
-            const float m = prev_mask ? prev_mask[i] : 0.0f;
-            coord[i] = cfg->binary_prev_mask ? (float)(m > 0.5f) : m;
-        }
-        coord += s;
-    }
-    /* DistMaps: coordinates divided by norm_radius first unless disks, squared in float32 as torch */
-    const float div = cfg->use_disks ? 1.0f : cfg->norm_radius;
-    for (int sign = 0; sign < 2; sign++) {
-        float *map = coord + sign * s;
-        for (int64_t z = 0; z < d; z++)
-            for (int64_t y = 0; y < h; y++)
-                for (int64_t x = 0; x < w; x++) {
-                    float best = 1e6f; /* RITM's value for "no click" */
-                    for (int i = 0; i < n_clicks; i++) {
-                        if (clicks[i].positive != (sign == 0)) continue;
-                        float dz = ((float)z - clicks[i].z), dy = ((float)y - clicks[i].y), dx = ((float)x - clicks[i].x);
-                        if (div != 1.0f) dz /= div, dy /= div, dx /= div;
-                        const float d2 = dz * dz + dy * dy + dx * dx;
-                        best = d2 < best ? d2 : best;
-                    }
-                    map[(z * h + y) * w + x] =
-                        cfg->use_disks ? (float)(best <= cfg->norm_radius * cfg->norm_radius) : tanhf(2.0f * sqrtf(best));
-                }
-    }
+    i3_hrnet_encode_image(cfg, s, image, prev_mask, out);
+    i3_hrnet_click_maps(cfg, d, h, w, clicks, n_clicks,
+                        out + (I3_HRNET_IMAGE_CHANNELS + (cfg->with_prev_mask ? 1 : 0)) * s);
     return I3RT_OK;
 }

@@ -74,5 +74,14 @@ typedef struct {
 i3rt_status i3_hrnet_encode_input(i3_ctx *ctx, const i3_hrnet_config *cfg, int64_t d, int64_t h, int64_t w,
                                   const float *image, const float *prev_mask, const i3_hrnet_click *clicks,
                                   int n_clicks, float *out);
+/* Its two parts, unchecked, for callers that place the planes themselves (the SnC click predictor): the
+ * image channels and the previous mask (s voxels each; in place allowed), and the click maps [2, d, h, w]
+ * (positive, negative), where a click may lie anywhere: RITM's DistMaps skips only those with y and x both
+ * negative (its padding), and a disk is clipped to the input. Disks are painted within each click's reach,
+ * so a voxel far from every click is 0 (RITM: 1e6 <= norm_radius^2, false for any radius below 1000). */
+void i3_hrnet_encode_image(const i3_hrnet_config *cfg, int64_t s, const float *image, const float *prev_mask,
+                           float *out);
+void i3_hrnet_click_maps(const i3_hrnet_config *cfg, int64_t d, int64_t h, int64_t w, const i3_hrnet_click *clicks,
+                         int n_clicks, float *maps);
 
 #endif /* I3RT_HRNET_H */

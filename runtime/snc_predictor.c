@@ -17,6 +17,15 @@ static i3rt_status model_forward(void *user, const float *input, int n, int64_t 
 
 static void model_release(void *user) { i3rt_model_free(user); }
 
+/* ws's buffer with room for n floats (its contents are not kept when it grows). */
+static float *workspace_floats(i3_ctx *ctx, i3_snc_workspace *ws, size_t n) {
+    if (n <= ws->floats) return ws->data;
+    free(ws->data);
+    ws->data = i3_malloc(ctx, n * sizeof *ws->data, "the SnC click buffers");
+    ws->floats = ws->data ? n : 0;
+    return ws->data;
+}
+
 i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
     if (!ctx) return I3RT_ERR_INVALID_ARGUMENT;
     if (!path || !out) return i3_fail(ctx, I3RT_ERR_INVALID_ARGUMENT, "i3_snc_net_load: NULL path or output");
@@ -31,17 +40,23 @@ i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
     else if (!net->hrnet.use_disks)
         st = i3_fail(ctx, I3RT_ERR_UNSUPPORTED,
                      "%s: the 2D click predictor needs disk click maps (arch_kwargs.use_disks true)", path);
+    i3_snc_workspace *ws = st == I3RT_OK ? i3_calloc(ctx, 1, sizeof *ws, "the SnC click buffers") : NULL;
+    if (st == I3RT_OK && !ws) st = I3RT_ERR_OUT_OF_MEMORY;
     if (st != I3RT_OK) {
         i3rt_model_free(model);
         return st;
     }
-    *out = (i3_snc_net){.cfg = net->hrnet, .forward = model_forward, .release = model_release, .user = model};
+    *out = (i3_snc_net){
+        .cfg = net->hrnet, .forward = model_forward, .release = model_release, .user = model, .workspace = ws};
     return I3RT_OK;
 }
 
 void i3_snc_net_free(i3_snc_net *net) {
-    if (net && net->release) net->release(net->user);
-    if (net) memset(net, 0, sizeof *net);
+    if (!net) return;
+    if (net->release) net->release(net->user);
+    if (net->workspace) free(net->workspace->data);
+    free(net->workspace);
+    memset(net, 0, sizeof *net);
 }
 
 /* ---- ZoomIn's boxes (isegm/utils/misc.py, transforms/zoom_in.py) ----------------------------------- */
@@ -124,6 +139,7 @@ struct i3_snc_predictor {
     i3_snc_click *clicks;
     int n_clicks, cap_clicks;
     zoom_state zoom;
+    i3_snc_workspace own, *work; /* work: the network's workspace, else own */
 };
 
 i3rt_status i3_snc_predictor_create(i3_ctx *ctx, const i3_snc_net *net, const float *image, int64_t h, int64_t w,
@@ -154,6 +170,7 @@ i3rt_status i3_snc_predictor_create(i3_ctx *ctx, const i3_snc_net *net, const fl
     i3_snc_predictor *p = i3_calloc(ctx, 1, sizeof *p, "the SnC 2D predictor");
     if (!p) return I3RT_ERR_OUT_OF_MEMORY;
     *p = (i3_snc_predictor){.ctx = ctx, .net = net, .params = *params, .h = h, .w = w};
+    p->work = net->workspace ? net->workspace : &p->own;
     p->image = i3_malloc(ctx, (size_t)(3 * h * w) * sizeof *p->image, "the SnC slice image");
     p->probs = i3_calloc(ctx, (size_t)(h * w), sizeof *p->probs, "the SnC probabilities");
     p->mask = i3_calloc(ctx, (size_t)(h * w), 1, "the SnC mask");
@@ -172,6 +189,7 @@ void i3_snc_predictor_free(i3_snc_predictor *p) {
     free(p->probs);
     free(p->mask);
     free(p->clicks);
+    free(p->own.data);
     free(p);
 }
 
@@ -209,64 +227,44 @@ typedef struct {
 } net_click;
 
 /* The network input for planes [4, ih, iw] (image, previous mask) and clicks in input pixels, mirrored
- * left-right if mirror (AddHorizontalFlip: planes flipped, click x -> iw - x - 1). RITM's DistMaps
- * (GPU path) keeps clicks outside the input, which a crop leaves (negative clicks outside it; a
- * mirrored click past x = iw - 1), ignoring only those with both coordinates < 0; i3_hrnet_encode_input
- * takes clicks inside its input, so then all clicks are encoded on a canvas padded beyond the disk
- * radius (farther clicks cannot touch the input) whose interior is copied out. The shift by the pad
- * rounds fractional click coordinates to float once more (a disk edge pixel could differ from RITM's
- * only where the squared distance is within ~1e-5 of the radius squared). */
-static i3rt_status encode(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw, const net_click *clicks,
-                          int n, int mirror, float *input) {
+ * left-right if mirror (AddHorizontalFlip: planes flipped, click x -> iw - x - 1). RITM's DistMaps (GPU
+ * path) keeps clicks outside the input, which a crop leaves (negative clicks outside it; a mirrored click
+ * past x = iw - 1), so they go to i3_hrnet_click_maps as they are; hc holds n clicks. */
+static void encode(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw, const net_click *clicks, int n,
+                   int mirror, i3_hrnet_click *hc, float *input) {
     const i3_hrnet_config *cfg = &p->net->cfg;
-    i3_hrnet_click *hc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *hc, "SnC click list");
-    if (!hc) return I3RT_ERR_OUT_OF_MEMORY;
-    int outside = 0;
+    const int64_t s = ih * iw;
+    const int placed = I3_HRNET_IMAGE_CHANNELS + (cfg->with_prev_mask ? 1 : 0);
+    for (int c = 0; c < placed; c++)
+        for (int64_t y = 0; y < ih; y++) {
+            const float *src = planes + (c * ih + y) * iw;
+            float *dst = input + c * s + y * iw;
+            if (!mirror) memcpy(dst, src, (size_t)iw * sizeof *dst);
+            else
+                for (int64_t x = 0; x < iw; x++) dst[x] = src[iw - 1 - x];
+        }
+    i3_hrnet_encode_image(cfg, s, input, input + I3_HRNET_IMAGE_CHANNELS * s, input);
     for (int i = 0; i < n; i++) {
         const double x = mirror ? (double)iw - clicks[i].x - 1.0 : clicks[i].x;
         hc[i] = (i3_hrnet_click){0.0f, (float)clicks[i].y, (float)x, clicks[i].positive};
-        outside |= !(hc[i].y >= 0 && hc[i].y < ih && hc[i].x >= 0 && hc[i].x < iw);
     }
-    const int64_t pad = outside ? (int64_t)ceilf(cfg->norm_radius) + 1 : 0, ch = ih + 2 * pad, cw = iw + 2 * pad;
-    int kept = 0;
-    for (int i = 0; i < n; i++) {
-        i3_hrnet_click c = hc[i];
-        c.y += (float)pad, c.x += (float)pad;
-        const int ritm_valid = hc[i].y >= 0 || hc[i].x >= 0;
-        if (ritm_valid && c.y >= 0 && c.y < ch && c.x >= 0 && c.x < cw) hc[kept++] = c;
-    }
-    const int channels = I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels;
-    float *src = i3_calloc(p->ctx, (size_t)(4 * ch * cw), sizeof *src, "SnC encoder planes");
-    float *enc = pad ? i3_malloc(p->ctx, (size_t)(channels * ch * cw) * sizeof *enc, "SnC encoder canvas") : input;
-    i3rt_status st = src && enc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
-    if (st == I3RT_OK) {
-        for (int c = 0; c < 4; c++)
-            for (int64_t y = 0; y < ih; y++)
-                for (int64_t x = 0; x < iw; x++)
-                    src[(c * ch + y + pad) * cw + x + pad] = planes[(c * ih + y) * iw + (mirror ? iw - 1 - x : x)];
-        st = i3_hrnet_encode_input(p->ctx, cfg, 1, ch, cw, src, src + 3 * ch * cw, hc, kept, enc);
-    }
-    if (st == I3RT_OK && pad)
-        for (int c = 0; c < channels; c++)
-            for (int64_t y = 0; y < ih; y++)
-                memcpy(input + (c * ih + y) * iw, enc + (c * ch + y + pad) * cw + pad, (size_t)iw * sizeof *input);
-    if (pad) free(enc);
-    free(src);
-    free(hc);
-    return st;
+    i3_hrnet_click_maps(cfg, 1, ih, iw, hc, n, input + placed * s);
 }
 
+/* The batch a click runs: the input and, with the flip, its mirror (AddHorizontalFlip). */
+static int net_runs(const i3_snc_predictor *p) { return p->params.with_flip ? 2 : 1; }
+
 /* The network on planes [4, ih, iw] and, with flip, on their mirror in the same batch: AddHorizontalFlip.
- * inv_transform averages the logits, 0.5 * (l + flip(l_mirror)); then SigmoidForPred. probs [ih, iw]. */
+ * inv_transform averages the logits, 0.5 * (l + flip(l_mirror)); then SigmoidForPred. probs [ih, iw];
+ * input [runs, channels, ih, iw] and logits [runs, ih, iw] are buffers for the network. */
 static i3rt_status network_probs(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw,
-                                 const net_click *clicks, int n, float *probs) {
+                                 const net_click *clicks, int n, float *input, float *logits, float *probs) {
     const int64_t s = ih * iw;
     const int channels = I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels;
-    const int runs = p->params.with_flip ? 2 : 1;
-    float *input = i3_malloc(p->ctx, (size_t)(runs * channels * s) * sizeof *input, "SnC network input");
-    float *logits = i3_malloc(p->ctx, (size_t)(runs * s) * sizeof *logits, "SnC logits");
-    i3rt_status st = input && logits ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
-    for (int r = 0; r < runs && st == I3RT_OK; r++) st = encode(p, planes, ih, iw, clicks, n, r, input + r * channels * s);
+    const int runs = net_runs(p);
+    i3_hrnet_click *hc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *hc, "SnC click list");
+    i3rt_status st = hc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    for (int r = 0; r < runs && st == I3RT_OK; r++) encode(p, planes, ih, iw, clicks, n, r, hc, input + r * channels * s);
     if (st == I3RT_OK) st = p->net->forward(p->net->user, input, runs, ih, iw, logits);
     if (st == I3RT_OK)
         for (int64_t y = 0; y < ih; y++)
@@ -275,8 +273,7 @@ static i3rt_status network_probs(i3_snc_predictor *p, const float *planes, int64
                 if (runs == 2) l = 0.5f * (l + logits[s + y * iw + (iw - 1 - x)]);
                 probs[y * iw + x] = 1.0f / (1.0f + expf(-l));
             }
-    free(logits);
-    free(input);
+    free(hc);
     return st;
 }
 
@@ -316,11 +313,13 @@ static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int 
     if (zoomed) i3_snc_zoom_size(zs->box, p->params.target_size, &ih, &iw);
     /* the crop's size (1 x 1 while there is none: then neither crop nor its inverse is used) */
     const int64_t bh = zs->box.r1 - zs->box.r0 + 1, bw = zs->box.c1 - zs->box.c0 + 1;
-    float *planes = i3_malloc(p->ctx, (size_t)(4 * (s > ih * iw ? s : ih * iw)) * sizeof *planes, "SnC planes");
-    float *crop = i3_malloc(p->ctx, (size_t)(zoomed ? 4 * bh * bw : 1) * sizeof *crop, "SnC crop");
-    float *probs = i3_malloc(p->ctx, (size_t)(ih * iw) * sizeof *probs, "SnC crop probabilities");
-    net_click *tc = i3_malloc(p->ctx, (size_t)n * sizeof *tc, "SnC clicks");
-    i3rt_status st = planes && crop && probs && tc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    /* in the workspace: planes [4, max(s, ih iw)], crop [4, bh, bw] if zoomed, probs, input, logits [ih, iw] */
+    const int64_t ns = ih * iw, n_planes = 4 * (s > ns ? s : ns), n_crop = zoomed ? 4 * bh * bw : 0;
+    const int64_t n_input = net_runs(p) * (I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels) * ns;
+    float *planes = workspace_floats(p->ctx, p->work, (size_t)(n_planes + n_crop + ns + n_input + net_runs(p) * ns));
+    float *crop = planes + n_planes, *probs = crop + n_crop, *input = probs + ns, *logits = input + n_input;
+    net_click *tc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *tc, "SnC clicks");
+    i3rt_status st = planes && tc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
     if (st == I3RT_OK) {
         /* BasePredictor: cat(image, prev_mask); get_points_nd: the first net_clicks_limit clicks */
         const int n_net = p->params.net_clicks_limit > 0 && n > p->params.net_clicks_limit ? p->params.net_clicks_limit : n;
@@ -341,7 +340,7 @@ static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int 
                 tc[i].x = (double)iw * (tc[i].x - (double)b.c0) / (double)bw;
             }
         }
-        st = network_probs(p, planes, ih, iw, tc, n_net, probs);
+        st = network_probs(p, planes, ih, iw, tc, n_net, input, logits, probs);
     }
     if (st == I3RT_OK) {
         if (zs->has) { /* ZoomIn.inv_transform: resized to the crop, pasted into zeros */
@@ -355,9 +354,6 @@ static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int 
         }
     }
     free(tc);
-    free(probs);
-    free(crop);
-    free(planes);
     return st;
 }
 

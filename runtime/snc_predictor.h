@@ -22,6 +22,13 @@
 #include "core.h"
 #include "hrnet.h"
 
+/* The host buffers of a click (planes, crop, network input and logits), grown on demand and kept: a click
+ * then writes into memory already paged in (first touching the 6 MB of a zoomed batch costs milliseconds). */
+typedef struct {
+    float *data;
+    size_t floats;
+} i3_snc_workspace;
+
 /* A 2D network for the predictor: forward writes the logits [n, h, w] (the network's output upsampled
  * to its input size) for n encoded inputs [n, I3_HRNET_IMAGE_CHANNELS + cfg.coord_channels, h, w] (two with
  * the flip: the input and its mirror, as RITM's AddHorizontalFlip batches them). */
@@ -30,6 +37,8 @@ typedef struct {
     i3rt_status (*forward)(void *user, const float *input, int n, int64_t h, int64_t w, float *logits);
     void (*release)(void *user); /* frees user (NULL: nothing to free) */
     void *user;
+    i3_snc_workspace *workspace; /* shared by the predictors on this network, one click at a time (NULL: each
+                                    predictor keeps its own); i3_snc_net_load makes one */
 } i3_snc_net;
 
 /* Loads a RITM-HRNet18 weight file (2D, disk click maps) as an i3rt model on the context's backend. */

@@ -243,6 +243,47 @@ Test(hrnet, bad_inputs) {
     i3rt_context_free(ctx);
 }
 
+/* i3_hrnet_click_maps paints each disk within its reach; DistMaps' definition (a pixel is 1 when the squared
+ * distance to the nearest click of that sign, in float32, is at most norm_radius^2) over every pixel, for
+ * fractional clicks inside, near and beyond the borders, and RITM's padding (y and x both negative, skipped),
+ * in 2D and 3D (balls). */
+Test(hrnet, click_maps_paint_as_distmaps) {
+    const i3_hrnet_config cfg = {.use_disks = 1, .norm_radius = 5.0f, .with_prev_mask = 1};
+    fx_rng r = fx_rng_seed(7);
+    for (int dims = 2; dims <= 3; dims++) {
+        const int64_t d = dims == 3 ? 13 : 1, h = 37, w = 29, s = d * h * w;
+        enum { N = 12 };
+        float coords[3 * N];
+        fx_fill(&r, coords, 3 * N, -9.0f, 45.0f);
+        i3_hrnet_click clicks[N];
+        for (int i = 0; i < N; i++)
+            clicks[i] = (i3_hrnet_click){dims == 3 ? coords[3 * i] * 0.3f : 0.0f, coords[3 * i + 1], coords[3 * i + 2], i % 3 != 0};
+        clicks[N - 1].y = -2.5f, clicks[N - 1].x = -0.5f; /* padding, though within reach of pixel (0, 0) */
+        float *maps = malloc((size_t)(2 * s) * sizeof *maps);
+        i3_hrnet_click_maps(&cfg, d, h, w, clicks, N, maps);
+        int64_t ones = 0;
+        for (int sign = 0; sign < 2; sign++)
+            for (int64_t v = 0; v < s; v++) {
+                const int64_t z = v / (h * w), y = v / w % h, x = v % w;
+                float best = 1e6f;
+                for (int i = 0; i < N; i++) {
+                    if (clicks[i].positive != (sign == 0) || (clicks[i].y < 0 && clicks[i].x < 0)) continue;
+                    const float dz = (float)z - clicks[i].z, dy = (float)y - clicks[i].y, dx = (float)x - clicks[i].x;
+                    const float d2 = dz * dz + dy * dy + dx * dx;
+                    best = d2 < best ? d2 : best;
+                }
+                const float want = best <= 25.0f ? 1.0f : 0.0f;
+                cr_assert_eq(maps[sign * s + v], want, "%dD %s map at (%lld, %lld, %lld): %g, DistMaps %g", dims,
+                             sign ? "negative" : "positive", (long long)z, (long long)y, (long long)x,
+                             maps[sign * s + v], want);
+                ones += want != 0.0f;
+            }
+        printf("%dD click maps: %lld of %lld pixels in a disk, as DistMaps\n", dims, (long long)ones, (long long)(2 * s));
+        cr_assert_gt(ones, 0);
+        free(maps);
+    }
+}
+
 /* Broken files from gen_hrnet.py: each fails at load with a message naming the problem. */
 Test(hrnet, bad_files) {
     const char *cases[][2] = {
