@@ -226,29 +226,30 @@ typedef struct {
     int positive;
 } net_click;
 
-/* The network input for planes [4, ih, iw] (image, previous mask) and clicks in input pixels, mirrored
- * left-right if mirror (AddHorizontalFlip: planes flipped, click x -> iw - x - 1). RITM's DistMaps (GPU
- * path) keeps clicks outside the input, which a crop leaves (negative clicks outside it; a mirrored click
- * past x = iw - 1), so they go to i3_hrnet_click_maps as they are; hc holds n clicks. */
+/* The network input [runs, channels, ih, iw] for planes [4, ih, iw] (image, previous mask) and clicks in input
+ * pixels: the planes encoded (i3_hrnet_encode_image), and for the flip the same mirrored left-right
+ * (AddHorizontalFlip: planes flipped, click x -> iw - x - 1; normalizing commutes with the mirror, so run 1
+ * copies run 0's channels). RITM's DistMaps (GPU path) keeps clicks outside the input, which a crop leaves
+ * (negative clicks outside it; a mirrored click past x = iw - 1), so they go to i3_hrnet_click_maps as they
+ * are; hc has room for n clicks. */
 static void encode(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw, const net_click *clicks, int n,
-                   int mirror, i3_hrnet_click *hc, float *input) {
+                   int runs, i3_hrnet_click *hc, float *input) {
     const i3_hrnet_config *cfg = &p->net->cfg;
     const int64_t s = ih * iw;
     const int placed = I3_HRNET_IMAGE_CHANNELS + (cfg->with_prev_mask ? 1 : 0);
-    for (int c = 0; c < placed; c++)
-        for (int64_t y = 0; y < ih; y++) {
-            const float *src = planes + (c * ih + y) * iw;
-            float *dst = input + c * s + y * iw;
-            if (!mirror) memcpy(dst, src, (size_t)iw * sizeof *dst);
-            else
-                for (int64_t x = 0; x < iw; x++) dst[x] = src[iw - 1 - x];
+    const int channels = I3_HRNET_IMAGE_CHANNELS + cfg->coord_channels;
+    i3_hrnet_encode_image(cfg, s, planes, planes + I3_HRNET_IMAGE_CHANNELS * s, input);
+    for (int r = 0; r < runs; r++) {
+        float *run = input + r * channels * s;
+        if (r == 1)
+            for (int64_t row = 0; row < placed * ih; row++)
+                for (int64_t x = 0; x < iw; x++) run[row * iw + x] = input[row * iw + iw - 1 - x];
+        for (int i = 0; i < n; i++) {
+            const double x = r == 1 ? (double)iw - clicks[i].x - 1.0 : clicks[i].x;
+            hc[i] = (i3_hrnet_click){0.0f, (float)clicks[i].y, (float)x, clicks[i].positive};
         }
-    i3_hrnet_encode_image(cfg, s, input, input + I3_HRNET_IMAGE_CHANNELS * s, input);
-    for (int i = 0; i < n; i++) {
-        const double x = mirror ? (double)iw - clicks[i].x - 1.0 : clicks[i].x;
-        hc[i] = (i3_hrnet_click){0.0f, (float)clicks[i].y, (float)x, clicks[i].positive};
+        i3_hrnet_click_maps(cfg, 1, ih, iw, hc, n, run + placed * s);
     }
-    i3_hrnet_click_maps(cfg, 1, ih, iw, hc, n, input + placed * s);
 }
 
 /* The batch a click runs: the input and, with the flip, its mirror (AddHorizontalFlip). */
@@ -260,11 +261,10 @@ static int net_runs(const i3_snc_predictor *p) { return p->params.with_flip ? 2 
 static i3rt_status network_probs(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw,
                                  const net_click *clicks, int n, float *input, float *logits, float *probs) {
     const int64_t s = ih * iw;
-    const int channels = I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels;
     const int runs = net_runs(p);
     i3_hrnet_click *hc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *hc, "SnC click list");
     i3rt_status st = hc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
-    for (int r = 0; r < runs && st == I3RT_OK; r++) encode(p, planes, ih, iw, clicks, n, r, hc, input + r * channels * s);
+    if (st == I3RT_OK) encode(p, planes, ih, iw, clicks, n, runs, hc, input);
     if (st == I3RT_OK) st = p->net->forward(p->net->user, input, runs, ih, iw, logits);
     if (st == I3RT_OK)
         for (int64_t y = 0; y < ih; y++)
