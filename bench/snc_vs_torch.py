@@ -18,7 +18,10 @@ What is timed (wall clock, median and min of --runs after one warm-up; i3rt then
                session's defaults): i3rt_snc_click on a fresh session (so the first click and every new crop
                size build i3rt's graph) against RITM's BasePredictor (tests/gen_snc_predictor.py, its ZoomIn and
                AddHorizontalFlip: a batch of 2) around HRNetModel; clicks: left thalamus +, right thalamus +,
-               a negative click. The masks are compared (pixels that differ).
+               a negative click. The masks are compared (pixels that differ). Then the same clicks on the next
+               axial slice (80) in the same i3rt session, a new BasePredictor for PyTorch: what a session's
+               later slices cost once the network has run at their sizes (a graph per size is kept, and on
+               the GPU its captured CUDA graph replays).
   2D forward   the network alone at every input size the clicks fed, one image (a click runs a batch of two):
                i3rt_model_forward against HRNetModel.forward_encoded, logits checked (max error / max |logit|;
                where PyTorch's are not finite, as autocast's f16 gives with random HRNet-18 weights, whose OCR
@@ -184,44 +187,52 @@ class TorchNet:
             return {"instances": self.model.forward_encoded(x)[1].float().cpu()}
 
 
-def bench_clicks(args, lib, path2d, model, slice_img, timer, failures):
+def bench_clicks(args, lib, path2d, model, slices, timer, failures):
+    """The clicks on each of slices [(axial index, image [3, h, w])] in turn: i3rt in one session per run (a fresh
+    one: the first slice's clicks build each size's graph; the next slice's find the sizes seen), PyTorch with one
+    BasePredictor per slice."""
     net = TorchNet(model, args)
-    i3rt_t = [[] for _ in CLICKS]
-    torch_t = [[] for _ in CLICKS]
+    n = len(slices) * len(CLICKS)
+    i3rt_t, torch_t = [[] for _ in range(n)], [[] for _ in range(n)]
     i3rt_masks, torch_masks, sizes, finite = [], [], [], []
     for run in range(args.runs + 1):
         def i3rt_sequence():
             with SncSession(lib, COLIN, args.threads, args.device, args.precision) as s:
                 s.load_2d(path2d)
                 out = []
-                for k, (y, x, pos) in enumerate(CLICKS):
-                    dt, m = timer(lambda: s.click("axial", AXIAL, y, x, pos))
-                    out.append((dt, m))
+                for index, _ in slices:
+                    for y, x, pos in CLICKS:
+                        out.append(timer(lambda: s.click("axial", index, y, x, pos)))
                 return out
         seq = try_i3rt(i3rt_sequence, failures, "click")
         if seq and run > 0:
             for k, (dt, m) in enumerate(seq):
                 i3rt_t[k].append(dt)
             i3rt_masks = [m for _, m in seq]
-        predictor = BasePredictor(net, with_flip=True, zoom_in=ZoomIn())
-        predictor.set_input_image(slice_img)
-        clicks, net.sizes = [], []
-        for k, (y, x, pos) in enumerate(CLICKS):
-            clicks.append(Click(is_positive=bool(pos), coords=(y, x), indx=k))
-            n_before = len(net.sizes)
-            dt, p = timer(lambda: predictor.get_prediction(clicks))
-            if run > 0:
-                torch_t[k].append(dt)
-            if run == args.runs:
-                torch_masks.append(p > 0.49)
-                finite.append(bool(np.isfinite(p).all()))
-                sizes.append(net.sizes[n_before:])
-    header("2D click (slice 217 x 181)")
-    for k in range(len(CLICKS)):
+        k = 0
+        for _, image in slices:
+            predictor = BasePredictor(net, with_flip=True, zoom_in=ZoomIn())
+            predictor.set_input_image(image)
+            clicks = []
+            for j, (y, x, pos) in enumerate(CLICKS):
+                clicks.append(Click(is_positive=bool(pos), coords=(y, x), indx=j))
+                n_before = len(net.sizes)
+                dt, p = timer(lambda: predictor.get_prediction(clicks))
+                if run > 0:
+                    torch_t[k].append(dt)
+                if run == args.runs:
+                    torch_masks.append(p > 0.49)
+                    finite.append(bool(np.isfinite(p).all()))
+                    sizes.append(net.sizes[n_before:])
+                k += 1
+    for k in range(n):
+        index, j = slices[k // len(CLICKS)][0], k % len(CLICKS)
+        if j == 0:
+            header(f"clicks, axial {index}" + (", new session" if k == 0 else ", same session"))
         diff = f", {int((i3rt_masks[k] != torch_masks[k]).sum())} mask px differ" if i3rt_masks else ""
         diff += "" if finite[k] else ", PyTorch's probabilities not finite"
         fed = " + ".join(f"{h}x{w}" for h, w in sizes[k])
-        row(f"click {k + 1} ({'+' if CLICKS[k][2] else '-'})", i3rt_t[k], torch_t[k],
+        row(f"click {j + 1} ({'+' if CLICKS[j][2] else '-'})", i3rt_t[k], torch_t[k],
             f"net input {fed} x 2 (flip), {int(torch_masks[k].sum())} px object{diff}")
     return sorted({hw for s in sizes for hw in s})
 
@@ -371,7 +382,9 @@ def main():
     describe_machine(args)
     timer = Timer(args.device)
     folder = tempfile.mkdtemp(prefix="i3rt_snc_bench_")
-    slice_img = torch.from_numpy(np.ascontiguousarray(np.stack([window(read_zyx(COLIN))[AXIAL]] * 3)))
+    colin = window(read_zyx(COLIN))
+    slices = [(z, torch.from_numpy(np.ascontiguousarray(np.stack([colin[z]] * 3)))) for z in (AXIAL, AXIAL + 1)]
+    slice_img = slices[0][1]
     if args.weights_2d:
         nets = [("files", from_file(args.weights_2d, False), from_file(args.weights_3d, True), args.weights_2d,
                  args.weights_3d)]
@@ -385,7 +398,7 @@ def main():
         failures = set()
         all_failures.append(failures)
         if not args.no_2d:
-            sizes = bench_clicks(args, lib, path2d, model2d, slice_img, timer, failures)
+            sizes = bench_clicks(args, lib, path2d, model2d, slices, timer, failures)
             for size in sizes:
                 bench_forward(args, lib, path2d, model2d, encoded_2d(model2d, slice_img, size), timer, failures,
                               f"2D forward {size[0]}x{size[1]}")
