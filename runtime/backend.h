@@ -49,6 +49,10 @@ typedef struct {
     void (*destroy)(i3_backend *b);
     /* NULL on host-memory backends: the sliding window runs its host loop there. */
     const i3_backend_sw_i *sw;
+    /* Host memory for what goes to and comes from the backend: pinned on a device (copies at full speed,
+     * asynchronous), plain on the CPU. Fails with I3RT_ERR_OUT_OF_MEMORY and a message. */
+    i3rt_status (*host_alloc)(i3_backend *b, size_t bytes, void **out);
+    void (*host_free)(i3_backend *b, void *ptr);
 } i3_backend_i;
 
 struct i3_backend {

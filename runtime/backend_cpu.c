@@ -71,6 +71,16 @@ static i3rt_status cpu_synchronize(i3_backend *b) { return I3RT_OK; }
 
 static void cpu_destroy(i3_backend *b) { free(b); }
 
+static i3rt_status cpu_host_alloc(i3_backend *b, size_t bytes, void **out) {
+    *out = i3_malloc(b->ctx, bytes ? bytes : 1, "host buffers");
+    return *out ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+}
+
+static void cpu_host_free(i3_backend *b, void *ptr) {
+    (void)b;
+    free(ptr);
+}
+
 static const i3_backend_i cpu_iface = {
     .name = "cpu",
     .host_memory = 1,
@@ -82,6 +92,8 @@ static const i3_backend_i cpu_iface = {
     .run_node = cpu_run_node,
     .synchronize = cpu_synchronize,
     .destroy = cpu_destroy,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
 };
 
 i3rt_status i3_backend_cpu_create(i3_ctx *ctx, i3_backend **out) {

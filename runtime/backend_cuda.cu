@@ -685,6 +685,19 @@ static i3rt_status device_sw_normalize(i3_backend *b, void *acc, const void *wsu
 static const i3_backend_sw_i device_sw = {device_sw_zero, device_sw_tile, device_sw_gather, device_sw_accumulate,
                                           device_sw_normalize};
 
+static i3rt_status device_host_alloc(i3_backend *b, size_t bytes, void **out) {
+    cudaError_t e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (e == cudaSuccess) return I3RT_OK;
+    *out = NULL;
+    cudaGetLastError();
+    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: cannot allocate %zu bytes of pinned host memory: %s",
+                   BACKEND_NAME, bytes, cudaGetErrorString(e));
+}
+
+static void device_host_free(i3_backend *, void *ptr) {
+    if (ptr) cudaFreeHost(ptr);
+}
+
 static const i3_backend_i device_iface = {
     BACKEND_NAME,
     0, /* host_memory: weights are uploaded, also on the emulator, so that the upload path is tested */
@@ -699,6 +712,8 @@ static const i3_backend_i device_iface = {
     device_synchronize,
     device_destroy,
     &device_sw,
+    device_host_alloc,
+    device_host_free,
 };
 
 }  // namespace I3_NS
@@ -755,17 +770,10 @@ extern "C" void I3_DEV(backend_stats)(const i3_backend *b, i3_cuda_stats *out) {
 extern "C" void *I3_DEV(backend_stream)(i3_backend *b) { return (void *)stream_of(b); }
 
 extern "C" i3rt_status I3_DEV(host_alloc)(i3_backend *b, size_t bytes, void **out) {
-    cudaError_t e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault);
-    if (e == cudaSuccess) return I3RT_OK;
-    *out = NULL;
-    cudaGetLastError();
-    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: cannot allocate %zu bytes of pinned host memory: %s",
-                   BACKEND_NAME, bytes, cudaGetErrorString(e));
+    return device_host_alloc(b, bytes, out);
 }
 
-extern "C" void I3_DEV(host_free)(void *ptr) {
-    if (ptr) cudaFreeHost(ptr);
-}
+extern "C" void I3_DEV(host_free)(void *ptr) { device_host_free(NULL, ptr); }
 
 #ifndef __CUDACC__
 #ifdef I3RT_HAVE_CUDA

@@ -292,6 +292,12 @@ i3rt_status i3_model_device_io(i3rt_model *m, int64_t batch, const int64_t spati
     return I3RT_OK;
 }
 
+i3rt_status i3_model_host_alloc(i3rt_model *m, size_t bytes, void **out) {
+    return m->backend->iface->host_alloc(m->backend, bytes, out);
+}
+
+void i3_model_host_free(i3rt_model *m, void *ptr) { m->backend->iface->host_free(m->backend, ptr); }
+
 i3rt_status i3_model_run(i3rt_model *m) { return i3_graph_run(&m->cur->graph, m->backend, m->scratch); }
 
 i3rt_status i3_model_forward_batch(i3rt_model *m, int64_t batch, const float *input, const int64_t spatial[3],

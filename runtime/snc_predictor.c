@@ -17,13 +17,31 @@ static i3rt_status model_forward(void *user, const float *input, int n, int64_t 
 
 static void model_release(void *user) { i3rt_model_free(user); }
 
+static void workspace_free(i3_snc_workspace *ws) {
+    if (ws->model) i3_model_host_free(ws->model, ws->data);
+    else free(ws->data);
+    ws->data = NULL;
+    ws->floats = 0;
+}
+
 /* ws's buffer with room for n floats (its contents are not kept when it grows). */
 static float *workspace_floats(i3_ctx *ctx, i3_snc_workspace *ws, size_t n) {
     if (n <= ws->floats) return ws->data;
-    free(ws->data);
-    ws->data = i3_malloc(ctx, n * sizeof *ws->data, "the SnC click buffers");
-    ws->floats = ws->data ? n : 0;
+    workspace_free(ws);
+    void *data = NULL;
+    if (ws->model) i3_model_host_alloc(ws->model, n * sizeof *ws->data, &data);
+    else data = i3_malloc(ctx, n * sizeof *ws->data, "the SnC click buffers");
+    ws->data = data;
+    ws->floats = data ? n : 0;
     return ws->data;
+}
+
+/* The floats of a click's buffers in the workspace, in predict's order: planes [4, max(s, ns)], crop
+ * [4, crop], probabilities [ns], network input [runs, channels, ns], logits [runs, ns]; s: the slice's
+ * pixels, ns: the network input's, crop: the crop's (0 without one). */
+static int64_t click_floats(const i3_snc_net *net, int runs, int64_t s, int64_t ns, int64_t crop) {
+    const int channels = I3_HRNET_IMAGE_CHANNELS + net->cfg.coord_channels;
+    return 4 * (s > ns ? s : ns) + 4 * crop + ns + (int64_t)runs * (channels + 1) * ns;
 }
 
 i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
@@ -42,6 +60,7 @@ i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
                      "%s: the 2D click predictor needs disk click maps (arch_kwargs.use_disks true)", path);
     i3_snc_workspace *ws = st == I3RT_OK ? i3_calloc(ctx, 1, sizeof *ws, "the SnC click buffers") : NULL;
     if (st == I3RT_OK && !ws) st = I3RT_ERR_OUT_OF_MEMORY;
+    if (ws) ws->model = model;
     if (st != I3RT_OK) {
         i3rt_model_free(model);
         return st;
@@ -53,10 +72,23 @@ i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
 
 void i3_snc_net_free(i3_snc_net *net) {
     if (!net) return;
-    if (net->release) net->release(net->user);
-    if (net->workspace) free(net->workspace->data);
+    if (net->workspace) workspace_free(net->workspace); /* through the model: before its release */
     free(net->workspace);
+    if (net->release) net->release(net->user);
     memset(net, 0, sizeof *net);
+}
+
+i3rt_status i3_snc_net_reserve(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_predictor_params *params,
+                               int64_t pixels) {
+    if (!net->workspace) return I3RT_OK;
+    /* a zoomed input is at most target_size on each side; a crop at most the slice */
+    const int64_t target = params->zoom_in ? (int64_t)params->target_size * params->target_size : 0;
+    const int64_t n = click_floats(net, params->with_flip ? 2 : 1, pixels, pixels > target ? pixels : target,
+                                   params->zoom_in ? pixels : 0);
+    float *data = workspace_floats(ctx, net->workspace, (size_t)n);
+    if (!data) return I3RT_ERR_OUT_OF_MEMORY;
+    memset(data, 0, (size_t)n * sizeof *data); /* paged in now */
+    return I3RT_OK;
 }
 
 /* ---- ZoomIn's boxes (isegm/utils/misc.py, transforms/zoom_in.py) ----------------------------------- */
@@ -189,7 +221,7 @@ void i3_snc_predictor_free(i3_snc_predictor *p) {
     free(p->probs);
     free(p->mask);
     free(p->clicks);
-    free(p->own.data);
+    workspace_free(&p->own);
     free(p);
 }
 
@@ -313,11 +345,11 @@ static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int 
     if (zoomed) i3_snc_zoom_size(zs->box, p->params.target_size, &ih, &iw);
     /* the crop's size (1 x 1 while there is none: then neither crop nor its inverse is used) */
     const int64_t bh = zs->box.r1 - zs->box.r0 + 1, bw = zs->box.c1 - zs->box.c0 + 1;
-    /* in the workspace: planes [4, max(s, ih iw)], crop [4, bh, bw] if zoomed, probs, input, logits [ih, iw] */
-    const int64_t ns = ih * iw, n_planes = 4 * (s > ns ? s : ns), n_crop = zoomed ? 4 * bh * bw : 0;
+    const int64_t ns = ih * iw, n_crop = zoomed ? bh * bw : 0;
     const int64_t n_input = net_runs(p) * (I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels) * ns;
-    float *planes = workspace_floats(p->ctx, p->work, (size_t)(n_planes + n_crop + ns + n_input + net_runs(p) * ns));
-    float *crop = planes + n_planes, *probs = crop + n_crop, *input = probs + ns, *logits = input + n_input;
+    float *planes = workspace_floats(p->ctx, p->work, (size_t)click_floats(p->net, net_runs(p), s, ns, n_crop));
+    float *crop = planes + 4 * (s > ns ? s : ns), *probs = crop + 4 * n_crop, *input = probs + ns;
+    float *logits = input + n_input;
     net_click *tc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *tc, "SnC clicks");
     i3rt_status st = planes && tc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
     if (st == I3RT_OK) {

@@ -22,11 +22,14 @@
 #include "core.h"
 #include "hrnet.h"
 
-/* The host buffers of a click (planes, crop, network input and logits), grown on demand and kept: a click
- * then writes into memory already paged in (first touching the 6 MB of a zoomed batch costs milliseconds). */
+/* The host buffers of a click (planes, crop, network input and logits), grown on demand and kept, so that
+ * a click writes into memory already paged in (first touching the 6 MB of a zoomed batch costs
+ * milliseconds); with a model, allocated through its backend (pinned on a GPU: the input's upload and the
+ * logits' download at full speed). */
 typedef struct {
     float *data;
     size_t floats;
+    i3rt_model *model; /* allocates data (NULL: malloc) */
 } i3_snc_workspace;
 
 /* A 2D network for the predictor: forward writes the logits [n, h, w] (the network's output upsampled
@@ -67,6 +70,12 @@ typedef struct {
     float y, x; /* slice pixel coordinates (row, column) */
     int positive;
 } i3_snc_click;
+
+/* Sizes net's workspace for every click with these parameters on slices of at most `pixels` pixels and pages
+ * it in (a session does so when it takes its 2D network, so that no click pays for it); nothing without a
+ * workspace. */
+i3rt_status i3_snc_net_reserve(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_predictor_params *params,
+                               int64_t pixels);
 
 /* An inclusive box of rows [r0, r1] and columns [c0, c1] (RITM's rmin, rmax, cmin, cmax). */
 typedef struct {

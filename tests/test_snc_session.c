@@ -897,6 +897,42 @@ Test(snc_session, hrnet_click_starts_from_the_3d_prediction) {
     i3rt_context_free(ctx);
 }
 
+/* The 2D network of a session on the emulated device: its click buffers come from the backend (pinned host
+ * memory on a GPU; the emulator's allocator here, so that ASan checks they are freed through it), reserved
+ * when the network is set; clicks with zoom-in (crops of changing sizes, some seen before) and the flip on two
+ * slices give the CPU session's masks. */
+Test(snc_session, hrnet_clicks_on_the_emulated_device) {
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.predictor.target_size = 24, p.predictor.min_crop_size = 8; /* crops of these 20-pixel slices, kept small */
+    static const struct { int64_t slice; double y, x; int positive; } clicks[] = {
+        {5, 9.0, 8.0, 1}, {5, 3.0, 2.0, 0}, {5, 12.0, 12.0, 1}, {6, 9.0, 8.0, 1}, {6, 3.0, 2.0, 0}, {6, 12.0, 12.0, 1}};
+    enum { N = sizeof clicks / sizeof *clicks };
+    uint8_t masks[2][N][VH * VW];
+    for (int device = 0; device < 2; device++) {
+        i3rt_context *ctx = NULL;
+        cr_assert_eq(i3rt_context_create(&ctx, 1, device ? I3RT_BACKEND_EMULATED : I3RT_BACKEND_CPU), I3RT_OK);
+        i3_snc_net hrnet;
+        cr_assert_eq(i3_snc_net_load(ctx, fixture("hrnet2d.safetensors"), &hrnet), I3RT_OK, "%s",
+                     i3rt_context_error(ctx));
+        i3_snc_session *s = session_with(ctx, NULL, 1.0, &p, hrnet, (i3_snc_guided_net){.predict = near_slices_predict});
+        for (int k = 0; k < N; k++) {
+            cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, clicks[k].slice, clicks[k].y, clicks[k].x, clicks[k].positive),
+                         I3RT_OK, "%s", i3rt_context_error(ctx));
+            int64_t rows, cols;
+            memcpy(masks[device][k], i3_snc_session_slice_mask(s, I3_AXIAL, clicks[k].slice, &rows, &cols), VH * VW);
+        }
+        i3_snc_session_free(s);
+        i3rt_context_free(ctx);
+    }
+    for (int k = 0; k < N; k++) {
+        int differ = 0, fg = 0;
+        for (int i = 0; i < VH * VW; i++) differ += masks[0][k][i] != masks[1][k][i], fg += masks[0][k][i];
+        printf("emulated device, axial %lld click %d: %d foreground pixels, %d differ from the CPU's\n",
+               (long long)clicks[k].slice, k % 3 + 1, fg, differ);
+        cr_expect_eq(differ, 0);
+    }
+}
+
 /* ---- i3rt snc ------------------------------------------------------------------------------------------ */
 
 extern char **environ;
