@@ -2110,22 +2110,28 @@ Test(emulated, profile) {
     on_device(open_emulated_ok, check_graph_replay);
 }
 
-/* A model forwarded at two input sizes in turn (an SnC session: the slice, then its zoomed crop) keeps a graph
- * for each, and the backend a CUDA graph for each: A B A B A B is two eager runs, two captures, two replays
- * (rebuilding the graph at every change of size replayed nothing), every run of a size giving the same bits. */
-Test(emulated, model_alternating_sizes_replay) {
+/* The `unet` test's 2D U-Net (fixtures/unet/plain_2d.safetensors) on a context of the emulated device; skips
+ * the test where the fixture is missing. */
+static void open_plain_2d(i3rt_context **ctx, i3rt_model **model, i3rt_model_info *info) {
     const char *dir = getenv("I3RT_FIXTURES");
     char path[1024];
     snprintf(path, sizeof path, "%s/unet/plain_2d.safetensors", dir ? dir : ".");
     FILE *f = fopen(path, "rb");
     if (!f) cr_skip("%s not found: run the `unet` test first", path);
     fclose(f);
+    cr_assert_eq(i3rt_context_create(ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
+    cr_assert_eq(i3rt_model_load(*ctx, path, model), I3RT_OK, "%s", i3rt_context_error(*ctx));
+    cr_assert_eq(i3rt_model_get_info(*model, info), I3RT_OK);
+}
+
+/* A model forwarded at two input sizes in turn (an SnC session: the slice, then its zoomed crop) keeps a graph
+ * for each, and the backend a CUDA graph for each: A B A B A B is two eager runs, two captures, two replays
+ * (rebuilding the graph at every change of size replayed nothing), every run of a size giving the same bits. */
+Test(emulated, model_alternating_sizes_replay) {
     i3rt_context *ctx;
     i3rt_model *model;
-    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
-    cr_assert_eq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3rt_model_info info;
-    cr_assert_eq(i3rt_model_get_info(model, &info), I3RT_OK);
+    open_plain_2d(&ctx, &model, &info);
     const int64_t sizes[2][3] = {{1, 2 * info.total_stride[1], 2 * info.total_stride[2]},
                                  {1, info.total_stride[1], 3 * info.total_stride[2]}};
     float *x[2], *first[2], *y = NULL;
@@ -2185,20 +2191,11 @@ Test(emulated, out_of_memory_under_a_cap) {
     d.b->iface->free(d.b, b);
     i3_backend_destroy(d.b);
 
-    const char *dir = getenv("I3RT_FIXTURES");
-    char path[1024];
-    snprintf(path, sizeof path, "%s/unet/plain_2d.safetensors", dir ? dir : ".");
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        cr_skip("%s not found: run the `unet` test first", path);
-    fclose(f);
     setenv("I3RT_EMULATED_DEVICE_MEMORY", "16G", 1);
     i3rt_context *ctx;
     i3rt_model *model;
-    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
-    cr_assert_eq(i3rt_model_load(ctx, path, &model), I3RT_OK, "%s", i3rt_context_error(ctx));
     i3rt_model_info info;
-    cr_assert_eq(i3rt_model_get_info(model, &info), I3RT_OK);
+    open_plain_2d(&ctx, &model, &info);
     int64_t spatial[3] = {1, 64, 64};
     size_t peak;
     cr_assert_eq(i3rt_model_plan(model, spatial, &peak), I3RT_OK, "%s", i3rt_context_error(ctx));
