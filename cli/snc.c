@@ -304,17 +304,21 @@ static i3rt_status run_slices(i3_snc_session *s, const args *a, int finish, cJSO
         const cli_slice *sl = &a->slices[k];
         cJSON *js = list ? json_slice(sl->axis, sl->index) : NULL;
         cJSON *fg = js ? cJSON_AddArrayToObject(js, "foreground_after_click") : NULL;
+        cJSON *ms = js ? cJSON_AddArrayToObject(js, "click_ms") : NULL;
         if (js) cJSON_AddItemToArray(list, js);
         for (int c = 0; c < sl->n_clicks; c++) {
             const cli_click *ck = &a->clicks[sl->first_click + c];
+            const double t0 = i3_now_seconds();
             I3_TRY(i3_snc_session_click(s, sl->axis, sl->index, ck->y, ck->x, ck->positive));
+            const double click_ms = 1e3 * (i3_now_seconds() - t0);
             int64_t rows, cols;
             const uint8_t *m = i3_snc_session_slice_mask(s, sl->axis, sl->index, &rows, &cols);
             const int64_t n_fg = count_ones(m, rows * cols);
             if (fg) cJSON_AddItemToArray(fg, cJSON_CreateNumber((double)n_fg));
-            fprintf(json ? stderr : stdout, "%s %lld: click (%g, %g) %s -> %lld of %lld pixels in the mask\n",
+            if (ms) cJSON_AddItemToArray(ms, cJSON_CreateNumber(click_ms));
+            fprintf(json ? stderr : stdout, "%s %lld: click (%g, %g) %s -> %lld of %lld pixels in the mask (%.1f ms)\n",
                     i3_axis_name(sl->axis), (long long)sl->index, ck->y, ck->x, ck->positive ? "+" : "-",
-                    (long long)n_fg, (long long)(rows * cols));
+                    (long long)n_fg, (long long)(rows * cols), click_ms);
         }
         if (finish) I3_TRY(i3_snc_session_finish(s, sl->axis, sl->index, !sl->inaccurate));
         if (js && finish) cJSON_AddBoolToObject(js, "accurate", !sl->inaccurate);

@@ -991,7 +991,7 @@ Test(snc_session, cli_click_and_errors) {
     const char *click[] = {"snc", "click", image, "-2", net2d_copy, "--slice", "coronal", "9", "--click", "5", "8", "+",
                            "--click", "1", "1", "-", "--no-zoom", "--no-flip", "-o", out, "--json", NULL};
     cr_assert_eq(run_i3rt(dir, click), 0, "stderr: %s", cli_err);
-    cr_assert(strstr(cli_out, "\"foreground_after_click\""), "%s", cli_out);
+    cr_assert(strstr(cli_out, "\"foreground_after_click\"") && strstr(cli_out, "\"click_ms\""), "%s", cli_out);
     cr_assert(strstr(cli_out, "img_coronal_009_mask.png") && strstr(cli_out, "\"click\""), "%s", cli_out);
     int32_t *labels;
     int64_t rows, cols;
