@@ -22,6 +22,10 @@ typedef struct {
                              int fp16);
 } i3_backend_sw_i;
 
+/* How many planned graphs a model keeps (one per input size: an SnC session alternates a slice and its zoomed
+ * crop), and so how many captured CUDA graphs a device backend keeps. */
+#define I3_GRAPHS_KEPT 4
+
 typedef struct {
     const char *name;
     /* 1 if the backend computes on host memory: weights are used where they are, not uploaded. */

@@ -63,12 +63,8 @@ struct Replay {
     int runs;           /* complete runs with these bindings */
     bool capturing, replaying;
     cudaGraphExec_t exec;
-    uint64_t used;      /* the backend's run count when it last ran; the least recent slot is reused first */
+    uint64_t used;      /* replay_clock when it last ran; the least recent slot is reused first */
 };
-/* As many as the graphs a model keeps (runtime/model.c: one per input size; an SnC session alternates a
- * slice and its zoomed crop): each stays captured while the others run. */
-#define REPLAY_SLOTS 4
-
 /* Per-node wall time by op (i3_cuda_options.profile): the stream is synchronized around every node, so a
  * node's time is its kernels' plus a launch; nodes fused into a neighbour count with ~0. */
 struct Profile {
@@ -82,9 +78,9 @@ struct DeviceState {
     bool fuse, graphs, profile;
     Profile times;
     Fusion fusion;
-    Replay replays[REPLAY_SLOTS];
+    Replay replays[I3_GRAPHS_KEPT]; /* one per graph a model keeps: each stays captured while the others run */
     Replay *replay;                 /* the current run's slot (NULL before the first run) */
-    uint64_t runs;
+    uint64_t replay_clock;          /* graph runs begun */
     float *partials, *scale_shift;  /* device buffers, grown as needed */
     size_t partials_bytes, scale_shift_bytes;
     void *scratch;                  /* the run's scratch buffer (a captured graph holds its address) */
@@ -453,7 +449,7 @@ static cudaError_t replay_begin(DeviceState *st, const i3_graph *g) {
         r->graph = g;
         r->bindings = bindings;
     }
-    r->used = ++st->runs;
+    r->used = ++st->replay_clock;
     st->replay = r;
     if (r->exec) {
         r->replaying = true;

@@ -449,6 +449,12 @@ static void disk_range(float c, float r, int64_t n, int64_t *lo, int64_t *hi) {
     *hi = b > (double)(n - 1) ? n - 1 : (int64_t)b;
 }
 
+/* Whether a click goes into the map of sign (0 positive, 1 negative): of that sign and not RITM's padding
+ * (y and x both negative). */
+static bool click_in_map(const i3_hrnet_click *c, int sign) {
+    return c->positive == (sign == 0) && !(c->y < 0 && c->x < 0);
+}
+
 void i3_hrnet_click_maps(const i3_hrnet_config *cfg, int64_t d, int64_t h, int64_t w, const i3_hrnet_click *clicks,
                          int n_clicks, float *maps) {
     const int64_t s = d * h * w;
@@ -459,7 +465,7 @@ void i3_hrnet_click_maps(const i3_hrnet_config *cfg, int64_t d, int64_t h, int64
             memset(map, 0, (size_t)s * sizeof *map);
             for (int i = 0; i < n_clicks; i++) {
                 const i3_hrnet_click *c = &clicks[i];
-                if (c->positive != (sign == 0) || (c->y < 0 && c->x < 0)) continue; /* RITM's padding: skipped */
+                if (!click_in_map(c, sign)) continue;
                 int64_t z0, z1, y0, y1, x0, x1;
                 disk_range(c->z, r, d, &z0, &z1);
                 disk_range(c->y, r, h, &y0, &y1);
@@ -477,7 +483,7 @@ void i3_hrnet_click_maps(const i3_hrnet_config *cfg, int64_t d, int64_t h, int64
                     float best = 1e6f; /* RITM's value for "no click" */
                     for (int i = 0; i < n_clicks; i++) {
                         const i3_hrnet_click *c = &clicks[i];
-                        if (c->positive != (sign == 0) || (c->y < 0 && c->x < 0)) continue;
+                        if (!click_in_map(c, sign)) continue;
                         const float d2 = click_d2(c, r, z, y, x);
                         best = d2 < best ? d2 : best;
                     }

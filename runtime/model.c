@@ -7,10 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The graphs a model keeps, one per input size and batch: an SnC session alternates between a slice and its
- * zoomed crop, and a backend replays the work of a graph it has run before (CUDA graphs). Building one costs
- * little (HRNet-18s: 0.4 ms); replaying it instead of launching its kernels one by one is what is kept. */
-#define MODEL_GRAPHS 4
+/* The graphs a model keeps (I3_GRAPHS_KEPT), one per input size and batch: an SnC session alternates between a
+ * slice and its zoomed crop, and a backend replays the work of a graph it has run before (CUDA graphs). Building
+ * one costs little (HRNet-18s: 0.4 ms); replaying it instead of launching its kernels one by one is what is kept. */
 
 typedef struct {
     i3_graph graph;  /* built and planned for `batch` inputs of size `spatial`; no nodes: an empty slot */
@@ -24,7 +23,7 @@ struct i3rt_model {
     i3_weights *weights;
     i3_network net;
     i3_backend *backend;
-    model_graph graphs[MODEL_GRAPHS];
+    model_graph graphs[I3_GRAPHS_KEPT];
     model_graph *cur;         /* the one the last prepare chose */
     uint64_t clock;
     int64_t n_params;
@@ -41,7 +40,7 @@ struct i3rt_model {
  * built and planned in place of the least recently used (which stays if the build fails). */
 static i3rt_status model_prepare(i3rt_model *m, int64_t batch, const int64_t spatial[3]) {
     model_graph *hit = NULL, *oldest = &m->graphs[0];
-    for (int i = 0; i < MODEL_GRAPHS; i++) {
+    for (int i = 0; i < I3_GRAPHS_KEPT; i++) {
         model_graph *e = &m->graphs[i];
         if (e->graph.n_nodes > 0 && e->batch == batch && memcmp(e->spatial, spatial, sizeof e->spatial) == 0) hit = e;
         if (e->used < oldest->used) oldest = e;
@@ -73,7 +72,7 @@ static i3rt_status ensure_buffer(i3rt_model *m, void **buf, size_t *cap, size_t 
     if (*buf) m->backend->iface->free(m->backend, *buf);
     *buf = NULL;
     *cap = 0;
-    for (int i = 0; i < MODEL_GRAPHS; i++) m->graphs[i].bound = 0;
+    for (int i = 0; i < I3_GRAPHS_KEPT; i++) m->graphs[i].bound = 0;
     I3_TRY(m->backend->iface->alloc(m->backend, bytes, buf));
     *cap = bytes;
     return I3RT_OK;
@@ -103,7 +102,7 @@ i3rt_status i3rt_model_load(i3rt_context *ctx, const char *path, i3rt_model **ou
     i3rt_model *m = i3_calloc(ctx, 1, sizeof *m, "the model");
     if (!m) return I3RT_ERR_OUT_OF_MEMORY;
     m->ctx = ctx;
-    for (int i = 0; i < MODEL_GRAPHS; i++) i3_graph_init(&m->graphs[i].graph, ctx);
+    for (int i = 0; i < I3_GRAPHS_KEPT; i++) i3_graph_init(&m->graphs[i].graph, ctx);
     i3rt_status st = i3_weights_open(ctx, path, &m->weights);
     if (st == I3RT_OK) st = i3_network_parse(ctx, m->weights, &m->net);
     if (st == I3RT_OK) st = i3_backend_create(ctx, &m->backend);
@@ -138,7 +137,7 @@ void i3rt_model_free(i3rt_model *m) {
             if (bufs[i]) m->backend->iface->free(m->backend, bufs[i]);
         i3_backend_destroy(m->backend);
     }
-    for (int i = 0; i < MODEL_GRAPHS; i++) i3_graph_free(&m->graphs[i].graph);
+    for (int i = 0; i < I3_GRAPHS_KEPT; i++) i3_graph_free(&m->graphs[i].graph);
     i3_weights_free(m->weights);
     free(m->uploaded);
     free(m);

@@ -22,6 +22,15 @@ void i3_slice_dims(i3_axis axis, int64_t d, int64_t h, int64_t w, int64_t *rows,
     *cols = axis == I3_SAGITTAL ? h : w;
 }
 
+int64_t i3_largest_slice(int64_t d, int64_t h, int64_t w) {
+    int64_t most = 0, rows, cols;
+    for (int a = 0; a < 3; a++) {
+        i3_slice_dims((i3_axis)a, d, h, w, &rows, &cols);
+        most = rows * cols > most ? rows * cols : most;
+    }
+    return most;
+}
+
 /* Offset in the volume of the first voxel of the slice, and the volume strides of a plane's rows and
  * columns: voxel (r, c) of the plane is volume[base + r * row_step + c * col_step]. */
 static void slice_layout(i3_axis axis, int64_t h, int64_t w, int64_t index, int64_t *base, int64_t *row_step,

@@ -25,6 +25,8 @@ typedef enum { I3_AXIAL = 0, I3_CORONAL = 1, I3_SAGITTAL = 2 } i3_axis;
 const char *i3_axis_name(i3_axis axis);         /* "axial", "coronal", "sagittal" */
 int64_t i3_axis_length(i3_axis axis, int64_t d, int64_t h, int64_t w);
 void i3_slice_dims(i3_axis axis, int64_t d, int64_t h, int64_t w, int64_t *rows, int64_t *cols);
+/* The pixels of the largest slice along any of the three axes. */
+int64_t i3_largest_slice(int64_t d, int64_t h, int64_t w);
 
 /* Copy slice `index` of a volume [d, h, w] of elem-byte elements into a plane [rows, cols], or back. */
 void i3_slice_get(const void *volume, size_t elem, int64_t d, int64_t h, int64_t w, i3_axis axis, int64_t index,

@@ -73,12 +73,9 @@ i3rt_status i3_snc_guided_encode(i3_ctx *ctx, const i3_hrnet_config *cfg, int64_
 
     float *placed = input + (I3_HRNET_IMAGE_CHANNELS + I3_SNC_GUIDED_COORD_CHANNELS - 2) * s, *annotated = placed + s;
     memset(placed, 0, (size_t)(2 * s) * sizeof *placed);
-    int64_t rows = 0, cols = 0, most = 0;
-    for (int a = 0; a < 3; a++) {
-        i3_slice_dims((i3_axis)a, d, h, w, &rows, &cols);
-        most = rows * cols > most ? rows * cols : most;
-    }
-    float *plane = n_masks > 0 ? i3_calloc(ctx, (size_t)most, sizeof *plane, "a 2D mask plane") : NULL;
+    int64_t rows = 0, cols = 0;
+    float *plane =
+        n_masks > 0 ? i3_calloc(ctx, (size_t)i3_largest_slice(d, h, w), sizeof *plane, "a 2D mask plane") : NULL;
     if (n_masks > 0 && !plane) return I3RT_ERR_OUT_OF_MEMORY;
     for (int i = 0; i < n_masks; i++) { /* in annotation order: where slices cross, the later mask wins */
         i3_slice_dims(masks[i].axis, d, h, w, &rows, &cols);

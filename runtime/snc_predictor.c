@@ -17,6 +17,9 @@ static i3rt_status model_forward(void *user, const float *input, int n, int64_t 
 
 static void model_release(void *user) { i3rt_model_free(user); }
 
+/* The batch a click runs: the input and, with the flip, its mirror (AddHorizontalFlip). */
+static int net_runs(const i3_snc_predictor_params *pp) { return pp->with_flip ? 2 : 1; }
+
 static void workspace_free(i3_snc_workspace *ws) {
     if (ws->model) i3_model_host_free(ws->model, ws->data);
     else free(ws->data);
@@ -83,7 +86,7 @@ i3rt_status i3_snc_net_reserve(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_
     if (!net->workspace) return I3RT_OK;
     /* a zoomed input is at most target_size on each side; a crop at most the slice */
     const int64_t target = params->zoom_in ? (int64_t)params->target_size * params->target_size : 0;
-    const int64_t n = click_floats(net, params->with_flip ? 2 : 1, pixels, pixels > target ? pixels : target,
+    const int64_t n = click_floats(net, net_runs(params), pixels, pixels > target ? pixels : target,
                                    params->zoom_in ? pixels : 0);
     float *data = workspace_floats(ctx, net->workspace, (size_t)n);
     if (!data) return I3RT_ERR_OUT_OF_MEMORY;
@@ -284,8 +287,6 @@ static void encode(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t
     }
 }
 
-/* The batch a click runs: the input and, with the flip, its mirror (AddHorizontalFlip). */
-static int net_runs(const i3_snc_predictor *p) { return p->params.with_flip ? 2 : 1; }
 
 /* The network on planes [4, ih, iw] and, with flip, on their mirror in the same batch: AddHorizontalFlip.
  * inv_transform averages the logits, 0.5 * (l + flip(l_mirror)); then SigmoidForPred. probs [ih, iw];
@@ -293,7 +294,7 @@ static int net_runs(const i3_snc_predictor *p) { return p->params.with_flip ? 2 
 static i3rt_status network_probs(i3_snc_predictor *p, const float *planes, int64_t ih, int64_t iw,
                                  const net_click *clicks, int n, float *input, float *logits, float *probs) {
     const int64_t s = ih * iw;
-    const int runs = net_runs(p);
+    const int runs = net_runs(&p->params);
     i3_hrnet_click *hc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *hc, "SnC click list");
     i3rt_status st = hc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
     if (st == I3RT_OK) encode(p, planes, ih, iw, clicks, n, runs, hc, input);
@@ -346,8 +347,8 @@ static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int 
     /* the crop's size (1 x 1 while there is none: then neither crop nor its inverse is used) */
     const int64_t bh = zs->box.r1 - zs->box.r0 + 1, bw = zs->box.c1 - zs->box.c0 + 1;
     const int64_t ns = ih * iw, n_crop = zoomed ? bh * bw : 0;
-    const int64_t n_input = net_runs(p) * (I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels) * ns;
-    float *planes = workspace_floats(p->ctx, p->work, (size_t)click_floats(p->net, net_runs(p), s, ns, n_crop));
+    const int64_t n_input = net_runs(&p->params) * (I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels) * ns;
+    float *planes = workspace_floats(p->ctx, p->work, (size_t)click_floats(p->net, net_runs(&p->params), s, ns, n_crop));
     float *crop = planes + 4 * (s > ns ? s : ns), *probs = crop + 4 * n_crop, *input = probs + ns;
     float *logits = input + n_input;
     net_click *tc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *tc, "SnC clicks");

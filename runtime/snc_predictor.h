@@ -6,7 +6,8 @@
  * evaluation.py (pred_thr 0.49).
  *
  * Per click: the clicks so far and the previous probability map go through ZoomIn (crop around the
- * object, resized to target_size), are encoded as the network input (i3_hrnet_encode_input), run on
+ * object, resized to target_size), are encoded as the network input (i3_hrnet_encode_image and
+ * i3_hrnet_click_maps, the two parts of i3_hrnet_encode_input), run on
  * the image and its mirror (AddHorizontalFlip: logits averaged), the sigmoid is taken, and ZoomIn's
  * inverse pastes the probabilities back into a zero map of the slice size. The map is the previous
  * mask of the next click; the binary mask is probs > prob_thresh.

@@ -156,12 +156,8 @@ i3rt_status i3_snc_session_set_net2d(i3_snc_session *s, i3_snc_net net) {
                            i3_axis_name(s->slices[i].axis), (long long)s->slices[i].index);
         }
     /* its click buffers for the largest slice of any axis, before anything changes */
-    int64_t pixels = 0, rows, cols;
-    for (int a = 0; a < 3; a++) {
-        i3_slice_dims((i3_axis)a, s->image.d, s->image.h, s->image.w, &rows, &cols);
-        pixels = rows * cols > pixels ? rows * cols : pixels;
-    }
-    const i3rt_status st = i3_snc_net_reserve(s->ctx, &net, &s->params.predictor, pixels);
+    const i3rt_status st = i3_snc_net_reserve(s->ctx, &net, &s->params.predictor,
+                                              i3_largest_slice(s->image.d, s->image.h, s->image.w));
     if (st != I3RT_OK) {
         i3_snc_net_free(&net);
         return st;
