@@ -25,6 +25,7 @@
  *       channels-last in the scratch (pack_input_v1, packed_input_channels); the weight
  *       tile by cp.async from the packed weights. Fragments by ldmatrix .x4 (A; B two 8-channel
  *       groups at a time). Output NCDHW f32, or channels-last f16/bf16 (two channels per 32-bit store).
+ *       A layer with few output tiles splits its k range over several blocks (split-K, V3_SPLIT_*).
  *   Fusions (both): the deferred instance norm + activation of the input applied to the tiles as they
  *   are loaded (v3 channels-last: by each thread to the chunks it copied, once they have arrived;
  *   padding stays zero, as in the normalized tensor); the per-channel moments of the output (before
@@ -217,14 +218,33 @@ __global__ void __launch_bounds__(V2_THREADS)
 #define V3_THREADS 256           /* 8 warps: 4 along the rows x 2 along the channels, 32 x 32 each */
 #define V3_ROW (V3_BK + 8)       /* b16 per shared row (80 bytes) */
 #define V3_STAGE ((V3_BM + V3_BN) * V3_ROW)
+/* Split-K: a layer with few output tiles (HRNet's low-resolution branches, a U-Net's deepest stages: 64-336
+ * rows, up to 8640 deep) would run its whole k range in a handful of blocks, one k step after another (41-270
+ * steps). Such a tile's k range is split over up to V3_SPLIT_MAX blocks (blockIdx.z) of at least
+ * V3_SPLIT_MIN_STEPS steps each, so that about V3_SPLIT_BLOCKS blocks run: two per SM of a 132-SM H100/H200,
+ * a constant so that the scratch planned before a run is what the launch uses. */
+#define V3_SPLIT_BLOCKS 264
+#define V3_SPLIT_MIN_STEPS 3
+#define V3_SPLIT_MAX 16
+
+/* How a launch splits k (splits == 1: not at all): blockIdx.z runs k tiles [z * k_tiles_each, ...); each
+ * block leaves its sums in `sums`, [tile][split][32 values][V3_THREADS], and counts itself in its tile's
+ * counter (zeroed by the weight packing that runs before every launch); the last to arrive adds them up. */
+struct SplitK {
+    int splits, k_tiles_each, tiles;
+    float *sums;
+    unsigned *counters;
+};
 
 /* The weights as v3 reads them: packed[o][k] (rows of k_packed = depth rounded up to V3_BK, cout
  * rounded up to V3_BN rows, zeros beyond), k in the order of the input's layout, rounded to f16/bf16. */
 template <bool BF16>
 __global__ void pack_weights_v1(const float *__restrict__ w, ConvGeometry g, int64_t w_cin, bool channels_last,
-                                int64_t k_packed, int64_t total, uint16_t *__restrict__ packed) {
-    I3_GRID_STRIDE_LOOP(i, total)
-    packed[i] = to_b16<BF16>(weight_at(w, g, w_cin, i / k_packed, i % k_packed, channels_last));
+                                int64_t k_packed, int64_t total, uint16_t *__restrict__ packed, SplitK split) {
+    I3_GRID_STRIDE_LOOP(i, total) {
+        packed[i] = to_b16<BF16>(weight_at(w, g, w_cin, i / k_packed, i % k_packed, channels_last));
+        if (split.splits > 1 && i < split.tiles) split.counters[i] = 0; /* tiles < V3_SPLIT_BLOCKS < total */
+    }
 }
 
 /* NCDHW f32 x [n, c, spatial] as channels-last b16 [n, spatial, cp] (cp >= c, the channels beyond c zero),
@@ -255,28 +275,57 @@ struct Upsample {
 /* The transposed conv's weights [cin, cout, k0, k1, k2] as v3 reads them: packed[tap * cout + o][c]. */
 template <bool BF16>
 __global__ void pack_transposed_weights_v1(const float *__restrict__ w, int64_t cin, Upsample up, int64_t k_packed,
-                                           int64_t total, uint16_t *__restrict__ packed) {
+                                           int64_t total, uint16_t *__restrict__ packed, SplitK split) {
     const int64_t taps = (int64_t)up.k[0] * up.k[1] * up.k[2];
     I3_GRID_STRIDE_LOOP(i, total) {
         const int64_t n = i / k_packed, c = i % k_packed, tap = n / up.cout, o = n % up.cout;
         packed[i] = to_b16<BF16>(tap < taps && c < cin ? __ldg(&w[(c * up.cout + o) * taps + tap]) : 0.0f);
+        if (split.splits > 1 && i < split.tiles) split.counters[i] = 0;
     }
+}
+
+/* Split-K's meeting point, after a block's k steps: it leaves its sums in split.sums and counts itself in; the
+ * last block of the tile to arrive adds every split's sums in split order (the same bits whichever arrives
+ * last) into acc and returns true, to go on to the epilogue; the others return false and exit. */
+__device__ __forceinline__ bool split_sums_complete(float (&acc)[2][4][4], const SplitK &split) {
+    __shared__ int last;
+    const int tid = threadIdx.x;
+    const int64_t tile = (int64_t)blockIdx.y * gridDim.x + blockIdx.x;
+    float *own = split.sums + ((tile * split.splits + blockIdx.z) * 32) * V3_THREADS + tid;
+    I3_UNROLL
+    for (int e = 0; e < 32; e++) own[e * V3_THREADS] = acc[e / 16][e / 4 % 4][e % 4];
+    __threadfence(); /* the sums are visible to the whole device before the counter says they are there */
+    __syncthreads();
+    if (tid == 0) last = atomicAdd(&split.counters[tile], 1u) == (unsigned)split.splits - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    I3_UNROLL
+    for (int e = 0; e < 32; e++) acc[e / 16][e / 4 % 4][e % 4] = 0.0f;
+    for (int z = 0; z < split.splits; z++) {
+        const float *sums = split.sums + ((tile * split.splits + z) * 32) * V3_THREADS + tid;
+        I3_UNROLL
+        for (int e = 0; e < 32; e++) acc[e / 16][e / 4 % 4][e % 4] += __ldcg(&sums[e * V3_THREADS]); /* past L1 */
+    }
+    return true;
 }
 
 /* Flags are uniform over the grid: x_cl: the input is channels-last b16 (else NCDHW f32); y_cl: the
  * same for the output; prologue, stats: conv_v1's fusions; up.cout > 0: a transposed conv (Upsample;
- * output channels-last, no statistics). */
+ * output channels-last, no statistics); split: the k range of blockIdx.z. */
 template <bool BF16>
 __global__ void __launch_bounds__(V3_THREADS)
     conv_tensor_core_v3(const void *__restrict__ x_in, bool x_cl, const uint16_t *__restrict__ packed,
                         int64_t k_packed, const float *__restrict__ b, ConvGeometry g, i3_act act,
                         const float *__restrict__ in_scale_shift, i3_act act_in, void *__restrict__ y_out, bool y_cl,
-                        float *__restrict__ partials, int chunks, Upsample up) {
+                        float *__restrict__ partials, int chunks, Upsample up, SplitK split) {
     __shared__ __align__(16) uint16_t smem[V3_STAGES * V3_STAGE];
     typedef uint16_t(*Rows)[V3_ROW];
     const int64_t out_spatial = g.od * g.oh * g.ow, rows = g.n * out_spatial;
     const int64_t depth = g.cin * g.k[0] * g.k[1] * g.k[2], m0 = (int64_t)blockIdx.x * V3_BM;
-    const int k_tiles = (int)((depth + V3_BK - 1) / V3_BK);
+    const int k_begin = (int)blockIdx.z * split.k_tiles_each;
+    const int k_rest = (int)((depth + V3_BK - 1) / V3_BK) - k_begin;
+    const int steps = k_rest < split.k_tiles_each ? k_rest : split.k_tiles_each;
     const int n0 = blockIdx.y * V3_BN, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int warp_m = warp % 4, warp_n = warp / 4;
     const bool prologue = in_scale_shift != NULL;
@@ -294,11 +343,11 @@ __global__ void __launch_bounds__(V3_THREADS)
         origin[0] = row_origin(g, m0 + tid % 128);
     }
     /* channels-last: the k of this thread's chunk for the next load_stage and the next normalize_chunks
-     * (each is called for kt = 0, 1, 2, ... in order) */
-    TapCursor load_at = tap_cursor(g, 8 * (tid % 4)), norm_at = load_at;
-    auto load_stage = [&](int slot, int kt) {
+     * (each is called for step = 0, 1, 2, ... in order) */
+    TapCursor load_at = tap_cursor(g, (int64_t)k_begin * V3_BK + 8 * (tid % 4)), norm_at = load_at;
+    auto load_stage = [&](int slot, int step) {
         Rows tile_a = (Rows)(smem + slot * V3_STAGE), tile_b = tile_a + V3_BM;
-        const int64_t k0 = (int64_t)kt * V3_BK;
+        const int64_t k0 = (int64_t)(k_begin + step) * V3_BK;
         if (x_cl) {
             I3_UNROLL
             for (int i = 0; i < 2; i++) {
@@ -322,7 +371,7 @@ __global__ void __launch_bounds__(V3_THREADS)
         }
         cp_async_16(&tile_b[tid / 4][8 * (tid % 4)], packed + (int64_t)(n0 + tid / 4) * k_packed + k0 + 8 * (tid % 4));
     };
-    /* The deferred norm on the chunks this thread copied for step kt (they have arrived). */
+    /* The deferred norm on the chunks this thread copied for the next step (they have arrived). */
     auto normalize_chunks = [&](int slot) {
         Rows tile_a = (Rows)(smem + slot * V3_STAGE);
         I3_UNROLL
@@ -338,16 +387,16 @@ __global__ void __launch_bounds__(V3_THREADS)
 
     float acc[2][4][4] = {};
     for (int s = 0; s < V3_STAGES - 1; s++) {
-        if (s < k_tiles) load_stage(s, s);
+        if (s < steps) load_stage(s, s);
         cp_async_commit();
     }
     const int quad = lane / 8, row = lane % 8; /* ldmatrix: lanes 8q..8q+7 address the rows of matrix q */
-    for (int kt = 0; kt < k_tiles; kt++) {
-        const int slot = kt % V3_STAGES;
-        cp_async_wait_group<V3_STAGES - 2>(); /* this thread's copies for step kt are in */
+    for (int step = 0; step < steps; step++) {
+        const int slot = step % V3_STAGES;
+        cp_async_wait_group<V3_STAGES - 2>(); /* this thread's copies for this step are in */
         if (x_cl && prologue) normalize_chunks(slot);
-        __syncthreads(); /* everyone's tiles for kt are in; everyone is done with step kt - 1's slot */
-        if (kt + V3_STAGES - 1 < k_tiles) load_stage((kt + V3_STAGES - 1) % V3_STAGES, kt + V3_STAGES - 1);
+        __syncthreads(); /* everyone's tiles for this step are in; everyone is done with the last step's slot */
+        if (step + V3_STAGES - 1 < steps) load_stage((step + V3_STAGES - 1) % V3_STAGES, step + V3_STAGES - 1);
         cp_async_commit();
         Rows tile_a = (Rows)(smem + slot * V3_STAGE), tile_b = tile_a + V3_BM;
         I3_UNROLL
@@ -372,6 +421,7 @@ __global__ void __launch_bounds__(V3_THREADS)
         }
     }
 
+    if (split.splits > 1 && !split_sums_complete(acc, split)) return; /* uniform over the block */
     const int group = lane / 4, t = lane % 4;
     Moments mo[4][2] = {};
     I3_UNROLL
@@ -450,22 +500,64 @@ static int64_t packed_input_channels(i3_shape5 xs, bool x_cl, int precision) {
     return 3 * cp <= 4 * xs.c ? cp : 0;
 }
 
-/* The scratch v3 needs for GEMM geometry g on input xs: the packed weights, then the input's channels-last
- * copy when it gets one. */
+static size_t aligned_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+/* How v3 splits the k range of GEMM geometry g (V3_SPLIT_BLOCKS): splits and tiles filled in, no buffers. */
+static SplitK v3_split(const ConvGeometry &g) {
+    const int64_t rows = g.n * g.od * g.oh * g.ow, k_tiles = packed_depth(g) / V3_BK;
+    const int64_t tiles = (rows + V3_BM - 1) / V3_BM * (packed_rows(g) / V3_BN);
+    int64_t splits = tiles > 0 ? (V3_SPLIT_BLOCKS + tiles - 1) / tiles : 1;
+    splits = splits < k_tiles / V3_SPLIT_MIN_STEPS ? splits : k_tiles / V3_SPLIT_MIN_STEPS;
+    splits = splits < V3_SPLIT_MAX ? splits : V3_SPLIT_MAX;
+    SplitK split = {1, (int)k_tiles, (int)tiles, NULL, NULL};
+    if (splits > 1) {
+        split.k_tiles_each = (int)((k_tiles + splits - 1) / splits);
+        split.splits = (int)((k_tiles + split.k_tiles_each - 1) / split.k_tiles_each); /* none empty */
+    }
+    return split;
+}
+
+/* v3's scratch for GEMM geometry g (g.cin: after any channel padding) on input xs, in order: the packed
+ * weights, the input's channels-last copy (cp channels; 0: none), split-K's sums and counters. */
+struct V3Scratch {
+    size_t input_at, sums_at, counters_at, bytes;
+};
+static V3Scratch v3_scratch(const ConvGeometry &g, i3_shape5 xs, int64_t cp) {
+    V3Scratch at;
+    at.input_at = packed_weight_bytes(g);
+    at.sums_at = at.input_at + aligned_256((size_t)(xs.n * i3_shape5_spatial(xs) * cp) * sizeof(uint16_t));
+    const SplitK split = v3_split(g);
+    const size_t sums = split.splits > 1 ? (size_t)split.tiles * split.splits * 32 * V3_THREADS * sizeof(float) : 0;
+    at.counters_at = at.sums_at + sums;
+    at.bytes = at.counters_at + (split.splits > 1 ? aligned_256((size_t)split.tiles * sizeof(unsigned)) : 0);
+    return at;
+}
+
+/* The scratch v3 needs for GEMM geometry g on input xs. */
 static size_t v3_scratch_bytes(ConvGeometry g, i3_shape5 xs, bool x_cl, int precision) {
     const int64_t cp = packed_input_channels(xs, x_cl, precision);
     if (cp) g.cin = cp;
-    return packed_weight_bytes(g) + (size_t)(xs.n * i3_shape5_spatial(xs) * cp) * sizeof(uint16_t);
+    return v3_scratch(g, xs, cp).bytes;
+}
+
+/* The split of g's k range with its buffers in the scratch. */
+static SplitK v3_split_in(const ConvGeometry &g, i3_shape5 xs, int64_t cp, void *scratch) {
+    SplitK split = v3_split(g);
+    const V3Scratch at = v3_scratch(g, xs, cp);
+    split.sums = (float *)((char *)scratch + at.sums_at);
+    split.counters = (unsigned *)((char *)scratch + at.counters_at);
+    return split;
 }
 
 /* Makes an NCDHW input channels-last in the scratch after the packed weights when packed_input_channels
- * says so: then x, x_cl, g.cin (padded) and in_scale_shift (applied, so NULL) describe the copy. */
+ * says so: then x, x_cl, g.cin (padded) and in_scale_shift (applied, so NULL) describe the copy. Returns the
+ * copy's channels (0: none) in cp. */
 static int pack_input_if_worth(const void *&x, bool &x_cl, i3_shape5 xs, ConvGeometry &g, int precision,
-                               const float *&in_scale_shift, i3_act act_in, void *scratch, void *stream) {
-    const int64_t cp = packed_input_channels(xs, x_cl, precision);
+                               const float *&in_scale_shift, i3_act act_in, void *scratch, void *stream, int64_t &cp) {
+    cp = packed_input_channels(xs, x_cl, precision);
     if (!cp) return 0;
     g.cin = cp;
-    uint16_t *packed_x = (uint16_t *)((char *)scratch + packed_weight_bytes(g));
+    uint16_t *packed_x = (uint16_t *)((char *)scratch + v3_scratch(g, xs, cp).input_at);
     const int64_t n_x = xs.n * i3_shape5_spatial(xs) * cp;
     decltype(&pack_input_v1<false>) pack = precision == I3_TC_BF16 ? pack_input_v1<true> : pack_input_v1<false>;
     const int e = (int)I3_LAUNCH(pack, grid_stride_blocks(n_x, 256), 256, 0, (cudaStream_t)stream, (const float *)x,
@@ -479,9 +571,16 @@ static int pack_input_if_worth(const void *&x, bool &x_cl, i3_shape5 xs, ConvGeo
 extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p,
                                                          int precision) {
     if (precision == I3_TC_TF32) return 0;
-    ConvGeometry g = conv_geometry(xs, p, xs); /* the output's spatial size does not matter here */
-    g.cout = p->cout;
+    const ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p)); /* its row tiles decide the split */
     return v3_scratch_bytes(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
+}
+
+extern "C" int I3_DEV(conv_tensor_core_k_splits)(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision) {
+    if (precision != I3_TC_F16 && precision != I3_TC_BF16) return 1;
+    ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
+    const int64_t cp = packed_input_channels(xs, x_layout == I3_LAYOUT_NDHWC, precision);
+    if (cp) g.cin = cp;
+    return v3_split(g).splits;
 }
 
 extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w,
@@ -505,18 +604,20 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
                               (float *)y, partials, chunks);
     }
     const bool bf16 = precision == I3_TC_BF16;
-    int e = pack_input_if_worth(x, x_cl, xs, g, precision, in_scale_shift, act_in, scratch, stream);
+    int64_t cp;
+    int e = pack_input_if_worth(x, x_cl, xs, g, precision, in_scale_shift, act_in, scratch, stream, cp);
     if (e) return e;
     const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
     uint16_t *packed = (uint16_t *)scratch;
+    const SplitK split = v3_split_in(g, xs, cp, scratch);
     decltype(&pack_weights_v1<false>) pack = bf16 ? pack_weights_v1<true> : pack_weights_v1<false>;
     decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
     e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, g, xs.c, x_cl, k_packed,
-                       total, packed);
+                       total, packed, split);
     if (e) return e;
-    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((ys.c + V3_BN - 1) / V3_BN));
+    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((ys.c + V3_BN - 1) / V3_BN), (unsigned)split.splits);
     return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed, b, g, p->act,
-                          in_scale_shift, act_in, y, y_cl, partials, chunks, Upsample{});
+                          in_scale_shift, act_in, y, y_cl, partials, chunks, Upsample{}, split);
 }
 
 /* The GEMM of a transposed conv (Upsample): a 1x1x1 conv of the input with cout x taps output channels. */
@@ -551,20 +652,22 @@ extern "C" int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, i
     if (rows == 0 || ys.c == 0) return 0;
     const bool bf16 = precision == I3_TC_BF16;
     const float *no_norm = NULL;
-    int e = pack_input_if_worth(x, x_cl, xs, g, precision, no_norm, i3_act{I3_ACT_NONE, 0.0f}, scratch, stream);
+    int64_t cp;
+    int e = pack_input_if_worth(x, x_cl, xs, g, precision, no_norm, i3_act{I3_ACT_NONE, 0.0f}, scratch, stream, cp);
     if (e) return e;
     const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
     uint16_t *packed = (uint16_t *)scratch;
+    const SplitK split = v3_split_in(g, xs, cp, scratch);
     decltype(&pack_transposed_weights_v1<false>) pack =
         bf16 ? pack_transposed_weights_v1<true> : pack_transposed_weights_v1<false>;
     decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
     e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, xs.c, up, k_packed,
-                       total, packed);
+                       total, packed, split);
     if (e) return e;
     const i3_act none = {I3_ACT_NONE, 0.0f};
-    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((g.cout + V3_BN - 1) / V3_BN));
+    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((g.cout + V3_BN - 1) / V3_BN), (unsigned)split.splits);
     return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed,
-                          b, g, none, (const float *)NULL, none, y, true, (float *)NULL, 0, up);
+                          b, g, none, (const float *)NULL, none, y, true, (float *)NULL, 0, up, split);
 }
 
 extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,

@@ -43,6 +43,8 @@ size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const 
  * conv_tensor_core_stat_chunks(ys, precision) > 0 (batch 1, or a spatial size that is a multiple of
  * the row tile, 64 for tf32 and 128 otherwise). Anything else: cudaErrorInvalidValue. */
 int I3_DEV(conv_tensor_core_stat_chunks)(i3_shape5 ys, int precision);
+/* Over how many blocks f16/bf16 split each output tile's k range (1: none; a layer with few output tiles). */
+int I3_DEV(conv_tensor_core_k_splits)(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision);
 int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
                                    const i3_conv_params *p, const float *in_scale_shift, i3_act act_in, void *y,
                                    i3_shape5 ys, int y_layout, float *partials, int precision, void *scratch,

@@ -332,6 +332,8 @@ static inline float __int_as_float(int i) {
 }
 template <typename T>
 static inline T __ldg(const T *p) { return *p; }
+template <typename T>
+static inline T __ldcg(const T *p) { return *p; }
 
 /* f16 and bf16 as their bit patterns (round to nearest even), like cuda_fp16.h / cuda_bf16.h. */
 struct __half {

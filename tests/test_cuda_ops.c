@@ -36,6 +36,7 @@ typedef int (*conv_tc_fused_launcher)(const void *, i3_shape5, int, const float 
                                       const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
 typedef int (*stat_chunks_launcher)(i3_shape5, int);
 typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, int, const i3_conv_params *, int);
+typedef int (*k_splits_fn)(i3_shape5, int, const i3_conv_params *, int);
 typedef int (*concat_cl_launcher)(const void *, int, int64_t, const void *, int, int64_t, int64_t, int64_t, int, void *,
                                   void *);
 typedef int (*norm_apply_cl_launcher)(const void *, int, int64_t, int64_t, int64_t, const float *, i3_act, const void *,
@@ -74,6 +75,7 @@ typedef struct {
     conv_tc_fused_launcher conv_tensor_core_fused; /* its layouts and fusions */
     stat_chunks_launcher conv_tensor_core_stat_chunks;
     tc_scratch_bytes_fn conv_tensor_core_scratch_bytes;
+    k_splits_fn conv_tensor_core_k_splits;
     concat_cl_launcher concat_channels_last; /* the graph's concat and norm on channels-last tensors */
     norm_apply_cl_launcher norm_apply_channels_last;
     conv_transpose_cl_launcher conv_transpose_channels_last;
@@ -364,6 +366,7 @@ typedef struct {
     i3_shape5 xs;
     i3_conv_params p;
     int x_layout, y_layout, prologue, stats;
+    int k_splits; /* over how many blocks each output tile's k range is split */
 } layout_case;
 
 static uint16_t to_b16_host(float v, int precision) {
@@ -418,6 +421,8 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
     dbuf dy = dev_upload(d, NULL, y_cl ? (ny + 1) / 2 : ny);
     dbuf dpart = dev_upload(d, NULL, c.stats ? ys.n * ys.c * chunks * 3 : 1);
     dbuf dscratch = dev_scratch(d, d->conv_tensor_core_scratch_bytes(xs, c.x_layout, &c.p, precision));
+    const int k_splits = d->conv_tensor_core_k_splits(xs, c.x_layout, &c.p, precision);
+    cr_assert_eq(k_splits, c.k_splits, "k split over %d blocks, expected %d", k_splits, c.k_splits);
     cr_assert_eq(d->conv_tensor_core_fused(dx.data, xs, c.x_layout, dw.data, db.data, &c.p, c.prologue ? dss.data : NULL,
                                            leaky, dy.data, ys, c.y_layout, c.stats ? dpart.data : NULL, precision,
                                            dscratch.data, NULL),
@@ -433,10 +438,11 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
     dev_download_free(d, dscratch, NULL, "conv layouts scratch");
     if (y_cl) from_channels_last_host(y16, ys.n, ys.c, sy, precision, y);
     char what[200];
-    snprintf(what, sizeof what, "conv v3 %s x[%lld,%lld,%lld,%lld,%lld]%s -> %d%s k%d%d%d s%d%d%d%s%s",
+    snprintf(what, sizeof what, "conv v3 %s x[%lld,%lld,%lld,%lld,%lld]%s -> %d%s k%d%d%d s%d%d%d%s%s, k split %d",
              PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
              (long long)xs.w, x_cl ? " cl" : "", c.p.cout, y_cl ? " cl" : "", c.p.k[0], c.p.k[1], c.p.k[2],
-             c.p.stride[0], c.p.stride[1], c.p.stride[2], c.prologue ? " norm in" : "", c.stats ? " stats" : "");
+             c.p.stride[0], c.p.stride[1], c.p.stride[2], c.prologue ? " norm in" : "", c.stats ? " stats" : "",
+             k_splits);
     /* a b16 output is the reference rounded once more */
     const double tolerance = !y_cl ? NMSE_F32 * 100 : precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16;
     check_nmse_tol(d->b->iface->name, what, y, ref, ny, tolerance);
@@ -465,20 +471,30 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
 static void check_conv_tensor_core_layouts(device *d) {
     const i3_conv_params p333 = {.k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
     const i3_conv_params p133s2 = {.k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = LEAKY};
+    const i3_conv_params p133 = {.k = {1, 3, 3}, .stride = {1, 1, 1}, .pad = {0, 1, 1}, .act = {I3_ACT_RELU, 0.0f}};
     const layout_case cases[] = {
+        /* the last number: k split over that many blocks (1: not split; V3_SPLIT_*) */
         /* k = 432: a partial k step; 210 rows: a partial row tile */
-        {{1, 16, 5, 6, 7}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1},
-        {{2, 8, 3, 9, 10}, p133s2, I3_LAYOUT_NDHWC, I3_LAYOUT_NCDHW, 1, 0},
+        {{1, 16, 5, 6, 7}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 4},
+        {{2, 8, 3, 9, 10}, p133s2, I3_LAYOUT_NDHWC, I3_LAYOUT_NCDHW, 1, 0, 1},
         /* gather from NCDHW with 3 channels (k = 81), two column tiles */
-        {{1, 3, 4, 5, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 0, 1},
-        /* 2 samples of 128 positions: statistics with a batch */
-        {{2, 5, 4, 4, 8}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 1},
+        {{1, 3, 4, 5, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 0, 1, 1},
+        /* 2 samples of 128 positions: statistics with a batch; again with k split */
+        {{2, 5, 4, 4, 8}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 1, 1},
+        {{2, 40, 4, 4, 8}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 9},
         /* NCDHW with 18 and 36 channels (HRNet's branches): made channels-last with 24 and 40 first (the
          * padding zero, the deferred norm applied on the way), then the cp.async path */
-        {{1, 18, 3, 7, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 1, 1},
-        {{2, 36, 2, 6, 10}, p133s2, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 0},
+        {{1, 18, 3, 7, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 1, 1, 7},
+        {{2, 36, 2, 6, 10}, p133s2, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 0, 4},
+        /* few output tiles, deep k: split-K (V3_SPLIT_*). HRNet's 1/32 branch (84 rows x 144, k 1296: 41 steps
+         * in 3 blocks -> 11 splits of 4), a U-Net's deepest stage with its norm's statistics (k 1728: 54 steps
+         * -> 14 of 4), an 18-channel NCDHW input made channels-last first (k 24 x 9: 7 steps -> 2 of 4, the
+         * last short) */
+        {{2, 144, 1, 7, 6}, p133, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 0, 0, 11},
+        {{1, 64, 4, 4, 4}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 14},
+        {{1, 18, 1, 9, 10}, p133, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 0, 2},
     };
-    const int couts[] = {24, 40, 72, 8, 16, 18};
+    const int couts[] = {24, 40, 72, 8, 8, 16, 18, 144, 64, 18};
     for (int prec = I3_TC_F16; prec <= I3_TC_BF16; prec++)
         for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
             layout_case c = cases[i];
@@ -818,6 +834,10 @@ static void check_channels_last_ops(device *d) {
         conv_transpose_channels_last_case(d, (i3_shape5){1, 18, 3, 4, 5},
                                           (i3_conv_transpose_params){.cout = 8, .k = {2, 1, 2}}, I3_LAYOUT_NCDHW, 1,
                                           0, prec, 58 + prec);
+        /* a U-Net's deepest upsampling: 8 input positions, k 320 (10 steps) split over 3 blocks */
+        conv_transpose_channels_last_case(d, (i3_shape5){1, 320, 2, 2, 2},
+                                          (i3_conv_transpose_params){.cout = 16, .k = {2, 2, 2}}, I3_LAYOUT_NDHWC, 1,
+                                          8, prec, 62 + prec);
     }
     /* what the tensor-core transposed conv refuses: tf32, output channels not a multiple of 8, a row stride
      * below the output's channels or odd, no scratch */
@@ -1849,6 +1869,7 @@ static void open_emulated(device *d) {
     d->conv_tensor_core_fused = i3emu_conv_tensor_core_fused;
     d->conv_tensor_core_stat_chunks = i3emu_conv_tensor_core_stat_chunks;
     d->conv_tensor_core_scratch_bytes = i3emu_conv_tensor_core_scratch_bytes;
+    d->conv_tensor_core_k_splits = i3emu_conv_tensor_core_k_splits;
     d->concat_channels_last = i3emu_concat_channels_last;
     d->norm_apply_channels_last = i3emu_norm_apply_channels_last;
     d->conv_transpose_channels_last = i3emu_conv_transpose_channels_last;
@@ -1878,6 +1899,7 @@ static int open_gpu(device *d) {
     d->conv_tensor_core_fused = i3gpu_conv_tensor_core_fused;
     d->conv_tensor_core_stat_chunks = i3gpu_conv_tensor_core_stat_chunks;
     d->conv_tensor_core_scratch_bytes = i3gpu_conv_tensor_core_scratch_bytes;
+    d->conv_tensor_core_k_splits = i3gpu_conv_tensor_core_k_splits;
     d->concat_channels_last = i3gpu_concat_channels_last;
     d->norm_apply_channels_last = i3gpu_norm_apply_channels_last;
     d->conv_transpose_channels_last = i3gpu_conv_transpose_channels_last;
