@@ -33,7 +33,8 @@ typedef struct {
     int (*conv_tc)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *, i3_shape5,
                    int, void *, void *);
     int (*conv_tc_fused)(const void *, i3_shape5, int, const float *, const float *, const i3_conv_params *,
-                         const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
+                         const float *, i3_act, void *, i3_shape5, int, const i3_residual *, float *, int, void *,
+                         void *);
     size_t (*conv_tc_scratch_bytes)(i3_shape5, int, const i3_conv_params *, int);
     int (*instance_norm)(const float *, i3_shape5, const float *, const float *, const i3_norm_params *, float *,
                          void *);
@@ -127,7 +128,7 @@ static int run_conv(bench *B, void *arg) {
         return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, c->scratch, B->stream);
     i3_act none = {I3_ACT_NONE, 0.0f};
     return B->k.conv_tc_fused(c->x, c->xs, I3_LAYOUT_NDHWC, c->w, NULL, &c->p, NULL, none, c->y, c->ys,
-                              I3_LAYOUT_NDHWC, NULL, c->kernel - CHANNELS_LAST, c->scratch, B->stream);
+                              I3_LAYOUT_NDHWC, NULL, NULL, c->kernel - CHANNELS_LAST, c->scratch, B->stream);
 }
 
 /* The f32 direct kernel, the tensor-core kernels on NCDHW f32 activations (f16, bf16: which v3 makes

@@ -310,15 +310,24 @@ __device__ __forceinline__ bool split_sums_complete(float (&acc)[2][4][4], const
     return true;
 }
 
+/* The residual's value at output row m, channel o (NCDHW f32 or channels-last b16). */
+template <bool BF16>
+__device__ __forceinline__ float residual_at(const i3_residual &res, const ConvGeometry &g, int64_t m, int64_t o) {
+    const int64_t out_spatial = g.od * g.oh * g.ow;
+    if (res.layout == I3_LAYOUT_NDHWC) return from_b16<BF16>(((const uint16_t *)res.skip)[m * g.cout + o]);
+    return ((const float *)res.skip)[(m / out_spatial * g.cout + o) * out_spatial + m % out_spatial];
+}
+
 /* Flags are uniform over the grid: x_cl: the input is channels-last b16 (else NCDHW f32); y_cl: the
  * same for the output; prologue, stats: conv_v1's fusions; up.cout > 0: a transposed conv (Upsample;
- * output channels-last, no statistics); split: the k range of blockIdx.z. */
+ * output channels-last, no statistics); split: the k range of blockIdx.z; res.skip: a residual add after
+ * act (i3_residual). */
 template <bool BF16>
 __global__ void __launch_bounds__(V3_THREADS)
     conv_tensor_core_v3(const void *__restrict__ x_in, bool x_cl, const uint16_t *__restrict__ packed,
                         int64_t k_packed, const float *__restrict__ b, ConvGeometry g, i3_act act,
                         const float *__restrict__ in_scale_shift, i3_act act_in, void *__restrict__ y_out, bool y_cl,
-                        float *__restrict__ partials, int chunks, Upsample up, SplitK split) {
+                        float *__restrict__ partials, int chunks, Upsample up, SplitK split, i3_residual res) {
     __shared__ __align__(16) uint16_t smem[V3_STAGES * V3_STAGE];
     typedef uint16_t(*Rows)[V3_ROW];
     const int64_t out_spatial = g.od * g.oh * g.ow, rows = g.n * out_spatial;
@@ -434,6 +443,9 @@ __global__ void __launch_bounds__(V3_THREADS)
                 for (int q = 0; q < 2; q++)
                     v[q] = act_apply(act, acc[i][j][2 * half + q] + (b && o + q < g.cout ? b[channel + q] : 0.0f));
                 if (m >= rows) continue;
+                if (res.skip) /* read before y is written: skip may be y */
+                    for (int q = 0; q < 2 && o + q < g.cout; q++)
+                        v[q] = act_apply(res.act, v[q] + residual_at<BF16>(res, g, m, o + q));
                 if (partials) moments_add(mo[j][0], v[0]), moments_add(mo[j][1], v[1]);
                 if (up.cout) { /* to the output position of input position m's tap o / up.cout */
                     if (o < g.cout) {
@@ -585,8 +597,9 @@ extern "C" int I3_DEV(conv_tensor_core_k_splits)(i3_shape5 xs, int x_layout, con
 
 extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w,
                                               const float *b, const i3_conv_params *p, const float *in_scale_shift,
-                                              i3_act act_in, void *y, i3_shape5 ys, int y_layout, float *partials,
-                                              int precision, void *scratch, void *stream) {
+                                              i3_act act_in, void *y, i3_shape5 ys, int y_layout,
+                                              const i3_residual *residual, float *partials, int precision,
+                                              void *scratch, void *stream) {
     ConvGeometry g = conv_geometry(xs, p, ys);
     const int64_t rows = ys.n * ys.d * ys.h * ys.w;
     if (rows == 0 || ys.c == 0) return 0;
@@ -595,7 +608,8 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
     const bool y_cl = y_layout == I3_LAYOUT_NDHWC;
     const int chunks = I3_DEV(conv_tensor_core_stat_chunks)(ys, precision);
     if ((!b16 && precision != I3_TC_TF32) || (partials && !chunks) || ((x_cl || y_cl) && !b16) ||
-        (x_cl && xs.c % 8 != 0) || (y_cl && ys.c % 8 != 0) || (b16 && !scratch))
+        (x_cl && xs.c % 8 != 0) || (y_cl && ys.c % 8 != 0) || (b16 && !scratch) ||
+        (residual && (!b16 || partials || !residual->skip)))
         return (int)cudaErrorInvalidValue;
     if (!b16) {
         dim3 grid((unsigned)((rows + V2_BM - 1) / V2_BM), (unsigned)((ys.c + V2_BN - 1) / V2_BN));
@@ -617,7 +631,8 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
     if (e) return e;
     dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((ys.c + V3_BN - 1) / V3_BN), (unsigned)split.splits);
     return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed, b, g, p->act,
-                          in_scale_shift, act_in, y, y_cl, partials, chunks, Upsample{}, split);
+                          in_scale_shift, act_in, y, y_cl, partials, chunks, Upsample{}, split,
+                          residual ? *residual : i3_residual{});
 }
 
 /* The GEMM of a transposed conv (Upsample): a 1x1x1 conv of the input with cout x taps output channels. */
@@ -667,7 +682,7 @@ extern "C" int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, i
     const i3_act none = {I3_ACT_NONE, 0.0f};
     dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((g.cout + V3_BN - 1) / V3_BN), (unsigned)split.splits);
     return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed,
-                          b, g, none, (const float *)NULL, none, y, true, (float *)NULL, 0, up, split);
+                          b, g, none, (const float *)NULL, none, y, true, (float *)NULL, 0, up, split, i3_residual{});
 }
 
 extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
@@ -675,5 +690,5 @@ extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const floa
                                         void *stream) {
     i3_act none = {I3_ACT_NONE, 0.0f};
     return I3_DEV(conv_tensor_core_fused)(x, xs, I3_LAYOUT_NCDHW, w, b, p, NULL, none, y, ys, I3_LAYOUT_NCDHW, NULL,
-                                          precision, scratch, stream);
+                                          NULL, precision, scratch, stream);
 }

@@ -41,14 +41,25 @@ size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const 
 /* With conv_fused's fusions and a layout per activation: channels-last needs f16/bf16 and a channel
  * count that is a multiple of 8 (x 16-byte aligned); statistics need
  * conv_tensor_core_stat_chunks(ys, precision) > 0 (batch 1, or a spatial size that is a multiple of
- * the row tile, 64 for tf32 and 128 otherwise). Anything else: cudaErrorInvalidValue. */
+ * the row tile, 64 for tf32 and 128 otherwise); a residual (NULL: none) needs f16/bf16 and no statistics.
+ * Anything else: cudaErrorInvalidValue. */
 int I3_DEV(conv_tensor_core_stat_chunks)(i3_shape5 ys, int precision);
 /* Over how many blocks f16/bf16 split each output tile's k range (1: none; a layer with few output tiles). */
 int I3_DEV(conv_tensor_core_k_splits)(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision);
+#ifndef I3_RESIDUAL_DEFINED
+#define I3_RESIDUAL_DEFINED
+/* A residual add in a conv's epilogue: y = act(conv(x) + skip), skip shaped as y, NCDHW f32 or channels-last in
+ * the f16/bf16 of the precision (layout); skip may be y itself (each output read, then written, by one thread). */
+typedef struct {
+    const void *skip;
+    int layout;
+    i3_act act;
+} i3_residual;
+#endif
 int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
                                    const i3_conv_params *p, const float *in_scale_shift, i3_act act_in, void *y,
-                                   i3_shape5 ys, int y_layout, float *partials, int precision, void *scratch,
-                                   void *stream);
+                                   i3_shape5 ys, int y_layout, const i3_residual *residual, float *partials,
+                                   int precision, void *scratch, void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 /* The same on a channels-last input [n, d, h, w, cin] in the f16/bf16 of `precision`; y NCDHW f32. */

@@ -53,6 +53,7 @@ struct Fusion {
     int stats_for;      /* the instance norm whose statistics are in `partials` (-1: none) */
     int stats_chunks;   /* partials per plane */
     int deferred_for;   /* the conv or add that applies the deferred norm in `scale_shift` (-1: none) */
+    int residual_for;   /* the residual add that the conv before it ran in its epilogue (-1: none) */
     i3_act deferred_act;
 };
 
@@ -334,6 +335,16 @@ static int layout_of(const DeviceState *st, const i3_graph *g, int v) {
     return value_channels_last(st, g, v) ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW;
 }
 
+/* The residual add right after the conv at node n when it is the only reader of the conv's output, in either
+ * operand (a + b is b + a to the bit), the other operand another value; NULL when there is none. */
+static const i3_node *residual_add_next(const i3_graph *g, int n) {
+    if (n < 0 || n + 1 >= g->n_nodes) return NULL;
+    const int v = g->nodes[n].out;
+    const i3_node *next = &g->nodes[n + 1];
+    if (next->op != I3_OP_ADD || v == g->output || g->values[v].last_use != n + 1) return NULL;
+    return (next->in[0] == v) != (next->in[1] == v) ? next : NULL;
+}
+
 static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n, void *scratch) {
     DeviceState *st = state_of(b);
     const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
@@ -347,6 +358,7 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     i3_act act_in = f->deferred_act;
     f->deferred_for = -1;
     f->stats_for = -1;
+    f->residual_for = -1;
     const i3_node *next = st->fuse ? sole_reader_next(g, n, node->out) : NULL;
     int chunks = tensor_cores ? I3_DEV(conv_tensor_core_stat_chunks)(ys, precision) : I3_DEV(conv_stat_chunks)(ys);
     float *partials = NULL;
@@ -362,11 +374,24 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     if (!tensor_cores)
         return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
                                   (float *)y->data, ys, partials, st->stream);
+    /* f16/bf16: a residual add right after the conv runs in its epilogue, which then writes the add's output */
+    const i3_node *add = st->fuse && !partials && precision != I3_TC_TF32 ? residual_add_next(g, n) : NULL;
+    i3_residual residual = {};
+    void *y_data = y->data;
     int y_layout = layout_of(st, g, node->out);
+    if (add) {
+        const int skip = add->in[0] == node->out ? add->in[1] : add->in[0];
+        residual = {g->values[skip].data, layout_of(st, g, skip), add->p.act};
+        y_data = g->values[add->out].data;
+        y_layout = layout_of(st, g, add->out);
+        f->graph = g;
+        f->residual_for = n + 1;
+        st->stats.fused_nodes++;
+    }
     st->stats.channels_last_outputs += y_layout == I3_LAYOUT_NDHWC;
     return I3_DEV(conv_tensor_core_fused)(x->data, xs, layout_of(st, g, node->in[0]), w, bias, &node->p.conv,
-                                          in_scale_shift, act_in, y->data, ys, y_layout, partials, precision, scratch,
-                                          st->stream);
+                                          in_scale_shift, act_in, y_data, ys, y_layout, add ? &residual : NULL,
+                                          partials, precision, scratch, st->stream);
 }
 
 /* An instance norm whose statistics the conv before it left in `partials`: (scale, shift) per
@@ -530,7 +555,10 @@ static i3rt_status run_node(i3_backend *b, const i3_graph *g, const i3_node *nod
         break;
     case I3_OP_ACTIVATION: e = I3_DEV(activation)(in0, i3_shape5_numel(xs), node->p.act, out, s); break;
     case I3_OP_ADD:
-        if (value_channels_last(st, g, node->out)) { /* with the norm deferred into it, or a plain residual add */
+        if (fused_here && f->residual_for == n) { /* done by the conv before it */
+            f->residual_for = -1;
+            e = 0;
+        } else if (value_channels_last(st, g, node->out)) { /* with the norm deferred into it, or a plain residual add */
             const bool deferred = fused_here && f->deferred_for == n;
             if (deferred) f->deferred_for = -1;
             st->stats.channels_last_outputs++;
@@ -742,7 +770,7 @@ extern "C" i3rt_status I3_DEV(backend_create)(i3_ctx *ctx, const i3_cuda_options
     state->fuse = opt->fuse != 0;
     state->profile = opt->profile != 0;
     state->graphs = opt->graphs != 0 && !state->profile; /* no synchronizing inside a capture */
-    state->fusion.stats_for = state->fusion.deferred_for = -1;
+    state->fusion.stats_for = state->fusion.deferred_for = state->fusion.residual_for = -1;
     b->iface = &device_iface;
     b->ctx = ctx;
     b->n_threads = ctx->n_threads;

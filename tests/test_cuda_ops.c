@@ -33,7 +33,8 @@
 typedef int (*conv_tc_launcher)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *,
                                 i3_shape5, int, void *, void *);
 typedef int (*conv_tc_fused_launcher)(const void *, i3_shape5, int, const float *, const float *, const i3_conv_params *,
-                                      const float *, i3_act, void *, i3_shape5, int, float *, int, void *, void *);
+                                      const float *, i3_act, void *, i3_shape5, int, const i3_residual *, float *, int,
+                                      void *, void *);
 typedef int (*stat_chunks_launcher)(i3_shape5, int);
 typedef size_t (*tc_scratch_bytes_fn)(i3_shape5, int, const i3_conv_params *, int);
 typedef int (*k_splits_fn)(i3_shape5, int, const i3_conv_params *, int);
@@ -367,7 +368,10 @@ typedef struct {
     i3_conv_params p;
     int x_layout, y_layout, prologue, stats;
     int k_splits; /* over how many blocks each output tile's k range is split */
+    int residual; /* a residual add + ReLU in the epilogue: 0 none, SKIP_APART an NCDHW f32 skip in its own
+                   * buffer, SKIP_IN_Y the skip in y's buffer and layout (in place, as the backend runs an add) */
 } layout_case;
+enum { SKIP_APART = 1, SKIP_IN_Y };
 
 static uint16_t to_b16_host(float v, int precision) {
     return precision == I3_TC_BF16 ? i3_f32_to_bf16(v) : i3_f32_to_f16(v);
@@ -411,21 +415,32 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
     for (int64_t i = 0; i < nw; i++) wr[i] = round_operand(w[i], precision);
     float *ref = malloc((size_t)ny * sizeof(float)), *y = malloc((size_t)ny * sizeof(float));
     i3_cpu_conv_ref(xr, xs, wr, b, &c.p, ref);
+    const i3_act relu = {I3_ACT_RELU, 0.0f};
+    float *skip = c.residual ? random_floats(&r, ny, -1, 1) : NULL;
+    uint16_t *skip16 = skip ? to_channels_last_host(skip, ys.n, ys.c, sy, precision) : NULL;
+    for (int64_t i = 0; skip && i < ny; i++) { /* a channels-last skip in y: the values rounded */
+        if (c.residual == SKIP_IN_Y && y_cl) skip[i] = round_operand(skip[i], precision);
+        ref[i] = i3_act_apply(relu, ref[i] + skip[i]);
+    }
 
     /* channels-last b16 tensors travel in float buffers of half as many elements */
     uint16_t *x16 = to_channels_last_host(x, xs.n, xs.c, sx, precision), *y16 = calloc((size_t)ny + 1, sizeof(uint16_t));
+    if (c.residual == SKIP_IN_Y && y_cl) memcpy(y16, skip16, (size_t)ny * sizeof *y16);
     const int chunks = d->conv_tensor_core_stat_chunks(ys, precision);
     cr_assert(!c.stats || chunks > 0);
     dbuf dx = x_cl ? dev_upload(d, (const float *)x16, (nx + 1) / 2) : dev_upload(d, x, nx);
     dbuf dw = dev_upload(d, w, nw), db = dev_upload(d, b, c.p.cout), dss = dev_upload(d, ss, 2 * xs.n * xs.c);
-    dbuf dy = dev_upload(d, NULL, y_cl ? (ny + 1) / 2 : ny);
+    dbuf dy = y_cl ? dev_upload(d, (const float *)y16, (ny + 1) / 2) : dev_upload(d, c.residual == SKIP_IN_Y ? skip : NULL, ny);
+    dbuf dskip = dev_upload(d, c.residual == SKIP_APART ? skip : NULL, c.residual == SKIP_APART ? ny : 1);
+    const i3_residual residual = {c.residual == SKIP_APART ? dskip.data : dy.data,
+                                  c.residual == SKIP_APART ? I3_LAYOUT_NCDHW : c.y_layout, relu};
     dbuf dpart = dev_upload(d, NULL, c.stats ? ys.n * ys.c * chunks * 3 : 1);
     dbuf dscratch = dev_scratch(d, d->conv_tensor_core_scratch_bytes(xs, c.x_layout, &c.p, precision));
     const int k_splits = d->conv_tensor_core_k_splits(xs, c.x_layout, &c.p, precision);
     cr_assert_eq(k_splits, c.k_splits, "k split over %d blocks, expected %d", k_splits, c.k_splits);
     cr_assert_eq(d->conv_tensor_core_fused(dx.data, xs, c.x_layout, dw.data, db.data, &c.p, c.prologue ? dss.data : NULL,
-                                           leaky, dy.data, ys, c.y_layout, c.stats ? dpart.data : NULL, precision,
-                                           dscratch.data, NULL),
+                                           leaky, dy.data, ys, c.y_layout, c.residual ? &residual : NULL,
+                                           c.stats ? dpart.data : NULL, precision, dscratch.data, NULL),
                  0);
     cr_assert_eq(d->b->iface->synchronize(d->b), I3RT_OK, "%s", d->ctx.error);
     float *partials = malloc((size_t)dpart.n * sizeof(float));
@@ -435,14 +450,15 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
     dev_download_free(d, dss, NULL, "conv layouts scale/shift");
     dev_download_free(d, dy, y_cl ? (void *)y16 : (void *)y, "conv layouts y");
     dev_download_free(d, dpart, partials, "conv layouts partials");
+    dev_download_free(d, dskip, NULL, "conv layouts skip");
     dev_download_free(d, dscratch, NULL, "conv layouts scratch");
     if (y_cl) from_channels_last_host(y16, ys.n, ys.c, sy, precision, y);
     char what[200];
-    snprintf(what, sizeof what, "conv v3 %s x[%lld,%lld,%lld,%lld,%lld]%s -> %d%s k%d%d%d s%d%d%d%s%s, k split %d",
+    snprintf(what, sizeof what, "conv v3 %s x[%lld,%lld,%lld,%lld,%lld]%s -> %d%s k%d%d%d s%d%d%d%s%s%s, k split %d",
              PRECISION_NAMES[precision], (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
              (long long)xs.w, x_cl ? " cl" : "", c.p.cout, y_cl ? " cl" : "", c.p.k[0], c.p.k[1], c.p.k[2],
              c.p.stride[0], c.p.stride[1], c.p.stride[2], c.prologue ? " norm in" : "", c.stats ? " stats" : "",
-             k_splits);
+             c.residual == SKIP_APART ? " + skip" : c.residual == SKIP_IN_Y ? " + skip in y" : "", k_splits);
     /* a b16 output is the reference rounded once more */
     const double tolerance = !y_cl ? NMSE_F32 * 100 : precision == I3_TC_BF16 ? NMSE_BF16 : NMSE_F16;
     check_nmse_tol(d->b->iface->name, what, y, ref, ny, tolerance);
@@ -466,35 +482,43 @@ static void conv_layout_case(device *d, layout_case c, int precision, uint64_t s
                       ref_m2);
         }
     free(x), free(w), free(b), free(ss), free(xr), free(wr), free(ref), free(y), free(x16), free(y16), free(partials);
+    free(skip), free(skip16);
 }
 
 static void check_conv_tensor_core_layouts(device *d) {
     const i3_conv_params p333 = {.k = {3, 3, 3}, .stride = {1, 1, 1}, .pad = {1, 1, 1}};
     const i3_conv_params p133s2 = {.k = {1, 3, 3}, .stride = {1, 2, 2}, .pad = {0, 1, 1}, .act = LEAKY};
     const i3_conv_params p133 = {.k = {1, 3, 3}, .stride = {1, 1, 1}, .pad = {0, 1, 1}, .act = {I3_ACT_RELU, 0.0f}};
+    const i3_conv_params p111 = {.k = {1, 1, 1}, .stride = {1, 1, 1}};
     const layout_case cases[] = {
         /* the last number: k split over that many blocks (1: not split; V3_SPLIT_*) */
         /* k = 432: a partial k step; 210 rows: a partial row tile */
-        {{1, 16, 5, 6, 7}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 4},
-        {{2, 8, 3, 9, 10}, p133s2, I3_LAYOUT_NDHWC, I3_LAYOUT_NCDHW, 1, 0, 1},
+        {{1, 16, 5, 6, 7}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 4, 0},
+        {{2, 8, 3, 9, 10}, p133s2, I3_LAYOUT_NDHWC, I3_LAYOUT_NCDHW, 1, 0, 1, 0},
         /* gather from NCDHW with 3 channels (k = 81), two column tiles */
-        {{1, 3, 4, 5, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 0, 1, 1},
+        {{1, 3, 4, 5, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 0, 1, 1, 0},
         /* 2 samples of 128 positions: statistics with a batch; again with k split */
-        {{2, 5, 4, 4, 8}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 1, 1},
-        {{2, 40, 4, 4, 8}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 9},
+        {{2, 5, 4, 4, 8}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 1, 1, 0},
+        {{2, 40, 4, 4, 8}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 9, 0},
         /* NCDHW with 18 and 36 channels (HRNet's branches): made channels-last with 24 and 40 first (the
          * padding zero, the deferred norm applied on the way), then the cp.async path */
-        {{1, 18, 3, 7, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 1, 1, 7},
-        {{2, 36, 2, 6, 10}, p133s2, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 0, 4},
+        {{1, 18, 3, 7, 9}, p333, I3_LAYOUT_NCDHW, I3_LAYOUT_NDHWC, 1, 1, 7, 0},
+        {{2, 36, 2, 6, 10}, p133s2, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 0, 4, 0},
         /* few output tiles, deep k: split-K (V3_SPLIT_*). HRNet's 1/32 branch (84 rows x 144, k 1296: 41 steps
          * in 3 blocks -> 11 splits of 4), a U-Net's deepest stage with its norm's statistics (k 1728: 54 steps
          * -> 14 of 4), an 18-channel NCDHW input made channels-last first (k 24 x 9: 7 steps -> 2 of 4, the
          * last short) */
-        {{2, 144, 1, 7, 6}, p133, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 0, 0, 11},
-        {{1, 64, 4, 4, 4}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 14},
-        {{1, 18, 1, 9, 10}, p133, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 0, 2},
+        {{2, 144, 1, 7, 6}, p133, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 0, 0, 11, 0},
+        {{1, 64, 4, 4, 4}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 1, 14, 0},
+        {{1, 18, 1, 9, 10}, p133, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 1, 0, 2, 0},
+        /* a residual add in the epilogue (HRNet's blocks): the skip NCDHW f32 apart, or in y (channels-last or
+         * NCDHW f32), with k split or not */
+        {{2, 18, 1, 7, 9}, p133, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 0, 0, 2, SKIP_APART},
+        {{2, 18, 2, 7, 9}, p111, I3_LAYOUT_NCDHW, I3_LAYOUT_NCDHW, 0, 0, 1, SKIP_IN_Y},
+        {{2, 144, 1, 7, 6}, p133, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 0, 0, 11, SKIP_IN_Y},
+        {{1, 16, 5, 6, 7}, p333, I3_LAYOUT_NDHWC, I3_LAYOUT_NDHWC, 1, 0, 4, SKIP_APART},
     };
-    const int couts[] = {24, 40, 72, 8, 8, 16, 18, 144, 64, 18};
+    const int couts[] = {24, 40, 72, 8, 8, 16, 18, 144, 64, 18, 18, 18, 144, 24};
     for (int prec = I3_TC_F16; prec <= I3_TC_BF16; prec++)
         for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
             layout_case c = cases[i];
@@ -502,22 +526,27 @@ static void check_conv_tensor_core_layouts(device *d) {
             conv_layout_case(d, c, prec, 300 + 10 * prec + i);
         }
     /* what the kernel refuses: channels-last with TF32 or a channel count that is not a multiple of 8,
-     * statistics over a batch whose samples split a row tile */
+     * statistics over a batch whose samples split a row tile, a residual with statistics */
     i3_conv_params p = p333;
     p.cout = 8;
     i3_act none = {I3_ACT_NONE, 0.0f};
     float dummy[4];
     cr_assert_neq(d->conv_tensor_core_fused(dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NDHWC, dummy, NULL, &p, NULL,
-                                            none, dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, NULL, I3_TC_TF32,
-                                            dummy, NULL),
+                                            none, dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, NULL, NULL,
+                                            I3_TC_TF32, dummy, NULL),
                   0);
     cr_assert_neq(d->conv_tensor_core_fused(dummy, (i3_shape5){1, 6, 2, 2, 2}, I3_LAYOUT_NDHWC, dummy, NULL, &p, NULL,
-                                            none, dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, NULL, I3_TC_F16,
-                                            dummy, NULL),
+                                            none, dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, NULL, NULL,
+                                            I3_TC_F16, dummy, NULL),
                   0);
     cr_assert_neq(d->conv_tensor_core_fused(dummy, (i3_shape5){2, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, dummy, NULL, &p, NULL,
-                                            none, dummy, (i3_shape5){2, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, dummy, I3_TC_F16,
-                                            dummy, NULL),
+                                            none, dummy, (i3_shape5){2, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, NULL, dummy,
+                                            I3_TC_F16, dummy, NULL),
+                  0);
+    const i3_residual skip = {dummy, I3_LAYOUT_NCDHW, none};
+    cr_assert_neq(d->conv_tensor_core_fused(dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, dummy, NULL, &p, NULL,
+                                            none, dummy, (i3_shape5){1, 8, 2, 2, 2}, I3_LAYOUT_NCDHW, &skip, dummy,
+                                            I3_TC_F16, dummy, NULL),
                   0);
 }
 
@@ -1829,15 +1858,19 @@ static void check_ritm_vs_cpu(device *d, const char *group, const char *file, i3
     const char *graphs = getenv("I3RT_CUDA_GRAPHS");
     const int64_t replays = (graphs && !strcmp(graphs, "0")) || runs < 3 ? 0 : runs - 2;
     cr_assert_eq(after.graph_replays - before.graph_replays, replays, "%s: CUDA graph replays", file);
-    /* f16/bf16 convolutions: the tensors between them channels-last (plan_layouts; fusions on) */
-    const int64_t cl = after.channels_last_outputs - before.channels_last_outputs;
+    /* f16/bf16 convolutions: the tensors between them channels-last (plan_layouts; fusions on), the residual
+     * adds in the convs' epilogues (no norms here: every fused node is such an add) */
+    const int64_t cl = after.channels_last_outputs - before.channels_last_outputs,
+                  adds = after.fused_nodes - before.fused_nodes;
     const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE");
-    if (conv && (!strcmp(conv, "f16") || !strcmp(conv, "bf16")) && !(fuse && !strcmp(fuse, "0")))
+    if (conv && (!strcmp(conv, "f16") || !strcmp(conv, "bf16")) && !(fuse && !strcmp(fuse, "0"))) {
         cr_expect_gt(cl, 0, "%s in %s: no tensor went channels-last", file, conv);
-    char what[200];
-    snprintf(what, sizeof what, "%s input [%lld,%lld,%lld,%lld,%lld] vs CPU (%d nodes, %lld outputs channels-last; "
-             "%d runs %.2f s, CPU %.2f s)", file, (long long)xs.n, (long long)xs.c, (long long)xs.d, (long long)xs.h,
-             (long long)xs.w, n_nodes, (long long)cl, runs, t2 - t1, t1 - t0);
+        cr_expect_gt(adds, 0, "%s in %s: no residual add ran in a conv's epilogue", file, conv);
+    }
+    char what[240];
+    snprintf(what, sizeof what, "%s input [%lld,%lld,%lld,%lld,%lld] vs CPU (%d nodes, %lld outputs channels-last, "
+             "%lld nodes fused; %d runs %.2f s, CPU %.2f s)", file, (long long)xs.n, (long long)xs.c, (long long)xs.d,
+             (long long)xs.h, (long long)xs.w, n_nodes, (long long)cl, (long long)adds, runs, t2 - t1, t1 - t0);
     check_nmse_tol(d->b->iface->name, what, y, ref, u.n_out, conv_tolerance(NMSE_HRNET, 1e-3, 1e-2));
     i3_backend_destroy(cpu);
     free(ref), free(y), free(input);
