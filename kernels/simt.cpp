@@ -374,20 +374,21 @@ const char *cudaGetErrorString(cudaError_t e) {
 
 /* The device memory in use (malloc_usable_size of the live allocations) and its limit: 16 GiB, or
  * I3RT_EMULATED_DEVICE_MEMORY (bytes, with an optional K, M or G suffix) to test running out. The
- * device is process-wide, as a GPU is. */
-static size_t device_bytes_in_use;
+ * device is process-wide, as a GPU is. Pinned host memory likewise: no limit, or
+ * I3RT_EMULATED_PINNED_MEMORY (the operating system's limit on locked pages, on a real machine). */
+static size_t device_bytes_in_use, pinned_bytes_in_use;
 
-static size_t device_memory_limit() {
-    const char *env = getenv("I3RT_EMULATED_DEVICE_MEMORY");
-    if (!env || !*env) return EMULATED_DEVICE_BYTES;
+static size_t memory_limit(const char *variable, size_t otherwise) {
+    const char *env = getenv(variable);
+    if (!env || !*env) return otherwise;
     char *end;
     double v = strtod(env, &end);
     int shift = *end == 'K' || *end == 'k' ? 10 : *end == 'M' || *end == 'm' ? 20 : *end == 'G' || *end == 'g' ? 30 : 0;
-    return v > 0 ? (size_t)(v * (double)((size_t)1 << shift)) : EMULATED_DEVICE_BYTES;
+    return v > 0 ? (size_t)(v * (double)((size_t)1 << shift)) : otherwise;
 }
 
 cudaError_t cudaMalloc(void **ptr, size_t bytes) {
-    size_t limit = device_memory_limit();
+    size_t limit = memory_limit("I3RT_EMULATED_DEVICE_MEMORY", EMULATED_DEVICE_BYTES);
     *ptr = bytes <= limit && device_bytes_in_use + bytes <= limit ? malloc(bytes ? bytes : 1) : nullptr;
     if (!*ptr) {
         set_error_f(cudaErrorMemoryAllocation,
@@ -404,10 +405,18 @@ cudaError_t cudaFree(void *ptr) {
     return cudaSuccess;
 }
 cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned) {
-    *ptr = malloc(bytes ? bytes : 1);
-    return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+    size_t limit = memory_limit("I3RT_EMULATED_PINNED_MEMORY", SIZE_MAX);
+    *ptr = bytes <= limit && pinned_bytes_in_use + bytes <= limit ? malloc(bytes ? bytes : 1) : nullptr;
+    if (!*ptr) {
+        set_error_f(cudaErrorMemoryAllocation, "emulated device: cannot pin %zu bytes of host memory (%zu of %zu in use)",
+                    bytes, pinned_bytes_in_use, limit);
+        return cudaErrorMemoryAllocation;
+    }
+    pinned_bytes_in_use += malloc_usable_size(*ptr);
+    return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void *ptr) {
+    if (ptr) pinned_bytes_in_use -= malloc_usable_size(ptr);
     free(ptr);
     return cudaSuccess;
 }

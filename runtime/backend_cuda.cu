@@ -713,9 +713,12 @@ static i3rt_status device_host_alloc(i3_backend *b, size_t bytes, void **out) {
     cudaError_t e = cudaHostAlloc(out, bytes ? bytes : 1, cudaHostAllocDefault);
     if (e == cudaSuccess) return I3RT_OK;
     *out = NULL;
+    const char *detail = failure_detail();
+    i3rt_status st = i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY,
+                             "%s backend: cannot allocate %zu bytes of pinned host memory: %s%s%s", BACKEND_NAME, bytes,
+                             cudaGetErrorString(e), detail[0] ? ": " : "", detail);
     cudaGetLastError();
-    return i3_fail(b->ctx, I3RT_ERR_OUT_OF_MEMORY, "%s backend: cannot allocate %zu bytes of pinned host memory: %s",
-                   BACKEND_NAME, bytes, cudaGetErrorString(e));
+    return st;
 }
 
 static void device_host_free(i3_backend *, void *ptr) {

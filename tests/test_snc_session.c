@@ -933,6 +933,40 @@ Test(snc_session, hrnet_clicks_on_the_emulated_device) {
     }
 }
 
+/* A 2D network whose click buffers cannot be had (pinned host memory refused: I3RT_EMULATED_PINNED_MEMORY)
+ * is refused with a message; the session keeps its network and clicks as a session that never tried. */
+Test(snc_session, refused_click_buffers_keep_the_old_network) {
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.predictor.zoom_in = 0;
+    uint8_t masks[2][VH * VW];
+    for (int swap = 0; swap < 2; swap++) {
+        i3rt_context *ctx = NULL;
+        cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
+        i3_snc_net hrnet, other;
+        cr_assert_eq(i3_snc_net_load(ctx, fixture("hrnet2d.safetensors"), &hrnet), I3RT_OK, "%s",
+                     i3rt_context_error(ctx));
+        i3_snc_session *s = session_with(ctx, NULL, 1.0, &p, hrnet, (i3_snc_guided_net){.predict = near_slices_predict});
+        cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 9.0, 8.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+        cr_assert_eq(i3_snc_session_finish(s, I3_AXIAL, 5, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+        if (swap) {
+            cr_assert_eq(i3_snc_net_load(ctx, fixture("hrnet2d.safetensors"), &other), I3RT_OK, "%s",
+                         i3rt_context_error(ctx));
+            setenv("I3RT_EMULATED_PINNED_MEMORY", "1K", 1);
+            const i3rt_status st = i3_snc_session_set_net2d(s, other);
+            unsetenv("I3RT_EMULATED_PINNED_MEMORY");
+            cr_assert_eq(st, I3RT_ERR_OUT_OF_MEMORY, "%s", i3rt_context_error(ctx));
+            cr_assert(strstr(i3rt_context_error(ctx), "pinned host memory"), "message: %s", i3rt_context_error(ctx));
+            printf("set_net2d with 1 KiB of pinned memory: %s\n", i3rt_context_error(ctx));
+        }
+        cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 6, 9.0, 8.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+        int64_t rows, cols;
+        memcpy(masks[swap], i3_snc_session_slice_mask(s, I3_AXIAL, 6, &rows, &cols), VH * VW);
+        i3_snc_session_free(s);
+        i3rt_context_free(ctx);
+    }
+    cr_assert(memcmp(masks[0], masks[1], VH * VW) == 0, "the session clicked otherwise after the refused network");
+}
+
 /* ---- i3rt snc ------------------------------------------------------------------------------------------ */
 
 extern char **environ;
