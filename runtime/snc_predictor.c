@@ -39,12 +39,22 @@ static float *workspace_floats(i3_ctx *ctx, i3_snc_workspace *ws, size_t n) {
     return ws->data;
 }
 
-/* The floats of a click's buffers in the workspace, in predict's order: planes [4, max(s, ns)], crop
- * [4, crop], probabilities [ns], network input [runs, channels, ns], logits [runs, ns]; s: the slice's
+/* Where a click's buffers lie in the workspace (offsets in floats): planes [4, max(s, ns)], crop [4, crop],
+ * probabilities [ns], network input [runs, channels, ns], logits [runs, ns], then the end; s: the slice's
  * pixels, ns: the network input's, crop: the crop's (0 without one). */
-static int64_t click_floats(const i3_snc_net *net, int runs, int64_t s, int64_t ns, int64_t crop) {
+typedef struct {
+    int64_t crop, probs, input, logits, end; /* the planes at 0 */
+} click_layout;
+
+static click_layout click_buffers(const i3_snc_net *net, int runs, int64_t s, int64_t ns, int64_t crop) {
     const int channels = I3_HRNET_IMAGE_CHANNELS + net->cfg.coord_channels;
-    return 4 * (s > ns ? s : ns) + 4 * crop + ns + (int64_t)runs * (channels + 1) * ns;
+    click_layout at;
+    at.crop = 4 * (s > ns ? s : ns);
+    at.probs = at.crop + 4 * crop;
+    at.input = at.probs + ns;
+    at.logits = at.input + (int64_t)runs * channels * ns;
+    at.end = at.logits + (int64_t)runs * ns;
+    return at;
 }
 
 i3rt_status i3_snc_net_load(i3_ctx *ctx, const char *path, i3_snc_net *out) {
@@ -86,8 +96,9 @@ i3rt_status i3_snc_net_reserve(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_
     if (!net->workspace) return I3RT_OK;
     /* a zoomed input is at most target_size on each side; a crop at most the slice */
     const int64_t target = params->zoom_in ? (int64_t)params->target_size * params->target_size : 0;
-    const int64_t n = click_floats(net, net_runs(params), pixels, pixels > target ? pixels : target,
-                                   params->zoom_in ? pixels : 0);
+    const int64_t n = click_buffers(net, net_runs(params), pixels, pixels > target ? pixels : target,
+                                    params->zoom_in ? pixels : 0)
+                          .end;
     float *data = workspace_floats(ctx, net->workspace, (size_t)n);
     if (!data) return I3RT_ERR_OUT_OF_MEMORY;
     memset(data, 0, (size_t)n * sizeof *data); /* paged in now */
@@ -347,12 +358,12 @@ static i3rt_status predict(i3_snc_predictor *p, const i3_snc_click *clicks, int 
     /* the crop's size (1 x 1 while there is none: then neither crop nor its inverse is used) */
     const int64_t bh = zs->box.r1 - zs->box.r0 + 1, bw = zs->box.c1 - zs->box.c0 + 1;
     const int64_t ns = ih * iw, n_crop = zoomed ? bh * bw : 0;
-    const int64_t n_input = net_runs(&p->params) * (I3_HRNET_IMAGE_CHANNELS + p->net->cfg.coord_channels) * ns;
-    float *planes = workspace_floats(p->ctx, p->work, (size_t)click_floats(p->net, net_runs(&p->params), s, ns, n_crop));
-    float *crop = planes + 4 * (s > ns ? s : ns), *probs = crop + 4 * n_crop, *input = probs + ns;
-    float *logits = input + n_input;
+    const click_layout at = click_buffers(p->net, net_runs(&p->params), s, ns, n_crop);
+    float *planes = workspace_floats(p->ctx, p->work, (size_t)at.end);
     net_click *tc = i3_malloc(p->ctx, (size_t)(n > 0 ? n : 1) * sizeof *tc, "SnC clicks");
     i3rt_status st = planes && tc ? I3RT_OK : I3RT_ERR_OUT_OF_MEMORY;
+    float *crop = NULL, *probs = NULL, *input = NULL, *logits = NULL;
+    if (planes) crop = planes + at.crop, probs = planes + at.probs, input = planes + at.input, logits = planes + at.logits;
     if (st == I3RT_OK) {
         /* BasePredictor: cat(image, prev_mask); get_points_nd: the first net_clicks_limit clicks */
         const int n_net = p->params.net_clicks_limit > 0 && n > p->params.net_clicks_limit ? p->params.net_clicks_limit : n;
