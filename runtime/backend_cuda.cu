@@ -335,14 +335,25 @@ static int layout_of(const DeviceState *st, const i3_graph *g, int v) {
     return value_channels_last(st, g, v) ? I3_LAYOUT_NDHWC : I3_LAYOUT_NCDHW;
 }
 
+/* Whether values a and b share device memory (as held: channels-last at half the f32 bytes). */
+static bool values_overlap(const DeviceState *st, const i3_graph *g, int a, int b) {
+    const char *pa = (const char *)g->values[a].data, *pb = (const char *)g->values[b].data;
+    const size_t na = i3_value_bytes(&g->values[a]) / (value_channels_last(st, g, a) ? 2 : 1),
+                 nb = i3_value_bytes(&g->values[b]) / (value_channels_last(st, g, b) ? 2 : 1);
+    return pa < pb + nb && pb < pa + na;
+}
+
 /* The residual add right after the conv at node n when it is the only reader of the conv's output, in either
- * operand (a + b is b + a to the bit), the other operand another value; NULL when there is none. */
-static const i3_node *residual_add_next(const i3_graph *g, int n) {
+ * operand (a + b is b + a to the bit), the other operand another value, and its output not where the conv
+ * reads its input (the planner may give the add the buffer of the conv's input, which died at the conv: run
+ * apart, the two never meet); NULL when there is none. */
+static const i3_node *residual_add_next(const DeviceState *st, const i3_graph *g, int n) {
     if (n < 0 || n + 1 >= g->n_nodes) return NULL;
-    const int v = g->nodes[n].out;
-    const i3_node *next = &g->nodes[n + 1];
+    const i3_node *conv = &g->nodes[n], *next = &g->nodes[n + 1];
+    const int v = conv->out;
     if (next->op != I3_OP_ADD || v == g->output || g->values[v].last_use != n + 1) return NULL;
-    return (next->in[0] == v) != (next->in[1] == v) ? next : NULL;
+    if ((next->in[0] == v) == (next->in[1] == v) || values_overlap(st, g, next->out, conv->in[0])) return NULL;
+    return next;
 }
 
 static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n, void *scratch) {
@@ -375,7 +386,7 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
         return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
                                   (float *)y->data, ys, partials, st->stream);
     /* f16/bf16: a residual add right after the conv runs in its epilogue, which then writes the add's output */
-    const i3_node *add = st->fuse && !partials && precision != I3_TC_TF32 ? residual_add_next(g, n) : NULL;
+    const i3_node *add = st->fuse && !partials && precision != I3_TC_TF32 ? residual_add_next(st, g, n) : NULL;
     i3_residual residual = {};
     void *y_data = y->data;
     int y_layout = layout_of(st, g, node->out);

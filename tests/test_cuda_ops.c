@@ -1546,12 +1546,31 @@ static void build_net(i3_graph *g, net_weights *nw, i3_shape5 xs) {
     g->output = d;
 }
 
-/* Plans, binds and runs the network on backend b; returns the output (malloc'd) and its size. */
-static float *run_net(i3_backend *b, i3_shape5 xs, const float *input, int64_t *out_numel) {
+/* A residual add after a conv whose output the planner puts where that conv reads its input: a and x (kept
+ * alive to the end) die... a dies at conv b, so the add z + b may take a's buffer. The CUDA backend must then
+ * not run the add in b's epilogue (b's blocks would overwrite a while others still read it). 5 channels: the
+ * tensor-core conv reads a itself (no channels-last copy). */
+static void build_add_over_conv_input(i3_graph *g, net_weights *nw, i3_shape5 xs) {
+    fx_rng r = fx_rng_seed(2025);
+    const i3_act none = {I3_ACT_NONE, 0};
+    const i3_conv_params k3 = {.cout = 5, .k = {1, 3, 3}, .stride = {1, 1, 1}, .pad = {0, 1, 1}};
+    const i3_conv_params k1 = {.cout = 5, .k = {1, 1, 1}, .stride = {1, 1, 1}};
+    const int x = i3_graph_input(g, xs);
+    const int a = i3_graph_conv(g, x, net_weight(g, nw, &r, "a.w", 5, 5, xs.c, 1, 3, 3), -1, &k3, "a");
+    const int z = i3_graph_conv(g, x, net_weight(g, nw, &r, "z.w", 5, 5, xs.c, 1, 1, 1), -1, &k1, "z");
+    const int b = i3_graph_conv(g, a, net_weight(g, nw, &r, "b.w", 5, 5, 5, 1, 3, 3), -1, &k3, "b");
+    const int sum = i3_graph_add(g, z, b, none, "z + b");
+    const int t = i3_graph_add(g, sum, z, none, "+ z");
+    g->output = i3_graph_add(g, t, x, none, "+ x");
+}
+
+/* Plans, binds and runs the network `build` makes on backend b; returns the output (malloc'd) and its size. */
+static float *run_graph(i3_backend *b, void (*build)(i3_graph *, net_weights *, i3_shape5), i3_shape5 xs,
+                        const float *input, int64_t *out_numel) {
     i3_graph g;
     net_weights nw = {{0}, 0};
     i3_graph_init(&g, b->ctx);
-    build_net(&g, &nw, xs);
+    build(&g, &nw, xs);
     cr_assert(!g.failed, "building the network: %s", b->ctx->error);
     cr_assert_eq(i3_graph_plan(&g, g.output, b), I3RT_OK, "%s", b->ctx->error);
     void *arena = NULL, *scratch = NULL, *weights = NULL;
@@ -1574,6 +1593,10 @@ static float *run_net(i3_backend *b, i3_shape5 xs, const float *input, int64_t *
         free(nw.data[i]);
     i3_graph_free(&g);
     return y;
+}
+
+static float *run_net(i3_backend *b, i3_shape5 xs, const float *input, int64_t *out_numel) {
+    return run_graph(b, build_net, xs, input, out_numel);
 }
 
 /* A tolerance by the graph's convolution kernel (I3RT_CUDA_CONV, read when the backend is created): f32
@@ -2182,6 +2205,41 @@ static void open_plain_2d(i3rt_context **ctx, i3rt_model **model, i3rt_model_inf
 /* A model forwarded at two input sizes in turn (an SnC session: the slice, then its zoomed crop) keeps a graph
  * for each, and the backend a CUDA graph for each: A B A B A B is two eager runs, two captures, two replays
  * (rebuilding the graph at every change of size replayed nothing), every run of a size giving the same bits. */
+/* build_add_over_conv_input on the emulated device in f16: the planner gives the add the buffer of the conv's
+ * input (asserted, so that the case is there); the result is the CPU's. */
+Test(emulated, residual_add_over_conv_input) {
+    setenv("I3RT_CUDA_CONV", "f16", 1);
+    device d;
+    open_emulated(&d);
+    const i3_shape5 xs = {1, 5, 1, 20, 20}; /* 400 positions: four row tiles */
+    i3_graph g;
+    net_weights nw = {{0}, 0};
+    i3_graph_init(&g, d.b->ctx);
+    build_add_over_conv_input(&g, &nw, xs);
+    cr_assert_eq(i3_graph_plan(&g, g.output, d.b), I3RT_OK, "%s", d.ctx.error);
+    const i3_value *conv_in = &g.values[g.nodes[2].in[0]], *add_out = &g.values[g.nodes[3].out];
+    cr_assert(g.nodes[2].op == I3_OP_CONV && g.nodes[3].op == I3_OP_ADD);
+    cr_assert(add_out->offset < conv_in->offset + i3_value_bytes(conv_in) &&
+                  conv_in->offset < add_out->offset + i3_value_bytes(add_out),
+              "the planner no longer puts the add on the conv's input: the test needs another graph");
+    for (int i = 0; i < nw.n; i++) free(nw.data[i]);
+    i3_graph_free(&g);
+
+    fx_rng r = fx_rng_seed(79);
+    float *x = random_floats(&r, i3_shape5_numel(xs), -2, 2);
+    i3_ctx cpu_ctx = {.n_threads = 1, .backend = I3RT_BACKEND_CPU};
+    i3_backend *cpu;
+    cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
+    int64_t n_ref, n_dev;
+    float *ref = run_graph(cpu, build_add_over_conv_input, xs, x, &n_ref);
+    float *y = run_graph(d.b, build_add_over_conv_input, xs, x, &n_dev);
+    cr_assert_eq(n_dev, n_ref);
+    check_nmse_tol(d.b->iface->name, "f16 conv + add on the conv's input buffer vs CPU", y, ref, n_ref, 1e-5);
+    i3_backend_destroy(cpu);
+    i3_backend_destroy(d.b);
+    free(x), free(ref), free(y);
+}
+
 Test(emulated, model_alternating_sizes_replay) {
     i3rt_context *ctx;
     i3rt_model *model;
