@@ -498,8 +498,9 @@ static int64_t packed_depth(const ConvGeometry &g) {
     return (g.cin * g.k[0] * g.k[1] * g.k[2] + V3_BK - 1) / V3_BK * V3_BK;
 }
 static int64_t packed_rows(const ConvGeometry &g) { return (g.cout + V3_BN - 1) / V3_BN * V3_BN; }
+static size_t aligned_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 static size_t packed_weight_bytes(const ConvGeometry &g) {
-    return ((size_t)(packed_rows(g) * packed_depth(g)) * sizeof(uint16_t) + 255) / 256 * 256;
+    return aligned_256((size_t)(packed_rows(g) * packed_depth(g)) * sizeof(uint16_t));
 }
 
 /* The channels v3 reads an NCDHW f32 input with after pack_input_v1 has made it channels-last (0: it gathers
@@ -512,7 +513,13 @@ static int64_t packed_input_channels(i3_shape5 xs, bool x_cl, int precision) {
     return 3 * cp <= 4 * xs.c ? cp : 0;
 }
 
-static size_t aligned_256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+/* The channels of v3's input as it reads it (packed_input_channels, or the input's own) into g.cin; returns
+ * the channels-last copy's channels (0: none). */
+static int64_t read_channels(ConvGeometry &g, i3_shape5 xs, bool x_cl, int precision) {
+    const int64_t cp = packed_input_channels(xs, x_cl, precision);
+    if (cp) g.cin = cp;
+    return cp;
+}
 
 /* How v3 splits the k range of GEMM geometry g (V3_SPLIT_BLOCKS): splits and tiles filled in, no buffers. */
 static SplitK v3_split(const ConvGeometry &g) {
@@ -547,8 +554,7 @@ static V3Scratch v3_scratch(const ConvGeometry &g, i3_shape5 xs, int64_t cp) {
 
 /* The scratch v3 needs for GEMM geometry g on input xs. */
 static size_t v3_scratch_bytes(ConvGeometry g, i3_shape5 xs, bool x_cl, int precision) {
-    const int64_t cp = packed_input_channels(xs, x_cl, precision);
-    if (cp) g.cin = cp;
+    const int64_t cp = read_channels(g, xs, x_cl, precision);
     return v3_scratch(g, xs, cp).bytes;
 }
 
@@ -566,9 +572,8 @@ static SplitK v3_split_in(const ConvGeometry &g, i3_shape5 xs, int64_t cp, void 
  * copy's channels (0: none) in cp. */
 static int pack_input_if_worth(const void *&x, bool &x_cl, i3_shape5 xs, ConvGeometry &g, int precision,
                                const float *&in_scale_shift, i3_act act_in, void *scratch, void *stream, int64_t &cp) {
-    cp = packed_input_channels(xs, x_cl, precision);
+    cp = read_channels(g, xs, x_cl, precision);
     if (!cp) return 0;
-    g.cin = cp;
     uint16_t *packed_x = (uint16_t *)((char *)scratch + v3_scratch(g, xs, cp).input_at);
     const int64_t n_x = xs.n * i3_shape5_spatial(xs) * cp;
     decltype(&pack_input_v1<false>) pack = precision == I3_TC_BF16 ? pack_input_v1<true> : pack_input_v1<false>;
@@ -590,8 +595,7 @@ extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_lay
 extern "C" int I3_DEV(conv_tensor_core_k_splits)(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision) {
     if (precision != I3_TC_F16 && precision != I3_TC_BF16) return 1;
     ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
-    const int64_t cp = packed_input_channels(xs, x_layout == I3_LAYOUT_NDHWC, precision);
-    if (cp) g.cin = cp;
+    read_channels(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
     return v3_split(g).splits;
 }
 

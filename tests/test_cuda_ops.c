@@ -1595,10 +1595,6 @@ static float *run_graph(i3_backend *b, void (*build)(i3_graph *, net_weights *, 
     return y;
 }
 
-static float *run_net(i3_backend *b, i3_shape5 xs, const float *input, int64_t *out_numel) {
-    return run_graph(b, build_net, xs, input, out_numel);
-}
-
 /* A tolerance by the graph's convolution kernel (I3RT_CUDA_CONV, read when the backend is created): f32
  * (unset or "f32"), bf16, or f16 / tf32 (10 mantissa bits both). */
 static double conv_tolerance(double f32, double f16_tf32, double bf16) {
@@ -1606,28 +1602,32 @@ static double conv_tolerance(double f32, double f16_tf32, double bf16) {
     return !conv || !strcmp(conv, "f32") ? f32 : !strcmp(conv, "bf16") ? bf16 : f16_tf32;
 }
 
-static void check_network(device *d) {
-    i3_shape5 xs = {1, 2, 3, 10, 12};
-    fx_rng r = fx_rng_seed(77);
+/* The graph `build` makes, on a random input (seed), on the device against the CPU backend: nmse <= tolerance. */
+static void graph_vs_cpu(device *d, void (*build)(i3_graph *, net_weights *, i3_shape5), i3_shape5 xs, uint64_t seed,
+                         double tolerance, const char *what) {
+    fx_rng r = fx_rng_seed(seed);
     float *x = random_floats(&r, i3_shape5_numel(xs), -2, 2);
     i3_ctx cpu_ctx = {.n_threads = 1, .backend = I3RT_BACKEND_CPU};
     i3_backend *cpu;
     cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
     int64_t n_ref, n_dev;
-    float *ref = run_net(cpu, xs, x, &n_ref), *y = run_net(d->b, xs, x, &n_dev);
+    float *ref = run_graph(cpu, build, xs, x, &n_ref), *y = run_graph(d->b, build, xs, x, &n_dev);
     cr_assert_eq(n_dev, n_ref);
+    check_nmse_tol(d->b->iface->name, what, y, ref, n_ref, tolerance);
+    i3_backend_destroy(cpu);
+    free(x), free(ref), free(y);
+}
+
+static void check_network(device *d) {
     /* the tensor-core convs round their operands: nmse of f16/tf32 (bf16) rounding through 6 convs */
     const char *conv = getenv("I3RT_CUDA_CONV"), *fuse = getenv("I3RT_CUDA_FUSE");
-    double tolerance = conv_tolerance(NMSE_F32, 1e-5, 1e-3);
     char what[96];
     snprintf(what, sizeof what, "network: every op, device (conv %s) vs CPU backend", conv ? conv : "f32");
-    check_nmse_tol(d->b->iface->name, what, y, ref, n_ref, tolerance);
+    graph_vs_cpu(d, build_net, (i3_shape5){1, 2, 3, 10, 12}, 77, conv_tolerance(NMSE_F32, 1e-5, 1e-3), what);
     int64_t fused = fused_nodes(d->b);
     printf("%-8s network: %lld nodes fused away\n", d->b->iface->name, (long long)fused);
     if (!fuse || strcmp(fuse, "0"))
         cr_assert_eq(fused, NET_FUSED_NODES, "fused nodes: %lld, expected %d", (long long)fused, NET_FUSED_NODES);
-    i3_backend_destroy(cpu);
-    free(x), free(ref), free(y);
 }
 
 /* A repeated forward: the small network planned and bound once, run on four inputs; each output
@@ -1663,7 +1663,7 @@ static void check_graph_replay(device *d) {
         cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", b->ctx->error);
         cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", b->ctx->error);
         int64_t n_ref;
-        float *ref = run_net(cpu, xs, x, &n_ref);
+        float *ref = run_graph(cpu, build_net, xs, x, &n_ref);
         char what[80];
         snprintf(what, sizeof what, "network: repeated forward, run %d", run + 1);
         check_nmse(b->iface->name, what, y, ref, n_ref);
@@ -2224,20 +2224,8 @@ Test(emulated, residual_add_over_conv_input) {
               "the planner no longer puts the add on the conv's input: the test needs another graph");
     for (int i = 0; i < nw.n; i++) free(nw.data[i]);
     i3_graph_free(&g);
-
-    fx_rng r = fx_rng_seed(79);
-    float *x = random_floats(&r, i3_shape5_numel(xs), -2, 2);
-    i3_ctx cpu_ctx = {.n_threads = 1, .backend = I3RT_BACKEND_CPU};
-    i3_backend *cpu;
-    cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
-    int64_t n_ref, n_dev;
-    float *ref = run_graph(cpu, build_add_over_conv_input, xs, x, &n_ref);
-    float *y = run_graph(d.b, build_add_over_conv_input, xs, x, &n_dev);
-    cr_assert_eq(n_dev, n_ref);
-    check_nmse_tol(d.b->iface->name, "f16 conv + add on the conv's input buffer vs CPU", y, ref, n_ref, 1e-5);
-    i3_backend_destroy(cpu);
+    graph_vs_cpu(&d, build_add_over_conv_input, xs, 79, 1e-5, "f16 conv + add on the conv's input buffer vs CPU");
     i3_backend_destroy(d.b);
-    free(x), free(ref), free(y);
 }
 
 Test(emulated, model_alternating_sizes_replay) {
