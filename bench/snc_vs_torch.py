@@ -128,8 +128,11 @@ class Timer:
 
 
 def row(what, i3rt, torch_s, extra=""):
-    """One printed line: medians (min) in ms and the ratio PyTorch / i3rt (> 1: i3rt is faster)."""
+    """One printed line: medians (min) in ms and the ratio PyTorch / i3rt (> 1: i3rt is faster); torch_s None:
+    nothing to compare with."""
     def fmt(v):
+        if v is None:
+            return f"{'-':>20}"
         return f"{1e3 * statistics.median(v):9.1f} ({1e3 * min(v):8.1f})" if v else f"{'failed':>20}"
     ratio = f"{statistics.median(torch_s) / statistics.median(i3rt):6.2f}" if i3rt and torch_s else "     -"
     print(f"  {what:<28} {fmt(i3rt)} {fmt(torch_s)} {ratio}  {extra}", flush=True)
@@ -194,11 +197,16 @@ def bench_clicks(args, lib, path2d, model, slices, timer, failures):
     net = TorchNet(model, args)
     n = len(slices) * len(CLICKS)
     i3rt_t, torch_t = [[] for _ in range(n)], [[] for _ in range(n)]
-    i3rt_masks, torch_masks, sizes, finite = [], [], [], []
+    i3rt_masks, torch_masks, sizes, finite, loads = [], [], [], [], []
     for run in range(args.runs + 1):
         def i3rt_sequence():
             with SncSession(lib, COLIN, args.threads, args.device, args.precision) as s:
+                # the session takes the network: loads it, sizes its buffers, and on a device runs it at each
+                # axis's slice size (so that the first click on any axis replays a captured graph)
+                t0 = time.perf_counter()
                 s.load_2d(path2d)
+                if run > 0:
+                    loads.append(time.perf_counter() - t0)
                 out = []
                 for index, _ in slices:
                     for y, x, pos in CLICKS:
@@ -229,6 +237,9 @@ def bench_clicks(args, lib, path2d, model, slices, timer, failures):
         index, j = slices[k // len(CLICKS)][0], k % len(CLICKS)
         if j == 0:
             header(f"clicks, axial {index}" + (", new session" if k == 0 else ", same session"))
+        if k == 0:
+            row("session takes the network", loads, None, "i3rt: load, buffers, on a device each axis's slice "
+                "size run twice (PyTorch: nothing to do)")
         diff = f", {int((i3rt_masks[k] != torch_masks[k]).sum())} mask px differ" if i3rt_masks else ""
         diff += "" if finite[k] else ", PyTorch's probabilities not finite"
         fed = " + ".join(f"{h}x{w}" for h, w in sizes[k])

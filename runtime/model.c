@@ -299,6 +299,8 @@ void i3_model_host_free(i3rt_model *m, void *ptr) { m->backend->iface->host_free
 
 i3rt_status i3_model_run(i3rt_model *m) { return i3_graph_run(&m->cur->graph, m->backend, m->scratch); }
 
+int i3_model_on_device(const i3rt_model *m) { return !m->backend->iface->host_memory; }
+
 i3rt_status i3_model_forward_batch(i3rt_model *m, int64_t batch, const float *input, const int64_t spatial[3],
                                    float *logits) {
     if (!m) return I3RT_ERR_INVALID_ARGUMENT;

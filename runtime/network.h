@@ -66,6 +66,9 @@ i3rt_status i3_model_forward_batch(i3rt_model *model, int64_t batch, const float
 i3rt_status i3_model_device_io(i3rt_model *model, int64_t batch, const int64_t spatial[3], i3_backend **backend,
                                float **input, const float **output);
 i3rt_status i3_model_run(i3rt_model *model);
+/* Whether the model runs on a device (its backend keeps tensors out of host memory: the CUDA backend, real or
+ * emulated). */
+int i3_model_on_device(const i3rt_model *model);
 /* Host memory for a model's inputs and outputs through its backend: pinned on a GPU (the copies of
  * i3_model_forward_batch then run at full speed), plain on the CPU; freed with i3_model_host_free. */
 i3rt_status i3_model_host_alloc(i3rt_model *model, size_t bytes, void **out);

@@ -3,6 +3,7 @@
 #include "snc_predictor.h"
 #include "network.h"
 #include "ops.h"
+#include "slice_select.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -91,17 +92,38 @@ void i3_snc_net_free(i3_snc_net *net) {
     memset(net, 0, sizeof *net);
 }
 
-i3rt_status i3_snc_net_reserve(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_predictor_params *params,
-                               int64_t pixels) {
+/* The model's buffers sized, its weights uploaded, for `runs` inputs of rows x cols. */
+static i3rt_status reserve_size(i3rt_model *m, int runs, int64_t rows, int64_t cols) {
+    const int64_t spatial[3] = {1, rows, cols};
+    i3_backend *b;
+    float *in;
+    const float *out;
+    return i3_model_device_io(m, runs, spatial, &b, &in, &out);
+}
+
+i3rt_status i3_snc_net_prepare(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_predictor_params *params, int64_t d,
+                               int64_t h, int64_t w) {
     if (!net->workspace) return I3RT_OK;
     /* a zoomed input is at most target_size on each side; a crop at most the slice */
-    const int64_t target = params->zoom_in ? (int64_t)params->target_size * params->target_size : 0;
-    const int64_t n = click_buffers(net, net_runs(params), pixels, pixels > target ? pixels : target,
-                                    params->zoom_in ? pixels : 0)
-                          .end;
-    float *data = workspace_floats(ctx, net->workspace, (size_t)n);
+    const int64_t pixels = i3_largest_slice(d, h, w), side = params->target_size;
+    const int64_t target = params->zoom_in ? side * side : 0, ns = pixels > target ? pixels : target;
+    const int runs = net_runs(params);
+    const click_layout at = click_buffers(net, runs, pixels, ns, params->zoom_in ? pixels : 0);
+    float *data = workspace_floats(ctx, net->workspace, (size_t)at.end);
     if (!data) return I3RT_ERR_OUT_OF_MEMORY;
-    memset(data, 0, (size_t)n * sizeof *data); /* paged in now */
+    memset(data, 0, (size_t)at.end * sizeof *data); /* paged in now */
+    i3rt_model *m = net->workspace->model;
+    if (!m) return I3RT_OK;
+    const int64_t slices[3][2] = {{h, w}, {d, w}, {d, h}}; /* axial, coronal, sagittal (slice_select.h) */
+    if (params->zoom_in) I3_TRY(reserve_size(m, runs, side, side));
+    for (int a = 0; a < 3; a++) I3_TRY(reserve_size(m, runs, slices[a][0], slices[a][1]));
+    if (!i3_model_on_device(m)) return I3RT_OK;
+    for (int a = 0; a < 3; a++) {
+        int seen = 0; /* a cube's three slice sizes are one */
+        for (int b = 0; b < a; b++) seen |= slices[b][0] == slices[a][0] && slices[b][1] == slices[a][1];
+        for (int run = 0; run < 2 && !seen; run++) /* zeros in: the workspace as just cleared */
+            I3_TRY(net->forward(net->user, data + at.input, runs, slices[a][0], slices[a][1], data + at.logits));
+    }
     return I3RT_OK;
 }
 

@@ -72,11 +72,13 @@ typedef struct {
     int positive;
 } i3_snc_click;
 
-/* Sizes net's workspace for every click with these parameters on slices of at most `pixels` pixels and pages
- * it in (a session does so when it takes its 2D network, so that no click pays for it); nothing without a
- * workspace. */
-i3rt_status i3_snc_net_reserve(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_predictor_params *params,
-                               int64_t pixels);
+/* Makes net ready for clicks with these parameters on the slices of a d x h x w volume, so that no click pays
+ * for it (a session does this when it takes its 2D network; nothing without a workspace): sizes the workspace
+ * and pages it in; sizes the model's buffers for the largest input a click can feed it (growing them later
+ * would move them, and a device would then capture every size's CUDA graph anew) and uploads its weights; on
+ * a device, runs each axis's slice size twice, so that the first click on any axis replays a captured graph. */
+i3rt_status i3_snc_net_prepare(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_predictor_params *params, int64_t d,
+                               int64_t h, int64_t w);
 
 /* An inclusive box of rows [r0, r1] and columns [c0, c1] (RITM's rmin, rmax, cmin, cmax). */
 typedef struct {

@@ -155,9 +155,8 @@ i3rt_status i3_snc_session_set_net2d(i3_snc_session *s, i3_snc_net net) {
                            "SnC session: %s slice %lld is being clicked on; finish it before changing the 2D network",
                            i3_axis_name(s->slices[i].axis), (long long)s->slices[i].index);
         }
-    /* its click buffers for the largest slice of any axis, before anything changes */
-    const i3rt_status st = i3_snc_net_reserve(s->ctx, &net, &s->params.predictor,
-                                              i3_largest_slice(s->image.d, s->image.h, s->image.w));
+    /* ready for this volume's clicks (buffers, weights, on a device the slice sizes run), before anything changes */
+    const i3rt_status st = i3_snc_net_prepare(s->ctx, &net, &s->params.predictor, s->image.d, s->image.h, s->image.w);
     if (st != I3RT_OK) {
         i3_snc_net_free(&net);
         return st;

@@ -26,8 +26,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cuda_backend.h"
 #include "fixtures.h"
 #include "i3rt.h"
+#include "network.h"
 #include "png_export.h"
 #include "snc_guided.h"
 #include "snc_session.h"
@@ -931,6 +933,45 @@ Test(snc_session, hrnet_clicks_on_the_emulated_device) {
                (long long)clicks[k].slice, k % 3 + 1, fg, differ);
         cr_expect_eq(differ, 0);
     }
+}
+
+/* The CUDA backend's captures and replays so far (through the model: any size it keeps). */
+static i3_cuda_stats model_graph_stats(i3rt_model *model, int64_t rows, int64_t cols) {
+    i3_backend *b;
+    float *in;
+    const float *out;
+    cr_assert_eq(i3_model_device_io(model, 2, (int64_t[3]){1, rows, cols}, &b, &in, &out), I3RT_OK);
+    i3_cuda_stats stats;
+    i3_backend_cuda_stats(b, &stats);
+    return stats;
+}
+
+/* A session that takes its 2D network on a device runs it at each axis's slice size (a batch of two: the flip)
+ * twice, so that the first click on any axis replays a captured CUDA graph: three sizes captured before any
+ * click, then one replay per click. */
+Test(snc_session, prepared_network_replays_the_first_clicks) {
+    i3_snc_session_params p = I3_SNC_SESSION_DEFAULTS;
+    p.predictor.zoom_in = 0;
+    i3rt_context *ctx = NULL;
+    cr_assert_eq(i3rt_context_create(&ctx, 1, I3RT_BACKEND_EMULATED), I3RT_OK);
+    i3_snc_net hrnet;
+    cr_assert_eq(i3_snc_net_load(ctx, fixture("hrnet2d.safetensors"), &hrnet), I3RT_OK, "%s", i3rt_context_error(ctx));
+    i3rt_model *model = hrnet.user;
+    i3_snc_session *s = session_with(ctx, NULL, 1.0, &p, hrnet, (i3_snc_guided_net){.predict = near_slices_predict});
+    i3_cuda_stats stats = model_graph_stats(model, VH, VW);
+    cr_assert_eq(stats.graph_captures, 3, "%lld captured", (long long)stats.graph_captures);
+    cr_assert_eq(stats.graph_replays, 0);
+    cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 9.0, 8.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_snc_session_click(s, I3_AXIAL, 5, 3.0, 2.0, 0), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_snc_session_finish(s, I3_AXIAL, 5, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+    cr_assert_eq(i3_snc_session_click(s, I3_SAGITTAL, 9, 6.0, 10.0, 1), I3RT_OK, "%s", i3rt_context_error(ctx));
+    stats = model_graph_stats(model, VH, VW);
+    printf("emulated device, %d x %d x %d volume: %lld graphs captured when the session took the network, "
+           "%lld clicks replayed\n", VD, VH, VW, (long long)stats.graph_captures, (long long)stats.graph_replays);
+    cr_assert_eq(stats.graph_captures, 3);
+    cr_assert_eq(stats.graph_replays, 3);
+    i3_snc_session_free(s);
+    i3rt_context_free(ctx);
 }
 
 /* A 2D network whose click buffers cannot be had (pinned host memory refused: I3RT_EMULATED_PINNED_MEMORY)
