@@ -4,9 +4,9 @@
  * to f16, bf16 or TF32, accumulated in f32.
  *
  * Layouts: the weights are the graph's f32 [cout, cin, kd, kh, kw]; v2 rounds them as its tiles are
- * staged, v3 reads them packed by pack_weights into the launch's scratch (f16/bf16, in the k order of
+ * staged, v3 reads them packed by pack_operands into the launch's scratch (f16/bf16, in the k order of
  * the input's layout, zero-padded to whole tiles; one pass over the weights per launch, small next to
- * the convolution, and nothing to cache or invalidate). Activations are NCDHW f32, or (f16/bf16 only) channels-last NDHWC holding f16/bf16 values:
+ * the convolution, and nothing to cache or invalidate; the same launch makes an NCDHW input channels-last). Activations are NCDHW f32, or (f16/bf16 only) channels-last NDHWC holding f16/bf16 values:
  * the backend keeps a convolution's output that way when the next convolution reads it (through a
  * deferred instance norm), so that the reader's tiles are 16-byte runs of 8 consecutive channels of
  * one tap that cp.async copies as they are, at half the bytes.
@@ -22,7 +22,7 @@
  *       cp.async (k = tap * cin + channel, cin a multiple of 8; chunks outside the input zero-filled)
  *       or from NCDHW f32 input by a gather that rounds (k = channel * taps + tap, any cin), 10-20x slower
  *       on an H200, so an NCDHW input whose channels pad to a multiple of 8 cheaply is first made
- *       channels-last in the scratch (pack_input_v1, packed_input_channels); the weight
+ *       channels-last in the scratch (pack_operands_v1, packed_input_channels); the weight
  *       tile by cp.async from the packed weights. Fragments by ldmatrix .x4 (A; B two 8-channel
  *       groups at a time). Output NCDHW f32, or channels-last f16/bf16 (two channels per 32-bit store).
  *       A layer with few output tiles splits its k range over several blocks (split-K, V3_SPLIT_*).
@@ -114,7 +114,7 @@ __device__ __forceinline__ const uint16_t *chunk_ndhwc(const uint16_t *__restric
 }
 
 /* The weight of output channel o at k in the k order of the input's layout (zero outside). w is
- * [cout, w_cin, taps]; g.cin may be more (input channels padded with zeros, pack_input_v1): zero there. */
+ * [cout, w_cin, taps]; g.cin may be more (input channels padded with zeros, pack_operands_v1): zero there. */
 __device__ __forceinline__ float weight_at(const float *__restrict__ w, const ConvGeometry &g, int64_t w_cin,
                                            int64_t o, int64_t k, bool channels_last) {
     const int taps = g.k[0] * g.k[1] * g.k[2];
@@ -236,33 +236,6 @@ struct SplitK {
     unsigned *counters;
 };
 
-/* The weights as v3 reads them: packed[o][k] (rows of k_packed = depth rounded up to V3_BK, cout
- * rounded up to V3_BN rows, zeros beyond), k in the order of the input's layout, rounded to f16/bf16. */
-template <bool BF16>
-__global__ void pack_weights_v1(const float *__restrict__ w, ConvGeometry g, int64_t w_cin, bool channels_last,
-                                int64_t k_packed, int64_t total, uint16_t *__restrict__ packed, SplitK split) {
-    I3_GRID_STRIDE_LOOP(i, total) {
-        packed[i] = to_b16<BF16>(weight_at(w, g, w_cin, i / k_packed, i % k_packed, channels_last));
-        if (split.splits > 1 && i < split.tiles) split.counters[i] = 0; /* tiles < V3_SPLIT_BLOCKS < total */
-    }
-}
-
-/* NCDHW f32 x [n, c, spatial] as channels-last b16 [n, spatial, cp] (cp >= c, the channels beyond c zero),
- * with the deferred norm applied: the input of v3's cp.async path. One output element per thread. */
-template <bool BF16>
-__global__ void pack_input_v1(const float *__restrict__ x, int64_t c, int64_t spatial, int64_t cp, int64_t total,
-                              const float *__restrict__ in_scale_shift, i3_act act_in, uint16_t *__restrict__ y) {
-    I3_GRID_STRIDE_LOOP(i, total) {
-        const int64_t ch = i % cp, plane = i / (cp * spatial) * c + ch;
-        float v = 0.0f;
-        if (ch < c) {
-            v = x[plane * spatial + i / cp % spatial];
-            if (in_scale_shift) v = act_apply(act_in, v * in_scale_shift[2 * plane] + in_scale_shift[2 * plane + 1]);
-        }
-        y[i] = to_b16<BF16>(v);
-    }
-}
-
 /* A transposed convolution with stride = kernel (kernels/conv_transpose.cu's semantics) as v3's GEMM: rows
  * the input positions, columns n = tap * cout + output channel, k the input channels (a 1x1x1 conv with
  * cout x taps outputs), each product written to its own output position (no overlap). cout = 0: a plain
@@ -272,15 +245,52 @@ struct Upsample {
     int k[3];
 };
 
-/* The transposed conv's weights [cin, cout, k0, k1, k2] as v3 reads them: packed[tap * cout + o][c]. */
+/* What v3 reads, made by pack_operands_v1 before each launch, in one pass:
+ * - the weights as packed[n][k] (rows of k_packed = depth rounded up to V3_BK, columns rounded up to V3_BN
+ *   rows, zeros beyond), rounded to f16/bf16: a conv's [cout, w_cin, taps] with k in the order of the input's
+ *   layout (weight_at), or a transposed conv's [cin, cout, k0, k1, k2] with n = tap * cout + o, k = c;
+ * - with x (NCDHW f32 [n, c, spatial]; NULL: none) the input as channels-last b16 [n, spatial, cp] (cp >= c,
+ *   the channels beyond c zero), the deferred norm applied: the input of v3's cp.async path;
+ * - split-K's tile counters zeroed. */
+struct Operands {
+    const float *w;
+    ConvGeometry g;
+    int64_t w_cin;
+    bool channels_last;
+    Upsample up; /* up.cout > 0: a transposed conv's weights */
+    int64_t k_packed, n_weights;
+    uint16_t *packed;
+    const float *x;
+    int64_t c, spatial, cp, n_input;
+    const float *in_scale_shift;
+    i3_act act_in;
+    uint16_t *packed_x;
+};
+
 template <bool BF16>
-__global__ void pack_transposed_weights_v1(const float *__restrict__ w, int64_t cin, Upsample up, int64_t k_packed,
-                                           int64_t total, uint16_t *__restrict__ packed, SplitK split) {
-    const int64_t taps = (int64_t)up.k[0] * up.k[1] * up.k[2];
-    I3_GRID_STRIDE_LOOP(i, total) {
-        const int64_t n = i / k_packed, c = i % k_packed, tap = n / up.cout, o = n % up.cout;
-        packed[i] = to_b16<BF16>(tap < taps && c < cin ? __ldg(&w[(c * up.cout + o) * taps + tap]) : 0.0f);
-        if (split.splits > 1 && i < split.tiles) split.counters[i] = 0;
+__global__ void pack_operands_v1(Operands o, SplitK split) {
+    I3_GRID_STRIDE_LOOP(i, o.n_weights + o.n_input) {
+        if (i < o.n_weights) {
+            float v;
+            if (o.up.cout) {
+                const int64_t n = i / o.k_packed, c = i % o.k_packed, tap = n / o.up.cout, ch = n % o.up.cout;
+                const int64_t taps = (int64_t)o.up.k[0] * o.up.k[1] * o.up.k[2];
+                v = tap < taps && c < o.w_cin ? __ldg(&o.w[(c * o.up.cout + ch) * taps + tap]) : 0.0f;
+            } else {
+                v = weight_at(o.w, o.g, o.w_cin, i / o.k_packed, i % o.k_packed, o.channels_last);
+            }
+            o.packed[i] = to_b16<BF16>(v);
+            if (split.splits > 1 && i < split.tiles) split.counters[i] = 0; /* tiles < V3_SPLIT_BLOCKS < n_weights */
+        } else {
+            const int64_t j = i - o.n_weights, ch = j % o.cp, plane = j / (o.cp * o.spatial) * o.c + ch;
+            float v = 0.0f;
+            if (ch < o.c) {
+                v = o.x[plane * o.spatial + j / o.cp % o.spatial];
+                if (o.in_scale_shift)
+                    v = act_apply(o.act_in, v * o.in_scale_shift[2 * plane] + o.in_scale_shift[2 * plane + 1]);
+            }
+            o.packed_x[j] = to_b16<BF16>(v);
+        }
     }
 }
 
@@ -503,7 +513,7 @@ static size_t packed_weight_bytes(const ConvGeometry &g) {
     return aligned_256((size_t)(packed_rows(g) * packed_depth(g)) * sizeof(uint16_t));
 }
 
-/* The channels v3 reads an NCDHW f32 input with after pack_input_v1 has made it channels-last (0: it gathers
+/* The channels v3 reads an NCDHW f32 input with after pack_operands_v1 has made it channels-last (0: it gathers
  * from NCDHW instead): its channels padded to a multiple of 8, when that adds at most a third (HRNet's 18 and
  * 36 -> 24 and 40; not a U-Net's 1-channel image). On an H200 the channels-last path ran 66-138 TFLOP/s and the
  * gather 7-13 on the same 3d_fullres layers, so one pass over the input to convert it pays for itself. */
@@ -567,22 +577,35 @@ static SplitK v3_split_in(const ConvGeometry &g, i3_shape5 xs, int64_t cp, void 
     return split;
 }
 
-/* Makes an NCDHW input channels-last in the scratch after the packed weights when packed_input_channels
- * says so: then x, x_cl, g.cin (padded) and in_scale_shift (applied, so NULL) describe the copy. Returns the
- * copy's channels (0: none) in cp. */
-static int pack_input_if_worth(const void *&x, bool &x_cl, i3_shape5 xs, ConvGeometry &g, int precision,
-                               const float *&in_scale_shift, i3_act act_in, void *scratch, void *stream, int64_t &cp) {
-    cp = read_channels(g, xs, x_cl, precision);
-    if (!cp) return 0;
-    uint16_t *packed_x = (uint16_t *)((char *)scratch + v3_scratch(g, xs, cp).input_at);
-    const int64_t n_x = xs.n * i3_shape5_spatial(xs) * cp;
-    decltype(&pack_input_v1<false>) pack = precision == I3_TC_BF16 ? pack_input_v1<true> : pack_input_v1<false>;
-    const int e = (int)I3_LAUNCH(pack, grid_stride_blocks(n_x, 256), 256, 0, (cudaStream_t)stream, (const float *)x,
-                                 xs.c, i3_shape5_spatial(xs), cp, n_x, in_scale_shift, act_in, packed_x);
-    x = packed_x;
-    x_cl = true;
-    in_scale_shift = NULL;
-    return e;
+/* Packs v3's operands into the scratch (pack_operands_v1: the weights w, up.cout > 0 a transposed conv's; an
+ * NCDHW input channels-last when packed_input_channels says so; split-K's counters) and launches v3 on them:
+ * the copy then stands for x (channels-last, g.cin padded, the deferred norm applied). */
+static int launch_v3(const void *x, bool x_cl, i3_shape5 xs, ConvGeometry g, const float *w, Upsample up,
+                     const float *b, i3_act act, const float *in_scale_shift, i3_act act_in, void *y, bool y_cl,
+                     float *partials, int chunks, const i3_residual &residual, int precision, void *scratch,
+                     void *stream) {
+    const int64_t w_cin = g.cin, cp = read_channels(g, xs, x_cl, precision);
+    const V3Scratch at = v3_scratch(g, xs, cp);
+    const SplitK split = v3_split_in(g, xs, cp, scratch);
+    Operands o = {};
+    o.w = w, o.g = g, o.w_cin = w_cin, o.channels_last = x_cl || cp, o.up = up;
+    o.k_packed = packed_depth(g), o.n_weights = packed_rows(g) * o.k_packed, o.packed = (uint16_t *)scratch;
+    if (cp) {
+        o.x = (const float *)x, o.c = xs.c, o.spatial = i3_shape5_spatial(xs), o.cp = cp;
+        o.n_input = xs.n * o.spatial * cp, o.in_scale_shift = in_scale_shift, o.act_in = act_in;
+        o.packed_x = (uint16_t *)((char *)scratch + at.input_at);
+        x = o.packed_x, x_cl = true, in_scale_shift = NULL;
+    }
+    const bool bf16 = precision == I3_TC_BF16;
+    decltype(&pack_operands_v1<false>) pack = bf16 ? pack_operands_v1<true> : pack_operands_v1<false>;
+    decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
+    const int e = (int)I3_LAUNCH(pack, grid_stride_blocks(o.n_weights + o.n_input, 256), 256, 0, (cudaStream_t)stream,
+                                 o, split);
+    if (e) return e;
+    const int64_t rows = g.n * g.od * g.oh * g.ow;
+    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((g.cout + V3_BN - 1) / V3_BN), (unsigned)split.splits);
+    return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)o.packed,
+                          o.k_packed, b, g, act, in_scale_shift, act_in, y, y_cl, partials, chunks, up, split, residual);
 }
 
 extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p,
@@ -621,22 +644,8 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
                               (cudaStream_t)stream, (const float *)x, w, b, g, p->act, in_scale_shift, act_in,
                               (float *)y, partials, chunks);
     }
-    const bool bf16 = precision == I3_TC_BF16;
-    int64_t cp;
-    int e = pack_input_if_worth(x, x_cl, xs, g, precision, in_scale_shift, act_in, scratch, stream, cp);
-    if (e) return e;
-    const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
-    uint16_t *packed = (uint16_t *)scratch;
-    const SplitK split = v3_split_in(g, xs, cp, scratch);
-    decltype(&pack_weights_v1<false>) pack = bf16 ? pack_weights_v1<true> : pack_weights_v1<false>;
-    decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
-    e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, g, xs.c, x_cl, k_packed,
-                       total, packed, split);
-    if (e) return e;
-    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((ys.c + V3_BN - 1) / V3_BN), (unsigned)split.splits);
-    return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed, b, g, p->act,
-                          in_scale_shift, act_in, y, y_cl, partials, chunks, Upsample{}, split,
-                          residual ? *residual : i3_residual{});
+    return launch_v3(x, x_cl, xs, g, w, Upsample{}, b, p->act, in_scale_shift, act_in, y, y_cl, partials, chunks,
+                     residual ? *residual : i3_residual{}, precision, scratch, stream);
 }
 
 /* The GEMM of a transposed conv (Upsample): a 1x1x1 conv of the input with cout x taps output channels. */
@@ -669,24 +678,9 @@ extern "C" int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, i
         y_stride < ys.c || y_stride % 2 != 0)
         return (int)cudaErrorInvalidValue;
     if (rows == 0 || ys.c == 0) return 0;
-    const bool bf16 = precision == I3_TC_BF16;
-    const float *no_norm = NULL;
-    int64_t cp;
-    int e = pack_input_if_worth(x, x_cl, xs, g, precision, no_norm, i3_act{I3_ACT_NONE, 0.0f}, scratch, stream, cp);
-    if (e) return e;
-    const int64_t k_packed = packed_depth(g), total = packed_rows(g) * k_packed;
-    uint16_t *packed = (uint16_t *)scratch;
-    const SplitK split = v3_split_in(g, xs, cp, scratch);
-    decltype(&pack_transposed_weights_v1<false>) pack =
-        bf16 ? pack_transposed_weights_v1<true> : pack_transposed_weights_v1<false>;
-    decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
-    e = (int)I3_LAUNCH(pack, grid_stride_blocks(total, 256), 256, 0, (cudaStream_t)stream, w, xs.c, up, k_packed,
-                       total, packed, split);
-    if (e) return e;
     const i3_act none = {I3_ACT_NONE, 0.0f};
-    dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((g.cout + V3_BN - 1) / V3_BN), (unsigned)split.splits);
-    return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)packed, k_packed,
-                          b, g, none, (const float *)NULL, none, y, true, (float *)NULL, 0, up, split, i3_residual{});
+    return launch_v3(x, x_cl, xs, g, w, up, b, none, NULL, none, y, true, NULL, 0, i3_residual{}, precision, scratch,
+                     stream);
 }
 
 extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
