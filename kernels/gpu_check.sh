@@ -155,6 +155,11 @@ if wants bench; then
     cat "$logs/report.md" 2>/dev/null
 fi
 if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at the real shapes
+    # first (issue 8): every launch of two f16 forwards of the test HRNet-18s at a click's slice size (the second
+    # captured as a CUDA graph): GPU time per kernel, without the backend profile's synchronizations
+    step ncu-hrnet-forward 180 sh -c "I3RT_CUDA_CONV=f16 ncu --csv --print-units base --metrics gpu__time_duration.sum \
+        $bench forward $fixtures/snc_session/hrnet2d.safetensors 1 217 181 --runs 1 > $logs/ncu_hrnet_forward_f16.csv \
+        && $py bench/ncu_kernel_times.py $logs/ncu_hrnet_forward_f16.csv --forwards 2 > $logs/ncu_hrnet_forward_f16.txt"
     for kernel in conv_tensor_core_v3 conv_v2 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
         softmax_slices_v2 sw_accumulate_v2; do
         step "ncu-$kernel" 60 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
