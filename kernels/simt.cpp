@@ -132,6 +132,7 @@ void context_switch(Context *from, Context *to) { swapcontext(&from->uc, &to->uc
 #endif
 
 thread_local LaunchState *tl_launch;
+thread_local uint64_t tl_kernels_run;
 thread_local cudaError_t tl_error;
 thread_local char tl_error_detail[512];
 
@@ -316,6 +317,7 @@ cudaError_t launch(dim3 grid, dim3 block, size_t dynamic_smem, kernel_thunk thun
         set_error_f(cudaErrorLaunchFailure, "kernel launch from inside a kernel");
         return cudaErrorLaunchFailure;
     }
+    tl_kernels_run++;
     LaunchState ls = {};
     Launch &L = ls.pub;
     L.grid = grid;
@@ -360,6 +362,12 @@ cudaError_t cudaGetLastError() {
 }
 cudaError_t cudaPeekAtLastError() { return tl_error; }
 const char *error_detail() { return tl_error_detail; }
+
+}  // namespace i3emu
+
+extern "C" uint64_t i3emu_kernels_run(void) { return i3emu::tl_kernels_run; }
+
+namespace i3emu {
 
 const char *cudaGetErrorString(cudaError_t e) {
     switch (e) {

@@ -159,6 +159,8 @@ cudaError_t cudaGetLastError();
 cudaError_t cudaPeekAtLastError();
 const char *cudaGetErrorString(cudaError_t e);
 const char *error_detail();   /* the emulator's message about the last failure ("" if none) */
+/* extern "C" uint64_t i3emu_kernels_run(void): the kernels run on the calling thread so far (launched directly
+ * or by a replayed graph), so that a test can count the launches of a forward. */
 cudaError_t cudaMalloc(void **ptr, size_t bytes);
 cudaError_t cudaFree(void *ptr);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind);

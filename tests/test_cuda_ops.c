@@ -2096,6 +2096,45 @@ Test(emulated, hrnet_2d_pair_tensor_core_f16) {
     i3_backend_destroy(d.b);
 }
 
+uint64_t i3emu_kernels_run(void); /* kernels/simt.cpp: kernels run on this thread so far */
+
+/* The kernels one f16 forward of the test HRNet-18s (a batch of two, as a click) launches, CUDA graphs off:
+ * 276 nodes; 157 convs, each a pack launch and the conv; 56 of the 85 adds in a conv's epilogue (559 kernels
+ * before split-K's commit d51b4d8 and those after it, docs/performance.md). Counted exactly, so that a change
+ * in the fusions shows here. */
+#define HRNET_F16_KERNELS 377
+
+Test(emulated, hrnet_f16_kernels_per_forward) {
+    setenv("I3RT_CUDA_CONV", "f16", 1);
+    setenv("I3RT_CUDA_GRAPHS", "0", 1);
+    device d;
+    open_emulated(&d);
+    const char *dir = getenv("I3RT_FIXTURES");
+    char path[1024];
+    snprintf(path, sizeof path, "%s/snc_session/hrnet2d.safetensors", dir ? dir : ".");
+    unet_case u = {.xs = {2, 6, 1, 27, 33}, .n_out = 2 * 27 * 33};
+    if (i3_weights_open(&d.ctx, path, &u.w) != I3RT_OK) {
+        i3_backend_destroy(d.b);
+        cr_skip("%s not found: run the `snc_session` test first", path);
+    }
+    cr_assert_eq(i3_network_parse(&d.ctx, u.w, &u.net), I3RT_OK, "%s", d.ctx.error);
+    fx_rng r = fx_rng_seed(152);
+    float *input = random_floats(&r, i3_shape5_numel(u.xs), 0, 1);
+    u.input = input;
+    int n_nodes;
+    const uint64_t before = i3emu_kernels_run();
+    float *y = unet_forward(d.b, &u, 1, &n_nodes);
+    const uint64_t kernels = i3emu_kernels_run() - before;
+    printf("emulated HRNet-18s f16 forward, batch of two: %d nodes, %llu kernels (%lld nodes fused away)\n", n_nodes,
+           (unsigned long long)kernels, (long long)fused_nodes(d.b));
+    cr_expect_eq(kernels, HRNET_F16_KERNELS, "%llu kernels, expected %d", (unsigned long long)kernels,
+                 HRNET_F16_KERNELS);
+    unsetenv("I3RT_CUDA_GRAPHS");
+    i3_backend_destroy(d.b);
+    i3_weights_free(u.w);
+    free(input), free(y);
+}
+
 /* A CUDA graph captured from a forward with channels-last f16 tensors (packed weights in the scratch,
  * layouts planned at node 0) replays to the very bits of a forward run node by node. */
 Test(emulated, unet_resenc_2d_f16_graph_replay) {
