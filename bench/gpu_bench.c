@@ -32,7 +32,8 @@ typedef struct {
                 void *);
     int (*conv_tc)(const float *, i3_shape5, const float *, const float *, const i3_conv_params *, float *, i3_shape5,
                    int, void *, void *);
-    int (*conv_tc_fused)(const void *, i3_shape5, int, const float *, const float *, const i3_conv_params *,
+    int (*conv_tc_fused)(const void *, i3_shape5, int, const float *, const void *, unsigned *, const float *,
+                         const i3_conv_params *,
                          const float *, i3_act, void *, i3_shape5, int, const i3_residual *, float *, int, void *,
                          void *);
     size_t (*conv_tc_scratch_bytes)(i3_shape5, int, const i3_conv_params *, int);
@@ -127,7 +128,7 @@ static int run_conv(bench *B, void *arg) {
     if (c->kernel < CHANNELS_LAST)
         return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, c->scratch, B->stream);
     i3_act none = {I3_ACT_NONE, 0.0f};
-    return B->k.conv_tc_fused(c->x, c->xs, I3_LAYOUT_NDHWC, c->w, NULL, &c->p, NULL, none, c->y, c->ys,
+    return B->k.conv_tc_fused(c->x, c->xs, I3_LAYOUT_NDHWC, c->w, NULL, NULL, NULL, &c->p, NULL, none, c->y, c->ys,
                               I3_LAYOUT_NDHWC, NULL, NULL, c->kernel - CHANNELS_LAST, c->scratch, B->stream);
 }
 

@@ -229,7 +229,8 @@ __global__ void __launch_bounds__(V2_THREADS)
 
 /* How a launch splits k (splits == 1: not at all): blockIdx.z runs k tiles [z * k_tiles_each, ...); each
  * block leaves its sums in `sums`, [tile][split][32 values][V3_THREADS], and counts itself in its tile's
- * counter (zeroed by the weight packing that runs before every launch); the last to arrive adds them up. */
+ * counter; the last to arrive adds them up and sets the counter back to zero. The counters are the caller's
+ * (zero, and left zero by every launch) or in the scratch, zeroed by pack_operands_v1 before the launch. */
 struct SplitK {
     int splits, k_tiles_each, tiles;
     float *sums;
@@ -269,7 +270,10 @@ struct Operands {
 
 template <bool BF16>
 __global__ void pack_operands_v1(Operands o, SplitK split) {
-    I3_GRID_STRIDE_LOOP(i, o.n_weights + o.n_input) {
+    const int64_t n = o.n_weights + o.n_input, counters = split.splits > 1 ? split.tiles : 0;
+    I3_GRID_STRIDE_LOOP(i, n > counters ? n : counters) {
+        if (i < counters) split.counters[i] = 0;
+        if (i >= n) continue;
         if (i < o.n_weights) {
             float v;
             if (o.up.cout) {
@@ -280,7 +284,6 @@ __global__ void pack_operands_v1(Operands o, SplitK split) {
                 v = weight_at(o.w, o.g, o.w_cin, i / o.k_packed, i % o.k_packed, o.channels_last);
             }
             o.packed[i] = to_b16<BF16>(v);
-            if (split.splits > 1 && i < split.tiles) split.counters[i] = 0; /* tiles < V3_SPLIT_BLOCKS < n_weights */
         } else {
             const int64_t j = i - o.n_weights, ch = j % o.cp, plane = j / (o.cp * o.spatial) * o.c + ch;
             float v = 0.0f;
@@ -317,6 +320,7 @@ __device__ __forceinline__ bool split_sums_complete(float (&acc)[2][4][4], const
         I3_UNROLL
         for (int e = 0; e < 32; e++) acc[e / 16][e / 4 % 4][e % 4] += __ldcg(&sums[e * V3_THREADS]); /* past L1 */
     }
+    if (tid == 0) split.counters[tile] = 0; /* every block of the tile has counted: zero for the next launch */
     return true;
 }
 
@@ -488,6 +492,7 @@ __global__ void __launch_bounds__(V3_THREADS)
 
 using namespace I3_NS;
 
+static_assert(V3_SPLIT_BLOCKS <= I3_TC_SPLIT_COUNTERS, "a split launch has fewer tiles than V3_SPLIT_BLOCKS");
 static_assert(V3_BM / 32 * V3_BN * sizeof(Moments) <= sizeof(uint16_t) * V3_STAGES * V3_STAGE,
               "v3's statistics reuse its pipeline's shared memory");
 
@@ -577,19 +582,33 @@ static SplitK v3_split_in(const ConvGeometry &g, i3_shape5 xs, int64_t cp, void 
     return split;
 }
 
-/* Packs v3's operands into the scratch (pack_operands_v1: the weights w, up.cout > 0 a transposed conv's; an
- * NCDHW input channels-last when packed_input_channels says so; split-K's counters) and launches v3 on them:
- * the copy then stands for x (channels-last, g.cin padded, the deferred norm applied). */
-static int launch_v3(const void *x, bool x_cl, i3_shape5 xs, ConvGeometry g, const float *w, Upsample up,
-                     const float *b, i3_act act, const float *in_scale_shift, i3_act act_in, void *y, bool y_cl,
-                     float *partials, int chunks, const i3_residual &residual, int precision, void *scratch,
-                     void *stream) {
-    const int64_t w_cin = g.cin, cp = read_channels(g, xs, x_cl, precision);
-    const V3Scratch at = v3_scratch(g, xs, cp);
-    const SplitK split = v3_split_in(g, xs, cp, scratch);
+/* What pack_operands_v1 makes of weights w for geometry g on input xs (x_cl: channels-last): g.cin becomes the
+ * channels v3 reads (read_channels), cp those of the input's channels-last copy (0: none). */
+static Operands weight_operands(const float *w, ConvGeometry &g, Upsample up, i3_shape5 xs, bool x_cl, int precision,
+                                int64_t &cp) {
     Operands o = {};
-    o.w = w, o.g = g, o.w_cin = w_cin, o.channels_last = x_cl || cp, o.up = up;
-    o.k_packed = packed_depth(g), o.n_weights = packed_rows(g) * o.k_packed, o.packed = (uint16_t *)scratch;
+    o.w = w, o.w_cin = g.cin, o.up = up;
+    cp = read_channels(g, xs, x_cl, precision);
+    o.g = g, o.channels_last = x_cl || cp;
+    o.k_packed = packed_depth(g), o.n_weights = packed_rows(g) * o.k_packed;
+    return o;
+}
+
+/* Packs v3's operands into the scratch (pack_operands_v1: the weights w unless packed_weights holds them
+ * already, up.cout > 0 a transposed conv's; an NCDHW input channels-last when packed_input_channels says so;
+ * split-K's counters; no launch when there is nothing to make) and launches v3 on them: the copy then stands
+ * for x (channels-last, g.cin padded, the deferred norm applied). */
+static int launch_v3(const void *x, bool x_cl, i3_shape5 xs, ConvGeometry g, const float *w, Upsample up,
+                     const uint16_t *packed_weights, unsigned *split_counters, const float *b, i3_act act,
+                     const float *in_scale_shift, i3_act act_in, void *y, bool y_cl, float *partials, int chunks,
+                     const i3_residual &residual, int precision, void *scratch, void *stream) {
+    int64_t cp;
+    Operands o = weight_operands(w, g, up, xs, x_cl, precision, cp);
+    const V3Scratch at = v3_scratch(g, xs, cp);
+    SplitK split = v3_split_in(g, xs, cp, scratch), zeroed = split; /* the counters the pack launch zeroes */
+    if (split_counters) split.counters = split_counters, zeroed = SplitK{};
+    o.packed = (uint16_t *)scratch;
+    if (packed_weights) o.packed = (uint16_t *)packed_weights, o.n_weights = 0;
     if (cp) {
         o.x = (const float *)x, o.c = xs.c, o.spatial = i3_shape5_spatial(xs), o.cp = cp;
         o.n_input = xs.n * o.spatial * cp, o.in_scale_shift = in_scale_shift, o.act_in = act_in;
@@ -599,9 +618,12 @@ static int launch_v3(const void *x, bool x_cl, i3_shape5 xs, ConvGeometry g, con
     const bool bf16 = precision == I3_TC_BF16;
     decltype(&pack_operands_v1<false>) pack = bf16 ? pack_operands_v1<true> : pack_operands_v1<false>;
     decltype(&conv_tensor_core_v3<false>) conv = bf16 ? conv_tensor_core_v3<true> : conv_tensor_core_v3<false>;
-    const int e = (int)I3_LAUNCH(pack, grid_stride_blocks(o.n_weights + o.n_input, 256), 256, 0, (cudaStream_t)stream,
-                                 o, split);
-    if (e) return e;
+    const int64_t n = o.n_weights + o.n_input, counters = zeroed.splits > 1 ? zeroed.tiles : 0;
+    const int64_t n_pack = n > counters ? n : counters;
+    if (n_pack > 0) {
+        const int e = (int)I3_LAUNCH(pack, grid_stride_blocks(n_pack, 256), 256, 0, (cudaStream_t)stream, o, zeroed);
+        if (e) return e;
+    }
     const int64_t rows = g.n * g.od * g.oh * g.ow;
     dim3 grid((unsigned)((rows + V3_BM - 1) / V3_BM), (unsigned)((g.cout + V3_BN - 1) / V3_BN), (unsigned)split.splits);
     return (int)I3_LAUNCH(conv, grid, V3_THREADS, 0, (cudaStream_t)stream, x, x_cl, (const uint16_t *)o.packed,
@@ -622,11 +644,32 @@ extern "C" int I3_DEV(conv_tensor_core_k_splits)(i3_shape5 xs, int x_layout, con
     return v3_split(g).splits;
 }
 
+extern "C" size_t I3_DEV(conv_tensor_core_packed_weights_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p,
+                                                                 int precision) {
+    if (precision != I3_TC_F16 && precision != I3_TC_BF16) return 0;
+    ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
+    read_channels(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
+    return packed_weight_bytes(g);
+}
+
+extern "C" int I3_DEV(conv_tensor_core_pack_weights)(i3_shape5 xs, int x_layout, const float *w,
+                                                     const i3_conv_params *p, int precision, void *packed,
+                                                     void *stream) {
+    if ((precision != I3_TC_F16 && precision != I3_TC_BF16) || !packed) return (int)cudaErrorInvalidValue;
+    ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
+    int64_t cp;
+    Operands o = weight_operands(w, g, Upsample{}, xs, x_layout == I3_LAYOUT_NDHWC, precision, cp);
+    o.packed = (uint16_t *)packed;
+    decltype(&pack_operands_v1<false>) pack = precision == I3_TC_BF16 ? pack_operands_v1<true> : pack_operands_v1<false>;
+    return (int)I3_LAUNCH(pack, grid_stride_blocks(o.n_weights, 256), 256, 0, (cudaStream_t)stream, o, SplitK{});
+}
+
 extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w,
-                                              const float *b, const i3_conv_params *p, const float *in_scale_shift,
-                                              i3_act act_in, void *y, i3_shape5 ys, int y_layout,
-                                              const i3_residual *residual, float *partials, int precision,
-                                              void *scratch, void *stream) {
+                                              const void *packed_weights, unsigned *split_counters, const float *b,
+                                              const i3_conv_params *p,
+                                              const float *in_scale_shift, i3_act act_in, void *y, i3_shape5 ys,
+                                              int y_layout, const i3_residual *residual, float *partials,
+                                              int precision, void *scratch, void *stream) {
     ConvGeometry g = conv_geometry(xs, p, ys);
     const int64_t rows = ys.n * ys.d * ys.h * ys.w;
     if (rows == 0 || ys.c == 0) return 0;
@@ -644,8 +687,9 @@ extern "C" int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x
                               (cudaStream_t)stream, (const float *)x, w, b, g, p->act, in_scale_shift, act_in,
                               (float *)y, partials, chunks);
     }
-    return launch_v3(x, x_cl, xs, g, w, Upsample{}, b, p->act, in_scale_shift, act_in, y, y_cl, partials, chunks,
-                     residual ? *residual : i3_residual{}, precision, scratch, stream);
+    return launch_v3(x, x_cl, xs, g, w, Upsample{}, (const uint16_t *)packed_weights, split_counters, b, p->act,
+                     in_scale_shift, act_in, y, y_cl, partials, chunks, residual ? *residual : i3_residual{}, precision,
+                     scratch, stream);
 }
 
 /* The GEMM of a transposed conv (Upsample): a 1x1x1 conv of the input with cout x taps output channels. */
@@ -679,14 +723,14 @@ extern "C" int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, i
         return (int)cudaErrorInvalidValue;
     if (rows == 0 || ys.c == 0) return 0;
     const i3_act none = {I3_ACT_NONE, 0.0f};
-    return launch_v3(x, x_cl, xs, g, w, up, b, none, NULL, none, y, true, NULL, 0, i3_residual{}, precision, scratch,
-                     stream);
+    return launch_v3(x, x_cl, xs, g, w, up, NULL, NULL, b, none, NULL, none, y, true, NULL, 0, i3_residual{}, precision,
+                     scratch, stream);
 }
 
 extern "C" int I3_DEV(conv_tensor_core)(const float *x, i3_shape5 xs, const float *w, const float *b,
                                         const i3_conv_params *p, float *y, i3_shape5 ys, int precision, void *scratch,
                                         void *stream) {
     i3_act none = {I3_ACT_NONE, 0.0f};
-    return I3_DEV(conv_tensor_core_fused)(x, xs, I3_LAYOUT_NCDHW, w, b, p, NULL, none, y, ys, I3_LAYOUT_NCDHW, NULL,
-                                          NULL, precision, scratch, stream);
+    return I3_DEV(conv_tensor_core_fused)(x, xs, I3_LAYOUT_NCDHW, w, NULL, NULL, b, p, NULL, none, y, ys,
+                                          I3_LAYOUT_NCDHW, NULL, NULL, precision, scratch, stream);
 }

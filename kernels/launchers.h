@@ -56,10 +56,21 @@ typedef struct {
     i3_act act;
 } i3_residual;
 #endif
-int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w, const float *b,
+int I3_DEV(conv_tensor_core_fused)(const void *x, i3_shape5 xs, int x_layout, const float *w,
+                                   const void *packed_weights, unsigned *split_counters, const float *b,
                                    const i3_conv_params *p, const float *in_scale_shift, i3_act act_in, void *y,
                                    i3_shape5 ys, int y_layout, const i3_residual *residual, float *partials,
                                    int precision, void *scratch, void *stream);
+/* f16/bf16: the weights as the launch reads them, packed once for every launch on inputs of the same channels
+ * and layout (then passed as packed_weights above, NULL: packed by each launch into its scratch; w is not read
+ * then). split_counters: I3_TC_SPLIT_COUNTERS zeros that every launch leaves zero (NULL: in the scratch, zeroed
+ * by a launch of their own when the layer splits k): with both, a launch on a channels-last input is one kernel. */
+#ifndef I3_TC_SPLIT_COUNTERS
+#define I3_TC_SPLIT_COUNTERS 264
+#endif
+size_t I3_DEV(conv_tensor_core_packed_weights_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision);
+int I3_DEV(conv_tensor_core_pack_weights)(i3_shape5 xs, int x_layout, const float *w, const i3_conv_params *p,
+                                          int precision, void *packed, void *stream);
 int I3_DEV(conv_transpose)(const float *x, i3_shape5 xs, const float *w, const float *b,
                            const i3_conv_transpose_params *p, float *y, i3_shape5 ys, void *stream);
 /* The same on a channels-last input [n, d, h, w, cin] in the f16/bf16 of `precision`; y NCDHW f32. */

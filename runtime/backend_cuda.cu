@@ -73,6 +73,20 @@ struct Profile {
     int64_t nodes[I3_OP_COUNT];
 };
 
+/* A conv's weights packed once for the tensor-core kernel (conv_tensor_core_pack_weights), for the inputs of
+ * cin channels in x_layout. */
+struct PackedWeights {
+    const float *w; /* the graph's f32 weights on the device */
+    int64_t cin;
+    int x_layout, precision;
+    void *packed;
+};
+/* Weights whose packed copy is at most this are packed once and kept (HRNet's, every one): packing them per
+ * launch is mostly a launch, a small grid before a small conv. Larger ones are packed by each launch, where one
+ * pass is small next to the conv and keeping them would cost half their f32 bytes in device memory again (60 MiB
+ * for nnU-Net's full-size 3d_fullres). */
+#define PACKED_WEIGHTS_KEPT_MAX_BYTES ((size_t)1 << 20)
+
 struct DeviceState {
     cudaStream_t stream;
     ConvPrecision conv;
@@ -94,6 +108,9 @@ struct DeviceState {
         size_t bytes;
     } *allocations;                 /* live device buffers, for the context's device memory accounting */
     int n_allocations, allocations_capacity;
+    PackedWeights *packed;          /* weights packed once (PACKED_WEIGHTS_KEPT_MAX_BYTES) */
+    int n_packed, packed_capacity;
+    unsigned *split_counters;       /* I3_TC_SPLIT_COUNTERS zeros for the tensor-core convs' split-K (left zero) */
 };
 
 static DeviceState *state_of(i3_backend *b) { return (DeviceState *)b->impl; }
@@ -150,13 +167,40 @@ static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
     return st;
 }
 
+static void drop_replay(struct Replay *r);
+
+/* Weights in [start, start + bytes) are freed or overwritten: their packed copies go, and with them every
+ * captured graph (which reads those copies). */
+static void forget_packed(i3_backend *b, const void *start, size_t bytes) {
+    DeviceState *st = state_of(b);
+    bool forgot = false;
+    for (int i = 0; i < st->n_packed;) {
+        PackedWeights *p = &st->packed[i];
+        if ((const char *)p->w >= (const char *)start && (const char *)p->w < (const char *)start + bytes) {
+            void *packed = p->packed;
+            *p = st->packed[--st->n_packed];
+            untrack_allocation(b, packed);
+            cudaFree(packed);
+            forgot = true;
+        } else {
+            i++;
+        }
+    }
+    if (forgot)
+        for (Replay &r : st->replays) drop_replay(&r);
+}
+
 static void device_free(i3_backend *b, void *ptr) {
     if (!ptr) return;
+    DeviceState *st = state_of(b);
+    for (int i = 0; i < st->n_allocations; i++)
+        if (st->allocations[i].ptr == ptr) forget_packed(b, ptr, st->allocations[i].bytes);
     untrack_allocation(b, ptr);
     cudaFree(ptr);
 }
 
 static i3rt_status device_upload(i3_backend *b, void *dst, const void *src, size_t bytes) {
+    forget_packed(b, dst, bytes);
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_of(b));
     return e == cudaSuccess ? I3RT_OK : device_fail(b, e, "upload");
 }
@@ -356,6 +400,41 @@ static const i3_node *residual_add_next(const DeviceState *st, const i3_graph *g
     return next;
 }
 
+/* The conv's weights packed once for inputs of xs's channels in x_layout (PackedWeights), packed now on the
+ * stream the first time; NULL when they are too large to keep or no memory is left for them (then each launch
+ * packs them). Called in a graph's first run, before any capture (forget_packed drops the captures). */
+static const void *packed_weights(i3_backend *b, const float *w, i3_shape5 xs, int x_layout, const i3_conv_params *p,
+                                  int precision) {
+    DeviceState *st = state_of(b);
+    for (int i = 0; i < st->n_packed; i++) {
+        const PackedWeights *k = &st->packed[i];
+        if (k->w == w && k->cin == xs.c && k->x_layout == x_layout && k->precision == precision) return k->packed;
+    }
+    const size_t bytes = I3_DEV(conv_tensor_core_packed_weights_bytes)(xs, x_layout, p, precision);
+    if (bytes == 0 || bytes > PACKED_WEIGHTS_KEPT_MAX_BYTES) return NULL;
+    if (st->n_packed == st->packed_capacity) {
+        const int capacity = st->packed_capacity ? 2 * st->packed_capacity : 64;
+        PackedWeights *grown = (PackedWeights *)realloc(st->packed, (size_t)capacity * sizeof *grown);
+        if (!grown) return NULL;
+        st->packed = grown;
+        st->packed_capacity = capacity;
+    }
+    void *packed = NULL;
+    if (cudaMalloc(&packed, bytes) != cudaSuccess) {
+        cudaGetLastError(); /* the launch packs them instead */
+        return NULL;
+    }
+    if (!track_allocation(b, packed, bytes) ||
+        I3_DEV(conv_tensor_core_pack_weights)(xs, x_layout, w, p, precision, packed, st->stream) != 0) {
+        untrack_allocation(b, packed);
+        cudaFree(packed);
+        cudaGetLastError();
+        return NULL;
+    }
+    st->packed[st->n_packed++] = PackedWeights{w, xs.c, x_layout, precision, packed};
+    return packed;
+}
+
 static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n, void *scratch) {
     DeviceState *st = state_of(b);
     const i3_value *x = &g->values[node->in[0]], *y = &g->values[node->out];
@@ -400,7 +479,15 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
         st->stats.fused_nodes++;
     }
     st->stats.channels_last_outputs += y_layout == I3_LAYOUT_NDHWC;
-    return I3_DEV(conv_tensor_core_fused)(x->data, xs, layout_of(st, g, node->in[0]), w, bias, &node->p.conv,
+    const int x_layout = layout_of(st, g, node->in[0]);
+    const void *packed = precision != I3_TC_TF32 ? packed_weights(b, w, xs, x_layout, &node->p.conv, precision) : NULL;
+    if (precision != I3_TC_TF32 && !st->split_counters) { /* a graph's first run: never under capture */
+        const size_t bytes = I3_TC_SPLIT_COUNTERS * sizeof(unsigned);
+        if (device_alloc(b, bytes, (void **)&st->split_counters) != I3RT_OK) return FAILED_ALLOCATION;
+        const int e = (int)cudaMemsetAsync(st->split_counters, 0, bytes, st->stream);
+        if (e) return e;
+    }
+    return I3_DEV(conv_tensor_core_fused)(x->data, xs, x_layout, w, packed, st->split_counters, bias, &node->p.conv,
                                           in_scale_shift, act_in, y_data, ys, y_layout, add ? &residual : NULL,
                                           partials, precision, scratch, st->stream);
 }
@@ -674,6 +761,9 @@ static void device_destroy(i3_backend *b) {
         for (Replay &r : state_of(b)->replays) drop_replay(&r);
         device_free(b, state_of(b)->partials);
         device_free(b, state_of(b)->scale_shift);
+        for (int i = 0; i < state_of(b)->n_packed; i++) device_free(b, state_of(b)->packed[i].packed);
+        device_free(b, state_of(b)->split_counters);
+        free(state_of(b)->packed);
         free(state_of(b)->channels_last);
         free(state_of(b)->allocations);
         cudaStreamDestroy(stream_of(b));
