@@ -1625,33 +1625,47 @@ static void build_add_over_conv_input(i3_graph *g, net_weights *nw, i3_shape5 xs
 }
 
 /* Plans, binds and runs the network `build` makes on backend b; returns the output (malloc'd) and its size. */
+/* A test graph built, planned and bound on a backend, with the memory it runs in. */
+typedef struct {
+    i3_graph g;
+    net_weights nw;
+    void *arena, *scratch, *weights;
+} bound_graph;
+
+static void bind_graph(i3_backend *b, void (*build)(i3_graph *, net_weights *, i3_shape5), i3_shape5 xs,
+                       bound_graph *bg) {
+    memset(bg, 0, sizeof *bg);
+    i3_graph_init(&bg->g, b->ctx);
+    build(&bg->g, &bg->nw, xs);
+    cr_assert(!bg->g.failed, "building the network: %s", b->ctx->error);
+    cr_assert_eq(i3_graph_plan(&bg->g, bg->g.output, b), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(b->iface->alloc(b, bg->g.arena_bytes, &bg->arena), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(b->iface->alloc(b, bg->g.scratch_bytes ? bg->g.scratch_bytes : 1, &bg->scratch), I3RT_OK, "%s",
+                 b->ctx->error);
+    if (!b->iface->host_memory)
+        cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&bg->g), &bg->weights), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(i3_graph_bind(&bg->g, b, bg->arena, bg->weights), I3RT_OK, "%s", b->ctx->error);
+}
+
+static void unbind_graph(i3_backend *b, bound_graph *bg) {
+    b->iface->free(b, bg->arena);
+    b->iface->free(b, bg->scratch);
+    if (bg->weights) b->iface->free(b, bg->weights);
+    for (int i = 0; i < bg->nw.n; i++) free(bg->nw.data[i]);
+    i3_graph_free(&bg->g);
+}
+
 static float *run_graph(i3_backend *b, void (*build)(i3_graph *, net_weights *, i3_shape5), i3_shape5 xs,
                         const float *input, int64_t *out_numel) {
-    i3_graph g;
-    net_weights nw = {{0}, 0};
-    i3_graph_init(&g, b->ctx);
-    build(&g, &nw, xs);
-    cr_assert(!g.failed, "building the network: %s", b->ctx->error);
-    cr_assert_eq(i3_graph_plan(&g, g.output, b), I3RT_OK, "%s", b->ctx->error);
-    void *arena = NULL, *scratch = NULL, *weights = NULL;
-    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK, "%s", b->ctx->error);
-    if (!b->iface->host_memory)
-        cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", b->ctx->error);
-    const i3_value *in = &g.values[g.input], *out = &g.values[g.output];
+    bound_graph bg;
+    bind_graph(b, build, xs, &bg);
+    const i3_value *in = &bg.g.values[bg.g.input], *out = &bg.g.values[bg.g.output];
     cr_assert_eq(b->iface->upload(b, in->data, input, i3_value_bytes(in)), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", b->ctx->error);
+    cr_assert_eq(i3_graph_run(&bg.g, b, bg.scratch), I3RT_OK, "%s", b->ctx->error);
     *out_numel = (int64_t)(i3_value_bytes(out) / sizeof(float));
     float *y = malloc(i3_value_bytes(out));
     cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", b->ctx->error);
-    b->iface->free(b, arena);
-    b->iface->free(b, scratch);
-    if (weights)
-        b->iface->free(b, weights);
-    for (int i = 0; i < nw.n; i++)
-        free(nw.data[i]);
-    i3_graph_free(&g);
+    unbind_graph(b, &bg);
     return y;
 }
 
@@ -1699,17 +1713,10 @@ static void check_graph_replay(device *d) {
     i3_ctx cpu_ctx = {.n_threads = 1, .backend = I3RT_BACKEND_CPU};
     i3_backend *cpu, *b = d->b;
     cr_assert_eq(i3_backend_cpu_create(&cpu_ctx, &cpu), I3RT_OK, "%s", cpu_ctx.error);
-    i3_graph g;
-    net_weights nw = {{0}, 0};
-    i3_graph_init(&g, b->ctx);
-    build_net(&g, &nw, xs);
-    cr_assert_eq(i3_graph_plan(&g, g.output, b), I3RT_OK, "%s", b->ctx->error);
-    void *arena, *scratch, *weights;
-    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", b->ctx->error);
-    const i3_value *in = &g.values[g.input], *out = &g.values[g.output];
+    bound_graph bg;
+    bind_graph(b, build_net, xs, &bg);
+    i3_graph *g = &bg.g;
+    const i3_value *in = &g->values[g->input], *out = &g->values[g->output];
     /* pinned staging buffers for the copies */
     float *x, *y;
     cr_assert_eq(i3_backend_cuda_host_alloc(b, i3_value_bytes(in), (void **)&x), I3RT_OK, "%s", b->ctx->error);
@@ -1720,7 +1727,7 @@ static void check_graph_replay(device *d) {
     for (int run = 0; run < 4; run++) {
         fx_fill(&r, x, i3_shape5_numel(xs), -2, 2);
         cr_assert_eq(b->iface->upload(b, in->data, x, i3_value_bytes(in)), I3RT_OK, "%s", b->ctx->error);
-        cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", b->ctx->error);
+        cr_assert_eq(i3_graph_run(g, b, bg.scratch), I3RT_OK, "%s", b->ctx->error);
         cr_assert_eq(b->iface->download(b, y, out->data, i3_value_bytes(out)), I3RT_OK, "%s", b->ctx->error);
         int64_t n_ref;
         float *ref = run_graph(cpu, build_net, xs, x, &n_ref);
@@ -1732,7 +1739,7 @@ static void check_graph_replay(device *d) {
     i3_backend_cuda_stats(b, &after);
     const char *graphs = getenv("I3RT_CUDA_GRAPHS"), *profile = getenv("I3RT_CUDA_PROFILE");
     const int profiled = profile && strcmp(profile, "0"), on = (!graphs || strcmp(graphs, "0")) && !profiled;
-    cr_assert_eq(after.profiled_nodes - before.profiled_nodes, profiled ? 4 * g.n_nodes : 0, "nodes profiled: %lld",
+    cr_assert_eq(after.profiled_nodes - before.profiled_nodes, profiled ? 4 * g->n_nodes : 0, "nodes profiled: %lld",
                  (long long)(after.profiled_nodes - before.profiled_nodes));
     printf("%-8s CUDA graphs %s: %lld captured, %lld replayed\n", b->iface->name, on ? "on" : "off",
            (long long)(after.graph_captures - before.graph_captures),
@@ -1741,12 +1748,7 @@ static void check_graph_replay(device *d) {
     cr_assert_eq(after.graph_replays - before.graph_replays, on ? 2 : 0);
     i3_backend_cuda_host_free(b, x);
     i3_backend_cuda_host_free(b, y);
-    b->iface->free(b, arena);
-    b->iface->free(b, scratch);
-    b->iface->free(b, weights);
-    for (int i = 0; i < nw.n; i++)
-        free(nw.data[i]);
-    i3_graph_free(&g);
+    unbind_graph(b, &bg);
     i3_backend_destroy(cpu);
 }
 
@@ -2346,33 +2348,26 @@ Test(emulated, packed_weights_follow_uploads) {
     open_emulated(&d);
     i3_backend *b = d.b;
     const i3_shape5 xs = {1, 5, 1, 20, 20};
-    i3_graph g;
-    net_weights nw = {{0}, 0};
-    i3_graph_init(&g, b->ctx);
-    build_add_over_conv_input(&g, &nw, xs);
-    cr_assert_eq(i3_graph_plan(&g, g.output, b), I3RT_OK, "%s", b->ctx->error);
-    void *arena, *scratch, *weights;
-    cr_assert_eq(b->iface->alloc(b, g.arena_bytes, &arena), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(b->iface->alloc(b, g.scratch_bytes ? g.scratch_bytes : 1, &scratch), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(b->iface->alloc(b, i3_graph_weight_bytes(&g), &weights), I3RT_OK, "%s", b->ctx->error);
-    cr_assert_eq(i3_graph_bind(&g, b, arena, weights), I3RT_OK, "%s", b->ctx->error);
-    const i3_value *in = &g.values[g.input], *out = &g.values[g.output];
+    bound_graph bg;
+    bind_graph(b, build_add_over_conv_input, xs, &bg);
+    i3_graph *g = &bg.g;
+    const i3_value *in = &g->values[g->input], *out = &g->values[g->output];
     const int64_t n_out = (int64_t)(i3_value_bytes(out) / sizeof(float));
     fx_rng r = fx_rng_seed(80);
     float *x = random_floats(&r, i3_shape5_numel(xs), -2, 2), *y[3];
     for (int k = 0; k < 3; k++) {
         if (k > 0) { /* the weights negated, then back */
-            for (int v = 0; v < g.n_values; v++) {
-                if (g.values[v].kind != I3_VALUE_WEIGHT) continue;
-                float *h = (float *)g.values[v].host; /* nw's arrays */
-                for (size_t j = 0; j < i3_value_bytes(&g.values[v]) / sizeof(float); j++) h[j] = -h[j];
+            for (int v = 0; v < g->n_values; v++) {
+                if (g->values[v].kind != I3_VALUE_WEIGHT) continue;
+                float *h = (float *)g->values[v].host; /* bg.nw's arrays */
+                for (size_t j = 0; j < i3_value_bytes(&g->values[v]) / sizeof(float); j++) h[j] = -h[j];
             }
-            cr_assert_eq(i3_graph_upload_weights(&g, b), I3RT_OK, "%s", b->ctx->error);
+            cr_assert_eq(i3_graph_upload_weights(g, b), I3RT_OK, "%s", b->ctx->error);
         }
         y[k] = malloc((size_t)n_out * sizeof(float));
         for (int run = 0; run < 3; run++) {
             cr_assert_eq(b->iface->upload(b, in->data, x, i3_value_bytes(in)), I3RT_OK, "%s", b->ctx->error);
-            cr_assert_eq(i3_graph_run(&g, b, scratch), I3RT_OK, "%s", b->ctx->error);
+            cr_assert_eq(i3_graph_run(g, b, bg.scratch), I3RT_OK, "%s", b->ctx->error);
         }
         cr_assert_eq(b->iface->download(b, y[k], out->data, (size_t)n_out * sizeof(float)), I3RT_OK, "%s",
                      b->ctx->error);
@@ -2384,9 +2379,7 @@ Test(emulated, packed_weights_follow_uploads) {
     printf("emulated f16: weights re-uploaded twice, %lld captures, %lld replays, outputs as expected\n",
            (long long)stats.graph_captures, (long long)stats.graph_replays);
     cr_assert_eq(stats.graph_captures, 3);
-    b->iface->free(b, arena), b->iface->free(b, scratch), b->iface->free(b, weights);
-    for (int i = 0; i < nw.n; i++) free(nw.data[i]);
-    i3_graph_free(&g);
+    unbind_graph(b, &bg);
     i3_backend_destroy(b);
     free(x), free(y[0]), free(y[1]), free(y[2]);
 }
