@@ -324,12 +324,12 @@ __device__ __forceinline__ bool split_sums_complete(float (&acc)[2][4][4], const
     return true;
 }
 
-/* The residual's value at output row m, channel o (NCDHW f32 or channels-last b16). */
+/* The residual's value at output row m, channel o of cout (NCDHW f32 or channels-last b16). */
 template <bool BF16>
-__device__ __forceinline__ float residual_at(const i3_residual &res, const ConvGeometry &g, int64_t m, int64_t o) {
-    const int64_t out_spatial = g.od * g.oh * g.ow;
-    if (res.layout == I3_LAYOUT_NDHWC) return from_b16<BF16>(((const uint16_t *)res.skip)[m * g.cout + o]);
-    return ((const float *)res.skip)[(m / out_spatial * g.cout + o) * out_spatial + m % out_spatial];
+__device__ __forceinline__ float residual_at(const void *skip, bool skip_cl, int64_t m, int64_t o, int64_t cout,
+                                             int64_t out_spatial) {
+    if (skip_cl) return from_b16<BF16>(((const uint16_t *)skip)[m * cout + o]);
+    return ((const float *)skip)[(m / out_spatial * cout + o) * out_spatial + m % out_spatial];
 }
 
 /* Flags are uniform over the grid: x_cl: the input is channels-last b16 (else NCDHW f32); y_cl: the
@@ -447,19 +447,26 @@ __global__ void __launch_bounds__(V3_THREADS)
     if (split.splits > 1 && !split_sums_complete(acc, split)) return; /* uniform over the block */
     const int group = lane / 4, t = lane % 4;
     Moments mo[4][2] = {};
+    /* every loop unrolled: acc and mo stay in registers (indexed at run time, both went to the stack) */
     I3_UNROLL
     for (int i = 0; i < 2; i++)
+        I3_UNROLL
         for (int j = 0; j < 4; j++)
+            I3_UNROLL
             for (int half = 0; half < 2; half++) {
                 const int64_t m = m0 + warp_m * 32 + i * 16 + group + 8 * half, o = n0 + warp_n * 32 + j * 8 + 2 * t;
                 const int64_t channel = up.cout ? o % up.cout : o; /* of the bias and the output */
                 float v[2];
+                I3_UNROLL
                 for (int q = 0; q < 2; q++)
                     v[q] = act_apply(act, acc[i][j][2 * half + q] + (b && o + q < g.cout ? b[channel + q] : 0.0f));
                 if (m >= rows) continue;
                 if (res.skip) /* read before y is written: skip may be y */
-                    for (int q = 0; q < 2 && o + q < g.cout; q++)
-                        v[q] = act_apply(res.act, v[q] + residual_at<BF16>(res, g, m, o + q));
+                    I3_UNROLL
+                    for (int q = 0; q < 2; q++)
+                        if (o + q < g.cout)
+                            v[q] = act_apply(res.act, v[q] + residual_at<BF16>(res.skip, res.layout == I3_LAYOUT_NDHWC,
+                                                                               m, o + q, g.cout, out_spatial));
                 if (partials) moments_add(mo[j][0], v[0]), moments_add(mo[j][1], v[1]);
                 if (up.cout) { /* to the output position of input position m's tap o / up.cout */
                     if (o < g.cout) {
