@@ -4,9 +4,9 @@
  * to f16, bf16 or TF32, accumulated in f32.
  *
  * Layouts: the weights are the graph's f32 [cout, cin, kd, kh, kw]; v2 rounds them as its tiles are
- * staged, v3 reads them packed by pack_operands into the launch's scratch (f16/bf16, in the k order of
- * the input's layout, zero-padded to whole tiles; one pass over the weights per launch, small next to
- * the convolution, and nothing to cache or invalidate; the same launch makes an NCDHW input channels-last). Activations are NCDHW f32, or (f16/bf16 only) channels-last NDHWC holding f16/bf16 values:
+ * staged, v3 reads them packed (f16/bf16, in the k order of the input's layout, zero-padded to whole tiles):
+ * by pack_operands into the launch's scratch, the same launch making an NCDHW input channels-last, or once
+ * by the caller (conv_tensor_core_pack_weights; the CUDA backend keeps small layers' packed weights). Activations are NCDHW f32, or (f16/bf16 only) channels-last NDHWC holding f16/bf16 values:
  * the backend keeps a convolution's output that way when the next convolution reads it (through a
  * deferred instance norm), so that the reader's tiles are 16-byte runs of 8 consecutive channels of
  * one tap that cp.async copies as they are, at half the bytes.
@@ -277,7 +277,7 @@ __global__ void pack_operands_v1(Operands o, SplitK split) {
         if (i < o.n_weights) {
             float v;
             if (o.up.cout) {
-                const int64_t n = i / o.k_packed, c = i % o.k_packed, tap = n / o.up.cout, ch = n % o.up.cout;
+                const int64_t col = i / o.k_packed, c = i % o.k_packed, tap = col / o.up.cout, ch = col % o.up.cout;
                 const int64_t taps = (int64_t)o.up.k[0] * o.up.k[1] * o.up.k[2];
                 v = tap < taps && c < o.w_cin ? __ldg(&o.w[(c * o.up.cout + ch) * taps + tap]) : 0.0f;
             } else {
@@ -558,45 +558,38 @@ static SplitK v3_split(const ConvGeometry &g) {
     return split;
 }
 
+/* A conv's GEMM geometry as v3 reads an input of shape xs in x_layout (read_channels); cp: the channels of the
+ * input's channels-last copy (0: none). */
+static ConvGeometry read_geometry(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision, int64_t *cp) {
+    ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
+    *cp = read_channels(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
+    return g;
+}
+
 /* v3's scratch for GEMM geometry g (g.cin: after any channel padding) on input xs, in order: the packed
- * weights, the input's channels-last copy (cp channels; 0: none), split-K's sums and counters. */
+ * weights, the input's channels-last copy (cp channels; 0: none), split-K's sums and counters; and the split
+ * (its buffers unset). */
 struct V3Scratch {
     size_t input_at, sums_at, counters_at, bytes;
+    SplitK split;
 };
 static V3Scratch v3_scratch(const ConvGeometry &g, i3_shape5 xs, int64_t cp) {
     V3Scratch at;
+    at.split = v3_split(g);
+    const bool split = at.split.splits > 1;
     at.input_at = packed_weight_bytes(g);
     at.sums_at = at.input_at + aligned_256((size_t)(xs.n * i3_shape5_spatial(xs) * cp) * sizeof(uint16_t));
-    const SplitK split = v3_split(g);
-    const size_t sums = split.splits > 1 ? (size_t)split.tiles * split.splits * 32 * V3_THREADS * sizeof(float) : 0;
-    at.counters_at = at.sums_at + sums;
-    at.bytes = at.counters_at + (split.splits > 1 ? aligned_256((size_t)split.tiles * sizeof(unsigned)) : 0);
+    at.counters_at = at.sums_at + (split ? (size_t)at.split.tiles * at.split.splits * 32 * V3_THREADS * sizeof(float) : 0);
+    at.bytes = at.counters_at + (split ? aligned_256((size_t)at.split.tiles * sizeof(unsigned)) : 0);
     return at;
 }
 
-/* The scratch v3 needs for GEMM geometry g on input xs. */
-static size_t v3_scratch_bytes(ConvGeometry g, i3_shape5 xs, bool x_cl, int precision) {
-    const int64_t cp = read_channels(g, xs, x_cl, precision);
-    return v3_scratch(g, xs, cp).bytes;
-}
-
-/* The split of g's k range with its buffers in the scratch. */
-static SplitK v3_split_in(const ConvGeometry &g, i3_shape5 xs, int64_t cp, void *scratch) {
-    SplitK split = v3_split(g);
-    const V3Scratch at = v3_scratch(g, xs, cp);
-    split.sums = (float *)((char *)scratch + at.sums_at);
-    split.counters = (unsigned *)((char *)scratch + at.counters_at);
-    return split;
-}
-
-/* What pack_operands_v1 makes of weights w for geometry g on input xs (x_cl: channels-last): g.cin becomes the
- * channels v3 reads (read_channels), cp those of the input's channels-last copy (0: none). */
-static Operands weight_operands(const float *w, ConvGeometry &g, Upsample up, i3_shape5 xs, bool x_cl, int precision,
-                                int64_t &cp) {
+/* What pack_operands_v1 makes of the weights w (w_cin input channels) for geometry g as v3 reads it (g.cin
+ * after read_channels; cp: the channels of the input's copy, 0: none). */
+static Operands weight_operands(const float *w, int64_t w_cin, const ConvGeometry &g, Upsample up, bool x_cl,
+                                int64_t cp) {
     Operands o = {};
-    o.w = w, o.w_cin = g.cin, o.up = up;
-    cp = read_channels(g, xs, x_cl, precision);
-    o.g = g, o.channels_last = x_cl || cp;
+    o.w = w, o.w_cin = w_cin, o.up = up, o.g = g, o.channels_last = x_cl || cp;
     o.k_packed = packed_depth(g), o.n_weights = packed_rows(g) * o.k_packed;
     return o;
 }
@@ -609,11 +602,13 @@ static int launch_v3(const void *x, bool x_cl, i3_shape5 xs, ConvGeometry g, con
                      const uint16_t *packed_weights, unsigned *split_counters, const float *b, i3_act act,
                      const float *in_scale_shift, i3_act act_in, void *y, bool y_cl, float *partials, int chunks,
                      const i3_residual &residual, int precision, void *scratch, void *stream) {
-    int64_t cp;
-    Operands o = weight_operands(w, g, up, xs, x_cl, precision, cp);
+    const int64_t cp = read_channels(g, xs, x_cl, precision);
+    Operands o = weight_operands(w, xs.c, g, up, x_cl, cp);
     const V3Scratch at = v3_scratch(g, xs, cp);
-    SplitK split = v3_split_in(g, xs, cp, scratch), zeroed = split; /* the counters the pack launch zeroes */
-    if (split_counters) split.counters = split_counters, zeroed = SplitK{};
+    SplitK split = at.split;
+    split.sums = (float *)((char *)scratch + at.sums_at);
+    split.counters = split_counters ? split_counters : (unsigned *)((char *)scratch + at.counters_at);
+    const SplitK zeroed = split_counters ? SplitK{} : split; /* the counters the pack launch zeroes */
     o.packed = (uint16_t *)scratch;
     if (packed_weights) o.packed = (uint16_t *)packed_weights, o.n_weights = 0;
     if (cp) {
@@ -640,32 +635,31 @@ static int launch_v3(const void *x, bool x_cl, i3_shape5 xs, ConvGeometry g, con
 extern "C" size_t I3_DEV(conv_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p,
                                                          int precision) {
     if (precision == I3_TC_TF32) return 0;
-    const ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p)); /* its row tiles decide the split */
-    return v3_scratch_bytes(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
+    int64_t cp;
+    const ConvGeometry g = read_geometry(xs, x_layout, p, precision, &cp); /* its row tiles decide the split */
+    return v3_scratch(g, xs, cp).bytes;
 }
 
 extern "C" int I3_DEV(conv_tensor_core_k_splits)(i3_shape5 xs, int x_layout, const i3_conv_params *p, int precision) {
     if (precision != I3_TC_F16 && precision != I3_TC_BF16) return 1;
-    ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
-    read_channels(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
-    return v3_split(g).splits;
+    int64_t cp;
+    return v3_split(read_geometry(xs, x_layout, p, precision, &cp)).splits;
 }
 
 extern "C" size_t I3_DEV(conv_tensor_core_packed_weights_bytes)(i3_shape5 xs, int x_layout, const i3_conv_params *p,
                                                                  int precision) {
     if (precision != I3_TC_F16 && precision != I3_TC_BF16) return 0;
-    ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
-    read_channels(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
-    return packed_weight_bytes(g);
+    int64_t cp;
+    return packed_weight_bytes(read_geometry(xs, x_layout, p, precision, &cp));
 }
 
 extern "C" int I3_DEV(conv_tensor_core_pack_weights)(i3_shape5 xs, int x_layout, const float *w,
                                                      const i3_conv_params *p, int precision, void *packed,
                                                      void *stream) {
     if ((precision != I3_TC_F16 && precision != I3_TC_BF16) || !packed) return (int)cudaErrorInvalidValue;
-    ConvGeometry g = conv_geometry(xs, p, i3_conv_out_shape(xs, p));
     int64_t cp;
-    Operands o = weight_operands(w, g, Upsample{}, xs, x_layout == I3_LAYOUT_NDHWC, precision, cp);
+    const ConvGeometry g = read_geometry(xs, x_layout, p, precision, &cp);
+    Operands o = weight_operands(w, xs.c, g, Upsample{}, x_layout == I3_LAYOUT_NDHWC, cp);
     o.packed = (uint16_t *)packed;
     decltype(&pack_operands_v1<false>) pack = precision == I3_TC_BF16 ? pack_operands_v1<true> : pack_operands_v1<false>;
     return (int)I3_LAUNCH(pack, grid_stride_blocks(o.n_weights, 256), 256, 0, (cudaStream_t)stream, o, SplitK{});
@@ -713,7 +707,9 @@ static ConvGeometry upsample_geometry(i3_shape5 xs, const i3_conv_transpose_para
 extern "C" size_t I3_DEV(conv_transpose_tensor_core_scratch_bytes)(i3_shape5 xs, int x_layout,
                                                                    const i3_conv_transpose_params *p, int precision) {
     Upsample up;
-    return v3_scratch_bytes(upsample_geometry(xs, p, &up), xs, x_layout == I3_LAYOUT_NDHWC, precision);
+    ConvGeometry g = upsample_geometry(xs, p, &up);
+    const int64_t cp = read_channels(g, xs, x_layout == I3_LAYOUT_NDHWC, precision);
+    return v3_scratch(g, xs, cp).bytes;
 }
 
 extern "C" int I3_DEV(conv_transpose_tensor_core)(const void *x, i3_shape5 xs, int x_layout, const float *w,

@@ -140,14 +140,16 @@ static bool track_allocation(i3_backend *b, void *ptr, size_t bytes) {
     return true;
 }
 
-static void untrack_allocation(i3_backend *b, void *ptr) {
+static size_t untrack_allocation(i3_backend *b, void *ptr) { /* its bytes (0: not tracked) */
     DeviceState *st = state_of(b);
     for (int i = 0; i < st->n_allocations; i++)
         if (st->allocations[i].ptr == ptr) {
-            b->ctx->device_bytes -= st->allocations[i].bytes;
+            const size_t bytes = st->allocations[i].bytes;
+            b->ctx->device_bytes -= bytes;
             st->allocations[i] = st->allocations[--st->n_allocations];
-            return;
+            return bytes;
         }
+    return 0;
 }
 
 static i3rt_status device_alloc(i3_backend *b, size_t bytes, void **out) {
@@ -192,10 +194,7 @@ static void forget_packed(i3_backend *b, const void *start, size_t bytes) {
 
 static void device_free(i3_backend *b, void *ptr) {
     if (!ptr) return;
-    DeviceState *st = state_of(b);
-    for (int i = 0; i < st->n_allocations; i++)
-        if (st->allocations[i].ptr == ptr) forget_packed(b, ptr, st->allocations[i].bytes);
-    untrack_allocation(b, ptr);
+    forget_packed(b, ptr, untrack_allocation(b, ptr));
     cudaFree(ptr);
 }
 
@@ -426,8 +425,7 @@ static const void *packed_weights(i3_backend *b, const float *w, i3_shape5 xs, i
     }
     if (!track_allocation(b, packed, bytes) ||
         I3_DEV(conv_tensor_core_pack_weights)(xs, x_layout, w, p, precision, packed, st->stream) != 0) {
-        untrack_allocation(b, packed);
-        cudaFree(packed);
+        device_free(b, packed);
         cudaGetLastError();
         return NULL;
     }
@@ -465,7 +463,8 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
         return I3_DEV(conv_fused)((const float *)x->data, xs, w, bias, &node->p.conv, in_scale_shift, act_in,
                                   (float *)y->data, ys, partials, st->stream);
     /* f16/bf16: a residual add right after the conv runs in its epilogue, which then writes the add's output */
-    const i3_node *add = st->fuse && !partials && precision != I3_TC_TF32 ? residual_add_next(st, g, n) : NULL;
+    const bool b16 = precision != I3_TC_TF32;
+    const i3_node *add = st->fuse && !partials && b16 ? residual_add_next(st, g, n) : NULL;
     i3_residual residual = {};
     void *y_data = y->data;
     int y_layout = layout_of(st, g, node->out);
@@ -480,8 +479,8 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
     }
     st->stats.channels_last_outputs += y_layout == I3_LAYOUT_NDHWC;
     const int x_layout = layout_of(st, g, node->in[0]);
-    const void *packed = precision != I3_TC_TF32 ? packed_weights(b, w, xs, x_layout, &node->p.conv, precision) : NULL;
-    if (precision != I3_TC_TF32 && !st->split_counters) { /* a graph's first run: never under capture */
+    const void *packed = b16 ? packed_weights(b, w, xs, x_layout, &node->p.conv, precision) : NULL;
+    if (b16 && !st->split_counters) { /* a graph's first run: never under capture */
         const size_t bytes = I3_TC_SPLIT_COUNTERS * sizeof(unsigned);
         if (device_alloc(b, bytes, (void **)&st->split_counters) != I3RT_OK) return FAILED_ALLOCATION;
         const int e = (int)cudaMemsetAsync(st->split_counters, 0, bytes, st->stream);

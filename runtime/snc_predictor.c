@@ -114,7 +114,8 @@ i3rt_status i3_snc_net_prepare(i3_ctx *ctx, const i3_snc_net *net, const i3_snc_
     memset(data, 0, (size_t)at.end * sizeof *data); /* paged in now */
     i3rt_model *m = net->workspace->model;
     if (!m) return I3RT_OK;
-    const int64_t slices[3][2] = {{h, w}, {d, w}, {d, h}}; /* axial, coronal, sagittal (slice_select.h) */
+    int64_t slices[3][2]; /* rows, cols of the axial, coronal and sagittal slices */
+    for (int a = 0; a < 3; a++) i3_slice_dims((i3_axis)a, d, h, w, &slices[a][0], &slices[a][1]);
     if (params->zoom_in) I3_TRY(reserve_size(m, runs, side, side));
     for (int a = 0; a < 3; a++) I3_TRY(reserve_size(m, runs, slices[a][0], slices[a][1]));
     if (!i3_model_on_device(m)) return I3RT_OK;
