@@ -16,7 +16,7 @@
 #             the committed brain model and with a full-size one (bench/full_size_model.py) on Colin27
 #   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
 #   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
-#   sanitize  the `gpu` suites under compute-sanitizer memcheck, then racecheck and synccheck (slow)
+#   sanitize  the `gpu` suites under compute-sanitizer memcheck, then synccheck and racecheck (slow)
 # scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
 # SimpleITK wheel does not fit beside the rest, so a session makes two calls on the same warm machine:
 # `build apps i3deep` carrying .gpu/debs and .gpu/a, then at once `predict` and the other phases carrying
@@ -167,8 +167,10 @@ if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at
     done
 fi
 if wants sanitize; then
-    for tool in memcheck racecheck synccheck; do
-        for prog in test_cuda_ops test_simt; do
+    # racecheck of test_cuda_ops is the slowest step (about 230 s on an H200): last, so that a short
+    # session's budget cuts only it
+    for tool in memcheck synccheck racecheck; do
+        for prog in test_simt test_cuda_ops; do
             step "$prog-$tool" 300 compute-sanitizer --tool "$tool" --target-processes all --error-exitcode 1 \
                 "$build/tests/$prog" --jobs 1 --filter 'gpu/*'
         done
