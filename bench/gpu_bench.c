@@ -37,6 +37,7 @@ typedef struct {
                          const float *, i3_act, void *, i3_shape5, int, const i3_residual *, float *, int, void *,
                          void *);
     size_t (*conv_tc_scratch_bytes)(i3_shape5, int, const i3_conv_params *, int);
+    int (*conv_tc_stat_chunks)(i3_shape5, int);
     int (*instance_norm)(const float *, i3_shape5, const float *, const float *, const i3_norm_params *, float *,
                          void *);
     int (*softmax_uncertainty)(const float *, int64_t, int64_t, int64_t, float *, float *, float *, int32_t *, void *);
@@ -118,24 +119,31 @@ typedef struct {
     i3_shape5 xs, ys;
     i3_conv_params p;
     int kernel; /* -1: f32 direct (conv.cu), else I3_TC_*; CHANNELS_LAST + I3_TC_F16 / I3_TC_BF16: both NDHWC */
+    int fusions; /* channels-last only: STATISTICS | NORM_ON_LOAD, the fused U-Net stage's conv (backend_cuda.cu) */
+    float *partials, *scale_shift;
 } conv_case;
 
 #define CHANNELS_LAST 8
+#define STATISTICS 1   /* the instance norm's statistics in the epilogue */
+#define NORM_ON_LOAD 2 /* a deferred instance norm + leaky ReLU applied to the input tiles */
 
 static int run_conv(bench *B, void *arg) {
     conv_case *c = arg;
     if (c->kernel < 0) return B->k.conv(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, B->stream);
     if (c->kernel < CHANNELS_LAST)
         return B->k.conv_tc(c->x, c->xs, c->w, NULL, &c->p, c->y, c->ys, c->kernel, c->scratch, B->stream);
-    i3_act none = {I3_ACT_NONE, 0.0f};
-    return B->k.conv_tc_fused(c->x, c->xs, I3_LAYOUT_NDHWC, c->w, NULL, NULL, NULL, &c->p, NULL, none, c->y, c->ys,
-                              I3_LAYOUT_NDHWC, NULL, NULL, c->kernel - CHANNELS_LAST, c->scratch, B->stream);
+    i3_act leaky = {I3_ACT_LEAKY_RELU, 0.01f};
+    return B->k.conv_tc_fused(c->x, c->xs, I3_LAYOUT_NDHWC, c->w, NULL, NULL, NULL, &c->p,
+                              c->fusions & NORM_ON_LOAD ? c->scale_shift : NULL, leaky, c->y, c->ys, I3_LAYOUT_NDHWC,
+                              NULL, c->fusions & STATISTICS ? c->partials : NULL, c->kernel - CHANNELS_LAST,
+                              c->scratch, B->stream);
 }
 
 /* The f32 direct kernel, the tensor-core kernels on NCDHW f32 activations (f16, bf16: which v3 makes
  * channels-last first since 2026-11-27, conversion included; tf32), and the f16/bf16 kernel on channels-last
  * f16/bf16 activations: cuDNN's setting in gpu_torch.py (the noise buffers' bits read as f16/bf16: the
- * timing does not depend on the values). */
+ * timing does not depend on the values); then the f16 channels-last conv with the fusions of a U-Net
+ * stage's convs (what each costs: the "fused" stage below ran 1.3-1.7x slower than its plain convs). */
 static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
     static const char *const names[] = {"f16", "bf16", "tf32"};
     static const int kernels[] = {-1, I3_TC_F16, I3_TC_BF16, I3_TC_TF32, CHANNELS_LAST + I3_TC_F16,
@@ -148,16 +156,24 @@ static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
     c.y = device_noise(B, i3_shape5_numel(c.ys), 3);
     if (B->b->iface->alloc(B->b, B->k.conv_tc_scratch_bytes(c.xs, I3_LAYOUT_NCDHW, &c.p, I3_TC_F16) /* the most */, &c.scratch) != I3RT_OK)
         die(B, "conv scratch");
+    const int chunks = B->k.conv_tc_stat_chunks(c.ys, I3_TC_F16);
+    c.partials = device_noise(B, c.ys.n * c.ys.c * chunks * 3, 4);
+    c.scale_shift = device_noise(B, c.xs.n * c.xs.c * 2, 5);
     double flop = 2.0 * (double)i3_shape5_numel(c.ys) * (double)channels * 27.0;
-    for (int i = 0; i < (int)(sizeof kernels / sizeof kernels[0]); i++) {
-        c.kernel = kernels[i];
+    static const char *const fused[] = {"", ", statistics", ", norm on load", ", norm on load + statistics"};
+    const int n_kernels = (int)(sizeof kernels / sizeof kernels[0]);
+    for (int i = 0; i < n_kernels + 3; i++) {
+        c.kernel = i < n_kernels ? kernels[i] : CHANNELS_LAST + I3_TC_F16;
+        c.fusions = i < n_kernels ? 0 : i - n_kernels + 1;
         const int cl = c.kernel >= CHANNELS_LAST, precision = c.kernel % CHANNELS_LAST;
         double ms = time_median(B, run_conv, &c, "conv");
-        printf("{\"bench\": \"op\", \"name\": \"conv3x3x3 %s%s\", \"stage\": %d, \"c\": %lld, \"side\": %lld, "
+        printf("{\"bench\": \"op\", \"name\": \"conv3x3x3 %s%s%s\", \"stage\": %d, \"c\": %lld, \"side\": %lld, "
                "\"ms\": %.4f, \"flop\": %.6g, \"precision\": \"%s\"}\n",
-               c.kernel < 0 ? "f32 direct" : names[precision], cl ? " channels-last" : "", stage, (long long)channels,
-               (long long)side, ms, flop, c.kernel < 0 ? "f32" : names[precision]);
+               c.kernel < 0 ? "f32 direct" : names[precision], cl ? " channels-last" : "", fused[c.fusions], stage,
+               (long long)channels, (long long)side, ms, flop, c.kernel < 0 ? "f32" : names[precision]);
     }
+    B->b->iface->free(B->b, c.partials);
+    B->b->iface->free(B->b, c.scale_shift);
     B->b->iface->free(B->b, (void *)c.x);
     B->b->iface->free(B->b, (void *)c.w);
     B->b->iface->free(B->b, c.y);
@@ -461,14 +477,16 @@ int main(int argc, char **argv) {
     B.stream = i3_backend_cuda_stream(B.b);
     if (emulated) {
         B.k = (launchers){i3emu_conv, i3emu_conv_tensor_core, i3emu_conv_tensor_core_fused,
-                          i3emu_conv_tensor_core_scratch_bytes, i3emu_instance_norm, i3emu_softmax_uncertainty,
+                          i3emu_conv_tensor_core_scratch_bytes, i3emu_conv_tensor_core_stat_chunks,
+                          i3emu_instance_norm, i3emu_softmax_uncertainty,
                           i3emu_slice_sums, i3emu_softmax_slices, i3emu_softmax_slices_scratch_bytes,
                           i3emu_sw_accumulate, i3emu_spatial_gather, i3emu_object_attention,
                           i3emu_mask_pool_scratch_bytes, i3emu_mask_pool, i3emu_channel_gate};
     } else {
 #ifdef I3RT_HAVE_CUDA
         B.k = (launchers){i3gpu_conv, i3gpu_conv_tensor_core, i3gpu_conv_tensor_core_fused,
-                          i3gpu_conv_tensor_core_scratch_bytes, i3gpu_instance_norm, i3gpu_softmax_uncertainty,
+                          i3gpu_conv_tensor_core_scratch_bytes, i3gpu_conv_tensor_core_stat_chunks,
+                          i3gpu_instance_norm, i3gpu_softmax_uncertainty,
                           i3gpu_slice_sums, i3gpu_softmax_slices, i3gpu_softmax_slices_scratch_bytes,
                           i3gpu_sw_accumulate, i3gpu_spatial_gather, i3gpu_object_attention,
                           i3gpu_mask_pool_scratch_bytes, i3gpu_mask_pool, i3gpu_channel_gate};
