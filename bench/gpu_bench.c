@@ -143,7 +143,7 @@ static int run_conv(bench *B, void *arg) {
  * channels-last first since 2026-11-27, conversion included; tf32), and the f16/bf16 kernel on channels-last
  * f16/bf16 activations: cuDNN's setting in gpu_torch.py (the noise buffers' bits read as f16/bf16: the
  * timing does not depend on the values); then the f16 channels-last conv with the fusions of a U-Net
- * stage's convs (what each costs: the "fused" stage below ran 1.3-1.7x slower than its plain convs). */
+ * stage's convs (what each costs: the "fused" stage below took 1.4-1.8x the time of its two plain convs). */
 static void bench_convs(bench *B, int stage, int64_t channels, int64_t side) {
     static const char *const names[] = {"f16", "bf16", "tf32"};
     static const int kernels[] = {-1, I3_TC_F16, I3_TC_BF16, I3_TC_TF32, CHANNELS_LAST + I3_TC_F16,
