@@ -10,8 +10,8 @@
  * norm's statistics in its epilogue and the norm never re-reads its input for them; the norm then
  * either writes its output in one elementwise pass, or, when it runs in place and its only reader
  * is the next node, leaves the tensor unnormalized and hands (scale, shift, act) on: to the next
- * convolution's prologue, or to the residual add of a ResEnc block (normalize + add + act in one
- * pass). Both convolution kernels have them (the tensor-core one takes statistics only when each
+ * convolution's prologue (where that is cheaper than the pass: norm_on_load_pays), or to the residual
+ * add of a ResEnc block (normalize + add + act in one pass). Both convolution kernels have them (the tensor-core one takes statistics only when each
  * 64-row tile lies in one sample); i3_cuda_options.fuse (I3RT_CUDA_FUSE=0) turns them off.
  *
  * CUDA graphs (i3_cuda_options.graphs; I3RT_CUDA_GRAPHS=0 turns them off): a graph run a second
@@ -491,6 +491,16 @@ static int run_conv(i3_backend *b, const i3_graph *g, const i3_node *node, int n
                                           partials, precision, scratch, st->stream);
 }
 
+/* Whether the norm deferred into conv costs less there than a pass over the tensor. The tensor-core kernel
+ * applies it to a channels-last input between a tile's arrival and its MMAs, once per tap and column tile
+ * (a 3x3x3 conv: 27 times and more, a few instructions per value on the pipeline's critical path), so there
+ * only a 1x1x1 conv takes it. An NCDHW input keeps it: v3's pack normalizes it once on the way to
+ * channels-last; the f32 kernels' gathers apply it as they load (not measured against a pass). */
+static bool norm_on_load_pays(const DeviceState *st, const i3_graph *g, const i3_node *conv) {
+    const int taps = conv->p.conv.k[0] * conv->p.conv.k[1] * conv->p.conv.k[2];
+    return taps == 1 || !value_channels_last(st, g, conv->in[0]);
+}
+
 /* An instance norm whose statistics the conv before it left in `partials`: (scale, shift) per
  * plane, then either deferred to the next node or applied in one pass. */
 static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *node, int n) {
@@ -508,7 +518,7 @@ static int run_norm_from_stats(i3_backend *b, const i3_graph *g, const i3_node *
                                   st->scale_shift, st->stream);
     if (e) return e;
     const i3_node *next = x->data == y->data ? sole_reader_next(g, n, node->out) : NULL;
-    bool to_conv = next && next->op == I3_OP_CONV;
+    bool to_conv = next && next->op == I3_OP_CONV && norm_on_load_pays(st, g, next);
     bool to_add = next && next->op == I3_OP_ADD && next->in[1] != node->out;
     if (to_conv || to_add) {
         f->deferred_for = n + 1;
