@@ -446,8 +446,7 @@ __global__ void __launch_bounds__(V3_THREADS)
 
     if (split.splits > 1 && !split_sums_complete(acc, split)) return; /* uniform over the block */
     const int group = lane / 4, t = lane % 4;
-    Moments mo[4][2] = {};
-    /* every loop unrolled: acc and mo stay in registers (indexed at run time, both went to the stack) */
+    /* every loop unrolled: acc stays in registers (indexed at run time, it went to the stack) */
     I3_UNROLL
     for (int i = 0; i < 2; i++)
         I3_UNROLL
@@ -460,6 +459,7 @@ __global__ void __launch_bounds__(V3_THREADS)
                 I3_UNROLL
                 for (int q = 0; q < 2; q++)
                     v[q] = act_apply(act, acc[i][j][2 * half + q] + (b && o + q < g.cout ? b[channel + q] : 0.0f));
+                if (partials) acc[i][j][2 * half] = v[0], acc[i][j][2 * half + 1] = v[1]; /* for the statistics */
                 if (m >= rows) continue;
                 if (res.skip) /* read before y is written: skip may be y */
                     I3_UNROLL
@@ -467,7 +467,6 @@ __global__ void __launch_bounds__(V3_THREADS)
                         if (o + q < g.cout)
                             v[q] = act_apply(res.act, v[q] + residual_at<BF16>(res.skip, res.layout == I3_LAYOUT_NDHWC,
                                                                                m, o + q, g.cout, out_spatial));
-                if (partials) moments_add(mo[j][0], v[0]), moments_add(mo[j][1], v[1]);
                 if (up.cout) { /* to the output position of input position m's tap o / up.cout */
                     if (o < g.cout) {
                         const int64_t tap = o / up.cout, pos = m % out_spatial;
@@ -488,6 +487,31 @@ __global__ void __launch_bounds__(V3_THREADS)
                 }
             }
     if (partials) {
+        /* the moments of each of this thread's columns over its rows in the tile (2 fragments x 2 halves), in
+         * two passes: one division per column, where Welford's update (moments_add) takes one per value */
+        bool valid[4];
+        float count = 0.0f;
+        I3_UNROLL
+        for (int r = 0; r < 4; r++) {
+            valid[r] = m0 + warp_m * 32 + r / 2 * 16 + group + 8 * (r % 2) < rows;
+            count += valid[r] ? 1.0f : 0.0f;
+        }
+        Moments mo[4][2];
+        I3_UNROLL
+        for (int j = 0; j < 4; j++)
+            I3_UNROLL
+            for (int q = 0; q < 2; q++) {
+                float sum = 0.0f, m2 = 0.0f;
+                I3_UNROLL
+                for (int r = 0; r < 4; r++) sum += valid[r] ? acc[r / 2][j][2 * (r % 2) + q] : 0.0f;
+                const float mean = count > 0.0f ? sum / count : 0.0f;
+                I3_UNROLL
+                for (int r = 0; r < 4; r++) {
+                    const float d = valid[r] ? acc[r / 2][j][2 * (r % 2) + q] - mean : 0.0f;
+                    m2 += d * d;
+                }
+                mo[j][q] = Moments{count, mean, m2};
+            }
         cp_async_wait_all(); /* the pipeline's last (empty) groups, before its memory is reused */
         __syncthreads();
         Moments m = block_column_moments<4>(mo, warp_m, 4, warp_n * 32, V3_BN, (Moments *)smem);
