@@ -15,7 +15,8 @@
 #   predict   whole-case prediction against nnUNetPredictor (bench/predict_vs_nnunet.py; SimpleITK; f16), with
 #             the committed brain model and with a full-size one (bench/full_size_model.py) on Colin27
 #   bench     bench/gpu_bench.c and bench/gpu_torch.py on the same shapes, bench/gpu_report.py -> report.md
-#   ncu       Nsight Compute on one launch of each hot kernel (what bounds it)
+#   ncu       Nsight Compute: the time of every kernel of two f16 HRNet-18s forwards at a click's size (with
+#             and without its cache flush), one small conv of them in detail, one launch of each hot kernel
 #   sanitize  the `gpu` suites under compute-sanitizer memcheck, then synccheck and racecheck (slow)
 # scripts/gpu_payload.sh assembles what the machine lacks and scripts/gpu_env.sh installs it there; the
 # SimpleITK wheel does not fit beside the rest, so a session makes two calls on the same warm machine:
@@ -160,6 +161,18 @@ if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at
     step ncu-hrnet-forward 180 sh -c "I3RT_CUDA_CONV=f16 ncu --csv --print-units base --metrics gpu__time_duration.sum \
         $bench forward $fixtures/snc_session/hrnet2d.safetensors 1 217 181 --runs 1 > $logs/ncu_hrnet_forward_f16.csv \
         && $py bench/ncu_kernel_times.py $logs/ncu_hrnet_forward_f16.csv --forwards 2 > $logs/ncu_hrnet_forward_f16.txt"
+    # the same without ncu's cache flush between launches (as a replayed graph runs them): on the third run every
+    # conv of a few MFLOP took 32-46 us flushed, which cold instruction and data caches may explain
+    step ncu-hrnet-forward-warm 180 sh -c "I3RT_CUDA_CONV=f16 ncu --csv --print-units base --cache-control none \
+        --metrics gpu__time_duration.sum $bench forward $fixtures/snc_session/hrnet2d.safetensors 1 217 181 --runs 1 \
+        > $logs/ncu_hrnet_forward_f16_warm.csv && $py bench/ncu_kernel_times.py $logs/ncu_hrnet_forward_f16_warm.csv \
+        --forwards 2 > $logs/ncu_hrnet_forward_f16_warm.txt"
+    # and why one of those small convs takes its time (a launch in the second forward, a mid-network branch):
+    # warp stalls, issue slots, instructions
+    step ncu-hrnet-conv 90 env I3RT_CUDA_CONV=f16 ncu --cache-control none -k regex:conv_tensor_core_v3 \
+        --launch-skip 200 -c 1 --section SpeedOfLight --section LaunchStats --section Occupancy \
+        --section WarpStateStats --section SchedulerStats --section InstructionStats \
+        "$bench" forward "$fixtures/snc_session/hrnet2d.safetensors" 1 217 181 --runs 1
     for kernel in conv_tensor_core_v3 conv_v2 conv_tensor_core_v2 norm_apply norm_finalize instance_norm_v1 \
         softmax_slices_v2 sw_accumulate_v2; do
         step "ncu-$kernel" 60 ncu --target-processes all -k "regex:$kernel" -c 1 --section SpeedOfLight \
