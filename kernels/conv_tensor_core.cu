@@ -446,6 +446,8 @@ __global__ void __launch_bounds__(V3_THREADS)
 
     if (split.splits > 1 && !split_sums_complete(acc, split)) return; /* uniform over the block */
     const int group = lane / 4, t = lane % 4;
+    /* the output row of this thread's accumulators acc[i][.][2 * half + .] */
+    const auto row_of = [&](int i, int half) { return m0 + warp_m * 32 + i * 16 + group + 8 * half; };
     /* every loop unrolled: acc stays in registers (indexed at run time, it went to the stack) */
     I3_UNROLL
     for (int i = 0; i < 2; i++)
@@ -453,7 +455,7 @@ __global__ void __launch_bounds__(V3_THREADS)
         for (int j = 0; j < 4; j++)
             I3_UNROLL
             for (int half = 0; half < 2; half++) {
-                const int64_t m = m0 + warp_m * 32 + i * 16 + group + 8 * half, o = n0 + warp_n * 32 + j * 8 + 2 * t;
+                const int64_t m = row_of(i, half), o = n0 + warp_n * 32 + j * 8 + 2 * t;
                 const int64_t channel = up.cout ? o % up.cout : o; /* of the bias and the output */
                 float v[2];
                 I3_UNROLL
@@ -487,30 +489,15 @@ __global__ void __launch_bounds__(V3_THREADS)
                 }
             }
     if (partials) {
-        /* the moments of each of this thread's columns over its rows in the tile (2 fragments x 2 halves), in
-         * two passes: one division per column, where Welford's update (moments_add) takes one per value */
-        bool valid[4];
-        float count = 0.0f;
-        I3_UNROLL
-        for (int r = 0; r < 4; r++) {
-            valid[r] = m0 + warp_m * 32 + r / 2 * 16 + group + 8 * (r % 2) < rows;
-            count += valid[r] ? 1.0f : 0.0f;
-        }
+        /* the moments of each of this thread's columns over its rows in the tile (2 fragments x 2 halves) */
+        const bool valid[4] = {row_of(0, 0) < rows, row_of(0, 1) < rows, row_of(1, 0) < rows, row_of(1, 1) < rows};
         Moments mo[4][2];
         I3_UNROLL
         for (int j = 0; j < 4; j++)
             I3_UNROLL
             for (int q = 0; q < 2; q++) {
-                float sum = 0.0f, m2 = 0.0f;
-                I3_UNROLL
-                for (int r = 0; r < 4; r++) sum += valid[r] ? acc[r / 2][j][2 * (r % 2) + q] : 0.0f;
-                const float mean = count > 0.0f ? sum / count : 0.0f;
-                I3_UNROLL
-                for (int r = 0; r < 4; r++) {
-                    const float d = valid[r] ? acc[r / 2][j][2 * (r % 2) + q] - mean : 0.0f;
-                    m2 += d * d;
-                }
-                mo[j][q] = Moments{count, mean, m2};
+                const float v[4] = {acc[0][j][q], acc[0][j][2 + q], acc[1][j][q], acc[1][j][2 + q]};
+                mo[j][q] = moments_of(v, valid);
             }
         cp_async_wait_all(); /* the pipeline's last (empty) groups, before its memory is reused */
         __syncthreads();

@@ -18,6 +18,21 @@ __device__ __forceinline__ void moments_add(Moments &m, float v) {
     m.m2 += delta * (v - m.mean);
 }
 
+/* The moments of the values v[i] with valid[i] (a handful, in registers), in two passes: one division, where
+ * Welford's update takes one per value. */
+template <int N>
+__device__ __forceinline__ Moments moments_of(const float (&v)[N], const bool (&valid)[N]) {
+    float count = 0.0f, sum = 0.0f, m2 = 0.0f;
+    for (int i = 0; i < N; i++)
+        if (valid[i]) count += 1.0f, sum += v[i];
+    const float mean = count > 0.0f ? sum / count : 0.0f;
+    for (int i = 0; i < N; i++) {
+        const float d = valid[i] ? v[i] - mean : 0.0f;
+        m2 += d * d;
+    }
+    return Moments{count, mean, m2};
+}
+
 __device__ __forceinline__ Moments moments_merge(Moments a, Moments b) {
     float count = a.count + b.count;
     if (count == 0.0f) return a;
