@@ -167,7 +167,8 @@ if wants ncu; then   # what bounds each hot kernel: one profiled launch each, at
         --metrics gpu__time_duration.sum $bench forward $fixtures/snc_session/hrnet2d.safetensors 1 217 181 --runs 1 \
         > $logs/ncu_hrnet_forward_f16_warm.csv && $py bench/ncu_kernel_times.py $logs/ncu_hrnet_forward_f16_warm.csv \
         --forwards 2 > $logs/ncu_hrnet_forward_f16_warm.txt"
-    # and why one of those small convs takes its time (a launch in the second forward, a mid-network branch):
+    # and why one of those small convs takes its time (the 201st v3 launch: with -k, ncu counts only
+    # that kernel's launches, 157 per forward, so one in the second forward):
     # warp stalls, issue slots, instructions
     step ncu-hrnet-conv 90 env I3RT_CUDA_CONV=f16 ncu --cache-control none -k regex:conv_tensor_core_v3 \
         --launch-skip 200 -c 1 --section SpeedOfLight --section LaunchStats --section Occupancy \
